@@ -1,0 +1,117 @@
+"""What the agent needs from its build cache, whatever the format behind it.
+
+The agent's build runner and its stream to the coordinator talk only to :class:`BuildCache`.
+All methods block (file and network I/O); the agent calls them from a bounded thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class CacheError(Exception):
+    """A restore or save failed; the message names the key and, where known, the path."""
+
+
+class NotFound(CacheError):
+    """No entry has the key (or none matches any restore prefix)."""
+
+
+class UnsafeTree(CacheError):
+    """A tree to save, or a manifest to restore, holds something stoker refuses (names the path)."""
+
+
+class BlobStoreUnavailable(CacheError):
+    """The blob store refused or timed out after retries."""
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """One complete entry in the node's local store, as reported in the inventory."""
+
+    key: str
+    bytes: int
+    files: int
+    created: float
+    """When the entry was saved (unix seconds); the newest under a prefix wins."""
+    last_used: float
+    """When a build or a prewarm last used the entry (unix seconds)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+    bytes_per_s: float = 0.0
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    warmth: str
+    """"warm" (exact key was local), "partial" (an older entry under a prefix was local, or an entry
+    under a prefix was fetched), or "cold" (everything fetched, or nothing found)."""
+    restored_key: str | None
+    """The entry restored; None when nothing matched (the build starts empty)."""
+    bytes_fetched: int
+    bytes_restored: int
+    files_restored: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    key: str
+    saved: bool
+    """False when the exact key already existed with the same content (nothing to do)."""
+    bytes: int
+    files: int
+    bytes_uploaded: int
+    seconds: float
+
+
+InventoryListener = Callable[[int, Sequence[EntryInfo], Sequence[str]], None]
+"""Called after every change of the local store with (generation, upserted entries, removed keys)."""
+
+
+class BuildCache(Protocol):
+    def open(self) -> None:
+        """Recover after a crash (remove staging leftovers, drop half-written entries), rebuild the index."""
+
+    def inventory(self) -> tuple[int, list[EntryInfo]]:
+        """(generation, every complete entry). Exactly what the store holds and would serve."""
+
+    def subscribe(self, listener: InventoryListener) -> None:
+        """Call ``listener`` after each change; generations increase by one per change."""
+
+    def restore(
+        self, key: str, restore_keys: Sequence[str], workspace: Path, paths: Sequence[str],
+        progress: ProgressFn | None = None,
+    ) -> RestoreResult:
+        """Materialize the entry for ``key`` (else the newest under the first matching prefix) into
+        ``workspace``, so that each of ``paths`` exists there. Fetches into the local store first."""
+
+    def save(
+        self, key: str, workspace: Path, paths: Sequence[str], progress: ProgressFn | None = None,
+    ) -> SaveResult:
+        """Snapshot ``paths`` of ``workspace`` as the entry ``key`` in the local store and the blob store."""
+
+    def prewarm(self, key: str, restore_keys: Sequence[str]) -> RestoreResult:
+        """Fetch the entry into the local store without materializing it anywhere."""
+
+    def evict(self, key: str) -> bool:
+        """Drop an entry from the local store. False if it was not there."""
+
+    def disk_usage(self) -> tuple[int, int]:
+        """(bytes used by the store, bytes still free under its budget)."""
+
+    @property
+    def evicted_bytes_total(self) -> int:
+        """Bytes evicted since the store was opened."""

@@ -1,0 +1,122 @@
+"""The agent's settings: defaults, then a file, then ``STOKER_AGENT_*`` variables, then flags.
+
+Every field is documented here; ``stoker agent --help-settings`` prints them with their variables.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stoker.common import settings
+
+ENV_PREFIX = "STOKER_AGENT_"
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    name: str = ""
+    """Unique node name. Empty: the Kubernetes node name when in a cluster, else the host name."""
+    zone: str = ""
+    """Failure domain. Empty: the node's topology.kubernetes.io/zone label when in a cluster."""
+    slots: int = 2
+    """How many builds run at once on this node."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Labels builds can constrain on, as k=v,k2=v2."""
+    instance_type: str = ""
+    """Instance type, informational. Read from the Node in a cluster."""
+    cpus: int = 0
+    """Allocatable CPU cores, informational. 0: from the Node in a cluster, else os.cpu_count()."""
+    memory_bytes: int = 0
+    """Allocatable memory, informational. 0: from the Node in a cluster."""
+    kubernetes: str = "auto"
+    """Read zone, instance type, resources and taints from this node's Kubernetes Node object:
+    auto (when KUBERNETES_SERVICE_HOST is set), on, or off."""
+
+
+@dataclass(frozen=True)
+class CoordinatorLink:
+    address: str = "127.0.0.1:7070"
+    """host:port of the coordinator's gRPC endpoint (on Kubernetes, its Service DNS name)."""
+    reconnect_initial_s: float = 0.2
+    """First delay before reconnecting after the stream drops; doubles up to reconnect_max_s, with jitter."""
+    reconnect_max_s: float = 10.0
+    """Longest delay between reconnection attempts."""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    dir: str = "/var/lib/stoker/cache"
+    """The node's cache store (on its SSD). Entries, content and staging directories live here."""
+    budget_bytes: int = 50 * 1024**3
+    """Bytes the store may use; least recently used entries are evicted beyond it."""
+    blobs: str = "file:///var/lib/stoker/blobs"
+    """The shared blob store: file:///path for a local directory, s3://bucket/prefix for S3."""
+    s3_endpoint_url: str = ""
+    """S3 endpoint for S3-compatible stores (MinIO, SeaweedFS, R2). Empty: AWS."""
+    s3_region: str = ""
+    """S3 region. Empty: from the usual AWS chain."""
+    workers: int = 0
+    """Threads for decompressing and writing files. 0: one per core."""
+    syncfs: bool = False
+    """Call syncfs once before publishing a restored entry (no per-file fsync either way)."""
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    work_dir: str = "/var/lib/stoker/work"
+    """Where fresh build workspaces are created (same filesystem as the cache for cheap materializing)."""
+    default_timeout_s: float = 3600.0
+    """Timeout for builds that do not set one."""
+    kill_grace_s: float = 5.0
+    """After SIGTERM to a build's process group, how long before SIGKILL."""
+    keep_workspaces: bool = False
+    """Keep workspaces after builds finish (for debugging)."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str = "127.0.0.1:7071"
+    """Where the agent serves grpc.health.v1 and reflection (Kubernetes probes)."""
+    metrics_listen: str = "127.0.0.1:9101"
+    """Where the agent serves Prometheus metrics (/metrics). Port 0 picks a free port."""
+    heartbeat_interval_s: float = 0.0
+    """Heartbeat interval. 0: what the coordinator asks for at registration."""
+    executor_threads: int = 8
+    """Threads for blocking work (cache I/O, blob store calls)."""
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "info"
+    """debug, info, warning or error."""
+    format: str = "auto"
+    """text, json, or auto (json in a cluster, text at a terminal)."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    coordinator: CoordinatorLink = field(default_factory=CoordinatorLink)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    build: BuildSettings = field(default_factory=BuildSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+
+def load(file: str | None = None, overrides: dict | None = None, environ=None) -> AgentConfig:
+    return settings.load(AgentConfig, prefix=ENV_PREFIX, environ=environ, file=file, overrides=overrides)
+
+
+def in_cluster(environ=None) -> bool:
+    return bool((environ if environ is not None else os.environ).get("KUBERNETES_SERVICE_HOST"))
+
+
+def default_node_name() -> str:
+    return socket.gethostname()
+
+
+def cache_root(config: AgentConfig) -> Path:
+    return Path(config.cache.dir)

@@ -1,0 +1,1 @@
+"""The `stoker` command line: one console script, a subcommand per role."""

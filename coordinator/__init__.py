@@ -1,0 +1,1 @@
+"""The stoker coordinator: registry, inventory, scheduler, build queue, rollouts, state."""

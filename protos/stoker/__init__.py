@@ -1,0 +1,1 @@
+"""stoker: keep a fleet of persistent CI build nodes warm."""

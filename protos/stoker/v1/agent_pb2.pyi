@@ -1,0 +1,168 @@
+from stoker.v1 import build_pb2 as _build_pb2
+from stoker.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("node", "zone", "slots", "disk_capacity_bytes", "labels", "agent_version", "instance_type", "cpus", "memory_bytes", "taints")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    DISK_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TAINTS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    zone: str
+    slots: int
+    disk_capacity_bytes: int
+    labels: _containers.ScalarMap[str, str]
+    agent_version: str
+    instance_type: str
+    cpus: int
+    memory_bytes: int
+    taints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node: _Optional[str] = ..., zone: _Optional[str] = ..., slots: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., instance_type: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., taints: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("session_id", "lease_ttl_s", "heartbeat_interval_s")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    lease_ttl_s: float
+    heartbeat_interval_s: float
+    def __init__(self, session_id: _Optional[str] = ..., lease_ttl_s: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+
+class InventorySnapshot(_message.Message):
+    __slots__ = ("generation", "entries")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    entries: _containers.RepeatedCompositeFieldContainer[_common_pb2.CacheEntry]
+    def __init__(self, generation: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[_common_pb2.CacheEntry, _Mapping]]] = ...) -> None: ...
+
+class InventoryDelta(_message.Message):
+    __slots__ = ("generation", "upserted", "removed")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    upserted: _containers.RepeatedCompositeFieldContainer[_common_pb2.CacheEntry]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, generation: _Optional[int] = ..., upserted: _Optional[_Iterable[_Union[_common_pb2.CacheEntry, _Mapping]]] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RunningBuild(_message.Message):
+    __slots__ = ("build_id", "attempt")
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    build_id: str
+    attempt: int
+    def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("running", "free_slots", "disk_used_bytes", "disk_free_bytes", "generation", "evicted_bytes_total")
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    DISK_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    running: _containers.RepeatedCompositeFieldContainer[RunningBuild]
+    free_slots: int
+    disk_used_bytes: int
+    disk_free_bytes: int
+    generation: int
+    evicted_bytes_total: int
+    def __init__(self, running: _Optional[_Iterable[_Union[RunningBuild, _Mapping]]] = ..., free_slots: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., evicted_bytes_total: _Optional[int] = ...) -> None: ...
+
+class BuildUpdate(_message.Message):
+    __slots__ = ("build_id", "attempt", "event")
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    build_id: str
+    attempt: int
+    event: _build_pb2.BuildEvent
+    def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ..., event: _Optional[_Union[_build_pb2.BuildEvent, _Mapping]] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("session_id", "snapshot", "delta", "heartbeat", "build_update")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    BUILD_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    snapshot: InventorySnapshot
+    delta: InventoryDelta
+    heartbeat: Heartbeat
+    build_update: BuildUpdate
+    def __init__(self, session_id: _Optional[str] = ..., snapshot: _Optional[_Union[InventorySnapshot, _Mapping]] = ..., delta: _Optional[_Union[InventoryDelta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., build_update: _Optional[_Union[BuildUpdate, _Mapping]] = ...) -> None: ...
+
+class RunBuildCommand(_message.Message):
+    __slots__ = ("build_id", "attempt", "spec")
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    build_id: str
+    attempt: int
+    spec: _common_pb2.BuildSpec
+    def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.BuildSpec, _Mapping]] = ...) -> None: ...
+
+class CancelBuildCommand(_message.Message):
+    __slots__ = ("build_id", "attempt", "reason")
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    build_id: str
+    attempt: int
+    reason: str
+    def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class PrewarmCommand(_message.Message):
+    __slots__ = ("key", "restore_keys")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    restore_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[str] = ..., restore_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EvictCommand(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CoordinatorCommand(_message.Message):
+    __slots__ = ("run_build", "cancel_build", "prewarm", "evict", "snapshot_request")
+    RUN_BUILD_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_BUILD_FIELD_NUMBER: _ClassVar[int]
+    PREWARM_FIELD_NUMBER: _ClassVar[int]
+    EVICT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    run_build: RunBuildCommand
+    cancel_build: CancelBuildCommand
+    prewarm: PrewarmCommand
+    evict: EvictCommand
+    snapshot_request: SnapshotRequest
+    def __init__(self, run_build: _Optional[_Union[RunBuildCommand, _Mapping]] = ..., cancel_build: _Optional[_Union[CancelBuildCommand, _Mapping]] = ..., prewarm: _Optional[_Union[PrewarmCommand, _Mapping]] = ..., evict: _Optional[_Union[EvictCommand, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ...) -> None: ...

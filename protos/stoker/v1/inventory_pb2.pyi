@@ -1,0 +1,132 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from stoker.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_STATE_UNSPECIFIED: _ClassVar[NodeState]
+    NODE_STATE_READY: _ClassVar[NodeState]
+    NODE_STATE_DISCONNECTED: _ClassVar[NodeState]
+    NODE_STATE_LOST: _ClassVar[NodeState]
+NODE_STATE_UNSPECIFIED: NodeState
+NODE_STATE_READY: NodeState
+NODE_STATE_DISCONNECTED: NodeState
+NODE_STATE_LOST: NodeState
+
+class QueryInventoryRequest(_message.Message):
+    __slots__ = ("key_prefix", "zone", "node", "summary_only")
+    KEY_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_ONLY_FIELD_NUMBER: _ClassVar[int]
+    key_prefix: str
+    zone: str
+    node: str
+    summary_only: bool
+    def __init__(self, key_prefix: _Optional[str] = ..., zone: _Optional[str] = ..., node: _Optional[str] = ..., summary_only: _Optional[bool] = ...) -> None: ...
+
+class NodeInventory(_message.Message):
+    __slots__ = ("node", "zone", "state", "slots", "running", "disk_capacity_bytes", "disk_used_bytes", "disk_free_bytes", "evicted_bytes_total", "generation", "last_seen", "labels", "entries", "entry_count", "entry_bytes")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    DISK_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    zone: str
+    state: NodeState
+    slots: int
+    running: int
+    disk_capacity_bytes: int
+    disk_used_bytes: int
+    disk_free_bytes: int
+    evicted_bytes_total: int
+    generation: int
+    last_seen: _timestamp_pb2.Timestamp
+    labels: _containers.ScalarMap[str, str]
+    entries: _containers.RepeatedCompositeFieldContainer[_common_pb2.CacheEntry]
+    entry_count: int
+    entry_bytes: int
+    def __init__(self, node: _Optional[str] = ..., zone: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., evicted_bytes_total: _Optional[int] = ..., generation: _Optional[int] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., entries: _Optional[_Iterable[_Union[_common_pb2.CacheEntry, _Mapping]]] = ..., entry_count: _Optional[int] = ..., entry_bytes: _Optional[int] = ...) -> None: ...
+
+class KeySummary(_message.Message):
+    __slots__ = ("key", "replicas", "nodes", "bytes", "last_used")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    replicas: int
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    bytes: int
+    last_used: _timestamp_pb2.Timestamp
+    def __init__(self, key: _Optional[str] = ..., replicas: _Optional[int] = ..., nodes: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ..., last_used: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ZoneSummary(_message.Message):
+    __slots__ = ("zone", "nodes", "slots", "running", "disk_capacity_bytes", "disk_used_bytes")
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    DISK_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    zone: str
+    nodes: int
+    slots: int
+    running: int
+    disk_capacity_bytes: int
+    disk_used_bytes: int
+    def __init__(self, zone: _Optional[str] = ..., nodes: _Optional[int] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ...) -> None: ...
+
+class HitRates(_message.Message):
+    __slots__ = ("warm_builds", "partial_builds", "cold_builds", "bytes_local", "bytes_fetched")
+    WARM_BUILDS_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_BUILDS_FIELD_NUMBER: _ClassVar[int]
+    COLD_BUILDS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_LOCAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FETCHED_FIELD_NUMBER: _ClassVar[int]
+    warm_builds: int
+    partial_builds: int
+    cold_builds: int
+    bytes_local: int
+    bytes_fetched: int
+    def __init__(self, warm_builds: _Optional[int] = ..., partial_builds: _Optional[int] = ..., cold_builds: _Optional[int] = ..., bytes_local: _Optional[int] = ..., bytes_fetched: _Optional[int] = ...) -> None: ...
+
+class QueryInventoryResponse(_message.Message):
+    __slots__ = ("nodes", "keys", "zones", "hit_rates")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    HIT_RATES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInventory]
+    keys: _containers.RepeatedCompositeFieldContainer[KeySummary]
+    zones: _containers.RepeatedCompositeFieldContainer[ZoneSummary]
+    hit_rates: HitRates
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInventory, _Mapping]]] = ..., keys: _Optional[_Iterable[_Union[KeySummary, _Mapping]]] = ..., zones: _Optional[_Iterable[_Union[ZoneSummary, _Mapping]]] = ..., hit_rates: _Optional[_Union[HitRates, _Mapping]] = ...) -> None: ...
