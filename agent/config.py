@@ -5,7 +5,6 @@ Every field is documented here; ``stoker agent --help-settings`` prints them wit
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +109,7 @@ def load(file: str | None = None, overrides: dict | None = None, environ=None) -
     return settings.load(AgentConfig, prefix=ENV_PREFIX, environ=environ, file=file, overrides=overrides)
 
 
-def in_cluster(environ=None) -> bool:
-    return bool((environ if environ is not None else os.environ).get("KUBERNETES_SERVICE_HOST"))
+in_cluster = settings.in_cluster
 
 
 def default_node_name() -> str:

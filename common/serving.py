@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import threading
 
@@ -59,3 +61,11 @@ class MetricsServer:
 def is_loopback(address: str) -> bool:
     host = address.rpartition(":")[0].strip("[]")
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def write_ready_file(path: str, doc: dict) -> None:
+    """Write ``doc`` as JSON atomically, for a parent process waiting to learn the ports."""
+    target = Path(path)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(target)

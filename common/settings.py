@@ -52,6 +52,11 @@ def load(
     return _build(cls, values, path="")
 
 
+def in_cluster(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process runs in a Kubernetes pod (the API server's address is set)."""
+    return bool((os.environ if environ is None else environ).get("KUBERNETES_SERVICE_HOST"))
+
+
 def describe(cls: type, prefix: str) -> list[tuple[str, str, str]]:
     """(environment variable, default, doc) for every leaf field, for ``--help-settings``."""
     rows: list[tuple[str, str, str]] = []

@@ -76,20 +76,22 @@ class RunningBuild(_message.Message):
     def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("running", "free_slots", "disk_used_bytes", "disk_free_bytes", "generation", "evicted_bytes_total")
+    __slots__ = ("running", "free_slots", "disk_used_bytes", "disk_free_bytes", "generation", "evicted_bytes_total", "draining")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
     DISK_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     EVICTED_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     running: _containers.RepeatedCompositeFieldContainer[RunningBuild]
     free_slots: int
     disk_used_bytes: int
     disk_free_bytes: int
     generation: int
     evicted_bytes_total: int
-    def __init__(self, running: _Optional[_Iterable[_Union[RunningBuild, _Mapping]]] = ..., free_slots: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., evicted_bytes_total: _Optional[int] = ...) -> None: ...
+    draining: bool
+    def __init__(self, running: _Optional[_Iterable[_Union[RunningBuild, _Mapping]]] = ..., free_slots: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., evicted_bytes_total: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class BuildUpdate(_message.Message):
     __slots__ = ("build_id", "attempt", "event")

@@ -1,0 +1,147 @@
+"""Wiring for ``stoker agent``: read settings, open the cache, serve health and metrics, connect.
+
+Health: the overall service ("") reports SERVING while the process is alive (liveness); the
+service ``stoker.agent.Ready`` reports SERVING only while the agent's stream to the coordinator is
+open (readiness), so a wrong coordinator address shows up as not ready with the reason in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health_pb2
+from prometheus_client import CollectorRegistry
+
+from stoker.agent.cache.api import BuildCache
+from stoker.agent.config import AgentConfig, default_node_name, in_cluster
+from stoker.agent.runner import AgentMetrics
+from stoker.agent.session import CoordinatorSession
+from stoker.common.serving import MetricsServer, add_health_and_reflection, write_ready_file
+from stoker.v1 import agent_pb2
+
+log = logging.getLogger(__name__)
+
+READY_SERVICE = "stoker.agent.Ready"
+VERSION = "0.1.0"
+
+
+def open_build_cache(config: AgentConfig) -> BuildCache:
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from stoker.agent.cache.simple import SimpleCache
+
+    url = urlparse(config.cache.blobs)
+    if url.scheme != "file":
+        raise ValueError(f"cache.blobs: {config.cache.blobs!r}: only file:// blob stores are supported")
+    return SimpleCache(Path(config.cache.dir), Path(url.path), config.cache.budget_bytes)
+
+
+def registration(config: AgentConfig) -> agent_pb2.RegisterRequest:
+    """What the node tells the coordinator about itself: configuration, then its Kubernetes Node."""
+    node = config.node
+    name = node.name or default_node_name()
+    req = agent_pb2.RegisterRequest(
+        node=name, zone=node.zone, slots=node.slots, disk_capacity_bytes=config.cache.budget_bytes,
+        labels=node.labels, agent_version=VERSION, instance_type=node.instance_type,
+        cpus=node.cpus or (os.cpu_count() or 1), memory_bytes=node.memory_bytes)
+    use_kube = node.kubernetes == "on" or (node.kubernetes == "auto" and in_cluster())
+    if use_kube:
+        from stoker.agent import kube_node
+
+        try:
+            facts = kube_node.read_node_facts(name)
+        except kube_node.NodeFactsUnavailable as exc:
+            log.warning("cannot read Node %s from the Kubernetes API (%s); registering with configured "
+                        "values only", name, exc)
+        else:
+            req.zone = node.zone or facts.zone
+            req.instance_type = node.instance_type or facts.instance_type
+            req.cpus = node.cpus or facts.cpus
+            req.memory_bytes = node.memory_bytes or facts.memory_bytes
+            req.taints.extend(facts.taints)
+            for k, v in facts.labels.items():
+                req.labels.setdefault(k, v)
+    return req
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, cache: BuildCache | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.metrics = AgentMetrics(self.registry)
+        self.executor = ThreadPoolExecutor(config.server.executor_threads, thread_name_prefix="agent-io")
+        self.cache = cache or open_build_cache(config)
+        self.server = grpc.aio.server()
+        self.health = add_health_and_reflection(self.server, [READY_SERVICE])
+        self.port = self.server.add_insecure_port(config.server.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.server.listen}")
+        self.metrics_server = MetricsServer(self.registry, config.server.metrics_listen)
+        self.session: CoordinatorSession | None = None
+        self.stop_event = asyncio.Event()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.cache.open)
+        generation, entries = self.cache.inventory()
+        log.info("cache store open: %d entries", len(entries))
+        req = await loop.run_in_executor(self.executor, registration, self.config)
+        self.session = CoordinatorSession(self.config, req, self.cache, self.executor, self.metrics)
+        await self.server.start()
+        self.metrics_server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(READY_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._tasks = [asyncio.create_task(self.session.run_forever(self.stop_event)),
+                       asyncio.create_task(self._track_readiness())]
+        log.info("agent %s: health on port %d, metrics on port %d, coordinator %s", req.node, self.port,
+                 self.metrics_server.port, self.config.coordinator.address)
+
+    async def _track_readiness(self) -> None:
+        assert self.session is not None
+        serving = None
+        while True:
+            now = self.session.connected.is_set()
+            if now != serving:
+                serving = now
+                status = (health_pb2.HealthCheckResponse.SERVING if now
+                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+                await self.health.set(READY_SERVICE, status)
+            await asyncio.sleep(0.2)
+
+    async def stop(self, drain_s: float) -> None:
+        """Finish running builds (up to ``drain_s``), then close the stream and the servers."""
+        if self.session is not None:
+            finished = await self.session.runner.drain(drain_s)
+            if not finished:
+                log.warning("builds still running after %.0f s; stopping them (the coordinator requeues "
+                            "them)", drain_s)
+                await self.session.runner.kill_all()
+            await asyncio.sleep(0.3)  # let the last finished events leave
+        self.stop_event.set()
+        for task in getattr(self, "_tasks", []):
+            task.cancel()
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(1)
+        self.metrics_server.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def serve(config: AgentConfig, ready_file: str | None = None, drain_s: float = 60.0) -> None:
+    agent = Agent(config)
+    await agent.start()
+    if ready_file:
+        write_ready_file(ready_file, {"grpc_port": agent.port, "metrics_port": agent.metrics_server.port})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await agent.stop(drain_s)

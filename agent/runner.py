@@ -1,0 +1,326 @@
+"""Runs builds on the node: fresh workspace, cache restore, the command in its own process group,
+streamed output, timeout and cancel, cache save, and one ``finished`` event at the end.
+
+Every event goes out through ``emit(build_id, attempt, event)``; the session delivers it to the
+coordinator (and keeps it while the coordinator is away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from stoker.agent.cache.api import BuildCache, CacheError, Progress, RestoreResult, SaveResult
+from stoker.agent.config import BuildSettings
+from stoker.common.logs import log_context
+from stoker.v1 import agent_pb2, build_pb2, common_pb2
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, int, build_pb2.BuildEvent], None]
+
+_WARMTH = {"warm": common_pb2.WARMTH_WARM, "partial": common_pb2.WARMTH_PARTIAL, "cold": common_pb2.WARMTH_COLD}
+_MAX_LINE = 16 * 1024
+_PROGRESS_EVERY_S = 0.5
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.builds = Counter("stoker_agent_builds_total", "Builds finished on this node.", ["state"],
+                              registry=registry)
+        self.running = Gauge("stoker_agent_builds_running", "Builds running now.", registry=registry)
+        self.restore_seconds = Histogram("stoker_agent_cache_restore_seconds", "Cache restore time.",
+                                         ["warmth"], registry=registry)
+        self.restore_bytes = Counter("stoker_agent_cache_fetched_bytes_total",
+                                     "Bytes fetched from the blob store.", registry=registry)
+        self.restore_progress = Gauge("stoker_agent_cache_restore_progress_bytes",
+                                      "Bytes done of the restore in progress.", registry=registry)
+        self.save_seconds = Histogram("stoker_agent_cache_save_seconds", "Cache save time.", registry=registry)
+        self.uploaded_bytes = Counter("stoker_agent_cache_uploaded_bytes_total",
+                                      "Bytes uploaded to the blob store.", registry=registry)
+        self.connected = Gauge("stoker_agent_connected", "1 while the coordinator stream is open.",
+                               registry=registry)
+        self.reconnects = Counter("stoker_agent_reconnects_total", "Stream (re)connection attempts.",
+                                  registry=registry)
+
+
+@dataclass
+class _Run:
+    build_id: str
+    attempt: int
+    spec: common_pb2.BuildSpec
+    task: asyncio.Task | None = None
+    process: asyncio.subprocess.Process | None = None
+    stop_reason: str = ""
+    stop_state: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class BuildRunner:
+    def __init__(self, settings: BuildSettings, slots: int, cache: BuildCache, executor: Executor,
+                 emit: Emit, metrics: AgentMetrics) -> None:
+        self._settings = settings
+        self._slots = slots
+        self._cache = cache
+        self._executor = executor
+        self._emit = emit
+        self._metrics = metrics
+        self._runs: dict[str, _Run] = {}
+        self.draining = False
+
+    # -- commands ------------------------------------------------------------------------------
+    def start(self, command: agent_pb2.RunBuildCommand) -> None:
+        current = self._runs.get(command.build_id)
+        if current is not None:
+            if current.attempt == command.attempt:
+                return  # a repeated command (after a reconnect): already running
+            self.cancel(command.build_id, current.attempt, "superseded by a newer attempt")
+        run = _Run(command.build_id, command.attempt, command.spec)
+        self._runs[command.build_id] = run
+        run.task = asyncio.create_task(self._run(run), name=f"build-{command.build_id}")
+        self._metrics.running.set(len(self._runs))
+
+    def cancel(self, build_id: str, attempt: int, reason: str) -> None:
+        run = self._runs.get(build_id)
+        if run is None or (attempt and run.attempt != attempt):
+            return
+        log.info("cancelling build %s attempt %d: %s", build_id, run.attempt, reason)
+        self._stop(run, build_pb2.BUILD_STATE_CANCELLED, reason or "cancelled")
+
+    def running(self) -> list[tuple[str, int]]:
+        return [(r.build_id, r.attempt) for r in self._runs.values()]
+
+    def free_slots(self) -> int:
+        return 0 if self.draining else max(0, self._slots - len(self._runs))
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop taking builds and wait for running ones; False if some were still running at the end."""
+        self.draining = True
+        tasks = [r.task for r in self._runs.values() if r.task is not None]
+        if not tasks:
+            return True
+        log.info("draining: waiting up to %.0f s for %d running build(s)", timeout_s, len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        return not pending
+
+    async def kill_all(self) -> None:
+        for run in list(self._runs.values()):
+            self._stop(run, build_pb2.BUILD_STATE_CANCELLED, "agent shutting down")
+        tasks = [r.task for r in self._runs.values() if r.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._settings.kill_grace_s + 2)
+
+    # -- one build -----------------------------------------------------------------------------
+    async def _run(self, run: _Run) -> None:
+        with log_context(build=run.build_id, attempt=str(run.attempt)):
+            try:
+                await self._run_inner(run)
+            except Exception as exc:  # the build must always end with a finished event
+                log.exception("build failed inside the agent")
+                self._finish(run, build_pb2.BUILD_STATE_ERROR, -1, f"agent error: {exc}",
+                             common_pb2.Timings(), common_pb2.CacheFigures())
+            finally:
+                self._runs.pop(run.build_id, None)
+                self._metrics.running.set(len(self._runs))
+
+    async def _run_inner(self, run: _Run) -> None:
+        spec = run.spec
+        timings = common_pb2.Timings()
+        figures = common_pb2.CacheFigures(warmth=common_pb2.WARMTH_COLD)
+        workspace = Path(self._settings.work_dir) / f"{run.build_id}-{run.attempt}"
+        await self._in_thread(_fresh_workspace, workspace, dict(spec.files))
+        try:
+            restored = None
+            if spec.cache.key or spec.cache.restore_keys:
+                t0 = time.monotonic()
+                restored = await self._restore(run, workspace, figures)
+                timings.restore_s = time.monotonic() - t0
+            if run.stop_state:
+                self._finish(run, run.stop_state, -1, run.stop_reason, timings, figures)
+                return
+            t0 = time.monotonic()
+            state, exit_code, message = await self._execute(run, workspace)
+            timings.run_s = time.monotonic() - t0
+            if state == build_pb2.BUILD_STATE_SUCCEEDED and spec.cache.key:
+                if restored is not None and restored.restored_key == spec.cache.key:
+                    self._log(run, "stoker: cache key matched exactly; not saving")
+                else:
+                    t0 = time.monotonic()
+                    message = await self._save(run, workspace, figures) or message
+                    timings.save_s = time.monotonic() - t0
+            timings.total_s = time.monotonic() - run.started
+            self._finish(run, state, exit_code, message, timings, figures)
+        finally:
+            if not self._settings.keep_workspaces:
+                await self._in_thread(shutil.rmtree, workspace, True)
+
+    async def _restore(self, run: _Run, workspace: Path, figures: common_pb2.CacheFigures) -> RestoreResult | None:
+        cache = run.spec.cache
+        self._send(run, build_pb2.BuildEvent(restoring=build_pb2.Restoring(key=cache.key)))
+        progress = self._progress_reporter(run, "restoring", cache.key)
+        try:
+            result = await self._in_thread(self._cache.restore, cache.key, list(cache.restore_keys), workspace,
+                                           list(cache.paths), progress)
+        except CacheError as exc:
+            log.warning("cache restore failed: %s", exc)
+            self._log(run, f"stoker: cache restore failed, building without it: {exc}", stderr=True)
+            self._send(run, build_pb2.BuildEvent(restored=build_pb2.Restored(cache=figures)))
+            return None
+        figures.warmth = _WARMTH[result.warmth]
+        figures.restored_key = result.restored_key or ""
+        figures.bytes_fetched = result.bytes_fetched
+        figures.bytes_restored = result.bytes_restored
+        figures.files_restored = result.files_restored
+        self._metrics.restore_seconds.labels(result.warmth).observe(result.seconds)
+        self._metrics.restore_bytes.inc(result.bytes_fetched)
+        self._send(run, build_pb2.BuildEvent(restored=build_pb2.Restored(cache=figures, seconds=result.seconds)))
+        return result
+
+    async def _save(self, run: _Run, workspace: Path, figures: common_pb2.CacheFigures) -> str:
+        cache = run.spec.cache
+        self._send(run, build_pb2.BuildEvent(saving=build_pb2.Saving(key=cache.key)))
+        progress = self._progress_reporter(run, "saving", cache.key)
+        try:
+            result: SaveResult = await self._in_thread(self._cache.save, cache.key, workspace, list(cache.paths),
+                                                       progress)
+        except CacheError as exc:
+            log.warning("cache save failed: %s", exc)
+            self._log(run, f"stoker: cache save failed: {exc}", stderr=True)
+            return f"succeeded; cache save failed: {exc}"
+        figures.saved = result.saved
+        figures.bytes_uploaded = result.bytes_uploaded
+        self._metrics.save_seconds.observe(result.seconds)
+        self._metrics.uploaded_bytes.inc(result.bytes_uploaded)
+        return ""
+
+    async def _execute(self, run: _Run, workspace: Path) -> tuple[int, int, str]:
+        spec = run.spec
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STOKER_")}
+        env.update(spec.env)
+        env.update({"STOKER_BUILD_ID": run.build_id, "STOKER_WORKSPACE": str(workspace)})
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *spec.command, cwd=workspace, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                limit=_MAX_LINE)
+        except OSError as exc:
+            self._log(run, f"stoker: cannot start {spec.command[0]!r}: {exc.strerror}", stderr=True)
+            return build_pb2.BUILD_STATE_ERROR, 127, f"cannot start {spec.command[0]!r}: {exc.strerror}"
+        run.process = proc
+        self._send(run, build_pb2.BuildEvent(started=build_pb2.Started(pid=proc.pid)))
+        if run.stop_state:  # cancelled while starting
+            self._stop(run, run.stop_state, run.stop_reason)
+        readers = asyncio.gather(self._pump(run, proc.stdout, False), self._pump(run, proc.stderr, True))
+        timeout = spec.timeout_s or self._settings.default_timeout_s
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            self._stop(run, build_pb2.BUILD_STATE_TIMED_OUT, f"timed out after {timeout:g} s")
+            await proc.wait()
+        _killpg(proc.pid, signal.SIGKILL)  # leftovers of the build's process group
+        await readers
+        code = proc.returncode
+        if run.stop_state:
+            return run.stop_state, code if code is not None else -1, run.stop_reason
+        if code == 0:
+            return build_pb2.BUILD_STATE_SUCCEEDED, 0, "succeeded"
+        if code < 0:
+            return build_pb2.BUILD_STATE_FAILED, code, f"killed by signal {-code}"
+        return build_pb2.BUILD_STATE_FAILED, code, f"exited with code {code}"
+
+    async def _pump(self, run: _Run, stream: asyncio.StreamReader, stderr: bool) -> None:
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the limit: take what there is
+                line = await stream.read(_MAX_LINE)
+            if not line:
+                return
+            self._log(run, line.decode(errors="replace").rstrip("\r\n"), stderr=stderr)
+
+    def _stop(self, run: _Run, state: int, reason: str) -> None:
+        """Ask the build's whole process group to stop; SIGKILL after the grace period."""
+        if not run.stop_state:
+            run.stop_state, run.stop_reason = state, reason
+        proc = run.process
+        if proc is None or proc.returncode is not None:
+            return
+        _killpg(proc.pid, signal.SIGTERM)
+
+        async def _escalate() -> None:
+            try:
+                await asyncio.wait_for(proc.wait(), self._settings.kill_grace_s)
+            except asyncio.TimeoutError:
+                _killpg(proc.pid, signal.SIGKILL)
+
+        asyncio.get_running_loop().create_task(_escalate())
+
+    # -- events --------------------------------------------------------------------------------
+    def _finish(self, run: _Run, state: int, exit_code: int, message: str, timings: common_pb2.Timings,
+                figures: common_pb2.CacheFigures) -> None:
+        if not timings.total_s:
+            timings.total_s = time.monotonic() - run.started
+        self._metrics.builds.labels(build_pb2.BuildState.Name(state).removeprefix("BUILD_STATE_").lower()).inc()
+        log.info("build finished: %s, exit %d (%s)", build_pb2.BuildState.Name(state), exit_code, message)
+        self._send(run, build_pb2.BuildEvent(finished=build_pb2.Finished(
+            state=state, exit_code=exit_code, message=message, timings=timings, cache=figures)))
+
+    def _log(self, run: _Run, text: str, stderr: bool = False) -> None:
+        stream = build_pb2.LogLine.STREAM_STDERR if stderr else build_pb2.LogLine.STREAM_STDOUT
+        self._send(run, build_pb2.BuildEvent(log=build_pb2.LogLine(stream=stream, text=text)))
+
+    def _send(self, run: _Run, event: build_pb2.BuildEvent) -> None:
+        self._emit(run.build_id, run.attempt, event)
+
+    def _progress_reporter(self, run: _Run, phase: str, key: str):
+        """A thread-safe progress callback that sends at most one event per interval."""
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def report(p: Progress) -> None:
+            now = time.monotonic()
+            if now - last[0] < _PROGRESS_EVERY_S and p.bytes_done < p.bytes_total:
+                return
+            last[0] = now
+            pb = build_pb2.CacheProgress(bytes_done=p.bytes_done, bytes_total=p.bytes_total,
+                                         files_done=p.files_done, files_total=p.files_total,
+                                         bytes_per_s=p.bytes_per_s)
+            event = (build_pb2.BuildEvent(restoring=build_pb2.Restoring(key=key, progress=pb)) if phase == "restoring"
+                     else build_pb2.BuildEvent(saving=build_pb2.Saving(key=key, progress=pb)))
+            loop.call_soon_threadsafe(self._send, run, event)
+            if phase == "restoring":
+                self._metrics.restore_progress.set(p.bytes_done)
+
+        return report
+
+    async def _in_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def _fresh_workspace(workspace: Path, files: dict[str, bytes]) -> None:
+    shutil.rmtree(workspace, ignore_errors=True)
+    workspace.mkdir(parents=True)
+    root = os.path.realpath(workspace)
+    for name, data in files.items():
+        target = os.path.realpath(os.path.join(root, name))
+        if os.path.commonpath([root, target]) != root:
+            raise ValueError(f"input file {name!r} escapes the workspace")
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_bytes(data)
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

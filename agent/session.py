@@ -1,0 +1,208 @@
+"""The agent's link to the coordinator: register, hold the Connect stream, reconnect forever.
+
+On every (re)connection the agent registers, sends a full inventory snapshot and a heartbeat, then
+streams deltas, heartbeats and build updates while it handles commands. Messages produced while
+the coordinator is away wait in the outbox (log lines beyond a bound are dropped, never the end of
+a build); deltas already covered by the new snapshot are skipped. The last few ``finished`` events
+are re-sent after each reconnection, so a coordinator that restarted mid-build still learns how the
+build ended; it ignores repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from stoker.agent.cache.api import BuildCache, CacheError, EntryInfo
+from stoker.agent.config import AgentConfig
+from stoker.agent.runner import AgentMetrics, BuildRunner
+from stoker.v1 import agent_pb2, agent_pb2_grpc, build_pb2, common_pb2
+
+log = logging.getLogger(__name__)
+
+_OUTBOX_LOG_LIMIT = 20_000
+_RESEND_FINISHED = 64
+
+
+def _ts(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def entry_pb(e: EntryInfo) -> common_pb2.CacheEntry:
+    return common_pb2.CacheEntry(key=e.key, bytes=e.bytes, files=e.files, created=_ts(e.created),
+                                 last_used=_ts(e.last_used))
+
+
+class CoordinatorSession:
+    def __init__(self, config: AgentConfig, registration: agent_pb2.RegisterRequest, cache: BuildCache,
+                 executor: Executor, metrics: AgentMetrics) -> None:
+        self._config = config
+        self._registration = registration
+        self._cache = cache
+        self._executor = executor
+        self._metrics = metrics
+        self._outbox: collections.deque[agent_pb2.AgentMessage] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._finished: collections.OrderedDict[tuple[str, int], agent_pb2.AgentMessage] = collections.OrderedDict()
+        self._sent_generation = -1
+        self.connected = asyncio.Event()
+        self.last_error = "not connected yet"
+        self.runner = BuildRunner(config.build, registration.slots, cache, executor, self._emit_build_event,
+                                  metrics)
+        cache.subscribe(self._on_cache_change)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- producers -----------------------------------------------------------------------------
+    def _emit_build_event(self, build_id: str, attempt: int, event: build_pb2.BuildEvent) -> None:
+        message = agent_pb2.AgentMessage(build_update=agent_pb2.BuildUpdate(
+            build_id=build_id, attempt=attempt, event=event))
+        if event.WhichOneof("kind") == "finished":
+            self._finished[(build_id, attempt)] = message
+            while len(self._finished) > _RESEND_FINISHED:
+                self._finished.popitem(last=False)
+        elif event.WhichOneof("kind") == "log" and len(self._outbox) > _OUTBOX_LOG_LIMIT:
+            return
+        self._push(message)
+
+    def _on_cache_change(self, generation: int, upserted: Sequence[EntryInfo], removed: Sequence[str]) -> None:
+        """Called by the cache, possibly from a worker thread."""
+        message = agent_pb2.AgentMessage(delta=agent_pb2.InventoryDelta(
+            generation=generation, upserted=[entry_pb(e) for e in upserted], removed=list(removed)))
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._push, message)
+
+    def _push(self, message: agent_pb2.AgentMessage) -> None:
+        self._outbox.append(message)
+        self._wakeup.set()
+
+    # -- the connection loop -------------------------------------------------------------------
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        delay = self._config.coordinator.reconnect_initial_s
+        address = self._config.coordinator.address
+        while not stop.is_set():
+            self._metrics.reconnects.inc()
+            began = time.monotonic()
+            try:
+                async with grpc.aio.insecure_channel(address, options=[
+                    ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
+                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ]) as channel:
+                    await self._connect_once(agent_pb2_grpc.AgentGatewayStub(channel), stop)
+            except grpc.aio.AioRpcError as exc:
+                self.last_error = f"{exc.code().name}: {exc.details()}"
+            except (OSError, CacheError) as exc:
+                self.last_error = str(exc)
+            finally:
+                self.connected.clear()
+                self._metrics.connected.set(0)
+            if stop.is_set():
+                break
+            if time.monotonic() - began > 30:
+                delay = self._config.coordinator.reconnect_initial_s  # it was a healthy stream: start over
+            wait = min(delay, self._config.coordinator.reconnect_max_s) * random.uniform(0.5, 1.0)
+            log.warning("not connected to the coordinator at %s (%s); retrying in %.1f s", address,
+                        self.last_error, wait)
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, self._config.coordinator.reconnect_max_s)
+
+    async def _connect_once(self, stub: agent_pb2_grpc.AgentGatewayStub, stop: asyncio.Event) -> None:
+        reply = await stub.Register(self._registration, timeout=10, wait_for_ready=False)
+        interval = self._config.server.heartbeat_interval_s or reply.heartbeat_interval_s or 2.0
+        call = stub.Connect()
+        await call.write(agent_pb2.AgentMessage(session_id=reply.session_id, snapshot=await self._snapshot()))
+        await call.write(agent_pb2.AgentMessage(heartbeat=await self._heartbeat()))
+        for message in list(self._finished.values()):
+            await call.write(message)
+        self.connected.set()
+        self._metrics.connected.set(1)
+        self.last_error = ""
+        log.info("connected to the coordinator as %s (session %s)", self._registration.node,
+                 reply.session_id[:8])
+        tasks = [
+            asyncio.create_task(self._write_loop(call)),
+            asyncio.create_task(self._heartbeat_loop(call, interval)),
+            asyncio.create_task(self._read_loop(call)),
+            asyncio.create_task(stop.wait()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()
+            if not stop.is_set():
+                self.last_error = "the coordinator closed the stream"
+        finally:
+            for task in tasks:
+                task.cancel()
+            call.cancel()
+
+    async def _snapshot(self) -> agent_pb2.InventorySnapshot:
+        generation, entries = await asyncio.get_running_loop().run_in_executor(self._executor, self._cache.inventory)
+        self._sent_generation = generation
+        return agent_pb2.InventorySnapshot(generation=generation, entries=[entry_pb(e) for e in entries])
+
+    async def _heartbeat(self) -> agent_pb2.Heartbeat:
+        used, free = self._cache.disk_usage()
+        generation = self._sent_generation
+        return agent_pb2.Heartbeat(
+            running=[agent_pb2.RunningBuild(build_id=b, attempt=a) for b, a in self.runner.running()],
+            free_slots=self.runner.free_slots(), disk_used_bytes=used, disk_free_bytes=free,
+            generation=generation, evicted_bytes_total=self._cache.evicted_bytes_total,
+            draining=self.runner.draining)
+
+    async def _write_loop(self, call) -> None:
+        while True:
+            while self._outbox:
+                message = self._outbox[0]
+                if message.WhichOneof("body") == "delta":
+                    if message.delta.generation <= self._sent_generation:
+                        self._outbox.popleft()
+                        continue
+                    self._sent_generation = message.delta.generation
+                await call.write(message)
+                self._outbox.popleft()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def _heartbeat_loop(self, call, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await call.write(agent_pb2.AgentMessage(heartbeat=await self._heartbeat()))
+
+    async def _read_loop(self, call) -> None:
+        async for command in call:
+            kind = command.WhichOneof("command")
+            if kind == "run_build":
+                self.runner.start(command.run_build)
+            elif kind == "cancel_build":
+                c = command.cancel_build
+                self.runner.cancel(c.build_id, c.attempt, c.reason)
+            elif kind == "prewarm":
+                asyncio.create_task(self._prewarm(command.prewarm))
+            elif kind == "evict":
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._cache.evict, command.evict.key)
+            elif kind == "snapshot_request":
+                self._push(agent_pb2.AgentMessage(snapshot=await self._snapshot()))
+
+    async def _prewarm(self, command: agent_pb2.PrewarmCommand) -> None:
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._cache.prewarm, command.key, list(command.restore_keys))
+            log.info("prewarmed %s: %s, %d bytes fetched", command.key, result.restored_key or "nothing found",
+                     result.bytes_fetched)
+        except CacheError as exc:
+            log.warning("prewarm of %s failed: %s", command.key, exc)

@@ -1,0 +1,256 @@
+"""CI-side commands: ``stoker build``, ``place``, ``release``, ``get``, ``cancel``, ``watch``, ``inventory``.
+
+The coordinator address comes from ``--coordinator`` or ``STOKER_COORDINATOR`` (default
+127.0.0.1:7070), so a CI step is one line. ``stoker build`` exits with the build's exit code
+(124 when it timed out, 130 when cancelled, 125 when stoker could not run it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
+
+DEFAULT_COORDINATOR = "127.0.0.1:7070"
+EXIT_TIMED_OUT = 124
+EXIT_STOKER_ERROR = 125
+EXIT_CANCELLED = 130
+
+
+def coordinator_address(flag: str | None) -> str:
+    return flag or os.environ.get("STOKER_COORDINATOR") or DEFAULT_COORDINATOR
+
+
+def channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+
+
+def add_spec_arguments(parser, *, command: bool) -> None:
+    parser.add_argument("--coordinator", help="host:port (default: $STOKER_COORDINATOR or 127.0.0.1:7070)")
+    parser.add_argument("--workspace", required=True, help="project or repository the build belongs to")
+    parser.add_argument("--key", default="", help="exact cache key, e.g. web/node_modules-<lockfile hash>")
+    parser.add_argument("--restore-key", action="append", default=[], help="restore-key prefix (repeatable)")
+    parser.add_argument("--path", action="append", default=[], help="cached path inside the workspace (repeatable)")
+    parser.add_argument("--zone", default="", help="only nodes in this zone")
+    parser.add_argument("--label", action="append", default=[], help="only nodes with label k=v (repeatable)")
+    parser.add_argument("--tenant", default="", help="team or repository for fair sharing (default: workspace)")
+    parser.add_argument("--priority", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    if command:
+        parser.add_argument("--timeout", type=float, default=0.0, help="seconds (default: the coordinator's)")
+        parser.add_argument("--env", action="append", default=[], help="K=V for the command (repeatable)")
+        parser.add_argument("--file", action="append", default=[],
+                            help="local file copied into the workspace at the same relative path (repeatable)")
+        parser.add_argument("--request-id", default="", help="idempotency key (default: a fresh one)")
+        parser.add_argument("--wait-for-nodes", type=float, default=60.0,
+                            help="seconds to keep retrying while no node has registered")
+        parser.add_argument("argv", nargs="+", metavar="-- CMD", help="the command to run on the node")
+
+
+def spec_from_args(args, *, command: bool) -> common_pb2.BuildSpec:
+    spec = common_pb2.BuildSpec(
+        workspace=args.workspace,
+        cache=common_pb2.CacheSpec(key=args.key, restore_keys=args.restore_key, paths=args.path),
+        constraints=common_pb2.Constraints(zone=args.zone, labels=_pairs(args.label, "--label")),
+        tenant=args.tenant, priority=args.priority)
+    if command:
+        spec.command.extend(args.argv)
+        spec.timeout_s = args.timeout
+        spec.env.update(_pairs(args.env, "--env"))
+        for name in args.file:
+            spec.files[name] = Path(name).read_bytes()
+    return spec
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"stoker: {flag} {item!r}: expected K=V")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _fail(exc: grpc.RpcError) -> int:
+    print(f"stoker: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    return EXIT_STOKER_ERROR
+
+
+def run_build(args) -> int:
+    spec = spec_from_args(args, command=True)
+    request_id = args.request_id or uuid.uuid4().hex
+    address = coordinator_address(args.coordinator)
+    deadline = time.monotonic() + args.wait_for_nodes
+    build_id, last_seq, delay = "", 0, 0.5
+    with channel(address) as ch:
+        stub = build_pb2_grpc.BuildsStub(ch)
+        while True:
+            try:
+                if not build_id:
+                    events = stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec, request_id=request_id))
+                else:
+                    events = stub.WatchBuild(build_pb2.WatchBuildRequest(build_id=build_id, after_seq=last_seq))
+                for event in events:
+                    build_id, last_seq = event.build_id, event.seq
+                    done = _show(event, args.json)
+                    if done is not None:
+                        return done
+                print("stoker: the event stream ended early; reconnecting", file=sys.stderr)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    return _fail(exc)
+                print(f"stoker: {exc.details()}; retrying in {delay:.1f} s", file=sys.stderr)
+            time.sleep(delay * random.uniform(0.7, 1.0))
+            delay = min(delay * 2, 10.0)
+            if build_id:
+                deadline = max(deadline, time.monotonic() + 300)  # a running build: keep trying to reattach
+
+
+def _show(event: build_pb2.BuildEvent, as_json: bool) -> int | None:
+    """Print one event; return the exit code when the build has finished."""
+    kind = event.WhichOneof("kind")
+    if as_json:
+        print(json_format.MessageToJson(event, indent=None), flush=True)
+    elif kind == "log":
+        out = sys.stderr if event.log.stream == build_pb2.LogLine.STREAM_STDERR else sys.stdout
+        print(event.log.text, file=out, flush=True)
+    else:
+        line = _describe(event)
+        if line:
+            print(f"stoker: {line}", file=sys.stderr, flush=True)
+    if kind != "finished":
+        return None
+    state = event.finished.state
+    if state in (build_pb2.BUILD_STATE_SUCCEEDED, build_pb2.BUILD_STATE_FAILED):
+        return event.finished.exit_code if event.finished.exit_code >= 0 else 1
+    return {build_pb2.BUILD_STATE_TIMED_OUT: EXIT_TIMED_OUT,
+            build_pb2.BUILD_STATE_CANCELLED: EXIT_CANCELLED}.get(state, EXIT_STOKER_ERROR)
+
+
+def warmth_name(value: int) -> str:
+    return common_pb2.Warmth.Name(value).removeprefix("WARMTH_").lower() if value else "-"
+
+
+def _describe(event: build_pb2.BuildEvent) -> str:
+    kind = event.WhichOneof("kind")
+    if kind == "queued":
+        return f"build {event.build_id} queued: {event.queued.reason}"
+    if kind == "placed":
+        p = event.placed
+        return f"placed on {p.node} (zone {p.zone or '-'}): {p.reason}"
+    if kind == "restoring":
+        pr = event.restoring.progress
+        if pr.bytes_total:
+            return f"restoring {event.restoring.key}: {pr.bytes_done / 1e6:.1f}/{pr.bytes_total / 1e6:.1f} MB"
+        return f"restoring cache {event.restoring.key or ''}".rstrip()
+    if kind == "restored":
+        c = event.restored.cache
+        return (f"cache {warmth_name(c.warmth)}: restored {c.restored_key or 'nothing'}, "
+                f"{c.bytes_fetched / 1e6:.1f} MB fetched in {event.restored.seconds:.2f} s")
+    if kind == "saving":
+        pr = event.saving.progress
+        if pr.bytes_total:
+            return f"saved {event.saving.key}: {pr.files_done} files, {pr.bytes_done / 1e6:.1f} MB"
+        return f"saving cache {event.saving.key}"
+    if kind == "retrying":
+        return f"retrying as attempt {event.retrying.next_attempt}: {event.retrying.reason}"
+    if kind == "finished":
+        f = event.finished
+        return (f"finished {build_pb2.BuildState.Name(f.state).removeprefix('BUILD_STATE_').lower()} "
+                f"(exit {f.exit_code}) on {f.node or '-'} in {f.timings.total_s:.1f} s: {f.message}")
+    return ""
+
+
+def place(args) -> int:
+    spec = spec_from_args(args, command=False)
+    with channel(coordinator_address(args.coordinator)) as ch:
+        try:
+            placement = build_pb2_grpc.BuildsStub(ch).PlaceBuild(
+                build_pb2.PlaceBuildRequest(spec=spec, lease_s=args.lease), timeout=args.wait)
+        except grpc.RpcError as exc:
+            return _fail(exc)
+    if args.json:
+        print(json_format.MessageToJson(placement, indent=None))
+    else:
+        print(f"{placement.lease_id} {placement.node} {placement.zone} {placement.reason}")
+    return 0
+
+
+def release(args) -> int:
+    with channel(coordinator_address(args.coordinator)) as ch:
+        try:
+            reply = build_pb2_grpc.BuildsStub(ch).ReleasePlacement(
+                build_pb2.ReleasePlacementRequest(lease_id=args.lease_id), timeout=10)
+        except grpc.RpcError as exc:
+            return _fail(exc)
+    print("released" if reply.released else "already expired or released")
+    return 0
+
+
+def get(args) -> int:
+    with channel(coordinator_address(args.coordinator)) as ch:
+        try:
+            build = build_pb2_grpc.BuildsStub(ch).GetBuild(build_pb2.GetBuildRequest(build_id=args.build_id),
+                                                          timeout=10)
+        except grpc.RpcError as exc:
+            return _fail(exc)
+    print(json_format.MessageToJson(build, indent=2))
+    return 0
+
+
+def cancel(args) -> int:
+    with channel(coordinator_address(args.coordinator)) as ch:
+        try:
+            build = build_pb2_grpc.BuildsStub(ch).CancelBuild(
+                build_pb2.CancelBuildRequest(build_id=args.build_id, reason=args.reason), timeout=10)
+        except grpc.RpcError as exc:
+            return _fail(exc)
+    print(f"{build.id}: {build_pb2.BuildState.Name(build.state).removeprefix('BUILD_STATE_').lower()}")
+    return 0
+
+
+def watch(args) -> int:
+    with channel(coordinator_address(args.coordinator)) as ch:
+        try:
+            for event in build_pb2_grpc.BuildsStub(ch).WatchBuild(
+                    build_pb2.WatchBuildRequest(build_id=args.build_id, after_seq=args.after)):
+                done = _show(event, args.json)
+                if done is not None:
+                    return done
+        except grpc.RpcError as exc:
+            return _fail(exc)
+    return 0
+
+
+def inventory(args) -> int:
+    with channel(coordinator_address(args.coordinator)) as ch:
+        try:
+            reply = inventory_pb2_grpc.InventoryStub(ch).QueryInventory(inventory_pb2.QueryInventoryRequest(
+                key_prefix=args.prefix, zone=args.zone, node=args.node, summary_only=args.summary), timeout=30)
+        except grpc.RpcError as exc:
+            return _fail(exc)
+    if args.json:
+        print(json_format.MessageToJson(reply, indent=2))
+        return 0
+    print(f"{'NODE':<20} {'ZONE':<10} {'STATE':<13} {'SLOTS':>5} {'RUN':>4} {'ENTRIES':>7} {'BYTES':>12}")
+    for n in reply.nodes:
+        state = inventory_pb2.NodeState.Name(n.state).removeprefix("NODE_STATE_").lower()
+        print(f"{n.node:<20} {n.zone:<10} {state:<13} {n.slots:>5} {n.running:>4} {n.entry_count:>7} "
+              f"{n.entry_bytes:>12}")
+    print()
+    print(f"{'KEY':<48} {'REPLICAS':>8} {'BYTES':>12}  NODES")
+    for k in reply.keys:
+        print(f"{k.key:<48} {k.replicas:>8} {k.bytes:>12}  {','.join(k.nodes)}")
+    h = reply.hit_rates
+    print(f"\nhits: warm {h.warm_builds}, partial {h.partial_builds}, cold {h.cold_builds}; "
+          f"bytes local {h.bytes_local}, fetched {h.bytes_fetched}")
+    return 0

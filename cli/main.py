@@ -1,0 +1,177 @@
+"""``stoker``: one console script, a subcommand per role.
+
+    stoker demo                      the embedded default: everything on one machine
+    stoker coordinator               run the coordinator
+    stoker agent                     run a node agent
+    stoker build -- CMD...           run a build through the coordinator and stream it
+    stoker place / release           placement-only leases
+    stoker get / cancel / watch      one build
+    stoker inventory                 what the fleet holds
+    stoker cache ...                 operate the node's cache by hand
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from stoker.common import logs, settings
+
+
+def _server_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML or JSON settings file")
+    parser.add_argument("--listen", help="gRPC host:port (port 0 picks one)")
+    parser.add_argument("--metrics-listen", help="metrics host:port (port 0 picks one)")
+    parser.add_argument("--ready-file", help="write the chosen ports here as JSON once serving")
+    parser.add_argument("--log-format", choices=["text", "json", "auto"])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--help-settings", action="store_true", help="list every setting and its variable")
+
+
+def _log_format(fmt: str, in_cluster: bool) -> str:
+    if fmt != "auto":
+        return fmt
+    return "json" if in_cluster else "text"
+
+
+def cmd_coordinator(args) -> int:
+    from stoker.coordinator import config as cconfig
+    from stoker.coordinator import server
+
+    if args.help_settings:
+        return _print_settings(cconfig.CoordinatorConfig, cconfig.ENV_PREFIX)
+    config = cconfig.load(args.config, overrides={
+        "server": {"listen": args.listen, "metrics_listen": args.metrics_listen},
+        "state": {"path": args.state},
+        "nodes": {"lease_ttl_s": args.lease_ttl},
+        "log": {"format": args.log_format, "level": args.log_level},
+    })
+    logs.setup(config.log.level, _log_format(config.log.format, settings.in_cluster()), component="coordinator")
+    asyncio.run(server.serve(config, args.ready_file))
+    return 0
+
+
+def cmd_agent(args) -> int:
+    from stoker.agent import config as aconfig
+    from stoker.agent import main as agent_main
+
+    if args.help_settings:
+        return _print_settings(aconfig.AgentConfig, aconfig.ENV_PREFIX)
+    labels = dict(item.split("=", 1) for item in args.label) if args.label else None
+    config = aconfig.load(args.config, overrides={
+        "node": {"name": args.name, "zone": args.zone, "slots": args.slots, "labels": labels},
+        "coordinator": {"address": args.coordinator},
+        "cache": {"dir": args.cache_dir, "blobs": args.blobs, "budget_bytes": args.budget_bytes},
+        "build": {"work_dir": args.work_dir},
+        "server": {"listen": args.listen, "metrics_listen": args.metrics_listen},
+        "log": {"format": args.log_format, "level": args.log_level},
+    })
+    logs.setup(config.log.level, _log_format(config.log.format, aconfig.in_cluster()), component="agent")
+    logs.bind(node=config.node.name or aconfig.default_node_name())
+    asyncio.run(agent_main.serve(config, args.ready_file, drain_s=args.drain))
+    return 0
+
+
+def _print_settings(cls, prefix: str) -> int:
+    for name, default, doc in settings.describe(cls, prefix):
+        print(f"{name}  (default {default})\n    {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from stoker.cli import client
+
+    parser = argparse.ArgumentParser(prog="stoker", description="Keep a fleet of CI build nodes warm.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run a coordinator, four agents and a series of builds on this machine")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--dir", help="keep everything under this directory (default: a temporary one)")
+    p.add_argument("--keep", action="store_true", help="leave the demo directory behind")
+    p.set_defaults(func=lambda a: __import__("stoker.cli.demo", fromlist=["run"]).run(a))
+
+    p = sub.add_parser("coordinator", help="run the coordinator")
+    _server_common(p)
+    p.add_argument("--state", help="SQLite state file")
+    p.add_argument("--lease-ttl", type=float, help="seconds before a silent node counts as lost")
+    p.set_defaults(func=cmd_coordinator)
+
+    p = sub.add_parser("agent", help="run a node agent")
+    _server_common(p)
+    p.add_argument("--name", help="node name")
+    p.add_argument("--zone")
+    p.add_argument("--slots", type=int)
+    p.add_argument("--label", action="append", default=[], help="k=v (repeatable)")
+    p.add_argument("--coordinator", help="coordinator host:port")
+    p.add_argument("--cache-dir")
+    p.add_argument("--blobs", help="file:///path or s3://bucket/prefix")
+    p.add_argument("--budget-bytes", type=int)
+    p.add_argument("--work-dir")
+    p.add_argument("--drain", type=float, default=60.0, help="on SIGTERM, seconds to let running builds finish")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("build", help="run a build through the coordinator, streaming its output")
+    client.add_spec_arguments(p, command=True)
+    p.set_defaults(func=client.run_build)
+
+    p = sub.add_parser("place", help="placement only: hold a slot on the best node for a lease")
+    client.add_spec_arguments(p, command=False)
+    p.add_argument("--lease", type=float, default=0.0, help="lease seconds (default: the coordinator's)")
+    p.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a free slot")
+    p.set_defaults(func=client.place)
+
+    p = sub.add_parser("release", help="release a placement lease")
+    p.add_argument("lease_id")
+    p.add_argument("--coordinator")
+    p.set_defaults(func=client.release)
+
+    for name, func, helptext in (("get", client.get, "show a build"), ("cancel", client.cancel, "cancel a build"),
+                                 ("watch", client.watch, "stream a build's events")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("build_id")
+        p.add_argument("--coordinator")
+        if name == "cancel":
+            p.add_argument("--reason", default="")
+        if name == "watch":
+            p.add_argument("--after", type=int, default=0, help="only events after this sequence number")
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("inventory", help="what the fleet's nodes hold")
+    p.add_argument("--coordinator")
+    p.add_argument("--prefix", default="")
+    p.add_argument("--zone", default="")
+    p.add_argument("--node", default="")
+    p.add_argument("--summary", action="store_true", help="leave out per-node entry lists")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=client.inventory)
+
+    p = sub.add_parser("cache", help="operate this node's cache by hand (save, restore, ls, verify, gc)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cache)
+    return parser
+
+
+def _cache(args) -> int:
+    from stoker.agent.cache import cli as cache_cli
+
+    return cache_cli.main(args.rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except settings.SettingsError as exc:
+        print(f"stoker: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Protobuf ⇄ domain conversions, in one place."""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+
+from stoker.coordinator.domain import Constraints, EntryRecord, NodeInfo, NodeState, PlacementRequest, Warmth
+from stoker.coordinator.registry import NodeRecord
+from stoker.v1 import agent_pb2, common_pb2, inventory_pb2
+
+WARMTH_TO_PB = {
+    Warmth.WARM: common_pb2.WARMTH_WARM,
+    Warmth.PARTIAL: common_pb2.WARMTH_PARTIAL,
+    Warmth.COLD: common_pb2.WARMTH_COLD,
+}
+WARMTH_FROM_PB = {v: k for k, v in WARMTH_TO_PB.items()}
+
+NODE_STATE_TO_PB = {
+    NodeState.READY: inventory_pb2.NODE_STATE_READY,
+    NodeState.DISCONNECTED: inventory_pb2.NODE_STATE_DISCONNECTED,
+    NodeState.LOST: inventory_pb2.NODE_STATE_LOST,
+}
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def seconds(ts: timestamp_pb2.Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
+
+
+def node_info(req: agent_pb2.RegisterRequest) -> NodeInfo:
+    return NodeInfo(
+        name=req.node,
+        zone=req.zone,
+        slots=req.slots,
+        disk_capacity_bytes=req.disk_capacity_bytes,
+        labels=dict(req.labels),
+        agent_version=req.agent_version,
+        instance_type=req.instance_type,
+        cpus=req.cpus,
+        memory_bytes=req.memory_bytes,
+        taints=tuple(req.taints),
+    )
+
+
+def entry(pb: common_pb2.CacheEntry) -> EntryRecord:
+    return EntryRecord(key=pb.key, bytes=pb.bytes, files=pb.files, created=seconds(pb.created),
+                       last_used=seconds(pb.last_used))
+
+
+def entry_to_pb(e: EntryRecord) -> common_pb2.CacheEntry:
+    return common_pb2.CacheEntry(key=e.key, bytes=e.bytes, files=e.files, created=timestamp(e.created),
+                                 last_used=timestamp(e.last_used))
+
+
+def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: float) -> PlacementRequest:
+    return PlacementRequest(
+        id=request_id,
+        workspace=spec.workspace,
+        key=spec.cache.key,
+        restore_keys=tuple(spec.cache.restore_keys),
+        constraints=Constraints(zone=spec.constraints.zone, labels=dict(spec.constraints.labels)),
+        tenant=spec.tenant or spec.workspace,
+        priority=spec.priority,
+        enqueued_at=enqueued_at,
+    )
+
+
+def node_inventory(record: NodeRecord, entries: list[EntryRecord], *, with_entries: bool) -> inventory_pb2.NodeInventory:
+    pb = inventory_pb2.NodeInventory(
+        node=record.name,
+        zone=record.info.zone,
+        state=NODE_STATE_TO_PB[record.state],
+        slots=record.info.slots,
+        running=len(record.holders),
+        disk_capacity_bytes=record.info.disk_capacity_bytes,
+        disk_used_bytes=record.disk_used_bytes,
+        disk_free_bytes=record.disk_free_bytes,
+        evicted_bytes_total=record.evicted_bytes_total,
+        generation=max(record.generation, 0),
+        last_seen=timestamp(record.last_seen),
+        labels=record.info.labels,
+        entry_count=len(entries),
+        entry_bytes=sum(e.bytes for e in entries),
+    )
+    if with_entries:
+        pb.entries.extend(entry_to_pb(e) for e in sorted(entries, key=lambda e: e.key))
+    return pb

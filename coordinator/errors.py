@@ -1,0 +1,33 @@
+"""The coordinator's domain errors. The RPC layer maps each to one gRPC status (``status.py``)."""
+
+
+class DomainError(Exception):
+    """Base of every error the coordinator reports to a caller."""
+
+
+class NotFound(DomainError):
+    pass
+
+
+class InvalidArgument(DomainError):
+    """A request field is malformed; the message names the field."""
+
+
+class AlreadyExists(DomainError):
+    pass
+
+
+class FailedPrecondition(DomainError):
+    """The request is well formed but cannot be done in the current state."""
+
+
+class Aborted(DomainError):
+    """Lost a race (a stale session, a superseded attempt)."""
+
+
+class ResourceExhausted(DomainError):
+    pass
+
+
+class Unavailable(DomainError):
+    """A backend, or the fleet itself, is not there yet."""

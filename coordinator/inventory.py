@@ -1,0 +1,116 @@
+"""The fleet's cache inventory: which node holds which entry, built from agents' reports.
+
+Soft state: rebuilt from the agents' snapshots after a coordinator restart. Each node's view is a
+snapshot followed by deltas with consecutive generation numbers; a gap means a report was missed,
+and the caller asks the node for a fresh snapshot.
+
+Lookups the scheduler needs are indexed so a decision never scans a node's whole inventory:
+``holders(key)`` is a dict lookup, ``under_prefix(prefix)`` a bisect over the sorted keys.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from stoker.coordinator.domain import EntryRecord
+
+
+@dataclass
+class _NodeView:
+    generation: int = -1
+    entries: dict[str, EntryRecord] = field(default_factory=dict)
+
+
+class InventoryIndex:
+    def __init__(self) -> None:
+        self._nodes: dict[str, _NodeView] = {}
+        self._holders: dict[str, dict[str, EntryRecord]] = {}
+        self._sorted_keys: list[str] = []
+
+    # -- updates -------------------------------------------------------------------------------
+    def apply_snapshot(self, node: str, generation: int, entries: Iterable[EntryRecord]) -> None:
+        self.drop_node(node)
+        view = _NodeView(generation=generation)
+        self._nodes[node] = view
+        for entry in entries:
+            self._put(node, view, entry)
+
+    def apply_delta(self, node: str, generation: int, upserted: Iterable[EntryRecord],
+                    removed: Iterable[str]) -> bool:
+        """Apply a delta; False (and nothing applied) when it does not follow the last generation."""
+        view = self._nodes.get(node)
+        if view is None or generation != view.generation + 1:
+            return False
+        view.generation = generation
+        for key in removed:
+            self._remove(node, view, key)
+        for entry in upserted:
+            self._put(node, view, entry)
+        return True
+
+    def drop_node(self, node: str) -> None:
+        view = self._nodes.pop(node, None)
+        if view is None:
+            return
+        for key in list(view.entries):
+            self._remove(node, view, key)
+
+    def _put(self, node: str, view: _NodeView, entry: EntryRecord) -> None:
+        view.entries[entry.key] = entry
+        holders = self._holders.get(entry.key)
+        if holders is None:
+            holders = self._holders[entry.key] = {}
+            bisect.insort(self._sorted_keys, entry.key)
+        holders[node] = entry
+
+    def _remove(self, node: str, view: _NodeView, key: str) -> None:
+        if view.entries.pop(key, None) is None:
+            return
+        holders = self._holders.get(key)
+        if holders is None:
+            return
+        holders.pop(node, None)
+        if not holders:
+            del self._holders[key]
+            i = bisect.bisect_left(self._sorted_keys, key)
+            if i < len(self._sorted_keys) and self._sorted_keys[i] == key:
+                del self._sorted_keys[i]
+
+    # -- queries -------------------------------------------------------------------------------
+    def generation(self, node: str) -> int:
+        view = self._nodes.get(node)
+        return -1 if view is None else view.generation
+
+    def holders(self, key: str) -> dict[str, EntryRecord]:
+        """node → entry, for every node holding exactly ``key``."""
+        return self._holders.get(key, {})
+
+    def keys_under(self, prefix: str) -> Iterator[str]:
+        """Every key held anywhere that starts with ``prefix``, in sorted order."""
+        i = bisect.bisect_left(self._sorted_keys, prefix)
+        while i < len(self._sorted_keys) and self._sorted_keys[i].startswith(prefix):
+            yield self._sorted_keys[i]
+            i += 1
+
+    def newest_under(self, prefix: str, limit: int = 4096) -> dict[str, EntryRecord]:
+        """node → its newest entry under ``prefix`` (looks at no more than ``limit`` keys)."""
+        best: dict[str, EntryRecord] = {}
+        for n, key in enumerate(self.keys_under(prefix)):
+            if n >= limit:
+                break
+            for node, entry in self._holders[key].items():
+                if node not in best or entry.created > best[node].created:
+                    best[node] = entry
+        return best
+
+    def entries(self, node: str) -> list[EntryRecord]:
+        view = self._nodes.get(node)
+        return [] if view is None else list(view.entries.values())
+
+    def all_keys(self) -> list[str]:
+        return list(self._sorted_keys)
+
+    def node_names(self) -> list[str]:
+        return list(self._nodes)

@@ -1,0 +1,36 @@
+"""The coordinator's Prometheus metrics, on a registry passed in (tests use a fresh one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class CoordinatorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.builds_submitted = Counter(
+            "stoker_coordinator_builds_submitted_total", "Builds accepted by SubmitBuild.", registry=registry)
+        self.builds_finished = Counter(
+            "stoker_coordinator_builds_finished_total", "Builds that reached a final state.", ["state"],
+            registry=registry)
+        self.builds_requeued = Counter(
+            "stoker_coordinator_builds_requeued_total", "Attempts requeued after their node was lost.",
+            registry=registry)
+        self.placements = Counter(
+            "stoker_coordinator_placements_total", "Builds and leases placed, by expected warmth.", ["warmth"],
+            registry=registry)
+        self.cache_hits = Counter(
+            "stoker_coordinator_cache_hits_total", "Finished builds by the warmth their agent found.", ["warmth"],
+            registry=registry)
+        self.cache_bytes = Counter(
+            "stoker_coordinator_cache_bytes_total",
+            "Cache bytes of finished builds: restored from a local entry, or fetched from the blob store.",
+            ["source"], registry=registry)
+        self.decision_seconds = Histogram(
+            "stoker_coordinator_placement_decision_seconds", "Time the scheduler took per decision.",
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05), registry=registry)
+        self.queue_depth = Gauge(
+            "stoker_coordinator_queue_depth", "Builds and placement requests waiting for a slot.", registry=registry)
+        self.nodes = Gauge("stoker_coordinator_nodes", "Nodes by state.", ["state"], registry=registry)
+        self.agent_messages = Counter(
+            "stoker_coordinator_agent_messages_total", "Messages received on agents' streams.", ["kind"],
+            registry=registry)

@@ -1,0 +1,140 @@
+"""Wiring: build the coordinator's parts from its settings and serve them.
+
+``create_server(config, ...)`` returns a started-ready :class:`Coordinator` whose ``port`` is known
+(bind to port 0 in tests); ``serve(config)`` runs one until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from stoker.common.serving import MetricsServer, add_health_and_reflection, set_serving, write_ready_file
+from stoker.coordinator.builds import BuildService
+from stoker.coordinator.config import CoordinatorConfig
+from stoker.coordinator.domain import Clock, SystemClock
+from stoker.coordinator.inventory import InventoryIndex
+from stoker.coordinator.metrics import CoordinatorMetrics
+from stoker.coordinator.registry import NodeRegistry
+from stoker.coordinator.scheduler import Scheduler
+from stoker.coordinator.service import (
+    AgentGatewayServicer,
+    BuildsServicer,
+    InventoryServicer,
+    RolloutsServicer,
+)
+from stoker.coordinator.state import MemoryStateStore, SqliteStateStore, StateStore
+from stoker.v1 import agent_pb2, agent_pb2_grpc, build_pb2, build_pb2_grpc, inventory_pb2, inventory_pb2_grpc
+from stoker.v1 import rollout_pb2, rollout_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"].full_name,
+    build_pb2.DESCRIPTOR.services_by_name["Builds"].full_name,
+    inventory_pb2.DESCRIPTOR.services_by_name["Inventory"].full_name,
+    rollout_pb2.DESCRIPTOR.services_by_name["Rollouts"].full_name,
+]
+
+TICK_S = 0.5
+
+
+@dataclass
+class Coordinator:
+    config: CoordinatorConfig
+    server: grpc.aio.Server
+    port: int
+    metrics_server: MetricsServer
+    builds: BuildService
+    registry: NodeRegistry
+    inventory: InventoryIndex
+    store: StateStore
+    health: object
+    _ticker: asyncio.Task | None = None
+
+    @property
+    def metrics_port(self) -> int:
+        return self.metrics_server.port
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.metrics_server.start()
+        await set_serving(self.health, SERVICE_NAMES, True)
+        self._ticker = asyncio.create_task(self._tick_forever())
+        log.info("coordinator serving gRPC on port %d, metrics on port %d", self.port, self.metrics_port)
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.builds.tick()
+            except Exception:
+                log.exception("periodic tick failed")
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await set_serving(self.health, SERVICE_NAMES, False)
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for link in list(self.builds.links().values()):
+            link.close()
+        await self.server.stop(self.config.server.grace_s if grace_s is None else grace_s)
+        self.metrics_server.stop()
+        self.store.close()
+
+
+def open_store(config: CoordinatorConfig) -> StateStore:
+    if config.state.path == ":memory:":
+        return MemoryStateStore()
+    return SqliteStateStore(config.state.path)
+
+
+def create_server(config: CoordinatorConfig, *, clock: Clock | None = None,
+                  registry: CollectorRegistry | None = None) -> Coordinator:
+    clock = clock or SystemClock()
+    registry = registry or CollectorRegistry()
+    metrics = CoordinatorMetrics(registry)
+    nodes = NodeRegistry(clock, config.nodes.lease_ttl_s)
+    inventory = InventoryIndex()
+    store = open_store(config)
+    builds = BuildService(config.builds, nodes, inventory, Scheduler(inventory), store, clock, metrics)
+    builds.recover()
+    limit = config.server.max_message_bytes
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ])
+    agent_pb2_grpc.add_AgentGatewayServicer_to_server(
+        AgentGatewayServicer(config, nodes, inventory, builds, metrics), server)
+    build_pb2_grpc.add_BuildsServicer_to_server(BuildsServicer(config, builds), server)
+    inventory_pb2_grpc.add_InventoryServicer_to_server(InventoryServicer(nodes, inventory, builds), server)
+    rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutsServicer(), server)
+    health = add_health_and_reflection(server, SERVICE_NAMES)
+    port = server.add_insecure_port(config.server.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.server.listen}")
+    metrics_server = MetricsServer(registry, config.server.metrics_listen)
+    return Coordinator(config=config, server=server, port=port, metrics_server=metrics_server, builds=builds,
+                       registry=nodes, inventory=inventory, store=store, health=health)
+
+
+async def serve(config: CoordinatorConfig, ready_file: str | None = None) -> None:
+    coordinator = create_server(config)
+    await coordinator.start()
+    if ready_file:
+        write_ready_file(ready_file, {"grpc_port": coordinator.port, "metrics_port": coordinator.metrics_port})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: finishing in-flight calls (up to %.0f s)", config.server.grace_s)
+    await coordinator.stop()
