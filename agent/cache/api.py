@@ -28,6 +28,11 @@ class BlobStoreUnavailable(CacheError):
     """The blob store refused or timed out after retries."""
 
 
+class CorruptEntry(CacheError):
+    """Stored bytes disagree with the manifest: a truncated or corrupt pack, a frame that decompresses
+    past its declared size, a digest mismatch, or a missing pack (names the entry and the path)."""
+
+
 @dataclass(frozen=True)
 class EntryInfo:
     """One complete entry in the node's local store, as reported in the inventory."""

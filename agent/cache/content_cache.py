@@ -1,0 +1,562 @@
+"""The content-addressed build cache: :class:`ContentCache` implements :class:`~.api.BuildCache`.
+
+It composes the node's :class:`~.store.LocalStore` (compressed frames and manifests on the SSD), a
+:class:`~.blobs.BlobStore` (the shared store), :mod:`.tree` (walking and the stat cache), :mod:`.packing`
+(new content into packs) and :mod:`.hydrate` (frames into files). Object layout in the blob store::
+
+    packs/<sha256>        independent zstd frames; immutable
+    manifests/<sha256>    compressed JSON manifest (see :mod:`.manifest`); immutable
+    keys/<encoded key>    {"manifest": <sha256>, "content": <sha256>, "created": <unix s>}; written last
+
+A save uploads packs, then the manifest, then the key pointer, so a pointer always names a complete
+manifest whose packs exist; when two agents save one key at once, the last pointer written wins and both
+candidates are complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from stoker.agent.cache import hydrate, packing, tree
+from stoker.agent.cache import manifest as mf
+from stoker.agent.cache.api import (
+    BlobStoreUnavailable, CacheError, CorruptEntry, EntryInfo, InventoryListener, NotFound, ProgressFn,
+    RestoreResult, SaveResult, UnsafeTree,
+)
+from stoker.agent.cache.blobs import BlobStore, ByteRange, encode_key, merge_ranges
+from stoker.agent.cache.store import FrameId, LocalFrame, LocalStore
+
+log = logging.getLogger(__name__)
+
+MERGE_GAP = 256 << 10
+"""Missing frames closer than this in one pack are fetched by one GET (the gap is read and dropped)."""
+MAX_READ = 8 << 20
+"""Longest single ranged GET."""
+STAGING_PREFIX = ".stoker-staging-"
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    key: str
+    manifest: mf.Manifest
+    manifest_name: str
+    manifest_bytes: bytes
+    local: bool
+    exact: bool
+
+
+KnownChunks = tuple[tuple[mf.Frame, int, int], ...]
+
+
+class ContentCache:
+    """Save and restore entries; see the module docstring. Thread-safe."""
+
+    def __init__(self, store: LocalStore, blobs: BlobStore, *, workers: int = 0, syncfs: bool = False,
+                 fetch_concurrency: int = 8) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.workers = workers or os.cpu_count() or 1
+        self.syncfs = syncfs
+        self.fetch_concurrency = fetch_concurrency
+        self._known: dict[str, KnownChunks] = {}
+        self._known_from: set[str] = set()
+        self._packs_present: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- BuildCache ------------------------------------------------------------------------------------
+    def open(self) -> None:
+        self.store.open()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def inventory(self) -> tuple[int, list[EntryInfo]]:
+        return self.store.inventory()
+
+    def subscribe(self, listener: InventoryListener) -> None:
+        self.store.subscribe(listener)
+
+    def evict(self, key: str) -> bool:
+        return self.store.evict(key)
+
+    def disk_usage(self) -> tuple[int, int]:
+        return self.store.disk_usage()
+
+    @property
+    def evicted_bytes_total(self) -> int:
+        return self.store.evicted_bytes_total
+
+    def restore(self, key: str, restore_keys: Sequence[str], workspace: Path, paths: Sequence[str],
+                progress: ProgressFn | None = None) -> RestoreResult:
+        return self._restore(key, restore_keys, workspace, tree.check_roots(paths), progress)
+
+    def prewarm(self, key: str, restore_keys: Sequence[str]) -> RestoreResult:
+        return self._restore(key, restore_keys, None, (), None)
+
+    # -- restore ---------------------------------------------------------------------------------------
+    def _restore(self, key: str, restore_keys: Sequence[str], workspace: Path | None,
+                 roots: tuple[str, ...], progress: ProgressFn | None) -> RestoreResult:
+        start = time.monotonic()
+        resolved = self._resolve(key, restore_keys)
+        if resolved is None:
+            return RestoreResult("cold", None, 0, 0, 0, time.monotonic() - start)
+        if workspace is None and resolved.local and resolved.exact:
+            self.store.touch(resolved.key)
+            return RestoreResult("warm", resolved.key, 0, 0, 0, time.monotonic() - start)
+        manifest = resolved.manifest
+        where = f"entry {resolved.key}"
+        files = _select(manifest, roots) if workspace is not None else list(manifest.files)
+        needed = sorted({c.frame for f in files for c in f.chunks})
+        local: dict[int, tuple[Path, LocalFrame]] = {}
+        for i in needed:
+            fr = manifest.frames[i]
+            found = self.store.locate((fr.pack, fr.offset))
+            if found is not None and found[1].length == fr.length:
+                local[i] = found
+        missing = [i for i in needed if i not in local]
+        holders = self._holders({(manifest.frames[i].pack, manifest.frames[i].offset) for i in local})
+        with self.store.pinned(holders), self.store.staging() as staging:
+            fetched_bytes = 0
+            new_file: dict[str, Path] = {}
+            fetched: dict[int, LocalFrame] = {}
+            if missing:
+                need = sum(manifest.frames[i].length for i in missing) + len(resolved.manifest_bytes)
+                self.store.make_room(need, what=where)
+                name = f"f-{uuid.uuid4().hex}"
+                path = staging / name
+                fetched, fetched_bytes = self._fetch(manifest, files, missing, path, name, where)
+                new_file[name] = path
+            fds: dict[Path, int] = {}
+            try:
+                def locate(i: int) -> tuple[int, int]:
+                    path, lf = (new_file[fetched[i].file], fetched[i]) if i in fetched else local[i]
+                    if path not in fds:
+                        fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    return fds[path], lf.offset
+
+                for i in needed:  # open every source up front: lookups from worker threads only read
+                    locate(i)
+                records = self._materialize(resolved, files, workspace, roots, locate, progress, where)
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
+            if not resolved.local or missing:
+                frames_map: dict[FrameId, LocalFrame] = {}
+                all_local = True
+                for i, fr in enumerate(manifest.frames):
+                    if i in fetched:
+                        frames_map[(fr.pack, fr.offset)] = fetched[i]
+                    elif i in local:
+                        frames_map[(fr.pack, fr.offset)] = local[i][1]
+                    else:
+                        found = self.store.locate((fr.pack, fr.offset))
+                        if found is None:
+                            all_local = False
+                            break
+                        frames_map[(fr.pack, fr.offset)] = found[1]
+                if all_local:
+                    self.store.commit(key=resolved.key, created=manifest.created,
+                                      manifest_name=resolved.manifest_name,
+                                      manifest_bytes=resolved.manifest_bytes, frames=frames_map,
+                                      staged_files=new_file, total_bytes=manifest.total_bytes,
+                                      files=manifest.file_count)
+            else:
+                self.store.touch(resolved.key)
+        if workspace is not None:
+            self._write_stat_cache(workspace, records, resolved.key, resolved.manifest_name)
+        if resolved.local and resolved.exact:
+            warmth = "warm"
+        elif resolved.exact and not local:
+            warmth = "cold"
+        else:
+            warmth = "partial"
+        written = [f for f in files if f.type == mf.FILE]
+        return RestoreResult(warmth=warmth, restored_key=resolved.key, bytes_fetched=fetched_bytes,
+                             bytes_restored=sum(f.size for f in written), files_restored=len(written),
+                             seconds=time.monotonic() - start)
+
+    def _holders(self, frames: set[FrameId]) -> list[str]:
+        _, entries = self.store.inventory()
+        keys = []
+        for info in entries:
+            record = self.store.lookup(info.key)
+            if record is not None and frames.intersection(record.frames):
+                keys.append(info.key)
+        return keys
+
+    def _materialize(self, resolved: _Resolved, files: list[mf.FileEntry], workspace: Path | None,
+                     roots: tuple[str, ...], locate: hydrate.FrameLocator, progress: ProgressFn | None,
+                     where: str) -> dict[str, tree.StatRecord]:
+        if workspace is None:
+            hydrate.write_files(resolved.manifest, files, None, locate, workers=self.workers, where=where)
+            return {}
+        workspace.mkdir(parents=True, exist_ok=True)
+        for leftover in workspace.glob(STAGING_PREFIX + "*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        stage = workspace / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        stage.mkdir()
+        try:
+            present = {r for r in roots if any(f.path == r or f.path.startswith(r + "/") for f in files)}
+            for r in present:
+                parent = os.path.dirname(r)
+                if parent and not any(f.path == parent for f in files):
+                    os.makedirs(stage / parent, exist_ok=True)
+            records = hydrate.write_files(resolved.manifest, files, stage, locate, workers=self.workers,
+                                          where=where, progress=progress)
+            if self.syncfs:
+                hydrate.syncfs(stage)
+            for r in sorted(present):
+                _check_no_symlink_ancestors(workspace, r, where)
+                target = workspace / r
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if os.path.lexists(target):
+                    os.rename(target, stage / f".replaced-{uuid.uuid4().hex}")
+                os.rename(stage / r, target)
+            return records
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+    def _fetch(self, manifest: mf.Manifest, files: list[mf.FileEntry], missing: list[int], path: Path,
+               name: str, where: str) -> tuple[dict[int, LocalFrame], int]:
+        """Fetch ``missing`` frames into the file ``path``: nearby ranges merged, several GETs at once."""
+        by_pack: dict[str, list[int]] = defaultdict(list)
+        for i in missing:
+            by_pack[manifest.frames[i].pack].append(i)
+        first_path = {}
+        for f in files:
+            for c in f.chunks:
+                first_path.setdefault(manifest.frames[c.frame].pack, f.path)
+        reads: list[tuple[str, ByteRange, list[int], int]] = []
+        out_offset = 0
+        placed: dict[int, LocalFrame] = {}
+        for pack, frames in sorted(by_pack.items()):
+            ranges = [ByteRange(manifest.frames[i].offset, manifest.frames[i].length) for i in frames]
+            for rng, members in merge_ranges(ranges, gap=MERGE_GAP, max_length=MAX_READ):
+                idx = [frames[m] for m in members]
+                reads.append((pack, rng, idx, out_offset))
+                for i in idx:
+                    placed[i] = LocalFrame(name, out_offset, manifest.frames[i].length)
+                    out_offset += manifest.frames[i].length
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        total = 0
+        lock = threading.Lock()
+
+        def one(read: tuple[str, ByteRange, list[int], int]) -> None:
+            nonlocal total
+            pack, rng, idx, _ = read
+            try:
+                data = self.blobs.get_range(f"packs/{pack}", rng.offset, rng.length)
+            except NotFound as exc:
+                raise CorruptEntry(f"{where}: pack {pack} (holding {first_path.get(pack)}) is missing "
+                                   f"from {self.blobs.describe()}") from exc
+            except BlobStoreUnavailable as exc:
+                raise BlobStoreUnavailable(f"{where}: fetching pack {pack} (holding "
+                                           f"{first_path.get(pack)}): {exc}") from exc
+            if len(data) != rng.length:
+                raise CorruptEntry(f"{where}: pack {pack} (holding {first_path.get(pack)}) is truncated: "
+                                   f"{len(data)} of {rng.length} bytes at offset {rng.offset}")
+            view = memoryview(data)
+            for i in idx:
+                fr = manifest.frames[i]
+                chunk = view[fr.offset - rng.offset:fr.offset - rng.offset + fr.length]
+                os.pwrite(fd, chunk, placed[i].offset)
+            with lock:
+                total += len(data)
+
+        try:
+            with ThreadPoolExecutor(max_workers=self.fetch_concurrency, thread_name_prefix="stoker-fetch") as ex:
+                for _ in ex.map(one, sorted(reads, key=lambda r: -r[1].length)):
+                    pass
+        finally:
+            os.close(fd)
+        return placed, total
+
+    def _resolve(self, key: str, restore_keys: Sequence[str]) -> _Resolved | None:
+        record = self.store.lookup(key)
+        if record is not None:
+            return self._local(record.key, record.manifest, exact=True)
+        remote = self._remote_pointer(key)
+        if remote is not None:
+            return self._remote(key, remote, exact=True)
+        for prefix in restore_keys:
+            record = self.store.newest_under(prefix)
+            if record is not None:
+                return self._local(record.key, record.manifest, exact=False)
+            newest = None
+            for obj in self.blobs.list(f"keys/{encode_key(prefix)}"):
+                if newest is None or (obj.modified, obj.name) > (newest.modified, newest.name):
+                    newest = obj
+            if newest is not None:
+                from stoker.agent.cache.blobs import decode_key
+
+                found = decode_key(newest.name.removeprefix("keys/"))
+                pointer = self._remote_pointer(found)
+                if pointer is not None:
+                    return self._remote(found, pointer, exact=False)
+        return None
+
+    def _local(self, key: str, name: str, *, exact: bool) -> _Resolved:
+        record = self.store.lookup(key)
+        assert record is not None
+        data = self.store.read_manifest(record)
+        manifest = mf.parse(data, where=f"{key} (local {name})")
+        return _Resolved(key, manifest, name, data, local=True, exact=exact)
+
+    def _remote_pointer(self, key: str) -> dict | None:
+        try:
+            raw = self.blobs.get(f"keys/{encode_key(key)}")
+        except NotFound:
+            return None
+        try:
+            pointer = json.loads(raw)
+            str(pointer["manifest"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CacheError(f"entry {key}: its key pointer in {self.blobs.describe()} is malformed") from exc
+        return pointer
+
+    def _remote(self, key: str, pointer: dict, *, exact: bool) -> _Resolved:
+        name = str(pointer["manifest"])
+        try:
+            data = self.blobs.get(f"manifests/{name}")
+        except NotFound as exc:
+            raise CorruptEntry(f"entry {key}: manifest {name} is missing from {self.blobs.describe()}") from exc
+        if hashlib.sha256(data).hexdigest() != name:
+            raise CorruptEntry(f"entry {key}: manifest {name} does not match its digest")
+        manifest = mf.parse(data, where=f"{key} ({name})")
+        return _Resolved(key, manifest, name, data, local=False, exact=exact)
+
+    def _write_stat_cache(self, workspace: Path, records: dict[str, tree.StatRecord], key: str,
+                          manifest: str) -> None:
+        """Record what this workspace now holds: the stat cache for the next save, written last."""
+        path = self.store.workspace_file(workspace)
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
+        tmp.write_bytes(tree.stat_cache_bytes(records, time.time_ns(), key=key, manifest=manifest,
+                                              workspace=str(workspace.resolve())))
+        os.replace(tmp, path)
+        _prune_stat_caches(path.parent, keep=64)
+
+    # -- save ------------------------------------------------------------------------------------------
+    def save(self, key: str, workspace: Path, paths: Sequence[str],
+             progress: ProgressFn | None = None) -> SaveResult:
+        start = time.monotonic()
+        started_ns = time.time_ns()
+        roots = tree.check_roots(paths)
+        walked = tree.walk(workspace, roots)
+        if not walked:
+            raise CacheError(f"entry {key}: none of {list(roots)} exists in {workspace}")
+        cache_path = self.store.workspace_file(workspace)
+        stat_cache, recorded_ns, _ = tree.load_stat_cache(cache_path)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="stoker-save") as pool:
+            digests, _ = tree.digests(workspace, walked, stat_cache, recorded_ns, pool)
+            previous = self._remote_pointer(key)
+            known = self._known_chunks(previous)
+            items: dict[str, packing.ContentItem] = {}
+            for w in walked:
+                if w.type == mf.FILE and w.size and digests[w.path] not in known \
+                        and digests[w.path] not in items:
+                    items[digests[w.path]] = packing.ContentItem(digests[w.path], w.size, w.path,
+                                                                 workspace / w.path)
+            item_list = list(items.values())
+            plans = packing.plan_packs(item_list)
+            frames: list[mf.Frame] = []
+            frame_index: dict[FrameId, int] = {}
+            new_chunks: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+            uploaded = 0
+            with self.store.staging() as staging, \
+                    ThreadPoolExecutor(max_workers=2, thread_name_prefix="stoker-upload") as uploader:
+                staged: dict[str, Path] = {}
+                uploads = []
+                done_bytes = 0
+                total_new = sum(i.size for i in item_list)
+                for n, plan in enumerate(plans):
+                    written = packing.write_pack(plan, item_list, staging / f"pack-{n}", pool)
+                    staged[f"p-{written.name}"] = written.path
+                    uploads.append(uploader.submit(self._upload_pack, written))
+                    uploaded += written.size
+                    for fplan, wf in zip(plan.frames, written.frames):
+                        fid = (written.name, wf.offset)
+                        frame_index[fid] = len(frames)
+                        frames.append(mf.Frame(written.name, wf.offset, wf.length, wf.raw_size))
+                        pos = 0
+                        for piece in fplan.pieces:
+                            new_chunks[item_list[piece.item].digest].append(
+                                (frame_index[fid], pos, piece.length))
+                            pos += piece.length
+                    done_bytes += plan.raw_size
+                    if progress is not None:
+                        progress(_progress(done_bytes, total_new, start))
+                for u in uploads:
+                    uploaded -= u.result()
+                manifest = self._build_manifest(key, roots, walked, digests, known, frames, frame_index,
+                                                new_chunks)
+                content_id = _content_id(manifest)
+                if previous is not None and previous.get("content") == content_id:
+                    saved = False
+                    record = self.store.lookup(key)
+                    manifest_name = str(previous["manifest"])
+                    if record is None or record.manifest != manifest_name:
+                        self._commit_local(key, manifest, None, staged, manifest_name)
+                    else:
+                        self.store.touch(key)
+                else:
+                    saved = True
+                    data = mf.encode(manifest)
+                    manifest_name = hashlib.sha256(data).hexdigest()
+                    self.blobs.put(f"manifests/{manifest_name}", data)
+                    self.blobs.put(f"keys/{encode_key(key)}", json.dumps(
+                        {"manifest": manifest_name, "content": content_id, "created": manifest.created}).encode())
+                    uploaded += len(data)
+                    self._commit_local(key, manifest, data, staged, manifest_name)
+        records = {w.path: tree.StatRecord(w.size, w.mtime_ns, w.ino, w.ctime_ns, digests[w.path])
+                   for w in walked if w.type == mf.FILE}
+        tmp = cache_path.with_name(f".tmp-{uuid.uuid4().hex}")
+        tmp.write_bytes(tree.stat_cache_bytes(records, started_ns, key=key, manifest=manifest_name,
+                                              workspace=str(workspace.resolve())))
+        os.replace(tmp, cache_path)
+        regular = [w for w in walked if w.type == mf.FILE]
+        return SaveResult(key=key, saved=saved, bytes=sum(w.size for w in regular), files=len(regular),
+                          bytes_uploaded=uploaded if saved else 0, seconds=time.monotonic() - start)
+
+    def _upload_pack(self, written: packing.WrittenPack) -> int:
+        """Upload a pack unless the blob store has it; returns the bytes *not* uploaded."""
+        name = f"packs/{written.name}"
+        if self.blobs.exists(name):
+            return written.size
+        self.blobs.put_file(name, written.path)
+        with self._lock:
+            self._packs_present.add(written.name)
+        return 0
+
+    def _commit_local(self, key: str, manifest: mf.Manifest, data: bytes | None, staged: dict[str, Path],
+                      manifest_name: str) -> None:
+        if data is None:
+            data = self.blobs.get(f"manifests/{manifest_name}")
+            manifest = mf.parse(data, where=f"{key} ({manifest_name})")
+        frames_map: dict[FrameId, LocalFrame] = {}
+        used: dict[str, Path] = {}
+        for fr in manifest.frames:
+            local_name = f"p-{fr.pack}"
+            if local_name in staged:
+                frames_map[(fr.pack, fr.offset)] = LocalFrame(local_name, fr.offset, fr.length)
+                used[local_name] = staged[local_name]
+                continue
+            found = self.store.locate((fr.pack, fr.offset))
+            if found is None:
+                log.info("entry %s saved to the blob store but not kept locally: frames missing", key)
+                return
+            frames_map[(fr.pack, fr.offset)] = found[1]
+        need = sum(p.stat().st_size for p in used.values()) + len(data)
+        self.store.make_room(need, what=f"entry {key}")
+        self.store.commit(key=key, created=manifest.created, manifest_name=manifest_name,
+                          manifest_bytes=data, frames=frames_map, staged_files=used,
+                          total_bytes=manifest.total_bytes, files=manifest.file_count)
+        self._learn(manifest_name, manifest)
+
+    def _known_chunks(self, previous: dict | None) -> dict[str, KnownChunks]:
+        """Digest → where the blob store holds it, from local manifests and the key's current one."""
+        _, entries = self.store.inventory()
+        for info in entries:
+            record = self.store.lookup(info.key)
+            if record is not None and record.manifest not in self._known_from:
+                self._learn(record.manifest, mf.parse(self.store.read_manifest(record),
+                                                      where=f"{info.key} (local)"))
+        if previous is not None and str(previous["manifest"]) not in self._known_from:
+            try:
+                resolved = self._remote(str(previous.get("key", "")) or "(previous)", previous, exact=True)
+                self._learn(resolved.manifest_name, resolved.manifest)
+            except CacheError as exc:
+                log.warning("ignoring the previous manifest of this key: %s", exc)
+        with self._lock:
+            packs = {fr.pack for chunks in self._known.values() for fr, _, _ in chunks}
+            unchecked = packs - self._packs_present
+        for pack in unchecked:
+            if self.blobs.exists(f"packs/{pack}"):
+                with self._lock:
+                    self._packs_present.add(pack)
+        with self._lock:
+            return {d: c for d, c in self._known.items() if all(fr.pack in self._packs_present for fr, _, _ in c)}
+
+    def _learn(self, name: str, manifest: mf.Manifest) -> None:
+        with self._lock:
+            if name in self._known_from:
+                return
+            self._known_from.add(name)
+            for f in manifest.files:
+                if f.type == mf.FILE and f.chunks and f.digest not in self._known:
+                    self._known[f.digest] = tuple((manifest.frames[c.frame], c.raw_offset, c.raw_length)
+                                                  for c in f.chunks)
+
+    def _build_manifest(self, key: str, roots: tuple[str, ...], walked: list[tree.WalkedPath],
+                        digests: dict[str, str], known: dict[str, KnownChunks], frames: list[mf.Frame],
+                        frame_index: dict[FrameId, int],
+                        new_chunks: dict[str, list[tuple[int, int, int]]]) -> mf.Manifest:
+        files = []
+        for w in walked:
+            if w.type == mf.FILE:
+                digest = digests[w.path]
+                if w.size == 0:
+                    chunks: tuple[mf.Chunk, ...] = ()
+                elif digest in new_chunks:
+                    chunks = tuple(mf.Chunk(*c) for c in new_chunks[digest])
+                else:
+                    parts = []
+                    for fr, raw_offset, raw_length in known[digest]:
+                        fid = (fr.pack, fr.offset)
+                        if fid not in frame_index:
+                            frame_index[fid] = len(frames)
+                            frames.append(fr)
+                        parts.append(mf.Chunk(frame_index[fid], raw_offset, raw_length))
+                    chunks = tuple(parts)
+                files.append(mf.FileEntry(w.path, w.type, w.mode, w.mtime_ns, w.size, digest, None, chunks))
+            else:
+                files.append(mf.FileEntry(w.path, w.type, w.mode, w.mtime_ns, target=w.target))
+        manifest = mf.Manifest(key=key, created=time.time(), frames=tuple(frames), files=tuple(files),
+                               roots=roots)
+        mf.validate(manifest, where=f"{key} (new)")
+        return manifest
+
+
+def _content_id(manifest: mf.Manifest) -> str:
+    """Identity of an entry's content (files and where they live), ignoring key and time."""
+    h = hashlib.sha256()
+    for f in manifest.files:
+        h.update(repr((f.path, f.type, f.mode, f.mtime_ns, f.size, f.digest, f.target,
+                       [(manifest.frames[c.frame], c.raw_offset, c.raw_length) for c in f.chunks])).encode())
+    return h.hexdigest()
+
+
+def _progress(done: int, total: int, start: float):
+    from stoker.agent.cache.api import Progress
+
+    return Progress(done, total, 0, 0, done / max(time.monotonic() - start, 1e-9))
+
+
+def _select(manifest: mf.Manifest, roots: tuple[str, ...]) -> list[mf.FileEntry]:
+    return [f for f in manifest.files if any(f.path == r or f.path.startswith(r + "/") for r in roots)]
+
+
+def _check_no_symlink_ancestors(workspace: Path, rel: str, where: str) -> None:
+    """Publishing must not follow a symlink the workspace holds on the way to ``rel``."""
+    current = workspace
+    for part in rel.split("/")[:-1]:
+        current = current / part
+        if current.is_symlink() or (current.exists() and not current.is_dir()):
+            raise UnsafeTree(f"{where}: {current.relative_to(workspace)} in the workspace is not a directory")
+
+
+def _prune_stat_caches(directory: Path, keep: int) -> None:
+    entries = sorted(directory.iterdir(), key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True)
+    for p in entries[keep:]:
+        p.unlink(missing_ok=True)

@@ -1,0 +1,392 @@
+"""The node's local store: entries and their compressed content on the SSD, under a byte budget.
+
+Pure core: no blob-store, RPC or database imports (an import-linter contract checks it). The bookkeeping
+(:class:`StoreIndex`: what is held, what is shared, what to evict) is plain data with the clock injected;
+:class:`LocalStore` keeps it on disk crash-safely.
+
+Layout under the store directory::
+
+    VERSION                 "stoker-cache-store 1"
+    lock                    flock: one process owns the store
+    generation              the inventory generation (survives restarts)
+    staging/<id>/           everything being written; removed whole by open()
+    frames/<id>             frames fetched or packed together, immutable once here
+    manifests/<sha256>      the manifests of local entries (compressed, as in the blob store)
+    entries/<sha256(key)>   one JSON record per complete entry: the completion marker, written last
+    workspaces/<sha256(ws)> per workspace: what the last restore/save wrote there (stat cache)
+
+An entry exists exactly when its record exists, and a record is written (atomically, by rename) only after
+its manifest and every frame file it names are in place. Eviction deletes the record first. So a kill -9 at
+any point leaves either a complete entry or files no record names, which :meth:`LocalStore.open` deletes.
+Content shared by entries (the same blob frame) is stored and counted once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from stoker.agent.cache.api import CacheError, EntryInfo, InventoryListener
+
+STORE_FORMAT = "stoker-cache-store 1"
+
+FrameId = tuple[str, int]
+"""A blob frame: (pack name, offset in the pack)."""
+
+
+@dataclass(frozen=True)
+class LocalFrame:
+    file: str
+    """Name of a file under ``frames/``."""
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class EntryRecord:
+    key: str
+    manifest: str
+    """Name (SHA-256) of the manifest under ``manifests/``."""
+    created: float
+    last_used: float
+    bytes: int
+    files: int
+    frames: dict[FrameId, LocalFrame] = field(default_factory=dict)
+
+    def info(self) -> EntryInfo:
+        return EntryInfo(key=self.key, bytes=self.bytes, files=self.files, created=self.created,
+                         last_used=self.last_used)
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "key": self.key, "manifest": self.manifest, "created": self.created,
+            "last_used": self.last_used, "bytes": self.bytes, "files": self.files,
+            "frames": [[p, o, lf.file, lf.offset, lf.length] for (p, o), lf in self.frames.items()],
+        }, separators=(",", ":")).encode()
+
+    @staticmethod
+    def from_json(data: bytes) -> EntryRecord:
+        d = json.loads(data)
+        return EntryRecord(key=str(d["key"]), manifest=str(d["manifest"]), created=float(d["created"]),
+                           last_used=float(d["last_used"]), bytes=int(d["bytes"]), files=int(d["files"]),
+                           frames={(str(p), int(o)): LocalFrame(str(f), int(lo), int(n))
+                                   for p, o, f, lo, n in d["frames"]})
+
+
+class StoreIndex:
+    """What the store holds: entries, the frame files and manifests they share, and their sizes."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, EntryRecord] = {}
+        self.file_sizes: dict[str, int] = {}
+        self.manifest_sizes: dict[str, int] = {}
+        self._file_refs: dict[str, int] = {}
+        self._manifest_refs: dict[str, int] = {}
+        self._frames: dict[FrameId, LocalFrame] = {}
+        self._frame_refs: dict[FrameId, int] = {}
+
+    def used_bytes(self) -> int:
+        return sum(self.file_sizes.values()) + sum(self.manifest_sizes.values())
+
+    def locate(self, frame: FrameId) -> LocalFrame | None:
+        return self._frames.get(frame)
+
+    def add(self, record: EntryRecord, file_sizes: dict[str, int], manifest_size: int) -> list[str]:
+        """Add (or replace) an entry; returns the files and manifests no longer referenced (to delete)."""
+        garbage = self.remove(record.key) if record.key in self.entries else []
+        self.entries[record.key] = record
+        for name in {lf.file for lf in record.frames.values()}:
+            self._file_refs[name] = self._file_refs.get(name, 0) + 1
+            self.file_sizes.setdefault(name, file_sizes[name])
+        self._manifest_refs[record.manifest] = self._manifest_refs.get(record.manifest, 0) + 1
+        self.manifest_sizes.setdefault(record.manifest, manifest_size)
+        for fid, lf in record.frames.items():
+            self._frame_refs[fid] = self._frame_refs.get(fid, 0) + 1
+            self._frames.setdefault(fid, lf)
+        keep_files = set(self._file_refs)
+        return [g for g in garbage if g not in keep_files and g.removeprefix("manifest:")
+                not in self._manifest_refs]
+
+    def remove(self, key: str) -> list[str]:
+        """Drop an entry; returns frame files and ``manifest:<name>`` no longer referenced."""
+        record = self.entries.pop(key)
+        garbage: list[str] = []
+        for name in {lf.file for lf in record.frames.values()}:
+            self._file_refs[name] -= 1
+            if not self._file_refs[name]:
+                del self._file_refs[name]
+                del self.file_sizes[name]
+                garbage.append(name)
+        self._manifest_refs[record.manifest] -= 1
+        if not self._manifest_refs[record.manifest]:
+            del self._manifest_refs[record.manifest]
+            del self.manifest_sizes[record.manifest]
+            garbage.append("manifest:" + record.manifest)
+        for fid, lf in record.frames.items():
+            self._frame_refs[fid] -= 1
+            if not self._frame_refs[fid]:
+                del self._frame_refs[fid]
+                del self._frames[fid]
+        # A frame still referenced may have pointed into a file that just lost its last entry: repoint.
+        for fid, lf in list(self._frames.items()):
+            if lf.file not in self.file_sizes:
+                self._frames[fid] = next(r.frames[fid] for r in self.entries.values() if fid in r.frames)
+        return garbage
+
+    def freed_by(self, keys: Iterable[str]) -> int:
+        """Bytes that removing ``keys`` together would free."""
+        keys = set(keys)
+        files: set[str] = set()
+        manifests: set[str] = set()
+        for k in keys:
+            r = self.entries[k]
+            files.update(lf.file for lf in r.frames.values())
+            manifests.add(r.manifest)
+        for k, r in self.entries.items():
+            if k not in keys:
+                files.difference_update(lf.file for lf in r.frames.values())
+                manifests.discard(r.manifest)
+        return sum(self.file_sizes[f] for f in files) + sum(self.manifest_sizes[m] for m in manifests)
+
+    def victims(self, need: int, budget: int, pinned: set[str]) -> list[str] | None:
+        """Least recently used entries to evict so that ``need`` more bytes fit; None if impossible."""
+        if self.used_bytes() + need <= budget:
+            return []
+        chosen: list[str] = []
+        for record in sorted(self.entries.values(), key=lambda r: (r.last_used, r.created, r.key)):
+            if record.key in pinned:
+                continue
+            chosen.append(record.key)
+            if self.used_bytes() - self.freed_by(chosen) + need <= budget:
+                return chosen
+        return None
+
+    def newest_under(self, prefix: str) -> EntryRecord | None:
+        matches = [r for k, r in self.entries.items() if k.startswith(prefix)]
+        return max(matches, key=lambda r: (r.created, r.key)) if matches else None
+
+
+def _key_file(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class LocalStore:
+    """The store on disk (see the module docstring). Thread-safe; one process per directory."""
+
+    def __init__(self, root: Path, budget_bytes: int, *, clock: Callable[[], float] = time.time) -> None:
+        self.root = root
+        self.budget_bytes = budget_bytes
+        self.clock = clock
+        self.index = StoreIndex()
+        self.generation = 0
+        self.evicted_bytes_total = 0
+        self._lock = threading.RLock()
+        self._listeners: list[InventoryListener] = []
+        self._pins: dict[str, int] = {}
+        self._lock_fd: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def open(self) -> None:
+        for d in ("staging", "frames", "manifests", "entries", "workspaces"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        version = self.root / "VERSION"
+        if version.exists() and version.read_text().strip() != STORE_FORMAT:
+            raise CacheError(f"cache store {self.root} has format {version.read_text().strip()!r}; "
+                             f"this agent reads {STORE_FORMAT!r}")
+        version.write_text(STORE_FORMAT + "\n")
+        if self._lock_fd is None:
+            fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                os.close(fd)
+                raise CacheError(f"cache store {self.root} is in use by another process") from exc
+            self._lock_fd = fd
+        with self._lock:
+            for leftover in (self.root / "staging").iterdir():
+                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
+            self.index = StoreIndex()
+            frames_dir, manifests_dir = self.root / "frames", self.root / "manifests"
+            file_sizes = {e.name: e.stat().st_size for e in os.scandir(frames_dir)}
+            manifest_sizes = {e.name: e.stat().st_size for e in os.scandir(manifests_dir)}
+            for e in os.scandir(self.root / "entries"):
+                path = Path(e.path)
+                try:
+                    record = EntryRecord.from_json(path.read_bytes())
+                    ok = (_key_file(record.key) == e.name and record.manifest in manifest_sizes
+                          and all(lf.file in file_sizes and lf.offset + lf.length <= file_sizes[lf.file]
+                                  for lf in record.frames.values()))
+                except (OSError, ValueError, KeyError, TypeError):
+                    ok = False
+                if not ok:
+                    path.unlink(missing_ok=True)
+                    continue
+                self.index.add(record, file_sizes, manifest_sizes[record.manifest])
+            for name in set(file_sizes) - set(self.index.file_sizes):
+                (frames_dir / name).unlink(missing_ok=True)
+            for name in set(manifest_sizes) - set(self.index.manifest_sizes):
+                (manifests_dir / name).unlink(missing_ok=True)
+            try:
+                self.generation = int((self.root / "generation").read_text())
+            except (OSError, ValueError):
+                self.generation = 0
+            self._changed([r.info() for r in self.index.entries.values()], [])
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- queries ---------------------------------------------------------------------------------------
+    def inventory(self) -> tuple[int, list[EntryInfo]]:
+        with self._lock:
+            return self.generation, sorted((r.info() for r in self.index.entries.values()),
+                                           key=lambda i: i.key)
+
+    def subscribe(self, listener: InventoryListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def lookup(self, key: str) -> EntryRecord | None:
+        with self._lock:
+            return self.index.entries.get(key)
+
+    def newest_under(self, prefix: str) -> EntryRecord | None:
+        with self._lock:
+            return self.index.newest_under(prefix)
+
+    def read_manifest(self, record: EntryRecord) -> bytes:
+        return (self.root / "manifests" / record.manifest).read_bytes()
+
+    def locate(self, frame: FrameId) -> tuple[Path, LocalFrame] | None:
+        with self._lock:
+            lf = self.index.locate(frame)
+            return (self.root / "frames" / lf.file, lf) if lf else None
+
+    def disk_usage(self) -> tuple[int, int]:
+        with self._lock:
+            used = self.index.used_bytes()
+            return used, max(0, self.budget_bytes - used)
+
+    def workspace_file(self, workspace: Path) -> Path:
+        return self.root / "workspaces" / hashlib.sha256(str(workspace.resolve()).encode()).hexdigest()
+
+    # -- changes ---------------------------------------------------------------------------------------
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh staging directory, removed on exit (whatever was not moved out of it)."""
+        path = self.root / "staging" / uuid.uuid4().hex
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    @contextmanager
+    def pinned(self, keys: Sequence[str]) -> Iterator[None]:
+        """Keep ``keys`` from eviction while their frames are being read."""
+        with self._lock:
+            for k in keys:
+                self._pins[k] = self._pins.get(k, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                for k in keys:
+                    self._pins[k] -= 1
+                    if not self._pins[k]:
+                        del self._pins[k]
+
+    def make_room(self, need: int, *, what: str) -> None:
+        """Evict least recently used, unpinned entries until ``need`` more bytes fit the budget."""
+        with self._lock:
+            victims = self.index.victims(need, self.budget_bytes, set(self._pins))
+            if victims is None:
+                raise CacheError(f"{what}: needs {need} bytes but the cache budget is {self.budget_bytes} "
+                                 f"bytes and {self.index.used_bytes()} are held by entries in use")
+            for key in victims:
+                self._evict(key)
+
+    def commit(self, *, key: str, created: float, manifest_name: str, manifest_bytes: bytes,
+               frames: dict[FrameId, LocalFrame], staged_files: dict[str, Path], total_bytes: int,
+               files: int) -> EntryInfo:
+        """Publish an entry: move staged frame files and the manifest in, then write its record last.
+
+        ``frames`` maps every frame of the manifest to a local frame, either in ``staged_files`` (name →
+        staged path) or in a file the store already holds.
+        """
+        with self._lock:
+            for name, path in staged_files.items():
+                os.replace(path, self.root / "frames" / name)
+            manifest_path = self.root / "manifests" / manifest_name
+            if not manifest_path.exists():
+                tmp = self.root / "staging" / f"m-{uuid.uuid4().hex}"
+                tmp.write_bytes(manifest_bytes)
+                os.replace(tmp, manifest_path)
+            file_sizes = dict(self.index.file_sizes)
+            for name in {lf.file for lf in frames.values()}:
+                if name not in file_sizes:
+                    file_sizes[name] = (self.root / "frames" / name).stat().st_size
+            record = EntryRecord(key=key, manifest=manifest_name, created=created, last_used=self.clock(),
+                                 bytes=total_bytes, files=files, frames=frames)
+            self._write_record(record)
+            garbage = self.index.add(record, file_sizes, len(manifest_bytes))
+            self._delete(garbage)
+            self._changed([record.info()], [])
+            return record.info()
+
+    def touch(self, key: str) -> None:
+        """Mark an entry used now (LRU)."""
+        with self._lock:
+            record = self.index.entries.get(key)
+            if record is None:
+                return
+            record = replace(record, last_used=max(self.clock(), record.last_used))
+            self._write_record(record)
+            self.index.entries[key] = record
+            self._changed([record.info()], [])
+
+    def evict(self, key: str) -> bool:
+        with self._lock:
+            if key not in self.index.entries:
+                return False
+            self._evict(key)
+            return True
+
+    def _evict(self, key: str) -> None:
+        freed = self.index.freed_by([key])
+        (self.root / "entries" / _key_file(key)).unlink(missing_ok=True)
+        garbage = self.index.remove(key)
+        self._delete(garbage)
+        self.evicted_bytes_total += freed
+        self._changed([], [key])
+
+    def _write_record(self, record: EntryRecord) -> None:
+        tmp = self.root / "staging" / f"r-{uuid.uuid4().hex}"
+        tmp.write_bytes(record.to_json())
+        os.replace(tmp, self.root / "entries" / _key_file(record.key))
+
+    def _delete(self, garbage: Iterable[str]) -> None:
+        for g in garbage:
+            if g.startswith("manifest:"):
+                (self.root / "manifests" / g.removeprefix("manifest:")).unlink(missing_ok=True)
+            else:
+                (self.root / "frames" / g).unlink(missing_ok=True)
+
+    def _changed(self, upserted: list[EntryInfo], removed: list[str]) -> None:
+        self.generation += 1
+        tmp = self.root / "staging" / f"g-{uuid.uuid4().hex}"
+        tmp.write_text(str(self.generation))
+        os.replace(tmp, self.root / "generation")
+        for listener in list(self._listeners):
+            listener(self.generation, upserted, removed)

@@ -1,0 +1,157 @@
+"""Walking a workspace's trees for a save, and the stat cache that spares rehashing unchanged files.
+
+The walk yields directories before their contents, in name order, and refuses anything a restore could
+not reproduce safely: devices, FIFOs, sockets, absolute symlinks and symlinks that resolve outside the
+saved trees (:class:`~stoker.agent.cache.api.UnsafeTree`, naming the path).
+
+The stat cache works like git's index: per workspace, path → (size, mtime, inode, ctime, digest) as of the
+last restore or save. A file whose four stat fields are unchanged keeps its digest; a file whose ctime is
+not safely older than the moment the cache was recorded is "racily clean" and rehashed anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from stoker.agent.cache import manifest as mf
+from stoker.agent.cache.api import CacheError, UnsafeTree
+
+RACY_MARGIN_NS = 20_000_000
+"""File timestamps come from a coarse kernel clock: a ctime this close to the recording is not trusted."""
+
+EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
+
+
+@dataclass(frozen=True)
+class WalkedPath:
+    path: str
+    type: str
+    mode: int
+    mtime_ns: int
+    size: int = 0
+    ino: int = 0
+    ctime_ns: int = 0
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class StatRecord:
+    size: int
+    mtime_ns: int
+    ino: int
+    ctime_ns: int
+    digest: str
+
+
+def check_roots(paths: Sequence[str]) -> tuple[str, ...]:
+    """Normalize the entry's top-level paths: relative, safe, none inside another."""
+    roots = []
+    for p in paths:
+        norm = p.strip("/")
+        mf.check_relative_path(norm, where="cache paths")
+        roots.append(norm)
+    for a in roots:
+        for b in roots:
+            if a != b and b.startswith(a + "/"):
+                raise CacheError(f"cache paths {a!r} and {b!r} overlap")
+    if len(set(roots)) != len(roots):
+        raise CacheError(f"cache paths {list(paths)} repeat a path")
+    return tuple(sorted(roots))
+
+
+def walk(workspace: Path, roots: Sequence[str]) -> list[WalkedPath]:
+    """Every path under ``roots`` of ``workspace``; roots that do not exist are left out."""
+    out: list[WalkedPath] = []
+    for root in roots:
+        try:
+            st = os.lstat(workspace / root)
+        except FileNotFoundError:
+            continue
+        out.extend(_walk_one(workspace, root, st, tuple(roots)))
+    return out
+
+
+def _walk_one(workspace: Path, rel: str, st: os.stat_result, roots: tuple[str, ...]) -> Iterator[WalkedPath]:
+    mode = st.st_mode
+    perm = stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID)
+    if stat.S_ISDIR(mode):
+        yield WalkedPath(rel, mf.DIR, perm, st.st_mtime_ns)
+        try:
+            entries = sorted(os.scandir(workspace / rel), key=lambda e: e.name)
+        except OSError as exc:
+            raise CacheError(f"cannot list {rel}: {exc.strerror}") from exc
+        for e in entries:
+            yield from _walk_one(workspace, f"{rel}/{e.name}", e.stat(follow_symlinks=False), roots)
+    elif stat.S_ISREG(mode):
+        yield WalkedPath(rel, mf.FILE, perm, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+    elif stat.S_ISLNK(mode):
+        target = os.readlink(workspace / rel)
+        if not mf.symlink_stays_inside(rel, target, roots):
+            raise UnsafeTree(f"{rel}: symlink to {target!r} leaves the saved tree")
+        yield WalkedPath(rel, mf.SYMLINK, 0o777, st.st_mtime_ns, target=target)
+    else:
+        kind = ("a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+                "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "unsupported")
+        raise UnsafeTree(f"{rel}: is {kind}; only files, directories and symlinks are cached")
+
+
+def hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def digests(workspace: Path, walked: Sequence[WalkedPath], cache: dict[str, StatRecord], recorded_ns: int,
+            pool: Executor) -> tuple[dict[str, str], int]:
+    """Digest of every regular file (path → hex) and how many had to be hashed."""
+    result: dict[str, str] = {}
+    todo: list[WalkedPath] = []
+    for w in walked:
+        if w.type != mf.FILE:
+            continue
+        if w.size == 0:
+            result[w.path] = EMPTY_DIGEST
+            continue
+        rec = cache.get(w.path)
+        if (rec is not None and rec.size == w.size and rec.mtime_ns == w.mtime_ns and rec.ino == w.ino
+                and rec.ctime_ns == w.ctime_ns and w.ctime_ns < recorded_ns - RACY_MARGIN_NS):
+            result[w.path] = rec.digest
+        else:
+            todo.append(w)
+
+    def one(w: WalkedPath) -> tuple[str, str]:
+        try:
+            return w.path, hash_file(workspace / w.path)
+        except OSError as exc:
+            raise CacheError(f"cannot read {w.path}: {exc.strerror}") from exc
+
+    todo.sort(key=lambda w: -w.size)
+    for path, digest in pool.map(one, todo):
+        result[path] = digest
+    return result, len(todo)
+
+
+def load_stat_cache(path: Path) -> tuple[dict[str, StatRecord], int, dict]:
+    """(records, recorded_ns, extra fields) from a stat-cache file; empty when absent or unreadable."""
+    try:
+        doc = json.loads(path.read_bytes())
+        records = {p: StatRecord(*r) for p, r in doc["files"].items()}
+        return records, int(doc["recorded_ns"]), {k: v for k, v in doc.items()
+                                                  if k not in ("files", "recorded_ns")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}, 0, {}
+
+
+def stat_cache_bytes(records: dict[str, StatRecord], recorded_ns: int, **extra) -> bytes:
+    doc = {"recorded_ns": recorded_ns, **extra,
+           "files": {p: [r.size, r.mtime_ns, r.ino, r.ctime_ns, r.digest] for p, r in records.items()}}
+    return json.dumps(doc, separators=(",", ":")).encode()
