@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from stoker.agent import config as agent_config
+from stoker.agent import main as agent_main
 from stoker.common import settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -312,6 +313,11 @@ def test_agent_daemonset_runs_on_build_nodes_with_its_cache_on_the_host(overlay)
     assert priority["value"] > 0
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
     assert spec["terminationGracePeriodSeconds"] >= 300, "running builds need time to finish on SIGTERM"
+    args = container["args"]
+    drain = float(args[args.index("--drain") + 1])
+    assert 0 < drain <= spec["terminationGracePeriodSeconds"] - 30, (
+        "the agent's drain must end well before the kubelet's SIGKILL, to stop builds and report them"
+    )
 
 
 def test_agent_probes_use_grpc_health_on_its_listen_port(overlay):
@@ -319,10 +325,10 @@ def test_agent_probes_use_grpc_health_on_its_listen_port(overlay):
     agent = rendered.agent()
     container = main_container(agent)
     port = listen_port(rendered.container_env(agent, "agent")["STOKER_AGENT_SERVER_LISTEN"])
-    assert container["readinessProbe"]["grpc"] == {"port": port}
     # Liveness must not follow readiness: an unreachable coordinator makes the agent unready, not restarted.
-    assert container["livenessProbe"]["grpc"]["port"] == port
-    assert container["livenessProbe"]["grpc"].get("service"), "liveness asks for its own health service"
+    # The agent serves overall health ("") while alive and its Ready service while connected.
+    assert container["readinessProbe"]["grpc"] == {"port": port, "service": agent_main.READY_SERVICE}
+    assert container["livenessProbe"]["grpc"] == {"port": port}
     assert port in {p["containerPort"] for p in container["ports"]}
 
 
@@ -370,8 +376,18 @@ def test_one_image_with_both_entry_points(overlay):
     agent, coordinator = rendered.agent(), rendered.coordinator()
     images = {c["image"] for w in (agent, coordinator) for c in pod_spec(w)["containers"] + pod_spec(w).get("initContainers", [])}
     assert len(images) == 1, f"one image for everything, found {images}"
-    assert main_container(agent)["args"] == ["agent"] and "command" not in main_container(agent)
+    assert main_container(agent)["args"][0] == "agent" and "command" not in main_container(agent)
     assert main_container(coordinator)["args"] == ["coordinator"] and "command" not in main_container(coordinator)
+
+
+def test_container_args_are_ones_the_cli_accepts(overlay):
+    """The image's ENTRYPOINT is `stoker`; a renamed flag in args would crash-loop the pods."""
+    from stoker.cli.main import build_parser
+
+    _, rendered = overlay
+    agent_args = build_parser().parse_args(main_container(rendered.agent())["args"])
+    assert agent_args.command == "agent" and agent_args.drain == 840
+    assert build_parser().parse_args(main_container(rendered.coordinator())["args"]).command == "coordinator"
 
 
 def test_only_the_agent_init_container_runs_as_root(overlay):
