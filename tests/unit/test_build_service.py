@@ -1,0 +1,243 @@
+"""The build queue on a fake clock with the in-memory store: placement, events, requeue, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from stoker.coordinator.builds import AgentLink, BuildService
+from stoker.coordinator.config import BuildSettings
+from stoker.coordinator.domain import NodeInfo
+from stoker.coordinator.errors import FailedPrecondition, NotFound, Unavailable
+from stoker.coordinator.inventory import InventoryIndex
+from stoker.coordinator.metrics import CoordinatorMetrics
+from stoker.coordinator.registry import NodeRegistry
+from stoker.coordinator.scheduler import Scheduler
+from stoker.coordinator.state import MemoryStateStore
+from stoker.v1 import agent_pb2, build_pb2, common_pb2
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+
+class World:
+    def __init__(self, store=None) -> None:
+        self.clock = FakeClock()
+        self.registry = NodeRegistry(self.clock, lease_ttl_s=10)
+        self.inventory = InventoryIndex()
+        self.store = store or MemoryStateStore()
+        self.service = BuildService(BuildSettings(max_attempts=3), self.registry, self.inventory,
+                                    Scheduler(self.inventory), self.store, self.clock,
+                                    CoordinatorMetrics(CollectorRegistry()))
+        self.links: dict[str, AgentLink] = {}
+
+    def add_node(self, name: str, zone: str = "a", slots: int = 1) -> AgentLink:
+        rec = self.registry.register(NodeInfo(name=name, zone=zone, slots=slots))
+        self.registry.attach(name, rec.session_id)
+        link = AgentLink(name, rec.session_id)
+        self.links[name] = link
+        self.service.attach(link)
+        self.service.heartbeat(name, rec.session_id, agent_pb2.Heartbeat())
+        return link
+
+    def commands(self, name: str) -> list[agent_pb2.CoordinatorCommand]:
+        out = []
+        q = self.links[name].outbox
+        while not q.empty():
+            item = q.get_nowait()
+            if item is not None:
+                out.append(item)
+        return out
+
+    def finish(self, node: str, build_id: str, attempt: int, exit_code: int = 0) -> None:
+        state = build_pb2.BUILD_STATE_SUCCEEDED if exit_code == 0 else build_pb2.BUILD_STATE_FAILED
+        self.service.build_update(node, agent_pb2.BuildUpdate(build_id=build_id, attempt=attempt, event=build_pb2.BuildEvent(
+            finished=build_pb2.Finished(state=state, exit_code=exit_code, message="done"))))
+
+
+def spec(zone: str = "") -> common_pb2.BuildSpec:
+    return common_pb2.BuildSpec(workspace="web", command=["true"],
+                                cache=common_pb2.CacheSpec(key="web/k", paths=["nm"]),
+                                constraints=common_pb2.Constraints(zone=zone))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_no_nodes_is_unavailable_and_unsatisfiable_is_failed_precondition():
+    async def body():
+        w = World()
+        with pytest.raises(Unavailable):
+            w.service.submit(spec())
+        w.add_node("n1", zone="a")
+        with pytest.raises(FailedPrecondition, match="zone=b"):
+            w.service.submit(spec(zone="b"))
+        with pytest.raises(NotFound):
+            w.service.get("b-nope")
+    run(body())
+
+
+def test_build_is_dispatched_and_events_are_numbered_and_stored():
+    async def body():
+        w = World()
+        w.add_node("n1")
+        build_id = w.service.submit(spec())
+        [cmd] = w.commands("n1")
+        assert cmd.run_build.build_id == build_id and cmd.run_build.attempt == 1
+        assert cmd.run_build.spec.timeout_s > 0  # the default was filled in
+        w.service.build_update("n1", agent_pb2.BuildUpdate(build_id=build_id, attempt=1, event=build_pb2.BuildEvent(
+            log=build_pb2.LogLine(text="hello"))))
+        w.finish("n1", build_id, 1)
+        events = [e async for e in w.service.watch(build_id)]
+        kinds = [e.WhichOneof("kind") for e in events]
+        assert kinds == ["placed", "log", "finished"]
+        assert [e.seq for e in events] == [1, 2, 3]
+        assert w.service.get(build_id).state == build_pb2.BUILD_STATE_SUCCEEDED
+        assert [e.seq for e in w.store.events(build_id)] == [1, 2, 3]
+        assert [e.seq for e in [e async for e in w.service.watch(build_id, after_seq=2)]] == [3]
+    run(body())
+
+
+def test_busy_fleet_queues_with_a_reason_then_places_when_a_slot_frees():
+    async def body():
+        w = World()
+        w.add_node("n1")
+        first = w.service.submit(spec())
+        second = w.service.submit(spec())
+        assert w.service.get(second).state == build_pb2.BUILD_STATE_QUEUED
+        queued = [e for e in w.store.events(second) if e.WhichOneof("kind") == "queued"]
+        assert queued and "all busy" in queued[-1].queued.reason
+        w.commands("n1")
+        w.finish("n1", first, 1)
+        [cmd] = w.commands("n1")
+        assert cmd.run_build.build_id == second
+    run(body())
+
+
+def test_lost_node_requeues_and_stale_attempt_is_ignored():
+    async def body():
+        w = World()
+        w.add_node("n1")
+        build_id = w.service.submit(spec())
+        w.commands("n1")
+        w.service.detach(w.links["n1"])
+        w.clock.t += 11
+        w.add_node("n2")
+        w.service.tick()
+        assert w.service.get(build_id).attempt == 2
+        [cmd] = w.commands("n2")
+        assert cmd.run_build.attempt == 2
+        w.finish("n1", build_id, 1, exit_code=5)   # the lost node's late report: ignored
+        assert w.service.get(build_id).state == build_pb2.BUILD_STATE_RUNNING
+        w.finish("n2", build_id, 2)
+        events = [e async for e in w.service.watch(build_id)]
+        kinds = [e.WhichOneof("kind") for e in events]
+        assert kinds == ["placed", "retrying", "placed", "finished"]
+        assert events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
+        assert sum(1 for k in kinds if k == "finished") == 1
+    run(body())
+
+
+def test_reconnected_node_without_the_build_gets_it_requeued_and_unknown_builds_cancelled():
+    async def body():
+        w = World()
+        w.add_node("n1")
+        build_id = w.service.submit(spec())
+        w.commands("n1")
+        w.service.detach(w.links["n1"])
+        # The agent restarts within the lease and reports nothing running, plus a build it should not run.
+        rec = w.registry.register(NodeInfo(name="n1", zone="a", slots=1))
+        w.registry.attach("n1", rec.session_id)
+        link = AgentLink("n1", rec.session_id)
+        w.links["n1"] = link
+        w.service.attach(link)
+        w.service.heartbeat("n1", rec.session_id, agent_pb2.Heartbeat(
+            running=[agent_pb2.RunningBuild(build_id="b-ghost", attempt=1)]))
+        cmds = w.commands("n1")
+        kinds = [c.WhichOneof("command") for c in cmds]
+        assert "cancel_build" in kinds and cmds[kinds.index("cancel_build")].cancel_build.build_id == "b-ghost"
+        runs = [c.run_build for c in cmds if c.WhichOneof("command") == "run_build"]
+        assert [(r.build_id, r.attempt) for r in runs] == [(build_id, 2)]
+    run(body())
+
+
+def test_cancel_queued_build_finishes_it_and_running_build_sends_cancel():
+    async def body():
+        w = World()
+        w.add_node("n1")
+        running = w.service.submit(spec())
+        queued = w.service.submit(spec())
+        w.commands("n1")
+        assert w.service.cancel(queued, "").state == build_pb2.BUILD_STATE_CANCELLED
+        w.service.cancel(running, "stop it")
+        [cmd] = w.commands("n1")
+        assert cmd.cancel_build.build_id == running and cmd.cancel_build.reason == "stop it"
+    run(body())
+
+
+def test_max_attempts_ends_in_error():
+    async def body():
+        w = World()
+        build_id = None
+        for attempt in range(1, 4):
+            w.add_node(f"n{attempt}")
+            if build_id is None:
+                build_id = w.service.submit(spec())
+            w.service.detach(w.links[f"n{attempt}"])
+            w.clock.t += 11
+            w.service.tick()
+        record = w.service.get(build_id)
+        assert record.state == build_pb2.BUILD_STATE_ERROR and "gave up after 3 attempts" in record.message
+    run(body())
+
+
+def test_placement_lease_holds_a_slot_until_released():
+    async def body():
+        w = World()
+        w.add_node("n1")
+        placement = await w.service.place(spec(), lease_s=60)
+        assert placement.node == "n1" and placement.lease_id
+        build_id = w.service.submit(spec())
+        assert w.service.get(build_id).state == build_pb2.BUILD_STATE_QUEUED
+        assert w.service.release(placement.lease_id)
+        assert not w.service.release(placement.lease_id)
+        assert w.service.get(build_id).state == build_pb2.BUILD_STATE_RUNNING
+    run(body())
+
+
+def test_recover_reloads_unfinished_builds(tmp_path):
+    from stoker.coordinator.state import SqliteStateStore
+
+    async def body():
+        db = tmp_path / "s.db"
+        w = World(SqliteStateStore(db))
+        w.add_node("n1")
+        running = w.service.submit(spec())
+        queued = w.service.submit(spec())
+        w.store.close()
+        w2 = World(SqliteStateStore(db))
+        assert w2.service.recover() == 2
+        assert w2.service.get(queued).state == build_pb2.BUILD_STATE_QUEUED
+        assert w2.service.get(running).node == "n1"
+        # n1 comes back and reports the build still running: it keeps it, then finishes it once.
+        rec = w2.registry.register(NodeInfo(name="n1", zone="a", slots=1))
+        w2.registry.attach("n1", rec.session_id)
+        link = AgentLink("n1", rec.session_id)
+        w2.links["n1"] = link
+        w2.service.attach(link)
+        w2.service.heartbeat("n1", rec.session_id, agent_pb2.Heartbeat(
+            running=[agent_pb2.RunningBuild(build_id=running, attempt=1)]))
+        assert w2.service.get(running).attempt == 1
+        w2.finish("n1", running, 1)
+        assert w2.service.get(running).state == build_pb2.BUILD_STATE_SUCCEEDED
+        [cmd] = [c for c in w2.commands("n1") if c.WhichOneof("command") == "run_build"]
+        assert cmd.run_build.build_id == queued
+    run(body())
