@@ -16,7 +16,7 @@
 # Builds run inside the agent's container, so extend this image with your toolchains:
 #   FROM registry.example.com/stoker:0.1.0
 #   USER root
-#   RUN apt-get update && apt-get install -y --no-install-recommends nodejs npm && rm -rf /var/lib/apt/lists/*
+#   RUN apt-get update && apt-get install -y --no-install-recommends git nodejs npm && rm -rf /var/lib/apt/lists/*
 #   USER 10001:10001
 #
 # PID 1: the image has no init. In Kubernetes the agent's pod shares its process namespace, so the pause

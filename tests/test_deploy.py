@@ -507,3 +507,34 @@ def test_agents_and_ci_reach_the_coordinator_and_nothing_but_metrics_reaches_age
     # Named ports in policies must exist on the pods they protect, or they match nothing.
     assert {"grpc", "metrics"} <= {p["name"] for p in main_container(coordinator)["ports"]}
     assert {"metrics"} <= {p["name"] for p in main_container(agent)["ports"]}
+
+
+def test_a_users_overlay_on_top_of_s3_builds_as_docs_kubernetes_md_shows(tmp_path):
+    """docs/kubernetes.md step 3: image and bucket set in an overlay of the s3 overlay."""
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(OVERLAYS / "s3", root)],
+                "images": [{"name": "stoker", "newName": "registry.example.com/platform/stoker", "newTag": "0.1.0"}],
+                "configMapGenerator": [
+                    {
+                        "name": "stoker-agent",
+                        "behavior": "merge",
+                        "literals": ["STOKER_AGENT_CACHE_BLOBS=s3://acme-ci-cache/stoker", "STOKER_AGENT_NODE_SLOTS=4"],
+                    }
+                ],
+            }
+        )
+    )
+    documents = render(root)
+    assert_valid(documents, tmp_path)
+    rendered = Rendered(documents)
+    env = rendered.container_env(rendered.agent(), "agent")
+    loaded = agent_config.load(environ={**env, "STOKER_AGENT_NODE_NAME": "n"})
+    assert (loaded.cache.blobs, loaded.node.slots) == ("s3://acme-ci-cache/stoker", 4)
+    images = {c["image"] for w in (rendered.agent(), rendered.coordinator()) for c in pod_spec(w)["containers"]}
+    assert images == {"registry.example.com/platform/stoker:0.1.0"}
