@@ -73,6 +73,8 @@ class ContentCache:
         self._known: dict[str, KnownChunks] = {}
         self._known_from: set[str] = set()
         self._packs_present: set[str] = set()
+        self._parsed: dict[str, mf.Manifest] = {}
+        """Recently used local manifests, parsed and validated (they are immutable)."""
         self._lock = threading.Lock()
 
     # -- BuildCache ------------------------------------------------------------------------------------
@@ -311,7 +313,14 @@ class ContentCache:
         record = self.store.lookup(key)
         assert record is not None
         data = self.store.read_manifest(record)
-        manifest = mf.parse(data, where=f"{key} (local {name})")
+        with self._lock:
+            manifest = self._parsed.get(name)
+        if manifest is None:
+            manifest = mf.parse(data, where=f"{key} (local {name})")
+            with self._lock:
+                self._parsed[name] = manifest
+                while len(self._parsed) > 8:
+                    self._parsed.pop(next(iter(self._parsed)))
         return _Resolved(key, manifest, name, data, local=True, exact=exact)
 
     def _remote_pointer(self, key: str) -> dict | None:
@@ -560,3 +569,59 @@ def _prune_stat_caches(directory: Path, keep: int) -> None:
     entries = sorted(directory.iterdir(), key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True)
     for p in entries[keep:]:
         p.unlink(missing_ok=True)
+
+
+def verify_entry(cache: ContentCache, key: str) -> int:
+    """Decompress every frame of a local entry and check every file's digest; returns files checked."""
+    record = cache.store.lookup(key)
+    if record is None:
+        raise NotFound(f"entry {key} is not in the local store")
+    resolved = cache._local(key, record.manifest, exact=True)
+    manifest = resolved.manifest
+    fds: dict[Path, int] = {}
+    try:
+        def locate(i: int) -> tuple[int, int]:
+            fr = manifest.frames[i]
+            found = cache.store.locate((fr.pack, fr.offset))
+            if found is None:
+                raise CorruptEntry(f"entry {key}: frame {fr.pack}@{fr.offset} is not in the local store")
+            path, lf = found
+            if path not in fds:
+                fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            return fds[path], lf.offset
+
+        for i in range(len(manifest.frames)):
+            locate(i)
+        hydrate.write_files(manifest, list(manifest.files), None, locate, workers=cache.workers,
+                            where=f"entry {key}")
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return manifest.file_count
+
+
+def gc_blobs(blobs: BlobStore, *, grace_s: float, now: float, dry_run: bool = False) -> tuple[int, int]:
+    """Delete packs and manifests no key points at (directly or through its manifest) and older than
+    ``grace_s`` (a save in progress uploads packs before its pointer). Returns (objects, bytes) deleted."""
+    live_manifests: set[str] = set()
+    live_packs: set[str] = set()
+    for obj in blobs.list("keys/"):
+        try:
+            pointer = json.loads(blobs.get(obj.name))
+            name = str(pointer["manifest"])
+            manifest = mf.parse(blobs.get(f"manifests/{name}"), where=obj.name)
+        except (CacheError, ValueError, KeyError, TypeError) as exc:
+            log.warning("gc: skipping %s: %s", obj.name, exc)
+            continue
+        live_manifests.add(name)
+        live_packs.update(manifest.packs)
+    deleted = deleted_bytes = 0
+    for kind, live in (("manifests/", live_manifests), ("packs/", live_packs)):
+        for obj in list(blobs.list(kind)):
+            if obj.name.removeprefix(kind) in live or now - obj.modified < grace_s:
+                continue
+            if not dry_run:
+                blobs.delete(obj.name)
+            deleted += 1
+            deleted_bytes += obj.size
+    return deleted, deleted_bytes

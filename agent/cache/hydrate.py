@@ -50,12 +50,12 @@ class _Counter:
         self.start = time.monotonic()
         self.last = 0.0
 
-    def add(self, files: int, nbytes: int) -> None:
+    def add(self, files: int, nbytes: int, *, force: bool = False) -> None:
         with self.lock:
             self.files += files
             self.bytes += nbytes
             now = time.monotonic()
-            if self.progress is None or (now - self.last < 0.1 and self.files < self.files_total):
+            if self.progress is None or (now - self.last < 0.1 and not force):
                 return
             self.last = now
             snapshot = Progress(self.bytes, self.bytes_total, self.files, self.files_total,
@@ -126,6 +126,7 @@ def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path
                 if f.digest != hashlib.sha256(b"").hexdigest():
                     raise CorruptEntry(f"{where}: {f.path}: digest mismatch (empty file)")
                 records[f.path] = _write_one(dest / f.path, f, [b""])
+                counter.add(1, 0)
     tasks = plan_tasks(manifest, files)
 
     def run(task: _Task) -> list[tuple[str, StatRecord]]:
@@ -156,6 +157,7 @@ def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path
                 raise fut.exception()
         for fut in futures:
             records.update(fut.result())
+    counter.add(0, 0, force=True)
     if dest is not None:
         for f in reversed(files):
             if f.type == mf.DIR:
@@ -173,9 +175,10 @@ def _open_for(path: Path, f: mf.FileEntry) -> int:
 
 def _finish(fd: int, f: mf.FileEntry) -> StatRecord:
     os.utime(fd, ns=(f.mtime_ns, f.mtime_ns))
-    st = os.fstat(fd)
     os.close(fd)
-    return StatRecord(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, f.digest or "")
+    # Inode and ctime unknown (0): the stat cache then trusts the file only while its ctime predates the
+    # moment the restore recorded it, which any later change breaks (see tree.digests).
+    return StatRecord(f.size, f.mtime_ns, 0, 0, f.digest or "")
 
 
 def _write_one(path: Path, f: mf.FileEntry, parts: Sequence[bytes | memoryview]) -> StatRecord:

@@ -6,7 +6,9 @@ saved trees (:class:`~stoker.agent.cache.api.UnsafeTree`, naming the path).
 
 The stat cache works like git's index: per workspace, path → (size, mtime, inode, ctime, digest) as of the
 last restore or save. A file whose four stat fields are unchanged keeps its digest; a file whose ctime is
-not safely older than the moment the cache was recorded is "racily clean" and rehashed anyway.
+not safely older than the moment the cache was recorded is "racily clean" and rehashed anyway. A restore
+records no inode or ctime (0: it would cost an fstat per file): such a record holds while size and mtime
+match and the file's ctime predates the recording, since any later write, rename or chmod moves the ctime.
 """
 
 from __future__ import annotations
@@ -122,8 +124,9 @@ def digests(workspace: Path, walked: Sequence[WalkedPath], cache: dict[str, Stat
             result[w.path] = EMPTY_DIGEST
             continue
         rec = cache.get(w.path)
-        if (rec is not None and rec.size == w.size and rec.mtime_ns == w.mtime_ns and rec.ino == w.ino
-                and rec.ctime_ns == w.ctime_ns and w.ctime_ns < recorded_ns - RACY_MARGIN_NS):
+        if (rec is not None and rec.size == w.size and rec.mtime_ns == w.mtime_ns
+                and (rec.ino == 0 or (rec.ino == w.ino and rec.ctime_ns == w.ctime_ns))
+                and w.ctime_ns < recorded_ns - RACY_MARGIN_NS):
             result[w.path] = rec.digest
         else:
             todo.append(w)

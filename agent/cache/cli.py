@@ -1,0 +1,138 @@
+"""``stoker cache save|restore|ls|verify|gc``: the node's cache by hand, for an operator.
+
+Settings come from :func:`stoker.agent.config.load` (``--config FILE`` and ``STOKER_AGENT_CACHE_*``), so the
+command sees the same store and blob store as the agent on that node. The store admits one process at a
+time: stop the agent (or point ``--dir`` elsewhere) before changing a node's store by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from stoker.agent import config as agent_config
+from stoker.agent.cache.api import CacheError, Progress
+from stoker.agent.cache.content_cache import ContentCache, gc_blobs, verify_entry
+from stoker.agent.cache.factory import open_cache
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stoker cache", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="agent settings file (TOML or JSON)")
+    p.add_argument("--dir", help="override cache.dir")
+    p.add_argument("--blobs", help="override cache.blobs (file:///path or s3://bucket/prefix)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("save", help="snapshot paths of a workspace as an entry")
+    s.add_argument("key")
+    s.add_argument("--workspace", "-w", default=".", help="workspace directory (default: .)")
+    s.add_argument("--path", "-p", action="append", required=True, help="path inside the workspace (repeat)")
+    r = sub.add_parser("restore", help="materialize an entry into a workspace")
+    r.add_argument("key")
+    r.add_argument("--restore-key", "-r", action="append", default=[], help="fallback key prefix (repeat)")
+    r.add_argument("--workspace", "-w", default=".")
+    r.add_argument("--path", "-p", action="append", required=True)
+    sub.add_parser("ls", help="list the entries the local store holds")
+    v = sub.add_parser("verify", help="check every byte of local entries against their digests")
+    v.add_argument("keys", nargs="*", help="entries to check (default: all)")
+    g = sub.add_parser("gc", help="evict down to the budget; optionally delete unreferenced blobs")
+    g.add_argument("--blobs-grace-hours", type=float, default=None,
+                   help="also delete packs/manifests no key uses, older than this many hours")
+    g.add_argument("--dry-run", action="store_true")
+    return p
+
+
+def _print_progress(p: Progress) -> None:
+    print(f"\r{p.files_done}/{p.files_total} files  {p.bytes_done / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB  "
+          f"{p.bytes_per_s / 1e6:.0f} MB/s", end="", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = agent_config.load(file=args.config).cache
+    if args.dir:
+        settings = replace(settings, dir=args.dir)
+    if args.blobs:
+        settings = replace(settings, blobs=args.blobs)
+    cache = open_cache(settings)
+    try:
+        cache.open()
+        out = _run(cache, args)
+    except CacheError as exc:
+        print(f"stoker cache {args.command}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        close = getattr(cache, "close", None)
+        if close:
+            close()
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        _print_text(args.command, out)
+    return 0 if not out.get("failed") else 1
+
+
+def _run(cache, args) -> dict:
+    progress = _print_progress if sys.stderr.isatty() else None
+    if args.command == "save":
+        result = cache.save(args.key, Path(args.workspace), args.path, progress)
+        return asdict(result)
+    if args.command == "restore":
+        result = cache.restore(args.key, args.restore_key, Path(args.workspace), args.path, progress)
+        return asdict(result)
+    if args.command == "ls":
+        generation, entries = cache.inventory()
+        used, free = cache.disk_usage()
+        return {"generation": generation, "used_bytes": used, "free_bytes": free,
+                "entries": [asdict(e) for e in entries]}
+    if args.command == "verify":
+        assert isinstance(cache, ContentCache)
+        keys = args.keys or [e.key for e in cache.inventory()[1]]
+        checked, failed = {}, {}
+        for key in keys:
+            try:
+                checked[key] = verify_entry(cache, key)
+            except CacheError as exc:
+                failed[key] = str(exc)
+        return {"checked": checked, "failed": failed}
+    if args.command == "gc":
+        assert isinstance(cache, ContentCache)
+        before = cache.evicted_bytes_total
+        if not args.dry_run:
+            cache.store.make_room(0, what="gc")
+        out: dict = {"evicted_bytes": cache.evicted_bytes_total - before}
+        if args.blobs_grace_hours is not None:
+            n, size = gc_blobs(cache.blobs, grace_s=args.blobs_grace_hours * 3600, now=time.time(),
+                               dry_run=args.dry_run)
+            out.update(blobs_deleted=n, blobs_deleted_bytes=size)
+        return out
+    raise AssertionError(args.command)
+
+
+def _print_text(command: str, out: dict) -> None:
+    if command == "ls":
+        print(f"generation {out['generation']}  used {out['used_bytes'] / 1e6:.1f} MB  "
+              f"free {out['free_bytes'] / 1e6:.1f} MB")
+        for e in out["entries"]:
+            print(f"{e['key']}\t{e['bytes'] / 1e6:.1f} MB\t{e['files']} files\t"
+                  f"created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['created']))}\t"
+                  f"used {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['last_used']))}")
+    elif command == "verify":
+        for key, n in out["checked"].items():
+            print(f"ok\t{key}\t{n} files")
+        for key, err in out["failed"].items():
+            print(f"FAILED\t{key}\t{err}")
+    else:
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        for k, v in out.items():
+            print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
