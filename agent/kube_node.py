@@ -82,9 +82,7 @@ class NodeFacts:
     """All of the Node's labels."""
 
 
-def read_node_facts(
-    node_name: str, *, api_client=None, timeout_s: float = DEFAULT_TIMEOUT_S
-) -> NodeFacts:
+def read_node_facts(node_name: str, *, api_client=None, timeout_s: float = DEFAULT_TIMEOUT_S) -> NodeFacts:
     """Read the Node named ``node_name`` and return its facts.
 
     ``api_client`` is a ``kubernetes.client.ApiClient``; when None, one is built from the in-cluster
@@ -188,7 +186,9 @@ def _get_node(api, node_name: str, timeout_s: float):
     except ApiException as exc:
         raise _from_api_exception(node_name, exc, host) from exc
     except (Urllib3Error, OSError) as exc:
-        raise KubernetesApiUnreachable(node_name, f"the Kubernetes API at {host} did not answer: {exc}") from exc
+        raise KubernetesApiUnreachable(
+            node_name, f"the Kubernetes API at {host} did not answer: {exc}"
+        ) from exc
     except ValueError as exc:  # the client's model rejected the response (a taint without an effect...)
         raise NodeFactsMalformed(node_name, f"the API returned a Node the client cannot read: {exc}") from exc
 

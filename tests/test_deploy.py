@@ -64,7 +64,11 @@ def require_kubernetes_validate() -> None:
 
 def kustomize(directory: Path) -> str:
     result = subprocess.run(
-        [str(kubectl()), "kustomize", str(directory)], capture_output=True, text=True, timeout=120
+        [str(kubectl()), "kustomize", str(directory)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if result.returncode != 0:
         pytest.fail(f"`kubectl kustomize {directory}` failed:\n{result.stderr}")
@@ -77,7 +81,17 @@ def validate_strict(documents: list[dict], tmp_path: Path) -> subprocess.Complet
     path = tmp_path / "rendered.yaml"
     path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
     return subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet", "-k", KUBERNETES_VERSION, str(path)],
+        [
+            sys.executable,
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--quiet",
+            "-k",
+            KUBERNETES_VERSION,
+            str(path),
+        ],
+        check=False,
         capture_output=True,
         text=True,
         timeout=300,
@@ -105,7 +119,10 @@ def composed_overlay(tmp_path: Path, overlay: str, components: list[str]) -> Pat
     """An overlay in tmp_path that adds ``components`` to deploy/overlays/<overlay>, as a user's would."""
     root = tmp_path / "composed"
     root.mkdir()
-    rel = lambda target: os.path.relpath(target, root)  # noqa: E731 - kustomize wants relative paths
+
+    def rel(target: Path) -> str:  # kustomize refuses absolute paths
+        return os.path.relpath(target, root)
+
     (root / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {
@@ -136,7 +153,9 @@ class Rendered:
     def by_prefix(self, kind: str, prefix: str) -> dict:
         """A generated object (kustomize adds a content hash to its name)."""
         found = [d for d in self.all(kind) if d["metadata"]["name"].startswith(prefix)]
-        assert len(found) == 1, f"expected one {kind} named {prefix}*, found {[d['metadata']['name'] for d in found]}"
+        assert len(found) == 1, (
+            f"expected one {kind} named {prefix}*, found {[d['metadata']['name'] for d in found]}"
+        )
         return found[0]
 
     def agent(self) -> dict:
@@ -146,7 +165,7 @@ class Rendered:
         return self.one("Deployment", "stoker-coordinator")
 
     def container_env(self, workload: dict, container: str) -> dict[str, str]:
-        """The environment a container starts with: envFrom ConfigMaps, then env (downward API as a marker)."""
+        """A container's starting environment: envFrom ConfigMaps, then env (downward API as a marker)."""
         spec = workload["spec"]["template"]["spec"]
         (c,) = [c for c in spec["containers"] if c["name"] == container]
         env: dict[str, str] = {}
@@ -193,7 +212,9 @@ def test_the_expected_overlays_exist():
 def test_overlay_builds_and_validates_strictly(name, tmp_path):
     documents = render(OVERLAYS / name)
     assert documents, f"overlay {name} rendered nothing"
-    assert all((d["apiVersion"], d["kind"]) not in CRD_KINDS for d in documents), "the overlays must not need CRDs"
+    assert all((d["apiVersion"], d["kind"]) not in CRD_KINDS for d in documents), (
+        "the overlays must not need CRDs"
+    )
     assert_valid(documents, tmp_path)
 
 
@@ -216,14 +237,21 @@ def test_overlay_with_every_component_builds_and_validates(name, tmp_path):
 
     pod_monitor = rendered.one("PodMonitor", "stoker-agent")
     agent = rendered.agent()
-    assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= agent["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        pod_monitor["spec"]["selector"]["matchLabels"].items()
+        <= agent["spec"]["template"]["metadata"]["labels"].items()
+    )
     assert [e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
     assert "metrics" in {p["name"] for p in main_container(agent)["ports"]}
 
     binding = rendered.one("RoleBinding", "stoker-rollouts")
-    assert binding["metadata"]["namespace"] != "stoker", "the rollout RoleBinding belongs in the target namespace"
+    assert binding["metadata"]["namespace"] != "stoker", (
+        "the rollout RoleBinding belongs in the target namespace"
+    )
     assert binding["roleRef"]["name"] == "stoker-coordinator-rollouts"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "stoker-coordinator", "namespace": "stoker"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "stoker-coordinator", "namespace": "stoker"}
+    ]
 
 
 def test_strict_validation_rejects_a_misspelt_field(tmp_path):
@@ -240,7 +268,9 @@ def test_a_broken_overlay_fails_to_build(tmp_path):
     (tmp_path / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [does-not-exist.yaml]\n"
     )
-    result = subprocess.run([str(kubectl()), "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(kubectl()), "kustomize", str(tmp_path)], check=False, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode != 0 and "does-not-exist.yaml" in result.stderr
 
 
@@ -259,7 +289,9 @@ def test_settings_are_names_and_values_the_services_accept(overlay):
     assert loaded.server.listen.startswith("0.0.0.0:") and loaded.server.metrics_listen.startswith("0.0.0.0:")
     assert loaded.node.kubernetes == "on"
     assert loaded.log.format == "json"
-    assert Path(loaded.cache.dir).parent == Path(loaded.build.work_dir).parent, "cache and workspaces share a mount"
+    assert Path(loaded.cache.dir).parent == Path(loaded.build.work_dir).parent, (
+        "cache and workspaces share a mount"
+    )
 
     coordinator_env = rendered.container_env(rendered.coordinator(), "coordinator")
     coordinator = settings.load(
@@ -279,7 +311,9 @@ def test_blob_store_matches_the_overlay(overlay):
     env_from = main_container(agent)["envFrom"]
     if name == "s3":
         assert blobs.startswith("s3://") and len(blobs) > len("s3://")
-        assert {"secretRef": {"name": "stoker-s3"}} in env_from, "S3 credentials come from the stoker-s3 Secret"
+        assert {"secretRef": {"name": "stoker-s3"}} in env_from, (
+            "S3 credentials come from the stoker-s3 Secret"
+        )
     else:
         assert blobs.startswith("file:///")
         mounts = [m["mountPath"] for m in main_container(agent)["volumeMounts"]]
@@ -298,7 +332,8 @@ def test_agent_daemonset_runs_on_build_nodes_with_its_cache_on_the_host(overlay)
 
     assert spec["nodeSelector"] == {BUILD_NODE_LABEL: "true"}
     assert any(
-        t["key"] == BUILD_NODE_LABEL and t["operator"] == "Exists" and "effect" not in t for t in spec["tolerations"]
+        t["key"] == BUILD_NODE_LABEL and t["operator"] == "Exists" and "effect" not in t
+        for t in spec["tolerations"]
     ), "agents must tolerate the dedicated build-node taint, whatever its effect"
 
     (node_name,) = [v for v in container["env"] if v["name"] == "STOKER_AGENT_NODE_NAME"]
@@ -348,7 +383,9 @@ def test_coordinator_deployment_service_state_and_budget(overlay):
     volumes = {v["name"]: v for v in spec["volumes"]}
     (state_mount,) = [m for m in container["volumeMounts"] if "persistentVolumeClaim" in volumes[m["name"]]]
     assert Path(env["STOKER_COORDINATOR_STATE_PATH"]).parent == Path(state_mount["mountPath"])
-    claim = rendered.one("PersistentVolumeClaim", volumes[state_mount["name"]]["persistentVolumeClaim"]["claimName"])
+    claim = rendered.one(
+        "PersistentVolumeClaim", volumes[state_mount["name"]]["persistentVolumeClaim"]["claimName"]
+    )
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
 
     service = rendered.one("Service", "stoker-coordinator")
@@ -374,10 +411,16 @@ def test_agent_address_names_the_coordinator_service(overlay):
 def test_one_image_with_both_entry_points(overlay):
     _, rendered = overlay
     agent, coordinator = rendered.agent(), rendered.coordinator()
-    images = {c["image"] for w in (agent, coordinator) for c in pod_spec(w)["containers"] + pod_spec(w).get("initContainers", [])}
+    images = {
+        c["image"]
+        for w in (agent, coordinator)
+        for c in pod_spec(w)["containers"] + pod_spec(w).get("initContainers", [])
+    }
     assert len(images) == 1, f"one image for everything, found {images}"
     assert main_container(agent)["args"][0] == "agent" and "command" not in main_container(agent)
-    assert main_container(coordinator)["args"] == ["coordinator"] and "command" not in main_container(coordinator)
+    assert main_container(coordinator)["args"] == ["coordinator"] and "command" not in main_container(
+        coordinator
+    )
 
 
 def test_container_args_are_ones_the_cli_accepts(overlay):
@@ -424,21 +467,26 @@ def test_prometheus_annotations_point_at_the_metrics_listen_port(overlay):
 # ---------------------------------------------------------------- RBAC
 
 
-def rules_of(rendered: Rendered, kind: str, name: str) -> list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
+def rules_of(
+    rendered: Rendered, kind: str, name: str
+) -> list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
     role = rendered.one(kind, name)
-    return [
-        (tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"])))
-        for r in role["rules"]
-    ]
+    return [(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"]))) for r in role["rules"]]
 
 
 def test_rbac_is_least_privilege(overlay):
     _, rendered = overlay
     assert rules_of(rendered, "ClusterRole", "stoker-agent") == [(("",), ("nodes",), ("get",))]
-    assert rules_of(rendered, "ClusterRole", "stoker-coordinator-nodes") == [(("",), ("nodes",), ("get", "list", "watch"))]
-    assert rules_of(rendered, "ClusterRole", "stoker-coordinator-rollouts") == [(("apps",), ("deployments",), ("get", "patch"))]
+    assert rules_of(rendered, "ClusterRole", "stoker-coordinator-nodes") == [
+        (("",), ("nodes",), ("get", "list", "watch"))
+    ]
+    assert rules_of(rendered, "ClusterRole", "stoker-coordinator-rollouts") == [
+        (("apps",), ("deployments",), ("get", "patch"))
+    ]
     assert {r["metadata"]["name"] for r in rendered.all("ClusterRole")} == {
-        "stoker-agent", "stoker-coordinator-nodes", "stoker-coordinator-rollouts"
+        "stoker-agent",
+        "stoker-coordinator-nodes",
+        "stoker-coordinator-rollouts",
     }
     assert not rendered.all("Role"), "no namespaced Roles: rollouts bind the ClusterRole per target namespace"
     for role in rendered.all("ClusterRole"):
@@ -452,11 +500,16 @@ def test_rbac_is_least_privilege(overlay):
 
 def test_bindings_name_service_accounts_the_pods_run_as(overlay):
     _, rendered = overlay
-    accounts = {(sa["metadata"]["namespace"], sa["metadata"]["name"]) for sa in rendered.all("ServiceAccount")}
+    accounts = {
+        (sa["metadata"]["namespace"], sa["metadata"]["name"]) for sa in rendered.all("ServiceAccount")
+    }
     for binding in rendered.all("ClusterRoleBinding"):
         for subject in binding["subjects"]:
             assert (subject["namespace"], subject["name"]) in accounts, binding["metadata"]["name"]
-    for workload, account in ((rendered.agent(), "stoker-agent"), (rendered.coordinator(), "stoker-coordinator")):
+    for workload, account in (
+        (rendered.agent(), "stoker-agent"),
+        (rendered.coordinator(), "stoker-coordinator"),
+    ):
         assert pod_spec(workload)["serviceAccountName"] == account
         assert (workload["metadata"]["namespace"], account) in accounts
 
@@ -491,10 +544,15 @@ def test_agents_and_ci_reach_the_coordinator_and_nothing_but_metrics_reaches_age
     agent_labels = agent["spec"]["template"]["metadata"]["labels"]
 
     (coordinator_policy,) = [p for p in policies_for(rendered, coordinator) if p["spec"]["podSelector"]]
-    grpc_rules = [r for r in coordinator_policy["spec"]["ingress"] if {p["port"] for p in r["ports"]} == {"grpc"}]
+    grpc_rules = [
+        r for r in coordinator_policy["spec"]["ingress"] if {p["port"] for p in r["ports"]} == {"grpc"}
+    ]
     assert len(grpc_rules) == 1
     peers = grpc_rules[0]["from"]
-    assert any("podSelector" in p and "namespaceSelector" not in p and selects(p["podSelector"], agent_labels) for p in peers)
+    assert any(
+        "podSelector" in p and "namespaceSelector" not in p and selects(p["podSelector"], agent_labels)
+        for p in peers
+    )
     assert any("namespaceSelector" in p for p in peers), "CI in other namespaces must reach the coordinator"
     assert allowed_ports(coordinator_policy) == {"grpc", "metrics"}
 
@@ -519,12 +577,17 @@ def test_a_users_overlay_on_top_of_s3_builds_as_docs_kubernetes_md_shows(tmp_pat
                 "apiVersion": "kustomize.config.k8s.io/v1beta1",
                 "kind": "Kustomization",
                 "resources": [os.path.relpath(OVERLAYS / "s3", root)],
-                "images": [{"name": "stoker", "newName": "registry.example.com/platform/stoker", "newTag": "0.1.0"}],
+                "images": [
+                    {"name": "stoker", "newName": "registry.example.com/platform/stoker", "newTag": "0.1.0"}
+                ],
                 "configMapGenerator": [
                     {
                         "name": "stoker-agent",
                         "behavior": "merge",
-                        "literals": ["STOKER_AGENT_CACHE_BLOBS=s3://acme-ci-cache/stoker", "STOKER_AGENT_NODE_SLOTS=4"],
+                        "literals": [
+                            "STOKER_AGENT_CACHE_BLOBS=s3://acme-ci-cache/stoker",
+                            "STOKER_AGENT_NODE_SLOTS=4",
+                        ],
                     }
                 ],
             }
@@ -536,5 +599,7 @@ def test_a_users_overlay_on_top_of_s3_builds_as_docs_kubernetes_md_shows(tmp_pat
     env = rendered.container_env(rendered.agent(), "agent")
     loaded = agent_config.load(environ={**env, "STOKER_AGENT_NODE_NAME": "n"})
     assert (loaded.cache.blobs, loaded.node.slots) == ("s3://acme-ci-cache/stoker", 4)
-    images = {c["image"] for w in (rendered.agent(), rendered.coordinator()) for c in pod_spec(w)["containers"]}
+    images = {
+        c["image"] for w in (rendered.agent(), rendered.coordinator()) for c in pod_spec(w)["containers"]
+    }
     assert images == {"registry.example.com/platform/stoker:0.1.0"}

@@ -108,9 +108,13 @@ def test_dockerignore_rules_are_read_the_docker_way():
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if result.returncode != 0:
-        pytest.fail(f"`{' '.join(cmd)}` exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        pytest.fail(
+            f"`{' '.join(cmd)}` exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     return result.stdout
 
 
@@ -128,7 +132,12 @@ def image_venv(tmp_path_factory) -> Path:
     run([python, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheels), "."], cwd=context, env=env)
     (wheel,) = wheels.glob("stoker-*.whl")
     run([python, "-m", "venv", str(venv)], cwd=base, env=env)
-    run([str(venv / "bin" / "pip"), "install", "--only-binary=:all:", str(wheel)], cwd=base, env=env, timeout=900)
+    run(
+        [str(venv / "bin" / "pip"), "install", "--only-binary=:all:", str(wheel)],
+        cwd=base,
+        env=env,
+        timeout=900,
+    )
     return venv
 
 
@@ -211,7 +220,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_stoker_as_entrypoint():
     assert re.fullmatch(r"python:3\.11-slim(-\w+)?", base), f"slim python 3.11 base, found {base!r}"
     assert all(stage.startswith("${PYTHON_IMAGE}") for stage in stages)
 
-    runtime = instructions[max(i for i, (kind, _) in enumerate(instructions) if kind == "FROM"):]
+    runtime = instructions[max(i for i, (kind, _) in enumerate(instructions) if kind == "FROM") :]
     users = [value for kind, value in runtime if kind == "USER"]
     assert users and users[-1] == "10001:10001", "runtime runs as uid 10001, as deploy/ expects"
     entrypoints = [json.loads(value) for kind, value in runtime if kind == "ENTRYPOINT"]

@@ -127,10 +127,13 @@ def _handler_for(state: FakeApiServer):
             state.requests.append(("GET", self.path, auth))
             path = self.path.split("?", 1)[0]
             prefix = "/api/v1/nodes/"
-            if not path.startswith(prefix) or "/" in path[len(prefix):]:
-                self._send(404, status_object(404, "NotFound", "the server could not find the requested resource", ""))
+            if not path.startswith(prefix) or "/" in path[len(prefix) :]:
+                self._send(
+                    404,
+                    status_object(404, "NotFound", "the server could not find the requested resource", ""),
+                )
                 return
-            name = path[len(prefix):]
+            name = path[len(prefix) :]
             if auth != f"Bearer {TOKEN}":
                 self._send(401, status_object(401, "Unauthorized", "Unauthorized", name))
                 return
@@ -177,7 +180,11 @@ def test_found_node_gives_zone_instance_type_resources_taints_and_labels(api_ser
         allocatable={"cpu": "3500m", "memory": "15763536Ki", "ephemeral-storage": "452Gi", "pods": "110"},
         taints=[
             {"key": "stoker.dev/build-node", "value": "true", "effect": "NoSchedule"},
-            {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule", "timeAdded": "2026-01-05T10:00:00Z"},
+            {
+                "key": "node.kubernetes.io/unschedulable",
+                "effect": "NoSchedule",
+                "timeAdded": "2026-01-05T10:00:00Z",
+            },
         ],
     )
     with api_server.api_client() as api:
@@ -221,7 +228,10 @@ def test_unlabelled_node_without_allocatable_gives_empty_facts(api_server):
 def test_legacy_beta_labels_are_used_when_the_current_ones_are_missing(api_server):
     api_server.nodes["old"] = node_object(
         "old",
-        labels={"failure-domain.beta.kubernetes.io/zone": "z9", "beta.kubernetes.io/instance-type": "n1-standard-8"},
+        labels={
+            "failure-domain.beta.kubernetes.io/zone": "z9",
+            "beta.kubernetes.io/instance-type": "n1-standard-8",
+        },
     )
     with api_server.api_client() as api:
         facts = read_node_facts("old", api_client=api)
@@ -306,4 +316,3 @@ def test_outside_a_cluster_without_a_client_is_not_in_cluster(monkeypatch):
     with pytest.raises(NotInCluster) as caught:
         read_node_facts("build-1")
     assert "in-cluster" in caught.value.reason
-
