@@ -3,7 +3,7 @@
 # subcommand: `coordinator`, `agent`, `build`, `place`, `release`, `inventory`, `demo`, `cache`.
 #
 #   docker build -t registry.example.com/stoker:0.1.0 .
-#   docker run --rm --init registry.example.com/stoker:0.1.0 demo
+#   docker run --rm --init registry.example.com/stoker:0.1.0 coordinator --listen 0.0.0.0:7070
 #
 # Users. The image runs as the unprivileged user `stoker` (uid/gid 10001), which is all the coordinator
 # needs (its state volume is made writable with fsGroup). The agent runs as the same user: its only need
