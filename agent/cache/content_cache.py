@@ -128,8 +128,8 @@ class ContentCache:
             if found is not None and found[1].length == fr.length:
                 local[i] = found
         missing = [i for i in needed if i not in local]
-        holders = self._holders({(manifest.frames[i].pack, manifest.frames[i].offset) for i in local})
-        with self.store.pinned(holders), self.store.staging() as staging:
+        with self.store.pinned(sorted({lf.file for _, lf in local.values()})), \
+                self.store.staging() as staging:
             fetched_bytes = 0
             new_file: dict[str, Path] = {}
             fetched: dict[int, LocalFrame] = {}
@@ -188,15 +188,6 @@ class ContentCache:
         return RestoreResult(warmth=warmth, restored_key=resolved.key, bytes_fetched=fetched_bytes,
                              bytes_restored=sum(f.size for f in written), files_restored=len(written),
                              seconds=time.monotonic() - start)
-
-    def _holders(self, frames: set[FrameId]) -> list[str]:
-        _, entries = self.store.inventory()
-        keys = []
-        for info in entries:
-            record = self.store.lookup(info.key)
-            if record is not None and frames.intersection(record.frames):
-                keys.append(info.key)
-        return keys
 
     def _materialize(self, resolved: _Resolved, files: list[mf.FileEntry], workspace: Path | None,
                      roots: tuple[str, ...], locate: hydrate.FrameLocator, progress: ProgressFn | None,

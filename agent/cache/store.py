@@ -193,6 +193,7 @@ class LocalStore:
         self._lock = threading.RLock()
         self._listeners: list[InventoryListener] = []
         self._pins: dict[str, int] = {}
+        self._deferred: set[str] = set()
         self._lock_fd: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -293,27 +294,31 @@ class LocalStore:
             shutil.rmtree(path, ignore_errors=True)
 
     @contextmanager
-    def pinned(self, keys: Sequence[str]) -> Iterator[None]:
-        """Keep ``keys`` from eviction while their frames are being read."""
+    def pinned(self, files: Sequence[str]) -> Iterator[None]:
+        """Keep the frame ``files`` on disk while a restore reads them: evicting their entries still
+        frees their bytes in the books, but the files are deleted only once unpinned."""
         with self._lock:
-            for k in keys:
-                self._pins[k] = self._pins.get(k, 0) + 1
+            for f in files:
+                self._pins[f] = self._pins.get(f, 0) + 1
         try:
             yield
         finally:
             with self._lock:
-                for k in keys:
-                    self._pins[k] -= 1
-                    if not self._pins[k]:
-                        del self._pins[k]
+                for f in files:
+                    self._pins[f] -= 1
+                    if not self._pins[f]:
+                        del self._pins[f]
+                        if f in self._deferred and f not in self.index.file_sizes:
+                            (self.root / "frames" / f).unlink(missing_ok=True)
+                        self._deferred.discard(f)
 
     def make_room(self, need: int, *, what: str) -> None:
         """Evict least recently used, unpinned entries until ``need`` more bytes fit the budget."""
         with self._lock:
-            victims = self.index.victims(need, self.budget_bytes, set(self._pins))
+            victims = self.index.victims(need, self.budget_bytes, set())
             if victims is None:
                 raise CacheError(f"{what}: needs {need} bytes but the cache budget is {self.budget_bytes} "
-                                 f"bytes and {self.index.used_bytes()} are held by entries in use")
+                                 "bytes")
             for key in victims:
                 self._evict(key)
 
@@ -380,6 +385,8 @@ class LocalStore:
         for g in garbage:
             if g.startswith("manifest:"):
                 (self.root / "manifests" / g.removeprefix("manifest:")).unlink(missing_ok=True)
+            elif g in self._pins:
+                self._deferred.add(g)
             else:
                 (self.root / "frames" / g).unlink(missing_ok=True)
 

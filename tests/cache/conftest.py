@@ -17,6 +17,10 @@ sys.path.insert(0, str(Path(__file__).parent))  # the helpers module beside this
 from cachetest import make_tree, open_local_cache  # noqa: E402
 
 
+ACCESS_KEY = "stoker-test"
+SECRET_KEY = "stoker-test-secret"
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     return make_tree(tmp_path / "src")
@@ -64,12 +68,13 @@ def find_weed() -> str:
 
 
 @pytest.fixture(scope="session")
-def seaweed_endpoint(tmp_path_factory) -> str:
+def seaweed_endpoint(tmp_path_factory, _aws_env) -> str:
     """A real S3 server: SeaweedFS `weed mini` on loopback, no telemetry."""
     weed = find_weed()
     data = tmp_path_factory.mktemp("weed")
     s3_port = free_port()
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="any", AWS_SECRET_ACCESS_KEY="any")
+    # weed mini turns on S3 auth with the credentials in its environment: the tests' own.
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
     cmd = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
            "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
            f"-s3.port={s3_port}", f"-s3.port.grpc={free_port()}"]
@@ -113,7 +118,7 @@ def _wait_s3_ready(endpoint: str, timeout: float = 60) -> None:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint() -> str:
+def moto_endpoint(_aws_env) -> str:
     """A second, independent S3 implementation: moto's server in a thread on loopback."""
     try:
         from moto.server import ThreadedMotoServer
@@ -129,10 +134,12 @@ def moto_endpoint() -> str:
         server.stop()
 
 
-@pytest.fixture(autouse=True)
-def _aws_env(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _aws_env():
     """Credentials for the loopback S3 servers (the usual chain reads them from the environment)."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "stoker-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "stoker-test-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.delenv("AWS_PROFILE", raising=False)
+        yield
