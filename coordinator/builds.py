@@ -27,7 +27,7 @@ from stoker.coordinator.errors import FailedPrecondition, NotFound, Unavailable
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.metrics import CoordinatorMetrics
 from stoker.coordinator.registry import NodeRecord, NodeRegistry
-from stoker.coordinator.scheduler import Scheduler, capable
+from stoker.coordinator.scheduler import Scheduler
 from stoker.coordinator.state import StateStore, is_terminal
 from stoker.v1 import agent_pb2, build_pb2, common_pb2
 
@@ -105,6 +105,7 @@ class BuildService:
         self._leases: dict[str, Lease] = {}
         self._recovered_at = clock.now()
         self.hit_counts = {w: 0 for w in Warmth}
+        self.hit_bytes = {w: 0 for w in Warmth}
         self.bytes_local = 0
         self.bytes_fetched = 0
 
@@ -159,7 +160,7 @@ class BuildService:
         live = self._registry.live()
         if not live:
             raise Unavailable("no build node has registered yet; start agents or retry shortly")
-        if not capable(request, live):
+        if not any(request.constraints.admits(n.info) for n in live):
             zones = sorted({n.info.zone for n in live})
             raise FailedPrecondition(
                 f"no registered node satisfies the constraints ({request.constraints.describe()}); "
@@ -240,6 +241,7 @@ class BuildService:
         lease = self._leases.pop(lease_id, None)
         if lease is None:
             return False
+        self._scheduler.finished(lease_id)
         node = self._registry.find(lease.node)
         if node is not None:
             node.holders.discard(lease_id)
@@ -258,6 +260,8 @@ class BuildService:
         for active in self._active.values():
             if active.record.node == link.node and active.record.state == build_pb2.BUILD_STATE_RUNNING:
                 node.holders.add(active.record.id)
+                self._scheduler.started(active.request, link.node)
+        self._scheduler.node_joined(node, self._registry.all())
         self._schedule()
 
     def detach(self, link: AgentLink) -> None:
@@ -313,6 +317,7 @@ class BuildService:
         for node in nodes:
             log.warning("node %s lost: no stream for %.0f s; requeueing its builds", node.name,
                         self._registry.lease_ttl_s)
+            self._scheduler.node_lost(node.name, self._inventory.entries(node.name), self._registry.all())
             self._inventory.drop_node(node.name)
             for holder in list(node.holders):
                 active = self._active.get(holder)
@@ -349,30 +354,37 @@ class BuildService:
 
     # -- internals -----------------------------------------------------------------------------
     def _schedule(self) -> None:
-        """Place every queued request that can go somewhere now, in priority then arrival order."""
+        """Ask the scheduler what to place now, then dispatch, grant and prewarm accordingly."""
         if not self._queue:
+            self._metrics.queue_depth.set(0)
             return
-        self._queue.sort(key=lambda item: (-item.request.priority, item.request.enqueued_at))
-        nodes = self._registry.all()
-        placed: list[ActiveBuild | PendingPlacement] = []
-        for item in self._queue:
-            started = time.perf_counter()
-            decision = self._scheduler.choose(item.request, nodes)
-            self._metrics.decision_seconds.observe(time.perf_counter() - started)
-            if decision.node is None:
-                if isinstance(item, ActiveBuild) and decision.reason != item.queued_reason:
-                    self._emit_queued(item, decision.reason)
-                continue
+        by_id = {item.request.id: item for item in self._queue}
+        started = time.perf_counter()
+        plan = self._scheduler.plan([item.request for item in self._queue], self._registry.all())
+        self._metrics.decision_seconds.observe((time.perf_counter() - started) / len(by_id))
+        placed: set[str] = set()
+        for request, decision in plan.assignments:
+            item = by_id[request.id]
             node = self._registry.get(decision.node)
             if isinstance(item, ActiveBuild):
                 self._dispatch(item, node, decision)
             else:
                 self._grant(item, node, decision)
-            placed.append(item)
+            self._scheduler.started(request, node.name)
+            placed.add(request.id)
             self._metrics.placements.labels(decision.warmth.value).inc()
+        for request_id, reason in plan.waiting.items():
+            item = by_id[request_id]
+            if isinstance(item, ActiveBuild) and reason != item.queued_reason:
+                self._emit_queued(item, reason)
+        for node_name, key, restore_keys in plan.prewarms:
+            link = self._links.get(node_name)
+            if link is not None:
+                log.info("prewarming %s on %s", key, node_name)
+                link.send(agent_pb2.CoordinatorCommand(prewarm=agent_pb2.PrewarmCommand(
+                    key=key, restore_keys=list(restore_keys))))
         if placed:
-            ids = {id(p) for p in placed}
-            self._queue = [q for q in self._queue if id(q) not in ids]
+            self._queue = [q for q in self._queue if q.request.id not in placed]
         self._metrics.queue_depth.set(len(self._queue))
 
     def _dispatch(self, active: ActiveBuild, node: NodeRecord, decision) -> None:
@@ -413,6 +425,7 @@ class BuildService:
         node = self._registry.find(rec.node)
         if node is not None:
             node.holders.discard(rec.id)
+        self._scheduler.finished(rec.id)
         if active.cancel_requested:
             self._finish(active, build_pb2.BUILD_STATE_CANCELLED, -1, "cancelled; " + reason)
             return
@@ -456,6 +469,10 @@ class BuildService:
         holder = self._registry.find(rec.node)
         if holder is not None:
             holder.holders.discard(rec.id)
+        self._scheduler.finished(rec.id, key=rec.spec.cache.key, workspace=rec.spec.workspace,
+                                 run_s=rec.timings.run_s if fin is not None else 0.0,
+                                 bytes_fetched=rec.cache.bytes_fetched, bytes_restored=rec.cache.bytes_restored,
+                                 restore_s=rec.timings.restore_s if fin is not None else 0.0)
         event = build_pb2.BuildEvent(finished=build_pb2.Finished(
             state=state, exit_code=exit_code, message=message, timings=rec.timings, cache=rec.cache,
             node=node or rec.node))
@@ -467,6 +484,7 @@ class BuildService:
         if fin is not None and rec.cache.warmth:
             warmth = convert.WARMTH_FROM_PB[rec.cache.warmth]
             self.hit_counts[warmth] += 1
+            self.hit_bytes[warmth] += rec.cache.bytes_restored
             self._metrics.cache_hits.labels(warmth.value).inc()
             local = max(0, rec.cache.bytes_restored - rec.cache.bytes_fetched)
             self.bytes_local += local

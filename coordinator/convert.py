@@ -49,12 +49,12 @@ def node_info(req: agent_pb2.RegisterRequest) -> NodeInfo:
 
 def entry(pb: common_pb2.CacheEntry) -> EntryRecord:
     return EntryRecord(key=pb.key, bytes=pb.bytes, files=pb.files, created=seconds(pb.created),
-                       last_used=seconds(pb.last_used))
+                       last_used=seconds(pb.last_used), sketch=tuple(pb.sketch))
 
 
 def entry_to_pb(e: EntryRecord) -> common_pb2.CacheEntry:
     return common_pb2.CacheEntry(key=e.key, bytes=e.bytes, files=e.files, created=timestamp(e.created),
-                                 last_used=timestamp(e.last_used))
+                                 last_used=timestamp(e.last_used), sketch=e.sketch)
 
 
 def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: float) -> PlacementRequest:

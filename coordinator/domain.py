@@ -59,6 +59,8 @@ class EntryRecord:
     files: int
     created: float
     last_used: float
+    sketch: tuple[int, ...] = ()
+    """Bottom-k MinHash of the entry's content digests (empty when unknown)."""
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ def create_server(config: CoordinatorConfig, *, clock: Clock | None = None,
     nodes = NodeRegistry(clock, config.nodes.lease_ttl_s)
     inventory = InventoryIndex()
     store = open_store(config)
-    builds = BuildService(config.builds, nodes, inventory, Scheduler(inventory), store, clock, metrics)
+    scheduler = Scheduler(inventory, clock, config.scheduler)
+    builds = BuildService(config.builds, nodes, inventory, scheduler, store, clock, metrics)
     builds.recover()
     limit = config.server.max_message_bytes
     server = grpc.aio.server(options=[

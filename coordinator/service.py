@@ -220,7 +220,9 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
         hits = self._builds.hit_counts
         response.hit_rates.CopyFrom(inventory_pb2.HitRates(
             warm_builds=hits[Warmth.WARM], partial_builds=hits[Warmth.PARTIAL], cold_builds=hits[Warmth.COLD],
-            bytes_local=self._builds.bytes_local, bytes_fetched=self._builds.bytes_fetched))
+            bytes_local=self._builds.bytes_local, bytes_fetched=self._builds.bytes_fetched,
+            warm_bytes=self._builds.hit_bytes[Warmth.WARM], partial_bytes=self._builds.hit_bytes[Warmth.PARTIAL],
+            cold_bytes=self._builds.hit_bytes[Warmth.COLD]))
         return response
 
 

@@ -34,7 +34,7 @@ class World:
         self.inventory = InventoryIndex()
         self.store = store or MemoryStateStore()
         self.service = BuildService(BuildSettings(max_attempts=3), self.registry, self.inventory,
-                                    Scheduler(self.inventory), self.store, self.clock,
+                                    Scheduler(self.inventory, self.clock), self.store, self.clock,
                                     CoordinatorMetrics(CollectorRegistry()))
         self.links: dict[str, AgentLink] = {}
 

@@ -1,4 +1,4 @@
-"""The coordinator's pure core: registry leases, the inventory index, the first placement policy."""
+"""The coordinator's pure core: registry leases and the inventory index."""
 
 from __future__ import annotations
 
@@ -81,56 +81,3 @@ def test_inventory_newest_under_prefix_per_node():
     assert set(inv.newest_under("web/")) == {"n2"}
 
 
-def _fleet(n: int, slots: int = 1, zone_of=lambda i: "a" if i % 2 == 0 else "b"):
-    clock = FakeClock()
-    reg = NodeRegistry(clock, 10)
-    for i in range(n):
-        rec = reg.register(NodeInfo(name=f"n{i}", zone=zone_of(i), slots=slots))
-        reg.attach(rec.name, rec.session_id)
-    return reg
-
-
-def test_scheduler_prefers_warm_then_partial_then_least_loaded():
-    reg = _fleet(4, slots=2)
-    inv = InventoryIndex()
-    inv.apply_snapshot("n1", 0, [entry("web/old")])
-    inv.apply_snapshot("n2", 0, [entry("web/new")])
-    sched = Scheduler(inv)
-    req = PlacementRequest(id="b", workspace="web", key="web/new", restore_keys=("web/",))
-    d = sched.choose(req, reg.all())
-    assert (d.node, d.warmth) == ("n2", Warmth.WARM)
-    reg.get("n2").holders.update({"x", "y"})  # n2 full: the partial node is next
-    d = sched.choose(req, reg.all())
-    assert (d.node, d.warmth, d.matched_key) == ("n1", Warmth.PARTIAL, "web/old")
-    reg.get("n1").holders.update({"x", "y"})
-    d = sched.choose(req, reg.all())
-    assert d.warmth is Warmth.COLD and d.node in {"n0", "n3"}
-
-
-def test_scheduler_cold_ties_follow_rendezvous_order_of_the_key():
-    reg = _fleet(6)
-    sched = Scheduler(InventoryIndex())
-    req = PlacementRequest(id="b", workspace="web", key="web/k")
-    expected = max((f"n{i}" for i in range(6)), key=lambda n: rendezvous_weight("web/k", n))
-    assert sched.choose(req, reg.all()).node == expected
-    reg.get(expected).holders.add("busy")
-    second = max((f"n{i}" for i in range(6) if f"n{i}" != expected), key=lambda n: rendezvous_weight("web/k", n))
-    assert sched.choose(req, reg.all()).node == second
-
-
-def test_scheduler_respects_constraints_and_reports_waiting():
-    reg = _fleet(4)
-    sched = Scheduler(InventoryIndex())
-    req = PlacementRequest(id="b", workspace="w", constraints=Constraints(zone="b"))
-    assert reg.get(sched.choose(req, reg.all()).node).info.zone == "b"
-    for r in reg.all():
-        r.holders.add("busy")
-    d = sched.choose(req, reg.all())
-    assert d.node is None and "2 capable node(s), all busy" in d.reason
-
-
-def test_draining_node_gets_nothing_new():
-    reg = _fleet(1)
-    reg.get("n0").draining = True
-    d = Scheduler(InventoryIndex()).choose(PlacementRequest(id="b", workspace="w"), reg.all())
-    assert d.node is None

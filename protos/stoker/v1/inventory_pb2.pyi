@@ -106,18 +106,24 @@ class ZoneSummary(_message.Message):
     def __init__(self, zone: _Optional[str] = ..., nodes: _Optional[int] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ...) -> None: ...
 
 class HitRates(_message.Message):
-    __slots__ = ("warm_builds", "partial_builds", "cold_builds", "bytes_local", "bytes_fetched")
+    __slots__ = ("warm_builds", "partial_builds", "cold_builds", "bytes_local", "bytes_fetched", "warm_bytes", "partial_bytes", "cold_bytes")
     WARM_BUILDS_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_BUILDS_FIELD_NUMBER: _ClassVar[int]
     COLD_BUILDS_FIELD_NUMBER: _ClassVar[int]
     BYTES_LOCAL_FIELD_NUMBER: _ClassVar[int]
     BYTES_FETCHED_FIELD_NUMBER: _ClassVar[int]
+    WARM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COLD_BYTES_FIELD_NUMBER: _ClassVar[int]
     warm_builds: int
     partial_builds: int
     cold_builds: int
     bytes_local: int
     bytes_fetched: int
-    def __init__(self, warm_builds: _Optional[int] = ..., partial_builds: _Optional[int] = ..., cold_builds: _Optional[int] = ..., bytes_local: _Optional[int] = ..., bytes_fetched: _Optional[int] = ...) -> None: ...
+    warm_bytes: int
+    partial_bytes: int
+    cold_bytes: int
+    def __init__(self, warm_builds: _Optional[int] = ..., partial_builds: _Optional[int] = ..., cold_builds: _Optional[int] = ..., bytes_local: _Optional[int] = ..., bytes_fetched: _Optional[int] = ..., warm_bytes: _Optional[int] = ..., partial_bytes: _Optional[int] = ..., cold_bytes: _Optional[int] = ...) -> None: ...
 
 class QueryInventoryResponse(_message.Message):
     __slots__ = ("nodes", "keys", "zones", "hit_rates")
