@@ -73,6 +73,9 @@ class BuildSettings:
     """After SIGTERM to a build's process group, how long before SIGKILL."""
     keep_workspaces: bool = False
     """Keep workspaces after builds finish (for debugging)."""
+    pass_env: tuple[str, ...] = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+    """Variables of the agent's own environment a build inherits (comma-separated). Nothing else
+    passes: the agent's credentials (for example AWS_* for the blob store) stay out of builds."""
 
 
 @dataclass(frozen=True)

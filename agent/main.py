@@ -31,15 +31,9 @@ VERSION = "0.1.0"
 
 
 def open_build_cache(config: AgentConfig) -> BuildCache:
-    from pathlib import Path
-    from urllib.parse import urlparse
+    from stoker.agent.cache import factory
 
-    from stoker.agent.cache.simple import SimpleCache
-
-    url = urlparse(config.cache.blobs)
-    if url.scheme != "file":
-        raise ValueError(f"cache.blobs: {config.cache.blobs!r}: only file:// blob stores are supported")
-    return SimpleCache(Path(config.cache.dir), Path(url.path), config.cache.budget_bytes)
+    return factory.open_cache(config.cache)
 
 
 def registration(config: AgentConfig) -> agent_pb2.RegisterRequest:
@@ -118,6 +112,9 @@ class Agent:
     async def stop(self, drain_s: float) -> None:
         """Finish running builds (up to ``drain_s``), then close the stream and the servers."""
         if self.session is not None:
+            for task in getattr(self, "_tasks", [])[1:]:
+                task.cancel()  # readiness stays NOT_SERVING from here on
+            await self.health.set(READY_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
             finished = await self.session.runner.drain(drain_s)
             if not finished:
                 log.warning("builds still running after %.0f s; stopping them (the coordinator requeues "

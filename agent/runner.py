@@ -77,6 +77,7 @@ class BuildRunner:
         self._metrics = metrics
         self._runs: dict[str, _Run] = {}
         self.draining = False
+        self._on_drain: Callable[[], None] = lambda: None
 
     # -- commands ------------------------------------------------------------------------------
     def start(self, command: agent_pb2.RunBuildCommand) -> None:
@@ -97,6 +98,10 @@ class BuildRunner:
         log.info("cancelling build %s attempt %d: %s", build_id, run.attempt, reason)
         self._stop(run, build_pb2.BUILD_STATE_CANCELLED, reason or "cancelled")
 
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when draining starts (the session tells the coordinator at once)."""
+        self._on_drain = callback
+
     def running(self) -> list[tuple[str, int]]:
         return [(r.build_id, r.attempt) for r in self._runs.values()]
 
@@ -106,6 +111,7 @@ class BuildRunner:
     async def drain(self, timeout_s: float) -> bool:
         """Stop taking builds and wait for running ones; False if some were still running at the end."""
         self.draining = True
+        self._on_drain()
         tasks = [r.task for r in self._runs.values() if r.task is not None]
         if not tasks:
             return True
@@ -205,7 +211,7 @@ class BuildRunner:
 
     async def _execute(self, run: _Run, workspace: Path) -> tuple[int, int, str]:
         spec = run.spec
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STOKER_")}
+        env = {k: os.environ[k] for k in self._settings.pass_env if k in os.environ}
         env.update(spec.env)
         env.update({"STOKER_BUILD_ID": run.build_id, "STOKER_WORKSPACE": str(workspace)})
         try:

@@ -60,6 +60,7 @@ class CoordinatorSession:
         self.runner = BuildRunner(config.build, registration.slots, cache, executor, self._emit_build_event,
                                   metrics)
         cache.subscribe(self._on_cache_change)
+        self.runner.on_drain(self._send_heartbeat_now)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- producers -----------------------------------------------------------------------------
@@ -80,6 +81,10 @@ class CoordinatorSession:
             generation=generation, upserted=[entry_pb(e) for e in upserted], removed=list(removed)))
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._push, message)
+
+    def _send_heartbeat_now(self) -> None:
+        """Queue a heartbeat now (it says the node is draining), not at the next interval."""
+        self._push(agent_pb2.AgentMessage(heartbeat=self._heartbeat_message()))
 
     def _push(self, message: agent_pb2.AgentMessage) -> None:
         self._outbox.append(message)
@@ -156,6 +161,9 @@ class CoordinatorSession:
         return agent_pb2.InventorySnapshot(generation=generation, entries=[entry_pb(e) for e in entries])
 
     async def _heartbeat(self) -> agent_pb2.Heartbeat:
+        return self._heartbeat_message()
+
+    def _heartbeat_message(self) -> agent_pb2.Heartbeat:
         used, free = self._cache.disk_usage()
         generation = self._sent_generation
         return agent_pb2.Heartbeat(

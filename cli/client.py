@@ -119,7 +119,7 @@ def _show(event: build_pb2.BuildEvent, as_json: bool) -> int | None:
     """Print one event; return the exit code when the build has finished."""
     kind = event.WhichOneof("kind")
     if as_json:
-        print(json_format.MessageToJson(event, indent=None), flush=True)
+        print(json_format.MessageToJson(event, indent=None, preserving_proto_field_name=True), flush=True)
     elif kind == "log":
         out = sys.stderr if event.log.stream == build_pb2.LogLine.STREAM_STDERR else sys.stdout
         print(event.log.text, file=out, flush=True)
@@ -179,7 +179,7 @@ def place(args) -> int:
         except grpc.RpcError as exc:
             return _fail(exc)
     if args.json:
-        print(json_format.MessageToJson(placement, indent=None))
+        print(json_format.MessageToJson(placement, indent=None, preserving_proto_field_name=True))
     else:
         print(f"{placement.lease_id} {placement.node} {placement.zone} {placement.reason}")
     return 0
@@ -203,7 +203,7 @@ def get(args) -> int:
                                                           timeout=10)
         except grpc.RpcError as exc:
             return _fail(exc)
-    print(json_format.MessageToJson(build, indent=2))
+    print(json_format.MessageToJson(build, indent=2, preserving_proto_field_name=True))
     return 0
 
 
@@ -239,7 +239,7 @@ def inventory(args) -> int:
         except grpc.RpcError as exc:
             return _fail(exc)
     if args.json:
-        print(json_format.MessageToJson(reply, indent=2))
+        print(json_format.MessageToJson(reply, indent=2, preserving_proto_field_name=True))
         return 0
     print(f"{'NODE':<20} {'ZONE':<10} {'STATE':<13} {'SLOTS':>5} {'RUN':>4} {'ENTRIES':>7} {'BYTES':>12}")
     for n in reply.nodes:

@@ -163,7 +163,7 @@ def print_table(rows: list[BuildRow]) -> None:
           f"{'RUN':>6} {'EXIT':>4}  WHY")
     for n, r in enumerate(rows, 1):
         print(f"{n:<2} {r.title:<32} {r.node:<8} {r.zone:<7} {r.warmth:<8} {_mb(r.bytes_fetched):>9} "
-              f"{r.restore_s:>7.2f}s {r.run_s:>5.2f}s {r.exit_code:>4}  {r.reason}")
+              f"{r.restore_s:>7.2f}s {r.run_s:>5.2f}s {r.exit_code:>4}  {r.reason.split('; ready in')[0]}")
     print()
     for n, r in enumerate(rows, 1):
         restored = f"restored {r.restored_key}" if r.restored_key else "restored nothing"

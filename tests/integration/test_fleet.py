@@ -263,12 +263,12 @@ def test_queued_build_says_so_and_placement_lease_flow(fleet):
     assert placed.returncode == 0, placed.stderr
     import json
     lease = json.loads(placed.stdout)
-    assert lease["node"] == "n1" and lease["nodeLabels"] == {"pool": "big"}
+    assert lease["node"] == "n1" and lease["node_labels"] == {"pool": "big"}
     stub = builds_stub(c.address)
     stream = stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(["echo", "ran"])), timeout=60)
     first = next(stream)
     assert first.HasField("queued") and "all busy" in first.queued.reason
-    released = subprocess.run([sys.executable, "-m", "stoker.cli.main", "release", lease["leaseId"]], env=env,
+    released = subprocess.run([sys.executable, "-m", "stoker.cli.main", "release", lease["lease_id"]], env=env,
                               capture_output=True, text=True, timeout=30)
     assert released.returncode == 0 and "released" in released.stdout
     rest = list(stream)
@@ -289,3 +289,14 @@ def test_agent_sigterm_drains_running_build(fleet):
     assert rest[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
     assert any(e.log.text == "finished-normally" for e in rest if e.HasField("log"))
     assert agent.popen.wait(20) == 0
+
+
+def test_builds_do_not_inherit_the_agents_credentials(fleet):
+    c = fleet.start_coordinator()
+    fleet.start_agent("n1", env={"AWS_SECRET_ACCESS_KEY": "s3cr3t", "PATH": os.environ["PATH"]})
+    fleet.wait_ready("n1")
+    events = run(builds_stub(c.address), common_pb2.BuildSpec(
+        workspace="w", command=["sh", "-c", 'echo "secret=${AWS_SECRET_ACCESS_KEY:-none} mine=$MINE"'],
+        env={"MINE": "yes"}))
+    lines = [e.log.text for e in events if e.HasField("log")]
+    assert "secret=none mine=yes" in lines
