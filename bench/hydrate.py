@@ -99,9 +99,10 @@ def npm_tree(dest: Path, extra: str | None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "package.json", dest)
     shutil.copy(HERE / "package-lock.json", dest)
-    sh("npm ci --no-audit --no-fund --ignore-scripts --loglevel=error", cwd=dest)
+    sh("npm ci --no-audit --no-fund --ignore-scripts --loglevel=error", cwd=dest, stdout=sys.stderr)
     if extra:
-        sh(f"npm install --no-audit --no-fund --ignore-scripts --loglevel=error {extra}", cwd=dest)
+        sh(f"npm install --no-audit --no-fund --ignore-scripts --loglevel=error {extra}", cwd=dest,
+           stdout=sys.stderr)
     (dest / "package.json").unlink()
     (dest / "package-lock.json").unlink()
     return dest
