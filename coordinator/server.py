@@ -22,12 +22,10 @@ from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.metrics import CoordinatorMetrics
 from stoker.coordinator.registry import NodeRegistry
 from stoker.coordinator.scheduler import Scheduler
-from stoker.coordinator.service import (
-    AgentGatewayServicer,
-    BuildsServicer,
-    InventoryServicer,
-    RolloutsServicer,
-)
+from stoker.coordinator.rollout_wiring import build_rollout_engine
+from stoker.coordinator.rollout_engine import RolloutEngine
+from stoker.coordinator.rollout_service import RolloutsServicer
+from stoker.coordinator.service import AgentGatewayServicer, BuildsServicer, InventoryServicer
 from stoker.coordinator.state import MemoryStateStore, SqliteStateStore, StateStore
 from stoker.v1 import agent_pb2, agent_pb2_grpc, build_pb2, build_pb2_grpc, inventory_pb2, inventory_pb2_grpc
 from stoker.v1 import rollout_pb2, rollout_pb2_grpc
@@ -55,6 +53,7 @@ class Coordinator:
     inventory: InventoryIndex
     store: StateStore
     health: object
+    rollouts: RolloutEngine | None = None
     _ticker: asyncio.Task | None = None
 
     @property
@@ -66,6 +65,8 @@ class Coordinator:
         self.metrics_server.start()
         await set_serving(self.health, SERVICE_NAMES, True)
         self._ticker = asyncio.create_task(self._tick_forever())
+        if self.rollouts is not None:
+            self.rollouts.recover()
         log.info("coordinator serving gRPC on port %d, metrics on port %d", self.port, self.metrics_port)
 
     async def _tick_forever(self) -> None:
@@ -80,11 +81,15 @@ class Coordinator:
         await set_serving(self.health, SERVICE_NAMES, False)
         if self._ticker is not None:
             self._ticker.cancel()
+        if self.rollouts is not None:
+            await self.rollouts.close()
         for link in list(self.builds.links().values()):
             link.close()
         await self.server.stop(self.config.server.grace_s if grace_s is None else grace_s)
         self.metrics_server.stop()
         self.store.close()
+        if self.rollouts is not None:
+            self.rollouts.store.close()
 
 
 def open_store(config: CoordinatorConfig) -> StateStore:
@@ -117,14 +122,15 @@ def create_server(config: CoordinatorConfig, *, clock: Clock | None = None,
         AgentGatewayServicer(config, nodes, inventory, builds, metrics), server)
     build_pb2_grpc.add_BuildsServicer_to_server(BuildsServicer(config, builds), server)
     inventory_pb2_grpc.add_InventoryServicer_to_server(InventoryServicer(nodes, inventory, builds), server)
-    rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutsServicer(), server)
+    rollouts = build_rollout_engine(config, clock)
+    rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutsServicer(rollouts), server)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     port = server.add_insecure_port(config.server.listen)
     if port == 0:
         raise OSError(f"cannot listen on {config.server.listen}")
     metrics_server = MetricsServer(registry, config.server.metrics_listen)
     return Coordinator(config=config, server=server, port=port, metrics_server=metrics_server, builds=builds,
-                       registry=nodes, inventory=inventory, store=store, health=health)
+                       registry=nodes, inventory=inventory, store=store, health=health, rollouts=rollouts)
 
 
 async def serve(config: CoordinatorConfig, ready_file: str | None = None) -> None:

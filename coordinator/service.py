@@ -23,7 +23,6 @@ from stoker.v1 import (
     build_pb2_grpc,
     inventory_pb2,
     inventory_pb2_grpc,
-    rollout_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -224,18 +223,3 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
             warm_bytes=self._builds.hit_bytes[Warmth.WARM], partial_bytes=self._builds.hit_bytes[Warmth.PARTIAL],
             cold_bytes=self._builds.hit_bytes[Warmth.COLD]))
         return response
-
-
-class RolloutsServicer(rollout_pb2_grpc.RolloutsServicer):
-    """The rollout RPCs are part of the contract; they answer UNIMPLEMENTED until the rollout
-    engine lands, with a message that says so."""
-
-    async def _unimplemented(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "rollouts are not available in this version of stoker")
-
-    StartRollout = GetRollout = ListRollouts = _unimplemented
-    PromoteRollout = AbortRollout = PauseRollout = ResumeRollout = _unimplemented
-
-    async def WatchRollout(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "rollouts are not available in this version of stoker")
-        yield  # makes this an async generator, as a server-streaming handler must be

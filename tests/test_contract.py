@@ -53,7 +53,8 @@ PACKAGES = {"stoker.agent": ROOT / "agent", "stoker.coordinator": ROOT / "coordi
             "stoker.common": ROOT / "common", "stoker.cli": ROOT / "cli"}
 ADAPTERS = ("grpc", "grpc_health", "grpc_reflection", "boto3", "botocore", "kubernetes", "sqlite3", "stoker.v1")
 PURE_CORES = ["stoker.coordinator.scheduler", "stoker.coordinator.registry", "stoker.coordinator.inventory",
-              "stoker.coordinator.domain", "stoker.coordinator.errors", "stoker.agent.cache.store"]
+              "stoker.coordinator.domain", "stoker.coordinator.errors", "stoker.agent.cache.store",
+              "stoker.coordinator.rollout", "stoker.coordinator.judge"]
 
 
 def _imports() -> dict[str, set[str]]:

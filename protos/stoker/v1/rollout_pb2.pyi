@@ -47,7 +47,14 @@ VERDICT_RESULT_FAIL: VerdictResult
 VERDICT_RESULT_INCONCLUSIVE: VerdictResult
 
 class RolloutSpec(_message.Message):
-    __slots__ = ("service", "target", "version", "canary_percent", "bake_s", "min_requests", "zone_first", "namespace")
+    __slots__ = ("service", "target", "version", "canary_percent", "bake_s", "min_requests", "zone_first", "namespace", "post_bake_s", "zones", "instances_per_zone", "env")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +63,10 @@ class RolloutSpec(_message.Message):
     MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIRST_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    POST_BAKE_S_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_PER_ZONE_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
     service: str
     target: str
     version: str
@@ -64,7 +75,11 @@ class RolloutSpec(_message.Message):
     min_requests: int
     zone_first: bool
     namespace: str
-    def __init__(self, service: _Optional[str] = ..., target: _Optional[str] = ..., version: _Optional[str] = ..., canary_percent: _Optional[float] = ..., bake_s: _Optional[float] = ..., min_requests: _Optional[int] = ..., zone_first: _Optional[bool] = ..., namespace: _Optional[str] = ...) -> None: ...
+    post_bake_s: float
+    zones: _containers.RepeatedScalarFieldContainer[str]
+    instances_per_zone: int
+    env: _containers.ScalarMap[str, str]
+    def __init__(self, service: _Optional[str] = ..., target: _Optional[str] = ..., version: _Optional[str] = ..., canary_percent: _Optional[float] = ..., bake_s: _Optional[float] = ..., min_requests: _Optional[int] = ..., zone_first: _Optional[bool] = ..., namespace: _Optional[str] = ..., post_bake_s: _Optional[float] = ..., zones: _Optional[_Iterable[str]] = ..., instances_per_zone: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StartRolloutRequest(_message.Message):
     __slots__ = ("spec",)
@@ -105,7 +120,7 @@ class ZoneStatus(_message.Message):
     def __init__(self, zone: _Optional[str] = ..., old_instances: _Optional[int] = ..., new_instances: _Optional[int] = ..., ready_instances: _Optional[int] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("time", "result", "reason", "canary_requests", "canary_errors", "baseline_requests", "baseline_errors", "canary_p50_ms", "baseline_p50_ms", "p_value")
+    __slots__ = ("time", "result", "reason", "canary_requests", "canary_errors", "baseline_requests", "baseline_errors", "canary_p50_ms", "baseline_p50_ms", "p_value", "check", "alpha")
     TIME_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +131,8 @@ class Verdict(_message.Message):
     CANARY_P50_MS_FIELD_NUMBER: _ClassVar[int]
     BASELINE_P50_MS_FIELD_NUMBER: _ClassVar[int]
     P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     result: VerdictResult
     reason: str
@@ -126,10 +143,12 @@ class Verdict(_message.Message):
     canary_p50_ms: float
     baseline_p50_ms: float
     p_value: float
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[VerdictResult, str]] = ..., reason: _Optional[str] = ..., canary_requests: _Optional[int] = ..., canary_errors: _Optional[int] = ..., baseline_requests: _Optional[int] = ..., baseline_errors: _Optional[int] = ..., canary_p50_ms: _Optional[float] = ..., baseline_p50_ms: _Optional[float] = ..., p_value: _Optional[float] = ...) -> None: ...
+    check: str
+    alpha: float
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[VerdictResult, str]] = ..., reason: _Optional[str] = ..., canary_requests: _Optional[int] = ..., canary_errors: _Optional[int] = ..., baseline_requests: _Optional[int] = ..., baseline_errors: _Optional[int] = ..., canary_p50_ms: _Optional[float] = ..., baseline_p50_ms: _Optional[float] = ..., p_value: _Optional[float] = ..., check: _Optional[str] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("id", "spec", "phase", "from_version", "zones", "verdicts", "created", "updated", "message")
+    __slots__ = ("id", "spec", "phase", "from_version", "zones", "verdicts", "created", "updated", "message", "endpoint", "last_look", "attempt", "events", "bake_until", "deadline")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +158,12 @@ class Rollout(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    LAST_LOOK_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    BAKE_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: RolloutSpec
     phase: RolloutPhase
@@ -148,7 +173,13 @@ class Rollout(_message.Message):
     created: _timestamp_pb2.Timestamp
     updated: _timestamp_pb2.Timestamp
     message: str
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[RolloutSpec, _Mapping]] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., from_version: _Optional[str] = ..., zones: _Optional[_Iterable[_Union[ZoneStatus, _Mapping]]] = ..., verdicts: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+    endpoint: str
+    last_look: Verdict
+    attempt: int
+    events: _containers.RepeatedScalarFieldContainer[str]
+    bake_until: _timestamp_pb2.Timestamp
+    deadline: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[RolloutSpec, _Mapping]] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., from_version: _Optional[str] = ..., zones: _Optional[_Iterable[_Union[ZoneStatus, _Mapping]]] = ..., verdicts: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., endpoint: _Optional[str] = ..., last_look: _Optional[_Union[Verdict, _Mapping]] = ..., attempt: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., bake_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListRolloutsResponse(_message.Message):
     __slots__ = ("rollouts",)

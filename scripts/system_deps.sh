@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Debian packages some parts of stoker need, installed only when missing (idempotent):
+#   haproxy     the load balancer in front of the local-process rollout target (tests, demo, bench)
+#   prometheus  the real Prometheus the PromQL metrics-provider test scrapes the sample service with
+# Runs with no stdin, as root (or through sudo when available). While another apt/dpkg process holds
+# the lock (unattended-upgrades, a parallel setup), it waits and retries for up to ~10 minutes.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+declare -A wanted=([haproxy]=haproxy [prometheus]=prometheus)   # command -> Debian package
+missing=()
+for cmd in "${!wanted[@]}"; do
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    missing+=("${wanted[$cmd]}")
+  fi
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+  sudo=(sudo -n)
+else
+  echo "system_deps.sh: need root (or passwordless sudo) to install: ${missing[*]}" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "system_deps.sh: no apt-get here; install ${missing[*]} with this system's package manager" >&2
+  exit 1
+fi
+
+# Run an apt command, retrying while another apt/dpkg process holds its lock (exit 100 + lock message).
+apt_retry() {
+  local deadline=$((SECONDS + 600)) out rc
+  while true; do
+    set +e
+    out=$("${sudo[@]}" "$@" -o DPkg::Lock::Timeout=30 </dev/null 2>&1)
+    rc=$?
+    set -e
+    if [ "$rc" -eq 0 ]; then
+      return 0
+    fi
+    if grep -qiE 'could not get lock|unable to lock|is another process using it|dpkg was interrupted|lock-frontend' <<<"$out" \
+        && [ "$SECONDS" -lt "$deadline" ]; then
+      echo "system_deps.sh: another apt/dpkg process holds the lock; waiting to run: $*" >&2
+      sleep 10
+      continue
+    fi
+    printf '%s\n' "$out" >&2
+    return "$rc"
+  done
+}
+
+echo "system_deps.sh: installing ${missing[*]} (Debian packages)" >&2
+apt_retry apt-get update -q
+apt_retry apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+for cmd in "${!wanted[@]}"; do
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    echo "system_deps.sh: $cmd is still missing after installing ${wanted[$cmd]}" >&2
+    exit 1
+  fi
+done
