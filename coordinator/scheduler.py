@@ -77,6 +77,7 @@ class SchedulerSettings:
     """Weight of each new observation in the learned rates."""
     prewarm_replicas: int = 1
     """How many extra nodes a hot key is prewarmed onto at a time."""
+
     hot_window_s: float = 900.0
     """Demand for a key counts as recent for this long."""
     hot_builds: int = 3
@@ -224,7 +225,7 @@ class Scheduler:
     def node_lost(self, node: str, held: Iterable[EntryRecord], nodes: Sequence[NodeRecord]) -> None:
         """Replicate the hot keys the lost node held onto their next rendezvous node."""
         for running_id in [rid for rid, r in self._running.items() if r.node == node]:
-            self._running.pop(running_id, None)
+            self.finished(running_id)
         live = [n for n in nodes if n.schedulable and n.name != node]
         for entry in held:
             if self._is_hot(entry.key):
@@ -294,10 +295,9 @@ class Scheduler:
                 plan.waiting[request.id] = decision.reason
                 if request.key:
                     waiting_on[request.key] += 1
-        for key, count in waiting_on.items():
-            if count >= 1:
-                request = next(r for r in queue if r.key == key)
-                self._prewarm_next(key, request.restore_keys, live)
+        for key in waiting_on:
+            request = next(r for r in queue if r.key == key)
+            self._prewarm_next(key, request.restore_keys, live)
         plan.prewarms.extend(self._pending_prewarms)
         self._pending_prewarms = []
         return plan
@@ -450,10 +450,12 @@ class Scheduler:
         return sum(1 for t in seen if t >= horizon) >= self.settings.hot_builds
 
     def _prewarm_next(self, key: str, restore_keys: tuple[str, ...], live: Sequence[NodeRecord],
-                      reason_node: str = "") -> None:
+                      reason_node: str = "", count: int = 0) -> None:
+        """Prewarm ``key`` onto the next nodes in its rendezvous order that do not hold it."""
         holders = self._inventory.holders(key)
-        ranked = sorted((n for n in live if n.name not in holders), key=lambda n: -self._weight(key, n.name))
-        for node in ranked[: self.settings.prewarm_replicas]:
+        count = count or self.settings.prewarm_replicas
+        candidates = (n for n in live if n.name not in holders and n.name != reason_node)
+        for node in heapq.nlargest(count, candidates, key=lambda n: self._weight(key, n.name)):
             self._queue_prewarm(node.name, key, restore_keys)
 
     def _queue_prewarm(self, node: str, key: str, restore_keys: tuple[str, ...]) -> None:

@@ -1,0 +1,621 @@
+"""A discrete-event simulator of a build fleet, and the placement policies it compares.
+
+The ``stoker`` policy is the coordinator's own scheduler (``stoker.coordinator.scheduler``), driven
+through the same calls the coordinator makes — ``plan()``, ``started()``, ``finished()``,
+``node_lost()``, ``node_joined()`` — with the node registry and inventory index the coordinator uses,
+on a clock that is the simulation's. The peers are what a user would otherwise pick.
+
+The model, per build: it waits in a queue until its policy places it on a node with a free slot; it
+restores its cache (nothing to fetch when the node holds the exact key; only the changed share when
+the node holds an older entry of the workspace; everything otherwise), then fills in whatever the
+restored cache lacked from a package registry (``install_bps``), then runs for its duration. A node
+keeps entries under its disk budget, least recently used first out. Saved entries go to the shared
+blob store. Sizes are bytes as stored (the same compression for every policy).
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import hashlib
+import heapq
+import itertools
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+from simkit.trace import Build, Fleet, FleetEvent
+from stoker.coordinator.domain import EntryRecord, NodeInfo, NodeState, PlacementRequest
+from stoker.coordinator.inventory import InventoryIndex
+from stoker.coordinator.registry import NodeRegistry
+from stoker.coordinator.scheduler import Scheduler, SchedulerSettings
+
+PACK_BYTES = 8 * 1024 * 1024  # one ranged GET / one PUT moves about this much
+
+
+class SimClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+
+@dataclass
+class Job:
+    id: int
+    build: Build
+    arrival: float
+    attempt: int = 1
+    node: str = ""
+    placed: float = 0.0
+    ready: float = 0.0
+    finish: float = 0.0
+    warmth: str = ""
+    fetched: float = 0.0
+    restored: float = 0.0
+    missing: float = 0.0
+
+    @property
+    def request_id(self) -> str:
+        return f"j{self.id}-a{self.attempt}"
+
+
+@dataclass
+class SimNode:
+    name: str
+    zone: str
+    slots: int
+    disk: float
+    born: float
+    alive: bool = True
+    died: float = math.inf
+    running: dict[int, Job] = field(default_factory=dict)
+    cache: collections.OrderedDict = field(default_factory=collections.OrderedDict)  # key → bytes
+    busy_area: float = 0.0
+    last_change: float = 0.0
+
+    def account(self, now: float) -> None:
+        self.busy_area += len(self.running) * (now - self.last_change)
+        self.last_change = now
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+
+class Sim:
+    def __init__(self, fleet: Fleet, records: list, policy: "Policy", seed: int = 1) -> None:
+        self.fleet = fleet
+        self.records = records
+        self.policy = policy
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.nodes: dict[str, SimNode] = {}
+        self.blob: dict[str, float] = {}
+        self.version: dict[str, tuple[str, int]] = {}      # key → (workspace, index)
+        self.changed: dict[str, list[float]] = collections.defaultdict(list)  # workspace → fraction per index
+        self.keys_of: dict[str, list[str]] = collections.defaultdict(list)  # workspace → keys by index
+        self._tick_pending = False
+        self.queue: list[Job] = []
+        self.jobs: list[Job] = []
+        self._events: list = []
+        self._seq = itertools.count()
+        self.idle_while_queued = 0.0
+        self.gets = self.puts = 0
+        self.put_bytes = 0.0
+        self.prewarm_bytes = 0.0
+        self.placements: list[tuple[float, bool]] = []
+        self.failures: list[float] = []
+        self.decision_s: list[float] = []
+        self._node_counter = itertools.count(fleet.nodes)
+        for i in range(fleet.nodes):
+            self._add_node(f"node-{i:03d}", fleet.zones[i % len(fleet.zones)])
+
+    # -- nodes and their caches ------------------------------------------------------------------------
+    def _add_node(self, name: str, zone: str) -> SimNode:
+        node = SimNode(name, zone, self.fleet.slots, self.fleet.disk_bytes, born=self.now, last_change=self.now)
+        self.nodes[name] = node
+        self.policy.node_added(self, node)
+        return node
+
+    def cache_put(self, node: SimNode, key: str, size: float) -> None:
+        upserted = [key]
+        node.cache[key] = size
+        node.cache.move_to_end(key)
+        removed = []
+        while sum(node.cache.values()) > node.disk and len(node.cache) > 1:
+            victim, _ = node.cache.popitem(last=False)
+            if victim == key:
+                node.cache[key] = size
+                continue
+            removed.append(victim)
+        self.policy.cache_changed(self, node, upserted, removed)
+
+    def cache_touch(self, node: SimNode, key: str) -> None:
+        node.cache.move_to_end(key)
+        self.policy.cache_changed(self, node, [key], [])
+
+    def diff(self, old_key: str, new_key: str) -> float:
+        """Share of the new entry's bytes that differ from the old one (same workspace)."""
+        ws, new_i = self.version[new_key]
+        _, old_i = self.version[old_key]
+        if old_i >= new_i:
+            return 0.0 if old_i == new_i else 1.0
+        same = 1.0
+        for i in range(old_i + 1, new_i + 1):
+            same *= 1.0 - self.changed[ws][i]
+        return 1.0 - same
+
+    def _local_prefix_entry(self, node: SimNode, build: Build) -> str | None:
+        best = None
+        for key in node.cache:
+            if any(key.startswith(p) for p in build.restore_keys) and key in self.version:
+                if best is None or self.version[key][1] > self.version[best][1]:
+                    best = key
+        return best
+
+    def _blob_prefix_entry(self, build: Build) -> str | None:
+        """The newest older version of the workspace's entry in the blob store."""
+        ws, index = self.version[build.key]
+        for key in reversed(self.keys_of[ws][:index]):
+            if key in self.blob:
+                return key
+        return None
+
+    # -- events ------------------------------------------------------------------------------------------
+    def _push(self, t: float, kind: str, payload) -> None:
+        heapq.heappush(self._events, (t, next(self._seq), kind, payload))
+
+    def run(self) -> "Sim":
+        for r in self.records:
+            self._push(r.t, "arrival" if isinstance(r, Build) else "fleet", r)
+        job_ids = itertools.count()
+        while self._events:
+            t, _, kind, payload = heapq.heappop(self._events)
+            self._advance(t)
+            if kind == "arrival":
+                self._register_version(payload)
+                job = Job(next(job_ids), payload, arrival=t)
+                self.jobs.append(job)
+                self.queue.append(job)
+            elif kind == "finish":
+                self._finish(*payload)
+            elif kind == "ready":
+                self._ready(*payload)
+            elif kind == "prewarmed":
+                node_name, key = payload
+                node = self.nodes.get(node_name)
+                if node is not None and node.alive and key in self.blob:
+                    self.cache_put(node, key, self.blob[key])
+            elif kind == "fleet":
+                self._fleet_event(payload)
+            elif kind == "tick":
+                self._tick_pending = False
+            if self._events and self._events[0][0] == t:
+                continue  # handle everything at this instant before placing
+            self._dispatch()
+            if self.queue and not self._tick_pending:
+                # Waiting builds are looked at again now and then (aging, a wait that ran long).
+                self._tick_pending = True
+                self._push(self.now + 15.0, "tick", None)
+        for node in self.nodes.values():
+            node.account(self.now)
+        return self
+
+    def _advance(self, t: float) -> None:
+        dt = t - self.now
+        if dt > 0 and self.queue:
+            self.idle_while_queued += dt * sum(1 for n in self.nodes.values() if n.alive and n.free > 0)
+        self.now = t
+        self.policy.clock.t = t
+
+    def _register_version(self, build: Build) -> None:
+        if build.key in self.version:
+            return
+        ws = build.workspace
+        index = len(self.changed[ws])
+        self.changed[ws].append(build.changed_fraction if index else 0.0)
+        self.keys_of[ws].append(build.key)
+        self.version[build.key] = (ws, index)
+
+    def _dispatch(self) -> None:
+        if not self.queue:
+            return
+        started = time.perf_counter()
+        placements, prewarms = self.policy.place(self)
+        self.decision_s.append((time.perf_counter() - started) / len(self.queue))
+        placed = set()
+        for job, node_name in placements:
+            self._start(job, self.nodes[node_name])
+            placed.add(job.id)
+        if placed:
+            self.queue = [j for j in self.queue if j.id not in placed]
+        for node_name, key in prewarms:
+            node = self.nodes.get(node_name)
+            if node is None or not node.alive or key in node.cache or key not in self.blob:
+                continue
+            size = self.blob[key]
+            self.prewarm_bytes += size
+            self.gets += max(1, math.ceil(size / PACK_BYTES))
+            self._push(self.now + size / self.fleet.fetch_bps + size / self.fleet.extract_bps, "prewarmed",
+                       (node_name, key))
+
+    def _start(self, job: Job, node: SimNode) -> None:
+        f = self.fleet
+        b = job.build
+        node.account(self.now)
+        node.running[job.id] = job
+        job.node, job.placed = node.name, self.now
+        fetch = missing = 0.0
+        if self.policy.all_warm:
+            job.warmth, restore = "warm", b.bytes / f.materialize_bps
+        elif b.key in node.cache:
+            job.warmth, restore = "warm", b.bytes / f.materialize_bps
+            self.cache_touch(node, b.key)
+        else:
+            local = self._local_prefix_entry(node, b)
+            if local is not None:
+                job.warmth = "partial"
+                self.cache_touch(node, local)
+                if b.key in self.blob:
+                    fetch = self.diff(local, b.key) * b.bytes
+                else:
+                    missing = self.diff(local, b.key) * b.bytes
+            else:
+                job.warmth = "cold"
+                if b.key in self.blob:
+                    fetch = self.blob[b.key]
+                else:
+                    older = self._blob_prefix_entry(b)
+                    if older is not None:
+                        fetch = self.blob[older]
+                        missing = self.diff(older, b.key) * b.bytes
+                    else:
+                        missing = b.bytes
+            restore = fetch / f.fetch_bps + fetch / f.extract_bps
+            if job.warmth == "partial":
+                restore += b.bytes / f.materialize_bps
+        if fetch:
+            self.gets += max(1, math.ceil(fetch / PACK_BYTES))
+        job.fetched, job.missing = fetch, missing
+        job.restored = b.bytes - missing
+        job.ready = self.now + restore
+        job.finish = job.ready + missing / f.install_bps + b.duration_s
+        self.placements.append((self.now, job.warmth != "cold"))
+        self.policy.started(self, job, node)
+        self._push(job.ready, "ready", (job.id, job.attempt, node.name))
+        self._push(job.finish, "finish", (job.id, job.attempt, node.name))
+
+    def _ready(self, job_id: int, attempt: int, node_name: str) -> None:
+        node = self.nodes[node_name]
+        job = node.running.get(job_id)
+        if job is None or job.attempt != attempt or not node.alive:
+            return
+        if job.build.key in self.blob and job.build.key not in node.cache and not self.policy.all_warm:
+            self.cache_put(node, job.build.key, self.blob[job.build.key])
+
+    def _finish(self, job_id: int, attempt: int, node_name: str) -> None:
+        node = self.nodes[node_name]
+        job = node.running.get(job_id)
+        if job is None or job.attempt != attempt:
+            return
+        node.account(self.now)
+        del node.running[job_id]
+        b = job.build
+        if b.key not in self.blob:
+            self.blob[b.key] = float(b.bytes)
+            changed = job.missing or b.bytes
+            self.puts += max(1, math.ceil(changed / PACK_BYTES))
+            self.put_bytes += changed
+        if not self.policy.all_warm:
+            self.cache_put(node, b.key, float(b.bytes))
+        self.policy.finished(self, job, node)
+
+    def _fleet_event(self, event: FleetEvent) -> None:
+        if event.event == "node_add":
+            for _ in range(event.count):
+                self._add_node(f"node-{next(self._node_counter):03d}", event.zone or self.fleet.zones[0])
+            return
+        node = self.nodes.get(event.node)
+        if node is None or not node.alive:
+            return
+        node.account(self.now)
+        node.alive, node.died = False, self.now
+        self.failures.append(self.now)
+        lost = list(node.running.values())
+        node.running.clear()
+        self.policy.node_failed(self, node)
+        node.cache.clear()
+        for job in lost:  # requeued: it starts over
+            job.attempt += 1
+            job.node = ""
+            self.queue.append(job)
+
+
+# -- policies ------------------------------------------------------------------------------------------------
+class Policy:
+    name = "policy"
+    all_warm = False
+
+    def __init__(self) -> None:
+        self.clock = SimClock()
+
+    def node_added(self, sim: Sim, node: SimNode) -> None:
+        pass
+
+    def node_failed(self, sim: Sim, node: SimNode) -> None:
+        pass
+
+    def cache_changed(self, sim: Sim, node: SimNode, upserted: list[str], removed: list[str]) -> None:
+        pass
+
+    def started(self, sim: Sim, job: Job, node: SimNode) -> None:
+        pass
+
+    def finished(self, sim: Sim, job: Job, node: SimNode) -> None:
+        pass
+
+    def place(self, sim: Sim) -> tuple[list[tuple[Job, str]], list[tuple[str, str]]]:
+        """Place queued jobs in arrival order; a job the policy cannot place now keeps waiting."""
+        free = {n.name: n.free for n in sim.nodes.values() if n.alive}
+        out = []
+        for job in sorted(sim.queue, key=lambda j: (-j.build.priority, j.arrival)):
+            choice = self.choose(sim, job, free)
+            if choice is not None and free.get(choice, 0) > 0:
+                free[choice] -= 1
+                out.append((job, choice))
+        return out, []
+
+    def choose(self, sim: Sim, job: Job, free: dict[str, int]) -> str | None:
+        raise TypeError(f"{type(self).__name__} must implement choose()")
+
+
+def _load(sim: Sim, name: str, free: dict[str, int]) -> int:
+    return sim.nodes[name].slots - free[name]
+
+
+class RandomPolicy(Policy):
+    name = "random"
+
+    def __init__(self, seed: int = 3) -> None:
+        super().__init__()
+        self.rng = random.Random(seed)
+
+    def choose(self, sim, job, free):
+        options = [n for n, f in free.items() if f > 0]
+        return self.rng.choice(options) if options else None
+
+
+class RoundRobinPolicy(Policy):
+    name = "round_robin"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next = 0
+
+    def choose(self, sim, job, free):
+        names = sorted(free)
+        for i in range(len(names)):
+            name = names[(self.next + i) % len(names)]
+            if free[name] > 0:
+                self.next = (self.next + i + 1) % len(names)
+                return name
+        return None
+
+
+class LeastLoadedPolicy(Policy):
+    name = "least_loaded"
+
+    def choose(self, sim, job, free):
+        options = [n for n, f in free.items() if f > 0]
+        return min(options, key=lambda n: (_load(sim, n, free), n)) if options else None
+
+
+class PowerOfTwoPolicy(Policy):
+    name = "power_of_two"
+
+    def __init__(self, seed: int = 5) -> None:
+        super().__init__()
+        self.rng = random.Random(seed)
+
+    def choose(self, sim, job, free):
+        names = list(free)
+        a, b = self.rng.sample(names, 2) if len(names) >= 2 else (names[0], names[0])
+        pick = min((a, b), key=lambda n: (_load(sim, n, free), n))
+        return pick if free[pick] > 0 else None
+
+
+def _h(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+class _Ring:
+    def __init__(self, names: list[str], vnodes: int = 64) -> None:
+        self.points = sorted((_h(f"{n}#{i}"), n) for n in names for i in range(vnodes))
+        self.hashes = [p for p, _ in self.points]
+
+    def walk(self, key: str):
+        start = bisect.bisect(self.hashes, _h(key))
+        seen = set()
+        for i in range(len(self.points)):
+            name = self.points[(start + i) % len(self.points)][1]
+            if name not in seen:
+                seen.add(name)
+                yield name
+
+
+class ConsistentHashPolicy(Policy):
+    """Each workspace always goes to the node owning it on the ring; it waits for that node."""
+
+    name = "consistent_hash"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ring: _Ring | None = None
+        self._names: tuple[str, ...] = ()
+        self._owner: dict[str, str] = {}
+        self._owner_names: tuple[str, ...] = ()
+
+    def ring(self, free) -> _Ring:
+        names = tuple(sorted(free))
+        if names != self._names:
+            self._ring, self._names = _Ring(list(names)), names
+        return self._ring
+
+    def choose(self, sim, job, free):
+        ring = self.ring(free)
+        owner = self._owner.get(job.build.workspace) if self._owner_names == self._names else None
+        if owner is None:
+            if self._owner_names != self._names:
+                self._owner, self._owner_names = {}, self._names
+            owner = self._owner[job.build.workspace] = next(ring.walk(job.build.workspace))
+        return owner
+
+
+class BoundedHashPolicy(ConsistentHashPolicy):
+    """Consistent hashing with bounded loads (c = 1.25): walk the ring to the first node under the bound."""
+
+    name = "bounded_hash"
+
+    def __init__(self, c: float = 1.25) -> None:
+        super().__init__()
+        self.c = c
+
+    def choose(self, sim, job, free):
+        total = sum(_load(sim, n, free) for n in free)
+        bound = max(1, math.ceil(self.c * (total + 1) / len(free)))
+        for name in self.ring(free).walk(job.build.workspace):
+            if free[name] > 0 and _load(sim, name, free) < bound:
+                return name
+        return None
+
+
+class HistoryPolicy(Policy):
+    """The last node that built the key, if it has a free slot (as BuildBuddy's affinity); else least loaded."""
+
+    name = "history"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[str, str] = {}
+
+    def choose(self, sim, job, free):
+        name = self.last.get(job.build.key) or self.last.get(job.build.workspace)
+        if name in free and free[name] > 0:
+            return name
+        return LeastLoadedPolicy.choose(self, sim, job, free)
+
+    def started(self, sim, job, node):
+        self.last[job.build.key] = node.name
+        self.last[job.build.workspace] = node.name
+
+
+class OraclePolicy(LeastLoadedPolicy):
+    """Least loaded, and every build finds its cache present: the lower bound."""
+
+    name = "oracle"
+    all_warm = True
+
+
+class StokerPolicy(Policy):
+    """stoker's scheduler, driven through the coordinator's own calls and data structures."""
+
+    name = "stoker"
+
+    def __init__(self, fleet: Fleet, settings: SchedulerSettings | None = None) -> None:
+        super().__init__()
+        self.registry = NodeRegistry(self.clock, lease_ttl_s=15.0)
+        self.inventory = InventoryIndex()
+        base = settings or SchedulerSettings()
+        # The agents' defaults before anything is learned: the fleet's nominal rates.
+        self.scheduler = Scheduler(self.inventory, self.clock, SchedulerSettings(**{
+            **base.__dict__, "fetch_bps": fleet.fetch_bps, "extract_bps": fleet.extract_bps,
+            "materialize_bps": fleet.materialize_bps}))
+        self._generation: dict[str, int] = {}
+        self._requests: dict[int, PlacementRequest] = {}
+
+    def _request(self, job: Job) -> PlacementRequest:
+        b = job.build
+        return PlacementRequest(id=job.request_id, workspace=b.workspace, key=b.key, restore_keys=b.restore_keys,
+                                tenant=b.tenant, priority=b.priority, enqueued_at=job.arrival)
+
+    def node_added(self, sim, node):
+        record = self.registry.register(NodeInfo(name=node.name, zone=node.zone, slots=node.slots,
+                                                 disk_capacity_bytes=int(node.disk)))
+        self.registry.attach(node.name, record.session_id)
+        self.inventory.apply_snapshot(node.name, 0, [])
+        self._generation[node.name] = 0
+        self.scheduler.node_joined(record, self.registry.all())
+
+    def node_failed(self, sim, node):
+        record = self.registry.get(node.name)
+        record.state = NodeState.LOST  # the coordinator marks it lost once its lease runs out
+        held = self.inventory.entries(node.name)
+        for holder in list(record.holders):
+            self.scheduler.finished(holder)
+        record.holders.clear()
+        self.scheduler.node_lost(node.name, held, self.registry.all())
+        self.inventory.drop_node(node.name)
+
+    def cache_changed(self, sim, node, upserted, removed):
+        gen = self._generation[node.name] + 1
+        self._generation[node.name] = gen
+        entries = []
+        for key in upserted:
+            size = node.cache.get(key)
+            if size is not None:
+                entries.append(EntryRecord(key=key, bytes=int(size), files=0,
+                                           created=float(sim.version.get(key, ("", 0))[1]), last_used=sim.now))
+        self.inventory.apply_delta(node.name, gen, entries, removed)
+
+    def started(self, sim, job, node):
+        request = self._request(job)
+        self._requests[job.id] = request
+        self.registry.get(node.name).holders.add(request.id)
+        self.scheduler.started(request, node.name)
+
+    def finished(self, sim, job, node):
+        record = self.registry.find(node.name)
+        if record is not None:
+            record.holders.discard(job.request_id)
+        restore_s = job.ready - job.placed
+        self.scheduler.finished(job.request_id, key=job.build.key, workspace=job.build.workspace,
+                                run_s=job.finish - job.ready, bytes_fetched=int(job.fetched),
+                                bytes_restored=int(job.restored), restore_s=restore_s)
+
+    def place(self, sim):
+        for record in self.registry.all():
+            if record.state is NodeState.READY:
+                record.last_seen = sim.now  # heartbeats
+        by_id = {}
+        requests = []
+        for job in sim.queue:
+            r = self._request(job)
+            by_id[r.id] = job
+            requests.append(r)
+        plan = self.scheduler.plan(requests, self.registry.all())
+        placements = [(by_id[r.id], d.node) for r, d in plan.assignments]
+        return placements, [(node, key) for node, key, _ in plan.prewarms]
+
+
+PEERS = {
+    "random": RandomPolicy,
+    "round_robin": RoundRobinPolicy,
+    "least_loaded": LeastLoadedPolicy,
+    "power_of_two": PowerOfTwoPolicy,
+    "consistent_hash": ConsistentHashPolicy,
+    "bounded_hash": BoundedHashPolicy,
+    "history": HistoryPolicy,
+    "oracle": OraclePolicy,
+}
+POLICY_NAMES = ["stoker", *PEERS]
+
+
+def make_policy(name: str, fleet: Fleet, settings: SchedulerSettings | None = None) -> Policy:
+    if name == "stoker":
+        return StokerPolicy(fleet, settings)
+    if name not in PEERS:
+        raise ValueError(f"unknown policy {name!r} (known: {', '.join(POLICY_NAMES)})")
+    return PEERS[name]()

@@ -1,0 +1,86 @@
+"""The scheduling simulator: its input checks, and that it drives the coordinator's own scheduler."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SIM = ROOT / "bench" / "simulate.py"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from simkit.engine import Sim, StokerPolicy, make_policy  # noqa: E402
+from simkit.trace import Build, Fleet, FleetEvent, TraceSpec, generate  # noqa: E402
+
+from stoker.coordinator.scheduler import Scheduler  # noqa: E402
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SIM), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def good_build(**changes) -> dict:
+    doc = {"t": 1.0, "workspace": "w", "key": "w/deps-v1", "restore_keys": ["w/deps-"], "bytes": 1000, "files": 3,
+           "changed_fraction": 0.0, "duration_s": 10.0, "tenant": "a"}
+    doc.update(changes)
+    return doc
+
+
+def test_bad_trace_and_fleet_name_the_line_and_field(tmp_path):
+    cases = [
+        ({k: v for k, v in good_build().items() if k != "bytes"}, "field 'bytes': missing"),
+        (good_build(t=-5), "field 't': must not be negative"),
+        (good_build(duration_s="long"), "field 'duration_s': expected a number"),
+        (good_build(changed_fraction=2), "field 'changed_fraction'"),
+        ({"t": 3, "event": "explode"}, "field 'event': unknown event"),
+    ]
+    for doc, message in cases:
+        trace = tmp_path / "t.jsonl"
+        trace.write_text(json.dumps(good_build()) + "\n" + json.dumps(doc) + "\n")
+        done = run("--trace", str(trace), "--json", "--no-decision-bench", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert f"t.jsonl:2: {message}" in done.stderr and "Traceback" not in done.stderr
+    fleet = tmp_path / "f.json"
+    fleet.write_text(json.dumps({"nodes": 4, "slotz": 2}))
+    done = run("--fleet", str(fleet), cwd=tmp_path)
+    assert done.returncode == 2 and "field 'slotz': unknown" in done.stderr
+    done = run("--policies", "stoker,magic", cwd=tmp_path)
+    assert done.returncode == 2 and "unknown policy 'magic'" in done.stderr
+
+
+def test_small_run_reports_every_policy_as_json(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    done = run("--write-trace", str(trace), "--hours", "2", "--builds-per-day", "3000", "--nodes", "8", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = run("--trace", str(trace), "--nodes", "8", "--json", "--no-decision-bench", "--plots",
+               str(tmp_path / "plots"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    names = {"stoker", "random", "round_robin", "least_loaded", "power_of_two", "consistent_hash", "bounded_hash",
+             "history", "oracle"}
+    assert set(report["policies"]) == names
+    for name, r in report["policies"].items():
+        for key in ("ready_p50_s", "ready_p99_s", "e2e_p99_s", "bytes_fetched", "max_mean_load", "warm_share",
+                    "partial_share", "cold_share", "jain_fairness"):
+            assert key in r, (name, key)
+        assert abs(r["warm_share"] + r["partial_share"] + r["cold_share"] - 1.0) < 1e-3  # rounded to 4 places
+    assert report["policies"]["oracle"]["bytes_fetched"] == 0
+    assert report["policies"]["oracle"]["warm_share"] == 1.0
+    assert report["builds"] == report["policies"]["least_loaded"]["builds"]
+    assert [p for p in report["plots"] if p.endswith(".png")]
+
+
+def test_stoker_policy_is_the_coordinators_scheduler_and_every_build_finishes_once():
+    fleet = Fleet(nodes=6, slots=2, disk_bytes=5e9)
+    records = generate(TraceSpec(hours=3, builds_per_day=4000, node_failures=(1.0,), scale_out=((2.0, 2),)), fleet)
+    policy = make_policy("stoker", fleet)
+    assert isinstance(policy, StokerPolicy) and type(policy.scheduler) is Scheduler
+    sim = Sim(fleet, records, policy).run()
+    builds = [r for r in records if isinstance(r, Build)]
+    assert len(sim.jobs) == len(builds) and all(j.finish and j.node for j in sim.jobs)
+    assert sim.failures and any(isinstance(r, FleetEvent) and r.event == "node_add" for r in records)
+    assert any(j.attempt > 1 for j in sim.jobs)  # the failed node's builds were requeued
+    for node in sim.nodes.values():
+        assert sum(node.cache.values()) <= node.disk or len(node.cache) <= 1
