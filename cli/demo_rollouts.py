@@ -15,6 +15,7 @@ hook stops every sample instance and balancer under ``workdir`` when it is done.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +130,39 @@ def run_with_load(rollouts: rollout_pb2_grpc.RolloutsStub, spec: rollout_pb2.Rol
         "by_version": summary.by_version, "message": final.message,
         "verdicts": [verdict_line(v) for v in final.verdicts],
     }
+
+
+class FloorWatcher:
+    """Samples, every ``interval_s``, how many instances per zone the balancer has UP; remembers the lowest."""
+
+    def __init__(self, local_dir: Path, service: str, interval_s: float = 0.05) -> None:
+        self.local_dir, self.service, self.interval_s = local_dir, service, interval_s
+        self.lowest: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="floor-watcher", daemon=True)
+
+    def _run(self) -> None:
+        from stoker.coordinator.target_local import servers_up_by_zone
+
+        while not self._stop.is_set():
+            try:
+                up = servers_up_by_zone(self.local_dir, self.service)
+            except OSError:
+                up = None
+            if up is not None:
+                self.samples += 1
+                for zone in set(up) | set(self.lowest):
+                    self.lowest[zone] = min(self.lowest.get(zone, up.get(zone, 0)), up.get(zone, 0))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> FloorWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def teardown_under(base: Path) -> int:

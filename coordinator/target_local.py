@@ -569,3 +569,32 @@ def starts(root: str | Path, service: str) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def servers_up_by_zone(root: str | Path, service: str) -> dict[str, int]:
+    """Zone → instances the service's HAProxy reports UP (ready and taking traffic), read synchronously from
+    the runtime API; for observers outside the coordinator (the fault matrix checks capacity floors)."""
+    home = Path(root) / service
+    haproxy = HAProxy(home, "haproxy")
+    zones = {}
+    for rec in LocalService(Path(root), service, "haproxy").records():
+        zones[rec.id] = rec.zone
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2.0)
+        s.connect(str(haproxy.socket))
+        s.sendall(b"show stat\n")
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    rows = csv.reader(io.StringIO(b"".join(chunks).decode(errors="replace").lstrip("# ")))
+    header = next(rows, [])
+    out: dict[str, int] = {}
+    for row in rows:
+        rec = dict(zip(header, row))
+        if rec.get("pxname") == BACKEND and rec.get("status", "").startswith("UP") and rec.get("svname") in zones:
+            zone = zones[rec["svname"]]
+            out[zone] = out.get(zone, 0) + 1
+    return out

@@ -57,6 +57,11 @@ def haproxy() -> str:
 
 
 @pytest.fixture
+def prometheus_binary() -> str:
+    return require_binary("prometheus")
+
+
+@pytest.fixture
 def rollout_fleet(tmp_path, haproxy):
     fleet = RolloutFleet(tmp_path)
     yield fleet
