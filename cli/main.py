@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=client.inventory)
 
+    __import__("stoker.cli.rollout_cli", fromlist=["add_parser"]).add_parser(sub)
+
     p = sub.add_parser("cache", help="operate this node's cache by hand (save, restore, ls, verify, gc)",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
