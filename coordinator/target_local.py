@@ -3,9 +3,9 @@
 Per service, under ``<local_dir>/<service>/``:
 
 - ``haproxy.cfg`` / ``haproxy.sock``: one HAProxy (Debian package ``haproxy``) with a frontend on a fixed
-  loopback port and one backend whose servers are added, weighted, drained, put in maintenance and deleted
-  at run time through the **runtime API** (``add server``, ``set weight``, ``set server … state drain``,
-  ``… state maint``, ``del server``). Its HTTP health check (``GET /ready``) decides when a server takes
+  loopback port and one backend whose servers are added, weighted, drained and put in maintenance at run
+  time through the **runtime API** (``add server``, ``set weight``, ``set server … state drain``,
+  ``… state maint``; retired entries are not deleted, see :meth:`HAProxy.remove`). Its HTTP health check (``GET /ready``) decides when a server takes
   traffic: an instance is *ready* when HAProxy reports it UP.
 - ``instances/<id>.json``: one record per instance (zone, version, port, pid, restarts, leaving), written
   **before** the process is started, so a coordinator killed at any moment finds every process it started.
@@ -18,8 +18,8 @@ Processes (HAProxy and instances) run in their own sessions: they outlive a coor
 Converging on a desired state (``converge``) is idempotent and driven by what runs: in each zone it starts
 missing instances first; surplus instances are drained only once every version the zone should run has all
 its instances ready, so a zone never drops below its capacity. Draining: out of the balancer (``drain``),
-in-flight requests finish (the server's current sessions reach 0), ``maint``, ``del server``, SIGTERM, and
-SIGKILL after a grace period (for instances that ignore SIGTERM, already out of the balancer).
+in-flight requests finish (the server's current sessions reach 0), ``maint``, SIGTERM, and SIGKILL after a
+grace period (for instances that ignore SIGTERM, already out of the balancer).
 """
 
 from __future__ import annotations
@@ -231,9 +231,12 @@ backend {BACKEND}
         await self.command(f"set server {BACKEND}/{name} state drain")
 
     async def remove(self, name: str) -> None:
+        """Out of rotation for good: maintenance, its health check off. The server entry is not deleted:
+        HAProxy 2.6.12 (Debian 12) segfaults when ``del server`` races streams still attached to the server
+        (seen here under load), so retired entries stay in maintenance until HAProxy restarts."""
         await self.command(f"set server {BACKEND}/{name} state maint")
+        await self.command(f"disable health {BACKEND}/{name}")
         await self.command(f"shutdown sessions server {BACKEND}/{name}")
-        await self.command(f"del server {BACKEND}/{name}")
 
     def stop(self) -> None:
         pid = self.pid
