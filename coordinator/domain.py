@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class Clock(Protocol):
@@ -50,17 +50,20 @@ class NodeInfo:
     taints: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class EntryRecord:
-    """One cache entry a node reports holding."""
+class EntryRecord(NamedTuple):
+    """One cache entry a node reports holding.
+
+    A named tuple of plain values rather than a dataclass: a large fleet reports millions of them,
+    and tuples of atomic values are not tracked by the garbage collector, so full collections stay
+    short (they showed up as multi-millisecond pauses in scheduling decisions).
+    """
 
     key: str
     bytes: int
     files: int
     created: float
     last_used: float
-    sketch: tuple[int, ...] = ()
-    """Bottom-k MinHash of the entry's content digests (empty when unknown)."""
+    sketch: tuple[int, ...] = ()  # bottom-k MinHash of the entry's content digests (empty: unknown)
 
 
 @dataclass(frozen=True)

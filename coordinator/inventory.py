@@ -11,6 +11,7 @@ Lookups the scheduler needs are indexed so a decision never scans a node's whole
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ class InventoryIndex:
         self._nodes: dict[str, _NodeView] = {}
         self._holders: dict[str, dict[str, EntryRecord]] = {}
         self._sorted_keys: list[str] = []
+        self._created: dict[str, float] = {}
+        """key → the newest ``created`` any node reports for it."""
 
     # -- updates -------------------------------------------------------------------------------
     def apply_snapshot(self, node: str, generation: int, entries: Iterable[EntryRecord]) -> None:
@@ -64,6 +67,8 @@ class InventoryIndex:
             holders = self._holders[entry.key] = {}
             bisect.insort(self._sorted_keys, entry.key)
         holders[node] = entry
+        if entry.created > self._created.get(entry.key, float("-inf")):
+            self._created[entry.key] = entry.created
 
     def _remove(self, node: str, view: _NodeView, key: str) -> None:
         if view.entries.pop(key, None) is None:
@@ -74,6 +79,7 @@ class InventoryIndex:
         holders.pop(node, None)
         if not holders:
             del self._holders[key]
+            self._created.pop(key, None)
             i = bisect.bisect_left(self._sorted_keys, key)
             if i < len(self._sorted_keys) and self._sorted_keys[i] == key:
                 del self._sorted_keys[i]
@@ -104,6 +110,15 @@ class InventoryIndex:
                 if node not in best or entry.created > best[node].created:
                     best[node] = entry
         return best
+
+    def newest_keys_under(self, prefix: str, count: int = 3, limit: int = 4096) -> list[str]:
+        """The ``count`` most recently created keys under ``prefix`` (looks at no more than ``limit``)."""
+        keys = []
+        for n, key in enumerate(self.keys_under(prefix)):
+            if n >= limit:
+                break
+            keys.append(key)
+        return heapq.nlargest(count, keys, key=self._created.__getitem__)
 
     def entries(self, node: str) -> list[EntryRecord]:
         view = self._nodes.get(node)

@@ -41,11 +41,12 @@ from __future__ import annotations
 import collections
 import hashlib
 import heapq
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from stoker.coordinator.domain import Clock, Decision, EntryRecord, PlacementRequest, Warmth
+from stoker.coordinator.domain import Clock, Decision, EntryRecord, NodeState, PlacementRequest, Warmth
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.registry import NodeRecord
 
@@ -86,6 +87,11 @@ class SchedulerSettings:
     """Do not ask the same node to prewarm the same key again within this time."""
     explain_candidates: int = 3
     """How many candidates each decision lists with their estimates."""
+    max_warm_candidates: int = 16
+    """At most this many holders of one key are estimated per decision (free ones first), so a
+    decision never scans a large fleet's whole inventory."""
+    max_prefix_keys: int = 32
+    """At most this many of the newest keys under a restore prefix are looked at per decision."""
 
 
 # -- estimates learned from what agents report -----------------------------------------------------
@@ -151,11 +157,6 @@ def _mix(x: int) -> int:
     return x ^ (x >> 29)
 
 
-def rendezvous_weight(key: str, node: str) -> int:
-    """Highest-random-weight hash of (key, node): a stable per-key order over nodes."""
-    return _mix(_h64(key) ^ _h64(node))
-
-
 # -- decisions -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Candidate:
@@ -201,6 +202,11 @@ class Scheduler:
         self.estimator = estimator or Estimator(self.settings)
         self._running: dict[str, _Running] = {}
         self._node_hash: dict[str, int] = {}
+        self._bucket_names: frozenset[str] = frozenset()
+        self._bucket_source: dict | None = None
+        self._bucket_map: dict[int, list[str]] = {}
+        self._bucket_seed: list[int] = []
+        self._bucket_seeds_for: dict[int, list[int]] = {}
         self._demand: dict[str, collections.deque[float]] = {}
         self._prewarmed: dict[tuple[str, str], float] = {}
         self._pending_prewarms: list[tuple[str, str, tuple[str, ...]]] = []
@@ -233,21 +239,21 @@ class Scheduler:
 
     def node_joined(self, node: NodeRecord, nodes: Sequence[NodeRecord]) -> None:
         """Prewarm hot keys onto a new node that ranks among their first rendezvous nodes."""
-        live = [n for n in nodes if n.schedulable]
+        live = {n.name: n for n in nodes if n.schedulable}
         for key in [k for k in self._demand if self._is_hot(k)]:
             holders = self._inventory.holders(key)
             if node.name in holders:
                 continue
-            ranked = sorted(live, key=lambda n: -self._weight(key, n.name))
-            top = [n.name for n in ranked[: len(holders) + self.settings.prewarm_replicas]]
+            top = itertools.islice(self.order(key, live), len(holders) + self.settings.prewarm_replicas)
             if node.name in top:
                 self._queue_prewarm(node.name, key, ())
 
     # -- deciding ------------------------------------------------------------------------------
     def choose(self, request: PlacementRequest, nodes: Sequence[NodeRecord]) -> Decision:
         """The decision for one request, without changing any state (for explanations and benchmarks)."""
-        live = [n for n in nodes if n.schedulable]
-        load = {n.name: len(n.holders) for n in live}
+        ready = NodeState.READY
+        live = {n.info.name: n for n in nodes if n.state is ready and not n.draining}
+        load = {name: len(n.holders) for name, n in live.items()}
         bound = self._bound(sum(load.values()), len(live))
         free_at: dict[str, list[float]] = {}
         return self._decide(request, live, load, bound, free_at, self._clock.now())
@@ -264,6 +270,7 @@ class Scheduler:
                 plan.waiting[r.id] = "waiting for a node: none is ready"
             return plan
         load = {n.name: len(n.holders) for n in live}
+        live_by_name = {n.name: n for n in live}
         total_slots = sum(n.info.slots for n in live)
         tenant_running = collections.Counter(r.tenant for r in self._running.values())
         free_at: dict[str, list[float]] = {}
@@ -277,11 +284,11 @@ class Scheduler:
                                             f"of {total_slots} slots while others wait")
                 continue
             bound = self._bound(running_total, len(live))
-            decision = self._decide(request, live, load, bound, free_at, now)
+            decision = self._decide(request, live_by_name, load, bound, free_at, now)
             if decision.node is None:
                 plan.waiting[request.id] = decision.reason
                 continue
-            node = next(n for n in live if n.name == decision.node)
+            node = live_by_name[decision.node]
             if load[node.name] < min(node.info.slots, bound):
                 plan.assignments.append((request, decision))
                 load[node.name] += 1
@@ -289,7 +296,7 @@ class Scheduler:
                 tenant_running[request.tenant] += 1
             else:
                 # Worth waiting for: reserve the node's next free slot.
-                slots = self._free_at(node, free_at, now)
+                slots = self._free_at(node, free_at, now, min(node.info.slots, bound))
                 first = heapq.heappop(slots)
                 heapq.heappush(slots, max(first, now) + self.estimator.build_s(request))
                 plan.waiting[request.id] = decision.reason
@@ -326,14 +333,20 @@ class Scheduler:
             if heads[tenant] >= len(by_tenant[tenant]):
                 del heads[tenant]
 
-    def _weight(self, hash_key: str, node: str) -> int:
-        h = self._node_hash.get(node)
-        if h is None:
-            h = self._node_hash[node] = _h64(node)
-        return _mix(_h64(hash_key) ^ h)
+    def order(self, key: str, live: dict[str, NodeRecord]):
+        """The nodes of ``live`` in ``key``'s rendezvous order (lazily): where its spill-over goes."""
+        key_hash = _h64(key)
+        return self._rendezvous(key_hash, lambda name: _mix(key_hash ^ self._node_h(name)), live, live)
 
-    def _free_at(self, node: NodeRecord, free_at: dict[str, list[float]], now: float) -> list[float]:
-        """Times at which each of the node's slots is expected to be free (a heap)."""
+    def _node_h(self, name: str) -> int:
+        h = self._node_hash.get(name)
+        if h is None:
+            h = self._node_hash[name] = _h64(name)
+        return h
+
+    def _free_at(self, node: NodeRecord, free_at: dict[str, list[float]], now: float, capacity: int) -> list[float]:
+        """When each of the node's usable slots (``capacity``: its slots, or fewer under the load bound)
+        is expected to be free, as a heap; reservations made in this pass push entries later."""
         slots = free_at.get(node.name)
         if slots is None:
             ends = []
@@ -344,65 +357,131 @@ class Scheduler:
                 else:
                     # An overrunning build is expected to need a little longer, not to be done now.
                     ends.append(max(running.ends, now + 0.1 * self.estimator.fleet_build_s))
-            ends += [now] * max(0, node.info.slots - len(ends))
-            slots = sorted(ends)[: max(node.info.slots, 1)]
+            ends.sort()
+            capacity = max(1, capacity)
+            if len(ends) >= capacity:
+                # With more running than the capacity, a slot frees only when enough of them end.
+                slots = ends[len(ends) - capacity:]
+            else:
+                slots = [now] * (capacity - len(ends)) + ends
             heapq.heapify(slots)
             free_at[node.name] = slots
         return slots
 
+    def _rendezvous(self, key_hash: int, weight, live: dict[str, NodeRecord], admitted: dict[str, NodeRecord]):
+        """Nodes in the key's rendezvous (highest random weight) order, lazily.
+
+        In a large fleet, two levels, so that finding the first few free nodes costs about √N weights
+        rather than N:
+        nodes fall into buckets by their own hash; buckets are visited in the key's rendezvous order
+        over buckets, and within a bucket nodes in the key's rendezvous order over nodes. The order is
+        stable for a key, and a node joining or leaving moves only the keys whose order it enters.
+        """
+        buckets = self._buckets(live)
+        order = sorted(buckets, key=lambda b: _mix(key_hash ^ self._bucket_seed[b]), reverse=True)
+        for b in order:
+            members = [n for n in buckets[b] if n in admitted]
+            yield from sorted(members, key=weight, reverse=True)
+
+    def _buckets(self, live: dict[str, NodeRecord]) -> dict[int, list[str]]:
+        if self._bucket_source is live:
+            return self._bucket_map
+        self._bucket_source = live
+        names = frozenset(live)
+        if names != self._bucket_names:
+            # One level (exact rendezvous) for small fleets; √N buckets from 256 nodes on.
+            count = 1 if len(names) < 256 else math.isqrt(len(names))
+            if count not in self._bucket_seeds_for:
+                self._bucket_seeds_for[count] = [_h64(f"bucket-{count}-{i}") for i in range(count)]
+            self._bucket_seed = self._bucket_seeds_for[count]
+            buckets: dict[int, list[str]] = collections.defaultdict(list)
+            for name in names:
+                buckets[self._node_h(name) % count].append(name)
+            self._bucket_map, self._bucket_names = dict(buckets), names
+        return self._bucket_map
+
     def _fresh(self, node: NodeRecord, now: float) -> bool:
         return now - node.last_seen <= self.settings.warmth_ttl_s
 
-    def _decide(self, request: PlacementRequest, live: Sequence[NodeRecord], load: dict[str, int], bound: int,
+    def _decide(self, request: PlacementRequest, live: dict[str, NodeRecord], load: dict[str, int], bound: int,
                 free_at: dict[str, list[float]], now: float) -> Decision:
-        admitted = {n.name: n for n in live if request.constraints.admits(n.info)}
+        constraints = request.constraints
+        if constraints.zone or constraints.labels:
+            admitted = {name: n for name, n in live.items() if constraints.admits(n.info)}
+        else:
+            admitted = live
         if not admitted:
             return Decision(node=None, warmth=Warmth.COLD,
                             reason=f"waiting: no ready node satisfies the constraints "
-                                   f"({request.constraints.describe()})")
-        hash_key = request.key or request.workspace
+                                   f"({constraints.describe()})")
         est = self.estimator
+        key_hash = _h64(request.key or request.workspace)
+        node_hash = self._node_hash
+        limit = self.settings.max_warm_candidates
+
+        def weight(name: str) -> int:
+            h = node_hash.get(name)
+            if h is None:
+                h = self._node_h(name)
+            return _mix(key_hash ^ h)
+
+        def capacity(node: NodeRecord) -> int:
+            return min(node.info.slots, bound)
+
+        def usable(names) -> list[str]:
+            """The holders worth estimating: admitted, fresh, free ones first, then rendezvous order."""
+            names = [n for n in names if n in admitted and self._fresh(admitted[n], now)]
+            if len(names) > limit:
+                names = heapq.nlargest(limit, names, key=lambda n: (load[n] < capacity(admitted[n]), weight(n)))
+            return names
+
         target_bytes, target_sketch = self._target(request)
         candidates: dict[str, Candidate] = {}
 
         def consider(node: NodeRecord, warmth: Warmth, matched: str, fetch: float, local: float) -> None:
-            slots = self._free_at(node, free_at, now) if (
-                load[node.name] >= min(node.info.slots, bound) or node.name in free_at) else None
-            wait = max(0.0, slots[0] - now) if slots else 0.0
-            if slots is not None and load[node.name] < min(node.info.slots, bound) and wait == 0.0:
+            name = node.name
+            cap = capacity(node)
+            if load[name] < cap and name not in free_at:
                 wait = 0.0
-            elif slots is not None and load[node.name] >= bound and load[node.name] < node.info.slots:
-                wait = max(wait, 0.5 * est.fleet_build_s / max(1, node.info.slots))
-            ready = wait + est.restore_s(fetch, local)
-            c = Candidate(node.name, warmth, matched, fetch, wait, ready, self._weight(hash_key, node.name))
-            old = candidates.get(node.name)
+            else:
+                wait = max(0.0, self._free_at(node, free_at, now, cap)[0] - now)
+            c = Candidate(name, warmth, matched, fetch, wait, wait + est.restore_s(fetch, local), weight(name))
+            old = candidates.get(name)
             if old is None or c.sort_key() < old.sort_key():
-                candidates[node.name] = c
+                candidates[name] = c
 
         if request.key:
-            for name, entry in self._inventory.holders(request.key).items():
-                node = admitted.get(name)
-                if node is not None and self._fresh(node, now):
-                    consider(node, Warmth.WARM, entry.key, 0.0, entry.bytes)
+            holders = self._inventory.holders(request.key)
+            for name in usable(holders):
+                consider(admitted[name], Warmth.WARM, request.key, 0.0, holders[name].bytes)
         for prefix in request.restore_keys:
-            for name, entry in self._inventory.newest_under(prefix, limit=256).items():
-                node = admitted.get(name)
-                if node is None or name in candidates or not self._fresh(node, now):
+            found = 0
+            # Newest entries first: a node holding a newer one has less to fetch.
+            for key in self._inventory.newest_keys_under(prefix, count=self.settings.max_prefix_keys):
+                if key == request.key or found >= limit:
                     continue
-                if target_bytes:
-                    sim = similarity(target_sketch, entry.sketch)
-                    share = self.settings.default_similarity if sim is None else sim
-                    fetch = target_bytes * (1.0 - share)
-                else:
-                    fetch = 0.0  # nothing newer exists: the older entry is the best there is
-                consider(node, Warmth.PARTIAL, entry.key, fetch, entry.bytes)
+                holders = self._inventory.holders(key)
+                for name in usable(n for n in holders if n not in candidates):
+                    entry = holders[name]
+                    if target_bytes:
+                        sim = similarity(target_sketch, entry.sketch)
+                        share = self.settings.default_similarity if sim is None else sim
+                        fetch = target_bytes * (1.0 - share)
+                    else:
+                        fetch = 0.0  # nothing newer exists: the older entry is the best there is
+                    consider(admitted[name], Warmth.PARTIAL, key, fetch, entry.bytes)
+                    found += 1
         # Cold candidates: the first free nodes in the key's rendezvous order.
-        free = [n for name, n in admitted.items() if name not in candidates
-                and load[name] < min(n.info.slots, bound)]
         cold_fetch = float(target_bytes or self._prefix_bytes(request))
-        for node in heapq.nlargest(self.settings.explain_candidates, free,
-                                   key=lambda n: self._weight(hash_key, n.name)):
+        wanted = self.settings.explain_candidates
+        for name in self._rendezvous(key_hash, weight, live, admitted):
+            node = admitted[name]
+            if name in candidates or load[name] >= capacity(node) or name in free_at:
+                continue
             consider(node, Warmth.COLD, "", cold_fetch, 0.0)
+            wanted -= 1
+            if wanted == 0:
+                break
         if not candidates:
             return Decision(node=None, warmth=Warmth.COLD,
                             reason=f"waiting for a free slot: {len(admitted)} capable node(s), all busy")
@@ -432,14 +511,13 @@ class Scheduler:
         holders = self._inventory.holders(request.key)
         if not holders:
             return 0, ()
-        entry = max(holders.values(), key=lambda e: len(e.sketch))
+        entry = next(iter(holders.values()))
         return entry.bytes, entry.sketch
 
     def _prefix_bytes(self, request: PlacementRequest) -> int:
         for prefix in request.restore_keys:
-            newest = self._inventory.newest_under(prefix, limit=256)
-            if newest:
-                return max(newest.values(), key=lambda e: e.created).bytes
+            for key in self._inventory.newest_keys_under(prefix, count=1):
+                return next(iter(self._inventory.holders(key).values())).bytes
         return 0
 
     def _is_hot(self, key: str) -> bool:
@@ -454,9 +532,10 @@ class Scheduler:
         """Prewarm ``key`` onto the next nodes in its rendezvous order that do not hold it."""
         holders = self._inventory.holders(key)
         count = count or self.settings.prewarm_replicas
-        candidates = (n for n in live if n.name not in holders and n.name != reason_node)
-        for node in heapq.nlargest(count, candidates, key=lambda n: self._weight(key, n.name)):
-            self._queue_prewarm(node.name, key, restore_keys)
+        by_name = {n.name: n for n in live}
+        targets = (name for name in self.order(key, by_name) if name not in holders and name != reason_node)
+        for name in itertools.islice(targets, count):
+            self._queue_prewarm(name, key, restore_keys)
 
     def _queue_prewarm(self, node: str, key: str, restore_keys: tuple[str, ...]) -> None:
         now = self._clock.now()

@@ -8,7 +8,7 @@ from stoker.coordinator.domain import Constraints, EntryRecord, NodeInfo, NodeSt
 from stoker.coordinator.errors import Aborted, InvalidArgument
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.registry import NodeRegistry
-from stoker.coordinator.scheduler import Scheduler, rendezvous_weight
+
 
 
 class FakeClock:
