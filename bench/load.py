@@ -1,0 +1,725 @@
+"""Coordinator load benchmark (issue 7, item 4): a large simulated fleet and many CI clients against one
+real coordinator process on loopback.
+
+    python bench/load.py --json                               # 1,000 agents x 1,000 keys, 200 placements/s
+    python bench/load.py --json --agents 50 --keys 100 --seconds 5    # the reduced size CI runs
+
+What runs, all on 127.0.0.1:
+- one coordinator, started with ``stoker.cli.local_fleet.start_coordinator`` (a real ``stoker coordinator``
+  process with a SQLite state file) on a fixed port so that it can be restarted on the same one;
+- ``--agent-procs`` processes, each an asyncio loop holding its share of the simulated agents. Each agent
+  is what the real agent looks like on the wire: ``Register``, then a ``Connect`` stream whose first
+  message is a full ``InventorySnapshot`` of its ``--keys`` entries, then heartbeats every interval the
+  coordinator asks for, ``InventoryDelta`` messages with consecutive generations (a touched entry, and now
+  and then an evicted entry replaced by a new one), a fresh snapshot when the coordinator asks for one,
+  and the real agent's reconnect rule (exponential backoff from 0.2 s to 10 s with jitter). Each agent
+  has its own channel (its own TCP connection), as real nodes do;
+- one process of CI clients (``--clients`` channels) that issues ``PlaceBuild`` at ``--rate`` per second
+  (open loop: arrivals follow the clock, not the answers) and ``ReleasePlacement`` right after each.
+
+Phases: register the fleet (until the coordinator lists every agent's every key); ``--seconds`` of
+placements with background deltas and heartbeats; ``--saturate-seconds`` of agents sending deltas as fast
+as their streams take them (``updates_per_s`` is what the coordinator *counted* on its
+``stoker_coordinator_agent_messages_total{kind="delta"}`` metric, divided by the time); a check that every
+node's generation on the coordinator equals the agent's; then kill -9 the coordinator, restart it on the
+same port with the same state file, and time until ``QueryInventory`` lists every agent's every key again
+(``inventory_recovery_s``, measured from the kill). ``memory_mib`` is the coordinator's peak RSS, sampled
+from /proc every 0.25 s over the whole run (both coordinator processes).
+
+``--profile DIR`` records the coordinator with py-spy during the placement phase and prints the functions
+that dominate (py-spy must be on PATH or given with ``--py-spy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import queue as queue_mod
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+KEY_FMT = "ws-{w:03d}/deps-{v:07d}"
+WORKSPACES = 100
+
+
+# ---------------------------------------------------------------------------------------------------
+# the simulated agents (run in child processes)
+
+
+def agent_name(i: int) -> str:
+    return f"sim-{i:05d}"
+
+
+def key_of(k: int) -> str:
+    return KEY_FMT.format(w=k % WORKSPACES, v=k)
+
+
+class SimAgent:
+    """One simulated node: its inventory, its generation, and its stream to the coordinator."""
+
+    def __init__(self, index: int, keys: int, key_space: int, slots: int) -> None:
+        from stoker.v1 import agent_pb2
+
+        self.index = index
+        self.name = agent_name(index)
+        self.rng = random.Random(index)
+        self.key_space = key_space
+        now = time.time()
+        self.entries: dict[str, object] = {}
+        for k in self.rng.sample(range(key_space), keys):
+            self.entries[key_of(k)] = self._entry(key_of(k), now - self.rng.uniform(0, 86400 * 7))
+        self.generation = self.rng.randrange(1, 1000)
+        self.registration = agent_pb2.RegisterRequest(
+            node=self.name, zone=f"zone-{index % 3}", slots=slots, disk_capacity_bytes=500 << 30,
+            labels={"pool": "sim"}, agent_version="load-sim", cpus=8, memory_bytes=32 << 30)
+        self.connected = False
+        self.connects = 0
+        self.register_failures = 0
+        self.deltas_sent = 0
+        self.snapshots_sent = 0
+        self.heartbeats_sent = 0
+        self.change_keys = False
+        """Whether deltas may evict an entry and add another (off while the parent checks key sets)."""
+        self.last_error = ""
+
+    def _entry(self, key: str, created: float):
+        from stoker.v1 import common_pb2
+
+        e = common_pb2.CacheEntry(key=key, bytes=self.rng.randrange(10 << 20, 2 << 30),
+                                  files=self.rng.randrange(100, 50_000))
+        e.created.FromNanoseconds(int(created * 1e9))
+        e.last_used.FromNanoseconds(int(max(created, time.time() - self.rng.uniform(0, 3600)) * 1e9))
+        return e
+
+    def snapshot(self):
+        from stoker.v1 import agent_pb2
+
+        return agent_pb2.InventorySnapshot(generation=self.generation, entries=list(self.entries.values()))
+
+    def heartbeat(self):
+        from stoker.v1 import agent_pb2
+
+        used = len(self.entries) * (100 << 20)
+        return agent_pb2.Heartbeat(free_slots=self.registration.slots, disk_used_bytes=used,
+                                   disk_free_bytes=(500 << 30) - used, generation=self.generation)
+
+    def next_delta(self):
+        """The next change of the store: mostly a touched entry (LRU), sometimes an eviction plus a save."""
+        from stoker.v1 import agent_pb2
+
+        self.generation += 1
+        delta = agent_pb2.InventoryDelta(generation=self.generation)
+        if self.change_keys and self.rng.random() < 0.2:
+            victim = self.rng.choice(list(self.entries))
+            del self.entries[victim]
+            delta.removed.append(victim)
+            while True:
+                new = key_of(self.rng.randrange(self.key_space))
+                if new not in self.entries:
+                    break
+            self.entries[new] = self._entry(new, time.time())
+            delta.upserted.append(self.entries[new])
+        else:
+            key = self.rng.choice(list(self.entries))
+            e = self.entries[key]
+            e.last_used.FromNanoseconds(time.time_ns())
+            delta.upserted.append(e)
+        return delta
+
+
+class AgentPool:
+    """The agents of one process, and how fast they should send deltas."""
+
+    def __init__(self, address: str, indices: list[int], keys: int, key_space: int, slots: int,
+                 delta_interval_s: float) -> None:
+        self.address = address
+        self.agents = [SimAgent(i, keys, key_space, slots) for i in indices]
+        self.delta_interval_s = delta_interval_s
+        self.saturate = asyncio.Event()
+        self.stop = asyncio.Event()
+
+    async def run_agent(self, agent: SimAgent) -> None:
+        import grpc
+
+        from stoker.v1 import agent_pb2_grpc
+
+        delay = 0.2
+        await asyncio.sleep(random.uniform(0, 1.0))  # nodes do not all boot in the same millisecond
+        while not self.stop.is_set():
+            began = time.monotonic()
+            try:
+                async with grpc.aio.insecure_channel(self.address, options=[
+                        ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
+                        ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+                    await self._connect_once(agent, agent_pb2_grpc.AgentGatewayStub(channel))
+            except grpc.aio.AioRpcError as exc:
+                agent.last_error = f"{exc.code().name}: {exc.details()}"
+            except (OSError, asyncio.TimeoutError) as exc:
+                agent.last_error = repr(exc)
+            finally:
+                agent.connected = False
+            if self.stop.is_set():
+                break
+            if time.monotonic() - began > 30:
+                delay = 0.2
+            try:
+                await asyncio.wait_for(self.stop.wait(), min(delay, 10.0) * random.uniform(0.5, 1.0))
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, 10.0)
+
+    async def _connect_once(self, agent: SimAgent, stub) -> None:
+        from stoker.v1 import agent_pb2
+
+        try:
+            reply = await stub.Register(agent.registration, timeout=30)
+        except Exception:
+            agent.register_failures += 1
+            raise
+        call = stub.Connect()
+        write_lock = asyncio.Lock()
+
+        async def write(message) -> None:
+            async with write_lock:
+                await call.write(message)
+
+        await write(agent_pb2.AgentMessage(session_id=reply.session_id, snapshot=agent.snapshot()))
+        agent.snapshots_sent += 1
+        await write(agent_pb2.AgentMessage(heartbeat=agent.heartbeat()))
+        agent.connects += 1
+        agent.connected = True
+        interval = reply.heartbeat_interval_s or 2.0
+
+        async def heartbeats() -> None:
+            while True:
+                await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+                await write(agent_pb2.AgentMessage(heartbeat=agent.heartbeat()))
+                agent.heartbeats_sent += 1
+
+        async def deltas() -> None:
+            await asyncio.sleep(random.uniform(0, self.delta_interval_s))
+            while True:
+                if self.saturate.is_set():
+                    await write(agent_pb2.AgentMessage(delta=agent.next_delta()))
+                    agent.deltas_sent += 1
+                    await asyncio.sleep(0)
+                    continue
+                await write(agent_pb2.AgentMessage(delta=agent.next_delta()))
+                agent.deltas_sent += 1
+                await asyncio.sleep(self.delta_interval_s * random.uniform(0.5, 1.5))
+
+        async def commands() -> None:
+            async for command in call:
+                if command.WhichOneof("command") == "snapshot_request":
+                    await write(agent_pb2.AgentMessage(snapshot=agent.snapshot()))
+                    agent.snapshots_sent += 1
+
+        tasks = [asyncio.create_task(t) for t in (heartbeats(), deltas(), commands(), self.stop.wait())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()
+        finally:
+            for t in tasks:
+                t.cancel()
+            call.cancel()
+
+    def status(self, with_keys: bool) -> dict:
+        out = {}
+        for a in self.agents:
+            out[a.name] = {"connected": a.connected, "generation": a.generation, "connects": a.connects,
+                           "register_failures": a.register_failures, "deltas": a.deltas_sent,
+                           "snapshots": a.snapshots_sent, "heartbeats": a.heartbeats_sent,
+                           "error": a.last_error}
+            if with_keys:
+                out[a.name]["keys"] = sorted(a.entries)
+        return out
+
+
+def agent_process(address: str, indices: list[int], keys: int, key_space: int, slots: int,
+                  delta_interval_s: float, commands: mp.Queue, results: mp.Queue) -> None:
+    """Child process: run the agents of ``indices`` until told to stop; answer the parent's commands."""
+    async def main() -> None:
+        pool = AgentPool(address, indices, keys, key_space, slots, delta_interval_s)
+        runners = [asyncio.create_task(pool.run_agent(a)) for a in pool.agents]
+        loop = asyncio.get_running_loop()
+        while True:
+            cmd = await loop.run_in_executor(None, commands.get)
+            op = cmd[0]
+            if op == "status":
+                results.put(("status", pool.status(with_keys=cmd[1])))
+            elif op == "saturate":
+                pool.saturate.set()
+                results.put(("ok", None))
+            elif op == "calm":
+                pool.saturate.clear()
+                results.put(("ok", None))
+            elif op in ("freeze_keys", "thaw_keys"):
+                for a in pool.agents:
+                    a.change_keys = op == "thaw_keys"
+                results.put(("ok", None))
+            elif op == "stop":
+                pool.stop.set()
+                await asyncio.wait(runners, timeout=10)
+                results.put(("ok", None))
+                return
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------------------
+# the CI clients (a child process)
+
+
+def ci_process(address: str, rate: float, seconds: float, clients: int, workspaces: int, key_space: int,
+               results: mp.Queue) -> None:
+    async def main() -> dict:
+        import grpc
+
+        from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2
+
+        channels = [grpc.aio.insecure_channel(address) for _ in range(clients)]
+        stubs = [build_pb2_grpc.BuildsStub(ch) for ch in channels]
+        rng = random.Random(7)
+        latencies: list[float] = []
+        from_schedule: list[float] = []
+        release_lat: list[float] = []
+        errors: Counter = Counter()
+        warmth: Counter = Counter()
+        in_flight = 0
+        max_in_flight = 0
+
+        async def one(n: int, due: float) -> None:
+            nonlocal in_flight, max_in_flight
+            in_flight += 1
+            max_in_flight = max(max_in_flight, in_flight)
+            stub = stubs[n % len(stubs)]
+            k = rng.randrange(key_space)
+            w = k % workspaces
+            spec = common_pb2.BuildSpec(
+                workspace=f"ws-{w:03d}", tenant=f"ws-{w:03d}",
+                cache=common_pb2.CacheSpec(key=key_of(k), restore_keys=[f"ws-{w:03d}/deps-"],
+                                           paths=["node_modules"]))
+            try:
+                t0 = time.perf_counter()
+                placement = await stub.PlaceBuild(build_pb2.PlaceBuildRequest(spec=spec, lease_s=60), timeout=30)
+                t1 = time.perf_counter()
+                latencies.append(t1 - t0)
+                from_schedule.append(t1 - due)
+                warmth[common_pb2.Warmth.Name(placement.expected_warmth)] += 1
+                await stub.ReleasePlacement(build_pb2.ReleasePlacementRequest(lease_id=placement.lease_id),
+                                            timeout=30)
+                release_lat.append(time.perf_counter() - t1)
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+            finally:
+                in_flight -= 1
+
+        for ch in channels:  # connect every client channel before the clock starts
+            await ch.channel_ready()
+        start = time.perf_counter()
+        total = int(rate * seconds)
+        tasks = []
+        for n in range(total):
+            due = start + n / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(n, due)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+        for ch in channels:
+            await ch.close()
+        return {"latencies": latencies, "from_schedule": from_schedule, "release": release_lat,
+                "errors": dict(errors), "warmth": dict(warmth), "elapsed_s": elapsed, "sent": total,
+                "max_in_flight": max_in_flight}
+
+    results.put(("ci", asyncio.run(main())))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the parent: orchestrate, measure, report
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+class MemorySampler(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.pid = 0
+        self.peak = 0.0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            if self.pid:
+                self.peak = max(self.peak, rss_mib(self.pid))
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def metric_value(metrics_port: int, name: str, labels: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + "{") and labels in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+class Fleet:
+    def __init__(self, address: str, args, ctx) -> None:
+        self.results: mp.Queue = ctx.Queue()
+        self.commands: list[mp.Queue] = []
+        self.procs = []
+        shares = [list(range(p, args.agents, args.agent_procs)) for p in range(args.agent_procs)]
+        for share in shares:
+            q = ctx.Queue()
+            proc = ctx.Process(target=agent_process, args=(address, share, args.keys, args.key_space, args.slots,
+                                                           args.delta_interval, q, self.results), daemon=True)
+            proc.start()
+            self.commands.append(q)
+            self.procs.append(proc)
+
+    def ask(self, *cmd) -> list:
+        for q in self.commands:
+            q.put(cmd)
+        out = []
+        for _ in self.commands:
+            kind, payload = self.results.get(timeout=120)
+            out.append(payload)
+        return out
+
+    def status(self, with_keys: bool = False) -> dict:
+        merged: dict = {}
+        for part in self.ask("status", with_keys):
+            merged.update(part)
+        return merged
+
+    def stop(self) -> None:
+        try:
+            self.ask("stop")
+        except (queue_mod.Empty, OSError):
+            pass
+        for p in self.procs:
+            p.join(15)
+            if p.is_alive():
+                p.kill()
+
+
+def summary_nodes(stub, timeout: float = 30):
+    """Node states and generations without entry lists (a key prefix nothing has keeps the reply small)."""
+    from stoker.v1 import inventory_pb2
+
+    reply = stub.QueryInventory(inventory_pb2.QueryInventoryRequest(summary_only=True, key_prefix="\x7f"),
+                                timeout=timeout)
+    return {n.node: n for n in reply.nodes}
+
+
+def verify_inventory(address: str, expected: dict[str, list[str]], deadline: float,
+                     log=lambda *_: None) -> tuple[set[str], int]:
+    """Poll until the coordinator lists each node's exact key set (READY). Returns (incomplete nodes, queries)."""
+    import grpc
+
+    from stoker.v1 import inventory_pb2, inventory_pb2_grpc
+
+    pending = set(expected)
+    queries = 0
+    lock = threading.Lock()
+
+    def check(name: str) -> bool:
+        nonlocal queries
+        with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
+            stub = inventory_pb2_grpc.InventoryStub(ch)
+            while time.monotonic() < deadline:
+                try:
+                    reply = stub.QueryInventory(inventory_pb2.QueryInventoryRequest(node=name), timeout=10)
+                    with lock:
+                        queries += 1
+                    n = reply.nodes[0] if reply.nodes else None
+                    if n is not None and n.state == inventory_pb2.NODE_STATE_READY and \
+                            [e.key for e in n.entries] == expected[name]:
+                        return True
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        return False
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        for name, ok in zip(list(expected), pool.map(check, list(expected))):
+            if ok:
+                pending.discard(name)
+    return pending, queries
+
+
+def wait_all_ready(address: str, names: set[str], deadline: float) -> float | None:
+    import grpc
+
+    from stoker.v1 import inventory_pb2, inventory_pb2_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        stub = inventory_pb2_grpc.InventoryStub(ch)
+        while time.monotonic() < deadline:
+            try:
+                nodes = summary_nodes(stub)
+                if all(n in nodes and nodes[n].state == inventory_pb2.NODE_STATE_READY for n in names):
+                    return time.monotonic()
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    return None
+
+
+def py_spy_record(py_spy: str, pid: int, seconds: float, out_dir: Path) -> subprocess.Popen:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([py_spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100",
+                             "--format", "raw", "-o", str(out_dir / "coordinator.collapsed"), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def top_functions(collapsed: Path, n: int = 15) -> dict:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    self_c: Counter = Counter()
+    incl: Counter = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        c = int(count)
+        total += c
+        frames = stack.split(";")
+        self_c[frames[-1]] += c
+        for f in set(frames):
+            incl[f] += c
+    share = lambda c: round(100 * c / max(total, 1), 1)  # noqa: E731
+    return {"samples": total,
+            "self": [(f, share(c)) for f, c in self_c.most_common(n)],
+            "inclusive": [(f, share(c)) for f, c in incl.most_common(n * 2) if share(c) < 99][:n]}
+
+
+def run(args) -> dict:
+    import grpc
+
+    from stoker.cli import local_fleet
+    from stoker.v1 import inventory_pb2_grpc
+
+    log = (lambda *a: print("[load]", *a, file=sys.stderr, flush=True)) if not args.quiet else (lambda *a: None)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="stoker-load-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    listen = f"127.0.0.1:{port}"
+    state = workdir / "coordinator.db"
+    sampler = MemorySampler()
+    sampler.start()
+    ctx = mp.get_context("spawn")
+    out: dict = {"agents": args.agents, "keys_per_agent": args.keys, "key_space": args.key_space,
+                 "rate": args.rate, "seconds": args.seconds, "clients": args.clients,
+                 "agent_procs": args.agent_procs}
+    coordinator = local_fleet.start_coordinator(workdir, listen=listen, state=state, lease_ttl_s=args.lease_ttl)
+    sampler.pid = coordinator.popen.pid
+    fleet = None
+    try:
+        address = coordinator.address
+        log(f"coordinator pid {coordinator.popen.pid} on {address}; starting {args.agents} agents")
+        t_reg = time.monotonic()
+        fleet = Fleet(address, args, ctx)
+        names = {agent_name(i) for i in range(args.agents)}
+        ready_at = wait_all_ready(address, names, time.monotonic() + args.register_timeout)
+        expected = {k: v["keys"] for k, v in fleet.status(with_keys=True).items()}
+        missing, _ = verify_inventory(address, expected, time.monotonic() + args.register_timeout)
+        out["registration_s"] = round(time.monotonic() - t_reg, 2)
+        out["initial_missing"] = sorted(missing)[:20]
+        out["initial_missing_count"] = len(missing)
+        log(f"fleet registered in {out['registration_s']} s (all READY: {ready_at is not None}); "
+            f"{len(missing)} nodes incomplete")
+        out["memory_after_registration_mib"] = round(rss_mib(coordinator.popen.pid), 1)
+        fleet.ask("thaw_keys")  # from here on some deltas evict an entry and add another
+
+        # -- placements with background deltas and heartbeats ---------------------------------------
+        metrics_port = coordinator.metrics_port
+        d0, c0, t0 = metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'), \
+            cpu_seconds(coordinator.popen.pid), time.monotonic()
+        profiler = None
+        if args.profile:
+            profiler = py_spy_record(args.py_spy, coordinator.popen.pid, max(1, args.seconds - 1),
+                                     Path(args.profile))
+        log(f"placements: {args.rate}/s for {args.seconds} s from {args.clients} clients")
+        ci = ctx.Process(target=ci_process, args=(address, args.rate, args.seconds, args.clients, WORKSPACES,
+                                                  args.key_space, fleet.results), daemon=True)
+        ci.start()
+        kind, ci_result = fleet.results.get(timeout=args.seconds + 300)
+        ci.join(10)
+        d1, c1, t1 = metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'), \
+            cpu_seconds(coordinator.popen.pid), time.monotonic()
+        lat = [x * 1000 for x in ci_result["latencies"]]
+        sched = [x * 1000 for x in ci_result["from_schedule"]]
+        rel = [x * 1000 for x in ci_result["release"]]
+        out.update({
+            "placement_p50_ms": round(pct(lat, 50), 2) if lat else None,
+            "placement_p99_ms": round(pct(lat, 99), 2) if lat else None,
+            "placement_max_ms": round(max(lat), 2) if lat else None,
+            "placement_p99_from_schedule_ms": round(pct(sched, 99), 2) if sched else None,
+            "release_p99_ms": round(pct(rel, 99), 2) if rel else None,
+            "placements_ok": len(lat), "placements_sent": ci_result["sent"],
+            "placement_errors": ci_result["errors"], "placement_warmth": ci_result["warmth"],
+            "placements_per_s": round(len(lat) / ci_result["elapsed_s"], 1),
+            "background_updates_per_s": round((d1 - d0) / (t1 - t0), 1),
+            "coordinator_cpu_placement_phase": round((c1 - c0) / (t1 - t0), 2),
+        })
+        if profiler is not None:
+            _, err = profiler.communicate(timeout=60)
+            collapsed = Path(args.profile) / "coordinator.collapsed"
+            out["profile"] = top_functions(collapsed) if collapsed.exists() else {"error": err.decode()[-500:]}
+        log(f"placement p50 {out['placement_p50_ms']} ms p99 {out['placement_p99_ms']} ms; "
+            f"{out['placements_ok']}/{out['placements_sent']} ok")
+
+        # -- delta throughput -----------------------------------------------------------------------
+        fleet.ask("saturate")
+        time.sleep(1.0)
+        d0, c0, t0 = metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'), \
+            cpu_seconds(coordinator.popen.pid), time.monotonic()
+        time.sleep(args.saturate_seconds)
+        d1, c1, t1 = metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'), \
+            cpu_seconds(coordinator.popen.pid), time.monotonic()
+        fleet.ask("calm")
+        out["updates_per_s"] = round((d1 - d0) / (t1 - t0), 1)
+        out["coordinator_cpu_saturation"] = round((c1 - c0) / (t1 - t0), 2)
+        log(f"deltas: {out['updates_per_s']}/s counted by the coordinator (its CPU {out['coordinator_cpu_saturation']})")
+
+        # -- every update arrived: coordinator generations equal the agents' -------------------------
+        fleet.ask("freeze_keys")
+        time.sleep(max(2.0, args.delta_interval * 1.6))
+        agents = fleet.status(with_keys=True)
+        with grpc.insecure_channel(address) as ch:
+            nodes = summary_nodes(inventory_pb2_grpc.InventoryStub(ch), timeout=60)
+        behind = [n for n, a in agents.items() if n not in nodes or nodes[n].generation + 3 < a["generation"]]
+        out["nodes_behind_after_saturation"] = len(behind)
+        out["memory_before_restart_mib"] = round(rss_mib(coordinator.popen.pid), 1)
+
+        # -- kill -9 and restart on the same port -----------------------------------------------------
+        expected = {k: v["keys"] for k, v in agents.items()}
+        log("kill -9 the coordinator and restart it on the same port")
+        t_kill = time.monotonic()
+        coordinator.kill()
+        sampler.pid = 0
+        coordinator = local_fleet.start_coordinator(workdir, name="coordinator-2", listen=listen, state=state,
+                                                    lease_ttl_s=args.lease_ttl)
+        sampler.pid = coordinator.popen.pid
+        out["coordinator_restart_s"] = round(time.monotonic() - t_kill, 2)
+        incomplete, queries = verify_inventory(address, expected, t_kill + args.recovery_timeout)
+        recovered = time.monotonic()
+        out["inventory_recovery_s"] = round(recovered - t_kill, 2) if not incomplete else None
+        out["recovery_incomplete_nodes"] = len(incomplete)
+        out["recovery_queries"] = queries
+        out["memory_after_restart_mib"] = round(rss_mib(coordinator.popen.pid), 1)
+        log(f"inventory complete {out['inventory_recovery_s']} s after the kill; {len(incomplete)} incomplete")
+
+        final = fleet.status()
+        never = [n for n, a in final.items() if a["connects"] == 0]
+        out["lost_registrations"] = len(set(missing) | set(incomplete) | set(never))
+        out["agent_reconnects"] = sum(a["connects"] for a in final.values())
+        out["agent_register_failures"] = sum(a["register_failures"] for a in final.values())
+        out["agent_snapshots_sent"] = sum(a["snapshots"] for a in final.values())
+        out["agent_deltas_sent"] = sum(a["deltas"] for a in final.values())
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        coordinator.kill()
+        sampler.stop()
+        out["memory_mib"] = round(sampler.peak, 1)
+        if not args.workdir and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    out["machine"] = f"{os.cpu_count()} CPU, {platform.machine()}, Linux {platform.release()}, " \
+                     f"Python {platform.python_version()}"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--agents", type=int, default=1000)
+    p.add_argument("--keys", type=int, default=1000, help="entries each agent holds")
+    p.add_argument("--key-space", type=int, default=0,
+                   help="distinct keys in the fleet (default: agents*keys/10, so each key has ~10 replicas)")
+    p.add_argument("--rate", type=float, default=200.0, help="placements per second")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the placement phase")
+    p.add_argument("--clients", type=int, default=50, help="concurrent CI client channels")
+    p.add_argument("--agent-procs", type=int, default=2, help="processes the simulated agents share")
+    p.add_argument("--slots", type=int, default=4)
+    p.add_argument("--delta-interval", type=float, default=2.0, help="seconds between an agent's deltas")
+    p.add_argument("--saturate-seconds", type=float, default=10.0)
+    p.add_argument("--lease-ttl", type=float, default=60.0)
+    p.add_argument("--register-timeout", type=float, default=300.0)
+    p.add_argument("--recovery-timeout", type=float, default=120.0)
+    p.add_argument("--profile", help="record the coordinator with py-spy during placements; stacks go here")
+    p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    p.add_argument("--workdir")
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.key_space <= 0:
+        args.key_space = max(args.keys * 2, args.agents * args.keys // 10)
+    if args.key_space < args.keys * 2:
+        p.error("--key-space must be at least twice --keys")
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    ok = result.get("lost_registrations") == 0 and result.get("inventory_recovery_s") is not None
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
