@@ -64,8 +64,10 @@ class ContentCache:
     """Save and restore entries; see the module docstring. Thread-safe."""
 
     def __init__(self, store: LocalStore, blobs: BlobStore, *, workers: int = 0, syncfs: bool = False,
-                 fetch_concurrency: int = 8) -> None:
+                 fetch_concurrency: int = 8, processes: bool = True) -> None:
         self.store = store
+        self.processes = processes
+        """Write restored files from ``workers`` processes (forked per restore) rather than threads."""
         self.blobs = blobs
         self.workers = workers or os.cpu_count() or 1
         self.syncfs = syncfs
@@ -150,7 +152,7 @@ class ContentCache:
 
                 for i in needed:  # open every source up front: lookups from worker threads only read
                     locate(i)
-                records = self._materialize(resolved, files, workspace, roots, locate, progress, where)
+                self._materialize(resolved, files, workspace, roots, locate, progress, where)
             finally:
                 for fd in fds.values():
                     os.close(fd)
@@ -177,7 +179,7 @@ class ContentCache:
             else:
                 self.store.touch(resolved.key)
         if workspace is not None:
-            self._write_stat_cache(workspace, records, resolved.key, resolved.manifest_name)
+            self._write_stat_cache(workspace, roots, resolved.key, resolved.manifest_name)
         if resolved.local and resolved.exact:
             warmth = "warm"
         elif resolved.exact and not local:
@@ -191,10 +193,11 @@ class ContentCache:
 
     def _materialize(self, resolved: _Resolved, files: list[mf.FileEntry], workspace: Path | None,
                      roots: tuple[str, ...], locate: hydrate.FrameLocator, progress: ProgressFn | None,
-                     where: str) -> dict[str, tree.StatRecord]:
+                     where: str) -> None:
         if workspace is None:
-            hydrate.write_files(resolved.manifest, files, None, locate, workers=self.workers, where=where)
-            return {}
+            hydrate.write_files(resolved.manifest, files, None, locate, workers=self.workers, where=where,
+                                processes=self.processes)
+            return
         workspace.mkdir(parents=True, exist_ok=True)
         for leftover in workspace.glob(STAGING_PREFIX + "*"):
             shutil.rmtree(leftover, ignore_errors=True)
@@ -206,8 +209,8 @@ class ContentCache:
                 parent = os.path.dirname(r)
                 if parent and not any(f.path == parent for f in files):
                     os.makedirs(stage / parent, exist_ok=True)
-            records = hydrate.write_files(resolved.manifest, files, stage, locate, workers=self.workers,
-                                          where=where, progress=progress)
+            hydrate.write_files(resolved.manifest, files, stage, locate, workers=self.workers,
+                                where=where, progress=progress, processes=self.processes)
             if self.syncfs:
                 hydrate.syncfs(stage)
             for r in sorted(present):
@@ -217,7 +220,6 @@ class ContentCache:
                 if os.path.lexists(target):
                     os.rename(target, stage / f".replaced-{uuid.uuid4().hex}")
                 os.rename(stage / r, target)
-            return records
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
@@ -337,15 +339,46 @@ class ContentCache:
         manifest = mf.parse(data, where=f"{key} ({name})")
         return _Resolved(key, manifest, name, data, local=False, exact=exact)
 
-    def _write_stat_cache(self, workspace: Path, records: dict[str, tree.StatRecord], key: str,
-                          manifest: str) -> None:
-        """Record what this workspace now holds: the stat cache for the next save, written last."""
+    def _write_stat_cache(self, workspace: Path, roots: tuple[str, ...], key: str, manifest: str) -> None:
+        """Record what this workspace now holds — the files of ``roots`` of ``manifest`` — as the stat
+        cache for the next save, written last (see :func:`tree.load_stat_cache`)."""
         path = self.store.workspace_file(workspace)
         tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
-        tmp.write_bytes(tree.stat_cache_bytes(records, time.time_ns(), key=key, manifest=manifest,
-                                              workspace=str(workspace.resolve())))
+        tmp.write_bytes(tree.stat_cache_bytes({}, time.time_ns(), key=key, manifest=manifest,
+                                              workspace=str(workspace.resolve()), from_manifest=True,
+                                              roots=list(roots)))
         os.replace(tmp, path)
         _prune_stat_caches(path.parent, keep=64)
+
+    def _stat_records(self, cache_path: Path) -> tuple[dict[str, tree.StatRecord], int]:
+        records, recorded_ns, extra = tree.load_stat_cache(cache_path)
+        if extra.get("from_manifest"):
+            manifest = self._local_manifest(str(extra.get("manifest", "")))
+            if manifest is None:  # evicted since: every file is hashed again
+                return {}, 0
+            records = tree.records_from_manifest(manifest, tuple(extra.get("roots", ())))
+        return records, recorded_ns
+
+    def _local_manifest(self, name: str) -> mf.Manifest | None:
+        """A manifest the local store holds, parsed (and remembered), or None."""
+        with self._lock:
+            manifest = self._parsed.get(name)
+        if manifest is not None:
+            return manifest
+        if len(name) != 64 or not all(c in "0123456789abcdef" for c in name):
+            return None
+        try:
+            data = (self.store.root / "manifests" / name).read_bytes()
+        except (OSError, ValueError):
+            return None
+        if hashlib.sha256(data).hexdigest() != name:
+            return None
+        manifest = mf.parse(data, where=f"local {name}")
+        with self._lock:
+            self._parsed[name] = manifest
+            while len(self._parsed) > 8:
+                self._parsed.pop(next(iter(self._parsed)))
+        return manifest
 
     # -- save ------------------------------------------------------------------------------------------
     def save(self, key: str, workspace: Path, paths: Sequence[str],
@@ -357,7 +390,7 @@ class ContentCache:
         if not walked:
             raise CacheError(f"entry {key}: none of {list(roots)} exists in {workspace}")
         cache_path = self.store.workspace_file(workspace)
-        stat_cache, recorded_ns, _ = tree.load_stat_cache(cache_path)
+        stat_cache, recorded_ns = self._stat_records(cache_path)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="stoker-save") as pool:
             digests, _ = tree.digests(workspace, walked, stat_cache, recorded_ns, pool)
             previous = self._remote_pointer(key)
@@ -470,8 +503,9 @@ class ContentCache:
         for info in entries:
             record = self.store.lookup(info.key)
             if record is not None and record.manifest not in self._known_from:
-                self._learn(record.manifest, mf.parse(self.store.read_manifest(record),
-                                                      where=f"{info.key} (local)"))
+                local = self._local_manifest(record.manifest)
+                if local is not None:
+                    self._learn(record.manifest, local)
         if previous is not None and str(previous["manifest"]) not in self._known_from:
             try:
                 resolved = self._remote(str(previous.get("key", "")) or "(previous)", previous, exact=True)

@@ -1,16 +1,33 @@
 """Writing an entry's files from its frames: decompress and write on every core, verify every byte.
 
 Work is cut into tasks — one per frame of small files, one per large file (its frames in order, hashed as
-it goes) — and run largest first on a thread pool (zstd and hashing release the GIL). Every file is checked
-against its digest before the restore can publish; frames whose header disagrees with the size the manifest
-declares are refused before anything is allocated. Files are written with no fsync; modes and mtimes
-are set on the open descriptor, then directories get theirs deepest first.
+it goes) — and run largest first. Creating ~25k files is mostly per-file syscalls made under the GIL, so
+threads do not scale; with ``processes`` (the default) the caller's process forks ``workers - 1`` helpers
+after the manifest is loaded and the directories exist, and every process — the caller included — takes
+the next task index from a shared pipe (reads of 4 bytes from a pipe are atomic: dynamic balancing without
+locks). Helpers report progress and errors over a second pipe, and die with their parent
+(``PR_SET_PDEATHSIG``). A helper that fails or is killed makes the whole call fail: the caller kills the
+other helpers and raises, and nothing is published (the caller writes into a staging directory).
+
+Every file is checked against its digest before the restore can publish; frames whose header disagrees
+with the size the manifest declares are refused before anything is allocated. Files are written with no
+fsync; modes (only where the umask would change them) and mtimes are set on the open descriptor, then
+directories get theirs deepest first.
+
+Forking a process that has other threads is safe here because a helper runs only this module's code:
+no imports, no logging, no locks shared with the parent's threads besides the allocator's (which glibc
+resets at fork) — and it leaves with ``os._exit``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import os
+import select
+import signal
+import struct
 import threading
 import time
 from collections import defaultdict
@@ -22,8 +39,7 @@ from pathlib import Path
 import zstandard
 
 from stoker.agent.cache import manifest as mf
-from stoker.agent.cache.api import CacheError, CorruptEntry, Progress, ProgressFn
-from stoker.agent.cache.tree import StatRecord
+from stoker.agent.cache.api import CacheError, CorruptEntry, Progress, ProgressFn, UnsafeTree
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -106,48 +122,74 @@ def read_frame(manifest: mf.Manifest, index: int, locate: FrameLocator, *, where
 
 def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path | None,
                 locate: FrameLocator, *, workers: int, where: str,
-                progress: ProgressFn | None = None) -> dict[str, StatRecord]:
+                progress: ProgressFn | None = None, processes: bool = True) -> None:
     """Create ``files`` (directories, symlinks, files) under ``dest`` and verify every digest.
 
-    With ``dest`` None, only decompress and verify. Returns the stat record of each written file.
+    With ``dest`` None, only decompress and verify. ``locate`` must return descriptors opened before the
+    call (helper processes inherit them).
     """
     regular = [f for f in files if f.type == mf.FILE]
     counter = _Counter(len(regular), sum(f.size for f in regular), progress)
-    records: dict[str, StatRecord] = {}
-    if dest is not None:
+    base = None if dest is None else str(dest) + "/"
+    if base is not None:
+        dir_default = 0o777 & ~_UMASK
         for f in files:
             if f.type == mf.DIR:
-                os.mkdir(dest / f.path, 0o700)
+                # Created with the final mode when the umask keeps it and the owner can still write
+                # into it; else 0o700 now and the mode at the end.
+                os.mkdir(base + f.path, f.mode if f.mode & 0o700 == 0o700 and f.mode & dir_default == f.mode
+                         else 0o700)
         for f in files:
             if f.type == mf.SYMLINK:
-                os.symlink(f.target, dest / f.path)
-                os.utime(dest / f.path, ns=(f.mtime_ns, f.mtime_ns), follow_symlinks=False)
+                os.symlink(f.target, base + f.path)
+                os.utime(base + f.path, ns=(f.mtime_ns, f.mtime_ns), follow_symlinks=False)
             elif f.type == mf.FILE and not f.chunks:
-                if f.digest != hashlib.sha256(b"").hexdigest():
+                if f.digest != _EMPTY_DIGEST:
                     raise CorruptEntry(f"{where}: {f.path}: digest mismatch (empty file)")
-                records[f.path] = _write_one(dest / f.path, f, [b""])
+                _write_one(base + f.path, f, b"")
                 counter.add(1, 0)
     tasks = plan_tasks(manifest, files)
+    helpers = max(1, workers) - 1 if processes and len(tasks) > 1 else 0
+    if helpers:
+        _run_forked(manifest, tasks, base, locate, where, counter, helpers)
+    else:
+        _run_threaded(manifest, tasks, base, locate, where, counter, max(1, workers))
+    counter.add(0, 0, force=True)
+    if base is not None:
+        dir_default = 0o777 & ~_UMASK
+        for f in reversed(files):
+            if f.type == mf.DIR:
+                if not (f.mode & 0o700 == 0o700 and f.mode & dir_default == f.mode):
+                    os.chmod(base + f.path, f.mode)
+                os.utime(base + f.path, ns=(f.mtime_ns, f.mtime_ns))
 
-    def run(task: _Task) -> list[tuple[str, StatRecord]]:
-        out = []
-        if task.frame is not None:
-            raw = memoryview(read_frame(manifest, task.frame, locate, where=where))
-            for f in task.files:
-                c = f.chunks[0]
-                data = raw[c.raw_offset:c.raw_offset + c.raw_length]
-                if hashlib.sha256(data).hexdigest() != f.digest:
-                    raise CorruptEntry(f"{where}: {f.path}: content does not match its digest")
-                if dest is not None:
-                    out.append((f.path, _write_one(dest / f.path, f, [data])))
-            counter.add(len(task.files), task.bytes)
-        else:
-            (f,) = task.files
-            out.append((f.path, _write_large(manifest, f, dest, locate, where, counter)))
-            counter.add(1, 0)
-        return out
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="stoker-hydrate") as pool:
+def _run_task(manifest: mf.Manifest, task: _Task, base: str | None, locate: FrameLocator, where: str,
+              counter: _Counter | None) -> tuple[int, int]:
+    """Write (or, with ``base`` None, only check) one task's files; returns (files, bytes)."""
+    if task.frame is not None:
+        raw = memoryview(read_frame(manifest, task.frame, locate, where=where))
+        sha256 = hashlib.sha256
+        for f in task.files:
+            c = f.chunks[0]
+            data = raw[c.raw_offset:c.raw_offset + c.raw_length]
+            if sha256(data).hexdigest() != f.digest:
+                raise CorruptEntry(f"{where}: {f.path}: content does not match its digest")
+            if base is not None:
+                _write_one(base + f.path, f, data)
+        return len(task.files), task.bytes
+    (f,) = task.files
+    _write_large(manifest, f, base, locate, where, counter)
+    return 1, 0 if counter is not None else f.size
+
+
+def _run_threaded(manifest: mf.Manifest, tasks: list[_Task], base: str | None, locate: FrameLocator,
+                  where: str, counter: _Counter, workers: int) -> None:
+    def run(task: _Task) -> None:
+        nfiles, nbytes = _run_task(manifest, task, base, locate, where, counter)
+        counter.add(nfiles, nbytes)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stoker-hydrate") as pool:
         futures = [pool.submit(run, t) for t in tasks]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for fut in futures:
@@ -155,51 +197,184 @@ def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path
                 for other in futures:
                     other.cancel()
                 raise fut.exception()
-        for fut in futures:
-            records.update(fut.result())
-    counter.add(0, 0, force=True)
-    if dest is not None:
-        for f in reversed(files):
-            if f.type == mf.DIR:
-                os.chmod(dest / f.path, f.mode)
-                os.utime(dest / f.path, ns=(f.mtime_ns, f.mtime_ns))
-    return records
 
 
-def _open_for(path: Path, f: mf.FileEntry) -> int:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, f.mode)
-    if f.mode & _UMASK:
-        os.fchmod(fd, f.mode)
-    return fd
+_MSG = struct.Struct("<cIQ")
+"""Helper → caller: (b"P", files, bytes) progress, or (b"E", length, error kind) then the message."""
+_ERRORS = (CacheError, CorruptEntry, UnsafeTree)
+_PR_SET_PDEATHSIG = 1
+_MAX_TASK_IDS = 16_000
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - no libc to load
+    _libc = None
 
 
-def _finish(fd: int, f: mf.FileEntry) -> StatRecord:
-    os.utime(fd, ns=(f.mtime_ns, f.mtime_ns))
-    os.close(fd)
-    # Inode and ctime unknown (0): the stat cache then trusts the file only while its ctime predates the
-    # moment the restore recorded it, which any later change breaks (see tree.digests).
-    return StatRecord(f.size, f.mtime_ns, 0, 0, f.digest or "")
-
-
-def _write_one(path: Path, f: mf.FileEntry, parts: Sequence[bytes | memoryview]) -> StatRecord:
-    fd = _open_for(path, f)
+def _run_forked(manifest: mf.Manifest, tasks: list[_Task], base: str | None, locate: FrameLocator,
+                where: str, counter: _Counter, helpers: int) -> None:
+    """Run ``tasks`` in this process and ``helpers`` forked ones (see the module docstring)."""
+    per_id = -(-len(tasks) // _MAX_TASK_IDS)
+    batches = [tasks[i:i + per_id] for i in range(0, len(tasks), per_id)]
+    task_r, task_w = os.pipe2(os.O_CLOEXEC)
+    res_r, res_w = os.pipe2(os.O_CLOEXEC)
+    pids: list[int] = []
     try:
-        for data in parts:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-    except BaseException:
+        # Every batch index is in the pipe before anyone reads: a 4-byte read from it is atomic, so each
+        # process takes the next index, and an empty pipe with no writer left means the work is done.
+        os.write(task_w, b"".join(struct.pack("<I", i) for i in range(len(batches))))
+        os.close(task_w)
+        task_w = -1
+        parent = os.getpid()
+        gc.freeze()  # keep the collector from touching (and copying) every shared page in the helpers
+        try:
+            for _ in range(helpers):
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - runs in the helper (exercised by the tests)
+                    _helper(manifest, batches, base, locate, where, task_r, res_w, parent)
+                pids.append(pid)
+        finally:
+            gc.unfreeze()
+        os.close(res_w)
+        res_w = -1
+        pending = b""
+        errors: list[BaseException] = []
+
+        def drain(block: bool) -> bool:
+            """Read the helpers' messages; False once every helper closed its end."""
+            nonlocal pending
+            while True:
+                if not block and not select.select([res_r], [], [], 0)[0]:
+                    return True
+                chunk = os.read(res_r, 65536)
+                if not chunk:
+                    return False
+                pending += chunk
+                while len(pending) >= _MSG.size:
+                    tag, a, b = _MSG.unpack_from(pending)
+                    if tag == b"P":
+                        pending = pending[_MSG.size:]
+                        counter.add(a, b)
+                    elif len(pending) >= _MSG.size + a:
+                        text = pending[_MSG.size:_MSG.size + a].decode(errors="replace")
+                        pending = pending[_MSG.size + a:]
+                        errors.append(_ERRORS[b](text) if b < len(_ERRORS) else CacheError(text))
+                    else:
+                        break
+                if block:
+                    continue
+
+        try:
+            while not errors:
+                got = os.read(task_r, 4)
+                if not got:
+                    break
+                for task in batches[struct.unpack("<I", got)[0]]:
+                    counter.add(*_run_task(manifest, task, base, locate, where, counter))
+                drain(False)
+        except BaseException:
+            _kill(pids)
+            raise
+        if errors:
+            _kill(pids)
+            raise errors[0]
+        while drain(True):
+            pass
+        failed = []
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                failed.append(code)
+        pids = []
+        if errors:
+            raise errors[0]
+        if failed:
+            how = ", ".join(f"killed by signal {-c}" if c < 0 else f"exit status {c}" for c in failed)
+            raise CacheError(f"{where}: a restore helper process failed ({how}); nothing was published")
+    finally:
+        _kill(pids)
+        for fd in (task_r, task_w, res_r, res_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    pids.clear()
+
+
+def _helper(manifest: mf.Manifest, batches: list[list[_Task]], base: str | None, locate: FrameLocator,
+            where: str, task_r: int, res_w: int, parent: int) -> None:  # pragma: no cover - in a helper
+    code = 0
+    try:
+        gc.disable()
+        # The parent's signal wiring (asyncio's wakeup fd, its handlers) is not the helper's.
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        if _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(3)
+        while True:
+            got = os.read(task_r, 4)
+            if not got:
+                break
+            files = nbytes = 0
+            for task in batches[struct.unpack("<I", got)[0]]:
+                a, b = _run_task(manifest, task, base, locate, where, None)
+                files += a
+                nbytes += b
+            os.write(res_w, _MSG.pack(b"P", files, nbytes))
+    except BaseException as exc:  # noqa: BLE001 - everything is reported to the caller
+        kind = next((i for i, cls in reversed(list(enumerate(_ERRORS))) if isinstance(exc, cls)), None)
+        text = (str(exc) if kind is not None else f"{where}: restore helper failed: {exc!r}")
+        data = text.encode()[:3000]
+        try:
+            os.write(res_w, _MSG.pack(b"E", len(data), kind if kind is not None else 99) + data)
+        except OSError:
+            pass
+        code = 1
+    finally:
+        os._exit(code)
+
+
+_EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _write_one(path: str, f: mf.FileEntry, data: bytes | memoryview) -> None:
+    fd = os.open(path, _OPEN_FLAGS, f.mode)
+    try:
+        if f.mode & _UMASK:
+            os.fchmod(fd, f.mode)
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.utime(fd, ns=(f.mtime_ns, f.mtime_ns))
+    finally:
         os.close(fd)
-        raise
-    return _finish(fd, f)
 
 
-def _write_large(manifest: mf.Manifest, f: mf.FileEntry, dest: Path | None, locate: FrameLocator,
-                 where: str, counter: _Counter) -> StatRecord:
+def _write_large(manifest: mf.Manifest, f: mf.FileEntry, base: str | None, locate: FrameLocator,
+                 where: str, counter: _Counter | None) -> None:
     hasher = hashlib.sha256()
-    fd = _open_for(dest / f.path, f) if dest is not None else None
+    fd = None
+    if base is not None:
+        fd = os.open(base + f.path, _OPEN_FLAGS, f.mode)
     try:
+        if fd is not None and f.mode & _UMASK:
+            os.fchmod(fd, f.mode)
         for c in f.chunks:
             raw = memoryview(read_frame(manifest, c.frame, locate, where=where))
             data = raw[c.raw_offset:c.raw_offset + c.raw_length]
@@ -207,16 +382,15 @@ def _write_large(manifest: mf.Manifest, f: mf.FileEntry, dest: Path | None, loca
             while fd is not None and data:
                 n = os.write(fd, data)
                 data = data[n:]
-            counter.add(0, c.raw_length)
+            if counter is not None:
+                counter.add(0, c.raw_length)
         if hasher.hexdigest() != f.digest:
             raise CorruptEntry(f"{where}: {f.path}: content does not match its digest")
-    except BaseException:
+        if fd is not None:
+            os.utime(fd, ns=(f.mtime_ns, f.mtime_ns))
+    finally:
         if fd is not None:
             os.close(fd)
-        raise
-    if fd is None:
-        return StatRecord(f.size, f.mtime_ns, 0, 0, f.digest or "")
-    return _finish(fd, f)
 
 
 def syncfs(path: Path) -> None:

@@ -39,6 +39,8 @@ from pathlib import Path
 from stoker.agent.cache.api import CacheError, EntryInfo, InventoryListener
 
 STORE_FORMAT = "stoker-cache-store 1"
+LOCK_WAIT_S = 2.0
+"""How long :meth:`LocalStore.open` waits for the store's lock before calling it in use."""
 
 FrameId = tuple[str, int]
 """A blob frame: (pack name, offset in the pack)."""
@@ -207,11 +209,18 @@ class LocalStore:
         version.write_text(STORE_FORMAT + "\n")
         if self._lock_fd is None:
             fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                os.close(fd)
-                raise CacheError(f"cache store {self.root} is in use by another process") from exc
+            # A previous owner killed with -9 may leave restore helpers (forked, so holding the lock's
+            # open file) for the moment it takes their PR_SET_PDEATHSIG to land: wait briefly for them.
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError as exc:
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        raise CacheError(f"cache store {self.root} is in use by another process") from exc
+                    time.sleep(0.02)
             self._lock_fd = fd
         with self._lock:
             for leftover in (self.root / "staging").iterdir():

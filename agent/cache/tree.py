@@ -19,7 +19,7 @@ import os
 import stat
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 from stoker.agent.cache import manifest as mf
@@ -31,8 +31,7 @@ RACY_MARGIN_NS = 20_000_000
 EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 
 
-@dataclass(frozen=True)
-class WalkedPath:
+class WalkedPath(NamedTuple):
     path: str
     type: str
     mode: int
@@ -43,8 +42,7 @@ class WalkedPath:
     target: str | None = None
 
 
-@dataclass(frozen=True)
-class StatRecord:
+class StatRecord(NamedTuple):
     size: int
     mtime_ns: int
     ino: int
@@ -144,7 +142,11 @@ def digests(workspace: Path, walked: Sequence[WalkedPath], cache: dict[str, Stat
 
 
 def load_stat_cache(path: Path) -> tuple[dict[str, StatRecord], int, dict]:
-    """(records, recorded_ns, extra fields) from a stat-cache file; empty when absent or unreadable."""
+    """(records, recorded_ns, extra fields) from a stat-cache file; empty when absent or unreadable.
+
+    A restore writes no records, only ``"from_manifest": true`` and the manifest's name: its records are
+    the manifest's files (size, mtime, digest; inode and ctime unknown), which the caller derives with
+    :func:`records_from_manifest` (writing 25k records would cost a restore ~0.1 s)."""
     try:
         doc = json.loads(path.read_bytes())
         records = {p: StatRecord(*r) for p, r in doc["files"].items()}
@@ -158,3 +160,10 @@ def stat_cache_bytes(records: dict[str, StatRecord], recorded_ns: int, **extra) 
     doc = {"recorded_ns": recorded_ns, **extra,
            "files": {p: [r.size, r.mtime_ns, r.ino, r.ctime_ns, r.digest] for p, r in records.items()}}
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def records_from_manifest(manifest: mf.Manifest, roots: Sequence[str]) -> dict[str, StatRecord]:
+    """The stat records a restore of ``roots`` of ``manifest`` stands for (inode and ctime unknown: 0)."""
+    prefixes = tuple(r + "/" for r in roots)
+    return {f.path: StatRecord(f.size, f.mtime_ns, 0, 0, f.digest or "") for f in manifest.files
+            if f.type == mf.FILE and (f.path in roots or f.path.startswith(prefixes))}

@@ -38,12 +38,39 @@ def test_round_trip_is_exact() -> None:
     assert mf.parse(mf.encode(m), where="t") == m
 
 
-def test_refuses_other_versions() -> None:
-    raw = json.loads(zstandard.ZstdDecompressor().decompress(mf.encode(sample())))
-    raw["version"] = 2
+def test_reads_version_1_and_refuses_unknown_versions() -> None:
+    m = sample()
+    v1 = mf.encode(m, version=1)
+    assert json.loads(zstandard.ZstdDecompressor().decompress(v1))["version"] == 1
+    assert mf.parse(v1, where="t") == m  # manifests written before version 2 still restore
+    assert mf.parse(mf.encode(m), where="t") == m
+    raw = json.loads(zstandard.ZstdDecompressor().decompress(v1))
+    raw["version"] = 3
     data = zstandard.ZstdCompressor().compress(json.dumps(raw).encode())
-    with pytest.raises(CacheError, match="format version 2"):
+    with pytest.raises(CacheError, match="format version 3"):
         mf.parse(data, where="t")
+    binary = bytearray(zstandard.ZstdDecompressor().decompress(mf.encode(m)))
+    assert binary[:4] == b"STKM"
+    binary[4:6] = (3).to_bytes(2, "little")
+    with pytest.raises(CacheError, match="format version 3"):
+        mf.parse(zstandard.ZstdCompressor().compress(bytes(binary)), where="t")
+
+
+def test_version_2_refuses_truncated_and_padded_bodies() -> None:
+    binary = zstandard.ZstdDecompressor().decompress(mf.encode(sample()))
+    for bad in (binary[:-3], binary + b"\0", binary[:40]):
+        with pytest.raises(CacheError, match="malformed|not a stoker"):
+            mf.parse(zstandard.ZstdCompressor().compress(bad), where="t")
+
+
+def test_version_2_is_smaller_and_round_trips_every_field() -> None:
+    m = with_files(mf.FileEntry("nm/sub", mf.DIR, 0o750, -5),
+                   mf.FileEntry("nm/sub/ü €.js", mf.FILE, 0o755, 1 << 62, 8, "b" * 64, None,
+                                (mf.Chunk(0, 0, 4), mf.Chunk(0, 4, 4))),
+                   mf.FileEntry("nm/sub/empty", mf.FILE, 0o600, 7, 0, "c" * 64, None, ()),
+                   mf.FileEntry("nm/sub/l2", mf.SYMLINK, 0o777, 9, target="../a.js"))
+    assert mf.parse(mf.encode(m), where="t") == m
+    assert len(mf.encode(m)) <= len(mf.encode(m, version=1))
 
 
 @pytest.mark.parametrize("path", ["nm/../etc/passwd", "/etc/passwd", "nm//x", "nm/./x", "", "nm/x\0y"])
