@@ -41,6 +41,7 @@ import platform
 import queue as queue_mod
 import random
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -239,6 +240,9 @@ class AgentPool:
         finally:
             for t in tasks:
                 t.cancel()
+            for t in tasks:  # a broken stream fails several tasks at once: collect every exception
+                if t.done() and not t.cancelled():
+                    t.exception()
             call.cancel()
 
     def status(self, with_keys: bool) -> dict:
@@ -656,6 +660,9 @@ def run(args) -> dict:
                                                     lease_ttl_s=args.lease_ttl)
         sampler.pid = coordinator.popen.pid
         out["coordinator_restart_s"] = round(time.monotonic() - t_kill, 2)
+        if args.profile:
+            profiler = py_spy_record(args.py_spy, coordinator.popen.pid, min(args.recovery_timeout, 60),
+                                     Path(args.profile) / "recovery")
         incomplete, queries = verify_inventory(address, expected, t_kill + args.recovery_timeout)
         recovered = time.monotonic()
         out["inventory_recovery_s"] = round(recovered - t_kill, 2) if not incomplete else None
@@ -663,6 +670,11 @@ def run(args) -> dict:
         out["recovery_queries"] = queries
         out["memory_after_restart_mib"] = round(rss_mib(coordinator.popen.pid), 1)
         log(f"inventory complete {out['inventory_recovery_s']} s after the kill; {len(incomplete)} incomplete")
+        if args.profile:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+            profiler.wait(30)
+            collapsed = Path(args.profile) / "recovery" / "coordinator.collapsed"
+            out["profile_recovery"] = top_functions(collapsed) if collapsed.exists() else {"error": "no samples"}
 
         final = fleet.status()
         never = [n for n, a in final.items() if a["connects"] == 0]
