@@ -43,6 +43,12 @@ class CoordinatorLink:
     """First delay before reconnecting after the stream drops; doubles up to reconnect_max_s, with jitter."""
     reconnect_max_s: float = 10.0
     """Longest delay between reconnection attempts."""
+    tls_ca: str = ""
+    """PEM CA that signed the coordinator's certificate. Set: the agent connects over TLS."""
+    tls_cert: str = ""
+    """PEM client certificate whose common name is this node's name (mutual TLS)."""
+    tls_key: str = ""
+    """PEM private key of tls_cert."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,11 @@ class ServerSettings:
     """Heartbeat interval. 0: what the coordinator asks for at registration."""
     executor_threads: int = 8
     """Threads for blocking work (cache I/O, blob store calls)."""
+    tls_cert: str = ""
+    """PEM certificate for the agent's own gRPC port (health). Note: Kubernetes gRPC probes do not speak
+    TLS; with this set, probe with grpc_health_probe -tls or an exec probe."""
+    tls_key: str = ""
+    """PEM private key of tls_cert."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -74,7 +75,12 @@ class Agent:
         self.cache = cache or open_build_cache(config)
         self.server = grpc.aio.server()
         self.health = add_health_and_reflection(self.server, [READY_SERVICE])
-        self.port = self.server.add_insecure_port(config.server.listen)
+        if config.server.tls_cert:
+            credentials = grpc.ssl_server_credentials([(Path(config.server.tls_key).read_bytes(),
+                                                        Path(config.server.tls_cert).read_bytes())])
+            self.port = self.server.add_secure_port(config.server.listen, credentials)
+        else:
+            self.port = self.server.add_insecure_port(config.server.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.server.listen}")
         self.metrics_server = MetricsServer(self.registry, config.server.metrics_listen)

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from pathlib import Path
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -99,10 +100,7 @@ class CoordinatorSession:
             self._metrics.reconnects.inc()
             began = time.monotonic()
             try:
-                async with grpc.aio.insecure_channel(address, options=[
-                    ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
-                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ]) as channel:
+                async with self._channel(address) as channel:
                     await self._connect_once(agent_pb2_grpc.AgentGatewayStub(channel), stop)
             except grpc.aio.AioRpcError as exc:
                 self.last_error = f"{exc.code().name}: {exc.details()}"
@@ -123,6 +121,18 @@ class CoordinatorSession:
             except asyncio.TimeoutError:
                 pass
             delay = min(delay * 2, self._config.coordinator.reconnect_max_s)
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        options = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
+                   ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        link = self._config.coordinator
+        if not link.tls_ca:
+            return grpc.aio.insecure_channel(address, options=options)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(link.tls_ca).read_bytes(),
+            private_key=Path(link.tls_key).read_bytes() if link.tls_key else None,
+            certificate_chain=Path(link.tls_cert).read_bytes() if link.tls_cert else None)
+        return grpc.aio.secure_channel(address, credentials, options=options)
 
     async def _connect_once(self, stub: agent_pb2_grpc.AgentGatewayStub, stop: asyncio.Event) -> None:
         reply = await stub.Register(self._registration, timeout=10, wait_for_ready=False)

@@ -30,7 +30,43 @@ def coordinator_address(flag: str | None) -> str:
 
 
 def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    """A channel to the coordinator: TLS when ``STOKER_CA`` names the CA file, and the bearer token
+    from ``STOKER_TOKEN`` on every call."""
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    ca = os.environ.get("STOKER_CA")
+    if ca:
+        ch = grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(ca).read_bytes()), options=options)
+    else:
+        ch = grpc.insecure_channel(address, options=options)
+    token = os.environ.get("STOKER_TOKEN")
+    if token:
+        ch = grpc.intercept_channel(ch, _BearerToken(token))
+    return ch
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _details(self, details):
+        metadata = list(details.metadata or []) + [self._metadata]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(details, metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, base, metadata) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = base.wait_for_ready
+        self.compression = getattr(base, "compression", None)
 
 
 def add_spec_arguments(parser, *, command: bool) -> None:

@@ -38,6 +38,7 @@ def _log_format(fmt: str, in_cluster: bool) -> str:
 def cmd_coordinator(args) -> int:
     from stoker.coordinator import config as cconfig
     from stoker.coordinator import server
+    from stoker.coordinator.errors import InvalidArgument
 
     if args.help_settings:
         return _print_settings(cconfig.CoordinatorConfig, cconfig.ENV_PREFIX)
@@ -48,7 +49,22 @@ def cmd_coordinator(args) -> int:
         "log": {"format": args.log_format, "level": args.log_level},
     })
     logs.setup(config.log.level, _log_format(config.log.format, settings.in_cluster()), component="coordinator")
-    asyncio.run(server.serve(config, args.ready_file))
+    try:
+        asyncio.run(server.serve(config, args.ready_file))
+    except (server.ConfigError, InvalidArgument) as exc:
+        print(f"stoker coordinator: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_token(args) -> int:
+    import json
+
+    from stoker.coordinator.auth import new_token
+
+    token, line = new_token(args.name, args.role)
+    print(f"token (give it to the CI system as STOKER_TOKEN; it is not stored): {token}", file=sys.stderr)
+    print(json.dumps(line))
     return 0
 
 
@@ -96,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="SQLite state file")
     p.add_argument("--lease-ttl", type=float, help="seconds before a silent node counts as lost")
     p.set_defaults(func=cmd_coordinator)
+
+    p = sub.add_parser("token", help="make a bearer token for CI or an operator (prints the tokens-file line)")
+    p.add_argument("--name", required=True, help="who the token is for (for example github-ci)")
+    p.add_argument("--role", required=True, choices=["ci", "operator"])
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("agent", help="run a node agent")
     _server_common(p)

@@ -80,6 +80,7 @@ class PendingPlacement:
     spec: common_pb2.BuildSpec
     lease_s: float
     future: asyncio.Future
+    owner: str = ""
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Lease:
     lease_id: str
     node: str
     expires: float
+    owner: str = ""
 
 
 class BuildService:
@@ -131,7 +133,7 @@ class BuildService:
         return count
 
     # -- CI side -------------------------------------------------------------------------------
-    def submit(self, spec: common_pb2.BuildSpec, request_id: str = "") -> str:
+    def submit(self, spec: common_pb2.BuildSpec, request_id: str = "", owner: str = "") -> str:
         if request_id:
             existing = self._store.find_request(request_id)
             if existing:
@@ -143,7 +145,7 @@ class BuildService:
         if spec.timeout_s == 0:
             spec = _with_timeout(spec, self._settings.default_timeout_s)
         record = build_pb2.Build(id=build_id, spec=spec, state=build_pb2.BUILD_STATE_QUEUED, attempt=1,
-                                 created=convert.timestamp(now), exit_code=-1)
+                                 created=convert.timestamp(now), exit_code=-1, owner=owner)
         self._store.put_build(record, request_id)
         active = ActiveBuild(record=record, request=request)
         self._active[build_id] = active
@@ -222,10 +224,10 @@ class BuildService:
                 self._finish(active, build_pb2.BUILD_STATE_CANCELLED, -1, reason + " (node unreachable)")
         return active.record
 
-    async def place(self, spec: common_pb2.BuildSpec, lease_s: float) -> build_pb2.Placement:
+    async def place(self, spec: common_pb2.BuildSpec, lease_s: float, owner: str = "") -> build_pb2.Placement:
         request = convert.placement_request("p-" + uuid.uuid4().hex[:16], spec, self._clock.now())
         self._check_satisfiable(request)
-        pending = PendingPlacement(request=request, spec=spec,
+        pending = PendingPlacement(request=request, spec=spec, owner=owner,
                                    lease_s=lease_s or self._settings.placement_lease_s,
                                    future=asyncio.get_running_loop().create_future())
         self._queue.append(pending)
@@ -236,6 +238,10 @@ class BuildService:
         finally:
             if not pending.future.done():
                 self._remove_from_queue(pending)
+
+    def lease_owner(self, lease_id: str) -> str | None:
+        lease = self._leases.get(lease_id)
+        return None if lease is None else lease.owner
 
     def release(self, lease_id: str) -> bool:
         lease = self._leases.pop(lease_id, None)
@@ -412,7 +418,7 @@ class BuildService:
             return
         lease_id = "l-" + uuid.uuid4().hex[:16]
         expires = self._clock.now() + pending.lease_s
-        self._leases[lease_id] = Lease(lease_id=lease_id, node=node.name, expires=expires)
+        self._leases[lease_id] = Lease(lease_id=lease_id, node=node.name, expires=expires, owner=pending.owner)
         node.holders.add(lease_id)
         pending.future.set_result(build_pb2.Placement(
             lease_id=lease_id, node=node.name, zone=node.info.zone, reason=decision.reason,

@@ -26,6 +26,24 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    tls_cert: str = ""
+    """PEM certificate (chain) of the coordinator. With tls_key, every gRPC port speaks TLS."""
+    tls_key: str = ""
+    """PEM private key of tls_cert."""
+    client_ca: str = ""
+    """PEM CA that signs agents' client certificates (their common name is the node name).
+    Needs agent_listen: agents get a port of their own that requires mutual TLS."""
+    agent_listen: str = ""
+    """host:port where agents connect with mutual TLS. Empty: agents use server.listen (open mode)."""
+    tokens_file: str = ""
+    """JSON file of bearer tokens for CI and operators: {"tokens": [{"name", "role", "sha256"}]}
+    (see `stoker token`). Without it (and without client_ca) the coordinator is open."""
+    allow_insecure: bool = False
+    """Start on a non-loopback address without TLS and authentication (never do this in production)."""
+
+
+@dataclass(frozen=True)
 class StateSettings:
     path: str = "stoker-coordinator.db"
     """SQLite file for builds and their event history. ":memory:" keeps nothing across restarts."""
@@ -120,6 +138,7 @@ class RolloutSettings:
 @dataclass(frozen=True)
 class CoordinatorConfig:
     server: ServerSettings = field(default_factory=ServerSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     state: StateSettings = field(default_factory=StateSettings)
     nodes: NodeSettings = field(default_factory=NodeSettings)
     builds: BuildSettings = field(default_factory=BuildSettings)

@@ -31,3 +31,11 @@ class ResourceExhausted(DomainError):
 
 class Unavailable(DomainError):
     """A backend, or the fleet itself, is not there yet."""
+
+
+class Unauthenticated(DomainError):
+    """The caller presented no credentials, or ones the coordinator does not accept."""
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but its role may not do this."""

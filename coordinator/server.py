@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import CollectorRegistry
 
-from stoker.common.serving import MetricsServer, add_health_and_reflection, set_serving, write_ready_file
+from stoker.common.serving import (
+    MetricsServer,
+    add_health_and_reflection,
+    is_loopback,
+    set_serving,
+    write_ready_file,
+)
+from stoker.coordinator.auth import AuthInterceptor, Authenticator, load_tokens, server_credentials
 from stoker.coordinator.builds import BuildService
 from stoker.coordinator.config import CoordinatorConfig
 from stoker.coordinator.domain import Clock, SystemClock
@@ -31,6 +38,10 @@ from stoker.v1 import agent_pb2, agent_pb2_grpc, build_pb2, build_pb2_grpc, inve
 from stoker.v1 import rollout_pb2, rollout_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """Settings that would make the coordinator unsafe or unable to work."""
 
 SERVICE_NAMES = [
     agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"].full_name,
@@ -54,6 +65,7 @@ class Coordinator:
     store: StateStore
     health: object
     rollouts: RolloutEngine | None = None
+    agent_port: int = 0
     _ticker: asyncio.Task | None = None
 
     @property
@@ -110,7 +122,8 @@ def create_server(config: CoordinatorConfig, *, clock: Clock | None = None,
     builds = BuildService(config.builds, nodes, inventory, scheduler, store, clock, metrics)
     builds.recover()
     limit = config.server.max_message_bytes
-    server = grpc.aio.server(options=[
+    authenticator = security_check(config)
+    server = grpc.aio.server(interceptors=[AuthInterceptor(authenticator)], options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.keepalive_time_ms", 20_000),
@@ -125,19 +138,64 @@ def create_server(config: CoordinatorConfig, *, clock: Clock | None = None,
     rollouts = build_rollout_engine(config, clock)
     rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutsServicer(rollouts), server)
     health = add_health_and_reflection(server, SERVICE_NAMES)
-    port = server.add_insecure_port(config.server.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {config.server.listen}")
+    port, agent_port = _add_ports(server, config)
     metrics_server = MetricsServer(registry, config.server.metrics_listen)
     return Coordinator(config=config, server=server, port=port, metrics_server=metrics_server, builds=builds,
-                       registry=nodes, inventory=inventory, store=store, health=health, rollouts=rollouts)
+                       registry=nodes, inventory=inventory, store=store, health=health, rollouts=rollouts,
+                       agent_port=agent_port)
+
+
+def security_check(config: CoordinatorConfig) -> Authenticator:
+    """Refuse unsafe combinations of settings; say plainly when the coordinator is open."""
+    sec = config.security
+    if bool(sec.tls_cert) != bool(sec.tls_key):
+        raise ConfigError("security.tls_cert and security.tls_key go together")
+    if sec.client_ca and not (sec.agent_listen and sec.tls_cert):
+        raise ConfigError("security.client_ca needs security.agent_listen and a TLS certificate: agents get a "
+                          "port of their own that requires mutual TLS")
+    if sec.agent_listen and not sec.client_ca:
+        raise ConfigError("security.agent_listen needs security.client_ca to verify agents' certificates")
+    if sec.tokens_file and not sec.client_ca:
+        raise ConfigError("security.tokens_file needs security.client_ca: with tokens required, agents must "
+                          "authenticate with client certificates")
+    tokens = load_tokens(sec.tokens_file) if sec.tokens_file else {}
+    open_access = not tokens and not sec.client_ca
+    exposed = [a for a in (config.server.listen, sec.agent_listen) if a and not is_loopback(a)]
+    if exposed and (open_access or not sec.tls_cert):
+        if not sec.allow_insecure:
+            raise ConfigError(f"refusing to listen on {', '.join(exposed)} without TLS and authentication: set "
+                              f"security.tls_cert/tls_key, client_ca, agent_listen and tokens_file, or "
+                              f"security.allow_insecure=true to accept the risk")
+        log.warning("INSECURE: listening on %s without TLS and authentication (security.allow_insecure)",
+                    ", ".join(exposed))
+    elif open_access:
+        log.warning("open coordinator: no TLS and no authentication, on loopback only (%s)", config.server.listen)
+    return Authenticator(tokens, open_access=open_access)
+
+
+def _add_ports(server: grpc.aio.Server, config: CoordinatorConfig) -> tuple[int, int]:
+    sec = config.security
+    if sec.tls_cert:
+        port = server.add_secure_port(config.server.listen, server_credentials(sec.tls_cert, sec.tls_key))
+    else:
+        port = server.add_insecure_port(config.server.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.server.listen}")
+    agent_port = 0
+    if sec.agent_listen:
+        agent_port = server.add_secure_port(sec.agent_listen,
+                                            server_credentials(sec.tls_cert, sec.tls_key, sec.client_ca))
+        if agent_port == 0:
+            raise OSError(f"cannot listen on {sec.agent_listen}")
+    return port, agent_port
 
 
 async def serve(config: CoordinatorConfig, ready_file: str | None = None) -> None:
     coordinator = create_server(config)
     await coordinator.start()
     if ready_file:
-        write_ready_file(ready_file, {"grpc_port": coordinator.port, "metrics_port": coordinator.metrics_port})
+        write_ready_file(ready_file, {"grpc_port": coordinator.port, "metrics_port": coordinator.metrics_port,
+                                      "agent_port": coordinator.agent_port})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -7,11 +7,11 @@ import logging
 
 import grpc
 
-from stoker.coordinator import convert, validate
+from stoker.coordinator import auth, convert, validate
 from stoker.coordinator.builds import AgentLink, BuildService
 from stoker.coordinator.config import CoordinatorConfig
 from stoker.coordinator.domain import Warmth
-from stoker.coordinator.errors import Aborted, InvalidArgument, NotFound
+from stoker.coordinator.errors import Aborted, InvalidArgument, NotFound, PermissionDenied
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.metrics import CoordinatorMetrics
 from stoker.coordinator.registry import NodeRegistry
@@ -41,6 +41,9 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     @unary
     async def Register(self, request: agent_pb2.RegisterRequest, context) -> agent_pb2.RegisterResponse:
         validate.registration(request)
+        identity = auth.current.get()
+        if identity.role == "agent" and identity.name != request.node:
+            raise PermissionDenied(f"node: the client certificate is for {identity.name!r}, not {request.node!r}")
         record = self._registry.register(convert.node_info(request))
         self._sessions[record.session_id] = record.name
         log.info("node %s registered (zone %r, %d slots, session %s)", record.name, record.info.zone,
@@ -60,6 +63,11 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         if node_name is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "unknown session: call Register first (the coordinator may have restarted)")
+        identity = auth.current.get()
+        if identity.role == "agent" and identity.name != node_name:
+            log.warning("refused a stream for node %s from certificate %s", node_name, identity.name)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"the client certificate is for {identity.name!r}, not {node_name!r}")
         if first.WhichOneof("body") != "snapshot":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry a snapshot")
         try:
@@ -135,6 +143,15 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
         self._config = config
         self._builds = builds
 
+    def _check_owner(self, build_id: str) -> None:
+        """A ci caller may only see and cancel its own builds (a request_id may name someone else's)."""
+        identity = auth.current.get()
+        if identity.sees_everything:
+            return
+        owner = self._builds.get(build_id).owner
+        if owner != identity.name:
+            raise PermissionDenied(f"build {build_id} belongs to {owner or 'nobody'!r}, not {identity.name!r}")
+
     def _validate(self, spec, *, need_command: bool) -> None:
         validate.build_spec(spec, need_command=need_command,
                             max_files_bytes=self._config.builds.max_files_bytes,
@@ -143,7 +160,8 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
     @streaming
     async def SubmitBuild(self, request: build_pb2.SubmitBuildRequest, context):
         self._validate(request.spec, need_command=True)
-        build_id = self._builds.submit(request.spec, request.request_id)
+        build_id = self._builds.submit(request.spec, request.request_id, owner=auth.current.get().name)
+        self._check_owner(build_id)
         async for event in self._builds.watch(build_id):
             yield event
 
@@ -151,6 +169,7 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
     async def WatchBuild(self, request: build_pb2.WatchBuildRequest, context):
         if not request.build_id:
             raise InvalidArgument("build_id: must not be empty")
+        self._check_owner(request.build_id)
         async for event in self._builds.watch(request.build_id, request.after_seq):
             yield event
 
@@ -158,12 +177,14 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
     async def GetBuild(self, request: build_pb2.GetBuildRequest, context) -> build_pb2.Build:
         if not request.build_id:
             raise InvalidArgument("build_id: must not be empty")
+        self._check_owner(request.build_id)
         return self._builds.get(request.build_id)
 
     @unary
     async def CancelBuild(self, request: build_pb2.CancelBuildRequest, context) -> build_pb2.Build:
         if not request.build_id:
             raise InvalidArgument("build_id: must not be empty")
+        self._check_owner(request.build_id)
         return self._builds.cancel(request.build_id, request.reason)
 
     @unary
@@ -171,12 +192,16 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
         self._validate(request.spec, need_command=False)
         if request.lease_s < 0:
             raise InvalidArgument(f"lease_s: must not be negative, got {request.lease_s}")
-        return await self._builds.place(request.spec, request.lease_s)
+        return await self._builds.place(request.spec, request.lease_s, owner=auth.current.get().name)
 
     @unary
     async def ReleasePlacement(self, request: build_pb2.ReleasePlacementRequest, context):
         if not request.lease_id:
             raise InvalidArgument("lease_id: must not be empty")
+        identity = auth.current.get()
+        owner = self._builds.lease_owner(request.lease_id)
+        if owner is not None and not identity.sees_everything and owner != identity.name:
+            raise PermissionDenied(f"lease {request.lease_id} belongs to {owner!r}")
         return build_pb2.ReleasePlacementResponse(released=self._builds.release(request.lease_id))
 
 

@@ -61,7 +61,7 @@ class CancelBuildRequest(_message.Message):
     def __init__(self, build_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Build(_message.Message):
-    __slots__ = ("id", "spec", "state", "node", "attempt", "created", "finished", "exit_code", "message", "timings", "cache", "placement_reason", "last_seq")
+    __slots__ = ("id", "spec", "state", "node", "attempt", "created", "finished", "exit_code", "message", "timings", "cache", "placement_reason", "last_seq", "owner")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class Build(_message.Message):
     CACHE_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_REASON_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: _common_pb2.BuildSpec
     state: BuildState
@@ -88,7 +89,8 @@ class Build(_message.Message):
     cache: _common_pb2.CacheFigures
     placement_reason: str
     last_seq: int
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.BuildSpec, _Mapping]] = ..., state: _Optional[_Union[BuildState, str]] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., cache: _Optional[_Union[_common_pb2.CacheFigures, _Mapping]] = ..., placement_reason: _Optional[str] = ..., last_seq: _Optional[int] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.BuildSpec, _Mapping]] = ..., state: _Optional[_Union[BuildState, str]] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., cache: _Optional[_Union[_common_pb2.CacheFigures, _Mapping]] = ..., placement_reason: _Optional[str] = ..., last_seq: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class Queued(_message.Message):
     __slots__ = ("position", "reason")
