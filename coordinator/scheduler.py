@@ -90,6 +90,9 @@ class SchedulerSettings:
     max_warm_candidates: int = 16
     """At most this many holders of one key are estimated per decision (free ones first), so a
     decision never scans a large fleet's whole inventory."""
+    two_level_from: int = 256
+    """From this many ready nodes on, the rendezvous order has two levels (√N buckets, then nodes) so a
+    decision costs about √N hashes instead of N."""
     max_prefix_keys: int = 32
     """At most this many of the newest keys under a restore prefix are looked at per decision."""
 
@@ -390,7 +393,7 @@ class Scheduler:
         names = frozenset(live)
         if names != self._bucket_names:
             # One level (exact rendezvous) for small fleets; √N buckets from 256 nodes on.
-            count = 1 if len(names) < 256 else math.isqrt(len(names))
+            count = 1 if len(names) < self.settings.two_level_from else math.isqrt(len(names))
             if count not in self._bucket_seeds_for:
                 self._bucket_seeds_for[count] = [_h64(f"bucket-{count}-{i}") for i in range(count)]
             self._bucket_seed = self._bucket_seeds_for[count]
