@@ -33,25 +33,30 @@ class TreeState:
 
     root: Path
     entries: dict
+    exclude: frozenset = frozenset()
 
     @classmethod
-    def of(cls, root: Path) -> "TreeState":
-        return cls(root, _scan(root))
+    def of(cls, root: Path, exclude: tuple[str, ...] = ()) -> "TreeState":
+        """``exclude``: top-level names below ``root`` left out (the cache root, the workspace)."""
+        return cls(root, _scan(root, frozenset(exclude)), frozenset(exclude))
 
     def unchanged(self) -> bool:
-        return _scan(self.root) == self.entries
+        return _scan(self.root, self.exclude) == self.entries
 
     def diff(self) -> str:
-        now = _scan(self.root)
+        now = _scan(self.root, self.exclude)
         changed = sorted(k for k in set(now) | set(self.entries) if now.get(k) != self.entries.get(k))
         return ", ".join(changed[:20])
 
 
-def _scan(root: Path) -> dict:
+def _scan(root: Path, exclude: frozenset = frozenset()) -> dict:
     out: dict = {}
     if not os.path.lexists(root):
         return out
     for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if d not in exclude]
+            filenames = [f for f in filenames if f not in exclude]
         for name in dirnames + filenames:
             p = Path(dirpath) / name
             st = p.lstat()
