@@ -94,6 +94,10 @@ class Agent:
         log.info("cache store open: %d entries", len(entries))
         req = await loop.run_in_executor(self.executor, registration, self.config)
         self.session = CoordinatorSession(self.config, req, self.cache, self.executor, self.metrics)
+        killed, removed = await loop.run_in_executor(self.executor, self.session.runner.reap_leftovers)
+        if killed or removed:
+            log.warning("cleaned up after a crash: killed %d leftover build process group(s), removed %d "
+                        "workspace(s)", killed, removed)
         await self.server.start()
         self.metrics_server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -8,6 +8,7 @@ coordinator (and keeps it while the coordinator is away).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import shutil
@@ -97,6 +98,35 @@ class BuildRunner:
             return
         log.info("cancelling build %s attempt %d: %s", build_id, run.attempt, reason)
         self._stop(run, build_pb2.BUILD_STATE_CANCELLED, reason or "cancelled")
+
+    def _groups_dir(self) -> Path:
+        return Path(self._settings.work_dir) / _GROUPS
+
+    def reap_leftovers(self) -> tuple[int, int]:
+        """At start, before taking builds: kill the process groups of builds a crashed agent left running
+        and remove their workspaces. Returns (groups killed, workspaces removed)."""
+        work = Path(self._settings.work_dir)
+        groups = self._groups_dir()
+        groups.mkdir(parents=True, exist_ok=True)
+        killed = removed = 0
+        for record in groups.iterdir():
+            try:
+                pgid = int(record.read_text().strip())
+            except (OSError, ValueError):
+                pgid = 0
+            if pgid > 1:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                    killed += 1
+                except (ProcessLookupError, PermissionError):
+                    pass
+            record.unlink(missing_ok=True)
+        if not self._settings.keep_workspaces:
+            for entry in work.iterdir():
+                if entry.name != _GROUPS:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += 1
+        return killed, removed
 
     def on_drain(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when draining starts (the session tells the coordinator at once)."""
@@ -217,12 +247,14 @@ class BuildRunner:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.command, cwd=workspace, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=_own_group_dying_with_us,
                 limit=_MAX_LINE)
         except OSError as exc:
             self._log(run, f"stoker: cannot start {spec.command[0]!r}: {exc.strerror}", stderr=True)
             return build_pb2.BUILD_STATE_ERROR, 127, f"cannot start {spec.command[0]!r}: {exc.strerror}"
         run.process = proc
+        group_file = self._groups_dir() / f"{run.build_id}-{run.attempt}"
+        await self._in_thread(group_file.write_text, str(proc.pid))
         self._send(run, build_pb2.BuildEvent(started=build_pb2.Started(pid=proc.pid)))
         if run.stop_state:  # cancelled while starting
             self._stop(run, run.stop_state, run.stop_reason)
@@ -234,6 +266,7 @@ class BuildRunner:
             self._stop(run, build_pb2.BUILD_STATE_TIMED_OUT, f"timed out after {timeout:g} s")
             await proc.wait()
         _killpg(proc.pid, signal.SIGKILL)  # leftovers of the build's process group
+        group_file.unlink(missing_ok=True)
         await readers
         code = proc.returncode
         if run.stop_state:
@@ -323,6 +356,23 @@ def _fresh_workspace(workspace: Path, files: dict[str, bytes]) -> None:
             raise ValueError(f"input file {name!r} escapes the workspace")
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Path(target).write_bytes(data)
+
+
+_GROUPS = ".process-groups"
+_PR_SET_PDEATHSIG = 1
+try:  # looked up once here: the child of a fork must not import anything (another thread may hold locks)
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: the start-up reaping still applies
+    _prctl = None
+
+
+def _own_group_dying_with_us() -> None:
+    """In the child before exec: its own process group (so cancel and timeout can kill every process of the
+    build), and SIGKILL when the agent dies, so a crashed agent leaves no build running unsupervised
+    (what survives of the group is reaped when the agent starts again)."""
+    os.setsid()
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _killpg(pid: int, sig: int) -> None:

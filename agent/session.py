@@ -139,9 +139,12 @@ class CoordinatorSession:
         interval = self._config.server.heartbeat_interval_s or reply.heartbeat_interval_s or 2.0
         call = stub.Connect()
         await call.write(agent_pb2.AgentMessage(session_id=reply.session_id, snapshot=await self._snapshot()))
-        await call.write(agent_pb2.AgentMessage(heartbeat=await self._heartbeat()))
+        # How recent builds ended goes out before the first heartbeat: a coordinator that restarted while
+        # a build ended must learn that before it reconciles what the node runs (or it would requeue a
+        # build that already finished, and run it twice).
         for message in list(self._finished.values()):
             await call.write(message)
+        await call.write(agent_pb2.AgentMessage(heartbeat=await self._heartbeat()))
         self.connected.set()
         self._metrics.connected.set(1)
         self.last_error = ""
