@@ -8,7 +8,6 @@ coordinator (and keeps it while the coordinator is away).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import shutil
@@ -244,10 +243,16 @@ class BuildRunner:
         env = {k: os.environ[k] for k in self._settings.pass_env if k in os.environ}
         env.update(spec.env)
         env.update({"STOKER_BUILD_ID": run.build_id, "STOKER_WORKSPACE": str(workspace)})
+        program = spec.command[0]
+        found = (os.access(workspace / program, os.X_OK) if "/" in program
+                 else shutil.which(program, path=env.get("PATH", os.defpath)))
+        if not found:
+            self._log(run, f"stoker: cannot start {program!r}: no such executable", stderr=True)
+            return build_pb2.BUILD_STATE_ERROR, 127, f"cannot start {program!r}: no such executable"
         try:
             proc = await asyncio.create_subprocess_exec(
-                *spec.command, cwd=workspace, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=_own_group_dying_with_us,
+                *_dying_with_us(list(spec.command)), cwd=workspace, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
                 limit=_MAX_LINE)
         except OSError as exc:
             self._log(run, f"stoker: cannot start {spec.command[0]!r}: {exc.strerror}", stderr=True)
@@ -359,20 +364,16 @@ def _fresh_workspace(workspace: Path, files: dict[str, bytes]) -> None:
 
 
 _GROUPS = ".process-groups"
-_PR_SET_PDEATHSIG = 1
-try:  # looked up once here: the child of a fork must not import anything (another thread may hold locks)
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: the start-up reaping still applies
-    _prctl = None
+_SETPRIV = shutil.which("setpriv")
 
 
-def _own_group_dying_with_us() -> None:
-    """In the child before exec: its own process group (so cancel and timeout can kill every process of the
-    build), and SIGKILL when the agent dies, so a crashed agent leaves no build running unsupervised
-    (what survives of the group is reaped when the agent starts again)."""
-    os.setsid()
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def _dying_with_us(argv: list[str]) -> list[str]:
+    """The command, run so that it gets SIGKILL when the agent dies (util-linux setpriv --pdeathsig), and a
+    crashed agent leaves no build running unsupervised; what survives of its process group is reaped when
+    the agent starts again. (Doing the prctl in a preexec_fn is not safe in a threaded process.)"""
+    if _SETPRIV is None:
+        return argv
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
 def _killpg(pid: int, sig: int) -> None:

@@ -185,7 +185,7 @@ def _cache(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["cache"] and argv[1:2] not in (["-h"], ["--help"]):
+    if argv[:1] == ["cache"]:
         # The cache commands have options of their own; argparse would not pass them through.
         from stoker.agent.cache import cli as cache_cli
 

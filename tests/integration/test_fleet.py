@@ -295,3 +295,13 @@ def test_builds_do_not_inherit_the_agents_credentials(fleet):
         env={"MINE": "yes"}))
     lines = [e.log.text for e in events if e.HasField("log")]
     assert "secret=none mine=yes" in lines
+
+
+def test_missing_command_is_a_clear_error(fleet):
+    c = fleet.start_coordinator()
+    fleet.start_agent("n1")
+    fleet.wait_ready("n1")
+    events = run(builds_stub(c.address), spec(["no-such-build-tool", "--version"]))
+    fin = events[-1].finished
+    assert fin.state == build_pb2.BUILD_STATE_ERROR and fin.exit_code == 127
+    assert "cannot start 'no-such-build-tool': no such executable" in fin.message
