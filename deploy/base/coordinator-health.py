@@ -16,9 +16,13 @@ address, ca_file, server_name = sys.argv[1:4]
 service = sys.argv[4] if len(sys.argv) > 4 else ""
 with open(ca_file, "rb") as f:
     credentials = grpc.ssl_channel_credentials(f.read())
-with grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", server_name)]) as ch:
+with grpc.secure_channel(
+    address, credentials, options=[("grpc.ssl_target_name_override", server_name)]
+) as ch:
     try:
-        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
+        reply = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=3
+        )
     except grpc.RpcError as exc:
         print(f"health check of {address} failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
         sys.exit(1)
