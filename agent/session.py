@@ -41,7 +41,7 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
 
 def entry_pb(e: EntryInfo) -> common_pb2.CacheEntry:
     return common_pb2.CacheEntry(key=e.key, bytes=e.bytes, files=e.files, created=_ts(e.created),
-                                 last_used=_ts(e.last_used))
+                                 last_used=_ts(e.last_used), sketch=e.sketch)
 
 
 class CoordinatorSession:

@@ -44,6 +44,10 @@ class EntryInfo:
     """When the entry was saved (unix seconds); the newest under a prefix wins."""
     last_used: float
     """When a build or a prewarm last used the entry (unix seconds)."""
+    sketch: tuple[int, ...] = ()
+    """Bottom-k MinHash (k = 64) of the entry's distinct content digests: the 64 smallest of the first
+    8 bytes (big-endian) of each distinct SHA-256, ascending. Two entries' sketches estimate the share of
+    content they have in common (the scheduler's ``similarity``). Empty when unknown."""
 
 
 @dataclass(frozen=True)

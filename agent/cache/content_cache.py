@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -64,10 +65,15 @@ class ContentCache:
     """Save and restore entries; see the module docstring. Thread-safe."""
 
     def __init__(self, store: LocalStore, blobs: BlobStore, *, workers: int = 0, syncfs: bool = False,
-                 fetch_concurrency: int = 8, processes: bool = True) -> None:
+                 fetch_concurrency: int = 8, processes: bool = True, ready_trees: int = 1) -> None:
         self.store = store
         self.processes = processes
         """Write restored files from ``workers`` processes (forked per restore) rather than threads."""
+        self.ready_trees = ready_trees
+        """Keep this many *ready trees* (see :mod:`.store`): after a restore or save of a key, its files
+        are unpacked again in the background (one process at nice 19) so the next restore of that key
+        moves them into its workspace, and a restore of a newer key under the same prefix changes only
+        what differs. 0 turns them off."""
         self.blobs = blobs
         self.workers = workers or os.cpu_count() or 1
         self.syncfs = syncfs
@@ -78,12 +84,39 @@ class ContentCache:
         self._parsed: dict[str, mf.Manifest] = {}
         """Recently used local manifests, parsed and validated (they are immutable)."""
         self._lock = threading.Lock()
+        self._refill_queue: list[str] = []
+        self._refill_cv = threading.Condition(self._lock)
+        self._refill_thread: threading.Thread | None = None
+        self._refill_pid = 0
+        self._closing = False
 
     # -- BuildCache ------------------------------------------------------------------------------------
     def open(self) -> None:
         self.store.open()
+        self._closing = False
+        _, entries = self.store.inventory()
+        for info in entries:  # records written before sketches existed
+            record = self.store.lookup(info.key)
+            if record is not None and not record.sketch:
+                manifest = self._local_manifest(record.manifest)
+                if manifest is not None:
+                    self.store.set_sketch(info.key, mf.content_sketch(manifest))
 
     def close(self) -> None:
+        """Stop background work (a refill in progress is abandoned; open() cleans it up) and release."""
+        with self._lock:
+            self._closing = True
+            self._refill_queue.clear()
+            self._refill_cv.notify_all()
+            pid, thread = self._refill_pid, self._refill_thread
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if thread is not None:
+            thread.join()
+        self._refill_thread = None
         self.store.close()
 
     def inventory(self) -> tuple[int, list[EntryInfo]]:
@@ -113,6 +146,10 @@ class ContentCache:
     def _restore(self, key: str, restore_keys: Sequence[str], workspace: Path | None,
                  roots: tuple[str, ...], progress: ProgressFn | None) -> RestoreResult:
         start = time.monotonic()
+        if workspace is not None:
+            fast = self._restore_ready(key, workspace, roots, start)
+            if fast is not None:
+                return fast
         resolved = self._resolve(key, restore_keys)
         if resolved is None:
             return RestoreResult("cold", None, 0, 0, 0, time.monotonic() - start)
@@ -152,7 +189,7 @@ class ContentCache:
 
                 for i in needed:  # open every source up front: lookups from worker threads only read
                     locate(i)
-                self._materialize(resolved, files, workspace, roots, locate, progress, where)
+                self._materialize(resolved, files, workspace, roots, locate, progress, where, start)
             finally:
                 for fd in fds.values():
                     os.close(fd)
@@ -175,11 +212,12 @@ class ContentCache:
                                       manifest_name=resolved.manifest_name,
                                       manifest_bytes=resolved.manifest_bytes, frames=frames_map,
                                       staged_files=new_file, total_bytes=manifest.total_bytes,
-                                      files=manifest.file_count)
+                                      files=manifest.file_count, sketch=mf.content_sketch(manifest))
             else:
                 self.store.touch(resolved.key)
         if workspace is not None:
             self._write_stat_cache(workspace, roots, resolved.key, resolved.manifest_name)
+            self._schedule_refill(resolved.key)
         if resolved.local and resolved.exact:
             warmth = "warm"
         elif resolved.exact and not local:
@@ -193,35 +231,191 @@ class ContentCache:
 
     def _materialize(self, resolved: _Resolved, files: list[mf.FileEntry], workspace: Path | None,
                      roots: tuple[str, ...], locate: hydrate.FrameLocator, progress: ProgressFn | None,
-                     where: str) -> None:
+                     where: str, start: float) -> None:
         if workspace is None:
             hydrate.write_files(resolved.manifest, files, None, locate, workers=self.workers, where=where,
                                 processes=self.processes)
             return
-        workspace.mkdir(parents=True, exist_ok=True)
-        for leftover in workspace.glob(STAGING_PREFIX + "*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        stage = workspace / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
-        stage.mkdir()
+        stage = self._new_stage(workspace)
         try:
             present = {r for r in roots if any(f.path == r or f.path.startswith(r + "/") for f in files)}
-            for r in present:
-                parent = os.path.dirname(r)
-                if parent and not any(f.path == parent for f in files):
-                    os.makedirs(stage / parent, exist_ok=True)
-            hydrate.write_files(resolved.manifest, files, stage, locate, workers=self.workers,
-                                where=where, progress=progress, processes=self.processes)
-            if self.syncfs:
-                hydrate.syncfs(stage)
-            for r in sorted(present):
-                _check_no_symlink_ancestors(workspace, r, where)
-                target = workspace / r
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if os.path.lexists(target):
-                    os.rename(target, stage / f".replaced-{uuid.uuid4().hex}")
-                os.rename(stage / r, target)
+            base = self._claim_base(resolved, files, roots, stage) if self.ready_trees else None
+            if base is not None:
+                hydrate.apply_diff(resolved.manifest, base, files, stage, locate, workers=self.workers,
+                                   where=where, progress=progress, processes=self.processes)
+            else:
+                stage.mkdir()
+                for r in present:
+                    parent = os.path.dirname(r)
+                    if parent and not any(f.path == parent for f in files):
+                        os.makedirs(stage / parent, exist_ok=True)
+                hydrate.write_files(resolved.manifest, files, stage, locate, workers=self.workers,
+                                    where=where, progress=progress, processes=self.processes)
+            self._publish(stage, workspace, present, where)
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            _remove_tree(stage)
+
+    def _new_stage(self, workspace: Path) -> Path:
+        workspace.mkdir(parents=True, exist_ok=True)
+        for leftover in workspace.glob(STAGING_PREFIX + "*"):
+            _remove_tree(leftover)
+        return workspace / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+
+    def _publish(self, stage: Path, workspace: Path, present: set[str], where: str) -> None:
+        if self.syncfs:
+            hydrate.syncfs(stage)
+        for r in sorted(present):
+            _check_no_symlink_ancestors(workspace, r, where)
+            target = workspace / r
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if os.path.lexists(target):
+                os.rename(target, stage / f".replaced-{uuid.uuid4().hex}")
+            os.rename(stage / r, target)
+
+    # -- ready trees -----------------------------------------------------------------------------------
+    def _restore_ready(self, key: str, workspace: Path, roots: tuple[str, ...],
+                       start: float) -> RestoreResult | None:
+        """Warm restore by moving the key's ready tree into ``workspace``: no file is written."""
+        record = self.store.lookup(key)
+        if record is None or not self.ready_trees:
+            return None
+        ready = self.store.tree_for(key, record.manifest)
+        if ready is None or set(ready.roots) != set(roots):
+            return None
+        stage = self._new_stage(workspace)
+        try:
+            if self.store.claim_tree(key, record.manifest, stage) is None:
+                return None
+            present = {r for r in roots if os.path.lexists(stage / r)}
+            self._publish(stage, workspace, present, f"entry {key}")
+        finally:
+            _remove_tree(stage)
+        self.store.touch(key)
+        self._write_stat_cache(workspace, roots, key, record.manifest)
+        self._schedule_refill(key)
+        return RestoreResult(warmth="warm", restored_key=key, bytes_fetched=0, bytes_restored=record.bytes,
+                             files_restored=record.files, seconds=time.monotonic() - start)
+
+    def _claim_base(self, resolved: _Resolved, files: list[mf.FileEntry], roots: tuple[str, ...],
+                    stage: Path) -> list[mf.FileEntry] | None:
+        """Claim the ready tree sharing the most content with ``files`` into ``stage``; returns the files
+        it holds (under ``roots``), or None when no tree shares at least half of the target's bytes."""
+        target = {f.digest for f in files if f.type == mf.FILE}
+        want = set(roots)
+        best: tuple[int, object, list[mf.FileEntry]] | None = None
+        for ready in self.store.trees():
+            if not want <= set(ready.roots):
+                continue
+            manifest = self._local_manifest(ready.manifest)
+            if manifest is None:
+                continue
+            held = _select(manifest, roots)
+            shared = sum(f.size for f in held if f.type == mf.FILE and f.digest in target)
+            if best is None or shared > best[0]:
+                best = (shared, ready, held)
+        total = sum(f.size for f in files if f.type == mf.FILE)
+        if best is None or best[0] * 2 < total:
+            return None
+        _, ready, held = best
+        if self.store.claim_tree(ready.key, ready.manifest, stage) is None:  # type: ignore[attr-defined]
+            return None
+        return held
+
+    def _schedule_refill(self, key: str) -> None:
+        """Unpack ``key`` as a ready tree in the background unless one exists (see ``ready_trees``)."""
+        if not self.ready_trees:
+            return
+        with self._lock:
+            if self._closing or key in self._refill_queue:
+                return
+            self._refill_queue.append(key)
+            if self._refill_thread is None:
+                self._refill_thread = threading.Thread(target=self._refill_loop, name="stoker-cache-refill",
+                                                       daemon=True)
+                self._refill_thread.start()
+            self._refill_cv.notify_all()
+
+    def _refill_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._refill_queue and not self._closing:
+                    self._refill_cv.wait()
+                if self._closing:
+                    return
+                key = self._refill_queue.pop(0)
+            try:
+                self.prepare_tree(key, background=True)
+            except Exception:  # noqa: BLE001 - a refill is an optimization; the next restore writes files
+                log.warning("could not prepare a ready tree of %s", key, exc_info=True)
+
+    def prepare_tree(self, key: str, *, background: bool = False) -> bool:
+        """Unpack the local entry ``key`` (every digest checked) as a ready tree; False if it is not local,
+        already has one, or does not fit. ``background``: in a forked process at nice 19, one core."""
+        record = self.store.lookup(key)
+        if record is None or self.store.tree_for(key, record.manifest) is not None:
+            return False
+        manifest = self._local_manifest(record.manifest)
+        if manifest is None:
+            return False
+        where = f"entry {key} (ready tree)"
+        frames = {}
+        for i, fr in enumerate(manifest.frames):
+            found = self.store.locate((fr.pack, fr.offset))
+            if found is None or found[1].length != fr.length:
+                return False
+            frames[i] = found
+        nbytes = sum(-(-f.size // 4096) * 4096 if f.type == mf.FILE else 4096 * (f.type == mf.DIR)
+                     for f in manifest.files)
+        fds: dict[Path, int] = {}
+        with self.store.pinned(sorted({lf.file for _, lf in frames.values()})), self.store.staging() as staging:
+            tree_dir = staging / "tree"
+            tree_dir.mkdir()
+            try:
+                for path, _ in frames.values():
+                    if path not in fds:
+                        fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+                def locate(i: int) -> tuple[int, int]:
+                    path, lf = frames[i]
+                    return fds[path], lf.offset
+
+                files = list(manifest.files)
+                if background:
+                    self._in_background_process(lambda: hydrate.write_files(
+                        manifest, files, tree_dir, locate, workers=1, where=where, processes=False))
+                else:
+                    hydrate.write_files(manifest, files, tree_dir, locate, workers=self.workers, where=where,
+                                        processes=self.processes)
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
+            return self.store.add_tree(tree_dir, key=key, manifest=record.manifest, roots=manifest.roots,
+                                       nbytes=nbytes, keep_trees=self.ready_trees)
+
+    def _in_background_process(self, work) -> None:
+        """Run ``work`` in a forked child at nice 19 (it dies with this process) and wait for it."""
+        with self._lock:
+            if self._closing:
+                raise CacheError("the cache is closing")
+            parent = os.getpid()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                code = 1
+                try:
+                    hydrate.become_helper(parent)
+                    os.nice(19)
+                    work()
+                    code = 0
+                finally:
+                    os._exit(code)
+            self._refill_pid = pid
+        try:
+            _, status = os.waitpid(pid, 0)
+        finally:
+            with self._lock:
+                self._refill_pid = 0
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise CacheError(f"ready tree: the background process failed ({os.waitstatus_to_exitcode(status)})")
 
     def _fetch(self, manifest: mf.Manifest, files: list[mf.FileEntry], missing: list[int], path: Path,
                name: str, where: str) -> tuple[dict[int, LocalFrame], int]:
@@ -458,6 +652,7 @@ class ContentCache:
         tmp.write_bytes(tree.stat_cache_bytes(records, started_ns, key=key, manifest=manifest_name,
                                               workspace=str(workspace.resolve())))
         os.replace(tmp, cache_path)
+        self._schedule_refill(key)
         regular = [w for w in walked if w.type == mf.FILE]
         return SaveResult(key=key, saved=saved, bytes=sum(w.size for w in regular), files=len(regular),
                           bytes_uploaded=uploaded if saved else 0, seconds=time.monotonic() - start)
@@ -494,8 +689,13 @@ class ContentCache:
         self.store.make_room(need, what=f"entry {key}")
         self.store.commit(key=key, created=manifest.created, manifest_name=manifest_name,
                           manifest_bytes=data, frames=frames_map, staged_files=used,
-                          total_bytes=manifest.total_bytes, files=manifest.file_count)
+                          total_bytes=manifest.total_bytes, files=manifest.file_count,
+                          sketch=mf.content_sketch(manifest))
         self._learn(manifest_name, manifest)
+        with self._lock:
+            self._parsed[manifest_name] = manifest
+            while len(self._parsed) > 8:
+                self._parsed.pop(next(iter(self._parsed)))
 
     def _known_chunks(self, previous: dict | None) -> dict[str, KnownChunks]:
         """Digest → where the blob store holds it, from local manifests and the key's current one."""
@@ -588,6 +788,21 @@ def _check_no_symlink_ancestors(workspace: Path, rel: str, where: str) -> None:
         current = current / part
         if current.is_symlink() or (current.exists() and not current.is_dir()):
             raise UnsafeTree(f"{where}: {current.relative_to(workspace)} in the workspace is not a directory")
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a staging directory; read-only directories inside it (restored modes) are made writable."""
+    if not os.path.lexists(path):
+        return
+
+    def retry(func, p, _exc) -> None:
+        parent = os.path.dirname(p)
+        try:
+            os.chmod(parent, 0o700)
+            func(p)
+        except OSError:
+            pass
+    shutil.rmtree(path, onerror=retry)
 
 
 def _prune_stat_caches(directory: Path, keep: int) -> None:

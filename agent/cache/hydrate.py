@@ -164,6 +164,51 @@ def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path
                 os.utime(base + f.path, ns=(f.mtime_ns, f.mtime_ns))
 
 
+def apply_diff(manifest: mf.Manifest, held: Sequence[mf.FileEntry], files: Sequence[mf.FileEntry],
+               dest: Path, locate: FrameLocator, *, workers: int, where: str,
+               progress: ProgressFn | None = None, processes: bool = True) -> None:
+    """Turn the tree at ``dest``, which holds exactly ``held`` (a ready tree), into ``files``: remove what
+    differs, write what is new or changed from its frames (every such digest checked), fix metadata."""
+    old = {f.path: f for f in held}
+    new = {f.path: f for f in files}
+
+    def same(a: mf.FileEntry, b: mf.FileEntry) -> bool:
+        if a.type != b.type:
+            return False
+        if a.type == mf.FILE:
+            return a.digest == b.digest and a.mode == b.mode and a.size == b.size
+        return a.type == mf.DIR or a.target == b.target
+
+    base = str(dest) + "/"
+    removed = {p for p, f in old.items() if p not in new or not same(f, new[p])}
+    create = [f for f in files if f.path not in old or f.path in removed]
+    touched = {p.rpartition("/")[0] for p in removed} | {f.path.rpartition("/")[0] for f in create}
+    opened: dict[str, int] = {}
+    for d in touched:
+        f = old.get(d)
+        if d and f is not None and d not in removed and f.mode & 0o700 != 0o700:
+            os.chmod(base + d, 0o700)  # let this process change a read-only directory
+            opened[d] = f.mode
+    for f in reversed(held):  # children before their directory
+        if f.path in removed:
+            (os.rmdir if f.type == mf.DIR else os.unlink)(base + f.path)
+    write_files(manifest, create, dest, locate, workers=workers, where=where, progress=progress,
+                processes=processes)
+    created = {f.path for f in create}
+    for f in files:
+        p = f.path
+        if p in created:
+            continue
+        o = old[p]
+        if f.type == mf.DIR:
+            if o.mode != f.mode or p in opened:
+                os.chmod(base + p, f.mode)
+            if o.mtime_ns != f.mtime_ns or p in touched:
+                os.utime(base + p, ns=(f.mtime_ns, f.mtime_ns))
+        elif o.mtime_ns != f.mtime_ns:
+            os.utime(base + p, ns=(f.mtime_ns, f.mtime_ns), follow_symlinks=False)
+
+
 def _run_task(manifest: mf.Manifest, task: _Task, base: str | None, locate: FrameLocator, where: str,
               counter: _Counter | None) -> tuple[int, int]:
     """Write (or, with ``base`` None, only check) one task's files; returns (files, bytes)."""
@@ -188,6 +233,11 @@ def _run_threaded(manifest: mf.Manifest, tasks: list[_Task], base: str | None, l
     def run(task: _Task) -> None:
         nfiles, nbytes = _run_task(manifest, task, base, locate, where, counter)
         counter.add(nfiles, nbytes)
+
+    if workers == 1:  # no thread to start (this may run in a forked child of a threaded process)
+        for task in tasks:
+            run(task)
+        return
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stoker-hydrate") as pool:
         futures = [pool.submit(run, t) for t in tasks]
@@ -312,19 +362,24 @@ def _kill(pids: list[int]) -> None:
     pids.clear()
 
 
+def become_helper(parent: int) -> None:  # pragma: no cover - runs in forked children
+    """Set up a process just forked from ``parent`` to do file work only: no collector, the parent's
+    signal wiring (asyncio's wakeup fd, its handlers) undone, and killed when the parent dies."""
+    gc.disable()
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(3)
+
+
 def _helper(manifest: mf.Manifest, batches: list[list[_Task]], base: str | None, locate: FrameLocator,
             where: str, task_r: int, res_w: int, parent: int) -> None:  # pragma: no cover - in a helper
     code = 0
     try:
-        gc.disable()
-        # The parent's signal wiring (asyncio's wakeup fd, its handlers) is not the helper's.
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        if _libc is not None:
-            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(3)
+        become_helper(parent)
         while True:
             got = os.read(task_r, 4)
             if not got:

@@ -27,6 +27,7 @@ restore writes anything.
 
 from __future__ import annotations
 
+import heapq
 import json
 import posixpath
 import stat
@@ -306,6 +307,16 @@ def _parse_file(d: dict) -> FileEntry:
                      target=d.get("target"), chunks=chunks)
 
 
+SKETCH_K = 64
+
+
+def content_sketch(manifest: Manifest, k: int = SKETCH_K) -> tuple[int, ...]:
+    """Bottom-k MinHash of the manifest's distinct content digests: the first 8 bytes of each distinct
+    SHA-256 (uniform already) as an unsigned 64-bit integer, the ``k`` smallest, ascending."""
+    values = {int(f.digest[:16], 16) for f in manifest.files if f.type == FILE and f.digest}
+    return tuple(heapq.nsmallest(k, values))
+
+
 _BAD_PARTS = frozenset(("", ".", ".."))
 
 
@@ -313,6 +324,19 @@ def check_relative_path(path: str, *, where: str) -> None:
     """Refuse absolute paths, ``..``, empty or ``.`` components, and anything not in normal form."""
     if not path or path[0] == "/" or "\\" in path or "\0" in path or not _BAD_PARTS.isdisjoint(path.split("/")):
         raise UnsafeTree(f"{where}: unsafe path {path!r}")
+
+
+_BAD_JOINED = ("\0\0", "\0/", "/\0", "//", "/./", "/../", "\0./", "\0../", "/.\0", "/..\0", "\0.\0", "\0..\0",
+               "\\")
+
+
+def _all_paths_normal(paths: list[str]) -> bool:
+    """Whether :func:`check_relative_path` would accept every one of ``paths``, checked on the joined
+    column at once (a dozen substring searches instead of a split per path)."""
+    joined = "\0" + "\0".join(paths) + "\0"
+    if joined.count("\0") != len(paths) + 1:  # a path holding NUL
+        return False
+    return not any(bad in joined for bad in _BAD_JOINED)
 
 
 def symlink_stays_inside(link_path: str, target: str, roots: tuple[str, ...]) -> bool:
@@ -341,9 +365,11 @@ def validate(manifest: Manifest, *, where: str) -> None:
     frames = manifest.frames
     nframes = len(frames)
     label = f"manifest {where}"
+    paths_ok = _all_paths_normal([f.path for f in manifest.files])
     for f in manifest.files:
         path = f.path
-        check_relative_path(path, where=label)
+        if not paths_ok:
+            check_relative_path(path, where=label)
         if f.type not in _TYPES:
             raise UnsafeTree(f"{label}: {path!r} has type {f.type!r}; only files, directories "
                              "and symlinks are restored")

@@ -13,12 +13,21 @@ Layout under the store directory::
     frames/<id>             frames fetched or packed together, immutable once here
     manifests/<sha256>      the manifests of local entries (compressed, as in the blob store)
     entries/<sha256(key)>   one JSON record per complete entry: the completion marker, written last
+    trees/<name>/           a *ready tree*: an entry's files unpacked and verified, waiting to be moved
+                            (not copied, not linked) into the next workspace that restores the entry
+    trees/<name>.json       its record, written last, deleted first
     workspaces/<sha256(ws)> per workspace: what the last restore/save wrote there (stat cache)
 
 An entry exists exactly when its record exists, and a record is written (atomically, by rename) only after
 its manifest and every frame file it names are in place. Eviction deletes the record first. So a kill -9 at
 any point leaves either a complete entry or files no record names, which :meth:`LocalStore.open` deletes.
 Content shared by entries (the same blob frame) is stored and counted once.
+
+Ready trees are a derived cache on top: a tree is published by renaming its staging directory into
+``trees/`` and then writing its record; it is claimed by deleting the record first and then renaming the
+directory into a workspace, so a workspace never shares an inode with anything the store still holds and a
+build (whatever its user) cannot change the store through its workspace. Their bytes count against the
+budget, and they are evicted before any entry. ``open()`` deletes trees without a valid record.
 """
 
 from __future__ import annotations
@@ -64,16 +73,19 @@ class EntryRecord:
     bytes: int
     files: int
     frames: dict[FrameId, LocalFrame] = field(default_factory=dict)
+    sketch: tuple[int, ...] = ()
+    """Bottom-k MinHash of the entry's content digests (see :attr:`EntryInfo.sketch`)."""
 
     def info(self) -> EntryInfo:
         return EntryInfo(key=self.key, bytes=self.bytes, files=self.files, created=self.created,
-                         last_used=self.last_used)
+                         last_used=self.last_used, sketch=self.sketch)
 
     def to_json(self) -> bytes:
         return json.dumps({
             "key": self.key, "manifest": self.manifest, "created": self.created,
             "last_used": self.last_used, "bytes": self.bytes, "files": self.files,
             "frames": [[p, o, lf.file, lf.offset, lf.length] for (p, o), lf in self.frames.items()],
+            "sketch": list(self.sketch),
         }, separators=(",", ":")).encode()
 
     @staticmethod
@@ -82,7 +94,31 @@ class EntryRecord:
         return EntryRecord(key=str(d["key"]), manifest=str(d["manifest"]), created=float(d["created"]),
                            last_used=float(d["last_used"]), bytes=int(d["bytes"]), files=int(d["files"]),
                            frames={(str(p), int(o)): LocalFrame(str(f), int(lo), int(n))
-                                   for p, o, f, lo, n in d["frames"]})
+                                   for p, o, f, lo, n in d["frames"]},
+                           sketch=tuple(int(x) for x in d.get("sketch", ())))
+
+
+@dataclass(frozen=True)
+class TreeRecord:
+    """A ready tree: the files of ``roots`` of entry ``key`` (manifest ``manifest``) under ``trees/<name>/``."""
+
+    name: str
+    key: str
+    manifest: str
+    roots: tuple[str, ...]
+    bytes: int
+    """Disk bytes the tree takes (file sizes rounded up to 4 KiB blocks, plus a block per directory)."""
+    made: float
+
+    def to_json(self) -> bytes:
+        return json.dumps({"name": self.name, "key": self.key, "manifest": self.manifest,
+                           "roots": list(self.roots), "bytes": self.bytes, "made": self.made}).encode()
+
+    @staticmethod
+    def from_json(data: bytes) -> TreeRecord:
+        d = json.loads(data)
+        return TreeRecord(str(d["name"]), str(d["key"]), str(d["manifest"]), tuple(str(r) for r in d["roots"]),
+                          int(d["bytes"]), float(d["made"]))
 
 
 class StoreIndex:
@@ -96,9 +132,29 @@ class StoreIndex:
         self._manifest_refs: dict[str, int] = {}
         self._frames: dict[FrameId, LocalFrame] = {}
         self._frame_refs: dict[FrameId, int] = {}
+        self.trees: dict[str, TreeRecord] = {}
+        """Ready trees by name."""
 
     def used_bytes(self) -> int:
-        return sum(self.file_sizes.values()) + sum(self.manifest_sizes.values())
+        return (sum(self.file_sizes.values()) + sum(self.manifest_sizes.values())
+                + sum(t.bytes for t in self.trees.values()))
+
+    def tree_for(self, key: str, manifest: str) -> TreeRecord | None:
+        """The newest ready tree of entry ``key`` as of manifest ``manifest``."""
+        found = [t for t in self.trees.values() if t.key == key and t.manifest == manifest]
+        return max(found, key=lambda t: t.made) if found else None
+
+    def trees_to_drop(self, need: int, budget: int, keep_trees: int) -> list[str]:
+        """Oldest ready trees to drop so that at most ``keep_trees`` remain and, if possible, ``need`` more
+        bytes fit (trees go before any entry)."""
+        drop: list[str] = []
+        used = self.used_bytes()
+        by_age = sorted(self.trees.values(), key=lambda t: t.made)
+        for i, t in enumerate(by_age):
+            if len(by_age) - i > keep_trees or used + need > budget:
+                drop.append(t.name)
+                used -= t.bytes
+        return drop
 
     def locate(self, frame: FrameId) -> LocalFrame | None:
         return self._frames.get(frame)
@@ -161,7 +217,8 @@ class StoreIndex:
         return sum(self.file_sizes[f] for f in files) + sum(self.manifest_sizes[m] for m in manifests)
 
     def victims(self, need: int, budget: int, pinned: set[str]) -> list[str] | None:
-        """Least recently used entries to evict so that ``need`` more bytes fit; None if impossible."""
+        """Least recently used entries to evict so that ``need`` more bytes fit; None if impossible.
+        (Ready trees count as used; drop them first with :meth:`trees_to_drop`.)"""
         if self.used_bytes() + need <= budget:
             return []
         chosen: list[str] = []
@@ -197,10 +254,11 @@ class LocalStore:
         self._pins: dict[str, int] = {}
         self._deferred: set[str] = set()
         self._lock_fd: int | None = None
+        self._trash_threads: set[threading.Thread] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def open(self) -> None:
-        for d in ("staging", "frames", "manifests", "entries", "workspaces"):
+        for d in ("staging", "frames", "manifests", "entries", "workspaces", "trees"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         version = self.root / "VERSION"
         if version.exists() and version.read_text().strip() != STORE_FORMAT:
@@ -242,6 +300,7 @@ class LocalStore:
                     path.unlink(missing_ok=True)
                     continue
                 self.index.add(record, file_sizes, manifest_sizes[record.manifest])
+            self._load_trees()
             for name in set(file_sizes) - set(self.index.file_sizes):
                 (frames_dir / name).unlink(missing_ok=True)
             for name in set(manifest_sizes) - set(self.index.manifest_sizes):
@@ -252,7 +311,29 @@ class LocalStore:
                 self.generation = 0
             self._changed([r.info() for r in self.index.entries.values()], [])
 
+    def _load_trees(self) -> None:
+        trees_dir = self.root / "trees"
+        for e in os.scandir(trees_dir):
+            if not e.name.endswith(".json"):
+                continue
+            try:
+                tree = TreeRecord.from_json(Path(e.path).read_bytes())
+                entry = self.index.entries.get(tree.key)
+                ok = (e.name == tree.name + ".json" and entry is not None and entry.manifest == tree.manifest
+                      and (trees_dir / tree.name).is_dir())
+            except (OSError, ValueError, KeyError, TypeError):
+                ok = False
+            if ok:
+                self.index.trees[tree.name] = tree
+            else:
+                os.unlink(e.path)
+        for e in os.scandir(trees_dir):
+            if not e.name.endswith(".json") and e.name not in self.index.trees:
+                shutil.rmtree(e.path, ignore_errors=True) if e.is_dir(follow_symlinks=False) else os.unlink(e.path)
+
     def close(self) -> None:
+        for t in list(self._trash_threads):
+            t.join()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -274,6 +355,14 @@ class LocalStore:
     def newest_under(self, prefix: str) -> EntryRecord | None:
         with self._lock:
             return self.index.newest_under(prefix)
+
+    def tree_for(self, key: str, manifest: str) -> TreeRecord | None:
+        with self._lock:
+            return self.index.tree_for(key, manifest)
+
+    def trees(self) -> list[TreeRecord]:
+        with self._lock:
+            return list(self.index.trees.values())
 
     def read_manifest(self, record: EntryRecord) -> bytes:
         return (self.root / "manifests" / record.manifest).read_bytes()
@@ -324,6 +413,8 @@ class LocalStore:
     def make_room(self, need: int, *, what: str) -> None:
         """Evict least recently used, unpinned entries until ``need`` more bytes fit the budget."""
         with self._lock:
+            for name in self.index.trees_to_drop(need, self.budget_bytes, keep_trees=len(self.index.trees)):
+                self._drop_tree(name)
             victims = self.index.victims(need, self.budget_bytes, set())
             if victims is None:
                 raise CacheError(f"{what}: needs {need} bytes but the cache budget is {self.budget_bytes} "
@@ -333,7 +424,7 @@ class LocalStore:
 
     def commit(self, *, key: str, created: float, manifest_name: str, manifest_bytes: bytes,
                frames: dict[FrameId, LocalFrame], staged_files: dict[str, Path], total_bytes: int,
-               files: int) -> EntryInfo:
+               files: int, sketch: tuple[int, ...] = ()) -> EntryInfo:
         """Publish an entry: move staged frame files and the manifest in, then write its record last.
 
         ``frames`` maps every frame of the manifest to a local frame, either in ``staged_files`` (name →
@@ -352,7 +443,9 @@ class LocalStore:
                 if name not in file_sizes:
                     file_sizes[name] = (self.root / "frames" / name).stat().st_size
             record = EntryRecord(key=key, manifest=manifest_name, created=created, last_used=self.clock(),
-                                 bytes=total_bytes, files=files, frames=frames)
+                                 bytes=total_bytes, files=files, frames=frames, sketch=sketch)
+            for tree in [t for t in self.index.trees.values() if t.key == key and t.manifest != manifest_name]:
+                self._drop_tree(tree.name)
             self._write_record(record)
             garbage = self.index.add(record, file_sizes, len(manifest_bytes))
             self._delete(garbage)
@@ -378,12 +471,96 @@ class LocalStore:
             return True
 
     def _evict(self, key: str) -> None:
+        for tree in [t for t in self.index.trees.values() if t.key == key]:
+            self._drop_tree(tree.name)
         freed = self.index.freed_by([key])
         (self.root / "entries" / _key_file(key)).unlink(missing_ok=True)
         garbage = self.index.remove(key)
         self._delete(garbage)
         self.evicted_bytes_total += freed
         self._changed([], [key])
+
+    def set_sketch(self, key: str, sketch: tuple[int, ...]) -> None:
+        """Record an entry's content sketch (for records written before sketches existed)."""
+        with self._lock:
+            record = self.index.entries.get(key)
+            if record is None or record.sketch == sketch:
+                return
+            record = replace(record, sketch=sketch)
+            self._write_record(record)
+            self.index.entries[key] = record
+            self._changed([record.info()], [])
+
+    def add_tree(self, staged: Path, *, key: str, manifest: str, roots: Sequence[str], nbytes: int,
+                 keep_trees: int) -> bool:
+        """Publish the ready tree staged at ``staged`` (a directory under ``staging/``) for entry ``key``
+        as of ``manifest``. Older trees beyond ``keep_trees`` go first; a tree never evicts an entry: if it
+        does not fit the budget it is dropped (False)."""
+        with self._lock:
+            entry = self.index.entries.get(key)
+            fits = False
+            if entry is not None and entry.manifest == manifest and keep_trees > 0:
+                for name in self.index.trees_to_drop(nbytes, self.budget_bytes, keep_trees - 1):
+                    self._drop_tree(name)
+                fits = self.index.used_bytes() + nbytes <= self.budget_bytes
+            if not fits:
+                self._trash(staged)
+                return False
+            name = f"{_key_file(key)[:24]}-{uuid.uuid4().hex[:12]}"
+            os.rename(staged, self.root / "trees" / name)
+            tree = TreeRecord(name, key, manifest, tuple(roots), nbytes, self.clock())
+            tmp = self.root / "staging" / f"t-{uuid.uuid4().hex}"
+            tmp.write_bytes(tree.to_json())
+            os.replace(tmp, self.root / "trees" / f"{name}.json")
+            self.index.trees[name] = tree
+            return True
+
+    def claim_tree(self, key: str, manifest: str, dest: Path) -> TreeRecord | None:
+        """Take the ready tree of ``key`` as of ``manifest`` out of the store by renaming it to ``dest``
+        (which must not exist, on the store's filesystem). Its record is deleted first: from then on the
+        store neither counts nor serves it. None when there is no such tree or it cannot be moved there."""
+        with self._lock:
+            tree = self.index.tree_for(key, manifest)
+            if tree is None:
+                return None
+            path = self.root / "trees" / tree.name
+            try:
+                if os.stat(dest.parent).st_dev != os.stat(path).st_dev:
+                    return None  # another filesystem: a move would be a copy
+            except OSError:
+                return None
+            (self.root / "trees" / f"{tree.name}.json").unlink(missing_ok=True)
+            del self.index.trees[tree.name]
+            try:
+                os.rename(path, dest)
+            except OSError:
+                self._trash(path)
+                return None
+            return tree
+
+    def _drop_tree(self, name: str) -> None:
+        tree = self.index.trees.pop(name, None)
+        if tree is None:
+            return
+        (self.root / "trees" / f"{name}.json").unlink(missing_ok=True)
+        self._trash(self.root / "trees" / name)
+
+    def _trash(self, path: Path) -> None:
+        """Delete a directory tree in the background: moved under ``staging/`` at once (so ``open()``
+        finishes the job after a crash), unlinked file by file in a thread."""
+        try:
+            target = self.root / "staging" / f"trash-{uuid.uuid4().hex}"
+            os.rename(path, target)
+        except OSError:
+            return
+        thread = threading.Thread(target=self._empty_trash, args=(target,), name="stoker-cache-trash",
+                                  daemon=True)
+        self._trash_threads.add(thread)
+        thread.start()
+
+    def _empty_trash(self, target: Path) -> None:
+        shutil.rmtree(target, ignore_errors=True)
+        self._trash_threads.discard(threading.current_thread())
 
     def _write_record(self, record: EntryRecord) -> None:
         tmp = self.root / "staging" / f"r-{uuid.uuid4().hex}"

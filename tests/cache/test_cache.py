@@ -47,6 +47,11 @@ def test_unchanged_save_uploads_nothing_and_skips_hashing(cache, tree: Path, mon
 
 
 def test_restored_workspace_saves_without_rehashing(cache, tree, tmp_path, monkeypatch) -> None:
+    # Files written from frames by this restore (a ready tree unpacked in the background a few ms
+    # earlier would be all "racily clean", and rightly rehashed). Restoring this small tree takes a few
+    # ms with forked writers, all inside the default 20 ms racy margin: narrow it for this test.
+    cache.ready_trees = 0
+    monkeypatch.setattr(tree_mod, "RACY_MARGIN_NS", 1_000_000)
     cache.save("k", tree, ["node_modules"])
     ws = tmp_path / "ws"
     cache.restore("k", [], ws, ["node_modules"])
