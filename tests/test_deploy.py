@@ -1041,3 +1041,17 @@ def test_the_rendered_coordinator_starts_secured_and_its_probe_and_an_agent_work
         if agent_proc is not None:
             agent_proc.stop()
         server.stop()
+
+
+def test_every_ci_example_passes_the_ca_and_a_token():
+    """docs/ci.md: every example that calls the coordinator sets STOKER_CA and STOKER_TOKEN (from secrets)."""
+    import re
+
+    text = (REPO / "docs" / "ci.md").read_text()
+    blocks = re.findall(r"```(?:yaml|groovy)\n(.*?)```", text, flags=re.DOTALL)
+    calling = [b for b in blocks if re.search(r"stoker (build|place|release)", b)]
+    assert len(calling) >= 5, "GitHub Actions (two), GitLab CI, Buildkite, Jenkins"
+    for block in calling:
+        first_line = block.splitlines()[0]
+        assert "STOKER_CA" in block and "STOKER_TOKEN" in block, f"the example starting {first_line!r}"
+        assert "stk_" not in block and "BEGIN CERTIFICATE" not in block, "credentials come from secrets"
