@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 class Rule:
     action: str
     """"error" (answer ``status`` with an S3 error body), "reset" (RST before any answer), "reset_mid_body"
-    (relay the head and ``after_bytes`` of the body, then RST), "delay" (wait ``seconds``, then relay),
+    (relay the head and ``after_bytes`` of the body, then RST), "stall_mid_body" (relay the head and
+    ``after_bytes`` of the body, wait ``seconds``, then relay the rest), "delay" (wait ``seconds``, then relay),
     "corrupt" (flip one byte of the body at ``after_bytes``), "throttle" (relay at ``bytes_per_s``)."""
     method: str = "GET"
     path: str = r".*"
@@ -164,6 +165,14 @@ class FaultProxy:
                     client.sendall(chunk[:max(0, rule.after_bytes - body_sent)])
                     _reset(client)
                     return
+                if rule is not None and rule.action == "stall_mid_body" and not getattr(rule, "_stalled", False) \
+                        and body_sent + len(chunk) >= rule.after_bytes:
+                    cut = max(0, rule.after_bytes - body_sent)
+                    client.sendall(chunk[:cut])
+                    time.sleep(rule.seconds)
+                    rule._stalled = True
+                    chunk = chunk[cut:]
+                    body_sent += cut
                 if rule is not None and rule.action == "corrupt" and body_sent <= rule.after_bytes < body_sent + len(chunk):
                     i = rule.after_bytes - body_sent
                     chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1:]
@@ -196,9 +205,13 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with SO_LINGER 0: the peer sees a connection reset, not an orderly end."""
+    """Close with SO_LINGER 0: the peer sees a connection reset, not an orderly end. (``shutdown(SHUT_RD)``
+    first wakes the thread that may be blocked reading the same socket, which would keep it open.)"""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
     finally:
         sock.close()
 

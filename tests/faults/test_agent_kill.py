@@ -33,11 +33,9 @@ def s3_agent_args(fleet, proxy, bucket: str) -> tuple[list[str], dict[str, str]]
 
 
 def cache_verify(cache_dir, blobs: str, env: dict[str, str]) -> dict:
-    # `stoker cache --dir ... verify` does not reach the cache CLI's options (see known_bugs.md), so this
-    # runs the same entry point that `stoker cache` hands its arguments to.
-    done = subprocess.run([sys.executable, "-c", "import sys; from stoker.agent.cache.cli import main; "
-                           "sys.exit(main(sys.argv[1:]))", "--dir", str(cache_dir), "--blobs", blobs, "--json",
-                           "verify"], capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    done = subprocess.run([sys.executable, "-m", "stoker.cli.main", "cache", "--dir", str(cache_dir), "--blobs",
+                           blobs, "--json", "verify"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout)
 
@@ -67,16 +65,22 @@ def test_agent_kill_9_mid_build_requeues_and_runs_once(fleet, tmp_path):
     record = builds_stub(c.address).GetBuild(build_pb2.GetBuildRequest(build_id=build_id), timeout=5)
     assert record.attempt == 2 and record.state == build_pb2.BUILD_STATE_SUCCEEDED
     assert (marks / "start").read_text().count("run") == 2  # attempt 1 (killed) and attempt 2
-    # The killed agent comes back on its own directories and takes builds again.
+    # The killed agent comes back on its own directories: the killed attempt's workspace is gone, and its
+    # command did not run on as an orphan to complete a second time.
     fleet.start_agent(victim)
     fleet.wait_ready(victim)
+    work = fleet.root / victim / "work"
+    leftovers = [p.name for p in work.iterdir()] if work.exists() else []
+    assert not [n for n in leftovers if n.startswith(build_id)], f"workspace of the killed attempt left: {leftovers}"
+    time.sleep(4)  # longer than the killed attempt had left to run
+    assert (marks / "done").read_text().count("run") == 1, \
+        "the killed agent's build kept running as an orphan and ran to completion a second time"
     other = "n1" if victim == "n2" else "n2"
     fleet.agents[other].stop()
     events = list(builds_stub(c.address).SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(["echo", "back"])),
                                                       timeout=60))
-    assert events[-1].finished.node == victim and events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
-    # (Known bugs, see known_bugs.md: the killed attempt's process group keeps running as an orphan and
-    # finishes a second time; its workspace directory is never removed.)
+    assert events[-1].finished.node == victim and events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED, \
+        [e.log.text for e in events if e.HasField("log")]
 
 
 def test_agent_kill_9_mid_restore_never_serves_a_corrupt_entry(fleet, fault_proxy, tmp_path):
@@ -144,7 +148,8 @@ def test_agent_kill_9_mid_restore_never_serves_a_corrupt_entry(fleet, fault_prox
     fleet.wait_ready(victim)
     events = list(stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(["sh", "-c", check], key="web/big-1",
                                                                           zone="b")), timeout=120))
-    assert events[-1].finished.node == victim and events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
+    assert events[-1].finished.node == victim and events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED, \
+        [e.log.text for e in events if e.HasField("log")]
     assert any(e.log.text == "restored-ok" for e in events if e.HasField("log"))
     # Byte for byte: the entry the victim now holds verifies (stop it first: one process per store).
     fleet.agents[victim].stop()

@@ -147,6 +147,8 @@ def test_coordinator_kill_9_with_builds_queued_and_running(fleet, port_factory, 
 
 
 def test_build_that_ends_while_the_coordinator_is_down_runs_once(fleet, port_factory, tmp_path):
+    """The agent reports how the build ended before its first heartbeat, so the restarted coordinator does
+    not requeue a build that is already over (it used to run it a second time)."""
     marks = tmp_path / "marks"
     marks.mkdir()
     port = port_factory()

@@ -1,0 +1,35 @@
+"""The coordinator load benchmark (bench/load.py) at a reduced size: its JSON has every figure issue 7 asks
+for, and nothing was lost — every registration, every placement, every node's inventory after a kill -9."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "load.py"
+
+
+def test_load_benchmark_reduced(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--json", "--quiet", "--agents", "50", "--keys", "100", "--rate", "50",
+         "--seconds", "4", "--saturate-seconds", "2", "--clients", "8", "--recovery-timeout", "30",
+         "--register-timeout", "30", "--workdir", str(tmp_path / "load")],
+        capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    for key in ("placement_p50_ms", "placement_p99_ms", "updates_per_s", "memory_mib", "inventory_recovery_s",
+                "lost_registrations"):
+        assert key in result, key
+    assert result["lost_registrations"] == 0 and result["initial_missing_count"] == 0
+    assert result["recovery_incomplete_nodes"] == 0 and result["nodes_behind_after_saturation"] == 0
+    assert result["placements_ok"] == result["placements_sent"] == 200 and not result["placement_errors"]
+    assert 0 < result["placement_p50_ms"] <= result["placement_p99_ms"]
+    assert result["updates_per_s"] > 0 and result["background_updates_per_s"] > 0
+    assert 0 < result["inventory_recovery_s"] < 30
+    assert 20 < result["memory_mib"] < 1024
