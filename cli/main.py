@@ -58,13 +58,31 @@ def cmd_coordinator(args) -> int:
 
 
 def cmd_token(args) -> int:
+    """A new bearer token. With --tokens-file, its line is added to that file and only the token is printed;
+    without, the token goes to stderr and the line for the tokens file to stdout."""
     import json
+    import os
+    from pathlib import Path
 
     from stoker.coordinator.auth import new_token
 
     token, line = new_token(args.name, args.role)
-    print(f"token (give it to the CI system as STOKER_TOKEN; it is not stored): {token}", file=sys.stderr)
-    print(json.dumps(line))
+    if not args.tokens_file:
+        print(f"token (give it to the CI system as STOKER_TOKEN; it is not stored): {token}", file=sys.stderr)
+        print(json.dumps(line))
+        return 0
+    path = Path(args.tokens_file)
+    doc = json.loads(path.read_text()) if path.exists() else {"tokens": []}
+    if any(t.get("name") == args.name for t in doc.get("tokens", [])):
+        print(f"stoker token: {path} already has a token named {args.name!r}; remove it first to rotate",
+              file=sys.stderr)
+        return 2
+    doc.setdefault("tokens", []).append(line)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    print(token)
     return 0
 
 
@@ -116,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("token", help="make a bearer token for CI or an operator (prints the tokens-file line)")
     p.add_argument("--name", required=True, help="who the token is for (for example github-ci)")
     p.add_argument("--role", required=True, choices=["ci", "operator"])
+    p.add_argument("--tokens-file", help="add the token's line to this file (created if missing) and print "
+                                         "only the token")
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("agent", help="run a node agent")
