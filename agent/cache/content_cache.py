@@ -500,14 +500,9 @@ class ContentCache:
         record = self.store.lookup(key)
         assert record is not None
         data = self.store.read_manifest(record)
-        with self._lock:
-            manifest = self._parsed.get(name)
+        manifest = self._local_manifest(name)
         if manifest is None:
-            manifest = mf.parse(data, where=f"{key} (local {name})")
-            with self._lock:
-                self._parsed[name] = manifest
-                while len(self._parsed) > 8:
-                    self._parsed.pop(next(iter(self._parsed)))
+            raise CorruptEntry(f"entry {key}: its local manifest {name} does not match its digest")
         return _Resolved(key, manifest, name, data, local=True, exact=exact)
 
     def _remote_pointer(self, key: str) -> dict | None:
@@ -533,25 +528,44 @@ class ContentCache:
         manifest = mf.parse(data, where=f"{key} ({name})")
         return _Resolved(key, manifest, name, data, local=False, exact=exact)
 
-    def _write_stat_cache(self, workspace: Path, roots: tuple[str, ...], key: str, manifest: str) -> None:
+    def _write_stat_cache(self, workspace: Path, roots: tuple[str, ...], key: str, manifest: str, *,
+                          recorded_ns: int | None = None) -> None:
         """Record what this workspace now holds — the files of ``roots`` of ``manifest`` — as the stat
-        cache for the next save, written last (see :func:`tree.load_stat_cache`)."""
+        cache for the next save, written last (see :func:`tree.load_stat_cache`). ``recorded_ns``: a
+        moment before which every file was as the manifest says (default: now)."""
         path = self.store.workspace_file(workspace)
         tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
-        tmp.write_bytes(tree.stat_cache_bytes({}, time.time_ns(), key=key, manifest=manifest,
+        tmp.write_bytes(tree.stat_cache_bytes({}, recorded_ns or time.time_ns(), key=key, manifest=manifest,
                                               workspace=str(workspace.resolve()), from_manifest=True,
                                               roots=list(roots)))
         os.replace(tmp, path)
         _prune_stat_caches(path.parent, keep=64)
 
-    def _stat_records(self, cache_path: Path) -> tuple[dict[str, tree.StatRecord], int]:
+    def _stat_records(self, cache_path: Path) -> tuple[dict[str, tree.StatRecord], int, str | None]:
+        """(records, recorded_ns, name of the manifest the workspace was restored from or saved as)."""
         records, recorded_ns, extra = tree.load_stat_cache(cache_path)
+        name = str(extra.get("manifest", "")) or None
         if extra.get("from_manifest"):
-            manifest = self._local_manifest(str(extra.get("manifest", "")))
+            manifest = self._local_manifest(name or "")
             if manifest is None:  # evicted since: every file is hashed again
-                return {}, 0
+                return {}, 0, None
             records = tree.records_from_manifest(manifest, tuple(extra.get("roots", ())))
-        return records, recorded_ns
+        return records, recorded_ns, name
+
+    def _unchanged(self, roots: tuple[str, ...], walked: list[tree.WalkedPath], digests: dict[str, str],
+                   name: str | None) -> mf.Manifest | None:
+        """The local manifest ``name`` if the walked tree is exactly its content (paths, types, modes,
+        mtimes, sizes, digests, link targets), else None."""
+        manifest = self._local_manifest(name) if name else None
+        if manifest is None or manifest.roots != roots or len(manifest.files) != len(walked):
+            return None
+        if [(w.path, w.type, w.mode, w.mtime_ns, w.size, w.target) for w in walked] != \
+                [(f.path, f.type, f.mode, f.mtime_ns, f.size, f.target) for f in manifest.files]:
+            return None
+        if [digests[w.path] for w in walked if w.type == mf.FILE] != \
+                [f.digest for f in manifest.files if f.type == mf.FILE]:
+            return None
+        return manifest
 
     def _local_manifest(self, name: str) -> mf.Manifest | None:
         """A manifest the local store holds, parsed (and remembered), or None."""
@@ -567,7 +581,8 @@ class ContentCache:
             return None
         if hashlib.sha256(data).hexdigest() != name:
             return None
-        manifest = mf.parse(data, where=f"local {name}")
+        # Validated before the store accepted it, and its name (checked just now) is its SHA-256.
+        manifest = mf.parse(data, where=f"local {name}", check=False)
         with self._lock:
             self._parsed[name] = manifest
             while len(self._parsed) > 8:
@@ -584,10 +599,25 @@ class ContentCache:
         if not walked:
             raise CacheError(f"entry {key}: none of {list(roots)} exists in {workspace}")
         cache_path = self.store.workspace_file(workspace)
-        stat_cache, recorded_ns = self._stat_records(cache_path)
+        stat_cache, recorded_ns, last_manifest = self._stat_records(cache_path)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="stoker-save") as pool:
             digests, _ = tree.digests(workspace, walked, stat_cache, recorded_ns, pool)
             previous = self._remote_pointer(key)
+            # Unchanged since the last restore or save of this workspace, and the key still names that
+            # manifest: nothing to pack, build or upload (a stat walk and one GET of the pointer).
+            manifest = None
+            if previous is not None and str(previous.get("manifest")) == last_manifest:
+                manifest = self._unchanged(roots, walked, digests, last_manifest)
+            if manifest is not None:
+                record = self.store.lookup(key)
+                if record is not None and record.manifest == last_manifest:
+                    self.store.touch(key)
+                else:
+                    self._commit_local(key, manifest, None, {}, str(last_manifest))
+                self._write_stat_cache(workspace, roots, key, str(last_manifest), recorded_ns=started_ns)
+                regular = [w for w in walked if w.type == mf.FILE]
+                return SaveResult(key=key, saved=False, bytes=sum(w.size for w in regular),
+                                  files=len(regular), bytes_uploaded=0, seconds=time.monotonic() - start)
             known = self._known_chunks(previous)
             items: dict[str, packing.ContentItem] = {}
             for w in walked:
@@ -646,12 +676,18 @@ class ContentCache:
                         {"manifest": manifest_name, "content": content_id, "created": manifest.created}).encode())
                     uploaded += len(data)
                     self._commit_local(key, manifest, data, staged, manifest_name)
-        records = {w.path: tree.StatRecord(w.size, w.mtime_ns, w.ino, w.ctime_ns, digests[w.path])
-                   for w in walked if w.type == mf.FILE}
-        tmp = cache_path.with_name(f".tmp-{uuid.uuid4().hex}")
-        tmp.write_bytes(tree.stat_cache_bytes(records, started_ns, key=key, manifest=manifest_name,
-                                              workspace=str(workspace.resolve())))
-        os.replace(tmp, cache_path)
+        record = self.store.lookup(key)
+        if record is not None and record.manifest == manifest_name and self._unchanged(
+                roots, walked, digests, manifest_name) is not None:
+            # The local manifest is exactly what was walked: name it instead of writing 25k records.
+            self._write_stat_cache(workspace, roots, key, manifest_name, recorded_ns=started_ns)
+        else:
+            records = {w.path: tree.StatRecord(w.size, w.mtime_ns, w.ino, w.ctime_ns, digests[w.path])
+                       for w in walked if w.type == mf.FILE}
+            tmp = cache_path.with_name(f".tmp-{uuid.uuid4().hex}")
+            tmp.write_bytes(tree.stat_cache_bytes(records, started_ns, key=key, manifest=manifest_name,
+                                                  workspace=str(workspace.resolve())))
+            os.replace(tmp, cache_path)
         self._schedule_refill(key)
         regular = [w for w in walked if w.type == mf.FILE]
         return SaveResult(key=key, saved=saved, bytes=sum(w.size for w in regular), files=len(regular),

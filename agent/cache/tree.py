@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import NamedTuple
 from pathlib import Path
@@ -67,39 +67,50 @@ def check_roots(paths: Sequence[str]) -> tuple[str, ...]:
 
 
 def walk(workspace: Path, roots: Sequence[str]) -> list[WalkedPath]:
-    """Every path under ``roots`` of ``workspace``; roots that do not exist are left out."""
+    """Every path under ``roots`` of ``workspace`` (pre-order, by name); roots that do not exist are left
+    out. Iterative, one ``lstat`` per entry (``DirEntry.stat``), no generator per path."""
     out: list[WalkedPath] = []
-    for root in roots:
+    roots_t = tuple(roots)
+    base = str(workspace) + "/"
+    append = out.append
+    new = tuple.__new__
+    for root in roots_t:
         try:
-            st = os.lstat(workspace / root)
+            st = os.lstat(base + root)
         except FileNotFoundError:
             continue
-        out.extend(_walk_one(workspace, root, st, tuple(roots)))
+        stack: list[tuple[str, os.stat_result]] = [(root, st)]
+        while stack:
+            rel, st = stack.pop()
+            mode = st.st_mode
+            if S_ISREG(mode):
+                append(new(WalkedPath, (rel, mf.FILE, mode & _PERM, st.st_mtime_ns, st.st_size, st.st_ino,
+                                        st.st_ctime_ns, None)))
+            elif S_ISDIR(mode):
+                append(new(WalkedPath, (rel, mf.DIR, mode & _PERM, st.st_mtime_ns, 0, 0, 0, None)))
+                try:
+                    with os.scandir(base + rel) as it:
+                        entries = sorted([(e.name, e) for e in it], reverse=True)
+                    children = [(f"{rel}/{name}", e.stat(follow_symlinks=False)) for name, e in entries]
+                except OSError as exc:
+                    raise CacheError(f"cannot list {rel}: {exc.strerror}") from exc
+                stack.extend(children)
+            elif stat.S_ISLNK(mode):
+                target = os.readlink(base + rel)
+                if not mf.symlink_stays_inside(rel, target, roots_t):
+                    raise UnsafeTree(f"{rel}: symlink to {target!r} leaves the saved tree")
+                append(WalkedPath(rel, mf.SYMLINK, 0o777, st.st_mtime_ns, target=target))
+            else:
+                kind = ("a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+                        "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+                        "unsupported")
+                raise UnsafeTree(f"{rel}: is {kind}; only files, directories and symlinks are cached")
     return out
 
 
-def _walk_one(workspace: Path, rel: str, st: os.stat_result, roots: tuple[str, ...]) -> Iterator[WalkedPath]:
-    mode = st.st_mode
-    perm = stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID)
-    if stat.S_ISDIR(mode):
-        yield WalkedPath(rel, mf.DIR, perm, st.st_mtime_ns)
-        try:
-            entries = sorted(os.scandir(workspace / rel), key=lambda e: e.name)
-        except OSError as exc:
-            raise CacheError(f"cannot list {rel}: {exc.strerror}") from exc
-        for e in entries:
-            yield from _walk_one(workspace, f"{rel}/{e.name}", e.stat(follow_symlinks=False), roots)
-    elif stat.S_ISREG(mode):
-        yield WalkedPath(rel, mf.FILE, perm, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
-    elif stat.S_ISLNK(mode):
-        target = os.readlink(workspace / rel)
-        if not mf.symlink_stays_inside(rel, target, roots):
-            raise UnsafeTree(f"{rel}: symlink to {target!r} leaves the saved tree")
-        yield WalkedPath(rel, mf.SYMLINK, 0o777, st.st_mtime_ns, target=target)
-    else:
-        kind = ("a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
-                "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "unsupported")
-        raise UnsafeTree(f"{rel}: is {kind}; only files, directories and symlinks are cached")
+S_ISREG = stat.S_ISREG
+S_ISDIR = stat.S_ISDIR
+_PERM = 0o7777 & ~(stat.S_ISUID | stat.S_ISGID)
 
 
 def hash_file(path: Path) -> str:

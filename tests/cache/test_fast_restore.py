@@ -201,3 +201,35 @@ def test_sketches_estimate_the_shared_content_and_survive_a_restart(tmp_path: Pa
     again = open_local_cache(tmp_path, name="store")
     assert {e.key: e.sketch for e in again.inventory()[1]}["a"] == sa
     again.close()
+
+
+def test_unchanged_save_fast_path_still_sees_every_kind_of_change(cache, tree: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    from stoker.agent.cache import tree as tree_mod
+
+    monkeypatch.setattr(tree_mod, "RACY_MARGIN_NS", 1_000_000)
+    cache.save("k", tree, ["node_modules"])
+    ws = tmp_path / "ws"
+    cache.ready_trees = 0
+    cache.restore("k", [], ws, ["node_modules"])
+    import time
+    time.sleep(0.01)
+    assert not cache.save("k", ws, ["node_modules"]).saved
+    victim = ws / "node_modules/pkg2/lib/f1.js"
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[0] ^= 1
+    victim.write_bytes(bytes(data))  # same size, mtime put back: only the ctime tells
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    changed = cache.save("k", ws, ["node_modules"])
+    assert changed.saved and changed.bytes_uploaded > 0
+    time.sleep(0.01)
+    assert not cache.save("k", ws, ["node_modules"]).saved
+    (ws / "node_modules/pkg2/lib/f2.js").chmod(0o600)
+    assert cache.save("k", ws, ["node_modules"]).saved
+    time.sleep(0.01)
+    os.utime(ws / "node_modules/pkg5", ns=(1, 1))
+    assert cache.save("k", ws, ["node_modules"]).saved
+    out = tmp_path / "out"
+    open_local_cache(tmp_path, name="other").restore("k", [], out, ["node_modules"])
+    assert snapshot(out) == snapshot(ws)
