@@ -173,6 +173,9 @@ defaults
     timeout client 30s
     timeout server 30s
     timeout queue 5s
+    # a health check may take this long (without it HAProxy allows only "inter", 300 ms, and a busy instance
+    # answering /ready late twice in a row would flap out of rotation)
+    timeout check 2s
 frontend fe
     bind 127.0.0.1:{port}
     default_backend {BACKEND}
@@ -422,15 +425,16 @@ class LocalTarget:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STOKER_SAMPLE_")}
         env.update(svc.versions().get(rec.version, {}))
         argv = [a.format(port=rec.port, instance=rec.id, version=rec.version) for a in self.command]
+        # logged before the process starts, so a coordinator killed right after the start still left a line
+        with (svc.home / "starts.log").open("a") as f:
+            f.write(json.dumps({"time": time.time(), "instance": rec.id, "zone": rec.zone, "version": rec.version,
+                                "restart": rec.restarts}) + "\n")
         with (svc.logs / f"{rec.id}.log").open("ab") as out:
             popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                      start_new_session=True)
         svc.children[popen.pid] = popen
         rec.pid = popen.pid
         svc.save(rec)
-        with (svc.home / "starts.log").open("a") as f:
-            f.write(json.dumps({"time": time.time(), "instance": rec.id, "zone": rec.zone, "version": rec.version,
-                                "pid": popen.pid, "restart": rec.restarts}) + "\n")
         log.info("started %s %s in %s on port %d (pid %d)", svc.name, rec.version, rec.zone, rec.port, popen.pid)
 
     async def _adopt_or_spawn(self, svc: LocalService, rec: InstanceRecord) -> None:

@@ -156,7 +156,8 @@ def test_old_instances_that_ignore_sigterm_are_drained_then_killed_without_dropp
         service="web", version="v1", instances_per_zone=2, post_bake_s=0.5,
         env={"STOKER_SAMPLE_IGNORE_SIGTERM": "1", "STOKER_SAMPLE_LATENCY_MS": "30"})), timeout=5)
     first = demo_rollouts.wait_until(stub, r.id, set(), 30)
-    old_pids = [s["pid"] for s in new_version_starts(rollout_fleet, "web", "v1")]
+    records = list((rollout_fleet.local_dir / "web" / "instances").glob("*.json"))
+    old_pids = [json.loads(p.read_text())["pid"] for p in records]
     row = demo_rollouts.run_with_load(stub, spec("v2", min_requests=30, bake_s=2), first.endpoint, rate=60,
                                       timeout=40)
     assert row["outcome"] == "succeeded", row
