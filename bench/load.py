@@ -98,6 +98,10 @@ class SimAgent:
         self.change_keys = False
         """Whether deltas may evict an entry and add another (off while the parent checks key sets)."""
         self.last_error = ""
+        self.unexpected: Counter = Counter()
+        """Exceptions other than RPC and OS errors that broke a stream, by type."""
+        self.phase = "booting"
+        """Where the agent is: booting, register, connect, stream, backoff (reported with the status)."""
 
     def _entry(self, key: str, created: float):
         from stoker.v1 import common_pb2
@@ -164,6 +168,7 @@ class AgentPool:
         await asyncio.sleep(random.uniform(0, 1.0))  # nodes do not all boot in the same millisecond
         while not self.stop.is_set():
             began = time.monotonic()
+            agent.phase = "register"
             try:
                 async with grpc.aio.insecure_channel(self.address, options=[
                         ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
@@ -173,12 +178,16 @@ class AgentPool:
                 agent.last_error = f"{exc.code().name}: {exc.details()}"
             except (OSError, asyncio.TimeoutError) as exc:
                 agent.last_error = repr(exc)
+            except Exception as exc:  # noqa: BLE001 - anything else must not end the agent's reconnect loop
+                agent.last_error = repr(exc)
+                agent.unexpected[type(exc).__name__] += 1
             finally:
                 agent.connected = False
             if self.stop.is_set():
                 break
             if time.monotonic() - began > 30:
                 delay = 0.2
+            agent.phase = "backoff"
             try:
                 await asyncio.wait_for(self.stop.wait(), min(delay, 10.0) * random.uniform(0.5, 1.0))
             except asyncio.TimeoutError:
@@ -193,6 +202,7 @@ class AgentPool:
         except Exception:
             agent.register_failures += 1
             raise
+        agent.phase = "connect"
         call = stub.Connect()
         write_lock = asyncio.Lock()
 
@@ -205,6 +215,7 @@ class AgentPool:
         await write(agent_pb2.AgentMessage(heartbeat=agent.heartbeat()))
         agent.connects += 1
         agent.connected = True
+        agent.phase = "stream"
         interval = reply.heartbeat_interval_s or 2.0
 
         async def heartbeats() -> None:
@@ -251,7 +262,7 @@ class AgentPool:
             out[a.name] = {"connected": a.connected, "generation": a.generation, "connects": a.connects,
                            "register_failures": a.register_failures, "deltas": a.deltas_sent,
                            "snapshots": a.snapshots_sent, "heartbeats": a.heartbeats_sent,
-                           "error": a.last_error}
+                           "error": a.last_error, "phase": a.phase, "unexpected": dict(a.unexpected)}
             if with_keys:
                 out[a.name]["keys"] = sorted(a.entries)
         return out
@@ -469,41 +480,40 @@ def summary_nodes(stub, timeout: float = 30):
     return {n.node: n for n in reply.nodes}
 
 
-def verify_inventory(address: str, expected: dict[str, list[str]], deadline: float,
-                     log=lambda *_: None) -> tuple[set[str], int]:
-    """Poll until the coordinator lists each node's exact key set (READY). Returns (incomplete nodes, queries)."""
+def verify_inventory(address: str, expected: dict[str, list[str]], deadline: float) -> tuple[set[str], int]:
+    """Poll in rounds until the coordinator lists each node READY with its exact key set.
+
+    Returns (nodes still incomplete at the deadline, queries answered)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import grpc
 
     from stoker.v1 import inventory_pb2, inventory_pb2_grpc
 
     pending = set(expected)
     queries = 0
-    lock = threading.Lock()
+    channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+    stub = inventory_pb2_grpc.InventoryStub(channel)
 
-    def check(name: str) -> bool:
-        nonlocal queries
-        with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
-            stub = inventory_pb2_grpc.InventoryStub(ch)
-            while time.monotonic() < deadline:
-                try:
-                    reply = stub.QueryInventory(inventory_pb2.QueryInventoryRequest(node=name), timeout=10)
-                    with lock:
-                        queries += 1
-                    n = reply.nodes[0] if reply.nodes else None
-                    if n is not None and n.state == inventory_pb2.NODE_STATE_READY and \
-                            [e.key for e in n.entries] == expected[name]:
-                        return True
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        return False
+    def complete(name: str) -> bool | None:
+        try:
+            reply = stub.QueryInventory(inventory_pb2.QueryInventoryRequest(node=name), timeout=10)
+        except grpc.RpcError:
+            return None
+        n = reply.nodes[0] if reply.nodes else None
+        return n is not None and n.state == inventory_pb2.NODE_STATE_READY and \
+            [e.key for e in n.entries] == expected[name]
 
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(8) as pool:
-        for name, ok in zip(list(expected), pool.map(check, list(expected))):
-            if ok:
-                pending.discard(name)
+    with channel, ThreadPoolExecutor(4) as pool:
+        while pending and time.monotonic() < deadline:
+            names = sorted(pending)
+            for name, ok in zip(names, pool.map(complete, names)):
+                if ok is not None:
+                    queries += 1
+                if ok:
+                    pending.discard(name)
+            if pending:
+                time.sleep(0.5)
     return pending, queries
 
 
@@ -677,6 +687,10 @@ def run(args) -> dict:
             out["profile_recovery"] = top_functions(collapsed) if collapsed.exists() else {"error": "no samples"}
 
         final = fleet.status()
+        out["agents_by_phase_at_end"] = dict(Counter(a["phase"] for a in final.values()))
+        out["agent_unexpected_errors"] = dict(sum((Counter(a["unexpected"]) for a in final.values()), Counter()))
+        stuck = sorted(n for n in incomplete if n in final)[:5]
+        out["incomplete_examples"] = {n: {k: final[n][k] for k in ("phase", "connects", "error")} for n in stuck}
         never = [n for n, a in final.items() if a["connects"] == 0]
         out["lost_registrations"] = len(set(missing) | set(incomplete) | set(never))
         out["agent_reconnects"] = sum(a["connects"] for a in final.values())
