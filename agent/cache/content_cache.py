@@ -346,7 +346,8 @@ class ContentCache:
             try:
                 self.prepare_tree(key, background=True)
             except Exception:  # noqa: BLE001 - a refill is an optimization; the next restore writes files
-                log.warning("could not prepare a ready tree of %s", key, exc_info=True)
+                if not self._closing:
+                    log.warning("could not prepare a ready tree of %s", key, exc_info=True)
 
     def prepare_tree(self, key: str, *, background: bool = False) -> bool:
         """Unpack the local entry ``key`` (every digest checked) as a ready tree; False if it is not local,

@@ -53,6 +53,8 @@ class _Task:
     bytes: int
     frame: int | None
     files: tuple[mf.FileEntry, ...]
+    times_only: bool = False
+    """Set only the mtimes of ``files`` (files and symlinks that exist already)."""
 
 
 class _Counter:
@@ -122,11 +124,13 @@ def read_frame(manifest: mf.Manifest, index: int, locate: FrameLocator, *, where
 
 def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path | None,
                 locate: FrameLocator, *, workers: int, where: str,
-                progress: ProgressFn | None = None, processes: bool = True) -> None:
+                progress: ProgressFn | None = None, processes: bool = True,
+                set_times: Sequence[mf.FileEntry] = ()) -> None:
     """Create ``files`` (directories, symlinks, files) under ``dest`` and verify every digest.
 
     With ``dest`` None, only decompress and verify. ``locate`` must return descriptors opened before the
-    call (helper processes inherit them).
+    call (helper processes inherit them). ``set_times``: existing files and symlinks whose mtime to set,
+    shared out among the same processes.
     """
     regular = [f for f in files if f.type == mf.FILE]
     counter = _Counter(len(regular), sum(f.size for f in regular), progress)
@@ -149,6 +153,8 @@ def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path
                 _write_one(base + f.path, f, b"")
                 counter.add(1, 0)
     tasks = plan_tasks(manifest, files)
+    for i in range(0, len(set_times), 2000):
+        tasks.append(_Task(0, None, tuple(set_times[i:i + 2000]), times_only=True))
     helpers = max(1, workers) - 1 if processes and len(tasks) > 1 else 0
     if helpers:
         _run_forked(manifest, tasks, base, locate, where, counter, helpers)
@@ -168,50 +174,52 @@ def apply_diff(manifest: mf.Manifest, held: Sequence[mf.FileEntry], files: Seque
                dest: Path, locate: FrameLocator, *, workers: int, where: str,
                progress: ProgressFn | None = None, processes: bool = True) -> None:
     """Turn the tree at ``dest``, which holds exactly ``held`` (a ready tree), into ``files``: remove what
-    differs, write what is new or changed from its frames (every such digest checked), fix metadata."""
-    old = {f.path: f for f in held}
-    new = {f.path: f for f in files}
+    differs, write what is new or changed from its frames (every such digest checked), fix metadata.
 
-    def same(a: mf.FileEntry, b: mf.FileEntry) -> bool:
-        if a.type != b.type:
-            return False
-        if a.type == mf.FILE:
-            return a.digest == b.digest and a.mode == b.mode and a.size == b.size
-        return a.type == mf.DIR or a.target == b.target
-
+    The comparison runs on sets of tuples (C speed): an entry is kept when its path, type, content
+    digest, mode (files) and link target are the same; modes and mtimes of kept entries are fixed after."""
+    d = mf.DIR
+    held_ids = [(f.path, d) if f.type == d else (f.path, f.type, f.digest, f.size, f.mode, f.target)
+                for f in held]
+    file_ids = [(f.path, d) if f.type == d else (f.path, f.type, f.digest, f.size, f.mode, f.target)
+                for f in files]
+    keep = set(held_ids).intersection(file_ids)
+    removed_entries = [f for f, i in zip(held, held_ids) if i not in keep]
+    create = [f for f, i in zip(files, file_ids) if i not in keep]
+    removed = {f.path for f in removed_entries}
+    created = {f.path for f in create}
+    touched = {p.rpartition("/")[0] for p in removed} | {p.rpartition("/")[0] for p in created}
+    old_meta = {f.path: f for f in held if f.path in touched}
     base = str(dest) + "/"
-    removed = {p for p, f in old.items() if p not in new or not same(f, new[p])}
-    create = [f for f in files if f.path not in old or f.path in removed]
-    touched = {p.rpartition("/")[0] for p in removed} | {f.path.rpartition("/")[0] for f in create}
     opened: dict[str, int] = {}
-    for d in touched:
-        f = old.get(d)
-        if d and f is not None and d not in removed and f.mode & 0o700 != 0o700:
+    for d, f in old_meta.items():
+        if d and d not in removed and f.mode & 0o700 != 0o700:
             os.chmod(base + d, 0o700)  # let this process change a read-only directory
             opened[d] = f.mode
-    for f in reversed(held):  # children before their directory
-        if f.path in removed:
-            (os.rmdir if f.type == mf.DIR else os.unlink)(base + f.path)
+    for f in reversed(removed_entries):  # children before their directory
+        (os.rmdir if f.type == mf.DIR else os.unlink)(base + f.path)
+    # Kept entries whose mode or mtime differ, and kept directories whose contents changed: files' and
+    # symlinks' mtimes are set by the writers alongside the new files, directories' after them.
+    meta = {(f.path, f.mode, f.mtime_ns) for f in files} - {(f.path, f.mode, f.mtime_ns) for f in held}
+    fix = {p for p, _, _ in meta if p not in created} | ((touched | set(opened)) - created - removed)
+    fixing = [f for f in files if f.path in fix]
     write_files(manifest, create, dest, locate, workers=workers, where=where, progress=progress,
-                processes=processes)
-    created = {f.path for f in create}
-    for f in files:
-        p = f.path
-        if p in created:
-            continue
-        o = old[p]
+                processes=processes, set_times=[f for f in fixing if f.type != mf.DIR])
+    old_modes = {f.path: f.mode for f in held if f.type == mf.DIR and f.path in fix}
+    for f in fixing:
         if f.type == mf.DIR:
-            if o.mode != f.mode or p in opened:
-                os.chmod(base + p, f.mode)
-            if o.mtime_ns != f.mtime_ns or p in touched:
-                os.utime(base + p, ns=(f.mtime_ns, f.mtime_ns))
-        elif o.mtime_ns != f.mtime_ns:
-            os.utime(base + p, ns=(f.mtime_ns, f.mtime_ns), follow_symlinks=False)
+            if f.path in opened or old_modes.get(f.path) != f.mode:
+                os.chmod(base + f.path, f.mode)
+            os.utime(base + f.path, ns=(f.mtime_ns, f.mtime_ns))
 
 
 def _run_task(manifest: mf.Manifest, task: _Task, base: str | None, locate: FrameLocator, where: str,
               counter: _Counter | None) -> tuple[int, int]:
     """Write (or, with ``base`` None, only check) one task's files; returns (files, bytes)."""
+    if task.times_only:
+        for f in task.files:
+            os.utime(base + f.path, ns=(f.mtime_ns, f.mtime_ns), follow_symlinks=False)  # type: ignore[operator]
+        return 0, 0
     if task.frame is not None:
         raw = memoryview(read_frame(manifest, task.frame, locate, where=where))
         sha256 = hashlib.sha256
