@@ -424,9 +424,10 @@ class MemorySampler(threading.Thread):
 
 
 def metric_value(metrics_port: int, name: str, labels: str) -> float:
+    """One sample of the coordinator's /metrics (``labels`` is a substring of the label set, "" for none)."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     for line in body.splitlines():
-        if line.startswith(name + "{") and labels in line:
+        if (line.startswith(name + "{") and labels in line) or (not labels and line.startswith(name + " ")):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -579,6 +580,7 @@ def run(args) -> dict:
     out: dict = {"agents": args.agents, "keys_per_agent": args.keys, "key_space": args.key_space,
                  "rate": args.rate, "seconds": args.seconds, "clients": args.clients,
                  "agent_procs": args.agent_procs}
+    out["load_average_at_start"] = round(os.getloadavg()[0], 2)
     coordinator = local_fleet.start_coordinator(workdir, listen=listen, state=state, lease_ttl_s=args.lease_ttl)
     sampler.pid = coordinator.popen.pid
     fleet = None
@@ -603,6 +605,8 @@ def run(args) -> dict:
         metrics_port = coordinator.metrics_port
         d0, c0, t0 = metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'), \
             cpu_seconds(coordinator.popen.pid), time.monotonic()
+        dec0 = (metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_sum", ""),
+                metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_count", ""))
         profiler = None
         if args.profile:
             profiler = py_spy_record(args.py_spy, coordinator.popen.pid, max(1, args.seconds - 1),
@@ -615,6 +619,9 @@ def run(args) -> dict:
         ci.join(10)
         d1, c1, t1 = metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'), \
             cpu_seconds(coordinator.popen.pid), time.monotonic()
+        dec1 = (metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_sum", ""),
+                metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_count", ""))
+        out["scheduler_ms_per_decision"] = round(1000 * (dec1[0] - dec0[0]) / max(1, dec1[1] - dec0[1]), 3)
         lat = [x * 1000 for x in ci_result["latencies"]]
         sched = [x * 1000 for x in ci_result["from_schedule"]]
         rel = [x * 1000 for x in ci_result["release"]]
@@ -705,6 +712,7 @@ def run(args) -> dict:
         out["memory_mib"] = round(sampler.peak, 1)
         if not args.workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+    out["load_average_at_end"] = round(os.getloadavg()[0], 2)
     out["machine"] = f"{os.cpu_count()} CPU, {platform.machine()}, Linux {platform.release()}, " \
                      f"Python {platform.python_version()}"
     return out

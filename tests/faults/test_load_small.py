@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "load.py"
 def test_load_benchmark_reduced(tmp_path):
     done = subprocess.run(
         [sys.executable, str(BENCH), "--json", "--quiet", "--agents", "50", "--keys", "100", "--rate", "50",
-         "--seconds", "4", "--saturate-seconds", "2", "--clients", "8", "--recovery-timeout", "30",
+         "--seconds", "3", "--saturate-seconds", "1", "--clients", "8", "--agent-procs", "1", "--recovery-timeout", "30",
          "--register-timeout", "30", "--workdir", str(tmp_path / "load")],
         capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -28,7 +28,8 @@ def test_load_benchmark_reduced(tmp_path):
         assert key in result, key
     assert result["lost_registrations"] == 0 and result["initial_missing_count"] == 0
     assert result["recovery_incomplete_nodes"] == 0 and result["nodes_behind_after_saturation"] == 0
-    assert result["placements_ok"] == result["placements_sent"] == 200 and not result["placement_errors"]
+    assert result["placements_ok"] == result["placements_sent"] == 150 and not result["placement_errors"]
+    assert result["scheduler_ms_per_decision"] > 0
     assert 0 < result["placement_p50_ms"] <= result["placement_p99_ms"]
     assert result["updates_per_s"] > 0 and result["background_updates_per_s"] > 0
     assert 0 < result["inventory_recovery_s"] < 30

@@ -1,0 +1,43 @@
+"""Every agent comes back after the coordinator is killed, however its stream broke (a write may meet a
+finished call: that must not end the agent's reconnection loop)."""
+
+import time
+
+import pytest
+from faultkit import inventory, wait_until
+
+from stoker.v1 import inventory_pb2
+
+pytestmark = pytest.mark.integration
+
+AGENTS = 6
+
+
+def ready_nodes(address: str) -> set[str]:
+    try:
+        reply = inventory(address, summary_only=True)
+    except Exception:  # noqa: BLE001 - the coordinator may still be starting
+        return set()
+    return {n.node for n in reply.nodes if n.state == inventory_pb2.NODE_STATE_READY}
+
+
+def test_every_agent_reconnects_after_coordinator_kill_9(fleet, port_factory):
+    port = port_factory()
+    listen = f"127.0.0.1:{port}"
+    state = fleet.root / "state.db"
+    c = fleet.start_coordinator(listen=listen, state=state)
+    names = [f"a{i}" for i in range(AGENTS)]
+    for name in names:
+        fleet.start_agent(name, env={"STOKER_AGENT_SERVER_HEARTBEAT_INTERVAL_S": "0.005"})
+    fleet.wait_ready(*names)
+    for round_ in range(3):
+        c.kill()
+        time.sleep(0.5)
+        c = fleet.start_coordinator(listen=listen, state=state, name=f"coordinator-{round_ + 2}")
+        try:
+            wait_until(lambda: ready_nodes(c.address) >= set(names), 20,
+                       f"all {AGENTS} agents to reconnect after kill -9 number {round_ + 1}")
+        except AssertionError:
+            missing = sorted(set(names) - ready_nodes(c.address))
+            tails = {n: fleet.agents[n].log_tail(8) for n in missing}
+            raise AssertionError(f"agents {missing} never came back; their logs end with:\n{tails}") from None
