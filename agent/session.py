@@ -106,6 +106,9 @@ class CoordinatorSession:
                 self.last_error = f"{exc.code().name}: {exc.details()}"
             except (OSError, CacheError) as exc:
                 self.last_error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - whatever broke the stream, the agent must dial again
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("the stream to the coordinator broke unexpectedly", exc_info=True)
             finally:
                 self.connected.clear()
                 self._metrics.connected.set(0)
@@ -158,9 +161,12 @@ class CoordinatorSession:
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()
+            # The reader's error says why the stream ended; a writer that found the call finished says less.
+            reader = tasks[2]
+            failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+            failed.sort(key=lambda t: t is not reader)
+            if failed:
+                raise failed[0].exception()
             if not stop.is_set():
                 self.last_error = "the coordinator closed the stream"
         finally:
@@ -194,14 +200,18 @@ class CoordinatorSession:
                         self._outbox.popleft()
                         continue
                     self._sent_generation = message.delta.generation
+                if call.done():
+                    return  # the stream is over: what is left waits in the outbox for the next one
                 await call.write(message)
                 self._outbox.popleft()
             self._wakeup.clear()
             await self._wakeup.wait()
 
     async def _heartbeat_loop(self, call, interval: float) -> None:
-        while True:
+        while not call.done():
             await asyncio.sleep(interval)
+            if call.done():
+                return
             await call.write(agent_pb2.AgentMessage(heartbeat=await self._heartbeat()))
 
     async def _read_loop(self, call) -> None:
