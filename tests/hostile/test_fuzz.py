@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import resource
 import tempfile
+import traceback
 
 import zstandard
 from hypothesis import given
@@ -64,25 +66,12 @@ EDITS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1 << 16),
                                      st.integers(0, 2**32 - 1))), min_size=1, max_size=6)
 
 
-def _declared_size(data: bytes) -> int:
-    try:
-        return zstandard.get_frame_parameters(data).content_size
-    except zstandard.ZstdError:
-        return -1
-
-
-def _parse_or_crash(target: str, data: bytes) -> None:
-    if _declared_size(data) > 64 << 20:
-        # parse() allocates whatever a frame header declares before its 1 GiB cap applies: MemoryError, or
-        # gigabytes per call (FINDINGS.md, finding 2). Left out until manifest.parse checks the header.
-        return
+def _check_manifest(data: bytes) -> None:
+    """parse() either refuses with a CacheError, or what it returns is valid and round-trips."""
     try:
         m = mf.parse(data, where="fuzz")
     except CacheError:
         return
-    except Exception as exc:  # noqa: BLE001 - any other exception is the finding
-        path = save_crash(target, data, exc)
-        raise AssertionError(f"manifest.parse crashed with {exc!r}; input saved to {path}") from exc
     # Whatever parses passes validation again, and re-encodes to something that parses to the same
     # manifest. (A version-1 digest of 64 characters that are not hex passes the checks and then cannot be
     # re-encoded: FINDINGS.md, finding 3; such manifests are left out of the round trip until it is fixed.)
@@ -91,13 +80,58 @@ def _parse_or_crash(target: str, data: bytes) -> None:
         assert mf.parse(mf.encode(m), where="fuzz-again") == m
 
 
-@budget(400)
+_CHILD_HEADROOM = 512 << 20
+
+
+def _in_child(fn, data: bytes) -> str:
+    """Run ``fn(data)`` in a forked child under a memory limit; "ok", "memory" or a crash description.
+
+    The manifest decoder allocates from counts it reads before checking them against the input (FINDINGS.md,
+    findings 2 and 8): in this process a mutated count would take the machine's memory."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(r)
+        out = b"ok"
+        try:
+            with open("/proc/self/statm") as f:
+                vsz = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            resource.setrlimit(resource.RLIMIT_AS, (vsz + _CHILD_HEADROOM, vsz + _CHILD_HEADROOM))
+            fn(data)
+        except MemoryError:
+            out = b"memory"
+        except BaseException:  # noqa: BLE001 - reported to the parent
+            out = ("crash\n" + traceback.format_exc()).encode()
+        os.write(w, out[:60000])
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0 or not text:
+        return f"crash\nchild died with status {status}"
+    return text
+
+
+def _parse_or_crash(target: str, data: bytes) -> None:
+    result = _in_child(_check_manifest, data)
+    if result in ("ok", "memory"):  # "memory": findings 2 and 8, left to the fix in manifest.py
+        return
+    exc = AssertionError(result)
+    path = save_crash(target, data, exc)
+    raise AssertionError(f"manifest.parse crashed; input saved to {path}:\n{result}")
+
+
+@budget(150)
 @given(st.sampled_from([SEED_V2_RAW, SEED_V1_RAW]), EDITS)
 def test_fuzz_manifest_decoder_on_mutated_manifests(seed, edits):
     _parse_or_crash("manifest-mutated", zstandard.ZstdCompressor(level=1).compress(_mutate(seed, edits)))
 
 
-@budget(300)
+@budget(100)
 @given(st.one_of(st.binary(max_size=512), st.binary(max_size=512).map(lambda b: b"STKM" + b),
                  st.binary(max_size=64).map(lambda b: b"STKM\x02\x00" + b)))
 def test_fuzz_manifest_decoder_on_arbitrary_bytes(body):
@@ -105,7 +139,7 @@ def test_fuzz_manifest_decoder_on_arbitrary_bytes(body):
     _parse_or_crash("manifest-uncompressed", body)
 
 
-@budget(300)
+@budget(150)
 @given(EDITS)
 def test_fuzz_manifest_decoder_on_mutated_compressed_bytes(edits):
     _parse_or_crash("manifest-compressed", _mutate(mf.encode(SEED), edits))
