@@ -174,14 +174,14 @@ class BuildService:
             return active.record
         record = self._store.get_build(build_id)
         if record is None:
-            raise NotFound(f"build {build_id} not found")
+            raise NotFound(f"build {_short(build_id)} not found")
         return record
 
     async def watch(self, build_id: str, after_seq: int = 0) -> AsyncIterator[build_pb2.BuildEvent]:
         active = self._active.get(build_id)
         if active is None:
             if self._store.get_build(build_id) is None:
-                raise NotFound(f"build {build_id} not found")
+                raise NotFound(f"build {_short(build_id)} not found")
             for event in self._store.events(build_id, after_seq):
                 yield event
             return
@@ -529,6 +529,11 @@ class BuildService:
 
     def links(self) -> dict[str, AgentLink]:
         return self._links
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A caller's value fit for an error message (a 100 KB id must not come back whole)."""
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 
 def _with_timeout(spec: common_pb2.BuildSpec, timeout_s: float) -> common_pb2.BuildSpec:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 import grpc
 
@@ -190,8 +191,9 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
     @unary
     async def PlaceBuild(self, request: build_pb2.PlaceBuildRequest, context) -> build_pb2.Placement:
         self._validate(request.spec, need_command=False)
-        if request.lease_s < 0:
-            raise InvalidArgument(f"lease_s: must not be negative, got {request.lease_s}")
+        limit = self._config.builds.max_timeout_s
+        if not math.isfinite(request.lease_s) or not 0 <= request.lease_s <= limit:
+            raise InvalidArgument(f"lease_s: must be between 0 and {limit:g} seconds, got {request.lease_s}")
         return await self._builds.place(request.spec, request.lease_s, owner=auth.current.get().name)
 
     @unary

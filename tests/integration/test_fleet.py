@@ -305,3 +305,22 @@ def test_missing_command_is_a_clear_error(fleet):
     fin = events[-1].finished
     assert fin.state == build_pb2.BUILD_STATE_ERROR and fin.exit_code == 127
     assert "cannot start 'no-such-build-tool': no such executable" in fin.message
+
+
+def test_placement_lease_must_be_finite_and_bounded(fleet):
+    c = fleet.start_coordinator()
+    fleet.start_agent("n1")
+    fleet.wait_ready("n1")
+    stub = builds_stub(c.address)
+    for bad in (float("nan"), float("inf"), -1.0, 1e12):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.PlaceBuild(build_pb2.PlaceBuildRequest(spec=common_pb2.BuildSpec(workspace="w"), lease_s=bad),
+                            timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("lease_s")
+    # The node's slot was not taken by any of them: a normal placement still gets it at once.
+    lease = stub.PlaceBuild(build_pb2.PlaceBuildRequest(spec=common_pb2.BuildSpec(workspace="w"), lease_s=5),
+                            timeout=5)
+    assert lease.node == "n1"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetBuild(build_pb2.GetBuildRequest(build_id="b-" + "x" * 5000), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and len(err.value.details()) < 200
