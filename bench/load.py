@@ -43,7 +43,6 @@ import random
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,8 +86,15 @@ class SimAgent:
             self.entries[key_of(k)] = self._entry(key_of(k), now - self.rng.uniform(0, 86400 * 7))
         self.generation = self.rng.randrange(1, 1000)
         self.registration = agent_pb2.RegisterRequest(
-            node=self.name, zone=f"zone-{index % 3}", slots=slots, disk_capacity_bytes=500 << 30,
-            labels={"pool": "sim"}, agent_version="load-sim", cpus=8, memory_bytes=32 << 30)
+            node=self.name,
+            zone=f"zone-{index % 3}",
+            slots=slots,
+            disk_capacity_bytes=500 << 30,
+            labels={"pool": "sim"},
+            agent_version="load-sim",
+            cpus=8,
+            memory_bytes=32 << 30,
+        )
         self.connected = False
         self.connects = 0
         self.register_failures = 0
@@ -106,8 +112,9 @@ class SimAgent:
     def _entry(self, key: str, created: float):
         from stoker.v1 import common_pb2
 
-        e = common_pb2.CacheEntry(key=key, bytes=self.rng.randrange(10 << 20, 2 << 30),
-                                  files=self.rng.randrange(100, 50_000))
+        e = common_pb2.CacheEntry(
+            key=key, bytes=self.rng.randrange(10 << 20, 2 << 30), files=self.rng.randrange(100, 50_000)
+        )
         e.created.FromNanoseconds(int(created * 1e9))
         e.last_used.FromNanoseconds(int(max(created, time.time() - self.rng.uniform(0, 3600)) * 1e9))
         return e
@@ -121,8 +128,12 @@ class SimAgent:
         from stoker.v1 import agent_pb2
 
         used = len(self.entries) * (100 << 20)
-        return agent_pb2.Heartbeat(free_slots=self.registration.slots, disk_used_bytes=used,
-                                   disk_free_bytes=(500 << 30) - used, generation=self.generation)
+        return agent_pb2.Heartbeat(
+            free_slots=self.registration.slots,
+            disk_used_bytes=used,
+            disk_free_bytes=(500 << 30) - used,
+            generation=self.generation,
+        )
 
     def next_delta(self):
         """The next change of the store: mostly a touched entry (LRU), sometimes an eviction plus a save."""
@@ -151,8 +162,9 @@ class SimAgent:
 class AgentPool:
     """The agents of one process, and how fast they should send deltas."""
 
-    def __init__(self, address: str, indices: list[int], keys: int, key_space: int, slots: int,
-                 delta_interval_s: float) -> None:
+    def __init__(
+        self, address: str, indices: list[int], keys: int, key_space: int, slots: int, delta_interval_s: float
+    ) -> None:
         self.address = address
         self.agents = [SimAgent(i, keys, key_space, slots) for i in indices]
         self.delta_interval_s = delta_interval_s
@@ -161,7 +173,6 @@ class AgentPool:
 
     async def run_agent(self, agent: SimAgent) -> None:
         import grpc
-
         from stoker.v1 import agent_pb2_grpc
 
         delay = 0.2
@@ -170,13 +181,18 @@ class AgentPool:
             began = time.monotonic()
             agent.phase = "register"
             try:
-                async with grpc.aio.insecure_channel(self.address, options=[
-                        ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
-                        ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+                async with grpc.aio.insecure_channel(
+                    self.address,
+                    options=[
+                        ("grpc.keepalive_time_ms", 20_000),
+                        ("grpc.keepalive_timeout_ms", 10_000),
+                        ("grpc.max_receive_message_length", 64 << 20),
+                    ],
+                ) as channel:
                     await self._connect_once(agent, agent_pb2_grpc.AgentGatewayStub(channel))
             except grpc.aio.AioRpcError as exc:
                 agent.last_error = f"{exc.code().name}: {exc.details()}"
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 agent.last_error = repr(exc)
             except Exception as exc:  # noqa: BLE001 - anything else must not end the agent's reconnect loop
                 agent.last_error = repr(exc)
@@ -190,7 +206,7 @@ class AgentPool:
             agent.phase = "backoff"
             try:
                 await asyncio.wait_for(self.stop.wait(), min(delay, 10.0) * random.uniform(0.5, 1.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             delay = min(delay * 2, 10.0)
 
@@ -259,18 +275,35 @@ class AgentPool:
     def status(self, with_keys: bool) -> dict:
         out = {}
         for a in self.agents:
-            out[a.name] = {"connected": a.connected, "generation": a.generation, "connects": a.connects,
-                           "register_failures": a.register_failures, "deltas": a.deltas_sent,
-                           "snapshots": a.snapshots_sent, "heartbeats": a.heartbeats_sent,
-                           "error": a.last_error, "phase": a.phase, "unexpected": dict(a.unexpected)}
+            out[a.name] = {
+                "connected": a.connected,
+                "generation": a.generation,
+                "connects": a.connects,
+                "register_failures": a.register_failures,
+                "deltas": a.deltas_sent,
+                "snapshots": a.snapshots_sent,
+                "heartbeats": a.heartbeats_sent,
+                "error": a.last_error,
+                "phase": a.phase,
+                "unexpected": dict(a.unexpected),
+            }
             if with_keys:
                 out[a.name]["keys"] = sorted(a.entries)
         return out
 
 
-def agent_process(address: str, indices: list[int], keys: int, key_space: int, slots: int,
-                  delta_interval_s: float, commands: mp.Queue, results: mp.Queue) -> None:
+def agent_process(
+    address: str,
+    indices: list[int],
+    keys: int,
+    key_space: int,
+    slots: int,
+    delta_interval_s: float,
+    commands: mp.Queue,
+    results: mp.Queue,
+) -> None:
     """Child process: run the agents of ``indices`` until told to stop; answer the parent's commands."""
+
     async def main() -> None:
         pool = AgentPool(address, indices, keys, key_space, slots, delta_interval_s)
         runners = [asyncio.create_task(pool.run_agent(a)) for a in pool.agents]
@@ -303,11 +336,17 @@ def agent_process(address: str, indices: list[int], keys: int, key_space: int, s
 # the CI clients (a child process)
 
 
-def ci_process(address: str, rate: float, seconds: float, clients: int, workspaces: int, key_space: int,
-               results: mp.Queue) -> None:
+def ci_process(
+    address: str,
+    rate: float,
+    seconds: float,
+    clients: int,
+    workspaces: int,
+    key_space: int,
+    results: mp.Queue,
+) -> None:
     async def main() -> dict:
         import grpc
-
         from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2
 
         channels = [grpc.aio.insecure_channel(address) for _ in range(clients)]
@@ -329,18 +368,24 @@ def ci_process(address: str, rate: float, seconds: float, clients: int, workspac
             k = rng.randrange(key_space)
             w = k % workspaces
             spec = common_pb2.BuildSpec(
-                workspace=f"ws-{w:03d}", tenant=f"ws-{w:03d}",
-                cache=common_pb2.CacheSpec(key=key_of(k), restore_keys=[f"ws-{w:03d}/deps-"],
-                                           paths=["node_modules"]))
+                workspace=f"ws-{w:03d}",
+                tenant=f"ws-{w:03d}",
+                cache=common_pb2.CacheSpec(
+                    key=key_of(k), restore_keys=[f"ws-{w:03d}/deps-"], paths=["node_modules"]
+                ),
+            )
             try:
                 t0 = time.perf_counter()
-                placement = await stub.PlaceBuild(build_pb2.PlaceBuildRequest(spec=spec, lease_s=60), timeout=30)
+                placement = await stub.PlaceBuild(
+                    build_pb2.PlaceBuildRequest(spec=spec, lease_s=60), timeout=30
+                )
                 t1 = time.perf_counter()
                 latencies.append(t1 - t0)
                 from_schedule.append(t1 - due)
                 warmth[common_pb2.Warmth.Name(placement.expected_warmth)] += 1
-                await stub.ReleasePlacement(build_pb2.ReleasePlacementRequest(lease_id=placement.lease_id),
-                                            timeout=30)
+                await stub.ReleasePlacement(
+                    build_pb2.ReleasePlacementRequest(lease_id=placement.lease_id), timeout=30
+                )
                 release_lat.append(time.perf_counter() - t1)
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] += 1
@@ -362,9 +407,16 @@ def ci_process(address: str, rate: float, seconds: float, clients: int, workspac
         elapsed = time.perf_counter() - start
         for ch in channels:
             await ch.close()
-        return {"latencies": latencies, "from_schedule": from_schedule, "release": release_lat,
-                "errors": dict(errors), "warmth": dict(warmth), "elapsed_s": elapsed, "sent": total,
-                "max_in_flight": max_in_flight}
+        return {
+            "latencies": latencies,
+            "from_schedule": from_schedule,
+            "release": release_lat,
+            "errors": dict(errors),
+            "warmth": dict(warmth),
+            "elapsed_s": elapsed,
+            "sent": total,
+            "max_in_flight": max_in_flight,
+        }
 
     results.put(("ci", asyncio.run(main())))
 
@@ -383,7 +435,7 @@ def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
+    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
 
 
 def rss_mib(pid: int) -> float:
@@ -440,8 +492,20 @@ class Fleet:
         shares = [list(range(p, args.agents, args.agent_procs)) for p in range(args.agent_procs)]
         for share in shares:
             q = ctx.Queue()
-            proc = ctx.Process(target=agent_process, args=(address, share, args.keys, args.key_space, args.slots,
-                                                           args.delta_interval, q, self.results), daemon=True)
+            proc = ctx.Process(
+                target=agent_process,
+                args=(
+                    address,
+                    share,
+                    args.keys,
+                    args.key_space,
+                    args.slots,
+                    args.delta_interval,
+                    q,
+                    self.results,
+                ),
+                daemon=True,
+            )
             proc.start()
             self.commands.append(q)
             self.procs.append(proc)
@@ -451,7 +515,7 @@ class Fleet:
             q.put(cmd)
         out = []
         for _ in self.commands:
-            kind, payload = self.results.get(timeout=120)
+            _kind, payload = self.results.get(timeout=120)
             out.append(payload)
         return out
 
@@ -476,8 +540,9 @@ def summary_nodes(stub, timeout: float = 30):
     """Node states and generations without entry lists (a key prefix nothing has keeps the reply small)."""
     from stoker.v1 import inventory_pb2
 
-    reply = stub.QueryInventory(inventory_pb2.QueryInventoryRequest(summary_only=True, key_prefix="\x7f"),
-                                timeout=timeout)
+    reply = stub.QueryInventory(
+        inventory_pb2.QueryInventoryRequest(summary_only=True, key_prefix="\x7f"), timeout=timeout
+    )
     return {n.node: n for n in reply.nodes}
 
 
@@ -488,7 +553,6 @@ def verify_inventory(address: str, expected: dict[str, list[str]], deadline: flo
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
-
     from stoker.v1 import inventory_pb2, inventory_pb2_grpc
 
     pending = set(expected)
@@ -502,8 +566,11 @@ def verify_inventory(address: str, expected: dict[str, list[str]], deadline: flo
         except grpc.RpcError:
             return None
         n = reply.nodes[0] if reply.nodes else None
-        return n is not None and n.state == inventory_pb2.NODE_STATE_READY and \
-            [e.key for e in n.entries] == expected[name]
+        return (
+            n is not None
+            and n.state == inventory_pb2.NODE_STATE_READY
+            and [e.key for e in n.entries] == expected[name]
+        )
 
     with channel, ThreadPoolExecutor(4) as pool:
         while pending and time.monotonic() < deadline:
@@ -520,7 +587,6 @@ def verify_inventory(address: str, expected: dict[str, list[str]], deadline: flo
 
 def wait_all_ready(address: str, names: set[str], deadline: float) -> float | None:
     import grpc
-
     from stoker.v1 import inventory_pb2, inventory_pb2_grpc
 
     with grpc.insecure_channel(address) as ch:
@@ -538,9 +604,25 @@ def wait_all_ready(address: str, names: set[str], deadline: float) -> float | No
 
 def py_spy_record(py_spy: str, pid: int, seconds: float, out_dir: Path) -> subprocess.Popen:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([py_spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100",
-                             "--format", "raw", "-o", str(out_dir / "coordinator.collapsed"), "--nonblocking"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(seconds)),
+            "-r",
+            "100",
+            "--format",
+            "raw",
+            "-o",
+            str(out_dir / "coordinator.collapsed"),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def top_functions(collapsed: Path, n: int = 15) -> dict:
@@ -556,19 +638,22 @@ def top_functions(collapsed: Path, n: int = 15) -> dict:
         self_c[frames[-1]] += c
         for f in set(frames):
             incl[f] += c
-    share = lambda c: round(100 * c / max(total, 1), 1)  # noqa: E731
-    return {"samples": total,
-            "self": [(f, share(c)) for f, c in self_c.most_common(n)],
-            "inclusive": [(f, share(c)) for f, c in incl.most_common(n * 2) if share(c) < 99][:n]}
+    share = lambda c: round(100 * c / max(total, 1), 1)
+    return {
+        "samples": total,
+        "self": [(f, share(c)) for f, c in self_c.most_common(n)],
+        "inclusive": [(f, share(c)) for f, c in incl.most_common(n * 2) if share(c) < 99][:n],
+    }
 
 
 def run(args) -> dict:
     import grpc
-
     from stoker.cli import local_fleet
     from stoker.v1 import inventory_pb2_grpc
 
-    log = (lambda *a: print("[load]", *a, file=sys.stderr, flush=True)) if not args.quiet else (lambda *a: None)
+    log = (
+        (lambda *a: print("[load]", *a, file=sys.stderr, flush=True)) if not args.quiet else (lambda *a: None)
+    )
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="stoker-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -577,11 +662,19 @@ def run(args) -> dict:
     sampler = MemorySampler()
     sampler.start()
     ctx = mp.get_context("spawn")
-    out: dict = {"agents": args.agents, "keys_per_agent": args.keys, "key_space": args.key_space,
-                 "rate": args.rate, "seconds": args.seconds, "clients": args.clients,
-                 "agent_procs": args.agent_procs}
+    out: dict = {
+        "agents": args.agents,
+        "keys_per_agent": args.keys,
+        "key_space": args.key_space,
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "clients": args.clients,
+        "agent_procs": args.agent_procs,
+    }
     out["load_average_at_start"] = round(os.getloadavg()[0], 2)
-    coordinator = local_fleet.start_coordinator(workdir, listen=listen, state=state, lease_ttl_s=args.lease_ttl)
+    coordinator = local_fleet.start_coordinator(
+        workdir, listen=listen, state=state, lease_ttl_s=args.lease_ttl
+    )
     sampler.pid = coordinator.popen.pid
     fleet = None
     try:
@@ -596,66 +689,98 @@ def run(args) -> dict:
         out["registration_s"] = round(time.monotonic() - t_reg, 2)
         out["initial_missing"] = sorted(missing)[:20]
         out["initial_missing_count"] = len(missing)
-        log(f"fleet registered in {out['registration_s']} s (all READY: {ready_at is not None}); "
-            f"{len(missing)} nodes incomplete")
+        log(
+            f"fleet registered in {out['registration_s']} s (all READY: {ready_at is not None}); "
+            f"{len(missing)} nodes incomplete"
+        )
         out["memory_after_registration_mib"] = round(rss_mib(coordinator.popen.pid), 1)
         fleet.ask("thaw_keys")  # from here on some deltas evict an entry and add another
 
         # -- placements with background deltas and heartbeats ---------------------------------------
         metrics_port = coordinator.metrics_port
-        d0, c0, t0 = metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'), \
-            cpu_seconds(coordinator.popen.pid), time.monotonic()
-        dec0 = (metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_sum", ""),
-                metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_count", ""))
+        d0, c0, t0 = (
+            metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'),
+            cpu_seconds(coordinator.popen.pid),
+            time.monotonic(),
+        )
+        dec0 = (
+            metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_sum", ""),
+            metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_count", ""),
+        )
         profiler = None
         if args.profile:
-            profiler = py_spy_record(args.py_spy, coordinator.popen.pid, max(1, args.seconds - 1),
-                                     Path(args.profile))
+            profiler = py_spy_record(
+                args.py_spy, coordinator.popen.pid, max(1, args.seconds - 1), Path(args.profile)
+            )
         log(f"placements: {args.rate}/s for {args.seconds} s from {args.clients} clients")
-        ci = ctx.Process(target=ci_process, args=(address, args.rate, args.seconds, args.clients, WORKSPACES,
-                                                  args.key_space, fleet.results), daemon=True)
+        ci = ctx.Process(
+            target=ci_process,
+            args=(address, args.rate, args.seconds, args.clients, WORKSPACES, args.key_space, fleet.results),
+            daemon=True,
+        )
         ci.start()
-        kind, ci_result = fleet.results.get(timeout=args.seconds + 300)
+        _kind, ci_result = fleet.results.get(timeout=args.seconds + 300)
         ci.join(10)
-        d1, c1, t1 = metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'), \
-            cpu_seconds(coordinator.popen.pid), time.monotonic()
-        dec1 = (metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_sum", ""),
-                metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_count", ""))
+        d1, c1, t1 = (
+            metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'),
+            cpu_seconds(coordinator.popen.pid),
+            time.monotonic(),
+        )
+        dec1 = (
+            metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_sum", ""),
+            metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_count", ""),
+        )
         out["scheduler_ms_per_decision"] = round(1000 * (dec1[0] - dec0[0]) / max(1, dec1[1] - dec0[1]), 3)
         lat = [x * 1000 for x in ci_result["latencies"]]
         sched = [x * 1000 for x in ci_result["from_schedule"]]
         rel = [x * 1000 for x in ci_result["release"]]
-        out.update({
-            "placement_p50_ms": round(pct(lat, 50), 2) if lat else None,
-            "placement_p99_ms": round(pct(lat, 99), 2) if lat else None,
-            "placement_max_ms": round(max(lat), 2) if lat else None,
-            "placement_p99_from_schedule_ms": round(pct(sched, 99), 2) if sched else None,
-            "release_p99_ms": round(pct(rel, 99), 2) if rel else None,
-            "placements_ok": len(lat), "placements_sent": ci_result["sent"],
-            "placement_errors": ci_result["errors"], "placement_warmth": ci_result["warmth"],
-            "placements_per_s": round(len(lat) / ci_result["elapsed_s"], 1),
-            "background_updates_per_s": round((d1 - d0) / (t1 - t0), 1),
-            "coordinator_cpu_placement_phase": round((c1 - c0) / (t1 - t0), 2),
-        })
+        out.update(
+            {
+                "placement_p50_ms": round(pct(lat, 50), 2) if lat else None,
+                "placement_p99_ms": round(pct(lat, 99), 2) if lat else None,
+                "placement_max_ms": round(max(lat), 2) if lat else None,
+                "placement_p99_from_schedule_ms": round(pct(sched, 99), 2) if sched else None,
+                "release_p99_ms": round(pct(rel, 99), 2) if rel else None,
+                "placements_ok": len(lat),
+                "placements_sent": ci_result["sent"],
+                "placement_errors": ci_result["errors"],
+                "placement_warmth": ci_result["warmth"],
+                "placements_per_s": round(len(lat) / ci_result["elapsed_s"], 1),
+                "background_updates_per_s": round((d1 - d0) / (t1 - t0), 1),
+                "coordinator_cpu_placement_phase": round((c1 - c0) / (t1 - t0), 2),
+            }
+        )
         if profiler is not None:
             _, err = profiler.communicate(timeout=60)
             collapsed = Path(args.profile) / "coordinator.collapsed"
-            out["profile"] = top_functions(collapsed) if collapsed.exists() else {"error": err.decode()[-500:]}
-        log(f"placement p50 {out['placement_p50_ms']} ms p99 {out['placement_p99_ms']} ms; "
-            f"{out['placements_ok']}/{out['placements_sent']} ok")
+            out["profile"] = (
+                top_functions(collapsed) if collapsed.exists() else {"error": err.decode()[-500:]}
+            )
+        log(
+            f"placement p50 {out['placement_p50_ms']} ms p99 {out['placement_p99_ms']} ms; "
+            f"{out['placements_ok']}/{out['placements_sent']} ok"
+        )
 
         # -- delta throughput -----------------------------------------------------------------------
         fleet.ask("saturate")
         time.sleep(1.0)
-        d0, c0, t0 = metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'), \
-            cpu_seconds(coordinator.popen.pid), time.monotonic()
+        d0, c0, t0 = (
+            metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'),
+            cpu_seconds(coordinator.popen.pid),
+            time.monotonic(),
+        )
         time.sleep(args.saturate_seconds)
-        d1, c1, t1 = metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'), \
-            cpu_seconds(coordinator.popen.pid), time.monotonic()
+        d1, c1, t1 = (
+            metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'),
+            cpu_seconds(coordinator.popen.pid),
+            time.monotonic(),
+        )
         fleet.ask("calm")
         out["updates_per_s"] = round((d1 - d0) / (t1 - t0), 1)
         out["coordinator_cpu_saturation"] = round((c1 - c0) / (t1 - t0), 2)
-        log(f"deltas: {out['updates_per_s']}/s counted by the coordinator (its CPU {out['coordinator_cpu_saturation']})")
+        log(
+            f"deltas: {out['updates_per_s']}/s counted by the coordinator (its CPU {out['coordinator_cpu_saturation']})"
+        )
 
         # -- every update arrived: coordinator generations equal the agents' -------------------------
         fleet.ask("freeze_keys")
@@ -673,31 +798,44 @@ def run(args) -> dict:
         t_kill = time.monotonic()
         coordinator.kill()
         sampler.pid = 0
-        coordinator = local_fleet.start_coordinator(workdir, name="coordinator-2", listen=listen, state=state,
-                                                    lease_ttl_s=args.lease_ttl)
+        coordinator = local_fleet.start_coordinator(
+            workdir, name="coordinator-2", listen=listen, state=state, lease_ttl_s=args.lease_ttl
+        )
         sampler.pid = coordinator.popen.pid
         out["coordinator_restart_s"] = round(time.monotonic() - t_kill, 2)
         if args.profile:
-            profiler = py_spy_record(args.py_spy, coordinator.popen.pid, min(args.recovery_timeout, 60),
-                                     Path(args.profile) / "recovery")
+            profiler = py_spy_record(
+                args.py_spy,
+                coordinator.popen.pid,
+                min(args.recovery_timeout, 60),
+                Path(args.profile) / "recovery",
+            )
         incomplete, queries = verify_inventory(address, expected, t_kill + args.recovery_timeout)
         recovered = time.monotonic()
         out["inventory_recovery_s"] = round(recovered - t_kill, 2) if not incomplete else None
         out["recovery_incomplete_nodes"] = len(incomplete)
         out["recovery_queries"] = queries
         out["memory_after_restart_mib"] = round(rss_mib(coordinator.popen.pid), 1)
-        log(f"inventory complete {out['inventory_recovery_s']} s after the kill; {len(incomplete)} incomplete")
+        log(
+            f"inventory complete {out['inventory_recovery_s']} s after the kill; {len(incomplete)} incomplete"
+        )
         if args.profile:
             profiler.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
             profiler.wait(30)
             collapsed = Path(args.profile) / "recovery" / "coordinator.collapsed"
-            out["profile_recovery"] = top_functions(collapsed) if collapsed.exists() else {"error": "no samples"}
+            out["profile_recovery"] = (
+                top_functions(collapsed) if collapsed.exists() else {"error": "no samples"}
+            )
 
         final = fleet.status()
         out["agents_by_phase_at_end"] = dict(Counter(a["phase"] for a in final.values()))
-        out["agent_unexpected_errors"] = dict(sum((Counter(a["unexpected"]) for a in final.values()), Counter()))
+        out["agent_unexpected_errors"] = dict(
+            sum((Counter(a["unexpected"]) for a in final.values()), Counter())
+        )
         stuck = sorted(n for n in incomplete if n in final)[:5]
-        out["incomplete_examples"] = {n: {k: final[n][k] for k in ("phase", "connects", "error")} for n in stuck}
+        out["incomplete_examples"] = {
+            n: {k: final[n][k] for k in ("phase", "connects", "error")} for n in stuck
+        }
         never = [n for n, a in final.items() if a["connects"] == 0]
         out["lost_registrations"] = len(set(missing) | set(incomplete) | set(never))
         out["agent_reconnects"] = sum(a["connects"] for a in final.values())
@@ -713,8 +851,10 @@ def run(args) -> dict:
         if not args.workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     out["load_average_at_end"] = round(os.getloadavg()[0], 2)
-    out["machine"] = f"{os.cpu_count()} CPU, {platform.machine()}, Linux {platform.release()}, " \
-                     f"Python {platform.python_version()}"
+    out["machine"] = (
+        f"{os.cpu_count()} CPU, {platform.machine()}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
     return out
 
 
@@ -722,8 +862,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--agents", type=int, default=1000)
     p.add_argument("--keys", type=int, default=1000, help="entries each agent holds")
-    p.add_argument("--key-space", type=int, default=0,
-                   help="distinct keys in the fleet (default: agents*keys/10, so each key has ~10 replicas)")
+    p.add_argument(
+        "--key-space",
+        type=int,
+        default=0,
+        help="distinct keys in the fleet (default: agents*keys/10, so each key has ~10 replicas)",
+    )
     p.add_argument("--rate", type=float, default=200.0, help="placements per second")
     p.add_argument("--seconds", type=float, default=30.0, help="length of the placement phase")
     p.add_argument("--clients", type=int, default=50, help="concurrent CI client channels")

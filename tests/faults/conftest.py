@@ -10,12 +10,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # s3_fault_proxy beside this file
 
-from s3_fault_proxy import FaultProxy  # noqa: E402
-
+from s3_fault_proxy import FaultProxy
 
 # The cache tests already know how to start SeaweedFS (`weed mini`) on loopback: reuse their fixtures.
-_spec = importlib.util.spec_from_file_location("stoker_cache_test_fixtures",
-                                               Path(__file__).parent.parent / "cache" / "conftest.py")
+_spec = importlib.util.spec_from_file_location(
+    "stoker_cache_test_fixtures", Path(__file__).parent.parent / "cache" / "conftest.py"
+)
 _cache_fixtures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_cache_fixtures)
 seaweed_endpoint = _cache_fixtures.seaweed_endpoint

@@ -35,8 +35,11 @@ class Rule:
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
-        return (self.times is None or self.hits < self.times) and method == self.method \
+        return (
+            (self.times is None or self.hits < self.times)
+            and method == self.method
             and re.search(self.path, path) is not None
+        )
 
 
 @dataclass
@@ -70,8 +73,11 @@ class FaultProxy:
 
     def requests(self, method: str = "GET", path: str = r".*", action: str | None = None) -> list[Seen]:
         with self.lock:
-            return [s for s in self.seen if s.method == method and re.search(path, s.path)
-                    and (action is None or s.action == action)]
+            return [
+                s
+                for s in self.seen
+                if s.method == method and re.search(path, s.path) and (action is None or s.action == action)
+            ]
 
     def _choose(self, method: str, path: str) -> Rule | None:
         with self.lock:
@@ -114,11 +120,16 @@ class FaultProxy:
         method, path, _ = lines[0].decode("latin-1").split(" ", 2)
         rule = self._choose(method, path)
         if rule is not None and rule.action == "error":
-            body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>"
-                    f"{'SlowDown' if rule.status == 503 else 'InternalError'}</Code><Message>injected by the "
-                    f"test proxy</Message></Error>").encode()
-            client.sendall(f"HTTP/1.1 {rule.status} Injected\r\nContent-Type: application/xml\r\n"
-                           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            body = (
+                f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>'
+                f"{'SlowDown' if rule.status == 503 else 'InternalError'}</Code><Message>injected by the "
+                f"test proxy</Message></Error>"
+            ).encode()
+            client.sendall(
+                f"HTTP/1.1 {rule.status} Injected\r\nContent-Type: application/xml\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
             _drain_and_close(client)
             return
         if rule is not None and rule.action == "reset":
@@ -161,24 +172,36 @@ class FaultProxy:
                         head, chunk = buf.split(b"\r\n\r\n", 1)
                     client.sendall(head + b"\r\n\r\n")
                     header_done = True
-                if rule is not None and rule.action == "reset_mid_body" and body_sent + len(chunk) >= rule.after_bytes:
-                    client.sendall(chunk[:max(0, rule.after_bytes - body_sent)])
+                if (
+                    rule is not None
+                    and rule.action == "reset_mid_body"
+                    and body_sent + len(chunk) >= rule.after_bytes
+                ):
+                    client.sendall(chunk[: max(0, rule.after_bytes - body_sent)])
                     _reset(client)
                     return
-                if rule is not None and rule.action == "stall_mid_body" and not getattr(rule, "_stalled", False) \
-                        and body_sent + len(chunk) >= rule.after_bytes:
+                if (
+                    rule is not None
+                    and rule.action == "stall_mid_body"
+                    and not getattr(rule, "_stalled", False)
+                    and body_sent + len(chunk) >= rule.after_bytes
+                ):
                     cut = max(0, rule.after_bytes - body_sent)
                     client.sendall(chunk[:cut])
                     time.sleep(rule.seconds)
                     rule._stalled = True
                     chunk = chunk[cut:]
                     body_sent += cut
-                if rule is not None and rule.action == "corrupt" and body_sent <= rule.after_bytes < body_sent + len(chunk):
+                if (
+                    rule is not None
+                    and rule.action == "corrupt"
+                    and body_sent <= rule.after_bytes < body_sent + len(chunk)
+                ):
                     i = rule.after_bytes - body_sent
-                    chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1:]
+                    chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
                 if rule is not None and rule.action == "throttle":
                     for j in range(0, len(chunk), 8192):
-                        client.sendall(chunk[j:j + 8192])
+                        client.sendall(chunk[j : j + 8192])
                         time.sleep(min(len(chunk) - j, 8192) / rule.bytes_per_s)
                 else:
                     client.sendall(chunk)

@@ -7,7 +7,6 @@ byte with ``stoker cache verify``, and the inventory lists nothing it cannot ser
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -18,8 +17,7 @@ import uuid
 import pytest
 from faultkit import builds_stub, inventory, kinds, spec, wait_until
 from s3_fault_proxy import Rule
-
-from stoker.v1 import build_pb2, common_pb2
+from stoker.v1 import build_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +31,25 @@ def s3_agent_args(fleet, proxy, bucket: str) -> tuple[list[str], dict[str, str]]
 
 
 def cache_verify(cache_dir, blobs: str, env: dict[str, str]) -> dict:
-    done = subprocess.run([sys.executable, "-m", "stoker.cli.main", "cache", "--dir", str(cache_dir), "--blobs",
-                           blobs, "--json", "verify"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stoker.cli.main",
+            "cache",
+            "--dir",
+            str(cache_dir),
+            "--blobs",
+            blobs,
+            "--json",
+            "verify",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout)
 
@@ -47,9 +61,18 @@ def test_agent_kill_9_mid_build_requeues_and_runs_once(fleet, tmp_path):
     fleet.start_agent("n1")
     fleet.start_agent("n2")
     fleet.wait_ready("n1", "n2")
-    stream = builds_stub(c.address).SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(
-        ["sh", "-c", f"echo run >> {marks}/start; echo begin; sleep 3; echo run >> {marks}/done; echo end"])),
-        timeout=90)
+    stream = builds_stub(c.address).SubmitBuild(
+        build_pb2.SubmitBuildRequest(
+            spec=spec(
+                [
+                    "sh",
+                    "-c",
+                    f"echo run >> {marks}/start; echo begin; sleep 3; echo run >> {marks}/done; echo end",
+                ]
+            )
+        ),
+        timeout=90,
+    )
     events = []
     for event in stream:
         events.append(event)
@@ -71,16 +94,23 @@ def test_agent_kill_9_mid_build_requeues_and_runs_once(fleet, tmp_path):
     fleet.wait_ready(victim)
     work = fleet.root / victim / "work"
     leftovers = [p.name for p in work.iterdir()] if work.exists() else []
-    assert not [n for n in leftovers if n.startswith(build_id)], f"workspace of the killed attempt left: {leftovers}"
+    assert not [n for n in leftovers if n.startswith(build_id)], (
+        f"workspace of the killed attempt left: {leftovers}"
+    )
     time.sleep(4)  # longer than the killed attempt had left to run
-    assert (marks / "done").read_text().count("run") == 1, \
+    assert (marks / "done").read_text().count("run") == 1, (
         "the killed agent's build kept running as an orphan and ran to completion a second time"
+    )
     other = "n1" if victim == "n2" else "n2"
     fleet.agents[other].stop()
-    events = list(builds_stub(c.address).SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(["echo", "back"])),
-                                                      timeout=60))
-    assert events[-1].finished.node == victim and events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED, \
-        [e.log.text for e in events if e.HasField("log")]
+    events = list(
+        builds_stub(c.address).SubmitBuild(
+            build_pb2.SubmitBuildRequest(spec=spec(["echo", "back"])), timeout=60
+        )
+    )
+    assert (
+        events[-1].finished.node == victim and events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
+    ), [e.log.text for e in events if e.HasField("log")]
 
 
 def test_agent_kill_9_mid_restore_never_serves_a_corrupt_entry(fleet, fault_proxy, tmp_path):
@@ -93,18 +123,29 @@ def test_agent_kill_9_mid_restore_never_serves_a_corrupt_entry(fleet, fault_prox
     fleet.wait_ready("saver", "b1", "b2")
     stub = builds_stub(c.address)
     # A big entry: 24 MiB that does not compress, and a few hundred small files.
-    make = ("mkdir -p out/small && head -c 25165824 /dev/urandom > out/big.bin && "
-            "for i in $(seq 1 300); do echo file-$i > out/small/f$i; done && sha256sum out/big.bin > sums")
-    events = list(stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(
-        ["sh", "-c", make + " && cat sums"], key="web/big-1", zone="a")), timeout=120))
+    make = (
+        "mkdir -p out/small && head -c 25165824 /dev/urandom > out/big.bin && "
+        "for i in $(seq 1 300); do echo file-$i > out/small/f$i; done && sha256sum out/big.bin > sums"
+    )
+    events = list(
+        stub.SubmitBuild(
+            build_pb2.SubmitBuildRequest(
+                spec=spec(["sh", "-c", make + " && cat sums"], key="web/big-1", zone="a")
+            ),
+            timeout=120,
+        )
+    )
     assert events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED and events[-1].finished.cache.saved
     digest = next(e.log.text for e in events if e.HasField("log") and "out/big.bin" in e.log.text).split()[0]
     # Restores in zone b now crawl (64 KiB/s per pack read): the kill lands mid-restore.
     fault_proxy.set_rules(Rule("throttle", path=r"/packs/", bytes_per_s=64 << 10))
-    check = (f"echo '{digest}  out/big.bin' | sha256sum -c - && test \"$(cat out/small/f300)\" = file-300 "
-             "&& echo restored-ok")
-    stream = stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(["sh", "-c", check], key="web/big-1",
-                                                                     zone="b")), timeout=120)
+    check = (
+        f"echo '{digest}  out/big.bin' | sha256sum -c - && test \"$(cat out/small/f300)\" = file-300 "
+        "&& echo restored-ok"
+    )
+    stream = stub.SubmitBuild(
+        build_pb2.SubmitBuildRequest(spec=spec(["sh", "-c", check], key="web/big-1", zone="b")), timeout=120
+    )
     events = []
     for event in stream:
         events.append(event)
@@ -112,8 +153,14 @@ def test_agent_kill_9_mid_restore_never_serves_a_corrupt_entry(fleet, fault_prox
             break
     victim = next(e.placed.node for e in events if e.HasField("placed"))
     staging = fleet.root / victim / "cache" / "staging"
-    wait_until(lambda: fault_proxy.requests(path=r"/packs/", action="throttle") and
-               any(p.is_file() for p in staging.rglob("*")), 20, "the restore to be fetching packs into staging")
+    wait_until(
+        lambda: (
+            fault_proxy.requests(path=r"/packs/", action="throttle")
+            and any(p.is_file() for p in staging.rglob("*"))
+        ),
+        20,
+        "the restore to be fetching packs into staging",
+    )
     time.sleep(1.0)  # bytes are arriving
     fleet.agents[victim].kill()
     fault_proxy.set_rules()  # the object store is fast again for the retry
@@ -125,7 +172,9 @@ def test_agent_kill_9_mid_restore_never_serves_a_corrupt_entry(fleet, fault_prox
     assert any(e.log.text == "restored-ok" for e in events if e.HasField("log"))
     assert fin.cache.restored_key == "web/big-1"
     # The killed restore left a partial frame file in staging; the restart removes it.
-    assert any(p.is_file() for p in staging.rglob("*")), "nothing partial was left: the kill missed the restore"
+    assert any(p.is_file() for p in staging.rglob("*")), (
+        "nothing partial was left: the kill missed the restore"
+    )
     fleet.start_agent(victim, zone="b", extra=extra, env=env)
     fleet.wait_ready(victim)
     assert not any(staging.iterdir()), f"staging not cleaned: {list(staging.iterdir())}"
@@ -146,10 +195,15 @@ def test_agent_kill_9_mid_restore_never_serves_a_corrupt_entry(fleet, fault_prox
     other = "b1" if victim == "b2" else "b2"
     fleet.agents[other].stop()
     fleet.wait_ready(victim)
-    events = list(stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(["sh", "-c", check], key="web/big-1",
-                                                                          zone="b")), timeout=120))
-    assert events[-1].finished.node == victim and events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED, \
-        [e.log.text for e in events if e.HasField("log")]
+    events = list(
+        stub.SubmitBuild(
+            build_pb2.SubmitBuildRequest(spec=spec(["sh", "-c", check], key="web/big-1", zone="b")),
+            timeout=120,
+        )
+    )
+    assert (
+        events[-1].finished.node == victim and events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
+    ), [e.log.text for e in events if e.HasField("log")]
     assert any(e.log.text == "restored-ok" for e in events if e.HasField("log"))
     # Byte for byte: the entry the victim now holds verifies (stop it first: one process per store).
     fleet.agents[victim].stop()

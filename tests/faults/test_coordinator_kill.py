@@ -13,20 +13,26 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 from faultkit import builds_stub, kinds, spec, wait_until
-
 from stoker.v1 import build_pb2
 
 pytestmark = pytest.mark.integration
 
 
 def marked_command(marks: Path, tag: str, sleep_s: float, exit_code: int) -> list[str]:
-    return ["sh", "-c", f"echo run >> {marks}/{tag}.start; echo begin-{tag}; sleep {sleep_s}; "
-                        f"echo run >> {marks}/{tag}.done; echo end-{tag}; exit {exit_code}"]
+    return [
+        "sh",
+        "-c",
+        (
+            f"echo run >> {marks}/{tag}.start; echo begin-{tag}; sleep {sleep_s}; "
+            f"echo run >> {marks}/{tag}.done; echo end-{tag}; exit {exit_code}"
+        ),
+    ]
 
 
 class ReconnectingClient(threading.Thread):
@@ -49,11 +55,14 @@ class ReconnectingClient(threading.Thread):
                 with grpc.insecure_channel(self.address) as ch:
                     stub = build_pb2_grpc_stub(ch)
                     if not self.build_id:
-                        stream = stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=self.spec,
-                                                                               request_id=self.request_id))
+                        stream = stub.SubmitBuild(
+                            build_pb2.SubmitBuildRequest(spec=self.spec, request_id=self.request_id)
+                        )
                     else:
                         last = self.events[-1].seq if self.events else 0
-                        stream = stub.WatchBuild(build_pb2.WatchBuildRequest(build_id=self.build_id, after_seq=last))
+                        stream = stub.WatchBuild(
+                            build_pb2.WatchBuildRequest(build_id=self.build_id, after_seq=last)
+                        )
                     for event in stream:
                         self.build_id = event.build_id
                         self.events.append(event)
@@ -68,6 +77,15 @@ class ReconnectingClient(threading.Thread):
         self.error = "gave up"
 
 
+def queue_depth(metrics_port: int) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return next(
+        float(line.split()[-1])
+        for line in body.splitlines()
+        if line.startswith("stoker_coordinator_queue_depth ")
+    )
+
+
 def build_pb2_grpc_stub(channel):
     from stoker.v1 import build_pb2_grpc
 
@@ -76,9 +94,24 @@ def build_pb2_grpc_stub(channel):
 
 def stoker_build(address: str, marks: Path, tag: str, sleep_s: float, exit_code: int) -> subprocess.Popen:
     env = {**os.environ, "STOKER_COORDINATOR": address}
-    return subprocess.Popen([sys.executable, "-m", "stoker.cli.main", "build", "--workspace", f"w-{tag}",
-                             "--timeout", "120", "--", *marked_command(marks, tag, sleep_s, exit_code)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stoker.cli.main",
+            "build",
+            "--workspace",
+            f"w-{tag}",
+            "--timeout",
+            "120",
+            "--",
+            *marked_command(marks, tag, sleep_s, exit_code),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_coordinator_kill_9_with_builds_queued_and_running(fleet, port_factory, tmp_path):
@@ -94,18 +127,27 @@ def test_coordinator_kill_9_with_builds_queued_and_running(fleet, port_factory, 
 
     # Two builds run, two wait in the queue.
     short_cli = stoker_build(c.address, marks, "short", 4, 3)
-    long_rpc = ReconnectingClient(c.address, spec(marked_command(marks, "long", 6, 0), workspace="w-long"), "rq-long")
+    long_rpc = ReconnectingClient(
+        c.address, spec(marked_command(marks, "long", 6, 0), workspace="w-long"), "rq-long"
+    )
     long_rpc.start()
-    wait_until(lambda: (marks / "short.start").exists() and (marks / "long.start").exists(), 30,
-               "both running builds to start")
+    wait_until(
+        lambda: (marks / "short.start").exists() and (marks / "long.start").exists(),
+        30,
+        "both running builds to start",
+    )
     queued_cli = stoker_build(c.address, marks, "q1", 0.5, 5)
-    queued_rpc = ReconnectingClient(c.address, spec(marked_command(marks, "q2", 0.5, 7), workspace="w-q2"), "rq-q2")
+    queued_rpc = ReconnectingClient(
+        c.address, spec(marked_command(marks, "q2", 0.5, 7), workspace="w-q2"), "rq-q2"
+    )
     queued_rpc.start()
     wait_until(lambda: queued_rpc.events and queued_rpc.events[0].HasField("queued"), 15, "q2 to be queued")
     stub = builds_stub(c.address)
-    assert stub.GetBuild(build_pb2.GetBuildRequest(build_id=queued_rpc.build_id), timeout=5).state == \
-        build_pb2.BUILD_STATE_QUEUED
-    time.sleep(0.5)  # q1's submission is in the queue as well (its CLI prints "queued")
+    assert (
+        stub.GetBuild(build_pb2.GetBuildRequest(build_id=queued_rpc.build_id), timeout=5).state
+        == build_pb2.BUILD_STATE_QUEUED
+    )
+    wait_until(lambda: queue_depth(c.metrics_port) == 2, 20, "both q1 (the CLI) and q2 to wait in the queue")
 
     c.kill()
     time.sleep(1.0)

@@ -17,14 +17,47 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "load.py"
 
 def test_load_benchmark_reduced(tmp_path):
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--json", "--quiet", "--agents", "50", "--keys", "100", "--rate", "50",
-         "--seconds", "3", "--saturate-seconds", "1", "--clients", "8", "--agent-procs", "1", "--recovery-timeout", "30",
-         "--register-timeout", "30", "--workdir", str(tmp_path / "load")],
-        capture_output=True, text=True, timeout=90)
+        [
+            sys.executable,
+            str(BENCH),
+            "--json",
+            "--quiet",
+            "--agents",
+            "50",
+            "--keys",
+            "100",
+            "--rate",
+            "50",
+            "--seconds",
+            "3",
+            "--saturate-seconds",
+            "1",
+            "--clients",
+            "8",
+            "--agent-procs",
+            "1",
+            "--recovery-timeout",
+            "30",
+            "--register-timeout",
+            "30",
+            "--workdir",
+            str(tmp_path / "load"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(done.stdout)
-    for key in ("placement_p50_ms", "placement_p99_ms", "updates_per_s", "memory_mib", "inventory_recovery_s",
-                "lost_registrations"):
+    for key in (
+        "placement_p50_ms",
+        "placement_p99_ms",
+        "updates_per_s",
+        "memory_mib",
+        "inventory_recovery_s",
+        "lost_registrations",
+    ):
         assert key in result, key
     assert result["lost_registrations"] == 0 and result["initial_missing_count"] == 0
     assert result["recovery_incomplete_nodes"] == 0 and result["nodes_behind_after_saturation"] == 0

@@ -7,7 +7,6 @@ fails with a clear error and publishes nothing; it never yields a wrong file.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 import uuid
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from s3_fault_proxy import Rule
-
 from stoker.agent.cache.api import BlobStoreUnavailable, CacheError
 from stoker.agent.cache.content_cache import ContentCache
 from stoker.agent.cache.s3_blobs import S3BlobStore
@@ -39,8 +37,15 @@ def make_tree(root: Path) -> dict[str, bytes]:
 
 
 def open_cache(path: Path, endpoint: str, bucket: str) -> ContentCache:
-    blobs = S3BlobStore(bucket, "cache", endpoint_url=endpoint, region="us-east-1", connect_timeout=1,
-                        read_timeout=1, max_attempts=MAX_ATTEMPTS)
+    blobs = S3BlobStore(
+        bucket,
+        "cache",
+        endpoint_url=endpoint,
+        region="us-east-1",
+        connect_timeout=1,
+        read_timeout=1,
+        max_attempts=MAX_ATTEMPTS,
+    )
     cache = ContentCache(LocalStore(path, 1 << 30), blobs, workers=2, fetch_concurrency=2)
     cache.open()
     return cache
