@@ -169,16 +169,20 @@ class ContentCache:
         missing = [i for i in needed if i not in local]
         with self.store.pinned(sorted({lf.file for _, lf in local.values()})), \
                 self.store.staging() as staging:
-            fetched_bytes = 0
             new_file: dict[str, Path] = {}
             fetched: dict[int, LocalFrame] = {}
+            fetch = None
+            fetch_total = [0]
             if missing:
                 need = sum(manifest.frames[i].length for i in missing) + len(resolved.manifest_bytes)
                 self.store.make_room(need, what=where)
                 name = f"f-{uuid.uuid4().hex}"
                 path = staging / name
-                fetched, fetched_bytes = self._fetch(manifest, files, missing, path, name, where)
+                fetched, reads = self._plan_fetch(manifest, missing, path, name)
                 new_file[name] = path
+
+                def fetch(on_frame, reads=reads, path=path) -> None:
+                    fetch_total[0] = self._run_fetch(manifest, files, fetched, reads, path, where, on_frame)
             fds: dict[Path, int] = {}
             try:
                 def locate(i: int) -> tuple[int, int]:
@@ -189,10 +193,14 @@ class ContentCache:
 
                 for i in needed:  # open every source up front: lookups from worker threads only read
                     locate(i)
-                self._materialize(resolved, files, workspace, roots, locate, progress, where, start)
+                # The writers start on frames already local while the missing ones are fetched; each
+                # task is released as soon as its frames have arrived.
+                self._materialize(resolved, files, workspace, roots, locate, progress, where, start,
+                                  fetch=fetch, missing=missing)
             finally:
                 for fd in fds.values():
                     os.close(fd)
+            fetched_bytes = fetch_total[0]
             if not resolved.local or missing:
                 frames_map: dict[FrameId, LocalFrame] = {}
                 all_local = True
@@ -231,10 +239,11 @@ class ContentCache:
 
     def _materialize(self, resolved: _Resolved, files: list[mf.FileEntry], workspace: Path | None,
                      roots: tuple[str, ...], locate: hydrate.FrameLocator, progress: ProgressFn | None,
-                     where: str, start: float) -> None:
+                     where: str, start: float, *, fetch=None, missing: Sequence[int] = ()) -> None:
+        pending = {"fetch": fetch, "missing": missing}
         if workspace is None:
             hydrate.write_files(resolved.manifest, files, None, locate, workers=self.workers, where=where,
-                                processes=self.processes)
+                                processes=self.processes, **pending)
             return
         stage = self._new_stage(workspace)
         try:
@@ -242,7 +251,7 @@ class ContentCache:
             base = self._claim_base(resolved, files, roots, stage) if self.ready_trees else None
             if base is not None:
                 hydrate.apply_diff(resolved.manifest, base, files, stage, locate, workers=self.workers,
-                                   where=where, progress=progress, processes=self.processes)
+                                   where=where, progress=progress, processes=self.processes, **pending)
             else:
                 stage.mkdir()
                 for r in present:
@@ -250,7 +259,7 @@ class ContentCache:
                     if parent and not any(f.path == parent for f in files):
                         os.makedirs(stage / parent, exist_ok=True)
                 hydrate.write_files(resolved.manifest, files, stage, locate, workers=self.workers,
-                                    where=where, progress=progress, processes=self.processes)
+                                    where=where, progress=progress, processes=self.processes, **pending)
             self._publish(stage, workspace, present, where)
         finally:
             _remove_tree(stage)
@@ -418,16 +427,13 @@ class ContentCache:
         if os.waitstatus_to_exitcode(status) != 0:
             raise CacheError(f"ready tree: the background process failed ({os.waitstatus_to_exitcode(status)})")
 
-    def _fetch(self, manifest: mf.Manifest, files: list[mf.FileEntry], missing: list[int], path: Path,
-               name: str, where: str) -> tuple[dict[int, LocalFrame], int]:
-        """Fetch ``missing`` frames into the file ``path``: nearby ranges merged, several GETs at once."""
+    def _plan_fetch(self, manifest: mf.Manifest, missing: list[int], path: Path,
+                    name: str) -> tuple[dict[int, LocalFrame], list[tuple[str, ByteRange, list[int], int]]]:
+        """Where each of ``missing`` frames will sit in the new file ``path`` (created now, so that
+        readers can open it before the bytes arrive), and the GETs: nearby ranges merged."""
         by_pack: dict[str, list[int]] = defaultdict(list)
         for i in missing:
             by_pack[manifest.frames[i].pack].append(i)
-        first_path = {}
-        for f in files:
-            for c in f.chunks:
-                first_path.setdefault(manifest.frames[c.frame].pack, f.path)
         reads: list[tuple[str, ByteRange, list[int], int]] = []
         out_offset = 0
         placed: dict[int, LocalFrame] = {}
@@ -439,7 +445,19 @@ class ContentCache:
                 for i in idx:
                     placed[i] = LocalFrame(name, out_offset, manifest.frames[i].length)
                     out_offset += manifest.frames[i].length
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+        return placed, reads
+
+    def _run_fetch(self, manifest: mf.Manifest, files: list[mf.FileEntry], placed: dict[int, LocalFrame],
+                   reads: list[tuple[str, ByteRange, list[int], int]], path: Path, where: str,
+                   on_frame) -> int:
+        """Run the GETs, several at once, into ``path``; calls ``on_frame(i)`` (from the fetching threads)
+        once frame ``i`` is in place. Returns the bytes fetched."""
+        first_path = {}
+        for f in files:
+            for c in f.chunks:
+                first_path.setdefault(manifest.frames[c.frame].pack, f.path)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         total = 0
         lock = threading.Lock()
 
@@ -464,6 +482,8 @@ class ContentCache:
                 os.pwrite(fd, chunk, placed[i].offset)
             with lock:
                 total += len(data)
+            for i in idx:
+                on_frame(i)
 
         try:
             with ThreadPoolExecutor(max_workers=self.fetch_concurrency, thread_name_prefix="stoker-fetch") as ex:
@@ -471,7 +491,7 @@ class ContentCache:
                     pass
         finally:
             os.close(fd)
-        return placed, total
+        return total
 
     def _resolve(self, key: str, restore_keys: Sequence[str]) -> _Resolved | None:
         record = self.store.lookup(key)

@@ -22,6 +22,7 @@ resets at fork) — and it leaves with ``os._exit``.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gc
 import hashlib
 import os
@@ -46,6 +47,8 @@ os.umask(_UMASK)
 
 FrameLocator = Callable[[int], tuple[int, int]]
 """Frame index → (open file descriptor, offset) of its compressed bytes."""
+FetchFn = Callable[[Callable[[int], None]], None]
+"""Fetches missing frames, calling its argument with each frame index once that frame is readable."""
 
 
 @dataclass(frozen=True)
@@ -125,12 +128,15 @@ def read_frame(manifest: mf.Manifest, index: int, locate: FrameLocator, *, where
 def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path | None,
                 locate: FrameLocator, *, workers: int, where: str,
                 progress: ProgressFn | None = None, processes: bool = True,
-                set_times: Sequence[mf.FileEntry] = ()) -> None:
+                set_times: Sequence[mf.FileEntry] = (), fetch: FetchFn | None = None,
+                missing: Sequence[int] = ()) -> None:
     """Create ``files`` (directories, symlinks, files) under ``dest`` and verify every digest.
 
     With ``dest`` None, only decompress and verify. ``locate`` must return descriptors opened before the
     call (helper processes inherit them). ``set_times``: existing files and symlinks whose mtime to set,
-    shared out among the same processes.
+    shared out among the same processes. ``missing`` frames are not readable yet: ``fetch(on_frame)``
+    brings them, calling ``on_frame(i)`` as each lands, and the writers start on every task whose frames
+    are there (fetching overlaps writing).
     """
     regular = [f for f in files if f.type == mf.FILE]
     counter = _Counter(len(regular), sum(f.size for f in regular), progress)
@@ -157,8 +163,10 @@ def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path
         tasks.append(_Task(0, None, tuple(set_times[i:i + 2000]), times_only=True))
     helpers = max(1, workers) - 1 if processes and len(tasks) > 1 else 0
     if helpers:
-        _run_forked(manifest, tasks, base, locate, where, counter, helpers)
+        _run_forked(manifest, tasks, base, locate, where, counter, helpers, fetch, set(missing))
     else:
+        if fetch is not None:
+            fetch(lambda i: None)
         _run_threaded(manifest, tasks, base, locate, where, counter, max(1, workers))
     counter.add(0, 0, force=True)
     if base is not None:
@@ -172,7 +180,8 @@ def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path
 
 def apply_diff(manifest: mf.Manifest, held: Sequence[mf.FileEntry], files: Sequence[mf.FileEntry],
                dest: Path, locate: FrameLocator, *, workers: int, where: str,
-               progress: ProgressFn | None = None, processes: bool = True) -> None:
+               progress: ProgressFn | None = None, processes: bool = True, fetch: FetchFn | None = None,
+               missing: Sequence[int] = ()) -> None:
     """Turn the tree at ``dest``, which holds exactly ``held`` (a ready tree), into ``files``: remove what
     differs, write what is new or changed from its frames (every such digest checked), fix metadata.
 
@@ -204,7 +213,8 @@ def apply_diff(manifest: mf.Manifest, held: Sequence[mf.FileEntry], files: Seque
     fix = {p for p, _, _ in meta if p not in created} | ((touched | set(opened)) - created - removed)
     fixing = [f for f in files if f.path in fix]
     write_files(manifest, create, dest, locate, workers=workers, where=where, progress=progress,
-                processes=processes, set_times=[f for f in fixing if f.type != mf.DIR])
+                processes=processes, set_times=[f for f in fixing if f.type != mf.DIR], fetch=fetch,
+                missing=missing)
     old_modes = {f.path: f.mode for f in held if f.type == mf.DIR and f.path in fix}
     for f in fixing:
         if f.type == mf.DIR:
@@ -261,7 +271,7 @@ _MSG = struct.Struct("<cIQ")
 """Helper → caller: (b"P", files, bytes) progress, or (b"E", length, error kind) then the message."""
 _ERRORS = (CacheError, CorruptEntry, UnsafeTree)
 _PR_SET_PDEATHSIG = 1
-_MAX_TASK_IDS = 16_000
+_F_SETPIPE_SZ = 1031
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
 except OSError:  # pragma: no cover - no libc to load
@@ -269,26 +279,34 @@ except OSError:  # pragma: no cover - no libc to load
 
 
 def _run_forked(manifest: mf.Manifest, tasks: list[_Task], base: str | None, locate: FrameLocator,
-                where: str, counter: _Counter, helpers: int) -> None:
+                where: str, counter: _Counter, helpers: int, fetch: FetchFn | None = None,
+                missing: set[int] | None = None) -> None:
     """Run ``tasks`` in this process and ``helpers`` forked ones (see the module docstring)."""
-    per_id = -(-len(tasks) // _MAX_TASK_IDS)
-    batches = [tasks[i:i + per_id] for i in range(0, len(tasks), per_id)]
+    missing = missing or set()
+    waits = [0] * len(tasks)
+    waiting: dict[int, list[int]] = defaultdict(list)
+    for n, task in enumerate(tasks):
+        if task.times_only:
+            continue
+        frames = {task.frame} if task.frame is not None else {c.frame for c in task.files[0].chunks}
+        for i in frames & missing:
+            waits[n] += 1
+            waiting[i].append(n)
     task_r, task_w = os.pipe2(os.O_CLOEXEC)
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(task_w, _F_SETPIPE_SZ, 1 << 20)  # room for every task index at once
+    except OSError:
+        pass
     pids: list[int] = []
     try:
-        # Every batch index is in the pipe before anyone reads: a 4-byte read from it is atomic, so each
-        # process takes the next index, and an empty pipe with no writer left means the work is done.
-        os.write(task_w, b"".join(struct.pack("<I", i) for i in range(len(batches))))
-        os.close(task_w)
-        task_w = -1
         parent = os.getpid()
         gc.freeze()  # keep the collector from touching (and copying) every shared page in the helpers
         try:
             for _ in range(helpers):
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - runs in the helper (exercised by the tests)
-                    _helper(manifest, batches, base, locate, where, task_r, res_w, parent)
+                    _helper(manifest, tasks, base, locate, where, task_r, task_w, res_w, parent)
                 pids.append(pid)
         finally:
             gc.unfreeze()
@@ -322,12 +340,33 @@ def _run_forked(manifest: mf.Manifest, tasks: list[_Task], base: str | None, loc
                     continue
 
         try:
+            # A 4-byte read from a pipe is atomic, so each process takes the next task index; an empty
+            # pipe with no writer left means the work is done. Tasks whose frames are all readable go in
+            # now, the others as the fetch brings their last frame.
+            os.write(task_w, b"".join(struct.pack("<I", n) for n in range(len(tasks)) if not waits[n]))
+            if fetch is not None:
+                lock = threading.Lock()
+
+                def on_frame(i: int) -> None:
+                    with lock:
+                        ready = []
+                        for n in waiting.pop(i, ()):
+                            waits[n] -= 1
+                            if not waits[n]:
+                                ready.append(n)
+                        if ready:
+                            os.write(task_w, b"".join(struct.pack("<I", n) for n in ready))
+
+                fetch(on_frame)
+            if waiting:
+                raise CacheError(f"{where}: frames {sorted(waiting)[:5]} were never fetched")
+            os.close(task_w)
+            task_w = -1
             while not errors:
-                got = os.read(task_r, 4)
-                if not got:
+                n = _read_index(task_r)
+                if n is None:
                     break
-                for task in batches[struct.unpack("<I", got)[0]]:
-                    counter.add(*_run_task(manifest, task, base, locate, where, counter))
+                counter.add(*_run_task(manifest, tasks[n], base, locate, where, counter))
                 drain(False)
         except BaseException:
             _kill(pids)
@@ -354,6 +393,17 @@ def _run_forked(manifest: mf.Manifest, tasks: list[_Task], base: str | None, loc
         for fd in (task_r, task_w, res_r, res_w):
             if fd >= 0:
                 os.close(fd)
+
+
+def _read_index(fd: int) -> int | None:
+    """The next task index from the task pipe, or None at its end."""
+    got = os.read(fd, 4)
+    while got and len(got) < 4:  # never split by the writer (whole indices), but be exact
+        more = os.read(fd, 4 - len(got))
+        if not more:
+            break
+        got += more
+    return struct.unpack("<I", got)[0] if len(got) == 4 else None
 
 
 def _kill(pids: list[int]) -> None:
@@ -383,20 +433,18 @@ def become_helper(parent: int) -> None:  # pragma: no cover - runs in forked chi
         os._exit(3)
 
 
-def _helper(manifest: mf.Manifest, batches: list[list[_Task]], base: str | None, locate: FrameLocator,
-            where: str, task_r: int, res_w: int, parent: int) -> None:  # pragma: no cover - in a helper
+def _helper(manifest: mf.Manifest, tasks: list[_Task], base: str | None, locate: FrameLocator,
+            where: str, task_r: int, task_w: int, res_w: int,
+            parent: int) -> None:  # pragma: no cover - in a helper
     code = 0
     try:
+        os.close(task_w)  # the parent's end: the pipe must read as ended once the parent closes it
         become_helper(parent)
         while True:
-            got = os.read(task_r, 4)
-            if not got:
+            n = _read_index(task_r)
+            if n is None:
                 break
-            files = nbytes = 0
-            for task in batches[struct.unpack("<I", got)[0]]:
-                a, b = _run_task(manifest, task, base, locate, where, None)
-                files += a
-                nbytes += b
+            files, nbytes = _run_task(manifest, tasks[n], base, locate, where, None)
             os.write(res_w, _MSG.pack(b"P", files, nbytes))
     except BaseException as exc:  # noqa: BLE001 - everything is reported to the caller
         kind = next((i for i, cls in reversed(list(enumerate(_ERRORS))) if isinstance(exc, cls)), None)
