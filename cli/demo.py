@@ -3,7 +3,9 @@
 Starts a coordinator and four agents in two zones as separate processes on loopback (each with its
 own cache directory, all sharing one local blob-store directory), runs a short series of real
 builds, and prints where each went, why, whether its cache was warm, partial or cold, and how many
-bytes it fetched. Everything printed comes from the builds' own event streams.
+bytes it fetched; then rolls a small sample service out twice behind a real HAProxy (a good version and one
+that answers 5 % errors) and prints how each ended. Everything printed comes from the builds' and rollouts'
+own event streams.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import grpc
 
 from stoker.cli import local_fleet
 from stoker.cli.client import warmth_name
+from stoker.cli.demo_rollouts import run_demo_rollouts
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
 
+EXPECTED_ROLLOUTS = ["succeeded", "rolled_back"]  # the good version, then the faulty one
 NODES = [("node-a1", "zone-a"), ("node-a2", "zone-a"), ("node-b1", "zone-b"), ("node-b2", "zone-b")]
 
 WEB_DEPS_V1 = {f"web-pkg-{i:02d}": "1.0.0" for i in range(36)}
@@ -134,17 +138,23 @@ def run(args) -> int:
                 time.sleep(0.3)  # let the agent's inventory delta reach the coordinator
             inventory = inventory_pb2_grpc.InventoryStub(channel).QueryInventory(
                 inventory_pb2.QueryInventoryRequest(summary_only=True), timeout=10)
-        ok = all(r.exit_code == 0 for r in rows)
+        if not args.json:
+            print_table(rows)
+            say("")
+        rollouts = run_demo_rollouts(coordinator.address, base, say=say)
+        ok = all(r.exit_code == 0 for r in rows) and [r["outcome"] for r in rollouts] == EXPECTED_ROLLOUTS
         if args.json:
             print(json.dumps({"builds": [asdict(r) for r in rows], "hit_rates": {
                 "warm": inventory.hit_rates.warm_builds, "partial": inventory.hit_rates.partial_builds,
-                "cold": inventory.hit_rates.cold_builds}, "ok": ok}, indent=2))
+                "cold": inventory.hit_rates.cold_builds}, "rollouts": rollouts, "ok": ok}, indent=2, default=str))
         else:
-            print_table(rows)
-            print(f"\nhit rates: warm {inventory.hit_rates.warm_builds}, partial {inventory.hit_rates.partial_builds}, "
-                  f"cold {inventory.hit_rates.cold_builds}; logs and state in {base}" if args.keep or args.dir
-                  else f"\nhit rates: warm {inventory.hit_rates.warm_builds}, "
-                       f"partial {inventory.hit_rates.partial_builds}, cold {inventory.hit_rates.cold_builds}")
+            print_rollouts(rollouts)
+            h = inventory.hit_rates
+            print(f"\nbuild cache hit rates: warm {h.warm_builds}, partial {h.partial_builds}, cold {h.cold_builds}")
+            if args.keep or args.dir:
+                print(f"logs and state in {base}")
+            if not ok:
+                print("stoker demo: something did not end as expected (see above)", file=sys.stderr)
         return 0 if ok else 1
     except (local_fleet.FleetError, grpc.RpcError) as exc:
         print(f"stoker demo failed: {exc}", file=sys.stderr)
@@ -156,6 +166,14 @@ def run(args) -> int:
             proc.stop()
         if not (args.keep or args.dir):
             shutil.rmtree(base, ignore_errors=True)
+
+
+def print_rollouts(rows: list[dict]) -> None:
+    print(f"\n{'ROLLOUT':<34} {'OUTCOME':<12} {'DETECTED':>9} {'FAILED/REQUESTS':>16}  WHY")
+    for r in rows:
+        detect = f"{r['detect_s']:.1f}s" if r.get("detect_s") else "-"
+        print(f"{r['title']:<34} {r['outcome']:<12} {detect:>9} {str(r['failed_requests']) + '/' + str(r['requests']):>16}"
+              f"  {r.get('message', '')}")
 
 
 def print_table(rows: list[BuildRow]) -> None:

@@ -7,6 +7,8 @@
     stoker place / release           placement-only leases
     stoker get / cancel / watch      one build
     stoker inventory                 what the fleet holds
+    stoker rollout ...               start, watch, promote, abort, pause, resume rollouts
+    stoker token                     make a bearer token for CI or an operator
     stoker cache ...                 operate the node's cache by hand
 """
 

@@ -109,7 +109,10 @@ class HAProxy:
         self.socket = home / "haproxy.sock"
         if len(str(self.socket)) > 90:  # a unix socket path holds at most ~100 bytes; HAProxy allows 97
             digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
-            self.socket = Path(tempfile.gettempdir()) / f"stoker-haproxy-{digest}.sock"
+            short = Path(tempfile.gettempdir())
+            if len(str(short)) > 60:  # TMPDIR itself can be long (pytest's tmp_path): fall back to /tmp
+                short = Path("/tmp")
+            self.socket = short / f"stoker-haproxy-{digest}.sock"
         self.config = home / "haproxy.cfg"
         self.state_file = home / "haproxy.json"
 

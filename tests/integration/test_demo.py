@@ -38,6 +38,12 @@ def test_demo_json_shows_cold_warm_partial_and_a_fetch(tmp_path):
     for field in ("id", "workspace", "key", "node", "zone", "warmth", "reason", "bytes_fetched", "restore_s",
                   "exit_code"):
         assert field in first
+    rollouts = report["rollouts"]
+    assert [(r["version"], r["outcome"]) for r in rollouts] == [("v2", "succeeded"), ("v3", "rolled_back")]
+    good, faulty = rollouts
+    assert good["failed_requests"] == 0 and good["requests"] > 0
+    assert faulty["detect_s"] > 0 and any("fail" in v for v in faulty["verdicts"])
+    assert report["ok"] is True
     assert "stoker demo: working in " + str(tmp_path) in done.stderr
     assert not list(tmp_path.iterdir())  # it removed its temporary directory, processes and all
 
