@@ -159,14 +159,14 @@ class BuildService:
         return build_id
 
     def _check_satisfiable(self, request: PlacementRequest) -> None:
-        live = self._registry.live()
+        live = self._registry.live_nodes()
         if not live:
             raise Unavailable("no build node has registered yet; start agents or retry shortly")
         if not any(request.constraints.admits(n.info) for n in live):
             zones = sorted({n.info.zone for n in live})
             raise FailedPrecondition(
                 f"no registered node satisfies the constraints ({request.constraints.describe()}); "
-                f"{len(live)} node(s) in zone(s) {', '.join(repr(z) for z in zones)}")
+                f"{sum(1 for _ in live)} node(s) in zone(s) {', '.join(repr(z) for z in zones)}")
 
     def get(self, build_id: str) -> build_pb2.Build:
         active = self._active.get(build_id)

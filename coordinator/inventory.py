@@ -28,7 +28,12 @@ class InventoryIndex:
     def __init__(self) -> None:
         self._nodes: dict[str, _NodeView] = {}
         self._holders: dict[str, dict[str, EntryRecord]] = {}
+        # Keys in sorted order for prefix lookups, kept cheap to update: a large sorted list that may still
+        # hold keys nobody reports any more (skipped when read, dropped when it is rebuilt), plus a small
+        # sorted list of keys added since, merged into the large one when it grows.
         self._sorted_keys: list[str] = []
+        self._fresh_keys: list[str] = []
+        self._stale_keys = 0
         self._created: dict[str, float] = {}
         """key → the newest ``created`` any node reports for it."""
 
@@ -65,7 +70,7 @@ class InventoryIndex:
         holders = self._holders.get(entry.key)
         if holders is None:
             holders = self._holders[entry.key] = {}
-            bisect.insort(self._sorted_keys, entry.key)
+            self._key_added(entry.key)
         holders[node] = entry
         if entry.created > self._created.get(entry.key, float("-inf")):
             self._created[entry.key] = entry.created
@@ -80,9 +85,32 @@ class InventoryIndex:
         if not holders:
             del self._holders[key]
             self._created.pop(key, None)
-            i = bisect.bisect_left(self._sorted_keys, key)
-            if i < len(self._sorted_keys) and self._sorted_keys[i] == key:
-                del self._sorted_keys[i]
+            self._key_removed(key)
+
+    _FRESH_LIMIT = 4096
+
+    def _key_added(self, key: str) -> None:
+        main = self._sorted_keys
+        i = bisect.bisect_left(main, key)
+        if i < len(main) and main[i] == key:  # still listed from before: it counts again
+            self._stale_keys -= 1
+            return
+        bisect.insort(self._fresh_keys, key)
+        if len(self._fresh_keys) > self._FRESH_LIMIT:
+            self._sorted_keys = list(heapq.merge(main, self._fresh_keys))
+            self._fresh_keys = []
+
+    def _key_removed(self, key: str) -> None:
+        fresh = self._fresh_keys
+        i = bisect.bisect_left(fresh, key)
+        if i < len(fresh) and fresh[i] == key:
+            del fresh[i]
+            return
+        self._stale_keys += 1
+        if self._stale_keys > self._FRESH_LIMIT and self._stale_keys * 2 > len(self._sorted_keys):
+            self._sorted_keys = sorted(self._holders)
+            self._fresh_keys = []
+            self._stale_keys = 0
 
     # -- queries -------------------------------------------------------------------------------
     def generation(self, node: str) -> int:
@@ -95,10 +123,10 @@ class InventoryIndex:
 
     def keys_under(self, prefix: str) -> Iterator[str]:
         """Every key held anywhere that starts with ``prefix``, in sorted order."""
-        i = bisect.bisect_left(self._sorted_keys, prefix)
-        while i < len(self._sorted_keys) and self._sorted_keys[i].startswith(prefix):
-            yield self._sorted_keys[i]
-            i += 1
+        holders = self._holders
+        for key in heapq.merge(_range(self._sorted_keys, prefix), _range(self._fresh_keys, prefix)):
+            if key in holders:
+                yield key
 
     def newest_under(self, prefix: str, limit: int = 4096) -> dict[str, EntryRecord]:
         """node → its newest entry under ``prefix`` (looks at no more than ``limit`` keys)."""
@@ -125,7 +153,14 @@ class InventoryIndex:
         return [] if view is None else list(view.entries.values())
 
     def all_keys(self) -> list[str]:
-        return list(self._sorted_keys)
+        return sorted(self._holders)
 
     def node_names(self) -> list[str]:
         return list(self._nodes)
+
+
+def _range(keys: list[str], prefix: str) -> Iterator[str]:
+    i = bisect.bisect_left(keys, prefix)
+    while i < len(keys) and keys[i].startswith(prefix):
+        yield keys[i]
+        i += 1

@@ -115,9 +115,26 @@ class NodeRegistry:
     def all(self) -> list[NodeRecord]:
         return list(self._nodes.values())
 
+    def live_nodes(self):
+        """Nodes not lost, lazily (``any()`` over it stops at the first match)."""
+        return _LiveView(self._nodes)
+
     def live(self) -> list[NodeRecord]:
         """Nodes not lost (ready, or disconnected within their lease)."""
         return [r for r in self._nodes.values() if r.state is not NodeState.LOST]
 
     def ready(self) -> list[NodeRecord]:
         return [r for r in self._nodes.values() if r.state is NodeState.READY]
+
+
+class _LiveView:
+    """Iterable over the registry's nodes that are not lost; truthy when there is at least one."""
+
+    def __init__(self, nodes: dict[str, NodeRecord]) -> None:
+        self._nodes = nodes
+
+    def __iter__(self):
+        return (r for r in self._nodes.values() if r.state is not NodeState.LOST)
+
+    def __bool__(self) -> bool:
+        return any(True for _ in self)

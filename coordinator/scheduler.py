@@ -279,10 +279,10 @@ class Scheduler:
         free_at: dict[str, list[float]] = {}
         running_total = sum(load.values())
         waiting_on: collections.Counter[str] = collections.Counter()
+        waiting_per_tenant = collections.Counter(r.tenant for r in queue)
+        cap = max(1, math.floor(self.settings.tenant_share * total_slots))
         for request in self._fair_order(queue, tenant_running, now):
-            tenants_waiting = {r.tenant for r in queue if r.id not in {a.id for a, _ in plan.assignments}}
-            cap = max(1, math.floor(self.settings.tenant_share * total_slots))
-            if len(tenants_waiting) > 1 and tenant_running[request.tenant] >= cap:
+            if len(waiting_per_tenant) > 1 and tenant_running[request.tenant] >= cap:
                 plan.waiting[request.id] = (f"tenant {request.tenant} holds {tenant_running[request.tenant]} "
                                             f"of {total_slots} slots while others wait")
                 continue
@@ -294,6 +294,9 @@ class Scheduler:
             node = live_by_name[decision.node]
             if load[node.name] < min(node.info.slots, bound):
                 plan.assignments.append((request, decision))
+                waiting_per_tenant[request.tenant] -= 1
+                if waiting_per_tenant[request.tenant] <= 0:
+                    del waiting_per_tenant[request.tenant]
                 load[node.name] += 1
                 running_total += 1
                 tenant_running[request.tenant] += 1

@@ -81,3 +81,31 @@ def test_inventory_newest_under_prefix_per_node():
     assert set(inv.newest_under("web/")) == {"n2"}
 
 
+
+
+def test_prefix_index_stays_exact_through_many_adds_and_removes():
+    """The sorted-key index is updated lazily (a small list merged into a large one, stale keys skipped and
+    compacted); whatever the order of changes, prefix lookups must equal a brute-force scan."""
+    import random
+
+    rng = random.Random(5)
+    inv = InventoryIndex()
+    generation = {"n0": 0, "n1": 0}
+    inv.apply_snapshot("n0", 0, [])
+    inv.apply_snapshot("n1", 0, [])
+    held: dict[str, set[str]] = {"n0": set(), "n1": set()}
+    for step in range(12000):
+        node = rng.choice(["n0", "n1"])
+        key = f"ws-{rng.randrange(30)}/deps-{rng.randrange(400)}"
+        generation[node] += 1
+        if key in held[node] and rng.random() < 0.5:
+            assert inv.apply_delta(node, generation[node], [], [key])
+            held[node].discard(key)
+        else:
+            assert inv.apply_delta(node, generation[node], [entry(key, created=step)], [])
+            held[node].add(key)
+        if step % 997 == 0:
+            everything = held["n0"] | held["n1"]
+            for prefix in ("ws-1", "ws-7/", "ws-29/deps-3", ""):
+                assert list(inv.keys_under(prefix)) == sorted(k for k in everything if k.startswith(prefix))
+    assert inv.all_keys() == sorted(held["n0"] | held["n1"])
