@@ -34,6 +34,8 @@ class InventoryIndex:
         self._sorted_keys: list[str] = []
         self._fresh_keys: list[str] = []
         self._stale_keys = 0
+        # The newest keys under each recently asked prefix; an entry goes when a key under it comes or goes.
+        self._newest: dict[tuple[str, int], list[str]] = {}
         self._created: dict[str, float] = {}
         """key → the newest ``created`` any node reports for it."""
 
@@ -74,6 +76,7 @@ class InventoryIndex:
         holders[node] = entry
         if entry.created > self._created.get(entry.key, float("-inf")):
             self._created[entry.key] = entry.created
+            self._forget_newest(entry.key)
 
     def _remove(self, node: str, view: _NodeView, key: str) -> None:
         if view.entries.pop(key, None) is None:
@@ -89,7 +92,13 @@ class InventoryIndex:
 
     _FRESH_LIMIT = 4096
 
+    def _forget_newest(self, key: str) -> None:
+        if self._newest:
+            for cached in [c for c in self._newest if key.startswith(c[0])]:
+                del self._newest[cached]
+
     def _key_added(self, key: str) -> None:
+        self._forget_newest(key)
         main = self._sorted_keys
         i = bisect.bisect_left(main, key)
         if i < len(main) and main[i] == key:  # still listed from before: it counts again
@@ -101,6 +110,7 @@ class InventoryIndex:
             self._fresh_keys = []
 
     def _key_removed(self, key: str) -> None:
+        self._forget_newest(key)
         fresh = self._fresh_keys
         i = bisect.bisect_left(fresh, key)
         if i < len(fresh) and fresh[i] == key:
@@ -140,13 +150,23 @@ class InventoryIndex:
         return best
 
     def newest_keys_under(self, prefix: str, count: int = 3, limit: int = 4096) -> list[str]:
-        """The ``count`` most recently created keys under ``prefix`` (looks at no more than ``limit``)."""
+        """The ``count`` most recently created keys under ``prefix`` (looks at no more than ``limit``).
+
+        Remembered per prefix until a key under it comes or goes, so the scheduler's repeated questions
+        about a busy workspace do not walk all its keys each time."""
+        cached = self._newest.get((prefix, count))
+        if cached is not None:
+            return cached
         keys = []
         for n, key in enumerate(self.keys_under(prefix)):
             if n >= limit:
                 break
             keys.append(key)
-        return heapq.nlargest(count, keys, key=self._created.__getitem__)
+        newest = heapq.nlargest(count, keys, key=self._created.__getitem__)
+        if len(self._newest) >= 4096:
+            self._newest.clear()
+        self._newest[(prefix, count)] = newest
+        return newest
 
     def entries(self, node: str) -> list[EntryRecord]:
         view = self._nodes.get(node)

@@ -109,3 +109,16 @@ def test_prefix_index_stays_exact_through_many_adds_and_removes():
             for prefix in ("ws-1", "ws-7/", "ws-29/deps-3", ""):
                 assert list(inv.keys_under(prefix)) == sorted(k for k in everything if k.startswith(prefix))
     assert inv.all_keys() == sorted(held["n0"] | held["n1"])
+
+
+def test_newest_keys_under_follows_changes_after_being_remembered():
+    inv = InventoryIndex()
+    inv.apply_snapshot("n1", 0, [entry("web/1", created=1), entry("web/2", created=2), entry("api/9", created=9)])
+    assert inv.newest_keys_under("web/", count=1) == ["web/2"]
+    assert inv.apply_delta("n1", 1, [entry("web/3", created=3)], [])
+    assert inv.newest_keys_under("web/", count=1) == ["web/3"]
+    assert inv.apply_delta("n1", 2, [], ["web/3"])
+    assert inv.newest_keys_under("web/", count=1) == ["web/2"]
+    inv.apply_snapshot("n2", 0, [entry("web/1", created=50)])  # a newer report of an existing key
+    assert inv.newest_keys_under("web/", count=1) == ["web/1"]
+    assert inv.newest_keys_under("api/", count=2) == ["api/9"]
