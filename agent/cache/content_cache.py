@@ -2,10 +2,12 @@
 
 It composes the node's :class:`~.store.LocalStore` (compressed frames and manifests on the SSD), a
 :class:`~.blobs.BlobStore` (the shared store), :mod:`.tree` (walking and the stat cache), :mod:`.packing`
-(new content into packs) and :mod:`.hydrate` (frames into files). Object layout in the blob store::
+(new content into packs) and :mod:`.hydrate` (frames into files, from forked writer processes). Warm and
+partial restores use *ready trees* (an entry unpacked in the background and moved, never linked, into the
+next workspace; see :mod:`.store`). Object layout in the blob store::
 
     packs/<sha256>        independent zstd frames; immutable
-    manifests/<sha256>    compressed JSON manifest (see :mod:`.manifest`); immutable
+    manifests/<sha256>    compressed manifest, binary version 2 (see :mod:`.manifest`); immutable
     keys/<encoded key>    {"manifest": <sha256>, "content": <sha256>, "created": <unix s>}; written last
 
 A save uploads packs, then the manifest, then the key pointer, so a pointer always names a complete
