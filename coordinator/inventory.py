@@ -11,6 +11,7 @@ Lookups the scheduler needs are indexed so a decision never scans a node's whole
 from __future__ import annotations
 
 import bisect
+import collections
 import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ class InventoryIndex:
         self._fresh_keys: list[str] = []
         self._stale_keys = 0
         # The newest keys under each recently asked prefix; an entry goes when a key under it comes or goes.
-        self._newest: dict[tuple[str, int], list[str]] = {}
+        self._newest: dict[str, dict[int, list[str]]] = {}
+        self._newest_lengths: collections.Counter[int] = collections.Counter()
         self._created: dict[str, float] = {}
         """key → the newest ``created`` any node reports for it."""
 
@@ -93,9 +95,14 @@ class InventoryIndex:
     _FRESH_LIMIT = 4096
 
     def _forget_newest(self, key: str) -> None:
-        if self._newest:
-            for cached in [c for c in self._newest if key.startswith(c[0])]:
-                del self._newest[cached]
+        """Drop what is remembered for every prefix of ``key`` (a few dict lookups, one per prefix length)."""
+        if not self._newest:
+            return
+        for length in list(self._newest_lengths):
+            if self._newest.pop(key[:length], None) is not None:
+                self._newest_lengths[length] -= 1
+                if self._newest_lengths[length] <= 0:
+                    del self._newest_lengths[length]
 
     def _key_added(self, key: str) -> None:
         self._forget_newest(key)
@@ -154,9 +161,9 @@ class InventoryIndex:
 
         Remembered per prefix until a key under it comes or goes, so the scheduler's repeated questions
         about a busy workspace do not walk all its keys each time."""
-        cached = self._newest.get((prefix, count))
-        if cached is not None:
-            return cached
+        remembered = self._newest.get(prefix)
+        if remembered is not None and count in remembered:
+            return remembered[count]
         keys = []
         for n, key in enumerate(self.keys_under(prefix)):
             if n >= limit:
@@ -165,7 +172,11 @@ class InventoryIndex:
         newest = heapq.nlargest(count, keys, key=self._created.__getitem__)
         if len(self._newest) >= 4096:
             self._newest.clear()
-        self._newest[(prefix, count)] = newest
+            self._newest_lengths.clear()
+        if prefix not in self._newest:
+            self._newest[prefix] = {}
+            self._newest_lengths[len(prefix)] += 1
+        self._newest[prefix][count] = newest
         return newest
 
     def entries(self, node: str) -> list[EntryRecord]:

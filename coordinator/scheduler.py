@@ -265,19 +265,27 @@ class Scheduler:
         plan = Plan(prewarms=self._pending_prewarms)
         self._pending_prewarms = []
         now = self._clock.now()
-        live = [n for n in nodes if n.schedulable]
         if not queue:
             return plan
+        # One pass over the nodes builds the whole view (this runs for every placement of a large fleet).
+        ready = NodeState.READY
+        live_by_name: dict[str, NodeRecord] = {}
+        load: dict[str, int] = {}
+        total_slots = running_total = 0
+        for n in nodes:
+            if n.state is ready and not n.draining:
+                name, info, held = n.info.name, n.info, len(n.holders)
+                live_by_name[name] = n
+                load[name] = held
+                total_slots += info.slots
+                running_total += held
+        live = list(live_by_name.values())
         if not live:
             for r in queue:
                 plan.waiting[r.id] = "waiting for a node: none is ready"
             return plan
-        load = {n.name: len(n.holders) for n in live}
-        live_by_name = {n.name: n for n in live}
-        total_slots = sum(n.info.slots for n in live)
         tenant_running = collections.Counter(r.tenant for r in self._running.values())
         free_at: dict[str, list[float]] = {}
-        running_total = sum(load.values())
         waiting_on: collections.Counter[str] = collections.Counter()
         waiting_per_tenant = collections.Counter(r.tenant for r in queue)
         cap = max(1, math.floor(self.settings.tenant_share * total_slots))
