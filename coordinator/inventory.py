@@ -78,7 +78,7 @@ class InventoryIndex:
         holders[node] = entry
         if entry.created > self._created.get(entry.key, float("-inf")):
             self._created[entry.key] = entry.created
-            self._forget_newest(entry.key)
+            self._newest_saw(entry.key)
 
     def _remove(self, node: str, view: _NodeView, key: str) -> None:
         if view.entries.pop(key, None) is None:
@@ -94,18 +94,39 @@ class InventoryIndex:
 
     _FRESH_LIMIT = 4096
 
-    def _forget_newest(self, key: str) -> None:
-        """Drop what is remembered for every prefix of ``key`` (a few dict lookups, one per prefix length)."""
+    def _newest_for(self, key: str):
+        """(prefix, its remembered lists) for every remembered prefix of ``key``."""
+        for length in list(self._newest_lengths):
+            remembered = self._newest.get(key[:length])
+            if remembered is not None:
+                yield key[:length], remembered
+
+    def _newest_saw(self, key: str) -> None:
+        """A key was added or became newer: update the remembered lists in place (no rescans)."""
         if not self._newest:
             return
-        for length in list(self._newest_lengths):
-            if self._newest.pop(key[:length], None) is not None:
-                self._newest_lengths[length] -= 1
-                if self._newest_lengths[length] <= 0:
-                    del self._newest_lengths[length]
+        created = self._created[key]
+        for _, remembered in self._newest_for(key):
+            for count, keys in remembered.items():
+                if key in keys:
+                    keys.remove(key)
+                if len(keys) < count or created > self._created.get(keys[-1], float("-inf")):
+                    keys.append(key)
+                    keys.sort(key=self._created.__getitem__, reverse=True)
+                    del keys[count:]
+
+    def _newest_lost(self, key: str) -> None:
+        """A key went away: forget what was remembered for its prefixes if it was among the newest."""
+        if not self._newest:
+            return
+        for prefix, remembered in list(self._newest_for(key)):
+            if any(key in keys for keys in remembered.values()):
+                del self._newest[prefix]
+                self._newest_lengths[len(prefix)] -= 1
+                if self._newest_lengths[len(prefix)] <= 0:
+                    del self._newest_lengths[len(prefix)]
 
     def _key_added(self, key: str) -> None:
-        self._forget_newest(key)
         main = self._sorted_keys
         i = bisect.bisect_left(main, key)
         if i < len(main) and main[i] == key:  # still listed from before: it counts again
@@ -117,7 +138,7 @@ class InventoryIndex:
             self._fresh_keys = []
 
     def _key_removed(self, key: str) -> None:
-        self._forget_newest(key)
+        self._newest_lost(key)
         fresh = self._fresh_keys
         i = bisect.bisect_left(fresh, key)
         if i < len(fresh) and fresh[i] == key:
@@ -163,7 +184,7 @@ class InventoryIndex:
         about a busy workspace do not walk all its keys each time."""
         remembered = self._newest.get(prefix)
         if remembered is not None and count in remembered:
-            return remembered[count]
+            return list(remembered[count])
         keys = []
         for n, key in enumerate(self.keys_under(prefix)):
             if n >= limit:
@@ -177,7 +198,7 @@ class InventoryIndex:
             self._newest[prefix] = {}
             self._newest_lengths[len(prefix)] += 1
         self._newest[prefix][count] = newest
-        return newest
+        return list(newest)
 
     def entries(self, node: str) -> list[EntryRecord]:
         view = self._nodes.get(node)

@@ -204,6 +204,7 @@ class Scheduler:
         self.settings = settings or SchedulerSettings()
         self.estimator = estimator or Estimator(self.settings)
         self._running: dict[str, _Running] = {}
+        self._tenant_running: collections.Counter[str] = collections.Counter()
         self._node_hash: dict[str, int] = {}
         self._bucket_names: frozenset[str] = frozenset()
         self._bucket_source: dict | None = None
@@ -217,15 +218,23 @@ class Scheduler:
     # -- what happened -------------------------------------------------------------------------
     def started(self, request: PlacementRequest, node: str) -> None:
         now = self._clock.now()
+        previous = self._running.get(request.id)
+        if previous is not None:
+            self._tenant_running[previous.tenant] -= 1
         self._running[request.id] = _Running(node, request.tenant, request.key,
                                              now + self.estimator.build_s(request))
+        self._tenant_running[request.tenant] += 1
         if request.key:
             seen = self._demand.setdefault(request.key, collections.deque(maxlen=64))
             seen.append(now)
 
     def finished(self, request_id: str, *, key: str = "", workspace: str = "", run_s: float = 0.0,
                  bytes_fetched: int = 0, bytes_restored: int = 0, restore_s: float = 0.0) -> None:
-        self._running.pop(request_id, None)
+        running = self._running.pop(request_id, None)
+        if running is not None:
+            self._tenant_running[running.tenant] -= 1
+            if self._tenant_running[running.tenant] <= 0:
+                del self._tenant_running[running.tenant]
         if run_s:
             self.estimator.observe_build(key, workspace, run_s)
         if restore_s:
@@ -284,7 +293,7 @@ class Scheduler:
             for r in queue:
                 plan.waiting[r.id] = "waiting for a node: none is ready"
             return plan
-        tenant_running = collections.Counter(r.tenant for r in self._running.values())
+        tenant_running = self._tenant_running.copy()
         free_at: dict[str, list[float]] = {}
         waiting_on: collections.Counter[str] = collections.Counter()
         waiting_per_tenant = collections.Counter(r.tenant for r in queue)

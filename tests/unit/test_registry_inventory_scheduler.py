@@ -122,3 +122,32 @@ def test_newest_keys_under_follows_changes_after_being_remembered():
     inv.apply_snapshot("n2", 0, [entry("web/1", created=50)])  # a newer report of an existing key
     assert inv.newest_keys_under("web/", count=1) == ["web/1"]
     assert inv.newest_keys_under("api/", count=2) == ["api/9"]
+
+
+def test_remembered_newest_keys_match_a_fresh_scan_through_random_changes():
+    import random
+
+    rng = random.Random(9)
+    inv = InventoryIndex()
+    gens = {"n0": 0, "n1": 0}
+    for n in gens:
+        inv.apply_snapshot(n, 0, [])
+    held = {"n0": set(), "n1": set()}
+    created = {}
+    for step in range(6000):
+        node = rng.choice(["n0", "n1"])
+        key = f"ws-{rng.randrange(5)}/deps-{rng.randrange(300):03d}"
+        created.setdefault(key, float(rng.randrange(10**6)))
+        gens[node] += 1
+        if key in held[node] and rng.random() < 0.6:
+            inv.apply_delta(node, gens[node], [], [key])
+            held[node].discard(key)
+        else:
+            inv.apply_delta(node, gens[node], [entry(key, created=created[key])], [])
+            held[node].add(key)
+        if step % 7 == 0:
+            prefix = f"ws-{rng.randrange(5)}/"
+            count = rng.choice([1, 3])
+            everything = [k for k in held["n0"] | held["n1"] if k.startswith(prefix)]
+            expect = sorted(everything, key=lambda k: created[k], reverse=True)[:count]
+            assert inv.newest_keys_under(prefix, count=count) == expect, step
