@@ -475,6 +475,35 @@ class MemorySampler(threading.Thread):
         self._stop_event.set()
 
 
+def histogram_buckets(metrics_port: int, name: str, labels: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of one labelled histogram on the coordinator's /metrics."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    out = []
+    for line in body.splitlines():
+        if line.startswith(name + "_bucket{") and labels in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    return sorted(out)
+
+
+def histogram_quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
+    """The q-quantile of what a histogram recorded between two scrapes (linear within a bucket, as PromQL's
+    histogram_quantile does); None when it recorded nothing."""
+    counts = dict(before)
+    deltas = [(le, c - counts.get(le, 0.0)) for le, c in after]
+    total = deltas[-1][1] if deltas else 0.0
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for le, cum in deltas:
+        if cum >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / max(cum - below, 1e-12)
+        lower, below = le, cum
+    return lower
+
+
 def metric_value(metrics_port: int, name: str, labels: str) -> float:
     """One sample of the coordinator's /metrics (``labels`` is a substring of the label set, "" for none)."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
@@ -707,6 +736,7 @@ def run(args) -> dict:
             metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_sum", ""),
             metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_count", ""),
         )
+        rpc0 = histogram_buckets(metrics_port, "stoker_coordinator_rpc_seconds", 'method="PlaceBuild"')
         profiler = None
         if args.profile:
             profiler = py_spy_record(
@@ -731,6 +761,12 @@ def run(args) -> dict:
             metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_count", ""),
         )
         out["scheduler_ms_per_decision"] = round(1000 * (dec1[0] - dec0[0]) / max(1, dec1[1] - dec0[1]), 3)
+        # The coordinator's own view: time from its handler starting to its answer (the client's figures also
+        # hold the wait on the shared cores and in gRPC's queues).
+        rpc1 = histogram_buckets(metrics_port, "stoker_coordinator_rpc_seconds", 'method="PlaceBuild"')
+        for q, key in ((0.5, "server_placement_p50_ms"), (0.99, "server_placement_p99_ms")):
+            v = histogram_quantile(rpc0, rpc1, q)
+            out[key] = None if v is None else round(1000 * v, 2)
         lat = [x * 1000 for x in ci_result["latencies"]]
         sched = [x * 1000 for x in ci_result["from_schedule"]]
         rel = [x * 1000 for x in ci_result["release"]]

@@ -26,6 +26,7 @@ import hmac
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,8 +138,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Checks every RPC before its handler runs; refused calls are logged and end with
     UNAUTHENTICATED or PERMISSION_DENIED."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator,
+                 observe: Callable[[str, float], None] | None = None) -> None:
         self._auth = authenticator
+        self._observe = observe
 
     async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
         handler = await continuation(handler_call_details)
@@ -164,12 +167,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             inner = handler.unary_unary
 
+            observe = self._observe
+            short = method.rsplit("/", 1)[-1]
+
             async def unary_unary(request, context):
+                started = time.perf_counter()
                 try:
                     authorize(context)
                 except (Unauthenticated, PermissionDenied) as exc:
                     await abort(context, exc)
-                return await inner(request, context)
+                try:
+                    return await inner(request, context)
+                finally:
+                    if observe is not None:
+                        observe(short, time.perf_counter() - started)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
                                                        handler.response_serializer)

@@ -31,6 +31,9 @@ class CoordinatorMetrics:
         self.queue_depth = Gauge(
             "stoker_coordinator_queue_depth", "Builds and placement requests waiting for a slot.", registry=registry)
         self.nodes = Gauge("stoker_coordinator_nodes", "Nodes by state.", ["state"], registry=registry)
+        self.rpc_seconds = Histogram(
+            "stoker_coordinator_rpc_seconds", "Time the coordinator spent handling each unary RPC.", ["method"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=registry)
         self.agent_messages = Counter(
             "stoker_coordinator_agent_messages_total", "Messages received on agents' streams.", ["kind"],
             registry=registry)

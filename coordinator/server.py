@@ -123,7 +123,8 @@ def create_server(config: CoordinatorConfig, *, clock: Clock | None = None,
     builds.recover()
     limit = config.server.max_message_bytes
     authenticator = security_check(config)
-    server = grpc.aio.server(interceptors=[AuthInterceptor(authenticator)], options=[
+    interceptor = AuthInterceptor(authenticator, observe=lambda m, s: metrics.rpc_seconds.labels(m).observe(s))
+    server = grpc.aio.server(interceptors=[interceptor], options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.keepalive_time_ms", 20_000),
