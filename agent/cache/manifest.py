@@ -221,25 +221,37 @@ def _parse_v1(raw: bytes, where: str) -> Manifest:
 
 
 def _parse_v2(raw: bytes, where: str) -> Manifest:
+    pos = 0
+
+    def need(nbytes: int) -> None:
+        """Every count read from the input is checked against the bytes left before it sizes anything."""
+        if nbytes < 0 or pos + nbytes > len(raw):
+            raise CacheError(f"manifest {where} is malformed: its sections do not add up")
+
     try:
+        need(10)
         version, hlen = struct.unpack_from("<HI", raw, 4)
         if version != 2:
             raise CacheError(f"manifest {where} has format version {version!r}; "
                              f"this agent reads versions {', '.join(map(str, READ_VERSIONS))}")
         pos = 10
+        need(hlen)
         doc = _check_header(json.loads(raw[pos:pos + hlen]), where)
         pos += hlen
         packs = [str(p) for p in doc["packs"]]
         for p in packs:
             _check_object_name(p, where)
+        need(4)
         (nframes,) = struct.unpack_from("<I", raw, pos)
         pos += 4
-        flat = struct.unpack_from(f"<{'IQII' * nframes}", raw, pos)
+        need(20 * nframes)
+        frames = tuple(Frame(packs[i], o, n, r) for i, o, n, r in
+                       struct.iter_unpack("<IQII", raw[pos:pos + 20 * nframes]))
         pos += 20 * nframes
-        frames = tuple(Frame(packs[flat[i]], flat[i + 1], flat[i + 2], flat[i + 3])
-                       for i in range(0, len(flat), 4))
+        need(4)
         (n,) = struct.unpack_from("<I", raw, pos)
         pos += 4
+        need(11 * n + 4)
         types = raw[pos:pos + n]
         pos += n
         modes = struct.unpack_from(f"<{n}H", raw, pos)
@@ -248,11 +260,13 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
         pos += 8 * n
         (plen,) = struct.unpack_from("<I", raw, pos)
         pos += 4
+        need(plen)
         paths = raw[pos:pos + plen].decode().split("\0") if n else []
         pos += plen
         if len(paths) != n or len(types) != n:
             raise CacheError(f"manifest {where} is malformed: {len(paths)} paths for {n} entries")
         nfiles = types.count(1)
+        need(44 * nfiles)
         sizes = struct.unpack_from(f"<{nfiles}Q", raw, pos)
         pos += 8 * nfiles
         digests = raw[pos:pos + 32 * nfiles]
@@ -260,6 +274,7 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
         counts = struct.unpack_from(f"<{nfiles}I", raw, pos)
         pos += 4 * nfiles
         nchunks = sum(counts)
+        need(12 * nchunks + 4)
         cflat = struct.unpack_from(f"<{3 * nchunks}I", raw, pos)
         pos += 12 * nchunks
         (tlen,) = struct.unpack_from("<I", raw, pos)

@@ -154,3 +154,30 @@ def test_packs_cut_at_package_boundaries() -> None:
     big = [ContentItem("b", 10 << 20, "node_modules/big/x", None)]  # type: ignore
     (pack,) = plan_packs(big, frame_target=4 << 20)
     assert [f.raw_size for f in pack.frames] == [4 << 20, 4 << 20, 2 << 20]
+
+
+def test_version_2_checks_every_count_before_it_sizes_anything() -> None:
+    """tests/hostile finding 8: a count of 0x0FFFFFFF must not build a gigabyte format string."""
+    import struct
+    import tracemalloc
+
+    raw = zstandard.ZstdDecompressor().decompress(mf.encode(sample()))
+    pos = 10 + struct.unpack_from("<I", raw, 6)[0]
+    nframes = struct.unpack_from("<I", raw, pos)[0]
+    paths_at = pos + 4 + 20 * nframes
+    n = struct.unpack_from("<I", raw, paths_at)[0]
+    plen_at = paths_at + 4 + 11 * n
+    for at in (pos, paths_at, plen_at):
+        for count in (0x0FFFFFFF, 0xFFFFFFFF):
+            bad = raw[:at] + struct.pack("<I", count) + raw[at + 4:]
+            tracemalloc.start()
+            with pytest.raises(CacheError, match="malformed|sections do not add up"):
+                mf.parse(zstandard.ZstdCompressor().compress(bad), where="t")
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert peak < 1 << 20
+    # A chunk count that sums past the bytes left.
+    chunk_counts_at = len(raw) - 4 - len(b"a.js") - 12 * 2 - 4 * 2
+    bad = raw[:chunk_counts_at] + struct.pack("<I", 0x0FFFFFFF) + raw[chunk_counts_at + 4:]
+    with pytest.raises(CacheError, match="malformed|sections do not add up"):
+        mf.parse(zstandard.ZstdCompressor().compress(bad), where="t")
