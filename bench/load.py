@@ -737,6 +737,7 @@ def run(args) -> dict:
             metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_count", ""),
         )
         rpc0 = histogram_buckets(metrics_port, "stoker_coordinator_rpc_seconds", 'method="PlaceBuild"')
+        lag0 = histogram_buckets(metrics_port, "stoker_coordinator_loop_lag_seconds", "")
         profiler = None
         if args.profile:
             profiler = py_spy_record(
@@ -764,8 +765,12 @@ def run(args) -> dict:
         # The coordinator's own view: time from its handler starting to its answer (the client's figures also
         # hold the wait on the shared cores and in gRPC's queues).
         rpc1 = histogram_buckets(metrics_port, "stoker_coordinator_rpc_seconds", 'method="PlaceBuild"')
+        lag1 = histogram_buckets(metrics_port, "stoker_coordinator_loop_lag_seconds", "")
         for q, key in ((0.5, "server_placement_p50_ms"), (0.99, "server_placement_p99_ms")):
             v = histogram_quantile(rpc0, rpc1, q)
+            out[key] = None if v is None else round(1000 * v, 2)
+        for q, key in ((0.5, "loop_lag_p50_ms"), (0.99, "loop_lag_p99_ms")):
+            v = histogram_quantile(lag0, lag1, q)
             out[key] = None if v is None else round(1000 * v, 2)
         lat = [x * 1000 for x in ci_result["latencies"]]
         sched = [x * 1000 for x in ci_result["from_schedule"]]

@@ -34,6 +34,10 @@ class CoordinatorMetrics:
         self.rpc_seconds = Histogram(
             "stoker_coordinator_rpc_seconds", "Time the coordinator spent handling each unary RPC.", ["method"],
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=registry)
+        self.loop_lag_seconds = Histogram(
+            "stoker_coordinator_loop_lag_seconds",
+            "How late the event loop ran a 50 ms timer (time a request may wait before its handler starts).",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=registry)
         self.agent_messages = Counter(
             "stoker_coordinator_agent_messages_total", "Messages received on agents' streams.", ["kind"],
             registry=registry)

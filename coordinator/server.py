@@ -66,6 +66,8 @@ class Coordinator:
     health: object
     rollouts: RolloutEngine | None = None
     agent_port: int = 0
+    builds_metrics: CoordinatorMetrics | None = None
+    _lag_probe: asyncio.Task | None = None
     _ticker: asyncio.Task | None = None
 
     @property
@@ -77,6 +79,7 @@ class Coordinator:
         self.metrics_server.start()
         await set_serving(self.health, SERVICE_NAMES, True)
         self._ticker = asyncio.create_task(self._tick_forever())
+        self._lag_probe = asyncio.create_task(self._measure_loop_lag())
         if self.rollouts is not None:
             self.rollouts.recover()
         log.info("coordinator serving gRPC on port %d, metrics on port %d", self.port, self.metrics_port)
@@ -89,10 +92,19 @@ class Coordinator:
             except Exception:
                 log.exception("periodic tick failed")
 
+    async def _measure_loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + 0.05
+            await asyncio.sleep(0.05)
+            self.builds_metrics.loop_lag_seconds.observe(max(0.0, loop.time() - due))
+
     async def stop(self, grace_s: float | None = None) -> None:
         await set_serving(self.health, SERVICE_NAMES, False)
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._lag_probe is not None:
+            self._lag_probe.cancel()
         if self.rollouts is not None:
             await self.rollouts.close()
         for link in list(self.builds.links().values()):
@@ -143,7 +155,7 @@ def create_server(config: CoordinatorConfig, *, clock: Clock | None = None,
     metrics_server = MetricsServer(registry, config.server.metrics_listen)
     return Coordinator(config=config, server=server, port=port, metrics_server=metrics_server, builds=builds,
                        registry=nodes, inventory=inventory, store=store, health=health, rollouts=rollouts,
-                       agent_port=agent_port)
+                       agent_port=agent_port, builds_metrics=metrics)
 
 
 def security_check(config: CoordinatorConfig) -> Authenticator:
