@@ -71,6 +71,9 @@ class ContentCache:
         self.store = store
         self.processes = processes
         """Write restored files from ``workers`` processes (forked per restore) rather than threads."""
+        self.fallback_to_threads = True
+        """When a forked writer dies without reporting an error, write the files again with threads (and
+        use threads for the rest of this process's life) instead of failing the restore."""
         self.ready_trees = ready_trees
         """Keep this many *ready trees* (see :mod:`.store`): after a restore or save of a key, its files
         are unpacked again in the background (one process at nice 19) so the next restore of that key
@@ -242,6 +245,21 @@ class ContentCache:
     def _materialize(self, resolved: _Resolved, files: list[mf.FileEntry], workspace: Path | None,
                      roots: tuple[str, ...], locate: hydrate.FrameLocator, progress: ProgressFn | None,
                      where: str, start: float, *, fetch=None, missing: Sequence[int] = ()) -> None:
+        try:
+            self._write(resolved, files, workspace, roots, locate, progress, where, fetch=fetch, missing=missing)
+        except hydrate.HelperCrashed as exc:
+            if not self.fallback_to_threads:
+                raise
+            # Seen in the agent: a child forked while gRPC's threads were busy died of SIGSEGV in gRPC's
+            # at-fork handler. Every frame is in place by now; write again with threads, and keep to
+            # threads in this process from now on.
+            log.warning("%s; writing with threads instead, and from now on in this process", exc)
+            self.processes = False
+            self._write(resolved, files, workspace, roots, locate, progress, where, claim=False)
+
+    def _write(self, resolved: _Resolved, files: list[mf.FileEntry], workspace: Path | None,
+               roots: tuple[str, ...], locate: hydrate.FrameLocator, progress: ProgressFn | None,
+               where: str, *, fetch=None, missing: Sequence[int] = (), claim: bool = True) -> None:
         pending = {"fetch": fetch, "missing": missing}
         if workspace is None:
             hydrate.write_files(resolved.manifest, files, None, locate, workers=self.workers, where=where,
@@ -250,7 +268,7 @@ class ContentCache:
         stage = self._new_stage(workspace)
         try:
             present = {r for r in roots if any(f.path == r or f.path.startswith(r + "/") for f in files)}
-            base = self._claim_base(resolved, files, roots, stage) if self.ready_trees else None
+            base = self._claim_base(resolved, files, roots, stage) if self.ready_trees and claim else None
             if base is not None:
                 hydrate.apply_diff(resolved.manifest, base, files, stage, locate, workers=self.workers,
                                    where=where, progress=progress, processes=self.processes, **pending)

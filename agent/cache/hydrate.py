@@ -51,6 +51,11 @@ FetchFn = Callable[[Callable[[int], None]], None]
 """Fetches missing frames, calling its argument with each frame index once that frame is readable."""
 
 
+class HelperCrashed(CacheError):
+    """A forked writer died without reporting an error (killed, or crashed: forking a process whose other
+    threads are inside gRPC can leave the child unable to run). Every frame has been fetched by then."""
+
+
 @dataclass(frozen=True)
 class _Task:
     bytes: int
@@ -387,7 +392,7 @@ def _run_forked(manifest: mf.Manifest, tasks: list[_Task], base: str | None, loc
             raise errors[0]
         if failed:
             how = ", ".join(f"killed by signal {-c}" if c < 0 else f"exit status {c}" for c in failed)
-            raise CacheError(f"{where}: a restore helper process failed ({how}); nothing was published")
+            raise HelperCrashed(f"{where}: a restore helper process failed ({how}); nothing was published")
     finally:
         _kill(pids)
         for fd in (task_r, task_w, res_r, res_w):

@@ -31,6 +31,7 @@ def test_killed_writer_process_fails_the_restore_and_publishes_nothing(cache, tr
     cache.save("k", tree, ["node_modules"])
     node = open_local_cache(tmp_path, name="node", workers=2)
     node.ready_trees = 0
+    node.fallback_to_threads = False
     parent = os.getpid()
     real = hydrate._write_one
 
@@ -50,6 +51,31 @@ def test_killed_writer_process_fails_the_restore_and_publishes_nothing(cache, tr
     monkeypatch.setattr(hydrate, "_write_one", real)
     node.restore("k", [], ws, ["node_modules"])
     assert snapshot(ws) == snapshot(tree)
+    node.close()
+
+
+def test_a_crashed_writer_process_falls_back_to_threads(cache, tree: Path, tmp_path: Path, monkeypatch) -> None:
+    """In the agent a helper forked while gRPC's threads were busy died of SIGSEGV: the restore then
+    writes with threads, correctly, and keeps to threads."""
+    cache.save("k", tree, ["node_modules"])
+    node = open_local_cache(tmp_path, name="node", workers=2)
+    node.ready_trees = 0
+    parent = os.getpid()
+    real = hydrate._write_one
+
+    def write_one(path, f, data):
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        import time
+        time.sleep(0.02)
+        real(path, f, data)
+
+    monkeypatch.setattr(hydrate, "_write_one", write_one)
+    ws = tmp_path / "ws"
+    result = node.restore("k", [], ws, ["node_modules"])
+    assert result.warmth == "cold" and snapshot(ws) == snapshot(tree)
+    assert node.processes is False and not list(ws.glob(".stoker-staging-*"))
+    assert [e.key for e in node.inventory()[1]] == ["k"]
     node.close()
 
 
