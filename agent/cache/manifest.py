@@ -27,8 +27,11 @@ restore writes anything.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import heapq
 import json
+import collections
 import posixpath
 import stat
 import struct
@@ -356,13 +359,38 @@ def _all_paths_normal(paths: list[str]) -> bool:
     return not any(bad in joined for bad in _BAD_JOINED)
 
 
-def symlink_stays_inside(link_path: str, target: str, roots: tuple[str, ...]) -> bool:
-    """Whether a relative symlink at ``link_path`` resolves (lexically) inside one of ``roots``."""
+def symlink_stays_inside(link_path: str, target: str, roots: tuple[str, ...],
+                         links: Mapping[str, str] | None = None) -> bool:
+    """Whether a relative symlink at ``link_path`` resolves inside one of ``roots``.
+
+    Resolved component by component as the kernel would, following the other symlinks of the tree
+    (``links``: path → target) where a component names one, so a chain such as ``s -> .`` then
+    ``l -> s/s/s/../../../x`` is seen to leave the tree (a lexical ``normpath`` alone would not see it).
+    """
     if not target or target.startswith("/") or "\0" in target:
         return False
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(link_path), target))
-    if resolved.startswith("../") or resolved == "..":
-        return False
+    current = [p for p in posixpath.dirname(link_path).split("/") if p]
+    pending = collections.deque(target.split("/"))
+    hops = 0
+    while pending:
+        part = pending.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not current:
+                return False  # above the workspace
+            current.pop()
+            continue
+        current.append(part)
+        if links:
+            via = links.get("/".join(current))
+            if via is not None:
+                hops += 1
+                if hops > 40 or not via or via.startswith("/"):
+                    return False  # a loop, or a link that leaves for an absolute path
+                current.pop()
+                pending.extendleft(reversed(via.split("/")))
+    resolved = "/".join(current)
     return any(resolved == r or resolved.startswith(r + "/") for r in roots)
 
 
@@ -382,6 +410,7 @@ def validate(manifest: Manifest, *, where: str) -> None:
     frames = manifest.frames
     nframes = len(frames)
     label = f"manifest {where}"
+    links: dict[str, str] = {}
     paths_ok = _all_paths_normal([f.path for f in manifest.files])
     for f in manifest.files:
         path = f.path
@@ -404,6 +433,7 @@ def validate(manifest: Manifest, *, where: str) -> None:
         if f.type == SYMLINK:
             if f.target is None or not symlink_stays_inside(path, f.target, roots or (path.split("/")[0],)):
                 raise UnsafeTree(f"{label}: symlink {path!r} -> {f.target!r} leaves the tree")
+            links[path] = f.target
         elif f.type == FILE:
             if not isinstance(f.digest, str) or len(f.digest) != 64:
                 raise CacheError(f"{label}: {path!r} has no valid {DIGEST_ALGORITHM} digest")
@@ -416,6 +446,10 @@ def validate(manifest: Manifest, *, where: str) -> None:
                 total += c.raw_length
             if total != f.size:
                 raise CacheError(f"{label}: {path!r} has size {f.size} but its frames hold {total} bytes")
+    # Each link again, now following the tree's other links: chains must not leave it either.
+    for path, target in links.items():
+        if not symlink_stays_inside(path, target, roots or (path.split("/")[0],), links):
+            raise UnsafeTree(f"{label}: symlink {path!r} -> {target!r} leaves the tree through other links")
 
 
 def _check_ancestors(path: str, seen: dict[str, str], roots: tuple[str, ...], label: str) -> None:

@@ -97,7 +97,11 @@ def walk(workspace: Path, roots: Sequence[str]) -> list[WalkedPath]:
                 stack.extend(children)
             elif stat.S_ISLNK(mode):
                 target = os.readlink(base + rel)
-                if not mf.symlink_stays_inside(rel, target, roots_t):
+                real = os.path.realpath(base + rel)
+                real_root = os.path.realpath(base)
+                inside = any(real == os.path.join(real_root, r) or real.startswith(os.path.join(real_root, r) + "/")
+                             for r in roots_t)
+                if not mf.symlink_stays_inside(rel, target, roots_t) or not inside:
                     raise UnsafeTree(f"{rel}: symlink to {target!r} leaves the saved tree")
                 append(WalkedPath(rel, mf.SYMLINK, 0o777, st.st_mtime_ns, target=target))
             else:
