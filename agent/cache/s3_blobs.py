@@ -10,18 +10,34 @@ manager). Restores read byte ranges with ``Range: bytes=a-b``. botocore errors a
 from __future__ import annotations
 
 import threading
+import logging
+import time
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import botocore.config
 import botocore.exceptions
+import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from stoker.agent.cache.api import BlobStoreUnavailable, NotFound
 from stoker.agent.cache.blobs import BlobStats, ObjectInfo
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+log = logging.getLogger(__name__)
+
+_BODY_ERRORS = (
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ConnectionClosedError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.ReadTimeoutError,
+)
 
 
 class S3BlobStore:
@@ -41,6 +57,7 @@ class S3BlobStore:
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
         self._client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+        self._max_attempts = max_attempts
         self._transfer = TransferConfig(multipart_threshold=multipart_threshold,
                                         multipart_chunksize=multipart_chunksize, max_concurrency=4,
                                         use_threads=True)
@@ -65,11 +82,30 @@ class S3BlobStore:
             return BlobStoreUnavailable(f"{self.describe()}: {action} {name} failed: {code or exc}")
         return BlobStoreUnavailable(f"{self.describe()}: {action} {name} failed: {exc}")
 
+    def _read_object(self, name: str, **ranged) -> bytes:
+        """GET and read the body, the whole request again when the body breaks off or stalls midway.
+
+        botocore retries a request only until its answer's head arrives; a connection reset or a read
+        timeout while the body streams in surfaces later, from ``read()``. Those are retried here with the
+        client's attempt budget and full-jitter exponential backoff."""
+        attempt = 0
+        while True:
+            attempt += 1
+            body = self._client.get_object(Bucket=self.bucket, Key=self._key(name), **ranged)["Body"]
+            try:
+                return body.read()
+            except _BODY_ERRORS as exc:
+                if attempt >= self._max_attempts:
+                    raise
+                delay = random.uniform(0, min(5.0, 0.1 * 2 ** attempt))
+                log.info("%s: reading %s broke off (%s); retrying in %.2f s", self.describe(), name,
+                         type(exc).__name__, delay)
+                time.sleep(delay)
+
     def get(self, name: str) -> bytes:
         try:
-            body = self._client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
-            data = body.read()
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            data = self._read_object(name)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, *_BODY_ERRORS) as exc:
             raise self._error("GET", name, exc) from exc
         self._count(gets=1, bytes_read=len(data))
         return data
@@ -78,14 +114,12 @@ class S3BlobStore:
         if length <= 0:
             return b""
         try:
-            body = self._client.get_object(Bucket=self.bucket, Key=self._key(name),
-                                           Range=f"bytes={offset}-{offset + length - 1}")["Body"]
-            data = body.read()
+            data = self._read_object(name, Range=f"bytes={offset}-{offset + length - 1}")
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "InvalidRange":
                 return b""
             raise self._error("GET", name, exc) from exc
-        except botocore.exceptions.BotoCoreError as exc:
+        except (botocore.exceptions.BotoCoreError, *_BODY_ERRORS) as exc:
             raise self._error("GET", name, exc) from exc
         self._count(gets=1, bytes_read=len(data))
         return data[:length]

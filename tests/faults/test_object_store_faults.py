@@ -152,3 +152,22 @@ def test_flipped_bytes_are_caught_and_nothing_wrong_is_published(tmp_path, fault
     cache.restore(KEY, [], tmp_path / "ws-ok", ["out"])
     assert_same_files(tmp_path / "ws-ok", files)
     cache.close()
+
+
+@pytest.mark.parametrize("action", ["reset_mid_body", "stall_mid_body"])
+def test_a_body_cut_or_stalled_midway_is_retried(tmp_path, fault_proxy, saved, action):
+    """One pack read breaks after 1,000 bytes of its body (a reset, or a stall past the read timeout):
+    the restore must read that range again, not fail the whole restore on one broken connection."""
+    bucket, files = saved
+    fault_proxy.set_rules(Rule(action, path=r"/packs/", times=1, after_bytes=1000, seconds=2.5))
+    cache = open_cache(tmp_path / "node", fault_proxy.endpoint, bucket)
+    workspace = tmp_path / "ws"
+    try:
+        result = cache.restore(KEY, [], workspace, ["out"])
+    except CacheError as exc:
+        assert_nothing_published(cache, workspace, tmp_path / "node")
+        pytest.fail(f"one broken pack read failed the restore: {exc}")
+    assert result.restored_key == KEY
+    assert_same_files(workspace, files)
+    assert len(fault_proxy.requests(path=r"/packs/", action=action)) == 1
+    cache.close()
