@@ -180,6 +180,11 @@ def parse(data: bytes, *, where: str, check: bool = True) -> Manifest:
     Raises :class:`UnsafeTree` for paths stoker refuses and :class:`CacheError` for anything malformed.
     """
     try:
+        # A frame that declares its size is allocated at that size whatever max_output_size says:
+        # refuse a declared size over the cap before decompressing (hostile finding 2).
+        declared = zstandard.get_frame_parameters(data).content_size
+        if declared != zstandard.CONTENTSIZE_UNKNOWN and declared > _MAX_MANIFEST_BYTES:
+            raise CacheError(f"manifest {where}: declares {declared} bytes, more than a manifest may hold")
         raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=_MAX_MANIFEST_BYTES)
     except zstandard.ZstdError as exc:
         raise CacheError(f"manifest {where} is not readable: {exc}") from exc
@@ -394,6 +399,13 @@ def symlink_stays_inside(link_path: str, target: str, roots: tuple[str, ...],
     return any(resolved == r or resolved.startswith(r + "/") for r in roots)
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_hex(text: str) -> bool:
+    return _HEX.issuperset(text)
+
+
 _REFUSED_MODE_BITS = stat.S_ISUID | stat.S_ISGID
 
 
@@ -435,7 +447,7 @@ def validate(manifest: Manifest, *, where: str) -> None:
                 raise UnsafeTree(f"{label}: symlink {path!r} -> {f.target!r} leaves the tree")
             links[path] = f.target
         elif f.type == FILE:
-            if not isinstance(f.digest, str) or len(f.digest) != 64:
+            if not isinstance(f.digest, str) or len(f.digest) != 64 or not _is_hex(f.digest):
                 raise CacheError(f"{label}: {path!r} has no valid {DIGEST_ALGORITHM} digest")
             total = 0
             for c in f.chunks:
