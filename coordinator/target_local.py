@@ -544,6 +544,7 @@ def teardown(root: str | Path) -> int:
     """Kill every process the local target started under ``root`` (tests, the demo and the benchmark call
     this at the end; the coordinator never does, so that its instances outlive it). Returns how many."""
     killed = 0
+    victims: list[int] = []
     root = Path(root)
     for state in root.glob("*/haproxy.json"):
         try:
@@ -553,6 +554,7 @@ def teardown(root: str | Path) -> int:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
             killed += 1
+            victims.append(pid)
     for path in root.glob("*/instances/*.json"):
         try:
             pid = int(json.loads(path.read_text()).get("pid", 0))
@@ -561,6 +563,13 @@ def teardown(root: str | Path) -> int:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
             killed += 1
+            victims.append(pid)
+    # SIGKILL is delivered asynchronously: wait (briefly) until they are really gone.
+    deadline = time.monotonic() + 5.0
+    while victims and time.monotonic() < deadline:
+        victims = [pid for pid in victims if _alive(pid)]
+        if victims:
+            time.sleep(0.02)
     return killed
 
 
