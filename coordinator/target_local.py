@@ -543,27 +543,17 @@ def _probe_pid(port: int, instance: str) -> int:
 def teardown(root: str | Path) -> int:
     """Kill every process the local target started under ``root`` (tests, the demo and the benchmark call
     this at the end; the coordinator never does, so that its instances outlive it). Returns how many."""
-    killed = 0
-    victims: list[int] = []
     root = Path(root)
-    for state in root.glob("*/haproxy.json"):
+    victims: list[int] = []
+    for state in [*root.glob("*/haproxy.json"), *root.glob("*/instances/*.json")]:
         try:
             pid = int(json.loads(state.read_text()).get("pid", 0))
         except (OSError, ValueError):
             continue
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
-            killed += 1
             victims.append(pid)
-    for path in root.glob("*/instances/*.json"):
-        try:
-            pid = int(json.loads(path.read_text()).get("pid", 0))
-        except (OSError, ValueError):
-            continue
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
-            victims.append(pid)
+    killed = len(victims)
     # SIGKILL is delivered asynchronously: wait (briefly) until they are really gone.
     deadline = time.monotonic() + 5.0
     while victims and time.monotonic() < deadline:

@@ -47,6 +47,16 @@ class World:
         self.service.heartbeat(name, rec.session_id, agent_pb2.Heartbeat())
         return link
 
+    def reconnect(self, name: str, running=()) -> None:
+        """The node's agent registers again (a new session) and its first heartbeat reports ``running``."""
+        rec = self.registry.register(NodeInfo(name=name, zone="a", slots=1))
+        self.registry.attach(name, rec.session_id)
+        link = AgentLink(name, rec.session_id)
+        self.links[name] = link
+        self.service.attach(link)
+        self.service.heartbeat(name, rec.session_id, agent_pb2.Heartbeat(
+            running=[agent_pb2.RunningBuild(build_id=b, attempt=a) for b, a in running]))
+
     def commands(self, name: str) -> list[agent_pb2.CoordinatorCommand]:
         out = []
         q = self.links[name].outbox
@@ -154,13 +164,7 @@ def test_reconnected_node_without_the_build_gets_it_requeued_and_unknown_builds_
         w.commands("n1")
         w.service.detach(w.links["n1"])
         # The agent restarts within the lease and reports nothing running, plus a build it should not run.
-        rec = w.registry.register(NodeInfo(name="n1", zone="a", slots=1))
-        w.registry.attach("n1", rec.session_id)
-        link = AgentLink("n1", rec.session_id)
-        w.links["n1"] = link
-        w.service.attach(link)
-        w.service.heartbeat("n1", rec.session_id, agent_pb2.Heartbeat(
-            running=[agent_pb2.RunningBuild(build_id="b-ghost", attempt=1)]))
+        w.reconnect("n1", running=[("b-ghost", 1)])
         cmds = w.commands("n1")
         kinds = [c.WhichOneof("command") for c in cmds]
         assert "cancel_build" in kinds and cmds[kinds.index("cancel_build")].cancel_build.build_id == "b-ghost"
@@ -228,13 +232,7 @@ def test_recover_reloads_unfinished_builds(tmp_path):
         assert w2.service.get(queued).state == build_pb2.BUILD_STATE_QUEUED
         assert w2.service.get(running).node == "n1"
         # n1 comes back and reports the build still running: it keeps it, then finishes it once.
-        rec = w2.registry.register(NodeInfo(name="n1", zone="a", slots=1))
-        w2.registry.attach("n1", rec.session_id)
-        link = AgentLink("n1", rec.session_id)
-        w2.links["n1"] = link
-        w2.service.attach(link)
-        w2.service.heartbeat("n1", rec.session_id, agent_pb2.Heartbeat(
-            running=[agent_pb2.RunningBuild(build_id=running, attempt=1)]))
+        w2.reconnect("n1", running=[(running, 1)])
         assert w2.service.get(running).attempt == 1
         w2.finish("n1", running, 1)
         assert w2.service.get(running).state == build_pb2.BUILD_STATE_SUCCEEDED
