@@ -176,13 +176,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     authorize(context)
                 except (Unauthenticated, PermissionDenied) as exc:
                     await abort(context, exc)
+                if isinstance(request, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
                 try:
                     return await inner(request, context)
                 finally:
                     if observe is not None:
                         observe(short, time.perf_counter() - started)
 
-            return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
+            return grpc.unary_unary_rpc_method_handler(unary_unary, _tolerant(handler.request_deserializer),
                                                        handler.response_serializer)
         if handler.unary_stream:
             inner_us = handler.unary_stream
@@ -192,10 +194,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     authorize(context)
                 except (Unauthenticated, PermissionDenied) as exc:
                     await abort(context, exc)
+                if isinstance(request, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
                 async for item in inner_us(request, context):
                     yield item
 
-            return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
+            return grpc.unary_stream_rpc_method_handler(unary_stream, _tolerant(handler.request_deserializer),
                                                         handler.response_serializer)
         if handler.stream_stream:
             inner_ss = handler.stream_stream
@@ -211,6 +215,27 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer,
                                                          handler.response_serializer)
         return handler  # stream-unary: stoker has none
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message, so the handler can answer
+    INVALID_ARGUMENT (gRPC itself would answer UNKNOWN)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+            return _Undecodable(f"the request is not a valid message: {type(exc).__name__}")
+
+    return deserialize
 
 
 def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerCredentials:

@@ -343,12 +343,12 @@ def _nested(depth: int) -> bytes:
     b"\xff" * 64,                            # garbage
 ], ids=["bad-utf8", "length-past-end", "deep-groups", "truncated", "garbage"])
 def test_undecodable_requests_are_refused_and_the_server_keeps_serving(servers, payload):
-    """grpcio answers a request it cannot parse with UNKNOWN (FINDINGS.md: INVALID_ARGUMENT would be
-    right); what matters here is that it is refused and nothing else is affected."""
+    """A request that is not a valid message is INVALID_ARGUMENT (FINDINGS.md 6, fixed: grpcio alone would
+    answer UNKNOWN), and nothing else is affected."""
     with pytest.raises(grpc.RpcError) as info:
         _raw(servers, "/stoker.v1.Builds/GetBuild")(payload, timeout=10)
-    assert info.value.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INVALID_ARGUMENT,
-                                 grpc.StatusCode.INTERNAL), info.value
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+    assert "not a valid message" in info.value.details()
     servers.assert_serving()
 
 
