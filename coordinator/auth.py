@@ -150,19 +150,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         auth = self._auth
 
-        def authorize(context) -> None:
+        async def admit(context, request=None) -> None:
+            """Check the caller (abort UNAUTHENTICATED / PERMISSION_DENIED, logged) and the request's bytes
+            (abort INVALID_ARGUMENT); on success the identity is in ``current`` for the servicer."""
             try:
                 identity = auth.check(method, context.invocation_metadata() or (), context.auth_context())
             except (Unauthenticated, PermissionDenied) as exc:
-                peer = context.peer()
-                log.warning("refused %s from %s: %s", method, peer, exc)
-                raise
+                log.warning("refused %s from %s: %s", method, context.peer(), exc)
+                code = grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, Unauthenticated) else \
+                    grpc.StatusCode.PERMISSION_DENIED
+                await context.abort(code, str(exc))
             current.set(identity)
-
-        async def abort(context, exc) -> None:
-            code = grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, Unauthenticated) else \
-                grpc.StatusCode.PERMISSION_DENIED
-            await context.abort(code, str(exc))
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
         if handler.unary_unary:
             inner = handler.unary_unary
@@ -172,12 +172,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request, context):
                 started = time.perf_counter()
-                try:
-                    authorize(context)
-                except (Unauthenticated, PermissionDenied) as exc:
-                    await abort(context, exc)
-                if isinstance(request, _Undecodable):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                await admit(context, request)
                 try:
                     return await inner(request, context)
                 finally:
@@ -190,12 +185,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             inner_us = handler.unary_stream
 
             async def unary_stream(request, context):
-                try:
-                    authorize(context)
-                except (Unauthenticated, PermissionDenied) as exc:
-                    await abort(context, exc)
-                if isinstance(request, _Undecodable):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                await admit(context, request)
                 async for item in inner_us(request, context):
                     yield item
 
@@ -205,10 +195,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             inner_ss = handler.stream_stream
 
             async def stream_stream(request_iterator, context):
-                try:
-                    authorize(context)
-                except (Unauthenticated, PermissionDenied) as exc:
-                    await abort(context, exc)
+                await admit(context)
                 async for item in inner_ss(request_iterator, context):
                     yield item
 
