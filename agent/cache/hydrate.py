@@ -1,13 +1,23 @@
 """Writing an entry's files from its frames: decompress and write on every core, verify every byte.
 
 Work is cut into tasks — one per frame of small files, one per large file (its frames in order, hashed as
-it goes) — and run largest first. Creating ~25k files is mostly per-file syscalls made under the GIL, so
-threads do not scale; with ``processes`` (the default) the caller's process forks ``workers - 1`` helpers
-after the manifest is loaded and the directories exist, and every process — the caller included — takes
-the next task index from a shared pipe (reads of 4 bytes from a pipe are atomic: dynamic balancing without
-locks). Helpers report progress and errors over a second pipe, and die with their parent
-(``PR_SET_PDEATHSIG``). A helper that fails or is killed makes the whole call fail: the caller kills the
-other helpers and raises, and nothing is published (the caller writes into a staging directory).
+it goes) — and run largest first. Creating ~25k files is mostly per-file syscalls; made from Python they
+serialise on the GIL, so threads alone do not scale. Two ways around it:
+
+- the compiled writer (:mod:`._fastio`, built with the package where a C compiler is available) checks
+  and writes a whole frame's files per call with the GIL released, so a pool of ``workers`` threads runs on
+  every core — no process is forked, which matters in the agent, where gRPC's threads make forking risky;
+- without it, and with ``processes`` (the default), the caller forks ``workers - 1`` helpers after the
+  manifest is loaded and the directories exist, and every process — the caller included — takes the next
+  task index from a shared pipe (reads of 4 bytes from a pipe are atomic: dynamic balancing without
+  locks). Helpers report progress and errors over a second pipe, and die with their parent
+  (``PR_SET_PDEATHSIG``). A helper that fails or is killed makes the whole call fail: the caller kills the
+  other helpers and raises, and nothing is published (the caller writes into a staging directory).
+
+Everything is created and changed beneath a descriptor of the destination opened once, following no
+symlink in any component (``openat2`` RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS in the compiled writer; one
+``O_NOFOLLOW`` directory at a time in Python): a directory swapped for a symlink while the restore runs
+(a build process of the same user could do it) makes the restore fail; nothing is written through it.
 
 Every file is checked against its digest before the restore can publish; frames whose header disagrees
 with the size the manifest declares are refused before anything is allocated. Files are written with no
@@ -22,6 +32,7 @@ resets at fork) — and it leaves with ``os._exit``.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import gc
 import hashlib
@@ -32,8 +43,9 @@ import struct
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +53,16 @@ import zstandard
 
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache.api import CacheError, CorruptEntry, Progress, ProgressFn, UnsafeTree
+
+try:
+    from stoker.agent.cache import _fastio as FAST
+except ImportError:  # not built (no C compiler at install time): the Python writer does the same work
+    FAST = None
+"""The compiled writer, or None. Tests set it to None to exercise the Python path."""
+# _fastio reads FileEntry and Chunk by position; keep it in step with manifest.py.
+if (mf.FileEntry._fields[:8] != ("path", "type", "mode", "mtime_ns", "size", "digest", "target", "chunks")
+        or mf.Chunk._fields != ("frame", "raw_offset", "raw_length")):  # pragma: no cover - a programming error
+    raise ImportError("agent/cache/_fastio.c reads FileEntry/Chunk fields by position: update it")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -106,6 +128,9 @@ def plan_tasks(manifest: mf.Manifest, files: Sequence[mf.FileEntry]) -> list[_Ta
     return tasks
 
 
+_DCTX = threading.local()
+
+
 def read_frame(manifest: mf.Manifest, index: int, locate: FrameLocator, *, where: str) -> bytes:
     """The decompressed bytes of frame ``index``, exactly its declared raw size."""
     frame = manifest.frames[index]
@@ -120,14 +145,122 @@ def read_frame(manifest: mf.Manifest, index: int, locate: FrameLocator, *, where
     if declared != frame.raw_size:
         raise CorruptEntry(f"{where}: frame at {frame.pack}@{frame.offset} declares {declared} bytes, "
                            f"the manifest {frame.raw_size}")
+    dctx = getattr(_DCTX, "dctx", None)
+    if dctx is None:  # one decompression context per thread, reused (creating one costs more than a frame)
+        dctx = _DCTX.dctx = zstandard.ZstdDecompressor()
     try:
-        raw = zstandard.ZstdDecompressor().decompress(blob)
+        raw = dctx.decompress(blob)
     except zstandard.ZstdError as exc:
         raise CorruptEntry(f"{where}: frame at {frame.pack}@{frame.offset} is corrupt: {exc}") from exc
     if len(raw) != frame.raw_size:
         raise CorruptEntry(f"{where}: frame at {frame.pack}@{frame.offset} decompresses to {len(raw)} "
                            f"bytes, not {frame.raw_size}")
     return raw
+
+
+_DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Root:
+    """The destination directory, opened once; every path beneath it is reached following no symlink."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, _DIR_PATH)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> _Root:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self, rel: str, flags: int, mode: int = 0o777) -> int:
+        if FAST is not None:
+            return FAST.open_beneath(self.fd, rel, flags, mode)
+        head, _, name = rel.rpartition("/")
+        parent = self._walk(head) if head else self.fd
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, rel) from None
+        finally:
+            if parent != self.fd:
+                os.close(parent)
+
+    def _walk(self, rel: str) -> int:
+        fd = self.fd
+        try:
+            for part in rel.split("/"):
+                if part in ("", ".", ".."):
+                    raise UnsafeTree(f"{rel}: not a plain relative path")
+                nxt = os.open(part, _DIR_PATH, dir_fd=fd)
+                if fd != self.fd:
+                    os.close(fd)
+                fd = nxt
+        except OSError as exc:
+            if fd != self.fd:
+                os.close(fd)
+            raise OSError(exc.errno, exc.strerror, rel) from None
+        except BaseException:
+            if fd != self.fd:
+                os.close(fd)
+            raise
+        return fd
+
+    def set_dir_meta(self, f: mf.FileEntry, mode: bool) -> None:
+        """Give directory ``f`` its mtime, and its mode too when ``mode``."""
+        fd = self.open(f.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if mode:
+                os.fchmod(fd, f.mode)
+            os.utime(fd, ns=(f.mtime_ns, f.mtime_ns))
+        finally:
+            os.close(fd)
+
+    def make_writable(self, rel: str) -> None:
+        fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+
+
+class _Parents:
+    """Descriptors of the directories holding a run of paths, each opened once (beneath the root)."""
+
+    def __init__(self, root: _Root) -> None:
+        self.root = root
+        self.fds: dict[str, int] = {}
+
+    def __call__(self, rel: str) -> tuple[int, str]:
+        """(descriptor of ``rel``'s directory, ``rel``'s last component)."""
+        head, _, name = rel.rpartition("/")
+        if not head:
+            return self.root.fd, name
+        fd = self.fds.get(head)
+        if fd is None:
+            if len(self.fds) >= 128:
+                self.close()
+            fd = self.fds[head] = self.root.open(head, _DIR_PATH)
+        return fd, name
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def __enter__(self) -> _Parents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _keeps_dir_mode(f: mf.FileEntry) -> bool:
+    """A directory created with its final mode: the umask keeps it and the owner can still write in it."""
+    return f.mode & 0o700 == 0o700 and f.mode & (0o777 & ~_UMASK) == f.mode
 
 
 def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path | None,
@@ -139,48 +272,69 @@ def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path
 
     With ``dest`` None, only decompress and verify. ``locate`` must return descriptors opened before the
     call (helper processes inherit them). ``set_times``: existing files and symlinks whose mtime to set,
-    shared out among the same processes. ``missing`` frames are not readable yet: ``fetch(on_frame)``
+    shared out among the same writers. ``missing`` frames are not readable yet: ``fetch(on_frame)``
     brings them, calling ``on_frame(i)`` as each lands, and the writers start on every task whose frames
-    are there (fetching overlaps writing).
+    are there (fetching overlaps writing). ``processes`` only matters without the compiled writer.
     """
+    with _swaps_refused(where):
+        root = None if dest is None else _Root(dest)
+        try:
+            _write_files(manifest, files, root, locate, workers, where, progress, processes, set_times,
+                         fetch, missing)
+        finally:
+            if root is not None:
+                root.close()
+
+
+@contextmanager
+def _swaps_refused(where: str) -> Iterator[None]:
+    """A write beneath the destination that met a symlink (or a file) where the entry has a directory
+    means the tree was changed under the restore: an UnsafeTree naming the path. Other errors pass."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
+            raise
+        raise UnsafeTree(f"{where}: {exc.filename or '?'}: a directory of the tree being written was "
+                         f"replaced (by a symlink or a file) while the restore ran; nothing is written "
+                         f"through it ({exc.strerror})") from exc
+
+
+def _write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], root: _Root | None,
+                 locate: FrameLocator, workers: int, where: str, progress: ProgressFn | None,
+                 processes: bool, set_times: Sequence[mf.FileEntry], fetch: FetchFn | None,
+                 missing: Sequence[int]) -> None:
     regular = [f for f in files if f.type == mf.FILE]
     counter = _Counter(len(regular), sum(f.size for f in regular), progress)
-    base = None if dest is None else str(dest) + "/"
-    if base is not None:
-        dir_default = 0o777 & ~_UMASK
-        for f in files:
-            if f.type == mf.DIR:
-                # Created with the final mode when the umask keeps it and the owner can still write
-                # into it; else 0o700 now and the mode at the end.
-                os.mkdir(base + f.path, f.mode if f.mode & 0o700 == 0o700 and f.mode & dir_default == f.mode
-                         else 0o700)
-        for f in files:
-            if f.type == mf.SYMLINK:
-                os.symlink(f.target, base + f.path)
-                os.utime(base + f.path, ns=(f.mtime_ns, f.mtime_ns), follow_symlinks=False)
-            elif f.type == mf.FILE and not f.chunks:
-                if f.digest != _EMPTY_DIGEST:
-                    raise CorruptEntry(f"{where}: {f.path}: digest mismatch (empty file)")
-                _write_one(base + f.path, f, b"")
-                counter.add(1, 0)
+    if root is not None:
+        with _Parents(root) as parents:
+            for f in files:
+                if f.type == mf.DIR:
+                    fd, name = parents(f.path)
+                    os.mkdir(name, f.mode if _keeps_dir_mode(f) else 0o700, dir_fd=fd)
+            for f in files:
+                if f.type == mf.SYMLINK:
+                    fd, name = parents(f.path)
+                    os.symlink(f.target, name, dir_fd=fd)
+                    os.utime(name, ns=(f.mtime_ns, f.mtime_ns), dir_fd=fd, follow_symlinks=False)
+                elif f.type == mf.FILE and not f.chunks:
+                    if f.digest != _EMPTY_DIGEST:
+                        raise CorruptEntry(f"{where}: {f.path}: digest mismatch (empty file)")
+                    _write_one(parents, f, b"")
+                    counter.add(1, 0)
     tasks = plan_tasks(manifest, files)
     for i in range(0, len(set_times), 2000):
         tasks.append(_Task(0, None, tuple(set_times[i:i + 2000]), times_only=True))
-    helpers = max(1, workers) - 1 if processes and len(tasks) > 1 else 0
+    helpers = max(1, workers) - 1 if FAST is None and processes and len(tasks) > 1 else 0
     if helpers:
-        _run_forked(manifest, tasks, base, locate, where, counter, helpers, fetch, set(missing))
+        _run_forked(manifest, tasks, root, locate, where, counter, helpers, fetch, set(missing))
     else:
-        if fetch is not None:
-            fetch(lambda i: None)
-        _run_threaded(manifest, tasks, base, locate, where, counter, max(1, workers))
+        _run_threaded(manifest, tasks, root, locate, where, counter, max(1, workers), fetch, set(missing))
     counter.add(0, 0, force=True)
-    if base is not None:
-        dir_default = 0o777 & ~_UMASK
+    if root is not None:
         for f in reversed(files):
             if f.type == mf.DIR:
-                if not (f.mode & 0o700 == 0o700 and f.mode & dir_default == f.mode):
-                    os.chmod(base + f.path, f.mode)
-                os.utime(base + f.path, ns=(f.mtime_ns, f.mtime_ns))
+                root.set_dir_meta(f, mode=not _keeps_dir_mode(f))
 
 
 def apply_diff(manifest: mf.Manifest, held: Sequence[mf.FileEntry], files: Sequence[mf.FileEntry],
@@ -204,14 +358,22 @@ def apply_diff(manifest: mf.Manifest, held: Sequence[mf.FileEntry], files: Seque
     created = {f.path for f in create}
     touched = {p.rpartition("/")[0] for p in removed} | {p.rpartition("/")[0] for p in created}
     old_meta = {f.path: f for f in held if f.path in touched}
-    base = str(dest) + "/"
     opened: dict[str, int] = {}
-    for d, f in old_meta.items():
-        if d and d not in removed and f.mode & 0o700 != 0o700:
-            os.chmod(base + d, 0o700)  # let this process change a read-only directory
-            opened[d] = f.mode
-    for f in reversed(removed_entries):  # children before their directory
-        (os.rmdir if f.type == mf.DIR else os.unlink)(base + f.path)
+    with _swaps_refused(where), _Root(dest) as root:
+        for d, f in old_meta.items():
+            if d and d not in removed and f.mode & 0o700 != 0o700:
+                root.make_writable(d)  # let this process change a read-only directory
+                opened[d] = f.mode
+        with _Parents(root) as parents:
+            for f in reversed(removed_entries):  # children before their directory
+                fd, name = parents(f.path)
+                if f.type == mf.DIR:
+                    held_open = parents.fds.pop(f.path, None)
+                    if held_open is not None:
+                        os.close(held_open)
+                    os.rmdir(name, dir_fd=fd)
+                else:
+                    os.unlink(name, dir_fd=fd)
     # Kept entries whose mode or mtime differ, and kept directories whose contents changed: files' and
     # symlinks' mtimes are set by the writers alongside the new files, directories' after them.
     meta = {(f.path, f.mode, f.mtime_ns) for f in files} - {(f.path, f.mode, f.mtime_ns) for f in held}
@@ -221,55 +383,113 @@ def apply_diff(manifest: mf.Manifest, held: Sequence[mf.FileEntry], files: Seque
                 processes=processes, set_times=[f for f in fixing if f.type != mf.DIR], fetch=fetch,
                 missing=missing)
     old_modes = {f.path: f.mode for f in held if f.type == mf.DIR and f.path in fix}
-    for f in fixing:
-        if f.type == mf.DIR:
-            if f.path in opened or old_modes.get(f.path) != f.mode:
-                os.chmod(base + f.path, f.mode)
-            os.utime(base + f.path, ns=(f.mtime_ns, f.mtime_ns))
+    with _swaps_refused(where), _Root(dest) as root:
+        for f in fixing:
+            if f.type == mf.DIR:
+                root.set_dir_meta(f, mode=f.path in opened or old_modes.get(f.path) != f.mode)
 
 
-def _run_task(manifest: mf.Manifest, task: _Task, base: str | None, locate: FrameLocator, where: str,
+def _run_task(manifest: mf.Manifest, task: _Task, root: _Root | None, locate: FrameLocator, where: str,
               counter: _Counter | None) -> tuple[int, int]:
-    """Write (or, with ``base`` None, only check) one task's files; returns (files, bytes)."""
+    """Write (or, with ``root`` None, only check) one task's files; returns (files, bytes)."""
     if task.times_only:
-        for f in task.files:
-            os.utime(base + f.path, ns=(f.mtime_ns, f.mtime_ns), follow_symlinks=False)  # type: ignore[operator]
+        with _Parents(root) as parents:  # type: ignore[arg-type]
+            for f in task.files:
+                fd, name = parents(f.path)
+                os.utime(name, ns=(f.mtime_ns, f.mtime_ns), dir_fd=fd, follow_symlinks=False)
         return 0, 0
     if task.frame is not None:
-        raw = memoryview(read_frame(manifest, task.frame, locate, where=where))
+        raw = read_frame(manifest, task.frame, locate, where=where)
+        if FAST is not None:
+            bad = FAST.write_group(-1 if root is None else root.fd, raw, task.files, _UMASK)
+            if bad is not None:
+                raise CorruptEntry(f"{where}: {task.files[bad].path}: content does not match its digest")
+            return len(task.files), task.bytes
+        view = memoryview(raw)
         sha256 = hashlib.sha256
-        for f in task.files:
-            c = f.chunks[0]
-            data = raw[c.raw_offset:c.raw_offset + c.raw_length]
-            if sha256(data).hexdigest() != f.digest:
-                raise CorruptEntry(f"{where}: {f.path}: content does not match its digest")
-            if base is not None:
-                _write_one(base + f.path, f, data)
+        with _Parents(root) if root is not None else _NO_PARENTS as parents:
+            for f in task.files:
+                c = f.chunks[0]
+                data = view[c.raw_offset:c.raw_offset + c.raw_length]
+                if sha256(data).hexdigest() != f.digest:
+                    raise CorruptEntry(f"{where}: {f.path}: content does not match its digest")
+                if root is not None:
+                    _write_one(parents, f, data)
         return len(task.files), task.bytes
     (f,) = task.files
-    _write_large(manifest, f, base, locate, where, counter)
+    _write_large(manifest, f, root, locate, where, counter)
     return 1, 0 if counter is not None else f.size
 
 
-def _run_threaded(manifest: mf.Manifest, tasks: list[_Task], base: str | None, locate: FrameLocator,
-                  where: str, counter: _Counter, workers: int) -> None:
-    def run(task: _Task) -> None:
-        nfiles, nbytes = _run_task(manifest, task, base, locate, where, counter)
-        counter.add(nfiles, nbytes)
+class _NoParents:
+    def __enter__(self) -> None:
+        return None
 
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+_NO_PARENTS = _NoParents()
+
+
+def _dependencies(tasks: list[_Task], missing: set[int]) -> tuple[list[int], dict[int, list[int]]]:
+    """For each task, how many of its frames are still missing; for each missing frame, its tasks."""
+    waits = [0] * len(tasks)
+    waiting: dict[int, list[int]] = defaultdict(list)
+    for n, task in enumerate(tasks):
+        if task.times_only:
+            continue
+        frames = {task.frame} if task.frame is not None else {c.frame for c in task.files[0].chunks}
+        for i in frames & missing:
+            waits[n] += 1
+            waiting[i].append(n)
+    return waits, waiting
+
+
+def _run_threaded(manifest: mf.Manifest, tasks: list[_Task], root: _Root | None, locate: FrameLocator,
+                  where: str, counter: _Counter, workers: int, fetch: FetchFn | None,
+                  missing: set[int]) -> None:
+    """Run ``tasks`` on ``workers`` threads, each task as soon as its frames are there."""
     if workers == 1:  # no thread to start (this may run in a forked child of a threaded process)
+        if fetch is not None:
+            fetch(lambda i: None)
         for task in tasks:
-            run(task)
+            counter.add(*_run_task(manifest, task, root, locate, where, counter))
         return
+    waits, waiting = _dependencies(tasks, missing)
+    failed: list[BaseException] = []
+
+    def run(task: _Task) -> None:
+        if failed:
+            return
+        try:
+            counter.add(*_run_task(manifest, task, root, locate, where, counter))
+        except BaseException as exc:  # noqa: BLE001 - the caller raises it
+            failed.append(exc)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stoker-hydrate") as pool:
-        futures = [pool.submit(run, t) for t in tasks]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for fut in futures:
-            if fut in done and fut.exception() is not None:
-                for other in futures:
-                    other.cancel()
-                raise fut.exception()
+        try:
+            for n, task in enumerate(tasks):
+                if not waits[n]:
+                    pool.submit(run, task)
+            if fetch is not None:
+                lock = threading.Lock()
+
+                def on_frame(i: int) -> None:
+                    with lock:
+                        for n in waiting.pop(i, ()):
+                            waits[n] -= 1
+                            if not waits[n]:
+                                pool.submit(run, tasks[n])
+
+                fetch(on_frame)
+            if waiting:
+                raise CacheError(f"{where}: frames {sorted(waiting)[:5]} were never fetched")
+        except BaseException as exc:
+            failed.append(exc)  # the queued tasks return at once
+            raise
+    if failed:
+        raise failed[0]
 
 
 _MSG = struct.Struct("<cIQ")
@@ -283,20 +503,11 @@ except OSError:  # pragma: no cover - no libc to load
     _libc = None
 
 
-def _run_forked(manifest: mf.Manifest, tasks: list[_Task], base: str | None, locate: FrameLocator,
+def _run_forked(manifest: mf.Manifest, tasks: list[_Task], root: _Root | None, locate: FrameLocator,
                 where: str, counter: _Counter, helpers: int, fetch: FetchFn | None = None,
                 missing: set[int] | None = None) -> None:
     """Run ``tasks`` in this process and ``helpers`` forked ones (see the module docstring)."""
-    missing = missing or set()
-    waits = [0] * len(tasks)
-    waiting: dict[int, list[int]] = defaultdict(list)
-    for n, task in enumerate(tasks):
-        if task.times_only:
-            continue
-        frames = {task.frame} if task.frame is not None else {c.frame for c in task.files[0].chunks}
-        for i in frames & missing:
-            waits[n] += 1
-            waiting[i].append(n)
+    waits, waiting = _dependencies(tasks, missing or set())
     task_r, task_w = os.pipe2(os.O_CLOEXEC)
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -311,7 +522,7 @@ def _run_forked(manifest: mf.Manifest, tasks: list[_Task], base: str | None, loc
             for _ in range(helpers):
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - runs in the helper (exercised by the tests)
-                    _helper(manifest, tasks, base, locate, where, task_r, task_w, res_w, parent)
+                    _helper(manifest, tasks, root, locate, where, task_r, task_w, res_w, parent)
                 pids.append(pid)
         finally:
             gc.unfreeze()
@@ -371,7 +582,7 @@ def _run_forked(manifest: mf.Manifest, tasks: list[_Task], base: str | None, loc
                 n = _read_index(task_r)
                 if n is None:
                     break
-                counter.add(*_run_task(manifest, tasks[n], base, locate, where, counter))
+                counter.add(*_run_task(manifest, tasks[n], root, locate, where, counter))
                 drain(False)
         except BaseException:
             _kill(pids)
@@ -438,7 +649,7 @@ def become_helper(parent: int) -> None:  # pragma: no cover - runs in forked chi
         os._exit(3)
 
 
-def _helper(manifest: mf.Manifest, tasks: list[_Task], base: str | None, locate: FrameLocator,
+def _helper(manifest: mf.Manifest, tasks: list[_Task], root: _Root | None, locate: FrameLocator,
             where: str, task_r: int, task_w: int, res_w: int,
             parent: int) -> None:  # pragma: no cover - in a helper
     code = 0
@@ -449,7 +660,7 @@ def _helper(manifest: mf.Manifest, tasks: list[_Task], base: str | None, locate:
             n = _read_index(task_r)
             if n is None:
                 break
-            files, nbytes = _run_task(manifest, tasks[n], base, locate, where, None)
+            files, nbytes = _run_task(manifest, tasks[n], root, locate, where, None)
             os.write(res_w, _MSG.pack(b"P", files, nbytes))
     except BaseException as exc:  # noqa: BLE001 - everything is reported to the caller
         kind = next((i for i, cls in reversed(list(enumerate(_ERRORS))) if isinstance(exc, cls)), None)
@@ -465,11 +676,15 @@ def _helper(manifest: mf.Manifest, tasks: list[_Task], base: str | None, locate:
 
 
 _EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _write_one(path: str, f: mf.FileEntry, data: bytes | memoryview) -> None:
-    fd = os.open(path, _OPEN_FLAGS, f.mode)
+def _write_one(parents: _Parents, f: mf.FileEntry, data: bytes | memoryview) -> None:
+    dir_fd, name = parents(f.path)
+    try:
+        fd = os.open(name, _OPEN_FLAGS, f.mode, dir_fd=dir_fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, f.path) from None
     try:
         if f.mode & _UMASK:
             os.fchmod(fd, f.mode)
@@ -482,12 +697,12 @@ def _write_one(path: str, f: mf.FileEntry, data: bytes | memoryview) -> None:
         os.close(fd)
 
 
-def _write_large(manifest: mf.Manifest, f: mf.FileEntry, base: str | None, locate: FrameLocator,
+def _write_large(manifest: mf.Manifest, f: mf.FileEntry, root: _Root | None, locate: FrameLocator,
                  where: str, counter: _Counter | None) -> None:
     hasher = hashlib.sha256()
     fd = None
-    if base is not None:
-        fd = os.open(base + f.path, _OPEN_FLAGS, f.mode)
+    if root is not None:
+        fd = root.open(f.path, _OPEN_FLAGS, f.mode)
     try:
         if fd is not None and f.mode & _UMASK:
             os.fchmod(fd, f.mode)
@@ -511,13 +726,10 @@ def _write_large(manifest: mf.Manifest, f: mf.FileEntry, base: str | None, locat
 
 def syncfs(path: Path) -> None:
     """One syncfs(2) of the filesystem holding ``path`` (instead of an fsync per file)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise CacheError(f"syncfs {path}: {os.strerror(err)}")
+        if _libc is None or _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno() if _libc is not None else 0
+            raise CacheError(f"syncfs {path}: {os.strerror(err) if err else 'no libc'}")
     finally:
         os.close(fd)

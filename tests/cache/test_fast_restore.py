@@ -1,4 +1,5 @@
-"""Fast restores: forked writer processes, ready trees (warm and partial), content sketches."""
+"""Fast restores: the compiled writer, forked writer processes (the Python writer), ready trees (warm and
+partial), content sketches."""
 
 from __future__ import annotations
 
@@ -34,13 +35,14 @@ def test_killed_writer_process_fails_the_restore_and_publishes_nothing(cache, tr
     node.fallback_to_threads = False
     parent = os.getpid()
     real = hydrate._write_one
+    monkeypatch.setattr(hydrate, "FAST", None)  # helpers are forked only by the Python writer
 
-    def write_one(path, f, data):
+    def write_one(parents, f, data):
         if os.getpid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)  # a helper dies mid-restore
         import time
         time.sleep(0.02)  # the caller goes slowly so the helper surely takes a task
-        real(path, f, data)
+        real(parents, f, data)
 
     monkeypatch.setattr(hydrate, "_write_one", write_one)
     ws = tmp_path / "ws"
@@ -62,13 +64,14 @@ def test_a_crashed_writer_process_falls_back_to_threads(cache, tree: Path, tmp_p
     node.ready_trees = 0
     parent = os.getpid()
     real = hydrate._write_one
+    monkeypatch.setattr(hydrate, "FAST", None)
 
-    def write_one(path, f, data):
+    def write_one(parents, f, data):
         if os.getpid() != parent:
             os.kill(os.getpid(), signal.SIGSEGV)
         import time
         time.sleep(0.02)
-        real(path, f, data)
+        real(parents, f, data)
 
     monkeypatch.setattr(hydrate, "_write_one", write_one)
     ws = tmp_path / "ws"
@@ -79,15 +82,21 @@ def test_a_crashed_writer_process_falls_back_to_threads(cache, tree: Path, tmp_p
     node.close()
 
 
-def test_forked_and_threaded_writers_write_the_same_tree(cache, tree: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", ["compiled", "forked", "threaded"])
+def test_every_writer_writes_the_same_tree(cache, tree: Path, tmp_path: Path, monkeypatch, writer: str) -> None:
+    assert hydrate.FAST is not None, (
+        "the compiled writer (agent/cache/_fastio.c) is not built: reinstall with a C compiler "
+        "(`.venv/bin/pip install -e .` runs gcc)")
+    if writer != "compiled":
+        monkeypatch.setattr(hydrate, "FAST", None)
     cache.save("k", tree, ["node_modules"])
-    for processes in (True, False):
-        node = open_local_cache(tmp_path, name=f"n-{processes}", workers=2)
-        node.processes = processes
-        node.ready_trees = 0
-        node.restore("k", [], tmp_path / f"ws-{processes}", ["node_modules"])
-        assert snapshot(tmp_path / f"ws-{processes}") == snapshot(tree)
-        node.close()
+    node = open_local_cache(tmp_path, name="node", workers=2)
+    node.processes = writer == "forked"
+    node.ready_trees = 0
+    result = node.restore("k", [], tmp_path / "ws", ["node_modules"])
+    assert result.warmth == "cold" and result.files_restored > 0
+    assert snapshot(tmp_path / "ws") == snapshot(tree)
+    node.close()
 
 
 def test_warm_restore_moves_a_ready_tree_that_shares_nothing_with_the_store(cache, tree: Path,

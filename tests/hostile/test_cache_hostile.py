@@ -220,6 +220,39 @@ def test_workspace_dir_swapped_for_a_symlink_mid_restore_is_caught_at_publish(en
     assert not list(env.ws.glob(".stoker-staging-*"))
 
 
+@pytest.mark.parametrize("writer", ["compiled", "python-threads", "python-processes"])
+def test_staging_dir_swapped_for_a_symlink_mid_restore_is_not_written_through(env: Env, monkeypatch, writer):
+    """FINDINGS.md 4: a directory of the tree being restored is replaced by a symlink to the sentinel after
+    the directories exist and before the files are written (what a build process of the agent's user
+    could do). Every file is created beneath a descriptor of the staging root following no symlink, so the
+    restore fails naming the path, the sentinel is untouched, nothing is published."""
+    from stoker.agent.cache import hydrate
+
+    assert hydrate.FAST is not None, "the compiled writer is not built: `.venv/bin/pip install -e .` builds it"
+    if writer != "compiled":
+        monkeypatch.setattr(hydrate, "FAST", None)
+    env.node.processes = writer == "python-processes"
+    env.node.ready_trees = 0
+    publish_manifest(env.blobs, EVIL, mf.encode(with_files(env.manifest)))
+    swapped = []
+
+    def progress(_p) -> None:  # first called once the directories and the empty file exist
+        if not swapped:
+            (stage,) = env.ws.glob(".stoker-staging-*")
+            shutil.rmtree(stage / "node_modules/pkg4/lib")
+            os.symlink(env.sentinel.root, stage / "node_modules/pkg4/lib")
+            swapped.append(True)
+
+    with pytest.raises(CacheError) as info:
+        restore(env, progress=progress)
+    assert swapped
+    assert "node_modules/pkg4/lib" in str(info.value), str(info.value)
+    env.assert_refused(info, CacheError)
+    # The same node restores the same entry afterwards, whole.
+    result = restore(env)
+    assert result.files_restored == len([f for f in env.manifest.files if f.type == mf.FILE])
+
+
 # -- lying frames, corrupt and truncated packs, digest mismatches --------------------------------------
 def _one_file_entry(payload: bytes, frame_blob: bytes, raw_size: int, *, digest: str | None = None) -> bytes:
     """A manifest of ``node_modules/f`` whose bytes are frame 0 of a pack holding ``frame_blob``."""

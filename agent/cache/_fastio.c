@@ -1,0 +1,292 @@
+/*
+ * stoker.agent.cache._fastio: the restore's per-file work without the GIL.
+ *
+ * Restoring a node_modules tree is ~25k small files: per file a digest check, an open, a write, a
+ * chmod (sometimes), a utime and a close. Done from Python, threads serialise on the GIL between those
+ * syscalls; this module does a whole group of files (one decompressed frame) in one call with the GIL
+ * released, so the restore's threads really run on every core and no writer process has to be forked.
+ *
+ * Every path is opened beneath a directory descriptor (the staging root) with openat2(2)
+ * RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: a directory swapped for a symlink while a restore runs is
+ * refused (ELOOP/EXDEV), never written through. Where openat2 is missing (Linux < 5.6, or a seccomp
+ * filter answering ENOSYS/EPERM) the same guarantee comes from walking the path one component at a time
+ * with O_NOFOLLOW.
+ *
+ * SHA-256 comes from the system's libcrypto (the OpenSSL that Python's hashlib uses), loaded with
+ * dlopen so that building this module needs no OpenSSL headers; if none loads, importing the module
+ * fails and stoker uses its pure-Python writer.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+#define STOKER_RESOLVE_NO_MAGICLINKS 0x02
+#define STOKER_RESOLVE_NO_SYMLINKS 0x04
+#define STOKER_RESOLVE_BENEATH 0x08
+
+struct stoker_open_how {
+    uint64_t flags;
+    uint64_t mode;
+    uint64_t resolve;
+};
+
+typedef unsigned char *(*sha256_fn)(const unsigned char *, size_t, unsigned char *);
+static sha256_fn sha256_oneshot;
+static int have_openat2 = 1; /* cleared the first time the kernel says it has none */
+
+/* FileEntry / Chunk are NamedTuples (agent/cache/manifest.py); the Python side checks these indices. */
+enum { FE_PATH = 0, FE_MODE = 2, FE_MTIME = 3, FE_DIGEST = 5, FE_CHUNKS = 7 };
+enum { CH_RAW_OFFSET = 1, CH_RAW_LENGTH = 2 };
+
+/* Open `path` (relative, no "..", no empty components) beneath `root` following no symlink. */
+static int open_walk(int root, const char *path, int flags, mode_t mode) {
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf || path[0] == '/') {
+        errno = EINVAL;
+        return -1;
+    }
+    memcpy(buf, path, n + 1);
+    int cur = root;
+    char *part = buf;
+    for (;;) {
+        char *slash = strchr(part, '/');
+        if ((part[0] == '.' && (part[1] == '\0' || part[1] == '/' ||
+                                (part[1] == '.' && (part[2] == '\0' || part[2] == '/')))) ||
+            part[0] == '/' || part[0] == '\0') {
+            if (cur != root) close(cur);
+            errno = EXDEV;
+            return -1;
+        }
+        if (slash == NULL) {
+            int fd = openat(cur, part, flags | O_NOFOLLOW | O_CLOEXEC, mode);
+            int saved = errno;
+            if (cur != root) close(cur);
+            errno = saved;
+            return fd;
+        }
+        *slash = '\0';
+        int next = openat(cur, part, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int saved = errno;
+        if (cur != root) close(cur);
+        if (next < 0) {
+            errno = saved;
+            return -1;
+        }
+        cur = next;
+        part = slash + 1;
+    }
+}
+
+static int open_beneath(int root, const char *path, int flags, mode_t mode) {
+    if (__atomic_load_n(&have_openat2, __ATOMIC_RELAXED)) {
+        struct stoker_open_how how = {
+            .flags = (uint64_t)(flags | O_CLOEXEC),
+            .mode = (flags & O_CREAT) ? mode : 0,
+            .resolve = STOKER_RESOLVE_BENEATH | STOKER_RESOLVE_NO_SYMLINKS | STOKER_RESOLVE_NO_MAGICLINKS,
+        };
+        int fd = (int)syscall(SYS_openat2, root, path, &how, sizeof how);
+        if (fd >= 0 || (errno != ENOSYS && errno != EPERM)) return fd;
+        __atomic_store_n(&have_openat2, 0, __ATOMIC_RELAXED);
+    }
+    return open_walk(root, path, flags, mode);
+}
+
+static PyObject *py_open_beneath(PyObject *self, PyObject *args) {
+    int root, flags, mode;
+    PyObject *path_obj;
+    if (!PyArg_ParseTuple(args, "iO&ii", &root, PyUnicode_FSConverter, &path_obj, &flags, &mode)) return NULL;
+    const char *path = PyBytes_AS_STRING(path_obj);
+    int fd;
+    Py_BEGIN_ALLOW_THREADS
+    fd = open_beneath(root, path, flags, (mode_t)mode);
+    Py_END_ALLOW_THREADS
+    if (fd < 0) {
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
+        Py_DECREF(path_obj);
+        return NULL;
+    }
+    Py_DECREF(path_obj);
+    return PyLong_FromLong(fd);
+}
+
+struct item {
+    const char *path;
+    const char *digest; /* 64 lowercase hex characters */
+    Py_ssize_t offset, length;
+    unsigned int mode;
+    long long mtime_ns;
+};
+
+static const char HEX[] = "0123456789abcdef";
+
+static int digest_matches(const unsigned char *data, Py_ssize_t n, const char *hex) {
+    unsigned char md[32];
+    sha256_oneshot(data, (size_t)n, md);
+    for (int i = 0; i < 32; i++) {
+        if (hex[2 * i] != HEX[md[i] >> 4] || hex[2 * i + 1] != HEX[md[i] & 15]) return 0;
+    }
+    return 1;
+}
+
+/* Write one file; returns 0, or -1 with errno set. */
+static int write_item(int root, const struct item *it, const unsigned char *data, unsigned int umask_bits) {
+    int fd = open_beneath(root, it->path, O_WRONLY | O_CREAT | O_EXCL, it->mode & 07777);
+    if (fd < 0) return -1;
+    if ((it->mode & umask_bits) && fchmod(fd, it->mode & 07777) != 0) goto fail;
+    const unsigned char *p = data;
+    Py_ssize_t left = it->length;
+    while (left > 0) {
+        ssize_t w = write(fd, p, (size_t)left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            goto fail;
+        }
+        p += w;
+        left -= w;
+    }
+    struct timespec ts[2];
+    ts[0].tv_sec = ts[1].tv_sec = (time_t)(it->mtime_ns / 1000000000LL);
+    ts[0].tv_nsec = ts[1].tv_nsec = (long)(it->mtime_ns % 1000000000LL);
+    if (ts[0].tv_nsec < 0) { /* mtimes before 1970 */
+        ts[0].tv_sec -= 1;
+        ts[1].tv_sec -= 1;
+        ts[0].tv_nsec += 1000000000L;
+        ts[1].tv_nsec += 1000000000L;
+    }
+    if (futimens(fd, ts) != 0) goto fail;
+    return close(fd);
+fail:;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+}
+
+/*
+ * write_group(root_fd, data, files, umask) -> None | int
+ *
+ * For each FileEntry in `files` (its first chunk locating its bytes in `data`, one decompressed frame):
+ * check the bytes against the entry's SHA-256 digest, then — when root_fd >= 0 — create the file
+ * beneath root_fd (O_EXCL, no symlink followed), write it, set its mode (when the umask would change it)
+ * and mtime. Stops at the first file whose digest does not match and returns its index (nothing of it
+ * written); returns None when every file is done. An OS error raises OSError naming the file.
+ */
+static PyObject *py_write_group(PyObject *self, PyObject *args) {
+    int root;
+    Py_buffer buf;
+    PyObject *files;
+    unsigned int umask_bits;
+    if (!PyArg_ParseTuple(args, "iy*OI", &root, &buf, &files, &umask_bits)) return NULL;
+    PyObject *seq = PySequence_Fast(files, "files must be a sequence");
+    if (seq == NULL) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    struct item *items = PyMem_Calloc(n ? n : 1, sizeof *items);
+    PyObject *result = NULL;
+    if (items == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) <= FE_CHUNKS) {
+            PyErr_SetString(PyExc_TypeError, "files must hold FileEntry tuples");
+            goto done;
+        }
+        PyObject *chunks = PyTuple_GET_ITEM(f, FE_CHUNKS);
+        PyObject *digest = PyTuple_GET_ITEM(f, FE_DIGEST);
+        if (!PyTuple_Check(chunks) || PyTuple_GET_SIZE(chunks) != 1 || !PyUnicode_Check(digest)) {
+            PyErr_SetString(PyExc_ValueError, "write_group takes files held in one chunk, with a digest");
+            goto done;
+        }
+        PyObject *chunk = PyTuple_GET_ITEM(chunks, 0);
+        struct item *it = &items[i];
+        Py_ssize_t dlen;
+        it->path = PyUnicode_AsUTF8(PyTuple_GET_ITEM(f, FE_PATH));
+        it->digest = PyUnicode_AsUTF8AndSize(digest, &dlen);
+        it->mode = (unsigned int)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(f, FE_MODE));
+        it->mtime_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(f, FE_MTIME));
+        it->offset = PyLong_AsSsize_t(PyTuple_GET_ITEM(chunk, CH_RAW_OFFSET));
+        it->length = PyLong_AsSsize_t(PyTuple_GET_ITEM(chunk, CH_RAW_LENGTH));
+        if (PyErr_Occurred() || it->path == NULL || it->digest == NULL) goto done;
+        if (dlen != 64) {
+            PyErr_Format(PyExc_ValueError, "%s: digest is not 64 hex characters", it->path);
+            goto done;
+        }
+        if (it->offset < 0 || it->length < 0 || it->offset > buf.len || it->length > buf.len - it->offset) {
+            PyErr_Format(PyExc_ValueError, "%s: bytes %zd+%zd lie outside the frame (%zd bytes)", it->path,
+                         it->offset, it->length, buf.len);
+            goto done;
+        }
+    }
+    Py_ssize_t failed = -1, bad_digest = -1;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const unsigned char *data = (const unsigned char *)buf.buf + items[i].offset;
+        if (!digest_matches(data, items[i].length, items[i].digest)) {
+            bad_digest = i;
+            break;
+        }
+        if (root >= 0 && write_item(root, &items[i], data, umask_bits) != 0) {
+            failed = i;
+            err = errno;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (failed >= 0) {
+        PyObject *name = PyUnicode_DecodeFSDefault(items[failed].path);
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+        Py_XDECREF(name);
+    } else if (bad_digest >= 0) {
+        result = PyLong_FromSsize_t(bad_digest);
+    } else {
+        result = Py_NewRef(Py_None);
+    }
+done:
+    PyMem_Free(items);
+    Py_DECREF(seq);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"open_beneath", py_open_beneath, METH_VARARGS,
+     "open_beneath(root_fd, path, flags, mode) -> fd: open a relative path beneath root_fd, following no "
+     "symlink in any component (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or a component walk)."},
+    {"write_group", py_write_group, METH_VARARGS,
+     "write_group(root_fd, data, files, umask) -> None | index of the first digest mismatch."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastio",
+                                    "Restore file writing without the GIL (see _fastio.c).", -1, methods};
+
+PyMODINIT_FUNC PyInit__fastio(void) {
+    static const char *const libs[] = {"libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.so", NULL};
+    for (int i = 0; libs[i] != NULL && sha256_oneshot == NULL; i++) {
+        void *h = dlopen(libs[i], RTLD_NOW | RTLD_LOCAL);
+        if (h != NULL) sha256_oneshot = (sha256_fn)dlsym(h, "SHA256");
+    }
+    if (sha256_oneshot == NULL) {
+        PyErr_SetString(PyExc_ImportError, "no libcrypto with SHA256 found (libcrypto.so.3 or .so.1.1)");
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}
