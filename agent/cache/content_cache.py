@@ -855,7 +855,12 @@ def _progress(done: int, total: int, start: float):
 
 
 def _select(manifest: mf.Manifest, roots: tuple[str, ...]) -> list[mf.FileEntry]:
-    return [f for f in manifest.files if any(f.path == r or f.path.startswith(r + "/") for r in roots)]
+    """The manifest's entries at or under ``roots``."""
+    if manifest.roots and set(manifest.roots) <= set(roots):
+        return list(manifest.files)  # validate() saw every path lie under the manifest's roots
+    under = tuple(r + "/" for r in roots)
+    exact = set(roots)
+    return [f for f in manifest.files if f.path in exact or f.path.startswith(under)]
 
 
 def _check_no_symlink_ancestors(workspace: Path, rel: str, where: str) -> None:

@@ -293,11 +293,18 @@ def _swaps_refused(where: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
+        if exc.errno not in _SWAPPED:
             raise
-        raise UnsafeTree(f"{where}: {exc.filename or '?'}: a directory of the tree being written was "
-                         f"replaced (by a symlink or a file) while the restore ran; nothing is written "
-                         f"through it ({exc.strerror})") from exc
+        raise _swapped(exc, where) from exc
+
+
+_SWAPPED = (errno.ELOOP, errno.EXDEV, errno.ENOTDIR)
+
+
+def _swapped(exc: OSError, where: str) -> UnsafeTree:
+    return UnsafeTree(f"{where}: {exc.filename or '?'}: a directory of the tree being written was replaced "
+                      f"(by a symlink or a file) while the restore ran; nothing is written through it "
+                      f"({exc.strerror})")
 
 
 def _write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], root: _Root | None,
@@ -663,8 +670,10 @@ def _helper(manifest: mf.Manifest, tasks: list[_Task], root: _Root | None, locat
             files, nbytes = _run_task(manifest, tasks[n], root, locate, where, None)
             os.write(res_w, _MSG.pack(b"P", files, nbytes))
     except BaseException as exc:  # noqa: BLE001 - everything is reported to the caller
+        if isinstance(exc, OSError) and exc.errno in _SWAPPED:
+            exc = _swapped(exc, where)
         kind = next((i for i, cls in reversed(list(enumerate(_ERRORS))) if isinstance(exc, cls)), None)
-        text = (str(exc) if kind is not None else f"{where}: restore helper failed: {exc!r}")
+        text = (str(exc) if kind is not None else f"{where}: restore helper failed: {type(exc).__name__}: {exc}")
         data = text.encode()[:3000]
         try:
             os.write(res_w, _MSG.pack(b"E", len(data), kind if kind is not None else 99) + data)
