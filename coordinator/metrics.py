@@ -38,6 +38,11 @@ class CoordinatorMetrics:
             "stoker_coordinator_loop_lag_seconds",
             "How late the event loop ran a 50 ms timer (time a request may wait before its handler starts).",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=registry)
+        self.gc_pause_seconds = Histogram(
+            "stoker_coordinator_gc_pause_seconds",
+            "How long each run of Python's cyclic garbage collector stopped the process, by generation.",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=registry)
         self.agent_messages = Counter(
             "stoker_coordinator_agent_messages_total", "Messages received on agents' streams.", ["kind"],
             registry=registry)
