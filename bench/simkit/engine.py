@@ -11,6 +11,12 @@ the node holds an older entry of the workspace; everything otherwise), then fill
 restored cache lacked from a package registry (``install_bps``), then runs for its duration. A node
 keeps entries under its disk budget, least recently used first out. Saved entries go to the shared
 blob store. Sizes are bytes as stored (the same compression for every policy).
+
+What stoker's scheduler is told is what agents report: each entry's size, age and a bottom-k MinHash
+sketch of its content digests (here each workspace's content is modelled as ``CONTENT_UNITS`` digests of
+which every new key replaces its ``changed_fraction``). A prewarm behaves like the agent's: it touches
+an entry the node already holds and otherwise fetches only what the node's newest older entry of the
+workspace lacks.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from stoker.coordinator.registry import NodeRegistry
 from stoker.coordinator.scheduler import Scheduler, SchedulerSettings
 
 PACK_BYTES = 8 * 1024 * 1024  # one ranged GET / one PUT moves about this much
+CONTENT_UNITS = 2048  # content digests per simulated entry (for the sketches agents report)
+SKETCH_K = 64  # as the agent's content_sketch
 
 
 class SimClock:
@@ -97,6 +105,10 @@ class Sim:
         self.version: dict[str, tuple[str, int]] = {}      # key → (workspace, index)
         self.changed: dict[str, list[float]] = collections.defaultdict(list)  # workspace → fraction per index
         self.keys_of: dict[str, list[str]] = collections.defaultdict(list)  # workspace → keys by index
+        # Each entry's content as CONTENT_UNITS digests: a new key of a workspace replaces the changed share
+        # of the previous key's; its sketch (what an agent reports) is the bottom-k MinHash of them.
+        self._content: dict[str, list[int]] = {}
+        self.sketch: dict[str, tuple[int, ...]] = {}
         self._tick_pending = False
         self.queue: list[Job] = []
         self.jobs: list[Job] = []
@@ -154,6 +166,17 @@ class Sim:
             if any(key.startswith(p) for p in build.restore_keys) and key in self.version:
                 if best is None or self.version[key][1] > self.version[best][1]:
                     best = key
+        return best
+
+    def _local_older_entry(self, node: SimNode, key: str) -> str | None:
+        """The newest entry of ``key``'s workspace that ``node`` holds, older than ``key``."""
+        ws, index = self.version[key]
+        best = None
+        for held in node.cache:
+            version = self.version.get(held)
+            if version is not None and version[0] == ws and version[1] < index:
+                if best is None or version[1] > self.version[best][1]:
+                    best = held
         return best
 
     def _blob_prefix_entry(self, build: Build) -> str | None:
@@ -219,6 +242,16 @@ class Sim:
         self.changed[ws].append(build.changed_fraction if index else 0.0)
         self.keys_of[ws].append(build.key)
         self.version[build.key] = (ws, index)
+        content = self._content.get(ws)
+        rng = random.Random(f"{ws}/{index}")
+        if content is None:
+            content = [rng.getrandbits(64) for _ in range(CONTENT_UNITS)]
+        else:
+            content = list(content)
+            for i in rng.sample(range(CONTENT_UNITS), round(build.changed_fraction * CONTENT_UNITS)):
+                content[i] = rng.getrandbits(64)
+        self._content[ws] = content
+        self.sketch[build.key] = tuple(heapq.nsmallest(SKETCH_K, set(content)))
 
     def _dispatch(self) -> None:
         if not self.queue:
@@ -234,12 +267,19 @@ class Sim:
             self.queue = [j for j in self.queue if j.id not in placed]
         for node_name, key in prewarms:
             node = self.nodes.get(node_name)
-            if node is None or not node.alive or key in node.cache or key not in self.blob:
+            if node is None or not node.alive or key not in self.blob:
                 continue
+            if key in node.cache:
+                self.cache_touch(node, key)  # the agent touches an entry it already holds
+                continue
+            # Like a restore, a prewarm fetches only what the node's newest older entry lacks.
             size = self.blob[key]
-            self.prewarm_bytes += size
-            self.gets += max(1, math.ceil(size / PACK_BYTES))
-            self._push(self.now + size / self.fleet.fetch_bps + size / self.fleet.extract_bps, "prewarmed",
+            older = self._local_older_entry(node, key)
+            fetch = size if older is None else self.diff(older, key) * size
+            self.prewarm_bytes += fetch
+            if fetch:
+                self.gets += max(1, math.ceil(fetch / PACK_BYTES))
+            self._push(self.now + fetch / self.fleet.fetch_bps + fetch / self.fleet.extract_bps, "prewarmed",
                        (node_name, key))
 
     def _start(self, job: Job, node: SimNode) -> None:
@@ -567,7 +607,8 @@ class StokerPolicy(Policy):
             size = node.cache.get(key)
             if size is not None:
                 entries.append(EntryRecord(key=key, bytes=int(size), files=0,
-                                           created=float(sim.version.get(key, ("", 0))[1]), last_used=sim.now))
+                                           created=float(sim.version.get(key, ("", 0))[1]), last_used=sim.now,
+                                           sketch=sim.sketch.get(key, ())))
         self.inventory.apply_delta(node.name, gen, entries, removed)
 
     def started(self, sim, job, node):
