@@ -67,6 +67,10 @@ class CacheSettings:
     """Threads for decompressing and writing files. 0: one per core."""
     syncfs: bool = False
     """Call syncfs once before publishing a restored entry (no per-file fsync either way)."""
+    ready_trees: int = 1
+    """Entries kept also unpacked as a *ready tree*, made in the background at nice 19 after a restore or
+    save: the next restore of that key is a rename, and one of a newer key under the same prefix writes
+    only what changed. Each costs the entry's unpacked size on disk; 0 turns them off."""
 
 
 @dataclass(frozen=True)

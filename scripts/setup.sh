@@ -16,8 +16,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.stoker-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+    || [ agent/cache/_fastio.c -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
   .venv/bin/python -m pip install --quiet -e '.[test]'
   touch "$stamp"
+fi
+if ! .venv/bin/python -c 'import stoker.agent.cache._fastio' 2>/dev/null; then
+  echo "setup.sh: the cache's compiled writer (agent/cache/_fastio.c) is not built: restores use the slower" \
+       "Python writer, and the tests that check it fail. Install gcc and run this again." >&2
+  rm -f "$stamp"
 fi

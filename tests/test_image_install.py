@@ -1,8 +1,8 @@
 """The container image's install step, without a Docker engine (none runs here).
 
 The Dockerfile's build stage copies the context that .dockerignore lets through, builds a wheel of stoker
-(``pip wheel --no-deps .``), creates a fresh venv and installs the wheel into it with binary wheels only
-for the dependencies (the slim base image has no compiler). This test does the same: it copies the repo
+(``pip wheel --no-deps .``, which compiles the cache's C writer), creates a fresh venv and installs the
+wheel into it with binary wheels only for the dependencies. This test does the same: it copies the repo
 through the same .dockerignore rules into a temporary context, runs those same commands with this
 interpreter (Python 3.11, as the image), and then checks the result the way the image is used:
 ``stoker --help`` and both entry points, every stoker module importable from the venv (not from the
@@ -100,6 +100,8 @@ def test_dockerignore_rules_are_read_the_docker_way():
     assert is_ignored("tests/test_deploy.py", patterns)
     assert is_ignored("agent/__pycache__/config.cpython-311.pyc", patterns)
     assert not is_ignored("pyproject.toml", patterns)
+    assert not is_ignored("setup.py", patterns)
+    assert is_ignored("agent/cache/_fastio.cpython-311-x86_64-linux-gnu.so", patterns)  # built in the image
     assert not is_ignored("agent/cache/api.py", patterns)
     assert not is_ignored("protos/stoker/v1/build_pb2.py", patterns)
 
@@ -191,7 +193,8 @@ print(json.dumps({"found": found, "failed": failed}))
     site = str(image_venv)
     outside = {name: path for name, path in result["found"].items() if not path.startswith(site)}
     assert not outside, f"imported from outside the image's venv: {outside}"
-    for expected in ("stoker.v1.build_pb2", "stoker.v1.agent_pb2_grpc", "stoker.agent.kube_node"):
+    for expected in ("stoker.v1.build_pb2", "stoker.v1.agent_pb2_grpc", "stoker.agent.kube_node",
+                     "stoker.agent.cache._fastio"):
         assert expected in result["found"], f"{expected} is missing from the wheel"
 
 
@@ -238,6 +241,8 @@ def test_the_build_context_holds_every_package_folder():
         init = (folder / "__init__.py").relative_to(REPO).as_posix()
         assert not is_ignored(init, patterns), f".dockerignore leaves out {init} (package {name})"
     assert not is_ignored("pyproject.toml", patterns)
+    assert not is_ignored("setup.py", patterns)
+    assert is_ignored("agent/cache/_fastio.cpython-311-x86_64-linux-gnu.so", patterns)  # built in the image
     readme = tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("readme")
     if isinstance(readme, str):
         assert not is_ignored(readme, patterns), f".dockerignore leaves out {readme}, which pyproject names"

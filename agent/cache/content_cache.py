@@ -2,7 +2,7 @@
 
 It composes the node's :class:`~.store.LocalStore` (compressed frames and manifests on the SSD), a
 :class:`~.blobs.BlobStore` (the shared store), :mod:`.tree` (walking and the stat cache), :mod:`.packing`
-(new content into packs) and :mod:`.hydrate` (frames into files, from forked writer processes). Warm and
+(new content into packs) and :mod:`.hydrate` (frames into files on every core). Warm and
 partial restores use *ready trees* (an entry unpacked in the background and moved, never linked, into the
 next workspace; see :mod:`.store`). Object layout in the blob store::
 
@@ -35,7 +35,7 @@ from pathlib import Path
 from stoker.agent.cache import hydrate, packing, tree
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache.api import (
-    BlobStoreUnavailable, CacheError, CorruptEntry, EntryInfo, InventoryListener, NotFound, ProgressFn,
+    BlobStoreUnavailable, CacheError, CorruptEntry, EntryInfo, InventoryListener, NotFound, Progress, ProgressFn,
     RestoreResult, SaveResult, UnsafeTree,
 )
 from stoker.agent.cache.blobs import BlobStore, ByteRange, encode_key, merge_ranges
@@ -70,13 +70,14 @@ class ContentCache:
                  fetch_concurrency: int = 8, processes: bool = True, ready_trees: int = 1) -> None:
         self.store = store
         self.processes = processes
-        """Write restored files from ``workers`` processes (forked per restore) rather than threads."""
+        """Without the compiled writer (:data:`.hydrate.FAST`): write restored files from ``workers``
+        processes (forked per restore) rather than threads. The compiled writer always uses threads."""
         self.fallback_to_threads = True
         """When a forked writer dies without reporting an error, write the files again with threads (and
         use threads for the rest of this process's life) instead of failing the restore."""
         self.ready_trees = ready_trees
         """Keep this many *ready trees* (see :mod:`.store`): after a restore or save of a key, its files
-        are unpacked again in the background (one process at nice 19) so the next restore of that key
+        are unpacked again in the background (one core at nice 19) so the next restore of that key
         moves them into its workspace, and a restore of a newer key under the same prefix changes only
         what differs. 0 turns them off."""
         self.blobs = blobs
@@ -364,7 +365,15 @@ class ContentCache:
                 self._refill_thread.start()
             self._refill_cv.notify_all()
 
+    def _stop_if_closing(self, _progress: Progress) -> None:
+        if self._closing:
+            raise CacheError("the cache is closing")
+
     def _refill_loop(self) -> None:
+        try:  # this thread alone at the lowest priority (Linux: a thread is a schedulable task)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass
         while True:
             with self._lock:
                 while not self._refill_queue and not self._closing:
@@ -380,7 +389,8 @@ class ContentCache:
 
     def prepare_tree(self, key: str, *, background: bool = False) -> bool:
         """Unpack the local entry ``key`` (every digest checked) as a ready tree; False if it is not local,
-        already has one, or does not fit. ``background``: in a forked process at nice 19, one core."""
+        already has one, or does not fit. ``background``: at nice 19 on one core (this thread with the
+        compiled writer, else a forked process)."""
         record = self.store.lookup(key)
         if record is None or self.store.tree_for(key, record.manifest) is not None:
             return False
@@ -410,7 +420,12 @@ class ContentCache:
                     return fds[path], lf.offset
 
                 files = list(manifest.files)
-                if background:
+                if background and hydrate.FAST is not None:
+                    # The compiled writer runs without the GIL: this thread (nice 19, see _refill_loop)
+                    # does the work on one core, and no process is forked beside gRPC's threads.
+                    hydrate.write_files(manifest, files, tree_dir, locate, workers=1, where=where,
+                                        processes=False, progress=self._stop_if_closing)
+                elif background:
                     self._in_background_process(lambda: hydrate.write_files(
                         manifest, files, tree_dir, locate, workers=1, where=where, processes=False))
                 else:
