@@ -29,6 +29,13 @@ Then:
 * **Hot keys replicate.** When requests queue for a key whose warm nodes are all busy, the key is
   prewarmed onto its next rendezvous node; also after a node holding hot keys is lost, and onto a
   new node that ranks high for hot keys.
+* **Costly keys keep a free holder.** A key whose cold restore is long (``costly_restore_s``) and
+  that is in demand keeps at least one holder that is not at the load bound (two when its builds
+  overlap often): when placing one of its builds leaves fewer, it is prewarmed onto the node holding
+  its closest older entry (only the difference is fetched), else onto its next rendezvous node. Its
+  replicas are touched as it is used, so the nodes' LRU eviction keeps them. And a build that must
+  start cold goes to the free node whose taking costs such keys least (of ``cold_candidates``): not
+  the last free holder of a costly key when another free node will do.
 * **Fairness.** Requests age (one priority level per ``aging_s`` waited); within a level, the tenant
   with the fewest running builds goes first, and while others wait no tenant holds more than
   ``tenant_share`` of the slots.
@@ -87,6 +94,23 @@ class SchedulerSettings:
     """Do not ask the same node to prewarm the same key again within this time."""
     explain_candidates: int = 3
     """How many candidates each decision lists with their estimates."""
+    costly_restore_s: float = 8.0
+    """A key whose cold restore (fetch and extract) is estimated at least this long is *costly*: it keeps
+    a free holder, its replicas are touched as it is used, and cold builds avoid its last free holders."""
+    spare_holders: int = 2
+    """Free holders a costly key keeps while its builds overlap often (see ``spare_busy``); one otherwise."""
+    spare_busy: float = 0.2
+    """Expected concurrent builds of a workspace (arrival rate × build time) from which its costly key keeps
+    ``spare_holders`` free holders."""
+    touch_replicas: int = 8
+    """How many of a costly key's holders (first in its rendezvous order) are touched when it is used."""
+    cold_candidates: int = 8
+    """How many free nodes in the key's rendezvous order a cold build chooses among (by what taking each
+    costs costly keys)."""
+    guarded_keys: int = 32
+    """At most this many costly keys (the most recently used) are looked at when weighing that cost."""
+    demand_window_s: float = 900.0
+    """Time constant of each workspace's learned arrival rate."""
     max_warm_candidates: int = 16
     """At most this many holders of one key are estimated per decision (free ones first), so a
     decision never scans a large fleet's whole inventory."""
@@ -141,14 +165,18 @@ class Estimator:
 
 # -- sketches ----------------------------------------------------------------------------------------
 def similarity(a: Sequence[int], b: Sequence[int]) -> float | None:
-    """Estimated share of content two entries have in common, from bottom-k MinHash sketches of their
-    content digests (None when either sketch is missing)."""
+    """Estimated share of one entry's content that the other holds too, from bottom-k MinHash sketches
+    of their content digests (None when either sketch is missing).
+
+    The sketches estimate the Jaccard index J = |A∩B| / |A∪B|; for entries of about the same size the
+    share of A found in B is |A∩B| / |A| = 2J / (1 + J)."""
     if not a or not b:
         return None
     k = min(len(a), len(b))
     union = heapq.nsmallest(k, set(a) | set(b))
     both = set(a) & set(b)
-    return sum(1 for h in union if h in both) / len(union)
+    jaccard = sum(1 for h in union if h in both) / len(union)
+    return 2 * jaccard / (1 + jaccard)
 
 
 def _h64(text: str) -> int:
@@ -170,9 +198,11 @@ class Candidate:
     wait_s: float
     ready_s: float
     weight: int
+    cost: float = 0.0
+    """Expected seconds that taking this node adds to other keys' builds (cold candidates only)."""
 
     def sort_key(self) -> tuple[float, int]:
-        return (round(self.ready_s, 6), -self.weight)
+        return (round(self.ready_s + self.cost, 6), -self.weight)
 
     def describe(self) -> str:
         wait = f", waits {self.wait_s:.0f} s" if self.wait_s > 0 else ""
@@ -186,6 +216,43 @@ class Plan:
     """request id → why it waits."""
     prewarms: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     """(node, key, restore prefixes) to fetch ahead of need."""
+
+
+class _Guard:
+    """The free holders of costly keys in demand, for one pass: taking one of a key's last free holders
+    for another build makes the key's next build more likely to start cold."""
+
+    _SECOND = 0.25
+    """Weight of taking one of the last two free holders (against 1 for the last one)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[float, float, list[str]]] = {}
+        """key → (arrival rate, seconds a warm start saves, its free holders)."""
+        self.by_node: dict[str, list[str]] = {}
+
+    def add(self, key: str, rate: float, gain: float, free: list[str]) -> None:
+        self.keys[key] = (rate, gain, free)
+        for name in free:
+            self.by_node.setdefault(name, []).append(key)
+
+    def cost(self, node: str, request: PlacementRequest, duration_s: float) -> float:
+        """Expected seconds that running ``request`` (for ``duration_s``) on ``node`` adds to other keys."""
+        total = 0.0
+        for key in self.by_node.get(node, ()):
+            if key == request.key:
+                continue
+            rate, gain, free = self.keys[key]
+            weight = 1.0 if len(free) == 1 else self._SECOND if len(free) == 2 else 0.0
+            if weight:
+                total += weight * gain * (1.0 - math.exp(-rate * duration_s))
+        return total
+
+    def taken(self, node: str) -> None:
+        """``node`` reached its bound: it is no longer a free holder of anything."""
+        for key in self.by_node.pop(node, ()):
+            free = self.keys[key][2]
+            if node in free:
+                free.remove(node)
 
 
 @dataclass
@@ -213,6 +280,12 @@ class Scheduler:
         self._bucket_seeds_for: dict[int, list[int]] = {}
         self._demand: dict[str, collections.deque[float]] = {}
         self._prewarmed: dict[tuple[str, str], float] = {}
+        self._rate: dict[str, tuple[float, float]] = {}
+        """workspace → (arrival rate, when last updated): a decaying count of builds started."""
+        self._costly: collections.OrderedDict[str, str] = collections.OrderedDict()
+        """The most recently used costly keys (key → workspace), oldest first."""
+        self._replicating: dict[str, dict[str, float]] = {}
+        """key → node → when a prewarm to keep a free holder was asked (until the node reports it)."""
         self._pending_prewarms: list[tuple[str, str, tuple[str, ...]]] = []
 
     # -- what happened -------------------------------------------------------------------------
@@ -227,6 +300,14 @@ class Scheduler:
         if request.key:
             seen = self._demand.setdefault(request.key, collections.deque(maxlen=64))
             seen.append(now)
+        window = self.settings.demand_window_s
+        rate, last = self._rate.get(request.workspace, (0.0, now))
+        self._rate[request.workspace] = (rate * math.exp(-(now - last) / window) + 1.0 / window, now)
+        if request.key and self._restore_cost(request.key) >= self.settings.costly_restore_s:
+            self._costly[request.key] = request.workspace
+            self._costly.move_to_end(request.key)
+            while len(self._costly) > self.settings.guarded_keys:
+                self._costly.popitem(last=False)
 
     def finished(self, request_id: str, *, key: str = "", workspace: str = "", run_s: float = 0.0,
                  bytes_fetched: int = 0, bytes_restored: int = 0, restore_s: float = 0.0) -> None:
@@ -268,7 +349,8 @@ class Scheduler:
         load = {name: len(n.holders) for name, n in live.items()}
         bound = self._bound(sum(load.values()), len(live))
         free_at: dict[str, list[float]] = {}
-        return self._decide(request, live, load, bound, free_at, self._clock.now())
+        now = self._clock.now()
+        return self._decide(request, live, load, bound, free_at, now, self._guard(live, load, bound, now))
 
     def plan(self, queue: Sequence[PlacementRequest], nodes: Sequence[NodeRecord]) -> Plan:
         plan = Plan(prewarms=self._pending_prewarms)
@@ -298,13 +380,14 @@ class Scheduler:
         waiting_on: collections.Counter[str] = collections.Counter()
         waiting_per_tenant = collections.Counter(r.tenant for r in queue)
         cap = max(1, math.floor(self.settings.tenant_share * total_slots))
+        guard = self._guard(live_by_name, load, self._bound(running_total, len(live)), now)
         for request in self._fair_order(queue, tenant_running, now):
             if len(waiting_per_tenant) > 1 and tenant_running[request.tenant] >= cap:
                 plan.waiting[request.id] = (f"tenant {request.tenant} holds {tenant_running[request.tenant]} "
                                             f"of {total_slots} slots while others wait")
                 continue
             bound = self._bound(running_total, len(live))
-            decision = self._decide(request, live_by_name, load, bound, free_at, now)
+            decision = self._decide(request, live_by_name, load, bound, free_at, now, guard)
             if decision.node is None:
                 plan.waiting[request.id] = decision.reason
                 continue
@@ -316,6 +399,8 @@ class Scheduler:
                     del waiting_per_tenant[request.tenant]
                 load[node.name] += 1
                 running_total += 1
+                if load[node.name] >= min(node.info.slots, bound):
+                    guard.taken(node.name)
                 tenant_running[request.tenant] += 1
             else:
                 # Worth waiting for: reserve the node's next free slot.
@@ -328,6 +413,12 @@ class Scheduler:
         for key in waiting_on:
             request = next(r for r in queue if r.key == key)
             self._prewarm_next(key, request.restore_keys, live)
+        bound = self._bound(running_total, len(live))
+        kept: set[str] = set()
+        for request, _ in plan.assignments:
+            if request.key and request.key not in kept:
+                kept.add(request.key)
+                self._keep_free_holder(request, live_by_name, load, bound, now)
         plan.prewarms.extend(self._pending_prewarms)
         self._pending_prewarms = []
         return plan
@@ -427,7 +518,7 @@ class Scheduler:
         return now - node.last_seen <= self.settings.warmth_ttl_s
 
     def _decide(self, request: PlacementRequest, live: dict[str, NodeRecord], load: dict[str, int], bound: int,
-                free_at: dict[str, list[float]], now: float) -> Decision:
+                free_at: dict[str, list[float]], now: float, guard: _Guard | None = None) -> Decision:
         constraints = request.constraints
         if constraints.zone or constraints.labels:
             admitted = {name: n for name, n in live.items() if constraints.admits(n.info)}
@@ -461,14 +552,16 @@ class Scheduler:
         target_bytes, target_sketch = self._target(request)
         candidates: dict[str, Candidate] = {}
 
-        def consider(node: NodeRecord, warmth: Warmth, matched: str, fetch: float, local: float) -> None:
+        def consider(node: NodeRecord, warmth: Warmth, matched: str, fetch: float, local: float,
+                     cost: float = 0.0) -> None:
             name = node.name
             cap = capacity(node)
             if load[name] < cap and name not in free_at:
                 wait = 0.0
             else:
                 wait = max(0.0, self._free_at(node, free_at, now, cap)[0] - now)
-            c = Candidate(name, warmth, matched, fetch, wait, wait + est.restore_s(fetch, local), weight(name))
+            c = Candidate(name, warmth, matched, fetch, wait, wait + est.restore_s(fetch, local), weight(name),
+                          cost)
             old = candidates.get(name)
             if old is None or c.sort_key() < old.sort_key():
                 candidates[name] = c
@@ -494,14 +587,17 @@ class Scheduler:
                         fetch = 0.0  # nothing newer exists: the older entry is the best there is
                     consider(admitted[name], Warmth.PARTIAL, key, fetch, entry.bytes)
                     found += 1
-        # Cold candidates: the first free nodes in the key's rendezvous order.
+        # Cold candidates: the first free nodes in the key's rendezvous order; of those, the one whose
+        # taking costs costly keys least (ties: rendezvous order).
         cold_fetch = float(target_bytes or self._prefix_bytes(request))
-        wanted = self.settings.explain_candidates
+        guarded = guard is not None and bool(guard.by_node)
+        wanted = self.settings.cold_candidates if guarded else self.settings.explain_candidates
+        duration = est.build_s(request)
         for name in self._rendezvous(key_hash, weight, live, admitted):
             node = admitted[name]
             if name in candidates or load[name] >= capacity(node) or name in free_at:
                 continue
-            consider(node, Warmth.COLD, "", cold_fetch, 0.0)
+            consider(node, Warmth.COLD, "", cold_fetch, 0.0, guard.cost(name, request, duration) if guarded else 0.0)
             wanted -= 1
             if wanted == 0:
                 break
@@ -542,6 +638,95 @@ class Scheduler:
             for key in self._inventory.newest_keys_under(prefix, count=1):
                 return next(iter(self._inventory.holders(key).values())).bytes
         return 0
+
+    def _restore_cost(self, key: str) -> float:
+        """Seconds to fetch and extract ``key`` onto a node that holds nothing of it (0 when unknown)."""
+        holders = self._inventory.holders(key)
+        if not holders:
+            return 0.0
+        return self.estimator.restore_s(next(iter(holders.values())).bytes, 0)
+
+    def _arrival_rate(self, workspace: str, now: float) -> float:
+        rate, last = self._rate.get(workspace, (0.0, now))
+        return rate * math.exp(-(now - last) / self.settings.demand_window_s)
+
+    def _guard(self, live: dict[str, NodeRecord], load: dict[str, int], bound: int, now: float) -> _Guard:
+        """The free holders of the recently used costly keys (at most ``guarded_keys`` keys)."""
+        guard = _Guard()
+        limit = self.settings.max_warm_candidates
+        for key, workspace in self._costly.items():
+            holders = self._inventory.holders(key)
+            if not holders:
+                continue
+            size = next(iter(holders.values())).bytes
+            gain = self.estimator.restore_s(size, 0) - size / self.settings.materialize_bps
+            free = []
+            for name in holders:
+                node = live.get(name)
+                if node is not None and load[name] < min(node.info.slots, bound) and self._fresh(node, now):
+                    free.append(name)
+                    if len(free) > 2:
+                        break  # more than two free holders: taking one costs nothing worth weighing
+            if 0 < len(free) <= 2 and len(holders) <= 4 * limit:
+                guard.add(key, self._arrival_rate(workspace, now), gain, free)
+        return guard
+
+    def _keep_free_holder(self, request: PlacementRequest, live: dict[str, NodeRecord], load: dict[str, int],
+                          bound: int, now: float) -> None:
+        """After placing a build of a costly key: touch its replicas, and prewarm it where it is needed so
+        that it keeps a holder below the load bound (two while its builds overlap often)."""
+        s = self.settings
+        key = request.key
+        holders = self._inventory.holders(key)
+        if not holders:
+            return
+        target = next(iter(holders.values()))
+        restore_s = self.estimator.restore_s(target.bytes, 0)
+        if restore_s < s.costly_restore_s:
+            return
+        key_hash = _h64(key)
+        rank = lambda name: _mix(key_hash ^ self._node_h(name))  # noqa: E731
+        # Keep the replicas alive: prewarming an entry a node holds touches it in the node's LRU order.
+        for name in heapq.nlargest(s.touch_replicas, (n for n in holders if n in live), key=rank):
+            self._queue_prewarm(name, key, request.restore_keys)
+        busy = self._arrival_rate(request.workspace, now) * self.estimator.build_s(request)
+        want = s.spare_holders if busy >= s.spare_busy else 1
+        free = 0
+        for name in holders:
+            node = live.get(name)
+            if node is not None and load[name] < min(node.info.slots, bound):
+                free += 1
+                if free >= want:
+                    return
+        asked = self._replicating.setdefault(key, {})
+        for name, at in list(asked.items()):
+            if name in holders or now - at > 2 * restore_s + 30:
+                del asked[name]
+        need = want - free - len(asked)
+        if need <= 0:
+            return
+        # Where it costs least to fetch: a node holding an older entry of the workspace fetches only the
+        # difference; else the next nodes in the key's rendezvous order.
+        options: dict[str, float] = {}
+        for prefix in request.restore_keys:
+            for older in self._inventory.newest_keys_under(prefix, count=4):
+                if older == key:
+                    continue
+                for name, entry in self._inventory.holders(older).items():
+                    if name in holders or name in asked or name not in live:
+                        continue
+                    share = similarity(target.sketch, entry.sketch)
+                    fetch = target.bytes * (1.0 - (s.default_similarity if share is None else share))
+                    options[name] = min(options.get(name, fetch), fetch)
+        for name in self.order(key, live):
+            if name not in holders and name not in asked:
+                options.setdefault(name, float(target.bytes))
+                break
+        for name in sorted(options, key=lambda n: (options[n], -rank(n)))[:need]:
+            asked[name] = now
+            self._queue_prewarm(name, key, request.restore_keys)
+        if not asked:
+            del self._replicating[key]
 
     def _is_hot(self, key: str) -> bool:
         seen = self._demand.get(key)

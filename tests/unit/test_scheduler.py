@@ -224,3 +224,72 @@ def test_learned_rates_change_the_estimate():
     for _ in range(20):
         est.observe_build("web/k", "web", 42.0)
     assert abs(est.build_s(w.request("web/k")) - 42.0) < 1.0
+
+
+def test_similarity_is_the_share_of_one_entry_the_other_holds():
+    import heapq
+    import random
+
+    rng = random.Random(5)
+    old = [rng.getrandbits(64) for _ in range(4000)]
+    new = list(old)
+    for i in rng.sample(range(4000), 400):  # a tenth of the content changed
+        new[i] = rng.getrandbits(64)
+    a, b = heapq.nsmallest(64, old), heapq.nsmallest(64, new)
+    # Jaccard would say ~0.82; the share of the new entry the old one holds is 0.9.
+    assert abs(similarity(b, a) - 0.9) < 0.06
+    assert similarity(a, a) == 1.0 and similarity(a, [rng.getrandbits(64) for _ in range(64)]) < 0.1
+
+
+def costly_world(n: int = 4, **settings) -> World:
+    """2 GB entries at the default rates: a cold restore of ~27 s, a costly key."""
+    return World(n, slots=1, **settings)
+
+
+def test_a_costly_key_keeps_a_free_holder_prewarmed_where_the_fetch_is_smallest():
+    w = costly_world()
+    base = list(range(0, 64))
+    w.inventory.apply_snapshot("n0", 0, [entry("web/v2", created=2, size=2_000_000_000, sketch=base)])
+    w.inventory.apply_snapshot("n1", 0, [entry("web/v1", created=1, size=2_000_000_000, sketch=base[:56] +
+                                                list(range(500, 508)))])
+    w.inventory.apply_snapshot("n2", 0, [entry("web/v0", created=0, size=2_000_000_000, sketch=base[:16] +
+                                                list(range(600, 648)))])
+    request = w.request("web/v2")
+    plan = w.plan(request)
+    [(placed, decision)] = plan.assignments
+    assert decision.node == "n0" and decision.warmth is Warmth.WARM
+    prewarmed = [(node, key) for node, key, _ in plan.prewarms]
+    # n0 is now at its bound: web/v2 had no free holder left, so it goes where only the difference is
+    # fetched (n1 holds web/v1, 7/8 the same), and n0's replica is touched.
+    assert ("n1", "web/v2") in prewarmed and ("n2", "web/v2") not in prewarmed and ("n0", "web/v2") in prewarmed
+    w.run(placed, "n0")
+    assert not [p for p in w.plan(w.request("api/x", restore=())).prewarms if p[1] == "web/v2" and p[0] != "n1"]
+
+
+def test_a_cheap_key_is_not_replicated():
+    w = costly_world()
+    w.inventory.apply_snapshot("n0", 0, [entry("web/k", size=100_000_000)])  # ~1.3 s cold
+    plan = w.plan(w.request("web/k"))
+    assert plan.assignments and not plan.prewarms
+
+
+def test_a_cold_build_leaves_the_last_free_holder_of_a_costly_key_alone():
+    def first_choice(with_demand: bool) -> tuple[str, str]:
+        w = costly_world(4)
+        w.inventory.apply_snapshot("n2", 0, [entry("big/k", size=2_000_000_000)])
+        if with_demand:  # big/k was just built (on n3, still running): it is costly and in demand
+            w.inventory.apply_snapshot("n3", 0, [entry("big/k", size=2_000_000_000)])
+            w.run(w.request("big/k"), "n3")
+        else:
+            w.registry.get("n3").holders.add("busy")
+        live = {n.name: n for n in w.registry.all() if n.schedulable and not n.holders}
+        # A key whose rendezvous order puts n2 first among the free nodes.
+        key = next(k for k in (f"small/{i}" for i in range(200)) if next(iter(w.scheduler.order(k, live))) == "n2")
+        plan = w.plan(w.request(key, restore=()))
+        [(_, decision)] = plan.assignments
+        return key, decision.node
+
+    key, node = first_choice(with_demand=False)
+    assert node == "n2"  # nothing to protect: the key's first free rendezvous node
+    key2, node = first_choice(with_demand=True)
+    assert key2 == key and node not in ("n2", "n3")
