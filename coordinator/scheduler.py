@@ -656,8 +656,8 @@ class Scheduler:
         limit = self.settings.max_warm_candidates
         for key, workspace in self._costly.items():
             holders = self._inventory.holders(key)
-            if not holders:
-                continue
+            if not holders or len(holders) > 4 * limit:
+                continue  # none, or so many that one more busy holder hardly matters
             size = next(iter(holders.values())).bytes
             gain = self.estimator.restore_s(size, 0) - size / self.settings.materialize_bps
             free = []
@@ -667,7 +667,7 @@ class Scheduler:
                     free.append(name)
                     if len(free) > 2:
                         break  # more than two free holders: taking one costs nothing worth weighing
-            if 0 < len(free) <= 2 and len(holders) <= 4 * limit:
+            if 0 < len(free) <= 2:
                 guard.add(key, self._arrival_rate(workspace, now), gain, free)
         return guard
 
