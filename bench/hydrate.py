@@ -498,30 +498,37 @@ print('{{"seconds": %f}}' % (time.perf_counter() - t))
 
 
 def targets(report: dict) -> dict:
+    """Each target on whole-process medians (``value``, what ``met`` judges), and where stoker's side can
+    be timed inside the process, on the operation alone (``in_call``: what a long-running agent spends —
+    no interpreter start, imports or client set-up; tar and the other peers start in milliseconds)."""
     r = report["results"]
     m = lambda k: r.get(k, {}).get("median_s")  # noqa: E731
+    op = lambda k: r.get(k, {}).get("op_median_s")  # noqa: E731
     checks = {}
 
-    def check(name: str, value, limit) -> None:
+    def check(name: str, value, limit, in_call=None) -> None:
         if value is not None and limit is not None:
             checks[name] = {"value": round(value, 3), "limit": round(limit, 3), "met": value <= limit}
-    cold = m("stoker_cold_local")
-    check("cold_local / tar_x <= 0.75", cold / m("tar_x"), 0.75)
-    check("cold_local / actions_cache <= 0.45", cold / m("actions_cache"), 0.45)
-    check("cold_local / write_floor <= 2", cold / m("write_floor"), 2.0)
+            if in_call is not None:
+                checks[name].update(in_call=round(in_call, 3), met_in_call=in_call <= limit)
+    cold, cold_op = m("stoker_cold_local"), op("stoker_cold_local")
+    for peer, limit in (("tar_x", 0.75), ("actions_cache", 0.45), ("write_floor", 2.0)):
+        check(f"cold_local / {peer} <= {limit:g}", cold / m(peer), limit, cold_op / m(peer))
     for peer in ("pzstd_tar", "restic", "casync"):
         if m(peer):
-            check(f"cold_local / {peer} < 1", cold / m(peer), 1.0)
-    check("cold_s3 / cold_local <= 1.3", m("stoker_cold_s3") / cold, 1.3)
+            check(f"cold_local / {peer} < 1", cold / m(peer), 1.0, cold_op / m(peer))
+    check("cold_s3 / cold_local <= 1.3", m("stoker_cold_s3") / cold, 1.3, op("stoker_cold_s3") / cold_op)
     if "ideal_add_bytes" in report:
         check("partial_add fetched / ideal_add_bytes <= 1.5",
               r["stoker_partial_add"]["bytes_fetched"] / report["ideal_add_bytes"], 1.5)
-        check("partial_add / cold <= 0.15", m("stoker_partial_add") / cold, 0.15)
+        check("partial_add / cold <= 0.15", m("stoker_partial_add") / cold, 0.15,
+              op("stoker_partial_add") / cold_op)
         check("partial_upgrade fetched / cas_upgrade_bytes <= 1.1",
               r["stoker_partial_upgrade"]["bytes_fetched"] / report["cas_upgrade_bytes"], 1.1)
-    check("warm / cold <= 0.3", m("stoker_warm") / cold, 0.3)
+    check("warm / cold <= 0.3", m("stoker_warm") / cold, 0.3, op("stoker_warm") / cold_op)
     check("save_unchanged uploaded bytes == 0", r["stoker_save_unchanged"]["bytes_uploaded"], 0)
-    check("save_unchanged / tar_c <= 0.5", m("stoker_save_unchanged") / m("tar_c"), 0.5)
+    check("save_unchanged / tar_c <= 0.5", m("stoker_save_unchanged") / m("tar_c"), 0.5,
+          op("stoker_save_unchanged") / m("tar_c"))
     check("stored / tar_zstd_size <= 1.1", r["stoker_save_new"]["stored_bytes"] / r["tar_zstd_size"]["stored_bytes"],
           1.1)
     peak = max(max(v.get("peak_rss_mib") or 0, v.get("peak_rss_sum_mib") or 0)
@@ -554,7 +561,8 @@ def _text(report: dict) -> str:
             lines.append(f"{k:26} {v['median_s']:9.3f} {v['cpu_s']:7.2f} {v['peak_rss_mib']:8.1f} "
                          f"{v['bytes_fetched'] or '':>11} {v['bytes_uploaded'] if v['bytes_uploaded'] is not None else '':>11}")
     for k, v in report["targets"].items():
-        lines.append(f"{'OK ' if v['met'] else 'MISS'} {k}: {v['value']} (limit {v['limit']})")
+        in_call = f"; in-call {v['in_call']} {'OK' if v['met_in_call'] else 'MISS'}" if "in_call" in v else ""
+        lines.append(f"{'OK ' if v['met'] else 'MISS'} {k}: {v['value']} (limit {v['limit']}{in_call})")
     return "\n".join(lines)
 
 
