@@ -26,6 +26,20 @@ same port with the same state file, and time until ``QueryInventory`` lists ever
 (``inventory_recovery_s``, measured from the kill). ``memory_mib`` is the coordinator's peak RSS, sampled
 from /proc every 0.25 s over the whole run (both coordinator processes).
 
+Where things run: in a real deployment the coordinator has its machine and the agents and CI clients run
+elsewhere. On one machine the benchmark keeps the load generator from taking the CPU the coordinator and
+the measuring clients need: the simulated agents run at ``--agent-nice`` (10) and, with ``--pin agents``
+(the default), on the last CPU only; the coordinator and the CI clients run at ``--priority-nice`` (-5,
+when permitted) on any CPU. ``--pin split`` binds the coordinator to the first CPU and everything else to
+the others instead (on a machine shared with other work it leaves the coordinator cornered on one busy
+core); ``--pin off`` lets the kernel put everything anywhere. The JSON's ``cpu_placement`` records what was
+done, down to the CPUs each coordinator thread was allowed.
+
+Beside the client's placement latency the JSON breaks down where time goes: the coordinator's own handler
+time (``server_placement_p50/p99_ms``) and event-loop lag (``loop_lag_p50/p99_ms``), its garbage
+collector's pauses by generation, its threads' CPU, the CI client's own loop lag (a 10 ms timer) and its
+collector's pauses, the CPU each side used, and which seconds of the phase had placements over 10 ms.
+
 ``--profile DIR`` records the coordinator with py-spy during the placement phase and prints the functions
 that dominate (py-spy must be on PATH or given with ``--py-spy``).
 """
@@ -34,6 +48,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -84,6 +100,8 @@ class SimAgent:
         self.entries: dict[str, object] = {}
         for k in self.rng.sample(range(key_space), keys):
             self.entries[key_of(k)] = self._entry(key_of(k), now - self.rng.uniform(0, 86400 * 7))
+        self.keys = list(self.entries)
+        """The entries' keys in a list, for drawing one without building a list per delta."""
         self.generation = self.rng.randrange(1, 1000)
         self.registration = agent_pb2.RegisterRequest(
             node=self.name,
@@ -141,19 +159,20 @@ class SimAgent:
 
         self.generation += 1
         delta = agent_pb2.InventoryDelta(generation=self.generation)
+        i = self.rng.randrange(len(self.keys))
         if self.change_keys and self.rng.random() < 0.2:
-            victim = self.rng.choice(list(self.entries))
+            victim = self.keys[i]
             del self.entries[victim]
             delta.removed.append(victim)
             while True:
                 new = key_of(self.rng.randrange(self.key_space))
                 if new not in self.entries:
                     break
+            self.keys[i] = new
             self.entries[new] = self._entry(new, time.time())
             delta.upserted.append(self.entries[new])
         else:
-            key = self.rng.choice(list(self.entries))
-            e = self.entries[key]
+            e = self.entries[self.keys[i]]
             e.last_used.FromNanoseconds(time.time_ns())
             delta.upserted.append(e)
         return delta
@@ -267,10 +286,9 @@ class AgentPool:
         finally:
             for t in tasks:
                 t.cancel()
-            for t in tasks:  # a broken stream fails several tasks at once: collect every exception
-                if t.done() and not t.cancelled():
-                    t.exception()
             call.cancel()
+            # A broken stream fails several tasks at once, some after being cancelled: collect every exception.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def status(self, with_keys: bool) -> dict:
         out = {}
@@ -301,8 +319,10 @@ def agent_process(
     delta_interval_s: float,
     commands: mp.Queue,
     results: mp.Queue,
+    nice: int = 0,
 ) -> None:
     """Child process: run the agents of ``indices`` until told to stop; answer the parent's commands."""
+    os.setpriority(os.PRIO_PROCESS, 0, nice)  # before grpc starts threads, so that they inherit it
 
     async def main() -> None:
         pool = AgentPool(address, indices, keys, key_space, slots, delta_interval_s)
@@ -357,6 +377,8 @@ def ci_process(
         release_lat: list[float] = []
         errors: Counter = Counter()
         warmth: Counter = Counter()
+        started_at: list[float] = []
+        """When each answered placement was due, in seconds from the start of the phase (beside ``latencies``)."""
         in_flight = 0
         max_in_flight = 0
 
@@ -382,6 +404,7 @@ def ci_process(
                 t1 = time.perf_counter()
                 latencies.append(t1 - t0)
                 from_schedule.append(t1 - due)
+                started_at.append(due - start)
                 warmth[common_pb2.Warmth.Name(placement.expected_warmth)] += 1
                 await stub.ReleasePlacement(
                     build_pb2.ReleasePlacementRequest(lease_id=placement.lease_id), timeout=30
@@ -392,8 +415,32 @@ def ci_process(
             finally:
                 in_flight -= 1
 
+        # The client's own overhead: how late its loop runs a 10 ms timer, and its garbage collector's pauses.
+        loop_lag: list[float] = []
+        gc_pauses: list[float] = []
+        gc_started = [0.0]
+
+        def gc_hook(phase: str, info: dict) -> None:
+            if phase == "start":
+                gc_started[0] = time.perf_counter()
+            else:
+                gc_pauses.append(time.perf_counter() - gc_started[0])
+
+        async def lag_probe() -> None:
+            while True:
+                due = time.perf_counter() + 0.01
+                await asyncio.sleep(0.01)
+                loop_lag.append(max(0.0, time.perf_counter() - due))
+
         for ch in channels:  # connect every client channel before the clock starts
             await ch.channel_ready()
+        # What exists now (grpc, protobuf, the channels) lives to the end: keep the client's collector off it,
+        # so that its pauses, which would count as placement latency, are only for what the phase allocates.
+        gc.collect()
+        gc.freeze()
+        gc.callbacks.append(gc_hook)
+        probe = asyncio.create_task(lag_probe())
+        cpu_start = time.process_time()
         start = time.perf_counter()
         total = int(rate * seconds)
         tasks = []
@@ -405,6 +452,9 @@ def ci_process(
             tasks.append(asyncio.create_task(one(n, due)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+        probe.cancel()
+        gc.callbacks.remove(gc_hook)
         for ch in channels:
             await ch.close()
         return {
@@ -414,8 +464,12 @@ def ci_process(
             "errors": dict(errors),
             "warmth": dict(warmth),
             "elapsed_s": elapsed,
+            "cpu_s": cpu,
             "sent": total,
             "max_in_flight": max_in_flight,
+            "started_at": started_at,
+            "loop_lag": loop_lag,
+            "gc_pauses": gc_pauses,
         }
 
     results.put(("ci", asyncio.run(main())))
@@ -423,6 +477,49 @@ def ci_process(
 
 # ---------------------------------------------------------------------------------------------------
 # the parent: orchestrate, measure, report
+
+
+def cpu_plan(pin: str) -> dict[str, set[int] | None]:
+    """The CPUs each part may use (None: any), for ``--pin``.
+
+    In a real deployment the coordinator has its machine and the agents and CI clients run elsewhere. On one
+    machine, ``split`` gives the coordinator the first CPU to itself and everything else the rest; ``agents``
+    keeps the simulated fleet on the last CPU and lets the coordinator and the CI clients (which run at a
+    higher priority) use any CPU, so that other work on a shared machine cannot corner the coordinator on
+    one busy core; ``off`` lets the kernel put everything anywhere (the figures before this option)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if pin == "off" or len(allowed) < 2:
+        return {"coordinator": None, "ci": None, "agents": None}
+    if pin == "split":
+        return {"coordinator": {allowed[0]}, "ci": set(allowed[1:]), "agents": set(allowed[1:])}
+    return {"coordinator": None, "ci": None, "agents": {allowed[-1]}}
+
+
+@contextlib.contextmanager
+def bound_to(cpus: set[int] | None):
+    """Processes started inside run on ``cpus`` (a child, and every thread it starts, inherits the mask)."""
+    if cpus is None:
+        yield
+        return
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
+def thread_cpus(pid: int) -> list[str]:
+    """Each thread's allowed CPUs (``Cpus_allowed_list``), distinct values, to show the pinning held."""
+    seen = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("Cpus_allowed_list:"):
+                    seen.add(line.split(":", 1)[1].strip())
+        except OSError:
+            pass
+    return sorted(seen)
 
 
 def free_port() -> int:
@@ -447,6 +544,29 @@ def rss_mib(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """thread id → (its name, CPU seconds so far) for every thread of ``pid``."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def thread_cpu_between(before: dict, after: dict, seconds: float) -> dict[str, float]:
+    """Share of a core each kind of thread (by name) used between two ``thread_cpu_seconds`` readings."""
+    used: Counter = Counter()
+    for tid, (name, cpu) in after.items():
+        used[name] += cpu - before.get(tid, (name, 0.0))[1]
+    return {name: round(c / seconds, 3) for name, c in used.most_common() if c > 0}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -504,6 +624,47 @@ def histogram_quantile(before: list[tuple[float, float]], after: list[tuple[floa
     return lower
 
 
+def histogram_top(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float | None:
+    """The upper bound of the highest bucket that gained an observation between two scrapes: the longest
+    observation was at most this (None when nothing was observed, inf when beyond the last bound)."""
+    counts = dict(before)
+    top, previous = None, 0.0
+    for le, c in after:
+        gained = c - counts.get(le, 0.0)
+        if gained > previous:
+            top = le
+        previous = gained
+    return top
+
+
+def gc_pause_totals(metrics_port: int) -> dict[str, tuple[float, float, list[tuple[float, float]]]]:
+    """generation → (runs, seconds, buckets) of the coordinator's ``stoker_coordinator_gc_pause_seconds``."""
+    out = {}
+    for g in ("0", "1", "2"):
+        label = f'generation="{g}"'
+        out[g] = (
+            metric_value(metrics_port, "stoker_coordinator_gc_pause_seconds_count", label),
+            metric_value(metrics_port, "stoker_coordinator_gc_pause_seconds_sum", label),
+            histogram_buckets(metrics_port, "stoker_coordinator_gc_pause_seconds", label),
+        )
+    return out
+
+
+def gc_pauses_between(before: dict, after: dict) -> dict:
+    """Per generation: runs, total time, and the bucket bound the longest pause stayed under."""
+    out = {}
+    for g, (count, total, buckets) in after.items():
+        runs = count - before[g][0]
+        earlier = dict(before[g][2])
+        longest = next((le for le, c in buckets if c - earlier.get(le, 0.0) >= runs), 0.0) if runs else 0.0
+        out[f"gen{g}"] = {
+            "runs": int(runs),
+            "total_ms": round(1000 * (total - before[g][1]), 1),
+            "longest_under_ms": round(1000 * longest, 1),
+        }
+    return out
+
+
 def metric_value(metrics_port: int, name: str, labels: str) -> float:
     """One sample of the coordinator's /metrics (``labels`` is a substring of the label set, "" for none)."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
@@ -532,6 +693,7 @@ class Fleet:
                     args.delta_interval,
                     q,
                     self.results,
+                    args.agent_nice,
                 ),
                 daemon=True,
             )
@@ -688,6 +850,13 @@ def run(args) -> dict:
     port = free_port()
     listen = f"127.0.0.1:{port}"
     state = workdir / "coordinator.db"
+    # The coordinator and the CI clients run at --priority-nice (set here: everything started from this
+    # process inherits it), the agents at --agent-nice. Raising a priority needs CAP_SYS_NICE; without it the
+    # run goes on at the niceness it has, and cpu_placement says so.
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, args.priority_nice)
+    except PermissionError:
+        pass
     sampler = MemorySampler()
     sampler.start()
     ctx = mp.get_context("spawn")
@@ -701,16 +870,25 @@ def run(args) -> dict:
         "agent_procs": args.agent_procs,
     }
     out["load_average_at_start"] = round(os.getloadavg()[0], 2)
-    coordinator = local_fleet.start_coordinator(
-        workdir, listen=listen, state=state, lease_ttl_s=args.lease_ttl
-    )
+    plan = cpu_plan(args.pin)
+    with bound_to(plan["coordinator"]):
+        coordinator = local_fleet.start_coordinator(workdir, listen=listen, state=state, lease_ttl_s=args.lease_ttl)
     sampler.pid = coordinator.popen.pid
+    out["cpu_placement"] = {
+        "pin": args.pin,
+        **{f"{part}_cpus": sorted(cpus) if cpus else "any" for part, cpus in plan.items()},
+        "coordinator_threads_allowed": thread_cpus(coordinator.popen.pid),
+        "coordinator_nice": os.getpriority(os.PRIO_PROCESS, coordinator.popen.pid),
+        "ci_nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "agent_nice": args.agent_nice,
+    }
     fleet = None
     try:
         address = coordinator.address
         log(f"coordinator pid {coordinator.popen.pid} on {address}; starting {args.agents} agents")
         t_reg = time.monotonic()
-        fleet = Fleet(address, args, ctx)
+        with bound_to(plan["agents"]):
+            fleet = Fleet(address, args, ctx)
         names = {agent_name(i) for i in range(args.agents)}
         ready_at = wait_all_ready(address, names, time.monotonic() + args.register_timeout)
         expected = {k: v["keys"] for k, v in fleet.status(with_keys=True).items()}
@@ -732,12 +910,15 @@ def run(args) -> dict:
             cpu_seconds(coordinator.popen.pid),
             time.monotonic(),
         )
+        a0 = sum(cpu_seconds(p.pid) for p in fleet.procs)
+        threads0 = thread_cpu_seconds(coordinator.popen.pid)
         dec0 = (
             metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_sum", ""),
             metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_count", ""),
         )
         rpc0 = histogram_buckets(metrics_port, "stoker_coordinator_rpc_seconds", 'method="PlaceBuild"')
         lag0 = histogram_buckets(metrics_port, "stoker_coordinator_loop_lag_seconds", "")
+        gc0 = gc_pause_totals(metrics_port)
         profiler = None
         if args.profile:
             profiler = py_spy_record(
@@ -749,13 +930,18 @@ def run(args) -> dict:
             args=(address, args.rate, args.seconds, args.clients, WORKSPACES, args.key_space, fleet.results),
             daemon=True,
         )
-        ci.start()
+        with bound_to(plan["ci"]):
+            ci.start()
         _kind, ci_result = fleet.results.get(timeout=args.seconds + 300)
         ci.join(10)
         d1, c1, t1 = (
             metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'),
             cpu_seconds(coordinator.popen.pid),
             time.monotonic(),
+        )
+        a1 = sum(cpu_seconds(p.pid) for p in fleet.procs)
+        out["coordinator_threads_cpu_placement_phase"] = thread_cpu_between(
+            threads0, thread_cpu_seconds(coordinator.popen.pid), t1 - t0
         )
         dec1 = (
             metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_sum", ""),
@@ -766,13 +952,32 @@ def run(args) -> dict:
         # hold the wait on the shared cores and in gRPC's queues).
         rpc1 = histogram_buckets(metrics_port, "stoker_coordinator_rpc_seconds", 'method="PlaceBuild"')
         lag1 = histogram_buckets(metrics_port, "stoker_coordinator_loop_lag_seconds", "")
+        gc1 = gc_pause_totals(metrics_port)
+        out["coordinator_gc_placement_phase"] = gc_pauses_between(gc0, gc1)
         for q, key in ((0.5, "server_placement_p50_ms"), (0.99, "server_placement_p99_ms")):
             v = histogram_quantile(rpc0, rpc1, q)
             out[key] = None if v is None else round(1000 * v, 2)
         for q, key in ((0.5, "loop_lag_p50_ms"), (0.99, "loop_lag_p99_ms")):
             v = histogram_quantile(lag0, lag1, q)
             out[key] = None if v is None else round(1000 * v, 2)
+        for before, after, key in ((rpc0, rpc1, "server_placement_max_under_ms"), (lag0, lag1, "loop_lag_max_under_ms")):
+            v = histogram_top(before, after)
+            out[key] = None if v is None else 1000 * v
         lat = [x * 1000 for x in ci_result["latencies"]]
+        client_lag = [x * 1000 for x in ci_result["loop_lag"]]
+        out["client_loop_lag_p50_ms"] = round(pct(client_lag, 50), 2) if client_lag else None
+        out["client_loop_lag_p99_ms"] = round(pct(client_lag, 99), 2) if client_lag else None
+        out["client_loop_lag_max_ms"] = round(max(client_lag), 2) if client_lag else None
+        client_gc = ci_result["gc_pauses"]
+        out["client_gc"] = {
+            "runs": len(client_gc),
+            "total_ms": round(1000 * sum(client_gc), 1),
+            "longest_ms": round(1000 * max(client_gc, default=0.0), 2),
+        }
+        # Where the slow placements were: seconds of the phase with placements over 10 ms, and how many.
+        slow = Counter(int(at) for at, ms in zip(ci_result["started_at"], lat) if ms > 10)
+        out["placements_over_10ms"] = sum(slow.values())
+        out["placements_over_10ms_by_second"] = dict(sorted(slow.items()))
         sched = [x * 1000 for x in ci_result["from_schedule"]]
         rel = [x * 1000 for x in ci_result["release"]]
         out.update(
@@ -789,6 +994,8 @@ def run(args) -> dict:
                 "placements_per_s": round(len(lat) / ci_result["elapsed_s"], 1),
                 "background_updates_per_s": round((d1 - d0) / (t1 - t0), 1),
                 "coordinator_cpu_placement_phase": round((c1 - c0) / (t1 - t0), 2),
+                "agents_cpu_placement_phase": round((a1 - a0) / (t1 - t0), 2),
+                "ci_cpu_placement_phase": round(ci_result["cpu_s"] / ci_result["elapsed_s"], 2),
             }
         )
         if profiler is not None:
@@ -810,15 +1017,18 @@ def run(args) -> dict:
             cpu_seconds(coordinator.popen.pid),
             time.monotonic(),
         )
+        a0 = sum(cpu_seconds(p.pid) for p in fleet.procs)
         time.sleep(args.saturate_seconds)
         d1, c1, t1 = (
             metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'),
             cpu_seconds(coordinator.popen.pid),
             time.monotonic(),
         )
+        a1 = sum(cpu_seconds(p.pid) for p in fleet.procs)
         fleet.ask("calm")
         out["updates_per_s"] = round((d1 - d0) / (t1 - t0), 1)
         out["coordinator_cpu_saturation"] = round((c1 - c0) / (t1 - t0), 2)
+        out["agents_cpu_saturation"] = round((a1 - a0) / (t1 - t0), 2)
         log(
             f"deltas: {out['updates_per_s']}/s counted by the coordinator (its CPU {out['coordinator_cpu_saturation']})"
         )
@@ -839,9 +1049,10 @@ def run(args) -> dict:
         t_kill = time.monotonic()
         coordinator.kill()
         sampler.pid = 0
-        coordinator = local_fleet.start_coordinator(
-            workdir, name="coordinator-2", listen=listen, state=state, lease_ttl_s=args.lease_ttl
-        )
+        with bound_to(plan["coordinator"]):
+            coordinator = local_fleet.start_coordinator(
+                workdir, name="coordinator-2", listen=listen, state=state, lease_ttl_s=args.lease_ttl
+            )
         sampler.pid = coordinator.popen.pid
         out["coordinator_restart_s"] = round(time.monotonic() - t_kill, 2)
         if args.profile:
@@ -913,6 +1124,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0, help="length of the placement phase")
     p.add_argument("--clients", type=int, default=50, help="concurrent CI client channels")
     p.add_argument("--agent-procs", type=int, default=2, help="processes the simulated agents share")
+    p.add_argument(
+        "--pin",
+        choices=("agents", "split", "off"),
+        default="agents",
+        help="agents: the simulated fleet on the last CPU, the rest anywhere; split: the coordinator on the "
+        "first CPU, everything else on the others; off: anywhere",
+    )
+    p.add_argument(
+        "--agent-nice",
+        type=int,
+        default=10,
+        help="niceness of the simulated agents' processes",
+    )
+    p.add_argument(
+        "--priority-nice",
+        type=int,
+        default=-5,
+        help="niceness of the coordinator and the CI clients (below 0 needs CAP_SYS_NICE; kept as is without)",
+    )
     p.add_argument("--slots", type=int, default=4)
     p.add_argument("--delta-interval", type=float, default=2.0, help="seconds between an agent's deltas")
     p.add_argument("--saturate-seconds", type=float, default=10.0)
@@ -920,7 +1150,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--register-timeout", type=float, default=300.0)
     p.add_argument("--recovery-timeout", type=float, default=120.0)
     p.add_argument("--profile", help="record the coordinator with py-spy during placements; stacks go here")
-    p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    p.add_argument(
+        "--py-spy",
+        default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+        help="py-spy to record with (default: on PATH, else beside this Python, as in a venv)",
+    )
     p.add_argument("--workdir")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--quiet", action="store_true")

@@ -67,3 +67,11 @@ def test_load_benchmark_reduced(tmp_path):
     assert result["updates_per_s"] > 0 and result["background_updates_per_s"] > 0
     assert 0 < result["inventory_recovery_s"] < 30
     assert 20 < result["memory_mib"] < 1024
+    # The breakdown beside the client's figure: the coordinator's own view, its pauses, the client's overhead.
+    assert result["server_placement_p99_ms"] is not None and result["loop_lag_p99_ms"] is not None
+    assert result["client_loop_lag_p99_ms"] is not None and result["client_gc"]["runs"] >= 0
+    assert set(result["coordinator_gc_placement_phase"]) == {"gen0", "gen1", "gen2"}
+    assert result["placements_over_10ms"] == sum(result["placements_over_10ms_by_second"].values())
+    placement = result["cpu_placement"]
+    if placement["coordinator_cpus"] != "any":  # pinned: every coordinator thread stays on its core
+        assert placement["coordinator_threads_allowed"] == [str(c) for c in placement["coordinator_cpus"]]
