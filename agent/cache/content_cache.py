@@ -35,7 +35,7 @@ from pathlib import Path
 from stoker.agent.cache import hydrate, packing, tree
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache.api import (
-    BlobStoreUnavailable, CacheError, CorruptEntry, EntryInfo, InventoryListener, NotFound, Progress, ProgressFn,
+    BlobStoreUnavailable, CacheError, CorruptEntry, EntryInfo, InventoryListener, NotFound, ProgressFn,
     RestoreResult, SaveResult, UnsafeTree,
 )
 from stoker.agent.cache.blobs import BlobStore, ByteRange, encode_key, merge_ranges
@@ -365,10 +365,6 @@ class ContentCache:
                 self._refill_thread.start()
             self._refill_cv.notify_all()
 
-    def _stop_if_closing(self, _progress: Progress) -> None:
-        if self._closing:
-            raise CacheError("the cache is closing")
-
     def _refill_loop(self) -> None:
         try:  # this thread alone at the lowest priority (Linux: a thread is a schedulable task)
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
@@ -424,7 +420,7 @@ class ContentCache:
                     # The compiled writer runs without the GIL: this thread (nice 19, see _refill_loop)
                     # does the work on one core, and no process is forked beside gRPC's threads.
                     hydrate.write_files(manifest, files, tree_dir, locate, workers=1, where=where,
-                                        processes=False, progress=self._stop_if_closing)
+                                        processes=False, stop=lambda: self._closing)
                 elif background:
                     self._in_background_process(lambda: hydrate.write_files(
                         manifest, files, tree_dir, locate, workers=1, where=where, processes=False))

@@ -73,6 +73,14 @@ FetchFn = Callable[[Callable[[int], None]], None]
 """Fetches missing frames, calling its argument with each frame index once that frame is readable."""
 
 
+class Stopped(CacheError):
+    """The caller's ``stop`` asked :func:`write_files` to stop (for example: the cache is closing)."""
+
+
+def _never() -> bool:
+    return False
+
+
 class HelperCrashed(CacheError):
     """A forked writer died without reporting an error (killed, or crashed: forking a process whose other
     threads are inside gRPC can leave the child unable to run). Every frame has been fetched by then."""
@@ -267,7 +275,7 @@ def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path
                 locate: FrameLocator, *, workers: int, where: str,
                 progress: ProgressFn | None = None, processes: bool = True,
                 set_times: Sequence[mf.FileEntry] = (), fetch: FetchFn | None = None,
-                missing: Sequence[int] = ()) -> None:
+                missing: Sequence[int] = (), stop: Callable[[], bool] | None = None) -> None:
     """Create ``files`` (directories, symlinks, files) under ``dest`` and verify every digest.
 
     With ``dest`` None, only decompress and verify. ``locate`` must return descriptors opened before the
@@ -275,12 +283,14 @@ def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path
     shared out among the same writers. ``missing`` frames are not readable yet: ``fetch(on_frame)``
     brings them, calling ``on_frame(i)`` as each lands, and the writers start on every task whose frames
     are there (fetching overlaps writing). ``processes`` only matters without the compiled writer.
+    ``stop``: asked before the work, after the directories and before each task (threads); when it
+    answers True the call raises :class:`Stopped` (the caller removes what was written).
     """
     with _swaps_refused(where):
         root = None if dest is None else _Root(dest)
         try:
             _write_files(manifest, files, root, locate, workers, where, progress, processes, set_times,
-                         fetch, missing)
+                         fetch, missing, stop or _never)
         finally:
             if root is not None:
                 root.close()
@@ -310,7 +320,9 @@ def _swapped(exc: OSError, where: str) -> UnsafeTree:
 def _write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], root: _Root | None,
                  locate: FrameLocator, workers: int, where: str, progress: ProgressFn | None,
                  processes: bool, set_times: Sequence[mf.FileEntry], fetch: FetchFn | None,
-                 missing: Sequence[int]) -> None:
+                 missing: Sequence[int], stop: Callable[[], bool]) -> None:
+    if stop():
+        raise Stopped(f"{where}: stopped before writing")
     regular = [f for f in files if f.type == mf.FILE]
     counter = _Counter(len(regular), sum(f.size for f in regular), progress)
     if root is not None:
@@ -332,11 +344,14 @@ def _write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], root: _Ro
     tasks = plan_tasks(manifest, files)
     for i in range(0, len(set_times), 2000):
         tasks.append(_Task(0, None, tuple(set_times[i:i + 2000]), times_only=True))
+    if stop():
+        raise Stopped(f"{where}: stopped after creating the directories")
     helpers = max(1, workers) - 1 if FAST is None and processes and len(tasks) > 1 else 0
     if helpers:
         _run_forked(manifest, tasks, root, locate, where, counter, helpers, fetch, set(missing))
     else:
-        _run_threaded(manifest, tasks, root, locate, where, counter, max(1, workers), fetch, set(missing))
+        _run_threaded(manifest, tasks, root, locate, where, counter, max(1, workers), fetch, set(missing),
+                      stop)
     counter.add(0, 0, force=True)
     if root is not None:
         for f in reversed(files):
@@ -455,12 +470,14 @@ def _dependencies(tasks: list[_Task], missing: set[int]) -> tuple[list[int], dic
 
 def _run_threaded(manifest: mf.Manifest, tasks: list[_Task], root: _Root | None, locate: FrameLocator,
                   where: str, counter: _Counter, workers: int, fetch: FetchFn | None,
-                  missing: set[int]) -> None:
+                  missing: set[int], stop: Callable[[], bool] = lambda: False) -> None:
     """Run ``tasks`` on ``workers`` threads, each task as soon as its frames are there."""
     if workers == 1:  # no thread to start (this may run in a forked child of a threaded process)
         if fetch is not None:
             fetch(lambda i: None)
         for task in tasks:
+            if stop():
+                raise Stopped(f"{where}: stopped")
             counter.add(*_run_task(manifest, task, root, locate, where, counter))
         return
     waits, waiting = _dependencies(tasks, missing)
@@ -468,6 +485,9 @@ def _run_threaded(manifest: mf.Manifest, tasks: list[_Task], root: _Root | None,
 
     def run(task: _Task) -> None:
         if failed:
+            return
+        if stop():
+            failed.append(Stopped(f"{where}: stopped"))
             return
         try:
             counter.add(*_run_task(manifest, task, root, locate, where, counter))

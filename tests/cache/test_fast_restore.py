@@ -268,3 +268,23 @@ def test_unchanged_save_fast_path_still_sees_every_kind_of_change(cache, tree: P
     out = tmp_path / "out"
     open_local_cache(tmp_path, name="other").restore("k", [], out, ["node_modules"])
     assert snapshot(out) == snapshot(ws)
+
+
+def test_a_background_ready_tree_stops_when_the_cache_closes(cache, tree: Path, tmp_path: Path) -> None:
+    """With the compiled writer the ready tree is written by the refill thread: closing the cache stops it
+    before it writes (so close() does not wait for a whole tree), and leaves nothing behind."""
+    assert hydrate.FAST is not None, "the compiled writer is not built: `.venv/bin/pip install -e .` builds it"
+    cache.save("k", tree, ["node_modules"])
+    node = open_local_cache(tmp_path, name="node")
+    node.ready_trees = 0  # the restore schedules no refill of its own
+    node.restore("k", [], tmp_path / "ws", ["node_modules"])
+    node.ready_trees = 1
+    node._closing = True
+    with pytest.raises(hydrate.Stopped):
+        node.prepare_tree("k", background=True)
+    assert list((node.store.root / "staging").iterdir()) == []
+    node._closing = False
+    assert node.store.tree_for("k", node.store.lookup("k").manifest) is None
+    assert node.prepare_tree("k", background=True)  # and it works when the cache is not closing
+    assert node.store.tree_for("k", node.store.lookup("k").manifest) is not None
+    node.close()
