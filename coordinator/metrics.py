@@ -43,6 +43,10 @@ class CoordinatorMetrics:
             "How long each run of Python's cyclic garbage collector stopped the process, by generation.",
             ["generation"],
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=registry)
+        self.gc_unreachable = Counter(
+            "stoker_coordinator_gc_unreachable_objects_total",
+            "Objects the cyclic garbage collector found unreachable (garbage in reference cycles), by generation.",
+            ["generation"], registry=registry)
         self.agent_messages = Counter(
             "stoker_coordinator_agent_messages_total", "Messages received on agents' streams.", ["kind"],
             registry=registry)

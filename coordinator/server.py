@@ -63,15 +63,17 @@ class GcPauses:
 
     def __init__(self) -> None:
         self._started = 0.0
-        self.pending: list[tuple[int, float]] = []
+        self.pending: list[tuple[int, float, int]] = []
+        """(generation, seconds, unreachable objects found) per run not yet drained."""
 
     def __call__(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:
-            self.pending.append((info["generation"], time.perf_counter() - self._started))
+            self.pending.append((info["generation"], time.perf_counter() - self._started,
+                                 info["collected"] + info["uncollectable"]))
 
-    def drain(self) -> list[tuple[int, float]]:
+    def drain(self) -> list[tuple[int, float, int]]:
         pauses, self.pending = self.pending, []
         return pauses
 
@@ -163,8 +165,9 @@ class Coordinator:
             due = loop.time() + 0.05
             await asyncio.sleep(0.05)
             self.builds_metrics.loop_lag_seconds.observe(max(0.0, loop.time() - due))
-            for generation, seconds in self._gc_pauses.drain():
+            for generation, seconds, found in self._gc_pauses.drain():
                 self.builds_metrics.gc_pause_seconds.labels(str(generation)).observe(seconds)
+                self.builds_metrics.gc_unreachable.labels(str(generation)).inc(found)
 
     async def stop(self, grace_s: float | None = None) -> None:
         await set_serving(self.health, SERVICE_NAMES, False)

@@ -33,5 +33,5 @@ def test_pauses_are_timed_per_generation_and_drained_once():
     finally:
         gc.callbacks.remove(pauses)
     drained = pauses.drain()
-    assert [g for g, _ in drained] == [0, 2] and all(s >= 0 for _, s in drained)
+    assert [g for g, _, _ in drained] == [0, 2] and all(s >= 0 and n >= 0 for _, s, n in drained)
     assert pauses.drain() == []
