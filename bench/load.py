@@ -364,28 +364,38 @@ def ci_process(
     workspaces: int,
     key_space: int,
     results: mp.Queue,
+    warmup: float = 0.0,
+    go: object = None,
 ) -> None:
-    async def main() -> dict:
+    """Place builds at ``rate`` for ``warmup`` seconds and report them as ("warm", figures) (none when 0), wait
+    for ``go`` (the parent reads the coordinator's counters meanwhile), then place for ``seconds`` and report
+    ("ci", figures)."""
+
+    async def main() -> None:
         import grpc
         from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2
 
         channels = [grpc.aio.insecure_channel(address) for _ in range(clients)]
         stubs = [build_pb2_grpc.BuildsStub(ch) for ch in channels]
         rng = random.Random(7)
-        latencies: list[float] = []
-        from_schedule: list[float] = []
-        release_lat: list[float] = []
-        errors: Counter = Counter()
-        warmth: Counter = Counter()
-        started_at: list[float] = []
-        """When each answered placement was due, in seconds from the start of the phase (beside ``latencies``)."""
-        in_flight = 0
-        max_in_flight = 0
 
-        async def one(n: int, due: float) -> None:
-            nonlocal in_flight, max_in_flight
-            in_flight += 1
-            max_in_flight = max(max_in_flight, in_flight)
+        class Figures:
+            def __init__(self) -> None:
+                self.latencies: list[float] = []
+                self.from_schedule: list[float] = []
+                self.release: list[float] = []
+                self.errors: Counter = Counter()
+                self.warmth: Counter = Counter()
+                self.started_at: list[float] = []
+                """When each answered placement was due, in seconds from the phase's start (beside latencies)."""
+                self.in_flight = 0
+                self.max_in_flight = 0
+                self.loop_lag: list[float] = []
+                self.gc_pauses: list[float] = []
+
+        async def one(fig: Figures, n: int, start: float, due: float) -> None:
+            fig.in_flight += 1
+            fig.max_in_flight = max(fig.max_in_flight, fig.in_flight)
             stub = stubs[n % len(stubs)]
             k = rng.randrange(key_space)
             w = k % workspaces
@@ -402,77 +412,83 @@ def ci_process(
                     build_pb2.PlaceBuildRequest(spec=spec, lease_s=60), timeout=30
                 )
                 t1 = time.perf_counter()
-                latencies.append(t1 - t0)
-                from_schedule.append(t1 - due)
-                started_at.append(due - start)
-                warmth[common_pb2.Warmth.Name(placement.expected_warmth)] += 1
+                fig.latencies.append(t1 - t0)
+                fig.from_schedule.append(t1 - due)
+                fig.started_at.append(due - start)
+                fig.warmth[common_pb2.Warmth.Name(placement.expected_warmth)] += 1
                 await stub.ReleasePlacement(
                     build_pb2.ReleasePlacementRequest(lease_id=placement.lease_id), timeout=30
                 )
-                release_lat.append(time.perf_counter() - t1)
+                fig.release.append(time.perf_counter() - t1)
             except grpc.aio.AioRpcError as exc:
-                errors[exc.code().name] += 1
+                fig.errors[exc.code().name] += 1
             finally:
-                in_flight -= 1
+                fig.in_flight -= 1
 
-        # The client's own overhead: how late its loop runs a 10 ms timer, and its garbage collector's pauses.
-        loop_lag: list[float] = []
-        gc_pauses: list[float] = []
-        gc_started = [0.0]
+        async def phase(length: float) -> dict:
+            """Open loop: arrivals follow the clock, not the answers. Also the client's own overhead: how late
+            its loop runs a 10 ms timer, and its garbage collector's pauses."""
+            fig = Figures()
+            gc_started = [0.0]
 
-        def gc_hook(phase: str, info: dict) -> None:
-            if phase == "start":
-                gc_started[0] = time.perf_counter()
-            else:
-                gc_pauses.append(time.perf_counter() - gc_started[0])
+            def gc_hook(when: str, info: dict) -> None:
+                if when == "start":
+                    gc_started[0] = time.perf_counter()
+                else:
+                    fig.gc_pauses.append(time.perf_counter() - gc_started[0])
 
-        async def lag_probe() -> None:
-            while True:
-                due = time.perf_counter() + 0.01
-                await asyncio.sleep(0.01)
-                loop_lag.append(max(0.0, time.perf_counter() - due))
+            async def lag_probe() -> None:
+                while True:
+                    due = time.perf_counter() + 0.01
+                    await asyncio.sleep(0.01)
+                    fig.loop_lag.append(max(0.0, time.perf_counter() - due))
+
+            gc.callbacks.append(gc_hook)
+            probe = asyncio.create_task(lag_probe())
+            cpu_start = time.process_time()
+            start = time.perf_counter()
+            total = int(rate * length)
+            tasks = []
+            for n in range(total):
+                due = start + n / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(fig, n, start, due)))
+            await asyncio.gather(*tasks)
+            elapsed = time.perf_counter() - start
+            cpu = time.process_time() - cpu_start
+            probe.cancel()
+            gc.callbacks.remove(gc_hook)
+            return {
+                "latencies": fig.latencies,
+                "from_schedule": fig.from_schedule,
+                "release": fig.release,
+                "errors": dict(fig.errors),
+                "warmth": dict(fig.warmth),
+                "elapsed_s": elapsed,
+                "cpu_s": cpu,
+                "sent": total,
+                "max_in_flight": fig.max_in_flight,
+                "started_at": fig.started_at,
+                "loop_lag": fig.loop_lag,
+                "gc_pauses": fig.gc_pauses,
+            }
 
         for ch in channels:  # connect every client channel before the clock starts
             await ch.channel_ready()
         # What exists now (grpc, protobuf, the channels) lives to the end: keep the client's collector off it,
-        # so that its pauses, which would count as placement latency, are only for what the phase allocates.
+        # so that its pauses, which would count as placement latency, are only for what the phases allocate.
         gc.collect()
         gc.freeze()
-        gc.callbacks.append(gc_hook)
-        probe = asyncio.create_task(lag_probe())
-        cpu_start = time.process_time()
-        start = time.perf_counter()
-        total = int(rate * seconds)
-        tasks = []
-        for n in range(total):
-            due = start + n / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(n, due)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
-        cpu = time.process_time() - cpu_start
-        probe.cancel()
-        gc.callbacks.remove(gc_hook)
+        if warmup > 0:
+            results.put(("warm", await phase(warmup)))
+        await asyncio.get_running_loop().run_in_executor(None, go.wait)
+        results.put(("ci", await phase(seconds)))
         for ch in channels:
             await ch.close()
-        return {
-            "latencies": latencies,
-            "from_schedule": from_schedule,
-            "release": release_lat,
-            "errors": dict(errors),
-            "warmth": dict(warmth),
-            "elapsed_s": elapsed,
-            "cpu_s": cpu,
-            "sent": total,
-            "max_in_flight": max_in_flight,
-            "started_at": started_at,
-            "loop_lag": loop_lag,
-            "gc_pauses": gc_pauses,
-        }
 
-    results.put(("ci", asyncio.run(main())))
+    asyncio.run(main())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -638,12 +654,12 @@ def histogram_top(before: list[tuple[float, float]], after: list[tuple[float, fl
 
 
 def gc_pause_totals(metrics_port: int) -> dict[str, tuple[float, float, list[tuple[float, float]]]]:
-    """generation → (runs, seconds, buckets) of the coordinator's ``stoker_coordinator_gc_pause_seconds``."""
+    """generation → (unreachable objects found, seconds paused, pause buckets) from the coordinator's metrics."""
     out = {}
     for g in ("0", "1", "2"):
         label = f'generation="{g}"'
         out[g] = (
-            metric_value(metrics_port, "stoker_coordinator_gc_pause_seconds_count", label),
+            metric_value(metrics_port, "stoker_coordinator_gc_unreachable_objects_total", label),
             metric_value(metrics_port, "stoker_coordinator_gc_pause_seconds_sum", label),
             histogram_buckets(metrics_port, "stoker_coordinator_gc_pause_seconds", label),
         )
@@ -651,16 +667,19 @@ def gc_pause_totals(metrics_port: int) -> dict[str, tuple[float, float, list[tup
 
 
 def gc_pauses_between(before: dict, after: dict) -> dict:
-    """Per generation: runs, total time, and the bucket bound the longest pause stayed under."""
+    """Per generation: runs, total time, the bucket bound the longest pause stayed under, and how many objects
+    in reference cycles the runs freed."""
     out = {}
-    for g, (count, total, buckets) in after.items():
-        runs = count - before[g][0]
+    for g, (unreachable, total, buckets) in after.items():
         earlier = dict(before[g][2])
+        # Runs from the +Inf bucket of the same scrape as the other buckets (the count is a separate request).
+        runs = (buckets[-1][1] - earlier.get(buckets[-1][0], 0.0)) if buckets else 0.0
         longest = next((le for le, c in buckets if c - earlier.get(le, 0.0) >= runs), 0.0) if runs else 0.0
         out[f"gen{g}"] = {
             "runs": int(runs),
             "total_ms": round(1000 * (total - before[g][1]), 1),
             "longest_under_ms": round(1000 * longest, 1),
+            "unreachable_objects": int(unreachable - before[g][0]),
         }
     return out
 
@@ -905,6 +924,41 @@ def run(args) -> dict:
 
         # -- placements with background deltas and heartbeats ---------------------------------------
         metrics_port = coordinator.metrics_port
+        log(
+            f"placements: {args.rate}/s from {args.clients} clients, {args.warmup} s of warm-up, "
+            f"then {args.seconds} s measured"
+        )
+        go = ctx.Event()
+        ci = ctx.Process(
+            target=ci_process,
+            args=(
+                address,
+                args.rate,
+                args.seconds,
+                args.clients,
+                WORKSPACES,
+                args.key_space,
+                fleet.results,
+                args.warmup,
+                go,
+            ),
+            daemon=True,
+        )
+        with bound_to(plan["ci"]):
+            ci.start()
+        if args.warmup > 0:
+            # Reported on its own, not mixed into the measured phase: the first placements after the fleet
+            # registered find the coordinator's per-prefix memory empty, as after a restart.
+            _kind, warm = fleet.results.get(timeout=args.warmup + 300)
+            wl = [x * 1000 for x in warm["latencies"]]
+            out["warmup_seconds"] = args.warmup
+            out["warmup_placement_p50_ms"] = round(pct(wl, 50), 2) if wl else None
+            out["warmup_placement_p99_ms"] = round(pct(wl, 99), 2) if wl else None
+            out["warmup_placement_max_ms"] = round(max(wl), 2) if wl else None
+            out["warmup_placements_over_10ms"] = sum(1 for x in wl if x > 10)
+            out["warmup_placements_ok"] = len(wl)
+            out["warmup_placement_errors"] = warm["errors"]
+            log(f"warm-up: placement p50 {out['warmup_placement_p50_ms']} ms p99 {out['warmup_placement_p99_ms']} ms")
         d0, c0, t0 = (
             metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'),
             cpu_seconds(coordinator.popen.pid),
@@ -924,14 +978,7 @@ def run(args) -> dict:
             profiler = py_spy_record(
                 args.py_spy, coordinator.popen.pid, max(1, args.seconds - 1), Path(args.profile)
             )
-        log(f"placements: {args.rate}/s for {args.seconds} s from {args.clients} clients")
-        ci = ctx.Process(
-            target=ci_process,
-            args=(address, args.rate, args.seconds, args.clients, WORKSPACES, args.key_space, fleet.results),
-            daemon=True,
-        )
-        with bound_to(plan["ci"]):
-            ci.start()
+        go.set()
         _kind, ci_result = fleet.results.get(timeout=args.seconds + 300)
         ci.join(10)
         d1, c1, t1 = (
@@ -1121,7 +1168,13 @@ def main(argv: list[str] | None = None) -> int:
         help="distinct keys in the fleet (default: agents*keys/10, so each key has ~10 replicas)",
     )
     p.add_argument("--rate", type=float, default=200.0, help="placements per second")
-    p.add_argument("--seconds", type=float, default=30.0, help="length of the placement phase")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the measured placement phase")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=5.0,
+        help="seconds of placements before the measured phase (reported on their own as warmup_*)",
+    )
     p.add_argument("--clients", type=int, default=50, help="concurrent CI client channels")
     p.add_argument("--agent-procs", type=int, default=2, help="processes the simulated agents share")
     p.add_argument(

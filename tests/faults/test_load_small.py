@@ -30,6 +30,8 @@ def test_load_benchmark_reduced(tmp_path):
             "50",
             "--seconds",
             "3",
+            "--warmup",
+            "1",
             "--saturate-seconds",
             "1",
             "--clients",
@@ -62,6 +64,7 @@ def test_load_benchmark_reduced(tmp_path):
     assert result["lost_registrations"] == 0 and result["initial_missing_count"] == 0
     assert result["recovery_incomplete_nodes"] == 0 and result["nodes_behind_after_saturation"] == 0
     assert result["placements_ok"] == result["placements_sent"] == 150 and not result["placement_errors"]
+    assert result["warmup_placements_ok"] == 50 and not result["warmup_placement_errors"]
     assert result["scheduler_ms_per_decision"] > 0
     assert 0 < result["placement_p50_ms"] <= result["placement_p99_ms"]
     assert result["updates_per_s"] > 0 and result["background_updates_per_s"] > 0
