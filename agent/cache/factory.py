@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from stoker.agent.cache import hydrate
@@ -19,7 +20,9 @@ def open_cache(config: CacheSettings) -> BuildCache:
     """A content-addressed cache over ``config.dir`` and ``config.blobs``; call ``.open()`` before use."""
     blobs = open_blob_store(config.blobs, config.s3_endpoint_url, config.s3_region)
     store = LocalStore(Path(config.dir), config.budget_bytes)
-    if hydrate.FAST is None:
+    if hydrate.FAST is None and os.environ.get("STOKER_CACHE_WRITER") == "python":
+        log.info("STOKER_CACHE_WRITER=python: restores use the Python writer (forked processes)")
+    elif hydrate.FAST is None:
         log.warning("the compiled cache writer (stoker.agent.cache._fastio) is not built: restores use the "
                     "slower Python writer; reinstall stoker where a C compiler is available to build it")
     if config.ready_trees < 0:

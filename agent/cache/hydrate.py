@@ -58,7 +58,10 @@ try:
     from stoker.agent.cache import _fastio as FAST
 except ImportError:  # not built (no C compiler at install time): the Python writer does the same work
     FAST = None
-"""The compiled writer, or None. Tests set it to None to exercise the Python path."""
+if os.environ.get("STOKER_CACHE_WRITER", "") == "python":  # an operator's (or a benchmark's) choice
+    FAST = None
+"""The compiled writer, or None (not built, or ``STOKER_CACHE_WRITER=python``). Tests set it to None to
+exercise the Python path."""
 # _fastio reads FileEntry and Chunk by position; keep it in step with manifest.py.
 if (mf.FileEntry._fields[:8] != ("path", "type", "mode", "mtime_ns", "size", "digest", "target", "chunks")
         or mf.Chunk._fields != ("frame", "raw_offset", "raw_length")):  # pragma: no cover - a programming error
