@@ -35,7 +35,10 @@ Then:
   its closest older entry (only the difference is fetched), else onto its next rendezvous node. Its
   replicas are touched as it is used, so the nodes' LRU eviction keeps them. And a build that must
   start cold goes to the free node whose taking costs such keys least (of ``cold_candidates``): not
-  the last free holder of a costly key when another free node will do.
+  the last free holder of a costly key when another free node will do. Only taking a node's last slot
+  under the bound costs anything (below it the node stays a free holder), and of equally good cold
+  nodes the least loaded goes first, so the weighing does not pile cold builds onto the nodes that hold
+  nothing worth keeping (new ones, typically).
 * **Fairness.** Requests age (one priority level per ``aging_s`` waited); within a level, the tenant
   with the fewest running builds goes first, and while others wait no tenant holds more than
   ``tenant_share`` of the slots.
@@ -200,9 +203,11 @@ class Candidate:
     weight: int
     cost: float = 0.0
     """Expected seconds that taking this node adds to other keys' builds (cold candidates only)."""
+    load: int = 0
+    """Builds the node runs (cold candidates only: of equally good cold nodes, the least loaded goes first)."""
 
-    def sort_key(self) -> tuple[float, int]:
-        return (round(self.ready_s + self.cost, 6), -self.weight)
+    def sort_key(self) -> tuple[float, int, int]:
+        return (round(self.ready_s + self.cost, 6), self.load, -self.weight)
 
     def describe(self) -> str:
         wait = f", waits {self.wait_s:.0f} s" if self.wait_s > 0 else ""
@@ -236,7 +241,8 @@ class _Guard:
             self.by_node.setdefault(name, []).append(key)
 
     def cost(self, node: str, request: PlacementRequest, duration_s: float) -> float:
-        """Expected seconds that running ``request`` (for ``duration_s``) on ``node`` adds to other keys."""
+        """Expected seconds that running ``request`` (for ``duration_s``) on ``node`` adds to other keys,
+        when it takes the node's last slot under the bound (else the node stays a free holder: 0)."""
         total = 0.0
         for key in self.by_node.get(node, ()):
             if key == request.key:
@@ -553,7 +559,7 @@ class Scheduler:
         candidates: dict[str, Candidate] = {}
 
         def consider(node: NodeRecord, warmth: Warmth, matched: str, fetch: float, local: float,
-                     cost: float = 0.0) -> None:
+                     cost: float = 0.0, running: int = 0) -> None:
             name = node.name
             cap = capacity(node)
             if load[name] < cap and name not in free_at:
@@ -561,7 +567,7 @@ class Scheduler:
             else:
                 wait = max(0.0, self._free_at(node, free_at, now, cap)[0] - now)
             c = Candidate(name, warmth, matched, fetch, wait, wait + est.restore_s(fetch, local), weight(name),
-                          cost)
+                          cost, running)
             old = candidates.get(name)
             if old is None or c.sort_key() < old.sort_key():
                 candidates[name] = c
@@ -597,7 +603,10 @@ class Scheduler:
             node = admitted[name]
             if name in candidates or load[name] >= capacity(node) or name in free_at:
                 continue
-            consider(node, Warmth.COLD, "", cold_fetch, 0.0, guard.cost(name, request, duration) if guarded else 0.0)
+            fills = load[name] + 1 >= capacity(node)
+            consider(node, Warmth.COLD, "", cold_fetch, 0.0,
+                     guard.cost(name, request, duration) if guarded and fills else 0.0,
+                     load[name])
             wanted -= 1
             if wanted == 0:
                 break

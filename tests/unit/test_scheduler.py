@@ -293,3 +293,36 @@ def test_a_cold_build_leaves_the_last_free_holder_of_a_costly_key_alone():
     assert node == "n2"  # nothing to protect: the key's first free rendezvous node
     key2, node = first_choice(with_demand=True)
     assert key2 == key and node not in ("n2", "n3")
+
+
+def test_a_cold_build_goes_to_the_least_loaded_of_the_first_free_nodes():
+    w = World(4, slots=4)
+    live = {n.name: n for n in w.registry.all()}
+    key = "cold/k"
+    first, *_, last = list(w.scheduler.order(key, live))
+    # The key's first rendezvous node runs one build, its last three (at the bound, 2), the others none.
+    w.registry.get(first).holders.add("busy")
+    w.registry.get(last).holders.update({"b1", "b2", "b3"})
+    [(_, decision)] = w.plan(w.request(key, restore=())).assignments
+    assert decision.warmth is Warmth.COLD and decision.node != first
+
+
+def test_only_taking_the_last_slot_under_the_bound_costs_a_costly_key_its_free_holder():
+    def choice(others_busy: bool) -> tuple[str, str]:
+        w = World(4, slots=2)
+        w.inventory.apply_snapshot("n2", 0, [entry("big/k", size=2_000_000_000)])
+        w.inventory.apply_snapshot("n3", 0, [entry("big/k", size=2_000_000_000)])
+        w.run(w.request("big/k"), "n3")  # big/k is costly and in demand; n2 is its last free holder
+        busy = ["n0", "n1", "n2", "n3"] if others_busy else ["n3", "n3"]
+        for i, name in enumerate(busy):
+            w.registry.get(name).holders.add(f"busy{i}")
+        # The bound is 2: with one build on each of n0-n2, any cold build takes a node's last slot.
+        live = {n.name: n for n in w.registry.all() if n.name != "n3"}
+        key = next(k for k in (f"small/{i}" for i in range(200)) if next(iter(w.scheduler.order(k, live))) == "n2")
+        [(_, decision)] = w.plan(w.request(key, restore=())).assignments
+        return key, decision.node
+
+    key, node = choice(others_busy=False)
+    assert node == "n2"  # n2 keeps a free slot after it: still a free holder of big/k, nothing to weigh
+    key2, node = choice(others_busy=True)
+    assert key2 == key and node in ("n0", "n1")  # it would take n2's last slot: another node will do
