@@ -473,7 +473,7 @@ def _dependencies(tasks: list[_Task], missing: set[int]) -> tuple[list[int], dic
 
 def _run_threaded(manifest: mf.Manifest, tasks: list[_Task], root: _Root | None, locate: FrameLocator,
                   where: str, counter: _Counter, workers: int, fetch: FetchFn | None,
-                  missing: set[int], stop: Callable[[], bool] = lambda: False) -> None:
+                  missing: set[int], stop: Callable[[], bool] = _never) -> None:
     """Run ``tasks`` on ``workers`` threads, each task as soon as its frames are there."""
     if workers == 1:  # no thread to start (this may run in a forked child of a threaded process)
         if fetch is not None:
