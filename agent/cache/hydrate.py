@@ -220,20 +220,22 @@ class _Root:
             raise
         return fd
 
+    # A directory's mode and mtime are changed through an O_PATH descriptor (reached following no symlink)
+    # and its /proc/self/fd link: unlike an O_RDONLY open, that needs no read permission on the directory.
     def set_dir_meta(self, f: mf.FileEntry, mode: bool) -> None:
         """Give directory ``f`` its mtime, and its mode too when ``mode``."""
-        fd = self.open(f.path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = self.open(f.path, _DIR_PATH)
         try:
             if mode:
-                os.fchmod(fd, f.mode)
-            os.utime(fd, ns=(f.mtime_ns, f.mtime_ns))
+                os.chmod(f"/proc/self/fd/{fd}", f.mode)
+            os.utime(f"/proc/self/fd/{fd}", ns=(f.mtime_ns, f.mtime_ns))
         finally:
             os.close(fd)
 
     def make_writable(self, rel: str) -> None:
-        fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        fd = self.open(rel, _DIR_PATH)
         try:
-            os.fchmod(fd, 0o700)
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)
         finally:
             os.close(fd)
 
