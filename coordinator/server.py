@@ -79,25 +79,35 @@ class GcPauses:
 
 
 class GcPolicy:
-    """Keeps the cyclic garbage collector's full passes off the serving path (the coordinator process only).
+    """Keeps the cyclic garbage collector's long passes off the serving path (the coordinator process only).
 
     At 1,000 nodes x 1,000 keys the inventory holds a million ``EntryRecord`` named tuples, and CPython keeps
     tuple *subclasses* tracked forever, so each automatic full collection walked them all and stopped the
-    process for ~0.5 s (bench/load.py: one such pause put the placement p99 at 350-500 ms). So every
-    ``freeze_every_s`` the policy collects the young generations and freezes what survived (``gc.freeze``:
-    moved to the permanent generation, which no collection walks; reference counting still frees those
-    objects when they are released, so entries replaced by deltas go as before). Cyclic garbage that had
-    already reached the old generation when it was frozen waits for the full collection that runs every
-    ``full_every_s`` (a pause as long as the old automatic ones, but once an hour instead of every few
-    seconds of load). Tests do not run it: it changes process-wide state."""
+    process for ~0.5 s (bench/load.py: one such pause put the placement p99 at 350-500 ms). And each
+    generation-1 collection walked every object that had survived the young collections since the last
+    one: ~14-17 ms, every ~2 s under load, which set the client-side p99 at 15-17 ms. So:
+
+    - automatic collections are limited to generation 0 (thresholds 700 / 10^6 / 10^6): none walks more
+      than the objects allocated since the previous one (~2.5 ms);
+    - every ``freeze_every_s`` what survived is frozen (``gc.freeze``: moved to the permanent generation
+      without walking it; reference counting still frees those objects when they are released, so entries
+      replaced by deltas go as before);
+    - cyclic garbage that had survived a young collection (a few thousand objects a minute at that load)
+      waits for the full collection every ``full_every_s`` (a pause as long as the old automatic ones,
+      but once an hour).
+
+    Tests do not run it: it changes process-wide state."""
 
     def __init__(self, freeze_every_s: float = 10.0, full_every_s: float = 3600.0) -> None:
         self.freeze_every_s = freeze_every_s
         self.full_every_s = full_every_s
         self._last_full = time.monotonic()
 
+    THRESHOLDS = (700, 1_000_000, 1_000_000)
+
     def step(self) -> str:
-        """One round: "full" (unfreeze everything and collect it all) when due, else "young"; then freeze."""
+        """One round: "full" (unfreeze everything and collect it all) when due, else "freeze" (nothing is
+        walked); then freeze what is alive."""
         if time.monotonic() - self._last_full >= self.full_every_s:
             gc.unfreeze()
             began = time.monotonic()
@@ -107,12 +117,12 @@ class GcPolicy:
                      1000 * (self._last_full - began))
             done = "full"
         else:
-            gc.collect(1)
-            done = "young"
+            done = "freeze"
         gc.freeze()
         return done
 
     async def run(self) -> None:
+        gc.set_threshold(*self.THRESHOLDS)
         while True:
             await asyncio.sleep(self.freeze_every_s)
             self.step()
