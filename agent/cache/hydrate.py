@@ -44,7 +44,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -434,7 +434,7 @@ def _run_task(manifest: mf.Manifest, task: _Task, root: _Root | None, locate: Fr
             return len(task.files), task.bytes
         view = memoryview(raw)
         sha256 = hashlib.sha256
-        with _Parents(root) if root is not None else _NO_PARENTS as parents:
+        with _Parents(root) if root is not None else nullcontext() as parents:
             for f in task.files:
                 c = f.chunks[0]
                 data = view[c.raw_offset:c.raw_offset + c.raw_length]
@@ -446,17 +446,6 @@ def _run_task(manifest: mf.Manifest, task: _Task, root: _Root | None, locate: Fr
     (f,) = task.files
     _write_large(manifest, f, root, locate, where, counter)
     return 1, 0 if counter is not None else f.size
-
-
-class _NoParents:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-_NO_PARENTS = _NoParents()
 
 
 def _dependencies(tasks: list[_Task], missing: set[int]) -> tuple[list[int], dict[int, list[int]]]:
