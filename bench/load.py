@@ -24,7 +24,10 @@ as their streams take them (``updates_per_s`` is what the coordinator *counted* 
 node's generation on the coordinator equals the agent's; then kill -9 the coordinator, restart it on the
 same port with the same state file, and time until ``QueryInventory`` lists every agent's every key again
 (``inventory_recovery_s``, measured from the kill). ``memory_mib`` is the coordinator's peak RSS, sampled
-from /proc every 0.25 s over the whole run (both coordinator processes).
+from /proc every 0.25 s over the whole run (both coordinator processes); ``memory_placement_phase_mib`` is
+its RSS every 30 s of the placement phase, ``memory_growth_kib_per_1k_placements`` the growth over that
+phase per thousand placements, and ``scheduler_tracked`` what the scheduler remembers at its end (the
+``stoker_coordinator_scheduler_tracked`` gauge: every kind is bounded).
 
 Where things run: in a real deployment the coordinator has its machine and the agents and CI clients run
 elsewhere. On one machine the benchmark keeps the load generator from taking the CPU the coordinator and
@@ -599,13 +602,26 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid = 0
         self.peak = 0.0
+        self.samples: list[tuple[float, float]] = []
+        """(time.monotonic(), RSS MiB) of every sample, for the memory over the placement phase."""
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
             if self.pid:
-                self.peak = max(self.peak, rss_mib(self.pid))
+                rss = rss_mib(self.pid)
+                self.peak = max(self.peak, rss)
+                self.samples.append((time.monotonic(), rss))
             time.sleep(0.25)
+
+    def between(self, start: float, end: float, every: float) -> list[float]:
+        """RSS (MiB) at ``start`` and then every ``every`` seconds until ``end`` (the nearest earlier sample)."""
+        out, due = [], start
+        for at, rss in self.samples:
+            if at >= due and at <= end + 0.5:
+                out.append(round(rss, 1))
+                due += every
+        return out
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -994,6 +1010,18 @@ def run(args) -> dict:
             metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_sum", ""),
             metric_value(metrics_port, "stoker_coordinator_placement_decision_seconds_count", ""),
         )
+        # Memory over the phase: a coordinator that remembered something per placement (or per key in a
+        # key space that never stops changing) would grow here.
+        timeline = sampler.between(t0, t1, 30.0)
+        out["memory_placement_phase_mib"] = timeline
+        if len(timeline) >= 2:
+            placed = max(1, len(ci_result["latencies"]))
+            out["memory_growth_kib_per_1k_placements"] = round((timeline[-1] - timeline[0]) * 1024 / placed * 1000, 1)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        out["scheduler_tracked"] = {
+            line.split('kind="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
+            for line in body.splitlines() if line.startswith("stoker_coordinator_scheduler_tracked{")
+        }
         out["scheduler_ms_per_decision"] = round(1000 * (dec1[0] - dec0[0]) / max(1, dec1[1] - dec0[1]), 3)
         # The coordinator's own view: time from its handler starting to its answer (the client's figures also
         # hold the wait on the shared cores and in gRPC's queues).

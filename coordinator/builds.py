@@ -110,6 +110,8 @@ class BuildService:
         self.hit_bytes = {w: 0 for w in Warmth}
         self.bytes_local = 0
         self.bytes_fetched = 0
+        for kind in scheduler.tracked():  # read when /metrics is scraped
+            metrics.scheduler_tracked.labels(kind).set_function(lambda kind=kind: scheduler.tracked()[kind])
 
     # -- start-up ------------------------------------------------------------------------------
     def recover(self) -> int:
@@ -225,7 +227,9 @@ class BuildService:
         return active.record
 
     async def place(self, spec: common_pb2.BuildSpec, lease_s: float, owner: str = "") -> build_pb2.Placement:
-        request = convert.placement_request("p-" + uuid.uuid4().hex[:16], spec, self._clock.now())
+        # The lease's id is the request's: the scheduler counts the placement as running under it until
+        # it is released (or expires), as it counts a build under the build's id.
+        request = convert.placement_request("l-" + uuid.uuid4().hex[:16], spec, self._clock.now())
         self._check_satisfiable(request)
         pending = PendingPlacement(request=request, spec=spec, owner=owner,
                                    lease_s=lease_s or self._settings.placement_lease_s,
@@ -416,7 +420,7 @@ class BuildService:
     def _grant(self, pending: PendingPlacement, node: NodeRecord, decision) -> None:
         if pending.future.done():
             return
-        lease_id = "l-" + uuid.uuid4().hex[:16]
+        lease_id = pending.request.id
         expires = self._clock.now() + pending.lease_s
         self._leases[lease_id] = Lease(lease_id=lease_id, node=node.name, expires=expires, owner=pending.owner)
         node.holders.add(lease_id)

@@ -31,6 +31,11 @@ class CoordinatorMetrics:
         self.queue_depth = Gauge(
             "stoker_coordinator_queue_depth", "Builds and placement requests waiting for a slot.", registry=registry)
         self.nodes = Gauge("stoker_coordinator_nodes", "Nodes by state.", ["state"], registry=registry)
+        self.scheduler_tracked = Gauge(
+            "stoker_coordinator_scheduler_tracked",
+            "Entries the scheduler remembers, by kind (running placements and builds, per-key demand, workspace "
+            "arrival rates, recent prewarms, keys being replicated, learned build times); each is bounded.",
+            ["kind"], registry=registry)
         self.rpc_seconds = Histogram(
             "stoker_coordinator_rpc_seconds", "Time the coordinator spent handling each unary RPC.", ["method"],
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=registry)

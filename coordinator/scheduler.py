@@ -53,7 +53,7 @@ import hashlib
 import heapq
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from stoker.coordinator.domain import Clock, Decision, EntryRecord, NodeState, PlacementRequest, Warmth
@@ -114,6 +114,9 @@ class SchedulerSettings:
     """At most this many costly keys (the most recently used) are looked at when weighing that cost."""
     demand_window_s: float = 900.0
     """Time constant of each workspace's learned arrival rate."""
+    max_tracked_keys: int = 100_000
+    """At most this many keys' learned build times and recent demand are remembered (least recently
+    seen forgotten first); a forgotten key falls back to its workspace's and the fleet's figures."""
     max_warm_candidates: int = 16
     """At most this many holders of one key are estimated per decision (free ones first), so a
     decision never scans a large fleet's whole inventory."""
@@ -134,8 +137,9 @@ class Estimator:
         self.fetch_bps = settings.fetch_bps
         self.extract_bps = settings.extract_bps
         self.fleet_build_s = settings.build_s
-        self._by_key: dict[str, float] = {}
-        self._by_workspace: dict[str, float] = {}
+        self._by_key: collections.OrderedDict[str, float] = collections.OrderedDict()
+        """key → learned build seconds, least recently built first (at most ``max_tracked_keys``)."""
+        self._by_workspace: collections.OrderedDict[str, float] = collections.OrderedDict()
 
     def _ewma(self, old: float, new: float) -> float:
         return old + self._s.ewma_alpha * (new - old)
@@ -152,9 +156,16 @@ class Estimator:
         if run_s <= 0:
             return
         self.fleet_build_s = self._ewma(self.fleet_build_s, run_s)
-        if key:
-            self._by_key[key] = self._ewma(self._by_key.get(key, run_s), run_s)
-        self._by_workspace[workspace] = self._ewma(self._by_workspace.get(workspace, run_s), run_s)
+        cap = self._s.max_tracked_keys
+        for learned, name in ((self._by_key, key), (self._by_workspace, workspace)):
+            if name:
+                learned[name] = self._ewma(learned.get(name, run_s), run_s)
+                learned.move_to_end(name)
+                _trim(learned, lambda _: False, cap)
+
+    def tracked(self) -> int:
+        """Keys and workspaces whose build times are remembered."""
+        return len(self._by_key) + len(self._by_workspace)
 
     def build_s(self, request: PlacementRequest) -> float:
         if request.key in self._by_key:
@@ -189,6 +200,16 @@ def _h64(text: str) -> int:
 def _mix(x: int) -> int:
     x = (x * 0x9E3779B97F4A7C15) & _MASK
     return x ^ (x >> 29)
+
+
+def _trim(recent: collections.OrderedDict, stale: Callable[[object], bool], cap: int) -> None:
+    """Drop entries from the least recently touched end of ``recent`` while they are ``stale`` or there
+    are more than ``cap`` (O(1) per dropped entry, so callers can trim on every update)."""
+    while recent:
+        first = next(iter(recent.values()))
+        if len(recent) <= cap and not stale(first):
+            return
+        recent.popitem(last=False)
 
 
 # -- decisions -----------------------------------------------------------------------------------------
@@ -284,10 +305,16 @@ class Scheduler:
         self._bucket_map: dict[int, list[str]] = {}
         self._bucket_seed: list[int] = []
         self._bucket_seeds_for: dict[int, list[int]] = {}
-        self._demand: dict[str, collections.deque[float]] = {}
-        self._prewarmed: dict[tuple[str, str], float] = {}
-        self._rate: dict[str, tuple[float, float]] = {}
-        """workspace → (arrival rate, when last updated): a decaying count of builds started."""
+        # Per-key and per-workspace memory of what happened, each ordered least recently touched first and
+        # trimmed as it is updated, so that a fleet whose keys never stop changing does not grow it forever.
+        self._demand: collections.OrderedDict[str, tuple[float, ...]] = collections.OrderedDict()
+        """key → when its latest ``hot_builds`` builds started, oldest first (kept while within
+        ``hot_window_s``; a tuple, not a deque, whose every instance allocates 64 slots)."""
+        self._prewarmed: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+        """(node, key) → when a prewarm was last asked (kept for ``prewarm_cooldown_s``)."""
+        self._rate: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+        """workspace → (arrival rate, when last updated): a decaying count of builds started (dropped once
+        decayed to nothing)."""
         self._costly: collections.OrderedDict[str, str] = collections.OrderedDict()
         """The most recently used costly keys (key → workspace), oldest first."""
         self._replicating: dict[str, dict[str, float]] = {}
@@ -303,17 +330,22 @@ class Scheduler:
         self._running[request.id] = _Running(node, request.tenant, request.key,
                                              now + self.estimator.build_s(request))
         self._tenant_running[request.tenant] += 1
+        s = self.settings
         if request.key:
-            seen = self._demand.setdefault(request.key, collections.deque(maxlen=64))
-            seen.append(now)
-        window = self.settings.demand_window_s
-        rate, last = self._rate.get(request.workspace, (0.0, now))
+            seen = self._demand.pop(request.key, ())
+            self._demand[request.key] = (*seen[len(seen) + 1 - s.hot_builds:], now)
+            horizon = now - s.hot_window_s
+            _trim(self._demand, lambda times: times[-1] < horizon, s.max_tracked_keys)
+        window = s.demand_window_s
+        rate, last = self._rate.pop(request.workspace, (0.0, now))
         self._rate[request.workspace] = (rate * math.exp(-(now - last) / window) + 1.0 / window, now)
-        if request.key and self._restore_cost(request.key) >= self.settings.costly_restore_s:
+        _trim(self._rate, lambda rate_at: now - rate_at[1] > 20 * window, s.max_tracked_keys)
+        if request.key and self._restore_cost(request.key) >= s.costly_restore_s:
             self._costly[request.key] = request.workspace
             self._costly.move_to_end(request.key)
-            while len(self._costly) > self.settings.guarded_keys:
-                self._costly.popitem(last=False)
+            while len(self._costly) > s.guarded_keys:
+                dropped, _ = self._costly.popitem(last=False)
+                self._replicating.pop(dropped, None)
 
     def finished(self, request_id: str, *, key: str = "", workspace: str = "", run_s: float = 0.0,
                  bytes_fetched: int = 0, bytes_restored: int = 0, restore_s: float = 0.0) -> None:
@@ -741,8 +773,7 @@ class Scheduler:
         seen = self._demand.get(key)
         if not seen:
             return False
-        horizon = self._clock.now() - self.settings.hot_window_s
-        return sum(1 for t in seen if t >= horizon) >= self.settings.hot_builds
+        return len(seen) >= self.settings.hot_builds and seen[0] >= self._clock.now() - self.settings.hot_window_s
 
     def _prewarm_next(self, key: str, restore_keys: tuple[str, ...], live: Sequence[NodeRecord],
                       reason_node: str = "", count: int = 0) -> None:
@@ -756,8 +787,17 @@ class Scheduler:
 
     def _queue_prewarm(self, node: str, key: str, restore_keys: tuple[str, ...]) -> None:
         now = self._clock.now()
+        cooldown = self.settings.prewarm_cooldown_s
         last = self._prewarmed.get((node, key))
-        if last is not None and now - last < self.settings.prewarm_cooldown_s:
+        if last is not None and now - last < cooldown:
             return
+        self._prewarmed.pop((node, key), None)  # re-inserted at the end: the map stays in time order
         self._prewarmed[(node, key)] = now
+        _trim(self._prewarmed, lambda at: now - at >= cooldown, self.settings.max_tracked_keys)
         self._pending_prewarms.append((node, key, restore_keys))
+
+    def tracked(self) -> dict[str, int]:
+        """How much the scheduler remembers, by kind (exported as a metric; each is bounded)."""
+        return {"running": len(self._running), "demand": len(self._demand), "rates": len(self._rate),
+                "prewarms": len(self._prewarmed), "replicating": len(self._replicating),
+                "build_times": self.estimator.tracked()}

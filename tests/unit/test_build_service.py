@@ -33,8 +33,9 @@ class World:
         self.registry = NodeRegistry(self.clock, lease_ttl_s=10)
         self.inventory = InventoryIndex()
         self.store = store or MemoryStateStore()
+        self.scheduler = Scheduler(self.inventory, self.clock)
         self.service = BuildService(BuildSettings(max_attempts=3), self.registry, self.inventory,
-                                    Scheduler(self.inventory, self.clock), self.store, self.clock,
+                                    self.scheduler, self.store, self.clock,
                                     CoordinatorMetrics(CollectorRegistry()))
         self.links: dict[str, AgentLink] = {}
 
@@ -214,6 +215,26 @@ def test_placement_lease_holds_a_slot_until_released():
         assert w.service.release(placement.lease_id)
         assert not w.service.release(placement.lease_id)
         assert w.service.get(build_id).state == build_pb2.BUILD_STATE_RUNNING
+    run(body())
+
+
+def test_released_and_expired_placements_leave_nothing_running_in_the_scheduler():
+    """The scheduler counts a placement as running under its lease id until it is released or expires (a
+    placement once stayed counted for ever: its tenant's running count and the coordinator's memory grew
+    with every placement)."""
+    async def body():
+        w = World()
+        w.add_node("n1", slots=4)
+        for _ in range(50):
+            placement = await w.service.place(spec(), lease_s=60)
+            assert w.scheduler.tracked()["running"] == 1
+            assert w.service.release(placement.lease_id)
+            assert w.scheduler.tracked()["running"] == 0
+        await w.service.place(spec(), lease_s=5)
+        assert w.scheduler.tracked()["running"] == 1
+        w.clock.t += 6
+        w.service.tick()
+        assert w.scheduler.tracked()["running"] == 0
     run(body())
 
 

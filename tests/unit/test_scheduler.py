@@ -326,3 +326,37 @@ def test_only_taking_the_last_slot_under_the_bound_costs_a_costly_key_its_free_h
     assert node == "n2"  # n2 keeps a free slot after it: still a free holder of big/k, nothing to weigh
     key2, node = choice(others_busy=True)
     assert key2 == key and node in ("n0", "n1")  # it would take n2's last slot: another node will do
+
+
+def test_per_key_memory_is_bounded_when_keys_keep_changing():
+    """A fleet whose keys never stop changing: the scheduler's per-key memory keeps only recent keys (within
+    the hot window, the prewarm cooldown) and never more than ``max_tracked_keys`` of each kind."""
+    w = World(4, hot_window_s=100.0, prewarm_cooldown_s=50.0, max_tracked_keys=500, hot_builds=2)
+    for i in range(3000):
+        w.clock.t += 1.0
+        r = w.request(f"ws{i % 7}/k{i}", restore=())
+        w.run(r, "n0")
+        w.scheduler.finished(r.id, key=r.key, workspace=r.workspace, run_s=30.0)
+        w.registry.get("n0").holders.discard(r.id)
+        w.scheduler._queue_prewarm("n1", r.key, ())
+    tracked = w.scheduler.tracked()
+    assert tracked["running"] == 0
+    assert 90 <= tracked["demand"] <= 101  # one per second within the 100 s window
+    assert 40 <= tracked["prewarms"] <= 51  # within the 50 s cooldown
+    assert tracked["rates"] == 7
+    assert tracked["build_times"] == 500 + 7  # keys capped, the seven workspaces kept
+    # What is remembered still works: the latest key is hot, a long-gone one is not, and its build time
+    # falls back to its workspace's.
+    latest = f"ws{2999 % 7}/k2999"
+    w.scheduler.started(w.request(latest, restore=()), "n1")
+    assert w.scheduler._is_hot(latest) and not w.scheduler._is_hot("ws0/k0")
+    assert abs(w.scheduler.estimator.build_s(w.request("ws0/k0")) - 30.0) < 1e-9
+
+
+def test_a_prewarm_is_asked_again_once_its_cooldown_has_passed():
+    w = World(2, prewarm_cooldown_s=50.0)
+    w.scheduler._queue_prewarm("n1", "web/k", ())
+    w.scheduler._queue_prewarm("n1", "web/k", ())
+    w.clock.t += 51
+    w.scheduler._queue_prewarm("n1", "web/k", ())
+    assert [p[:2] for p in w.plan().prewarms] == [("n1", "web/k"), ("n1", "web/k")]
