@@ -360,7 +360,7 @@ class BuildService:
 
     # -- internals -----------------------------------------------------------------------------
     def _schedule(self) -> None:
-        """Ask the scheduler what to place now, then dispatch, grant and prewarm accordingly."""
+        """Ask the scheduler what to place now, then dispatch, grant, prewarm and evict accordingly."""
         if not self._queue:
             self._metrics.queue_depth.set(0)
             return
@@ -389,6 +389,11 @@ class BuildService:
                 log.info("prewarming %s on %s", key, node_name)
                 link.send(agent_pb2.CoordinatorCommand(prewarm=agent_pb2.PrewarmCommand(
                     key=key, restore_keys=list(restore_keys))))
+        for node_name, key in plan.evictions:
+            link = self._links.get(node_name)
+            if link is not None:
+                log.info("evicting superseded %s on %s", key, node_name)
+                link.send(agent_pb2.CoordinatorCommand(evict=agent_pb2.EvictCommand(key=key)))
         if placed:
             self._queue = [q for q in self._queue if q.request.id not in placed]
         self._metrics.queue_depth.set(len(self._queue))

@@ -122,6 +122,10 @@ class SchedulerSettings:
     decision costs about √N hashes instead of N."""
     max_prefix_keys: int = 32
     """At most this many of the newest keys under a restore prefix are looked at per decision."""
+    evict_superseded: bool = True
+    """When a build of a key finishes on a node, ask the node to evict its older entries under the key's
+    restore prefixes: they are superseded there, and under a small disk budget they would otherwise push
+    other workspaces' only copies out of the node's LRU order."""
 
 
 # -- estimates learned from what agents report -----------------------------------------------------
@@ -221,6 +225,8 @@ class Plan:
     """request id → why it waits."""
     prewarms: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     """(node, key, restore prefixes) to fetch ahead of need."""
+    evictions: list[tuple[str, str]] = field(default_factory=list)
+    """(node, key): entries a node holds a newer entry of (under the same restore prefix) for."""
 
 
 class _Guard:
@@ -267,6 +273,7 @@ class _Running:
     tenant: str
     key: str
     ends: float
+    restore_keys: tuple[str, ...] = ()
 
 
 class Scheduler:
@@ -293,6 +300,7 @@ class Scheduler:
         self._replicating: dict[str, dict[str, float]] = {}
         """key → node → when a prewarm to keep a free holder was asked (until the node reports it)."""
         self._pending_prewarms: list[tuple[str, str, tuple[str, ...]]] = []
+        self._pending_evictions: list[tuple[str, str]] = []
 
     # -- what happened -------------------------------------------------------------------------
     def started(self, request: PlacementRequest, node: str) -> None:
@@ -301,7 +309,7 @@ class Scheduler:
         if previous is not None:
             self._tenant_running[previous.tenant] -= 1
         self._running[request.id] = _Running(node, request.tenant, request.key,
-                                             now + self.estimator.build_s(request))
+                                             now + self.estimator.build_s(request), request.restore_keys)
         self._tenant_running[request.tenant] += 1
         if request.key:
             seen = self._demand.setdefault(request.key, collections.deque(maxlen=64))
@@ -322,6 +330,8 @@ class Scheduler:
             self._tenant_running[running.tenant] -= 1
             if self._tenant_running[running.tenant] <= 0:
                 del self._tenant_running[running.tenant]
+            if run_s and running.key and self.settings.evict_superseded:
+                self._evict_superseded(running.node, running.key, running.restore_keys)
         if run_s:
             self.estimator.observe_build(key, workspace, run_s)
         if restore_s:
@@ -359,8 +369,9 @@ class Scheduler:
         return self._decide(request, live, load, bound, free_at, now, self._guard(live, load, bound, now))
 
     def plan(self, queue: Sequence[PlacementRequest], nodes: Sequence[NodeRecord]) -> Plan:
-        plan = Plan(prewarms=self._pending_prewarms)
+        plan = Plan(prewarms=self._pending_prewarms, evictions=self._pending_evictions)
         self._pending_prewarms = []
+        self._pending_evictions = []
         now = self._clock.now()
         if not queue:
             return plan
@@ -736,6 +747,21 @@ class Scheduler:
             self._queue_prewarm(name, key, request.restore_keys)
         if not asked:
             del self._replicating[key]
+
+    def _evict_superseded(self, node: str, key: str, restore_keys: tuple[str, ...]) -> None:
+        """``node`` now holds ``key``: its older entries under the same restore prefixes are superseded
+        (a restore from the prefix takes the newest, and the workspace's builds have moved on to ``key``),
+        so ask the node to evict them rather than let them push other workspaces' entries out of its LRU."""
+        entry = self._inventory.holders(key).get(node)
+        if entry is None:
+            return
+        for prefix in restore_keys:
+            if not key.startswith(prefix):
+                continue
+            for older in self._inventory.newest_keys_under(prefix, count=self.settings.max_prefix_keys):
+                held = self._inventory.holders(older).get(node)
+                if older != key and held is not None and held.created < entry.created:
+                    self._pending_evictions.append((node, older))
 
     def _is_hot(self, key: str) -> bool:
         seen = self._demand.get(key)

@@ -326,3 +326,30 @@ def test_only_taking_the_last_slot_under_the_bound_costs_a_costly_key_its_free_h
     assert node == "n2"  # n2 keeps a free slot after it: still a free holder of big/k, nothing to weigh
     key2, node = choice(others_busy=True)
     assert key2 == key and node in ("n0", "n1")  # it would take n2's last slot: another node will do
+
+
+def test_a_finished_build_has_its_nodes_older_entries_of_the_workspace_evicted():
+    w = World(3, slots=2)
+    w.inventory.apply_snapshot("n0", 0, [entry("web/v1", created=1), entry("web/v0", created=0),
+                                         entry("api/v1", created=1)])
+    w.inventory.apply_snapshot("n1", 0, [entry("web/v1", created=1)])
+    placed = w.request("web/v2")
+    w.run(placed, "n0")  # a partial restore from web/v1
+    # Not before the node reports the newer entry: the older one is what it restores from.
+    assert not w.plan(w.request("api/x", restore=())).evictions
+    w.inventory.apply_delta("n0", 1, [entry("web/v2", created=2)], [])
+    w.scheduler.finished(placed.id, key="web/v2", workspace="web", run_s=60.0)
+    evictions = w.plan(w.request("api/x", restore=())).evictions
+    # n0's older web entries go; n1's web/v1 (its newest) and n0's other workspace stay.
+    assert sorted(evictions) == [("n0", "web/v0"), ("n0", "web/v1")]
+    assert not w.plan(w.request("api/y", restore=())).evictions  # asked once
+
+
+def test_no_eviction_when_disabled_or_when_the_build_was_cancelled():
+    for settings, run_s in (({"evict_superseded": False}, 60.0), ({}, 0.0)):
+        w = World(2, **settings)
+        w.inventory.apply_snapshot("n0", 0, [entry("web/v1", created=1), entry("web/v2", created=2)])
+        request = w.request("web/v2")
+        w.run(request, "n0")
+        w.scheduler.finished(request.id, key="web/v2", workspace="web", run_s=run_s)
+        assert not w.plan(w.request("api/x", restore=())).evictions
