@@ -353,3 +353,49 @@ def test_no_eviction_when_disabled_or_when_the_build_was_cancelled():
         w.run(request, "n0")
         w.scheduler.finished(request.id, key="web/v2", workspace="web", run_s=run_s)
         assert not w.plan(w.request("api/x", restore=())).evictions
+
+
+def test_of_equally_ready_warm_holders_the_least_loaded_goes_first():
+    for loaded in ("n0", "n1"):
+        w = World(2, slots=4)
+        w.inventory.apply_snapshot("n0", 0, [entry("web/k")])
+        w.inventory.apply_snapshot("n1", 0, [entry("web/k")])
+        w.run(w.request("other/x", restore=()), loaded)  # the bound is 2: both stay free holders
+        [(_, decision)] = w.plan(w.request("web/k")).assignments
+        assert decision.warmth is Warmth.WARM and decision.node != loaded
+
+
+def test_of_equally_ready_and_loaded_nodes_the_one_that_ran_least_against_the_fleet_goes_first():
+    for hot in ("n0", "n1"):
+        w = World(2, slots=4)
+        w.inventory.apply_snapshot("n0", 0, [entry("web/k")])
+        w.inventory.apply_snapshot("n1", 0, [entry("web/k")])
+        w.plan(w.request("api/x", restore=()))  # the scheduler sees both nodes from now on
+        busy = w.request("other/x", restore=())
+        w.run(busy, hot)
+        w.clock.t += 7200
+        w.scheduler.finished(busy.id, key="other/x", workspace="other", run_s=7200)
+        w.registry.get(hot).holders.discard(busy.id)
+        for name in ("n0", "n1"):
+            w.registry.get(name).last_seen = w.clock.t  # heartbeats: the reports still count
+        [(_, decision)] = w.plan(w.request("web/k")).assignments
+        assert decision.warmth is Warmth.WARM and decision.node != hot
+
+
+def test_of_equally_ready_warm_holders_the_last_free_holder_of_a_costly_key_goes_last():
+    def choice(with_demand: bool, key: str) -> str:
+        w = costly_world(4)
+        w.inventory.apply_snapshot("n1", 0, [entry(key)])
+        w.inventory.apply_snapshot("n2", 0, [entry(key), entry("big/k", size=2_000_000_000)])
+        if with_demand:  # big/k was just built (on n3, still running): n2 is its last free holder
+            w.inventory.apply_snapshot("n3", 0, [entry("big/k", size=2_000_000_000)])
+            w.run(w.request("big/k"), "n3")
+        else:
+            w.registry.get("n3").holders.add("busy")
+        [(_, decision)] = w.plan(w.request(key, restore=())).assignments
+        assert decision.warmth is Warmth.WARM
+        return decision.node
+
+    # A small key whose two holders are equally ready and loaded, and n2 wins the tie by rendezvous order.
+    key = next(k for k in (f"small/{i}" for i in range(200)) if choice(False, k) == "n2")
+    assert choice(True, key) == "n1"
