@@ -330,8 +330,10 @@ class _LoadHistory:
         self._advance(now)
         p[0] += p[2] * (now - p[1])
         p[1] = now
-        p[2] = max(0.0, p[2] + delta)
-        self._running = max(0, self._running + delta)
+        if p[2] + delta < 0:
+            return  # a build started before the node was first seen: it was never counted
+        p[2] += delta
+        self._running += delta
 
     def heat(self, node: str, now: float) -> float:
         p = self._per.get(node)

@@ -399,3 +399,23 @@ def test_of_equally_ready_warm_holders_the_last_free_holder_of_a_costly_key_goes
     # A small key whose two holders are equally ready and loaded, and n2 wins the tie by rendezvous order.
     key = next(k for k in (f"small/{i}" for i in range(200)) if choice(False, k) == "n2")
     assert choice(True, key) == "n1"
+
+
+def test_heat_is_a_nodes_mean_load_over_the_fleets_while_it_lived():
+    from stoker.coordinator.scheduler import _LoadHistory
+
+    h = _LoadHistory()
+    h.seen({"a": 1, "b": 1}, 0.0)
+    h.change("a", +1, 0.0)
+    h.change("c", +1, 0.0)  # not seen yet: not counted
+    assert h.heat("a", 100.0) == 1.0  # too young to tell
+    h.seen({"a": 1, "b": 1, "c": 1}, 3600.0)  # c joins at 1 h, idle
+    h.change("c", -1, 3600.0)  # the build it ran before it was seen: never counted, nothing goes negative
+    h.change("b", +1, 3600.0)
+    # At 3 h: a ran one build all along (3 h), b one for 2 h, c none; since 0 h the fleet ran 5 build-hours in
+    # 8 node-hours (a and b were both seen at 0 h).
+    assert abs(h.heat("a", 10800.0) - (3 / 3) / (5 / 8)) < 1e-9
+    assert abs(h.heat("b", 10800.0) - (2 / 3) / (5 / 8)) < 1e-9
+    assert h.heat("c", 10800.0) == 0.0
+    h.seen({"a": 1, "c": 1}, 10800.0)  # b is gone: its running build no longer counts for the fleet
+    assert "b" not in h._per and h._running == 1
