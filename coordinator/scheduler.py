@@ -39,7 +39,7 @@ Then:
   under the bound costs anything (below it the node stays a free holder), and of equally good cold
   nodes the least loaded goes first, so the weighing does not pile cold builds onto the nodes that hold
   nothing worth keeping (new ones, typically).
-* **Ties.** Candidates whose estimated ready times fall within ``ready_tie_s`` of each other count as
+* **Ties.** Free candidates whose estimated ready times fall in the same ``ready_tie_s`` slice count as
   equally ready. Between them, the one whose taking costs costly keys least goes first (for warm and
   partial nodes too: a build never leaves a node where it is clearly ready sooner for another key's sake),
   then the least loaded, then the least *hot* (its mean load since it joined over the fleet's mean per
@@ -131,9 +131,10 @@ class SchedulerSettings:
     decision costs about √N hashes instead of N."""
     max_prefix_keys: int = 32
     """At most this many of the newest keys under a restore prefix are looked at per decision."""
-    ready_tie_s: float = 1.0
-    """Candidates whose estimated ready times fall in the same slice of this many seconds count as equally
-    ready; between them, what taking each costs costly keys, its load and its heat decide."""
+    ready_tie_s: float = 0.25
+    """Free candidates whose estimated ready times fall in the same slice of this many seconds count as
+    equally ready; between them, what taking each costs costly keys, its load and its heat decide. (Waiting
+    candidates are compared by their estimates as they are.)"""
     evict_superseded: bool = True
     """When a build of a key finishes on a node, ask the node to evict its older entries under the key's
     restore prefixes: they are superseded there, and under a small disk budget they would otherwise push
@@ -229,13 +230,13 @@ class Candidate:
     """The node's mean load since it joined over the fleet's mean per node in that time: of equally good
     nodes, the one that has run the least relative to the fleet goes first."""
 
-    def sort_key(self, tie_s: float = 1.0) -> tuple:
-        """Soonest ready first (``tie_s`` apart counts as equally ready); of equally ready nodes, the one
-        whose taking costs costly keys least, then the least loaded, then the least hot, then the sooner,
-        then the key's rendezvous order."""
+    def sort_key(self, tie_s: float = 0.25) -> tuple:
+        """Soonest ready first (free nodes in the same ``tie_s`` slice count as equally ready; a wait is an
+        estimate too rough to blur further); of equally ready nodes, the one whose taking costs costly keys
+        least, then the least loaded, then the least hot, then the sooner, then the key's rendezvous order."""
         ready = self.ready_s + self.cost
-        return (math.floor(ready / tie_s), round(self.tie_cost, 6), self.load, round(self.heat, 2), round(ready, 6),
-                -self.weight)
+        first = round(ready, 6) if self.wait_s > 0 else math.floor(ready / tie_s) * tie_s
+        return (first, round(self.tie_cost, 6), self.load, round(self.heat, 2), round(ready, 6), -self.weight)
 
     def describe(self) -> str:
         wait = f", waits {self.wait_s:.0f} s" if self.wait_s > 0 else ""
