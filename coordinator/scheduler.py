@@ -678,7 +678,8 @@ class Scheduler:
         if request.key:
             holders = self._inventory.holders(request.key)
             for name in usable(holders):
-                consider(admitted[name], Warmth.WARM, request.key, 0.0, holders[name].bytes, running=load[name])
+                consider(admitted[name], Warmth.WARM, request.key, 0.0, holders[name].bytes,
+                         running=load[name])
         for prefix in request.restore_keys:
             found = 0
             # Newest entries first: a node holding a newer one has less to fetch.

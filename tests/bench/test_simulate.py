@@ -94,6 +94,7 @@ def test_the_simulated_agents_carry_out_the_schedulers_evictions():
                      tenant="a") for i in range(6)]
     sim = Sim(fleet, records, make_policy("stoker", fleet)).run()
     node = sim.nodes["node-000"]
-    # Each new version superseded the last on the only node: only the newest is kept (LRU alone keeps all three).
+    # Each new version superseded the last on the only node: only the newest is kept (LRU alone keeps all
+    # three).
     assert list(node.cache) == ["w/deps-v3"]
     assert [e.key for e in sim.policy.inventory.entries("node-000")] == ["w/deps-v3"]  # and reported so
