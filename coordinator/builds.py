@@ -364,8 +364,11 @@ class BuildService:
 
     # -- internals -----------------------------------------------------------------------------
     def _schedule(self) -> None:
-        """Ask the scheduler what to place now, then dispatch, grant and prewarm accordingly."""
+        """Ask the scheduler what to place now, then dispatch, grant, prewarm and evict accordingly."""
         if not self._queue:
+            # Nothing to place, but prewarms and evictions asked since (a node lost or joined, a build
+            # finished) go out now rather than with the next placement.
+            self._send_commands(self._scheduler.plan([], self._registry.all()))
             self._metrics.queue_depth.set(0)
             return
         by_id = {item.request.id: item for item in self._queue}
@@ -387,15 +390,27 @@ class BuildService:
             item = by_id[request_id]
             if isinstance(item, ActiveBuild) and reason != item.queued_reason:
                 self._emit_queued(item, reason)
-        for node_name, key, restore_keys in plan.prewarms:
-            link = self._links.get(node_name)
-            if link is not None:
-                log.info("prewarming %s on %s", key, node_name)
-                link.send(agent_pb2.CoordinatorCommand(prewarm=agent_pb2.PrewarmCommand(
-                    key=key, restore_keys=list(restore_keys))))
+        self._send_commands(plan)
         if placed:
             self._queue = [q for q in self._queue if q.request.id not in placed]
         self._metrics.queue_depth.set(len(self._queue))
+
+    def _send_commands(self, plan) -> None:
+        """The plan's prewarms and evictions, each on its node's stream (logged at debug level: the touches
+        that keep costly keys' replicas alive come with most placements; counted by kind in metrics)."""
+        for node_name, key, restore_keys in plan.prewarms:
+            link = self._links.get(node_name)
+            if link is not None:
+                log.debug("prewarming %s on %s", key, node_name)
+                link.send(agent_pb2.CoordinatorCommand(prewarm=agent_pb2.PrewarmCommand(
+                    key=key, restore_keys=list(restore_keys))))
+                self._metrics.cache_commands.labels("prewarm").inc()
+        for node_name, key in plan.evictions:
+            link = self._links.get(node_name)
+            if link is not None:
+                log.debug("evicting superseded %s on %s", key, node_name)
+                link.send(agent_pb2.CoordinatorCommand(evict=agent_pb2.EvictCommand(key=key)))
+                self._metrics.cache_commands.labels("evict").inc()
 
     def _dispatch(self, active: ActiveBuild, node: NodeRecord, decision) -> None:
         link = self._links.get(node.name)

@@ -31,6 +31,10 @@ class CoordinatorMetrics:
         self.queue_depth = Gauge(
             "stoker_coordinator_queue_depth", "Builds and placement requests waiting for a slot.", registry=registry)
         self.nodes = Gauge("stoker_coordinator_nodes", "Nodes by state.", ["state"], registry=registry)
+        self.cache_commands = Counter(
+            "stoker_coordinator_cache_commands_total",
+            "Cache commands sent to agents: prewarm (fetch ahead of need, or touch a held entry to keep it in "
+            "the node's LRU order) and evict (a superseded entry).", ["kind"], registry=registry)
         self.scheduler_tracked = Gauge(
             "stoker_coordinator_scheduler_tracked",
             "Entries the scheduler remembers, by kind (running placements and builds, per-key demand, workspace "

@@ -39,6 +39,15 @@ Then:
   under the bound costs anything (below it the node stays a free holder), and of equally good cold
   nodes the least loaded goes first, so the weighing does not pile cold builds onto the nodes that hold
   nothing worth keeping (new ones, typically).
+* **Ties.** Free candidates whose estimated ready times fall in the same ``ready_tie_s`` slice count as
+  equally ready. Between them, the one whose taking costs costly keys least goes first (for warm and
+  partial nodes too: a build never leaves a node where it is clearly ready sooner for another key's sake),
+  then the least loaded, then the least *hot* (its mean load since it joined over the fleet's mean per
+  node in that time — so that a node that joined at the busy hours and holds a hot workspace does not run
+  at its bound all afternoon while the rest of the fleet does not), then the key's rendezvous order.
+* **Superseded entries go.** When a build finishes on a node, the node is asked to evict its older
+  entries under the build's restore prefixes: a restore takes the newest, and on small disks the older
+  ones would push other workspaces' only copies out of the LRU order.
 * **Fairness.** Requests age (one priority level per ``aging_s`` waited); within a level, the tenant
   with the fewest running builds goes first, and while others wait no tenant holds more than
   ``tenant_share`` of the slots.
@@ -125,6 +134,14 @@ class SchedulerSettings:
     decision costs about √N hashes instead of N."""
     max_prefix_keys: int = 32
     """At most this many of the newest keys under a restore prefix are looked at per decision."""
+    ready_tie_s: float = 0.25
+    """Free candidates whose estimated ready times fall in the same slice of this many seconds count as
+    equally ready; between them, what taking each costs costly keys, its load and its heat decide. (Waiting
+    candidates are compared by their estimates as they are.)"""
+    evict_superseded: bool = True
+    """When a build of a key finishes on a node, ask the node to evict its older entries under the key's
+    restore prefixes: they are superseded there, and under a small disk budget they would otherwise push
+    other workspaces' only copies out of the node's LRU order."""
 
 
 # -- estimates learned from what agents report -----------------------------------------------------
@@ -226,9 +243,21 @@ class Candidate:
     """Expected seconds that taking this node adds to other keys' builds (cold candidates only)."""
     load: int = 0
     """Builds the node runs (cold candidates only: of equally good cold nodes, the least loaded goes first)."""
+    tie_cost: float = 0.0
+    """What taking this node costs costly keys, weighed only between otherwise equally ready nodes (warm and
+    partial candidates: a build never leaves a node where it is ready sooner for another key's sake)."""
 
-    def sort_key(self) -> tuple[float, int, int]:
-        return (round(self.ready_s + self.cost, 6), self.load, -self.weight)
+    heat: float = 1.0
+    """The node's mean load since it joined over the fleet's mean per node in that time: of equally good
+    nodes, the one that has run the least relative to the fleet goes first."""
+
+    def sort_key(self, tie_s: float = 0.25) -> tuple:
+        """Soonest ready first (free nodes in the same ``tie_s`` slice count as equally ready; a wait is an
+        estimate too rough to blur further); of equally ready nodes, the one whose taking costs costly keys
+        least, then the least loaded, then the least hot, then the sooner, then the key's rendezvous order."""
+        ready = self.ready_s + self.cost
+        first = round(ready, 6) if self.wait_s > 0 else math.floor(ready / tie_s) * tie_s
+        return (first, round(self.tie_cost, 6), self.load, round(self.heat, 2), round(ready, 6), -self.weight)
 
     def describe(self) -> str:
         wait = f", waits {self.wait_s:.0f} s" if self.wait_s > 0 else ""
@@ -242,6 +271,8 @@ class Plan:
     """request id → why it waits."""
     prewarms: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     """(node, key, restore prefixes) to fetch ahead of need."""
+    evictions: list[tuple[str, str]] = field(default_factory=list)
+    """(node, key): entries a node holds a newer entry of (under the same restore prefix) for."""
 
 
 class _Guard:
@@ -282,12 +313,68 @@ class _Guard:
                 free.remove(node)
 
 
+class _LoadHistory:
+    """Each node's running builds integrated over time since it was first seen, and the fleet's over the same
+    time, so that a node's *heat* (its mean load over the fleet's mean per node while it lived) costs O(1)."""
+
+    MIN_AGE_S = 1800.0
+    """Younger nodes count as neither hot nor cold."""
+
+    def __init__(self) -> None:
+        self._t: float | None = None
+        self._area = 0.0  # running builds × seconds, fleet-wide
+        self._node_s = 0.0  # nodes × seconds
+        self._running = 0
+        self._per: dict[str, list[float]] = {}
+        """node → [area, last change, running, first seen, fleet area then, node-seconds then]"""
+
+    def _advance(self, now: float) -> None:
+        if self._t is not None and now > self._t:
+            self._area += self._running * (now - self._t)
+            self._node_s += len(self._per) * (now - self._t)
+        self._t = now if self._t is None else max(self._t, now)
+
+    def seen(self, names: dict, now: float) -> None:
+        """The nodes that are live now (new ones start their history; gone ones are forgotten)."""
+        self._advance(now)
+        per = self._per
+        for name in names:
+            if name not in per:
+                per[name] = [0.0, now, 0.0, now, self._area, self._node_s]
+        if len(per) != len(names):
+            for name in [n for n in per if n not in names]:
+                self._running -= int(per.pop(name)[2])
+
+    def change(self, node: str, delta: int, now: float) -> None:
+        p = self._per.get(node)
+        if p is None:
+            return
+        self._advance(now)
+        p[0] += p[2] * (now - p[1])
+        p[1] = now
+        if p[2] + delta < 0:
+            return  # a build started before the node was first seen: it was never counted
+        p[2] += delta
+        self._running += delta
+
+    def heat(self, node: str, now: float) -> float:
+        p = self._per.get(node)
+        if p is None or now - p[3] < self.MIN_AGE_S or self._t is None:
+            return 1.0
+        own = (p[0] + p[2] * (now - p[1])) / (now - p[3])
+        dt = now - self._t
+        area = self._area + self._running * dt - p[4]
+        node_s = self._node_s + len(self._per) * dt - p[5]
+        return own / (area / node_s) if area > 0 and node_s > 0 else 1.0
+
+
 @dataclass
 class _Running:
     node: str
     tenant: str
     key: str
     ends: float
+    restore_keys: tuple[str, ...] = ()
 
 
 class Scheduler:
@@ -320,6 +407,8 @@ class Scheduler:
         self._replicating: dict[str, dict[str, float]] = {}
         """key → node → when a prewarm to keep a free holder was asked (until the node reports it)."""
         self._pending_prewarms: list[tuple[str, str, tuple[str, ...]]] = []
+        self._pending_evictions: list[tuple[str, str]] = []
+        self._history = _LoadHistory()
 
     # -- what happened -------------------------------------------------------------------------
     def started(self, request: PlacementRequest, node: str) -> None:
@@ -327,8 +416,10 @@ class Scheduler:
         previous = self._running.get(request.id)
         if previous is not None:
             self._tenant_running[previous.tenant] -= 1
+            self._history.change(previous.node, -1, now)
+        self._history.change(node, +1, now)
         self._running[request.id] = _Running(node, request.tenant, request.key,
-                                             now + self.estimator.build_s(request))
+                                             now + self.estimator.build_s(request), request.restore_keys)
         self._tenant_running[request.tenant] += 1
         s = self.settings
         if request.key:
@@ -351,9 +442,12 @@ class Scheduler:
                  bytes_fetched: int = 0, bytes_restored: int = 0, restore_s: float = 0.0) -> None:
         running = self._running.pop(request_id, None)
         if running is not None:
+            self._history.change(running.node, -1, self._clock.now())
             self._tenant_running[running.tenant] -= 1
             if self._tenant_running[running.tenant] <= 0:
                 del self._tenant_running[running.tenant]
+            if run_s and running.key and self.settings.evict_superseded:
+                self._evict_superseded(running.node, running.key, running.restore_keys)
         if run_s:
             self.estimator.observe_build(key, workspace, run_s)
         if restore_s:
@@ -391,8 +485,9 @@ class Scheduler:
         return self._decide(request, live, load, bound, free_at, now, self._guard(live, load, bound, now))
 
     def plan(self, queue: Sequence[PlacementRequest], nodes: Sequence[NodeRecord]) -> Plan:
-        plan = Plan(prewarms=self._pending_prewarms)
+        plan = Plan(prewarms=self._pending_prewarms, evictions=self._pending_evictions)
         self._pending_prewarms = []
+        self._pending_evictions = []
         now = self._clock.now()
         if not queue:
             return plan
@@ -409,6 +504,7 @@ class Scheduler:
                 total_slots += info.slots
                 running_total += held
         live = list(live_by_name.values())
+        self._history.seen(live_by_name, now)
         if not live:
             for r in queue:
                 plan.waiting[r.id] = "waiting for a node: none is ready"
@@ -590,24 +686,32 @@ class Scheduler:
         target_bytes, target_sketch = self._target(request)
         candidates: dict[str, Candidate] = {}
 
+        guarded = guard is not None and bool(guard.by_node)
+        duration = est.build_s(request)
+        tie_s = self.settings.ready_tie_s
+
         def consider(node: NodeRecord, warmth: Warmth, matched: str, fetch: float, local: float,
                      cost: float = 0.0, running: int = 0) -> None:
             name = node.name
             cap = capacity(node)
+            tie = 0.0
             if load[name] < cap and name not in free_at:
                 wait = 0.0
+                if guarded and warmth is not Warmth.COLD and load[name] + 1 >= cap:
+                    tie = guard.cost(name, request, duration)
             else:
                 wait = max(0.0, self._free_at(node, free_at, now, cap)[0] - now)
             c = Candidate(name, warmth, matched, fetch, wait, wait + est.restore_s(fetch, local), weight(name),
-                          cost, running)
+                          cost, running, tie, self._history.heat(name, now))
             old = candidates.get(name)
-            if old is None or c.sort_key() < old.sort_key():
+            if old is None or c.sort_key(tie_s) < old.sort_key(tie_s):
                 candidates[name] = c
 
         if request.key:
             holders = self._inventory.holders(request.key)
             for name in usable(holders):
-                consider(admitted[name], Warmth.WARM, request.key, 0.0, holders[name].bytes)
+                consider(admitted[name], Warmth.WARM, request.key, 0.0, holders[name].bytes,
+                         running=load[name])
         for prefix in request.restore_keys:
             found = 0
             # Newest entries first: a node holding a newer one has less to fetch.
@@ -623,14 +727,12 @@ class Scheduler:
                         fetch = target_bytes * (1.0 - share)
                     else:
                         fetch = 0.0  # nothing newer exists: the older entry is the best there is
-                    consider(admitted[name], Warmth.PARTIAL, key, fetch, entry.bytes)
+                    consider(admitted[name], Warmth.PARTIAL, key, fetch, entry.bytes, running=load[name])
                     found += 1
         # Cold candidates: the first free nodes in the key's rendezvous order; of those, the one whose
         # taking costs costly keys least (ties: rendezvous order).
         cold_fetch = float(target_bytes or self._prefix_bytes(request))
-        guarded = guard is not None and bool(guard.by_node)
         wanted = self.settings.cold_candidates if guarded else self.settings.explain_candidates
-        duration = est.build_s(request)
         for name in self._rendezvous(key_hash, weight, live, admitted):
             node = admitted[name]
             if name in candidates or load[name] >= capacity(node) or name in free_at:
@@ -645,7 +747,7 @@ class Scheduler:
         if not candidates:
             return Decision(node=None, warmth=Warmth.COLD,
                             reason=f"waiting for a free slot: {len(admitted)} capable node(s), all busy")
-        ranked = sorted(candidates.values(), key=Candidate.sort_key)
+        ranked = sorted(candidates.values(), key=lambda c: c.sort_key(tie_s))
         best = ranked[0]
         top = tuple((c.node, c.warmth.value, round(c.ready_s, 3)) for c in ranked[: self.settings.explain_candidates])
         alternatives = "; ".join(c.describe() for c in ranked[1: self.settings.explain_candidates])
@@ -768,6 +870,21 @@ class Scheduler:
             self._queue_prewarm(name, key, request.restore_keys)
         if not asked:
             del self._replicating[key]
+
+    def _evict_superseded(self, node: str, key: str, restore_keys: tuple[str, ...]) -> None:
+        """``node`` now holds ``key``: its older entries under the same restore prefixes are superseded
+        (a restore from the prefix takes the newest, and the workspace's builds have moved on to ``key``),
+        so ask the node to evict them rather than let them push other workspaces' entries out of its LRU."""
+        entry = self._inventory.holders(key).get(node)
+        if entry is None:
+            return
+        for prefix in restore_keys:
+            if not key.startswith(prefix):
+                continue
+            for older in self._inventory.newest_keys_under(prefix, count=self.settings.max_prefix_keys):
+                held = self._inventory.holders(older).get(node)
+                if older != key and held is not None and held.created < entry.created:
+                    self._pending_evictions.append((node, older))
 
     def _is_hot(self, key: str) -> bool:
         seen = self._demand.get(key)

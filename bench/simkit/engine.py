@@ -265,6 +265,11 @@ class Sim:
             placed.add(job.id)
         if placed:
             self.queue = [j for j in self.queue if j.id not in placed]
+        for node_name, key in self.policy.evictions():
+            node = self.nodes.get(node_name)
+            if node is not None and node.alive and key in node.cache:
+                del node.cache[key]  # the agent's evict command
+                self.policy.cache_changed(self, node, [], [key])
         for node_name, key in prewarms:
             node = self.nodes.get(node_name)
             if node is None or not node.alive or key not in self.blob:
@@ -407,6 +412,10 @@ class Policy:
                 free[choice] -= 1
                 out.append((job, choice))
         return out, []
+
+    def evictions(self) -> list[tuple[str, str]]:
+        """(node, key) entries the policy asks nodes to evict (after its last ``place()``)."""
+        return []
 
     def choose(self, sim: Sim, job: Job, free: dict[str, int]) -> str | None:
         raise TypeError(f"{type(self).__name__} must implement choose()")
@@ -575,6 +584,11 @@ class StokerPolicy(Policy):
             "materialize_bps": fleet.materialize_bps}))
         self._generation: dict[str, int] = {}
         self._requests: dict[int, PlacementRequest] = {}
+        self._evictions: list[tuple[str, str]] = []
+
+    def evictions(self):
+        out, self._evictions = self._evictions, []
+        return out
 
     def _request(self, job: Job) -> PlacementRequest:
         b = job.build
@@ -638,6 +652,7 @@ class StokerPolicy(Policy):
             requests.append(r)
         plan = self.scheduler.plan(requests, self.registry.all())
         placements = [(by_id[r.id], d.node) for r, d in plan.assignments]
+        self._evictions = plan.evictions
         return placements, [(node, key) for node, key, _ in plan.prewarms]
 
 

@@ -85,3 +85,16 @@ def test_stoker_policy_is_the_coordinators_scheduler_and_every_build_finishes_on
     assert any(j.attempt > 1 for j in sim.jobs)  # a failed node's builds were requeued (one of three was busy)
     for node in sim.nodes.values():
         assert sum(node.cache.values()) <= node.disk or len(node.cache) <= 1
+
+
+def test_the_simulated_agents_carry_out_the_schedulers_evictions():
+    fleet = Fleet(nodes=1, slots=1, disk_bytes=10e9)
+    records = [Build(t=float(i * 100), workspace="w", key=f"w/deps-v{1 + i // 2}", restore_keys=("w/deps-",),
+                     bytes=1_000_000_000, files=10, changed_fraction=0.0 if i < 2 else 0.05, duration_s=20.0,
+                     tenant="a") for i in range(6)]
+    sim = Sim(fleet, records, make_policy("stoker", fleet)).run()
+    node = sim.nodes["node-000"]
+    # Each new version superseded the last on the only node: only the newest is kept (LRU alone keeps all
+    # three).
+    assert list(node.cache) == ["w/deps-v3"]
+    assert [e.key for e in sim.policy.inventory.entries("node-000")] == ["w/deps-v3"]  # and reported so

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from stoker.coordinator.builds import AgentLink, BuildService
 from stoker.coordinator.config import BuildSettings
-from stoker.coordinator.domain import NodeInfo
+from stoker.coordinator.domain import EntryRecord, NodeInfo
 from stoker.coordinator.errors import FailedPrecondition, NotFound, Unavailable
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.metrics import CoordinatorMetrics
@@ -235,6 +235,25 @@ def test_released_and_expired_placements_leave_nothing_running_in_the_scheduler(
         w.clock.t += 6
         w.service.tick()
         assert w.scheduler.tracked()["running"] == 0
+    run(body())
+
+
+def test_a_finished_build_has_its_nodes_superseded_entries_evicted_even_with_nothing_queued():
+    """The scheduler's evictions (and prewarms) go out when they are asked, not with the next placement."""
+    async def body():
+        w = World()
+        w.add_node("n1")
+        w.inventory.apply_snapshot("n1", 0, [EntryRecord("web/deps-1", 10, 1, 1.0, 1.0, ()),
+                                             EntryRecord("web/deps-2", 10, 1, 2.0, 2.0, ())])
+        build_id = w.service.submit(common_pb2.BuildSpec(
+            workspace="web", command=["true"],
+            cache=common_pb2.CacheSpec(key="web/deps-2", restore_keys=["web/deps-"], paths=["nm"])))
+        assert [c.WhichOneof("command") for c in w.commands("n1")] == ["run_build"]
+        w.service.build_update("n1", agent_pb2.BuildUpdate(build_id=build_id, attempt=1, event=build_pb2.BuildEvent(
+            finished=build_pb2.Finished(state=build_pb2.BUILD_STATE_SUCCEEDED, message="done",
+                                        timings=common_pb2.Timings(run_s=5.0)))))
+        [evict] = w.commands("n1")
+        assert evict.evict.key == "web/deps-1"
     run(body())
 
 

@@ -360,3 +360,96 @@ def test_a_prewarm_is_asked_again_once_its_cooldown_has_passed():
     w.clock.t += 51
     w.scheduler._queue_prewarm("n1", "web/k", ())
     assert [p[:2] for p in w.plan().prewarms] == [("n1", "web/k"), ("n1", "web/k")]
+
+
+def test_a_finished_build_has_its_nodes_older_entries_of_the_workspace_evicted():
+    w = World(3, slots=2)
+    w.inventory.apply_snapshot("n0", 0, [entry("web/v1", created=1), entry("web/v0", created=0),
+                                         entry("api/v1", created=1)])
+    w.inventory.apply_snapshot("n1", 0, [entry("web/v1", created=1)])
+    placed = w.request("web/v2")
+    w.run(placed, "n0")  # a partial restore from web/v1
+    # Not before the node reports the newer entry: the older one is what it restores from.
+    assert not w.plan(w.request("api/x", restore=())).evictions
+    w.inventory.apply_delta("n0", 1, [entry("web/v2", created=2)], [])
+    w.scheduler.finished(placed.id, key="web/v2", workspace="web", run_s=60.0)
+    evictions = w.plan(w.request("api/x", restore=())).evictions
+    # n0's older web entries go; n1's web/v1 (its newest) and n0's other workspace stay.
+    assert sorted(evictions) == [("n0", "web/v0"), ("n0", "web/v1")]
+    assert not w.plan(w.request("api/y", restore=())).evictions  # asked once
+
+
+def test_no_eviction_when_disabled_or_when_the_build_was_cancelled():
+    for settings, run_s in (({"evict_superseded": False}, 60.0), ({}, 0.0)):
+        w = World(2, **settings)
+        w.inventory.apply_snapshot("n0", 0, [entry("web/v1", created=1), entry("web/v2", created=2)])
+        request = w.request("web/v2")
+        w.run(request, "n0")
+        w.scheduler.finished(request.id, key="web/v2", workspace="web", run_s=run_s)
+        assert not w.plan(w.request("api/x", restore=())).evictions
+
+
+def test_of_equally_ready_warm_holders_the_least_loaded_goes_first():
+    for loaded in ("n0", "n1"):
+        w = World(2, slots=4)
+        w.inventory.apply_snapshot("n0", 0, [entry("web/k")])
+        w.inventory.apply_snapshot("n1", 0, [entry("web/k")])
+        w.run(w.request("other/x", restore=()), loaded)  # the bound is 2: both stay free holders
+        [(_, decision)] = w.plan(w.request("web/k")).assignments
+        assert decision.warmth is Warmth.WARM and decision.node != loaded
+
+
+def test_of_equally_ready_and_loaded_nodes_the_one_that_ran_least_against_the_fleet_goes_first():
+    for hot in ("n0", "n1"):
+        w = World(2, slots=4)
+        w.inventory.apply_snapshot("n0", 0, [entry("web/k")])
+        w.inventory.apply_snapshot("n1", 0, [entry("web/k")])
+        w.plan(w.request("api/x", restore=()))  # the scheduler sees both nodes from now on
+        busy = w.request("other/x", restore=())
+        w.run(busy, hot)
+        w.clock.t += 7200
+        w.scheduler.finished(busy.id, key="other/x", workspace="other", run_s=7200)
+        w.registry.get(hot).holders.discard(busy.id)
+        for name in ("n0", "n1"):
+            w.registry.get(name).last_seen = w.clock.t  # heartbeats: the reports still count
+        [(_, decision)] = w.plan(w.request("web/k")).assignments
+        assert decision.warmth is Warmth.WARM and decision.node != hot
+
+
+def test_of_equally_ready_warm_holders_the_last_free_holder_of_a_costly_key_goes_last():
+    def choice(with_demand: bool, key: str) -> str:
+        w = costly_world(4)
+        w.inventory.apply_snapshot("n1", 0, [entry(key)])
+        w.inventory.apply_snapshot("n2", 0, [entry(key), entry("big/k", size=2_000_000_000)])
+        if with_demand:  # big/k was just built (on n3, still running): n2 is its last free holder
+            w.inventory.apply_snapshot("n3", 0, [entry("big/k", size=2_000_000_000)])
+            w.run(w.request("big/k"), "n3")
+        else:
+            w.registry.get("n3").holders.add("busy")
+        [(_, decision)] = w.plan(w.request(key, restore=())).assignments
+        assert decision.warmth is Warmth.WARM
+        return decision.node
+
+    # A small key whose two holders are equally ready and loaded, and n2 wins the tie by rendezvous order.
+    key = next(k for k in (f"small/{i}" for i in range(200)) if choice(False, k) == "n2")
+    assert choice(True, key) == "n1"
+
+
+def test_heat_is_a_nodes_mean_load_over_the_fleets_while_it_lived():
+    from stoker.coordinator.scheduler import _LoadHistory
+
+    h = _LoadHistory()
+    h.seen({"a": 1, "b": 1}, 0.0)
+    h.change("a", +1, 0.0)
+    h.change("c", +1, 0.0)  # not seen yet: not counted
+    assert h.heat("a", 100.0) == 1.0  # too young to tell
+    h.seen({"a": 1, "b": 1, "c": 1}, 3600.0)  # c joins at 1 h, idle
+    h.change("c", -1, 3600.0)  # the build it ran before it was seen: never counted, nothing goes negative
+    h.change("b", +1, 3600.0)
+    # At 3 h: a ran one build all along (3 h), b one for 2 h, c none; since 0 h the fleet ran 5 build-hours in
+    # 8 node-hours (a and b were both seen at 0 h).
+    assert abs(h.heat("a", 10800.0) - (3 / 3) / (5 / 8)) < 1e-9
+    assert abs(h.heat("b", 10800.0) - (2 / 3) / (5 / 8)) < 1e-9
+    assert h.heat("c", 10800.0) == 0.0
+    h.seen({"a": 1, "c": 1}, 10800.0)  # b is gone: its running build no longer counts for the fleet
+    assert "b" not in h._per and h._running == 1
