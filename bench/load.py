@@ -872,6 +872,15 @@ def top_functions(collapsed: Path, n: int = 15) -> dict:
     }
 
 
+def coordinator_flags(args, workdir: Path) -> list[str]:
+    """Flags for the coordinator: a settings file when ``--gc-full-every`` changes its collector's schedule."""
+    if not args.gc_full_every:
+        return []
+    config = workdir / "coordinator-settings.json"
+    config.write_text(json.dumps({"server": {"gc_full_every_s": args.gc_full_every}}))
+    return ["--config", str(config)]
+
+
 def run(args) -> dict:
     import grpc
     from stoker.cli import local_fleet
@@ -901,13 +910,16 @@ def run(args) -> dict:
         "key_space": args.key_space,
         "rate": args.rate,
         "seconds": args.seconds,
+        "coordinator_gc_full_every_s": args.gc_full_every or 3600.0,
         "clients": args.clients,
         "agent_procs": args.agent_procs,
     }
     out["load_average_at_start"] = round(os.getloadavg()[0], 2)
     plan = cpu_plan(args.pin)
     with bound_to(plan["coordinator"]):
-        coordinator = local_fleet.start_coordinator(workdir, listen=listen, state=state, lease_ttl_s=args.lease_ttl)
+        coordinator = local_fleet.start_coordinator(
+            workdir, listen=listen, state=state, lease_ttl_s=args.lease_ttl, extra=coordinator_flags(args, workdir)
+        )
     sampler.pid = coordinator.popen.pid
     out["cpu_placement"] = {
         "pin": args.pin,
@@ -1126,7 +1138,8 @@ def run(args) -> dict:
         sampler.pid = 0
         with bound_to(plan["coordinator"]):
             coordinator = local_fleet.start_coordinator(
-                workdir, name="coordinator-2", listen=listen, state=state, lease_ttl_s=args.lease_ttl
+                workdir, name="coordinator-2", listen=listen, state=state, lease_ttl_s=args.lease_ttl,
+                extra=coordinator_flags(args, workdir),
             )
         sampler.pid = coordinator.popen.pid
         out["coordinator_restart_s"] = round(time.monotonic() - t_kill, 2)
@@ -1228,6 +1241,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delta-interval", type=float, default=2.0, help="seconds between an agent's deltas")
     p.add_argument("--saturate-seconds", type=float, default=10.0)
     p.add_argument("--lease-ttl", type=float, default=60.0)
+    p.add_argument(
+        "--gc-full-every",
+        type=float,
+        default=0.0,
+        help="seconds between the coordinator's full garbage collections (default: its own, an hour)",
+    )
     p.add_argument("--register-timeout", type=float, default=300.0)
     p.add_argument("--recovery-timeout", type=float, default=120.0)
     p.add_argument("--profile", help="record the coordinator with py-spy during placements; stacks go here")

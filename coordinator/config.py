@@ -23,6 +23,11 @@ class ServerSettings:
     """On SIGTERM: how long in-flight RPCs may take to finish before the server stops."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest gRPC message accepted (inventory snapshots of big nodes are the largest)."""
+    gc_freeze_every_s: float = 10.0
+    """How often what survived the young garbage collections is frozen (never walked again by them)."""
+    gc_full_every_s: float = 3600.0
+    """How often a full garbage collection runs (a pause of ~0.5 s with a million inventory entries). Cyclic
+    garbage that outlived a young collection is freed only then."""
 
 
 @dataclass(frozen=True)
