@@ -134,6 +134,10 @@ class SchedulerSettings:
     decision costs about √N hashes instead of N."""
     max_prefix_keys: int = 32
     """At most this many of the newest keys under a restore prefix are looked at per decision."""
+    older_free_candidates: int = 3
+    """When the first ``max_warm_candidates`` holders of entries under a restore prefix include fewer than
+    this many free ones, the holders of older entries under it (of the ``max_prefix_keys`` newest) are looked
+    at further, for free ones only, until this many are found."""
     ready_tie_s: float = 0.25
     """Free candidates whose estimated ready times fall in the same slice of this many seconds count as
     equally ready; between them, what taking each costs costly keys, its load and its heat decide. (Waiting
@@ -712,14 +716,27 @@ class Scheduler:
             for name in usable(holders):
                 consider(admitted[name], Warmth.WARM, request.key, 0.0, holders[name].bytes,
                          running=load[name])
+
+        def free(name: str) -> bool:
+            return load[name] < capacity(admitted[name]) and name not in free_at
+
+        older_free = self.settings.older_free_candidates
         for prefix in request.restore_keys:
-            found = 0
+            found = found_free = 0
             # Newest entries first: a node holding a newer one has less to fetch.
             for key in self._inventory.newest_keys_under(prefix, count=self.settings.max_prefix_keys):
-                if key == request.key or found >= limit:
+                if key == request.key:
                     continue
+                if found >= limit and found_free >= older_free:
+                    break
                 holders = self._inventory.holders(key)
-                for name in usable(n for n in holders if n not in candidates):
+                names = usable(n for n in holders if n not in candidates)
+                if found >= limit:
+                    # The holders of the newest entries are often the nodes running the workspace's builds,
+                    # all busy under a low bound: past the first ``limit``, only free holders of older
+                    # entries are looked at, until ``older_free_candidates`` free ones are found.
+                    names = [n for n in names if free(n)][:older_free - found_free]
+                for name in names:
                     entry = holders[name]
                     if target_bytes:
                         sim = similarity(target_sketch, entry.sketch)
@@ -729,6 +746,7 @@ class Scheduler:
                         fetch = 0.0  # nothing newer exists: the older entry is the best there is
                     consider(admitted[name], Warmth.PARTIAL, key, fetch, entry.bytes, running=load[name])
                     found += 1
+                    found_free += free(name)
         # Cold candidates: the first free nodes in the key's rendezvous order; of those, the one whose
         # taking costs costly keys least (ties: rendezvous order).
         cold_fetch = float(target_bytes or self._prefix_bytes(request))

@@ -453,3 +453,23 @@ def test_heat_is_a_nodes_mean_load_over_the_fleets_while_it_lived():
     assert h.heat("c", 10800.0) == 0.0
     h.seen({"a": 1, "c": 1}, 10800.0)  # b is gone: its running build no longer counts for the fleet
     assert "b" not in h._per and h._running == 1
+
+
+def test_a_free_holder_of_an_older_entry_is_found_past_the_busy_holders_of_the_newest():
+    # Under a bound of 1 the newest entries of a busy workspace sit on the nodes running its builds. The first
+    # ``max_warm_candidates`` holders looked at are all busy; a free node holding an older entry must still be
+    # found, rather than the build starting cold or waiting for a busy holder.
+    def choose(**settings):
+        w = World(12, slots=1, max_warm_candidates=2, **settings)
+        held = {"n0": "web/v5", "n1": "web/v5", "n2": "web/v4", "n3": "web/v4", "n9": "web/v1"}
+        for name, key in held.items():
+            w.inventory.apply_snapshot(name, 0, [entry(key, created=int(key[-1]), size=2_000_000_000)])
+        for name in ("n0", "n1", "n2", "n3"):
+            w.run(w.request(held[name]), name)
+        return w.scheduler.choose(w.request("web/v6"), w.registry.all())
+
+    d = choose()
+    assert (d.node, d.warmth, d.matched_key) == ("n9", Warmth.PARTIAL, "web/v1")
+    assert d.candidates[1][1] == "cold"  # then cold (~27 s): none of the busy holders ends soon enough
+    d = choose(older_free_candidates=0)  # the earlier behaviour: only the first two holders were looked at
+    assert d.node != "n9" and d.warmth is Warmth.COLD
