@@ -6,6 +6,7 @@
     python bench/simulate.py --trace T.jsonl --fleet F.json
     python bench/simulate.py --write-trace T.jsonl [--zipf 0.6 --nodes 100 ...]   # generate a trace
     python bench/simulate.py --sweep --json       # the results on other traces (Zipf s, bursts, fleet size)
+    python bench/simulate.py --variant nodes_500  # one of those traces alone
 
 Every policy runs on the same trace and fleet in one run. ``stoker`` is the coordinator's own
 scheduler (see bench/simkit/engine.py). The trace format is documented in bench/simkit/trace.py.
@@ -259,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=TraceSpec.seed)
     parser.add_argument("--sweep", action="store_true", help="also run the variant traces (slow)")
     parser.add_argument("--no-decision-bench", action="store_true", help="skip the 1,000 × 1,000 decision timing")
+    parser.add_argument("--variant", choices=[name for name, _, _ in SWEEP],
+                        help="run one of the --sweep traces (its trace and fleet) instead of the default")
     args = parser.parse_args(argv)
 
     progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -268,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
             fleet = replace(fleet, nodes=args.nodes)
         spec = TraceSpec(hours=args.hours, builds_per_day=args.builds_per_day, zipf_s=args.zipf,
                          bursts_per_hour=args.bursts_per_hour, seed=args.seed)
+        if args.variant:
+            spec_changes, fleet_changes = next((s, f) for name, s, f in SWEEP if name == args.variant)
+            fleet, spec = replace(fleet, **fleet_changes), replace(spec, **spec_changes)
         records = load_trace(args.trace) if args.trace else generate(spec, fleet)
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]
         unknown = [p for p in policies if p not in POLICY_NAMES]

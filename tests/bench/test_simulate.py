@@ -98,3 +98,19 @@ def test_the_simulated_agents_carry_out_the_schedulers_evictions():
     # three).
     assert list(node.cache) == ["w/deps-v3"]
     assert [e.key for e in sim.policy.inventory.entries("node-000")] == ["w/deps-v3"]  # and reported so
+
+
+def test_one_sweep_variant_runs_alone_on_its_own_trace_and_fleet(tmp_path):
+    from dataclasses import replace
+
+    done = run("--variant", "nodes_20", "--hours", "1", "--policies", "least_loaded", "--json",
+               "--no-decision-bench", "--plots", str(tmp_path / "plots"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    fleet = replace(Fleet(), nodes=20)
+    expected = generate(replace(TraceSpec(hours=1), builds_per_day=8000), fleet)
+    assert report["fleet"]["nodes"] == 20 and "builds_per_day=8000" in report["trace"]
+    assert report["builds"] == sum(1 for r in expected if isinstance(r, Build)) > 0
+    assert set(report["policies"]) == {"least_loaded"} and "sweep" not in report
+    done = run("--variant", "nodes_9000", cwd=tmp_path)
+    assert done.returncode == 2 and "invalid choice" in done.stderr
