@@ -1034,6 +1034,11 @@ def run(args) -> dict:
             line.split('kind="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
             for line in body.splitlines() if line.startswith("stoker_coordinator_scheduler_tracked{")
         }
+        out["outbox_commands_at_end"] = metric_value(metrics_port, "stoker_coordinator_outbox_commands", "")
+        out["cache_commands"] = {
+            line.split('kind="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
+            for line in body.splitlines() if line.startswith("stoker_coordinator_cache_commands_total{")
+        }
         out["scheduler_ms_per_decision"] = round(1000 * (dec1[0] - dec0[0]) / max(1, dec1[1] - dec0[1]), 3)
         # The coordinator's own view: time from its handler starting to its answer (the client's figures also
         # hold the wait on the shared cores and in gRPC's queues).

@@ -45,13 +45,21 @@ _EXPECTED_TO_STATE = {
 class AgentLink:
     """The outbound half of one node's stream: commands queue here and the stream writer sends them."""
 
+    MAX_ADVISORY = 1000
+    """Prewarm and evict commands are advice: beyond this many commands waiting for a slow (or stuck)
+    stream they are dropped rather than queued, so such a stream cannot grow the coordinator's memory."""
+
     def __init__(self, node: str, session_id: str) -> None:
         self.node = node
         self.session_id = session_id
         self.outbox: asyncio.Queue[agent_pb2.CoordinatorCommand | None] = asyncio.Queue()
 
-    def send(self, command: agent_pb2.CoordinatorCommand) -> None:
+    def send(self, command: agent_pb2.CoordinatorCommand, advisory: bool = False) -> bool:
+        """Queue ``command`` for the stream; False when it was advisory and dropped (see MAX_ADVISORY)."""
+        if advisory and self.outbox.qsize() >= self.MAX_ADVISORY:
+            return False
         self.outbox.put_nowait(command)
+        return True
 
     def close(self) -> None:
         self.outbox.put_nowait(None)
@@ -110,6 +118,7 @@ class BuildService:
         self.hit_bytes = {w: 0 for w in Warmth}
         self.bytes_local = 0
         self.bytes_fetched = 0
+        metrics.outbox_commands.set_function(lambda: sum(link.outbox.qsize() for link in self._links.values()))
         for kind in scheduler.tracked():  # read when /metrics is scraped
             metrics.scheduler_tracked.labels(kind).set_function(lambda kind=kind: scheduler.tracked()[kind])
 
@@ -402,15 +411,15 @@ class BuildService:
             link = self._links.get(node_name)
             if link is not None:
                 log.debug("prewarming %s on %s", key, node_name)
-                link.send(agent_pb2.CoordinatorCommand(prewarm=agent_pb2.PrewarmCommand(
-                    key=key, restore_keys=list(restore_keys))))
-                self._metrics.cache_commands.labels("prewarm").inc()
+                sent = link.send(agent_pb2.CoordinatorCommand(prewarm=agent_pb2.PrewarmCommand(
+                    key=key, restore_keys=list(restore_keys))), advisory=True)
+                self._metrics.cache_commands.labels("prewarm" if sent else "dropped").inc()
         for node_name, key in plan.evictions:
             link = self._links.get(node_name)
             if link is not None:
                 log.debug("evicting superseded %s on %s", key, node_name)
-                link.send(agent_pb2.CoordinatorCommand(evict=agent_pb2.EvictCommand(key=key)))
-                self._metrics.cache_commands.labels("evict").inc()
+                sent = link.send(agent_pb2.CoordinatorCommand(evict=agent_pb2.EvictCommand(key=key)), advisory=True)
+                self._metrics.cache_commands.labels("evict" if sent else "dropped").inc()
 
     def _dispatch(self, active: ActiveBuild, node: NodeRecord, decision) -> None:
         link = self._links.get(node.name)

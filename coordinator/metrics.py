@@ -34,7 +34,11 @@ class CoordinatorMetrics:
         self.cache_commands = Counter(
             "stoker_coordinator_cache_commands_total",
             "Cache commands sent to agents: prewarm (fetch ahead of need, or touch a held entry to keep it in "
-            "the node's LRU order) and evict (a superseded entry).", ["kind"], registry=registry)
+            "the node's LRU order), evict (a superseded entry), and dropped (advice not queued for a stream "
+            "already that far behind).", ["kind"], registry=registry)
+        self.outbox_commands = Gauge(
+            "stoker_coordinator_outbox_commands",
+            "Commands queued for agents' streams and not yet sent, all nodes together.", registry=registry)
         self.scheduler_tracked = Gauge(
             "stoker_coordinator_scheduler_tracked",
             "Entries the scheduler remembers, by kind (running placements and builds, per-key demand, workspace "

@@ -279,3 +279,12 @@ def test_recover_reloads_unfinished_builds(tmp_path):
         [cmd] = [c for c in w2.commands("n1") if c.WhichOneof("command") == "run_build"]
         assert cmd.run_build.build_id == queued
     run(body())
+
+
+def test_advice_is_dropped_for_a_stream_that_far_behind_but_builds_are_always_queued():
+    link = AgentLink("n1", "s1")
+    prewarm = agent_pb2.CoordinatorCommand(prewarm=agent_pb2.PrewarmCommand(key="web/k"))
+    assert all(link.send(prewarm, advisory=True) for _ in range(AgentLink.MAX_ADVISORY))
+    assert not link.send(prewarm, advisory=True)
+    assert link.send(agent_pb2.CoordinatorCommand(cancel_build=agent_pb2.CancelBuildCommand(build_id="b-1")))
+    assert link.outbox.qsize() == AgentLink.MAX_ADVISORY + 1
