@@ -615,7 +615,8 @@ class MemorySampler(threading.Thread):
             time.sleep(0.25)
 
     def between(self, start: float, end: float, every: float) -> list[float]:
-        """RSS (MiB) at ``start`` and then every ``every`` seconds until ``end`` (the nearest earlier sample)."""
+        """RSS (MiB) at ``start``, then every ``every`` seconds until ``end`` (the first sample at or after
+        each moment)."""
         out, due = [], start
         for at, rss in self.samples:
             if at >= due and at <= end + 0.5:
@@ -873,7 +874,8 @@ def top_functions(collapsed: Path, n: int = 15) -> dict:
 
 
 def coordinator_flags(args, workdir: Path) -> list[str]:
-    """Flags for the coordinator: a settings file when ``--gc-full-every`` changes its collector's schedule."""
+    """The coordinator's extra flags: a settings file when ``--gc-full-every`` changes its collector's
+    schedule."""
     if not args.gc_full_every:
         return []
     config = workdir / "coordinator-settings.json"
@@ -918,7 +920,8 @@ def run(args) -> dict:
     plan = cpu_plan(args.pin)
     with bound_to(plan["coordinator"]):
         coordinator = local_fleet.start_coordinator(
-            workdir, listen=listen, state=state, lease_ttl_s=args.lease_ttl, extra=coordinator_flags(args, workdir)
+            workdir, listen=listen, state=state, lease_ttl_s=args.lease_ttl,
+            extra=coordinator_flags(args, workdir),
         )
     sampler.pid = coordinator.popen.pid
     out["cpu_placement"] = {
@@ -1028,7 +1031,8 @@ def run(args) -> dict:
         out["memory_placement_phase_mib"] = timeline
         if len(timeline) >= 2:
             placed = max(1, len(ci_result["latencies"]))
-            out["memory_growth_kib_per_1k_placements"] = round((timeline[-1] - timeline[0]) * 1024 / placed * 1000, 1)
+            growth_kib = (timeline[-1] - timeline[0]) * 1024
+            out["memory_growth_kib_per_1k_placements"] = round(growth_kib / placed * 1000, 1)
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         out["scheduler_tracked"] = {
             line.split('kind="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))

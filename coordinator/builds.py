@@ -118,7 +118,9 @@ class BuildService:
         self.hit_bytes = {w: 0 for w in Warmth}
         self.bytes_local = 0
         self.bytes_fetched = 0
-        metrics.outbox_commands.set_function(lambda: sum(link.outbox.qsize() for link in self._links.values()))
+        # Read by the metrics server's thread: take the links as one list (atomic) before walking them.
+        metrics.outbox_commands.set_function(
+            lambda: sum(link.outbox.qsize() for link in list(self._links.values())))
         for kind in scheduler.tracked():  # read when /metrics is scraped
             metrics.scheduler_tracked.labels(kind).set_function(lambda kind=kind: scheduler.tracked()[kind])
 
@@ -418,7 +420,8 @@ class BuildService:
             link = self._links.get(node_name)
             if link is not None:
                 log.debug("evicting superseded %s on %s", key, node_name)
-                sent = link.send(agent_pb2.CoordinatorCommand(evict=agent_pb2.EvictCommand(key=key)), advisory=True)
+                sent = link.send(agent_pb2.CoordinatorCommand(evict=agent_pb2.EvictCommand(key=key)),
+                                 advisory=True)
                 self._metrics.cache_commands.labels("evict" if sent else "dropped").inc()
 
     def _dispatch(self, active: ActiveBuild, node: NodeRecord, decision) -> None:

@@ -33,16 +33,17 @@ class CoordinatorMetrics:
         self.nodes = Gauge("stoker_coordinator_nodes", "Nodes by state.", ["state"], registry=registry)
         self.cache_commands = Counter(
             "stoker_coordinator_cache_commands_total",
-            "Cache commands sent to agents: prewarm (fetch ahead of need, or touch a held entry to keep it in "
-            "the node's LRU order), evict (a superseded entry), and dropped (advice not queued for a stream "
-            "already that far behind).", ["kind"], registry=registry)
+            "Cache commands sent to agents: prewarm (fetch ahead of need, or touch a held entry to keep it "
+            "in the node's LRU order), evict (a superseded entry), and dropped (advice not queued for a "
+            "stream already that far behind).", ["kind"], registry=registry)
         self.outbox_commands = Gauge(
             "stoker_coordinator_outbox_commands",
             "Commands queued for agents' streams and not yet sent, all nodes together.", registry=registry)
         self.scheduler_tracked = Gauge(
             "stoker_coordinator_scheduler_tracked",
-            "Entries the scheduler remembers, by kind (running placements and builds, per-key demand, workspace "
-            "arrival rates, recent prewarms, keys being replicated, learned build times); each is bounded.",
+            "Entries the scheduler remembers, by kind (running placements and builds, per-key demand, "
+            "workspace arrival rates, recent prewarms, keys being replicated, learned build times); each is "
+            "bounded.",
             ["kind"], registry=registry)
         self.rpc_seconds = Histogram(
             "stoker_coordinator_rpc_seconds", "Time the coordinator spent handling each unary RPC.", ["method"],

@@ -908,7 +908,8 @@ class Scheduler:
         seen = self._demand.get(key)
         if not seen:
             return False
-        return len(seen) >= self.settings.hot_builds and seen[0] >= self._clock.now() - self.settings.hot_window_s
+        s = self.settings
+        return len(seen) >= s.hot_builds and seen[0] >= self._clock.now() - s.hot_window_s
 
     def _prewarm_next(self, key: str, restore_keys: tuple[str, ...], live: Sequence[NodeRecord],
                       reason_node: str = "", count: int = 0) -> None:

@@ -288,7 +288,8 @@ def _add_ports(server: grpc.aio.Server, config: CoordinatorConfig) -> tuple[int,
 async def serve(config: CoordinatorConfig, ready_file: str | None = None) -> None:
     coordinator = create_server(config)
     await coordinator.start()
-    gc_policy = asyncio.create_task(GcPolicy(config.server.gc_freeze_every_s, config.server.gc_full_every_s).run())
+    collector = GcPolicy(config.server.gc_freeze_every_s, config.server.gc_full_every_s)
+    gc_policy = asyncio.create_task(collector.run())
     if ready_file:
         write_ready_file(ready_file, {"grpc_port": coordinator.port, "metrics_port": coordinator.metrics_port,
                                       "agent_port": coordinator.agent_port})

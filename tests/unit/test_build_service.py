@@ -249,9 +249,10 @@ def test_a_finished_build_has_its_nodes_superseded_entries_evicted_even_with_not
             workspace="web", command=["true"],
             cache=common_pb2.CacheSpec(key="web/deps-2", restore_keys=["web/deps-"], paths=["nm"])))
         assert [c.WhichOneof("command") for c in w.commands("n1")] == ["run_build"]
-        w.service.build_update("n1", agent_pb2.BuildUpdate(build_id=build_id, attempt=1, event=build_pb2.BuildEvent(
-            finished=build_pb2.Finished(state=build_pb2.BUILD_STATE_SUCCEEDED, message="done",
-                                        timings=common_pb2.Timings(run_s=5.0)))))
+        finished = build_pb2.Finished(state=build_pb2.BUILD_STATE_SUCCEEDED, message="done",
+                                      timings=common_pb2.Timings(run_s=5.0))
+        w.service.build_update("n1", agent_pb2.BuildUpdate(build_id=build_id, attempt=1,
+                                                           event=build_pb2.BuildEvent(finished=finished)))
         [evict] = w.commands("n1")
         assert evict.evict.key == "web/deps-1"
     run(body())
