@@ -251,7 +251,9 @@ class BuildService:
         try:
             return await pending.future
         finally:
-            if not pending.future.done():
+            # Cancelled (the caller went away: awaiting the future cancels it too) or failed: it must not
+            # stay queued, or a slot would later be granted to nobody.
+            if pending.future.cancelled() or not pending.future.done():
                 self._remove_from_queue(pending)
 
     def lease_owner(self, lease_id: str) -> str | None:
@@ -390,12 +392,12 @@ class BuildService:
         for request, decision in plan.assignments:
             item = by_id[request.id]
             node = self._registry.get(decision.node)
+            placed.add(request.id)
             if isinstance(item, ActiveBuild):
                 self._dispatch(item, node, decision)
-            else:
-                self._grant(item, node, decision)
+            elif not self._grant(item, node, decision):
+                continue  # its caller went away: nothing starts
             self._scheduler.started(request, node.name)
-            placed.add(request.id)
             self._metrics.placements.labels(decision.warmth.value).inc()
         for request_id, reason in plan.waiting.items():
             item = by_id[request_id]
@@ -444,9 +446,10 @@ class BuildService:
             link.send(agent_pb2.CoordinatorCommand(run_build=agent_pb2.RunBuildCommand(
                 build_id=rec.id, attempt=rec.attempt, spec=rec.spec)))
 
-    def _grant(self, pending: PendingPlacement, node: NodeRecord, decision) -> None:
+    def _grant(self, pending: PendingPlacement, node: NodeRecord, decision) -> bool:
+        """Give ``pending`` a lease on ``node``; False when its caller is gone."""
         if pending.future.done():
-            return
+            return False
         lease_id = pending.request.id
         expires = self._clock.now() + pending.lease_s
         self._leases[lease_id] = Lease(lease_id=lease_id, node=node.name, expires=expires, owner=pending.owner)
@@ -456,6 +459,7 @@ class BuildService:
             expected_warmth=convert.WARMTH_TO_PB[decision.warmth], expires=convert.timestamp(expires),
             node_labels=node.info.labels))
         log.info("placement %s → %s for %.0f s (%s)", lease_id, node.name, pending.lease_s, decision.reason)
+        return True
 
     def _requeue(self, active: ActiveBuild, reason: str) -> None:
         rec = active.record

@@ -289,3 +289,24 @@ def test_advice_is_dropped_for_a_stream_that_far_behind_but_builds_are_always_qu
     assert not link.send(prewarm, advisory=True)
     assert link.send(agent_pb2.CoordinatorCommand(cancel_build=agent_pb2.CancelBuildCommand(build_id="b-1")))
     assert link.outbox.qsize() == AgentLink.MAX_ADVISORY + 1
+
+
+def test_a_placement_whose_caller_went_away_while_queued_is_never_granted_or_counted():
+    """A caller that gives up while its placement waits (its RPC cancelled) leaves the queue; the freed slot
+    is not granted to nobody, and the scheduler does not count a placement that never started."""
+    async def body():
+        w = World()
+        w.add_node("n1")
+        first = await w.service.place(spec(), lease_s=60)
+        waiting = asyncio.ensure_future(w.service.place(spec(), lease_s=60))
+        await asyncio.sleep(0)
+        assert w.service.queue_length() == 1
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert w.service.queue_length() == 0
+        assert w.service.release(first.lease_id)
+        assert w.scheduler.tracked()["running"] == 0
+        again = await w.service.place(spec(), lease_s=60)  # the slot is free for the next caller
+        assert again.node == "n1" and w.scheduler.tracked()["running"] == 1
+    run(body())
