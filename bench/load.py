@@ -710,6 +710,15 @@ def metric_value(metrics_port: int, name: str, labels: str) -> float:
     return 0.0
 
 
+def by_kind(metrics_port: int, name: str) -> dict[str, int]:
+    """kind → value of a metric labelled only by ``kind``, from the coordinator's /metrics."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    return {
+        line.split('kind="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
+        for line in body.splitlines() if line.startswith(name + "{")
+    }
+
+
 class Fleet:
     def __init__(self, address: str, args, ctx) -> None:
         self.results: mp.Queue = ctx.Queue()
@@ -1033,16 +1042,9 @@ def run(args) -> dict:
             placed = max(1, len(ci_result["latencies"]))
             growth_kib = (timeline[-1] - timeline[0]) * 1024
             out["memory_growth_kib_per_1k_placements"] = round(growth_kib / placed * 1000, 1)
-        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-        out["scheduler_tracked"] = {
-            line.split('kind="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
-            for line in body.splitlines() if line.startswith("stoker_coordinator_scheduler_tracked{")
-        }
+        out["scheduler_tracked"] = by_kind(metrics_port, "stoker_coordinator_scheduler_tracked")
         out["outbox_commands_at_end"] = metric_value(metrics_port, "stoker_coordinator_outbox_commands", "")
-        out["cache_commands"] = {
-            line.split('kind="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
-            for line in body.splitlines() if line.startswith("stoker_coordinator_cache_commands_total{")
-        }
+        out["cache_commands"] = by_kind(metrics_port, "stoker_coordinator_cache_commands_total")
         out["scheduler_ms_per_decision"] = round(1000 * (dec1[0] - dec0[0]) / max(1, dec1[1] - dec0[1]), 3)
         # The coordinator's own view: time from its handler starting to its answer (the client's figures also
         # hold the wait on the shared cores and in gRPC's queues).
