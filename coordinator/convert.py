@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from google.protobuf import timestamp_pb2
 
 from stoker.coordinator.domain import Constraints, EntryRecord, NodeInfo, NodeState, PlacementRequest, Warmth
@@ -49,8 +51,11 @@ def node_info(req: agent_pb2.RegisterRequest) -> NodeInfo:
 
 def entry(pb: common_pb2.CacheEntry) -> EntryRecord:
     # On the hot path of snapshots (a million entries after a coordinator restart): no helper calls.
+    # The key is interned: every node that holds a key, and every later delta that touches it, then shares
+    # one string with the index's maps. Without it each report of a key kept a string of its own, and the
+    # index's dicts went on holding the first one as well: memory grew with every entry a delta touched.
     created, used = pb.created, pb.last_used
-    return EntryRecord(pb.key, pb.bytes, pb.files, created.seconds + created.nanos * 1e-9,
+    return EntryRecord(sys.intern(pb.key), pb.bytes, pb.files, created.seconds + created.nanos * 1e-9,
                        used.seconds + used.nanos * 1e-9, tuple(pb.sketch) if pb.sketch else ())
 
 
