@@ -1275,6 +1275,8 @@ def main(argv: list[str] | None = None) -> int:
         args.key_space = max(args.keys * 2, args.agents * args.keys // 10)
     if args.key_space < args.keys * 2:
         p.error("--key-space must be at least twice --keys")
+    # Stopped with SIGTERM (kill, a timeout), it still stops its agent processes and the coordinator.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     result = run(args)
     if args.json:
         print(json.dumps(result, indent=2))
