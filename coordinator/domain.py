@@ -53,9 +53,10 @@ class NodeInfo:
 class EntryRecord(NamedTuple):
     """One cache entry a node reports holding.
 
-    A named tuple of plain values rather than a dataclass: a large fleet reports millions of them,
-    and tuples of atomic values are not tracked by the garbage collector, so full collections stay
-    short (they showed up as multi-millisecond pauses in scheduling decisions).
+    A named tuple of plain values rather than a dataclass: a large fleet reports millions of them, and a
+    tuple is smaller and quicker to build. The collector still tracks them (it untracks only exact tuples),
+    so a full collection walks every one: the coordinator keeps them out of its young collections by
+    freezing what survives (``GcPolicy`` in server.py). Keys are interned (``convert.entry``).
     """
 
     key: str
