@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import operator
 import sys
 
 from google.protobuf import timestamp_pb2
-
-from stoker.coordinator.domain import Constraints, EntryRecord, NodeInfo, NodeState, PlacementRequest, Warmth
+from stoker.coordinator.domain import (
+    BYTES,
+    CREATED,
+    FILES,
+    KEY,
+    LAST_USED,
+    SKETCH,
+    Constraints,
+    Entry,
+    NodeInfo,
+    NodeState,
+    PlacementRequest,
+    Warmth,
+    pack_sketch,
+    unpack_sketch,
+)
 from stoker.coordinator.registry import NodeRecord
 from stoker.v1 import agent_pb2, common_pb2, inventory_pb2
 
@@ -49,19 +64,20 @@ def node_info(req: agent_pb2.RegisterRequest) -> NodeInfo:
     )
 
 
-def entry(pb: common_pb2.CacheEntry) -> EntryRecord:
+def entry(pb: common_pb2.CacheEntry) -> Entry:
     # On the hot path of snapshots (a million entries after a coordinator restart): no helper calls.
+    # An exact tuple, not an EntryRecord, so the garbage collector stops tracking it (see EntryRecord).
     # The key is interned: every node that holds a key, and every later delta that touches it, then shares
     # one string with the index's maps. Without it each report of a key kept a string of its own, and the
     # index's dicts went on holding the first one as well: memory grew with every entry a delta touched.
     created, used = pb.created, pb.last_used
-    return EntryRecord(sys.intern(pb.key), pb.bytes, pb.files, created.seconds + created.nanos * 1e-9,
-                       used.seconds + used.nanos * 1e-9, tuple(pb.sketch) if pb.sketch else ())
+    return (sys.intern(pb.key), pb.bytes, pb.files, created.seconds + created.nanos * 1e-9,
+            used.seconds + used.nanos * 1e-9, pack_sketch(pb.sketch))
 
 
-def entry_to_pb(e: EntryRecord) -> common_pb2.CacheEntry:
-    return common_pb2.CacheEntry(key=e.key, bytes=e.bytes, files=e.files, created=timestamp(e.created),
-                                 last_used=timestamp(e.last_used), sketch=e.sketch)
+def entry_to_pb(e: Entry) -> common_pb2.CacheEntry:
+    return common_pb2.CacheEntry(key=e[KEY], bytes=e[BYTES], files=e[FILES], created=timestamp(e[CREATED]),
+                                 last_used=timestamp(e[LAST_USED]), sketch=unpack_sketch(e[SKETCH]))
 
 
 def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: float) -> PlacementRequest:
@@ -77,7 +93,7 @@ def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: 
     )
 
 
-def node_inventory(record: NodeRecord, entries: list[EntryRecord], *, with_entries: bool) -> inventory_pb2.NodeInventory:
+def node_inventory(record: NodeRecord, entries: list[Entry], *, with_entries: bool) -> inventory_pb2.NodeInventory:
     pb = inventory_pb2.NodeInventory(
         node=record.name,
         zone=record.info.zone,
@@ -92,8 +108,8 @@ def node_inventory(record: NodeRecord, entries: list[EntryRecord], *, with_entri
         last_seen=timestamp(record.last_seen),
         labels=record.info.labels,
         entry_count=len(entries),
-        entry_bytes=sum(e.bytes for e in entries),
+        entry_bytes=sum(e[BYTES] for e in entries),
     )
     if with_entries:
-        pb.entries.extend(entry_to_pb(e) for e in sorted(entries, key=lambda e: e.key))
+        pb.entries.extend(entry_to_pb(e) for e in sorted(entries, key=operator.itemgetter(KEY)))
     return pb

@@ -5,6 +5,7 @@ Nothing here knows about gRPC, protobuf or SQLite; ``convert.py`` translates at 
 
 from __future__ import annotations
 
+import array
 import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -51,12 +52,16 @@ class NodeInfo:
 
 
 class EntryRecord(NamedTuple):
-    """One cache entry a node reports holding.
+    """One cache entry a node reports holding, with its fields named: the form to build one by hand.
 
-    A named tuple of plain values rather than a dataclass: a large fleet reports millions of them, and a
-    tuple is smaller and quicker to build. The collector still tracks them (it untracks only exact tuples),
-    so a full collection walks every one: the coordinator keeps them out of its young collections by
-    freezing what survives (``GcPolicy`` in server.py). Keys are interned (``convert.entry``).
+    The inventory holds entries as *exact* tuples of these fields, in this order (``convert.entry`` builds
+    them from the wire), and code that reads them indexes with the positions below (``entry[BYTES]``). The
+    reason is the cyclic garbage collector. CPython stops tracking an exact tuple of untracked values (str,
+    int, float, bytes) at the first collection it survives, but tracks every instance of a tuple
+    subclass, this one included, for as long as it lives. At 1,000 nodes x 1,000 keys named tuples were a
+    million objects that every full collection walked: a ~1 s pause of the coordinator (bench/load.py).
+    An ``EntryRecord`` is a tuple too, so one passed in (tests, simulations) is read the same way; it is
+    merely tracked. Keys are interned (``convert.entry``).
     """
 
     key: str
@@ -64,7 +69,29 @@ class EntryRecord(NamedTuple):
     files: int
     created: float
     last_used: float
-    sketch: tuple[int, ...] = ()  # bottom-k MinHash of the entry's content digests (empty: unknown)
+    sketch: bytes = b""
+    """Bottom-k MinHash of the entry's content digests, packed (``pack_sketch``; empty: unknown)."""
+
+
+Entry = tuple[str, int, int, float, float, bytes]
+"""An entry as the inventory holds it: ``EntryRecord``'s fields, in its order, in an exact tuple."""
+
+KEY, BYTES, FILES, CREATED, LAST_USED, SKETCH = range(6)
+"""Positions of an ``Entry``'s fields."""
+
+
+def pack_sketch(values) -> bytes:
+    """A content sketch (up to 64 unsigned 64-bit hashes) as the inventory holds it: packed into bytes.
+
+    As a tuple of ints a 64-value sketch takes ~2.8 KB (each hash above 2**30 is an int object of its own)
+    and the collector tracks it; packed it takes 545 bytes, is not tracked, and replicas of one entry
+    share one (``InventoryIndex``). ``unpack_sketch`` gives the values back."""
+    return array.array("Q", values).tobytes() if values else b""
+
+
+def unpack_sketch(packed: bytes) -> memoryview:
+    """The values of a packed sketch (a read-only view; iterate it, or ``list()`` it)."""
+    return memoryview(packed).cast("Q")
 
 
 @dataclass(frozen=True)

@@ -16,19 +16,19 @@ import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from stoker.coordinator.domain import EntryRecord
+from stoker.coordinator.domain import CREATED, KEY, SKETCH, Entry
 
 
 @dataclass
 class _NodeView:
     generation: int = -1
-    entries: dict[str, EntryRecord] = field(default_factory=dict)
+    entries: dict[str, Entry] = field(default_factory=dict)
 
 
 class InventoryIndex:
     def __init__(self) -> None:
         self._nodes: dict[str, _NodeView] = {}
-        self._holders: dict[str, dict[str, EntryRecord]] = {}
+        self._holders: dict[str, dict[str, Entry]] = {}
         # Keys in sorted order for prefix lookups, kept cheap to update: a large sorted list that may still
         # hold keys nobody reports any more (skipped when read, dropped when it is rebuilt), plus a small
         # sorted list of keys added since, merged into the large one when it grows.
@@ -42,14 +42,14 @@ class InventoryIndex:
         """key → the newest ``created`` any node reports for it."""
 
     # -- updates -------------------------------------------------------------------------------
-    def apply_snapshot(self, node: str, generation: int, entries: Iterable[EntryRecord]) -> None:
+    def apply_snapshot(self, node: str, generation: int, entries: Iterable[Entry]) -> None:
         self.drop_node(node)
         view = _NodeView(generation=generation)
         self._nodes[node] = view
         for entry in entries:
             self._put(node, view, entry)
 
-    def apply_delta(self, node: str, generation: int, upserted: Iterable[EntryRecord],
+    def apply_delta(self, node: str, generation: int, upserted: Iterable[Entry],
                     removed: Iterable[str]) -> bool:
         """Apply a delta; False (and nothing applied) when it does not follow the last generation."""
         view = self._nodes.get(node)
@@ -69,16 +69,22 @@ class InventoryIndex:
         for key in list(view.entries):
             self._remove(node, view, key)
 
-    def _put(self, node: str, view: _NodeView, entry: EntryRecord) -> None:
-        view.entries[entry.key] = entry
-        holders = self._holders.get(entry.key)
+    def _put(self, node: str, view: _NodeView, entry: Entry) -> None:
+        key, created = entry[KEY], entry[CREATED]
+        holders = self._holders.get(key)
         if holders is None:
-            holders = self._holders[entry.key] = {}
-            self._key_added(entry.key)
+            holders = self._holders[key] = {}
+            self._key_added(key)
+        elif entry[SKETCH]:
+            # Replicas of an entry have the same content, so the same sketch: keep one copy of it.
+            sketch = next(iter(holders.values()))[SKETCH]
+            if sketch is not entry[SKETCH] and sketch == entry[SKETCH]:
+                entry = entry[:SKETCH] + (sketch,)
+        view.entries[key] = entry
         holders[node] = entry
-        if entry.created > self._created.get(entry.key, float("-inf")):
-            self._created[entry.key] = entry.created
-            self._newest_saw(entry.key)
+        if created > self._created.get(key, float("-inf")):
+            self._created[key] = created
+            self._newest_saw(key)
 
     def _remove(self, node: str, view: _NodeView, key: str) -> None:
         if view.entries.pop(key, None) is None:
@@ -155,7 +161,7 @@ class InventoryIndex:
         view = self._nodes.get(node)
         return -1 if view is None else view.generation
 
-    def holders(self, key: str) -> dict[str, EntryRecord]:
+    def holders(self, key: str) -> dict[str, Entry]:
         """node → entry, for every node holding exactly ``key``."""
         return self._holders.get(key, {})
 
@@ -166,14 +172,14 @@ class InventoryIndex:
             if key in holders:
                 yield key
 
-    def newest_under(self, prefix: str, limit: int = 4096) -> dict[str, EntryRecord]:
+    def newest_under(self, prefix: str, limit: int = 4096) -> dict[str, Entry]:
         """node → its newest entry under ``prefix`` (looks at no more than ``limit`` keys)."""
-        best: dict[str, EntryRecord] = {}
+        best: dict[str, Entry] = {}
         for n, key in enumerate(self.keys_under(prefix)):
             if n >= limit:
                 break
             for node, entry in self._holders[key].items():
-                if node not in best or entry.created > best[node].created:
+                if node not in best or entry[CREATED] > best[node][CREATED]:
                     best[node] = entry
         return best
 
@@ -200,7 +206,7 @@ class InventoryIndex:
         self._newest[prefix][count] = newest
         return list(newest)
 
-    def entries(self, node: str) -> list[EntryRecord]:
+    def entries(self, node: str) -> list[Entry]:
         view = self._nodes.get(node)
         return [] if view is None else list(view.entries.values())
 

@@ -65,7 +65,19 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from stoker.coordinator.domain import Clock, Decision, EntryRecord, NodeState, PlacementRequest, Warmth
+from stoker.coordinator.domain import (
+    BYTES,
+    CREATED,
+    KEY,
+    SKETCH,
+    Clock,
+    Decision,
+    Entry,
+    NodeState,
+    PlacementRequest,
+    Warmth,
+    unpack_sketch,
+)
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.registry import NodeRecord
 
@@ -199,17 +211,18 @@ class Estimator:
 
 
 # -- sketches ----------------------------------------------------------------------------------------
-def similarity(a: Sequence[int], b: Sequence[int]) -> float | None:
+def similarity(a: bytes, b: bytes) -> float | None:
     """Estimated share of one entry's content that the other holds too, from bottom-k MinHash sketches
-    of their content digests (None when either sketch is missing).
+    of their content digests, packed (``domain.pack_sketch``; None when either sketch is missing).
 
     The sketches estimate the Jaccard index J = |A∩B| / |A∪B|; for entries of about the same size the
     share of A found in B is |A∩B| / |A| = 2J / (1 + J)."""
     if not a or not b:
         return None
+    a, b = set(unpack_sketch(a)), set(unpack_sketch(b))
     k = min(len(a), len(b))
-    union = heapq.nsmallest(k, set(a) | set(b))
-    both = set(a) & set(b)
+    union = heapq.nsmallest(k, a | b)
+    both = a & b
     jaccard = sum(1 for h in union if h in both) / len(union)
     return 2 * jaccard / (1 + jaccard)
 
@@ -457,14 +470,14 @@ class Scheduler:
         if restore_s:
             self.estimator.observe_restore(bytes_fetched, bytes_restored, restore_s)
 
-    def node_lost(self, node: str, held: Iterable[EntryRecord], nodes: Sequence[NodeRecord]) -> None:
+    def node_lost(self, node: str, held: Iterable[Entry], nodes: Sequence[NodeRecord]) -> None:
         """Replicate the hot keys the lost node held onto their next rendezvous node."""
         for running_id in [rid for rid, r in self._running.items() if r.node == node]:
             self.finished(running_id)
         live = [n for n in nodes if n.schedulable and n.name != node]
         for entry in held:
-            if self._is_hot(entry.key):
-                self._prewarm_next(entry.key, (), live, reason_node=node)
+            if self._is_hot(entry[KEY]):
+                self._prewarm_next(entry[KEY], (), live, reason_node=node)
 
     def node_joined(self, node: NodeRecord, nodes: Sequence[NodeRecord]) -> None:
         """Prewarm hot keys onto a new node that ranks among their first rendezvous nodes."""
@@ -714,7 +727,7 @@ class Scheduler:
         if request.key:
             holders = self._inventory.holders(request.key)
             for name in usable(holders):
-                consider(admitted[name], Warmth.WARM, request.key, 0.0, holders[name].bytes,
+                consider(admitted[name], Warmth.WARM, request.key, 0.0, holders[name][BYTES],
                          running=load[name])
 
         def free(name: str) -> bool:
@@ -739,12 +752,12 @@ class Scheduler:
                 for name in names:
                     entry = holders[name]
                     if target_bytes:
-                        sim = similarity(target_sketch, entry.sketch)
+                        sim = similarity(target_sketch, entry[SKETCH])
                         share = self.settings.default_similarity if sim is None else sim
                         fetch = target_bytes * (1.0 - share)
                     else:
                         fetch = 0.0  # nothing newer exists: the older entry is the best there is
-                    consider(admitted[name], Warmth.PARTIAL, key, fetch, entry.bytes, running=load[name])
+                    consider(admitted[name], Warmth.PARTIAL, key, fetch, entry[BYTES], running=load[name])
                     found += 1
                     found_free += free(name)
         # Cold candidates: the first free nodes in the key's rendezvous order; of those, the one whose
@@ -792,12 +805,12 @@ class Scheduler:
         if not holders:
             return 0, ()
         entry = next(iter(holders.values()))
-        return entry.bytes, entry.sketch
+        return entry[BYTES], entry[SKETCH]
 
     def _prefix_bytes(self, request: PlacementRequest) -> int:
         for prefix in request.restore_keys:
             for key in self._inventory.newest_keys_under(prefix, count=1):
-                return next(iter(self._inventory.holders(key).values())).bytes
+                return next(iter(self._inventory.holders(key).values()))[BYTES]
         return 0
 
     def _restore_cost(self, key: str) -> float:
@@ -805,7 +818,7 @@ class Scheduler:
         holders = self._inventory.holders(key)
         if not holders:
             return 0.0
-        return self.estimator.restore_s(next(iter(holders.values())).bytes, 0)
+        return self.estimator.restore_s(next(iter(holders.values()))[BYTES], 0)
 
     def _arrival_rate(self, workspace: str, now: float) -> float:
         rate, last = self._rate.get(workspace, (0.0, now))
@@ -819,7 +832,7 @@ class Scheduler:
             holders = self._inventory.holders(key)
             if not holders or len(holders) > 4 * limit:
                 continue  # none, or so many that one more busy holder hardly matters
-            size = next(iter(holders.values())).bytes
+            size = next(iter(holders.values()))[BYTES]
             gain = self.estimator.restore_s(size, 0) - size / self.settings.materialize_bps
             free = []
             for name in holders:
@@ -842,7 +855,7 @@ class Scheduler:
         if not holders:
             return
         target = next(iter(holders.values()))
-        restore_s = self.estimator.restore_s(target.bytes, 0)
+        restore_s = self.estimator.restore_s(target[BYTES], 0)
         if restore_s < s.costly_restore_s:
             return
         key_hash = _h64(key)
@@ -876,12 +889,12 @@ class Scheduler:
                 for name, entry in self._inventory.holders(older).items():
                     if name in holders or name in asked or name not in live:
                         continue
-                    share = similarity(target.sketch, entry.sketch)
-                    fetch = target.bytes * (1.0 - (s.default_similarity if share is None else share))
+                    share = similarity(target[SKETCH], entry[SKETCH])
+                    fetch = target[BYTES] * (1.0 - (s.default_similarity if share is None else share))
                     options[name] = min(options.get(name, fetch), fetch)
         for name in self.order(key, live):
             if name not in holders and name not in asked:
-                options.setdefault(name, float(target.bytes))
+                options.setdefault(name, float(target[BYTES]))
                 break
         for name in sorted(options, key=lambda n: (options[n], -rank(n)))[:need]:
             asked[name] = now
@@ -901,7 +914,7 @@ class Scheduler:
                 continue
             for older in self._inventory.newest_keys_under(prefix, count=self.settings.max_prefix_keys):
                 held = self._inventory.holders(older).get(node)
-                if older != key and held is not None and held.created < entry.created:
+                if older != key and held is not None and held[CREATED] < entry[CREATED]:
                     self._pending_evictions.append((node, older))
 
     def _is_hot(self, key: str) -> bool:

@@ -7,11 +7,10 @@ import logging
 import math
 
 import grpc
-
 from stoker.coordinator import auth, convert, validate
 from stoker.coordinator.builds import AgentLink, BuildService
 from stoker.coordinator.config import CoordinatorConfig
-from stoker.coordinator.domain import Warmth
+from stoker.coordinator.domain import BYTES, KEY, LAST_USED, Warmth
 from stoker.coordinator.errors import Aborted, InvalidArgument, NotFound, PermissionDenied
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.metrics import CoordinatorMetrics
@@ -225,7 +224,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
                 continue
             if request.zone and record.info.zone != request.zone:
                 continue
-            entries = [e for e in self._inventory.entries(record.name) if e.key.startswith(request.key_prefix)]
+            entries = [e for e in self._inventory.entries(record.name) if e[KEY].startswith(request.key_prefix)]
             response.nodes.append(convert.node_inventory(record, entries, with_entries=not request.summary_only))
             zone = zones.setdefault(record.info.zone, inventory_pb2.ZoneSummary(zone=record.info.zone))
             if record.state.value != "lost":
@@ -235,12 +234,12 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
                 zone.disk_capacity_bytes += record.info.disk_capacity_bytes
                 zone.disk_used_bytes += record.disk_used_bytes
             for e in entries:
-                summary = keys.setdefault(e.key, inventory_pb2.KeySummary(key=e.key))
+                summary = keys.setdefault(e[KEY], inventory_pb2.KeySummary(key=e[KEY]))
                 summary.replicas += 1
                 summary.nodes.append(record.name)
-                summary.bytes = max(summary.bytes, e.bytes)
-                if e.last_used > convert.seconds(summary.last_used):
-                    summary.last_used.CopyFrom(convert.timestamp(e.last_used))
+                summary.bytes = max(summary.bytes, e[BYTES])
+                if e[LAST_USED] > convert.seconds(summary.last_used):
+                    summary.last_used.CopyFrom(convert.timestamp(e[LAST_USED]))
         response.keys.extend(keys[k] for k in sorted(keys))
         response.zones.extend(zones[z] for z in sorted(zones))
         hits = self._builds.hit_counts

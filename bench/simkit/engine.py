@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 
 from simkit.trace import Build, Fleet, FleetEvent
-from stoker.coordinator.domain import EntryRecord, NodeInfo, NodeState, PlacementRequest
+from stoker.coordinator.domain import EntryRecord, NodeInfo, NodeState, PlacementRequest, pack_sketch
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.registry import NodeRegistry
 from stoker.coordinator.scheduler import Scheduler, SchedulerSettings
@@ -622,7 +622,7 @@ class StokerPolicy(Policy):
             if size is not None:
                 entries.append(EntryRecord(key=key, bytes=int(size), files=0,
                                            created=float(sim.version.get(key, ("", 0))[1]), last_used=sim.now,
-                                           sketch=sim.sketch.get(key, ())))
+                                           sketch=pack_sketch(sim.sketch.get(key, ()))))
         self.inventory.apply_delta(node.name, gen, entries, removed)
 
     def started(self, sim, job, node):

@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from simkit.engine import Sim, StokerPolicy, make_policy  # noqa: E402
 from simkit.trace import Build, Fleet, FleetEvent, TraceSpec, generate  # noqa: E402
 
+from stoker.coordinator.domain import KEY  # noqa: E402
 from stoker.coordinator.scheduler import Scheduler  # noqa: E402
 
 
@@ -97,7 +98,7 @@ def test_the_simulated_agents_carry_out_the_schedulers_evictions():
     # Each new version superseded the last on the only node: only the newest is kept (LRU alone keeps all
     # three).
     assert list(node.cache) == ["w/deps-v3"]
-    assert [e.key for e in sim.policy.inventory.entries("node-000")] == ["w/deps-v3"]  # and reported so
+    assert [e[KEY] for e in sim.policy.inventory.entries("node-000")] == ["w/deps-v3"]  # and reported so
 
 
 def test_one_sweep_variant_runs_alone_on_its_own_trace_and_fleet(tmp_path):

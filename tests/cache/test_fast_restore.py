@@ -15,6 +15,7 @@ from cachetest import make_tree, open_local_cache, snapshot
 from stoker.agent.cache import hydrate
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache.api import CacheError
+from stoker.coordinator.domain import pack_sketch
 from stoker.coordinator.scheduler import similarity
 
 
@@ -225,11 +226,11 @@ def test_sketches_estimate_the_shared_content_and_survive_a_restart(tmp_path: Pa
     sa, sb = entries["a"].sketch, entries["b"].sketch
     assert len(sa) == len(sb) == mf.SKETCH_K and list(sa) == sorted(sa) and all(0 <= v < 1 << 64 for v in sa)
     true_share = 1200 / 1230  # Jaccard of the distinct contents: 1,200 shared, 30 only in b
-    estimate = similarity(sa, sb)
+    estimate = similarity(pack_sketch(sa), pack_sketch(sb))  # packed, as the coordinator holds them
     assert estimate is not None and abs(estimate - true_share) < 0.06
     different = _package_tree(tmp_path / "c", 0, 30, extra="other")
     cache.save("c", different, ["node_modules"])
-    assert similarity(sa, {e.key: e for e in cache.inventory()[1]}["c"].sketch) == 0.0
+    assert similarity(pack_sketch(sa), pack_sketch({e.key: e for e in cache.inventory()[1]}["c"].sketch)) == 0.0
     cache.close()
     node = open_local_cache(tmp_path, name="node")  # restored entries carry the sketch too
     node.prewarm("b", [])

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pytest
-
-from stoker.coordinator.domain import Constraints, EntryRecord, NodeInfo, NodeState, PlacementRequest, Warmth
+from stoker.coordinator.domain import (
+    KEY,
+    LAST_USED,
+    SKETCH,
+    EntryRecord,
+    NodeInfo,
+    NodeState,
+    unpack_sketch,
+)
 from stoker.coordinator.errors import Aborted, InvalidArgument
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.registry import NodeRegistry
-
 
 
 class FakeClock:
@@ -191,7 +197,7 @@ def test_touching_entries_through_deltas_does_not_grow_the_index():
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert index.holders(keys[-1])["n1"].last_used == n + 1
+    assert index.holders(keys[-1])["n1"][LAST_USED] == n + 1
     # A key's string is about 70 bytes. What may remain is one float (24 bytes) per key: the index's newest
     # ``created`` of the key keeps the first report's float while the entry now holds its own (bounded: one
     # per key, not one per touch; measured 24 bytes per key with the fix, 93 without).
@@ -205,4 +211,43 @@ def test_entries_share_one_string_per_key_across_reports():
     wire = common_pb2.CacheEntry(key="ws-001/deps-" + "0" * 8, bytes=1).SerializeToString()
     first = convert.entry(common_pb2.CacheEntry.FromString(wire))
     second = convert.entry(common_pb2.CacheEntry.FromString(wire))
-    assert first.key == second.key and first.key is second.key
+    assert first[KEY] == second[KEY] and first[KEY] is second[KEY]
+
+
+def test_the_garbage_collector_stops_tracking_entries_from_the_wire():
+    """A full collection walks every object the collector tracks. At 1,000 nodes x 1,000 keys the inventory's
+    entries, as named tuples (which CPython tracks for life), were a million of them: a ~1 s pause of the
+    coordinator each time (bench/load.py). As exact tuples of untracked values they are untracked at the
+    first collection they survive, and a full collection then untracks the maps that hold only them."""
+    import gc
+
+    from stoker.coordinator import convert
+    from stoker.v1 import agent_pb2, common_pb2
+
+    n = 5_000
+    snapshot = agent_pb2.InventorySnapshot(generation=1, entries=[
+        common_pb2.CacheEntry(key=f"ws-{i % 50:03d}/deps-{i:08d}", bytes=1 << 20, files=10,
+                              sketch=[i, i + 1] if i % 2 else []) for i in range(n)])
+    parsed = agent_pb2.InventorySnapshot.FromString(snapshot.SerializeToString())
+    index = InventoryIndex()
+    gc.collect()
+    before = len(gc.get_objects())
+    for node in ("n1", "n2"):
+        index.apply_snapshot(node, 1, [convert.entry(e) for e in parsed.entries])
+    delta = agent_pb2.InventoryDelta(generation=2, upserted=[common_pb2.CacheEntry(key="ws-000/new", bytes=1)])
+    assert index.apply_delta("n1", 2, [convert.entry(e) for e in delta.upserted], [])
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    entries = index.entries("n1") + index.entries("n2")
+    assert len(entries) == 2 * n + 1
+    assert not any(gc.is_tracked(e) for e in entries)
+    # 10,001 entries and 5,001 per-key maps: what stays tracked is the index's own few objects.
+    assert grown < 100, f"{grown} more objects tracked after loading {2 * n + 1} entries"
+    # Both nodes' replicas of an entry share one copy of its sketch (parsed twice, equal, so kept once).
+    with_sketch = index.holders("ws-001/deps-00000001")
+    assert with_sketch["n1"][SKETCH] is with_sketch["n2"][SKETCH]
+    assert list(unpack_sketch(with_sketch["n2"][SKETCH])) == [1, 2]
+    # The same fields in a named tuple stay tracked: what this test guards against.
+    named = EntryRecord(*entries[0])
+    gc.collect()
+    assert gc.is_tracked(named)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from stoker.coordinator.domain import Constraints, EntryRecord, NodeInfo, PlacementRequest, Warmth
+from stoker.coordinator.domain import (
+    Constraints,
+    EntryRecord,
+    NodeInfo,
+    PlacementRequest,
+    Warmth,
+    pack_sketch,
+)
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.registry import NodeRegistry
 from stoker.coordinator.scheduler import Scheduler, SchedulerSettings, similarity
@@ -17,7 +24,7 @@ class FakeClock:
 
 
 def entry(key: str, created: float = 1.0, size: int = 100_000_000, sketch=()) -> EntryRecord:
-    return EntryRecord(key=key, bytes=size, files=10, created=created, last_used=created, sketch=tuple(sketch))
+    return EntryRecord(key=key, bytes=size, files=10, created=created, last_used=created, sketch=pack_sketch(sketch))
 
 
 class World:
@@ -65,7 +72,7 @@ def test_partial_fetch_estimate_uses_sketches():
     w.scheduler.started(PlacementRequest(id="busy", workspace="x"), "n0")
     d = w.scheduler.choose(w.request("web/new"), w.registry.all())
     assert d.node == "n1" and d.warmth is Warmth.PARTIAL
-    assert 0.8 < similarity(shared + [100, 101, 102, 103], shared + [200, 201, 202, 203]) < 1.0
+    assert 0.8 < similarity(pack_sketch(shared + [100, 101, 102, 103]), pack_sketch(shared + [200, 201, 202, 203])) < 1.0
     assert "fetches ~" in d.reason
 
 
@@ -235,10 +242,10 @@ def test_similarity_is_the_share_of_one_entry_the_other_holds():
     new = list(old)
     for i in rng.sample(range(4000), 400):  # a tenth of the content changed
         new[i] = rng.getrandbits(64)
-    a, b = heapq.nsmallest(64, old), heapq.nsmallest(64, new)
+    a, b = pack_sketch(heapq.nsmallest(64, old)), pack_sketch(heapq.nsmallest(64, new))
     # Jaccard would say ~0.82; the share of the new entry the old one holds is 0.9.
     assert abs(similarity(b, a) - 0.9) < 0.06
-    assert similarity(a, a) == 1.0 and similarity(a, [rng.getrandbits(64) for _ in range(64)]) < 0.1
+    assert similarity(a, a) == 1.0 and similarity(a, pack_sketch([rng.getrandbits(64) for _ in range(64)])) < 0.1
 
 
 def costly_world(n: int = 4, **settings) -> World:
