@@ -9,7 +9,8 @@ What runs, all on 127.0.0.1:
   process with a SQLite state file) on a fixed port so that it can be restarted on the same one;
 - ``--agent-procs`` processes, each an asyncio loop holding its share of the simulated agents. Each agent
   is what the real agent looks like on the wire: ``Register``, then a ``Connect`` stream whose first
-  message is a full ``InventorySnapshot`` of its ``--keys`` entries, then heartbeats every interval the
+  message is a full ``InventorySnapshot`` of its ``--keys`` entries (each with a ``--sketch-k``-value content
+  sketch, 64 as real agents send, the same for every replica of a key), then heartbeats every interval the
   coordinator asks for, ``InventoryDelta`` messages with consecutive generations (a touched entry, and now
   and then an evicted entry replaced by a new one), a fresh snapshot when the coordinator asks for one,
   and the real agent's reconnect rule (exponential backoff from 0.2 s to 10 s with jitter). Each agent
@@ -89,13 +90,29 @@ def key_of(k: int) -> str:
     return KEY_FMT.format(w=k % WORKSPACES, v=k)
 
 
+_sketches: dict[str, object] = {}
+
+
+def sketch_of(key: str, k: int):
+    """The content sketch agents report for ``key``: ``k`` sorted 64-bit values (a real agent sends 64, the
+    bottom-k MinHash of the entry's digests). The same for every replica of a key, as real content is."""
+    from array import array
+
+    sketch = _sketches.get(key)
+    if sketch is None:
+        rng = random.Random(key)
+        sketch = _sketches[key] = array("Q", sorted(rng.getrandbits(64) for _ in range(k)))
+    return sketch
+
+
 class SimAgent:
     """One simulated node: its inventory, its generation, and its stream to the coordinator."""
 
-    def __init__(self, index: int, keys: int, key_space: int, slots: int) -> None:
+    def __init__(self, index: int, keys: int, key_space: int, slots: int, sketch_k: int) -> None:
         from stoker.v1 import agent_pb2
 
         self.index = index
+        self.sketch_k = sketch_k
         self.name = agent_name(index)
         self.rng = random.Random(index)
         self.key_space = key_space
@@ -134,7 +151,8 @@ class SimAgent:
         from stoker.v1 import common_pb2
 
         e = common_pb2.CacheEntry(
-            key=key, bytes=self.rng.randrange(10 << 20, 2 << 30), files=self.rng.randrange(100, 50_000)
+            key=key, bytes=self.rng.randrange(10 << 20, 2 << 30), files=self.rng.randrange(100, 50_000),
+            sketch=sketch_of(key, self.sketch_k) if self.sketch_k else (),
         )
         e.created.FromNanoseconds(int(created * 1e9))
         e.last_used.FromNanoseconds(int(max(created, time.time() - self.rng.uniform(0, 3600)) * 1e9))
@@ -185,10 +203,11 @@ class AgentPool:
     """The agents of one process, and how fast they should send deltas."""
 
     def __init__(
-        self, address: str, indices: list[int], keys: int, key_space: int, slots: int, delta_interval_s: float
+        self, address: str, indices: list[int], keys: int, key_space: int, slots: int, delta_interval_s: float,
+        sketch_k: int,
     ) -> None:
         self.address = address
-        self.agents = [SimAgent(i, keys, key_space, slots) for i in indices]
+        self.agents = [SimAgent(i, keys, key_space, slots, sketch_k) for i in indices]
         self.delta_interval_s = delta_interval_s
         self.saturate = asyncio.Event()
         self.stop = asyncio.Event()
@@ -323,12 +342,13 @@ def agent_process(
     commands: mp.Queue,
     results: mp.Queue,
     nice: int = 0,
+    sketch_k: int = 0,
 ) -> None:
     """Child process: run the agents of ``indices`` until told to stop; answer the parent's commands."""
     os.setpriority(os.PRIO_PROCESS, 0, nice)  # before grpc starts threads, so that they inherit it
 
     async def main() -> None:
-        pool = AgentPool(address, indices, keys, key_space, slots, delta_interval_s)
+        pool = AgentPool(address, indices, keys, key_space, slots, delta_interval_s, sketch_k)
         runners = [asyncio.create_task(pool.run_agent(a)) for a in pool.agents]
         loop = asyncio.get_running_loop()
         while True:
@@ -739,6 +759,7 @@ class Fleet:
                     q,
                     self.results,
                     args.agent_nice,
+                    args.sketch_k,
                 ),
                 daemon=True,
             )
@@ -919,6 +940,7 @@ def run(args) -> dict:
         "agents": args.agents,
         "keys_per_agent": args.keys,
         "key_space": args.key_space,
+        "sketch_values": args.sketch_k,
         "rate": args.rate,
         "seconds": args.seconds,
         "coordinator_gc_full_every_s": args.gc_full_every or 3600.0,
@@ -1218,6 +1240,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="distinct keys in the fleet (default: agents*keys/10, so each key has ~10 replicas)",
+    )
+    p.add_argument(
+        "--sketch-k",
+        type=int,
+        default=64,
+        help="values in each entry's content sketch, as agents report (64, the agent's SKETCH_K; 0: none)",
     )
     p.add_argument("--rate", type=float, default=200.0, help="placements per second")
     p.add_argument("--seconds", type=float, default=30.0, help="length of the measured placement phase")
