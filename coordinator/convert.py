@@ -84,7 +84,7 @@ def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: 
     return PlacementRequest(
         id=request_id,
         workspace=spec.workspace,
-        key=spec.cache.key,
+        key=sys.intern(spec.cache.key),  # the scheduler keeps it in per-key maps: one string with the inventory's
         restore_keys=tuple(spec.cache.restore_keys),
         constraints=Constraints(zone=spec.constraints.zone, labels=dict(spec.constraints.labels)),
         tenant=spec.tenant or spec.workspace,
