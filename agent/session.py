@@ -21,10 +21,10 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import timestamp_pb2
-
 from stoker.agent.cache.api import BuildCache, CacheError, EntryInfo
 from stoker.agent.config import AgentConfig
 from stoker.agent.runner import AgentMetrics, BuildRunner
+from stoker.common import sketch
 from stoker.v1 import agent_pb2, agent_pb2_grpc, build_pb2, common_pb2
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
 
 def entry_pb(e: EntryInfo) -> common_pb2.CacheEntry:
     return common_pb2.CacheEntry(key=e.key, bytes=e.bytes, files=e.files, created=_ts(e.created),
-                                 last_used=_ts(e.last_used), sketch=e.sketch)
+                                 last_used=_ts(e.last_used), sketch=sketch.pack(e.sketch))
 
 
 class CoordinatorSession:

@@ -90,19 +90,20 @@ def key_of(k: int) -> str:
     return KEY_FMT.format(w=k % WORKSPACES, v=k)
 
 
-_sketches: dict[str, object] = {}
+_sketches: dict[str, bytes] = {}
 
 
-def sketch_of(key: str, k: int):
+def sketch_of(key: str, k: int) -> bytes:
     """The content sketch agents report for ``key``: ``k`` sorted 64-bit values (a real agent sends 64, the
-    bottom-k MinHash of the entry's digests). The same for every replica of a key, as real content is."""
-    from array import array
+    bottom-k MinHash of the entry's digests), packed as on the wire. The same for every replica of a key, as
+    real content is."""
+    from stoker.common import sketch
 
-    sketch = _sketches.get(key)
-    if sketch is None:
+    packed = _sketches.get(key)
+    if packed is None:
         rng = random.Random(key)
-        sketch = _sketches[key] = array("Q", sorted(rng.getrandbits(64) for _ in range(k)))
-    return sketch
+        packed = _sketches[key] = sketch.pack(sorted(rng.getrandbits(64) for _ in range(k)))
+    return packed
 
 
 class SimAgent:
@@ -152,7 +153,7 @@ class SimAgent:
 
         e = common_pb2.CacheEntry(
             key=key, bytes=self.rng.randrange(10 << 20, 2 << 30), files=self.rng.randrange(100, 50_000),
-            sketch=sketch_of(key, self.sketch_k) if self.sketch_k else (),
+            sketch=sketch_of(key, self.sketch_k) if self.sketch_k else b"",
         )
         e.created.FromNanoseconds(int(created * 1e9))
         e.last_used.FromNanoseconds(int(max(created, time.time() - self.rng.uniform(0, 3600)) * 1e9))

@@ -6,6 +6,7 @@ import operator
 import sys
 
 from google.protobuf import timestamp_pb2
+from stoker.common import sketch
 from stoker.coordinator.domain import (
     BYTES,
     CREATED,
@@ -19,8 +20,6 @@ from stoker.coordinator.domain import (
     NodeState,
     PlacementRequest,
     Warmth,
-    pack_sketch,
-    unpack_sketch,
 )
 from stoker.coordinator.registry import NodeRecord
 from stoker.v1 import agent_pb2, common_pb2, inventory_pb2
@@ -70,14 +69,15 @@ def entry(pb: common_pb2.CacheEntry) -> Entry:
     # The key is interned: every node that holds a key, and every later delta that touches it, then shares
     # one string with the index's maps. Without it each report of a key kept a string of its own, and the
     # index's dicts went on holding the first one as well: memory grew with every entry a delta touched.
-    created, used = pb.created, pb.last_used
+    # A malformed sketch (not whole 8-byte values, or too many) is dropped: the entry counts as unsketched.
+    created, used, packed = pb.created, pb.last_used, pb.sketch
     return (sys.intern(pb.key), pb.bytes, pb.files, created.seconds + created.nanos * 1e-9,
-            used.seconds + used.nanos * 1e-9, pack_sketch(pb.sketch))
+            used.seconds + used.nanos * 1e-9, packed if sketch.valid(packed) else b"")
 
 
 def entry_to_pb(e: Entry) -> common_pb2.CacheEntry:
     return common_pb2.CacheEntry(key=e[KEY], bytes=e[BYTES], files=e[FILES], created=timestamp(e[CREATED]),
-                                 last_used=timestamp(e[LAST_USED]), sketch=unpack_sketch(e[SKETCH]))
+                                 last_used=timestamp(e[LAST_USED]), sketch=e[SKETCH])
 
 
 def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: float) -> PlacementRequest:

@@ -5,7 +5,6 @@ Nothing here knows about gRPC, protobuf or SQLite; ``convert.py`` translates at 
 
 from __future__ import annotations
 
-import array
 import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -70,7 +69,8 @@ class EntryRecord(NamedTuple):
     created: float
     last_used: float
     sketch: bytes = b""
-    """Bottom-k MinHash of the entry's content digests, packed (``pack_sketch``; empty: unknown)."""
+    """Bottom-k MinHash of the entry's content digests, packed as on the wire (``stoker.common.sketch``;
+    empty: unknown)."""
 
 
 Entry = tuple[str, int, int, float, float, bytes]
@@ -78,20 +78,6 @@ Entry = tuple[str, int, int, float, float, bytes]
 
 KEY, BYTES, FILES, CREATED, LAST_USED, SKETCH = range(6)
 """Positions of an ``Entry``'s fields."""
-
-
-def pack_sketch(values) -> bytes:
-    """A content sketch (up to 64 unsigned 64-bit hashes) as the inventory holds it: packed into bytes.
-
-    As a tuple of ints a 64-value sketch takes ~2.8 KB (each hash above 2**30 is an int object of its own)
-    and the collector tracks it; packed it takes 545 bytes, is not tracked, and replicas of one entry
-    share one (``InventoryIndex``). ``unpack_sketch`` gives the values back."""
-    return array.array("Q", values).tobytes() if values else b""
-
-
-def unpack_sketch(packed: bytes) -> memoryview:
-    """The values of a packed sketch (a read-only view; iterate it, or ``list()`` it)."""
-    return memoryview(packed).cast("Q")
 
 
 @dataclass(frozen=True)

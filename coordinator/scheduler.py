@@ -65,6 +65,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from stoker.common import sketch
 from stoker.coordinator.domain import (
     BYTES,
     CREATED,
@@ -76,7 +77,6 @@ from stoker.coordinator.domain import (
     NodeState,
     PlacementRequest,
     Warmth,
-    unpack_sketch,
 )
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.registry import NodeRecord
@@ -213,13 +213,13 @@ class Estimator:
 # -- sketches ----------------------------------------------------------------------------------------
 def similarity(a: bytes, b: bytes) -> float | None:
     """Estimated share of one entry's content that the other holds too, from bottom-k MinHash sketches
-    of their content digests, packed (``domain.pack_sketch``; None when either sketch is missing).
+    of their content digests, packed (``stoker.common.sketch``; None when either sketch is missing).
 
     The sketches estimate the Jaccard index J = |A∩B| / |A∪B|; for entries of about the same size the
     share of A found in B is |A∩B| / |A| = 2J / (1 + J)."""
     if not a or not b:
         return None
-    a, b = set(unpack_sketch(a)), set(unpack_sketch(b))
+    a, b = set(sketch.unpack(a)), set(sketch.unpack(b))
     k = min(len(a), len(b))
     union = heapq.nsmallest(k, a | b)
     both = a & b

@@ -32,7 +32,8 @@ import time
 from dataclasses import dataclass, field
 
 from simkit.trace import Build, Fleet, FleetEvent
-from stoker.coordinator.domain import EntryRecord, NodeInfo, NodeState, PlacementRequest, pack_sketch
+from stoker.common.sketch import pack as pack_sketch
+from stoker.coordinator.domain import EntryRecord, NodeInfo, NodeState, PlacementRequest
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.registry import NodeRegistry
 from stoker.coordinator.scheduler import Scheduler, SchedulerSettings

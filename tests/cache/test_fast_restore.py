@@ -10,12 +10,11 @@ import signal
 from pathlib import Path
 
 import pytest
-
-from cachetest import make_tree, open_local_cache, snapshot
+from cachetest import open_local_cache, snapshot
 from stoker.agent.cache import hydrate
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache.api import CacheError
-from stoker.coordinator.domain import pack_sketch
+from stoker.common.sketch import pack as pack_sketch
 from stoker.coordinator.scheduler import similarity
 
 

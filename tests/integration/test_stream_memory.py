@@ -15,6 +15,7 @@ import random
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
+from stoker.common import sketch
 from stoker.coordinator import config as coordinator_config
 from stoker.coordinator.server import create_server
 from stoker.v1 import agent_pb2, agent_pb2_grpc, common_pb2
@@ -28,7 +29,7 @@ ENTRIES = 1000
 def _snapshot(rng: random.Random) -> agent_pb2.InventorySnapshot:
     return agent_pb2.InventorySnapshot(generation=1, entries=[
         common_pb2.CacheEntry(key=f"ws/deps-{i:05d}", bytes=1 << 20, files=10,
-                              sketch=sorted(rng.getrandbits(64) for _ in range(64)))
+                              sketch=sketch.pack(sorted(rng.getrandbits(64) for _ in range(64))))
         for i in range(ENTRIES)])
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from stoker.common.sketch import pack as pack_sketch
+from stoker.common.sketch import unpack as unpack_sketch
 from stoker.coordinator.domain import (
     KEY,
     LAST_USED,
@@ -10,7 +12,6 @@ from stoker.coordinator.domain import (
     EntryRecord,
     NodeInfo,
     NodeState,
-    unpack_sketch,
 )
 from stoker.coordinator.errors import Aborted, InvalidArgument
 from stoker.coordinator.inventory import InventoryIndex
@@ -227,7 +228,7 @@ def test_the_garbage_collector_stops_tracking_entries_from_the_wire():
     n = 5_000
     snapshot = agent_pb2.InventorySnapshot(generation=1, entries=[
         common_pb2.CacheEntry(key=f"ws-{i % 50:03d}/deps-{i:08d}", bytes=1 << 20, files=10,
-                              sketch=[i, i + 1] if i % 2 else []) for i in range(n)])
+                              sketch=pack_sketch([i, i + 1]) if i % 2 else b"") for i in range(n)])
     parsed = agent_pb2.InventorySnapshot.FromString(snapshot.SerializeToString())
     index = InventoryIndex()
     gc.collect()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from stoker.common.sketch import pack as pack_sketch
 from stoker.coordinator.domain import (
     Constraints,
     EntryRecord,
     NodeInfo,
     PlacementRequest,
     Warmth,
-    pack_sketch,
 )
 from stoker.coordinator.inventory import InventoryIndex
 from stoker.coordinator.registry import NodeRegistry

@@ -95,8 +95,8 @@ class CacheEntry(_message.Message):
     files: int
     last_used: _timestamp_pb2.Timestamp
     created: _timestamp_pb2.Timestamp
-    sketch: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, key: _Optional[str] = ..., bytes: _Optional[int] = ..., files: _Optional[int] = ..., last_used: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sketch: _Optional[_Iterable[int]] = ...) -> None: ...
+    sketch: bytes
+    def __init__(self, key: _Optional[str] = ..., bytes: _Optional[int] = ..., files: _Optional[int] = ..., last_used: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sketch: _Optional[bytes] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("queued_s", "restore_s", "run_s", "save_s", "total_s")
