@@ -26,7 +26,7 @@ class ServerSettings:
     gc_freeze_every_s: float = 10.0
     """How often what survived the young garbage collections is frozen (never walked again by them)."""
     gc_full_every_s: float = 3600.0
-    """How often a full garbage collection runs (a pause of ~0.5 s with a million inventory entries). Cyclic
+    """How often a full garbage collection runs (a pause of ~0.2 s with a million inventory entries). Cyclic
     garbage that outlived a young collection is freed only then."""
 
 
@@ -60,6 +60,13 @@ class NodeSettings:
     """A node whose stream stays gone this long is lost; its running builds are requeued."""
     heartbeat_interval_s: float = 2.0
     """How often agents send heartbeats (told to them at registration)."""
+    snapshot_intake: int = 32
+    """How many streams may be reading and applying their first message (the node's whole inventory) at
+    once. When a fleet connects together (the coordinator starting or restarting) the others wait their
+    turn, so that a thousand snapshots are not all in memory at the same time."""
+    first_message_s: float = 30.0
+    """How long a stream has to send its first message; one that takes longer is ended (it would hold
+    one of the ``snapshot_intake`` turns)."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         self._builds = builds
         self._metrics = metrics
         self._sessions: dict[str, str] = {}
+        self._intake = asyncio.Semaphore(config.nodes.snapshot_intake)
 
     @unary
     async def Register(self, request: agent_pb2.RegisterRequest, context) -> agent_pb2.RegisterResponse:
@@ -55,29 +56,15 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         )
 
     async def Connect(self, request_iterator, context):
-        try:
-            first = await anext(request_iterator)
-        except StopAsyncIteration:
-            return
-        session_id = first.session_id
-        node_name = self._sessions.get(session_id)
-        if node_name is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                "unknown session: call Register first (the coordinator may have restarted)")
-        identity = auth.current.get()
-        if identity.role == "agent" and identity.name != node_name:
-            log.warning("refused a stream for node %s from certificate %s", node_name, identity.name)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"the client certificate is for {identity.name!r}, not {node_name!r}")
-        if first.WhichOneof("body") != "snapshot":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry a snapshot")
-        try:
-            record = self._registry.attach(node_name, session_id)
-        except Aborted as exc:
-            await context.abort(grpc.StatusCode.ABORTED, str(exc))
-        self._apply_snapshot(node_name, first.snapshot)
-        log.info("node %s connected: %d entries, generation %d", node_name, len(first.snapshot.entries),
-                 first.snapshot.generation)
+        async with self._intake:
+            try:
+                first = await asyncio.wait_for(anext(request_iterator), self._config.nodes.first_message_s)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"no first message within {self._config.nodes.first_message_s:g} s")
+            node_name, session_id, record = await self._take_snapshot(first, context)
         # The first message is the node's whole inventory (~0.6 MB for 1,000 entries with their sketches): not
         # kept for the life of the stream. Kept, it cost 1,000 nodes ~570 MB (bench/load.py).
         del first
@@ -101,6 +88,29 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             if self._sessions.get(session_id) == node_name and record.session_id != session_id:
                 self._sessions.pop(session_id, None)
             log.info("node %s stream closed", node_name)
+
+    async def _take_snapshot(self, first: agent_pb2.AgentMessage, context):
+        """Check a stream's first message and apply its snapshot: (node, session id, registry record)."""
+        session_id = first.session_id
+        node_name = self._sessions.get(session_id)
+        if node_name is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "unknown session: call Register first (the coordinator may have restarted)")
+        identity = auth.current.get()
+        if identity.role == "agent" and identity.name != node_name:
+            log.warning("refused a stream for node %s from certificate %s", node_name, identity.name)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"the client certificate is for {identity.name!r}, not {node_name!r}")
+        if first.WhichOneof("body") != "snapshot":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry a snapshot")
+        try:
+            record = self._registry.attach(node_name, session_id)
+        except Aborted as exc:
+            await context.abort(grpc.StatusCode.ABORTED, str(exc))
+        self._apply_snapshot(node_name, first.snapshot)
+        log.info("node %s connected: %d entries, generation %d", node_name, len(first.snapshot.entries),
+                 first.snapshot.generation)
+        return node_name, session_id, record
 
     async def _read(self, link: AgentLink, request_iterator) -> None:
         try:
