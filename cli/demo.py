@@ -4,7 +4,7 @@ Starts a coordinator and four agents in two zones as separate processes on loopb
 own cache directory, all sharing one local blob-store directory), runs a short series of real
 builds, and prints where each went, why, whether its cache was warm, partial or cold, and how many
 bytes it fetched; then rolls a small sample service out twice behind a real HAProxy (a good version and one
-that answers 5 % errors) and prints how each ended. Everything printed comes from the builds' and rollouts'
+that answers 10 % errors) and prints how each ended. Everything printed comes from the builds' and rollouts'
 own event streams.
 """
 
