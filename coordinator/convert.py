@@ -64,7 +64,7 @@ def node_info(req: agent_pb2.RegisterRequest) -> NodeInfo:
 
 
 def entry(pb: common_pb2.CacheEntry) -> Entry:
-    # On the hot path of snapshots (a million entries after a coordinator restart): no helper calls.
+    # On the hot path of snapshots (a million entries after a coordinator restart): kept lean.
     # An exact tuple, not an EntryRecord, so the garbage collector stops tracking it (see EntryRecord).
     # The key is interned: every node that holds a key, and every later delta that touches it, then shares
     # one string with the index's maps. Without it each report of a key kept a string of its own, and the

@@ -58,6 +58,7 @@ Every decision carries its reason and the estimated ready time of the top candid
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import heapq
 import itertools
@@ -211,17 +212,22 @@ class Estimator:
 
 
 # -- sketches ----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1024)
 def similarity(a: bytes, b: bytes) -> float | None:
     """Estimated share of one entry's content that the other holds too, from bottom-k MinHash sketches
     of their content digests, packed (``stoker.common.sketch``; None when either sketch is missing).
 
     The sketches estimate the Jaccard index J = |A∩B| / |A∪B|; for entries of about the same size the
-    share of A found in B is |A∩B| / |A| = 2J / (1 + J)."""
+    share of A found in B is |A∩B| / |A| = 2J / (1 + J).
+
+    Remembered for the last 1,024 pairs (~30 µs each otherwise): a decision asks about every holder of an
+    older entry, and replicas of an entry share one sketch object (``InventoryIndex``), so most of its
+    questions are repeats. The cache keeps at most 2,048 sketches alive (~1.1 MB)."""
     if not a or not b:
         return None
     a, b = set(sketch.unpack(a)), set(sketch.unpack(b))
     k = min(len(a), len(b))
-    union = heapq.nsmallest(k, a | b)
+    union = sorted(a | b)[:k]
     both = a & b
     jaccard = sum(1 for h in union if h in both) / len(union)
     return 2 * jaccard / (1 + jaccard)

@@ -66,7 +66,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                                     f"no first message within {self._config.nodes.first_message_s:g} s")
             node_name, session_id, record = await self._take_snapshot(first, context)
         # The first message is the node's whole inventory (~0.6 MB for 1,000 entries with their sketches): not
-        # kept for the life of the stream. Kept, it cost 1,000 nodes ~570 MB (bench/load.py).
+        # kept for the life of the stream. Kept, it cost 1,000 nodes ~670 MiB (bench/load.py).
         del first
         link = AgentLink(node_name, session_id)
         self._builds.attach(link)
