@@ -85,7 +85,7 @@ class GcPolicy:
     tracks for life, so each automatic full collection walked them all and stopped the process for
     ~0.5-1.5 s (bench/load.py: one such pause put the placement p99 at 350-500 ms). Entries are now exact
     tuples that the collector stops tracking (see ``EntryRecord``), and a full collection at that size takes
-    ~0.2 s. And each generation-1 collection walked every object that had survived the young collections since the last
+    ~0.2 s soon after start and 0.54 s after an hour of full load. And each generation-1 collection walked every object that had survived the young collections since the last
     one: ~14-17 ms, every ~2 s under load, which set the client-side p99 at 15-17 ms. So:
 
     - automatic collections are limited to generation 0 (thresholds 700 / 10^6 / 10^6): none walks more
@@ -94,7 +94,7 @@ class GcPolicy:
       without walking it; reference counting still frees those objects when they are released, so entries
       replaced by deltas go as before);
     - cyclic garbage that had survived a young collection (a few thousand objects a minute at that load)
-      waits for the full collection every ``full_every_s`` (~0.2 s at 1,000 x 1,000, once an hour).
+      waits for the full collection every ``full_every_s`` (once an hour by default).
 
     Tests do not run it: it changes process-wide state."""
 
