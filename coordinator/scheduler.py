@@ -803,13 +803,13 @@ class Scheduler:
         return Decision(node=best.node, warmth=best.warmth, reason=reason, matched_key=best.matched_key,
                         candidates=top)
 
-    def _target(self, request: PlacementRequest) -> tuple[int, tuple[int, ...]]:
+    def _target(self, request: PlacementRequest) -> tuple[int, bytes]:
         """Size and sketch of the exact entry, when some node reports it."""
         if not request.key:
-            return 0, ()
+            return 0, b""
         holders = self._inventory.holders(request.key)
         if not holders:
-            return 0, ()
+            return 0, b""
         entry = next(iter(holders.values()))
         return entry[BYTES], entry[SKETCH]
 
