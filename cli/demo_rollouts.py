@@ -190,7 +190,8 @@ def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str],
         first = deploy_first(rollouts, "sample", "v1")
         common = dict(service="sample", bake_s=8.0, min_requests=150, post_bake_s=3.0, canary_percent=5.0)
         # 10 %, not 5 %: the canary serves ~250 requests here, and at 5 % one run in ~25 drew too few errors
-        # (6 of 252: Fisher p = 0.0013) to pass the judge's per-look threshold, so the demo rolled it out.
+        # (6 of 252: Fisher p = 0.0013) to pass the judge's per-look threshold, so the demo rolled it out. At 10 %
+        # the judge's test catches it, or the guardrail does first when the canary's error rate passes its cap.
         for title, spec in (
                 ("good version v2", rollout_pb2.RolloutSpec(version="v2", **common)),
                 ("faulty version v3 (10 % errors)",
