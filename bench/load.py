@@ -5,7 +5,7 @@ real coordinator process on loopback.
     python bench/load.py --json --agents 50 --keys 100 --seconds 5    # the reduced size CI runs
 
 What runs, all on 127.0.0.1:
-- one coordinator, started with ``stoker.cli.local_fleet.start_coordinator`` (a real ``stoker coordinator``
+- one coordinator, started with ``stoker.demo.local_fleet.start_coordinator`` (a real ``stoker coordinator``
   process with a SQLite state file) on a fixed port so that it can be restarted on the same one;
 - ``--agent-procs`` processes, each an asyncio loop holding its share of the simulated agents. Each agent
   is what the real agent looks like on the wire: ``Register``, then a ``Connect`` stream whose first
@@ -921,7 +921,7 @@ def coordinator_flags(args, workdir: Path) -> list[str]:
 
 def run(args) -> dict:
     import grpc
-    from stoker.cli import local_fleet
+    from stoker.demo import local_fleet
     from stoker.v1 import inventory_pb2_grpc
 
     log = (

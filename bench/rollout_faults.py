@@ -37,9 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from stoker.cli import demo_rollouts
-from stoker.cli.loadgen import LoadGenerator, summarize
-from stoker.coordinator import target_local
+from stoker.coordinator.rollouts.targets import local as target_local
+from stoker.demo import rollouts as demo_rollouts
+from stoker.demo.loadgen import LoadGenerator, summarize
 from stoker.v1 import rollout_pb2 as PB
 
 ZONES = ("zone-a", "zone-b")
@@ -189,7 +189,7 @@ def run_baseline(world: World, name: str, rate: float) -> dict:
         port = free_port()
         inst = f"base-{i}"
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "stoker.coordinator.sample_service", "--port", str(port), "--instance", inst,
+            [sys.executable, "-m", "stoker.coordinator.rollouts.sample_service", "--port", str(port), "--instance", inst,
              "--version", "v2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         _rt(sock, f"add server be/{inst} 127.0.0.1:{port} {target_local.CHECK}")
         _rt(sock, f"enable health be/{inst}")

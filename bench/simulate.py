@@ -131,10 +131,10 @@ def decision_benchmark(nodes: int = 1000, keys: int = 1000, decisions: int = 200
     """p50/p99 of one scheduler decision with ``nodes`` nodes each holding ``keys`` keys."""
     import random
 
-    from stoker.coordinator.domain import EntryRecord, NodeInfo, PlacementRequest
-    from stoker.coordinator.inventory import InventoryIndex
-    from stoker.coordinator.registry import NodeRegistry
-    from stoker.coordinator.scheduler import Scheduler
+    from stoker.coordinator.placement.domain import EntryRecord, NodeInfo, PlacementRequest
+    from stoker.coordinator.placement.inventory import InventoryIndex
+    from stoker.coordinator.placement.registry import NodeRegistry
+    from stoker.coordinator.placement.scheduler import Scheduler
 
     class Clock:
         def now(self) -> float:

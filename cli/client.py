@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
-
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
 
 DEFAULT_COORDINATOR = "127.0.0.1:7070"

@@ -40,7 +40,7 @@ def _log_format(fmt: str, in_cluster: bool) -> str:
 def cmd_coordinator(args) -> int:
     from stoker.coordinator import config as cconfig
     from stoker.coordinator import server
-    from stoker.coordinator.errors import InvalidArgument
+    from stoker.coordinator.core.errors import InvalidArgument
 
     if args.help_settings:
         return _print_settings(cconfig.CoordinatorConfig, cconfig.ENV_PREFIX)
@@ -66,7 +66,7 @@ def cmd_token(args) -> int:
     import os
     from pathlib import Path
 
-    from stoker.coordinator.auth import new_token
+    from stoker.coordinator.rpc.auth import new_token
 
     token, line = new_token(args.name, args.role)
     if not args.tokens_file:
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--dir", help="keep everything under this directory (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="leave the demo directory behind")
-    p.set_defaults(func=lambda a: __import__("stoker.cli.demo", fromlist=["run"]).run(a))
+    p.set_defaults(func=lambda a: __import__("stoker.demo.run", fromlist=["run"]).run(a))
 
     p = sub.add_parser("coordinator", help="run the coordinator")
     _server_common(p)
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=client.inventory)
 
-    __import__("stoker.cli.rollout_cli", fromlist=["add_parser"]).add_parser(sub)
+    __import__("stoker.cli.rollouts", fromlist=["add_parser"]).add_parser(sub)
 
     p = sub.add_parser("cache", help="operate this node's cache by hand (save, restore, ls, verify, gc)",
                        add_help=False)

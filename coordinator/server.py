@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import grpc
 from prometheus_client import CollectorRegistry
-
 from stoker.common.serving import (
     MetricsServer,
     add_health_and_reflection,
@@ -23,21 +22,31 @@ from stoker.common.serving import (
     set_serving,
     write_ready_file,
 )
-from stoker.coordinator.auth import AuthInterceptor, Authenticator, load_tokens, server_credentials
-from stoker.coordinator.builds import BuildService
 from stoker.coordinator.config import CoordinatorConfig
-from stoker.coordinator.domain import Clock, SystemClock
-from stoker.coordinator.inventory import InventoryIndex
-from stoker.coordinator.metrics import CoordinatorMetrics
-from stoker.coordinator.registry import NodeRegistry
-from stoker.coordinator.scheduler import Scheduler
-from stoker.coordinator.rollout_wiring import build_rollout_engine
-from stoker.coordinator.rollout_engine import RolloutEngine
-from stoker.coordinator.rollout_service import RolloutsServicer
-from stoker.coordinator.service import AgentGatewayServicer, BuildsServicer, InventoryServicer
-from stoker.coordinator.state import MemoryStateStore, SqliteStateStore, StateStore
-from stoker.v1 import agent_pb2, agent_pb2_grpc, build_pb2, build_pb2_grpc, inventory_pb2, inventory_pb2_grpc
-from stoker.v1 import rollout_pb2, rollout_pb2_grpc
+from stoker.coordinator.core.clock import Clock, SystemClock
+from stoker.coordinator.core.metrics import CoordinatorMetrics
+from stoker.coordinator.core.state import MemoryStateStore, SqliteStateStore, StateStore
+from stoker.coordinator.placement.build_queue import BuildQueue
+from stoker.coordinator.placement.inventory import InventoryIndex
+from stoker.coordinator.placement.registry import NodeRegistry
+from stoker.coordinator.placement.scheduler import Scheduler
+from stoker.coordinator.rollouts.engine import RolloutEngine
+from stoker.coordinator.rollouts.wiring import build_rollout_engine
+from stoker.coordinator.rpc.agents import AgentGatewayServicer
+from stoker.coordinator.rpc.auth import Authenticator, AuthInterceptor, load_tokens, server_credentials
+from stoker.coordinator.rpc.builds import BuildsServicer
+from stoker.coordinator.rpc.inventory import InventoryServicer
+from stoker.coordinator.rpc.rollouts import RolloutsServicer
+from stoker.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    build_pb2,
+    build_pb2_grpc,
+    inventory_pb2,
+    inventory_pb2_grpc,
+    rollout_pb2,
+    rollout_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +143,7 @@ class Coordinator:
     server: grpc.aio.Server
     port: int
     metrics_server: MetricsServer
-    builds: BuildService
+    builds: BuildQueue
     registry: NodeRegistry
     inventory: InventoryIndex
     store: StateStore
@@ -213,7 +222,7 @@ def create_server(config: CoordinatorConfig, *, clock: Clock | None = None,
     inventory = InventoryIndex()
     store = open_store(config)
     scheduler = Scheduler(inventory, clock, config.scheduler)
-    builds = BuildService(config.builds, nodes, inventory, scheduler, store, clock, metrics)
+    builds = BuildQueue(config.builds, nodes, inventory, scheduler, store, clock, metrics)
     builds.recover()
     limit = config.server.max_message_bytes
     authenticator = security_check(config)
@@ -230,7 +239,7 @@ def create_server(config: CoordinatorConfig, *, clock: Clock | None = None,
         AgentGatewayServicer(config, nodes, inventory, builds, metrics), server)
     build_pb2_grpc.add_BuildsServicer_to_server(BuildsServicer(config, builds), server)
     inventory_pb2_grpc.add_InventoryServicer_to_server(InventoryServicer(nodes, inventory, builds), server)
-    rollouts = build_rollout_engine(config, clock)
+    rollouts = build_rollout_engine(config.rollouts, config.state.path, clock)
     rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutsServicer(rollouts), server)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     port, agent_port = _add_ports(server, config)

@@ -1,51 +1,16 @@
-"""Shared fixtures: a real coordinator and agents as processes on 127.0.0.1 (see stoker.cli.local_fleet)."""
+"""Fixtures every test folder may use: a real fleet on loopback, free ports, real S3 servers, rollout fleets.
+
+Helpers live in ``tests.helpers`` and are imported as a package; the plugins below register their fixtures.
+"""
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 import pytest
 
-from stoker.cli import local_fleet
+from tests.helpers.fleet import Fleet
+from tests.helpers.net import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Fleet:
-    """A coordinator and agents started by a test; everything is stopped at the end."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.blobs = root / "blobs"
-        self.coordinator: local_fleet.Process | None = None
-        self.agents: dict[str, local_fleet.Process] = {}
-
-    def start_coordinator(self, **kwargs) -> local_fleet.Process:
-        self.coordinator = local_fleet.start_coordinator(self.root, **kwargs)
-        return self.coordinator
-
-    def start_agent(self, name: str, zone: str = "zone-a", slots: int = 1, **kwargs) -> local_fleet.Process:
-        assert self.coordinator is not None
-        address = kwargs.pop("coordinator", self.coordinator.address)
-        agent = local_fleet.start_agent(self.root, name, address, zone=zone, slots=slots, blobs=self.blobs,
-                                        **kwargs)
-        self.agents[name] = agent
-        return agent
-
-    def wait_ready(self, *names: str, timeout: float = 30.0):
-        assert self.coordinator is not None
-        return local_fleet.wait_for_nodes(self.coordinator.address, list(names or self.agents), timeout)
-
-    def stop(self) -> None:
-        for agent in self.agents.values():
-            agent.kill()
-        if self.coordinator is not None:
-            self.coordinator.kill()
+pytest_plugins = ["tests.helpers.s3", "tests.helpers.rollouts"]
 
 
 @pytest.fixture

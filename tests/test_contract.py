@@ -1,14 +1,16 @@
-"""The wire contract's generated code is what the .proto files produce, and the layers hold."""
+"""The wire contract's generated code is what the .proto files produce, and the layers hold (import-linter)."""
 
 from __future__ import annotations
 
-import ast
 import filecmp
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,58 +51,59 @@ def test_every_proto_field_is_documented():
     assert not undocumented, "fields without a comment:\n" + "\n".join(undocumented)
 
 
-PACKAGES = {"stoker.agent": ROOT / "agent", "stoker.coordinator": ROOT / "coordinator",
-            "stoker.common": ROOT / "common", "stoker.cli": ROOT / "cli"}
-ADAPTERS = ("grpc", "grpc_health", "grpc_reflection", "boto3", "botocore", "kubernetes", "sqlite3", "stoker.v1")
-PURE_CORES = ["stoker.coordinator.scheduler", "stoker.coordinator.registry", "stoker.coordinator.inventory",
-              "stoker.coordinator.domain", "stoker.coordinator.errors", "stoker.agent.cache.store",
-              "stoker.coordinator.rollout", "stoker.coordinator.judge"]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
-def _imports() -> dict[str, set[str]]:
-    """module name → every module it imports (absolute names, at any depth in the file)."""
-    found: dict[str, set[str]] = {}
-    for package, folder in PACKAGES.items():
-        for path in folder.rglob("*.py"):
-            rel = path.relative_to(folder).with_suffix("")
-            parts = [p for p in rel.parts if p != "__init__"]
-            module = ".".join([package, *parts])
-            names: set[str] = set()
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.Import):
-                    names.update(a.name for a in node.names)
-                elif isinstance(node, ast.ImportFrom) and node.module:
-                    names.add(node.module)
-                    names.update(f"{node.module}.{a.name}" for a in node.names)
-            found[module] = names
-    return found
+def _lint_imports(shadow: Path) -> subprocess.CompletedProcess:
+    """import-linter with .importlinter over a tree laid out as stoker installs (scripts/shadow_tree.py)."""
+    assert LINT_IMPORTS.exists(), "import-linter is missing: pip install -e '.[test]' (scripts/test.sh does)"
+    return subprocess.run([str(LINT_IMPORTS), "--config", str(ROOT / ".importlinter"), "--no-cache"],
+                          cwd=shadow, env={**os.environ, "PYTHONPATH": str(shadow)}, capture_output=True,
+                          text=True, timeout=300)
 
 
-def _hits(names: set[str], prefixes) -> list[str]:
-    return sorted(n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes))
+def _shadow(tmp_path: Path) -> Path:
+    shadow = tmp_path / "shadow"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "shadow_tree.py"), str(shadow)], check=True)
+    return shadow
 
 
-def test_agent_and_coordinator_never_import_each_other():
-    bad = []
-    for module, names in _imports().items():
-        if module.startswith("stoker.agent"):
-            bad += [f"{module} imports {n}" for n in _hits(names, ["stoker.coordinator", "stoker.cli"])]
-        if module.startswith("stoker.coordinator"):
-            bad += [f"{module} imports {n}" for n in _hits(names, ["stoker.agent", "stoker.cli"])]
-        if module.startswith("stoker.common"):
-            bad += [f"{module} imports {n}" for n in _hits(names, ["stoker.agent", "stoker.coordinator", "stoker.cli"])]
-    assert not bad, "\n".join(bad)
+def test_the_layer_contracts_hold(tmp_path):
+    result = _lint_imports(_shadow(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
 
 
-def test_pure_cores_import_no_adapters():
-    imports = _imports()
-    bad = []
-    for module in PURE_CORES:
-        if module not in imports:
-            continue
-        bad += [f"{module} imports {n}" for n in _hits(imports[module], ADAPTERS)]
-        # and nothing that is itself an adapter of the same service
-        bad += [f"{module} imports {n}" for n in _hits(imports[module], ["stoker.coordinator.state",
-                                                                          "stoker.coordinator.service"])]
-    assert "stoker.coordinator.scheduler" in imports
-    assert not bad, "\n".join(bad)
+def _replace_link(shadow: Path, module: str, extra: str) -> None:
+    """Turn a linked module of the shadow tree into a copy with ``extra`` appended."""
+    path = shadow.joinpath(*module.split(".")).with_suffix(".py")
+    text = path.read_text()
+    path.unlink()
+    path.write_text(text + "\n" + extra + "\n")
+
+
+@pytest.mark.parametrize("module, line, contract", [
+    ("stoker.coordinator.placement.scheduler", "import grpc", "pure cores import no adapter"),
+    ("stoker.coordinator.placement.registry", "import sqlite3", "pure cores import no adapter"),
+    ("stoker.agent.cache.store", "from stoker.coordinator.core import errors", "agent and coordinator"),
+    ("stoker.coordinator.rollouts.judge", "from stoker.coordinator.placement import scheduler",
+     "the rollout subsystem"),
+    ("stoker.common.settings", "import stoker.cli.main", "common and the generated contract"),
+])
+def test_a_deliberate_violation_fails_the_contracts(tmp_path, module, line, contract):
+    shadow = _shadow(tmp_path)
+    _replace_link(shadow, module, line)
+    result = _lint_imports(shadow)
+    assert result.returncode != 0
+    broken = result.stdout.split("Broken contracts", 1)[-1]
+    assert contract in broken and module in broken, result.stdout
+
+
+def test_a_renamed_core_module_fails_the_contracts_instead_of_passing(tmp_path):
+    """A hand-written walk skipped a module it could not find; import-linter must fail on it instead."""
+    shadow = _shadow(tmp_path)
+    scheduler = shadow / "stoker" / "coordinator" / "placement" / "registry.py"
+    scheduler.rename(scheduler.with_name("node_registry.py"))
+    result = _lint_imports(shadow)
+    assert result.returncode != 0
+    assert "stoker.coordinator.placement.registry" in result.stdout + result.stderr

@@ -42,7 +42,7 @@ if _dir and "coordinator" in sys.argv:
     except (OSError, AttributeError):
         _libc = None
 
-    _WATCH = {"BuildService", "Scheduler", "InventoryIndex", "NodeRegistry", "_LoadHistory", "Estimator",
+    _WATCH = {"BuildQueue", "Scheduler", "InventoryIndex", "NodeRegistry", "_LoadHistory", "Estimator",
               "AgentGatewayServicer"}
     _real_freeze = gc.freeze
     _busy = [False]

@@ -1,6 +1,6 @@
 """A discrete-event simulator of a build fleet, and the placement policies it compares.
 
-The ``stoker`` policy is the coordinator's own scheduler (``stoker.coordinator.scheduler``), driven
+The ``stoker`` policy is the coordinator's own scheduler (``stoker.coordinator.placement.scheduler``), driven
 through the same calls the coordinator makes — ``plan()``, ``started()``, ``finished()``,
 ``node_lost()``, ``node_joined()`` — with the node registry and inventory index the coordinator uses,
 on a clock that is the simulation's. The peers are what a user would otherwise pick.
@@ -31,12 +31,13 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from simkit.trace import Build, Fleet, FleetEvent
 from stoker.common.sketch import pack as pack_sketch
-from stoker.coordinator.domain import EntryRecord, NodeInfo, NodeState, PlacementRequest
-from stoker.coordinator.inventory import InventoryIndex
-from stoker.coordinator.registry import NodeRegistry
-from stoker.coordinator.scheduler import Scheduler, SchedulerSettings
+from stoker.coordinator.placement.domain import EntryRecord, NodeInfo, NodeState, PlacementRequest
+from stoker.coordinator.placement.inventory import InventoryIndex
+from stoker.coordinator.placement.registry import NodeRegistry
+from stoker.coordinator.placement.scheduler import Scheduler, SchedulerSettings
+
+from .trace import Build, Fleet, FleetEvent
 
 PACK_BYTES = 8 * 1024 * 1024  # one ranged GET / one PUT moves about this much
 CONTENT_UNITS = 2048  # content digests per simulated entry (for the sketches agents report)

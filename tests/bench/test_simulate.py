@@ -9,13 +9,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM = ROOT / "bench" / "simulate.py"
-sys.path.insert(0, str(ROOT / "bench"))
 
-from simkit.engine import Sim, StokerPolicy, make_policy  # noqa: E402
-from simkit.trace import Build, Fleet, FleetEvent, TraceSpec, generate  # noqa: E402
+from stoker.coordinator.placement.domain import KEY
+from stoker.coordinator.placement.scheduler import Scheduler
 
-from stoker.coordinator.domain import KEY  # noqa: E402
-from stoker.coordinator.scheduler import Scheduler  # noqa: E402
+from bench.simkit.engine import Sim, StokerPolicy, make_policy
+from bench.simkit.trace import Build, Fleet, FleetEvent, TraceSpec, generate
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -1,0 +1,1 @@
+"""The trace-driven simulator behind bench/simulate.py: trace generation and the event engine."""

@@ -1,0 +1,239 @@
+"""``stoker rollout start|watch|get|list|promote|abort|pause|resume``: operate rollouts from a terminal.
+
+    stoker rollout start web v2 --bake 120 --canary 10 --env STOKER_SAMPLE_LATENCY_MS=5 --watch
+    stoker rollout watch r-0123456789        live: phase, instances per zone per version, verdicts
+    stoker rollout list --service web
+    stoker rollout promote|abort|pause|resume r-0123456789 --reason "..."
+
+Exit status of ``start --watch`` and ``watch``: 0 when the rollout succeeded, 3 when it was rolled back or
+failed, 4 when it paused for an operator, 125 for an RPC error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import grpc
+from google.protobuf import json_format
+from stoker.cli.client import EXIT_STOKER_ERROR, channel, coordinator_address
+from stoker.v1 import rollout_pb2, rollout_pb2_grpc
+
+EXIT_ROLLED_BACK = 3
+EXIT_PAUSED = 4
+TERMINAL = {rollout_pb2.ROLLOUT_PHASE_SUCCEEDED, rollout_pb2.ROLLOUT_PHASE_ROLLED_BACK,
+            rollout_pb2.ROLLOUT_PHASE_FAILED}
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("rollout", help="start, watch, promote, abort, pause or resume rollouts")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--coordinator", help="host:port (default: $STOKER_COORDINATOR or 127.0.0.1:7070)")
+        p.add_argument("--json", action="store_true", help="print rollouts as JSON")
+
+    p = verbs.add_parser("start", help="roll a service out to a new version")
+    p.add_argument("service")
+    p.add_argument("version", help="the version (local target) or image (kubernetes target)")
+    p.add_argument("--target", default="local", help="local (default) or kubernetes")
+    p.add_argument("--canary", type=float, default=0.0, help="canary share in percent (default: coordinator's)")
+    p.add_argument("--bake", type=float, default=0.0, help="minimum bake seconds (default: coordinator's)")
+    p.add_argument("--post-bake", type=float, default=0.0, help="seconds to watch after the surge")
+    p.add_argument("--min-requests", type=int, default=0, help="requests the canary must serve before a pass")
+    p.add_argument("--zone-first", action="store_true", help="surge one zone first, then the rest")
+    p.add_argument("--namespace", default="", help="Kubernetes namespace (kubernetes target)")
+    p.add_argument("--zones", default="", help="first deployment only: comma-separated zones")
+    p.add_argument("--instances-per-zone", type=int, default=0, help="first deployment only")
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the new version (repeatable)")
+    p.add_argument("--watch", action="store_true", help="then watch it until it ends")
+    common(p)
+    p.set_defaults(func=cmd_start)
+
+    for name, helptext in (("watch", "show a rollout live until it ends"), ("get", "show a rollout")):
+        p = verbs.add_parser(name, help=helptext)
+        p.add_argument("rollout_id")
+        common(p)
+        p.set_defaults(func=cmd_watch if name == "watch" else cmd_get)
+
+    p = verbs.add_parser("list", help="rollouts, newest first")
+    p.add_argument("--service", default="")
+    common(p)
+    p.set_defaults(func=cmd_list)
+
+    for name, helptext in (("promote", "skip the rest of the bake"), ("abort", "roll back now"),
+                           ("pause", "hold the rollout where it is"),
+                           ("resume", "resume a paused rollout, or retry one that rolled back or failed")):
+        p = verbs.add_parser(name, help=helptext)
+        p.add_argument("rollout_id")
+        p.add_argument("--reason", default="", help="recorded in the rollout's history")
+        common(p)
+        p.set_defaults(func=cmd_action, action=name)
+
+
+def _stub(args) -> tuple[grpc.Channel, rollout_pb2_grpc.RolloutsStub]:
+    ch = channel(coordinator_address(args.coordinator))
+    return ch, rollout_pb2_grpc.RolloutsStub(ch)
+
+
+def _fail(exc: grpc.RpcError) -> int:
+    print(f"stoker: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    return EXIT_STOKER_ERROR
+
+
+def phase_name(phase: int) -> str:
+    return rollout_pb2.RolloutPhase.Name(phase).removeprefix("ROLLOUT_PHASE_").lower()
+
+
+def verdict_text(v: rollout_pb2.Verdict) -> str:
+    result = rollout_pb2.VerdictResult.Name(v.result).removeprefix("VERDICT_RESULT_").lower()
+    numbers = ""
+    if v.canary_requests or v.baseline_requests or v.check in ("data", "errors", "latency", "all"):
+        numbers = (f" canary {v.canary_errors}/{v.canary_requests} err p50 {v.canary_p50_ms:.1f}ms | baseline "
+                   f"{v.baseline_errors}/{v.baseline_requests} err p50 {v.baseline_p50_ms:.1f}ms | p={v.p_value:.2g}"
+                   f" (alpha {v.alpha:.2g})")
+    return f"{result:<12} [{v.check or '-'}]{numbers}\n               {v.reason}"
+
+
+def render(r: rollout_pb2.Rollout) -> str:
+    """A rollout as a few lines: phase, instances per zone per version, verdicts with their numbers."""
+    spec = r.spec
+    lines = [f"rollout {r.id}  {spec.service}: {r.from_version or '(nothing)'} → {spec.version}  [{spec.target}]"
+             f"  attempt {r.attempt}",
+             f"  phase    {phase_name(r.phase)}: {r.message}"]
+    now = time.time()
+    if r.HasField("bake_until"):
+        lines.append(f"  bake     {max(0.0, r.bake_until.ToNanoseconds() / 1e9 - now):.1f} s left "
+                     f"(bake {spec.bake_s:g} s, min {spec.min_requests} requests, canary {spec.canary_percent:g} %)")
+    if r.HasField("deadline"):
+        lines.append(f"  deadline {max(0.0, r.deadline.ToNanoseconds() / 1e9 - now):.1f} s for this step")
+    if r.endpoint:
+        lines.append(f"  traffic  {r.endpoint}")
+    if r.zones:
+        lines.append(f"  {'zone':<12} {r.from_version or 'old':>10} {spec.version:>10} {'ready':>6}")
+        for z in r.zones:
+            lines.append(f"  {z.zone:<12} {z.old_instances:>10} {z.new_instances:>10} {z.ready_instances:>6}")
+    if r.HasField("last_look") and r.phase in (rollout_pb2.ROLLOUT_PHASE_BAKING, rollout_pb2.ROLLOUT_PHASE_POST_BAKE):
+        lines.append(f"  look     {verdict_text(r.last_look)}")
+    for v in r.verdicts:
+        lines.append(f"  verdict  {verdict_text(v)}")
+    return "\n".join(lines)
+
+
+def _print(r: rollout_pb2.Rollout, as_json: bool) -> None:
+    if as_json:
+        print(json_format.MessageToJson(r, preserving_proto_field_name=True, indent=None), flush=True)
+    else:
+        print(render(r), flush=True)
+
+
+def _exit_for(r: rollout_pb2.Rollout) -> int:
+    if r.phase == rollout_pb2.ROLLOUT_PHASE_SUCCEEDED:
+        return 0
+    if r.phase == rollout_pb2.ROLLOUT_PHASE_PAUSED:
+        return EXIT_PAUSED
+    return EXIT_ROLLED_BACK
+
+
+def _watch(stub: rollout_pb2_grpc.RolloutsStub, rollout_id: str, as_json: bool) -> int:
+    last_text = None
+    last = None
+    while True:
+        try:
+            for r in stub.WatchRollout(rollout_pb2.GetRolloutRequest(rollout_id=rollout_id)):
+                last = r
+                text = render(r)
+                if text != last_text:
+                    if not as_json and sys.stdout.isatty():
+                        print("\033[2J\033[H", end="")
+                    elif not as_json:
+                        print("-" * 78)
+                    _print(r, as_json)
+                    last_text = text
+                if r.phase == rollout_pb2.ROLLOUT_PHASE_PAUSED and r.message.startswith("paused: inconclusive"):
+                    return EXIT_PAUSED
+            if last is not None and last.phase in TERMINAL:
+                return _exit_for(last)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                time.sleep(1.0)  # the coordinator restarts: the rollout resumes, and so does the watch
+                continue
+            return _fail(exc)
+
+
+def cmd_start(args) -> int:
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"stoker: --env {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
+        env[key] = value
+    spec = rollout_pb2.RolloutSpec(
+        service=args.service, version=args.version, target=args.target, canary_percent=args.canary,
+        bake_s=args.bake, post_bake_s=args.post_bake, min_requests=args.min_requests, zone_first=args.zone_first,
+        namespace=args.namespace, zones=[z for z in args.zones.split(",") if z],
+        instances_per_zone=args.instances_per_zone, env=env)
+    ch, stub = _stub(args)
+    with ch:
+        try:
+            r = stub.StartRollout(rollout_pb2.StartRolloutRequest(spec=spec), timeout=30)
+        except grpc.RpcError as exc:
+            return _fail(exc)
+        if not args.watch:
+            _print(r, args.json)
+            return 0
+        return _watch(stub, r.id, args.json)
+
+
+def cmd_watch(args) -> int:
+    ch, stub = _stub(args)
+    with ch:
+        return _watch(stub, args.rollout_id, args.json)
+
+
+def cmd_get(args) -> int:
+    ch, stub = _stub(args)
+    with ch:
+        try:
+            r = stub.GetRollout(rollout_pb2.GetRolloutRequest(rollout_id=args.rollout_id), timeout=10)
+        except grpc.RpcError as exc:
+            return _fail(exc)
+    _print(r, args.json)
+    if not args.json:
+        print("  history")
+        for line in r.events:
+            print(f"    {line}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    ch, stub = _stub(args)
+    with ch:
+        try:
+            resp = stub.ListRollouts(rollout_pb2.ListRolloutsRequest(service=args.service), timeout=10)
+        except grpc.RpcError as exc:
+            return _fail(exc)
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(r, preserving_proto_field_name=True) for r in resp.rollouts]))
+        return 0
+    print(f"{'ID':<14} {'SERVICE':<16} {'FROM':<10} {'TO':<16} {'PHASE':<13} MESSAGE")
+    for r in resp.rollouts:
+        print(f"{r.id:<14} {r.spec.service:<16} {r.from_version or '-':<10} {r.spec.version:<16} "
+              f"{phase_name(r.phase):<13} {r.message[:80]}")
+    return 0
+
+
+def cmd_action(args) -> int:
+    ch, stub = _stub(args)
+    call = {"promote": stub.PromoteRollout, "abort": stub.AbortRollout, "pause": stub.PauseRollout,
+            "resume": stub.ResumeRollout}[args.action]
+    with ch:
+        try:
+            r = call(rollout_pb2.RolloutActionRequest(rollout_id=args.rollout_id, reason=args.reason), timeout=10)
+        except grpc.RpcError as exc:
+            return _fail(exc)
+    _print(r, args.json)
+    return 0

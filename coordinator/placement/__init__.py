@@ -1,0 +1,1 @@
+"""Where builds run: the node registry, the inventory index, the scheduler and the build queue."""

@@ -1,0 +1,580 @@
+"""The build queue: accept builds, place them, dispatch them to agents, and record what happens.
+
+:class:`BuildQueue` is the coordinator's application core. It owns the queue, the active builds
+and placement leases; it asks the :class:`Scheduler` where each request goes; it sends commands to
+agents through :class:`AgentLink` objects (one per open stream) and records every event in the
+state store before fanning it out to watchers. It runs on one asyncio loop, so its state needs no
+locks.
+
+Exactly-once bookkeeping: each run of a build is an *attempt*. Updates from an agent for any other
+attempt than the current one are ignored (and the agent is told to stop it), so a build requeued
+after its node was lost finishes once, whatever the lost node does later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from stoker.coordinator.config import BuildSettings
+from stoker.coordinator.core.clock import Clock
+from stoker.coordinator.core.errors import FailedPrecondition, NotFound, Unavailable
+from stoker.coordinator.core.metrics import CoordinatorMetrics
+from stoker.coordinator.core.state import StateStore, is_terminal
+from stoker.coordinator.placement.domain import PlacementRequest, Warmth
+from stoker.coordinator.placement.inventory import InventoryIndex
+from stoker.coordinator.placement.registry import NodeRecord, NodeRegistry
+from stoker.coordinator.placement.scheduler import Scheduler
+from stoker.coordinator.rpc import convert
+from stoker.v1 import agent_pb2, build_pb2, common_pb2
+
+log = logging.getLogger(__name__)
+
+_EXPECTED_TO_STATE = {
+    build_pb2.BUILD_STATE_SUCCEEDED: "succeeded",
+    build_pb2.BUILD_STATE_FAILED: "failed",
+    build_pb2.BUILD_STATE_CANCELLED: "cancelled",
+    build_pb2.BUILD_STATE_TIMED_OUT: "timed_out",
+    build_pb2.BUILD_STATE_ERROR: "error",
+}
+
+
+class AgentLink:
+    """The outbound half of one node's stream: commands queue here and the stream writer sends them."""
+
+    MAX_ADVISORY = 1000
+    """Prewarm and evict commands are advice: beyond this many commands waiting for a slow (or stuck)
+    stream they are dropped rather than queued, so such a stream cannot grow the coordinator's memory."""
+
+    def __init__(self, node: str, session_id: str) -> None:
+        self.node = node
+        self.session_id = session_id
+        self.outbox: asyncio.Queue[agent_pb2.CoordinatorCommand | None] = asyncio.Queue()
+
+    def send(self, command: agent_pb2.CoordinatorCommand, advisory: bool = False) -> bool:
+        """Queue ``command`` for the stream; False when it was advisory and dropped (see MAX_ADVISORY)."""
+        if advisory and self.outbox.qsize() >= self.MAX_ADVISORY:
+            return False
+        self.outbox.put_nowait(command)
+        return True
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+
+
+@dataclass
+class ActiveBuild:
+    record: build_pb2.Build
+    request: PlacementRequest
+    events: list[build_pb2.BuildEvent] = field(default_factory=list)
+    waiters: list[asyncio.Future] = field(default_factory=list)
+    dispatch_session: str = ""
+    dispatched_at: float = 0.0
+    placed_at: float = 0.0
+    queued_reason: str = ""
+    cancel_requested: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return is_terminal(self.record.state)
+
+
+@dataclass
+class PendingPlacement:
+    request: PlacementRequest
+    spec: common_pb2.BuildSpec
+    lease_s: float
+    future: asyncio.Future
+    owner: str = ""
+
+
+@dataclass
+class Lease:
+    lease_id: str
+    node: str
+    expires: float
+    owner: str = ""
+
+
+class BuildQueue:
+    def __init__(self, settings: BuildSettings, registry: NodeRegistry, inventory: InventoryIndex,
+                 scheduler: Scheduler, store: StateStore, clock: Clock, metrics: CoordinatorMetrics) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._inventory = inventory
+        self._scheduler = scheduler
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._active: dict[str, ActiveBuild] = {}
+        self._queue: list[ActiveBuild | PendingPlacement] = []
+        self._links: dict[str, AgentLink] = {}
+        self._leases: dict[str, Lease] = {}
+        self._recovered_at = clock.now()
+        self.hit_counts = {w: 0 for w in Warmth}
+        self.hit_bytes = {w: 0 for w in Warmth}
+        self.bytes_local = 0
+        self.bytes_fetched = 0
+        # Read by the metrics server's thread: take the links as one list (atomic) before walking them.
+        metrics.outbox_commands.set_function(
+            lambda: sum(link.outbox.qsize() for link in list(self._links.values())))
+        for kind in scheduler.tracked():  # read when /metrics is scraped
+            metrics.scheduler_tracked.labels(kind).set_function(lambda kind=kind: scheduler.tracked()[kind])
+
+    # -- start-up ------------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Reload unfinished builds from the store after a restart. Returns how many."""
+        self._recovered_at = self._clock.now()
+        count = 0
+        for record in self._store.unfinished():
+            events = self._store.events(record.id)
+            if events:
+                record.last_seq = max(record.last_seq, events[-1].seq)
+            active = ActiveBuild(record=record, events=events,
+                                 request=convert.placement_request(record.id, record.spec,
+                                                                   convert.seconds(record.created)))
+            self._active[record.id] = active
+            if record.state == build_pb2.BUILD_STATE_QUEUED:
+                self._queue.append(active)
+            count += 1
+        self._metrics.queue_depth.set(len(self._queue))
+        if count:
+            log.info("recovered %d unfinished builds from the state store", count)
+        return count
+
+    # -- CI side -------------------------------------------------------------------------------
+    def submit(self, spec: common_pb2.BuildSpec, request_id: str = "", owner: str = "") -> str:
+        if request_id:
+            existing = self._store.find_request(request_id)
+            if existing:
+                return existing
+        now = self._clock.now()
+        build_id = "b-" + uuid.uuid4().hex[:16]
+        request = convert.placement_request(build_id, spec, now)
+        self._check_satisfiable(request)
+        if spec.timeout_s == 0:
+            spec = _with_timeout(spec, self._settings.default_timeout_s)
+        record = build_pb2.Build(id=build_id, spec=spec, state=build_pb2.BUILD_STATE_QUEUED, attempt=1,
+                                 created=convert.timestamp(now), exit_code=-1, owner=owner)
+        self._store.put_build(record, request_id)
+        active = ActiveBuild(record=record, request=request)
+        self._active[build_id] = active
+        self._queue.append(active)
+        self._metrics.builds_submitted.inc()
+        self._metrics.queue_depth.set(len(self._queue))
+        log.info("build %s queued: workspace %s key %s", build_id, spec.workspace, spec.cache.key or "-")
+        self._schedule()
+        if active.record.state == build_pb2.BUILD_STATE_QUEUED:
+            self._emit_queued(active)
+        return build_id
+
+    def _check_satisfiable(self, request: PlacementRequest) -> None:
+        live = self._registry.live_nodes()
+        if not live:
+            raise Unavailable("no build node has registered yet; start agents or retry shortly")
+        if not any(request.constraints.admits(n.info) for n in live):
+            zones = sorted({n.info.zone for n in live})
+            raise FailedPrecondition(
+                f"no registered node satisfies the constraints ({request.constraints.describe()}); "
+                f"{sum(1 for _ in live)} node(s) in zone(s) {', '.join(repr(z) for z in zones)}")
+
+    def get(self, build_id: str) -> build_pb2.Build:
+        active = self._active.get(build_id)
+        if active is not None:
+            return active.record
+        record = self._store.get_build(build_id)
+        if record is None:
+            raise NotFound(f"build {_short(build_id)} not found")
+        return record
+
+    async def watch(self, build_id: str, after_seq: int = 0) -> AsyncIterator[build_pb2.BuildEvent]:
+        active = self._active.get(build_id)
+        if active is None:
+            if self._store.get_build(build_id) is None:
+                raise NotFound(f"build {_short(build_id)} not found")
+            for event in self._store.events(build_id, after_seq):
+                yield event
+            return
+        seq = after_seq
+        while True:
+            for event in active.events[self._index_after(active, seq):]:
+                yield event
+                seq = event.seq
+            if active.finished and (not active.events or active.events[-1].seq <= seq):
+                return
+            if not active.events or active.events[-1].seq <= seq:
+                waiter = asyncio.get_running_loop().create_future()
+                active.waiters.append(waiter)
+                await waiter
+
+    @staticmethod
+    def _index_after(active: ActiveBuild, seq: int) -> int:
+        events = active.events
+        if not events or seq < events[0].seq:
+            return 0
+        return max(0, min(len(events), seq - events[0].seq + 1))
+
+    def cancel(self, build_id: str, reason: str) -> build_pb2.Build:
+        active = self._active.get(build_id)
+        if active is None:
+            return self.get(build_id)  # finished already (or NotFound)
+        reason = reason or "cancelled by a client"
+        if active.record.state == build_pb2.BUILD_STATE_QUEUED:
+            self._remove_from_queue(active)
+            self._finish(active, build_pb2.BUILD_STATE_CANCELLED, -1, reason)
+        else:
+            active.cancel_requested = True
+            link = self._links.get(active.record.node)
+            if link is not None:
+                link.send(agent_pb2.CoordinatorCommand(cancel_build=agent_pb2.CancelBuildCommand(
+                    build_id=build_id, attempt=active.record.attempt, reason=reason)))
+            else:
+                # The node is unreachable: the build is over for its caller; the agent is told to
+                # stop it when it reconnects (it then reports a build the coordinator does not expect).
+                self._finish(active, build_pb2.BUILD_STATE_CANCELLED, -1, reason + " (node unreachable)")
+        return active.record
+
+    async def place(self, spec: common_pb2.BuildSpec, lease_s: float, owner: str = "") -> build_pb2.Placement:
+        # The lease's id is the request's: the scheduler counts the placement as running under it until
+        # it is released (or expires), as it counts a build under the build's id.
+        request = convert.placement_request("l-" + uuid.uuid4().hex[:16], spec, self._clock.now())
+        self._check_satisfiable(request)
+        pending = PendingPlacement(request=request, spec=spec, owner=owner,
+                                   lease_s=lease_s or self._settings.placement_lease_s,
+                                   future=asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        self._metrics.queue_depth.set(len(self._queue))
+        self._schedule()
+        try:
+            return await pending.future
+        finally:
+            # Cancelled (the caller went away: awaiting the future cancels it too) or failed: it must not
+            # stay queued, or a slot would later be granted to nobody.
+            if pending.future.cancelled() or not pending.future.done():
+                self._remove_from_queue(pending)
+
+    def lease_owner(self, lease_id: str) -> str | None:
+        lease = self._leases.get(lease_id)
+        return None if lease is None else lease.owner
+
+    def release(self, lease_id: str) -> bool:
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            return False
+        self._scheduler.finished(lease_id)
+        node = self._registry.find(lease.node)
+        if node is not None:
+            node.holders.discard(lease_id)
+        self._schedule()
+        return True
+
+    # -- agent side ----------------------------------------------------------------------------
+    def attach(self, link: AgentLink) -> None:
+        old = self._links.get(link.node)
+        if old is not None and old is not link:
+            old.close()
+        self._links[link.node] = link
+        node = self._registry.get(link.node)
+        # Builds this node ran before a coordinator restart or a reconnect still hold its slots
+        # until its first heartbeat says whether they are still running.
+        for active in self._active.values():
+            if active.record.node == link.node and active.record.state == build_pb2.BUILD_STATE_RUNNING:
+                node.holders.add(active.record.id)
+                self._scheduler.started(active.request, link.node)
+        self._scheduler.node_joined(node, self._registry.all())
+        self._schedule()
+
+    def detach(self, link: AgentLink) -> None:
+        if self._links.get(link.node) is link:
+            del self._links[link.node]
+        self._registry.detach(link.node, link.session_id)
+
+    def heartbeat(self, node_name: str, session_id: str, hb: agent_pb2.Heartbeat) -> None:
+        node = self._registry.find(node_name)
+        if node is None or node.session_id != session_id:
+            return
+        node.disk_used_bytes = hb.disk_used_bytes
+        node.disk_free_bytes = hb.disk_free_bytes
+        node.evicted_bytes_total = hb.evicted_bytes_total
+        node.draining = hb.draining
+        reported = {(r.build_id, r.attempt) for r in hb.running}
+        link = self._links.get(node_name)
+        for build_id, attempt in reported:
+            active = self._active.get(build_id)
+            if active is None or active.record.attempt != attempt or active.record.node != node_name \
+                    or active.finished:
+                if link is not None:
+                    link.send(agent_pb2.CoordinatorCommand(cancel_build=agent_pb2.CancelBuildCommand(
+                        build_id=build_id, attempt=attempt, reason="superseded: the coordinator no longer "
+                        "expects this attempt on this node")))
+        if not node.reconciled:
+            node.reconciled = True
+            for active in list(self._active.values()):
+                rec = active.record
+                if (rec.node == node_name and rec.state == build_pb2.BUILD_STATE_RUNNING
+                        and active.dispatch_session != session_id
+                        and (rec.id, rec.attempt) not in reported):
+                    self._requeue(active, f"node {node_name} came back without attempt {rec.attempt}")
+            self._schedule()
+
+    def build_update(self, node_name: str, update: agent_pb2.BuildUpdate) -> None:
+        active = self._active.get(update.build_id)
+        if (active is None or active.finished or active.record.attempt != update.attempt
+                or active.record.node != node_name):
+            return  # a stale attempt, or a build that has already ended: nothing to record
+        event = build_pb2.BuildEvent()
+        event.CopyFrom(update.event)
+        kind = event.WhichOneof("kind")
+        if kind == "finished":
+            fin = event.finished
+            self._finish(active, fin.state, fin.exit_code, fin.message, fin=fin, node=node_name)
+            return
+        if kind == "restored":
+            active.record.cache.CopyFrom(event.restored.cache)
+        self._record(active, event)
+
+    def nodes_lost(self, nodes: list[NodeRecord]) -> None:
+        for node in nodes:
+            log.warning("node %s lost: no stream for %.0f s; requeueing its builds", node.name,
+                        self._registry.lease_ttl_s)
+            self._scheduler.node_lost(node.name, self._inventory.entries(node.name), self._registry.all())
+            self._inventory.drop_node(node.name)
+            for holder in list(node.holders):
+                active = self._active.get(holder)
+                if active is not None and not active.finished:
+                    self._requeue(active, f"node {node.name} lost (no stream for "
+                                          f"{self._registry.lease_ttl_s:.0f} s)")
+                self._leases.pop(holder, None)
+            node.holders.clear()
+        if nodes:
+            self._schedule()
+
+    # -- periodic ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Expire node leases and placement leases; requeue builds whose node never came back."""
+        now = self._clock.now()
+        self.nodes_lost(self._registry.expire())
+        for lease in [l for l in self._leases.values() if l.expires <= now]:
+            log.info("placement lease %s on %s expired", lease.lease_id, lease.node)
+            self.release(lease.lease_id)
+        if now - self._recovered_at >= self._registry.lease_ttl_s:
+            for active in list(self._active.values()):
+                rec = active.record
+                if rec.state == build_pb2.BUILD_STATE_RUNNING and self._registry.find(rec.node) is None:
+                    self._requeue(active, f"node {rec.node} did not come back after a coordinator restart")
+        self._update_node_gauges()
+        self._schedule()
+
+    def _update_node_gauges(self) -> None:
+        counts: dict[str, int] = {"ready": 0, "disconnected": 0, "lost": 0}
+        for node in self._registry.all():
+            counts[node.state.value] += 1
+        for state, n in counts.items():
+            self._metrics.nodes.labels(state).set(n)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _schedule(self) -> None:
+        """Ask the scheduler what to place now, then dispatch, grant, prewarm and evict accordingly."""
+        if not self._queue:
+            # Nothing to place, but prewarms and evictions asked since (a node lost or joined, a build
+            # finished) go out now rather than with the next placement.
+            self._send_commands(self._scheduler.plan([], self._registry.all()))
+            self._metrics.queue_depth.set(0)
+            return
+        by_id = {item.request.id: item for item in self._queue}
+        started = time.perf_counter()
+        plan = self._scheduler.plan([item.request for item in self._queue], self._registry.all())
+        self._metrics.decision_seconds.observe((time.perf_counter() - started) / len(by_id))
+        placed: set[str] = set()
+        for request, decision in plan.assignments:
+            item = by_id[request.id]
+            node = self._registry.get(decision.node)
+            placed.add(request.id)
+            if isinstance(item, ActiveBuild):
+                self._dispatch(item, node, decision)
+            elif not self._grant(item, node, decision):
+                continue  # its caller went away: nothing starts
+            self._scheduler.started(request, node.name)
+            self._metrics.placements.labels(decision.warmth.value).inc()
+        for request_id, reason in plan.waiting.items():
+            item = by_id[request_id]
+            if isinstance(item, ActiveBuild) and reason != item.queued_reason:
+                self._emit_queued(item, reason)
+        self._send_commands(plan)
+        if placed:
+            self._queue = [q for q in self._queue if q.request.id not in placed]
+        self._metrics.queue_depth.set(len(self._queue))
+
+    def _send_commands(self, plan) -> None:
+        """The plan's prewarms and evictions, each on its node's stream (logged at debug level: the touches
+        that keep costly keys' replicas alive come with most placements; counted by kind in metrics)."""
+        for node_name, key, restore_keys in plan.prewarms:
+            link = self._links.get(node_name)
+            if link is not None:
+                log.debug("prewarming %s on %s", key, node_name)
+                sent = link.send(agent_pb2.CoordinatorCommand(prewarm=agent_pb2.PrewarmCommand(
+                    key=key, restore_keys=list(restore_keys))), advisory=True)
+                self._metrics.cache_commands.labels("prewarm" if sent else "dropped").inc()
+        for node_name, key in plan.evictions:
+            link = self._links.get(node_name)
+            if link is not None:
+                log.debug("evicting superseded %s on %s", key, node_name)
+                sent = link.send(agent_pb2.CoordinatorCommand(evict=agent_pb2.EvictCommand(key=key)),
+                                 advisory=True)
+                self._metrics.cache_commands.labels("evict" if sent else "dropped").inc()
+
+    def _dispatch(self, active: ActiveBuild, node: NodeRecord, decision) -> None:
+        link = self._links.get(node.name)
+        rec = active.record
+        now = self._clock.now()
+        rec.state = build_pb2.BUILD_STATE_RUNNING
+        rec.node = node.name
+        rec.placement_reason = decision.reason
+        node.holders.add(rec.id)
+        active.dispatch_session = node.session_id
+        active.dispatched_at = now
+        active.placed_at = now
+        active.queued_reason = ""
+        self._record(active, build_pb2.BuildEvent(placed=build_pb2.Placed(
+            node=node.name, zone=node.info.zone, reason=decision.reason,
+            expected_warmth=convert.WARMTH_TO_PB[decision.warmth])))
+        log.info("build %s attempt %d → %s (%s)", rec.id, rec.attempt, node.name, decision.reason)
+        if link is not None:
+            link.send(agent_pb2.CoordinatorCommand(run_build=agent_pb2.RunBuildCommand(
+                build_id=rec.id, attempt=rec.attempt, spec=rec.spec)))
+
+    def _grant(self, pending: PendingPlacement, node: NodeRecord, decision) -> bool:
+        """Give ``pending`` a lease on ``node``; False when its caller is gone."""
+        if pending.future.done():
+            return False
+        lease_id = pending.request.id
+        expires = self._clock.now() + pending.lease_s
+        self._leases[lease_id] = Lease(lease_id=lease_id, node=node.name, expires=expires, owner=pending.owner)
+        node.holders.add(lease_id)
+        pending.future.set_result(build_pb2.Placement(
+            lease_id=lease_id, node=node.name, zone=node.info.zone, reason=decision.reason,
+            expected_warmth=convert.WARMTH_TO_PB[decision.warmth], expires=convert.timestamp(expires),
+            node_labels=node.info.labels))
+        log.info("placement %s → %s for %.0f s (%s)", lease_id, node.name, pending.lease_s, decision.reason)
+        return True
+
+    def _requeue(self, active: ActiveBuild, reason: str) -> None:
+        rec = active.record
+        node = self._registry.find(rec.node)
+        if node is not None:
+            node.holders.discard(rec.id)
+        self._scheduler.finished(rec.id)
+        if active.cancel_requested:
+            self._finish(active, build_pb2.BUILD_STATE_CANCELLED, -1, "cancelled; " + reason)
+            return
+        if rec.attempt >= self._settings.max_attempts:
+            self._finish(active, build_pb2.BUILD_STATE_ERROR, -1,
+                         f"{reason}; gave up after {rec.attempt} attempts")
+            return
+        self._metrics.builds_requeued.inc()
+        self._record(active, build_pb2.BuildEvent(retrying=build_pb2.Retrying(
+            reason=reason, next_attempt=rec.attempt + 1)))
+        rec.attempt += 1
+        rec.state = build_pb2.BUILD_STATE_QUEUED
+        rec.node = ""
+        active.dispatch_session = ""
+        active.request = convert.placement_request(rec.id, rec.spec, active.request.enqueued_at)
+        self._store.put_build(rec)
+        self._queue.append(active)
+        log.warning("build %s requeued as attempt %d: %s", rec.id, rec.attempt, reason)
+
+    def _emit_queued(self, active: ActiveBuild, reason: str = "") -> None:
+        reason = reason or active.queued_reason or "waiting to be placed"
+        active.queued_reason = reason
+        position = next((i for i, q in enumerate(self._queue) if q is active), 0)
+        self._record(active, build_pb2.BuildEvent(queued=build_pb2.Queued(position=position, reason=reason)))
+
+    def _finish(self, active: ActiveBuild, state: int, exit_code: int, message: str, *,
+                fin: build_pb2.Finished | None = None, node: str = "") -> None:
+        rec = active.record
+        now = self._clock.now()
+        rec.state = state
+        rec.exit_code = exit_code
+        rec.message = message
+        rec.finished.CopyFrom(convert.timestamp(now))
+        if fin is not None:
+            rec.timings.CopyFrom(fin.timings)
+            rec.cache.CopyFrom(fin.cache)
+        created = convert.seconds(rec.created)
+        rec.timings.total_s = now - created
+        if not rec.timings.queued_s:
+            rec.timings.queued_s = (active.placed_at - created) if active.placed_at else now - created
+        holder = self._registry.find(rec.node)
+        if holder is not None:
+            holder.holders.discard(rec.id)
+        self._scheduler.finished(rec.id, key=rec.spec.cache.key, workspace=rec.spec.workspace,
+                                 run_s=rec.timings.run_s if fin is not None else 0.0,
+                                 bytes_fetched=rec.cache.bytes_fetched, bytes_restored=rec.cache.bytes_restored,
+                                 restore_s=rec.timings.restore_s if fin is not None else 0.0)
+        event = build_pb2.BuildEvent(finished=build_pb2.Finished(
+            state=state, exit_code=exit_code, message=message, timings=rec.timings, cache=rec.cache,
+            node=node or rec.node))
+        self._record(active, event)
+        self._store.put_build(rec)
+        self._active.pop(rec.id, None)
+        self._remove_from_queue(active)
+        self._metrics.builds_finished.labels(_EXPECTED_TO_STATE.get(state, "error")).inc()
+        if fin is not None and rec.cache.warmth:
+            warmth = convert.WARMTH_FROM_PB[rec.cache.warmth]
+            self.hit_counts[warmth] += 1
+            self.hit_bytes[warmth] += rec.cache.bytes_restored
+            self._metrics.cache_hits.labels(warmth.value).inc()
+            local = max(0, rec.cache.bytes_restored - rec.cache.bytes_fetched)
+            self.bytes_local += local
+            self.bytes_fetched += rec.cache.bytes_fetched
+            self._metrics.cache_bytes.labels("local").inc(local)
+            self._metrics.cache_bytes.labels("fetched").inc(rec.cache.bytes_fetched)
+        log.info("build %s finished: %s (exit %d) %s", rec.id, _EXPECTED_TO_STATE.get(state, state),
+                 exit_code, message)
+        self._schedule()
+
+    def _record(self, active: ActiveBuild, event: build_pb2.BuildEvent) -> None:
+        """Number the event, write it to the store, then wake the build's watchers."""
+        rec = active.record
+        rec.last_seq += 1
+        event.build_id = rec.id
+        event.seq = rec.last_seq
+        event.attempt = rec.attempt
+        if not event.HasField("time"):
+            event.time.CopyFrom(convert.timestamp(self._clock.now()))
+        self._store.append_event(event)
+        if event.WhichOneof("kind") in ("placed", "restored", "retrying", "queued"):
+            self._store.put_build(rec)
+        active.events.append(event)
+        waiters, active.waiters = active.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _remove_from_queue(self, item) -> None:
+        self._queue = [q for q in self._queue if q is not item]
+        self._metrics.queue_depth.set(len(self._queue))
+
+    # -- introspection -------------------------------------------------------------------------
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    def links(self) -> dict[str, AgentLink]:
+        return self._links
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A caller's value fit for an error message (a 100 KB id must not come back whole)."""
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
+def _with_timeout(spec: common_pb2.BuildSpec, timeout_s: float) -> common_pb2.BuildSpec:
+    out = common_pb2.BuildSpec()
+    out.CopyFrom(spec)
+    out.timeout_s = timeout_s
+    return out
+

@@ -1,0 +1,141 @@
+"""The node registry: who is registered, whose stream is open, and whose lease ran out.
+
+Pure code with an injected clock. A node registers (getting a new session), attaches its stream,
+and detaches when the stream ends. A node detached for longer than the lease TTL is *lost*: the
+caller requeues its builds. Registering again (after a crash or a coordinator restart) replaces the
+old session; a stream that names a superseded session is refused.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from stoker.coordinator.core.clock import Clock
+from stoker.coordinator.core.errors import Aborted, InvalidArgument, NotFound
+from stoker.coordinator.placement.domain import NodeInfo, NodeState
+
+
+@dataclass
+class NodeRecord:
+    info: NodeInfo
+    session_id: str
+    state: NodeState = NodeState.DISCONNECTED
+    attached: bool = False
+    detached_at: float = 0.0
+    last_seen: float = 0.0
+    registered_at: float = 0.0
+    holders: set[str] = field(default_factory=set)
+    """Build ids and lease ids holding one of the node's slots."""
+    disk_used_bytes: int = 0
+    disk_free_bytes: int = 0
+    evicted_bytes_total: int = 0
+    generation: int = 0
+    draining: bool = False
+    """The node said it is shutting down: nothing new goes to it."""
+    reconciled: bool = False
+    """Whether the first heartbeat of the current session has been reconciled."""
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def free_slots(self) -> int:
+        return self.info.slots - len(self.holders)
+
+    @property
+    def schedulable(self) -> bool:
+        return self.state is NodeState.READY and not self.draining
+
+
+class NodeRegistry:
+    def __init__(self, clock: Clock, lease_ttl_s: float) -> None:
+        self._clock = clock
+        self.lease_ttl_s = lease_ttl_s
+        self._nodes: dict[str, NodeRecord] = {}
+
+    def register(self, info: NodeInfo) -> NodeRecord:
+        if not info.name:
+            raise InvalidArgument("node: must not be empty")
+        if info.slots <= 0:
+            raise InvalidArgument(f"slots: must be positive, got {info.slots}")
+        now = self._clock.now()
+        previous = self._nodes.get(info.name)
+        record = NodeRecord(info=info, session_id=uuid.uuid4().hex, registered_at=now, last_seen=now,
+                            detached_at=now)
+        if previous is not None and previous.state is not NodeState.LOST:
+            # Slots held before a re-registration stay held until reconciled or the lease expires.
+            record.holders = previous.holders
+        self._nodes[info.name] = record
+        return record
+
+    def attach(self, name: str, session_id: str) -> NodeRecord:
+        record = self.get(name)
+        if record.session_id != session_id:
+            raise Aborted(f"session {session_id} of node {name} was superseded by a newer registration")
+        record.attached = True
+        record.state = NodeState.READY
+        record.last_seen = self._clock.now()
+        record.reconciled = False
+        return record
+
+    def detach(self, name: str, session_id: str) -> None:
+        record = self._nodes.get(name)
+        if record is None or record.session_id != session_id:
+            return
+        record.attached = False
+        record.detached_at = self._clock.now()
+        if record.state is NodeState.READY:
+            record.state = NodeState.DISCONNECTED
+
+    def seen(self, name: str) -> None:
+        record = self._nodes.get(name)
+        if record is not None:
+            record.last_seen = self._clock.now()
+
+    def expire(self) -> list[NodeRecord]:
+        """Mark nodes detached longer than the TTL as lost; return the newly lost ones."""
+        now = self._clock.now()
+        lost = []
+        for record in self._nodes.values():
+            if record.state is NodeState.DISCONNECTED and now - record.detached_at >= self.lease_ttl_s:
+                record.state = NodeState.LOST
+                lost.append(record)
+        return lost
+
+    def get(self, name: str) -> NodeRecord:
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise NotFound(f"node {name} is not registered") from None
+
+    def find(self, name: str) -> NodeRecord | None:
+        return self._nodes.get(name)
+
+    def all(self) -> list[NodeRecord]:
+        return list(self._nodes.values())
+
+    def live_nodes(self):
+        """Nodes not lost, lazily (``any()`` over it stops at the first match)."""
+        return _LiveView(self._nodes)
+
+    def live(self) -> list[NodeRecord]:
+        """Nodes not lost (ready, or disconnected within their lease)."""
+        return [r for r in self._nodes.values() if r.state is not NodeState.LOST]
+
+    def ready(self) -> list[NodeRecord]:
+        return [r for r in self._nodes.values() if r.state is NodeState.READY]
+
+
+class _LiveView:
+    """Iterable over the registry's nodes that are not lost; truthy when there is at least one."""
+
+    def __init__(self, nodes: dict[str, NodeRecord]) -> None:
+        self._nodes = nodes
+
+    def __iter__(self):
+        return (r for r in self._nodes.values() if r.state is not NodeState.LOST)
+
+    def __bool__(self) -> bool:
+        return any(True for _ in self)

@@ -1,0 +1,1 @@
+"""Where a rollout's instances run: local processes behind HAProxy, or Kubernetes Deployments."""

@@ -1,0 +1,45 @@
+"""Build the rollout engine from its settings and the state file (kept out of server.py's wiring)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stoker.coordinator.core.clock import Clock
+from stoker.coordinator.core.errors import InvalidArgument
+from stoker.coordinator.rollouts.engine import RolloutEngine
+from stoker.coordinator.rollouts.metrics_providers import PrometheusMetrics, ScrapeMetrics
+from stoker.coordinator.rollouts.settings import RolloutSettings
+from stoker.coordinator.rollouts.store import open_rollout_store
+
+
+def local_dir(settings: RolloutSettings, state_path: str) -> Path:
+    """Where the local target keeps its instances: the setting, else beside the state file."""
+    if settings.local_dir:
+        return Path(settings.local_dir)
+    if state_path == ":memory:":
+        return Path("stoker-rollouts")
+    state = Path(state_path)
+    return state.parent / f"{state.stem}-rollouts"
+
+
+def build_rollout_engine(s: RolloutSettings, state_path: str, clock: Clock) -> RolloutEngine:
+    if s.metrics == "scrape":
+        metrics = ScrapeMetrics(s.metrics_timeout_s)
+    elif s.metrics == "prometheus":
+        metrics = PrometheusMetrics(s.prometheus_url, s.metrics_timeout_s)
+    else:
+        raise InvalidArgument(f"rollouts.metrics: {s.metrics!r} is neither 'scrape' nor 'prometheus'")
+
+    def local():
+        from stoker.coordinator.rollouts.targets.local import LocalTarget
+
+        return LocalTarget(local_dir(s, state_path), haproxy_binary=s.haproxy_binary, command=s.command,
+                           drain_timeout_s=s.drain_timeout_s, stop_grace_s=s.stop_grace_s)
+
+    def kubernetes():
+        from stoker.coordinator.rollouts.targets.kubernetes import KubernetesTarget
+
+        return KubernetesTarget.from_settings(s)
+
+    return RolloutEngine(s, open_rollout_store(state_path), {"local": local, "kubernetes": kubernetes},
+                         metrics, clock)

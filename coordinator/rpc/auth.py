@@ -1,0 +1,233 @@
+"""Who is calling, and may they: TLS credentials, bearer tokens with roles, and the check on every RPC.
+
+Identities:
+
+* **agents** prove who they are with a client certificate (mutual TLS on the agent port); the
+  certificate's common name is the node name they may register and stream as;
+* **CI systems and operators** send ``authorization: Bearer <token>``; the tokens file gives each
+  token a name and a role.
+
+Roles: ``ci`` may submit, place, and read or cancel its own builds; ``operator`` may also read every
+build, query the inventory and run rollouts; ``agent`` may only register and hold a stream.
+Health checks and reflection stay open (Kubernetes probes cannot send credentials).
+
+An *open* coordinator (no tokens, no TLS) lets every caller do everything. It is only allowed on
+loopback unless explicitly told otherwise, and says so when it starts.
+
+The tokens file is JSON: ``{"tokens": [{"name": "github-ci", "role": "ci", "sha256": "<hex>"}, ...]}``;
+only SHA-256 digests of tokens are stored (``stoker token`` prints a new token and its line).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from stoker.coordinator.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+ROLES = ("ci", "operator", "agent")
+
+_BUILDS = "/stoker.v1.Builds/"
+_CI_METHODS = {_BUILDS + m for m in ("SubmitBuild", "WatchBuild", "GetBuild", "CancelBuild", "PlaceBuild",
+                                       "ReleasePlacement")}
+_OPERATOR_METHODS = _CI_METHODS | {"/stoker.v1.Inventory/QueryInventory"}
+_OPERATOR_PREFIXES = ("/stoker.v1.Rollouts/",)
+_AGENT_METHODS = {"/stoker.v1.AgentGateway/Register", "/stoker.v1.AgentGateway/Connect"}
+_OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    role: str  # "ci", "operator", "agent", or "open" (no authentication configured)
+
+    @property
+    def sees_everything(self) -> bool:
+        return self.role in ("operator", "open")
+
+
+OPEN = Identity("", "open")
+current: contextvars.ContextVar[Identity] = contextvars.ContextVar("stoker_identity", default=OPEN)
+"""The identity of the RPC being served (set by the interceptor, read by servicers)."""
+
+
+def allowed(role: str, method: str) -> bool:
+    if role == "open":
+        return True
+    if role == "agent":
+        return method in _AGENT_METHODS
+    if role == "ci":
+        return method in _CI_METHODS
+    if role == "operator":
+        return method in _OPERATOR_METHODS or method.startswith(_OPERATOR_PREFIXES)
+    return False
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(name: str, role: str) -> tuple[str, dict]:
+    """A fresh random token and the line for the tokens file that accepts it."""
+    if role not in ("ci", "operator"):
+        raise InvalidArgument(f"role: {role!r} is not ci or operator (agents use certificates)")
+    token = "stk_" + secrets.token_urlsafe(32)
+    return token, {"name": name, "role": role, "sha256": hash_token(token)}
+
+
+def load_tokens(path: str) -> dict[str, Identity]:
+    """sha256 hex → identity, from the tokens file."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"security.tokens_file: cannot read {path}: {exc}") from exc
+    out: dict[str, Identity] = {}
+    for i, item in enumerate(doc.get("tokens", [])):
+        name, role, digest = item.get("name"), item.get("role"), item.get("sha256", "")
+        if not name or role not in ("ci", "operator") or len(digest) != 64:
+            raise InvalidArgument(f"security.tokens_file: entry {i} needs a name, a role of ci or operator and "
+                                  f"a sha256 of 64 hex digits")
+        out[digest.lower()] = Identity(name, role)
+    return out
+
+
+class Authenticator:
+    def __init__(self, tokens: dict[str, Identity], *, open_access: bool) -> None:
+        self._tokens = tokens
+        self.open_access = open_access
+
+    def identify(self, method: str, metadata, auth_context: dict) -> Identity:
+        header = next((v for k, v in metadata if k == "authorization"), None)
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise Unauthenticated("authorization header must be 'Bearer <token>'")
+            digest = hash_token(token.strip())
+            for known, identity in self._tokens.items():
+                if hmac.compare_digest(known, digest):
+                    return identity
+            raise Unauthenticated("unknown token")
+        names = auth_context.get("x509_common_name") or []
+        if names:
+            return Identity(names[0].decode(errors="replace"), "agent")
+        if self.open_access:
+            return OPEN
+        raise Unauthenticated(f"{method} needs credentials: a bearer token (STOKER_TOKEN) or, for agents, "
+                              f"a client certificate")
+
+    def check(self, method: str, metadata, auth_context: dict) -> Identity:
+        identity = self.identify(method, metadata, auth_context)
+        if not allowed(identity.role, method):
+            raise PermissionDenied(f"{identity.role} {identity.name!r} may not call {method}")
+        return identity
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Checks every RPC before its handler runs; refused calls are logged and end with
+    UNAUTHENTICATED or PERMISSION_DENIED."""
+
+    def __init__(self, authenticator: Authenticator,
+                 observe: Callable[[str, float], None] | None = None) -> None:
+        self._auth = authenticator
+        self._observe = observe
+
+    async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_OPEN_PREFIXES):
+            return handler
+        auth = self._auth
+
+        async def admit(context, request=None) -> None:
+            """Check the caller (abort UNAUTHENTICATED / PERMISSION_DENIED, logged) and the request's bytes
+            (abort INVALID_ARGUMENT); on success the identity is in ``current`` for the servicer."""
+            try:
+                identity = auth.check(method, context.invocation_metadata() or (), context.auth_context())
+            except (Unauthenticated, PermissionDenied) as exc:
+                log.warning("refused %s from %s: %s", method, context.peer(), exc)
+                code = grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, Unauthenticated) else \
+                    grpc.StatusCode.PERMISSION_DENIED
+                await context.abort(code, str(exc))
+            current.set(identity)
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            observe = self._observe
+            short = method.rsplit("/", 1)[-1]
+
+            async def unary_unary(request, context):
+                started = time.perf_counter()
+                await admit(context, request)
+                try:
+                    return await inner(request, context)
+                finally:
+                    if observe is not None:
+                        observe(short, time.perf_counter() - started)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, _tolerant(handler.request_deserializer),
+                                                       handler.response_serializer)
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request, context):
+                await admit(context, request)
+                async for item in inner_us(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, _tolerant(handler.request_deserializer),
+                                                        handler.response_serializer)
+        if handler.stream_stream:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(request_iterator, context):
+                await admit(context)
+                async for item in inner_ss(request_iterator, context):
+                    yield item
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer,
+                                                         handler.response_serializer)
+        return handler  # stream-unary: stoker has none
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message, so the handler can answer
+    INVALID_ARGUMENT (gRPC itself would answer UNKNOWN)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+            return _Undecodable(f"the request is not a valid message: {type(exc).__name__}")
+
+    return deserialize
+
+
+def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerCredentials:
+    """TLS for a port; with ``client_ca`` the port requires and verifies client certificates."""
+    pair = [(Path(key).read_bytes(), Path(cert).read_bytes())]
+    if client_ca:
+        return grpc.ssl_server_credentials(pair, root_certificates=Path(client_ca).read_bytes(),
+                                           require_client_auth=True)
+    return grpc.ssl_server_credentials(pair)

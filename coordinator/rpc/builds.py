@@ -1,0 +1,87 @@
+"""CI's side: submit, place, release, get, cancel and watch builds. Thin: validate, call the queue, convert."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from stoker.coordinator.config import CoordinatorConfig
+from stoker.coordinator.core.errors import InvalidArgument, PermissionDenied
+from stoker.coordinator.placement.build_queue import BuildQueue
+from stoker.coordinator.rpc import auth, validate
+from stoker.coordinator.rpc.status import streaming, unary
+from stoker.v1 import (
+    build_pb2,
+    build_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+
+
+class BuildsServicer(build_pb2_grpc.BuildsServicer):
+    def __init__(self, config: CoordinatorConfig, builds: BuildQueue) -> None:
+        self._config = config
+        self._builds = builds
+
+    def _check_owner(self, build_id: str) -> None:
+        """A ci caller may only see and cancel its own builds (a request_id may name someone else's)."""
+        identity = auth.current.get()
+        if identity.sees_everything:
+            return
+        owner = self._builds.get(build_id).owner
+        if owner != identity.name:
+            raise PermissionDenied(f"build {build_id} belongs to {owner or 'nobody'!r}, not {identity.name!r}")
+
+    def _validate(self, spec, *, need_command: bool) -> None:
+        validate.build_spec(spec, need_command=need_command,
+                            max_files_bytes=self._config.builds.max_files_bytes,
+                            max_timeout_s=self._config.builds.max_timeout_s)
+
+    @streaming
+    async def SubmitBuild(self, request: build_pb2.SubmitBuildRequest, context):
+        self._validate(request.spec, need_command=True)
+        build_id = self._builds.submit(request.spec, request.request_id, owner=auth.current.get().name)
+        self._check_owner(build_id)
+        async for event in self._builds.watch(build_id):
+            yield event
+
+    @streaming
+    async def WatchBuild(self, request: build_pb2.WatchBuildRequest, context):
+        if not request.build_id:
+            raise InvalidArgument("build_id: must not be empty")
+        self._check_owner(request.build_id)
+        async for event in self._builds.watch(request.build_id, request.after_seq):
+            yield event
+
+    @unary
+    async def GetBuild(self, request: build_pb2.GetBuildRequest, context) -> build_pb2.Build:
+        if not request.build_id:
+            raise InvalidArgument("build_id: must not be empty")
+        self._check_owner(request.build_id)
+        return self._builds.get(request.build_id)
+
+    @unary
+    async def CancelBuild(self, request: build_pb2.CancelBuildRequest, context) -> build_pb2.Build:
+        if not request.build_id:
+            raise InvalidArgument("build_id: must not be empty")
+        self._check_owner(request.build_id)
+        return self._builds.cancel(request.build_id, request.reason)
+
+    @unary
+    async def PlaceBuild(self, request: build_pb2.PlaceBuildRequest, context) -> build_pb2.Placement:
+        self._validate(request.spec, need_command=False)
+        limit = self._config.builds.max_timeout_s
+        if not math.isfinite(request.lease_s) or not 0 <= request.lease_s <= limit:
+            raise InvalidArgument(f"lease_s: must be between 0 and {limit:g} seconds, got {request.lease_s}")
+        return await self._builds.place(request.spec, request.lease_s, owner=auth.current.get().name)
+
+    @unary
+    async def ReleasePlacement(self, request: build_pb2.ReleasePlacementRequest, context):
+        if not request.lease_id:
+            raise InvalidArgument("lease_id: must not be empty")
+        identity = auth.current.get()
+        owner = self._builds.lease_owner(request.lease_id)
+        if owner is not None and not identity.sees_everything and owner != identity.name:
+            raise PermissionDenied(f"lease {request.lease_id} belongs to {owner!r}")
+        return build_pb2.ReleasePlacementResponse(released=self._builds.release(request.lease_id))

@@ -1,0 +1,115 @@
+"""Protobuf ⇄ domain conversions, in one place."""
+
+from __future__ import annotations
+
+import operator
+import sys
+
+from google.protobuf import timestamp_pb2
+from stoker.common import sketch
+from stoker.coordinator.placement.domain import (
+    BYTES,
+    CREATED,
+    FILES,
+    KEY,
+    LAST_USED,
+    SKETCH,
+    Constraints,
+    Entry,
+    NodeInfo,
+    NodeState,
+    PlacementRequest,
+    Warmth,
+)
+from stoker.coordinator.placement.registry import NodeRecord
+from stoker.v1 import agent_pb2, common_pb2, inventory_pb2
+
+WARMTH_TO_PB = {
+    Warmth.WARM: common_pb2.WARMTH_WARM,
+    Warmth.PARTIAL: common_pb2.WARMTH_PARTIAL,
+    Warmth.COLD: common_pb2.WARMTH_COLD,
+}
+WARMTH_FROM_PB = {v: k for k, v in WARMTH_TO_PB.items()}
+
+NODE_STATE_TO_PB = {
+    NodeState.READY: inventory_pb2.NODE_STATE_READY,
+    NodeState.DISCONNECTED: inventory_pb2.NODE_STATE_DISCONNECTED,
+    NodeState.LOST: inventory_pb2.NODE_STATE_LOST,
+}
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def seconds(ts: timestamp_pb2.Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
+
+
+def node_info(req: agent_pb2.RegisterRequest) -> NodeInfo:
+    return NodeInfo(
+        name=req.node,
+        zone=req.zone,
+        slots=req.slots,
+        disk_capacity_bytes=req.disk_capacity_bytes,
+        labels=dict(req.labels),
+        agent_version=req.agent_version,
+        instance_type=req.instance_type,
+        cpus=req.cpus,
+        memory_bytes=req.memory_bytes,
+        taints=tuple(req.taints),
+    )
+
+
+def entry(pb: common_pb2.CacheEntry) -> Entry:
+    # On the hot path of snapshots (a million entries after a coordinator restart): kept lean.
+    # An exact tuple, not an EntryRecord, so the garbage collector stops tracking it (see EntryRecord).
+    # The key is interned: every node that holds a key, and every later delta that touches it, then shares
+    # one string with the index's maps. Without it each report of a key kept a string of its own, and the
+    # index's dicts went on holding the first one as well: memory grew with every entry a delta touched.
+    # A malformed sketch (not whole 8-byte values, or too many) is dropped: the entry counts as unsketched.
+    created, used, packed = pb.created, pb.last_used, pb.sketch
+    return (sys.intern(pb.key), pb.bytes, pb.files, created.seconds + created.nanos * 1e-9,
+            used.seconds + used.nanos * 1e-9, packed if sketch.valid(packed) else b"")
+
+
+def entry_to_pb(e: Entry) -> common_pb2.CacheEntry:
+    return common_pb2.CacheEntry(key=e[KEY], bytes=e[BYTES], files=e[FILES], created=timestamp(e[CREATED]),
+                                 last_used=timestamp(e[LAST_USED]), sketch=e[SKETCH])
+
+
+def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: float) -> PlacementRequest:
+    return PlacementRequest(
+        id=request_id,
+        workspace=spec.workspace,
+        key=sys.intern(spec.cache.key),  # the scheduler keeps it in per-key maps: one string with the inventory's
+        restore_keys=tuple(spec.cache.restore_keys),
+        constraints=Constraints(zone=spec.constraints.zone, labels=dict(spec.constraints.labels)),
+        tenant=spec.tenant or spec.workspace,
+        priority=spec.priority,
+        enqueued_at=enqueued_at,
+    )
+
+
+def node_inventory(record: NodeRecord, entries: list[Entry], *, with_entries: bool) -> inventory_pb2.NodeInventory:
+    pb = inventory_pb2.NodeInventory(
+        node=record.name,
+        zone=record.info.zone,
+        state=NODE_STATE_TO_PB[record.state],
+        slots=record.info.slots,
+        running=len(record.holders),
+        disk_capacity_bytes=record.info.disk_capacity_bytes,
+        disk_used_bytes=record.disk_used_bytes,
+        disk_free_bytes=record.disk_free_bytes,
+        evicted_bytes_total=record.evicted_bytes_total,
+        generation=max(record.generation, 0),
+        last_seen=timestamp(record.last_seen),
+        labels=record.info.labels,
+        entry_count=len(entries),
+        entry_bytes=sum(e[BYTES] for e in entries),
+    )
+    if with_entries:
+        pb.entries.extend(entry_to_pb(e) for e in sorted(entries, key=operator.itemgetter(KEY)))
+    return pb

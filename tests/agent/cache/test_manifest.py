@@ -1,0 +1,182 @@
+"""The manifest format and its validation: never trust a manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import zstandard
+from stoker.agent.cache import manifest as mf
+from stoker.agent.cache.api import CacheError, UnsafeTree
+from stoker.agent.cache.blobs import ByteRange, decode_key, encode_key, merge_ranges
+from stoker.agent.cache.packing import ContentItem, group_key, plan_packs
+
+D = "a" * 64
+
+
+def sample() -> mf.Manifest:
+    frames = (mf.Frame("p1", 0, 10, 8),)
+    files = (
+        mf.FileEntry("nm", mf.DIR, 0o755, 1),
+        mf.FileEntry("nm/a.js", mf.FILE, 0o644, 2, 5, D, None, (mf.Chunk(0, 0, 5),)),
+        mf.FileEntry("nm/b.js", mf.FILE, 0o644, 2, 3, D, None, (mf.Chunk(0, 5, 3),)),
+        mf.FileEntry("nm/link", mf.SYMLINK, 0o777, 3, target="a.js"),
+    )
+    return mf.Manifest("k", 1.0, frames, files, roots=("nm",))
+
+
+def with_files(*files: mf.FileEntry, roots=("nm",), frames=None) -> mf.Manifest:
+    base = sample()
+    return dataclasses.replace(base, files=(base.files[0],) + files, roots=roots,
+                               frames=frames if frames is not None else base.frames)
+
+
+def test_round_trip_is_exact() -> None:
+    m = sample()
+    assert mf.parse(mf.encode(m), where="t") == m
+
+
+def test_reads_version_1_and_refuses_unknown_versions() -> None:
+    m = sample()
+    v1 = mf.encode(m, version=1)
+    assert json.loads(zstandard.ZstdDecompressor().decompress(v1))["version"] == 1
+    assert mf.parse(v1, where="t") == m  # manifests written before version 2 still restore
+    assert mf.parse(mf.encode(m), where="t") == m
+    raw = json.loads(zstandard.ZstdDecompressor().decompress(v1))
+    raw["version"] = 3
+    data = zstandard.ZstdCompressor().compress(json.dumps(raw).encode())
+    with pytest.raises(CacheError, match="format version 3"):
+        mf.parse(data, where="t")
+    binary = bytearray(zstandard.ZstdDecompressor().decompress(mf.encode(m)))
+    assert binary[:4] == b"STKM"
+    binary[4:6] = (3).to_bytes(2, "little")
+    with pytest.raises(CacheError, match="format version 3"):
+        mf.parse(zstandard.ZstdCompressor().compress(bytes(binary)), where="t")
+
+
+def test_version_2_refuses_truncated_and_padded_bodies() -> None:
+    binary = zstandard.ZstdDecompressor().decompress(mf.encode(sample()))
+    for bad in (binary[:-3], binary + b"\0", binary[:40]):
+        with pytest.raises(CacheError, match="malformed|not a stoker"):
+            mf.parse(zstandard.ZstdCompressor().compress(bad), where="t")
+
+
+def test_version_2_is_smaller_and_round_trips_every_field() -> None:
+    m = with_files(mf.FileEntry("nm/sub", mf.DIR, 0o750, -5),
+                   mf.FileEntry("nm/sub/ü €.js", mf.FILE, 0o755, 1 << 62, 8, "b" * 64, None,
+                                (mf.Chunk(0, 0, 4), mf.Chunk(0, 4, 4))),
+                   mf.FileEntry("nm/sub/empty", mf.FILE, 0o600, 7, 0, "c" * 64, None, ()),
+                   mf.FileEntry("nm/sub/l2", mf.SYMLINK, 0o777, 9, target="../a.js"))
+    assert mf.parse(mf.encode(m), where="t") == m
+    assert len(mf.encode(m)) <= len(mf.encode(m, version=1))
+
+
+@pytest.mark.parametrize("path", ["nm/../etc/passwd", "/etc/passwd", "nm//x", "nm/./x", "", "nm/x\0y"])
+def test_refuses_unsafe_paths(path: str) -> None:
+    m = with_files(mf.FileEntry(path, mf.DIR, 0o755, 1))
+    with pytest.raises(UnsafeTree):
+        mf.validate(m, where="t")
+
+
+def test_refuses_a_path_through_a_symlink() -> None:
+    m = with_files(mf.FileEntry("nm/link", mf.SYMLINK, 0o777, 1, target="sub"),
+                   mf.FileEntry("nm/sub", mf.DIR, 0o755, 1),
+                   mf.FileEntry("nm/link/x.js", mf.FILE, 0o644, 1, 5, D, None, (mf.Chunk(0, 0, 5),)))
+    with pytest.raises(UnsafeTree, match="passes through the symlink"):
+        mf.validate(m, where="t")
+
+
+def test_refuses_duplicate_paths() -> None:
+    f = mf.FileEntry("nm/a.js", mf.FILE, 0o644, 2, 5, D, None, (mf.Chunk(0, 0, 5),))
+    with pytest.raises(UnsafeTree, match="duplicate"):
+        mf.validate(with_files(f, f), where="t")
+
+
+def test_refuses_size_disagreeing_with_frames() -> None:
+    f = mf.FileEntry("nm/a.js", mf.FILE, 0o644, 2, 6, D, None, (mf.Chunk(0, 0, 5),))
+    with pytest.raises(CacheError, match="has size 6 but its frames hold 5"):
+        mf.validate(with_files(f), where="t")
+
+
+def test_refuses_chunk_past_frame_end_and_huge_frames() -> None:
+    f = mf.FileEntry("nm/a.js", mf.FILE, 0o644, 2, 9, D, None, (mf.Chunk(0, 0, 9),))
+    with pytest.raises(CacheError, match="past the end of its frame"):
+        mf.validate(with_files(f), where="t")
+    with pytest.raises(CacheError, match="invalid frame"):
+        mf.validate(with_files(frames=(mf.Frame("p", 0, 10, 1 << 40),)), where="t")
+
+
+@pytest.mark.parametrize("target", ["../../etc", "/etc/passwd", "../.."])
+def test_refuses_symlinks_leaving_the_tree(target: str) -> None:
+    with pytest.raises(UnsafeTree, match="leaves the tree"):
+        mf.validate(with_files(mf.FileEntry("nm/l", mf.SYMLINK, 0o777, 1, target=target)), where="t")
+
+
+def test_refuses_devices_and_setuid() -> None:
+    with pytest.raises(UnsafeTree):
+        mf.validate(with_files(mf.FileEntry("nm/dev", "chardev", 0o644, 1)), where="t")
+    with pytest.raises(UnsafeTree, match="mode"):
+        mf.validate(with_files(mf.FileEntry("nm/d", mf.DIR, 0o4755, 1)), where="t")
+
+
+def test_refuses_files_outside_roots_and_missing_parents() -> None:
+    with pytest.raises(UnsafeTree, match="outside"):
+        mf.validate(with_files(mf.FileEntry("other", mf.DIR, 0o755, 1)), where="t")
+    with pytest.raises(UnsafeTree, match="before its directory"):
+        mf.validate(with_files(mf.FileEntry("nm/x/y", mf.DIR, 0o755, 1)), where="t")
+
+
+def test_key_encoding_keeps_prefixes() -> None:
+    for key in ["web/node_modules-abc", "ü ber/€", "a%b"]:
+        assert decode_key(encode_key(key)) == key
+        for i in range(len(key)):
+            assert encode_key(key).startswith(encode_key(key[:i]))
+    assert "/" not in encode_key("a/b")
+
+
+def test_merge_ranges_merges_nearby_and_caps_length() -> None:
+    ranges = [ByteRange(0, 10), ByteRange(15, 10), ByteRange(100, 10), ByteRange(112, 50)]
+    merged = merge_ranges(ranges, gap=10, max_length=40)
+    assert [(r.offset, r.length, m) for r, m in merged] == [(0, 25, [0, 1]), (100, 10, [2]), (112, 50, [3])]
+
+
+def test_packs_cut_at_package_boundaries() -> None:
+    assert group_key("node_modules/@babel/core/lib/x.js") == "node_modules/@babel/core"
+    assert group_key("node_modules/react/index.js") == "node_modules/react"
+    assert group_key("node_modules/a/node_modules/b/x.js") == "node_modules/a"
+    items = [ContentItem(str(i), 600_000, f"node_modules/p{i}/x.js", None) for i in range(8)]  # type: ignore
+    base = plan_packs(items, frame_target=1 << 20, group_min=1 << 20, pack_target=1 << 40)
+    frames = [tuple(items[p.item].path for p in f.pieces) for f in base[0].frames]
+    # tiny groups merged pairwise; no frame mixes more than the merged groups
+    assert all(len(f) <= 2 for f in frames) and sum(len(f) for f in frames) == 8
+    big = [ContentItem("b", 10 << 20, "node_modules/big/x", None)]  # type: ignore
+    (pack,) = plan_packs(big, frame_target=4 << 20)
+    assert [f.raw_size for f in pack.frames] == [4 << 20, 4 << 20, 2 << 20]
+
+
+def test_version_2_checks_every_count_before_it_sizes_anything() -> None:
+    """docs/findings/hostile-input.md, finding 8: a count of 0x0FFFFFFF must not build a gigabyte format string."""
+    import struct
+    import tracemalloc
+
+    raw = zstandard.ZstdDecompressor().decompress(mf.encode(sample()))
+    pos = 10 + struct.unpack_from("<I", raw, 6)[0]
+    nframes = struct.unpack_from("<I", raw, pos)[0]
+    paths_at = pos + 4 + 20 * nframes
+    n = struct.unpack_from("<I", raw, paths_at)[0]
+    plen_at = paths_at + 4 + 11 * n
+    for at in (pos, paths_at, plen_at):
+        for count in (0x0FFFFFFF, 0xFFFFFFFF):
+            bad = raw[:at] + struct.pack("<I", count) + raw[at + 4:]
+            tracemalloc.start()
+            with pytest.raises(CacheError, match="malformed|sections do not add up"):
+                mf.parse(zstandard.ZstdCompressor().compress(bad), where="t")
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert peak < 1 << 20
+    # A chunk count that sums past the bytes left.
+    chunk_counts_at = len(raw) - 4 - len(b"a.js") - 12 * 2 - 4 * 2
+    bad = raw[:chunk_counts_at] + struct.pack("<I", 0x0FFFFFFF) + raw[chunk_counts_at + 4:]
+    with pytest.raises(CacheError, match="malformed|sections do not add up"):
+        mf.parse(zstandard.ZstdCompressor().compress(bad), where="t")

@@ -1,0 +1,305 @@
+"""The build queue on a fake clock with the in-memory store: placement, events, requeue, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+from stoker.coordinator.config import BuildSettings
+from stoker.coordinator.core.errors import FailedPrecondition, NotFound, Unavailable
+from stoker.coordinator.core.metrics import CoordinatorMetrics
+from stoker.coordinator.core.state import MemoryStateStore
+from stoker.coordinator.placement.build_queue import AgentLink, BuildQueue
+from stoker.coordinator.placement.domain import EntryRecord, NodeInfo
+from stoker.coordinator.placement.inventory import InventoryIndex
+from stoker.coordinator.placement.registry import NodeRegistry
+from stoker.coordinator.placement.scheduler import Scheduler
+from stoker.v1 import agent_pb2, build_pb2, common_pb2
+
+from tests.helpers.clock import FakeClock
+
+
+class World:
+    def __init__(self, store=None) -> None:
+        self.clock = FakeClock()
+        self.registry = NodeRegistry(self.clock, lease_ttl_s=10)
+        self.inventory = InventoryIndex()
+        self.store = store or MemoryStateStore()
+        self.scheduler = Scheduler(self.inventory, self.clock)
+        self.service = BuildQueue(BuildSettings(max_attempts=3), self.registry, self.inventory,
+                                    self.scheduler, self.store, self.clock,
+                                    CoordinatorMetrics(CollectorRegistry()))
+        self.links: dict[str, AgentLink] = {}
+
+    def add_node(self, name: str, zone: str = "a", slots: int = 1) -> AgentLink:
+        rec = self.registry.register(NodeInfo(name=name, zone=zone, slots=slots))
+        self.registry.attach(name, rec.session_id)
+        link = AgentLink(name, rec.session_id)
+        self.links[name] = link
+        self.service.attach(link)
+        self.service.heartbeat(name, rec.session_id, agent_pb2.Heartbeat())
+        return link
+
+    def reconnect(self, name: str, running=()) -> None:
+        """The node's agent registers again (a new session) and its first heartbeat reports ``running``."""
+        rec = self.registry.register(NodeInfo(name=name, zone="a", slots=1))
+        self.registry.attach(name, rec.session_id)
+        link = AgentLink(name, rec.session_id)
+        self.links[name] = link
+        self.service.attach(link)
+        self.service.heartbeat(name, rec.session_id, agent_pb2.Heartbeat(
+            running=[agent_pb2.RunningBuild(build_id=b, attempt=a) for b, a in running]))
+
+    def commands(self, name: str) -> list[agent_pb2.CoordinatorCommand]:
+        out = []
+        q = self.links[name].outbox
+        while not q.empty():
+            item = q.get_nowait()
+            if item is not None:
+                out.append(item)
+        return out
+
+    def finish(self, node: str, build_id: str, attempt: int, exit_code: int = 0) -> None:
+        state = build_pb2.BUILD_STATE_SUCCEEDED if exit_code == 0 else build_pb2.BUILD_STATE_FAILED
+        self.service.build_update(node, agent_pb2.BuildUpdate(build_id=build_id, attempt=attempt, event=build_pb2.BuildEvent(
+            finished=build_pb2.Finished(state=state, exit_code=exit_code, message="done"))))
+
+
+def spec(zone: str = "") -> common_pb2.BuildSpec:
+    return common_pb2.BuildSpec(workspace="web", command=["true"],
+                                cache=common_pb2.CacheSpec(key="web/k", paths=["nm"]),
+                                constraints=common_pb2.Constraints(zone=zone))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_no_nodes_is_unavailable_and_unsatisfiable_is_failed_precondition():
+    async def body():
+        w = World()
+        with pytest.raises(Unavailable):
+            w.service.submit(spec())
+        w.add_node("n1", zone="a")
+        with pytest.raises(FailedPrecondition, match="zone=b"):
+            w.service.submit(spec(zone="b"))
+        with pytest.raises(NotFound):
+            w.service.get("b-nope")
+    run(body())
+
+
+def test_build_is_dispatched_and_events_are_numbered_and_stored():
+    async def body():
+        w = World()
+        w.add_node("n1")
+        build_id = w.service.submit(spec())
+        [cmd] = w.commands("n1")
+        assert cmd.run_build.build_id == build_id and cmd.run_build.attempt == 1
+        assert cmd.run_build.spec.timeout_s > 0  # the default was filled in
+        w.service.build_update("n1", agent_pb2.BuildUpdate(build_id=build_id, attempt=1, event=build_pb2.BuildEvent(
+            log=build_pb2.LogLine(text="hello"))))
+        w.finish("n1", build_id, 1)
+        events = [e async for e in w.service.watch(build_id)]
+        kinds = [e.WhichOneof("kind") for e in events]
+        assert kinds == ["placed", "log", "finished"]
+        assert [e.seq for e in events] == [1, 2, 3]
+        assert w.service.get(build_id).state == build_pb2.BUILD_STATE_SUCCEEDED
+        assert [e.seq for e in w.store.events(build_id)] == [1, 2, 3]
+        assert [e.seq for e in [e async for e in w.service.watch(build_id, after_seq=2)]] == [3]
+    run(body())
+
+
+def test_busy_fleet_queues_with_a_reason_then_places_when_a_slot_frees():
+    async def body():
+        w = World()
+        w.add_node("n1")
+        first = w.service.submit(spec())
+        second = w.service.submit(spec())
+        assert w.service.get(second).state == build_pb2.BUILD_STATE_QUEUED
+        queued = [e for e in w.store.events(second) if e.WhichOneof("kind") == "queued"]
+        assert queued and "all busy" in queued[-1].queued.reason
+        w.commands("n1")
+        w.finish("n1", first, 1)
+        [cmd] = w.commands("n1")
+        assert cmd.run_build.build_id == second
+    run(body())
+
+
+def test_lost_node_requeues_and_stale_attempt_is_ignored():
+    async def body():
+        w = World()
+        w.add_node("n1")
+        build_id = w.service.submit(spec())
+        w.commands("n1")
+        w.service.detach(w.links["n1"])
+        w.clock.t += 11
+        w.add_node("n2")
+        w.service.tick()
+        assert w.service.get(build_id).attempt == 2
+        [cmd] = w.commands("n2")
+        assert cmd.run_build.attempt == 2
+        w.finish("n1", build_id, 1, exit_code=5)   # the lost node's late report: ignored
+        assert w.service.get(build_id).state == build_pb2.BUILD_STATE_RUNNING
+        w.finish("n2", build_id, 2)
+        events = [e async for e in w.service.watch(build_id)]
+        kinds = [e.WhichOneof("kind") for e in events]
+        assert kinds == ["placed", "retrying", "placed", "finished"]
+        assert events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
+        assert sum(1 for k in kinds if k == "finished") == 1
+    run(body())
+
+
+def test_reconnected_node_without_the_build_gets_it_requeued_and_unknown_builds_cancelled():
+    async def body():
+        w = World()
+        w.add_node("n1")
+        build_id = w.service.submit(spec())
+        w.commands("n1")
+        w.service.detach(w.links["n1"])
+        # The agent restarts within the lease and reports nothing running, plus a build it should not run.
+        w.reconnect("n1", running=[("b-ghost", 1)])
+        cmds = w.commands("n1")
+        kinds = [c.WhichOneof("command") for c in cmds]
+        assert "cancel_build" in kinds and cmds[kinds.index("cancel_build")].cancel_build.build_id == "b-ghost"
+        runs = [c.run_build for c in cmds if c.WhichOneof("command") == "run_build"]
+        assert [(r.build_id, r.attempt) for r in runs] == [(build_id, 2)]
+    run(body())
+
+
+def test_cancel_queued_build_finishes_it_and_running_build_sends_cancel():
+    async def body():
+        w = World()
+        w.add_node("n1")
+        running = w.service.submit(spec())
+        queued = w.service.submit(spec())
+        w.commands("n1")
+        assert w.service.cancel(queued, "").state == build_pb2.BUILD_STATE_CANCELLED
+        w.service.cancel(running, "stop it")
+        [cmd] = w.commands("n1")
+        assert cmd.cancel_build.build_id == running and cmd.cancel_build.reason == "stop it"
+    run(body())
+
+
+def test_max_attempts_ends_in_error():
+    async def body():
+        w = World()
+        build_id = None
+        for attempt in range(1, 4):
+            w.add_node(f"n{attempt}")
+            if build_id is None:
+                build_id = w.service.submit(spec())
+            w.service.detach(w.links[f"n{attempt}"])
+            w.clock.t += 11
+            w.service.tick()
+        record = w.service.get(build_id)
+        assert record.state == build_pb2.BUILD_STATE_ERROR and "gave up after 3 attempts" in record.message
+    run(body())
+
+
+def test_placement_lease_holds_a_slot_until_released():
+    async def body():
+        w = World()
+        w.add_node("n1")
+        placement = await w.service.place(spec(), lease_s=60)
+        assert placement.node == "n1" and placement.lease_id
+        build_id = w.service.submit(spec())
+        assert w.service.get(build_id).state == build_pb2.BUILD_STATE_QUEUED
+        assert w.service.release(placement.lease_id)
+        assert not w.service.release(placement.lease_id)
+        assert w.service.get(build_id).state == build_pb2.BUILD_STATE_RUNNING
+    run(body())
+
+
+def test_released_and_expired_placements_leave_nothing_running_in_the_scheduler():
+    """The scheduler counts a placement as running under its lease id until it is released or expires (a
+    placement once stayed counted for ever: its tenant's running count and the coordinator's memory grew
+    with every placement)."""
+    async def body():
+        w = World()
+        w.add_node("n1", slots=4)
+        for _ in range(50):
+            placement = await w.service.place(spec(), lease_s=60)
+            assert w.scheduler.tracked()["running"] == 1
+            assert w.service.release(placement.lease_id)
+            assert w.scheduler.tracked()["running"] == 0
+        await w.service.place(spec(), lease_s=5)
+        assert w.scheduler.tracked()["running"] == 1
+        w.clock.t += 6
+        w.service.tick()
+        assert w.scheduler.tracked()["running"] == 0
+    run(body())
+
+
+def test_a_finished_build_has_its_nodes_superseded_entries_evicted_even_with_nothing_queued():
+    """The scheduler's evictions (and prewarms) go out when they are asked, not with the next placement."""
+    async def body():
+        w = World()
+        w.add_node("n1")
+        w.inventory.apply_snapshot("n1", 0, [EntryRecord("web/deps-1", 10, 1, 1.0, 1.0, ()),
+                                             EntryRecord("web/deps-2", 10, 1, 2.0, 2.0, ())])
+        build_id = w.service.submit(common_pb2.BuildSpec(
+            workspace="web", command=["true"],
+            cache=common_pb2.CacheSpec(key="web/deps-2", restore_keys=["web/deps-"], paths=["nm"])))
+        assert [c.WhichOneof("command") for c in w.commands("n1")] == ["run_build"]
+        finished = build_pb2.Finished(state=build_pb2.BUILD_STATE_SUCCEEDED, message="done",
+                                      timings=common_pb2.Timings(run_s=5.0))
+        w.service.build_update("n1", agent_pb2.BuildUpdate(build_id=build_id, attempt=1,
+                                                           event=build_pb2.BuildEvent(finished=finished)))
+        [evict] = w.commands("n1")
+        assert evict.evict.key == "web/deps-1"
+    run(body())
+
+
+def test_recover_reloads_unfinished_builds(tmp_path):
+    from stoker.coordinator.core.state import SqliteStateStore
+
+    async def body():
+        db = tmp_path / "s.db"
+        w = World(SqliteStateStore(db))
+        w.add_node("n1")
+        running = w.service.submit(spec())
+        queued = w.service.submit(spec())
+        w.store.close()
+        w2 = World(SqliteStateStore(db))
+        assert w2.service.recover() == 2
+        assert w2.service.get(queued).state == build_pb2.BUILD_STATE_QUEUED
+        assert w2.service.get(running).node == "n1"
+        # n1 comes back and reports the build still running: it keeps it, then finishes it once.
+        w2.reconnect("n1", running=[(running, 1)])
+        assert w2.service.get(running).attempt == 1
+        w2.finish("n1", running, 1)
+        assert w2.service.get(running).state == build_pb2.BUILD_STATE_SUCCEEDED
+        [cmd] = [c for c in w2.commands("n1") if c.WhichOneof("command") == "run_build"]
+        assert cmd.run_build.build_id == queued
+    run(body())
+
+
+def test_advice_is_dropped_for_a_stream_that_far_behind_but_builds_are_always_queued():
+    link = AgentLink("n1", "s1")
+    prewarm = agent_pb2.CoordinatorCommand(prewarm=agent_pb2.PrewarmCommand(key="web/k"))
+    assert all(link.send(prewarm, advisory=True) for _ in range(AgentLink.MAX_ADVISORY))
+    assert not link.send(prewarm, advisory=True)
+    assert link.send(agent_pb2.CoordinatorCommand(cancel_build=agent_pb2.CancelBuildCommand(build_id="b-1")))
+    assert link.outbox.qsize() == AgentLink.MAX_ADVISORY + 1
+
+
+def test_a_placement_whose_caller_went_away_while_queued_is_never_granted_or_counted():
+    """A caller that gives up while its placement waits (its RPC cancelled) leaves the queue; the freed slot
+    is not granted to nobody, and the scheduler does not count a placement that never started."""
+    async def body():
+        w = World()
+        w.add_node("n1")
+        first = await w.service.place(spec(), lease_s=60)
+        waiting = asyncio.ensure_future(w.service.place(spec(), lease_s=60))
+        await asyncio.sleep(0)
+        assert w.service.queue_length() == 1
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert w.service.queue_length() == 0
+        assert w.service.release(first.lease_id)
+        assert w.scheduler.tracked()["running"] == 0
+        again = await w.service.place(spec(), lease_s=60)  # the slot is free for the next caller
+        assert again.node == "n1" and w.scheduler.tracked()["running"] == 1
+    run(body())
