@@ -23,7 +23,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -64,8 +64,8 @@ def describe(cls: type, prefix: str) -> list[tuple[str, str, str]]:
     for f in dataclasses.fields(cls):
         hint = _hints(cls)[f.name]
         name = f"{prefix}{f.name.upper()}"
-        if dataclasses.is_dataclass(hint):
-            rows.extend(describe(hint, name + "_"))
+        if (section := _section(hint)) is not None:
+            rows.extend(describe(section, name + "_"))
         else:
             rows.append((name, repr(_default_of(f)), docs.get(f.name, "")))
     return rows
@@ -113,8 +113,8 @@ def _leaf_paths(cls: type, prefix: str, parents: tuple[str, ...] = ()):
     for f in dataclasses.fields(cls):
         hint = _hints(cls)[f.name]
         env_name = f"{prefix}{f.name.upper()}"
-        if dataclasses.is_dataclass(hint):
-            yield from _leaf_paths(hint, env_name + "_", parents + (f.name,))
+        if (section := _section(hint)) is not None:
+            yield from _leaf_paths(section, env_name + "_", parents + (f.name,))
         else:
             yield env_name, parents + (f.name,)
 
@@ -123,15 +123,16 @@ def _build(cls: type[T], values: Mapping[str, Any], path: str) -> T:
     if not isinstance(values, Mapping):
         raise SettingsError(f"setting {path.rstrip('.') or '(top)'} must be a table")
     hints = _hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cast(Any, cls))  # T is a settings dataclass
+    known = {f.name for f in fields}
     unknown = sorted(set(values) - known)
     if unknown:
         raise SettingsError(f"unknown setting {path}{unknown[0]} (known: {', '.join(sorted(known))})")
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    for f in fields:
         hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[f.name] = _build(hint, values.get(f.name, {}), f"{path}{f.name}.")
+        if (section := _section(hint)) is not None:
+            kwargs[f.name] = _build(section, values.get(f.name, {}), f"{path}{f.name}.")
         elif f.name in values:
             kwargs[f.name] = _coerce(values[f.name], hint, f"{path}{f.name}")
     return cls(**kwargs)
@@ -206,11 +207,16 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _default_of(f: dataclasses.Field) -> Any:
+def _section(hint: Any) -> type[Any] | None:
+    """The dataclass a field's type names when the field is a nested table of settings, else None."""
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
     return None
 
 
@@ -228,6 +234,6 @@ def _field_docs(cls: type) -> dict[str, str]:
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
                 docs[node.target.id] = " ".join(str(nxt.value.value).split())
     return docs

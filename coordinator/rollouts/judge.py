@@ -25,7 +25,35 @@ the bake; a failure may come at any look.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypedDict
+
+Buckets = tuple[tuple[float, int], ...]
+"""A cumulative latency histogram: (upper bound in seconds, requests at or below it), ascending."""
+
+
+class Watched(Protocol):
+    """What the guardrails read of an instance."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def restarts(self) -> int: ...
+
+
+class _Figures(TypedDict):
+    """The figures every verdict of one look carries."""
+
+    canary_requests: int
+    canary_errors: int
+    baseline_requests: int
+    baseline_errors: int
+    canary_p50_ms: float
+    baseline_p50_ms: float
+    alpha: float
 
 PASS = "pass"
 FAIL = "fail"
@@ -63,12 +91,12 @@ class Counters:
             merged[bound] = merged.get(bound, 0) + count
         return Counters(self.requests + other.requests, self.errors + other.errors, tuple(sorted(merged.items())))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "errors": self.errors,
                 "buckets": [["inf" if math.isinf(b) else b, c] for b, c in self.buckets]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> Counters:
+    def from_dict(cls, data: dict[str, Any]) -> Counters:
         return cls(int(data["requests"]), int(data["errors"]),
                    tuple((math.inf if b == "inf" else float(b), int(c)) for b, c in data.get("buckets", [])))
 
@@ -105,13 +133,13 @@ class Verdict:
     baseline_p50_ms: float = 0.0
     p_value: float = 1.0
     alpha: float = 0.0
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     @classmethod
-    def from_dict(cls, data: dict) -> Verdict:
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -145,7 +173,7 @@ def fisher_greater(a_events: int, a_total: int, b_events: int, b_total: int) -> 
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
-def _per_bucket(buckets: tuple[tuple[float, int], ...]) -> list[tuple[float, int]]:
+def _per_bucket(buckets: Buckets) -> list[tuple[float, int]]:
     out, prev = [], 0
     for bound, cumulative in sorted(buckets):
         out.append((bound, max(0, cumulative - prev)))
@@ -172,7 +200,7 @@ def histogram_quantile(q: float, buckets: tuple[tuple[float, int], ...]) -> floa
     return lower_bound
 
 
-def mann_whitney_greater(a_buckets, b_buckets) -> float:
+def mann_whitney_greater(a_buckets: Buckets, b_buckets: Buckets) -> float:
     """One-sided Mann–Whitney U p-value that A's values tend to be larger than B's, from histograms.
 
     Observations in the same bucket are ties (tie-corrected variance, continuity correction, normal
@@ -207,7 +235,7 @@ def per_look_alpha(alpha: float, max_looks: int) -> float:
     return alpha / max(1, max_looks)
 
 
-def guardrail(instances, policy: Policy, *, unready_for_s: float, unready_limit_s: float) -> str | None:
+def guardrail(instances: Iterable[Watched], policy: Policy, *, unready_for_s: float, unready_limit_s: float) -> str | None:
     """A reason to fail the given (canary or new) instances without statistics, or None.
 
     ``instances`` are objects with ``id``, ``ready`` and ``restarts``; ``unready_for_s`` is how long some of
@@ -235,9 +263,9 @@ def judge(canary: Counters, baseline: Counters | None, policy: Policy, *, now: f
     base = baseline or Counters()
     c_p50 = histogram_quantile(0.5, canary.buckets) * 1000
     b_p50 = histogram_quantile(0.5, base.buckets) * 1000
-    figures = dict(canary_requests=canary.requests, canary_errors=canary.errors,
-                   baseline_requests=base.requests, baseline_errors=base.errors,
-                   canary_p50_ms=round(c_p50, 3), baseline_p50_ms=round(b_p50, 3), alpha=alpha_look)
+    figures = _Figures(canary_requests=canary.requests, canary_errors=canary.errors,
+                       baseline_requests=base.requests, baseline_errors=base.errors,
+                       canary_p50_ms=round(c_p50, 3), baseline_p50_ms=round(b_p50, 3), alpha=alpha_look)
     c_rate = canary.errors / canary.requests if canary.requests else 0.0
     b_rate = base.errors / base.requests if base.requests else 0.0
     if canary.requests >= policy.cap_min_requests and c_rate > policy.error_rate_cap:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from stoker.coordinator.core.errors import FailedPrecondition, InvalidArgument
 from stoker.coordinator.rollouts import judge
@@ -64,11 +66,11 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)
     """Environment of the new version's instances."""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> Spec:
+    def from_dict(cls, data: dict[str, Any]) -> Spec:
         data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         data["zones"] = tuple(data.get("zones", ()))
         data["env"] = dict(data.get("env", {}))
@@ -168,7 +170,7 @@ class Rollout:
     looks: int = 0
     max_looks: int = 1
     inconclusive: int = 0
-    window_start: dict[str, dict] = field(default_factory=dict)
+    window_start: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per instance address: its counters when the judgment window opened (serialized judge.Counters)."""
     window_opened: float = 0.0
     unready_since: float = 0.0
@@ -187,7 +189,7 @@ class Rollout:
     def active(self) -> bool:
         return not self.terminal
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "spec": self.spec.to_dict(), "phase": self.phase.value, "created": self.created,
             "updated": self.updated, "from_version": self.from_version, "capacity": self.capacity,
@@ -203,7 +205,7 @@ class Rollout:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> Rollout:
+    def from_dict(cls, d: dict[str, Any]) -> Rollout:
         return cls(
             id=d["id"], spec=Spec.from_dict(d["spec"]), phase=Phase(d["phase"]), created=d["created"],
             updated=d["updated"], from_version=d.get("from_version", ""), capacity=dict(d.get("capacity", {})),
@@ -428,107 +430,147 @@ def step(r: Rollout, obs: Observation, metrics: Metrics | MetricsDown | None, no
     if r.phase is Phase.PENDING:
         begin(r, obs, now, settings)
         return r
-    if r.phase in TERMINAL or r.phase is Phase.PAUSED:
+    stage = _STAGES.get(r.phase)
+    if stage is None:  # terminal, or paused for an operator
         return r
-    policy = settings.policy
-    done = converged(r.desired, obs)
-    new = _new_instances(r, obs)
+    return stage(_Tick(r, obs, metrics, now, settings, _new_instances(r, obs)))
 
-    if r.phase is Phase.CANARY:
-        reason = judge.guardrail(new, policy, unready_for_s=0, unready_limit_s=math.inf)
-        if reason:
-            return _fail(r, now, reason, settings)
-        if done:
-            r.window_start, r.window_opened = {}, 0.0
-            r.bake_until = now + r.spec.bake_s
-            r.next_look = now + settings.judge_interval_s
-            _enter(r, Phase.BAKING, now, f"canary ready; baking for {r.spec.bake_s:g} s and at least "
-                                         f"{r.spec.min_requests} requests", settings)
-        elif now >= r.deadline:
-            return _fail(r, now, f"progress deadline: the canary was not ready within "
-                                 f"{settings.progress_deadline_s:g} s", settings, check="guardrail")
-        return r
 
-    if r.phase is Phase.BAKING:
-        unready = _unready_for(r, new, now)
-        reason = judge.guardrail(new, policy, unready_for_s=unready,
-                                 unready_limit_s=max(settings.judge_interval_s, 1.0))
-        if reason:
-            return _fail(r, now, reason, settings)
-        if not r.window_opened:
-            if isinstance(metrics, dict):
-                _open_window(r, metrics, now, r.bake_until or now + r.spec.bake_s, settings)
-            elif isinstance(metrics, MetricsDown) and (now >= r.next_look or now >= r.bake_until):
-                return _look(r, obs, metrics, now, now >= r.bake_until, settings)
-            return r
-        if metrics is None:
-            return r
-        final = now >= r.bake_until
-        return _look(r, obs, metrics, now, final, settings)
+@dataclass(frozen=True)
+class _Tick:
+    """What one step of a running rollout looks at."""
 
-    if r.phase is Phase.SURGING:
-        reason = judge.guardrail(new, policy, unready_for_s=0, unready_limit_s=math.inf)
-        if reason:
-            return _fail(r, now, reason, settings)
-        if done:
-            if r.spec.zone_first and r.step_key.endswith("/surge-first"):
-                _enter(r, Phase.SURGING, now, "first zone surged and ready; surging the other zones",
-                       settings, key="surge-rest", desired=_all_new(r))
-                return r
-            r.window_start = {}
-            r.window_opened = 0.0
-            r.bake_until = now + r.spec.post_bake_s
-            _enter(r, Phase.POST_BAKE, now, f"all {sum(r.capacity.values())} instances on {r.spec.version}; "
-                                            f"watching for {r.spec.post_bake_s:g} s", settings)
-        elif now >= r.deadline:
-            return _fail(r, now, f"progress deadline: the surge was not ready within "
-                                 f"{settings.progress_deadline_s:g} s", settings, check="guardrail")
-        return r
+    r: Rollout
+    obs: Observation
+    metrics: Metrics | MetricsDown | None
+    now: float
+    settings: Settings
+    new: list[Instance]
+    """The instances that run the new version."""
 
-    if r.phase is Phase.POST_BAKE:
-        unready = _unready_for(r, new, now)
-        reason = judge.guardrail(new, policy, unready_for_s=unready,
-                                 unready_limit_s=max(settings.judge_interval_s, 1.0))
-        if reason:
-            return _fail(r, now, reason, settings)
-        final = now >= r.bake_until
-        if not r.window_opened and isinstance(metrics, dict):
-            _open_window(r, metrics, now, r.bake_until or now + r.spec.post_bake_s, settings)
-            return r
-        if isinstance(metrics, MetricsDown):
-            r.last_look = judge.Verdict(now, judge.INCONCLUSIVE, f"metrics unavailable: {metrics.reason}",
-                                        "metrics")
-            if final:
-                r.verdicts.append(r.last_look)
-                r.paused_from = Phase.POST_BAKE
-                _enter(r, Phase.PAUSED, now, f"post-surge bake ended without metrics ({metrics.reason}); "
-                                             "waiting for an operator: promote, abort or resume", settings)
-                return r
-            r.next_look = now + settings.judge_interval_s
-            return r
-        if isinstance(metrics, dict):
-            canary, _ = _window(r, metrics, obs)
-            v = judge.judge(canary, None, policy, now=now, final=final, alpha_look=0.0)
-            r.last_look = v
-            if v.result == judge.FAIL:
-                return _fail(r, now, v.reason, settings, verdict=v)
-        if final:
-            r.verdicts.append(judge.Verdict(now, judge.PASS, "post-surge bake finished; guardrails held",
-                                            "guardrail"))
-            _enter(r, Phase.SUCCEEDED, now, f"{r.spec.service} runs {r.spec.version} everywhere", settings)
-        elif metrics is not None:
-            r.next_look = now + settings.judge_interval_s
-        return r
+    @property
+    def converged(self) -> bool:
+        return converged(self.r.desired, self.obs)
 
-    if r.phase is Phase.ROLLING_BACK:
-        if done:
-            _enter(r, Phase.ROLLED_BACK, now, f"{r.spec.service} runs {r.from_version} everywhere again",
-                   settings)
-        elif now >= r.deadline and r.deadline:
-            _enter(r, Phase.FAILED, now, f"the rollback to {r.from_version} did not converge within "
-                                         f"{settings.progress_deadline_s:g} s; needs an operator", settings)
-        return r
+    def guardrail(self, *, watch_readiness: bool) -> str | None:
+        """Crash loops always; readiness too once instances should stay ready (bakes)."""
+        s = self.settings
+        if not watch_readiness:
+            return judge.guardrail(self.new, s.policy, unready_for_s=0, unready_limit_s=math.inf)
+        return judge.guardrail(self.new, s.policy, unready_for_s=_unready_for(self.r, self.new, self.now),
+                               unready_limit_s=max(s.judge_interval_s, 1.0))
+
+
+def _step_canary(t: _Tick) -> Rollout:
+    """Canary instances coming up: bake once they are all ready; fail on a guardrail or the deadline."""
+    r, now, settings = t.r, t.now, t.settings
+    reason = t.guardrail(watch_readiness=False)
+    if reason:
+        return _fail(r, now, reason, settings)
+    if t.converged:
+        r.window_start, r.window_opened = {}, 0.0
+        r.bake_until = now + r.spec.bake_s
+        r.next_look = now + settings.judge_interval_s
+        _enter(r, Phase.BAKING, now, f"canary ready; baking for {r.spec.bake_s:g} s and at least "
+                                     f"{r.spec.min_requests} requests", settings)
+    elif now >= r.deadline:
+        return _fail(r, now, f"progress deadline: the canary was not ready within "
+                             f"{settings.progress_deadline_s:g} s", settings, check="guardrail")
     return r
+
+
+def _step_baking(t: _Tick) -> Rollout:
+    """The canary serves beside the baseline: open the comparison window, then judge at each look."""
+    r, now, metrics, settings = t.r, t.now, t.metrics, t.settings
+    reason = t.guardrail(watch_readiness=True)
+    if reason:
+        return _fail(r, now, reason, settings)
+    if not r.window_opened:
+        if isinstance(metrics, dict):
+            _open_window(r, metrics, now, r.bake_until or now + r.spec.bake_s, settings)
+        elif isinstance(metrics, MetricsDown) and (now >= r.next_look or now >= r.bake_until):
+            return _look(r, t.obs, metrics, now, now >= r.bake_until, settings)
+        return r
+    if metrics is None:
+        return r
+    return _look(r, t.obs, metrics, now, now >= r.bake_until, settings)
+
+
+def _step_surging(t: _Tick) -> Rollout:
+    """The rest of the fleet moves to the new version (optionally one zone first), then the post-surge bake."""
+    r, now, settings = t.r, t.now, t.settings
+    reason = t.guardrail(watch_readiness=False)
+    if reason:
+        return _fail(r, now, reason, settings)
+    if t.converged:
+        if r.spec.zone_first and r.step_key.endswith("/surge-first"):
+            _enter(r, Phase.SURGING, now, "first zone surged and ready; surging the other zones",
+                   settings, key="surge-rest", desired=_all_new(r))
+            return r
+        r.window_start = {}
+        r.window_opened = 0.0
+        r.bake_until = now + r.spec.post_bake_s
+        _enter(r, Phase.POST_BAKE, now, f"all {sum(r.capacity.values())} instances on {r.spec.version}; "
+                                        f"watching for {r.spec.post_bake_s:g} s", settings)
+    elif now >= r.deadline:
+        return _fail(r, now, f"progress deadline: the surge was not ready within "
+                             f"{settings.progress_deadline_s:g} s", settings, check="guardrail")
+    return r
+
+
+def _step_post_bake(t: _Tick) -> Rollout:
+    """The all-new fleet is watched with guardrails only; no metrics at the end pauses for an operator."""
+    r, now, metrics, settings = t.r, t.now, t.metrics, t.settings
+    reason = t.guardrail(watch_readiness=True)
+    if reason:
+        return _fail(r, now, reason, settings)
+    final = now >= r.bake_until
+    if not r.window_opened and isinstance(metrics, dict):
+        _open_window(r, metrics, now, r.bake_until or now + r.spec.post_bake_s, settings)
+        return r
+    if isinstance(metrics, MetricsDown):
+        r.last_look = judge.Verdict(now, judge.INCONCLUSIVE, f"metrics unavailable: {metrics.reason}", "metrics")
+        if final:
+            r.verdicts.append(r.last_look)
+            r.paused_from = Phase.POST_BAKE
+            _enter(r, Phase.PAUSED, now, f"post-surge bake ended without metrics ({metrics.reason}); "
+                                         "waiting for an operator: promote, abort or resume", settings)
+            return r
+        r.next_look = now + settings.judge_interval_s
+        return r
+    if isinstance(metrics, dict):
+        canary, _ = _window(r, metrics, t.obs)
+        v = judge.judge(canary, None, settings.policy, now=now, final=final, alpha_look=0.0)
+        r.last_look = v
+        if v.result == judge.FAIL:
+            return _fail(r, now, v.reason, settings, verdict=v)
+    if final:
+        r.verdicts.append(judge.Verdict(now, judge.PASS, "post-surge bake finished; guardrails held",
+                                        "guardrail"))
+        _enter(r, Phase.SUCCEEDED, now, f"{r.spec.service} runs {r.spec.version} everywhere", settings)
+    elif metrics is not None:
+        r.next_look = now + settings.judge_interval_s
+    return r
+
+
+def _step_rolling_back(t: _Tick) -> Rollout:
+    """Back to the previous version everywhere; a rollback that does not converge needs an operator."""
+    r, now, settings = t.r, t.now, t.settings
+    if t.converged:
+        _enter(r, Phase.ROLLED_BACK, now, f"{r.spec.service} runs {r.from_version} everywhere again", settings)
+    elif now >= r.deadline and r.deadline:
+        _enter(r, Phase.FAILED, now, f"the rollback to {r.from_version} did not converge within "
+                                     f"{settings.progress_deadline_s:g} s; needs an operator", settings)
+    return r
+
+
+_STAGES: dict[Phase, Callable[[_Tick], Rollout]] = {
+    Phase.CANARY: _step_canary,
+    Phase.BAKING: _step_baking,
+    Phase.SURGING: _step_surging,
+    Phase.POST_BAKE: _step_post_bake,
+    Phase.ROLLING_BACK: _step_rolling_back,
+}
 
 
 def _fail(r: Rollout, now: float, reason: str, settings: Settings, *, check: str = "guardrail",

@@ -34,7 +34,7 @@ from stoker.agent import config as agent_config
 from stoker.agent import main as agent_main
 from stoker.common import settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 OVERLAYS = DEPLOY / "overlays"
 COMPONENTS = DEPLOY / "components"

@@ -197,7 +197,8 @@ class KubernetesTarget:
             stable_version = template_version(stable["spec"]["template"])
             if len(want) >= 2:
                 # canary: stable keeps its version; the canary Deployment runs the other one
-                (new_version, c), = [(v, n) for v, n in want.items() if v != stable_version][:1] or [(None, 0)]
+                others: list[tuple[str | None, int]] = [(v, n) for v, n in want.items() if v != stable_version]
+                (new_version, c), = others[:1] or [(None, 0)]
                 if new_version is None:
                     raise FailedPrecondition(f"zone {zone}: desired {want} does not include the stable version "
                                              f"{stable_version}")
@@ -242,7 +243,7 @@ class KubernetesTarget:
         labels[TRACK] = "canary"
         selector = copy.deepcopy(stable["spec"].get("selector", {"matchLabels": {}}))
         selector.setdefault("matchLabels", {})[TRACK] = "canary"
-        body = {
+        body: dict[str, Any] = {
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name, "namespace": ns, "labels": labels},
             "spec": {"replicas": replicas, "selector": selector, "template": template,
