@@ -163,10 +163,10 @@ class CoordinatorSession:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             # The reader's error says why the stream ended; a writer that found the call finished says less.
             reader = tasks[2]
-            failed = [t for t in done if not t.cancelled() and t.exception() is not None]
-            failed.sort(key=lambda t: t is not reader)
+            failed = [err for t in sorted(done, key=lambda t: t is not reader)
+                      if not t.cancelled() and (err := t.exception()) is not None]
             if failed:
-                raise failed[0].exception()
+                raise failed[0]
             if not stop.is_set():
                 self.last_error = "the coordinator closed the stream"
         finally:
