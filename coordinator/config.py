@@ -27,9 +27,8 @@ class ServerSettings:
     gc_freeze_every_s: float = 10.0
     """How often what survived the young garbage collections is frozen (never walked again by them)."""
     gc_full_every_s: float = 3600.0
-    """How often a full garbage collection runs (at 1,000 nodes x 1,000 keys a pause of ~0.2 s soon after
-    start, 0.54 s after an hour of full load: bench/load.py). Cyclic garbage that outlived a young collection
-    is freed only then."""
+    """How often a full garbage collection runs. Cyclic garbage that outlived a young collection is freed only
+    then; each one pauses the process (its length at fleet scale: bench/RESULTS.md, "Coordinator load")."""
 
 
 @dataclass(frozen=True)
