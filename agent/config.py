@@ -86,6 +86,50 @@ class BuildSettings:
     pass_env: tuple[str, ...] = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
     """Variables of the agent's own environment a build inherits (comma-separated). Nothing else
     passes: the agent's credentials (for example AWS_* for the blob store) stay out of builds."""
+    executor: str = "process"
+    """What runs a build's command: ``podman`` (each build in its own container; settings under
+    ``podman``) or ``process`` (a plain child process of the agent, NOT isolated: trusted nodes only)."""
+    default_image: str = "docker.io/library/debian:bookworm-slim"
+    """OCI image a build runs in when it names none (podman executor)."""
+    cpus: float = 0.0
+    """CPU cores one build may use (podman executor). 0: no limit."""
+    memory_bytes: int = 0
+    """Memory one build may use, tmpfs /tmp and HOME included (podman executor). 0: no limit."""
+    pids: int = 4096
+    """Processes and threads one build may have at once (podman executor). 0: no limit."""
+    output_bytes: int = 0
+    """Bytes of stdout+stderr a build may write before it is stopped. 0: no limit."""
+    network: str = "default"
+    """Network of builds: ``default`` (podman's own network) or ``none`` (loopback only)."""
+
+
+@dataclass(frozen=True)
+class PodmanSettings:
+    binary: str = "podman"
+    """The podman command (Debian package podman)."""
+    dir: str = "/var/lib/stoker/podman"
+    """podman's image and container storage (--root) and run state (--runroot) for the agent's builds,
+    apart from the host's own podman storage. Put it on the node's SSD."""
+    runtime: str = "auto"
+    """OCI runtime: ``auto`` (runc on cgroup v1/hybrid hosts, where crun refuses; else podman's
+    default), ``runc`` or ``crun``."""
+    uid_base: int = 200000
+    """First host uid (and gid) of the range a build's user namespace maps onto; nothing of the agent's
+    may be owned by an id in the range."""
+    uid_count: int = 65536
+    """Size of that range."""
+    nofile: int = 16384
+    """Open-file limit inside builds; lowered to the agent's own hard limit when above it."""
+    kill_grace_s: float = 5.0
+    """After a build's container gets SIGTERM (cancel, timeout), how long before SIGKILL."""
+    insecure_registries: tuple[str, ...] = ()
+    """Registries (host:port) pulled over plain HTTP, for a local registry (comma-separated). The host's
+    /etc/containers/registries.conf.d applies as well."""
+    auth_file: str = ""
+    """Registry credentials for private images (podman's auth.json format; a mounted Secret on
+    Kubernetes). Builds never see it."""
+    pull_timeout_s: float = 900.0
+    """Longest an image pull may take."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +163,7 @@ class AgentConfig:
     coordinator: CoordinatorLink = field(default_factory=CoordinatorLink)
     cache: CacheSettings = field(default_factory=CacheSettings)
     build: BuildSettings = field(default_factory=BuildSettings)
+    podman: PodmanSettings = field(default_factory=PodmanSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     log: LogSettings = field(default_factory=LogSettings)
 

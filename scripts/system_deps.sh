@@ -3,12 +3,18 @@
 #   haproxy     the load balancer in front of the local-process rollout target (tests, demo, bench)
 #   prometheus  the real Prometheus the PromQL metrics-provider test scrapes the sample service with
 #   gcc         compiles the cache's file writer (agent/cache/_fastio.c) when pip installs stoker
+#   podman      runs each build in its own container (the agent's `podman` executor)
+#   catatonit   the init (podman run --init) that reaps a build's orphans and takes them down with it
+#   runc        the OCI runtime podman uses here (crun refuses cgroup v1/hybrid hosts)
+#   docker-registry  a local OCI registry on 127.0.0.1 the sandbox tests push their test image to
+#   busybox     (busybox-static) the static binary the sandbox tests build their tiny image from
 # Runs with no stdin, as root (or through sudo when available). While another apt/dpkg process holds
 # the lock (unattended-upgrades, a parallel setup), it waits and retries for up to ~10 minutes.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-declare -A wanted=([haproxy]=haproxy [prometheus]=prometheus [gcc]='gcc libc6-dev')   # command -> Debian package
+declare -A wanted=([haproxy]=haproxy [prometheus]=prometheus [gcc]='gcc libc6-dev'
+  [podman]=podman [catatonit]=catatonit [runc]=runc [docker-registry]=docker-registry [busybox]=busybox-static)   # command -> Debian package
 missing=()
 for cmd in "${!wanted[@]}"; do
   if ! command -v "$cmd" >/dev/null 2>&1; then

@@ -1,0 +1,446 @@
+"""The ``podman`` executor: each build in its own container, driven through podman's CLI.
+
+What a build gets (``_run_argv`` is the one place it is decided): its own user namespace mapped onto an
+unprivileged host uid range (``podman.uid_base``), its own pid, mount, ipc, uts and network namespaces
+(network ``none`` on request), podman's default seccomp filter, no new privileges, no capabilities,
+cgroup limits on memory, pids and CPU, only its workspace mounted (at /workspace, the working
+directory), a fresh tmpfs /tmp and HOME, and an init (catatonit) as pid 1: when the command exits, pid 1
+exits and the kernel kills everything left in the pid namespace, ``setsid`` daemons included.
+
+podman keeps its storage under ``podman.dir``, apart from the host's. Every container carries the label
+``stoker.build``; an agent that starts removes every such container a crashed predecessor left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from stoker.agent.config import PodmanSettings
+from stoker.agent.executors.base import (
+    MAX_LINE,
+    BuildExecutor,
+    BuildJob,
+    EndReason,
+    ExecutorUnavailable,
+    Outcome,
+    OutputBudget,
+    OutputSink,
+    Stop,
+    exit_message,
+    pump_lines,
+)
+
+log = logging.getLogger(__name__)
+
+LABEL = "stoker.build"
+HOME = "/home/stoker"
+WORKSPACE = "/workspace"
+_CGROUP_PARENT = "/stoker-builds"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_POLL_S = 0.02
+"""How often the cgroup's OOM and pids counters are read while a build runs: the kernel counts in the
+container's own cgroup (cgroup v1), which is gone some tens of ms after the command died."""
+_PODMAN_FAILED = 125
+"""podman run's exit code when podman itself failed (with its own ``Error: …`` line last on stderr)."""
+_INIT_PATHS = ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit")
+
+
+@dataclass
+class _Container:
+    name: str
+    stop: Stop
+    cgroup: str = ""
+
+
+class PodmanExecutor(BuildExecutor):
+    name = "podman"
+
+    def __init__(self, settings: PodmanSettings) -> None:
+        self._settings = settings
+        self._dir = Path(settings.dir)
+        self._podman = ""
+        self._runtime = ""
+        self._init_path = ""
+        self._ulimits: list[str] = []
+        self._running: dict[str, _Container] = {}
+        self._stoppers: set[asyncio.Task[None]] = set()
+
+    # -- start and leftovers -------------------------------------------------------------------
+    async def start(self) -> str:
+        found = shutil.which(self._settings.binary)
+        if found is None:
+            raise ExecutorUnavailable(f"podman ({self._settings.binary!r}) is not installed: install the Debian "
+                                      "package podman (scripts/system_deps.sh does), or set build.executor=process "
+                                      "on a trusted node")
+        self._podman = found
+        self._init_path = next((p for p in _INIT_PATHS if os.access(p, os.X_OK)), "")
+        if not self._init_path:
+            raise ExecutorUnavailable("catatonit (podman's init for builds) is missing: install the Debian package "
+                                      "catatonit (scripts/system_deps.sh does)")
+        for sub in ("storage", "run", "tmp", "jobs"):
+            (self._dir / sub).mkdir(parents=True, exist_ok=True)
+        info = await self._info()
+        host = info.get("host", {})
+        cgroups = host.get("cgroupVersion", "")
+        default_runtime = host.get("ociRuntime", {}).get("name", "")
+        self._runtime, why = _choose_runtime(self._settings.runtime, cgroups, default_runtime)
+        self._ulimits = _ulimits(self._settings.nofile)
+        version = info.get("version", {}).get("Version", "?")
+        return (f"podman executor: podman {version}, runtime {self._runtime} ({why}), cgroups {cgroups}, "
+                f"storage {self._dir}")
+
+    async def _info(self) -> dict:
+        code, out, err = await self._podman_cmd("info", "--format", "json", runtime=False, timeout_s=120)
+        if code != 0:
+            raise ExecutorUnavailable(f"`podman info` failed (exit {code}): {_last_line(err)}")
+        return json.loads(out)
+
+    async def cleanup_leftovers(self) -> int:
+        code, out, err = await self._podman_cmd("ps", "--all", "--filter", f"label={LABEL}",
+                                                "--format", "{{.Names}}", timeout_s=120)
+        if code != 0:
+            log.warning("cannot list leftover build containers: %s", _last_line(err))
+            return 0
+        names = out.split()
+        for name in names:
+            await self._remove(name)
+        for leftover in (self._dir / "jobs").iterdir():
+            leftover.unlink(missing_ok=True)
+        return len(names)
+
+    # -- image ---------------------------------------------------------------------------------
+    async def prepare(self, job: BuildJob, output: OutputSink) -> Outcome | None:
+        if not job.image:
+            return Outcome(-1, EndReason.IMAGE, "no image: the build names none and build.default_image is empty")
+        code, _, _ = await self._podman_cmd("image", "exists", job.image, timeout_s=60)
+        if code == 0:
+            return None
+        args = ["pull"]
+        if _registry(job.image) in self._settings.insecure_registries:
+            args.append("--tls-verify=false")
+        if self._settings.auth_file:
+            args += ["--authfile", self._settings.auth_file]
+        output(f"stoker: pulling image {job.image}", True)
+        started = time.monotonic()
+        lines: list[str] = []
+
+        def progress(line: str, _stderr: bool) -> None:
+            lines.append(line)
+            output(line, True)
+
+        code = await self._stream(args + [job.image], progress, self._settings.pull_timeout_s)
+        if code != 0:
+            errors = [ln for ln in lines if ln.startswith("Error")] or lines[-1:] or [f"exit {code}"]
+            return Outcome(-1, EndReason.IMAGE, f"cannot pull image {job.image}: {errors[-1]}")
+        output(f"stoker: pulled image {job.image} in {time.monotonic() - started:.1f} s", True)
+        return None
+
+    # -- one build -----------------------------------------------------------------------------
+    async def run(self, job: BuildJob, output: OutputSink,
+                  on_started: Callable[[int], None] | None = None) -> Outcome:
+        problem = _check_job(job)
+        if problem:
+            return Outcome(-1, EndReason.NOT_STARTED, problem)
+        container = _Container(_container_name(job.build_id), Stop())
+        self._running[job.build_id] = container
+        env_file = self._dir / "jobs" / f"{container.name}.env"
+        cid_file = self._dir / "jobs" / f"{container.name}.cid"
+        try:
+            _write_private(env_file, "".join(f"{k}={v}\n" for k, v in self._environment(job).items()))
+            cid_file.unlink(missing_ok=True)
+            argv = self._global_args() + self._run_argv(job, container.name, env_file, cid_file)
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=self._podman_env(), limit=MAX_LINE)
+            if on_started is not None:
+                on_started(proc.pid)
+            if container.stop.reason is not None:  # cancelled while starting
+                self._stop_container(container)
+            return await self._wait(job, proc, container, cid_file, output)
+        finally:
+            self._running.pop(job.build_id, None)
+            await self._remove(container.name)
+            env_file.unlink(missing_ok=True)
+            cid_file.unlink(missing_ok=True)
+
+    async def _wait(self, job: BuildJob, proc: asyncio.subprocess.Process, container: _Container,
+                    cid_file: Path, output: OutputSink) -> Outcome:
+        def over_budget() -> None:
+            if container.stop.request(EndReason.OUTPUT, f"more than {job.limits.output_bytes} bytes of output"):
+                self._stop_container(container)
+
+        last_stderr = [""]
+
+        def passing_on(line: str, stderr: bool) -> None:
+            if stderr:
+                last_stderr[0] = line
+            output(line, stderr)
+
+        budget = OutputBudget(job.limits.output_bytes, over_budget)
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = asyncio.gather(pump_lines(proc.stdout, passing_on, False, budget),
+                                 pump_lines(proc.stderr, passing_on, True, budget))
+        watcher = _CgroupWatch(cid_file)
+        watching = asyncio.create_task(watcher.watch())
+        try:
+            await asyncio.wait_for(proc.wait(), job.timeout_s)
+        except asyncio.TimeoutError:
+            if container.stop.request(EndReason.TIMEOUT, f"timed out after {job.timeout_s:g} s"):
+                self._stop_container(container)
+            await proc.wait()
+        finally:
+            watching.cancel()
+            watcher.read_once()
+        await readers
+        code = proc.returncode if proc.returncode is not None else -1
+        if code == _PODMAN_FAILED and last_stderr[0].startswith("Error: ") and container.stop.reason is None:
+            return Outcome(code, EndReason.NOT_STARTED, f"podman could not run the build: {last_stderr[0][7:]}")
+        return _outcome(code, container.stop, watcher, job)
+
+    def cancel(self, build_id: str, reason: str) -> None:
+        container = self._running.get(build_id)
+        if container is not None and container.stop.request(EndReason.CANCELLED, reason or "cancelled"):
+            self._stop_container(container)
+
+    def _stop_container(self, container: _Container) -> None:
+        """``podman stop``: SIGTERM to the container's init, SIGKILL after the grace period."""
+        async def stop() -> None:
+            grace = str(max(0, round(self._settings.kill_grace_s)))
+            code, _, err = await self._podman_cmd("stop", "--ignore", "--time", grace, container.name,
+                                                  timeout_s=self._settings.kill_grace_s + 60)
+            if code != 0:
+                log.warning("podman stop %s failed: %s", container.name, _last_line(err))
+
+        task = asyncio.get_running_loop().create_task(stop())
+        self._stoppers.add(task)
+        task.add_done_callback(self._stoppers.discard)
+
+    async def _remove(self, name: str) -> None:
+        """Remove the container whatever its state; podman 4.3 sometimes reports its shm mount busy on the
+        first try right after the container exited, so try a few times."""
+        err = ""
+        for attempt in range(4):
+            code, _, err = await self._podman_cmd("rm", "--force", "--ignore", "--time", "0", name, timeout_s=120)
+            if code == 0:
+                return
+            await asyncio.sleep(0.2 * (attempt + 1))
+        log.error("cannot remove build container %s: %s", name, _last_line(err))
+
+    # -- podman's command lines ----------------------------------------------------------------
+    def _global_args(self, runtime: bool = True) -> list[str]:
+        args = [self._podman, "--root", str(self._dir / "storage"), "--runroot", str(self._dir / "run"),
+                "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+        if runtime and self._runtime:
+            args += ["--runtime", self._runtime]
+        return args
+
+    def _run_argv(self, job: BuildJob, name: str, env_file: Path, cid_file: Path) -> list[str]:
+        """Every isolation and limit a build gets, in one list (see the module's docstring)."""
+        s, lim = self._settings, job.limits
+        idmap = f"0:{s.uid_base}:{s.uid_count}"
+        argv = ["run", "--name", name, "--label", f"{LABEL}={job.build_id}", "--cidfile", str(cid_file),
+                "--pull", "never", "--init", "--init-path", self._init_path,
+                "--uidmap", idmap, "--gidmap", idmap,
+                "--security-opt", "no-new-privileges", "--cap-drop", "all",
+                "--cgroup-parent", _CGROUP_PARENT, "--log-driver", "none", "--http-proxy=false",
+                "--stop-timeout", str(max(0, round(s.kill_grace_s))),
+                "--env-file", str(env_file),
+                "--mount", f"type=bind,source={job.workspace},destination={WORKSPACE},U=true",
+                "--workdir", WORKSPACE,
+                "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777", "--tmpfs", f"{HOME}:rw,nosuid,nodev,mode=0700",
+                *self._ulimits]
+        if lim.network == "none":
+            argv += ["--network", "none"]
+        if lim.pids > 0:
+            argv += ["--pids-limit", str(lim.pids)]
+        if lim.memory_bytes > 0:
+            argv += ["--memory", str(lim.memory_bytes), "--memory-swap", str(lim.memory_bytes)]
+        if lim.cpus > 0:
+            argv += ["--cpus", f"{lim.cpus:g}"]
+        return argv + ["--", job.image, *job.argv]
+
+    def _environment(self, job: BuildJob) -> dict[str, str]:
+        env = {"HOME": HOME}
+        env.update(job.env)
+        env["STOKER_WORKSPACE"] = WORKSPACE
+        return env
+
+    def _podman_env(self) -> dict[str, str]:
+        """podman's own environment: nothing of the agent's (its credentials, proxies) reaches podman, so
+        nothing of it can reach a container either."""
+        return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "TMPDIR": str(self._dir / "tmp"), "HOME": str(self._dir)}
+
+    async def _podman_cmd(self, *args: str, runtime: bool = True, timeout_s: float) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *self._global_args(runtime), *args, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self._podman_env())
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return -1, "", f"podman {args[0]} did not finish within {timeout_s:g} s"
+        code = proc.returncode if proc.returncode is not None else -1
+        return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def _stream(self, args: list[str], output: OutputSink, timeout_s: float) -> int:
+        """Run a podman command, passing its output lines on as they come (a pull's progress)."""
+        proc = await asyncio.create_subprocess_exec(
+            *self._global_args(), *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=self._podman_env(), limit=MAX_LINE)
+        assert proc.stdout is not None and proc.stderr is not None
+        budget = OutputBudget(0, lambda: None)
+        readers = asyncio.gather(pump_lines(proc.stdout, output, False, budget),
+                                 pump_lines(proc.stderr, output, True, budget))
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            output(f"Error: podman {args[0]} did not finish within {timeout_s:g} s", True)
+        await readers
+        return proc.returncode if proc.returncode is not None else -1
+
+
+class _CgroupWatch:
+    """Reads the build container's OOM-kill and pids-limit counters while it runs."""
+
+    def __init__(self, cid_file: Path) -> None:
+        self._cid_file = cid_file
+        self._dirs: list[Path] = []
+        self.oom_kills = 0
+        self.pids_max_hits = 0
+
+    async def watch(self) -> None:
+        while True:
+            self.read_once()
+            await asyncio.sleep(_POLL_S)
+
+    def read_once(self) -> None:
+        if not self._dirs:
+            self._dirs = _cgroup_dirs(self._cid_file)
+        for d in self._dirs:
+            self.oom_kills = max(self.oom_kills, _counter(d / "memory.oom_control", "oom_kill"),
+                                 _counter(d / "memory.events", "oom_kill"))
+            self.pids_max_hits = max(self.pids_max_hits, _counter(d / "pids.events", "max"))
+
+
+def _cgroup_dirs(cid_file: Path) -> list[Path]:
+    try:
+        cid = cid_file.read_text().strip()
+    except OSError:
+        return []
+    if not cid:
+        return []
+    rel = f"{_CGROUP_PARENT.strip('/')}/libpod-{cid}"
+    root = Path("/sys/fs/cgroup")
+    candidates = [root / "memory" / rel, root / "pids" / rel, root / rel]  # cgroup v1 controllers, then v2
+    return [d for d in candidates if d.is_dir()]
+
+
+def _counter(path: Path, key: str) -> int:
+    try:
+        text = path.read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def _outcome(code: int, stop: Stop, watcher: _CgroupWatch, job: BuildJob) -> Outcome:
+    if watcher.oom_kills and code != 0:
+        return Outcome(code, EndReason.OOM, f"killed by the kernel at its memory limit of {job.limits.memory_bytes} "
+                                            "bytes (out of memory)")
+    if watcher.pids_max_hits and (code != 0 or stop.reason is EndReason.TIMEOUT):
+        why = f" and {stop.message}" if stop.reason is not None else f", then {exit_message(code)}"
+        return Outcome(code, EndReason.PIDS, f"hit its limit of {job.limits.pids} processes{why}")
+    if stop.reason is not None:
+        return Outcome(code, stop.reason, stop.message)
+    return Outcome(code, EndReason.EXITED, exit_message(code))
+
+
+def _choose_runtime(wanted: str, cgroups: str, default: str) -> tuple[str, str]:
+    """The OCI runtime to use and why, for the start log line."""
+    if wanted != "auto":
+        if shutil.which(wanted) is None:
+            raise ExecutorUnavailable(f"podman.runtime={wanted}, but {wanted} is not installed (Debian package "
+                                      f"{wanted})")
+        return wanted, "configured"
+    if cgroups == "v1":
+        if shutil.which("runc") is None:
+            raise ExecutorUnavailable("this host has cgroups v1/hybrid, where crun refuses to run containers; "
+                                      "install the Debian package runc (scripts/system_deps.sh does)")
+        reason = "cgroups v1/hybrid: crun refuses them" if default == "crun" else "cgroups v1/hybrid"
+        if default and default != "runc":
+            log.warning("podman's default runtime %s cannot run on cgroups v1/hybrid: using runc", default)
+        return "runc", reason
+    return default or "runc", "podman's default"
+
+
+def _ulimits(nofile: int) -> list[str]:
+    """podman's default rlimits can exceed the host's hard limits (then no container starts): stay below
+    the agent's own."""
+    args = []
+    for flag, which, wanted in (("nofile", resource.RLIMIT_NOFILE, nofile),
+                                ("nproc", resource.RLIMIT_NPROC, 0)):
+        _, hard = resource.getrlimit(which)
+        value = hard if wanted <= 0 else wanted
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        if value == resource.RLIM_INFINITY:
+            continue
+        args += ["--ulimit", f"{flag}={value}:{value}"]
+    return args
+
+
+def _check_job(job: BuildJob) -> str:
+    if not job.image:
+        return "no image to run the build in"
+    if not job.argv:
+        return "no command"
+    if job.limits.network not in ("default", "none"):
+        return f"network must be default or none, not {job.limits.network!r}"
+    if "," in str(job.workspace):
+        return f"workspace path {job.workspace} contains a comma (podman's --mount cannot take it)"
+    for key, value in job.env.items():
+        if not _ENV_NAME.fullmatch(key):
+            return f"environment variable name {key!r} is not a valid name"
+        if "\n" in value or "\0" in value:
+            return f"environment variable {key} holds a newline or NUL, which cannot reach a container"
+    return ""
+
+
+def _container_name(build_id: str) -> str:
+    return "stoker-" + re.sub(r"[^A-Za-z0-9_.-]", "_", build_id)[:200]
+
+
+def _registry(image: str) -> str:
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no message)"

@@ -1,0 +1,263 @@
+"""The podman executor against real podman (runc), a real local registry and a busybox image built from
+Debian's busybox-static: what a build sees, what it cannot reach, its limits, and that nothing outlives it.
+
+Each hostile test also has the control that shows the attempt could have succeeded where it matters (the
+build did run and write its output), so a test cannot pass by the build never running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from stoker.agent.executors.base import EndReason, Limits
+from stoker.agent.executors.podman import PodmanExecutor
+from tests.helpers.sandbox import Captured, containers, fresh_settings, job, run_builds, run_one
+
+pytestmark = [pytest.mark.integration, pytest.mark.hostile]
+
+
+def test_exit_code_output_streams_and_workspace(podman_settings, sandbox_image, tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "input.txt").write_text("from the agent\n")
+    build = job(ws, sandbox_image, "cat input.txt; echo to-stderr >&2; pwd; echo made > out.txt; exit 3",
+                env={"GREETING": "a b  c"})
+    [(outcome, out)] = run_builds(podman_settings, build)
+    assert (outcome.exit_code, outcome.reason) == (3, EndReason.EXITED), out.text
+    assert out.stdout.splitlines() == ["from the agent", "/workspace"]
+    assert out.stderr == "to-stderr"
+    assert (ws / "out.txt").read_text() == "made\n"
+    assert containers(podman_settings) == []
+
+
+def test_first_pull_reports_progress_and_a_missing_image_fails_once_with_the_registrys_message(
+        podman_settings, sandbox_image, local_registry, tmp_path):
+    settings = fresh_settings(podman_settings, tmp_path / "podman")
+    good = job(tmp_path / "ws1", sandbox_image, "echo pulled-and-ran")
+    missing = job(tmp_path / "ws2", f"{local_registry}/stoker-test/nope:1", "echo never")
+    (ok, ok_out), (bad, bad_out) = run_builds(settings, good, missing)
+    assert ok.succeeded, ok_out.text
+    assert f"stoker: pulling image {sandbox_image}" in ok_out.stderr
+    assert "Copying blob" in ok_out.stderr
+    assert ok_out.stdout == "pulled-and-ran"
+    assert bad.reason is EndReason.IMAGE
+    assert "nope" in bad.message and "manifest unknown" in bad.message.lower(), bad.message
+    assert "never" not in bad_out.stdout
+
+
+def test_the_agents_environment_is_invisible(podman_settings, sandbox_image, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "agent-secret-4711")
+    monkeypatch.setenv("HTTPS_PROXY", "http://agent-proxy-4711:3128")
+    build = job(tmp_path / "ws", sandbox_image,
+                "echo PID1; cat /proc/1/environ | tr '\\0' '\\n'; echo ALL; cat /proc/*/environ | tr '\\0' '\\n'; "
+                "echo ENV; env", env={"BUILD_ONLY": "mine"})
+    [(outcome, out)] = run_builds(podman_settings, build)
+    assert outcome.succeeded, out.text
+    assert "BUILD_ONLY=mine" in out.stdout  # the control: the build's own variables are there
+    assert "4711" not in out.text
+    assert "AWS_" not in out.text and "PROXY" not in out.text.upper()
+
+
+def test_files_outside_the_workspace_are_not_reachable(podman_settings, sandbox_image, tmp_path):
+    secret = tmp_path / "node-tls.key"
+    secret.write_text("PRIVATE-KEY-4711\n")
+    other = tmp_path / "other-build"
+    other.mkdir()
+    (other / ".env").write_text("NPM_TOKEN=other-tenant-4711\n")
+    script = (f"cat {secret} {other}/.env; ls {tmp_path}; cat /proc/1/root{secret}; "
+              "grep -r 4711 / --exclude-dir=proc --exclude-dir=sys 2>/dev/null; echo done")
+    [(outcome, out)] = run_builds(podman_settings, job(tmp_path / "ws", sandbox_image, script))
+    assert outcome.succeeded, out.text
+    assert out.stdout.splitlines()[-1] == "done"
+    assert "PRIVATE-KEY" not in out.stdout and "other-tenant" not in out.stdout
+    assert "No such file" in out.stderr
+
+
+def test_a_setsid_daemon_dies_with_its_build(podman_settings, sandbox_image, tmp_path):
+    marker = f"{4000 + os.getpid() % 1000}.{os.urandom(2).hex()[:2]}"  # a sleep no other process runs
+    build = job(tmp_path / "ws", sandbox_image,
+                f"setsid sleep {marker} & (setsid sh -c 'sleep {marker}' &); sleep 0.5; "
+                f"ps -o pid,args | grep -c '[s]leep {marker}'")
+    [(outcome, out)] = run_builds(podman_settings, build)
+    assert outcome.succeeded, out.text
+    assert int(out.stdout.splitlines()[-1]) >= 2  # the control: both daemons were running
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _host_processes_with(f"sleep {marker}"):
+        time.sleep(0.1)
+    assert _host_processes_with(f"sleep {marker}") == []
+
+
+def test_home_tmp_and_the_image_start_fresh_for_the_next_build(podman_settings, sandbox_image, tmp_path):
+    plant = job(tmp_path / "ws1", sandbox_image,
+                "echo '[core] hooksPath=/tmp/hooks' > $HOME/.gitconfig; echo x > /tmp/planted; "
+                "echo x > /root/planted; echo x > /bin/planted; ls -a $HOME /tmp")
+    check = job(tmp_path / "ws2", sandbox_image,
+                "ls -a $HOME /tmp /root; cat $HOME/.gitconfig /tmp/planted /root/planted /bin/planted; echo $HOME")
+    (planted, p_out), (checked, c_out) = run_builds(podman_settings, plant, check)
+    assert planted.succeeded, p_out.text
+    assert ".gitconfig" in p_out.stdout and "planted" in p_out.stdout  # the control
+    assert checked.exit_code != 0  # every cat failed
+    assert "planted" not in c_out.stdout and ".gitconfig" not in c_out.stdout and "hooksPath" not in c_out.stdout
+    assert c_out.stdout.splitlines()[-1] == "/home/stoker"
+
+
+def test_a_fork_bomb_hits_its_pids_limit(podman_settings, sandbox_image, tmp_path):
+    bomb = job(tmp_path / "ws", sandbox_image, "b() { b & b & wait; }; b", limits=Limits(pids=64), timeout_s=6)
+    started = time.monotonic()
+    [(outcome, out)] = run_builds(podman_settings, bomb)
+    assert outcome.reason is EndReason.PIDS, (outcome, out.text[-2000:])
+    assert "limit of 64 processes" in outcome.message and "timed out" in outcome.message
+    assert time.monotonic() - started < 6 + podman_settings.kill_grace_s + 20
+    assert "can't fork" in out.stderr
+    assert containers(podman_settings) == []
+
+
+def test_a_memory_hog_ends_with_an_oom_reason(podman_settings, sandbox_image, tmp_path):
+    hog = job(tmp_path / "ws", sandbox_image, "echo start; x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo end",
+              limits=Limits(pids=64, memory_bytes=64 * 1024**2))
+    [(outcome, out)] = run_builds(podman_settings, hog)
+    assert out.stdout.splitlines()[0] == "start"
+    assert "end" not in out.stdout
+    assert outcome.reason is EndReason.OOM, (outcome, out.text[-2000:])
+    assert "out of memory" in outcome.message
+
+
+def test_output_over_its_limit_stops_the_build(podman_settings, sandbox_image, tmp_path):
+    flood = job(tmp_path / "ws", sandbox_image, "yes 0123456789", limits=Limits(pids=64, output_bytes=100_000))
+    [(outcome, out)] = run_builds(podman_settings, flood)
+    assert outcome.reason is EndReason.OUTPUT, outcome
+    assert sum(len(t) + 1 for t, _ in out.lines) <= 100_000
+    assert containers(podman_settings) == []
+
+
+def test_network_none_cannot_reach_a_server_of_the_test(podman_settings, sandbox_image, tmp_path):
+    """The server listens on every address: a container's 127.0.0.1 is its own, so the build tries the
+    host's addresses as seen from the container's default network (the bridge's gateway) too."""
+    server, port = _http_server()
+    try:
+        script = (f"for h in 127.0.0.1 10.88.0.1 {' '.join(_host_addresses())}; do "
+                  f"wget -q -T 2 -O - http://$h:{port}/ && echo REACHED $h; done; cat /proc/net/dev; echo done")
+        default = job(tmp_path / "ws1", sandbox_image, script)
+        isolated = job(tmp_path / "ws2", sandbox_image, script, limits=Limits(pids=64, network="none"))
+        (d_outcome, d_out), (n_outcome, n_out) = run_builds(podman_settings, default, isolated)
+    finally:
+        server.close()
+    assert d_outcome.succeeded and "REACHED" in d_out.stdout, d_out.text  # the control
+    assert n_outcome.succeeded, n_out.text
+    assert "REACHED" not in n_out.stdout and "hello-4711" not in n_out.stdout
+    interfaces = [ln.split(":")[0].strip() for ln in n_out.stdout.splitlines() if ":" in ln and "|" not in ln]
+    assert interfaces == ["lo"], n_out.stdout
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_cancel_and_timeout_remove_the_container(podman_settings, sandbox_image, tmp_path, how):
+    marker = f"{5000 + os.getpid() % 1000}.{os.urandom(2).hex()[:2]}"
+    build = job(tmp_path / "ws", sandbox_image, f"trap '' TERM; echo ready; setsid sleep {marker} & sleep {marker}",
+                timeout_s=3 if how == "timeout" else 60)
+
+    async def scenario():
+        executor = PodmanExecutor(podman_settings)
+        await executor.start()
+        out = Captured()
+        assert await executor.prepare(build, out) is None
+        running = asyncio.create_task(executor.run(build, out))
+        if how == "cancel":
+            while "ready" not in out.stdout:
+                await asyncio.sleep(0.05)
+            assert containers(podman_settings) != []  # the control: it was running
+            executor.cancel(build.build_id, "user asked")
+        return await running, out
+
+    started = time.monotonic()
+    outcome, out = asyncio.run(scenario())
+    expected = EndReason.CANCELLED if how == "cancel" else EndReason.TIMEOUT
+    assert outcome.reason is expected, (outcome, out.text)
+    assert time.monotonic() - started < 3 + podman_settings.kill_grace_s + 20
+    assert containers(podman_settings) == []
+    assert _host_processes_with(f"sleep {marker}") == []
+
+
+def test_a_restarted_agent_removes_the_containers_a_crash_left(podman_settings, sandbox_image, tmp_path):
+    settings = podman_settings
+    build = job(tmp_path / "ws", sandbox_image, "echo ready; sleep 600", build_id="crashed-1")
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        from pathlib import Path
+        from stoker.agent.config import PodmanSettings
+        from stoker.agent.executors.base import BuildJob
+        from stoker.agent.executors.podman import PodmanExecutor
+
+        async def main():
+            executor = PodmanExecutor(PodmanSettings(dir={settings.dir!r}, kill_grace_s=1.0))
+            await executor.start()
+            job = BuildJob("crashed-1", ("sh", "-c", "echo ready; sleep 600"), Path({str(build.workspace)!r}),
+                           image={sandbox_image!r})
+            await executor.run(job, lambda line, err: print(line, flush=True))
+
+        asyncio.run(main())
+    """)
+    agent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert agent.stdout is not None
+        assert agent.stdout.readline().strip() == "ready"
+    finally:
+        agent.send_signal(signal.SIGKILL)  # the crash: no cleanup runs
+        agent.wait()
+    assert containers(settings) == ["stoker-crashed-1"]  # the control: the crash left it running
+
+    async def restart() -> int:
+        executor = PodmanExecutor(settings)
+        await executor.start()
+        return await executor.cleanup_leftovers()
+
+    assert asyncio.run(restart()) == 1
+    assert containers(settings) == []
+
+
+def _host_processes_with(text: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if text.encode() in f.read().replace(b"\0", b" "):
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+def _host_addresses() -> list[str]:
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    return [a for a in out if ":" not in a and not a.startswith("10.88.")]
+
+
+def _http_server() -> tuple[socket.socket, int]:
+    """A one-line HTTP server on every address (closing it stops the thread)."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", 0))
+    server.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nhello-4711")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, server.getsockname()[1]

@@ -1,0 +1,182 @@
+"""Real podman for the sandbox tests: a tiny image made from Debian's busybox-static, a real registry
+(Debian's ``docker-registry``) on 127.0.0.1 to pull it from, and podman executors over a storage directory
+of their own. No image comes from outside. A missing binary fails the test and names its Debian package."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from stoker.agent.config import PodmanSettings
+from stoker.agent.executors.base import BuildJob, Limits, Outcome
+from stoker.agent.executors.podman import LABEL, PodmanExecutor
+from tests.helpers.net import free_port, wait_port
+
+_PACKAGES = {"podman": "podman", "runc": "runc", "catatonit": "catatonit", "docker-registry": "docker-registry",
+             "busybox": "busybox-static"}
+
+
+def need(command: str) -> str:
+    found = shutil.which(command)
+    if found is None:
+        pytest.fail(f"`{command}` is missing: install the Debian package {_PACKAGES[command]} "
+                    "(scripts/system_deps.sh installs it)")
+    return found
+
+
+def busybox_rootfs_tar() -> bytes:
+    """A root filesystem holding only a static busybox, its applets as symlinks, and /etc/passwd."""
+    busybox = need("busybox")
+    ldd = subprocess.run(["ldd", busybox], capture_output=True, text=True)
+    if not any(s in ldd.stdout + ldd.stderr for s in ("not a dynamic executable", "statically linked")):
+        pytest.fail(f"{busybox} is not static: install the Debian package busybox-static")
+    applets = subprocess.run([busybox, "--list"], check=True, capture_output=True, text=True).stdout.split()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d, mode in (("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("root", 0o700), ("home", 0o755),
+                        ("proc", 0o555), ("sys", 0o555), ("dev", 0o755)):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, mode
+            tar.addfile(info)
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in applets:
+            if applet != "busybox":
+                link = tarfile.TarInfo(f"bin/{applet}")
+                link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(link)
+        for name, text in (("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"), ("etc/group", "root:x:0:\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def local_registry(tmp_path_factory):
+    """Debian's docker-registry serving over plain HTTP on 127.0.0.1 with a free port; yields host:port."""
+    binary = need("docker-registry")
+    root = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = root / "config.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\n")
+    log = open(root / "registry.log", "wb")
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_port(port, proc, 30, "docker-registry")
+        yield f"127.0.0.1:{port}"
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}; log: {(root / 'registry.log').read_text()[-2000:]}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _podman(storage: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([need("podman"), "--root", str(storage / "storage"), "--runroot", str(storage / "run"),
+                           "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", need("runc"),
+                           *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def sandbox_image(local_registry, tmp_path_factory) -> str:
+    """The busybox image, imported with podman into a scratch storage and pushed to the local registry."""
+    work = tmp_path_factory.mktemp("image")
+    tar = work / "rootfs.tar"
+    tar.write_bytes(busybox_rootfs_tar())
+    ref = f"{local_registry}/stoker-test/busybox:1"
+    for args in (("import", str(tar), ref), ("push", "--tls-verify=false", ref)):
+        done = _podman(work, *args)
+        if done.returncode != 0:
+            pytest.fail(f"podman {args[0]} failed: {done.stderr[-2000:]}")
+    _podman(work, "system", "reset", "--force")
+    return ref
+
+
+@pytest.fixture(scope="session")
+def podman_settings(local_registry, sandbox_image, tmp_path_factory) -> PodmanSettings:
+    """Settings of a podman executor whose storage lives for the session (the image is pulled once)."""
+    for command in ("podman", "runc", "catatonit"):
+        need(command)
+    storage = tmp_path_factory.mktemp("podman")
+    settings = PodmanSettings(dir=str(storage), insecure_registries=(local_registry,), kill_grace_s=1.0)
+    yield settings
+    leftovers = _podman(storage, "ps", "--all", "--filter", f"label={LABEL}", "--format", "{{.Names}}").stdout.split()
+    for name in leftovers:
+        _podman(storage, "rm", "--force", "--time", "0", name)
+    _podman(storage, "system", "reset", "--force")
+
+
+def fresh_settings(settings: PodmanSettings, directory: Path) -> PodmanSettings:
+    return replace(settings, dir=str(directory))
+
+
+def containers(settings: PodmanSettings) -> list[str]:
+    """Names of the build containers in this storage, whatever their state."""
+    done = _podman(Path(settings.dir), "ps", "--all", "--filter", f"label={LABEL}", "--format", "{{.Names}}")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+class Captured:
+    """Output lines of one build, in order, as (text, is_stderr)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, bool]] = []
+
+    def __call__(self, text: str, stderr: bool) -> None:
+        self.lines.append((text, stderr))
+
+    @property
+    def stdout(self) -> str:
+        return "\n".join(t for t, err in self.lines if not err)
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(t for t, err in self.lines if err)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(t for t, _ in self.lines)
+
+
+def job(workspace: Path, image: str, script: str, build_id: str | None = None, **kwargs) -> BuildJob:
+    workspace.mkdir(parents=True, exist_ok=True)
+    limits = kwargs.pop("limits", Limits(pids=256, memory_bytes=256 * 1024**2))
+    return BuildJob(build_id=build_id or f"b-{os.urandom(4).hex()}", argv=("sh", "-c", script),
+                    workspace=workspace, image=image, limits=limits, timeout_s=kwargs.pop("timeout_s", 60.0),
+                    **kwargs)
+
+
+async def run_one(executor: PodmanExecutor, build: BuildJob) -> tuple[Outcome, Captured]:
+    """prepare + run one build on a started executor."""
+    out = Captured()
+    failed = await executor.prepare(build, out)
+    if failed is not None:
+        return failed, out
+    return await executor.run(build, out), out
+
+
+def run_builds(settings: PodmanSettings, *builds: BuildJob) -> list[tuple[Outcome, Captured]]:
+    """Start an executor and run the builds one after the other (a fresh event loop per call)."""
+
+    async def scenario() -> list[tuple[Outcome, Captured]]:
+        executor = PodmanExecutor(settings)
+        await executor.start()
+        return [await run_one(executor, b) for b in builds]
+
+    return asyncio.run(scenario())
