@@ -103,8 +103,9 @@ class BuildExecutor(ABC):
         when ready; else the outcome that ends the build (a bad image: one clear error)."""
 
     @abstractmethod
-    async def run(self, job: BuildJob, output: OutputSink,
-                  on_started: Callable[[int], None] | None = None) -> Outcome:
+    async def run(
+        self, job: BuildJob, output: OutputSink, on_started: Callable[[int], None] | None = None
+    ) -> Outcome:
         """Run the command to its end (or until cancelled or timed out) and return how it ended.
         Nothing the command started is left running when this returns."""
 
@@ -128,8 +129,9 @@ class Stop:
         return True
 
 
-async def pump_lines(stream: asyncio.StreamReader, output: OutputSink, stderr: bool,
-                     budget: OutputBudget) -> None:
+async def pump_lines(
+    stream: asyncio.StreamReader, output: OutputSink, stderr: bool, budget: OutputBudget
+) -> None:
     """Pass each line of ``stream`` to ``output`` until EOF, counting bytes against ``budget``; once
     over the budget, lines are read and dropped (the caller stops the build)."""
     while True:

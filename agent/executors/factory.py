@@ -27,5 +27,10 @@ def default_limits(config: AgentConfig) -> Limits:
     build = config.build
     if build.network not in ("default", "none"):
         raise ValueError(f"build.network must be default or none, not {build.network!r}")
-    return Limits(cpus=build.cpus, memory_bytes=build.memory_bytes, pids=build.pids,
-                  output_bytes=build.output_bytes, network=build.network)
+    return Limits(
+        cpus=build.cpus,
+        memory_bytes=build.memory_bytes,
+        pids=build.pids,
+        output_bytes=build.output_bytes,
+        network=build.network,
+    )

@@ -52,6 +52,7 @@ _POLL_S = 0.02
 container's own cgroup (cgroup v1), which is gone some tens of ms after the command died."""
 _PODMAN_FAILED = 125
 """podman run's exit code when podman itself failed (with its own ``Error: …`` line last on stderr)."""
+_RUNROOT_MAX = 50
 _INIT_PATHS = ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit")
 
 
@@ -79,14 +80,23 @@ class PodmanExecutor(BuildExecutor):
     async def start(self) -> str:
         found = shutil.which(self._settings.binary)
         if found is None:
-            raise ExecutorUnavailable(f"podman ({self._settings.binary!r}) is not installed: install the Debian "
-                                      "package podman (scripts/system_deps.sh does), or set build.executor=process "
-                                      "on a trusted node")
+            raise ExecutorUnavailable(
+                f"podman ({self._settings.binary!r}) is not installed: install the Debian "
+                "package podman (scripts/system_deps.sh does), or set build.executor=process "
+                "on a trusted node"
+            )
         self._podman = found
         self._init_path = next((p for p in _INIT_PATHS if os.access(p, os.X_OK)), "")
         if not self._init_path:
-            raise ExecutorUnavailable("catatonit (podman's init for builds) is missing: install the Debian package "
-                                      "catatonit (scripts/system_deps.sh does)")
+            raise ExecutorUnavailable(
+                "catatonit (podman's init for builds) is missing: install the Debian package "
+                "catatonit (scripts/system_deps.sh does)"
+            )
+        if len(str(self._dir / "run")) > _RUNROOT_MAX:
+            raise ExecutorUnavailable(
+                f"podman.dir {self._dir} is too long: podman refuses a run directory "
+                f"({self._dir / 'run'}) longer than {_RUNROOT_MAX} characters"
+            )
         for sub in ("storage", "run", "tmp", "jobs"):
             (self._dir / sub).mkdir(parents=True, exist_ok=True)
         info = await self._info()
@@ -96,8 +106,10 @@ class PodmanExecutor(BuildExecutor):
         self._runtime, why = _choose_runtime(self._settings.runtime, cgroups, default_runtime)
         self._ulimits = _ulimits(self._settings.nofile)
         version = info.get("version", {}).get("Version", "?")
-        return (f"podman executor: podman {version}, runtime {self._runtime} ({why}), cgroups {cgroups}, "
-                f"storage {self._dir}")
+        return (
+            f"podman executor: podman {version}, runtime {self._runtime} ({why}), cgroups {cgroups}, "
+            f"storage {self._dir}"
+        )
 
     async def _info(self) -> dict:
         code, out, err = await self._podman_cmd("info", "--format", "json", runtime=False, timeout_s=120)
@@ -106,8 +118,9 @@ class PodmanExecutor(BuildExecutor):
         return json.loads(out)
 
     async def cleanup_leftovers(self) -> int:
-        code, out, err = await self._podman_cmd("ps", "--all", "--filter", f"label={LABEL}",
-                                                "--format", "{{.Names}}", timeout_s=120)
+        code, out, err = await self._podman_cmd(
+            "ps", "--all", "--filter", f"label={LABEL}", "--format", "{{.Names}}", timeout_s=120
+        )
         if code != 0:
             log.warning("cannot list leftover build containers: %s", _last_line(err))
             return 0
@@ -121,7 +134,9 @@ class PodmanExecutor(BuildExecutor):
     # -- image ---------------------------------------------------------------------------------
     async def prepare(self, job: BuildJob, output: OutputSink) -> Outcome | None:
         if not job.image:
-            return Outcome(-1, EndReason.IMAGE, "no image: the build names none and build.default_image is empty")
+            return Outcome(
+                -1, EndReason.IMAGE, "no image: the build names none and build.default_image is empty"
+            )
         code, _, _ = await self._podman_cmd("image", "exists", job.image, timeout_s=60)
         if code == 0:
             return None
@@ -146,8 +161,9 @@ class PodmanExecutor(BuildExecutor):
         return None
 
     # -- one build -----------------------------------------------------------------------------
-    async def run(self, job: BuildJob, output: OutputSink,
-                  on_started: Callable[[int], None] | None = None) -> Outcome:
+    async def run(
+        self, job: BuildJob, output: OutputSink, on_started: Callable[[int], None] | None = None
+    ) -> Outcome:
         problem = _check_job(job)
         if problem:
             return Outcome(-1, EndReason.NOT_STARTED, problem)
@@ -160,8 +176,13 @@ class PodmanExecutor(BuildExecutor):
             cid_file.unlink(missing_ok=True)
             argv = self._global_args() + self._run_argv(job, container.name, env_file, cid_file)
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=self._podman_env(), limit=MAX_LINE)
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self._podman_env(),
+                limit=MAX_LINE,
+            )
             if on_started is not None:
                 on_started(proc.pid)
             if container.stop.reason is not None:  # cancelled while starting
@@ -173,10 +194,18 @@ class PodmanExecutor(BuildExecutor):
             env_file.unlink(missing_ok=True)
             cid_file.unlink(missing_ok=True)
 
-    async def _wait(self, job: BuildJob, proc: asyncio.subprocess.Process, container: _Container,
-                    cid_file: Path, output: OutputSink) -> Outcome:
+    async def _wait(
+        self,
+        job: BuildJob,
+        proc: asyncio.subprocess.Process,
+        container: _Container,
+        cid_file: Path,
+        output: OutputSink,
+    ) -> Outcome:
         def over_budget() -> None:
-            if container.stop.request(EndReason.OUTPUT, f"more than {job.limits.output_bytes} bytes of output"):
+            if container.stop.request(
+                EndReason.OUTPUT, f"more than {job.limits.output_bytes} bytes of output"
+            ):
                 self._stop_container(container)
 
         last_stderr = [""]
@@ -188,13 +217,15 @@ class PodmanExecutor(BuildExecutor):
 
         budget = OutputBudget(job.limits.output_bytes, over_budget)
         assert proc.stdout is not None and proc.stderr is not None
-        readers = asyncio.gather(pump_lines(proc.stdout, passing_on, False, budget),
-                                 pump_lines(proc.stderr, passing_on, True, budget))
+        readers = asyncio.gather(
+            pump_lines(proc.stdout, passing_on, False, budget),
+            pump_lines(proc.stderr, passing_on, True, budget),
+        )
         watcher = _CgroupWatch(cid_file)
         watching = asyncio.create_task(watcher.watch())
         try:
             await asyncio.wait_for(proc.wait(), job.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if container.stop.request(EndReason.TIMEOUT, f"timed out after {job.timeout_s:g} s"):
                 self._stop_container(container)
             await proc.wait()
@@ -204,7 +235,9 @@ class PodmanExecutor(BuildExecutor):
         await readers
         code = proc.returncode if proc.returncode is not None else -1
         if code == _PODMAN_FAILED and last_stderr[0].startswith("Error: ") and container.stop.reason is None:
-            return Outcome(code, EndReason.NOT_STARTED, f"podman could not run the build: {last_stderr[0][7:]}")
+            return Outcome(
+                code, EndReason.NOT_STARTED, f"podman could not run the build: {last_stderr[0][7:]}"
+            )
         return _outcome(code, container.stop, watcher, job)
 
     def cancel(self, build_id: str, reason: str) -> None:
@@ -214,10 +247,17 @@ class PodmanExecutor(BuildExecutor):
 
     def _stop_container(self, container: _Container) -> None:
         """``podman stop``: SIGTERM to the container's init, SIGKILL after the grace period."""
+
         async def stop() -> None:
             grace = str(max(0, round(self._settings.kill_grace_s)))
-            code, _, err = await self._podman_cmd("stop", "--ignore", "--time", grace, container.name,
-                                                  timeout_s=self._settings.kill_grace_s + 60)
+            code, _, err = await self._podman_cmd(
+                "stop",
+                "--ignore",
+                "--time",
+                grace,
+                container.name,
+                timeout_s=self._settings.kill_grace_s + 60,
+            )
             if code != 0:
                 log.warning("podman stop %s failed: %s", container.name, _last_line(err))
 
@@ -230,7 +270,9 @@ class PodmanExecutor(BuildExecutor):
         first try right after the container exited, so try a few times."""
         err = ""
         for attempt in range(4):
-            code, _, err = await self._podman_cmd("rm", "--force", "--ignore", "--time", "0", name, timeout_s=120)
+            code, _, err = await self._podman_cmd(
+                "rm", "--force", "--ignore", "--time", "0", name, timeout_s=120
+            )
             if code == 0:
                 return
             await asyncio.sleep(0.2 * (attempt + 1))
@@ -238,8 +280,17 @@ class PodmanExecutor(BuildExecutor):
 
     # -- podman's command lines ----------------------------------------------------------------
     def _global_args(self, runtime: bool = True) -> list[str]:
-        args = [self._podman, "--root", str(self._dir / "storage"), "--runroot", str(self._dir / "run"),
-                "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+        args = [
+            self._podman,
+            "--root",
+            str(self._dir / "storage"),
+            "--runroot",
+            str(self._dir / "run"),
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ]
         if runtime and self._runtime:
             args += ["--runtime", self._runtime]
         return args
@@ -248,17 +299,46 @@ class PodmanExecutor(BuildExecutor):
         """Every isolation and limit a build gets, in one list (see the module's docstring)."""
         s, lim = self._settings, job.limits
         idmap = f"0:{s.uid_base}:{s.uid_count}"
-        argv = ["run", "--name", name, "--label", f"{LABEL}={job.build_id}", "--cidfile", str(cid_file),
-                "--pull", "never", "--init", "--init-path", self._init_path,
-                "--uidmap", idmap, "--gidmap", idmap,
-                "--security-opt", "no-new-privileges", "--cap-drop", "all",
-                "--cgroup-parent", _CGROUP_PARENT, "--log-driver", "none", "--http-proxy=false",
-                "--stop-timeout", str(max(0, round(s.kill_grace_s))),
-                "--env-file", str(env_file),
-                "--mount", f"type=bind,source={job.workspace},destination={WORKSPACE},U=true",
-                "--workdir", WORKSPACE,
-                "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777", "--tmpfs", f"{HOME}:rw,nosuid,nodev,mode=0700",
-                *self._ulimits]
+        argv = [
+            "run",
+            "--name",
+            name,
+            "--label",
+            f"{LABEL}={job.build_id}",
+            "--cidfile",
+            str(cid_file),
+            "--pull",
+            "never",
+            "--init",
+            "--init-path",
+            self._init_path,
+            "--uidmap",
+            idmap,
+            "--gidmap",
+            idmap,
+            "--security-opt",
+            "no-new-privileges",
+            "--cap-drop",
+            "all",
+            "--cgroup-parent",
+            _CGROUP_PARENT,
+            "--log-driver",
+            "none",
+            "--http-proxy=false",
+            "--stop-timeout",
+            str(max(0, round(s.kill_grace_s))),
+            "--env-file",
+            str(env_file),
+            "--mount",
+            f"type=bind,source={job.workspace},destination={WORKSPACE},U=true",
+            "--workdir",
+            WORKSPACE,
+            "--tmpfs",
+            "/tmp:rw,nosuid,nodev,mode=1777",
+            "--tmpfs",
+            f"{HOME}:rw,nosuid,nodev,mode=0700",
+            *self._ulimits,
+        ]
         if lim.network == "none":
             argv += ["--network", "none"]
         if lim.pids > 0:
@@ -278,16 +358,24 @@ class PodmanExecutor(BuildExecutor):
     def _podman_env(self) -> dict[str, str]:
         """podman's own environment: nothing of the agent's (its credentials, proxies) reaches podman, so
         nothing of it can reach a container either."""
-        return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "TMPDIR": str(self._dir / "tmp"), "HOME": str(self._dir)}
+        return {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "TMPDIR": str(self._dir / "tmp"),
+            "HOME": str(self._dir),
+        }
 
     async def _podman_cmd(self, *args: str, runtime: bool = True, timeout_s: float) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            *self._global_args(runtime), *args, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self._podman_env())
+            *self._global_args(runtime),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._podman_env(),
+        )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             return -1, "", f"podman {args[0]} did not finish within {timeout_s:g} s"
@@ -297,15 +385,22 @@ class PodmanExecutor(BuildExecutor):
     async def _stream(self, args: list[str], output: OutputSink, timeout_s: float) -> int:
         """Run a podman command, passing its output lines on as they come (a pull's progress)."""
         proc = await asyncio.create_subprocess_exec(
-            *self._global_args(), *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=self._podman_env(), limit=MAX_LINE)
+            *self._global_args(),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._podman_env(),
+            limit=MAX_LINE,
+        )
         assert proc.stdout is not None and proc.stderr is not None
         budget = OutputBudget(0, lambda: None)
-        readers = asyncio.gather(pump_lines(proc.stdout, output, False, budget),
-                                 pump_lines(proc.stderr, output, True, budget))
+        readers = asyncio.gather(
+            pump_lines(proc.stdout, output, False, budget), pump_lines(proc.stderr, output, True, budget)
+        )
         try:
             await asyncio.wait_for(proc.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             output(f"Error: podman {args[0]} did not finish within {timeout_s:g} s", True)
@@ -331,8 +426,11 @@ class _CgroupWatch:
         if not self._dirs:
             self._dirs = _cgroup_dirs(self._cid_file)
         for d in self._dirs:
-            self.oom_kills = max(self.oom_kills, _counter(d / "memory.oom_control", "oom_kill"),
-                                 _counter(d / "memory.events", "oom_kill"))
+            self.oom_kills = max(
+                self.oom_kills,
+                _counter(d / "memory.oom_control", "oom_kill"),
+                _counter(d / "memory.events", "oom_kill"),
+            )
             self.pids_max_hits = max(self.pids_max_hits, _counter(d / "pids.events", "max"))
 
 
@@ -363,27 +461,36 @@ def _counter(path: Path, key: str) -> int:
 
 def _outcome(code: int, stop: Stop, watcher: _CgroupWatch, job: BuildJob) -> Outcome:
     if watcher.oom_kills and code != 0:
-        return Outcome(code, EndReason.OOM, f"killed by the kernel at its memory limit of {job.limits.memory_bytes} "
-                                            "bytes (out of memory)")
-    if watcher.pids_max_hits and (code != 0 or stop.reason is EndReason.TIMEOUT):
+        return Outcome(
+            code,
+            EndReason.OOM,
+            f"killed by the kernel at its memory limit of {job.limits.memory_bytes} bytes (out of memory)",
+        )
+    pids_hit = f"hit its limit of {job.limits.pids} processes" if watcher.pids_max_hits else ""
+    if pids_hit and (code != 0 or stop.reason is EndReason.TIMEOUT):
         why = f" and {stop.message}" if stop.reason is not None else f", then {exit_message(code)}"
-        return Outcome(code, EndReason.PIDS, f"hit its limit of {job.limits.pids} processes{why}")
+        return Outcome(code, EndReason.PIDS, pids_hit + why)
     if stop.reason is not None:
         return Outcome(code, stop.reason, stop.message)
-    return Outcome(code, EndReason.EXITED, exit_message(code))
+    return Outcome(
+        code, EndReason.EXITED, exit_message(code) + (f" (it {pids_hit} on the way)" if pids_hit else "")
+    )
 
 
 def _choose_runtime(wanted: str, cgroups: str, default: str) -> tuple[str, str]:
     """The OCI runtime to use and why, for the start log line."""
     if wanted != "auto":
         if shutil.which(wanted) is None:
-            raise ExecutorUnavailable(f"podman.runtime={wanted}, but {wanted} is not installed (Debian package "
-                                      f"{wanted})")
+            raise ExecutorUnavailable(
+                f"podman.runtime={wanted}, but {wanted} is not installed (Debian package {wanted})"
+            )
         return wanted, "configured"
     if cgroups == "v1":
         if shutil.which("runc") is None:
-            raise ExecutorUnavailable("this host has cgroups v1/hybrid, where crun refuses to run containers; "
-                                      "install the Debian package runc (scripts/system_deps.sh does)")
+            raise ExecutorUnavailable(
+                "this host has cgroups v1/hybrid, where crun refuses to run containers; "
+                "install the Debian package runc (scripts/system_deps.sh does)"
+            )
         reason = "cgroups v1/hybrid: crun refuses them" if default == "crun" else "cgroups v1/hybrid"
         if default and default != "runc":
             log.warning("podman's default runtime %s cannot run on cgroups v1/hybrid: using runc", default)
@@ -393,18 +500,32 @@ def _choose_runtime(wanted: str, cgroups: str, default: str) -> tuple[str, str]:
 
 def _ulimits(nofile: int) -> list[str]:
     """podman's default rlimits can exceed the host's hard limits (then no container starts): stay below
-    the agent's own."""
-    args = []
-    for flag, which, wanted in (("nofile", resource.RLIMIT_NOFILE, nofile),
-                                ("nproc", resource.RLIMIT_NPROC, 0)):
-        _, hard = resource.getrlimit(which)
-        value = hard if wanted <= 0 else wanted
-        if hard != resource.RLIM_INFINITY:
-            value = min(value, hard)
-        if value == resource.RLIM_INFINITY:
-            continue
-        args += ["--ulimit", f"{flag}={value}:{value}"]
-    return args
+    the agent's own. The process limit also stays at or below kernel.pid_max: runc refused a higher one
+    here (EPERM); the build's real bound is its cgroup pids limit."""
+    _, nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, nproc_hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    values = {
+        "nofile": _at_most(nofile if nofile > 0 else nofile_hard, nofile_hard),
+        "nproc": _at_most(_at_most(nproc_hard, _pid_max()), nproc_hard),
+    }
+    return [
+        arg for flag, value in values.items() if value > 0 for arg in ("--ulimit", f"{flag}={value}:{value}")
+    ]
+
+
+def _at_most(value: int, hard: int) -> int:
+    if hard == resource.RLIM_INFINITY or hard < 0:
+        return value
+    if value == resource.RLIM_INFINITY or value < 0:
+        return hard
+    return min(value, hard)
+
+
+def _pid_max() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        return 32768
 
 
 def _check_job(job: BuildJob) -> str:

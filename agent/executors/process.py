@@ -43,7 +43,9 @@ class ProcessExecutor(BuildExecutor):
 
     async def start(self) -> str:
         self._groups_dir.mkdir(parents=True, exist_ok=True)
-        return "process executor: builds run as plain processes of the agent, NOT isolated from it or each other"
+        return (
+            "process executor: builds run as plain processes of the agent, NOT isolated from it or each other"
+        )
 
     async def cleanup_leftovers(self) -> int:
         self._groups_dir.mkdir(parents=True, exist_ok=True)
@@ -64,8 +66,11 @@ class ProcessExecutor(BuildExecutor):
 
     async def prepare(self, job: BuildJob, output: OutputSink) -> Outcome | None:
         if job.limits.network == "none":
-            return Outcome(-1, EndReason.NOT_STARTED,
-                           "the process executor cannot take a build's network away; run it under podman")
+            return Outcome(
+                -1,
+                EndReason.NOT_STARTED,
+                "the process executor cannot take a build's network away; run it under podman",
+            )
         return None
 
     def environment(self, job: BuildJob) -> dict[str, str]:
@@ -74,21 +79,31 @@ class ProcessExecutor(BuildExecutor):
         env["STOKER_WORKSPACE"] = str(job.workspace)
         return env
 
-    async def run(self, job: BuildJob, output: OutputSink,
-                  on_started: Callable[[int], None] | None = None) -> Outcome:
+    async def run(
+        self, job: BuildJob, output: OutputSink, on_started: Callable[[int], None] | None = None
+    ) -> Outcome:
         env = self.environment(job)
         program = job.argv[0]
-        found = (os.access(job.workspace / program, os.X_OK) if "/" in program
-                 else shutil.which(program, path=env.get("PATH", os.defpath)))
+        found = (
+            os.access(job.workspace / program, os.X_OK)
+            if "/" in program
+            else shutil.which(program, path=env.get("PATH", os.defpath))
+        )
         if not found:
             return Outcome(127, EndReason.NOT_STARTED, f"cannot start {program!r}: no such executable")
         stop = Stop()
         self._running[job.build_id] = (None, stop)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *_dying_with_us(list(job.argv)), cwd=job.workspace, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-                limit=MAX_LINE)
+                *_dying_with_us(list(job.argv)),
+                cwd=job.workspace,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                limit=MAX_LINE,
+            )
         except OSError as exc:
             self._running.pop(job.build_id, None)
             return Outcome(127, EndReason.NOT_STARTED, f"cannot start {program!r}: {exc.strerror}")
@@ -106,19 +121,21 @@ class ProcessExecutor(BuildExecutor):
             group_file.unlink(missing_ok=True)
             self._running.pop(job.build_id, None)
 
-    async def _wait(self, job: BuildJob, proc: asyncio.subprocess.Process, stop: Stop,
-                    output: OutputSink) -> Outcome:
+    async def _wait(
+        self, job: BuildJob, proc: asyncio.subprocess.Process, stop: Stop, output: OutputSink
+    ) -> Outcome:
         def over_budget() -> None:
             if stop.request(EndReason.OUTPUT, f"more than {job.limits.output_bytes} bytes of output"):
                 self._signal(proc, stop)
 
         budget = OutputBudget(job.limits.output_bytes, over_budget)
         assert proc.stdout is not None and proc.stderr is not None
-        readers = asyncio.gather(pump_lines(proc.stdout, output, False, budget),
-                                 pump_lines(proc.stderr, output, True, budget))
+        readers = asyncio.gather(
+            pump_lines(proc.stdout, output, False, budget), pump_lines(proc.stderr, output, True, budget)
+        )
         try:
             await asyncio.wait_for(proc.wait(), job.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             stop.request(EndReason.TIMEOUT, f"timed out after {job.timeout_s:g} s")
             self._signal(proc, stop)
             await proc.wait()
@@ -147,7 +164,7 @@ class ProcessExecutor(BuildExecutor):
         async def escalate() -> None:
             try:
                 await asyncio.wait_for(proc.wait(), self._kill_grace_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 _killpg(proc.pid, signal.SIGKILL)
 
         task = asyncio.get_running_loop().create_task(escalate())

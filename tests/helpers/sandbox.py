@@ -20,15 +20,22 @@ from stoker.agent.executors.base import BuildJob, Limits, Outcome
 from stoker.agent.executors.podman import LABEL, PodmanExecutor
 from tests.helpers.net import free_port, wait_port
 
-_PACKAGES = {"podman": "podman", "runc": "runc", "catatonit": "catatonit", "docker-registry": "docker-registry",
-             "busybox": "busybox-static"}
+_PACKAGES = {
+    "podman": "podman",
+    "runc": "runc",
+    "catatonit": "catatonit",
+    "docker-registry": "docker-registry",
+    "busybox": "busybox-static",
+}
 
 
 def need(command: str) -> str:
     found = shutil.which(command)
     if found is None:
-        pytest.fail(f"`{command}` is missing: install the Debian package {_PACKAGES[command]} "
-                    "(scripts/system_deps.sh installs it)")
+        pytest.fail(
+            f"`{command}` is missing: install the Debian package {_PACKAGES[command]} "
+            "(scripts/system_deps.sh installs it)"
+        )
     return found
 
 
@@ -41,8 +48,16 @@ def busybox_rootfs_tar() -> bytes:
     applets = subprocess.run([busybox, "--list"], check=True, capture_output=True, text=True).stdout.split()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for d, mode in (("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("root", 0o700), ("home", 0o755),
-                        ("proc", 0o555), ("sys", 0o555), ("dev", 0o755)):
+        for d, mode in (
+            ("bin", 0o755),
+            ("etc", 0o755),
+            ("tmp", 0o1777),
+            ("root", 0o700),
+            ("home", 0o755),
+            ("proc", 0o555),
+            ("sys", 0o555),
+            ("dev", 0o755),
+        ):
             info = tarfile.TarInfo(d)
             info.type, info.mode = tarfile.DIRTYPE, mode
             tar.addfile(info)
@@ -67,11 +82,14 @@ def local_registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     port = free_port()
     config = root / "config.yml"
-    config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
-                      f"http:\n  addr: 127.0.0.1:{port}\n")
+    config.write_text(
+        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
     log = open(root / "registry.log", "wb")
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         wait_port(port, proc, 30, "docker-registry")
         yield f"127.0.0.1:{port}"
@@ -87,9 +105,25 @@ def local_registry(tmp_path_factory):
 
 
 def _podman(storage: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([need("podman"), "--root", str(storage / "storage"), "--runroot", str(storage / "run"),
-                           "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", need("runc"),
-                           *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            need("podman"),
+            "--root",
+            str(storage / "storage"),
+            "--runroot",
+            str(storage / "run"),
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            "--runtime",
+            need("runc"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -115,10 +149,16 @@ def podman_settings(local_registry, sandbox_image, tmp_path_factory) -> PodmanSe
     storage = tmp_path_factory.mktemp("podman")
     settings = PodmanSettings(dir=str(storage), insecure_registries=(local_registry,), kill_grace_s=1.0)
     yield settings
-    leftovers = _podman(storage, "ps", "--all", "--filter", f"label={LABEL}", "--format", "{{.Names}}").stdout.split()
-    for name in leftovers:
+    reset_storage(settings)
+
+
+def reset_storage(settings: PodmanSettings) -> None:
+    """Remove every container and image of this storage (and its overlay mounts), then the directory."""
+    storage = Path(settings.dir)
+    for name in containers(settings):
         _podman(storage, "rm", "--force", "--time", "0", name)
     _podman(storage, "system", "reset", "--force")
+    shutil.rmtree(storage, ignore_errors=True)
 
 
 def fresh_settings(settings: PodmanSettings, directory: Path) -> PodmanSettings:
@@ -157,9 +197,15 @@ class Captured:
 def job(workspace: Path, image: str, script: str, build_id: str | None = None, **kwargs) -> BuildJob:
     workspace.mkdir(parents=True, exist_ok=True)
     limits = kwargs.pop("limits", Limits(pids=256, memory_bytes=256 * 1024**2))
-    return BuildJob(build_id=build_id or f"b-{os.urandom(4).hex()}", argv=("sh", "-c", script),
-                    workspace=workspace, image=image, limits=limits, timeout_s=kwargs.pop("timeout_s", 60.0),
-                    **kwargs)
+    return BuildJob(
+        build_id=build_id or f"b-{os.urandom(4).hex()}",
+        argv=("sh", "-c", script),
+        workspace=workspace,
+        image=image,
+        limits=limits,
+        timeout_s=kwargs.pop("timeout_s", 60.0),
+        **kwargs,
+    )
 
 
 async def run_one(executor: PodmanExecutor, build: BuildJob) -> tuple[Outcome, Captured]:
