@@ -181,6 +181,7 @@ class PodmanExecutor(BuildExecutor):
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=self._podman_env(),
+                cwd=self._dir,
                 limit=MAX_LINE,
             )
             if on_started is not None:
@@ -356,6 +357,8 @@ class PodmanExecutor(BuildExecutor):
         return env
 
     def _podman_env(self) -> dict[str, str]:
+        # podman runs in the agent's podman directory (cwd=self._dir): conmon 2.1 writes an ``oom`` file
+        # into its working directory when a container hits its memory limit.
         """podman's own environment: nothing of the agent's (its credentials, proxies) reaches podman, so
         nothing of it can reach a container either."""
         return {
@@ -372,6 +375,7 @@ class PodmanExecutor(BuildExecutor):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self._podman_env(),
+            cwd=self._dir,
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
@@ -391,6 +395,7 @@ class PodmanExecutor(BuildExecutor):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self._podman_env(),
+            cwd=self._dir,
             limit=MAX_LINE,
         )
         assert proc.stdout is not None and proc.stderr is not None
