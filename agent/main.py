@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from stoker.agent.cache.api import BuildCache
 from stoker.agent.config import AgentConfig, default_node_name, in_cluster
+from stoker.agent.executors.base import BuildExecutor
+from stoker.agent.executors.factory import open_executor
 from stoker.agent.runner import AgentMetrics
 from stoker.agent.session import CoordinatorSession
 from stoker.common.serving import MetricsServer, add_health_and_reflection, write_ready_file
@@ -65,6 +67,20 @@ def registration(config: AgentConfig) -> agent_pb2.RegisterRequest:
     return req
 
 
+async def start_build_executor(config: AgentConfig) -> BuildExecutor:
+    """The executor ``build.executor`` names, started, with what crashed builds left behind removed."""
+    build_executor = open_executor(config)
+    line = await build_executor.start()
+    if build_executor.name == "process":
+        log.warning("%s: use it only on trusted single-tenant nodes", line)
+    else:
+        log.info("%s", line)
+    removed = await build_executor.cleanup_leftovers()
+    if removed:
+        log.warning("removed %d build(s) a crashed agent left running", removed)
+    return build_executor
+
+
 class Agent:
     def __init__(self, config: AgentConfig, cache: BuildCache | None = None,
                  registry: CollectorRegistry | None = None) -> None:
@@ -93,7 +109,9 @@ class Agent:
         generation, entries = self.cache.inventory()
         log.info("cache store open: %d entries", len(entries))
         req = await loop.run_in_executor(self.executor, registration, self.config)
-        self.session = CoordinatorSession(self.config, req, self.cache, self.executor, self.metrics)
+        build_executor = await start_build_executor(self.config)
+        self.session = CoordinatorSession(self.config, req, self.cache, self.executor, self.metrics,
+                                          build_executor)
         killed, removed = await loop.run_in_executor(self.executor, self.session.runner.reap_leftovers)
         if killed or removed:
             log.warning("cleaned up after a crash: killed %d leftover build process group(s), removed %d "

@@ -22,6 +22,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stoker.agent.cache.api import BuildCache, CacheError, Progress, RestoreResult, SaveResult
 from stoker.agent.config import BuildSettings
+from stoker.agent.executors.base import BuildExecutor, BuildJob, EndReason, Outcome
+from stoker.agent.executors.factory import default_limits
+from stoker.agent.executors.process import ProcessExecutor
 from stoker.common.logs import log_context
 from stoker.v1 import agent_pb2, build_pb2, common_pb2
 
@@ -30,7 +33,6 @@ log = logging.getLogger(__name__)
 Emit = Callable[[str, int, build_pb2.BuildEvent], None]
 
 _WARMTH = {"warm": common_pb2.WARMTH_WARM, "partial": common_pb2.WARMTH_PARTIAL, "cold": common_pb2.WARMTH_COLD}
-_MAX_LINE = 16 * 1024
 _PROGRESS_EVERY_S = 0.5
 
 
@@ -60,7 +62,6 @@ class _Run:
     attempt: int
     spec: common_pb2.BuildSpec
     task: asyncio.Task | None = None
-    process: asyncio.subprocess.Process | None = None
     stop_reason: str = ""
     stop_state: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -68,8 +69,12 @@ class _Run:
 
 class BuildRunner:
     def __init__(self, settings: BuildSettings, slots: int, cache: BuildCache, executor: Executor,
-                 emit: Emit, metrics: AgentMetrics) -> None:
+                 emit: Emit, metrics: AgentMetrics, build_executor: BuildExecutor | None = None) -> None:
+        """``build_executor`` runs each build's command (default: the process executor, unsandboxed)."""
         self._settings = settings
+        self._builds = build_executor or ProcessExecutor(self._groups_dir(), settings.pass_env,
+                                                         settings.kill_grace_s)
+        self._limits = default_limits(settings)
         self._slots = slots
         self._cache = cache
         self._executor = executor
@@ -240,74 +245,32 @@ class BuildRunner:
 
     async def _execute(self, run: _Run, workspace: Path) -> tuple[int, int, str]:
         spec = run.spec
-        env = {k: os.environ[k] for k in self._settings.pass_env if k in os.environ}
-        env.update(spec.env)
-        env.update({"STOKER_BUILD_ID": run.build_id, "STOKER_WORKSPACE": str(workspace)})
-        program = spec.command[0]
-        found = (os.access(workspace / program, os.X_OK) if "/" in program
-                 else shutil.which(program, path=env.get("PATH", os.defpath)))
-        if not found:
-            self._log(run, f"stoker: cannot start {program!r}: no such executable", stderr=True)
-            return build_pb2.BUILD_STATE_ERROR, 127, f"cannot start {program!r}: no such executable"
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *_dying_with_us(list(spec.command)), cwd=workspace, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-                limit=_MAX_LINE)
-        except OSError as exc:
-            self._log(run, f"stoker: cannot start {spec.command[0]!r}: {exc.strerror}", stderr=True)
-            return build_pb2.BUILD_STATE_ERROR, 127, f"cannot start {spec.command[0]!r}: {exc.strerror}"
-        run.process = proc
-        group_file = self._groups_dir() / f"{run.build_id}-{run.attempt}"
-        await self._in_thread(group_file.write_text, str(proc.pid))
-        self._send(run, build_pb2.BuildEvent(started=build_pb2.Started(pid=proc.pid)))
-        if run.stop_state:  # cancelled while starting
-            self._stop(run, run.stop_state, run.stop_reason)
-        readers = asyncio.gather(self._pump(run, proc.stdout, False), self._pump(run, proc.stderr, True))
-        timeout = spec.timeout_s or self._settings.default_timeout_s
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
-            self._stop(run, build_pb2.BUILD_STATE_TIMED_OUT, f"timed out after {timeout:g} s")
-            await proc.wait()
-        _killpg(proc.pid, signal.SIGKILL)  # leftovers of the build's process group
-        group_file.unlink(missing_ok=True)
-        await readers
-        code = proc.returncode
-        if run.stop_state:
-            return run.stop_state, code if code is not None else -1, run.stop_reason
-        if code == 0:
-            return build_pb2.BUILD_STATE_SUCCEEDED, 0, "succeeded"
-        if code < 0:
-            return build_pb2.BUILD_STATE_FAILED, code, f"killed by signal {-code}"
-        return build_pb2.BUILD_STATE_FAILED, code, f"exited with code {code}"
+        env = dict(spec.env)
+        env["STOKER_BUILD_ID"] = run.build_id
+        job = BuildJob(build_id=f"{run.build_id}-{run.attempt}", argv=tuple(spec.command), workspace=workspace,
+                       env=env, image=self._settings.default_image, limits=self._limits,
+                       timeout_s=spec.timeout_s or self._settings.default_timeout_s)
 
-    async def _pump(self, run: _Run, stream: asyncio.StreamReader, stderr: bool) -> None:
-        while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # a line longer than the limit: take what there is
-                line = await stream.read(_MAX_LINE)
-            if not line:
-                return
-            self._log(run, line.decode(errors="replace").rstrip("\r\n"), stderr=stderr)
+        def output(text: str, stderr: bool) -> None:
+            self._log(run, text, stderr=stderr)
+
+        def started(pid: int) -> None:
+            self._send(run, build_pb2.BuildEvent(started=build_pb2.Started(pid=pid)))
+
+        outcome = await self._builds.prepare(job, output)
+        if outcome is None and not run.stop_state:
+            outcome = await self._builds.run(job, output, started)
+        if outcome is None:  # cancelled while the image was being prepared
+            return run.stop_state, -1, run.stop_reason
+        if outcome.reason in (EndReason.NOT_STARTED, EndReason.IMAGE):
+            self._log(run, f"stoker: {outcome.message}", stderr=True)
+        return _state_of(outcome, run), outcome.exit_code, outcome.message
 
     def _stop(self, run: _Run, state: int, reason: str) -> None:
-        """Ask the build's whole process group to stop; SIGKILL after the grace period."""
+        """Ask the executor to stop the build (grace period, then kill)."""
         if not run.stop_state:
             run.stop_state, run.stop_reason = state, reason
-        proc = run.process
-        if proc is None or proc.returncode is not None:
-            return
-        _killpg(proc.pid, signal.SIGTERM)
-
-        async def _escalate() -> None:
-            try:
-                await asyncio.wait_for(proc.wait(), self._settings.kill_grace_s)
-            except asyncio.TimeoutError:
-                _killpg(proc.pid, signal.SIGKILL)
-
-        asyncio.get_running_loop().create_task(_escalate())
+        self._builds.cancel(f"{run.build_id}-{run.attempt}", reason)
 
     # -- events --------------------------------------------------------------------------------
     def _finish(self, run: _Run, state: int, exit_code: int, message: str, timings: common_pb2.Timings,
@@ -364,20 +327,13 @@ def _fresh_workspace(workspace: Path, files: dict[str, bytes]) -> None:
 
 
 _GROUPS = ".process-groups"
-_SETPRIV = shutil.which("setpriv")
-
-
-def _dying_with_us(argv: list[str]) -> list[str]:
-    """The command, run so that it gets SIGKILL when the agent dies (util-linux setpriv --pdeathsig), and a
-    crashed agent leaves no build running unsupervised; what survives of its process group is reaped when
-    the agent starts again. (Doing the prctl in a preexec_fn is not safe in a threaded process.)"""
-    if _SETPRIV is None:
-        return argv
-    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
-
-
-def _killpg(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _state_of(outcome: Outcome, run: _Run) -> int:
+    if run.stop_state and outcome.reason is EndReason.CANCELLED:
+        return run.stop_state
+    if outcome.succeeded:
+        return build_pb2.BUILD_STATE_SUCCEEDED
+    if outcome.reason is EndReason.TIMEOUT:
+        return build_pb2.BUILD_STATE_TIMED_OUT
+    if outcome.reason in (EndReason.NOT_STARTED, EndReason.IMAGE):
+        return build_pb2.BUILD_STATE_ERROR
+    return build_pb2.BUILD_STATE_FAILED

@@ -23,6 +23,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from stoker.agent.cache.api import BuildCache, CacheError, EntryInfo
 from stoker.agent.config import AgentConfig
+from stoker.agent.executors.base import BuildExecutor
 from stoker.agent.runner import AgentMetrics, BuildRunner
 from stoker.common import sketch
 from stoker.v1 import agent_pb2, agent_pb2_grpc, build_pb2, common_pb2
@@ -46,7 +47,8 @@ def entry_pb(e: EntryInfo) -> common_pb2.CacheEntry:
 
 class CoordinatorSession:
     def __init__(self, config: AgentConfig, registration: agent_pb2.RegisterRequest, cache: BuildCache,
-                 executor: Executor, metrics: AgentMetrics) -> None:
+                 executor: Executor, metrics: AgentMetrics,
+                 build_executor: BuildExecutor | None = None) -> None:
         self._config = config
         self._registration = registration
         self._cache = cache
@@ -59,7 +61,7 @@ class CoordinatorSession:
         self.connected = asyncio.Event()
         self.last_error = "not connected yet"
         self.runner = BuildRunner(config.build, registration.slots, cache, executor, self._emit_build_event,
-                                  metrics)
+                                  metrics, build_executor)
         cache.subscribe(self._on_cache_change)
         self.runner.on_drain(self._send_heartbeat_now)
         self._loop: asyncio.AbstractEventLoop | None = None

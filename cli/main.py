@@ -99,7 +99,7 @@ def cmd_agent(args) -> int:
         "node": {"name": args.name, "zone": args.zone, "slots": args.slots, "labels": labels},
         "coordinator": {"address": args.coordinator},
         "cache": {"dir": args.cache_dir, "blobs": args.blobs, "budget_bytes": args.budget_bytes},
-        "build": {"work_dir": args.work_dir},
+        "build": {"work_dir": args.work_dir, "executor": args.executor},
         "server": {"listen": args.listen, "metrics_listen": args.metrics_listen},
         "log": {"format": args.log_format, "level": args.log_level},
     })
@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blobs", help="file:///path or s3://bucket/prefix")
     p.add_argument("--budget-bytes", type=int)
     p.add_argument("--work-dir")
+    p.add_argument("--executor", choices=["podman", "process"],
+                   help="what runs builds: podman (a container each) or process (no sandbox: trusted nodes)")
     p.add_argument("--drain", type=float, default=60.0, help="on SIGTERM, seconds to let running builds finish")
     p.set_defaults(func=cmd_agent)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stoker.agent.config import AgentConfig
+from stoker.agent.config import AgentConfig, BuildSettings
 from stoker.agent.executors.base import BuildExecutor, Limits
 
 
@@ -22,9 +22,8 @@ def open_executor(config: AgentConfig) -> BuildExecutor:
     raise ValueError(f"build.executor must be podman or process, not {build.executor!r}")
 
 
-def default_limits(config: AgentConfig) -> Limits:
+def default_limits(build: BuildSettings) -> Limits:
     """The limits every build gets from the agent's settings (until a build can ask for its own)."""
-    build = config.build
     if build.network not in ("default", "none"):
         raise ValueError(f"build.network must be default or none, not {build.network!r}")
     return Limits(
