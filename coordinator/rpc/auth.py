@@ -37,8 +37,6 @@ from stoker.coordinator.rpc.status import status_for
 
 log = logging.getLogger(__name__)
 
-ROLES = ("ci", "operator", "agent")
-
 _BUILDS = "/stoker.v1.Builds/"
 _CI_METHODS = {_BUILDS + m for m in ("SubmitBuild", "WatchBuild", "GetBuild", "CancelBuild", "PlaceBuild",
                                        "ReleasePlacement")}
