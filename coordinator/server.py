@@ -148,9 +148,9 @@ class Coordinator:
     inventory: InventoryIndex
     store: StateStore
     health: object
+    builds_metrics: CoordinatorMetrics
     rollouts: RolloutEngine | None = None
     agent_port: int = 0
-    builds_metrics: CoordinatorMetrics | None = None
     _lag_probe: asyncio.Task | None = None
     _ticker: asyncio.Task | None = None
     _gc_pauses: GcPauses = field(default_factory=GcPauses)

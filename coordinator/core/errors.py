@@ -33,6 +33,10 @@ class Unavailable(DomainError):
     """A backend, or the fleet itself, is not there yet."""
 
 
+class DeadlineExceeded(DomainError):
+    """The caller took longer than the coordinator allows for a step (a stream's first message)."""
+
+
 class Unauthenticated(DomainError):
     """The caller presented no credentials, or ones the coordinator does not accept."""
 

@@ -1,7 +1,8 @@
 """Durable state: builds and their event history.
 
-One small interface, :class:`StateStore`, with a SQLite implementation (WAL, one file) for real use
-and an in-memory one for unit tests. Records are stored as serialized protobuf messages, so the
+One small interface, :class:`StateStore`, with a SQLite implementation (WAL, one file, opened by
+``core/sqlite.py``, which also makes a failing database Unavailable) for real use and an in-memory one
+for unit tests. Records are stored as serialized protobuf messages, so the
 store never needs a schema change when a field is added to the wire contract.
 
 Calls are short single-row writes (tens of microseconds in WAL mode with ``synchronous=NORMAL``),
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from stoker.coordinator.core.errors import Unavailable
+from stoker.coordinator.core.sqlite import open_database, unavailable_on_failure
 from stoker.v1 import build_pb2
 
 _TERMINAL = (
@@ -61,47 +64,45 @@ CREATE TABLE IF NOT EXISTS build_events (
 
 
 class SqliteStateStore:
+    """Every call holds the lock and maps SQLite failing under it to Unavailable (``core/sqlite.py``)."""
+
     def __init__(self, path: str | Path) -> None:
-        path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise Unavailable(f"cannot open state store {path}: {exc}") from exc
+        self._db = open_database(path, _SCHEMA, what="state store")
         self._lock = threading.Lock()
 
+    @contextmanager
+    def _call(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, unavailable_on_failure("state store"):
+            yield self._db
+
     def put_build(self, build: build_pb2.Build, request_id: str = "") -> None:
-        with self._lock:
-            self._db.execute(
+        with self._call() as db:
+            db.execute(
                 "INSERT INTO builds (id, request_id, state, created, record) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET state=excluded.state, record=excluded.record",
                 (build.id, request_id or None, build.state, build.created.ToSeconds(), build.SerializeToString()),
             )
 
     def get_build(self, build_id: str) -> build_pb2.Build | None:
-        with self._lock:
-            row = self._db.execute("SELECT record FROM builds WHERE id = ?", (build_id,)).fetchone()
+        with self._call() as db:
+            row = db.execute("SELECT record FROM builds WHERE id = ?", (build_id,)).fetchone()
         return None if row is None else build_pb2.Build.FromString(row[0])
 
     def find_request(self, request_id: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT id FROM builds WHERE request_id = ?", (request_id,)).fetchone()
+        with self._call() as db:
+            row = db.execute("SELECT id FROM builds WHERE request_id = ?", (request_id,)).fetchone()
         return None if row is None else row[0]
 
     def append_event(self, event: build_pb2.BuildEvent) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._call() as db:
+            db.execute(
                 "INSERT OR IGNORE INTO build_events (build_id, seq, event) VALUES (?, ?, ?)",
                 (event.build_id, event.seq, event.SerializeToString()),
             )
 
     def events(self, build_id: str, after_seq: int = 0) -> list[build_pb2.BuildEvent]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._call() as db:
+            rows = db.execute(
                 "SELECT event FROM build_events WHERE build_id = ? AND seq > ? ORDER BY seq",
                 (build_id, after_seq),
             ).fetchall()
@@ -109,8 +110,8 @@ class SqliteStateStore:
 
     def unfinished(self) -> list[build_pb2.Build]:
         marks = ",".join("?" * len(_TERMINAL))
-        with self._lock:
-            rows = self._db.execute(
+        with self._call() as db:
+            rows = db.execute(
                 f"SELECT record FROM builds WHERE state NOT IN ({marks}) ORDER BY created", _TERMINAL
             ).fetchall()
         return [build_pb2.Build.FromString(r[0]) for r in rows]

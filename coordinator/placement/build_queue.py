@@ -73,7 +73,6 @@ class ActiveBuild:
     events: list[build_pb2.BuildEvent] = field(default_factory=list)
     waiters: list[asyncio.Future] = field(default_factory=list)
     dispatch_session: str = ""
-    dispatched_at: float = 0.0
     placed_at: float = 0.0
     queued_reason: str = ""
     cancel_requested: bool = False
@@ -305,12 +304,12 @@ class BuildQueue:
         link = self._links.get(node_name)
         for build_id, attempt in reported:
             active = self._active.get(build_id)
-            if active is None or active.record.attempt != attempt or active.record.node != node_name \
-                    or active.finished:
-                if link is not None:
-                    link.send(agent_pb2.CoordinatorCommand(cancel_build=agent_pb2.CancelBuildCommand(
-                        build_id=build_id, attempt=attempt, reason="superseded: the coordinator no longer "
-                        "expects this attempt on this node")))
+            stale = active is None or active.record.attempt != attempt or active.record.node != node_name \
+                or active.finished
+            if stale and link is not None:
+                link.send(agent_pb2.CoordinatorCommand(cancel_build=agent_pb2.CancelBuildCommand(
+                    build_id=build_id, attempt=attempt, reason="superseded: the coordinator no longer "
+                    "expects this attempt on this node")))
         if not node.reconciled:
             node.reconciled = True
             for active in list(self._active.values()):
@@ -436,7 +435,6 @@ class BuildQueue:
         rec.placement_reason = decision.reason
         node.holders.add(rec.id)
         active.dispatch_session = node.session_id
-        active.dispatched_at = now
         active.placed_at = now
         active.queued_reason = ""
         self._record(active, build_pb2.BuildEvent(placed=build_pb2.Placed(

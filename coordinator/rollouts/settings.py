@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NoReturn
+
+from stoker.common.settings import SettingsError
+
+METRICS_PROVIDERS = ("scrape", "prometheus")
 
 
 @dataclass(frozen=True)
@@ -59,3 +65,26 @@ class RolloutSettings:
     """Kubernetes target: kubeconfig context; empty uses in-cluster config, else the current context."""
     kube_container_port: int = 8080
     """Kubernetes target: the port of the instances' /metrics (scrape provider)."""
+
+    def __post_init__(self) -> None:
+        """Refuse, when the configuration loads, a value that would otherwise fail only later: an unknown
+        metrics provider, or a default that every rollout asking for none would be refused for (the spec
+        checks of ``machine.validate_spec``, which would blame the request's field)."""
+        if self.metrics not in METRICS_PROVIDERS:
+            _bad("metrics", f"{self.metrics!r} is neither 'scrape' nor 'prometheus'")
+        if not 0 < self.canary_percent < 100:  # NaN fails too
+            _bad("canary_percent", f"must be in (0, 100), got {self.canary_percent}")
+        for name in ("bake_s", "post_bake_s"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                _bad(name, f"must be a finite number of seconds, not negative, got {value}")
+        if self.min_requests < 0:
+            _bad("min_requests", f"must not be negative, got {self.min_requests}")
+        if not 0 <= self.instances_per_zone <= 100:
+            _bad("instances_per_zone", f"must be in [0, 100], got {self.instances_per_zone}")
+        if len(set(self.zones)) != len(self.zones) or any(not z.strip() for z in self.zones):
+            _bad("zones", f"must be distinct non-empty names, got {list(self.zones)}")
+
+
+def _bad(name: str, problem: str) -> NoReturn:
+    raise SettingsError(f"setting rollouts.{name}: {problem}")

@@ -12,14 +12,18 @@ planned twice. ``finish_intent`` marks it done once the target converged.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from stoker.coordinator.core.errors import FailedPrecondition, Unavailable
+from stoker.coordinator.core.errors import FailedPrecondition
+from stoker.coordinator.core.sqlite import open_database, unavailable_on_failure
 from stoker.coordinator.rollouts.machine import Rollout
 
 
@@ -38,15 +42,15 @@ class RolloutStore(Protocol):
 
     def save(self, rollout: Rollout) -> None: ...
     def get(self, rollout_id: str) -> Rollout | None: ...
-    def list(self, service: str = "") -> list[Rollout]: ...
-    def active(self) -> list[Rollout]: ...
+    def list(self, service: str = "") -> builtins.list[Rollout]: ...
+    def active(self) -> builtins.list[Rollout]: ...
     def record_intent(self, rollout_id: str, key: str, desired: dict, now: float) -> tuple[Intent, bool]:
         """Write the intent once; returns (intent, newly_written)."""
 
     def finish_intent(self, rollout_id: str, key: str, now: float) -> None: ...
-    def intents(self, rollout_id: str) -> list[Intent]: ...
+    def intents(self, rollout_id: str) -> builtins.list[Intent]: ...
     def append_event(self, rollout_id: str, now: float, text: str) -> None: ...
-    def events(self, rollout_id: str) -> list[tuple[float, str]]: ...
+    def events(self, rollout_id: str) -> builtins.list[tuple[float, str]]: ...
     def close(self) -> None: ...
 
 
@@ -86,31 +90,22 @@ def _busy(service: str) -> FailedPrecondition:
 
 
 class SqliteRolloutStore:
+    """Every call holds the lock and maps SQLite failing under it to Unavailable (``core/sqlite.py``)."""
+
     def __init__(self, path: str | Path) -> None:
-        path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # an intent must survive a power cut, not just kill -9
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise Unavailable(f"cannot open rollout store {path}: {exc}") from exc
+        # synchronous=FULL: an intent must survive a power cut, not just kill -9.
+        self._db = open_database(path, _SCHEMA, what="rollout store", synchronous="FULL")
         self._lock = threading.Lock()
 
-    def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
-        try:
-            return self._db.execute(sql, args)
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.Error as exc:
-            raise Unavailable(f"rollout store: {exc}") from exc
+    @contextmanager
+    def _call(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, unavailable_on_failure("rollout store"):
+            yield self._db
 
     def create(self, rollout: Rollout) -> None:
-        with self._lock:
+        with self._call() as db:
             try:
-                self._exec("INSERT INTO rollouts (id, service, phase, active, created, updated, record) "
+                db.execute("INSERT INTO rollouts (id, service, phase, active, created, updated, record) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (rollout.id, rollout.spec.service, rollout.phase.value, int(rollout.active),
                             rollout.created, rollout.updated, json.dumps(rollout.to_dict())))
@@ -118,62 +113,62 @@ class SqliteRolloutStore:
                 raise _busy(rollout.spec.service) from exc
 
     def save(self, rollout: Rollout) -> None:
-        with self._lock:
+        with self._call() as db:
             try:
-                self._exec("UPDATE rollouts SET phase = ?, active = ?, updated = ?, record = ? WHERE id = ?",
+                db.execute("UPDATE rollouts SET phase = ?, active = ?, updated = ?, record = ? WHERE id = ?",
                            (rollout.phase.value, int(rollout.active), rollout.updated,
                             json.dumps(rollout.to_dict()), rollout.id))
             except sqlite3.IntegrityError as exc:
                 raise _busy(rollout.spec.service) from exc
 
     def get(self, rollout_id: str) -> Rollout | None:
-        with self._lock:
-            row = self._exec("SELECT record FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+        with self._call() as db:
+            row = db.execute("SELECT record FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
         return None if row is None else Rollout.from_dict(json.loads(row[0]))
 
-    def list(self, service: str = "") -> list[Rollout]:
-        with self._lock:
+    def list(self, service: str = "") -> builtins.list[Rollout]:
+        with self._call() as db:
             if service:
-                rows = self._exec("SELECT record FROM rollouts WHERE service = ? ORDER BY created DESC",
+                rows = db.execute("SELECT record FROM rollouts WHERE service = ? ORDER BY created DESC",
                                   (service,)).fetchall()
             else:
-                rows = self._exec("SELECT record FROM rollouts ORDER BY created DESC").fetchall()
+                rows = db.execute("SELECT record FROM rollouts ORDER BY created DESC").fetchall()
         return [Rollout.from_dict(json.loads(r[0])) for r in rows]
 
-    def active(self) -> list[Rollout]:
-        with self._lock:
-            rows = self._exec("SELECT record FROM rollouts WHERE active = 1 ORDER BY created").fetchall()
+    def active(self) -> builtins.list[Rollout]:
+        with self._call() as db:
+            rows = db.execute("SELECT record FROM rollouts WHERE active = 1 ORDER BY created").fetchall()
         return [Rollout.from_dict(json.loads(r[0])) for r in rows]
 
     def record_intent(self, rollout_id: str, key: str, desired: dict, now: float) -> tuple[Intent, bool]:
-        with self._lock:
-            cur = self._exec("INSERT OR IGNORE INTO rollout_intents (rollout_id, key, desired, created) "
+        with self._call() as db:
+            cur = db.execute("INSERT OR IGNORE INTO rollout_intents (rollout_id, key, desired, created) "
                              "VALUES (?, ?, ?, ?)", (rollout_id, key, json.dumps(desired, sort_keys=True), now))
             fresh = cur.rowcount == 1
-            row = self._exec("SELECT desired, created, done FROM rollout_intents WHERE rollout_id = ? AND key = ?",
+            row = db.execute("SELECT desired, created, done FROM rollout_intents WHERE rollout_id = ? AND key = ?",
                              (rollout_id, key)).fetchone()
         return Intent(rollout_id, key, json.loads(row[0]), row[1], row[2]), fresh
 
     def finish_intent(self, rollout_id: str, key: str, now: float) -> None:
-        with self._lock:
-            self._exec("UPDATE rollout_intents SET done = ? WHERE rollout_id = ? AND key = ? AND done IS NULL",
+        with self._call() as db:
+            db.execute("UPDATE rollout_intents SET done = ? WHERE rollout_id = ? AND key = ? AND done IS NULL",
                        (now, rollout_id, key))
 
-    def intents(self, rollout_id: str) -> list[Intent]:
-        with self._lock:
-            rows = self._exec("SELECT key, desired, created, done FROM rollout_intents WHERE rollout_id = ? "
+    def intents(self, rollout_id: str) -> builtins.list[Intent]:
+        with self._call() as db:
+            rows = db.execute("SELECT key, desired, created, done FROM rollout_intents WHERE rollout_id = ? "
                               "ORDER BY created", (rollout_id,)).fetchall()
         return [Intent(rollout_id, k, json.loads(d), c, done) for k, d, c, done in rows]
 
     def append_event(self, rollout_id: str, now: float, text: str) -> None:
-        with self._lock:
-            self._exec("INSERT INTO rollout_events (rollout_id, seq, time, text) VALUES (?, "
+        with self._call() as db:
+            db.execute("INSERT INTO rollout_events (rollout_id, seq, time, text) VALUES (?, "
                        "(SELECT COALESCE(MAX(seq), 0) + 1 FROM rollout_events WHERE rollout_id = ?), ?, ?)",
                        (rollout_id, rollout_id, now, text))
 
-    def events(self, rollout_id: str) -> list[tuple[float, str]]:
-        with self._lock:
-            rows = self._exec("SELECT time, text FROM rollout_events WHERE rollout_id = ? ORDER BY seq",
+    def events(self, rollout_id: str) -> builtins.list[tuple[float, str]]:
+        with self._call() as db:
+            rows = db.execute("SELECT time, text FROM rollout_events WHERE rollout_id = ? ORDER BY seq",
                               (rollout_id,)).fetchall()
         return [(t, x) for t, x in rows]
 
@@ -207,11 +202,11 @@ class MemoryRolloutStore:
         d = self._rollouts.get(rollout_id)
         return None if d is None else Rollout.from_dict(d)
 
-    def list(self, service: str = "") -> list[Rollout]:
+    def list(self, service: str = "") -> builtins.list[Rollout]:
         found = [Rollout.from_dict(d) for d in self._rollouts.values()]
         return sorted((r for r in found if not service or r.spec.service == service), key=lambda r: -r.created)
 
-    def active(self) -> list[Rollout]:
+    def active(self) -> builtins.list[Rollout]:
         return sorted((r for r in (Rollout.from_dict(d) for d in self._rollouts.values()) if r.active),
                       key=lambda r: r.created)
 
@@ -228,13 +223,13 @@ class MemoryRolloutStore:
         if intent is not None and intent.done is None:
             self._intents[(rollout_id, key)] = Intent(intent.rollout_id, key, intent.desired, intent.created, now)
 
-    def intents(self, rollout_id: str) -> list[Intent]:
+    def intents(self, rollout_id: str) -> builtins.list[Intent]:
         return sorted((i for (rid, _), i in self._intents.items() if rid == rollout_id), key=lambda i: i.created)
 
     def append_event(self, rollout_id: str, now: float, text: str) -> None:
         self._events.setdefault(rollout_id, []).append((now, text))
 
-    def events(self, rollout_id: str) -> list[tuple[float, str]]:
+    def events(self, rollout_id: str) -> builtins.list[tuple[float, str]]:
         return list(self._events.get(rollout_id, []))
 
     def close(self) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stoker.coordinator.core.clock import Clock
-from stoker.coordinator.core.errors import InvalidArgument
-from stoker.coordinator.rollouts.engine import RolloutEngine
+from stoker.coordinator.rollouts.engine import MetricsProvider, RolloutEngine
 from stoker.coordinator.rollouts.metrics_providers import PrometheusMetrics, ScrapeMetrics
 from stoker.coordinator.rollouts.settings import RolloutSettings
 from stoker.coordinator.rollouts.store import open_rollout_store
@@ -23,12 +22,11 @@ def local_dir(settings: RolloutSettings, state_path: str) -> Path:
 
 
 def build_rollout_engine(s: RolloutSettings, state_path: str, clock: Clock) -> RolloutEngine:
-    if s.metrics == "scrape":
-        metrics = ScrapeMetrics(s.metrics_timeout_s)
-    elif s.metrics == "prometheus":
+    metrics: MetricsProvider
+    if s.metrics == "prometheus":
         metrics = PrometheusMetrics(s.prometheus_url, s.metrics_timeout_s)
-    else:
-        raise InvalidArgument(f"rollouts.metrics: {s.metrics!r} is neither 'scrape' nor 'prometheus'")
+    else:  # "scrape": RolloutSettings admits no other value
+        metrics = ScrapeMetrics(s.metrics_timeout_s)
 
     def local():
         from stoker.coordinator.rollouts.targets.local import LocalTarget

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 from stoker.coordinator.config import CoordinatorConfig
-from stoker.coordinator.core.errors import Aborted, PermissionDenied
+from stoker.coordinator.core.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+)
 from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.placement.build_queue import AgentLink, BuildQueue
 from stoker.coordinator.placement.inventory import InventoryIndex
-from stoker.coordinator.placement.registry import NodeRegistry
+from stoker.coordinator.placement.registry import NodeRecord, NodeRegistry
 from stoker.coordinator.rpc import auth, convert, validate
-from stoker.coordinator.rpc.status import unary
+from stoker.coordinator.rpc.status import streaming, unary
 from stoker.v1 import (
     agent_pb2,
     agent_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
-
 
 
 class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
@@ -50,62 +55,77 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             heartbeat_interval_s=self._config.nodes.heartbeat_interval_s,
         )
 
+    @streaming
     async def Connect(self, request_iterator, context):
+        """One node's stream: admit its first message (a snapshot), then relay commands until either side ends.
+
+        Refusals leave as domain errors through the status table (``@streaming``)."""
         async with self._intake:
-            try:
-                first = await asyncio.wait_for(anext(request_iterator), self._config.nodes.first_message_s)
-            except StopAsyncIteration:
+            first = await self._first_message(request_iterator)
+            if first is None:
                 return
-            except asyncio.TimeoutError:
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    f"no first message within {self._config.nodes.first_message_s:g} s")
-            node_name, session_id, record = await self._take_snapshot(first, context)
+            link, record = self._admit(first)
         # The first message is the node's whole inventory (~0.6 MB for 1,000 entries with their sketches): not
         # kept for the life of the stream. Kept, it cost 1,000 nodes ~670 MiB (bench/load.py).
         del first
-        link = AgentLink(node_name, session_id)
         self._builds.attach(link)
         reader = asyncio.create_task(self._read(link, request_iterator))
         try:
-            while True:
-                getter = asyncio.ensure_future(link.outbox.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    break
-                command = getter.result()
-                if command is None:
-                    break
+            async for command in self._commands(link, reader):
                 yield command
         finally:
             reader.cancel()
             self._builds.detach(link)
-            if self._sessions.get(session_id) == node_name and record.session_id != session_id:
-                self._sessions.pop(session_id, None)
-            log.info("node %s stream closed", node_name)
+            self._forget_replaced_session(link, record)
+            log.info("node %s stream closed", link.node)
 
-    async def _take_snapshot(self, first: agent_pb2.AgentMessage, context):
-        """Check a stream's first message and apply its snapshot: (node, session id, registry record)."""
+    async def _first_message(self, request_iterator) -> agent_pb2.AgentMessage | None:
+        """The stream's first message, or None when the node closed it first; DeadlineExceeded past
+        ``nodes.first_message_s`` (a silent stream would hold one of the ``snapshot_intake`` turns)."""
+        limit = self._config.nodes.first_message_s
+        try:
+            return await asyncio.wait_for(anext(request_iterator), limit)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError as exc:
+            raise DeadlineExceeded(f"no first message within {limit:g} s") from exc
+
+    def _admit(self, first: agent_pb2.AgentMessage) -> tuple[AgentLink, NodeRecord]:
+        """Check a stream's first message and apply its snapshot: the node's link and its registry record."""
         session_id = first.session_id
         node_name = self._sessions.get(session_id)
         if node_name is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                "unknown session: call Register first (the coordinator may have restarted)")
+            raise FailedPrecondition("unknown session: call Register first (the coordinator may have restarted)")
         identity = auth.current.get()
         if identity.role == "agent" and identity.name != node_name:
             log.warning("refused a stream for node %s from certificate %s", node_name, identity.name)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"the client certificate is for {identity.name!r}, not {node_name!r}")
+            raise PermissionDenied(f"the client certificate is for {identity.name!r}, not {node_name!r}")
         if first.WhichOneof("body") != "snapshot":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry a snapshot")
-        try:
-            record = self._registry.attach(node_name, session_id)
-        except Aborted as exc:
-            await context.abort(grpc.StatusCode.ABORTED, str(exc))
+            raise InvalidArgument("the first message must carry a snapshot")
+        record = self._registry.attach(node_name, session_id)  # Aborted when a newer session took the node
         self._apply_snapshot(node_name, first.snapshot)
         log.info("node %s connected: %d entries, generation %d", node_name, len(first.snapshot.entries),
                  first.snapshot.generation)
-        return node_name, session_id, record
+        return AgentLink(node_name, session_id), record
+
+    @staticmethod
+    async def _commands(link: AgentLink, reader: asyncio.Task) -> AsyncIterator[agent_pb2.CoordinatorCommand]:
+        """The commands queued for the node, until the link is closed or the node's side of the stream ends."""
+        while True:
+            getter = asyncio.ensure_future(link.outbox.get())
+            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                return
+            command = getter.result()
+            if command is None:
+                return
+            yield command
+
+    def _forget_replaced_session(self, link: AgentLink, record: NodeRecord) -> None:
+        """Drop the stream's session once the node has registered again under a new one."""
+        if self._sessions.get(link.session_id) == link.node and record.session_id != link.session_id:
+            self._sessions.pop(link.session_id, None)
 
     async def _read(self, link: AgentLink, request_iterator) -> None:
         try:

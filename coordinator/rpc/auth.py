@@ -33,10 +33,9 @@ from pathlib import Path
 
 import grpc
 from stoker.coordinator.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from stoker.coordinator.rpc.status import status_for
 
 log = logging.getLogger(__name__)
-
-ROLES = ("ci", "operator", "agent")
 
 _BUILDS = "/stoker.v1.Builds/"
 _CI_METHODS = {_BUILDS + m for m in ("SubmitBuild", "WatchBuild", "GetBuild", "CancelBuild", "PlaceBuild",
@@ -134,8 +133,9 @@ class Authenticator:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Checks every RPC before its handler runs; refused calls are logged and end with
-    UNAUTHENTICATED or PERMISSION_DENIED."""
+    """Checks every RPC before its handler runs; refused calls are logged and end with the status the
+    table in ``status.py`` gives their error (UNAUTHENTICATED, PERMISSION_DENIED; INVALID_ARGUMENT for a
+    request whose bytes are not a message)."""
 
     def __init__(self, authenticator: Authenticator,
                  observe: Callable[[str, float], None] | None = None) -> None:
@@ -147,60 +147,67 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(_OPEN_PREFIXES):
             return handler
-        auth = self._auth
-
-        async def admit(context, request=None) -> None:
-            """Check the caller (abort UNAUTHENTICATED / PERMISSION_DENIED, logged) and the request's bytes
-            (abort INVALID_ARGUMENT); on success the identity is in ``current`` for the servicer."""
-            try:
-                identity = auth.check(method, context.invocation_metadata() or (), context.auth_context())
-            except (Unauthenticated, PermissionDenied) as exc:
-                log.warning("refused %s from %s: %s", method, context.peer(), exc)
-                code = grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, Unauthenticated) else \
-                    grpc.StatusCode.PERMISSION_DENIED
-                await context.abort(code, str(exc))
-            current.set(identity)
-            if isinstance(request, _Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-
         if handler.unary_unary:
-            inner = handler.unary_unary
-
-            observe = self._observe
-            short = method.rsplit("/", 1)[-1]
-
-            async def unary_unary(request, context):
-                started = time.perf_counter()
-                await admit(context, request)
-                try:
-                    return await inner(request, context)
-                finally:
-                    if observe is not None:
-                        observe(short, time.perf_counter() - started)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, _tolerant(handler.request_deserializer),
-                                                       handler.response_serializer)
+            return self._unary_unary(handler, method)
         if handler.unary_stream:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request, context):
-                await admit(context, request)
-                async for item in inner_us(request, context):
-                    yield item
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, _tolerant(handler.request_deserializer),
-                                                        handler.response_serializer)
+            return self._unary_stream(handler, method)
         if handler.stream_stream:
-            inner_ss = handler.stream_stream
-
-            async def stream_stream(request_iterator, context):
-                await admit(context)
-                async for item in inner_ss(request_iterator, context):
-                    yield item
-
-            return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer,
-                                                         handler.response_serializer)
+            return self._stream_stream(handler, method)
         return handler  # stream-unary: stoker has none
+
+    async def _admit(self, method: str, context, request=None) -> None:
+        """Check the caller and the request's bytes; on success the identity is in ``current`` for the
+        servicer. A refusal aborts the call with its status from the table (auth refusals logged as warnings)."""
+        try:
+            identity = self._auth.check(method, context.invocation_metadata() or (), context.auth_context())
+            if isinstance(request, _Undecodable):
+                raise InvalidArgument(request.message)
+        except (Unauthenticated, PermissionDenied) as exc:
+            log.warning("refused %s from %s: %s", method, context.peer(), exc)
+            await context.abort(status_for(exc), str(exc))
+        except InvalidArgument as exc:
+            log.info("refused %s from %s: %s", method, context.peer(), exc)
+            await context.abort(status_for(exc), str(exc))
+        current.set(identity)
+
+    def _unary_unary(self, handler, method: str):
+        inner = handler.unary_unary
+        observe = self._observe
+        short = method.rsplit("/", 1)[-1]
+
+        async def unary_unary(request, context):
+            started = time.perf_counter()
+            await self._admit(method, context, request)
+            try:
+                return await inner(request, context)
+            finally:
+                if observe is not None:
+                    observe(short, time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, _tolerant(handler.request_deserializer),
+                                                   handler.response_serializer)
+
+    def _unary_stream(self, handler, method: str):
+        inner = handler.unary_stream
+
+        async def unary_stream(request, context):
+            await self._admit(method, context, request)
+            async for item in inner(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, _tolerant(handler.request_deserializer),
+                                                    handler.response_serializer)
+
+    def _stream_stream(self, handler, method: str):
+        inner = handler.stream_stream
+
+        async def stream_stream(request_iterator, context):
+            await self._admit(method, context)
+            async for item in inner(request_iterator, context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer,
+                                                     handler.response_serializer)
 
 
 class _Undecodable:

@@ -1,13 +1,17 @@
-"""``QueryInventory``: what each node holds, for operators and capacity planning."""
+"""``QueryInventory``: what each node holds, for operators and capacity planning. Thin: call the placement
+core's report (``placement/inventory_report.py``), convert it."""
 
 from __future__ import annotations
 
-import logging
-
-from stoker.coordinator.core.errors import NotFound
 from stoker.coordinator.placement.build_queue import BuildQueue
-from stoker.coordinator.placement.domain import BYTES, KEY, LAST_USED, Warmth
+from stoker.coordinator.placement.domain import Warmth
 from stoker.coordinator.placement.inventory import InventoryIndex
+from stoker.coordinator.placement.inventory_report import (
+    InventoryQuery,
+    KeySummary,
+    ZoneSummary,
+    inventory_report,
+)
 from stoker.coordinator.placement.registry import NodeRegistry
 from stoker.coordinator.rpc import convert
 from stoker.coordinator.rpc.status import unary
@@ -15,9 +19,6 @@ from stoker.v1 import (
     inventory_pb2,
     inventory_pb2_grpc,
 )
-
-log = logging.getLogger(__name__)
-
 
 
 class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
@@ -28,38 +29,31 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
 
     @unary
     async def QueryInventory(self, request: inventory_pb2.QueryInventoryRequest, context):
-        if request.node and self._registry.find(request.node) is None:
-            raise NotFound(f"node {request.node} is not registered")
-        response = inventory_pb2.QueryInventoryResponse()
-        keys: dict[str, inventory_pb2.KeySummary] = {}
-        zones: dict[str, inventory_pb2.ZoneSummary] = {}
-        for record in sorted(self._registry.all(), key=lambda r: r.name):
-            if request.node and record.name != request.node:
-                continue
-            if request.zone and record.info.zone != request.zone:
-                continue
-            entries = [e for e in self._inventory.entries(record.name) if e[KEY].startswith(request.key_prefix)]
-            response.nodes.append(convert.node_inventory(record, entries, with_entries=not request.summary_only))
-            zone = zones.setdefault(record.info.zone, inventory_pb2.ZoneSummary(zone=record.info.zone))
-            if record.state.value != "lost":
-                zone.nodes += 1
-                zone.slots += record.info.slots
-                zone.running += len(record.holders)
-                zone.disk_capacity_bytes += record.info.disk_capacity_bytes
-                zone.disk_used_bytes += record.disk_used_bytes
-            for e in entries:
-                summary = keys.setdefault(e[KEY], inventory_pb2.KeySummary(key=e[KEY]))
-                summary.replicas += 1
-                summary.nodes.append(record.name)
-                summary.bytes = max(summary.bytes, e[BYTES])
-                if e[LAST_USED] > convert.seconds(summary.last_used):
-                    summary.last_used.CopyFrom(convert.timestamp(e[LAST_USED]))
-        response.keys.extend(keys[k] for k in sorted(keys))
-        response.zones.extend(zones[z] for z in sorted(zones))
-        hits = self._builds.hit_counts
-        response.hit_rates.CopyFrom(inventory_pb2.HitRates(
-            warm_builds=hits[Warmth.WARM], partial_builds=hits[Warmth.PARTIAL], cold_builds=hits[Warmth.COLD],
-            bytes_local=self._builds.bytes_local, bytes_fetched=self._builds.bytes_fetched,
-            warm_bytes=self._builds.hit_bytes[Warmth.WARM], partial_bytes=self._builds.hit_bytes[Warmth.PARTIAL],
-            cold_bytes=self._builds.hit_bytes[Warmth.COLD]))
-        return response
+        query = InventoryQuery(node=request.node, zone=request.zone, key_prefix=request.key_prefix)
+        report = inventory_report(self._registry, self._inventory, query)
+        return inventory_pb2.QueryInventoryResponse(
+            nodes=[convert.node_inventory(n.record, n.entries, with_entries=not request.summary_only)
+                   for n in report.nodes],
+            keys=[key_summary_to_pb(k) for k in report.keys],
+            zones=[zone_summary_to_pb(z) for z in report.zones],
+            hit_rates=hit_rates_to_pb(self._builds))
+
+
+def key_summary_to_pb(k: KeySummary) -> inventory_pb2.KeySummary:
+    pb = inventory_pb2.KeySummary(key=k.key, replicas=k.replicas, nodes=k.nodes, bytes=k.bytes)
+    if k.last_used > 0:  # left unset when no node reported a use
+        pb.last_used.CopyFrom(convert.timestamp(k.last_used))
+    return pb
+
+
+def zone_summary_to_pb(z: ZoneSummary) -> inventory_pb2.ZoneSummary:
+    return inventory_pb2.ZoneSummary(zone=z.zone, nodes=z.nodes, slots=z.slots, running=z.running,
+                                     disk_capacity_bytes=z.disk_capacity_bytes, disk_used_bytes=z.disk_used_bytes)
+
+
+def hit_rates_to_pb(builds: BuildQueue) -> inventory_pb2.HitRates:
+    hits, hit_bytes = builds.hit_counts, builds.hit_bytes
+    return inventory_pb2.HitRates(
+        warm_builds=hits[Warmth.WARM], partial_builds=hits[Warmth.PARTIAL], cold_builds=hits[Warmth.COLD],
+        bytes_local=builds.bytes_local, bytes_fetched=builds.bytes_fetched, warm_bytes=hit_bytes[Warmth.WARM],
+        partial_bytes=hit_bytes[Warmth.PARTIAL], cold_bytes=hit_bytes[Warmth.COLD])

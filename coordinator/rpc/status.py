@@ -19,6 +19,7 @@ STATUS_FOR = {
     errors.Aborted: grpc.StatusCode.ABORTED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
@@ -49,23 +50,26 @@ def unary(fn: Callable) -> Callable:
             return await fn(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the table's last row: anything else is INTERNAL, logged
             await _abort(context, fn.__name__, exc)
 
     return wrapper
 
 
 def streaming(fn: Callable[..., AsyncIterator]) -> Callable:
-    """The same for server-streaming handlers written as async generators."""
+    """The same for streaming handlers (server or bidirectional) written as async generators."""
 
     @functools.wraps(fn)
     async def wrapper(self, request, context):
+        items = fn(self, request, context)
         try:
-            async for item in fn(self, request, context):
+            async for item in items:
                 yield item
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the table's last row: anything else is INTERNAL, logged
             await _abort(context, fn.__name__, exc)
+        finally:
+            await items.aclose()  # the handler's own cleanup runs now, not when the generator is collected
 
     return wrapper

@@ -76,7 +76,7 @@ def relative_path(value: str, field: str, *, allow_trailing_slash: bool = False)
         raise InvalidArgument(f"{field}: contains a NUL byte")
     if len(value.encode(errors="surrogatepass")) > MAX_PATH_BYTES:
         raise InvalidArgument(f"{field}: longer than {MAX_PATH_BYTES} bytes")
-    if value.startswith("/") or value.startswith("\\"):
+    if value.startswith(("/", "\\")):
         raise InvalidArgument(f"{field}: {_show(value)} is absolute; it must be relative to the workspace")
     if "\\" in value:
         raise InvalidArgument(f"{field}: {_show(value)} contains a backslash; separate directories with /")
@@ -104,31 +104,55 @@ def _finite(value: float, field: str) -> None:
 
 def build_spec(spec: common_pb2.BuildSpec, *, need_command: bool, max_files_bytes: int,
                max_timeout_s: float) -> None:
+    """Raise InvalidArgument naming the first bad field of ``spec`` (the checks run in the spec's order)."""
     if not spec.workspace.strip():
         raise InvalidArgument("spec.workspace: must not be empty")
     cache_key(spec.workspace, "spec.workspace")
-    if need_command and not spec.command:
+    exec_bytes = _command(spec.command, need_command=need_command)
+    _timeout(spec.timeout_s, max_timeout_s)
+    exec_bytes += _env(spec.env)
+    if exec_bytes > MAX_EXEC_BYTES:
+        raise InvalidArgument(f"spec.command: with spec.env, {exec_bytes} bytes, more than {MAX_EXEC_BYTES}")
+    _cache(spec.cache)
+    _files(spec.files, max_files_bytes)
+    cache_key(spec.tenant, "spec.tenant", allow_empty=True)
+    cache_key(spec.constraints.zone, "spec.constraints.zone", allow_empty=True)
+    _labels(spec.constraints.labels, "spec.constraints.labels")
+
+
+def _command(command, *, need_command: bool) -> int:
+    """Check the argv; returns the bytes it takes in the exec area."""
+    if need_command and not command:
         raise InvalidArgument("spec.command: must not be empty")
-    if len(spec.command) > MAX_ARGV:
+    if len(command) > MAX_ARGV:
         raise InvalidArgument(f"spec.command: more than {MAX_ARGV} arguments")
-    if spec.command and not spec.command[0]:
+    if command and not command[0]:
         raise InvalidArgument("spec.command[0]: must not be empty")
     exec_bytes = 0
-    for i, arg in enumerate(spec.command):
+    for i, arg in enumerate(command):
         if "\x00" in arg:
             raise InvalidArgument(f"spec.command[{i}]: contains a NUL byte")
         size = len(arg.encode())
         if size > MAX_ARG_BYTES:
             raise InvalidArgument(f"spec.command[{i}]: {size} bytes, more than {MAX_ARG_BYTES}")
         exec_bytes += size + 1
-    _finite(spec.timeout_s, "spec.timeout_s")
-    if spec.timeout_s < 0:
-        raise InvalidArgument(f"spec.timeout_s: must not be negative, got {spec.timeout_s}")
-    if spec.timeout_s > max_timeout_s:
-        raise InvalidArgument(f"spec.timeout_s: {spec.timeout_s} exceeds the limit of {max_timeout_s} s")
-    if len(spec.env) > MAX_ENV:
+    return exec_bytes
+
+
+def _timeout(timeout_s: float, max_timeout_s: float) -> None:
+    _finite(timeout_s, "spec.timeout_s")
+    if timeout_s < 0:
+        raise InvalidArgument(f"spec.timeout_s: must not be negative, got {timeout_s}")
+    if timeout_s > max_timeout_s:
+        raise InvalidArgument(f"spec.timeout_s: {timeout_s} exceeds the limit of {max_timeout_s} s")
+
+
+def _env(env) -> int:
+    """Check the environment; returns the bytes it takes in the exec area."""
+    if len(env) > MAX_ENV:
         raise InvalidArgument(f"spec.env: more than {MAX_ENV} variables")
-    for name, value in spec.env.items():
+    exec_bytes = 0
+    for name, value in env.items():
         if not name or "=" in name or any(unicodedata.category(ch) in _INVISIBLE for ch in name):
             raise InvalidArgument(f"spec.env: invalid variable name {_show(name)}")
         if "\x00" in value:
@@ -137,9 +161,10 @@ def build_spec(spec: common_pb2.BuildSpec, *, need_command: bool, max_files_byte
         if size > MAX_ARG_BYTES:
             raise InvalidArgument(f"spec.env[{_show(name)}]: {size} bytes, more than {MAX_ARG_BYTES}")
         exec_bytes += size + 1
-    if exec_bytes > MAX_EXEC_BYTES:
-        raise InvalidArgument(f"spec.command: with spec.env, {exec_bytes} bytes, more than {MAX_EXEC_BYTES}")
-    cache = spec.cache
+    return exec_bytes
+
+
+def _cache(cache: common_pb2.CacheSpec) -> None:
     cache_key(cache.key, "spec.cache.key", allow_empty=True)
     if len(cache.restore_keys) > MAX_KEYS:
         raise InvalidArgument(f"spec.cache.restore_keys: more than {MAX_KEYS} prefixes")
@@ -157,11 +182,14 @@ def build_spec(spec: common_pb2.BuildSpec, *, need_command: bool, max_files_byte
                 raise InvalidArgument(f"spec.cache.paths[{i}]: {_show(path)} overlaps spec.cache.paths[{j}] "
                                       f"{_show(cache.paths[j])}")
         roots.append(root)
-    if len(spec.files) > MAX_FILES:
+
+
+def _files(files, max_files_bytes: int) -> None:
+    if len(files) > MAX_FILES:
         raise InvalidArgument(f"spec.files: more than {MAX_FILES} files")
     total = 0
-    names = set(spec.files)
-    for name, data in spec.files.items():
+    names = set(files)
+    for name, data in files.items():
         field = f"spec.files[{_show(name)}]"
         relative_path(name, field)
         parent = name.rpartition("/")[0]
@@ -172,9 +200,6 @@ def build_spec(spec: common_pb2.BuildSpec, *, need_command: bool, max_files_byte
         total += len(data)
     if total > max_files_bytes:
         raise InvalidArgument(f"spec.files: {total} bytes in total, more than {max_files_bytes}")
-    cache_key(spec.tenant, "spec.tenant", allow_empty=True)
-    cache_key(spec.constraints.zone, "spec.constraints.zone", allow_empty=True)
-    _labels(spec.constraints.labels, "spec.constraints.labels")
 
 
 def _labels(labels, field: str) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from stoker.agent import config as agent_config
 from stoker.common.settings import SettingsError
@@ -41,23 +45,23 @@ def test_labels_and_bools_parse_from_environment():
 
 
 def spec(**kw) -> common_pb2.BuildSpec:
-    base = dict(workspace="web", command=["make"], cache=common_pb2.CacheSpec(key="web/k", paths=["node_modules"]))
+    base = {"workspace": "web", "command": ["make"], "cache": common_pb2.CacheSpec(key="web/k", paths=["node_modules"])}
     base.update(kw)
     return common_pb2.BuildSpec(**base)
 
 
 @pytest.mark.parametrize("bad, field", [
-    (dict(workspace=""), "spec.workspace"),
-    (dict(command=[]), "spec.command"),
-    (dict(timeout_s=-1), "spec.timeout_s"),
-    (dict(cache=common_pb2.CacheSpec(key="k", paths=["../x"])), "spec.cache.paths[0]"),
-    (dict(cache=common_pb2.CacheSpec(key="k", paths=["/abs"])), "spec.cache.paths[0]"),
-    (dict(cache=common_pb2.CacheSpec(key="k", paths=["a/../../x"])), "spec.cache.paths[0]"),
-    (dict(cache=common_pb2.CacheSpec(key="bad\x07key", paths=["x"])), "spec.cache.key"),
-    (dict(cache=common_pb2.CacheSpec(key="k" * 600, paths=["x"])), "spec.cache.key"),
-    (dict(cache=common_pb2.CacheSpec(key="k", restore_keys=[""], paths=["x"])), "spec.cache.restore_keys[0]"),
-    (dict(cache=common_pb2.CacheSpec(key="k")), "spec.cache.paths"),
-    (dict(files={"../evil": b"x"}), "spec.files"),
+    ({"workspace": ""}, "spec.workspace"),
+    ({"command": []}, "spec.command"),
+    ({"timeout_s": -1}, "spec.timeout_s"),
+    ({"cache": common_pb2.CacheSpec(key="k", paths=["../x"])}, "spec.cache.paths[0]"),
+    ({"cache": common_pb2.CacheSpec(key="k", paths=["/abs"])}, "spec.cache.paths[0]"),
+    ({"cache": common_pb2.CacheSpec(key="k", paths=["a/../../x"])}, "spec.cache.paths[0]"),
+    ({"cache": common_pb2.CacheSpec(key="bad\x07key", paths=["x"])}, "spec.cache.key"),
+    ({"cache": common_pb2.CacheSpec(key="k" * 600, paths=["x"])}, "spec.cache.key"),
+    ({"cache": common_pb2.CacheSpec(key="k", restore_keys=[""], paths=["x"])}, "spec.cache.restore_keys[0]"),
+    ({"cache": common_pb2.CacheSpec(key="k")}, "spec.cache.paths"),
+    ({"files": {"../evil": b"x"}}, "spec.files"),
 ])
 def test_bad_build_specs_name_the_field(bad, field):
     with pytest.raises(InvalidArgument) as err:
@@ -75,3 +79,32 @@ def test_registration_checks():
         validate.registration(agent_pb2.RegisterRequest(node=" ", slots=1))
     with pytest.raises(InvalidArgument, match="^slots"):
         validate.registration(agent_pb2.RegisterRequest(node="n", slots=-2))
+
+
+@pytest.mark.parametrize("environ, setting", [
+    ({"STOKER_COORDINATOR_ROLLOUTS_METRICS": "promql"}, "rollouts.metrics"),
+    ({"STOKER_COORDINATOR_ROLLOUTS_CANARY_PERCENT": "100"}, "rollouts.canary_percent"),
+    ({"STOKER_COORDINATOR_ROLLOUTS_CANARY_PERCENT": "nan"}, "rollouts.canary_percent"),
+    ({"STOKER_COORDINATOR_ROLLOUTS_BAKE_S": "-1"}, "rollouts.bake_s"),
+    ({"STOKER_COORDINATOR_ROLLOUTS_POST_BAKE_S": "inf"}, "rollouts.post_bake_s"),
+    ({"STOKER_COORDINATOR_ROLLOUTS_MIN_REQUESTS": "-1"}, "rollouts.min_requests"),
+    ({"STOKER_COORDINATOR_ROLLOUTS_INSTANCES_PER_ZONE": "101"}, "rollouts.instances_per_zone"),
+    ({"STOKER_COORDINATOR_ROLLOUTS_ZONES": "a,a"}, "rollouts.zones"),
+])
+def test_rollout_settings_are_refused_when_the_configuration_loads(environ, setting):
+    # These used to pass the load and fail later: the metrics provider when the server was built, as an
+    # InvalidArgument; the spec defaults only at StartRollout, as INVALID_ARGUMENT blaming the request.
+    with pytest.raises(SettingsError, match=f"^setting {setting}: "):
+        coord_config.load(environ=environ)
+    assert coord_config.load(environ={"STOKER_COORDINATOR_ROLLOUTS_METRICS": "prometheus"}).rollouts.metrics == \
+        "prometheus"
+
+
+def test_the_coordinator_command_names_a_bad_setting_and_stops(tmp_path):
+    env = {**os.environ, "STOKER_COORDINATOR_ROLLOUTS_METRICS": "promql"}
+    done = subprocess.run([sys.executable, "-m", "stoker.cli.main", "coordinator", "--state",
+                           str(tmp_path / "c.db"), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+                          check=False, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "setting rollouts.metrics: 'promql' is neither 'scrape' nor 'prometheus'" in done.stderr
+    assert not (tmp_path / "c.db").exists()  # refused before anything was opened
