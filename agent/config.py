@@ -5,9 +5,12 @@ Every field is documented here; ``stoker agent --help-settings`` prints them wit
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stoker.common import settings
 
@@ -71,6 +74,11 @@ class CacheSettings:
     """Entries kept also unpacked as a *ready tree*, made in the background at nice 19 after a restore or
     save: the next restore of that key is a rename, and one of a newer key under the same prefix writes
     only what changed. Each costs the entry's unpacked size on disk; 0 turns them off."""
+    writer: str = "auto"
+    """Which code writes restored files: compiled (agent/cache/_fastio.c, on threads with the GIL released),
+    python-processes (the Python writer, forking workers - 1 helpers for each restore), python-threads (the
+    Python writer on threads), or auto (compiled where it is built, else python-processes). The old
+    STOKER_CACHE_WRITER=python still selects python-processes."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +176,16 @@ class AgentConfig:
     log: LogSettings = field(default_factory=LogSettings)
 
 
-def load(file: str | None = None, overrides: dict | None = None, environ=None) -> AgentConfig:
+LEGACY_WRITER_VARIABLE = "STOKER_CACHE_WRITER"
+"""Before cache.writer existed, ``STOKER_CACHE_WRITER=python`` chose the Python writer (forked processes)."""
+
+
+def load(file: str | None = None, overrides: dict[str, Any] | None = None,
+         environ: Mapping[str, str] | None = None) -> AgentConfig:
+    environ = os.environ if environ is None else environ
+    writer_variable = f"{ENV_PREFIX}CACHE_WRITER"
+    if environ.get(LEGACY_WRITER_VARIABLE) == "python" and writer_variable not in environ:
+        environ = {**environ, writer_variable: "python-processes"}
     return settings.load(AgentConfig, prefix=ENV_PREFIX, environ=environ, file=file, overrides=overrides)
 
 

@@ -45,7 +45,7 @@ def child(op: str, args: dict) -> None:
 
     blobs = open_blob_store(args["blobs"], args.get("endpoint", ""), "us-east-1")
     cache = ContentCache(LocalStore(Path(args["store"]), 1 << 40), blobs, workers=args.get("workers", 0),
-                         ready_trees=args.get("ready_trees", 1))
+                         ready_trees=args.get("ready_trees", 1), writer=args.get("writer", "auto"))
     cache.open()
     t = time.perf_counter()
     if op == "restore":
@@ -55,9 +55,7 @@ def child(op: str, args: dict) -> None:
     elif op == "prepare":
         out = {"prepared": cache.prepare_tree(args["key"])}
     elif op == "verify":
-        from stoker.agent.cache.content_cache import verify_entry
-
-        out = {"files": verify_entry(cache, args["key"])}
+        out = {"files": cache.verify(args["key"])}
     elif op == "save":
         r = cache.save(args["key"], Path(args["workspace"]), ["node_modules"])
         out = {"bytes_uploaded": r.bytes_uploaded, "saved": r.saved, "files": r.files, "bytes": r.bytes}
@@ -228,11 +226,17 @@ def main() -> None:
     ap.add_argument("--workdir", help="where to work (default: a loop-mounted fresh ext4 as root, else /var/tmp)")
     ap.add_argument("--no-loop", action="store_true")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--writer", help="stoker's file writer: auto, compiled, python-processes or python-threads "
+                    "(default: the agent's cache.writer setting, so STOKER_CACHE_WRITER=python still works)")
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
         child(args._child[0], json.loads(args._child[1]))
         return
+    if args.writer is None:
+        from stoker.agent import config as agent_config
+
+        args.writer = agent_config.load().cache.writer
     cleanup = None
     if args.workdir:
         work = Path(args.workdir)
@@ -290,7 +294,7 @@ def run(args, work: Path, fs_note: str) -> dict:
     blobs_local = f"file://{art}/blobs"
     s3_url = "s3://bench/hydrate"
     stoker = lambda op, **kw: [PY, str(Path(__file__).resolve()), "--_child", op, json.dumps(  # noqa: E731
-        {"workers": args.workers, **kw})]
+        {"workers": args.workers, "writer": args.writer, **kw})]
     log("saving the reference entries ...")
     primer = art / "primer-store"
     # Reference entries: base (and variants) in the local blob store and in S3.
@@ -484,7 +488,7 @@ print('{{"seconds": %f}}' % (time.perf_counter() - t))
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "cpu": _cpu_model(), "filesystem": fs_note,
                     "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)]},
-        "runs": args.runs, "workers": workers, "results": results, "writer": _writer(),
+        "runs": args.runs, "workers": workers, "results": results, "writer": _writer(args.writer),
         "reflink_supported": "materialize_reflink" in methods,
     }
     if variants:
@@ -537,11 +541,14 @@ def targets(report: dict) -> dict:
     return checks
 
 
-def _writer() -> str:
+def _writer(kind: str) -> str:
     """Which file writer stoker's restores used: the compiled one (agent/cache/_fastio.c) or Python's."""
-    from stoker.agent.cache import hydrate
+    from stoker.agent.cache.writers import choose_writer, writer_kind
 
-    return "compiled (GIL released, threads)" if hydrate.FAST is not None else "python (forked processes)"
+    writer = choose_writer(writer_kind(kind))
+    if writer.compiled is not None:
+        return "compiled (GIL released, threads)"
+    return "python (forked processes)" if writer.forked else "python (threads)"
 
 
 def _cpu_model() -> str:

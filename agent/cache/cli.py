@@ -17,8 +17,9 @@ from pathlib import Path
 
 from stoker.agent import config as agent_config
 from stoker.agent.cache.api import CacheError, Progress
-from stoker.agent.cache.content_cache import ContentCache, gc_blobs, verify_entry
+from stoker.agent.cache.content_cache import ContentCache
 from stoker.agent.cache.factory import open_cache
+from stoker.agent.cache.maintenance import gc_blobs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,7 +97,7 @@ def _run(cache, args) -> dict:
         checked, failed = {}, {}
         for key in keys:
             try:
-                checked[key] = verify_entry(cache, key)
+                checked[key] = cache.verify(key)
             except CacheError as exc:
                 failed[key] = str(exc)
         return {"checked": checked, "failed": failed}

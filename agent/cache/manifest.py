@@ -27,20 +27,18 @@ restore writes anything.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
+import collections
 import heapq
 import json
-import collections
 import posixpath
 import re
 import stat
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import zstandard
-
 from stoker.agent.cache.api import CacheError, UnsafeTree
 
 FORMAT_NAME = "stoker-cache-manifest"
@@ -113,6 +111,14 @@ class Manifest:
     @property
     def packs(self) -> tuple[str, ...]:
         return tuple(sorted({fr.pack for fr in self.frames}))
+
+    def under(self, roots: tuple[str, ...]) -> list[FileEntry]:
+        """The entries at or under ``roots``."""
+        if self.roots and set(self.roots) <= set(roots):
+            return list(self.files)  # validate() saw every path lie under the manifest's roots
+        below = tuple(r + "/" for r in roots)
+        exact = set(roots)
+        return [f for f in self.files if f.path in exact or f.path.startswith(below)]
 
 
 def encode(manifest: Manifest, *, version: int = FORMAT_VERSION) -> bytes:
@@ -230,6 +236,11 @@ def _parse_v1(raw: bytes, where: str) -> Manifest:
 
 
 def _parse_v2(raw: bytes, where: str) -> Manifest:
+    """Decode the binary layout in the module docstring.
+
+    Longer than the rest on purpose: one cursor walks the sections in order, each count checked against
+    the bytes left before it sizes anything, and the loop over entries builds tuples directly (this runs
+    for every restore and save, over 25k-entry manifests, and is fuzzed as one unit in tests/hostile)."""
     pos = 0
 
     def need(nbytes: int) -> None:

@@ -12,7 +12,6 @@ groups up to about :data:`PACK_TARGET` raw bytes (a huge group is cut at a frame
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
-
 from stoker.agent.cache.api import CacheError
 
 FRAME_TARGET = 4 << 20
@@ -215,15 +213,3 @@ def _compress_and_check(data: bytes, frame: FramePlan, items: Sequence[ContentIt
             raise CacheError(f"{item.path} changed while it was being saved")
         pos += p.length
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
-
-
-def frame_header_size(blob: bytes) -> int:
-    """The raw size a zstd frame declares in its header (-1 when it declares none)."""
-    return zstandard.get_frame_parameters(blob).content_size
-
-
-def remove_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

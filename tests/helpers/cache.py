@@ -9,6 +9,7 @@ from pathlib import Path
 from stoker.agent.cache.content_cache import ContentCache
 from stoker.agent.cache.local_blobs import LocalBlobStore
 from stoker.agent.cache.store import LocalStore
+from stoker.agent.cache.writers import WriterKind
 
 
 def make_tree(root: Path, *, seed: int = 1, packages: int = 6, files_per_package: int = 12,
@@ -57,8 +58,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 
 def open_local_cache(tmp: Path, *, name: str = "store", budget: int = 1 << 30, blobs: Path | None = None,
-                     workers: int = 2) -> ContentCache:
+                     workers: int = 2, writer: WriterKind = "auto") -> ContentCache:
     cache = ContentCache(LocalStore(tmp / name, budget), LocalBlobStore(blobs or tmp / "blobs"),
-                         workers=workers)
+                         workers=workers, writer=writer)
     cache.open()
     return cache

@@ -10,9 +10,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from stoker.agent.cache import hydrate
 from stoker.agent.cache import manifest as mf
+from stoker.agent.cache import write_tasks
 from stoker.agent.cache.api import CacheError
+from stoker.agent.cache.writers import load_compiled
 from stoker.common.sketch import pack as pack_sketch
 from stoker.coordinator.placement.scheduler import similarity
 
@@ -31,27 +32,27 @@ def _inodes(root: Path) -> set[tuple[int, int]]:
 def test_killed_writer_process_fails_the_restore_and_publishes_nothing(cache, tree: Path, tmp_path: Path,
                                                                       monkeypatch) -> None:
     cache.save("k", tree, ["node_modules"])
-    node = open_local_cache(tmp_path, name="node", workers=2)
+    # helpers are forked only by the Python writer
+    node = open_local_cache(tmp_path, name="node", workers=2, writer="python-processes")
     node.ready_trees = 0
     node.fallback_to_threads = False
     parent = os.getpid()
-    real = hydrate._write_one
-    monkeypatch.setattr(hydrate, "FAST", None)  # helpers are forked only by the Python writer
+    real = write_tasks.write_one
 
-    def write_one(parents, f, data):
+    def write_one(parents, f, data, umask):
         if os.getpid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)  # a helper dies mid-restore
         import time
         time.sleep(0.02)  # the caller goes slowly so the helper surely takes a task
-        real(parents, f, data)
+        real(parents, f, data, umask)
 
-    monkeypatch.setattr(hydrate, "_write_one", write_one)
+    monkeypatch.setattr(write_tasks, "write_one", write_one)
     ws = tmp_path / "ws"
     with pytest.raises(CacheError, match="killed by signal 9"):
         node.restore("k", [], ws, ["node_modules"])
     assert not (ws / "node_modules").exists() and list(ws.iterdir()) == []
     assert node.inventory()[1] == []  # nothing committed either
-    monkeypatch.setattr(hydrate, "_write_one", real)
+    monkeypatch.setattr(write_tasks, "write_one", real)
     node.restore("k", [], ws, ["node_modules"])
     assert snapshot(ws) == snapshot(tree)
     node.close()
@@ -61,22 +62,21 @@ def test_a_crashed_writer_process_falls_back_to_threads(cache, tree: Path, tmp_p
     """In the agent a helper forked while gRPC's threads were busy died of SIGSEGV: the restore then
     writes with threads, correctly, and keeps to threads."""
     cache.save("k", tree, ["node_modules"])
-    node = open_local_cache(tmp_path, name="node", workers=2)
+    node = open_local_cache(tmp_path, name="node", workers=2, writer="python-processes")
     node.ready_trees = 0
     parent = os.getpid()
-    real = hydrate._write_one
-    monkeypatch.setattr(hydrate, "FAST", None)
+    real = write_tasks.write_one
 
-    def write_one(parents, f, data):
+    def write_one(parents, f, data, umask):
         if os.getpid() != parent:
             import faulthandler
             faulthandler.disable()  # a deliberate crash: keep pytest's fault handler from dumping a trace
             os.kill(os.getpid(), signal.SIGSEGV)
         import time
         time.sleep(0.02)
-        real(parents, f, data)
+        real(parents, f, data, umask)
 
-    monkeypatch.setattr(hydrate, "_write_one", write_one)
+    monkeypatch.setattr(write_tasks, "write_one", write_one)
     ws = tmp_path / "ws"
     result = node.restore("k", [], ws, ["node_modules"])
     assert result.warmth == "cold" and snapshot(ws) == snapshot(tree)
@@ -86,15 +86,14 @@ def test_a_crashed_writer_process_falls_back_to_threads(cache, tree: Path, tmp_p
 
 
 @pytest.mark.parametrize("writer", ["compiled", "forked", "threaded"])
-def test_every_writer_writes_the_same_tree(cache, tree: Path, tmp_path: Path, monkeypatch, writer: str) -> None:
-    assert hydrate.FAST is not None, (
+def test_every_writer_writes_the_same_tree(cache, tree: Path, tmp_path: Path, writer: str) -> None:
+    assert load_compiled() is not None, (
         "the compiled writer (agent/cache/_fastio.c) is not built: reinstall with a C compiler "
         "(`.venv/bin/pip install -e .` runs gcc)")
-    if writer != "compiled":
-        monkeypatch.setattr(hydrate, "FAST", None)
+    kinds = {"compiled": "compiled", "forked": "python-processes", "threaded": "python-threads"}
     cache.save("k", tree, ["node_modules"])
-    node = open_local_cache(tmp_path, name="node", workers=2)
-    node.processes = writer == "forked"
+    node = open_local_cache(tmp_path, name="node", workers=2, writer=kinds[writer])
+    assert node.processes == (writer == "forked")
     node.ready_trees = 0
     result = node.restore("k", [], tmp_path / "ws", ["node_modules"])
     assert result.warmth == "cold" and result.files_restored > 0
@@ -276,17 +275,17 @@ def test_unchanged_save_fast_path_still_sees_every_kind_of_change(cache, tree: P
 def test_a_background_ready_tree_stops_when_the_cache_closes(cache, tree: Path, tmp_path: Path) -> None:
     """With the compiled writer the ready tree is written by the refill thread: closing the cache stops it
     before it writes (so close() does not wait for a whole tree), and leaves nothing behind."""
-    assert hydrate.FAST is not None, "the compiled writer is not built: `.venv/bin/pip install -e .` builds it"
+    assert load_compiled() is not None, "the compiled writer is not built: `.venv/bin/pip install -e .` builds it"
     cache.save("k", tree, ["node_modules"])
     node = open_local_cache(tmp_path, name="node")
     node.ready_trees = 0  # the restore schedules no refill of its own
     node.restore("k", [], tmp_path / "ws", ["node_modules"])
     node.ready_trees = 1
-    node._closing = True
-    with pytest.raises(hydrate.Stopped):
+    node.ready.closing = True
+    with pytest.raises(write_tasks.Stopped):
         node.prepare_tree("k", background=True)
     assert list((node.store.root / "staging").iterdir()) == []
-    node._closing = False
+    node.ready.closing = False
     assert node.store.tree_for("k", node.store.lookup("k").manifest) is None
     assert node.prepare_tree("k", background=True)  # and it works when the cache is not closing
     assert node.store.tree_for("k", node.store.lookup("k").manifest) is not None

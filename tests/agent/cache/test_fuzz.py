@@ -1,5 +1,5 @@
 """Bounded fuzzing (hypothesis) of the two decoders that read bytes from the blob store: the manifest
-decoder (:func:`manifest.parse`, both versions) and the frame decoder (:func:`hydrate.read_frame`).
+decoder (:func:`manifest.parse`, both versions) and the frame decoder (:func:`write_tasks.read_frame`).
 
 The only acceptable failure is a :class:`CacheError` (a subclass for frames: :class:`CorruptEntry`). Any
 other exception is a crash: the input is saved under ``tests/helpers/.fuzz-crashes/`` (or
@@ -20,8 +20,8 @@ import pytest
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
-from stoker.agent.cache import hydrate
 from stoker.agent.cache import manifest as mf
+from stoker.agent.cache import write_tasks
 from stoker.agent.cache.api import CacheError, CorruptEntry
 
 from tests.helpers.hostile import budget, save_crash
@@ -159,7 +159,7 @@ def _read_or_crash(blob: bytes, raw_size: int) -> None:
         f.flush()
         m = mf.Manifest("fuzz", 0.0, (mf.Frame("p" * 64, 0, max(1, len(blob)), raw_size),), ())
         try:
-            raw = hydrate.read_frame(m, 0, lambda i: (f.fileno(), 0), where="fuzz")
+            raw = write_tasks.read_frame(m, 0, lambda i: (f.fileno(), 0), where="fuzz")
         except CorruptEntry:
             return
         except Exception as exc:  # noqa: BLE001

@@ -74,11 +74,12 @@ def env(tmp_path: Path, sentinel: TreeState):
     ws.mkdir()
     (ws / ".keep").write_text("")
     outside = TreeState.of(tmp_path, exclude=("node", "ws", "blobs"))
+    env = Env(tmp_path, tmp_path / "blobs", src, node, ws, sentinel, outside,
+              stored_manifest(tmp_path / "blobs", KEY))
     try:
-        yield Env(tmp_path, tmp_path / "blobs", src, node, ws, sentinel, outside,
-                  stored_manifest(tmp_path / "blobs", KEY))
+        yield env
     finally:
-        node.close()
+        env.node.close()  # the node a test reopened with another writer, if it did
 
 
 def with_files(m: mf.Manifest, *extra: mf.FileEntry, drop=lambda f: False) -> mf.Manifest:
@@ -230,17 +231,17 @@ def test_workspace_dir_swapped_for_a_symlink_mid_restore_is_caught_at_publish(en
 
 
 @pytest.mark.parametrize("writer", ["compiled", "python-threads", "python-processes"])
-def test_staging_dir_swapped_for_a_symlink_mid_restore_is_not_written_through(env: Env, monkeypatch, writer):
+def test_staging_dir_swapped_for_a_symlink_mid_restore_is_not_written_through(env: Env, writer):
     """docs/findings/hostile-input.md 4: a directory of the tree being restored is replaced by a symlink to the sentinel after
     the directories exist and before the files are written (what a build process of the agent's user
     could do). Every file is created beneath a descriptor of the staging root following no symlink, so the
     restore fails naming the path, the sentinel is untouched, nothing is published."""
-    from stoker.agent.cache import hydrate
+    from stoker.agent.cache.writers import load_compiled
 
-    assert hydrate.FAST is not None, "the compiled writer is not built: `.venv/bin/pip install -e .` builds it"
-    if writer != "compiled":
-        monkeypatch.setattr(hydrate, "FAST", None)
-    env.node.processes = writer == "python-processes"
+    assert load_compiled() is not None, "the compiled writer is not built: `.venv/bin/pip install -e .` builds it"
+    env.node.close()
+    env.node = open_local_cache(env.tmp, name="node", writer=writer)
+    assert env.node.processes == (writer == "python-processes")
     env.node.ready_trees = 0
     publish_manifest(env.blobs, EVIL, mf.encode(with_files(env.manifest)))
     swapped = []
