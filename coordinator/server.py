@@ -90,19 +90,18 @@ class GcPauses:
 class GcPolicy:
     """Keeps the cyclic garbage collector's long passes off the serving path (the coordinator process only).
 
-    At 1,000 nodes x 1,000 keys the inventory held a million ``EntryRecord`` named tuples, which CPython
-    tracks for life, so each automatic full collection walked them all and stopped the process for
-    ~0.5-1.5 s (bench/load.py: one such pause put the placement p99 at 350-500 ms). Entries are now exact
-    tuples that the collector stops tracking (see ``EntryRecord``), and a full collection at that size takes
-    ~0.2 s soon after start and 0.54 s after an hour of full load. And each generation-1 collection walked every object that had survived the young collections since the last
-    one: ~14-17 ms, every ~2 s under load, which set the client-side p99 at 15-17 ms. So:
+    At fleet scale the inventory once held a million named tuples that CPython tracks for life, so every
+    automatic full collection walked them all and stopped the process long enough to dominate the placement
+    p99; entries are now exact tuples the collector stops tracking (see ``EntryRecord``). And each
+    generation-1 collection walked every object that had survived the young collections since the last one,
+    every few seconds under load. (The pauses, measured: bench/RESULTS.md, "Coordinator load".) So:
 
     - automatic collections are limited to generation 0 (thresholds 700 / 10^6 / 10^6): none walks more
-      than the objects allocated since the previous one (~2.5 ms);
+      than the objects allocated since the previous one;
     - every ``freeze_every_s`` what survived is frozen (``gc.freeze``: moved to the permanent generation
       without walking it; reference counting still frees those objects when they are released, so entries
       replaced by deltas go as before);
-    - cyclic garbage that had survived a young collection (a few thousand objects a minute at that load)
+    - cyclic garbage that had survived a young collection
       waits for the full collection every ``full_every_s`` (once an hour by default).
 
     Tests do not run it: it changes process-wide state."""

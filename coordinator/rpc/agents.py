@@ -65,8 +65,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             if first is None:
                 return
             link, record = self._admit(first)
-        # The first message is the node's whole inventory (~0.6 MB for 1,000 entries with their sketches): not
-        # kept for the life of the stream. Kept, it cost 1,000 nodes ~670 MiB (bench/load.py).
+        # The first message is the node's whole inventory: not kept for the life of the stream (what keeping
+        # it cost at 1,000 nodes: bench/RESULTS.md, "Coordinator load").
         del first
         self._builds.attach(link)
         reader = asyncio.create_task(self._read(link, request_iterator))
