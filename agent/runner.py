@@ -280,7 +280,7 @@ class BuildRunner:
         self._metrics.builds.labels(build_pb2.BuildState.Name(state).removeprefix("BUILD_STATE_").lower()).inc()
         log.info("build finished: %s, exit %d (%s)", build_pb2.BuildState.Name(state), exit_code, message)
         self._send(run, build_pb2.BuildEvent(finished=build_pb2.Finished(
-            state=state, exit_code=exit_code, message=message, timings=timings, cache=figures)))
+            state=build_pb2.BuildState.Name(state), exit_code=exit_code, message=message, timings=timings, cache=figures)))
 
     def _log(self, run: _Run, text: str, stderr: bool = False) -> None:
         stream = build_pb2.LogLine.STREAM_STDERR if stderr else build_pb2.LogLine.STREAM_STDOUT

@@ -302,7 +302,7 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
         targets = raw[pos:pos + tlen].decode().split("\0")
         if pos + tlen != len(raw) or len(digests) != 32 * nfiles:
             raise CacheError(f"manifest {where} is malformed: its sections do not add up")
-        files = []
+        files: list[FileEntry] = []
         append = files.append
         new = tuple.__new__
         fi = ci = si = 0
@@ -310,6 +310,7 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
             t = types[i]
             if t == 1:
                 k = counts[fi]
+                chunks: tuple[Chunk, ...]
                 if k == 1:
                     chunks = (new(Chunk, cflat[ci:ci + 3]),)
                 else:

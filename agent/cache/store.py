@@ -32,6 +32,8 @@ budget, and they are evicted before any entry. ``open()`` deletes trees without 
 
 from __future__ import annotations
 
+import builtins
+
 import fcntl
 import hashlib
 import json
@@ -80,7 +82,7 @@ class EntryRecord:
         return EntryInfo(key=self.key, bytes=self.bytes, files=self.files, created=self.created,
                          last_used=self.last_used, sketch=self.sketch)
 
-    def to_json(self) -> bytes:
+    def to_json(self) -> builtins.bytes:  # builtins: a field of this class is named bytes
         return json.dumps({
             "key": self.key, "manifest": self.manifest, "created": self.created,
             "last_used": self.last_used, "bytes": self.bytes, "files": self.files,
@@ -89,7 +91,7 @@ class EntryRecord:
         }, separators=(",", ":")).encode()
 
     @staticmethod
-    def from_json(data: bytes) -> EntryRecord:
+    def from_json(data: builtins.bytes) -> EntryRecord:
         d = json.loads(data)
         return EntryRecord(key=str(d["key"]), manifest=str(d["manifest"]), created=float(d["created"]),
                            last_used=float(d["last_used"]), bytes=int(d["bytes"]), files=int(d["files"]),
@@ -110,12 +112,12 @@ class TreeRecord:
     """Disk bytes the tree takes (file sizes rounded up to 4 KiB blocks, plus a block per directory)."""
     made: float
 
-    def to_json(self) -> bytes:
+    def to_json(self) -> builtins.bytes:  # builtins: a field of this class is named bytes
         return json.dumps({"name": self.name, "key": self.key, "manifest": self.manifest,
                            "roots": list(self.roots), "bytes": self.bytes, "made": self.made}).encode()
 
     @staticmethod
-    def from_json(data: bytes) -> TreeRecord:
+    def from_json(data: builtins.bytes) -> TreeRecord:
         d = json.loads(data)
         return TreeRecord(str(d["name"]), str(d["key"]), str(d["manifest"]), tuple(str(r) for r in d["roots"]),
                           int(d["bytes"]), float(d["made"]))
