@@ -3,12 +3,14 @@
 #   haproxy     the load balancer in front of the local-process rollout target (tests, demo, bench)
 #   prometheus  the real Prometheus the PromQL metrics-provider test scrapes the sample service with
 #   gcc         compiles the cache's file writer (agent/cache/_fastio.c) when pip installs stoker
+#   node, npm   the real package manager the recipe tests (tests/recipes) and bench/e2e.py run; pnpm and
+#               Yarn come from the npm registry through it
 # Runs with no stdin, as root (or through sudo when available). While another apt/dpkg process holds
 # the lock (unattended-upgrades, a parallel setup), it waits and retries for up to ~10 minutes.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-declare -A wanted=([haproxy]=haproxy [prometheus]=prometheus [gcc]='gcc libc6-dev')   # command -> Debian package
+declare -A wanted=([haproxy]=haproxy [prometheus]=prometheus [gcc]='gcc libc6-dev' [node]=nodejs [npm]=npm)   # command -> Debian package
 missing=()
 for cmd in "${!wanted[@]}"; do
   if ! command -v "$cmd" >/dev/null 2>&1; then
