@@ -99,7 +99,7 @@ class RecipeFleet:
         finished = None
         for event in self.stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec), timeout=timeout + 60):
             kind = event.WhichOneof("kind")
-
+            kinds.append(f"{event.seq}:{kind}")
             if kind == "log":
                 lines.append(event.log.text)
             elif kind == "finished":
@@ -108,7 +108,10 @@ class RecipeFleet:
         return Build(finished, lines, kinds)
 
     def home_contents(self) -> list[str]:
-        return sorted(str(p.relative_to(self.home)) for p in self.home.rglob("*"))
+        """What builds left in the agent's HOME, but for ~/.rustup: pip puts `rustc --version` in its
+        user agent, and the rustup proxy on this machine's PATH writes its settings there."""
+        return sorted(str(p.relative_to(self.home)) for p in self.home.rglob("*")
+                      if not str(p.relative_to(self.home)).startswith(".rustup"))
 
     def close(self) -> None:
         self._channel.close()
