@@ -373,8 +373,12 @@ def main() -> int:
             eco = ECOSYSTEMS[name](base / "inputs")
             say(f"{name}: {eco.change} for (d)")
             same = results["ecosystems"].get(SAME_AB.get(name, ""))
-            results["ecosystems"][name] = bench_ecosystem(fleet, eco, base / f"{name}-cache.tar.zst", args, say,
-                                                          same_ab=same)
+            try:
+                results["ecosystems"][name] = bench_ecosystem(fleet, eco, base / f"{name}-cache.tar.zst", args,
+                                                              say, same_ab=same)
+            except RuntimeError as exc:  # one ecosystem's failure must not lose the others' figures
+                say(f"{name}: FAILED: {exc}")
+                results["ecosystems"][name] = {"error": str(exc)[-2000:]}
     finally:
         if fleet is not None:
             fleet.close()
@@ -385,7 +389,7 @@ def main() -> int:
         print(json.dumps(results, indent=2))
     else:
         for name, r in results["ecosystems"].items():
-            print(f"{name}: ratios {r['ratios']}  targets {r['targets']}")
+            print(f"{name}: " + (f"ratios {r['ratios']}  targets {r['targets']}" if "ratios" in r else "FAILED"))
     return 0
 
 
