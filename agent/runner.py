@@ -189,7 +189,7 @@ class BuildRunner:
                 self._finish(run, run.stop_state, -1, run.stop_reason, timings, figures)
                 return
             t0 = time.monotonic()
-            state, exit_code, message = await self._execute(run, workspace)
+            state, exit_code, message = await self._execute(run, workspace, restored)
             timings.run_s = time.monotonic() - t0
             if state == build_pb2.BUILD_STATE_SUCCEEDED and spec.cache.key:
                 if restored is not None and restored.restored_key == spec.cache.key:
@@ -243,10 +243,11 @@ class BuildRunner:
         self._metrics.uploaded_bytes.inc(result.bytes_uploaded)
         return ""
 
-    async def _execute(self, run: _Run, workspace: Path) -> tuple[int, int, str]:
+    async def _execute(self, run: _Run, workspace: Path, restored: RestoreResult | None) -> tuple[int, int, str]:
         spec = run.spec
         env = dict(spec.env)
         env["STOKER_BUILD_ID"] = run.build_id
+        env.update(cache_hit_env(spec.cache.key, restored))  # after the spec's: a build cannot claim a hit
         job = BuildJob(build_id=f"{run.build_id}-{run.attempt}", argv=tuple(spec.command), workspace=workspace,
                        env=env, image=self._settings.default_image, limits=self._limits,
                        timeout_s=spec.timeout_s or self._settings.default_timeout_s)
@@ -312,6 +313,23 @@ class BuildRunner:
 
     async def _in_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def cache_hit_env(key: str, restored: RestoreResult | None) -> dict[str, str]:
+    """What the restore found, for the build to act on (as actions/cache's ``cache-hit`` and
+    ``cache-matched-key`` outputs): ``STOKER_CACHE_HIT`` is ``exact`` when the entry restored is the build's
+    own key, ``partial`` when it came from a restore-key prefix, ``none`` when nothing was restored (no
+    cache asked for, no entry matched, or the restore failed); ``STOKER_CACHE_RESTORED_KEY`` names the entry
+    (empty for ``none``). Whether the node held it (warm) or fetched it (cold) does not change the answer:
+    the files in the workspace are the same. Set after the spec's own env, so a build cannot claim a hit."""
+    restored_key = restored.restored_key if restored is not None else None
+    if not restored_key:
+        hit = "none"
+    elif restored_key == key:
+        hit = "exact"
+    else:
+        hit = "partial"
+    return {"STOKER_CACHE_HIT": hit, "STOKER_CACHE_RESTORED_KEY": restored_key or ""}
 
 
 def _fresh_workspace(workspace: Path, files: dict[str, bytes]) -> None:

@@ -8,13 +8,16 @@
 #   runc        the OCI runtime podman uses here (crun refuses cgroup v1/hybrid hosts)
 #   docker-registry  a local OCI registry on 127.0.0.1 the sandbox tests push their test image to
 #   busybox     (busybox-static) the static binary the sandbox tests build their tiny image from
+#   node, npm   the real package manager the recipe tests (tests/recipes) and bench/e2e.py run; pnpm and
+#               Yarn come from the npm registry through it
 # Runs with no stdin, as root (or through sudo when available). While another apt/dpkg process holds
 # the lock (unattended-upgrades, a parallel setup), it waits and retries for up to ~10 minutes.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 declare -A wanted=([haproxy]=haproxy [prometheus]=prometheus [gcc]='gcc libc6-dev'
-  [podman]=podman [catatonit]=catatonit [runc]=runc [docker-registry]=docker-registry [busybox]=busybox-static)   # command -> Debian package
+  [podman]=podman [catatonit]=catatonit [runc]=runc [docker-registry]=docker-registry [busybox]=busybox-static
+  [node]=nodejs [npm]=npm)   # command -> Debian package
 missing=()
 for cmd in "${!wanted[@]}"; do
   if ! command -v "$cmd" >/dev/null 2>&1; then
