@@ -25,8 +25,8 @@ grace period (for instances that ignore SIGTERM, already out of the balancer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -37,9 +37,9 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -100,19 +100,31 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", name)[:40]
 
 
+SOCKET_NAME = "haproxy.sock"
+
+
+@contextlib.contextmanager
+def runtime_api_path(home: Path) -> Iterator[str]:
+    """A path to ``home``'s HAProxy socket short enough to connect to, however long ``home`` is: through a
+    descriptor of the directory (``/proc/self/fd/N/…``), valid while the context lasts."""
+    fd = os.open(home, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{SOCKET_NAME}"
+    finally:
+        os.close(fd)
+
+
 class HAProxy:
     """One HAProxy process for a service, driven through its runtime API socket."""
 
     def __init__(self, home: Path, binary: str) -> None:
         self.home = home
         self.binary = binary
-        self.socket = home / "haproxy.sock"
-        if len(str(self.socket)) > 90:  # a unix socket path holds at most ~100 bytes; HAProxy allows 97
-            digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
-            short = Path(tempfile.gettempdir())
-            if len(str(short)) > 60:  # TMPDIR itself can be long (pytest's tmp_path): fall back to /tmp
-                short = Path("/tmp")
-            self.socket = short / f"stoker-haproxy-{digest}.sock"
+        # The runtime API socket lives in the service's home whatever its length, so whoever removes the home
+        # removes the socket: HAProxy binds it relative to its working directory (the home), and clients
+        # reach it through a descriptor of the home (a socket path holds at most 108 bytes; a home under
+        # pytest's or a user's temp directory can be longer).
+        self.socket = home / SOCKET_NAME
         self.config = home / "haproxy.cfg"
         self.state_file = home / "haproxy.json"
 
@@ -132,7 +144,8 @@ class HAProxy:
 
     async def command(self, line: str, timeout: float = 5.0) -> str:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self.socket)), timeout)
+            with runtime_api_path(self.home) as path:
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise Unavailable(f"HAProxy runtime API at {self.socket}: {exc}") from exc
         try:
@@ -168,7 +181,7 @@ class HAProxy:
         port = self.port or free_port()
         self.config.write_text(f"""# written by stoker's local rollout target; servers are added at run time
 global
-    stats socket {self.socket} mode 600 level admin
+    stats socket unix@{SOCKET_NAME} mode 600 level admin
     maxconn 4096
 defaults
     mode http
@@ -190,7 +203,7 @@ backend {BACKEND}
         self.socket.unlink(missing_ok=True)
         with (self.home / "haproxy.log").open("ab") as out:
             popen = subprocess.Popen([binary, "-db", "-f", str(self.config)], stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home)
         _write_json(self.state_file, {"pid": popen.pid, "port": port})
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -245,9 +258,11 @@ backend {BACKEND}
         await self.command(f"shutdown sessions server {BACKEND}/{name}")
 
     def stop(self) -> None:
+        """Kill HAProxy and remove its socket (a killed HAProxy leaves it behind)."""
         pid = self.pid
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+        self.socket.unlink(missing_ok=True)
 
 
 class LocalService:
@@ -560,16 +575,9 @@ def teardown(root: str | Path) -> int:
         victims = [pid for pid in victims if _alive(pid)]
         if victims:
             time.sleep(0.02)
+    for sock in root.glob(f"*/{SOCKET_NAME}"):  # a killed HAProxy leaves its socket behind
+        sock.unlink(missing_ok=True)
     return killed
-
-
-def lb_address(root: str | Path, service: str) -> str:
-    """host:port of a service's balancer under ``root`` ("" before its first deployment)."""
-    try:
-        port = int(json.loads((Path(root) / service / "haproxy.json").read_text()).get("port", 0))
-    except (OSError, ValueError):
-        return ""
-    return f"127.0.0.1:{port}" if port else ""
 
 
 def starts(root: str | Path, service: str) -> list[dict]:
@@ -588,9 +596,9 @@ def servers_up_by_zone(root: str | Path, service: str) -> dict[str, int]:
     zones = {}
     for rec in LocalService(Path(root), service, "haproxy").records():
         zones[rec.id] = rec.zone
-    with socket.socket(socket.AF_UNIX) as s:
+    with socket.socket(socket.AF_UNIX) as s, runtime_api_path(haproxy.home) as path:
         s.settimeout(2.0)
-        s.connect(str(haproxy.socket))
+        s.connect(path)
         s.sendall(b"show stat\n")
         chunks = []
         while True:
