@@ -16,11 +16,12 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
+
+from stoker.cli.output import EXIT_STOKER_ERROR, fail
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
 
 DEFAULT_COORDINATOR = "127.0.0.1:7070"
 EXIT_TIMED_OUT = 124
-EXIT_STOKER_ERROR = 125
 EXIT_CANCELLED = 130
 
 
@@ -115,11 +116,6 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def _fail(exc: grpc.RpcError) -> int:
-    print(f"stoker: {exc.code().name}: {exc.details()}", file=sys.stderr)
-    return EXIT_STOKER_ERROR
-
-
 def run_build(args) -> int:
     spec = spec_from_args(args, command=True)
     request_id = args.request_id or uuid.uuid4().hex
@@ -142,7 +138,7 @@ def run_build(args) -> int:
                 print("stoker: the event stream ended early; reconnecting", file=sys.stderr)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                    return _fail(exc)
+                    return fail(exc)
                 print(f"stoker: {exc.details()}; retrying in {delay:.1f} s", file=sys.stderr)
             time.sleep(delay * random.uniform(0.7, 1.0))
             delay = min(delay * 2, 10.0)
@@ -212,7 +208,7 @@ def place(args) -> int:
             placement = build_pb2_grpc.BuildsStub(ch).PlaceBuild(
                 build_pb2.PlaceBuildRequest(spec=spec, lease_s=args.lease), timeout=args.wait)
         except grpc.RpcError as exc:
-            return _fail(exc)
+            return fail(exc)
     if args.json:
         print(json_format.MessageToJson(placement, indent=None, preserving_proto_field_name=True))
     else:
@@ -226,7 +222,7 @@ def release(args) -> int:
             reply = build_pb2_grpc.BuildsStub(ch).ReleasePlacement(
                 build_pb2.ReleasePlacementRequest(lease_id=args.lease_id), timeout=10)
         except grpc.RpcError as exc:
-            return _fail(exc)
+            return fail(exc)
     print("released" if reply.released else "already expired or released")
     return 0
 
@@ -237,7 +233,7 @@ def get(args) -> int:
             build = build_pb2_grpc.BuildsStub(ch).GetBuild(build_pb2.GetBuildRequest(build_id=args.build_id),
                                                           timeout=10)
         except grpc.RpcError as exc:
-            return _fail(exc)
+            return fail(exc)
     print(json_format.MessageToJson(build, indent=2, preserving_proto_field_name=True))
     return 0
 
@@ -248,7 +244,7 @@ def cancel(args) -> int:
             build = build_pb2_grpc.BuildsStub(ch).CancelBuild(
                 build_pb2.CancelBuildRequest(build_id=args.build_id, reason=args.reason), timeout=10)
         except grpc.RpcError as exc:
-            return _fail(exc)
+            return fail(exc)
     print(f"{build.id}: {build_pb2.BuildState.Name(build.state).removeprefix('BUILD_STATE_').lower()}")
     return 0
 
@@ -262,7 +258,7 @@ def watch(args) -> int:
                 if done is not None:
                     return done
         except grpc.RpcError as exc:
-            return _fail(exc)
+            return fail(exc)
     return 0
 
 
@@ -272,7 +268,7 @@ def inventory(args) -> int:
             reply = inventory_pb2_grpc.InventoryStub(ch).QueryInventory(inventory_pb2.QueryInventoryRequest(
                 key_prefix=args.prefix, zone=args.zone, node=args.node, summary_only=args.summary), timeout=30)
         except grpc.RpcError as exc:
-            return _fail(exc)
+            return fail(exc)
     if args.json:
         print(json_format.MessageToJson(reply, indent=2, preserving_proto_field_name=True))
         return 0

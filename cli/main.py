@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import sys
 
+from stoker.cli import client, rollouts
 from stoker.common import logs, settings
 
 
@@ -116,11 +117,20 @@ def _print_settings(cls, prefix: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stoker.cli import client
-
     parser = argparse.ArgumentParser(prog="stoker", description="Keep a fleet of CI build nodes warm.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_service_commands(sub)
+    _add_build_commands(sub)
+    rollouts.add_parser(sub)
+    # `stoker cache …` never reaches argparse (main() hands it to the cache's own parser, whose options
+    # argparse would not pass through); the entry is here so that `stoker --help` lists it.
+    sub.add_parser("cache", help="operate this node's cache by hand (save, restore, ls, verify, gc)",
+                   add_help=False)
+    return parser
 
+
+def _add_service_commands(sub: argparse._SubParsersAction) -> None:
+    """The long-running parts and their set-up: demo, coordinator, token, agent."""
     p = sub.add_parser("demo", help="run a coordinator, four agents and a series of builds on this machine")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--dir", help="keep everything under this directory (default: a temporary one)")
@@ -156,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", type=float, default=60.0, help="on SIGTERM, seconds to let running builds finish")
     p.set_defaults(func=cmd_agent)
 
+
+def _add_build_commands(sub: argparse._SubParsersAction) -> None:
+    """What CI and operators call about builds: build, place, release, get, cancel, watch, inventory."""
     p = sub.add_parser("build", help="run a build through the coordinator, streaming its output")
     client.add_spec_arguments(p, command=True)
     p.set_defaults(func=client.run_build)
@@ -191,20 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", action="store_true", help="leave out per-node entry lists")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=client.inventory)
-
-    __import__("stoker.cli.rollouts", fromlist=["add_parser"]).add_parser(sub)
-
-    p = sub.add_parser("cache", help="operate this node's cache by hand (save, restore, ls, verify, gc)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cache)
-    return parser
-
-
-def _cache(args) -> int:
-    from stoker.agent.cache import cli as cache_cli
-
-    return cache_cli.main(args.rest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,13 +18,13 @@ import time
 
 import grpc
 from google.protobuf import json_format
-from stoker.cli.client import EXIT_STOKER_ERROR, channel, coordinator_address
+
+from stoker.cli.client import channel, coordinator_address
+from stoker.cli.output import TERMINAL_PHASES, fail, phase_name, verdict_result
 from stoker.v1 import rollout_pb2, rollout_pb2_grpc
 
 EXIT_ROLLED_BACK = 3
 EXIT_PAUSED = 4
-TERMINAL = {rollout_pb2.ROLLOUT_PHASE_SUCCEEDED, rollout_pb2.ROLLOUT_PHASE_ROLLED_BACK,
-            rollout_pb2.ROLLOUT_PHASE_FAILED}
 
 
 def add_parser(subparsers) -> None:
@@ -78,17 +78,8 @@ def _stub(args) -> tuple[grpc.Channel, rollout_pb2_grpc.RolloutsStub]:
     return ch, rollout_pb2_grpc.RolloutsStub(ch)
 
 
-def _fail(exc: grpc.RpcError) -> int:
-    print(f"stoker: {exc.code().name}: {exc.details()}", file=sys.stderr)
-    return EXIT_STOKER_ERROR
-
-
-def phase_name(phase: int) -> str:
-    return rollout_pb2.RolloutPhase.Name(phase).removeprefix("ROLLOUT_PHASE_").lower()
-
-
 def verdict_text(v: rollout_pb2.Verdict) -> str:
-    result = rollout_pb2.VerdictResult.Name(v.result).removeprefix("VERDICT_RESULT_").lower()
+    result = verdict_result(v)
     numbers = ""
     if v.canary_requests or v.baseline_requests or v.check in ("data", "errors", "latency", "all"):
         numbers = (f" canary {v.canary_errors}/{v.canary_requests} err p50 {v.canary_p50_ms:.1f}ms | baseline "
@@ -154,13 +145,13 @@ def _watch(stub: rollout_pb2_grpc.RolloutsStub, rollout_id: str, as_json: bool) 
                     last_text = text
                 if r.phase == rollout_pb2.ROLLOUT_PHASE_PAUSED and r.message.startswith("paused: inconclusive"):
                     return EXIT_PAUSED
-            if last is not None and last.phase in TERMINAL:
+            if last is not None and last.phase in TERMINAL_PHASES:
                 return _exit_for(last)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                 time.sleep(1.0)  # the coordinator restarts: the rollout resumes, and so does the watch
                 continue
-            return _fail(exc)
+            return fail(exc)
 
 
 def cmd_start(args) -> int:
@@ -181,7 +172,7 @@ def cmd_start(args) -> int:
         try:
             r = stub.StartRollout(rollout_pb2.StartRolloutRequest(spec=spec), timeout=30)
         except grpc.RpcError as exc:
-            return _fail(exc)
+            return fail(exc)
         if not args.watch:
             _print(r, args.json)
             return 0
@@ -200,7 +191,7 @@ def cmd_get(args) -> int:
         try:
             r = stub.GetRollout(rollout_pb2.GetRolloutRequest(rollout_id=args.rollout_id), timeout=10)
         except grpc.RpcError as exc:
-            return _fail(exc)
+            return fail(exc)
     _print(r, args.json)
     if not args.json:
         print("  history")
@@ -215,7 +206,7 @@ def cmd_list(args) -> int:
         try:
             resp = stub.ListRollouts(rollout_pb2.ListRolloutsRequest(service=args.service), timeout=10)
         except grpc.RpcError as exc:
-            return _fail(exc)
+            return fail(exc)
     if args.json:
         print(json.dumps([json_format.MessageToDict(r, preserving_proto_field_name=True) for r in resp.rollouts]))
         return 0
@@ -234,6 +225,6 @@ def cmd_action(args) -> int:
         try:
             r = call(rollout_pb2.RolloutActionRequest(rollout_id=args.rollout_id, reason=args.reason), timeout=10)
         except grpc.RpcError as exc:
-            return _fail(exc)
+            return fail(exc)
     _print(r, args.json)
     return 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+
 from stoker.v1 import inventory_pb2, inventory_pb2_grpc
 
 

@@ -21,18 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+
+from stoker.cli.output import TERMINAL_PHASES, phase_name, verdict_result
 from stoker.demo import local_fleet
 from stoker.demo.loadgen import LoadGenerator, summarize
 from stoker.v1 import rollout_pb2, rollout_pb2_grpc
 
-TERMINAL = {rollout_pb2.ROLLOUT_PHASE_SUCCEEDED, rollout_pb2.ROLLOUT_PHASE_ROLLED_BACK,
-            rollout_pb2.ROLLOUT_PHASE_FAILED}
+TERMINAL = TERMINAL_PHASES
 OUTCOME = {rollout_pb2.ROLLOUT_PHASE_SUCCEEDED: "succeeded", rollout_pb2.ROLLOUT_PHASE_ROLLED_BACK: "rolled_back",
            rollout_pb2.ROLLOUT_PHASE_FAILED: "failed", rollout_pb2.ROLLOUT_PHASE_PAUSED: "paused"}
-
-
-def phase_name(phase: int) -> str:
-    return rollout_pb2.RolloutPhase.Name(phase).removeprefix("ROLLOUT_PHASE_").lower()
 
 
 def write_config(path: Path, rollouts: dict) -> Path:
@@ -94,7 +91,7 @@ def deploy_first(rollouts: rollout_pb2_grpc.RolloutsStub, service: str, version:
 
 
 def verdict_line(v: rollout_pb2.Verdict) -> str:
-    result = rollout_pb2.VerdictResult.Name(v.result).removeprefix("VERDICT_RESULT_").lower()
+    result = verdict_result(v)
     return (f"{result} [{v.check}] canary {v.canary_errors}/{v.canary_requests} errors, p50 {v.canary_p50_ms:.1f} ms;"
             f" baseline {v.baseline_errors}/{v.baseline_requests}, p50 {v.baseline_p50_ms:.1f} ms; "
             f"p={v.p_value:.2g}: {v.reason}")

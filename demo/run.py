@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
+
 from stoker.cli.client import warmth_name
 from stoker.demo import local_fleet
 from stoker.demo.rollouts import run_demo_rollouts
