@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -54,7 +55,7 @@ def stub(address: str) -> rollout_pb2_grpc.RolloutsStub:
     return rollout_pb2_grpc.RolloutsStub(grpc.insecure_channel(address))
 
 
-def wait_until(rollouts: rollout_pb2_grpc.RolloutsStub, rollout_id: str, phases: set[int], timeout: float = 120.0,
+def wait_until(rollouts: rollout_pb2_grpc.RolloutsStub, rollout_id: str, phases: Collection[int], timeout: float = 120.0,
                on_update: Callable[[rollout_pb2.Rollout], None] | None = None) -> rollout_pb2.Rollout:
     """Watch until the rollout reaches one of ``phases`` (or ends); reconnects when the stream breaks."""
     deadline = time.monotonic() + timeout
@@ -184,7 +185,8 @@ def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str],
     try:
         say("rollouts: deploying sample v1 (3 instances in each of zone-a and zone-b) behind HAProxy")
         first = deploy_first(rollouts, "sample", "v1")
-        common = dict(service="sample", bake_s=8.0, min_requests=150, post_bake_s=3.0, canary_percent=5.0)
+        common: dict[str, Any] = dict(service="sample", bake_s=8.0, min_requests=150, post_bake_s=3.0,
+                                      canary_percent=5.0)
         # 10 %, not 5 %: the canary serves ~250 requests here, and at 5 % one run in ~25 drew too few errors
         # (6 of 252: Fisher p = 0.0013) to pass the judge's per-look threshold, so the demo rolled it out. At 10 %
         # the judge's test catches it, or the guardrail does first when the canary's error rate passes its cap.
@@ -193,7 +195,7 @@ def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str],
                 ("faulty version v3 (10 % errors)",
                  rollout_pb2.RolloutSpec(version="v3", env={"STOKER_SAMPLE_ERROR_RATE": "0.10"}, **common))):
             say(f"rollouts: {title}, 100 req/s through {first.endpoint}")
-            last_phase = [None]
+            last_phase: list[int | None] = [None]
 
             def show(update: rollout_pb2.Rollout) -> None:
                 if update.phase != last_phase[0]:

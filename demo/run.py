@@ -121,7 +121,7 @@ def run(args) -> int:
             procs.append(agent)
         local_fleet.wait_for_nodes(coordinator.address, [n for n, _ in NODES])
         say(f"  4 agents registered: {', '.join(f'{n} ({z})' for n, z in NODES)}\n")
-        rows = []
+        rows: list[BuildRow] = []
         with grpc.insecure_channel(coordinator.address) as channel:
             stub = build_pb2_grpc.BuildsStub(channel)
             plan = [

@@ -468,7 +468,8 @@ class LocalTarget:
     def _start_drain(self, svc: LocalService, rec: InstanceRecord) -> None:
         task = asyncio.get_running_loop().create_task(self._drain(svc, rec))
         self._draining[rec.id] = task
-        task.add_done_callback(lambda _t, key=rec.id: self._draining.pop(key, None))
+        key = rec.id
+        task.add_done_callback(lambda _t: self._draining.pop(key, None))
 
     async def _drain(self, svc: LocalService, rec: InstanceRecord) -> None:
         try:
@@ -610,8 +611,8 @@ def servers_up_by_zone(root: str | Path, service: str) -> dict[str, int]:
     header = next(rows, [])
     out: dict[str, int] = {}
     for row in rows:
-        rec = dict(zip(header, row))
-        if rec.get("pxname") == BACKEND and rec.get("status", "").startswith("UP") and rec.get("svname") in zones:
-            zone = zones[rec["svname"]]
+        stat = dict(zip(header, row))
+        if stat.get("pxname") == BACKEND and stat.get("status", "").startswith("UP") and stat.get("svname") in zones:
+            zone = zones[stat["svname"]]
             out[zone] = out.get(zone, 0) + 1
     return out
