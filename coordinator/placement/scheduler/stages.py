@@ -32,11 +32,13 @@ class Candidate:
     fetch_bytes: float
     wait_s: float
     ready_s: float
+    """Estimated seconds until the build can start working there: ``wait_s`` plus the restore."""
     weight: int
+    """The node's rendezvous weight for the key: the last tie-break, higher first."""
     cost: float = 0.0
     """Expected seconds that taking this node adds to other keys' builds (cold candidates only)."""
     load: int = 0
-    """Builds the node runs (cold candidates only: of equally good cold nodes, the least loaded goes first)."""
+    """Builds the node runs: of equally ready nodes, the least loaded goes first."""
     tie_cost: float = 0.0
     """What taking this node costs costly keys, weighed only between otherwise equally ready nodes (warm and
     partial candidates: a build never leaves a node where it is ready sooner for another key's sake)."""
