@@ -58,7 +58,7 @@ def _lint_imports(shadow: Path) -> subprocess.CompletedProcess:
     """import-linter with .importlinter over a tree laid out as stoker installs (scripts/shadow_tree.py)."""
     assert LINT_IMPORTS.exists(), "import-linter is missing: pip install -e '.[test]' (scripts/test.sh does)"
     return subprocess.run([str(LINT_IMPORTS), "--config", str(ROOT / ".importlinter"), "--no-cache"],
-                          cwd=shadow, env={**os.environ, "PYTHONPATH": str(shadow)}, capture_output=True,
+                          check=False, cwd=shadow, env={**os.environ, "PYTHONPATH": str(shadow)}, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -75,8 +75,10 @@ def test_the_layer_contracts_hold(tmp_path):
 
 
 def _replace_link(shadow: Path, module: str, extra: str) -> None:
-    """Turn a linked module of the shadow tree into a copy with ``extra`` appended."""
-    path = shadow.joinpath(*module.split(".")).with_suffix(".py")
+    """Turn a linked module of the shadow tree (a package: its ``__init__.py``) into a copy with ``extra``
+    appended."""
+    path = shadow.joinpath(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
     text = path.read_text()
     path.unlink()
     path.write_text(text + "\n" + extra + "\n")

@@ -5,9 +5,10 @@ Nothing here knows about gRPC, protobuf or SQLite; ``convert.py`` translates at 
 
 from __future__ import annotations
 
+import builtins
 import enum
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple, TypeAlias
 
 
 class Warmth(str, enum.Enum):
@@ -42,8 +43,9 @@ class EntryRecord(NamedTuple):
     """One cache entry a node reports holding, with its fields named: the form to build one by hand.
 
     The inventory holds entries as *exact* tuples of these fields, in this order (``convert.entry`` builds
-    them from the wire), and code that reads them indexes with the positions below (``entry[BYTES]``). The
-    reason is the cyclic garbage collector. CPython stops tracking an exact tuple of untracked values (str,
+    them from the wire; ``Entry`` is their type), and code that reads them indexes with the ``Final``
+    positions below (``entry[BYTES]``), which mypy reads as literals: it types ``entry[BYTES]`` as ``int``,
+    ``entry[KEY]`` as ``str``, and so on. The reason is the cyclic garbage collector. CPython stops tracking an exact tuple of untracked values (str,
     int, float, bytes) at the first collection it survives, but tracks every instance of a tuple
     subclass, this one included, for as long as it lives. At 1,000 nodes x 1,000 keys named tuples were a
     million objects that every full collection walked: a ~1 s pause of the coordinator (bench/load.py).
@@ -56,16 +58,23 @@ class EntryRecord(NamedTuple):
     files: int
     created: float
     last_used: float
-    sketch: bytes = b""
+    sketch: builtins.bytes = b""  # ``bytes`` is the field above inside this class body
     """Bottom-k MinHash of the entry's content digests, packed as on the wire (``stoker.common.sketch``;
     empty: unknown)."""
 
 
-Entry = tuple[str, int, int, float, float, bytes]
-"""An entry as the inventory holds it: ``EntryRecord``'s fields, in its order, in an exact tuple."""
+Entry: TypeAlias = tuple[str, int, int, float, float, bytes]
+"""An entry as the inventory holds it: ``EntryRecord``'s fields, in its order, in an exact tuple (an
+``EntryRecord`` is one too, for mypy and at run time)."""
 
-KEY, BYTES, FILES, CREATED, LAST_USED, SKETCH = range(6)
-"""Positions of an ``Entry``'s fields."""
+# Positions of an ``Entry``'s fields. ``Final`` makes each a literal for mypy, so ``entry[SKETCH]`` is typed
+# ``bytes``; at run time they are the plain ints they always were (no accessor call on the hot paths).
+KEY: Final = 0
+BYTES: Final = 1
+FILES: Final = 2
+CREATED: Final = 3
+LAST_USED: Final = 4
+SKETCH: Final = 5
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ class InventoryIndex:
 
     _FRESH_LIMIT = 4096
 
-    def _newest_for(self, key: str):
+    def _newest_for(self, key: str) -> Iterator[tuple[str, dict[int, list[str]]]]:
         """(prefix, its remembered lists) for every remembered prefix of ``key``."""
         for length in list(self._newest_lengths):
             remembered = self._newest.get(key[:length])
@@ -191,7 +191,7 @@ class InventoryIndex:
         remembered = self._newest.get(prefix)
         if remembered is not None and count in remembered:
             return list(remembered[count])
-        keys = []
+        keys: list[str] = []
         for n, key in enumerate(self.keys_under(prefix)):
             if n >= limit:
                 break

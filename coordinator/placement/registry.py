@@ -9,6 +9,7 @@ old session; a stream that names a superseded session is refused.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from stoker.coordinator.core.clock import Clock
@@ -116,7 +117,7 @@ class NodeRegistry:
     def all(self) -> list[NodeRecord]:
         return list(self._nodes.values())
 
-    def live_nodes(self):
+    def live_nodes(self) -> _LiveView:
         """Nodes not lost, lazily (``any()`` over it stops at the first match)."""
         return _LiveView(self._nodes)
 
@@ -134,7 +135,7 @@ class _LiveView:
     def __init__(self, nodes: dict[str, NodeRecord]) -> None:
         self._nodes = nodes
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[NodeRecord]:
         return (r for r in self._nodes.values() if r.state is not NodeState.LOST)
 
     def __bool__(self) -> bool:

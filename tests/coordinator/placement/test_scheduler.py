@@ -59,7 +59,7 @@ def test_prefers_warm_then_partial_then_cold():
 
 def test_partial_fetch_estimate_uses_sketches():
     w = World(3)
-    shared = list(range(0, 60))
+    shared = list(range(60))
     w.inventory.apply_snapshot("n0", 0, [entry("web/new", created=2, sketch=shared + [100, 101, 102, 103])])
     w.inventory.apply_snapshot("n1", 0, [entry("web/old", created=1, sketch=shared + [200, 201, 202, 203])])
     w.registry.get("n0").holders.add("busy")  # the warm node is busy, with a long wait
@@ -119,7 +119,7 @@ def test_delay_rule_waits_for_a_warm_node_only_when_it_pays_and_not_twice():
     w2.run(w2.request("other/x", restore=()), "n0")  # n0 busy for ~600 s
     req = w2.request("web/k")
     plan = w2.plan(req)
-    [(placed, decision)] = plan.assignments
+    [(_, decision)] = plan.assignments
     assert decision.node != "n0" and decision.warmth is Warmth.COLD
 
 
@@ -249,7 +249,7 @@ def costly_world(n: int = 4, **settings) -> World:
 
 def test_a_costly_key_keeps_a_free_holder_prewarmed_where_the_fetch_is_smallest():
     w = costly_world()
-    base = list(range(0, 64))
+    base = list(range(64))
     w.inventory.apply_snapshot("n0", 0, [entry("web/v2", created=2, size=2_000_000_000, sketch=base)])
     w.inventory.apply_snapshot("n1", 0, [entry("web/v1", created=1, size=2_000_000_000, sketch=base[:56] +
                                                 list(range(500, 508)))])
@@ -339,7 +339,7 @@ def test_per_key_memory_is_bounded_when_keys_keep_changing():
         w.run(r, "n0")
         w.scheduler.finished(r.id, key=r.key, workspace=r.workspace, run_s=30.0)
         w.registry.get("n0").holders.discard(r.id)
-        w.scheduler._queue_prewarm("n1", r.key, ())
+        w.scheduler.prewarms.queue("n1", r.key, ())
     tracked = w.scheduler.tracked()
     assert tracked["running"] == 0
     assert 90 <= tracked["demand"] <= 101  # one per second within the 100 s window
@@ -350,16 +350,16 @@ def test_per_key_memory_is_bounded_when_keys_keep_changing():
     # falls back to its workspace's.
     latest = f"ws{2999 % 7}/k2999"
     w.scheduler.started(w.request(latest, restore=()), "n1")
-    assert w.scheduler._is_hot(latest) and not w.scheduler._is_hot("ws0/k0")
+    assert w.scheduler.demand.is_hot(latest) and not w.scheduler.demand.is_hot("ws0/k0")
     assert abs(w.scheduler.estimator.build_s(w.request("ws0/k0")) - 30.0) < 1e-9
 
 
 def test_a_prewarm_is_asked_again_once_its_cooldown_has_passed():
     w = World(2, prewarm_cooldown_s=50.0)
-    w.scheduler._queue_prewarm("n1", "web/k", ())
-    w.scheduler._queue_prewarm("n1", "web/k", ())
+    w.scheduler.prewarms.queue("n1", "web/k", ())
+    w.scheduler.prewarms.queue("n1", "web/k", ())
     w.clock.t += 51
-    w.scheduler._queue_prewarm("n1", "web/k", ())
+    w.scheduler.prewarms.queue("n1", "web/k", ())
     assert [p[:2] for p in w.plan().prewarms] == [("n1", "web/k"), ("n1", "web/k")]
 
 
@@ -437,9 +437,9 @@ def test_of_equally_ready_warm_holders_the_last_free_holder_of_a_costly_key_goes
 
 
 def test_heat_is_a_nodes_mean_load_over_the_fleets_while_it_lived():
-    from stoker.coordinator.placement.scheduler import _LoadHistory
+    from stoker.coordinator.placement.scheduler.heat import LoadHistory
 
-    h = _LoadHistory()
+    h = LoadHistory()
     h.seen({"a": 1, "b": 1}, 0.0)
     h.change("a", +1, 0.0)
     h.change("c", +1, 0.0)  # not seen yet: not counted
