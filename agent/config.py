@@ -180,8 +180,9 @@ LEGACY_WRITER_VARIABLE = "STOKER_CACHE_WRITER"
 """Before cache.writer existed, ``STOKER_CACHE_WRITER=python`` chose the Python writer (forked processes)."""
 
 
-def load(file: str | None = None, overrides: dict[str, Any] | None = None,
-         environ: Mapping[str, str] | None = None) -> AgentConfig:
+def load(
+    file: str | None = None, overrides: dict[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> AgentConfig:
     environ = os.environ if environ is None else environ
     writer_variable = f"{ENV_PREFIX}CACHE_WRITER"
     if environ.get(LEGACY_WRITER_VARIABLE) == "python" and writer_variable not in environ:

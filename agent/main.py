@@ -44,9 +44,16 @@ def registration(config: AgentConfig) -> agent_pb2.RegisterRequest:
     node = config.node
     name = node.name or default_node_name()
     req = agent_pb2.RegisterRequest(
-        node=name, zone=node.zone, slots=node.slots, disk_capacity_bytes=config.cache.budget_bytes,
-        labels=node.labels, agent_version=VERSION, instance_type=node.instance_type,
-        cpus=node.cpus or (os.cpu_count() or 1), memory_bytes=node.memory_bytes)
+        node=name,
+        zone=node.zone,
+        slots=node.slots,
+        disk_capacity_bytes=config.cache.budget_bytes,
+        labels=node.labels,
+        agent_version=VERSION,
+        instance_type=node.instance_type,
+        cpus=node.cpus or (os.cpu_count() or 1),
+        memory_bytes=node.memory_bytes,
+    )
     use_kube = node.kubernetes == "on" or (node.kubernetes == "auto" and in_cluster())
     if use_kube:
         from stoker.agent import kube_node
@@ -54,8 +61,11 @@ def registration(config: AgentConfig) -> agent_pb2.RegisterRequest:
         try:
             facts = kube_node.read_node_facts(name)
         except kube_node.NodeFactsUnavailable as exc:
-            log.warning("cannot read Node %s from the Kubernetes API (%s); registering with configured "
-                        "values only", name, exc)
+            log.warning(
+                "cannot read Node %s from the Kubernetes API (%s); registering with configured values only",
+                name,
+                exc,
+            )
         else:
             req.zone = node.zone or facts.zone
             req.instance_type = node.instance_type or facts.instance_type
@@ -82,8 +92,9 @@ async def start_build_executor(config: AgentConfig) -> BuildExecutor:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, cache: BuildCache | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, cache: BuildCache | None = None, registry: CollectorRegistry | None = None
+    ) -> None:
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = AgentMetrics(self.registry)
@@ -92,8 +103,9 @@ class Agent:
         self.server = grpc.aio.server()
         self.health = add_health_and_reflection(self.server, [READY_SERVICE])
         if config.server.tls_cert:
-            credentials = grpc.ssl_server_credentials([(Path(config.server.tls_key).read_bytes(),
-                                                        Path(config.server.tls_cert).read_bytes())])
+            credentials = grpc.ssl_server_credentials(
+                [(Path(config.server.tls_key).read_bytes(), Path(config.server.tls_cert).read_bytes())]
+            )
             self.port = self.server.add_secure_port(config.server.listen, credentials)
         else:
             self.port = self.server.add_insecure_port(config.server.listen)
@@ -110,20 +122,32 @@ class Agent:
         log.info("cache store open: %d entries", len(entries))
         req = await loop.run_in_executor(self.executor, registration, self.config)
         build_executor = await start_build_executor(self.config)
-        self.session = CoordinatorSession(self.config, req, self.cache, self.executor, self.metrics,
-                                          build_executor)
+        self.session = CoordinatorSession(
+            self.config, req, self.cache, self.executor, self.metrics, build_executor
+        )
         killed, removed = await loop.run_in_executor(self.executor, self.session.runner.reap_leftovers)
         if killed or removed:
-            log.warning("cleaned up after a crash: killed %d leftover build process group(s), removed %d "
-                        "workspace(s)", killed, removed)
+            log.warning(
+                "cleaned up after a crash: killed %d leftover build process group(s), removed %d "
+                "workspace(s)",
+                killed,
+                removed,
+            )
         await self.server.start()
         self.metrics_server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(READY_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._tasks = [asyncio.create_task(self.session.run_forever(self.stop_event)),
-                       asyncio.create_task(self._track_readiness())]
-        log.info("agent %s: health on port %d, metrics on port %d, coordinator %s", req.node, self.port,
-                 self.metrics_server.port, self.config.coordinator.address)
+        self._tasks = [
+            asyncio.create_task(self.session.run_forever(self.stop_event)),
+            asyncio.create_task(self._track_readiness()),
+        ]
+        log.info(
+            "agent %s: health on port %d, metrics on port %d, coordinator %s",
+            req.node,
+            self.port,
+            self.metrics_server.port,
+            self.config.coordinator.address,
+        )
 
     async def _track_readiness(self) -> None:
         assert self.session is not None
@@ -132,8 +156,11 @@ class Agent:
             now = self.session.connected.is_set()
             if now != serving:
                 serving = now
-                status = (health_pb2.HealthCheckResponse.SERVING if now
-                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if now
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
                 await self.health.set(READY_SERVICE, status)
             await asyncio.sleep(0.2)
 
@@ -145,8 +172,10 @@ class Agent:
             await self.health.set(READY_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
             finished = await self.session.runner.drain(drain_s)
             if not finished:
-                log.warning("builds still running after %.0f s; stopping them (the coordinator requeues "
-                            "them)", drain_s)
+                log.warning(
+                    "builds still running after %.0f s; stopping them (the coordinator requeues them)",
+                    drain_s,
+                )
                 await self.session.runner.kill_all()
             await asyncio.sleep(0.3)  # let the last finished events leave
         self.stop_event.set()

@@ -32,28 +32,43 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[str, int, build_pb2.BuildEvent], None]
 
-_WARMTH = {"warm": common_pb2.WARMTH_WARM, "partial": common_pb2.WARMTH_PARTIAL, "cold": common_pb2.WARMTH_COLD}
+_WARMTH = {
+    "warm": common_pb2.WARMTH_WARM,
+    "partial": common_pb2.WARMTH_PARTIAL,
+    "cold": common_pb2.WARMTH_COLD,
+}
 _PROGRESS_EVERY_S = 0.5
 
 
 class AgentMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.builds = Counter("stoker_agent_builds_total", "Builds finished on this node.", ["state"],
-                              registry=registry)
+        self.builds = Counter(
+            "stoker_agent_builds_total", "Builds finished on this node.", ["state"], registry=registry
+        )
         self.running = Gauge("stoker_agent_builds_running", "Builds running now.", registry=registry)
-        self.restore_seconds = Histogram("stoker_agent_cache_restore_seconds", "Cache restore time.",
-                                         ["warmth"], registry=registry)
-        self.restore_bytes = Counter("stoker_agent_cache_fetched_bytes_total",
-                                     "Bytes fetched from the blob store.", registry=registry)
-        self.restore_progress = Gauge("stoker_agent_cache_restore_progress_bytes",
-                                      "Bytes done of the restore in progress.", registry=registry)
-        self.save_seconds = Histogram("stoker_agent_cache_save_seconds", "Cache save time.", registry=registry)
-        self.uploaded_bytes = Counter("stoker_agent_cache_uploaded_bytes_total",
-                                      "Bytes uploaded to the blob store.", registry=registry)
-        self.connected = Gauge("stoker_agent_connected", "1 while the coordinator stream is open.",
-                               registry=registry)
-        self.reconnects = Counter("stoker_agent_reconnects_total", "Stream (re)connection attempts.",
-                                  registry=registry)
+        self.restore_seconds = Histogram(
+            "stoker_agent_cache_restore_seconds", "Cache restore time.", ["warmth"], registry=registry
+        )
+        self.restore_bytes = Counter(
+            "stoker_agent_cache_fetched_bytes_total", "Bytes fetched from the blob store.", registry=registry
+        )
+        self.restore_progress = Gauge(
+            "stoker_agent_cache_restore_progress_bytes",
+            "Bytes done of the restore in progress.",
+            registry=registry,
+        )
+        self.save_seconds = Histogram(
+            "stoker_agent_cache_save_seconds", "Cache save time.", registry=registry
+        )
+        self.uploaded_bytes = Counter(
+            "stoker_agent_cache_uploaded_bytes_total", "Bytes uploaded to the blob store.", registry=registry
+        )
+        self.connected = Gauge(
+            "stoker_agent_connected", "1 while the coordinator stream is open.", registry=registry
+        )
+        self.reconnects = Counter(
+            "stoker_agent_reconnects_total", "Stream (re)connection attempts.", registry=registry
+        )
 
 
 @dataclass
@@ -68,12 +83,21 @@ class _Run:
 
 
 class BuildRunner:
-    def __init__(self, settings: BuildSettings, slots: int, cache: BuildCache, executor: Executor,
-                 emit: Emit, metrics: AgentMetrics, build_executor: BuildExecutor | None = None) -> None:
+    def __init__(
+        self,
+        settings: BuildSettings,
+        slots: int,
+        cache: BuildCache,
+        executor: Executor,
+        emit: Emit,
+        metrics: AgentMetrics,
+        build_executor: BuildExecutor | None = None,
+    ) -> None:
         """``build_executor`` runs each build's command (default: the process executor, unsandboxed)."""
         self._settings = settings
-        self._builds = build_executor or ProcessExecutor(self._groups_dir(), settings.pass_env,
-                                                         settings.kill_grace_s)
+        self._builds = build_executor or ProcessExecutor(
+            self._groups_dir(), settings.pass_env, settings.kill_grace_s
+        )
         self._limits = default_limits(settings)
         self._slots = slots
         self._cache = cache
@@ -167,8 +191,14 @@ class BuildRunner:
                 await self._run_inner(run)
             except Exception as exc:  # the build must always end with a finished event
                 log.exception("build failed inside the agent")
-                self._finish(run, build_pb2.BUILD_STATE_ERROR, -1, f"agent error: {exc}",
-                             common_pb2.Timings(), common_pb2.CacheFigures())
+                self._finish(
+                    run,
+                    build_pb2.BUILD_STATE_ERROR,
+                    -1,
+                    f"agent error: {exc}",
+                    common_pb2.Timings(),
+                    common_pb2.CacheFigures(),
+                )
             finally:
                 self._runs.pop(run.build_id, None)
                 self._metrics.running.set(len(self._runs))
@@ -204,13 +234,21 @@ class BuildRunner:
             if not self._settings.keep_workspaces:
                 await self._in_thread(shutil.rmtree, workspace, True)
 
-    async def _restore(self, run: _Run, workspace: Path, figures: common_pb2.CacheFigures) -> RestoreResult | None:
+    async def _restore(
+        self, run: _Run, workspace: Path, figures: common_pb2.CacheFigures
+    ) -> RestoreResult | None:
         cache = run.spec.cache
         self._send(run, build_pb2.BuildEvent(restoring=build_pb2.Restoring(key=cache.key)))
         progress = self._progress_reporter(run, "restoring", cache.key)
         try:
-            result = await self._in_thread(self._cache.restore, cache.key, list(cache.restore_keys), workspace,
-                                           list(cache.paths), progress)
+            result = await self._in_thread(
+                self._cache.restore,
+                cache.key,
+                list(cache.restore_keys),
+                workspace,
+                list(cache.paths),
+                progress,
+            )
         except CacheError as exc:
             log.warning("cache restore failed: %s", exc)
             self._log(run, f"stoker: cache restore failed, building without it: {exc}", stderr=True)
@@ -223,7 +261,9 @@ class BuildRunner:
         figures.files_restored = result.files_restored
         self._metrics.restore_seconds.labels(result.warmth).observe(result.seconds)
         self._metrics.restore_bytes.inc(result.bytes_fetched)
-        self._send(run, build_pb2.BuildEvent(restored=build_pb2.Restored(cache=figures, seconds=result.seconds)))
+        self._send(
+            run, build_pb2.BuildEvent(restored=build_pb2.Restored(cache=figures, seconds=result.seconds))
+        )
         return result
 
     async def _save(self, run: _Run, workspace: Path, figures: common_pb2.CacheFigures) -> str:
@@ -231,8 +271,9 @@ class BuildRunner:
         self._send(run, build_pb2.BuildEvent(saving=build_pb2.Saving(key=cache.key)))
         progress = self._progress_reporter(run, "saving", cache.key)
         try:
-            result: SaveResult = await self._in_thread(self._cache.save, cache.key, workspace, list(cache.paths),
-                                                       progress)
+            result: SaveResult = await self._in_thread(
+                self._cache.save, cache.key, workspace, list(cache.paths), progress
+            )
         except CacheError as exc:
             log.warning("cache save failed: %s", exc)
             self._log(run, f"stoker: cache save failed: {exc}", stderr=True)
@@ -243,14 +284,22 @@ class BuildRunner:
         self._metrics.uploaded_bytes.inc(result.bytes_uploaded)
         return ""
 
-    async def _execute(self, run: _Run, workspace: Path, restored: RestoreResult | None) -> tuple[int, int, str]:
+    async def _execute(
+        self, run: _Run, workspace: Path, restored: RestoreResult | None
+    ) -> tuple[int, int, str]:
         spec = run.spec
         env = dict(spec.env)
         env["STOKER_BUILD_ID"] = run.build_id
         env.update(cache_hit_env(spec.cache.key, restored))  # after the spec's: a build cannot claim a hit
-        job = BuildJob(build_id=f"{run.build_id}-{run.attempt}", argv=tuple(spec.command), workspace=workspace,
-                       env=env, image=self._settings.default_image, limits=self._limits,
-                       timeout_s=spec.timeout_s or self._settings.default_timeout_s)
+        job = BuildJob(
+            build_id=f"{run.build_id}-{run.attempt}",
+            argv=tuple(spec.command),
+            workspace=workspace,
+            env=env,
+            image=self._settings.default_image,
+            limits=self._limits,
+            timeout_s=spec.timeout_s or self._settings.default_timeout_s,
+        )
 
         def output(text: str, stderr: bool) -> None:
             self._log(run, text, stderr=stderr)
@@ -274,14 +323,33 @@ class BuildRunner:
         self._builds.cancel(f"{run.build_id}-{run.attempt}", reason)
 
     # -- events --------------------------------------------------------------------------------
-    def _finish(self, run: _Run, state: int, exit_code: int, message: str, timings: common_pb2.Timings,
-                figures: common_pb2.CacheFigures) -> None:
+    def _finish(
+        self,
+        run: _Run,
+        state: int,
+        exit_code: int,
+        message: str,
+        timings: common_pb2.Timings,
+        figures: common_pb2.CacheFigures,
+    ) -> None:
         if not timings.total_s:
             timings.total_s = time.monotonic() - run.started
-        self._metrics.builds.labels(build_pb2.BuildState.Name(state).removeprefix("BUILD_STATE_").lower()).inc()
+        self._metrics.builds.labels(
+            build_pb2.BuildState.Name(state).removeprefix("BUILD_STATE_").lower()
+        ).inc()
         log.info("build finished: %s, exit %d (%s)", build_pb2.BuildState.Name(state), exit_code, message)
-        self._send(run, build_pb2.BuildEvent(finished=build_pb2.Finished(
-            state=build_pb2.BuildState.Name(state), exit_code=exit_code, message=message, timings=timings, cache=figures)))
+        self._send(
+            run,
+            build_pb2.BuildEvent(
+                finished=build_pb2.Finished(
+                    state=build_pb2.BuildState.Name(state),
+                    exit_code=exit_code,
+                    message=message,
+                    timings=timings,
+                    cache=figures,
+                )
+            ),
+        )
 
     def _log(self, run: _Run, text: str, stderr: bool = False) -> None:
         stream = build_pb2.LogLine.STREAM_STDERR if stderr else build_pb2.LogLine.STREAM_STDOUT
@@ -300,11 +368,18 @@ class BuildRunner:
             if now - last[0] < _PROGRESS_EVERY_S and p.bytes_done < p.bytes_total:
                 return
             last[0] = now
-            pb = build_pb2.CacheProgress(bytes_done=p.bytes_done, bytes_total=p.bytes_total,
-                                         files_done=p.files_done, files_total=p.files_total,
-                                         bytes_per_s=p.bytes_per_s)
-            event = (build_pb2.BuildEvent(restoring=build_pb2.Restoring(key=key, progress=pb)) if phase == "restoring"
-                     else build_pb2.BuildEvent(saving=build_pb2.Saving(key=key, progress=pb)))
+            pb = build_pb2.CacheProgress(
+                bytes_done=p.bytes_done,
+                bytes_total=p.bytes_total,
+                files_done=p.files_done,
+                files_total=p.files_total,
+                bytes_per_s=p.bytes_per_s,
+            )
+            event = (
+                build_pb2.BuildEvent(restoring=build_pb2.Restoring(key=key, progress=pb))
+                if phase == "restoring"
+                else build_pb2.BuildEvent(saving=build_pb2.Saving(key=key, progress=pb))
+            )
             loop.call_soon_threadsafe(self._send, run, event)
             if phase == "restoring":
                 self._metrics.restore_progress.set(p.bytes_done)
@@ -345,6 +420,8 @@ def _fresh_workspace(workspace: Path, files: dict[str, bytes]) -> None:
 
 
 _GROUPS = ".process-groups"
+
+
 def _state_of(outcome: Outcome, run: _Run) -> int:
     if run.stop_state and outcome.reason is EndReason.CANCELLED:
         return run.stop_state

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import timestamp_pb2
+
 from stoker.agent.cache.api import BuildCache, CacheError, EntryInfo
 from stoker.agent.config import AgentConfig
 from stoker.agent.executors.base import BuildExecutor
@@ -41,14 +42,26 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 def entry_pb(e: EntryInfo) -> common_pb2.CacheEntry:
-    return common_pb2.CacheEntry(key=e.key, bytes=e.bytes, files=e.files, created=_ts(e.created),
-                                 last_used=_ts(e.last_used), sketch=sketch.pack(e.sketch))
+    return common_pb2.CacheEntry(
+        key=e.key,
+        bytes=e.bytes,
+        files=e.files,
+        created=_ts(e.created),
+        last_used=_ts(e.last_used),
+        sketch=sketch.pack(e.sketch),
+    )
 
 
 class CoordinatorSession:
-    def __init__(self, config: AgentConfig, registration: agent_pb2.RegisterRequest, cache: BuildCache,
-                 executor: Executor, metrics: AgentMetrics,
-                 build_executor: BuildExecutor | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        registration: agent_pb2.RegisterRequest,
+        cache: BuildCache,
+        executor: Executor,
+        metrics: AgentMetrics,
+        build_executor: BuildExecutor | None = None,
+    ) -> None:
         self._config = config
         self._registration = registration
         self._cache = cache
@@ -56,20 +69,24 @@ class CoordinatorSession:
         self._metrics = metrics
         self._outbox: collections.deque[agent_pb2.AgentMessage] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._finished: collections.OrderedDict[tuple[str, int], agent_pb2.AgentMessage] = collections.OrderedDict()
+        self._finished: collections.OrderedDict[tuple[str, int], agent_pb2.AgentMessage] = (
+            collections.OrderedDict()
+        )
         self._sent_generation = -1
         self.connected = asyncio.Event()
         self.last_error = "not connected yet"
-        self.runner = BuildRunner(config.build, registration.slots, cache, executor, self._emit_build_event,
-                                  metrics, build_executor)
+        self.runner = BuildRunner(
+            config.build, registration.slots, cache, executor, self._emit_build_event, metrics, build_executor
+        )
         cache.subscribe(self._on_cache_change)
         self.runner.on_drain(self._send_heartbeat_now)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- producers -----------------------------------------------------------------------------
     def _emit_build_event(self, build_id: str, attempt: int, event: build_pb2.BuildEvent) -> None:
-        message = agent_pb2.AgentMessage(build_update=agent_pb2.BuildUpdate(
-            build_id=build_id, attempt=attempt, event=event))
+        message = agent_pb2.AgentMessage(
+            build_update=agent_pb2.BuildUpdate(build_id=build_id, attempt=attempt, event=event)
+        )
         if event.WhichOneof("kind") == "finished":
             self._finished[(build_id, attempt)] = message
             while len(self._finished) > _RESEND_FINISHED:
@@ -78,10 +95,15 @@ class CoordinatorSession:
             return
         self._push(message)
 
-    def _on_cache_change(self, generation: int, upserted: Sequence[EntryInfo], removed: Sequence[str]) -> None:
+    def _on_cache_change(
+        self, generation: int, upserted: Sequence[EntryInfo], removed: Sequence[str]
+    ) -> None:
         """Called by the cache, possibly from a worker thread."""
-        message = agent_pb2.AgentMessage(delta=agent_pb2.InventoryDelta(
-            generation=generation, upserted=[entry_pb(e) for e in upserted], removed=list(removed)))
+        message = agent_pb2.AgentMessage(
+            delta=agent_pb2.InventoryDelta(
+                generation=generation, upserted=[entry_pb(e) for e in upserted], removed=list(removed)
+            )
+        )
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._push, message)
 
@@ -108,7 +130,7 @@ class CoordinatorSession:
                 self.last_error = f"{exc.code().name}: {exc.details()}"
             except (OSError, CacheError) as exc:
                 self.last_error = str(exc)
-            except Exception as exc:  # noqa: BLE001 - whatever broke the stream, the agent must dial again
+            except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("the stream to the coordinator broke unexpectedly", exc_info=True)
             finally:
@@ -119,24 +141,32 @@ class CoordinatorSession:
             if time.monotonic() - began > 30:
                 delay = self._config.coordinator.reconnect_initial_s  # it was a healthy stream: start over
             wait = min(delay, self._config.coordinator.reconnect_max_s) * random.uniform(0.5, 1.0)
-            log.warning("not connected to the coordinator at %s (%s); retrying in %.1f s", address,
-                        self.last_error, wait)
+            log.warning(
+                "not connected to the coordinator at %s (%s); retrying in %.1f s",
+                address,
+                self.last_error,
+                wait,
+            )
             try:
                 await asyncio.wait_for(stop.wait(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             delay = min(delay * 2, self._config.coordinator.reconnect_max_s)
 
     def _channel(self, address: str) -> grpc.aio.Channel:
-        options = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
-                   ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        options = [
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ]
         link = self._config.coordinator
         if not link.tls_ca:
             return grpc.aio.insecure_channel(address, options=options)
         credentials = grpc.ssl_channel_credentials(
             root_certificates=Path(link.tls_ca).read_bytes(),
             private_key=Path(link.tls_key).read_bytes() if link.tls_key else None,
-            certificate_chain=Path(link.tls_cert).read_bytes() if link.tls_cert else None)
+            certificate_chain=Path(link.tls_cert).read_bytes() if link.tls_cert else None,
+        )
         return grpc.aio.secure_channel(address, credentials, options=options)
 
     async def _connect_once(self, stub: agent_pb2_grpc.AgentGatewayStub, stop: asyncio.Event) -> None:
@@ -153,8 +183,9 @@ class CoordinatorSession:
         self.connected.set()
         self._metrics.connected.set(1)
         self.last_error = ""
-        log.info("connected to the coordinator as %s (session %s)", self._registration.node,
-                 reply.session_id[:8])
+        log.info(
+            "connected to the coordinator as %s (session %s)", self._registration.node, reply.session_id[:8]
+        )
         tasks = [
             asyncio.create_task(self._write_loop(call)),
             asyncio.create_task(self._heartbeat_loop(call, interval)),
@@ -165,8 +196,11 @@ class CoordinatorSession:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             # The reader's error says why the stream ended; a writer that found the call finished says less.
             reader = tasks[2]
-            failed = [err for t in sorted(done, key=lambda t: t is not reader)
-                      if not t.cancelled() and (err := t.exception()) is not None]
+            failed = [
+                err
+                for t in sorted(done, key=lambda t: t is not reader)
+                if not t.cancelled() and (err := t.exception()) is not None
+            ]
             if failed:
                 raise failed[0]
             if not stop.is_set():
@@ -177,7 +211,9 @@ class CoordinatorSession:
             call.cancel()
 
     async def _snapshot(self) -> agent_pb2.InventorySnapshot:
-        generation, entries = await asyncio.get_running_loop().run_in_executor(self._executor, self._cache.inventory)
+        generation, entries = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._cache.inventory
+        )
         self._sent_generation = generation
         return agent_pb2.InventorySnapshot(generation=generation, entries=[entry_pb(e) for e in entries])
 
@@ -189,9 +225,13 @@ class CoordinatorSession:
         generation = self._sent_generation
         return agent_pb2.Heartbeat(
             running=[agent_pb2.RunningBuild(build_id=b, attempt=a) for b, a in self.runner.running()],
-            free_slots=self.runner.free_slots(), disk_used_bytes=used, disk_free_bytes=free,
-            generation=generation, evicted_bytes_total=self._cache.evicted_bytes_total,
-            draining=self.runner.draining)
+            free_slots=self.runner.free_slots(),
+            disk_used_bytes=used,
+            disk_free_bytes=free,
+            generation=generation,
+            evicted_bytes_total=self._cache.evicted_bytes_total,
+            draining=self.runner.draining,
+        )
 
     async def _write_loop(self, call) -> None:
         while True:
@@ -227,15 +267,22 @@ class CoordinatorSession:
             elif kind == "prewarm":
                 asyncio.create_task(self._prewarm(command.prewarm))
             elif kind == "evict":
-                await asyncio.get_running_loop().run_in_executor(self._executor, self._cache.evict, command.evict.key)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._cache.evict, command.evict.key
+                )
             elif kind == "snapshot_request":
                 self._push(agent_pb2.AgentMessage(snapshot=await self._snapshot()))
 
     async def _prewarm(self, command: agent_pb2.PrewarmCommand) -> None:
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._cache.prewarm, command.key, list(command.restore_keys))
-            log.info("prewarmed %s: %s, %d bytes fetched", command.key, result.restored_key or "nothing found",
-                     result.bytes_fetched)
+                self._executor, self._cache.prewarm, command.key, list(command.restore_keys)
+            )
+            log.info(
+                "prewarmed %s: %s, %d bytes fetched",
+                command.key,
+                result.restored_key or "nothing found",
+                result.bytes_fetched,
+            )
         except CacheError as exc:
             log.warning("prewarm of %s failed: %s", command.key, exc)

@@ -96,25 +96,47 @@ class Ecosystem:
 
 
 def _npm(tmp: Path) -> Ecosystem:
-    v1 = {"package.json": (REPO / "bench/package.json").read_bytes(),
-          "package-lock.json": (REPO / "bench/package-lock.json").read_bytes()}
+    v1 = {
+        "package.json": (REPO / "bench/package.json").read_bytes(),
+        "package-lock.json": (REPO / "bench/package-lock.json").read_bytes(),
+    }
     work = tmp / "npm-v2"
     work.mkdir(parents=True)
     for name, data in v1.items():
         (work / name).write_bytes(data)
-    subprocess.run(["npm", "install", "rxjs@7.8.0", "--save-exact", "--package-lock-only", "--ignore-scripts",
-                    "--no-audit", "--no-fund"], cwd=work, check=True, capture_output=True,
-                   env={**os.environ, "npm_config_cache": str(tmp / "npm-v2-cache")})
+    subprocess.run(
+        [
+            "npm",
+            "install",
+            "rxjs@7.8.0",
+            "--save-exact",
+            "--package-lock-only",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+        ],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "npm_config_cache": str(tmp / "npm-v2-cache")},
+    )
     v2 = {name: (work / name).read_bytes() for name in v1}
     assert v2 != v1, "changing rxjs did not change the lockfile"
     return Ecosystem(
-        name="npm", files_v1=v1, files_v2=v2, key_names=("package.json", "package-lock.json"),
-        paths=("node_modules", ".npm-cache"), recipe="npm.sh", cache_dir=".npm-cache",
+        name="npm",
+        files_v1=v1,
+        files_v2=v2,
+        key_names=("package.json", "package-lock.json"),
+        paths=("node_modules", ".npm-cache"),
+        recipe="npm.sh",
+        cache_dir=".npm-cache",
         clean_install="export npm_config_cache=$PWD/.npm-cache && npm ci --prefer-offline --no-audit --no-fund",
         check="node -e \"require('react'); require('next/package.json'); "
-              "console.log('check rxjs', require('rxjs/package.json').version)\"",
+        "console.log('check rxjs', require('rxjs/package.json').version)\"",
         installer_lines=("added ", "changed ", "removed ", "up to date", "stoker-npm: "),
-        env={}, change="rxjs 7.8.1 -> 7.8.0 (a direct dependency)")
+        env={},
+        change="rxjs 7.8.1 -> 7.8.0 (a direct dependency)",
+    )
 
 
 def _pip(tmp: Path) -> Ecosystem:
@@ -125,14 +147,21 @@ def _pip(tmp: Path) -> Ecosystem:
     if Path(CA_BUNDLE).exists():
         env["PIP_CERT"] = CA_BUNDLE  # the system's CA bundle (pip's own would refuse a TLS-inspecting proxy)
     return Ecosystem(
-        name="pip", files_v1=v1, files_v2=v2, key_names=("requirements.txt",), paths=(".venv", ".pip-cache"),
-        recipe="pip.sh", cache_dir=".pip-cache",
+        name="pip",
+        files_v1=v1,
+        files_v2=v2,
+        key_names=("requirements.txt",),
+        paths=(".venv", ".pip-cache"),
+        recipe="pip.sh",
+        cache_dir=".pip-cache",
         clean_install="export PIP_CACHE_DIR=$PWD/.pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off && "
-                      "python3 -m venv --copies .venv && .venv/bin/python -m pip install -r requirements.txt",
-        check=".venv/bin/python -c \"import pandas, matplotlib, boto3, requests; "
-              "print('check requests', requests.__version__)\"",
+        "python3 -m venv --copies .venv && .venv/bin/python -m pip install -r requirements.txt",
+        check='.venv/bin/python -c "import pandas, matplotlib, boto3, requests; '
+        "print('check requests', requests.__version__)\"",
         installer_lines=("Successfully installed", "Successfully uninstalled", "stoker-pip: "),
-        env=env, change="requests 2.34.2 -> 2.34.1 (a direct dependency)")
+        env=env,
+        change="requests 2.34.2 -> 2.34.1 (a direct dependency)",
+    )
 
 
 def _npm_tree(tmp: Path) -> Ecosystem:
@@ -159,9 +188,18 @@ class Fleet:
         for name in ("n1", "n2"):
             home = base / f"home-{name}"
             home.mkdir()
-            self.procs.append(local_fleet.start_agent(
-                base, name, self.coordinator.address, zone="zone-a", slots=1, blobs=base / "blobs",
-                labels={NODE_LABEL: name}, env={"HOME": str(home)}))
+            self.procs.append(
+                local_fleet.start_agent(
+                    base,
+                    name,
+                    self.coordinator.address,
+                    zone="zone-a",
+                    slots=1,
+                    blobs=base / "blobs",
+                    labels={NODE_LABEL: name},
+                    env={"HOME": str(home)},
+                )
+            )
         local_fleet.wait_for_nodes(self.coordinator.address, ["n1", "n2"])
         self.channel = grpc.insecure_channel(self.coordinator.address)
         self.stub = build_pb2_grpc.BuildsStub(self.channel)
@@ -177,15 +215,32 @@ def _key(eco: Ecosystem, files: dict[str, bytes]) -> str:
     return f"e2e/{eco.name}/deps-{digest}"
 
 
-def _spec(eco: Ecosystem, files: dict[str, bytes], command: str, *, cached: bool, node: str = "",
-          env: dict[str, str] | None = None) -> common_pb2.BuildSpec:
+def _spec(
+    eco: Ecosystem,
+    files: dict[str, bytes],
+    command: str,
+    *,
+    cached: bool,
+    node: str = "",
+    env: dict[str, str] | None = None,
+) -> common_pb2.BuildSpec:
     files = {**files, f"recipes/{eco.recipe}": (REPO / "recipes" / eco.recipe).read_bytes()}
-    cache = (common_pb2.CacheSpec(key=_key(eco, files), restore_keys=[f"e2e/{eco.name}/deps-"], paths=list(eco.paths))
-             if cached else common_pb2.CacheSpec())
+    cache = (
+        common_pb2.CacheSpec(
+            key=_key(eco, files), restore_keys=[f"e2e/{eco.name}/deps-"], paths=list(eco.paths)
+        )
+        if cached
+        else common_pb2.CacheSpec()
+    )
     return common_pb2.BuildSpec(
-        workspace=f"e2e-{eco.name}", command=["sh", "-c", command], timeout_s=1800, files=files,
-        env={**eco.env, **(env or {})}, cache=cache,
-        constraints=common_pb2.Constraints(labels={NODE_LABEL: node} if node else {}))
+        workspace=f"e2e-{eco.name}",
+        command=["sh", "-c", command],
+        timeout_s=1800,
+        files=files,
+        env={**eco.env, **(env or {})},
+        cache=cache,
+        constraints=common_pb2.Constraints(labels={NODE_LABEL: node} if node else {}),
+    )
 
 
 def submit(fleet: Fleet, name: str, eco: Ecosystem, spec: common_pb2.BuildSpec, say) -> Run:
@@ -224,8 +279,10 @@ def submit(fleet: Fleet, name: str, eco: Ecosystem, spec: common_pb2.BuildSpec, 
     if run.exit_code != 0 or not seen_mark:
         tail = "\n".join(lines[-25:])
         raise RuntimeError(f"{eco.name} {name}: the build failed (exit {run.exit_code}):\n{tail}")
-    say(f"  {eco.name} {name:<34} {run.deps_s:7.2f} s to dependencies ready  on {run.node} ({run.warmth}, "
-        f"hit {run.cache_hit or '-'}, restore {run.restore_s:.2f} s)  {'; '.join(run.installer)[:110]}")
+    say(
+        f"  {eco.name} {name:<34} {run.deps_s:7.2f} s to dependencies ready  on {run.node} ({run.warmth}, "
+        f"hit {run.cache_hit or '-'}, restore {run.restore_s:.2f} s)  {'; '.join(run.installer)[:110]}"
+    )
     return run
 
 
@@ -251,62 +308,105 @@ def _signal() -> str:
     return 'echo "STOKER_CACHE_HIT=$STOKER_CACHE_HIT"; '
 
 
-def bench_ecosystem(fleet: Fleet, eco: Ecosystem, tarball: Path, args, say, same_ab: dict | None = None) -> dict:
+def bench_ecosystem(
+    fleet: Fleet, eco: Ecosystem, tarball: Path, args, say, same_ab: dict | None = None
+) -> dict:
     v1, v2 = eco.files_v1, eco.files_v2
     mark = f"echo {MARK}"
     if same_ab is not None:
         a, b = Run(**same_ab["a_managed_ci"]), Run(**same_ab["b_actions_cache"])
         return _stoker_part(fleet, eco, args, say, a, b)
     # (a) managed CI: empty cache; afterwards (not timed) the cache is packed as actions/cache would save it.
-    pack = (f"tar --use-compress-program 'zstd -T0 --long=30 -3' -cf {tarball} {eco.cache_dir} && "
-            f"ls -l {tarball} | awk '{{print \"tarball bytes\", $5}}'")
-    a = submit(fleet, "(a) managed CI, cold", eco,
-               _spec(eco, v1, f"{_signal()}{eco.clean_install} && {mark} && {eco.check} && {pack}", cached=False,
-                     node="n1"), say)
+    pack = (
+        f"tar --use-compress-program 'zstd -T0 --long=30 -3' -cf {tarball} {eco.cache_dir} && "
+        f"ls -l {tarball} | awk '{{print \"tarball bytes\", $5}}'"
+    )
+    a = submit(
+        fleet,
+        "(a) managed CI, cold",
+        eco,
+        _spec(
+            eco,
+            v1,
+            f"{_signal()}{eco.clean_install} && {mark} && {eco.check} && {pack}",
+            cached=False,
+            node="n1",
+        ),
+        say,
+    )
     # (b) actions/cache: restore the tarball of the package manager's cache, then the clean install.
     unpack = f"tar --use-compress-program 'zstd -d --long=30' -xf {tarball}"
-    b = submit(fleet, "(b) actions/cache + clean install", eco,
-               _spec(eco, v1, f"{_signal()}{unpack} && {eco.clean_install} && {mark} && {eco.check}",
-                     cached=False, node="n1"), say)
+    b = submit(
+        fleet,
+        "(b) actions/cache + clean install",
+        eco,
+        _spec(
+            eco,
+            v1,
+            f"{_signal()}{unpack} && {eco.clean_install} && {mark} && {eco.check}",
+            cached=False,
+            node="n1",
+        ),
+        say,
+    )
     return _stoker_part(fleet, eco, args, say, a, b)
 
 
 def _stoker_part(fleet: Fleet, eco: Ecosystem, args, say, a: Run, b: Run) -> dict:
     v1, v2 = eco.files_v1, eco.files_v2
     recipe = f"{_signal()}sh recipes/{eco.recipe} && echo {MARK} && {eco.check}"
-    seed = submit(fleet, "stoker, first build (recipe, cold)", eco,
-                  _spec(eco, v1, recipe, cached=True, node="n1"), say)
+    seed = submit(
+        fleet, "stoker, first build (recipe, cold)", eco, _spec(eco, v1, recipe, cached=True, node="n1"), say
+    )
     key1 = _key(eco, v1)
     exact, settled, back_to_back = [], [], []
     for i in range(args.exact_runs):
         settled.append(wait_ready_tree(fleet, "n1", key1, args.settle_timeout_s))
-        exact.append(submit(fleet, f"(c) stoker exact hit #{i + 1}", eco, _spec(eco, v1, recipe, cached=True), say))
+        exact.append(
+            submit(fleet, f"(c) stoker exact hit #{i + 1}", eco, _spec(eco, v1, recipe, cached=True), say)
+        )
         # Right behind it: the ready tree was just used and is not re-made yet.
-        back_to_back.append(submit(fleet, f"(c') exact hit right behind #{i + 1}", eco,
-                                   _spec(eco, v1, recipe, cached=True), say))
+        back_to_back.append(
+            submit(
+                fleet, f"(c') exact hit right behind #{i + 1}", eco, _spec(eco, v1, recipe, cached=True), say
+            )
+        )
     d_settled = wait_ready_tree(fleet, "n1", key1, args.settle_timeout_s)
     d = submit(fleet, "(d) stoker partial, one dep changed", eco, _spec(eco, v2, recipe, cached=True), say)
     c_s = statistics.median(r.deps_s for r in exact)
     cb_s = statistics.median(r.deps_s for r in back_to_back)
     result = {
         "paths": list(eco.paths),
-        "lockfile": "bench/requirements-e2e.txt" if eco.name == "pip" else "bench/package.json + bench/package-lock.json",
+        "lockfile": "bench/requirements-e2e.txt"
+        if eco.name == "pip"
+        else "bench/package.json + bench/package-lock.json",
         "change_for_d": eco.change,
-        "a_managed_ci": asdict(a), "b_actions_cache": asdict(b), "stoker_first_build": asdict(seed),
-        "c_exact": [asdict(r) for r in exact], "c_exact_median_s": round(c_s, 3),
+        "a_managed_ci": asdict(a),
+        "b_actions_cache": asdict(b),
+        "stoker_first_build": asdict(seed),
+        "c_exact": [asdict(r) for r in exact],
+        "c_exact_median_s": round(c_s, 3),
         "c_waited_for_ready_tree_s": settled,
-        "c_back_to_back": [asdict(r) for r in back_to_back], "c_back_to_back_median_s": round(cb_s, 3),
-        "d_partial": asdict(d), "d_waited_for_ready_tree_s": d_settled,
+        "c_back_to_back": [asdict(r) for r in back_to_back],
+        "c_back_to_back_median_s": round(cb_s, 3),
+        "d_partial": asdict(d),
+        "d_waited_for_ready_tree_s": d_settled,
         "ratios": {
-            "c_over_a": round(c_s / a.deps_s, 4), "c_over_b": round(c_s / b.deps_s, 4),
-            "c_back_to_back_over_a": round(cb_s / a.deps_s, 4), "c_back_to_back_over_b": round(cb_s / b.deps_s, 4),
-            "d_over_a": round(d.deps_s / a.deps_s, 4), "b_over_a": round(b.deps_s / a.deps_s, 4),
+            "c_over_a": round(c_s / a.deps_s, 4),
+            "c_over_b": round(c_s / b.deps_s, 4),
+            "c_back_to_back_over_a": round(cb_s / a.deps_s, 4),
+            "c_back_to_back_over_b": round(cb_s / b.deps_s, 4),
+            "d_over_a": round(d.deps_s / a.deps_s, 4),
+            "b_over_a": round(b.deps_s / a.deps_s, 4),
             "stoker_first_over_a": round(seed.deps_s / a.deps_s, 4),
         },
     }
     r = result["ratios"]
-    result["targets"] = {"c <= 0.1 a": r["c_over_a"] <= 0.1, "c <= 0.3 b": r["c_over_b"] <= 0.3,
-                         "d <= 0.3 a": r["d_over_a"] <= 0.3}
+    result["targets"] = {
+        "c <= 0.1 a": r["c_over_a"] <= 0.1,
+        "c <= 0.3 b": r["c_over_b"] <= 0.3,
+        "d <= 0.3 a": r["d_over_a"] <= 0.3,
+    }
     if eco.name == "npm" and not args.skip_busy:
         result["e_busy_warm_node"] = bench_busy(fleet, eco, recipe, args.busy_s, say)
     return result
@@ -315,13 +415,22 @@ def _stoker_part(fleet: Fleet, eco: Ecosystem, args, say, a: Run, b: Run) -> dic
 def bench_busy(fleet: Fleet, eco: Ecosystem, recipe: str, busy_s: float, say) -> dict:
     """n1 holds the entry but runs another build for ``busy_s``: the scheduler's choice, then waiting."""
     out = {"busy_s": busy_s}
-    for name, node in (("(e) warm node busy: scheduler's choice", ""), ("(e) warm node busy: wait for it", "n1")):
-        busy = common_pb2.BuildSpec(workspace="e2e-busy", command=["sleep", str(busy_s)], timeout_s=busy_s + 120,
-                                    constraints=common_pb2.Constraints(labels={NODE_LABEL: "n1"}))
+    for name, node in (
+        ("(e) warm node busy: scheduler's choice", ""),
+        ("(e) warm node busy: wait for it", "n1"),
+    ):
+        busy = common_pb2.BuildSpec(
+            workspace="e2e-busy",
+            command=["sleep", str(busy_s)],
+            timeout_s=busy_s + 120,
+            constraints=common_pb2.Constraints(labels={NODE_LABEL: "n1"}),
+        )
         started = threading.Event()
 
         def occupy() -> None:
-            for event in fleet.stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=busy), timeout=busy_s + 300):
+            for event in fleet.stub.SubmitBuild(
+                build_pb2.SubmitBuildRequest(spec=busy), timeout=busy_s + 300
+            ):
                 if event.WhichOneof("kind") == "started":
                     started.set()
 
@@ -338,34 +447,52 @@ def bench_busy(fleet: Fleet, eco: Ecosystem, recipe: str, busy_s: float, say) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    parser.add_argument("--ecosystems", default="npm,npm-tree,pip",
-                        help="comma-separated: npm (node_modules + .npm-cache), npm-tree (node_modules only; "
-                             "(a) and (b) from npm when it ran first), pip")
+    parser.add_argument(
+        "--ecosystems",
+        default="npm,npm-tree,pip",
+        help="comma-separated: npm (node_modules + .npm-cache), npm-tree (node_modules only; "
+        "(a) and (b) from npm when it ran first), pip",
+    )
     parser.add_argument("--exact-runs", type=int, default=2, help="exact-hit builds (the median is used)")
     parser.add_argument("--busy-s", type=float, default=30.0, help="how long the warm node stays busy in (e)")
-    parser.add_argument("--settle-timeout-s", type=float, default=240.0,
-                        help="how long (c) and (d) wait for the warm node's ready tree of the entry")
+    parser.add_argument(
+        "--settle-timeout-s",
+        type=float,
+        default=240.0,
+        help="how long (c) and (d) wait for the warm node's ready tree of the entry",
+    )
     parser.add_argument("--skip-busy", action="store_true", help="leave out (e)")
     parser.add_argument("--dir", help="work here and keep it (default: a temporary directory, removed)")
     args = parser.parse_args()
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    say = (
+        (lambda *a: print(*a, file=sys.stderr, flush=True))
+        if args.json
+        else (lambda *a: print(*a, flush=True))
+    )
     for tool in ("npm", "node", "zstd", "tar", "python3"):
         if shutil.which(tool) is None:
-            print(f"bench/e2e.py needs {tool} (scripts/system_deps.sh installs node and npm)", file=sys.stderr)
+            print(
+                f"bench/e2e.py needs {tool} (scripts/system_deps.sh installs node and npm)", file=sys.stderr
+            )
             return 2
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="stoker-e2e-"))
     base.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    results: dict = {"command": "python bench/e2e.py " + " ".join(sys.argv[1:]),
-                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                 "node": subprocess.run(["node", "--version"], capture_output=True,
-                                                        text=True).stdout.strip(),
-                                 "npm": subprocess.run(["npm", "--version"], capture_output=True,
-                                                       text=True).stdout.strip(),
-                                 "kernel": platform.release()},
-                     "ecosystems": {}}
+    results: dict = {
+        "command": "python bench/e2e.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
+            "npm": subprocess.run(["npm", "--version"], capture_output=True, text=True).stdout.strip(),
+            "kernel": platform.release(),
+        },
+        "ecosystems": {},
+    }
     fleet = None
     try:
         fleet = Fleet(base)
@@ -374,8 +501,9 @@ def main() -> int:
             say(f"{name}: {eco.change} for (d)")
             same = results["ecosystems"].get(SAME_AB.get(name, ""))
             try:
-                results["ecosystems"][name] = bench_ecosystem(fleet, eco, base / f"{name}-cache.tar.zst", args,
-                                                              say, same_ab=same)
+                results["ecosystems"][name] = bench_ecosystem(
+                    fleet, eco, base / f"{name}-cache.tar.zst", args, say, same_ab=same
+                )
             except RuntimeError as exc:  # one ecosystem's failure must not lose the others' figures
                 say(f"{name}: FAILED: {exc}")
                 results["ecosystems"][name] = {"error": str(exc)[-2000:]}
@@ -389,7 +517,9 @@ def main() -> int:
         print(json.dumps(results, indent=2))
     else:
         for name, r in results["ecosystems"].items():
-            print(f"{name}: " + (f"ratios {r['ratios']}  targets {r['targets']}" if "ratios" in r else "FAILED"))
+            print(
+                f"{name}: " + (f"ratios {r['ratios']}  targets {r['targets']}" if "ratios" in r else "FAILED")
+            )
     return 0
 
 

@@ -32,8 +32,18 @@ HERE = Path(__file__).resolve().parent
 PY = sys.executable
 ADD_PACKAGE = "lodash@4.17.21"
 UPGRADE_PACKAGE = "typescript@5.6.2"
-BENCH_KEYS = ("median_s", "op_median_s", "files_per_s", "mb_per_s", "cpu_s", "peak_rss_mib", "stored_bytes", "bytes_fetched",
-              "bytes_uploaded", "requests")
+BENCH_KEYS = (
+    "median_s",
+    "op_median_s",
+    "files_per_s",
+    "mb_per_s",
+    "cpu_s",
+    "peak_rss_mib",
+    "stored_bytes",
+    "bytes_fetched",
+    "bytes_uploaded",
+    "requests",
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -44,14 +54,23 @@ def child(op: str, args: dict) -> None:
     from stoker.agent.cache.store import LocalStore
 
     blobs = open_blob_store(args["blobs"], args.get("endpoint", ""), "us-east-1")
-    cache = ContentCache(LocalStore(Path(args["store"]), 1 << 40), blobs, workers=args.get("workers", 0),
-                         ready_trees=args.get("ready_trees", 1), writer=args.get("writer", "auto"))
+    cache = ContentCache(
+        LocalStore(Path(args["store"]), 1 << 40),
+        blobs,
+        workers=args.get("workers", 0),
+        ready_trees=args.get("ready_trees", 1),
+        writer=args.get("writer", "auto"),
+    )
     cache.open()
     t = time.perf_counter()
     if op == "restore":
         r = cache.restore(args["key"], [], Path(args["workspace"]), ["node_modules"])
-        out = {"bytes_fetched": r.bytes_fetched, "warmth": r.warmth, "files": r.files_restored,
-               "bytes": r.bytes_restored}
+        out = {
+            "bytes_fetched": r.bytes_fetched,
+            "warmth": r.warmth,
+            "files": r.files_restored,
+            "bytes": r.bytes_restored,
+        }
     elif op == "prepare":
         out = {"prepared": cache.prepare_tree(args["key"])}
     elif op == "verify":
@@ -64,9 +83,12 @@ def child(op: str, args: dict) -> None:
     out["seconds"] = time.perf_counter() - t
     cache.close()
     import resource
+
     # Forked writers: the process's peak plus its helpers' (an upper bound of what they held at once).
-    out["rss_sum_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                          + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    out["rss_sum_mib"] = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    ) / 1024
     out["requests"] = blobs.stats.gets + blobs.stats.puts + blobs.stats.lists
     print(json.dumps(out))
 
@@ -110,8 +132,11 @@ def npm_tree(dest: Path, extra: str | None) -> Path:
     shutil.copy(HERE / "package-lock.json", dest)
     sh("npm ci --no-audit --no-fund --ignore-scripts --loglevel=error", cwd=dest, stdout=sys.stderr)
     if extra:
-        sh(f"npm install --no-audit --no-fund --ignore-scripts --loglevel=error {extra}", cwd=dest,
-           stdout=sys.stderr)
+        sh(
+            f"npm install --no-audit --no-fund --ignore-scripts --loglevel=error {extra}",
+            cwd=dest,
+            stdout=sys.stderr,
+        )
     (dest / "package.json").unlink()
     (dest / "package-lock.json").unlink()
     return dest
@@ -146,14 +171,18 @@ def apply_variant(src: Path, ws: Path) -> None:
             ss = s.stat()
             if rel in have:
                 ds = d.stat()
-                if ds.st_size == ss.st_size and ds.st_mtime_ns == ss.st_mtime_ns and \
-                        d.read_bytes() == s.read_bytes():
+                if (
+                    ds.st_size == ss.st_size
+                    and ds.st_mtime_ns == ss.st_mtime_ns
+                    and d.read_bytes() == s.read_bytes()
+                ):
                     continue
             shutil.copy2(s, d)
 
 
 def new_files(base: Path, variant: Path) -> list[Path]:
     """Files of ``variant`` whose content is not anywhere in ``base`` (what per-file CAS fetches)."""
+
     def digests(root: Path) -> dict[str, Path]:
         out = {}
         for dirpath, _, filenames in os.walk(root / "node_modules"):
@@ -162,6 +191,7 @@ def new_files(base: Path, variant: Path) -> list[Path]:
                 if not p.is_symlink():
                     out.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), p)
         return out
+
     b = digests(base)
     return [p for d, p in digests(variant).items() if d not in b]
 
@@ -177,10 +207,22 @@ class Weed:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 return s.getsockname()[1]
+
         self.port = port()
-        cmd = [str(weed), "mini", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
-               "-s3.port.lance=0", f"-s3.port={self.port}", f"-s3.port.grpc={port()}"]
+        cmd = [
+            str(weed),
+            "mini",
+            f"-dir={root}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.port={self.port}",
+            f"-s3.port.grpc={port()}",
+        ]
         for name in ("master", "volume", "filer", "admin"):
             cmd += [f"-{name}.port={port()}", f"-{name}.port.grpc={port()}"]
         self.log = open(root / "weed.log", "wb")
@@ -188,10 +230,13 @@ class Weed:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         from stoker.agent.cache.api import CacheError
         from stoker.agent.cache.s3_blobs import S3BlobStore
+
         deadline = time.monotonic() + 90
         while True:
             try:
-                S3BlobStore("bench", endpoint_url=self.endpoint, region="us-east-1", max_attempts=1).create_bucket()
+                S3BlobStore(
+                    "bench", endpoint_url=self.endpoint, region="us-east-1", max_attempts=1
+                ).create_bucket()
                 break
             except CacheError:
                 if time.monotonic() > deadline:
@@ -214,6 +259,7 @@ def loop_mount(size_gib: int) -> tuple[Path, callable]:
         subprocess.run(["umount", str(mnt)], check=False)
         img.unlink(missing_ok=True)
         shutil.rmtree(mnt, ignore_errors=True)
+
     return mnt, cleanup
 
 
@@ -223,11 +269,16 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--tree", help="a directory holding node_modules (default: npm ci of bench/package.json)")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--workdir", help="where to work (default: a loop-mounted fresh ext4 as root, else /var/tmp)")
+    ap.add_argument(
+        "--workdir", help="where to work (default: a loop-mounted fresh ext4 as root, else /var/tmp)"
+    )
     ap.add_argument("--no-loop", action="store_true")
     ap.add_argument("--workers", type=int, default=0)
-    ap.add_argument("--writer", help="stoker's file writer: auto, compiled, python-processes or python-threads "
-                    "(default: the agent's cache.writer setting, so STOKER_CACHE_WRITER=python still works)")
+    ap.add_argument(
+        "--writer",
+        help="stoker's file writer: auto, compiled, python-processes or python-threads "
+        "(default: the agent's cache.writer setting, so STOKER_CACHE_WRITER=python still works)",
+    )
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
@@ -270,8 +321,10 @@ def run(args, work: Path, fs_note: str) -> dict:
     else:
         log("building the dataset with npm ...")
         base = npm_tree(data / "base", None)
-        variants = {"add": npm_tree(data / "add", ADD_PACKAGE), "upgrade": npm_tree(data / "upgrade",
-                                                                                UPGRADE_PACKAGE)}
+        variants = {
+            "add": npm_tree(data / "add", ADD_PACKAGE),
+            "upgrade": npm_tree(data / "upgrade", UPGRADE_PACKAGE),
+        }
     files, size = tree_stats(base / "node_modules")
     log(f"dataset: {files} files, {size / 1e6:.0f} MB")
     art = work / "artifacts"
@@ -286,27 +339,41 @@ def run(args, work: Path, fs_note: str) -> dict:
     have_restic = shutil.which("restic") is not None
     have_casync = shutil.which("casync") is not None
     if have_restic:
-        sh(f"restic init -q -r {art}/restic && cd {base} && restic -q -r {art}/restic backup node_modules",
-           env=env)
+        sh(
+            f"restic init -q -r {art}/restic && cd {base} && restic -q -r {art}/restic backup node_modules",
+            env=env,
+        )
     if have_casync:
         sh(f"casync make --store={art}/castr {art}/nm.caidx {base}/node_modules >/dev/null")
     weed = Weed(Path(tempfile.mkdtemp(prefix="weed-", dir=work)))
     blobs_local = f"file://{art}/blobs"
     s3_url = "s3://bench/hydrate"
-    stoker = lambda op, **kw: [PY, str(Path(__file__).resolve()), "--_child", op, json.dumps(  # noqa: E731
-        {"workers": args.workers, "writer": args.writer, **kw})]
+    stoker = lambda op, **kw: [
+        PY,
+        str(Path(__file__).resolve()),
+        "--_child",
+        op,
+        json.dumps(  # noqa: E731
+            {"workers": args.workers, "writer": args.writer, **kw}
+        ),
+    ]
     log("saving the reference entries ...")
     primer = art / "primer-store"
     # Reference entries: base (and variants) in the local blob store and in S3.
     for blobs, endpoint in ((blobs_local, ""), (s3_url, weed.endpoint)):
         store = art / f"primer-{'s3' if endpoint else 'local'}"
         for key, tree in [("base", base), *variants.items()]:
-            measured(stoker("save", blobs=blobs, endpoint=endpoint, store=str(store), key=key, workspace=str(tree)))
+            measured(
+                stoker("save", blobs=blobs, endpoint=endpoint, store=str(store), key=key, workspace=str(tree))
+            )
     shutil.rmtree(primer, ignore_errors=True)
     # A node holding the base entry (restored from the local blob store), for partial and warm runs.
     base_store = art / "node-with-base"
-    measured(stoker("restore", blobs=blobs_local, store=str(base_store), key="base",
-                    workspace=str(scratch / "prime")))
+    measured(
+        stoker(
+            "restore", blobs=blobs_local, store=str(base_store), key="base", workspace=str(scratch / "prime")
+        )
+    )
     shutil.rmtree(scratch / "prime", ignore_errors=True)
     # The same node without a ready tree (frames only), then with one: what the agent unpacks in the
     # background after a restore or save (measured below as stoker_prepare_tree).
@@ -314,7 +381,7 @@ def run(args, work: Path, fs_note: str) -> dict:
     shutil.copytree(base_store, frames_store, symlinks=True)
     measured(stoker("prepare", blobs=blobs_local, store=str(base_store), key="base"))
     # The write floor's input: every file in memory in a child process.
-    floor_script = f"""
+    floor_script = """
 import os, sys, time
 from concurrent.futures import ThreadPoolExecutor
 src, dst, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -333,7 +400,7 @@ def w(item):
     fd = os.open(os.path.join(dst, p), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     os.write(fd, data); os.close(fd)
 with ThreadPoolExecutor(workers) as ex: list(ex.map(w, files, chunksize=32))
-print('{{"seconds": %f}}' % (time.perf_counter() - t))
+print('{"seconds": %f}' % (time.perf_counter() - t))
 """
     workers = args.workers or os.cpu_count()
 
@@ -367,36 +434,55 @@ print('{{"seconds": %f}}' % (time.perf_counter() - t))
         def go():
             d = out_dir("x")
             return measured(["bash", "-c", cmd.format(d=d, art=art)], env=env)[:3] + ({},)
+
         return go
 
     methods["tar_x"] = shell("tar -xf {art}/nm.tar -C {d}")
     # GNU tar notices /dev/null and skips reading file contents: a pure stat walk, for reference.
-    methods["tar_c_devnull"] = lambda: measured(["bash", "-c", f"tar -cf /dev/null -C {base} node_modules"])[:3] + ({},)
-    methods["tar_c"] = lambda: measured(["bash", "-c", f"tar -cf {scratch}/c.tar -C {base} node_modules"])[:3] + ({},)
+    methods["tar_c_devnull"] = lambda: (
+        measured(["bash", "-c", f"tar -cf /dev/null -C {base} node_modules"])[:3] + ({},)
+    )
+    methods["tar_c"] = lambda: (
+        measured(["bash", "-c", f"tar -cf {scratch}/c.tar -C {base} node_modules"])[:3] + ({},)
+    )
     methods["tar_zstd_x"] = shell("tar -I zstd -xf {art}/nm.tar.zst -C {d}")
     methods["actions_cache"] = shell("zstd -d --long=30 -q -c {art}/cache.tzst | tar -xf - -P -C {d}")
-    methods["pzstd_tar"] = shell(f"pzstd -d -q -p {os.cpu_count()} -c {{art}}/nm.tar.pzst | tar -xf - -C {{d}}")
+    methods["pzstd_tar"] = shell(
+        f"pzstd -d -q -p {os.cpu_count()} -c {{art}}/nm.tar.pzst | tar -xf - -C {{d}}"
+    )
     if have_restic:
         methods["restic"] = shell("restic -q -r {art}/restic restore latest --target {d}")
     if have_casync:
         methods["casync"] = shell("casync extract --store={art}/castr {art}/nm.caidx {d}/node_modules")
-    methods["cp_a"] = lambda: measured(["cp", "-a", str(base / "node_modules"), str(out_dir("x"))])[:3] + ({},)
+    methods["cp_a"] = lambda: (
+        measured(["cp", "-a", str(base / "node_modules"), str(out_dir("x"))])[:3] + ({},)
+    )
     # Materializing a tree the store would keep as files: hardlinks (shares inodes with the store — a build
     # writing in place corrupts it) and reflinks (only where the filesystem supports FICLONE).
-    methods["materialize_hardlink"] = lambda: measured(
-        ["cp", "-al", str(base / "node_modules"), str(out_dir("x"))])[:3] + ({},)
+    methods["materialize_hardlink"] = lambda: (
+        measured(["cp", "-al", str(base / "node_modules"), str(out_dir("x"))])[:3] + ({},)
+    )
     probe = out_dir("reflink-probe")
-    if subprocess.run(["cp", "--reflink=always", str(art / "nm.tar"), str(probe / "t")],
-                      capture_output=True).returncode == 0:
-        methods["materialize_reflink"] = lambda: measured(
-            ["cp", "-a", "--reflink=always", str(base / "node_modules"), str(out_dir("x"))])[:3] + ({},)
+    if (
+        subprocess.run(
+            ["cp", "--reflink=always", str(art / "nm.tar"), str(probe / "t")], capture_output=True
+        ).returncode
+        == 0
+    ):
+        methods["materialize_reflink"] = lambda: (
+            measured(["cp", "-a", "--reflink=always", str(base / "node_modules"), str(out_dir("x"))])[:3]
+            + ({},)
+        )
     else:
         log("reflink: not supported on this filesystem (cp --reflink=always fails)")
 
     def write_floor():
         d = out_dir("x")
-        wall, cpu, rss, out = measured([PY, "-c", floor_script, str(base / "node_modules"), str(d), str(workers)])
+        wall, cpu, rss, out = measured(
+            [PY, "-c", floor_script, str(base / "node_modules"), str(d), str(workers)]
+        )
         return json.loads(out)["seconds"], cpu, rss, {}
+
     methods["write_floor"] = write_floor
 
     def st(op: str, setup, **kw):
@@ -404,43 +490,61 @@ print('{{"seconds": %f}}' % (time.perf_counter() - t))
             store, ws, extra = setup()
             wall, cpu, rss, out = measured(stoker(op, store=str(store), workspace=str(ws), **extra, **kw))
             return wall, cpu, rss, json.loads(out)
+
         return go
 
     local = {"blobs": blobs_local}
-    methods["stoker_cold_local"] = st("restore", lambda: (fresh_store("cold"), out_dir("x"), local), key="base")
-    methods["stoker_cold_s3"] = st("restore", lambda: (fresh_store("cold"), out_dir("x"),
-                                                       {"blobs": s3_url, "endpoint": weed.endpoint}), key="base")
+    methods["stoker_cold_local"] = st(
+        "restore", lambda: (fresh_store("cold"), out_dir("x"), local), key="base"
+    )
+    methods["stoker_cold_s3"] = st(
+        "restore",
+        lambda: (fresh_store("cold"), out_dir("x"), {"blobs": s3_url, "endpoint": weed.endpoint}),
+        key="base",
+    )
     if variants:
-        methods["stoker_partial_add"] = st("restore", lambda: (fresh_store("p", base_store), out_dir("x"), local),
-                                           key="add")
-        methods["stoker_partial_upgrade"] = st("restore", lambda: (fresh_store("p", base_store), out_dir("x"),
-                                                                   local), key="upgrade")
-    methods["stoker_warm"] = st("restore", lambda: (fresh_store("p", base_store), out_dir("x"), local), key="base")
+        methods["stoker_partial_add"] = st(
+            "restore", lambda: (fresh_store("p", base_store), out_dir("x"), local), key="add"
+        )
+        methods["stoker_partial_upgrade"] = st(
+            "restore", lambda: (fresh_store("p", base_store), out_dir("x"), local), key="upgrade"
+        )
+    methods["stoker_warm"] = st(
+        "restore", lambda: (fresh_store("p", base_store), out_dir("x"), local), key="base"
+    )
     # Without a ready tree: every file written from the store's compressed frames.
     no_tree = {"blobs": blobs_local, "ready_trees": 0}
-    methods["stoker_warm_frames"] = st("restore", lambda: (fresh_store("p", frames_store), out_dir("x"), no_tree),
-                                       key="base")
+    methods["stoker_warm_frames"] = st(
+        "restore", lambda: (fresh_store("p", frames_store), out_dir("x"), no_tree), key="base"
+    )
     if variants:
         methods["stoker_partial_add_frames"] = st(
-            "restore", lambda: (fresh_store("p", frames_store), out_dir("x"), no_tree), key="add")
+            "restore", lambda: (fresh_store("p", frames_store), out_dir("x"), no_tree), key="add"
+        )
     # The compute part of a cold restore alone: every frame decompressed and every file's digest checked,
     # on the same threads, no file written (what stoker must do on top of the file creation tar does).
-    methods["stoker_verify_only"] = st("verify", lambda: (fresh_store("p", frames_store), out_dir("x"), local),
-                                       key="base")
+    methods["stoker_verify_only"] = st(
+        "verify", lambda: (fresh_store("p", frames_store), out_dir("x"), local), key="base"
+    )
     # The background work a ready tree costs (one process, nice 19 in the agent; all cores here).
-    methods["stoker_prepare_tree"] = st("prepare", lambda: (fresh_store("p", frames_store), out_dir("x"), local),
-                                        key="base")
+    methods["stoker_prepare_tree"] = st(
+        "prepare", lambda: (fresh_store("p", frames_store), out_dir("x"), local), key="base"
+    )
 
     def new_blobs() -> dict:
         d = scratch / "blobs-new"
         shutil.rmtree(d, ignore_errors=True)
         return {"blobs": f"file://{d}"}
+
     methods["stoker_save_new"] = st("save", lambda: (fresh_store("s"), base, new_blobs()), key="new")
     methods["stoker_save_unchanged"] = st("save", lambda: (*saved_workspace("u", None), local), key="base")
     if variants:
-        methods["stoker_save_add"] = st("save", lambda: (*saved_workspace("a", "add"), local), key="add-saved")
-        methods["stoker_save_upgrade"] = st("save", lambda: (*saved_workspace("g", "upgrade"), local),
-                                            key="upgrade-saved")
+        methods["stoker_save_add"] = st(
+            "save", lambda: (*saved_workspace("a", "add"), local), key="add-saved"
+        )
+        methods["stoker_save_upgrade"] = st(
+            "save", lambda: (*saved_workspace("g", "upgrade"), local), key="upgrade-saved"
+        )
 
     samples: dict[str, list[tuple[float, float, float, dict]]] = {m: [] for m in methods}
     for r in range(args.runs):
@@ -460,16 +564,26 @@ print('{{"seconds": %f}}' % (time.perf_counter() - t))
         med = statistics.median(secs)
         extra = runs[-1][3]
         results[name] = {
-            "median_s": round(med, 4), "runs_s": [round(s, 4) for s in secs],
-            "files_per_s": round(files / med), "mb_per_s": round(size / 1e6 / med, 1),
+            "median_s": round(med, 4),
+            "runs_s": [round(s, 4) for s in secs],
+            "files_per_s": round(files / med),
+            "mb_per_s": round(size / 1e6 / med, 1),
             "cpu_s": round(statistics.median(s[1] for s in runs), 3),
             "peak_rss_mib": round(max(s[2] for s in runs), 1),
-            "peak_rss_sum_mib": (round(max(s[3]["rss_sum_mib"] for s in runs), 1)
-                                 if all("rss_sum_mib" in s[3] for s in runs) else None),
-            "op_median_s": (round(statistics.median(s[3]["seconds"] for s in runs), 4)
-                            if all("seconds" in s[3] for s in runs) else None),
-            "stored_bytes": None, "bytes_fetched": extra.get("bytes_fetched"),
-            "bytes_uploaded": extra.get("bytes_uploaded"), "requests": extra.get("requests"),
+            "peak_rss_sum_mib": (
+                round(max(s[3]["rss_sum_mib"] for s in runs), 1)
+                if all("rss_sum_mib" in s[3] for s in runs)
+                else None
+            ),
+            "op_median_s": (
+                round(statistics.median(s[3]["seconds"] for s in runs), 4)
+                if all("seconds" in s[3] for s in runs)
+                else None
+            ),
+            "stored_bytes": None,
+            "bytes_fetched": extra.get("bytes_fetched"),
+            "bytes_uploaded": extra.get("bytes_uploaded"),
+            "requests": extra.get("requests"),
         }
     results["tar_x"]["stored_bytes"] = stored(art / "nm.tar")
     results["tar_zstd_size"] = {"stored_bytes": stored(art / "nm.tar.zst")}
@@ -483,12 +597,25 @@ print('{{"seconds": %f}}' % (time.perf_counter() - t))
     results["stoker_save_new"]["stored_bytes"] = stored(scratch / "blobs-new")
     results["stoker_cold_local"]["stored_bytes"] = stored(scratch / "blobs-new")
     report = {
-        "dataset": {"files": files, "bytes": size, "source": str(args.tree or "npm ci bench/package.json"),
-                    "add": ADD_PACKAGE, "upgrade": UPGRADE_PACKAGE},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "cpu": _cpu_model(), "filesystem": fs_note,
-                    "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)]},
-        "runs": args.runs, "workers": workers, "results": results, "writer": _writer(args.writer),
+        "dataset": {
+            "files": files,
+            "bytes": size,
+            "source": str(args.tree or "npm ci bench/package.json"),
+            "add": ADD_PACKAGE,
+            "upgrade": UPGRADE_PACKAGE,
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu": _cpu_model(),
+            "filesystem": fs_note,
+            "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        },
+        "runs": args.runs,
+        "workers": workers,
+        "results": results,
+        "writer": _writer(args.writer),
         "reflink_supported": "materialize_reflink" in methods,
     }
     if variants:
@@ -515,6 +642,7 @@ def targets(report: dict) -> dict:
             checks[name] = {"value": round(value, 3), "limit": round(limit, 3), "met": value <= limit}
             if in_call is not None:
                 checks[name].update(in_call=round(in_call, 3), met_in_call=in_call <= limit)
+
     cold, cold_op = m("stoker_cold_local"), op("stoker_cold_local")
     for peer, limit in (("tar_x", 0.75), ("actions_cache", 0.45), ("write_floor", 2.0)):
         check(f"cold_local / {peer} <= {limit:g}", cold / m(peer), limit, cold_op / m(peer))
@@ -523,20 +651,40 @@ def targets(report: dict) -> dict:
             check(f"cold_local / {peer} < 1", cold / m(peer), 1.0, cold_op / m(peer))
     check("cold_s3 / cold_local <= 1.3", m("stoker_cold_s3") / cold, 1.3, op("stoker_cold_s3") / cold_op)
     if "ideal_add_bytes" in report:
-        check("partial_add fetched / ideal_add_bytes <= 1.5",
-              r["stoker_partial_add"]["bytes_fetched"] / report["ideal_add_bytes"], 1.5)
-        check("partial_add / cold <= 0.15", m("stoker_partial_add") / cold, 0.15,
-              op("stoker_partial_add") / cold_op)
-        check("partial_upgrade fetched / cas_upgrade_bytes <= 1.1",
-              r["stoker_partial_upgrade"]["bytes_fetched"] / report["cas_upgrade_bytes"], 1.1)
+        check(
+            "partial_add fetched / ideal_add_bytes <= 1.5",
+            r["stoker_partial_add"]["bytes_fetched"] / report["ideal_add_bytes"],
+            1.5,
+        )
+        check(
+            "partial_add / cold <= 0.15",
+            m("stoker_partial_add") / cold,
+            0.15,
+            op("stoker_partial_add") / cold_op,
+        )
+        check(
+            "partial_upgrade fetched / cas_upgrade_bytes <= 1.1",
+            r["stoker_partial_upgrade"]["bytes_fetched"] / report["cas_upgrade_bytes"],
+            1.1,
+        )
     check("warm / cold <= 0.3", m("stoker_warm") / cold, 0.3, op("stoker_warm") / cold_op)
     check("save_unchanged uploaded bytes == 0", r["stoker_save_unchanged"]["bytes_uploaded"], 0)
-    check("save_unchanged / tar_c <= 0.5", m("stoker_save_unchanged") / m("tar_c"), 0.5,
-          op("stoker_save_unchanged") / m("tar_c"))
-    check("stored / tar_zstd_size <= 1.1", r["stoker_save_new"]["stored_bytes"] / r["tar_zstd_size"]["stored_bytes"],
-          1.1)
-    peak = max(max(v.get("peak_rss_mib") or 0, v.get("peak_rss_sum_mib") or 0)
-               for k, v in r.items() if k.startswith("stoker_"))
+    check(
+        "save_unchanged / tar_c <= 0.5",
+        m("stoker_save_unchanged") / m("tar_c"),
+        0.5,
+        op("stoker_save_unchanged") / m("tar_c"),
+    )
+    check(
+        "stored / tar_zstd_size <= 1.1",
+        r["stoker_save_new"]["stored_bytes"] / r["tar_zstd_size"]["stored_bytes"],
+        1.1,
+    )
+    peak = max(
+        max(v.get("peak_rss_mib") or 0, v.get("peak_rss_sum_mib") or 0)
+        for k, v in r.items()
+        if k.startswith("stoker_")
+    )
     check("stoker peak RSS MiB <= 256", peak, 256)
     return checks
 
@@ -565,8 +713,10 @@ def _text(report: dict) -> str:
     lines = [f"{'method':26} {'median_s':>9} {'cpu_s':>7} {'rss_MiB':>8} {'fetched':>11} {'uploaded':>11}"]
     for k, v in report["results"].items():
         if "median_s" in v:
-            lines.append(f"{k:26} {v['median_s']:9.3f} {v['cpu_s']:7.2f} {v['peak_rss_mib']:8.1f} "
-                         f"{v['bytes_fetched'] or '':>11} {v['bytes_uploaded'] if v['bytes_uploaded'] is not None else '':>11}")
+            lines.append(
+                f"{k:26} {v['median_s']:9.3f} {v['cpu_s']:7.2f} {v['peak_rss_mib']:8.1f} "
+                f"{v['bytes_fetched'] or '':>11} {v['bytes_uploaded'] if v['bytes_uploaded'] is not None else '':>11}"
+            )
     for k, v in report["targets"].items():
         in_call = f"; in-call {v['in_call']} {'OK' if v['met_in_call'] else 'MISS'}" if "in_call" in v else ""
         lines.append(f"{'OK ' if v['met'] else 'MISS'} {k}: {v['value']} (limit {v['limit']}{in_call})")

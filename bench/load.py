@@ -152,7 +152,9 @@ class SimAgent:
         from stoker.v1 import common_pb2
 
         e = common_pb2.CacheEntry(
-            key=key, bytes=self.rng.randrange(10 << 20, 2 << 30), files=self.rng.randrange(100, 50_000),
+            key=key,
+            bytes=self.rng.randrange(10 << 20, 2 << 30),
+            files=self.rng.randrange(100, 50_000),
             sketch=sketch_of(key, self.sketch_k) if self.sketch_k else b"",
         )
         e.created.FromNanoseconds(int(created * 1e9))
@@ -204,7 +206,13 @@ class AgentPool:
     """The agents of one process, and how fast they should send deltas."""
 
     def __init__(
-        self, address: str, indices: list[int], keys: int, key_space: int, slots: int, delta_interval_s: float,
+        self,
+        address: str,
+        indices: list[int],
+        keys: int,
+        key_space: int,
+        slots: int,
+        delta_interval_s: float,
         sketch_k: int,
     ) -> None:
         self.address = address
@@ -215,6 +223,7 @@ class AgentPool:
 
     async def run_agent(self, agent: SimAgent) -> None:
         import grpc
+
         from stoker.v1 import agent_pb2_grpc
 
         delay = 0.2
@@ -236,7 +245,7 @@ class AgentPool:
                 agent.last_error = f"{exc.code().name}: {exc.details()}"
             except (TimeoutError, OSError) as exc:
                 agent.last_error = repr(exc)
-            except Exception as exc:  # noqa: BLE001 - anything else must not end the agent's reconnect loop
+            except Exception as exc:
                 agent.last_error = repr(exc)
                 agent.unexpected[type(exc).__name__] += 1
             finally:
@@ -397,6 +406,7 @@ def ci_process(
 
     async def main() -> None:
         import grpc
+
         from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2
 
         channels = [grpc.aio.insecure_channel(address) for _ in range(clients)]
@@ -665,7 +675,9 @@ def histogram_buckets(metrics_port: int, name: str, labels: str) -> list[tuple[f
     return sorted(out)
 
 
-def histogram_quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
+def histogram_quantile(
+    before: list[tuple[float, float]], after: list[tuple[float, float]], q: float
+) -> float | None:
     """The q-quantile of what a histogram recorded between two scrapes (linear within a bucket, as PromQL's
     histogram_quantile does); None when it recorded nothing."""
     counts = dict(before)
@@ -741,7 +753,8 @@ def by_kind(metrics_port: int, name: str) -> dict[str, int]:
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     return {
         line.split('kind="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
-        for line in body.splitlines() if line.startswith(name + "{")
+        for line in body.splitlines()
+        if line.startswith(name + "{")
     }
 
 
@@ -816,6 +829,7 @@ def verify_inventory(address: str, expected: dict[str, list[str]], deadline: flo
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
+
     from stoker.v1 import inventory_pb2, inventory_pb2_grpc
 
     pending = set(expected)
@@ -850,6 +864,7 @@ def verify_inventory(address: str, expected: dict[str, list[str]], deadline: flo
 
 def wait_all_ready(address: str, names: set[str], deadline: float) -> float | None:
     import grpc
+
     from stoker.v1 import inventory_pb2, inventory_pb2_grpc
 
     with grpc.insecure_channel(address) as ch:
@@ -921,6 +936,7 @@ def coordinator_flags(args, workdir: Path) -> list[str]:
 
 def run(args) -> dict:
     import grpc
+
     from stoker.demo import local_fleet
     from stoker.v1 import inventory_pb2_grpc
 
@@ -957,7 +973,10 @@ def run(args) -> dict:
     plan = cpu_plan(args.pin)
     with bound_to(plan["coordinator"]):
         coordinator = local_fleet.start_coordinator(
-            workdir, listen=listen, state=state, lease_ttl_s=args.lease_ttl,
+            workdir,
+            listen=listen,
+            state=state,
+            lease_ttl_s=args.lease_ttl,
             extra=coordinator_flags(args, workdir),
         )
     sampler.pid = coordinator.popen.pid
@@ -1026,7 +1045,9 @@ def run(args) -> dict:
             out["warmup_placements_over_10ms"] = sum(1 for x in wl if x > 10)
             out["warmup_placements_ok"] = len(wl)
             out["warmup_placement_errors"] = warm["errors"]
-            log(f"warm-up: placement p50 {out['warmup_placement_p50_ms']} ms p99 {out['warmup_placement_p99_ms']} ms")
+            log(
+                f"warm-up: placement p50 {out['warmup_placement_p50_ms']} ms p99 {out['warmup_placement_p99_ms']} ms"
+            )
         d0, c0, t0 = (
             metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'),
             cpu_seconds(coordinator.popen.pid),
@@ -1086,7 +1107,10 @@ def run(args) -> dict:
         for q, key in ((0.5, "loop_lag_p50_ms"), (0.99, "loop_lag_p99_ms")):
             v = histogram_quantile(lag0, lag1, q)
             out[key] = None if v is None else round(1000 * v, 2)
-        for before, after, key in ((rpc0, rpc1, "server_placement_max_under_ms"), (lag0, lag1, "loop_lag_max_under_ms")):
+        for before, after, key in (
+            (rpc0, rpc1, "server_placement_max_under_ms"),
+            (lag0, lag1, "loop_lag_max_under_ms"),
+        ):
             v = histogram_top(before, after)
             out[key] = None if v is None else 1000 * v
         lat = [x * 1000 for x in ci_result["latencies"]]
@@ -1177,7 +1201,11 @@ def run(args) -> dict:
         sampler.pid = 0
         with bound_to(plan["coordinator"]):
             coordinator = local_fleet.start_coordinator(
-                workdir, name="coordinator-2", listen=listen, state=state, lease_ttl_s=args.lease_ttl,
+                workdir,
+                name="coordinator-2",
+                listen=listen,
+                state=state,
+                lease_ttl_s=args.lease_ttl,
                 extra=coordinator_flags(args, workdir),
             )
         sampler.pid = coordinator.popen.pid

@@ -45,9 +45,17 @@ from stoker.v1 import rollout_pb2 as PB
 ZONES = ("zone-a", "zone-b")
 PER_ZONE = 4
 SETTINGS = {
-    "bake_s": 20.0, "post_bake_s": 3.0, "judge_interval_s": 2.0, "min_requests": 300, "tick_s": 0.25,
-    "progress_deadline_s": 8.0, "inconclusive_limit": 2, "alpha": 0.05, "drain_timeout_s": 5.0,
-    "stop_grace_s": 2.0, "instances_per_zone": PER_ZONE,
+    "bake_s": 20.0,
+    "post_bake_s": 3.0,
+    "judge_interval_s": 2.0,
+    "min_requests": 300,
+    "tick_s": 0.25,
+    "progress_deadline_s": 8.0,
+    "inconclusive_limit": 2,
+    "alpha": 0.05,
+    "drain_timeout_s": 5.0,
+    "stop_grace_s": 2.0,
+    "instances_per_zone": PER_ZONE,
 }
 FAULTS = {
     "good": {},
@@ -59,10 +67,19 @@ FAULTS = {
     "no_traffic": {},
     "metrics_down": {},
 }
-EXPECTED = {"good": "succeeded", "errors_5pct": "rolled_back", "errors_1pct": "rolled_back",
-            "latency_50ms": "rolled_back", "crash_at_start": "rolled_back", "never_ready": "rolled_back",
-            "no_traffic": "paused", "metrics_down": "paused", "coordinator_kill": "succeeded",
-            "baseline_all_at_once": "succeeded", "baseline_naive_rolling": "succeeded"}
+EXPECTED = {
+    "good": "succeeded",
+    "errors_5pct": "rolled_back",
+    "errors_1pct": "rolled_back",
+    "latency_50ms": "rolled_back",
+    "crash_at_start": "rolled_back",
+    "never_ready": "rolled_back",
+    "no_traffic": "paused",
+    "metrics_down": "paused",
+    "coordinator_kill": "succeeded",
+    "baseline_all_at_once": "succeeded",
+    "baseline_naive_rolling": "succeeded",
+}
 SCENARIOS = list(EXPECTED)
 
 
@@ -79,7 +96,9 @@ class World:
         self.root = root
         self.settings = SETTINGS  # v1 is deployed with the default settings (metrics that work) ...
         self.restart()
-        first = demo_rollouts.deploy_first(self.stub, "sample", "v1", zones=ZONES, instances_per_zone=PER_ZONE)
+        first = demo_rollouts.deploy_first(
+            self.stub, "sample", "v1", zones=ZONES, instances_per_zone=PER_ZONE
+        )
         self.endpoint = first.endpoint
         self.local_dir = root / "coordinator-rollouts"
         if settings != SETTINGS:  # ... and the scenario's settings apply from a restart on
@@ -103,32 +122,52 @@ def run_engine(world: World, name: str, rate: float, timeout: float) -> dict:
         t0 = time.time()
         r = world.stub.StartRollout(PB.StartRolloutRequest(spec=spec), timeout=10)
         final = demo_rollouts.wait_until(world.stub, r.id, stop_at, timeout)
-        return {"outcome": demo_rollouts.OUTCOME.get(final.phase, demo_rollouts.phase_name(final.phase)),
-                "detect_s": round(time.time() - t0, 2) if final.phase == PB.ROLLOUT_PHASE_PAUSED else None,
-                "duration_s": round(time.time() - t0, 2), "requests": 0, "failed_requests": 0, "by_version": {},
-                "message": final.message, "verdicts": [demo_rollouts.verdict_line(v) for v in final.verdicts]}
-    row = demo_rollouts.run_with_load(world.stub, spec, world.endpoint, rate=rate, timeout=timeout, stop_at=stop_at)
+        return {
+            "outcome": demo_rollouts.OUTCOME.get(final.phase, demo_rollouts.phase_name(final.phase)),
+            "detect_s": round(time.time() - t0, 2) if final.phase == PB.ROLLOUT_PHASE_PAUSED else None,
+            "duration_s": round(time.time() - t0, 2),
+            "requests": 0,
+            "failed_requests": 0,
+            "by_version": {},
+            "message": final.message,
+            "verdicts": [demo_rollouts.verdict_line(v) for v in final.verdicts],
+        }
+    row = demo_rollouts.run_with_load(
+        world.stub, spec, world.endpoint, rate=rate, timeout=timeout, stop_at=stop_at
+    )
     row.pop("service", None)
     row.pop("version", None)
     return row
 
 
 def run_coordinator_kill(world: World, rate: float, timeout: float) -> dict:
-    order = [PB.ROLLOUT_PHASE_PENDING, PB.ROLLOUT_PHASE_CANARY, PB.ROLLOUT_PHASE_BAKING, PB.ROLLOUT_PHASE_SURGING,
-             PB.ROLLOUT_PHASE_POST_BAKE, PB.ROLLOUT_PHASE_SUCCEEDED]
+    order = [
+        PB.ROLLOUT_PHASE_PENDING,
+        PB.ROLLOUT_PHASE_CANARY,
+        PB.ROLLOUT_PHASE_BAKING,
+        PB.ROLLOUT_PHASE_SURGING,
+        PB.ROLLOUT_PHASE_POST_BAKE,
+        PB.ROLLOUT_PHASE_SUCCEEDED,
+    ]
     kills = []
-    with LoadGenerator(world.endpoint, rate, max_requests=int(rate * (timeout + 10)), max_duration_s=timeout + 10) as load, \
-            demo_rollouts.FloorWatcher(world.local_dir, "sample") as floor:
+    with (
+        LoadGenerator(
+            world.endpoint, rate, max_requests=int(rate * (timeout + 10)), max_duration_s=timeout + 10
+        ) as load,
+        demo_rollouts.FloorWatcher(world.local_dir, "sample") as floor,
+    ):
         time.sleep(1.0)
         t0 = time.time()
-        r = world.stub.StartRollout(PB.StartRolloutRequest(spec=PB.RolloutSpec(service="sample", version="v2")),
-                                    timeout=10)
+        r = world.stub.StartRollout(
+            PB.StartRolloutRequest(spec=PB.RolloutSpec(service="sample", version="v2")), timeout=10
+        )
         for phase in order[1:5]:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 now = world.stub.GetRollout(PB.GetRolloutRequest(rollout_id=r.id), timeout=5)
-                if now.phase in demo_rollouts.TERMINAL or (now.phase in order and order.index(now.phase) >=
-                                                          order.index(phase)):
+                if now.phase in demo_rollouts.TERMINAL or (
+                    now.phase in order and order.index(now.phase) >= order.index(phase)
+                ):
                     break
                 time.sleep(0.05)
             if now.phase in demo_rollouts.TERMINAL:
@@ -143,15 +182,29 @@ def run_coordinator_kill(world: World, rate: float, timeout: float) -> dict:
     traffic = summarize(load.results, t0, t1)
     starts = [s for s in target_local.starts(world.local_dir, "sample") if s["version"] == "v2"]
     with sqlite3.connect(world.root / "coordinator.db") as db:
-        intents = [k.rsplit("/", 1)[-1] for (k,) in db.execute(
-            "SELECT key FROM rollout_intents WHERE rollout_id = ? ORDER BY created", (r.id,))]
-    return {"outcome": demo_rollouts.OUTCOME.get(final.phase, demo_rollouts.phase_name(final.phase)),
-            "detect_s": None, "duration_s": round(t1 - t0, 2), "requests": traffic.requests,
-            "failed_requests": traffic.failed, "by_version": traffic.by_version, "killed_in": kills,
-            "new_instance_starts": len(starts), "distinct_new_instances": len({s["instance"] for s in starts}),
-            "new_instance_restarts": sum(1 for s in starts if s["restart"]),
-            "intents": intents, "min_up_per_zone": floor.lowest, "floor_per_zone": PER_ZONE,
-            "floor_samples": floor.samples, "message": final.message}
+        intents = [
+            k.rsplit("/", 1)[-1]
+            for (k,) in db.execute(
+                "SELECT key FROM rollout_intents WHERE rollout_id = ? ORDER BY created", (r.id,)
+            )
+        ]
+    return {
+        "outcome": demo_rollouts.OUTCOME.get(final.phase, demo_rollouts.phase_name(final.phase)),
+        "detect_s": None,
+        "duration_s": round(t1 - t0, 2),
+        "requests": traffic.requests,
+        "failed_requests": traffic.failed,
+        "by_version": traffic.by_version,
+        "killed_in": kills,
+        "new_instance_starts": len(starts),
+        "distinct_new_instances": len({s["instance"] for s in starts}),
+        "new_instance_restarts": sum(1 for s in starts if s["restart"]),
+        "intents": intents,
+        "min_up_per_zone": floor.lowest,
+        "floor_per_zone": PER_ZONE,
+        "floor_samples": floor.samples,
+        "message": final.message,
+    }
 
 
 def _rt(sock: Path, line: str) -> str:
@@ -188,9 +241,24 @@ def run_baseline(world: World, name: str, rate: float) -> dict:
     def start_new(i: int) -> str:
         port = free_port()
         inst = f"base-{i}"
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "stoker.coordinator.rollouts.sample_service", "--port", str(port), "--instance", inst,
-             "--version", "v2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "stoker.coordinator.rollouts.sample_service",
+                    "--port",
+                    str(port),
+                    "--instance",
+                    inst,
+                    "--version",
+                    "v2",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         _rt(sock, f"add server be/{inst} 127.0.0.1:{port} {target_local.CHECK}")
         _rt(sock, f"enable health be/{inst}")
         _rt(sock, f"enable server be/{inst}")
@@ -237,15 +305,22 @@ def run_baseline(world: World, name: str, rate: float) -> dict:
     for p in procs:
         p.kill()
         p.wait()
-    return {"outcome": outcome, "detect_s": None,
-            "duration_s": round(t1 - t0, 2), "requests": traffic.requests, "failed_requests": traffic.failed,
-            "by_version": traffic.by_version}
+    return {
+        "outcome": outcome,
+        "detect_s": None,
+        "duration_s": round(t1 - t0, 2),
+        "requests": traffic.requests,
+        "failed_requests": traffic.failed,
+        "by_version": traffic.by_version,
+    }
 
 
 def run_scenario(name: str, base: Path, rate: float, timeout: float) -> dict:
     settings = dict(SETTINGS)
     if name == "metrics_down":
-        settings.update(metrics="prometheus", prometheus_url=f"http://127.0.0.1:{free_port()}", metrics_timeout_s=1.0)
+        settings.update(
+            metrics="prometheus", prometheus_url=f"http://127.0.0.1:{free_port()}", metrics_timeout_s=1.0
+        )
     root = base / name
     world = World(root, settings)
     try:
@@ -262,9 +337,13 @@ def run_scenario(name: str, base: Path, rate: float, timeout: float) -> dict:
     if name in ("good", "coordinator_kill"):
         row["ok"] = row["ok"] and row["failed_requests"] == 0
     if name == "coordinator_kill":
-        row["ok"] = (row["ok"] and row["distinct_new_instances"] == 2 * PER_ZONE
-                     and row["new_instance_restarts"] == 0 and sorted(row["intents"]) == ["canary", "surge"]
-                     and min(row["min_up_per_zone"].values(), default=0) >= PER_ZONE)
+        row["ok"] = (
+            row["ok"]
+            and row["distinct_new_instances"] == 2 * PER_ZONE
+            and row["new_instance_restarts"] == 0
+            and sorted(row["intents"]) == ["canary", "surge"]
+            and min(row["min_up_per_zone"].values(), default=0) >= PER_ZONE
+        )
     if EXPECTED[name] == "rolled_back":
         canary_failures = sum(v["failed"] for k, v in row.get("by_version", {}).items() if k == "v2")
         row["failed_outside_canary"] = row["failed_requests"] - canary_failures
@@ -296,24 +375,37 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results[name] = run_scenario(name, base, args.rate, args.timeout)
             except Exception as exc:  # one broken scenario must not hide the others' results
-                results[name] = {"outcome": "error", "ok": False, "detect_s": None, "requests": 0,
-                                 "failed_requests": 0, "error": f"{type(exc).__name__}: {exc}",
-                                 "expected": EXPECTED[name]}
+                results[name] = {
+                    "outcome": "error",
+                    "ok": False,
+                    "detect_s": None,
+                    "requests": 0,
+                    "failed_requests": 0,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "expected": EXPECTED[name],
+                }
             results[name]["wall_s"] = round(time.time() - t, 1)
             if not args.json:
                 r = results[name]
-                print(f"{name:<24} {r['outcome']:<12} {'ok' if r['ok'] else 'UNEXPECTED':<10} "
-                      f"detect {r['detect_s'] if r['detect_s'] is not None else '-':>6} s  "
-                      f"failed {r['failed_requests']:>5} / {r['requests']:>6}  {r.get('by_version', {})}",
-                      flush=True)
+                print(
+                    f"{name:<24} {r['outcome']:<12} {'ok' if r['ok'] else 'UNEXPECTED':<10} "
+                    f"detect {r['detect_s'] if r['detect_s'] is not None else '-':>6} s  "
+                    f"failed {r['failed_requests']:>5} / {r['requests']:>6}  {r.get('by_version', {})}",
+                    flush=True,
+                )
     finally:
         if not args.dir:
             demo_rollouts.teardown_under(base)
             __import__("shutil").rmtree(base, ignore_errors=True)
-    report = {"scenarios": results, "rate_rps": args.rate, "instances": {z: PER_ZONE for z in ZONES},
-              "settings": SETTINGS, "total_s": round(time.time() - started, 1),
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-              "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split("\n")[0]}
+    report = {
+        "scenarios": results,
+        "rate_rps": args.rate,
+        "instances": {z: PER_ZONE for z in ZONES},
+        "settings": SETTINGS,
+        "total_s": round(time.time() - started, 1),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split("\n")[0],
+    }
     if args.json:
         print(json.dumps(report, indent=2))
     return 0 if all(r["ok"] for r in results.values()) else 1

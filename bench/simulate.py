@@ -55,14 +55,17 @@ def recovery_times(sim: Sim, window: int = 50) -> list[float]:
         import bisect
 
         i = bisect.bisect_left(times, failed_at)
-        before = placements[max(0, i - window):i]
+        before = placements[max(0, i - window) : i]
         if len(before) < window // 2:
             continue
         target = 0.95 * sum(hit for _, hit in before) / len(before)
         recovered = None
         for j in range(i + 1, len(placements) + 1):
-            recent = placements[max(i, j - window):j]
-            if len(recent) >= min(window, len(placements) - i) and sum(h for _, h in recent) / len(recent) >= target:
+            recent = placements[max(i, j - window) : j]
+            if (
+                len(recent) >= min(window, len(placements) - i)
+                and sum(h for _, h in recent) / len(recent) >= target
+            ):
                 recovered = placements[j - 1][0] - failed_at
                 break
             if j - i >= window and sum(h for _, h in recent) / len(recent) >= target:
@@ -93,8 +96,12 @@ def summarize(sim: Sim, fleet: Fleet, wall_s: float) -> dict:
     busy_hours = sum(node.busy_area / node.slots for node in sim.nodes.values()) / 3600
     fetched = sum(j.fetched for j in sim.jobs) + sim.prewarm_bytes
     prices = fleet.prices
-    cost = (node_hours * prices.get("node_hour", 0) + sim.gets * prices.get("get_request", 0)
-            + sim.puts * prices.get("put_request", 0) + (fetched / 1e9) * prices.get("gb_transfer", 0))
+    cost = (
+        node_hours * prices.get("node_hour", 0)
+        + sim.gets * prices.get("get_request", 0)
+        + sim.puts * prices.get("put_request", 0)
+        + (fetched / 1e9) * prices.get("gb_transfer", 0)
+    )
     recoveries = recovery_times(sim)
     return {
         "builds": len(jobs),
@@ -112,7 +119,8 @@ def summarize(sim: Sim, fleet: Fleet, wall_s: float) -> dict:
         "max_mean_load": round(max(loads) / mean_load, 3) if mean_load else 0.0,
         "jain_fairness": round(jain(list(tenant_means.values())), 4),
         "tenant_slowdown_max_over_min": round(max(tenant_means.values()) / min(tenant_means.values()), 3)
-        if tenant_means else 1.0,
+        if tenant_means
+        else 1.0,
         "idle_while_queued_node_s": round(sim.idle_while_queued, 1),
         "hit_recovery_s": [None if math.isinf(r) else round(r, 1) for r in recoveries],
         "busy_node_hours": round(busy_hours, 2),
@@ -150,9 +158,20 @@ def decision_benchmark(nodes: int = 1000, keys: int = 1000, decisions: int = 200
         registry.attach(rec.name, rec.session_id)
         rec.last_seen = 1000.0
         held = rng.sample(range(universe), keys)
-        inventory.apply_snapshot(rec.name, 0, [EntryRecord(key=f"ws-{k % 200:03d}/deps-v{k // 200}", bytes=400_000_000,
-                                                           files=20000, created=float(k // 200), last_used=1.0)
-                                               for k in held])
+        inventory.apply_snapshot(
+            rec.name,
+            0,
+            [
+                EntryRecord(
+                    key=f"ws-{k % 200:03d}/deps-v{k // 200}",
+                    bytes=400_000_000,
+                    files=20000,
+                    created=float(k // 200),
+                    last_used=1.0,
+                )
+                for k in held
+            ],
+        )
         for j in range(rng.randrange(0, 4)):
             rec.holders.add(f"busy-{i}-{j}")
     scheduler = Scheduler(inventory, clock)
@@ -161,14 +180,19 @@ def decision_benchmark(nodes: int = 1000, keys: int = 1000, decisions: int = 200
     for n in range(decisions):
         k = rng.randrange(universe)
         ws = f"ws-{k % 200:03d}"
-        request = PlacementRequest(id=f"r{n}", workspace=ws, key=f"{ws}/deps-v{k // 200}",
-                                   restore_keys=(f"{ws}/deps-",), tenant=ws)
+        request = PlacementRequest(
+            id=f"r{n}", workspace=ws, key=f"{ws}/deps-v{k // 200}", restore_keys=(f"{ws}/deps-",), tenant=ws
+        )
         started = time.perf_counter()
         scheduler.choose(request, all_nodes)
         samples.append(time.perf_counter() - started)
-    return {"nodes": nodes, "keys_per_node": keys, "decisions": decisions,
-            "decision_p50_ms": round(pct(samples, 0.5) * 1000, 4),
-            "decision_p99_ms": round(pct(samples, 0.99) * 1000, 4)}
+    return {
+        "nodes": nodes,
+        "keys_per_node": keys,
+        "decisions": decisions,
+        "decision_p50_ms": round(pct(samples, 0.5) * 1000, 4),
+        "decision_p99_ms": round(pct(samples, 0.99) * 1000, 4),
+    }
 
 
 def run_all(records: list, fleet: Fleet, policies: list[str], progress) -> dict[str, dict]:
@@ -177,8 +201,10 @@ def run_all(records: list, fleet: Fleet, policies: list[str], progress) -> dict[
         started = time.perf_counter()
         sim = Sim(fleet, records, make_policy(name, fleet)).run()
         results[name] = summarize(sim, fleet, time.perf_counter() - started)
-        progress(f"  {name:<16} ready p99 {results[name]['ready_p99_s']:>8.1f} s   "
-                 f"fetched {results[name]['bytes_fetched'] / 1e9:>8.1f} GB   ({results[name]['sim_wall_s']:.1f} s)")
+        progress(
+            f"  {name:<16} ready p99 {results[name]['ready_p99_s']:>8.1f} s   "
+            f"fetched {results[name]['bytes_fetched'] / 1e9:>8.1f} GB   ({results[name]['sim_wall_s']:.1f} s)"
+        )
     return results
 
 
@@ -239,13 +265,18 @@ SWEEP = [
     ("zipf_1.2", dict(zipf_s=1.2), {}),
     ("bursty", dict(bursts_per_hour=8.0), {}),
     ("nodes_20", dict(builds_per_day=8000), dict(nodes=20)),
-    ("nodes_500", dict(builds_per_day=120000, workspaces=1200, hours=6.0, node_failures=(3.0,),
-                       scale_out=((4.0, 20),)), dict(nodes=500)),
+    (
+        "nodes_500",
+        dict(builds_per_day=120000, workspaces=1200, hours=6.0, node_failures=(3.0,), scale_out=((4.0, 20),)),
+        dict(nodes=500),
+    ),
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--trace", type=Path, help="JSON-lines trace (default: generated)")
     parser.add_argument("--fleet", type=Path, help="fleet spec JSON (default: 40 nodes × 4 slots, 3 zones)")
@@ -259,18 +290,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, help="override the fleet's node count")
     parser.add_argument("--seed", type=int, default=TraceSpec.seed)
     parser.add_argument("--sweep", action="store_true", help="also run the variant traces (slow)")
-    parser.add_argument("--no-decision-bench", action="store_true", help="skip the 1,000 × 1,000 decision timing")
-    parser.add_argument("--variant", choices=[name for name, _, _ in SWEEP],
-                        help="run one of the --sweep traces (its trace and fleet) instead of the default")
+    parser.add_argument(
+        "--no-decision-bench", action="store_true", help="skip the 1,000 × 1,000 decision timing"
+    )
+    parser.add_argument(
+        "--variant",
+        choices=[name for name, _, _ in SWEEP],
+        help="run one of the --sweep traces (its trace and fleet) instead of the default",
+    )
     args = parser.parse_args(argv)
 
-    progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    progress = lambda msg: print(msg, file=sys.stderr, flush=True)
     try:
         fleet = load_fleet(args.fleet) if args.fleet else Fleet()
         if args.nodes:
             fleet = replace(fleet, nodes=args.nodes)
-        spec = TraceSpec(hours=args.hours, builds_per_day=args.builds_per_day, zipf_s=args.zipf,
-                         bursts_per_hour=args.bursts_per_hour, seed=args.seed)
+        spec = TraceSpec(
+            hours=args.hours,
+            builds_per_day=args.builds_per_day,
+            zipf_s=args.zipf,
+            bursts_per_hour=args.bursts_per_hour,
+            seed=args.seed,
+        )
         if args.variant:
             spec_changes, fleet_changes = next((s, f) for name, s, f in SWEEP if name == args.variant)
             fleet, spec = replace(fleet, **fleet_changes), replace(spec, **spec_changes)
@@ -287,14 +328,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(records)} records to {args.write_trace}", file=sys.stderr)
         return 0
     builds = sum(1 for r in records if isinstance(r, Build))
-    progress(f"simulating {builds} builds on {fleet.nodes} nodes × {fleet.slots} slots with {len(policies)} policies")
+    progress(
+        f"simulating {builds} builds on {fleet.nodes} nodes × {fleet.slots} slots with {len(policies)} policies"
+    )
     results = run_all(records, fleet, policies, progress)
     decision = {} if args.no_decision_bench else decision_benchmark()
     report = {
         "trace": str(args.trace) if args.trace else f"generated: {spec}",
         "fleet": {k: v for k, v in fleet.__dict__.items()},
         "builds": builds,
-        "policies": {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in results.items()},
+        "policies": {
+            name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in results.items()
+        },
         "decision_p99_ms": decision.get("decision_p99_ms"),
         "decision_benchmark": decision,
     }
@@ -306,12 +351,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, spec_changes, fleet_changes in SWEEP:
             v_fleet = replace(fleet, **fleet_changes)
             v_records = generate(replace(spec, **spec_changes), v_fleet)
-            progress(f"sweep {name}: {sum(1 for r in v_records if isinstance(r, Build))} builds on {v_fleet.nodes} nodes")
+            progress(
+                f"sweep {name}: {sum(1 for r in v_records if isinstance(r, Build))} builds on {v_fleet.nodes} nodes"
+            )
             v_results = run_all(v_records, v_fleet, policies, progress)
-            report["sweep"][name] = {p: {k: v for k, v in r.items() if not k.startswith("_")}
-                                     for p, r in v_results.items()}
+            report["sweep"][name] = {
+                p: {k: v for k, v in r.items() if not k.startswith("_")} for p, r in v_results.items()
+            }
             if {"stoker", "least_loaded", "oracle"} <= set(v_results):
-                report["sweep"][name]["targets"] = check_targets(v_results, decision or {"decision_p99_ms": 0})
+                report["sweep"][name]["targets"] = check_targets(
+                    v_results, decision or {"decision_p99_ms": 0}
+                )
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -320,22 +370,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(report: dict) -> None:
-    cols = [("ready_p50_s", "ready p50"), ("ready_p99_s", "ready p99"), ("e2e_p99_s", "e2e p99"),
-            ("bytes_fetched", "GB fetched"), ("warm_share", "warm"), ("partial_share", "partial"),
-            ("cold_share", "cold"), ("max_mean_load", "max/mean"), ("jain_fairness", "jain"),
-            ("idle_while_queued_node_s", "idle·q s"), ("cost", "cost")]
+    cols = [
+        ("ready_p50_s", "ready p50"),
+        ("ready_p99_s", "ready p99"),
+        ("e2e_p99_s", "e2e p99"),
+        ("bytes_fetched", "GB fetched"),
+        ("warm_share", "warm"),
+        ("partial_share", "partial"),
+        ("cold_share", "cold"),
+        ("max_mean_load", "max/mean"),
+        ("jain_fairness", "jain"),
+        ("idle_while_queued_node_s", "idle·q s"),
+        ("cost", "cost"),
+    ]
     print(f"{'policy':<16}" + "".join(f"{title:>12}" for _, title in cols))
     for name, r in report["policies"].items():
         cells = []
         for key, _ in cols:
             v = r[key]
-            cells.append(f"{v / 1e9:>12.1f}" if key == "bytes_fetched" else f"{v:>12.2f}" if isinstance(v, float)
-                         else f"{v:>12}")
+            cells.append(
+                f"{v / 1e9:>12.1f}"
+                if key == "bytes_fetched"
+                else f"{v:>12.2f}"
+                if isinstance(v, float)
+                else f"{v:>12}"
+            )
         print(f"{name:<16}" + "".join(cells))
     if report.get("decision_benchmark"):
         d = report["decision_benchmark"]
-        print(f"\ndecision time with {d['nodes']} nodes × {d['keys_per_node']} keys: "
-              f"p50 {d['decision_p50_ms']} ms, p99 {d['decision_p99_ms']} ms")
+        print(
+            f"\ndecision time with {d['nodes']} nodes × {d['keys_per_node']} keys: "
+            f"p50 {d['decision_p50_ms']} ms, p99 {d['decision_p99_ms']} ms"
+        )
     for name, ok in report.get("targets", {}).items():
         print(f"  {'PASS' if ok else 'MISS'}  {name}")
     if report.get("plots"):

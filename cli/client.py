@@ -35,7 +35,9 @@ def channel(address: str) -> grpc.Channel:
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     ca = os.environ.get("STOKER_CA")
     if ca:
-        ch = grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(ca).read_bytes()), options=options)
+        ch = grpc.secure_channel(
+            address, grpc.ssl_channel_credentials(Path(ca).read_bytes()), options=options
+        )
     else:
         ch = grpc.insecure_channel(address, options=options)
     token = os.environ.get("STOKER_TOKEN")
@@ -50,7 +52,11 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
 
     def _details(self, details):
         metadata = list(details.metadata or []) + [self._metadata]
-        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(details, metadata)
+        return (
+            details._replace(metadata=metadata)
+            if hasattr(details, "_replace")
+            else _Details(details, metadata)
+        )
 
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._details(details), request)
@@ -74,20 +80,32 @@ def add_spec_arguments(parser, *, command: bool) -> None:
     parser.add_argument("--workspace", required=True, help="project or repository the build belongs to")
     parser.add_argument("--key", default="", help="exact cache key, e.g. web/node_modules-<lockfile hash>")
     parser.add_argument("--restore-key", action="append", default=[], help="restore-key prefix (repeatable)")
-    parser.add_argument("--path", action="append", default=[], help="cached path inside the workspace (repeatable)")
+    parser.add_argument(
+        "--path", action="append", default=[], help="cached path inside the workspace (repeatable)"
+    )
     parser.add_argument("--zone", default="", help="only nodes in this zone")
     parser.add_argument("--label", action="append", default=[], help="only nodes with label k=v (repeatable)")
-    parser.add_argument("--tenant", default="", help="team or repository for fair sharing (default: workspace)")
+    parser.add_argument(
+        "--tenant", default="", help="team or repository for fair sharing (default: workspace)"
+    )
     parser.add_argument("--priority", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON")
     if command:
         parser.add_argument("--timeout", type=float, default=0.0, help="seconds (default: the coordinator's)")
         parser.add_argument("--env", action="append", default=[], help="K=V for the command (repeatable)")
-        parser.add_argument("--file", action="append", default=[],
-                            help="local file copied into the workspace at the same relative path (repeatable)")
+        parser.add_argument(
+            "--file",
+            action="append",
+            default=[],
+            help="local file copied into the workspace at the same relative path (repeatable)",
+        )
         parser.add_argument("--request-id", default="", help="idempotency key (default: a fresh one)")
-        parser.add_argument("--wait-for-nodes", type=float, default=60.0,
-                            help="seconds to keep retrying while no node has registered")
+        parser.add_argument(
+            "--wait-for-nodes",
+            type=float,
+            default=60.0,
+            help="seconds to keep retrying while no node has registered",
+        )
         parser.add_argument("argv", nargs="+", metavar="-- CMD", help="the command to run on the node")
 
 
@@ -96,7 +114,9 @@ def spec_from_args(args, *, command: bool) -> common_pb2.BuildSpec:
         workspace=args.workspace,
         cache=common_pb2.CacheSpec(key=args.key, restore_keys=args.restore_key, paths=args.path),
         constraints=common_pb2.Constraints(zone=args.zone, labels=_pairs(args.label, "--label")),
-        tenant=args.tenant, priority=args.priority)
+        tenant=args.tenant,
+        priority=args.priority,
+    )
     if command:
         spec.command.extend(args.argv)
         spec.timeout_s = args.timeout
@@ -129,7 +149,9 @@ def run_build(args) -> int:
                 if not build_id:
                     events = stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec, request_id=request_id))
                 else:
-                    events = stub.WatchBuild(build_pb2.WatchBuildRequest(build_id=build_id, after_seq=last_seq))
+                    events = stub.WatchBuild(
+                        build_pb2.WatchBuildRequest(build_id=build_id, after_seq=last_seq)
+                    )
                 for event in events:
                     build_id, last_seq = event.build_id, event.seq
                     done = _show(event, args.json)
@@ -163,8 +185,10 @@ def _show(event: build_pb2.BuildEvent, as_json: bool) -> int | None:
     state = event.finished.state
     if state in (build_pb2.BUILD_STATE_SUCCEEDED, build_pb2.BUILD_STATE_FAILED):
         return event.finished.exit_code if event.finished.exit_code >= 0 else 1
-    return {build_pb2.BUILD_STATE_TIMED_OUT: EXIT_TIMED_OUT,
-            build_pb2.BUILD_STATE_CANCELLED: EXIT_CANCELLED}.get(state, EXIT_STOKER_ERROR)
+    return {
+        build_pb2.BUILD_STATE_TIMED_OUT: EXIT_TIMED_OUT,
+        build_pb2.BUILD_STATE_CANCELLED: EXIT_CANCELLED,
+    }.get(state, EXIT_STOKER_ERROR)
 
 
 def warmth_name(value: int) -> str:
@@ -185,8 +209,10 @@ def _describe(event: build_pb2.BuildEvent) -> str:
         return f"restoring cache {event.restoring.key or ''}".rstrip()
     if kind == "restored":
         c = event.restored.cache
-        return (f"cache {warmth_name(c.warmth)}: restored {c.restored_key or 'nothing'}, "
-                f"{c.bytes_fetched / 1e6:.1f} MB fetched in {event.restored.seconds:.2f} s")
+        return (
+            f"cache {warmth_name(c.warmth)}: restored {c.restored_key or 'nothing'}, "
+            f"{c.bytes_fetched / 1e6:.1f} MB fetched in {event.restored.seconds:.2f} s"
+        )
     if kind == "saving":
         pr = event.saving.progress
         if pr.bytes_total:
@@ -196,8 +222,10 @@ def _describe(event: build_pb2.BuildEvent) -> str:
         return f"retrying as attempt {event.retrying.next_attempt}: {event.retrying.reason}"
     if kind == "finished":
         f = event.finished
-        return (f"finished {build_pb2.BuildState.Name(f.state).removeprefix('BUILD_STATE_').lower()} "
-                f"(exit {f.exit_code}) on {f.node or '-'} in {f.timings.total_s:.1f} s: {f.message}")
+        return (
+            f"finished {build_pb2.BuildState.Name(f.state).removeprefix('BUILD_STATE_').lower()} "
+            f"(exit {f.exit_code}) on {f.node or '-'} in {f.timings.total_s:.1f} s: {f.message}"
+        )
     return ""
 
 
@@ -206,7 +234,8 @@ def place(args) -> int:
     with channel(coordinator_address(args.coordinator)) as ch:
         try:
             placement = build_pb2_grpc.BuildsStub(ch).PlaceBuild(
-                build_pb2.PlaceBuildRequest(spec=spec, lease_s=args.lease), timeout=args.wait)
+                build_pb2.PlaceBuildRequest(spec=spec, lease_s=args.lease), timeout=args.wait
+            )
         except grpc.RpcError as exc:
             return fail(exc)
     if args.json:
@@ -220,7 +249,8 @@ def release(args) -> int:
     with channel(coordinator_address(args.coordinator)) as ch:
         try:
             reply = build_pb2_grpc.BuildsStub(ch).ReleasePlacement(
-                build_pb2.ReleasePlacementRequest(lease_id=args.lease_id), timeout=10)
+                build_pb2.ReleasePlacementRequest(lease_id=args.lease_id), timeout=10
+            )
         except grpc.RpcError as exc:
             return fail(exc)
     print("released" if reply.released else "already expired or released")
@@ -230,8 +260,9 @@ def release(args) -> int:
 def get(args) -> int:
     with channel(coordinator_address(args.coordinator)) as ch:
         try:
-            build = build_pb2_grpc.BuildsStub(ch).GetBuild(build_pb2.GetBuildRequest(build_id=args.build_id),
-                                                          timeout=10)
+            build = build_pb2_grpc.BuildsStub(ch).GetBuild(
+                build_pb2.GetBuildRequest(build_id=args.build_id), timeout=10
+            )
         except grpc.RpcError as exc:
             return fail(exc)
     print(json_format.MessageToJson(build, indent=2, preserving_proto_field_name=True))
@@ -242,7 +273,8 @@ def cancel(args) -> int:
     with channel(coordinator_address(args.coordinator)) as ch:
         try:
             build = build_pb2_grpc.BuildsStub(ch).CancelBuild(
-                build_pb2.CancelBuildRequest(build_id=args.build_id, reason=args.reason), timeout=10)
+                build_pb2.CancelBuildRequest(build_id=args.build_id, reason=args.reason), timeout=10
+            )
         except grpc.RpcError as exc:
             return fail(exc)
     print(f"{build.id}: {build_pb2.BuildState.Name(build.state).removeprefix('BUILD_STATE_').lower()}")
@@ -253,7 +285,8 @@ def watch(args) -> int:
     with channel(coordinator_address(args.coordinator)) as ch:
         try:
             for event in build_pb2_grpc.BuildsStub(ch).WatchBuild(
-                    build_pb2.WatchBuildRequest(build_id=args.build_id, after_seq=args.after)):
+                build_pb2.WatchBuildRequest(build_id=args.build_id, after_seq=args.after)
+            ):
                 done = _show(event, args.json)
                 if done is not None:
                     return done
@@ -265,8 +298,12 @@ def watch(args) -> int:
 def inventory(args) -> int:
     with channel(coordinator_address(args.coordinator)) as ch:
         try:
-            reply = inventory_pb2_grpc.InventoryStub(ch).QueryInventory(inventory_pb2.QueryInventoryRequest(
-                key_prefix=args.prefix, zone=args.zone, node=args.node, summary_only=args.summary), timeout=30)
+            reply = inventory_pb2_grpc.InventoryStub(ch).QueryInventory(
+                inventory_pb2.QueryInventoryRequest(
+                    key_prefix=args.prefix, zone=args.zone, node=args.node, summary_only=args.summary
+                ),
+                timeout=30,
+            )
         except grpc.RpcError as exc:
             return fail(exc)
     if args.json:
@@ -275,13 +312,17 @@ def inventory(args) -> int:
     print(f"{'NODE':<20} {'ZONE':<10} {'STATE':<13} {'SLOTS':>5} {'RUN':>4} {'ENTRIES':>7} {'BYTES':>12}")
     for n in reply.nodes:
         state = inventory_pb2.NodeState.Name(n.state).removeprefix("NODE_STATE_").lower()
-        print(f"{n.node:<20} {n.zone:<10} {state:<13} {n.slots:>5} {n.running:>4} {n.entry_count:>7} "
-              f"{n.entry_bytes:>12}")
+        print(
+            f"{n.node:<20} {n.zone:<10} {state:<13} {n.slots:>5} {n.running:>4} {n.entry_count:>7} "
+            f"{n.entry_bytes:>12}"
+        )
     print()
     print(f"{'KEY':<48} {'REPLICAS':>8} {'BYTES':>12}  NODES")
     for k in reply.keys:
         print(f"{k.key:<48} {k.replicas:>8} {k.bytes:>12}  {','.join(k.nodes)}")
     h = reply.hit_rates
-    print(f"\nhits: warm {h.warm_builds}, partial {h.partial_builds}, cold {h.cold_builds}; "
-          f"bytes local {h.bytes_local}, fetched {h.bytes_fetched}")
+    print(
+        f"\nhits: warm {h.warm_builds}, partial {h.partial_builds}, cold {h.cold_builds}; "
+        f"bytes local {h.bytes_local}, fetched {h.bytes_fetched}"
+    )
     return 0

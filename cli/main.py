@@ -1,15 +1,15 @@
 """``stoker``: one console script, a subcommand per role.
 
-    stoker demo                      the embedded default: everything on one machine
-    stoker coordinator               run the coordinator
-    stoker agent                     run a node agent
-    stoker build -- CMD...           run a build through the coordinator and stream it
-    stoker place / release           placement-only leases
-    stoker get / cancel / watch      one build
-    stoker inventory                 what the fleet holds
-    stoker rollout ...               start, watch, promote, abort, pause, resume rollouts
-    stoker token                     make a bearer token for CI or an operator
-    stoker cache ...                 operate the node's cache by hand
+stoker demo                      the embedded default: everything on one machine
+stoker coordinator               run the coordinator
+stoker agent                     run a node agent
+stoker build -- CMD...           run a build through the coordinator and stream it
+stoker place / release           placement-only leases
+stoker get / cancel / watch      one build
+stoker inventory                 what the fleet holds
+stoker rollout ...               start, watch, promote, abort, pause, resume rollouts
+stoker token                     make a bearer token for CI or an operator
+stoker cache ...                 operate the node's cache by hand
 """
 
 from __future__ import annotations
@@ -45,13 +45,18 @@ def cmd_coordinator(args) -> int:
 
     if args.help_settings:
         return _print_settings(cconfig.CoordinatorConfig, cconfig.ENV_PREFIX)
-    config = cconfig.load(args.config, overrides={
-        "server": {"listen": args.listen, "metrics_listen": args.metrics_listen},
-        "state": {"path": args.state},
-        "nodes": {"lease_ttl_s": args.lease_ttl},
-        "log": {"format": args.log_format, "level": args.log_level},
-    })
-    logs.setup(config.log.level, _log_format(config.log.format, settings.in_cluster()), component="coordinator")
+    config = cconfig.load(
+        args.config,
+        overrides={
+            "server": {"listen": args.listen, "metrics_listen": args.metrics_listen},
+            "state": {"path": args.state},
+            "nodes": {"lease_ttl_s": args.lease_ttl},
+            "log": {"format": args.log_format, "level": args.log_level},
+        },
+    )
+    logs.setup(
+        config.log.level, _log_format(config.log.format, settings.in_cluster()), component="coordinator"
+    )
     try:
         asyncio.run(server.serve(config, args.ready_file))
     except (server.ConfigError, InvalidArgument) as exc:
@@ -77,8 +82,10 @@ def cmd_token(args) -> int:
     path = Path(args.tokens_file)
     doc = json.loads(path.read_text()) if path.exists() else {"tokens": []}
     if any(t.get("name") == args.name for t in doc.get("tokens", [])):
-        print(f"stoker token: {path} already has a token named {args.name!r}; remove it first to rotate",
-              file=sys.stderr)
+        print(
+            f"stoker token: {path} already has a token named {args.name!r}; remove it first to rotate",
+            file=sys.stderr,
+        )
         return 2
     doc.setdefault("tokens", []).append(line)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -96,14 +103,17 @@ def cmd_agent(args) -> int:
     if args.help_settings:
         return _print_settings(aconfig.AgentConfig, aconfig.ENV_PREFIX)
     labels = dict(item.split("=", 1) for item in args.label) if args.label else None
-    config = aconfig.load(args.config, overrides={
-        "node": {"name": args.name, "zone": args.zone, "slots": args.slots, "labels": labels},
-        "coordinator": {"address": args.coordinator},
-        "cache": {"dir": args.cache_dir, "blobs": args.blobs, "budget_bytes": args.budget_bytes},
-        "build": {"work_dir": args.work_dir, "executor": args.executor},
-        "server": {"listen": args.listen, "metrics_listen": args.metrics_listen},
-        "log": {"format": args.log_format, "level": args.log_level},
-    })
+    config = aconfig.load(
+        args.config,
+        overrides={
+            "node": {"name": args.name, "zone": args.zone, "slots": args.slots, "labels": labels},
+            "coordinator": {"address": args.coordinator},
+            "cache": {"dir": args.cache_dir, "blobs": args.blobs, "budget_bytes": args.budget_bytes},
+            "build": {"work_dir": args.work_dir, "executor": args.executor},
+            "server": {"listen": args.listen, "metrics_listen": args.metrics_listen},
+            "log": {"format": args.log_format, "level": args.log_level},
+        },
+    )
     logs.setup(config.log.level, _log_format(config.log.format, aconfig.in_cluster()), component="agent")
     logs.bind(node=config.node.name or aconfig.default_node_name())
     asyncio.run(agent_main.serve(config, args.ready_file, drain_s=args.drain))
@@ -124,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollouts.add_parser(sub)
     # `stoker cache …` never reaches argparse (main() hands it to the cache's own parser, whose options
     # argparse would not pass through); the entry is here so that `stoker --help` lists it.
-    sub.add_parser("cache", help="operate this node's cache by hand (save, restore, ls, verify, gc)",
-                   add_help=False)
+    sub.add_parser(
+        "cache", help="operate this node's cache by hand (save, restore, ls, verify, gc)", add_help=False
+    )
     return parser
 
 
@@ -143,11 +154,15 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lease-ttl", type=float, help="seconds before a silent node counts as lost")
     p.set_defaults(func=cmd_coordinator)
 
-    p = sub.add_parser("token", help="make a bearer token for CI or an operator (prints the tokens-file line)")
+    p = sub.add_parser(
+        "token", help="make a bearer token for CI or an operator (prints the tokens-file line)"
+    )
     p.add_argument("--name", required=True, help="who the token is for (for example github-ci)")
     p.add_argument("--role", required=True, choices=["ci", "operator"])
-    p.add_argument("--tokens-file", help="add the token's line to this file (created if missing) and print "
-                                         "only the token")
+    p.add_argument(
+        "--tokens-file",
+        help="add the token's line to this file (created if missing) and print only the token",
+    )
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("agent", help="run a node agent")
@@ -161,9 +176,14 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blobs", help="file:///path or s3://bucket/prefix")
     p.add_argument("--budget-bytes", type=int)
     p.add_argument("--work-dir")
-    p.add_argument("--executor", choices=["podman", "process"],
-                   help="what runs builds: podman (a container each) or process (no sandbox: trusted nodes)")
-    p.add_argument("--drain", type=float, default=60.0, help="on SIGTERM, seconds to let running builds finish")
+    p.add_argument(
+        "--executor",
+        choices=["podman", "process"],
+        help="what runs builds: podman (a container each) or process (no sandbox: trusted nodes)",
+    )
+    p.add_argument(
+        "--drain", type=float, default=60.0, help="on SIGTERM, seconds to let running builds finish"
+    )
     p.set_defaults(func=cmd_agent)
 
 
@@ -184,8 +204,11 @@ def _add_build_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--coordinator")
     p.set_defaults(func=client.release)
 
-    for name, func, helptext in (("get", client.get, "show a build"), ("cancel", client.cancel, "cancel a build"),
-                                 ("watch", client.watch, "stream a build's events")):
+    for name, func, helptext in (
+        ("get", client.get, "show a build"),
+        ("cancel", client.cancel, "cancel a build"),
+        ("watch", client.watch, "stream a build's events"),
+    ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("build_id")
         p.add_argument("--coordinator")

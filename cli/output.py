@@ -11,8 +11,13 @@ from stoker.v1 import rollout_pb2
 EXIT_STOKER_ERROR = 125
 """The exit code when stoker itself could not do what was asked (the build's own codes pass through)."""
 
-TERMINAL_PHASES = frozenset({rollout_pb2.ROLLOUT_PHASE_SUCCEEDED, rollout_pb2.ROLLOUT_PHASE_ROLLED_BACK,
-                             rollout_pb2.ROLLOUT_PHASE_FAILED})
+TERMINAL_PHASES = frozenset(
+    {
+        rollout_pb2.ROLLOUT_PHASE_SUCCEEDED,
+        rollout_pb2.ROLLOUT_PHASE_ROLLED_BACK,
+        rollout_pb2.ROLLOUT_PHASE_FAILED,
+    }
+)
 
 
 def fail(exc: grpc.RpcError) -> int:

@@ -39,7 +39,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("service")
     p.add_argument("version", help="the version (local target) or image (kubernetes target)")
     p.add_argument("--target", default="local", help="local (default) or kubernetes")
-    p.add_argument("--canary", type=float, default=0.0, help="canary share in percent (default: coordinator's)")
+    p.add_argument(
+        "--canary", type=float, default=0.0, help="canary share in percent (default: coordinator's)"
+    )
     p.add_argument("--bake", type=float, default=0.0, help="minimum bake seconds (default: coordinator's)")
     p.add_argument("--post-bake", type=float, default=0.0, help="seconds to watch after the surge")
     p.add_argument("--min-requests", type=int, default=0, help="requests the canary must serve before a pass")
@@ -63,9 +65,12 @@ def add_parser(subparsers) -> None:
     common(p)
     p.set_defaults(func=cmd_list)
 
-    for name, helptext in (("promote", "skip the rest of the bake"), ("abort", "roll back now"),
-                           ("pause", "hold the rollout where it is"),
-                           ("resume", "resume a paused rollout, or retry one that rolled back or failed")):
+    for name, helptext in (
+        ("promote", "skip the rest of the bake"),
+        ("abort", "roll back now"),
+        ("pause", "hold the rollout where it is"),
+        ("resume", "resume a paused rollout, or retry one that rolled back or failed"),
+    ):
         p = verbs.add_parser(name, help=helptext)
         p.add_argument("rollout_id")
         p.add_argument("--reason", default="", help="recorded in the rollout's history")
@@ -82,22 +87,28 @@ def verdict_text(v: rollout_pb2.Verdict) -> str:
     result = verdict_result(v)
     numbers = ""
     if v.canary_requests or v.baseline_requests or v.check in ("data", "errors", "latency", "all"):
-        numbers = (f" canary {v.canary_errors}/{v.canary_requests} err p50 {v.canary_p50_ms:.1f}ms | baseline "
-                   f"{v.baseline_errors}/{v.baseline_requests} err p50 {v.baseline_p50_ms:.1f}ms | p={v.p_value:.2g}"
-                   f" (alpha {v.alpha:.2g})")
+        numbers = (
+            f" canary {v.canary_errors}/{v.canary_requests} err p50 {v.canary_p50_ms:.1f}ms | baseline "
+            f"{v.baseline_errors}/{v.baseline_requests} err p50 {v.baseline_p50_ms:.1f}ms | p={v.p_value:.2g}"
+            f" (alpha {v.alpha:.2g})"
+        )
     return f"{result:<12} [{v.check or '-'}]{numbers}\n               {v.reason}"
 
 
 def render(r: rollout_pb2.Rollout) -> str:
     """A rollout as a few lines: phase, instances per zone per version, verdicts with their numbers."""
     spec = r.spec
-    lines = [f"rollout {r.id}  {spec.service}: {r.from_version or '(nothing)'} → {spec.version}  [{spec.target}]"
-             f"  attempt {r.attempt}",
-             f"  phase    {phase_name(r.phase)}: {r.message}"]
+    lines = [
+        f"rollout {r.id}  {spec.service}: {r.from_version or '(nothing)'} → {spec.version}  [{spec.target}]"
+        f"  attempt {r.attempt}",
+        f"  phase    {phase_name(r.phase)}: {r.message}",
+    ]
     now = time.time()
     if r.HasField("bake_until"):
-        lines.append(f"  bake     {max(0.0, r.bake_until.ToNanoseconds() / 1e9 - now):.1f} s left "
-                     f"(bake {spec.bake_s:g} s, min {spec.min_requests} requests, canary {spec.canary_percent:g} %)")
+        lines.append(
+            f"  bake     {max(0.0, r.bake_until.ToNanoseconds() / 1e9 - now):.1f} s left "
+            f"(bake {spec.bake_s:g} s, min {spec.min_requests} requests, canary {spec.canary_percent:g} %)"
+        )
     if r.HasField("deadline"):
         lines.append(f"  deadline {max(0.0, r.deadline.ToNanoseconds() / 1e9 - now):.1f} s for this step")
     if r.endpoint:
@@ -106,7 +117,10 @@ def render(r: rollout_pb2.Rollout) -> str:
         lines.append(f"  {'zone':<12} {r.from_version or 'old':>10} {spec.version:>10} {'ready':>6}")
         for z in r.zones:
             lines.append(f"  {z.zone:<12} {z.old_instances:>10} {z.new_instances:>10} {z.ready_instances:>6}")
-    if r.HasField("last_look") and r.phase in (rollout_pb2.ROLLOUT_PHASE_BAKING, rollout_pb2.ROLLOUT_PHASE_POST_BAKE):
+    if r.HasField("last_look") and r.phase in (
+        rollout_pb2.ROLLOUT_PHASE_BAKING,
+        rollout_pb2.ROLLOUT_PHASE_POST_BAKE,
+    ):
         lines.append(f"  look     {verdict_text(r.last_look)}")
     for v in r.verdicts:
         lines.append(f"  verdict  {verdict_text(v)}")
@@ -143,7 +157,9 @@ def _watch(stub: rollout_pb2_grpc.RolloutsStub, rollout_id: str, as_json: bool) 
                         print("-" * 78)
                     _print(r, as_json)
                     last_text = text
-                if r.phase == rollout_pb2.ROLLOUT_PHASE_PAUSED and r.message.startswith("paused: inconclusive"):
+                if r.phase == rollout_pb2.ROLLOUT_PHASE_PAUSED and r.message.startswith(
+                    "paused: inconclusive"
+                ):
                     return EXIT_PAUSED
             if last is not None and last.phase in TERMINAL_PHASES:
                 return _exit_for(last)
@@ -163,10 +179,19 @@ def cmd_start(args) -> int:
             return 2
         env[key] = value
     spec = rollout_pb2.RolloutSpec(
-        service=args.service, version=args.version, target=args.target, canary_percent=args.canary,
-        bake_s=args.bake, post_bake_s=args.post_bake, min_requests=args.min_requests, zone_first=args.zone_first,
-        namespace=args.namespace, zones=[z for z in args.zones.split(",") if z],
-        instances_per_zone=args.instances_per_zone, env=env)
+        service=args.service,
+        version=args.version,
+        target=args.target,
+        canary_percent=args.canary,
+        bake_s=args.bake,
+        post_bake_s=args.post_bake,
+        min_requests=args.min_requests,
+        zone_first=args.zone_first,
+        namespace=args.namespace,
+        zones=[z for z in args.zones.split(",") if z],
+        instances_per_zone=args.instances_per_zone,
+        env=env,
+    )
     ch, stub = _stub(args)
     with ch:
         try:
@@ -208,22 +233,34 @@ def cmd_list(args) -> int:
         except grpc.RpcError as exc:
             return fail(exc)
     if args.json:
-        print(json.dumps([json_format.MessageToDict(r, preserving_proto_field_name=True) for r in resp.rollouts]))
+        print(
+            json.dumps(
+                [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in resp.rollouts]
+            )
+        )
         return 0
     print(f"{'ID':<14} {'SERVICE':<16} {'FROM':<10} {'TO':<16} {'PHASE':<13} MESSAGE")
     for r in resp.rollouts:
-        print(f"{r.id:<14} {r.spec.service:<16} {r.from_version or '-':<10} {r.spec.version:<16} "
-              f"{phase_name(r.phase):<13} {r.message[:80]}")
+        print(
+            f"{r.id:<14} {r.spec.service:<16} {r.from_version or '-':<10} {r.spec.version:<16} "
+            f"{phase_name(r.phase):<13} {r.message[:80]}"
+        )
     return 0
 
 
 def cmd_action(args) -> int:
     ch, stub = _stub(args)
-    call = {"promote": stub.PromoteRollout, "abort": stub.AbortRollout, "pause": stub.PauseRollout,
-            "resume": stub.ResumeRollout}[args.action]
+    call = {
+        "promote": stub.PromoteRollout,
+        "abort": stub.AbortRollout,
+        "pause": stub.PauseRollout,
+        "resume": stub.ResumeRollout,
+    }[args.action]
     with ch:
         try:
-            r = call(rollout_pb2.RolloutActionRequest(rollout_id=args.rollout_id, reason=args.reason), timeout=10)
+            r = call(
+                rollout_pb2.RolloutActionRequest(rollout_id=args.rollout_id, reason=args.reason), timeout=10
+            )
         except grpc.RpcError as exc:
             return fail(exc)
     _print(r, args.json)

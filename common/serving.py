@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-import threading
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,7 +17,9 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 log = logging.getLogger(__name__)
 
 
-def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
+def add_health_and_reflection(
+    server: grpc.aio.Server, service_names: Iterable[str]
+) -> health.aio.HealthServicer:
     """Serve grpc.health.v1 (overall and per service) and reflection for ``service_names``."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
@@ -28,14 +30,16 @@ def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[s
     return servicer
 
 
-async def set_serving(servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool) -> None:
+async def set_serving(
+    servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool
+) -> None:
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *service_names]:
         await servicer.set(name, status)
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature from the base class
+    def log_message(self, format: str, *args) -> None:
         pass
 
 
@@ -44,12 +48,13 @@ class MetricsServer:
 
     def __init__(self, registry: CollectorRegistry, address: str) -> None:
         host, _, port = address.rpartition(":")
-        self._httpd: WSGIServer = make_server(host or "127.0.0.1", int(port), make_wsgi_app(registry),
-                                              handler_class=_QuietHandler)
+        self._httpd: WSGIServer = make_server(
+            host or "127.0.0.1", int(port), make_wsgi_app(registry), handler_class=_QuietHandler
+        )
         self.port = self._httpd.server_port
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
 
-    def start(self) -> "MetricsServer":
+    def start(self) -> MetricsServer:
         self._thread.start()
         return self
 

@@ -96,7 +96,9 @@ def _from_environ(cls: type, prefix: str, environ: Mapping[str, str]) -> dict[st
         if not name.startswith(prefix) or name == f"{prefix}CONFIG":
             continue
         if name not in leaves:
-            raise SettingsError(f"unknown setting {name} (see `stoker {prefix_to_command(prefix)} --help-settings`)")
+            raise SettingsError(
+                f"unknown setting {name} (see `stoker {prefix_to_command(prefix)} --help-settings`)"
+            )
         node = values
         *parents, leaf = leaves[name]
         for part in parents:

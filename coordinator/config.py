@@ -105,4 +105,6 @@ class CoordinatorConfig:
 
 
 def load(file: str | None = None, overrides: dict | None = None, environ=None) -> CoordinatorConfig:
-    return settings.load(CoordinatorConfig, prefix=ENV_PREFIX, environ=environ, file=file, overrides=overrides)
+    return settings.load(
+        CoordinatorConfig, prefix=ENV_PREFIX, environ=environ, file=file, overrides=overrides
+    )

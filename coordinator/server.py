@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from prometheus_client import CollectorRegistry
+
 from stoker.common.serving import (
     MetricsServer,
     add_health_and_reflection,
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 class ConfigError(ValueError):
     """Settings that would make the coordinator unsafe or unable to work."""
 
+
 SERVICE_NAMES = [
     agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"].full_name,
     build_pb2.DESCRIPTOR.services_by_name["Builds"].full_name,
@@ -79,8 +81,13 @@ class GcPauses:
         if phase == "start":
             self._started = time.perf_counter()
         else:
-            self.pending.append((info["generation"], time.perf_counter() - self._started,
-                                 info["collected"] + info["uncollectable"]))
+            self.pending.append(
+                (
+                    info["generation"],
+                    time.perf_counter() - self._started,
+                    info["collected"] + info["uncollectable"],
+                )
+            )
 
     def drain(self) -> list[tuple[int, float, int]]:
         pauses, self.pending = self.pending, []
@@ -121,8 +128,11 @@ class GcPolicy:
             began = time.monotonic()
             found = gc.collect()
             self._last_full = time.monotonic()
-            log.info("full garbage collection: %d unreachable objects, %.0f ms", found,
-                     1000 * (self._last_full - began))
+            log.info(
+                "full garbage collection: %d unreachable objects, %.0f ms",
+                found,
+                1000 * (self._last_full - began),
+            )
             done = "full"
         else:
             done = "freeze"
@@ -212,8 +222,9 @@ def open_store(config: CoordinatorConfig) -> StateStore:
     return SqliteStateStore(config.state.path)
 
 
-def create_server(config: CoordinatorConfig, *, clock: Clock | None = None,
-                  registry: CollectorRegistry | None = None) -> Coordinator:
+def create_server(
+    config: CoordinatorConfig, *, clock: Clock | None = None, registry: CollectorRegistry | None = None
+) -> Coordinator:
     clock = clock or SystemClock()
     registry = registry or CollectorRegistry()
     metrics = CoordinatorMetrics(registry)
@@ -225,17 +236,23 @@ def create_server(config: CoordinatorConfig, *, clock: Clock | None = None,
     builds.recover()
     limit = config.server.max_message_bytes
     authenticator = security_check(config)
-    interceptor = AuthInterceptor(authenticator, observe=lambda m, s: metrics.rpc_seconds.labels(m).observe(s))
-    server = grpc.aio.server(interceptors=[interceptor], options=[
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-    ])
+    interceptor = AuthInterceptor(
+        authenticator, observe=lambda m, s: metrics.rpc_seconds.labels(m).observe(s)
+    )
+    server = grpc.aio.server(
+        interceptors=[interceptor],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+    )
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(
-        AgentGatewayServicer(config, nodes, inventory, builds, metrics), server)
+        AgentGatewayServicer(config, nodes, inventory, builds, metrics), server
+    )
     build_pb2_grpc.add_BuildsServicer_to_server(BuildsServicer(config, builds), server)
     inventory_pb2_grpc.add_InventoryServicer_to_server(InventoryServicer(nodes, inventory, builds), server)
     rollouts = build_rollout_engine(config.rollouts, config.state.path, clock)
@@ -243,9 +260,20 @@ def create_server(config: CoordinatorConfig, *, clock: Clock | None = None,
     health = add_health_and_reflection(server, SERVICE_NAMES)
     port, agent_port = _add_ports(server, config)
     metrics_server = MetricsServer(registry, config.server.metrics_listen)
-    return Coordinator(config=config, server=server, port=port, metrics_server=metrics_server, builds=builds,
-                       registry=nodes, inventory=inventory, store=store, health=health, rollouts=rollouts,
-                       agent_port=agent_port, builds_metrics=metrics)
+    return Coordinator(
+        config=config,
+        server=server,
+        port=port,
+        metrics_server=metrics_server,
+        builds=builds,
+        registry=nodes,
+        inventory=inventory,
+        store=store,
+        health=health,
+        rollouts=rollouts,
+        agent_port=agent_port,
+        builds_metrics=metrics,
+    )
 
 
 def security_check(config: CoordinatorConfig) -> Authenticator:
@@ -254,25 +282,35 @@ def security_check(config: CoordinatorConfig) -> Authenticator:
     if bool(sec.tls_cert) != bool(sec.tls_key):
         raise ConfigError("security.tls_cert and security.tls_key go together")
     if sec.client_ca and not (sec.agent_listen and sec.tls_cert):
-        raise ConfigError("security.client_ca needs security.agent_listen and a TLS certificate: agents get a "
-                          "port of their own that requires mutual TLS")
+        raise ConfigError(
+            "security.client_ca needs security.agent_listen and a TLS certificate: agents get a "
+            "port of their own that requires mutual TLS"
+        )
     if sec.agent_listen and not sec.client_ca:
         raise ConfigError("security.agent_listen needs security.client_ca to verify agents' certificates")
     if sec.tokens_file and not sec.client_ca:
-        raise ConfigError("security.tokens_file needs security.client_ca: with tokens required, agents must "
-                          "authenticate with client certificates")
+        raise ConfigError(
+            "security.tokens_file needs security.client_ca: with tokens required, agents must "
+            "authenticate with client certificates"
+        )
     tokens = load_tokens(sec.tokens_file) if sec.tokens_file else {}
     open_access = not tokens and not sec.client_ca
     exposed = [a for a in (config.server.listen, sec.agent_listen) if a and not is_loopback(a)]
     if exposed and (open_access or not sec.tls_cert):
         if not sec.allow_insecure:
-            raise ConfigError(f"refusing to listen on {', '.join(exposed)} without TLS and authentication: set "
-                              f"security.tls_cert/tls_key, client_ca, agent_listen and tokens_file, or "
-                              f"security.allow_insecure=true to accept the risk")
-        log.warning("INSECURE: listening on %s without TLS and authentication (security.allow_insecure)",
-                    ", ".join(exposed))
+            raise ConfigError(
+                f"refusing to listen on {', '.join(exposed)} without TLS and authentication: set "
+                f"security.tls_cert/tls_key, client_ca, agent_listen and tokens_file, or "
+                f"security.allow_insecure=true to accept the risk"
+            )
+        log.warning(
+            "INSECURE: listening on %s without TLS and authentication (security.allow_insecure)",
+            ", ".join(exposed),
+        )
     elif open_access:
-        log.warning("open coordinator: no TLS and no authentication, on loopback only (%s)", config.server.listen)
+        log.warning(
+            "open coordinator: no TLS and no authentication, on loopback only (%s)", config.server.listen
+        )
     return Authenticator(tokens, open_access=open_access)
 
 
@@ -286,8 +324,9 @@ def _add_ports(server: grpc.aio.Server, config: CoordinatorConfig) -> tuple[int,
         raise OSError(f"cannot listen on {config.server.listen}")
     agent_port = 0
     if sec.agent_listen:
-        agent_port = server.add_secure_port(sec.agent_listen,
-                                            server_credentials(sec.tls_cert, sec.tls_key, sec.client_ca))
+        agent_port = server.add_secure_port(
+            sec.agent_listen, server_credentials(sec.tls_cert, sec.tls_key, sec.client_ca)
+        )
         if agent_port == 0:
             raise OSError(f"cannot listen on {sec.agent_listen}")
     return port, agent_port
@@ -299,8 +338,14 @@ async def serve(config: CoordinatorConfig, ready_file: str | None = None) -> Non
     collector = GcPolicy(config.server.gc_freeze_every_s, config.server.gc_full_every_s)
     gc_policy = asyncio.create_task(collector.run())
     if ready_file:
-        write_ready_file(ready_file, {"grpc_port": coordinator.port, "metrics_port": coordinator.metrics_port,
-                                      "agent_port": coordinator.agent_port})
+        write_ready_file(
+            ready_file,
+            {
+                "grpc_port": coordinator.port,
+                "metrics_port": coordinator.metrics_port,
+                "agent_port": coordinator.agent_port,
+            },
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

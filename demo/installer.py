@@ -17,9 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-_WORDS = ("function return const let var import export default from require module exports this "
-          "if else for while new class extends super async await yield try catch finally throw "
-          "null undefined true false typeof instanceof object string number array map filter").split()
+_WORDS = (
+    "function return const let var import export default from require module exports this "
+    "if else for while new class extends super async await yield try catch finally throw "
+    "null undefined true false typeof instanceof object string number array map filter"
+).split()
 
 
 def package_files(name: str, version: str) -> dict[str, bytes]:
@@ -64,8 +66,10 @@ def main(argv: list[str]) -> int:
     deps = json.loads(Path(argv[0]).read_text())
     started = time.monotonic()
     added, kept, removed = install(deps, Path.cwd())
-    print(f"installed {len(deps)} packages: {added} added, {kept} already present, {removed} removed "
-          f"in {time.monotonic() - started:.2f} s")
+    print(
+        f"installed {len(deps)} packages: {added} added, {kept} already present, {removed} removed "
+        f"in {time.monotonic() - started:.2f} s"
+    )
     return 0
 
 

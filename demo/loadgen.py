@@ -45,8 +45,16 @@ def _check_loopback(address: str) -> tuple[str, int]:
 class LoadGenerator:
     """``rate`` requests per second to ``address`` from a background thread, until stopped or bounded."""
 
-    def __init__(self, address: str, rate: float = 100.0, *, max_requests: int = 100_000,
-                 max_duration_s: float = 300.0, timeout_s: float = 5.0, concurrency: int = 64) -> None:
+    def __init__(
+        self,
+        address: str,
+        rate: float = 100.0,
+        *,
+        max_requests: int = 100_000,
+        max_duration_s: float = 300.0,
+        timeout_s: float = 5.0,
+        concurrency: int = 64,
+    ) -> None:
         self.host, self.port = _check_loopback(address)
         self.rate = rate
         self.max_requests = max_requests
@@ -106,7 +114,11 @@ class LoadGenerator:
         begin = time.monotonic()
         interval = 1.0 / self.rate if self.rate > 0 else 0.0
         n = 0
-        while not self._stop.is_set() and n < self.max_requests and time.monotonic() - begin < self.max_duration_s:
+        while (
+            not self._stop.is_set()
+            and n < self.max_requests
+            and time.monotonic() - begin < self.max_duration_s
+        ):
             due = begin + n * interval
             delay = due - time.monotonic()
             if delay > 0:

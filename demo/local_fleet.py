@@ -77,9 +77,22 @@ def _spawn(name: str, args: list[str], workdir: Path, env: dict[str, str] | None
     full_env.update(env or {})
     with log_path.open("ab") as log_file:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "stoker.cli.main", *args, "--ready-file", str(ready_file), "--log-format", "text"],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "stoker.cli.main",
+                *args,
+                "--ready-file",
+                str(ready_file),
+                "--log-format",
+                "text",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=True,
+        )
     proc = Process(name=name, popen=popen, log_path=log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -93,30 +106,75 @@ def _spawn(name: str, args: list[str], workdir: Path, env: dict[str, str] | None
     raise FleetError(f"{name} was not ready within {timeout:.0f} s:\n{proc.log_tail()}")
 
 
-def start_coordinator(workdir: Path, *, name: str = "coordinator", state: Path | None = None,
-                      lease_ttl_s: float | None = None, listen: str = "127.0.0.1:0",
-                      extra: list[str] | None = None, timeout: float = 30.0) -> Process:
-    args = ["coordinator", "--listen", listen, "--metrics-listen", "127.0.0.1:0",
-            "--state", str(state or workdir / "coordinator.db")]
+def start_coordinator(
+    workdir: Path,
+    *,
+    name: str = "coordinator",
+    state: Path | None = None,
+    lease_ttl_s: float | None = None,
+    listen: str = "127.0.0.1:0",
+    extra: list[str] | None = None,
+    timeout: float = 30.0,
+) -> Process:
+    args = [
+        "coordinator",
+        "--listen",
+        listen,
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--state",
+        str(state or workdir / "coordinator.db"),
+    ]
     if lease_ttl_s is not None:
         args += ["--lease-ttl", str(lease_ttl_s)]
     return _spawn(name, args + (extra or []), workdir, None, timeout)
 
 
-def start_agent(workdir: Path, name: str, coordinator: str, *, zone: str = "", slots: int = 1,
-                blobs: Path, labels: dict[str, str] | None = None, extra: list[str] | None = None,
-                env: dict[str, str] | None = None, timeout: float = 30.0) -> Process:
+def start_agent(
+    workdir: Path,
+    name: str,
+    coordinator: str,
+    *,
+    zone: str = "",
+    slots: int = 1,
+    blobs: Path,
+    labels: dict[str, str] | None = None,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Process:
     home = workdir / name
-    args = ["agent", "--name", name, "--zone", zone, "--slots", str(slots), "--coordinator", coordinator,
-            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-            "--cache-dir", str(home / "cache"), "--work-dir", str(home / "work"),
-            "--blobs", f"file://{blobs}", "--drain", "10"]
+    args = [
+        "agent",
+        "--name",
+        name,
+        "--zone",
+        zone,
+        "--slots",
+        str(slots),
+        "--coordinator",
+        coordinator,
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--cache-dir",
+        str(home / "cache"),
+        "--work-dir",
+        str(home / "work"),
+        "--blobs",
+        f"file://{blobs}",
+        "--drain",
+        "10",
+    ]
     for k, v in (labels or {}).items():
         args += ["--label", f"{k}={v}"]
     return _spawn(name, args + (extra or []), workdir, env, timeout)
 
 
-def wait_for_nodes(address: str, names: list[str], timeout: float = 30.0) -> inventory_pb2.QueryInventoryResponse:
+def wait_for_nodes(
+    address: str, names: list[str], timeout: float = 30.0
+) -> inventory_pb2.QueryInventoryResponse:
     """Wait until every named node is READY on the coordinator at ``address``."""
     deadline = time.monotonic() + timeout
     last = None

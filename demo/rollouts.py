@@ -29,8 +29,12 @@ from stoker.demo.loadgen import LoadGenerator, summarize
 from stoker.v1 import rollout_pb2, rollout_pb2_grpc
 
 TERMINAL = TERMINAL_PHASES
-OUTCOME = {rollout_pb2.ROLLOUT_PHASE_SUCCEEDED: "succeeded", rollout_pb2.ROLLOUT_PHASE_ROLLED_BACK: "rolled_back",
-           rollout_pb2.ROLLOUT_PHASE_FAILED: "failed", rollout_pb2.ROLLOUT_PHASE_PAUSED: "paused"}
+OUTCOME = {
+    rollout_pb2.ROLLOUT_PHASE_SUCCEEDED: "succeeded",
+    rollout_pb2.ROLLOUT_PHASE_ROLLED_BACK: "rolled_back",
+    rollout_pb2.ROLLOUT_PHASE_FAILED: "failed",
+    rollout_pb2.ROLLOUT_PHASE_PAUSED: "paused",
+}
 
 
 def write_config(path: Path, rollouts: dict) -> Path:
@@ -55,15 +59,22 @@ def stub(address: str) -> rollout_pb2_grpc.RolloutsStub:
     return rollout_pb2_grpc.RolloutsStub(grpc.insecure_channel(address))
 
 
-def wait_until(rollouts: rollout_pb2_grpc.RolloutsStub, rollout_id: str, phases: Collection[int], timeout: float = 120.0,
-               on_update: Callable[[rollout_pb2.Rollout], None] | None = None) -> rollout_pb2.Rollout:
+def wait_until(
+    rollouts: rollout_pb2_grpc.RolloutsStub,
+    rollout_id: str,
+    phases: Collection[int],
+    timeout: float = 120.0,
+    on_update: Callable[[rollout_pb2.Rollout], None] | None = None,
+) -> rollout_pb2.Rollout:
     """Watch until the rollout reaches one of ``phases`` (or ends); reconnects when the stream breaks."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
-            for update in rollouts.WatchRollout(rollout_pb2.GetRolloutRequest(rollout_id=rollout_id),
-                                                timeout=max(1.0, deadline - time.monotonic())):
+            for update in rollouts.WatchRollout(
+                rollout_pb2.GetRolloutRequest(rollout_id=rollout_id),
+                timeout=max(1.0, deadline - time.monotonic()),
+            ):
                 last = update
                 if on_update:
                     on_update(update)
@@ -76,15 +87,33 @@ def wait_until(rollouts: rollout_pb2_grpc.RolloutsStub, rollout_id: str, phases:
             continue
         if last is not None and last.phase in TERMINAL:
             return last
-    raise TimeoutError(f"rollout {rollout_id} did not reach {sorted(phase_name(p) for p in phases)} within "
-                       f"{timeout:.0f} s; last: {last.message if last else 'nothing'}")
+    raise TimeoutError(
+        f"rollout {rollout_id} did not reach {sorted(phase_name(p) for p in phases)} within "
+        f"{timeout:.0f} s; last: {last.message if last else 'nothing'}"
+    )
 
 
-def deploy_first(rollouts: rollout_pb2_grpc.RolloutsStub, service: str, version: str, *, zones=("zone-a", "zone-b"),
-                 instances_per_zone: int = 3, timeout: float = 60.0) -> rollout_pb2.Rollout:
-    r = rollouts.StartRollout(rollout_pb2.StartRolloutRequest(spec=rollout_pb2.RolloutSpec(
-        service=service, version=version, zones=list(zones), instances_per_zone=instances_per_zone,
-        post_bake_s=0.5)), timeout=10)
+def deploy_first(
+    rollouts: rollout_pb2_grpc.RolloutsStub,
+    service: str,
+    version: str,
+    *,
+    zones=("zone-a", "zone-b"),
+    instances_per_zone: int = 3,
+    timeout: float = 60.0,
+) -> rollout_pb2.Rollout:
+    r = rollouts.StartRollout(
+        rollout_pb2.StartRolloutRequest(
+            spec=rollout_pb2.RolloutSpec(
+                service=service,
+                version=version,
+                zones=list(zones),
+                instances_per_zone=instances_per_zone,
+                post_bake_s=0.5,
+            )
+        ),
+        timeout=10,
+    )
     final = wait_until(rollouts, r.id, TERMINAL, timeout)
     if final.phase != rollout_pb2.ROLLOUT_PHASE_SUCCEEDED:
         raise RuntimeError(f"first deployment of {service} ended {phase_name(final.phase)}: {final.message}")
@@ -93,17 +122,28 @@ def deploy_first(rollouts: rollout_pb2_grpc.RolloutsStub, service: str, version:
 
 def verdict_line(v: rollout_pb2.Verdict) -> str:
     result = verdict_result(v)
-    return (f"{result} [{v.check}] canary {v.canary_errors}/{v.canary_requests} errors, p50 {v.canary_p50_ms:.1f} ms;"
-            f" baseline {v.baseline_errors}/{v.baseline_requests}, p50 {v.baseline_p50_ms:.1f} ms; "
-            f"p={v.p_value:.2g}: {v.reason}")
+    return (
+        f"{result} [{v.check}] canary {v.canary_errors}/{v.canary_requests} errors, p50 {v.canary_p50_ms:.1f} ms;"
+        f" baseline {v.baseline_errors}/{v.baseline_requests}, p50 {v.baseline_p50_ms:.1f} ms; "
+        f"p={v.p_value:.2g}: {v.reason}"
+    )
 
 
-def run_with_load(rollouts: rollout_pb2_grpc.RolloutsStub, spec: rollout_pb2.RolloutSpec, endpoint: str, *,
-                  rate: float = 100.0, timeout: float = 120.0, stop_at: set[int] | None = None,
-                  on_update: Callable[[rollout_pb2.Rollout], None] | None = None) -> dict:
+def run_with_load(
+    rollouts: rollout_pb2_grpc.RolloutsStub,
+    spec: rollout_pb2.RolloutSpec,
+    endpoint: str,
+    *,
+    rate: float = 100.0,
+    timeout: float = 120.0,
+    stop_at: set[int] | None = None,
+    on_update: Callable[[rollout_pb2.Rollout], None] | None = None,
+) -> dict:
     """Start a rollout while ``rate`` requests per second flow through ``endpoint``; wait for its end (or one of
     ``stop_at``) and report outcome, time to detect a fault, and requests sent and failed during it."""
-    with LoadGenerator(endpoint, rate, max_requests=int(rate * (timeout + 10)), max_duration_s=timeout + 10) as load:
+    with LoadGenerator(
+        endpoint, rate, max_requests=int(rate * (timeout + 10)), max_duration_s=timeout + 10
+    ) as load:
         time.sleep(1.0)  # traffic flows before the rollout begins
         t0 = time.time()
         r = rollouts.StartRollout(rollout_pb2.StartRolloutRequest(spec=spec), timeout=10)
@@ -120,11 +160,16 @@ def run_with_load(rollouts: rollout_pb2_grpc.RolloutsStub, spec: rollout_pb2.Rol
         time.sleep(0.5)
     summary = summarize(load.results, t0, t1)
     return {
-        "service": spec.service, "version": spec.version, "rollout_id": r.id, "outcome": OUTCOME.get(final.phase,
-                                                                                                     phase_name(final.phase)),
+        "service": spec.service,
+        "version": spec.version,
+        "rollout_id": r.id,
+        "outcome": OUTCOME.get(final.phase, phase_name(final.phase)),
         "detect_s": round(detect["t"] - t0, 2) if "t" in detect else None,
-        "duration_s": round(t1 - t0, 2), "requests": summary.requests, "failed_requests": summary.failed,
-        "by_version": summary.by_version, "message": final.message,
+        "duration_s": round(t1 - t0, 2),
+        "requests": summary.requests,
+        "failed_requests": summary.failed,
+        "by_version": summary.by_version,
+        "message": final.message,
         "verdicts": [verdict_line(v) for v in final.verdicts],
     }
 
@@ -185,32 +230,39 @@ def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str],
     try:
         say("rollouts: deploying sample v1 (3 instances in each of zone-a and zone-b) behind HAProxy")
         first = deploy_first(rollouts, "sample", "v1")
-        common: dict[str, Any] = dict(service="sample", bake_s=8.0, min_requests=150, post_bake_s=3.0,
-                                      canary_percent=5.0)
+        common: dict[str, Any] = dict(
+            service="sample", bake_s=8.0, min_requests=150, post_bake_s=3.0, canary_percent=5.0
+        )
         # 10 %, not 5 %: the canary serves ~250 requests here, and at 5 % one run in ~25 drew too few errors
         # (6 of 252: Fisher p = 0.0013) to pass the judge's per-look threshold, so the demo rolled it out. At 10 %
         # the judge's test catches it, or the guardrail does first when the canary's error rate passes its cap.
         for title, spec in (
-                ("good version v2", rollout_pb2.RolloutSpec(version="v2", **common)),
-                ("faulty version v3 (10 % errors)",
-                 rollout_pb2.RolloutSpec(version="v3", env={"STOKER_SAMPLE_ERROR_RATE": "0.10"}, **common))):
+            ("good version v2", rollout_pb2.RolloutSpec(version="v2", **common)),
+            (
+                "faulty version v3 (10 % errors)",
+                rollout_pb2.RolloutSpec(version="v3", env={"STOKER_SAMPLE_ERROR_RATE": "0.10"}, **common),
+            ),
+        ):
             say(f"rollouts: {title}, 100 req/s through {first.endpoint}")
             last_phase: list[int | None] = [None]
 
             def show(update: rollout_pb2.Rollout) -> None:
                 if update.phase != last_phase[0]:
                     last_phase[0] = update.phase
-                    zones = " ".join(f"{z.zone}={z.old_instances}old/{z.new_instances}new"
-                                     for z in update.zones)
+                    zones = " ".join(
+                        f"{z.zone}={z.old_instances}old/{z.new_instances}new" for z in update.zones
+                    )
                     say(f"  {phase_name(update.phase):<13} {zones}  {update.message}")
 
             row = run_with_load(rollouts, spec, first.endpoint, rate=100.0, timeout=60.0, on_update=show)
             row["title"] = title
             for line in row["verdicts"]:
                 say(f"  verdict: {line}")
-            say(f"  → {row['outcome']} after {row['duration_s']:.1f} s; {row['failed_requests']} of "
-                f"{row['requests']} requests failed" + (f"; detected after {row['detect_s']:.1f} s"
-                                                       if row["detect_s"] is not None else ""))
+            say(
+                f"  → {row['outcome']} after {row['duration_s']:.1f} s; {row['failed_requests']} of "
+                f"{row['requests']} requests failed"
+                + (f"; detected after {row['detect_s']:.1f} s" if row["detect_s"] is not None else "")
+            )
             rows.append(row)
     finally:
         teardown_under(base)

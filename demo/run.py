@@ -70,8 +70,9 @@ def _key(workspace: str, deps: dict[str, str]) -> str:
 def _spec(workspace: str, deps: dict[str, str], zone: str = "") -> common_pb2.BuildSpec:
     return common_pb2.BuildSpec(
         workspace=workspace,
-        cache=common_pb2.CacheSpec(key=_key(workspace, deps), restore_keys=[f"{workspace}/node_modules-"],
-                                   paths=["node_modules"]),
+        cache=common_pb2.CacheSpec(
+            key=_key(workspace, deps), restore_keys=[f"{workspace}/node_modules-"], paths=["node_modules"]
+        ),
         command=[sys.executable, "-m", "stoker.demo.installer", "deps.json"],
         files={"deps.json": json.dumps(deps, sort_keys=True).encode()},
         constraints=common_pb2.Constraints(zone=zone),
@@ -95,20 +96,36 @@ def run_build(stub: build_pb2_grpc.BuildsStub, title: str, spec: common_pb2.Buil
             finished = event.finished
     cache = finished.cache
     return BuildRow(
-        id=build_id, title=title, workspace=spec.workspace, key=spec.cache.key, node=finished.node or placed.node,
-        zone=placed.zone, warmth=warmth_name(cache.warmth), expected_warmth=warmth_name(placed.expected_warmth),
-        reason=placed.reason, restored_key=cache.restored_key, bytes_fetched=cache.bytes_fetched,
-        bytes_restored=cache.bytes_restored, bytes_uploaded=cache.bytes_uploaded,
-        restore_s=round(finished.timings.restore_s, 3), run_s=round(finished.timings.run_s, 3),
-        total_s=round(finished.timings.total_s, 3), exit_code=finished.exit_code,
+        id=build_id,
+        title=title,
+        workspace=spec.workspace,
+        key=spec.cache.key,
+        node=finished.node or placed.node,
+        zone=placed.zone,
+        warmth=warmth_name(cache.warmth),
+        expected_warmth=warmth_name(placed.expected_warmth),
+        reason=placed.reason,
+        restored_key=cache.restored_key,
+        bytes_fetched=cache.bytes_fetched,
+        bytes_restored=cache.bytes_restored,
+        bytes_uploaded=cache.bytes_uploaded,
+        restore_s=round(finished.timings.restore_s, 3),
+        run_s=round(finished.timings.run_s, 3),
+        total_s=round(finished.timings.total_s, 3),
+        exit_code=finished.exit_code,
         state=build_pb2.BuildState.Name(finished.state).removeprefix("BUILD_STATE_").lower(),
-        output=output[-1] if output else "")
+        output=output[-1] if output else "",
+    )
 
 
 def run(args) -> int:
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="stoker-demo-"))
     base.mkdir(parents=True, exist_ok=True)
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    say = (
+        (lambda *a: print(*a, file=sys.stderr, flush=True))
+        if args.json
+        else (lambda *a: print(*a, flush=True))
+    )
     procs: list[local_fleet.Process] = []
     try:
         say(f"stoker demo: working in {base}")
@@ -116,8 +133,9 @@ def run(args) -> int:
         procs.append(coordinator)
         say(f"  coordinator on {coordinator.address} (metrics on :{coordinator.metrics_port})")
         for name, zone in NODES:
-            agent = local_fleet.start_agent(base, name, coordinator.address, zone=zone, slots=1,
-                                            blobs=base / "blobs")
+            agent = local_fleet.start_agent(
+                base, name, coordinator.address, zone=zone, slots=1, blobs=base / "blobs"
+            )
             procs.append(agent)
         local_fleet.wait_for_nodes(coordinator.address, [n for n, _ in NODES])
         say(f"  4 agents registered: {', '.join(f'{n} ({z})' for n, z in NODES)}\n")
@@ -130,27 +148,46 @@ def run(args) -> int:
                 ("api, first build", lambda: _spec("api", API_DEPS)),
                 ("web, one dependency upgraded", lambda: _spec("web", WEB_DEPS_V2)),
                 # Pinned to the zone where web has not run: the entry must come from the blob store.
-                ("web, upgraded, other zone", lambda: _spec("web", WEB_DEPS_V2, zone=_other_zone(rows[-1].zone))),
+                (
+                    "web, upgraded, other zone",
+                    lambda: _spec("web", WEB_DEPS_V2, zone=_other_zone(rows[-1].zone)),
+                ),
             ]
             for n, (title, make_spec) in enumerate(plan, 1):
                 say(f"  [{n}/{len(plan)}] {title} ...")
                 rows.append(run_build(stub, title, make_spec()))
                 time.sleep(0.3)  # let the agent's inventory delta reach the coordinator
             inventory = inventory_pb2_grpc.InventoryStub(channel).QueryInventory(
-                inventory_pb2.QueryInventoryRequest(summary_only=True), timeout=10)
+                inventory_pb2.QueryInventoryRequest(summary_only=True), timeout=10
+            )
         if not args.json:
             print_table(rows)
             say("")
         rollouts = run_demo_rollouts(coordinator.address, base, say=say)
         ok = all(r.exit_code == 0 for r in rows) and [r["outcome"] for r in rollouts] == EXPECTED_ROLLOUTS
         if args.json:
-            print(json.dumps({"builds": [asdict(r) for r in rows], "hit_rates": {
-                "warm": inventory.hit_rates.warm_builds, "partial": inventory.hit_rates.partial_builds,
-                "cold": inventory.hit_rates.cold_builds}, "rollouts": rollouts, "ok": ok}, indent=2, default=str))
+            print(
+                json.dumps(
+                    {
+                        "builds": [asdict(r) for r in rows],
+                        "hit_rates": {
+                            "warm": inventory.hit_rates.warm_builds,
+                            "partial": inventory.hit_rates.partial_builds,
+                            "cold": inventory.hit_rates.cold_builds,
+                        },
+                        "rollouts": rollouts,
+                        "ok": ok,
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
         else:
             print_rollouts(rollouts)
             h = inventory.hit_rates
-            print(f"\nbuild cache hit rates: warm {h.warm_builds}, partial {h.partial_builds}, cold {h.cold_builds}")
+            print(
+                f"\nbuild cache hit rates: warm {h.warm_builds}, partial {h.partial_builds}, cold {h.cold_builds}"
+            )
             if args.keep or args.dir:
                 print(f"logs and state in {base}")
             if not ok:
@@ -172,16 +209,22 @@ def print_rollouts(rows: list[dict]) -> None:
     print(f"\n{'ROLLOUT':<34} {'OUTCOME':<12} {'DETECTED':>9} {'FAILED/REQUESTS':>16}  WHY")
     for r in rows:
         detect = f"{r['detect_s']:.1f}s" if r.get("detect_s") else "-"
-        print(f"{r['title']:<34} {r['outcome']:<12} {detect:>9} {str(r['failed_requests']) + '/' + str(r['requests']):>16}"
-              f"  {r.get('message', '')}")
+        print(
+            f"{r['title']:<34} {r['outcome']:<12} {detect:>9} {str(r['failed_requests']) + '/' + str(r['requests']):>16}"
+            f"  {r.get('message', '')}"
+        )
 
 
 def print_table(rows: list[BuildRow]) -> None:
-    print(f"\n{'#':<2} {'BUILD':<32} {'NODE':<8} {'ZONE':<7} {'CACHE':<8} {'FETCHED':>9} {'RESTORE':>8} "
-          f"{'RUN':>6} {'EXIT':>4}  WHY")
+    print(
+        f"\n{'#':<2} {'BUILD':<32} {'NODE':<8} {'ZONE':<7} {'CACHE':<8} {'FETCHED':>9} {'RESTORE':>8} "
+        f"{'RUN':>6} {'EXIT':>4}  WHY"
+    )
     for n, r in enumerate(rows, 1):
-        print(f"{n:<2} {r.title:<32} {r.node:<8} {r.zone:<7} {r.warmth:<8} {_mb(r.bytes_fetched):>9} "
-              f"{r.restore_s:>7.2f}s {r.run_s:>5.2f}s {r.exit_code:>4}  {r.reason.split('; ready in')[0]}")
+        print(
+            f"{n:<2} {r.title:<32} {r.node:<8} {r.zone:<7} {r.warmth:<8} {_mb(r.bytes_fetched):>9} "
+            f"{r.restore_s:>7.2f}s {r.run_s:>5.2f}s {r.exit_code:>4}  {r.reason.split('; ready in')[0]}"
+        )
     print()
     for n, r in enumerate(rows, 1):
         restored = f"restored {r.restored_key}" if r.restored_key else "restored nothing"

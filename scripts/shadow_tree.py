@@ -38,8 +38,11 @@ def build(shadow: Path) -> None:
 
 
 def unmap(shadow: Path) -> int:
-    links = {str(p.relative_to(shadow)): str(p.resolve().relative_to(ROOT)) for p in shadow.rglob("*")
-             if p.is_symlink()}
+    links = {
+        str(p.relative_to(shadow)): str(p.resolve().relative_to(ROOT))
+        for p in shadow.rglob("*")
+        if p.is_symlink()
+    }
     failed = 0
     for line in sys.stdin:
         path, sep, rest = line.partition(":")

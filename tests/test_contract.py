@@ -19,15 +19,30 @@ def test_generated_code_matches_the_protos(tmp_path):
     out = tmp_path / "protos"
     shutil.copytree(ROOT / "protos", out, ignore=shutil.ignore_patterns("*_pb2*", "__pycache__"))
     protos = sorted(str(p.relative_to(out)) for p in (out / "stoker" / "v1").glob("*.proto"))
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(out), f"--python_out={out}",
-                    f"--pyi_out={out}", f"--grpc_python_out={out}", *protos], check=True, cwd=out)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(out),
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            f"--grpc_python_out={out}",
+            *protos,
+        ],
+        check=True,
+        cwd=out,
+    )
     generated = sorted(p.name for p in (out / "stoker" / "v1").glob("*_pb2*"))
     committed = sorted(p.name for p in (ROOT / "protos" / "stoker" / "v1").glob("*_pb2*"))
     assert generated == committed
-    _, mismatch, errors = filecmp.cmpfiles(out / "stoker" / "v1", ROOT / "protos" / "stoker" / "v1", generated,
-                                           shallow=False)
+    _, mismatch, errors = filecmp.cmpfiles(
+        out / "stoker" / "v1", ROOT / "protos" / "stoker" / "v1", generated, shallow=False
+    )
     assert not mismatch and not errors, (
-        f"generated code is stale for {mismatch or errors}: run scripts/gen_protos.sh and commit the result")
+        f"generated code is stale for {mismatch or errors}: run scripts/gen_protos.sh and commit the result"
+    )
 
 
 def test_every_proto_field_is_documented():
@@ -57,9 +72,15 @@ LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 def _lint_imports(shadow: Path) -> subprocess.CompletedProcess:
     """import-linter with .importlinter over a tree laid out as stoker installs (scripts/shadow_tree.py)."""
     assert LINT_IMPORTS.exists(), "import-linter is missing: pip install -e '.[test]' (scripts/test.sh does)"
-    return subprocess.run([str(LINT_IMPORTS), "--config", str(ROOT / ".importlinter"), "--no-cache"],
-                          check=False, cwd=shadow, env={**os.environ, "PYTHONPATH": str(shadow)}, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(ROOT / ".importlinter"), "--no-cache"],
+        check=False,
+        cwd=shadow,
+        env={**os.environ, "PYTHONPATH": str(shadow)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _shadow(tmp_path: Path) -> Path:
@@ -84,14 +105,20 @@ def _replace_link(shadow: Path, module: str, extra: str) -> None:
     path.write_text(text + "\n" + extra + "\n")
 
 
-@pytest.mark.parametrize("module, line, contract", [
-    ("stoker.coordinator.placement.scheduler", "import grpc", "pure cores import no adapter"),
-    ("stoker.coordinator.placement.registry", "import sqlite3", "pure cores import no adapter"),
-    ("stoker.agent.cache.store", "from stoker.coordinator.core import errors", "agent and coordinator"),
-    ("stoker.coordinator.rollouts.judge", "from stoker.coordinator.placement import scheduler",
-     "the rollout subsystem"),
-    ("stoker.common.settings", "import stoker.cli.main", "common and the generated contract"),
-])
+@pytest.mark.parametrize(
+    "module, line, contract",
+    [
+        ("stoker.coordinator.placement.scheduler", "import grpc", "pure cores import no adapter"),
+        ("stoker.coordinator.placement.registry", "import sqlite3", "pure cores import no adapter"),
+        ("stoker.agent.cache.store", "from stoker.coordinator.core import errors", "agent and coordinator"),
+        (
+            "stoker.coordinator.rollouts.judge",
+            "from stoker.coordinator.placement import scheduler",
+            "the rollout subsystem",
+        ),
+        ("stoker.common.settings", "import stoker.cli.main", "common and the generated contract"),
+    ],
+)
 def test_a_deliberate_violation_fails_the_contracts(tmp_path, module, line, contract):
     shadow = _shadow(tmp_path)
     _replace_link(shadow, module, line)

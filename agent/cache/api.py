@@ -101,14 +101,22 @@ class BuildCache(Protocol):
         """Call ``listener`` after each change; generations increase by one per change."""
 
     def restore(
-        self, key: str, restore_keys: Sequence[str], workspace: Path, paths: Sequence[str],
+        self,
+        key: str,
+        restore_keys: Sequence[str],
+        workspace: Path,
+        paths: Sequence[str],
         progress: ProgressFn | None = None,
     ) -> RestoreResult:
         """Materialize the entry for ``key`` (else the newest under the first matching prefix) into
         ``workspace``, so that each of ``paths`` exists there. Fetches into the local store first."""
 
     def save(
-        self, key: str, workspace: Path, paths: Sequence[str], progress: ProgressFn | None = None,
+        self,
+        key: str,
+        workspace: Path,
+        paths: Sequence[str],
+        progress: ProgressFn | None = None,
     ) -> SaveResult:
         """Snapshot ``paths`` of ``workspace`` as the entry ``key`` in the local store and the blob store."""
 

@@ -37,7 +37,7 @@ def decode_key(encoded: str) -> str:
     i = 0
     while i < len(encoded):
         if encoded[i] == "%":
-            raw.append(int(encoded[i + 1:i + 3], 16))
+            raw.append(int(encoded[i + 1 : i + 3], 16))
             i += 3
         else:
             raw.extend(encoded[i].encode())
@@ -86,14 +86,12 @@ class BlobStore(Protocol):
     def put_file(self, name: str, path: Path) -> None:
         """Upload a local file as the object, atomically (multipart for large files where supported)."""
 
-    def exists(self, name: str) -> bool:
-        ...
+    def exists(self, name: str) -> bool: ...
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose name starts with ``prefix``."""
 
-    def delete(self, name: str) -> None:
-        ...
+    def delete(self, name: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -102,8 +100,9 @@ class ByteRange:
     length: int
 
 
-def merge_ranges(ranges: Sequence[ByteRange], *, gap: int, max_length: int) -> list[tuple[ByteRange,
-                                                                                           list[int]]]:
+def merge_ranges(
+    ranges: Sequence[ByteRange], *, gap: int, max_length: int
+) -> list[tuple[ByteRange, list[int]]]:
     """Merge sorted-able ranges whose gaps are at most ``gap`` bytes into reads of at most ``max_length``.
 
     Returns (read range, indices of the input ranges it covers), reads in offset order.
@@ -137,6 +136,10 @@ def open_blob_store(url: str, endpoint_url: str = "", region: str = "") -> BlobS
 
         if not parsed.netloc:
             raise CacheError(f"blob store URL {url!r} names no bucket (s3://bucket/prefix)")
-        return S3BlobStore(bucket=parsed.netloc, prefix=parsed.path.strip("/"),
-                           endpoint_url=endpoint_url or None, region=region or None)
+        return S3BlobStore(
+            bucket=parsed.netloc,
+            prefix=parsed.path.strip("/"),
+            endpoint_url=endpoint_url or None,
+            region=region or None,
+        )
     raise CacheError(f"blob store URL {url!r}: use file:///path or s3://bucket/prefix")

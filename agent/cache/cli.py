@@ -42,15 +42,24 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check every byte of local entries against their digests")
     v.add_argument("keys", nargs="*", help="entries to check (default: all)")
     g = sub.add_parser("gc", help="evict down to the budget; optionally delete unreferenced blobs")
-    g.add_argument("--blobs-grace-hours", type=float, default=None,
-                   help="also delete packs/manifests no key uses, older than this many hours")
+    g.add_argument(
+        "--blobs-grace-hours",
+        type=float,
+        default=None,
+        help="also delete packs/manifests no key uses, older than this many hours",
+    )
     g.add_argument("--dry-run", action="store_true")
     return p
 
 
 def _print_progress(p: Progress) -> None:
-    print(f"\r{p.files_done}/{p.files_total} files  {p.bytes_done / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB  "
-          f"{p.bytes_per_s / 1e6:.0f} MB/s", end="", file=sys.stderr, flush=True)
+    print(
+        f"\r{p.files_done}/{p.files_total} files  {p.bytes_done / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB  "
+        f"{p.bytes_per_s / 1e6:.0f} MB/s",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,8 +98,12 @@ def _run(cache, args) -> dict:
     if args.command == "ls":
         generation, entries = cache.inventory()
         used, free = cache.disk_usage()
-        return {"generation": generation, "used_bytes": used, "free_bytes": free,
-                "entries": [asdict(e) for e in entries]}
+        return {
+            "generation": generation,
+            "used_bytes": used,
+            "free_bytes": free,
+            "entries": [asdict(e) for e in entries],
+        }
     if args.command == "verify":
         assert isinstance(cache, ContentCache)
         keys = args.keys or [e.key for e in cache.inventory()[1]]
@@ -108,8 +121,9 @@ def _run(cache, args) -> dict:
             cache.store.make_room(0, what="gc")
         out: dict = {"evicted_bytes": cache.evicted_bytes_total - before}
         if args.blobs_grace_hours is not None:
-            n, size = gc_blobs(cache.blobs, grace_s=args.blobs_grace_hours * 3600, now=time.time(),
-                               dry_run=args.dry_run)
+            n, size = gc_blobs(
+                cache.blobs, grace_s=args.blobs_grace_hours * 3600, now=time.time(), dry_run=args.dry_run
+            )
             out.update(blobs_deleted=n, blobs_deleted_bytes=size)
         return out
     raise AssertionError(args.command)
@@ -117,12 +131,16 @@ def _run(cache, args) -> dict:
 
 def _print_text(command: str, out: dict) -> None:
     if command == "ls":
-        print(f"generation {out['generation']}  used {out['used_bytes'] / 1e6:.1f} MB  "
-              f"free {out['free_bytes'] / 1e6:.1f} MB")
+        print(
+            f"generation {out['generation']}  used {out['used_bytes'] / 1e6:.1f} MB  "
+            f"free {out['free_bytes'] / 1e6:.1f} MB"
+        )
         for e in out["entries"]:
-            print(f"{e['key']}\t{e['bytes'] / 1e6:.1f} MB\t{e['files']} files\t"
-                  f"created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['created']))}\t"
-                  f"used {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['last_used']))}")
+            print(
+                f"{e['key']}\t{e['bytes'] / 1e6:.1f} MB\t{e['files']} files\t"
+                f"created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['created']))}\t"
+                f"used {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['last_used']))}"
+            )
     elif command == "verify":
         for key, n in out["checked"].items():
             print(f"ok\t{key}\t{n} files")

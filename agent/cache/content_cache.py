@@ -37,8 +37,17 @@ from stoker.agent.cache.writers import ActiveWriter, WriterKind, choose_writer
 class ContentCache:
     """Save and restore entries; see the module docstring. Thread-safe."""
 
-    def __init__(self, store: LocalStore, blobs: BlobStore, *, workers: int = 0, syncfs: bool = False,
-                 fetch_concurrency: int = 8, writer: WriterKind = "auto", ready_trees: int = 1) -> None:
+    def __init__(
+        self,
+        store: LocalStore,
+        blobs: BlobStore,
+        *,
+        workers: int = 0,
+        syncfs: bool = False,
+        fetch_concurrency: int = 8,
+        writer: WriterKind = "auto",
+        ready_trees: int = 1,
+    ) -> None:
         """``workers``: threads (or processes) writing restored files, 0 for one per core; ``writer``: which
         code writes them (see :mod:`.writers`; the process's umask is read now); ``ready_trees``: how many
         entries to keep also unpacked, 0 for none (see :mod:`.ready_trees`)."""
@@ -50,10 +59,26 @@ class ContentCache:
         resolver = EntryResolver(store, blobs, manifests)
         stat_caches = StatCaches(store, manifests)
         self.ready = ReadyTrees(store, manifests, self.writing, keep=ready_trees)
-        self.restorer = Restorer(store, blobs, resolver, self.ready, stat_caches, self.writing, syncfs=syncfs,
-                                 fetch_concurrency=fetch_concurrency)
-        self.saver = Saver(store, blobs, resolver, manifests, KnownContent(store, blobs, manifests, resolver),
-                           stat_caches, self.ready, self.workers)
+        self.restorer = Restorer(
+            store,
+            blobs,
+            resolver,
+            self.ready,
+            stat_caches,
+            self.writing,
+            syncfs=syncfs,
+            fetch_concurrency=fetch_concurrency,
+        )
+        self.saver = Saver(
+            store,
+            blobs,
+            resolver,
+            manifests,
+            KnownContent(store, blobs, manifests, resolver),
+            stat_caches,
+            self.ready,
+            self.workers,
+        )
         self._manifests = manifests
         self._resolver = resolver
 
@@ -109,15 +134,22 @@ class ContentCache:
     def evicted_bytes_total(self) -> int:
         return self.store.evicted_bytes_total
 
-    def restore(self, key: str, restore_keys: Sequence[str], workspace: Path, paths: Sequence[str],
-                progress: ProgressFn | None = None) -> RestoreResult:
+    def restore(
+        self,
+        key: str,
+        restore_keys: Sequence[str],
+        workspace: Path,
+        paths: Sequence[str],
+        progress: ProgressFn | None = None,
+    ) -> RestoreResult:
         return self.restorer.restore(key, restore_keys, workspace, tree.check_roots(paths), progress)
 
     def prewarm(self, key: str, restore_keys: Sequence[str]) -> RestoreResult:
         return self.restorer.restore(key, restore_keys, None, (), None)
 
-    def save(self, key: str, workspace: Path, paths: Sequence[str],
-             progress: ProgressFn | None = None) -> SaveResult:
+    def save(
+        self, key: str, workspace: Path, paths: Sequence[str], progress: ProgressFn | None = None
+    ) -> SaveResult:
         return self.saver.save(key, workspace, tree.check_roots(paths), progress)
 
     # -- beyond BuildCache -----------------------------------------------------------------------------

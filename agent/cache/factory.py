@@ -22,13 +22,24 @@ def open_cache(config: CacheSettings) -> BuildCache:
     kind = writer_kind(config.writer)
     if config.ready_trees < 0:
         raise ValueError(f"cache.ready_trees must be 0 or more, not {config.ready_trees}")
-    cache = ContentCache(store, blobs, workers=config.workers, syncfs=config.syncfs, writer=kind,
-                         ready_trees=config.ready_trees)
+    cache = ContentCache(
+        store,
+        blobs,
+        workers=config.workers,
+        syncfs=config.syncfs,
+        writer=kind,
+        ready_trees=config.ready_trees,
+    )
     writer = cache.writing.writer
     if writer.compiled is None and kind == "auto":
-        log.warning("the compiled cache writer (stoker.agent.cache._fastio) is not built: restores use the "
-                    "slower Python writer; reinstall stoker where a C compiler is available to build it")
+        log.warning(
+            "the compiled cache writer (stoker.agent.cache._fastio) is not built: restores use the "
+            "slower Python writer; reinstall stoker where a C compiler is available to build it"
+        )
     elif writer.compiled is None:
-        log.info("cache.writer=%s: restores use the Python writer (%s)", kind,
-                 "forked processes" if writer.forked else "threads")
+        log.info(
+            "cache.writer=%s: restores use the Python writer (%s)",
+            kind,
+            "forked processes" if writer.forked else "threads",
+        )
     return cache

@@ -60,8 +60,16 @@ def plan_fetch(manifest: mf.Manifest, missing: Sequence[int], path: Path, name: 
     return FetchPlan(placed, reads)
 
 
-def run_fetch(blobs: BlobStore, concurrency: int, manifest: mf.Manifest, files: Sequence[mf.FileEntry],
-              plan: FetchPlan, path: Path, where: str, on_frame: Callable[[int], None]) -> int:
+def run_fetch(
+    blobs: BlobStore,
+    concurrency: int,
+    manifest: mf.Manifest,
+    files: Sequence[mf.FileEntry],
+    plan: FetchPlan,
+    path: Path,
+    where: str,
+    on_frame: Callable[[int], None],
+) -> int:
     """Run the plan's GETs, ``concurrency`` at once, into ``path``; calls ``on_frame(i)`` (from the fetching
     threads) once frame ``i`` is in place. Returns the bytes fetched."""
     first_path: dict[str, str] = {}  # pack → a file it holds, to name in errors
@@ -78,18 +86,22 @@ def run_fetch(blobs: BlobStore, concurrency: int, manifest: mf.Manifest, files: 
         try:
             data = blobs.get_range(f"packs/{pack}", rng.offset, rng.length)
         except NotFound as exc:
-            raise CorruptEntry(f"{where}: pack {pack} (holding {first_path.get(pack)}) is missing "
-                               f"from {blobs.describe()}") from exc
+            raise CorruptEntry(
+                f"{where}: pack {pack} (holding {first_path.get(pack)}) is missing from {blobs.describe()}"
+            ) from exc
         except BlobStoreUnavailable as exc:
-            raise BlobStoreUnavailable(f"{where}: fetching pack {pack} (holding "
-                                       f"{first_path.get(pack)}): {exc}") from exc
+            raise BlobStoreUnavailable(
+                f"{where}: fetching pack {pack} (holding {first_path.get(pack)}): {exc}"
+            ) from exc
         if len(data) != rng.length:
-            raise CorruptEntry(f"{where}: pack {pack} (holding {first_path.get(pack)}) is truncated: "
-                               f"{len(data)} of {rng.length} bytes at offset {rng.offset}")
+            raise CorruptEntry(
+                f"{where}: pack {pack} (holding {first_path.get(pack)}) is truncated: "
+                f"{len(data)} of {rng.length} bytes at offset {rng.offset}"
+            )
         view = memoryview(data)
         for i in read.frames:
             fr = manifest.frames[i]
-            chunk = view[fr.offset - rng.offset:fr.offset - rng.offset + fr.length]
+            chunk = view[fr.offset - rng.offset : fr.offset - rng.offset + fr.length]
             os.pwrite(fd, chunk, plan.placed[i].offset)
         with lock:
             total += len(data)

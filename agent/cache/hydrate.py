@@ -37,10 +37,21 @@ _TIMES_PER_TASK = 2000
 """Existing entries whose mtimes one task sets."""
 
 
-def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path | None,
-                locate: FrameLocator, *, writer: Writer, workers: int, where: str,
-                progress: ProgressFn | None = None, set_times: Sequence[mf.FileEntry] = (),
-                fetch: FetchFn | None = None, missing: Sequence[int] = (), stop: StopFn | None = None) -> None:
+def write_files(
+    manifest: mf.Manifest,
+    files: Sequence[mf.FileEntry],
+    dest: Path | None,
+    locate: FrameLocator,
+    *,
+    writer: Writer,
+    workers: int,
+    where: str,
+    progress: ProgressFn | None = None,
+    set_times: Sequence[mf.FileEntry] = (),
+    fetch: FetchFn | None = None,
+    missing: Sequence[int] = (),
+    stop: StopFn | None = None,
+) -> None:
     """Create ``files`` (directories, symlinks, files) under ``dest`` and verify every digest.
 
     With ``dest`` None, only decompress and verify. ``locate`` must return descriptors opened before the
@@ -63,10 +74,12 @@ def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path
                 _create_entries(files, root, where, counter, writer.umask)
             tasks = plan_tasks(manifest, files)
             for i in range(0, len(set_times), _TIMES_PER_TASK):
-                tasks.append(Task(0, None, tuple(set_times[i:i + _TIMES_PER_TASK]), times_only=True))
+                tasks.append(Task(0, None, tuple(set_times[i : i + _TIMES_PER_TASK]), times_only=True))
             if stop():
                 raise Stopped(f"{where}: stopped after creating the directories")
-            _run_tasks(manifest, tasks, root, locate, where, counter, writer, workers, fetch, set(missing), stop)
+            _run_tasks(
+                manifest, tasks, root, locate, where, counter, writer, workers, fetch, set(missing), stop
+            )
             counter.add(0, 0, force=True)
             if root is not None:
                 for f in reversed(files):
@@ -77,8 +90,9 @@ def write_files(manifest: mf.Manifest, files: Sequence[mf.FileEntry], dest: Path
                 root.close()
 
 
-def _create_entries(files: Sequence[mf.FileEntry], root: Root, where: str, counter: ProgressCounter,
-                    umask: int) -> None:
+def _create_entries(
+    files: Sequence[mf.FileEntry], root: Root, where: str, counter: ProgressCounter, umask: int
+) -> None:
     """Create the directories (with their final mode where the umask keeps it), symlinks and empty files."""
     with Parents(root) as parents:
         for f in files:
@@ -98,15 +112,27 @@ def _create_entries(files: Sequence[mf.FileEntry], root: Root, where: str, count
                 counter.add(1, 0)
 
 
-def _run_tasks(manifest: mf.Manifest, tasks: list[Task], root: Root | None, locate: FrameLocator, where: str,
-               counter: ProgressCounter, writer: Writer, workers: int, fetch: FetchFn | None,
-               missing: set[int], stop: StopFn) -> None:
+def _run_tasks(
+    manifest: mf.Manifest,
+    tasks: list[Task],
+    root: Root | None,
+    locate: FrameLocator,
+    where: str,
+    counter: ProgressCounter,
+    writer: Writer,
+    workers: int,
+    fetch: FetchFn | None,
+    missing: set[int],
+    stop: StopFn,
+) -> None:
     """Forked helpers for the Python writer when it may fork and there is more than one task; else threads."""
     helpers = max(1, workers) - 1 if writer.compiled is None and writer.forked and len(tasks) > 1 else 0
     if helpers:
         run_forked(manifest, tasks, root, locate, where, counter, writer, helpers, fetch, missing)
     else:
-        run_threaded(manifest, tasks, root, locate, where, counter, writer, max(1, workers), fetch, missing, stop)
+        run_threaded(
+            manifest, tasks, root, locate, where, counter, writer, max(1, workers), fetch, missing, stop
+        )
 
 
 def _keeps_dir_mode(f: mf.FileEntry, umask: int) -> bool:
@@ -114,20 +140,32 @@ def _keeps_dir_mode(f: mf.FileEntry, umask: int) -> bool:
     return f.mode & 0o700 == 0o700 and f.mode & (0o777 & ~umask) == f.mode
 
 
-def apply_diff(manifest: mf.Manifest, held: Sequence[mf.FileEntry], files: Sequence[mf.FileEntry],
-               dest: Path, locate: FrameLocator, *, writer: Writer, workers: int, where: str,
-               progress: ProgressFn | None = None, fetch: FetchFn | None = None,
-               missing: Sequence[int] = ()) -> None:
+def apply_diff(
+    manifest: mf.Manifest,
+    held: Sequence[mf.FileEntry],
+    files: Sequence[mf.FileEntry],
+    dest: Path,
+    locate: FrameLocator,
+    *,
+    writer: Writer,
+    workers: int,
+    where: str,
+    progress: ProgressFn | None = None,
+    fetch: FetchFn | None = None,
+    missing: Sequence[int] = (),
+) -> None:
     """Turn the tree at ``dest``, which holds exactly ``held`` (a ready tree), into ``files``: remove what
     differs, write what is new or changed from its frames (every such digest checked), fix metadata.
 
     The comparison runs on sets of tuples (C speed): an entry is kept when its path, type, content
     digest, mode (files) and link target are the same; modes and mtimes of kept entries are fixed after."""
     d = mf.DIR
-    held_ids = [(f.path, d) if f.type == d else (f.path, f.type, f.digest, f.size, f.mode, f.target)
-                for f in held]
-    file_ids = [(f.path, d) if f.type == d else (f.path, f.type, f.digest, f.size, f.mode, f.target)
-                for f in files]
+    held_ids = [
+        (f.path, d) if f.type == d else (f.path, f.type, f.digest, f.size, f.mode, f.target) for f in held
+    ]
+    file_ids = [
+        (f.path, d) if f.type == d else (f.path, f.type, f.digest, f.size, f.mode, f.target) for f in files
+    ]
     keep = set(held_ids).intersection(file_ids)
     removed_entries = [f for f, i in zip(held, held_ids) if i not in keep]
     create = [f for f, i in zip(files, file_ids) if i not in keep]
@@ -140,8 +178,19 @@ def apply_diff(manifest: mf.Manifest, held: Sequence[mf.FileEntry], files: Seque
     meta = {(f.path, f.mode, f.mtime_ns) for f in files} - {(f.path, f.mode, f.mtime_ns) for f in held}
     fix = {p for p, _, _ in meta if p not in created} | ((touched | set(opened)) - created - removed)
     fixing = [f for f in files if f.path in fix]
-    write_files(manifest, create, dest, locate, writer=writer, workers=workers, where=where, progress=progress,
-                set_times=[f for f in fixing if f.type != mf.DIR], fetch=fetch, missing=missing)
+    write_files(
+        manifest,
+        create,
+        dest,
+        locate,
+        writer=writer,
+        workers=workers,
+        where=where,
+        progress=progress,
+        set_times=[f for f in fixing if f.type != mf.DIR],
+        fetch=fetch,
+        missing=missing,
+    )
     old_modes = {f.path: f.mode for f in held if f.type == mf.DIR and f.path in fix}
     with swaps_refused(where), Root(dest, writer.compiled) as root:
         for f in fixing:
@@ -149,8 +198,15 @@ def apply_diff(manifest: mf.Manifest, held: Sequence[mf.FileEntry], files: Seque
                 root.set_dir_meta(f, mode=f.path in opened or old_modes.get(f.path) != f.mode)
 
 
-def _remove_entries(held: Sequence[mf.FileEntry], removed_entries: Sequence[mf.FileEntry], removed: set[str],
-                    touched: set[str], dest: Path, writer: Writer, where: str) -> dict[str, int]:
+def _remove_entries(
+    held: Sequence[mf.FileEntry],
+    removed_entries: Sequence[mf.FileEntry],
+    removed: set[str],
+    touched: set[str],
+    dest: Path,
+    writer: Writer,
+    where: str,
+) -> dict[str, int]:
     """Remove ``removed_entries`` from the tree at ``dest``, children first, after making the kept
     directories among ``touched`` writable; returns those directories and the modes they held."""
     old_meta = {f.path: f for f in held if f.path in touched}

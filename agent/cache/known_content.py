@@ -24,8 +24,9 @@ KnownChunks = tuple[tuple[mf.Frame, int, int], ...]
 class KnownContent:
     """Content digest → where the blob store holds it. Thread-safe."""
 
-    def __init__(self, store: LocalStore, blobs: BlobStore, manifests: LocalManifests,
-                 resolver: EntryResolver) -> None:
+    def __init__(
+        self, store: LocalStore, blobs: BlobStore, manifests: LocalManifests, resolver: EntryResolver
+    ) -> None:
         self._store = store
         self._blobs = blobs
         self._manifests = manifests
@@ -47,7 +48,9 @@ class KnownContent:
                     self.learn(record.manifest, local)
         if previous is not None and str(previous["manifest"]) not in self._known_from:
             try:
-                resolved = self._resolver.remote(str(previous.get("key", "")) or "(previous)", previous, exact=True)
+                resolved = self._resolver.remote(
+                    str(previous.get("key", "")) or "(previous)", previous, exact=True
+                )
                 self.learn(resolved.manifest_name, resolved.manifest)
             except CacheError as exc:
                 log.warning("ignoring the previous manifest of this key: %s", exc)
@@ -58,7 +61,9 @@ class KnownContent:
             if self._blobs.exists(f"packs/{pack}"):
                 self.pack_present(pack)
         with self._lock:
-            return {d: c for d, c in self._known.items() if all(fr.pack in self._packs_present for fr, _, _ in c)}
+            return {
+                d: c for d, c in self._known.items() if all(fr.pack in self._packs_present for fr, _, _ in c)
+            }
 
     def learn(self, name: str, manifest: mf.Manifest) -> None:
         """Remember where the content of manifest ``name`` lives."""
@@ -68,8 +73,9 @@ class KnownContent:
             self._known_from.add(name)
             for f in manifest.files:
                 if f.type == mf.FILE and f.chunks and f.digest is not None and f.digest not in self._known:
-                    self._known[f.digest] = tuple((manifest.frames[c.frame], c.raw_offset, c.raw_length)
-                                                  for c in f.chunks)
+                    self._known[f.digest] = tuple(
+                        (manifest.frames[c.frame], c.raw_offset, c.raw_length) for c in f.chunks
+                    )
 
     def pack_present(self, pack: str) -> None:
         """The blob store holds ``pack`` (it was just uploaded, or seen there)."""

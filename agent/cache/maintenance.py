@@ -27,6 +27,7 @@ def verify_entry(store: LocalStore, resolver: EntryResolver, writing: ActiveWrit
     manifest = resolver.local(key, record.manifest, exact=True).manifest
     fds: dict[Path, int] = {}
     try:
+
         def locate(i: int) -> tuple[int, int]:
             fr = manifest.frames[i]
             found = store.locate((fr.pack, fr.offset))
@@ -39,8 +40,15 @@ def verify_entry(store: LocalStore, resolver: EntryResolver, writing: ActiveWrit
 
         for i in range(len(manifest.frames)):
             locate(i)
-        hydrate.write_files(manifest, list(manifest.files), None, locate, writer=writing.writer,
-                            workers=writing.workers, where=f"entry {key}")
+        hydrate.write_files(
+            manifest,
+            list(manifest.files),
+            None,
+            locate,
+            writer=writing.writer,
+            workers=writing.workers,
+            where=f"entry {key}",
+        )
     finally:
         for fd in fds.values():
             os.close(fd)

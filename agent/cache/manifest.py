@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import zstandard
+
 from stoker.agent.cache.api import CacheError, UnsafeTree
 
 FORMAT_NAME = "stoker-cache-manifest"
@@ -130,22 +131,40 @@ def encode(manifest: Manifest, *, version: int = FORMAT_VERSION) -> bytes:
         return _encode_v1(manifest, packs, pack_index)
     if version != 2:
         raise ValueError(f"cannot write manifest version {version}")
-    header = json.dumps({"format": FORMAT_NAME, "version": 2, "key": manifest.key, "created": manifest.created,
-                         "digest": DIGEST_ALGORITHM, "roots": list(manifest.roots), "packs": packs},
-                        separators=(",", ":"), sort_keys=True).encode()
+    header = json.dumps(
+        {
+            "format": FORMAT_NAME,
+            "version": 2,
+            "key": manifest.key,
+            "created": manifest.created,
+            "digest": DIGEST_ALGORITHM,
+            "roots": list(manifest.roots),
+            "packs": packs,
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode()
     out = [_MAGIC, struct.pack("<HI", 2, len(header)), header, struct.pack("<I", len(manifest.frames))]
-    out += [struct.pack("<IQII", pack_index[fr.pack], fr.offset, fr.length, fr.raw_size)
-            for fr in manifest.frames]
+    out += [
+        struct.pack("<IQII", pack_index[fr.pack], fr.offset, fr.length, fr.raw_size) for fr in manifest.frames
+    ]
     files = manifest.files
     n = len(files)
     paths = "\0".join(f.path for f in files).encode()
-    out += [struct.pack("<I", n), bytes(_TYPE_CODE.get(f.type, 255) for f in files),
-            struct.pack(f"<{n}H", *(f.mode for f in files)), struct.pack(f"<{n}q", *(f.mtime_ns for f in files)),
-            struct.pack("<I", len(paths)), paths]
+    out += [
+        struct.pack("<I", n),
+        bytes(_TYPE_CODE.get(f.type, 255) for f in files),
+        struct.pack(f"<{n}H", *(f.mode for f in files)),
+        struct.pack(f"<{n}q", *(f.mtime_ns for f in files)),
+        struct.pack("<I", len(paths)),
+        paths,
+    ]
     regular = [f for f in files if f.type == FILE]
-    out += [struct.pack(f"<{len(regular)}Q", *(f.size for f in regular)),
-            b"".join(bytes.fromhex(f.digest or "") for f in regular),
-            struct.pack(f"<{len(regular)}I", *(len(f.chunks) for f in regular))]
+    out += [
+        struct.pack(f"<{len(regular)}Q", *(f.size for f in regular)),
+        b"".join(bytes.fromhex(f.digest or "") for f in regular),
+        struct.pack(f"<{len(regular)}I", *(len(f.chunks) for f in regular)),
+    ]
     flat = [x for f in regular for c in f.chunks for x in c]
     out.append(struct.pack(f"<{len(flat)}I", *flat))
     targets = "\0".join(f.target or "" for f in files if f.type == SYMLINK).encode()
@@ -208,8 +227,10 @@ def _check_header(doc: object, where: str) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise CacheError(f"manifest {where} is not a stoker cache manifest")
     if doc.get("version") not in READ_VERSIONS:
-        raise CacheError(f"manifest {where} has format version {doc.get('version')!r}; "
-                         f"this agent reads versions {', '.join(map(str, READ_VERSIONS))}")
+        raise CacheError(
+            f"manifest {where} has format version {doc.get('version')!r}; "
+            f"this agent reads versions {', '.join(map(str, READ_VERSIONS))}"
+        )
     if doc.get("digest") != DIGEST_ALGORITHM:
         raise CacheError(f"manifest {where} uses digest {doc.get('digest')!r}, not {DIGEST_ALGORITHM}")
     return doc
@@ -229,8 +250,13 @@ def _parse_v1(raw: bytes, where: str) -> Manifest:
             _check_object_name(p, where)
         frames = tuple(Frame(packs[int(i)], int(o), int(n), int(r)) for i, o, n, r in doc["frames"])
         files = tuple(_parse_file(d) for d in doc["files"])
-        return Manifest(key=str(doc["key"]), created=float(doc["created"]), frames=frames,
-                        files=files, roots=tuple(str(r) for r in doc.get("roots", ())))
+        return Manifest(
+            key=str(doc["key"]),
+            created=float(doc["created"]),
+            frames=frames,
+            files=files,
+            roots=tuple(str(r) for r in doc.get("roots", ())),
+        )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CacheError(f"manifest {where} is malformed: {exc!r}") from exc
 
@@ -252,11 +278,13 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
         need(10)
         version, hlen = struct.unpack_from("<HI", raw, 4)
         if version != 2:
-            raise CacheError(f"manifest {where} has format version {version!r}; "
-                             f"this agent reads versions {', '.join(map(str, READ_VERSIONS))}")
+            raise CacheError(
+                f"manifest {where} has format version {version!r}; "
+                f"this agent reads versions {', '.join(map(str, READ_VERSIONS))}"
+            )
         pos = 10
         need(hlen)
-        doc = _check_header(json.loads(raw[pos:pos + hlen]), where)
+        doc = _check_header(json.loads(raw[pos : pos + hlen]), where)
         pos += hlen
         packs = [str(p) for p in doc["packs"]]
         for p in packs:
@@ -265,14 +293,16 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
         (nframes,) = struct.unpack_from("<I", raw, pos)
         pos += 4
         need(20 * nframes)
-        frames = tuple(Frame(packs[i], o, n, r) for i, o, n, r in
-                       struct.iter_unpack("<IQII", raw[pos:pos + 20 * nframes]))
+        frames = tuple(
+            Frame(packs[i], o, n, r)
+            for i, o, n, r in struct.iter_unpack("<IQII", raw[pos : pos + 20 * nframes])
+        )
         pos += 20 * nframes
         need(4)
         (n,) = struct.unpack_from("<I", raw, pos)
         pos += 4
         need(11 * n + 4)
-        types = raw[pos:pos + n]
+        types = raw[pos : pos + n]
         pos += n
         modes = struct.unpack_from(f"<{n}H", raw, pos)
         pos += 2 * n
@@ -281,7 +311,7 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
         (plen,) = struct.unpack_from("<I", raw, pos)
         pos += 4
         need(plen)
-        paths = raw[pos:pos + plen].decode().split("\0") if n else []
+        paths = raw[pos : pos + plen].decode().split("\0") if n else []
         pos += plen
         if len(paths) != n or len(types) != n:
             raise CacheError(f"manifest {where} is malformed: {len(paths)} paths for {n} entries")
@@ -289,7 +319,7 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
         need(44 * nfiles)
         sizes = struct.unpack_from(f"<{nfiles}Q", raw, pos)
         pos += 8 * nfiles
-        digests = raw[pos:pos + 32 * nfiles]
+        digests = raw[pos : pos + 32 * nfiles]
         pos += 32 * nfiles
         counts = struct.unpack_from(f"<{nfiles}I", raw, pos)
         pos += 4 * nfiles
@@ -299,7 +329,7 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
         pos += 12 * nchunks
         (tlen,) = struct.unpack_from("<I", raw, pos)
         pos += 4
-        targets = raw[pos:pos + tlen].decode().split("\0")
+        targets = raw[pos : pos + tlen].decode().split("\0")
         if pos + tlen != len(raw) or len(digests) != 32 * nfiles:
             raise CacheError(f"manifest {where} is malformed: its sections do not add up")
         files: list[FileEntry] = []
@@ -312,12 +342,25 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
                 k = counts[fi]
                 chunks: tuple[Chunk, ...]
                 if k == 1:
-                    chunks = (new(Chunk, cflat[ci:ci + 3]),)
+                    chunks = (new(Chunk, cflat[ci : ci + 3]),)
                 else:
-                    chunks = tuple([new(Chunk, cflat[j:j + 3]) for j in range(ci, ci + 3 * k, 3)])
+                    chunks = tuple([new(Chunk, cflat[j : j + 3]) for j in range(ci, ci + 3 * k, 3)])
                 ci += 3 * k
-                append(new(FileEntry, (paths[i], FILE, modes[i], mtimes[i], sizes[fi],
-                                       digests[32 * fi:32 * fi + 32].hex(), None, chunks)))
+                append(
+                    new(
+                        FileEntry,
+                        (
+                            paths[i],
+                            FILE,
+                            modes[i],
+                            mtimes[i],
+                            sizes[fi],
+                            digests[32 * fi : 32 * fi + 32].hex(),
+                            None,
+                            chunks,
+                        ),
+                    )
+                )
                 fi += 1
             elif t == 0:
                 append(new(FileEntry, (paths[i], DIR, modes[i], mtimes[i], 0, None, None, ())))
@@ -326,8 +369,13 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
                 si += 1
             else:
                 append(FileEntry(paths[i], f"type {t}", modes[i], mtimes[i]))
-        return Manifest(key=str(doc["key"]), created=float(doc["created"]), frames=frames, files=tuple(files),
-                        roots=tuple(str(r) for r in doc.get("roots", ())))
+        return Manifest(
+            key=str(doc["key"]),
+            created=float(doc["created"]),
+            frames=frames,
+            files=tuple(files),
+            roots=tuple(str(r) for r in doc.get("roots", ())),
+        )
     except (struct.error, KeyError, TypeError, ValueError, IndexError, UnicodeDecodeError) as exc:
         raise CacheError(f"manifest {where} is malformed: {exc!r}") from exc
 
@@ -340,9 +388,16 @@ def _check_object_name(name: str, where: str) -> None:
 def _parse_file(d: dict) -> FileEntry:
     kind = d["type"]
     chunks = tuple(Chunk(int(a), int(b), int(c)) for a, b, c in d.get("chunks", ()))
-    return FileEntry(path=str(d["path"]), type=str(kind), mode=int(d["mode"]), mtime_ns=int(d["mtime_ns"]),
-                     size=int(d.get("size", 0)), digest=d.get("digest"),
-                     target=d.get("target"), chunks=chunks)
+    return FileEntry(
+        path=str(d["path"]),
+        type=str(kind),
+        mode=int(d["mode"]),
+        mtime_ns=int(d["mtime_ns"]),
+        size=int(d.get("size", 0)),
+        digest=d.get("digest"),
+        target=d.get("target"),
+        chunks=chunks,
+    )
 
 
 SKETCH_K = 64
@@ -360,12 +415,31 @@ _BAD_PARTS = frozenset(("", ".", ".."))
 
 def check_relative_path(path: str, *, where: str) -> None:
     """Refuse absolute paths, ``..``, empty or ``.`` components, and anything not in normal form."""
-    if not path or path[0] == "/" or "\\" in path or "\0" in path or not _BAD_PARTS.isdisjoint(path.split("/")):
+    if (
+        not path
+        or path[0] == "/"
+        or "\\" in path
+        or "\0" in path
+        or not _BAD_PARTS.isdisjoint(path.split("/"))
+    ):
         raise UnsafeTree(f"{where}: unsafe path {path!r}")
 
 
-_BAD_JOINED = ("\0\0", "\0/", "/\0", "//", "/./", "/../", "\0./", "\0../", "/.\0", "/..\0", "\0.\0", "\0..\0",
-               "\\")
+_BAD_JOINED = (
+    "\0\0",
+    "\0/",
+    "/\0",
+    "//",
+    "/./",
+    "/../",
+    "\0./",
+    "\0../",
+    "/.\0",
+    "/..\0",
+    "\0.\0",
+    "\0..\0",
+    "\\",
+)
 
 
 def _all_paths_normal(paths: list[str]) -> bool:
@@ -377,8 +451,9 @@ def _all_paths_normal(paths: list[str]) -> bool:
     return not any(bad in joined for bad in _BAD_JOINED)
 
 
-def symlink_stays_inside(link_path: str, target: str, roots: tuple[str, ...],
-                         links: Mapping[str, str] | None = None) -> bool:
+def symlink_stays_inside(
+    link_path: str, target: str, roots: tuple[str, ...], links: Mapping[str, str] | None = None
+) -> bool:
     """Whether a relative symlink at ``link_path`` resolves inside one of ``roots``.
 
     Resolved component by component as the kernel would, following the other symlinks of the tree
@@ -447,8 +522,9 @@ def validate(manifest: Manifest, *, where: str) -> None:
         if not paths_ok:
             check_relative_path(path, where=label)
         if f.type not in _TYPES:
-            raise UnsafeTree(f"{label}: {path!r} has type {f.type!r}; only files, directories "
-                             "and symlinks are restored")
+            raise UnsafeTree(
+                f"{label}: {path!r} has type {f.type!r}; only files, directories and symlinks are restored"
+            )
         if path in seen:
             raise UnsafeTree(f"{label}: duplicate path {path!r}")
         parent = path.rpartition("/")[0]
@@ -465,14 +541,19 @@ def validate(manifest: Manifest, *, where: str) -> None:
                 raise UnsafeTree(f"{label}: symlink {path!r} -> {f.target!r} leaves the tree")
             links[path] = f.target
         elif f.type == FILE:
-            if not digests_ok and not (isinstance(f.digest, str) and len(f.digest) == 64
-                                       and _HEX_DIGESTS.fullmatch(f.digest)):
+            if not digests_ok and not (
+                isinstance(f.digest, str) and len(f.digest) == 64 and _HEX_DIGESTS.fullmatch(f.digest)
+            ):
                 raise CacheError(f"{label}: {path!r} has no valid {DIGEST_ALGORITHM} digest")
             total = 0
             for c in f.chunks:
                 if not 0 <= c.frame < nframes:
                     raise CacheError(f"{label}: {path!r} refers to a missing frame {c.frame}")
-                if c.raw_offset < 0 or c.raw_length < 0 or c.raw_offset + c.raw_length > frames[c.frame].raw_size:
+                if (
+                    c.raw_offset < 0
+                    or c.raw_length < 0
+                    or c.raw_offset + c.raw_length > frames[c.frame].raw_size
+                ):
                     raise CacheError(f"{label}: {path!r} reads past the end of its frame")
                 total += c.raw_length
             if total != f.size:

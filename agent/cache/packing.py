@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
+
 from stoker.agent.cache.api import CacheError
 
 FRAME_TARGET = 4 << 20
@@ -91,8 +92,13 @@ def group_key(path: str) -> str:
     return "/".join(parts[:2])
 
 
-def plan_packs(items: Sequence[ContentItem], *, frame_target: int = FRAME_TARGET, group_min: int = GROUP_MIN,
-               pack_target: int = PACK_TARGET) -> list[PackPlan]:
+def plan_packs(
+    items: Sequence[ContentItem],
+    *,
+    frame_target: int = FRAME_TARGET,
+    group_min: int = GROUP_MIN,
+    pack_target: int = PACK_TARGET,
+) -> list[PackPlan]:
     """Cut ``items`` into packs of frames (see the module docstring). Pure; deterministic."""
     order = sorted(range(len(items)), key=lambda i: items[i].path)
     groups: list[list[int]] = []
@@ -151,8 +157,15 @@ def _frames_of_group(items: Sequence[ContentItem], group: list[int], frame_targe
     return frames
 
 
-def write_pack(plan: PackPlan, items: Sequence[ContentItem], out: Path, pool: Executor,
-               *, window: int = 8, level: int = ZSTD_LEVEL) -> WrittenPack:
+def write_pack(
+    plan: PackPlan,
+    items: Sequence[ContentItem],
+    out: Path,
+    pool: Executor,
+    *,
+    window: int = 8,
+    level: int = ZSTD_LEVEL,
+) -> WrittenPack:
     """Write ``plan`` to ``out`` as independent zstd frames; compress on ``pool``, verify every source
     against its digest as it is read (a file that changed since it was hashed is an error)."""
     pack_hash = hashlib.sha256()
@@ -180,8 +193,9 @@ def write_pack(plan: PackPlan, items: Sequence[ContentItem], out: Path, pool: Ex
     return WrittenPack(name=pack_hash.hexdigest(), path=out, frames=tuple(written), size=offset)
 
 
-def _read_frame(frame: FramePlan, items: Sequence[ContentItem],
-                big_hashers: dict[int, tuple[hashlib._Hash, int]]) -> bytes:
+def _read_frame(
+    frame: FramePlan, items: Sequence[ContentItem], big_hashers: dict[int, tuple[hashlib._Hash, int]]
+) -> bytes:
     parts = []
     for p in frame.pieces:
         item = items[p.item]
@@ -209,7 +223,7 @@ def _compress_and_check(data: bytes, frame: FramePlan, items: Sequence[ContentIt
     view = memoryview(data)
     for p in frame.pieces:
         item = items[p.item]
-        if p.length == item.size and hashlib.sha256(view[pos:pos + p.length]).hexdigest() != item.digest:
+        if p.length == item.size and hashlib.sha256(view[pos : pos + p.length]).hexdigest() != item.digest:
             raise CacheError(f"{item.path} changed while it was being saved")
         pos += p.length
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 class ReadyTrees:
     """Makes ready trees (in a background thread, or on demand) and claims them for restores."""
 
-    def __init__(self, store: LocalStore, manifests: LocalManifests, writing: ActiveWriter, keep: int) -> None:
+    def __init__(
+        self, store: LocalStore, manifests: LocalManifests, writing: ActiveWriter, keep: int
+    ) -> None:
         self.keep = keep
         """Keep this many ready trees; 0 turns them off."""
         self.closing = False
@@ -60,8 +62,9 @@ class ReadyTrees:
             thread.join()
         self._thread = None
 
-    def claim_closest(self, files: Sequence[mf.FileEntry], roots: tuple[str, ...],
-                      stage: Path) -> list[mf.FileEntry] | None:
+    def claim_closest(
+        self, files: Sequence[mf.FileEntry], roots: tuple[str, ...], stage: Path
+    ) -> list[mf.FileEntry] | None:
         """Claim the ready tree sharing the most content with ``files`` into ``stage``; returns the files
         it holds (under ``roots``), or None when no tree shares at least half of the target's bytes."""
         target = {f.digest for f in files if f.type == mf.FILE}
@@ -94,7 +97,9 @@ class ReadyTrees:
                 return
             self._queue.append(key)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._refill_loop, name="stoker-cache-refill", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._refill_loop, name="stoker-cache-refill", daemon=True
+                )
                 self._thread.start()
             self._wake.notify_all()
 
@@ -132,18 +137,34 @@ class ReadyTrees:
             if found is None or found[1].length != fr.length:
                 return False
             frames[i] = found
-        nbytes = sum(-(-f.size // 4096) * 4096 if f.type == mf.FILE else 4096 * (f.type == mf.DIR)
-                     for f in manifest.files)
-        with self._store.pinned(sorted({lf.file for _, lf in frames.values()})), \
-                self._store.staging() as staging:
+        nbytes = sum(
+            -(-f.size // 4096) * 4096 if f.type == mf.FILE else 4096 * (f.type == mf.DIR)
+            for f in manifest.files
+        )
+        with (
+            self._store.pinned(sorted({lf.file for _, lf in frames.values()})),
+            self._store.staging() as staging,
+        ):
             tree_dir = staging / "tree"
             tree_dir.mkdir()
             self._unpack(manifest, frames, tree_dir, f"entry {key} (ready tree)", background)
-            return self._store.add_tree(tree_dir, key=key, manifest=record.manifest, roots=manifest.roots,
-                                        nbytes=nbytes, keep_trees=self.keep)
+            return self._store.add_tree(
+                tree_dir,
+                key=key,
+                manifest=record.manifest,
+                roots=manifest.roots,
+                nbytes=nbytes,
+                keep_trees=self.keep,
+            )
 
-    def _unpack(self, manifest: mf.Manifest, frames: dict[int, tuple[Path, LocalFrame]], tree_dir: Path,
-                where: str, background: bool) -> None:
+    def _unpack(
+        self,
+        manifest: mf.Manifest,
+        frames: dict[int, tuple[Path, LocalFrame]],
+        tree_dir: Path,
+        where: str,
+        background: bool,
+    ) -> None:
         fds: dict[Path, int] = {}
         try:
             for path, _ in frames.values():
@@ -159,14 +180,32 @@ class ReadyTrees:
             if background and writer.compiled is not None:
                 # The compiled writer runs without the GIL: this thread (nice 19, see _refill_loop) does
                 # the work on one core, and no process is forked beside gRPC's threads.
-                hydrate.write_files(manifest, files, tree_dir, locate, writer=writer, workers=1, where=where,
-                                    stop=lambda: self.closing)
+                hydrate.write_files(
+                    manifest,
+                    files,
+                    tree_dir,
+                    locate,
+                    writer=writer,
+                    workers=1,
+                    where=where,
+                    stop=lambda: self.closing,
+                )
             elif background:
-                self._in_background_process(lambda: hydrate.write_files(
-                    manifest, files, tree_dir, locate, writer=writer.threads_only(), workers=1, where=where))
+                self._in_background_process(
+                    lambda: hydrate.write_files(
+                        manifest,
+                        files,
+                        tree_dir,
+                        locate,
+                        writer=writer.threads_only(),
+                        workers=1,
+                        where=where,
+                    )
+                )
             else:
-                hydrate.write_files(manifest, files, tree_dir, locate, writer=writer, workers=workers,
-                                    where=where)
+                hydrate.write_files(
+                    manifest, files, tree_dir, locate, writer=writer, workers=workers, where=where
+                )
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -194,4 +233,6 @@ class ReadyTrees:
             with self._lock:
                 self._pid = 0
         if os.waitstatus_to_exitcode(status) != 0:
-            raise CacheError(f"ready tree: the background process failed ({os.waitstatus_to_exitcode(status)})")
+            raise CacheError(
+                f"ready tree: the background process failed ({os.waitstatus_to_exitcode(status)})"
+            )

@@ -134,7 +134,9 @@ class EntryResolver:
         try:
             data = self._blobs.get(f"manifests/{name}")
         except NotFound as exc:
-            raise CorruptEntry(f"entry {key}: manifest {name} is missing from {self._blobs.describe()}") from exc
+            raise CorruptEntry(
+                f"entry {key}: manifest {name} is missing from {self._blobs.describe()}"
+            ) from exc
         if hashlib.sha256(data).hexdigest() != name:
             raise CorruptEntry(f"entry {key}: manifest {name} does not match its digest")
         manifest = mf.parse(data, where=f"{key} ({name})")

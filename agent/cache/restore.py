@@ -54,8 +54,18 @@ class _Frames:
 class Restorer:
     """Restores and prewarms entries of one node's store."""
 
-    def __init__(self, store: LocalStore, blobs: BlobStore, resolver: EntryResolver, ready: ReadyTrees,
-                 stat_caches: StatCaches, writing: ActiveWriter, *, syncfs: bool, fetch_concurrency: int) -> None:
+    def __init__(
+        self,
+        store: LocalStore,
+        blobs: BlobStore,
+        resolver: EntryResolver,
+        ready: ReadyTrees,
+        stat_caches: StatCaches,
+        writing: ActiveWriter,
+        *,
+        syncfs: bool,
+        fetch_concurrency: int,
+    ) -> None:
         self._store = store
         self._blobs = blobs
         self._resolver = resolver
@@ -67,8 +77,14 @@ class Restorer:
         self.fetch_concurrency = fetch_concurrency
         """Ranged GETs in flight at once."""
 
-    def restore(self, key: str, restore_keys: Sequence[str], workspace: Path | None, roots: tuple[str, ...],
-                progress: ProgressFn | None) -> RestoreResult:
+    def restore(
+        self,
+        key: str,
+        restore_keys: Sequence[str],
+        workspace: Path | None,
+        roots: tuple[str, ...],
+        progress: ProgressFn | None,
+    ) -> RestoreResult:
         """Restore ``roots`` of ``key`` (else of the newest entry under ``restore_keys``) into ``workspace``;
         with ``workspace`` None, only bring the entry into the node's store (a prewarm)."""
         start = time.monotonic()
@@ -86,8 +102,10 @@ class Restorer:
         files = manifest.under(roots) if workspace is not None else list(manifest.files)
         needed = sorted({c.frame for f in files for c in f.chunks})
         frames = self._frames(manifest, needed)
-        with self._store.pinned(sorted({lf.file for _, lf in frames.local.values()})), \
-                self._store.staging() as staging:
+        with (
+            self._store.pinned(sorted({lf.file for _, lf in frames.local.values()})),
+            self._store.staging() as staging,
+        ):
             self._write_from(resolved, files, workspace, roots, frames, needed, staging, progress)
             self._commit(resolved, frames)
         if workspace is not None:
@@ -100,12 +118,18 @@ class Restorer:
         else:
             warmth = "partial"
         written = [f for f in files if f.type == mf.FILE]
-        return RestoreResult(warmth=warmth, restored_key=resolved.key, bytes_fetched=frames.fetched_bytes,
-                             bytes_restored=sum(f.size for f in written), files_restored=len(written),
-                             seconds=time.monotonic() - start)
+        return RestoreResult(
+            warmth=warmth,
+            restored_key=resolved.key,
+            bytes_fetched=frames.fetched_bytes,
+            bytes_restored=sum(f.size for f in written),
+            files_restored=len(written),
+            seconds=time.monotonic() - start,
+        )
 
-    def _restore_ready(self, key: str, workspace: Path, roots: tuple[str, ...],
-                       start: float) -> RestoreResult | None:
+    def _restore_ready(
+        self, key: str, workspace: Path, roots: tuple[str, ...], start: float
+    ) -> RestoreResult | None:
         """Warm restore by moving the key's ready tree into ``workspace``: no file is written."""
         record = self._store.lookup(key)
         if record is None or not self._ready.keep:
@@ -124,8 +148,14 @@ class Restorer:
         self._store.touch(key)
         self._stat_caches.record_manifest(workspace, roots, key, record.manifest)
         self._ready.schedule_refill(key)
-        return RestoreResult(warmth="warm", restored_key=key, bytes_fetched=0, bytes_restored=record.bytes,
-                             files_restored=record.files, seconds=time.monotonic() - start)
+        return RestoreResult(
+            warmth="warm",
+            restored_key=key,
+            bytes_fetched=0,
+            bytes_restored=record.bytes,
+            files_restored=record.files,
+            seconds=time.monotonic() - start,
+        )
 
     def _frames(self, manifest: mf.Manifest, needed: Sequence[int]) -> _Frames:
         """Which of the ``needed`` frames the store holds (with the length the manifest says)."""
@@ -137,14 +167,23 @@ class Restorer:
                 local[i] = found
         return _Frames(local, [i for i in needed if i not in local])
 
-    def _write_from(self, resolved: Resolved, files: list[mf.FileEntry], workspace: Path | None,
-                    roots: tuple[str, ...], frames: _Frames, needed: Sequence[int], staging: Path,
-                    progress: ProgressFn | None) -> None:
+    def _write_from(
+        self,
+        resolved: Resolved,
+        files: list[mf.FileEntry],
+        workspace: Path | None,
+        roots: tuple[str, ...],
+        frames: _Frames,
+        needed: Sequence[int],
+        staging: Path,
+        progress: ProgressFn | None,
+    ) -> None:
         """Write ``files`` from their frames, fetching the missing ones into ``staging`` meanwhile."""
         where = f"entry {resolved.key}"
         fetch = self._start_fetch(resolved, files, frames, staging, where) if frames.missing else None
         fds: dict[Path, int] = {}
         try:
+
             def locate(i: int) -> tuple[int, int]:
                 path, lf = frames.path_of(i)
                 if path not in fds:
@@ -155,14 +194,24 @@ class Restorer:
                 locate(i)
             # The writers start on frames already local while the missing ones are fetched; each task is
             # released as soon as its frames have arrived.
-            self._materialize(resolved, files, workspace, roots, locate, progress, where, fetch=fetch,
-                              missing=frames.missing)
+            self._materialize(
+                resolved,
+                files,
+                workspace,
+                roots,
+                locate,
+                progress,
+                where,
+                fetch=fetch,
+                missing=frames.missing,
+            )
         finally:
             for fd in fds.values():
                 os.close(fd)
 
-    def _start_fetch(self, resolved: Resolved, files: list[mf.FileEntry], frames: _Frames, staging: Path,
-                     where: str) -> FetchFn:
+    def _start_fetch(
+        self, resolved: Resolved, files: list[mf.FileEntry], frames: _Frames, staging: Path, where: str
+    ) -> FetchFn:
         """Make room for the missing frames, create the file they go into, and return the fetch to run."""
         manifest = resolved.manifest
         need = sum(manifest.frames[i].length for i in frames.missing) + len(resolved.manifest_bytes)
@@ -174,15 +223,29 @@ class Restorer:
         frames.new_file[name] = path
 
         def fetch(on_frame: Callable[[int], None]) -> None:
-            frames.fetched_bytes = run_fetch(self._blobs, self.fetch_concurrency, manifest, files, plan, path,
-                                             where, on_frame)
+            frames.fetched_bytes = run_fetch(
+                self._blobs, self.fetch_concurrency, manifest, files, plan, path, where, on_frame
+            )
+
         return fetch
 
-    def _materialize(self, resolved: Resolved, files: list[mf.FileEntry], workspace: Path | None,
-                     roots: tuple[str, ...], locate: FrameLocator, progress: ProgressFn | None, where: str, *,
-                     fetch: FetchFn | None, missing: Sequence[int]) -> None:
+    def _materialize(
+        self,
+        resolved: Resolved,
+        files: list[mf.FileEntry],
+        workspace: Path | None,
+        roots: tuple[str, ...],
+        locate: FrameLocator,
+        progress: ProgressFn | None,
+        where: str,
+        *,
+        fetch: FetchFn | None,
+        missing: Sequence[int],
+    ) -> None:
         try:
-            self._write(resolved, files, workspace, roots, locate, progress, where, fetch=fetch, missing=missing)
+            self._write(
+                resolved, files, workspace, roots, locate, progress, where, fetch=fetch, missing=missing
+            )
         except HelperCrashed as exc:
             if not self._writing.fallback_to_threads:
                 raise
@@ -192,30 +255,71 @@ class Restorer:
             self._writing.keep_to_threads()
             self._write(resolved, files, workspace, roots, locate, progress, where, claim=False)
 
-    def _write(self, resolved: Resolved, files: list[mf.FileEntry], workspace: Path | None,
-               roots: tuple[str, ...], locate: FrameLocator, progress: ProgressFn | None, where: str, *,
-               fetch: FetchFn | None = None, missing: Sequence[int] = (), claim: bool = True) -> None:
+    def _write(
+        self,
+        resolved: Resolved,
+        files: list[mf.FileEntry],
+        workspace: Path | None,
+        roots: tuple[str, ...],
+        locate: FrameLocator,
+        progress: ProgressFn | None,
+        where: str,
+        *,
+        fetch: FetchFn | None = None,
+        missing: Sequence[int] = (),
+        claim: bool = True,
+    ) -> None:
         """Write ``files`` into a staging directory and publish it (with no workspace: only check them)."""
         manifest, writer, workers = resolved.manifest, self._writing.writer, self._writing.workers
         if workspace is None:
-            hydrate.write_files(manifest, files, None, locate, writer=writer, workers=workers, where=where,
-                                fetch=fetch, missing=missing)
+            hydrate.write_files(
+                manifest,
+                files,
+                None,
+                locate,
+                writer=writer,
+                workers=workers,
+                where=where,
+                fetch=fetch,
+                missing=missing,
+            )
             return
         stage = new_stage(workspace)
         try:
             present = {r for r in roots if any(f.path == r or f.path.startswith(r + "/") for f in files)}
             base = self._ready.claim_closest(files, roots, stage) if self._ready.keep and claim else None
             if base is not None:
-                hydrate.apply_diff(manifest, base, files, stage, locate, writer=writer, workers=workers,
-                                   where=where, progress=progress, fetch=fetch, missing=missing)
+                hydrate.apply_diff(
+                    manifest,
+                    base,
+                    files,
+                    stage,
+                    locate,
+                    writer=writer,
+                    workers=workers,
+                    where=where,
+                    progress=progress,
+                    fetch=fetch,
+                    missing=missing,
+                )
             else:
                 stage.mkdir()
                 for r in present:
                     parent = os.path.dirname(r)
                     if parent and not any(f.path == parent for f in files):
                         os.makedirs(stage / parent, exist_ok=True)
-                hydrate.write_files(manifest, files, stage, locate, writer=writer, workers=workers, where=where,
-                                    progress=progress, fetch=fetch, missing=missing)
+                hydrate.write_files(
+                    manifest,
+                    files,
+                    stage,
+                    locate,
+                    writer=writer,
+                    workers=workers,
+                    where=where,
+                    progress=progress,
+                    fetch=fetch,
+                    missing=missing,
+                )
             publish(stage, workspace, present, where, sync=self.syncfs)
         finally:
             remove_tree(stage)
@@ -238,7 +342,14 @@ class Restorer:
                 if found is None:
                     return
                 frames_map[(fr.pack, fr.offset)] = found[1]
-        self._store.commit(key=resolved.key, created=manifest.created, manifest_name=resolved.manifest_name,
-                           manifest_bytes=resolved.manifest_bytes, frames=frames_map,
-                           staged_files=frames.new_file, total_bytes=manifest.total_bytes,
-                           files=manifest.file_count, sketch=mf.content_sketch(manifest))
+        self._store.commit(
+            key=resolved.key,
+            created=manifest.created,
+            manifest_name=resolved.manifest_name,
+            manifest_bytes=resolved.manifest_bytes,
+            frames=frames_map,
+            staged_files=frames.new_file,
+            total_bytes=manifest.total_bytes,
+            files=manifest.file_count,
+            sketch=mf.content_sketch(manifest),
+        )

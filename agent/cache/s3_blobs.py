@@ -9,10 +9,10 @@ manager). Restores read byte ranges with ``Range: bytes=a-b``. botocore errors a
 
 from __future__ import annotations
 
-import threading
 import logging
-import time
 import random
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,26 +41,41 @@ _BODY_ERRORS = (
 
 
 class S3BlobStore:
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 region: str | None = None, connect_timeout: float = 5.0, read_timeout: float = 30.0,
-                 max_attempts: int = 5, multipart_threshold: int = 64 << 20,
-                 multipart_chunksize: int = 16 << 20, max_connections: int = 32) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        max_attempts: int = 5,
+        multipart_threshold: int = 64 << 20,
+        multipart_chunksize: int = 16 << 20,
+        max_connections: int = 32,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
         self.stats = BlobStats()
         self._lock = threading.Lock()
         config = botocore.config.Config(
-            region_name=region, connect_timeout=connect_timeout, read_timeout=read_timeout,
+            region_name=region,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             retries={"mode": "standard", "max_attempts": max_attempts},
             max_pool_connections=max_connections,
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
         self._client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
         self._max_attempts = max_attempts
-        self._transfer = TransferConfig(multipart_threshold=multipart_threshold,
-                                        multipart_chunksize=multipart_chunksize, max_concurrency=4,
-                                        use_threads=True)
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+            max_concurrency=4,
+            use_threads=True,
+        )
 
     def describe(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
@@ -97,9 +112,14 @@ class S3BlobStore:
             except _BODY_ERRORS as exc:
                 if attempt >= self._max_attempts:
                     raise
-                delay = random.uniform(0, min(5.0, 0.1 * 2 ** attempt))
-                log.info("%s: reading %s broke off (%s); retrying in %.2f s", self.describe(), name,
-                         type(exc).__name__, delay)
+                delay = random.uniform(0, min(5.0, 0.1 * 2**attempt))
+                log.info(
+                    "%s: reading %s broke off (%s); retrying in %.2f s",
+                    self.describe(),
+                    name,
+                    type(exc).__name__,
+                    delay,
+                )
                 time.sleep(delay)
 
     def get(self, name: str) -> bytes:
@@ -135,11 +155,17 @@ class S3BlobStore:
         size = path.stat().st_size
         try:
             self._client.upload_file(str(path), self.bucket, self._key(name), Config=self._transfer)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-                boto3.exceptions.S3UploadFailedError) as exc:
+        except (
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+            boto3.exceptions.S3UploadFailedError,
+        ) as exc:
             raise self._error("PUT", name, exc) from exc
-        parts = 1 if size < self._transfer.multipart_threshold else \
-            -(-size // self._transfer.multipart_chunksize) + 2
+        parts = (
+            1
+            if size < self._transfer.multipart_threshold
+            else -(-size // self._transfer.multipart_chunksize) + 2
+        )
         self._count(puts=parts, bytes_written=size)
 
     def exists(self, name: str) -> bool:
@@ -159,11 +185,15 @@ class S3BlobStore:
         strip = len(self.prefix) + 1 if self.prefix else 0
         try:
             for page in self._client.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.bucket, Prefix=self._key(prefix)):
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            ):
                 self._count(lists=1)
                 for obj in page.get("Contents", ()):
-                    yield ObjectInfo(name=obj["Key"][strip:], size=int(obj["Size"]),
-                                     modified=obj["LastModified"].timestamp())
+                    yield ObjectInfo(
+                        name=obj["Key"][strip:],
+                        size=int(obj["Size"]),
+                        modified=obj["LastModified"].timestamp(),
+                    )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._error("LIST", prefix, exc) from exc
 

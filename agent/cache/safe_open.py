@@ -139,6 +139,8 @@ def swaps_refused(where: str) -> Iterator[None]:
 
 def swapped(exc: OSError, where: str) -> UnsafeTree:
     """The error for ``exc``, an open beneath the root that met a replaced directory."""
-    return UnsafeTree(f"{where}: {exc.filename or '?'}: a directory of the tree being written was replaced "
-                      f"(by a symlink or a file) while the restore ran; nothing is written through it "
-                      f"({exc.strerror})")
+    return UnsafeTree(
+        f"{where}: {exc.filename or '?'}: a directory of the tree being written was replaced "
+        f"(by a symlink or a file) while the restore ran; nothing is written through it "
+        f"({exc.strerror})"
+    )

@@ -63,8 +63,17 @@ class _Walked:
 class Saver:
     """Saves workspaces into one node's store and the blob store."""
 
-    def __init__(self, store: LocalStore, blobs: BlobStore, resolver: EntryResolver, manifests: LocalManifests,
-                 known: KnownContent, stat_caches: StatCaches, ready: ReadyTrees, workers: int) -> None:
+    def __init__(
+        self,
+        store: LocalStore,
+        blobs: BlobStore,
+        resolver: EntryResolver,
+        manifests: LocalManifests,
+        known: KnownContent,
+        stat_caches: StatCaches,
+        ready: ReadyTrees,
+        workers: int,
+    ) -> None:
         self._store = store
         self._blobs = blobs
         self._resolver = resolver
@@ -74,7 +83,9 @@ class Saver:
         self._ready = ready
         self._workers = workers
 
-    def save(self, key: str, workspace: Path, roots: tuple[str, ...], progress: ProgressFn | None) -> SaveResult:
+    def save(
+        self, key: str, workspace: Path, roots: tuple[str, ...], progress: ProgressFn | None
+    ) -> SaveResult:
         start = time.monotonic()
         started_ns = time.time_ns()
         paths = tree.walk(workspace, roots)
@@ -87,11 +98,17 @@ class Saver:
             previous = self._resolver.remote_pointer(key)
             # Unchanged since the last restore or save of this workspace, and the key still names that
             # manifest: nothing to pack, build or upload (a stat walk and one GET of the pointer).
-            if last_manifest is not None and previous is not None and str(previous.get("manifest")) == last_manifest:
+            if (
+                last_manifest is not None
+                and previous is not None
+                and str(previous.get("manifest")) == last_manifest
+            ):
                 same = self._unchanged(walked, last_manifest)
                 if same is not None:
                     self._keep_unchanged(key, same, last_manifest)
-                    self._stat_caches.record_manifest(workspace, roots, key, last_manifest, recorded_ns=started_ns)
+                    self._stat_caches.record_manifest(
+                        workspace, roots, key, last_manifest, recorded_ns=started_ns
+                    )
                     return _result(key, False, paths, 0, start)
             known = self._known.chunks(previous)
             with self._store.staging() as staging:
@@ -109,8 +126,16 @@ class Saver:
         else:
             self._commit_local(key, manifest, None, {}, name)
 
-    def _pack_and_upload(self, workspace: Path, walked: _Walked, known: dict[str, KnownChunks], staging: Path,
-                         pool: Executor, progress: ProgressFn | None, start: float) -> _NewContent:
+    def _pack_and_upload(
+        self,
+        workspace: Path,
+        walked: _Walked,
+        known: dict[str, KnownChunks],
+        staging: Path,
+        pool: Executor,
+        progress: ProgressFn | None,
+        start: float,
+    ) -> _NewContent:
         """Pack into ``staging`` every content neither the blob store nor an earlier file of this save
         holds, and upload the packs (two at a time, while the next is packed) that the blob store lacks."""
         items: dict[str, packing.ContentItem] = {}
@@ -135,8 +160,11 @@ class Saver:
                 _add_pack(content, plan, written, item_list)
                 done_bytes += plan.raw_size
                 if progress is not None:
-                    progress(Progress(done_bytes, total_new, 0, 0,
-                                      done_bytes / max(time.monotonic() - start, 1e-9)))
+                    progress(
+                        Progress(
+                            done_bytes, total_new, 0, 0, done_bytes / max(time.monotonic() - start, 1e-9)
+                        )
+                    )
             for u in uploads:
                 content.uploaded -= u.result()
         return content
@@ -150,8 +178,9 @@ class Saver:
         self._known.pack_present(written.name)
         return 0
 
-    def _publish(self, key: str, manifest: mf.Manifest, previous: KeyPointer | None,
-                 content: _NewContent) -> tuple[bool, str]:
+    def _publish(
+        self, key: str, manifest: mf.Manifest, previous: KeyPointer | None, content: _NewContent
+    ) -> tuple[bool, str]:
         """Upload the manifest, then the key's pointer, unless the key names the same content already;
         keep the entry in the node's store. Returns (saved, the manifest's name)."""
         content_id = _content_id(manifest)
@@ -166,14 +195,19 @@ class Saver:
         data = mf.encode(manifest)
         manifest_name = hashlib.sha256(data).hexdigest()
         self._blobs.put(f"manifests/{manifest_name}", data)
-        self._blobs.put(f"keys/{encode_key(key)}", json.dumps(
-            {"manifest": manifest_name, "content": content_id, "created": manifest.created}).encode())
+        self._blobs.put(
+            f"keys/{encode_key(key)}",
+            json.dumps(
+                {"manifest": manifest_name, "content": content_id, "created": manifest.created}
+            ).encode(),
+        )
         content.uploaded += len(data)
         self._commit_local(key, manifest, data, content.staged, manifest_name)
         return True, manifest_name
 
-    def _commit_local(self, key: str, manifest: mf.Manifest, data: bytes | None, staged: dict[str, Path],
-                      manifest_name: str) -> None:
+    def _commit_local(
+        self, key: str, manifest: mf.Manifest, data: bytes | None, staged: dict[str, Path], manifest_name: str
+    ) -> None:
         """Keep the entry in the node's store too, if every frame is at hand (staged, or in the store).
         ``data`` None: the manifest ``manifest_name`` is fetched from the blob store."""
         if data is None:
@@ -194,23 +228,39 @@ class Saver:
             frames_map[(fr.pack, fr.offset)] = found[1]
         need = sum(p.stat().st_size for p in used.values()) + len(data)
         self._store.make_room(need, what=f"entry {key}")
-        self._store.commit(key=key, created=manifest.created, manifest_name=manifest_name,
-                           manifest_bytes=data, frames=frames_map, staged_files=used,
-                           total_bytes=manifest.total_bytes, files=manifest.file_count,
-                           sketch=mf.content_sketch(manifest))
+        self._store.commit(
+            key=key,
+            created=manifest.created,
+            manifest_name=manifest_name,
+            manifest_bytes=data,
+            frames=frames_map,
+            staged_files=used,
+            total_bytes=manifest.total_bytes,
+            files=manifest.file_count,
+            sketch=mf.content_sketch(manifest),
+        )
         self._known.learn(manifest_name, manifest)
         self._manifests.remember(manifest_name, manifest)
 
-    def _record_stat_cache(self, key: str, workspace: Path, walked: _Walked, manifest_name: str,
-                           started_ns: int) -> None:
+    def _record_stat_cache(
+        self, key: str, workspace: Path, walked: _Walked, manifest_name: str, started_ns: int
+    ) -> None:
         record = self._store.lookup(key)
-        if record is not None and record.manifest == manifest_name and self._unchanged(
-                walked, manifest_name) is not None:
+        if (
+            record is not None
+            and record.manifest == manifest_name
+            and self._unchanged(walked, manifest_name) is not None
+        ):
             # The local manifest is exactly what was walked: name it instead of writing every file's record.
-            self._stat_caches.record_manifest(workspace, walked.roots, key, manifest_name, recorded_ns=started_ns)
+            self._stat_caches.record_manifest(
+                workspace, walked.roots, key, manifest_name, recorded_ns=started_ns
+            )
         else:
-            records = {w.path: tree.StatRecord(w.size, w.mtime_ns, w.ino, w.ctime_ns, walked.digests[w.path])
-                       for w in walked.paths if w.type == mf.FILE}
+            records = {
+                w.path: tree.StatRecord(w.size, w.mtime_ns, w.ino, w.ctime_ns, walked.digests[w.path])
+                for w in walked.paths
+                if w.type == mf.FILE
+            }
             self._stat_caches.record_files(workspace, records, started_ns, key, manifest_name)
 
     def _unchanged(self, walked: _Walked, name: str) -> mf.Manifest | None:
@@ -219,17 +269,23 @@ class Saver:
         manifest = self._manifests.get(name) if name else None
         if manifest is None or manifest.roots != walked.roots or len(manifest.files) != len(walked.paths):
             return None
-        if [(w.path, w.type, w.mode, w.mtime_ns, w.size, w.target) for w in walked.paths] != \
-                [(f.path, f.type, f.mode, f.mtime_ns, f.size, f.target) for f in manifest.files]:
+        if [(w.path, w.type, w.mode, w.mtime_ns, w.size, w.target) for w in walked.paths] != [
+            (f.path, f.type, f.mode, f.mtime_ns, f.size, f.target) for f in manifest.files
+        ]:
             return None
-        if [walked.digests[w.path] for w in walked.paths if w.type == mf.FILE] != \
-                [f.digest for f in manifest.files if f.type == mf.FILE]:
+        if [walked.digests[w.path] for w in walked.paths if w.type == mf.FILE] != [
+            f.digest for f in manifest.files if f.type == mf.FILE
+        ]:
             return None
         return manifest
 
 
-def _add_pack(content: _NewContent, plan: packing.PackPlan, written: packing.WrittenPack,
-              items: Sequence[packing.ContentItem]) -> None:
+def _add_pack(
+    content: _NewContent,
+    plan: packing.PackPlan,
+    written: packing.WrittenPack,
+    items: Sequence[packing.ContentItem],
+) -> None:
     """Add the frames of a pack just written to ``content``, and where each new content lies in them."""
     for fplan, wf in zip(plan.frames, written.frames):
         fid = (written.name, wf.offset)
@@ -241,7 +297,9 @@ def _add_pack(content: _NewContent, plan: packing.PackPlan, written: packing.Wri
             pos += piece.length
 
 
-def _build_manifest(key: str, walked: _Walked, known: dict[str, KnownChunks], content: _NewContent) -> mf.Manifest:
+def _build_manifest(
+    key: str, walked: _Walked, known: dict[str, KnownChunks], content: _NewContent
+) -> mf.Manifest:
     """The new entry's manifest: new content where this save packed it, the rest where it was known."""
     frames, frame_index = content.frames, content.frame_index
     files = []
@@ -264,8 +322,9 @@ def _build_manifest(key: str, walked: _Walked, known: dict[str, KnownChunks], co
                 parts.append(mf.Chunk(frame_index[fid], raw_offset, raw_length))
             chunks = tuple(parts)
         files.append(mf.FileEntry(w.path, w.type, w.mode, w.mtime_ns, w.size, digest, None, chunks))
-    manifest = mf.Manifest(key=key, created=time.time(), frames=tuple(frames), files=tuple(files),
-                           roots=walked.roots)
+    manifest = mf.Manifest(
+        key=key, created=time.time(), frames=tuple(frames), files=tuple(files), roots=walked.roots
+    )
     mf.validate(manifest, where=f"{key} (new)")
     return manifest
 
@@ -274,12 +333,32 @@ def _content_id(manifest: mf.Manifest) -> str:
     """Identity of an entry's content (files and where they live), ignoring key and time."""
     h = hashlib.sha256()
     for f in manifest.files:
-        h.update(repr((f.path, f.type, f.mode, f.mtime_ns, f.size, f.digest, f.target,
-                       [(manifest.frames[c.frame], c.raw_offset, c.raw_length) for c in f.chunks])).encode())
+        h.update(
+            repr(
+                (
+                    f.path,
+                    f.type,
+                    f.mode,
+                    f.mtime_ns,
+                    f.size,
+                    f.digest,
+                    f.target,
+                    [(manifest.frames[c.frame], c.raw_offset, c.raw_length) for c in f.chunks],
+                )
+            ).encode()
+        )
     return h.hexdigest()
 
 
-def _result(key: str, saved: bool, paths: Sequence[tree.WalkedPath], uploaded: int, start: float) -> SaveResult:
+def _result(
+    key: str, saved: bool, paths: Sequence[tree.WalkedPath], uploaded: int, start: float
+) -> SaveResult:
     regular = [w for w in paths if w.type == mf.FILE]
-    return SaveResult(key=key, saved=saved, bytes=sum(w.size for w in regular), files=len(regular),
-                      bytes_uploaded=uploaded, seconds=time.monotonic() - start)
+    return SaveResult(
+        key=key,
+        saved=saved,
+        bytes=sum(w.size for w in regular),
+        files=len(regular),
+        bytes_uploaded=uploaded,
+        seconds=time.monotonic() - start,
+    )

@@ -61,4 +61,5 @@ def remove_tree(path: Path) -> None:
             func(p)
         except OSError:
             pass
+
     shutil.rmtree(path, onerror=retry)

@@ -30,22 +30,43 @@ class StatCaches:
     def path(self, workspace: Path) -> Path:
         return self._store.workspace_file(workspace)
 
-    def record_manifest(self, workspace: Path, roots: tuple[str, ...], key: str, manifest: str, *,
-                        recorded_ns: int | None = None) -> None:
+    def record_manifest(
+        self,
+        workspace: Path,
+        roots: tuple[str, ...],
+        key: str,
+        manifest: str,
+        *,
+        recorded_ns: int | None = None,
+    ) -> None:
         """Record what this workspace now holds — the files of ``roots`` of ``manifest`` — as the stat
         cache for the next save. ``recorded_ns``: a moment before which every file was as the manifest
         says (default: now)."""
         path = self.path(workspace)
-        _replace(path, tree.stat_cache_bytes({}, recorded_ns or time.time_ns(), key=key, manifest=manifest,
-                                             workspace=str(workspace.resolve()), from_manifest=True,
-                                             roots=list(roots)))
+        _replace(
+            path,
+            tree.stat_cache_bytes(
+                {},
+                recorded_ns or time.time_ns(),
+                key=key,
+                manifest=manifest,
+                workspace=str(workspace.resolve()),
+                from_manifest=True,
+                roots=list(roots),
+            ),
+        )
         _prune(path.parent, keep=_KEEP)
 
-    def record_files(self, workspace: Path, records: dict[str, tree.StatRecord], recorded_ns: int, key: str,
-                     manifest: str) -> None:
+    def record_files(
+        self, workspace: Path, records: dict[str, tree.StatRecord], recorded_ns: int, key: str, manifest: str
+    ) -> None:
         """Record every file's stat and digest as a save saw them at ``recorded_ns``."""
-        _replace(self.path(workspace), tree.stat_cache_bytes(records, recorded_ns, key=key, manifest=manifest,
-                                                             workspace=str(workspace.resolve())))
+        _replace(
+            self.path(workspace),
+            tree.stat_cache_bytes(
+                records, recorded_ns, key=key, manifest=manifest, workspace=str(workspace.resolve())
+            ),
+        )
 
     def load(self, workspace: Path) -> tuple[dict[str, tree.StatRecord], int, str | None]:
         """(records, recorded_ns, name of the manifest the workspace was restored from or saved as)."""

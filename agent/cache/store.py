@@ -33,7 +33,6 @@ budget, and they are evicted before any entry. ``open()`` deletes trees without 
 from __future__ import annotations
 
 import builtins
-
 import fcntl
 import hashlib
 import json
@@ -79,25 +78,43 @@ class EntryRecord:
     """Bottom-k MinHash of the entry's content digests (see :attr:`EntryInfo.sketch`)."""
 
     def info(self) -> EntryInfo:
-        return EntryInfo(key=self.key, bytes=self.bytes, files=self.files, created=self.created,
-                         last_used=self.last_used, sketch=self.sketch)
+        return EntryInfo(
+            key=self.key,
+            bytes=self.bytes,
+            files=self.files,
+            created=self.created,
+            last_used=self.last_used,
+            sketch=self.sketch,
+        )
 
     def to_json(self) -> builtins.bytes:  # builtins: a field of this class is named bytes
-        return json.dumps({
-            "key": self.key, "manifest": self.manifest, "created": self.created,
-            "last_used": self.last_used, "bytes": self.bytes, "files": self.files,
-            "frames": [[p, o, lf.file, lf.offset, lf.length] for (p, o), lf in self.frames.items()],
-            "sketch": list(self.sketch),
-        }, separators=(",", ":")).encode()
+        return json.dumps(
+            {
+                "key": self.key,
+                "manifest": self.manifest,
+                "created": self.created,
+                "last_used": self.last_used,
+                "bytes": self.bytes,
+                "files": self.files,
+                "frames": [[p, o, lf.file, lf.offset, lf.length] for (p, o), lf in self.frames.items()],
+                "sketch": list(self.sketch),
+            },
+            separators=(",", ":"),
+        ).encode()
 
     @staticmethod
     def from_json(data: builtins.bytes) -> EntryRecord:
         d = json.loads(data)
-        return EntryRecord(key=str(d["key"]), manifest=str(d["manifest"]), created=float(d["created"]),
-                           last_used=float(d["last_used"]), bytes=int(d["bytes"]), files=int(d["files"]),
-                           frames={(str(p), int(o)): LocalFrame(str(f), int(lo), int(n))
-                                   for p, o, f, lo, n in d["frames"]},
-                           sketch=tuple(int(x) for x in d.get("sketch", ())))
+        return EntryRecord(
+            key=str(d["key"]),
+            manifest=str(d["manifest"]),
+            created=float(d["created"]),
+            last_used=float(d["last_used"]),
+            bytes=int(d["bytes"]),
+            files=int(d["files"]),
+            frames={(str(p), int(o)): LocalFrame(str(f), int(lo), int(n)) for p, o, f, lo, n in d["frames"]},
+            sketch=tuple(int(x) for x in d.get("sketch", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -113,14 +130,28 @@ class TreeRecord:
     made: float
 
     def to_json(self) -> builtins.bytes:  # builtins: a field of this class is named bytes
-        return json.dumps({"name": self.name, "key": self.key, "manifest": self.manifest,
-                           "roots": list(self.roots), "bytes": self.bytes, "made": self.made}).encode()
+        return json.dumps(
+            {
+                "name": self.name,
+                "key": self.key,
+                "manifest": self.manifest,
+                "roots": list(self.roots),
+                "bytes": self.bytes,
+                "made": self.made,
+            }
+        ).encode()
 
     @staticmethod
     def from_json(data: builtins.bytes) -> TreeRecord:
         d = json.loads(data)
-        return TreeRecord(str(d["name"]), str(d["key"]), str(d["manifest"]), tuple(str(r) for r in d["roots"]),
-                          int(d["bytes"]), float(d["made"]))
+        return TreeRecord(
+            str(d["name"]),
+            str(d["key"]),
+            str(d["manifest"]),
+            tuple(str(r) for r in d["roots"]),
+            int(d["bytes"]),
+            float(d["made"]),
+        )
 
 
 class StoreIndex:
@@ -138,8 +169,11 @@ class StoreIndex:
         """Ready trees by name."""
 
     def used_bytes(self) -> int:
-        return (sum(self.file_sizes.values()) + sum(self.manifest_sizes.values())
-                + sum(t.bytes for t in self.trees.values()))
+        return (
+            sum(self.file_sizes.values())
+            + sum(self.manifest_sizes.values())
+            + sum(t.bytes for t in self.trees.values())
+        )
 
     def tree_for(self, key: str, manifest: str) -> TreeRecord | None:
         """The newest ready tree of entry ``key`` as of manifest ``manifest``."""
@@ -174,8 +208,11 @@ class StoreIndex:
             self._frame_refs[fid] = self._frame_refs.get(fid, 0) + 1
             self._frames.setdefault(fid, lf)
         keep_files = set(self._file_refs)
-        return [g for g in garbage if g not in keep_files and g.removeprefix("manifest:")
-                not in self._manifest_refs]
+        return [
+            g
+            for g in garbage
+            if g not in keep_files and g.removeprefix("manifest:") not in self._manifest_refs
+        ]
 
     def remove(self, key: str) -> list[str]:
         """Drop an entry; returns frame files and ``manifest:<name>`` no longer referenced."""
@@ -264,8 +301,10 @@ class LocalStore:
             (self.root / d).mkdir(parents=True, exist_ok=True)
         version = self.root / "VERSION"
         if version.exists() and version.read_text().strip() != STORE_FORMAT:
-            raise CacheError(f"cache store {self.root} has format {version.read_text().strip()!r}; "
-                             f"this agent reads {STORE_FORMAT!r}")
+            raise CacheError(
+                f"cache store {self.root} has format {version.read_text().strip()!r}; "
+                f"this agent reads {STORE_FORMAT!r}"
+            )
         version.write_text(STORE_FORMAT + "\n")
         if self._lock_fd is None:
             fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -293,9 +332,14 @@ class LocalStore:
                 path = Path(e.path)
                 try:
                     record = EntryRecord.from_json(path.read_bytes())
-                    ok = (_key_file(record.key) == e.name and record.manifest in manifest_sizes
-                          and all(lf.file in file_sizes and lf.offset + lf.length <= file_sizes[lf.file]
-                                  for lf in record.frames.values()))
+                    ok = (
+                        _key_file(record.key) == e.name
+                        and record.manifest in manifest_sizes
+                        and all(
+                            lf.file in file_sizes and lf.offset + lf.length <= file_sizes[lf.file]
+                            for lf in record.frames.values()
+                        )
+                    )
                 except (OSError, ValueError, KeyError, TypeError):
                     ok = False
                 if not ok:
@@ -321,8 +365,12 @@ class LocalStore:
             try:
                 tree = TreeRecord.from_json(Path(e.path).read_bytes())
                 entry = self.index.entries.get(tree.key)
-                ok = (e.name == tree.name + ".json" and entry is not None and entry.manifest == tree.manifest
-                      and (trees_dir / tree.name).is_dir())
+                ok = (
+                    e.name == tree.name + ".json"
+                    and entry is not None
+                    and entry.manifest == tree.manifest
+                    and (trees_dir / tree.name).is_dir()
+                )
             except (OSError, ValueError, KeyError, TypeError):
                 ok = False
             if ok:
@@ -331,7 +379,9 @@ class LocalStore:
                 os.unlink(e.path)
         for e in os.scandir(trees_dir):
             if not e.name.endswith(".json") and e.name not in self.index.trees:
-                shutil.rmtree(e.path, ignore_errors=True) if e.is_dir(follow_symlinks=False) else os.unlink(e.path)
+                shutil.rmtree(e.path, ignore_errors=True) if e.is_dir(follow_symlinks=False) else os.unlink(
+                    e.path
+                )
 
     def close(self) -> None:
         for t in list(self._trash_threads):
@@ -343,8 +393,9 @@ class LocalStore:
     # -- queries ---------------------------------------------------------------------------------------
     def inventory(self) -> tuple[int, list[EntryInfo]]:
         with self._lock:
-            return self.generation, sorted((r.info() for r in self.index.entries.values()),
-                                           key=lambda i: i.key)
+            return self.generation, sorted(
+                (r.info() for r in self.index.entries.values()), key=lambda i: i.key
+            )
 
     def subscribe(self, listener: InventoryListener) -> None:
         with self._lock:
@@ -419,14 +470,25 @@ class LocalStore:
                 self._drop_tree(name)
             victims = self.index.victims(need, self.budget_bytes, set())
             if victims is None:
-                raise CacheError(f"{what}: needs {need} bytes but the cache budget is {self.budget_bytes} "
-                                 "bytes")
+                raise CacheError(
+                    f"{what}: needs {need} bytes but the cache budget is {self.budget_bytes} bytes"
+                )
             for key in victims:
                 self._evict(key)
 
-    def commit(self, *, key: str, created: float, manifest_name: str, manifest_bytes: bytes,
-               frames: dict[FrameId, LocalFrame], staged_files: dict[str, Path], total_bytes: int,
-               files: int, sketch: tuple[int, ...] = ()) -> EntryInfo:
+    def commit(
+        self,
+        *,
+        key: str,
+        created: float,
+        manifest_name: str,
+        manifest_bytes: bytes,
+        frames: dict[FrameId, LocalFrame],
+        staged_files: dict[str, Path],
+        total_bytes: int,
+        files: int,
+        sketch: tuple[int, ...] = (),
+    ) -> EntryInfo:
         """Publish an entry: move staged frame files and the manifest in, then write its record last.
 
         ``frames`` maps every frame of the manifest to a local frame, either in ``staged_files`` (name →
@@ -444,9 +506,19 @@ class LocalStore:
             for name in {lf.file for lf in frames.values()}:
                 if name not in file_sizes:
                     file_sizes[name] = (self.root / "frames" / name).stat().st_size
-            record = EntryRecord(key=key, manifest=manifest_name, created=created, last_used=self.clock(),
-                                 bytes=total_bytes, files=files, frames=frames, sketch=sketch)
-            for tree in [t for t in self.index.trees.values() if t.key == key and t.manifest != manifest_name]:
+            record = EntryRecord(
+                key=key,
+                manifest=manifest_name,
+                created=created,
+                last_used=self.clock(),
+                bytes=total_bytes,
+                files=files,
+                frames=frames,
+                sketch=sketch,
+            )
+            for tree in [
+                t for t in self.index.trees.values() if t.key == key and t.manifest != manifest_name
+            ]:
                 self._drop_tree(tree.name)
             self._write_record(record)
             garbage = self.index.add(record, file_sizes, len(manifest_bytes))
@@ -493,8 +565,9 @@ class LocalStore:
             self.index.entries[key] = record
             self._changed([record.info()], [])
 
-    def add_tree(self, staged: Path, *, key: str, manifest: str, roots: Sequence[str], nbytes: int,
-                 keep_trees: int) -> bool:
+    def add_tree(
+        self, staged: Path, *, key: str, manifest: str, roots: Sequence[str], nbytes: int, keep_trees: int
+    ) -> bool:
         """Publish the ready tree staged at ``staged`` (a directory under ``staging/``) for entry ``key``
         as of ``manifest``. Older trees beyond ``keep_trees`` go first; a tree never evicts an entry: if it
         does not fit the budget it is dropped (False)."""
@@ -555,8 +628,9 @@ class LocalStore:
             os.rename(path, target)
         except OSError:
             return
-        thread = threading.Thread(target=self._empty_trash, args=(target,), name="stoker-cache-trash",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=self._empty_trash, args=(target,), name="stoker-cache-trash", daemon=True
+        )
         self._trash_threads.add(thread)
         thread.start()
 

@@ -84,8 +84,21 @@ def walk(workspace: Path, roots: Sequence[str]) -> list[WalkedPath]:
             rel, st = stack.pop()
             mode = st.st_mode
             if S_ISREG(mode):
-                append(new(WalkedPath, (rel, mf.FILE, mode & _PERM, st.st_mtime_ns, st.st_size, st.st_ino,
-                                        st.st_ctime_ns, None)))
+                append(
+                    new(
+                        WalkedPath,
+                        (
+                            rel,
+                            mf.FILE,
+                            mode & _PERM,
+                            st.st_mtime_ns,
+                            st.st_size,
+                            st.st_ino,
+                            st.st_ctime_ns,
+                            None,
+                        ),
+                    )
+                )
             elif S_ISDIR(mode):
                 append(new(WalkedPath, (rel, mf.DIR, mode & _PERM, st.st_mtime_ns, 0, 0, 0, None)))
                 try:
@@ -99,15 +112,23 @@ def walk(workspace: Path, roots: Sequence[str]) -> list[WalkedPath]:
                 target = os.readlink(base + rel)
                 real = os.path.realpath(base + rel)
                 real_root = os.path.realpath(base)
-                inside = any(real == os.path.join(real_root, r) or real.startswith(os.path.join(real_root, r) + "/")
-                             for r in roots_t)
+                inside = any(
+                    real == os.path.join(real_root, r) or real.startswith(os.path.join(real_root, r) + "/")
+                    for r in roots_t
+                )
                 if not mf.symlink_stays_inside(rel, target, roots_t) or not inside:
                     raise UnsafeTree(f"{rel}: symlink to {target!r} leaves the saved tree")
                 append(WalkedPath(rel, mf.SYMLINK, 0o777, st.st_mtime_ns, target=target))
             else:
-                kind = ("a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
-                        "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
-                        "unsupported")
+                kind = (
+                    "a device"
+                    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "a FIFO"
+                    if stat.S_ISFIFO(mode)
+                    else "a socket"
+                    if stat.S_ISSOCK(mode)
+                    else "unsupported"
+                )
                 raise UnsafeTree(f"{rel}: is {kind}; only files, directories and symlinks are cached")
     return out
 
@@ -125,8 +146,13 @@ def hash_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def digests(workspace: Path, walked: Sequence[WalkedPath], cache: dict[str, StatRecord], recorded_ns: int,
-            pool: Executor) -> tuple[dict[str, str], int]:
+def digests(
+    workspace: Path,
+    walked: Sequence[WalkedPath],
+    cache: dict[str, StatRecord],
+    recorded_ns: int,
+    pool: Executor,
+) -> tuple[dict[str, str], int]:
     """Digest of every regular file (path → hex) and how many had to be hashed."""
     result: dict[str, str] = {}
     todo: list[WalkedPath] = []
@@ -137,9 +163,13 @@ def digests(workspace: Path, walked: Sequence[WalkedPath], cache: dict[str, Stat
             result[w.path] = EMPTY_DIGEST
             continue
         rec = cache.get(w.path)
-        if (rec is not None and rec.size == w.size and rec.mtime_ns == w.mtime_ns
-                and (rec.ino == 0 or (rec.ino == w.ino and rec.ctime_ns == w.ctime_ns))
-                and w.ctime_ns < recorded_ns - RACY_MARGIN_NS):
+        if (
+            rec is not None
+            and rec.size == w.size
+            and rec.mtime_ns == w.mtime_ns
+            and (rec.ino == 0 or (rec.ino == w.ino and rec.ctime_ns == w.ctime_ns))
+            and w.ctime_ns < recorded_ns - RACY_MARGIN_NS
+        ):
             result[w.path] = rec.digest
         else:
             todo.append(w)
@@ -165,20 +195,29 @@ def load_stat_cache(path: Path) -> tuple[dict[str, StatRecord], int, dict]:
     try:
         doc = json.loads(path.read_bytes())
         records = {p: StatRecord(*r) for p, r in doc["files"].items()}
-        return records, int(doc["recorded_ns"]), {k: v for k, v in doc.items()
-                                                  if k not in ("files", "recorded_ns")}
+        return (
+            records,
+            int(doc["recorded_ns"]),
+            {k: v for k, v in doc.items() if k not in ("files", "recorded_ns")},
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return {}, 0, {}
 
 
 def stat_cache_bytes(records: dict[str, StatRecord], recorded_ns: int, **extra) -> bytes:
-    doc = {"recorded_ns": recorded_ns, **extra,
-           "files": {p: [r.size, r.mtime_ns, r.ino, r.ctime_ns, r.digest] for p, r in records.items()}}
+    doc = {
+        "recorded_ns": recorded_ns,
+        **extra,
+        "files": {p: [r.size, r.mtime_ns, r.ino, r.ctime_ns, r.digest] for p, r in records.items()},
+    }
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def records_from_manifest(manifest: mf.Manifest, roots: Sequence[str]) -> dict[str, StatRecord]:
     """The stat records a restore of ``roots`` of ``manifest`` stands for (inode and ctime unknown: 0)."""
     prefixes = tuple(r + "/" for r in roots)
-    return {f.path: StatRecord(f.size, f.mtime_ns, 0, 0, f.digest or "") for f in manifest.files
-            if f.type == mf.FILE and (f.path in roots or f.path.startswith(prefixes))}
+    return {
+        f.path: StatRecord(f.size, f.mtime_ns, 0, 0, f.digest or "")
+        for f in manifest.files
+        if f.type == mf.FILE and (f.path in roots or f.path.startswith(prefixes))
+    }

@@ -19,6 +19,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import zstandard
+
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache.api import CacheError, CorruptEntry, Progress, ProgressFn
 from stoker.agent.cache.safe_open import Parents, Root
@@ -81,8 +82,13 @@ class ProgressCounter:
             if self.progress is None or (now - self.last < 0.1 and not force):
                 return
             self.last = now
-            snapshot = Progress(self.bytes, self.bytes_total, self.files, self.files_total,
-                                self.bytes / max(now - self.start, 1e-9))
+            snapshot = Progress(
+                self.bytes,
+                self.bytes_total,
+                self.files,
+                self.files_total,
+                self.bytes / max(now - self.start, 1e-9),
+            )
         self.progress(snapshot)
 
 
@@ -93,7 +99,10 @@ def plan_tasks(manifest: mf.Manifest, files: Sequence[mf.FileEntry]) -> list[Tas
     for f in files:
         if f.type != mf.FILE or not f.chunks:
             continue
-        if len(f.chunks) == 1 and f.chunks[0].raw_length < manifest.frames[f.chunks[0].frame].raw_size // 2 + 1:
+        if (
+            len(f.chunks) == 1
+            and f.chunks[0].raw_length < manifest.frames[f.chunks[0].frame].raw_size // 2 + 1
+        ):
             by_frame[f.chunks[0].frame].append(f)
         else:
             tasks.append(Task(f.size, None, (f,)))
@@ -127,10 +136,14 @@ def read_frame(manifest: mf.Manifest, index: int, locate: FrameLocator, *, where
     try:
         declared = zstandard.get_frame_parameters(blob).content_size
     except zstandard.ZstdError as exc:
-        raise CorruptEntry(f"{where}: pack {frame.pack} holds no zstd frame at offset {frame.offset}") from exc
+        raise CorruptEntry(
+            f"{where}: pack {frame.pack} holds no zstd frame at offset {frame.offset}"
+        ) from exc
     if declared != frame.raw_size:
-        raise CorruptEntry(f"{where}: frame at {frame.pack}@{frame.offset} declares {declared} bytes, "
-                           f"the manifest {frame.raw_size}")
+        raise CorruptEntry(
+            f"{where}: frame at {frame.pack}@{frame.offset} declares {declared} bytes, "
+            f"the manifest {frame.raw_size}"
+        )
     dctx = getattr(_DCTX, "dctx", None)
     if dctx is None:  # one decompression context per thread, reused (creating one costs more than a frame)
         dctx = _DCTX.dctx = zstandard.ZstdDecompressor()
@@ -139,13 +152,22 @@ def read_frame(manifest: mf.Manifest, index: int, locate: FrameLocator, *, where
     except zstandard.ZstdError as exc:
         raise CorruptEntry(f"{where}: frame at {frame.pack}@{frame.offset} is corrupt: {exc}") from exc
     if len(raw) != frame.raw_size:
-        raise CorruptEntry(f"{where}: frame at {frame.pack}@{frame.offset} decompresses to {len(raw)} "
-                           f"bytes, not {frame.raw_size}")
+        raise CorruptEntry(
+            f"{where}: frame at {frame.pack}@{frame.offset} decompresses to {len(raw)} "
+            f"bytes, not {frame.raw_size}"
+        )
     return raw
 
 
-def run_task(manifest: mf.Manifest, task: Task, root: Root | None, locate: FrameLocator, where: str,
-             counter: ProgressCounter | None, writer: Writer) -> tuple[int, int]:
+def run_task(
+    manifest: mf.Manifest,
+    task: Task,
+    root: Root | None,
+    locate: FrameLocator,
+    where: str,
+    counter: ProgressCounter | None,
+    writer: Writer,
+) -> tuple[int, int]:
     """Write (or, with ``root`` None, only check) one task's files; returns (files, bytes).
 
     ``counter``: where a large file reports its bytes as it goes (None in a forked helper, which reports
@@ -171,14 +193,16 @@ def run_task(manifest: mf.Manifest, task: Task, root: Root | None, locate: Frame
     return 1, 0 if counter is not None else f.size
 
 
-def _write_group(raw: bytes, files: Sequence[mf.FileEntry], root: Root | None, where: str, umask: int) -> None:
+def _write_group(
+    raw: bytes, files: Sequence[mf.FileEntry], root: Root | None, where: str, umask: int
+) -> None:
     """Check (and write, with a ``root``) the small files ``files`` held in one decompressed frame."""
     view = memoryview(raw)
     sha256 = hashlib.sha256
     with Parents(root) if root is not None else nullcontext() as parents:
         for f in files:
             c = f.chunks[0]
-            data = view[c.raw_offset:c.raw_offset + c.raw_length]
+            data = view[c.raw_offset : c.raw_offset + c.raw_length]
             if sha256(data).hexdigest() != f.digest:
                 raise CorruptEntry(f"{where}: {f.path}: content does not match its digest")
             if parents is not None:
@@ -204,8 +228,15 @@ def write_one(parents: Parents, f: mf.FileEntry, data: bytes | memoryview, umask
         os.close(fd)
 
 
-def _write_large(manifest: mf.Manifest, f: mf.FileEntry, root: Root | None, locate: FrameLocator,
-                 where: str, counter: ProgressCounter | None, umask: int) -> None:
+def _write_large(
+    manifest: mf.Manifest,
+    f: mf.FileEntry,
+    root: Root | None,
+    locate: FrameLocator,
+    where: str,
+    counter: ProgressCounter | None,
+    umask: int,
+) -> None:
     hasher = hashlib.sha256()
     fd = None
     if root is not None:
@@ -215,7 +246,7 @@ def _write_large(manifest: mf.Manifest, f: mf.FileEntry, root: Root | None, loca
             os.fchmod(fd, f.mode)
         for c in f.chunks:
             raw = memoryview(read_frame(manifest, c.frame, locate, where=where))
-            data = raw[c.raw_offset:c.raw_offset + c.raw_length]
+            data = raw[c.raw_offset : c.raw_offset + c.raw_length]
             hasher.update(data)
             while fd is not None and data:
                 n = os.write(fd, data)

@@ -102,19 +102,28 @@ class _Reports:
         while len(self.pending) >= _MSG.size:
             tag, a, b = _MSG.unpack_from(self.pending)
             if tag == b"P":
-                self.pending = self.pending[_MSG.size:]
+                self.pending = self.pending[_MSG.size :]
                 self.counter.add(a, b)
             elif len(self.pending) >= _MSG.size + a:
-                text = self.pending[_MSG.size:_MSG.size + a].decode(errors="replace")
-                self.pending = self.pending[_MSG.size + a:]
+                text = self.pending[_MSG.size : _MSG.size + a].decode(errors="replace")
+                self.pending = self.pending[_MSG.size + a :]
                 self.errors.append(_ERRORS[b](text) if b < len(_ERRORS) else CacheError(text))
             else:
                 break
 
 
-def run_forked(manifest: mf.Manifest, tasks: Sequence[Task], root: Root | None, locate: FrameLocator,
-               where: str, counter: ProgressCounter, writer: Writer, helpers: int, fetch: FetchFn | None = None,
-               missing: set[int] | None = None) -> None:
+def run_forked(
+    manifest: mf.Manifest,
+    tasks: Sequence[Task],
+    root: Root | None,
+    locate: FrameLocator,
+    where: str,
+    counter: ProgressCounter,
+    writer: Writer,
+    helpers: int,
+    fetch: FetchFn | None = None,
+    missing: set[int] | None = None,
+) -> None:
     """Run ``tasks`` in this process and ``helpers`` forked ones (see the module docstring)."""
     pipes = _Pipes()
     pids: list[int] = []
@@ -153,8 +162,9 @@ def run_forked(manifest: mf.Manifest, tasks: Sequence[Task], root: Root | None, 
         pipes.close()
 
 
-def _hand_out(tasks: Sequence[Task], pipes: _Pipes, where: str, fetch: FetchFn | None,
-              missing: set[int]) -> None:
+def _hand_out(
+    tasks: Sequence[Task], pipes: _Pipes, where: str, fetch: FetchFn | None, missing: set[int]
+) -> None:
     """Put every task on the task pipe: those whose frames are all readable now, the others as the fetch
     brings their last frame; then close it."""
     waits, waiting = dependencies(tasks, missing)
@@ -178,8 +188,17 @@ def _hand_out(tasks: Sequence[Task], pipes: _Pipes, where: str, fetch: FetchFn |
     pipes.close_task_w()
 
 
-def _take_tasks(manifest: mf.Manifest, tasks: Sequence[Task], root: Root | None, locate: FrameLocator,
-                where: str, counter: ProgressCounter, writer: Writer, pipes: _Pipes, reports: _Reports) -> None:
+def _take_tasks(
+    manifest: mf.Manifest,
+    tasks: Sequence[Task],
+    root: Root | None,
+    locate: FrameLocator,
+    where: str,
+    counter: ProgressCounter,
+    writer: Writer,
+    pipes: _Pipes,
+    reports: _Reports,
+) -> None:
     """The caller's share: take task indices until the pipe ends or a helper reports an error."""
     while not reports.errors:
         n = _read_index(pipes.task_r)
@@ -238,8 +257,16 @@ def become_helper(parent: int) -> None:  # pragma: no cover - runs in forked chi
         os._exit(3)
 
 
-def _helper(manifest: mf.Manifest, tasks: Sequence[Task], root: Root | None, locate: FrameLocator,
-            where: str, pipes: _Pipes, parent: int, writer: Writer) -> None:  # pragma: no cover - in a helper
+def _helper(
+    manifest: mf.Manifest,
+    tasks: Sequence[Task],
+    root: Root | None,
+    locate: FrameLocator,
+    where: str,
+    pipes: _Pipes,
+    parent: int,
+    writer: Writer,
+) -> None:  # pragma: no cover - in a helper
     code = 0
     try:
         os.close(pipes.task_w)  # the parent's end: the pipe must read as ended once the parent closes it
@@ -250,11 +277,13 @@ def _helper(manifest: mf.Manifest, tasks: Sequence[Task], root: Root | None, loc
                 break
             files, nbytes = run_task(manifest, tasks[n], root, locate, where, None, writer)
             os.write(pipes.res_w, _MSG.pack(b"P", files, nbytes))
-    except BaseException as exc:  # noqa: BLE001 - everything is reported to the caller
+    except BaseException as exc:
         if isinstance(exc, OSError) and exc.errno in SWAPPED_ERRNOS:
             exc = swapped(exc, where)
         kind = next((i for i, cls in reversed(list(enumerate(_ERRORS))) if isinstance(exc, cls)), None)
-        text = (str(exc) if kind is not None else f"{where}: restore helper failed: {type(exc).__name__}: {exc}")
+        text = (
+            str(exc) if kind is not None else f"{where}: restore helper failed: {type(exc).__name__}: {exc}"
+        )
         data = text.encode()[:3000]
         try:
             os.write(pipes.res_w, _MSG.pack(b"E", len(data), kind if kind is not None else 99) + data)

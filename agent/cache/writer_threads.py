@@ -27,9 +27,19 @@ from stoker.agent.cache.write_tasks import (
 from stoker.agent.cache.writers import Writer
 
 
-def run_threaded(manifest: mf.Manifest, tasks: Sequence[Task], root: Root | None, locate: FrameLocator,
-                 where: str, counter: ProgressCounter, writer: Writer, workers: int, fetch: FetchFn | None,
-                 missing: set[int], stop: StopFn = never) -> None:
+def run_threaded(
+    manifest: mf.Manifest,
+    tasks: Sequence[Task],
+    root: Root | None,
+    locate: FrameLocator,
+    where: str,
+    counter: ProgressCounter,
+    writer: Writer,
+    workers: int,
+    fetch: FetchFn | None,
+    missing: set[int],
+    stop: StopFn = never,
+) -> None:
     """Run ``tasks`` on ``workers`` threads, each task as soon as its frames are there."""
     if workers == 1:  # no thread to start (this may run in a forked child of a threaded process)
         if fetch is not None:
@@ -50,7 +60,7 @@ def run_threaded(manifest: mf.Manifest, tasks: Sequence[Task], root: Root | None
             return
         try:
             counter.add(*run_task(manifest, task, root, locate, where, counter, writer))
-        except BaseException as exc:  # noqa: BLE001 - the caller raises it
+        except BaseException as exc:
             failed.append(exc)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stoker-hydrate") as pool:

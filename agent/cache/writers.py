@@ -35,8 +35,9 @@ class CompiledIO(Protocol):
         """Open ``path`` beneath ``root_fd`` following no symlink in any component."""
         ...
 
-    def write_group(self, root_fd: int, data: bytes, files: Sequence[mf.FileEntry], umask: int,
-                    /) -> int | None:
+    def write_group(
+        self, root_fd: int, data: bytes, files: Sequence[mf.FileEntry], umask: int, /
+    ) -> int | None:
         """Check and (``root_fd`` >= 0) write the files of one decompressed frame; the index of the first
         file whose digest does not match, or None."""
         ...
@@ -79,8 +80,16 @@ def load_compiled() -> CompiledIO | None:
     except ImportError:
         return None
     # _fastio reads FileEntry and Chunk by position; keep it in step with manifest.py.
-    if (mf.FileEntry._fields[:8] != ("path", "type", "mode", "mtime_ns", "size", "digest", "target", "chunks")
-            or mf.Chunk._fields != ("frame", "raw_offset", "raw_length")):  # pragma: no cover - a programming error
+    if mf.FileEntry._fields[:8] != (
+        "path",
+        "type",
+        "mode",
+        "mtime_ns",
+        "size",
+        "digest",
+        "target",
+        "chunks",
+    ) or mf.Chunk._fields != ("frame", "raw_offset", "raw_length"):  # pragma: no cover - a programming error
         raise ImportError("agent/cache/_fastio.c reads FileEntry/Chunk fields by position: update it")
     compiled: CompiledIO = _fastio
     return compiled
@@ -90,9 +99,13 @@ def choose_writer(kind: WriterKind) -> Writer:
     """The writer ``kind`` names (``auto``: compiled when built). Reads the process's umask."""
     compiled = load_compiled() if kind in ("auto", "compiled") else None
     if kind == "compiled" and compiled is None:
-        raise ValueError("cache.writer is compiled, but the compiled writer (stoker.agent.cache._fastio) is not "
-                         "built: reinstall stoker where a C compiler is available")
-    return Writer(compiled=compiled, forked=compiled is None and kind != "python-threads", umask=_read_umask())
+        raise ValueError(
+            "cache.writer is compiled, but the compiled writer (stoker.agent.cache._fastio) is not "
+            "built: reinstall stoker where a C compiler is available"
+        )
+    return Writer(
+        compiled=compiled, forked=compiled is None and kind != "python-threads", umask=_read_umask()
+    )
 
 
 def _read_umask() -> int:

@@ -33,8 +33,21 @@ if _dir and "coordinator" in sys.argv:
     _t0 = time.monotonic()
 
     class _MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+        _fields_ = [
+            (n, ctypes.c_size_t)
+            for n in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
 
     try:
         _libc = ctypes.CDLL("libc.so.6")
@@ -42,8 +55,18 @@ if _dir and "coordinator" in sys.argv:
     except (OSError, AttributeError):
         _libc = None
 
-    _WATCH = {"BuildQueue", "Scheduler", "InventoryIndex", "NodeRegistry", "LoadHistory", "Estimator", "Demand",
-              "Prewarmer", "Rendezvous", "AgentGatewayServicer"}
+    _WATCH = {
+        "BuildQueue",
+        "Scheduler",
+        "InventoryIndex",
+        "NodeRegistry",
+        "LoadHistory",
+        "Estimator",
+        "Demand",
+        "Prewarmer",
+        "Rendezvous",
+        "AgentGatewayServicer",
+    }
     _real_freeze = gc.freeze
     _busy = [False]
     gc.freeze = lambda: None if _busy[0] else _real_freeze()  # GcPolicy must not freeze mid-census
@@ -78,12 +101,22 @@ if _dir and "coordinator" in sys.argv:
                 gc.unfreeze()
                 blocks_before, rss_before = sys.getallocatedblocks(), _rss_mib()
                 found = gc.collect()
-                record = {"t": round(time.monotonic() - _t0), "collected": found, "blocks_before": blocks_before,
-                              "blocks_after": sys.getallocatedblocks(), "rss_before": rss_before, "rss_after": _rss_mib()}
+                record = {
+                    "t": round(time.monotonic() - _t0),
+                    "collected": found,
+                    "blocks_before": blocks_before,
+                    "blocks_after": sys.getallocatedblocks(),
+                    "rss_before": rss_before,
+                    "rss_after": _rss_mib(),
+                }
                 if _libc is not None:
                     mi = _libc.mallinfo2()
-                    record.update(malloc_arena_mib=mi.arena >> 20, malloc_inuse_mib=mi.uordblks >> 20,
-                                  malloc_free_mib=mi.fordblks >> 20, mmap_mib=mi.hblkhd >> 20)
+                    record.update(
+                        malloc_arena_mib=mi.arena >> 20,
+                        malloc_inuse_mib=mi.uordblks >> 20,
+                        malloc_free_mib=mi.fordblks >> 20,
+                        mmap_mib=mi.hblkhd >> 20,
+                    )
                 objs = gc.get_objects()
                 types = collections.Counter(type(o).__qualname__ for o in objs)
                 sizes = _sizes(objs)
@@ -94,7 +127,9 @@ if _dir and "coordinator" in sys.argv:
                 if prev_types is not None:
                     grew = sorted(((types[k] - prev_types.get(k, 0), k) for k in types), reverse=True)[:20]
                     out.write("   grew: " + ", ".join(f"{k}+{v}" for v, k in grew if v > 0) + "\n")
-                    changed = {k: v - prev_sizes.get(k, 0) for k, v in sizes.items() if v != prev_sizes.get(k, 0)}
+                    changed = {
+                        k: v - prev_sizes.get(k, 0) for k, v in sizes.items() if v != prev_sizes.get(k, 0)
+                    }
                     out.write("   sizes changed: " + json.dumps(changed) + "\n")
                 out.flush()
                 saved = os.dup(2)

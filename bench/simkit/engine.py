@@ -96,7 +96,7 @@ class SimNode:
 
 
 class Sim:
-    def __init__(self, fleet: Fleet, records: list, policy: "Policy", seed: int = 1) -> None:
+    def __init__(self, fleet: Fleet, records: list, policy: Policy, seed: int = 1) -> None:
         self.fleet = fleet
         self.records = records
         self.policy = policy
@@ -104,7 +104,7 @@ class Sim:
         self.now = 0.0
         self.nodes: dict[str, SimNode] = {}
         self.blob: dict[str, float] = {}
-        self.version: dict[str, tuple[str, int]] = {}      # key → (workspace, index)
+        self.version: dict[str, tuple[str, int]] = {}  # key → (workspace, index)
         self.changed: dict[str, list[float]] = collections.defaultdict(list)  # workspace → fraction per index
         self.keys_of: dict[str, list[str]] = collections.defaultdict(list)  # workspace → keys by index
         # Each entry's content as CONTENT_UNITS digests: a new key of a workspace replaces the changed share
@@ -129,7 +129,9 @@ class Sim:
 
     # -- nodes and their caches ------------------------------------------------------------------------
     def _add_node(self, name: str, zone: str) -> SimNode:
-        node = SimNode(name, zone, self.fleet.slots, self.fleet.disk_bytes, born=self.now, last_change=self.now)
+        node = SimNode(
+            name, zone, self.fleet.slots, self.fleet.disk_bytes, born=self.now, last_change=self.now
+        )
         self.nodes[name] = node
         self.policy.node_added(self, node)
         return node
@@ -193,7 +195,7 @@ class Sim:
     def _push(self, t: float, kind: str, payload) -> None:
         heapq.heappush(self._events, (t, next(self._seq), kind, payload))
 
-    def run(self) -> "Sim":
+    def run(self) -> Sim:
         for r in self.records:
             self._push(r.t, "arrival" if isinstance(r, Build) else "fleet", r)
         job_ids = itertools.count()
@@ -286,8 +288,11 @@ class Sim:
             self.prewarm_bytes += fetch
             if fetch:
                 self.gets += max(1, math.ceil(fetch / PACK_BYTES))
-            self._push(self.now + fetch / self.fleet.fetch_bps + fetch / self.fleet.extract_bps, "prewarmed",
-                       (node_name, key))
+            self._push(
+                self.now + fetch / self.fleet.fetch_bps + fetch / self.fleet.extract_bps,
+                "prewarmed",
+                (node_name, key),
+            )
 
     def _start(self, job: Job, node: SimNode) -> None:
         f = self.fleet
@@ -581,9 +586,18 @@ class StokerPolicy(Policy):
         self.inventory = InventoryIndex()
         base = settings or SchedulerSettings()
         # The agents' defaults before anything is learned: the fleet's nominal rates.
-        self.scheduler = Scheduler(self.inventory, self.clock, SchedulerSettings(**{
-            **base.__dict__, "fetch_bps": fleet.fetch_bps, "extract_bps": fleet.extract_bps,
-            "materialize_bps": fleet.materialize_bps}))
+        self.scheduler = Scheduler(
+            self.inventory,
+            self.clock,
+            SchedulerSettings(
+                **{
+                    **base.__dict__,
+                    "fetch_bps": fleet.fetch_bps,
+                    "extract_bps": fleet.extract_bps,
+                    "materialize_bps": fleet.materialize_bps,
+                }
+            ),
+        )
         self._generation: dict[str, int] = {}
         self._requests: dict[int, PlacementRequest] = {}
         self._evictions: list[tuple[str, str]] = []
@@ -594,12 +608,20 @@ class StokerPolicy(Policy):
 
     def _request(self, job: Job) -> PlacementRequest:
         b = job.build
-        return PlacementRequest(id=job.request_id, workspace=b.workspace, key=b.key, restore_keys=b.restore_keys,
-                                tenant=b.tenant, priority=b.priority, enqueued_at=job.arrival)
+        return PlacementRequest(
+            id=job.request_id,
+            workspace=b.workspace,
+            key=b.key,
+            restore_keys=b.restore_keys,
+            tenant=b.tenant,
+            priority=b.priority,
+            enqueued_at=job.arrival,
+        )
 
     def node_added(self, sim, node):
-        record = self.registry.register(NodeInfo(name=node.name, zone=node.zone, slots=node.slots,
-                                                 disk_capacity_bytes=int(node.disk)))
+        record = self.registry.register(
+            NodeInfo(name=node.name, zone=node.zone, slots=node.slots, disk_capacity_bytes=int(node.disk))
+        )
         self.registry.attach(node.name, record.session_id)
         self.inventory.apply_snapshot(node.name, 0, [])
         self._generation[node.name] = 0
@@ -622,9 +644,16 @@ class StokerPolicy(Policy):
         for key in upserted:
             size = node.cache.get(key)
             if size is not None:
-                entries.append(EntryRecord(key=key, bytes=int(size), files=0,
-                                           created=float(sim.version.get(key, ("", 0))[1]), last_used=sim.now,
-                                           sketch=pack_sketch(sim.sketch.get(key, ()))))
+                entries.append(
+                    EntryRecord(
+                        key=key,
+                        bytes=int(size),
+                        files=0,
+                        created=float(sim.version.get(key, ("", 0))[1]),
+                        last_used=sim.now,
+                        sketch=pack_sketch(sim.sketch.get(key, ())),
+                    )
+                )
         self.inventory.apply_delta(node.name, gen, entries, removed)
 
     def started(self, sim, job, node):
@@ -638,9 +667,15 @@ class StokerPolicy(Policy):
         if record is not None:
             record.holders.discard(job.request_id)
         restore_s = job.ready - job.placed
-        self.scheduler.finished(job.request_id, key=job.build.key, workspace=job.build.workspace,
-                                run_s=job.finish - job.ready, bytes_fetched=int(job.fetched),
-                                bytes_restored=int(job.restored), restore_s=restore_s)
+        self.scheduler.finished(
+            job.request_id,
+            key=job.build.key,
+            workspace=job.build.workspace,
+            run_s=job.finish - job.ready,
+            bytes_fetched=int(job.fetched),
+            bytes_restored=int(job.restored),
+            restore_s=restore_s,
+        )
 
     def place(self, sim):
         for record in self.registry.all():

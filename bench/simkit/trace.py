@@ -71,12 +71,27 @@ class Fleet:
     extract_bps: float = 250e6
     materialize_bps: float = 2e9
     install_bps: float = 20e6
-    prices: dict = field(default_factory=lambda: {"node_hour": 0.5, "get_request": 4e-7, "put_request": 5e-6,
-                                                  "gb_transfer": 0.0})
+    prices: dict = field(
+        default_factory=lambda: {
+            "node_hour": 0.5,
+            "get_request": 4e-7,
+            "put_request": 5e-6,
+            "gb_transfer": 0.0,
+        }
+    )
 
 
-_BUILD_FIELDS = {"t": float, "workspace": str, "key": str, "restore_keys": list, "bytes": int, "files": int,
-                 "changed_fraction": float, "duration_s": float, "tenant": str}
+_BUILD_FIELDS = {
+    "t": float,
+    "workspace": str,
+    "key": str,
+    "restore_keys": list,
+    "bytes": int,
+    "files": int,
+    "changed_fraction": float,
+    "duration_s": float,
+    "tenant": str,
+}
 
 
 def load_trace(path: Path) -> list[Build | FleetEvent]:
@@ -106,8 +121,9 @@ def parse_record(doc: dict, where: str) -> Build | FleetEvent:
         count = int(doc.get("count", 1))
         if count < 1:
             raise TraceError(f"{where}: field 'count': must be at least 1")
-        return FleetEvent(t=t, event=event, node=str(doc.get("node", "")), zone=str(doc.get("zone", "")),
-                          count=count)
+        return FleetEvent(
+            t=t, event=event, node=str(doc.get("node", "")), zone=str(doc.get("zone", "")), count=count
+        )
     for name, kind in _BUILD_FIELDS.items():
         if name not in doc:
             raise TraceError(f"{where}: field {name!r}: missing")
@@ -119,10 +135,18 @@ def parse_record(doc: dict, where: str) -> Build | FleetEvent:
         raise TraceError(f"{where}: field 'changed_fraction': must be within [0, 1]")
     if not doc["key"]:
         raise TraceError(f"{where}: field 'key': must not be empty")
-    return Build(t=float(doc["t"]), workspace=doc["workspace"], key=doc["key"],
-                 restore_keys=tuple(doc["restore_keys"]), bytes=int(doc["bytes"]), files=int(doc["files"]),
-                 changed_fraction=float(doc["changed_fraction"]), duration_s=float(doc["duration_s"]),
-                 tenant=doc["tenant"], priority=int(doc.get("priority", 0)))
+    return Build(
+        t=float(doc["t"]),
+        workspace=doc["workspace"],
+        key=doc["key"],
+        restore_keys=tuple(doc["restore_keys"]),
+        bytes=int(doc["bytes"]),
+        files=int(doc["files"]),
+        changed_fraction=float(doc["changed_fraction"]),
+        duration_s=float(doc["duration_s"]),
+        tenant=doc["tenant"],
+        priority=int(doc.get("priority", 0)),
+    )
 
 
 def _number(doc: dict, name: str, where: str) -> float:
@@ -147,7 +171,15 @@ def parse_fleet(doc: dict, where: str = "fleet") -> Fleet:
     unknown = sorted(set(doc) - known)
     if unknown:
         raise TraceError(f"{where}: field {unknown[0]!r}: unknown (known: {', '.join(sorted(known))})")
-    for name in ("nodes", "slots", "disk_bytes", "fetch_bps", "extract_bps", "materialize_bps", "install_bps"):
+    for name in (
+        "nodes",
+        "slots",
+        "disk_bytes",
+        "fetch_bps",
+        "extract_bps",
+        "materialize_bps",
+        "install_bps",
+    ):
         if name in doc:
             value = _number(doc, name, where)
             if value == 0:
@@ -206,12 +238,17 @@ def generate(spec: TraceSpec, fleet: Fleet) -> list[Build | FleetEvent]:
     workspaces = []
     for i in range(spec.workspaces):
         size = int(min(3e9, max(30e6, rng.lognormvariate(math.log(spec.median_bytes), 0.8))))
-        workspaces.append({
-            "name": f"ws-{i:03d}", "tenant": f"team-{i % spec.tenants}", "bytes": size,
-            "files": max(100, size // 20_000), "version": 0,
-            "duration": max(20.0, rng.lognormvariate(math.log(spec.median_duration_s), 0.6)),
-            "changed": 0.0,
-        })
+        workspaces.append(
+            {
+                "name": f"ws-{i:03d}",
+                "tenant": f"team-{i % spec.tenants}",
+                "bytes": size,
+                "files": max(100, size // 20_000),
+                "version": 0,
+                "duration": max(20.0, rng.lognormvariate(math.log(spec.median_duration_s), 0.6)),
+                "changed": 0.0,
+            }
+        )
     horizon = spec.hours * 3600
     mean_rate = spec.builds_per_day / 86400.0
     records: list[Build | FleetEvent] = []
@@ -226,10 +263,18 @@ def generate(spec: TraceSpec, fleet: Fleet) -> list[Build | FleetEvent]:
             ws["version"] += 1
             ws["changed"] = changed
         prefix = f"{ws['name']}/deps-"
-        return Build(t=round(t, 3), workspace=ws["name"], key=f"{prefix}v{ws['version']}", restore_keys=(prefix,),
-                     bytes=ws["bytes"], files=ws["files"], changed_fraction=round(ws["changed"], 4),
-                     duration_s=round(ws["duration"] * rng.uniform(0.8, 1.25), 1), tenant=ws["tenant"],
-                     priority=priority)
+        return Build(
+            t=round(t, 3),
+            workspace=ws["name"],
+            key=f"{prefix}v{ws['version']}",
+            restore_keys=(prefix,),
+            bytes=ws["bytes"],
+            files=ws["files"],
+            changed_fraction=round(ws["changed"], 4),
+            duration_s=round(ws["duration"] * rng.uniform(0.8, 1.25), 1),
+            tenant=ws["tenant"],
+            priority=priority,
+        )
 
     # Arrival times first (a daily cycle by thinning a Poisson process, plus merge-queue bursts on
     # popular workspaces), then workspaces and key versions in time order.
@@ -256,9 +301,13 @@ def generate(spec: TraceSpec, fleet: Fleet) -> list[Build | FleetEvent]:
         records.append(arrival(t, ws, priority))
     for hour in spec.node_failures:
         if hour * 3600 < horizon:
-            records.append(FleetEvent(t=hour * 3600, event="node_fail", node=f"node-{rng.randrange(fleet.nodes):03d}"))
+            records.append(
+                FleetEvent(t=hour * 3600, event="node_fail", node=f"node-{rng.randrange(fleet.nodes):03d}")
+            )
     for hour, count in spec.scale_out:
         if hour * 3600 < horizon:
-            records.append(FleetEvent(t=hour * 3600, event="node_add", zone=rng.choice(fleet.zones), count=count))
+            records.append(
+                FleetEvent(t=hour * 3600, event="node_add", zone=rng.choice(fleet.zones), count=count)
+            )
     records.sort(key=lambda r: r.t)
     return records

@@ -8,59 +8,99 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 class CoordinatorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.builds_submitted = Counter(
-            "stoker_coordinator_builds_submitted_total", "Builds accepted by SubmitBuild.", registry=registry)
+            "stoker_coordinator_builds_submitted_total", "Builds accepted by SubmitBuild.", registry=registry
+        )
         self.builds_finished = Counter(
-            "stoker_coordinator_builds_finished_total", "Builds that reached a final state.", ["state"],
-            registry=registry)
+            "stoker_coordinator_builds_finished_total",
+            "Builds that reached a final state.",
+            ["state"],
+            registry=registry,
+        )
         self.builds_requeued = Counter(
-            "stoker_coordinator_builds_requeued_total", "Attempts requeued after their node was lost.",
-            registry=registry)
+            "stoker_coordinator_builds_requeued_total",
+            "Attempts requeued after their node was lost.",
+            registry=registry,
+        )
         self.placements = Counter(
-            "stoker_coordinator_placements_total", "Builds and leases placed, by expected warmth.", ["warmth"],
-            registry=registry)
+            "stoker_coordinator_placements_total",
+            "Builds and leases placed, by expected warmth.",
+            ["warmth"],
+            registry=registry,
+        )
         self.cache_hits = Counter(
-            "stoker_coordinator_cache_hits_total", "Finished builds by the warmth their agent found.", ["warmth"],
-            registry=registry)
+            "stoker_coordinator_cache_hits_total",
+            "Finished builds by the warmth their agent found.",
+            ["warmth"],
+            registry=registry,
+        )
         self.cache_bytes = Counter(
             "stoker_coordinator_cache_bytes_total",
             "Cache bytes of finished builds: restored from a local entry, or fetched from the blob store.",
-            ["source"], registry=registry)
+            ["source"],
+            registry=registry,
+        )
         self.decision_seconds = Histogram(
-            "stoker_coordinator_placement_decision_seconds", "Time the scheduler took per decision.",
-            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05), registry=registry)
+            "stoker_coordinator_placement_decision_seconds",
+            "Time the scheduler took per decision.",
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
+            registry=registry,
+        )
         self.queue_depth = Gauge(
-            "stoker_coordinator_queue_depth", "Builds and placement requests waiting for a slot.", registry=registry)
+            "stoker_coordinator_queue_depth",
+            "Builds and placement requests waiting for a slot.",
+            registry=registry,
+        )
         self.nodes = Gauge("stoker_coordinator_nodes", "Nodes by state.", ["state"], registry=registry)
         self.cache_commands = Counter(
             "stoker_coordinator_cache_commands_total",
             "Cache commands sent to agents: prewarm (fetch ahead of need, or touch a held entry to keep it "
             "in the node's LRU order), evict (a superseded entry), and dropped (advice not queued for a "
-            "stream already that far behind).", ["kind"], registry=registry)
+            "stream already that far behind).",
+            ["kind"],
+            registry=registry,
+        )
         self.outbox_commands = Gauge(
             "stoker_coordinator_outbox_commands",
-            "Commands queued for agents' streams and not yet sent, all nodes together.", registry=registry)
+            "Commands queued for agents' streams and not yet sent, all nodes together.",
+            registry=registry,
+        )
         self.scheduler_tracked = Gauge(
             "stoker_coordinator_scheduler_tracked",
             "Entries the scheduler remembers, by kind (running placements and builds, per-key demand, "
             "workspace arrival rates, recent prewarms, keys being replicated, learned build times); each is "
             "bounded.",
-            ["kind"], registry=registry)
+            ["kind"],
+            registry=registry,
+        )
         self.rpc_seconds = Histogram(
-            "stoker_coordinator_rpc_seconds", "Time the coordinator spent handling each unary RPC.", ["method"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=registry)
+            "stoker_coordinator_rpc_seconds",
+            "Time the coordinator spent handling each unary RPC.",
+            ["method"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
         self.loop_lag_seconds = Histogram(
             "stoker_coordinator_loop_lag_seconds",
             "How late the event loop ran a 50 ms timer (time a request may wait before its handler starts).",
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=registry)
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
         self.gc_pause_seconds = Histogram(
             "stoker_coordinator_gc_pause_seconds",
             "How long each run of Python's cyclic garbage collector stopped the process, by generation.",
             ["generation"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=registry)
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
         self.gc_unreachable = Counter(
             "stoker_coordinator_gc_unreachable_objects_total",
             "Objects the cyclic garbage collector found unreachable (garbage in reference cycles), by generation.",
-            ["generation"], registry=registry)
+            ["generation"],
+            registry=registry,
+        )
         self.agent_messages = Counter(
-            "stoker_coordinator_agent_messages_total", "Messages received on agents' streams.", ["kind"],
-            registry=registry)
+            "stoker_coordinator_agent_messages_total",
+            "Messages received on agents' streams.",
+            ["kind"],
+            registry=registry,
+        )

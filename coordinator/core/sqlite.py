@@ -21,8 +21,9 @@ BUSY_TIMEOUT_MS = 5000
 """How long a write waits for the other connection's lock before the call fails as Unavailable."""
 
 
-def open_database(path: str | Path, schema: str, *, what: str,
-                  synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> sqlite3.Connection:
+def open_database(
+    path: str | Path, schema: str, *, what: str, synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+) -> sqlite3.Connection:
     """Open (creating it and its folder if needed) the SQLite file at ``path`` in WAL mode and apply
     ``schema`` (idempotent ``CREATE … IF NOT EXISTS`` statements). ``what`` names the store in errors.
 

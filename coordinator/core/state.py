@@ -80,7 +80,13 @@ class SqliteStateStore:
             db.execute(
                 "INSERT INTO builds (id, request_id, state, created, record) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET state=excluded.state, record=excluded.record",
-                (build.id, request_id or None, build.state, build.created.ToSeconds(), build.SerializeToString()),
+                (
+                    build.id,
+                    request_id or None,
+                    build.state,
+                    build.created.ToSeconds(),
+                    build.SerializeToString(),
+                ),
             )
 
     def get_build(self, build_id: str) -> build_pb2.Build | None:

@@ -68,7 +68,9 @@ class InventoryReport:
     """Every zone of a matching node (lost ones included, with nothing counted), by zone."""
 
 
-def inventory_report(registry: NodeRegistry, inventory: InventoryIndex, query: InventoryQuery) -> InventoryReport:
+def inventory_report(
+    registry: NodeRegistry, inventory: InventoryIndex, query: InventoryQuery
+) -> InventoryReport:
     if query.node and registry.find(query.node) is None:
         raise NotFound(f"node {query.node} is not registered")
     nodes: list[NodeHoldings] = []
@@ -84,7 +86,9 @@ def inventory_report(registry: NodeRegistry, inventory: InventoryIndex, query: I
             _count_node(zone, record)
         for e in entries:
             _count_entry(keys.setdefault(_key(e), KeySummary(_key(e))), record.name, e)
-    return InventoryReport(nodes=nodes, keys=[keys[k] for k in sorted(keys)], zones=[zones[z] for z in sorted(zones)])
+    return InventoryReport(
+        nodes=nodes, keys=[keys[k] for k in sorted(keys)], zones=[zones[z] for z in sorted(zones)]
+    )
 
 
 def _count_node(zone: ZoneSummary, record: NodeRecord) -> None:

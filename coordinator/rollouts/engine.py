@@ -24,13 +24,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Protocol
 
-from stoker.coordinator.rollouts.settings import RolloutSettings
 from stoker.coordinator.core.clock import Clock
 from stoker.coordinator.core.errors import FailedPrecondition, NotFound, Unavailable
 from stoker.coordinator.rollouts import machine
 from stoker.coordinator.rollouts.judge import Counters, Policy
 from stoker.coordinator.rollouts.machine import Instance, MetricsDown, Observation, Rollout, Spec
 from stoker.coordinator.rollouts.metrics_providers import MetricsUnavailable
+from stoker.coordinator.rollouts.settings import RolloutSettings
 from stoker.coordinator.rollouts.store import RolloutStore
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,19 @@ class MetricsProvider(Protocol):
 
 def machine_settings(s: RolloutSettings) -> machine.Settings:
     return machine.Settings(
-        judge_interval_s=s.judge_interval_s, inconclusive_limit=s.inconclusive_limit,
+        judge_interval_s=s.judge_interval_s,
+        inconclusive_limit=s.inconclusive_limit,
         progress_deadline_s=s.progress_deadline_s,
-        policy=Policy(min_requests=s.min_requests, alpha=s.alpha, error_rate_cap=s.error_rate_cap,
-                      min_error_rate_increase=s.min_error_rate_increase, latency_floor_ms=s.latency_floor_ms,
-                      latency_floor_ratio=s.latency_floor_ratio, max_restarts=s.max_restarts))
+        policy=Policy(
+            min_requests=s.min_requests,
+            alpha=s.alpha,
+            error_rate_cap=s.error_rate_cap,
+            min_error_rate_increase=s.min_error_rate_increase,
+            latency_floor_ms=s.latency_floor_ms,
+            latency_floor_ratio=s.latency_floor_ratio,
+            max_restarts=s.max_restarts,
+        ),
+    )
 
 
 def with_defaults(spec: Spec, s: RolloutSettings) -> Spec:
@@ -88,8 +96,14 @@ def with_defaults(spec: Spec, s: RolloutSettings) -> Spec:
 
 
 class RolloutEngine:
-    def __init__(self, settings: RolloutSettings, store: RolloutStore, targets: dict[str, Callable[[], RolloutTarget]],
-                 metrics: MetricsProvider, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: RolloutSettings,
+        store: RolloutStore,
+        targets: dict[str, Callable[[], RolloutTarget]],
+        metrics: MetricsProvider,
+        clock: Clock,
+    ) -> None:
         self.settings = settings
         self.machine = machine_settings(settings)
         self.store = store
@@ -126,10 +140,16 @@ class RolloutEngine:
         active = self.store.active()
         for r in active:
             self._rollouts[r.id] = r
-            self.store.append_event(r.id, self.clock.now(), f"coordinator restarted; resuming in {r.phase.value}")
+            self.store.append_event(
+                r.id, self.clock.now(), f"coordinator restarted; resuming in {r.phase.value}"
+            )
             self._spawn(r.id)
         if active:
-            log.info("resuming %d rollout(s): %s", len(active), ", ".join(f"{r.id} ({r.phase.value})" for r in active))
+            log.info(
+                "resuming %d rollout(s): %s",
+                len(active),
+                ", ".join(f"{r.id} ({r.phase.value})" for r in active),
+            )
         return len(active)
 
     async def close(self) -> None:
@@ -147,8 +167,9 @@ class RolloutEngine:
     def _spawn(self, rollout_id: str) -> None:
         if rollout_id in self._tasks and not self._tasks[rollout_id].done():
             return
-        self._tasks[rollout_id] = asyncio.get_running_loop().create_task(self._drive(rollout_id),
-                                                                          name=f"rollout-{rollout_id}")
+        self._tasks[rollout_id] = asyncio.get_running_loop().create_task(
+            self._drive(rollout_id), name=f"rollout-{rollout_id}"
+        )
 
     # ---------------------------------------------------------------- RPC-facing operations
 
@@ -158,8 +179,10 @@ class RolloutEngine:
         async with self._start_lock:
             busy = [r for r in self.store.active() if r.spec.service == spec.service]
             if busy:
-                raise FailedPrecondition(f"service {spec.service} already has a rollout in progress ({busy[0].id}, "
-                                         f"{busy[0].phase.value}); abort it or wait for it to end")
+                raise FailedPrecondition(
+                    f"service {spec.service} already has a rollout in progress ({busy[0].id}, "
+                    f"{busy[0].phase.value}); abort it or wait for it to end"
+                )
             target = self.target(spec.target)
             await target.prepare(spec)
             r = machine.new_rollout(f"r-{uuid.uuid4().hex[:10]}", spec, self.clock.now())
@@ -192,8 +215,12 @@ class RolloutEngine:
             return ""
 
     async def act(self, rollout_id: str, verb: str, reason: str) -> Rollout:
-        actions = {"promote": machine.promote, "abort": machine.abort, "pause": machine.pause,
-                   "resume": machine.resume}
+        actions = {
+            "promote": machine.promote,
+            "abort": machine.abort,
+            "pause": machine.pause,
+            "resume": machine.resume,
+        }
         action = actions[verb]
         self.get(rollout_id)
         async with self._lock(rollout_id):
@@ -203,8 +230,10 @@ class RolloutEngine:
             if verb == "resume" and was_terminal:
                 busy = [o for o in self.store.active() if o.spec.service == r.spec.service and o.id != r.id]
                 if busy:
-                    raise FailedPrecondition(f"service {r.spec.service} already has a rollout in progress "
-                                             f"({busy[0].id}); it cannot be retried now")
+                    raise FailedPrecondition(
+                        f"service {r.spec.service} already has a rollout in progress "
+                        f"({busy[0].id}); it cannot be retried now"
+                    )
             before = len(r.history)
             action(r, self.clock.now(), reason, self.machine)
             self._rollouts[r.id] = r
@@ -223,7 +252,7 @@ class RolloutEngine:
                 return
             try:
                 await asyncio.wait_for(event.wait(), timeout=5.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             r = self.get(rollout_id)
 
@@ -250,9 +279,17 @@ class RolloutEngine:
                 raise
             except Exception as exc:
                 failures += 1
-                level = logging.WARNING if isinstance(exc, (Unavailable, FailedPrecondition)) else logging.ERROR
-                log.log(level, "rollout %s: tick failed (%s: %s)", rollout_id, type(exc).__name__, exc,
-                        exc_info=level == logging.ERROR and failures == 1)
+                level = (
+                    logging.WARNING if isinstance(exc, (Unavailable, FailedPrecondition)) else logging.ERROR
+                )
+                log.log(
+                    level,
+                    "rollout %s: tick failed (%s: %s)",
+                    rollout_id,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=level == logging.ERROR and failures == 1,
+                )
                 r = self._rollouts.get(rollout_id)
                 if r is not None:
                     r.message = f"{r.phase.value}: retrying after an error: {exc}"
@@ -290,8 +327,13 @@ class RolloutEngine:
                 # The intent goes first: a crash after it and before the save replays the same step key.
                 _, fresh = self.store.record_intent(r.id, r.step_key, r.desired, now)
                 self._intended.add(r.step_key)
-                log.info("rollout %s: intent %s%s: %s", r.id, r.step_key, "" if fresh else " (already recorded)",
-                         r.desired)
+                log.info(
+                    "rollout %s: intent %s%s: %s",
+                    r.id,
+                    r.step_key,
+                    "" if fresh else " (already recorded)",
+                    r.desired,
+                )
             if after != before or r.step_key != before_key or r.window_opened and metrics is not None:
                 self._persist(r, before_history)
             if r.desired and r.phase is not machine.Phase.FAILED:
@@ -299,5 +341,6 @@ class RolloutEngine:
                     self.store.finish_intent(r.id, r.step_key, now)
                 else:
                     await target.converge(r.spec, r.desired)
-            return r.terminal and (not r.desired or machine.converged(r.desired, obs)
-                                   or r.phase is machine.Phase.FAILED)
+            return r.terminal and (
+                not r.desired or machine.converged(r.desired, obs) or r.phase is machine.Phase.FAILED
+            )

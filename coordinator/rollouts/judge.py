@@ -55,6 +55,7 @@ class _Figures(TypedDict):
     baseline_p50_ms: float
     alpha: float
 
+
 PASS = "pass"
 FAIL = "fail"
 INCONCLUSIVE = "inconclusive"
@@ -89,16 +90,24 @@ class Counters:
         merged: dict[float, int] = dict(self.buckets)
         for bound, count in other.buckets:
             merged[bound] = merged.get(bound, 0) + count
-        return Counters(self.requests + other.requests, self.errors + other.errors, tuple(sorted(merged.items())))
+        return Counters(
+            self.requests + other.requests, self.errors + other.errors, tuple(sorted(merged.items()))
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors,
-                "buckets": [["inf" if math.isinf(b) else b, c] for b, c in self.buckets]}
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "buckets": [["inf" if math.isinf(b) else b, c] for b, c in self.buckets],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Counters:
-        return cls(int(data["requests"]), int(data["errors"]),
-                   tuple((math.inf if b == "inf" else float(b), int(c)) for b, c in data.get("buckets", [])))
+        return cls(
+            int(data["requests"]),
+            int(data["errors"]),
+            tuple((math.inf if b == "inf" else float(b), int(c)) for b, c in data.get("buckets", [])),
+        )
 
 
 @dataclass(frozen=True)
@@ -165,8 +174,10 @@ def fisher_greater(a_events: int, a_total: int, b_events: int, b_total: int) -> 
     lo = max(a_events, 0)
     hi = min(events, a_total)
     log_denominator = _log_choose(total, events)
-    terms = [_log_choose(a_total, x) + _log_choose(b_total, events - x) - log_denominator
-             for x in range(lo, hi + 1)]
+    terms = [
+        _log_choose(a_total, x) + _log_choose(b_total, events - x) - log_denominator
+        for x in range(lo, hi + 1)
+    ]
     if not terms:
         return 0.0
     top = max(terms)
@@ -218,7 +229,7 @@ def mann_whitney_greater(a_buckets: Buckets, b_buckets: Buckets) -> float:
         u += ca * (below + 0.5 * cb)
         below += cb
         t = ca + cb
-        tie_term += t ** 3 - t
+        tie_term += t**3 - t
     n = n1 + n2
     mean = n1 * n2 / 2.0
     variance = n1 * n2 / 12.0 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else 0.0
@@ -235,7 +246,9 @@ def per_look_alpha(alpha: float, max_looks: int) -> float:
     return alpha / max(1, max_looks)
 
 
-def guardrail(instances: Iterable[Watched], policy: Policy, *, unready_for_s: float, unready_limit_s: float) -> str | None:
+def guardrail(
+    instances: Iterable[Watched], policy: Policy, *, unready_for_s: float, unready_limit_s: float
+) -> str | None:
     """A reason to fail the given (canary or new) instances without statistics, or None.
 
     ``instances`` are objects with ``id``, ``ready`` and ``restarts``; ``unready_for_s`` is how long some of
@@ -244,8 +257,9 @@ def guardrail(instances: Iterable[Watched], policy: Policy, *, unready_for_s: fl
     looping = [i for i in instances if i.restarts > policy.max_restarts]
     if looping:
         worst = max(looping, key=lambda i: i.restarts)
-        return (f"crash loop: instance {worst.id} restarted {worst.restarts} times "
-                f"(limit {policy.max_restarts})")
+        return (
+            f"crash loop: instance {worst.id} restarted {worst.restarts} times (limit {policy.max_restarts})"
+        )
     if unready_for_s >= unready_limit_s:
         unready = [i.id for i in instances if not i.ready]
         if unready:
@@ -253,8 +267,9 @@ def guardrail(instances: Iterable[Watched], policy: Policy, *, unready_for_s: fl
     return None
 
 
-def judge(canary: Counters, baseline: Counters | None, policy: Policy, *, now: float, final: bool,
-          alpha_look: float) -> Verdict:
+def judge(
+    canary: Counters, baseline: Counters | None, policy: Policy, *, now: float, final: bool, alpha_look: float
+) -> Verdict:
     """Judge one window of canary figures against the baseline's over the same window.
 
     ``baseline`` None means there is no baseline to compare with (after the surge): only the absolute cap
@@ -263,42 +278,87 @@ def judge(canary: Counters, baseline: Counters | None, policy: Policy, *, now: f
     base = baseline or Counters()
     c_p50 = histogram_quantile(0.5, canary.buckets) * 1000
     b_p50 = histogram_quantile(0.5, base.buckets) * 1000
-    figures = _Figures(canary_requests=canary.requests, canary_errors=canary.errors,
-                       baseline_requests=base.requests, baseline_errors=base.errors,
-                       canary_p50_ms=round(c_p50, 3), baseline_p50_ms=round(b_p50, 3), alpha=alpha_look)
+    figures = _Figures(
+        canary_requests=canary.requests,
+        canary_errors=canary.errors,
+        baseline_requests=base.requests,
+        baseline_errors=base.errors,
+        canary_p50_ms=round(c_p50, 3),
+        baseline_p50_ms=round(b_p50, 3),
+        alpha=alpha_look,
+    )
     c_rate = canary.errors / canary.requests if canary.requests else 0.0
     b_rate = base.errors / base.requests if base.requests else 0.0
     if canary.requests >= policy.cap_min_requests and c_rate > policy.error_rate_cap:
-        return Verdict(now, FAIL, f"error rate {c_rate:.2%} above the cap {policy.error_rate_cap:.2%} "
-                                  f"({canary.errors}/{canary.requests})", "guardrail", **figures)
+        return Verdict(
+            now,
+            FAIL,
+            f"error rate {c_rate:.2%} above the cap {policy.error_rate_cap:.2%} "
+            f"({canary.errors}/{canary.requests})",
+            "guardrail",
+            **figures,
+        )
     if baseline is None:
         if final:
-            return Verdict(now, PASS, f"error rate {c_rate:.2%} within the cap {policy.error_rate_cap:.2%}",
-                           "guardrail", **figures)
+            return Verdict(
+                now,
+                PASS,
+                f"error rate {c_rate:.2%} within the cap {policy.error_rate_cap:.2%}",
+                "guardrail",
+                **figures,
+            )
         return Verdict(now, INCONCLUSIVE, "watching", "guardrail", **figures)
 
     # Errors: a significant increase past the floor fails at any look, even before min_requests.
     p_err = fisher_greater(canary.errors, canary.requests, base.errors, base.requests)
     if p_err < alpha_look and c_rate - b_rate >= policy.min_error_rate_increase:
-        return Verdict(now, FAIL, f"error rate {c_rate:.2%} vs baseline {b_rate:.2%} "
-                                  f"(Fisher p={p_err:.2g} < {alpha_look:.2g})", "errors",
-                       p_value=p_err, **figures)
+        return Verdict(
+            now,
+            FAIL,
+            f"error rate {c_rate:.2%} vs baseline {b_rate:.2%} (Fisher p={p_err:.2g} < {alpha_look:.2g})",
+            "errors",
+            p_value=p_err,
+            **figures,
+        )
     # Latency: likewise, significant and past both floors.
-    enough_latency = sum(c for _, c in _per_bucket(canary.buckets)) > 0 and sum(
-        c for _, c in _per_bucket(base.buckets)) > 0
+    enough_latency = (
+        sum(c for _, c in _per_bucket(canary.buckets)) > 0
+        and sum(c for _, c in _per_bucket(base.buckets)) > 0
+    )
     p_lat = mann_whitney_greater(canary.buckets, base.buckets) if enough_latency else 1.0
     floor = max(policy.latency_floor_ms, policy.latency_floor_ratio * b_p50)
     if p_lat < alpha_look and c_p50 - b_p50 >= floor:
-        return Verdict(now, FAIL, f"median latency {c_p50:.1f} ms vs baseline {b_p50:.1f} ms "
-                                  f"(+{c_p50 - b_p50:.1f} ms >= {floor:.1f} ms; Mann-Whitney p={p_lat:.2g} "
-                                  f"< {alpha_look:.2g})", "latency", p_value=p_lat, **figures)
+        return Verdict(
+            now,
+            FAIL,
+            f"median latency {c_p50:.1f} ms vs baseline {b_p50:.1f} ms "
+            f"(+{c_p50 - b_p50:.1f} ms >= {floor:.1f} ms; Mann-Whitney p={p_lat:.2g} "
+            f"< {alpha_look:.2g})",
+            "latency",
+            p_value=p_lat,
+            **figures,
+        )
     p = min(p_err, p_lat)
     if canary.requests < policy.min_requests or base.requests < policy.min_requests:
-        return Verdict(now, INCONCLUSIVE, f"too little data: canary {canary.requests}, baseline "
-                                          f"{base.requests} requests (need {policy.min_requests} each)",
-                       "data", p_value=p, **figures)
+        return Verdict(
+            now,
+            INCONCLUSIVE,
+            f"too little data: canary {canary.requests}, baseline "
+            f"{base.requests} requests (need {policy.min_requests} each)",
+            "data",
+            p_value=p,
+            **figures,
+        )
     if not final:
-        return Verdict(now, INCONCLUSIVE, "no significant difference so far; baking", "all", p_value=p, **figures)
-    return Verdict(now, PASS, f"errors {c_rate:.2%} vs {b_rate:.2%} (p={p_err:.2g}), median "
-                              f"{c_p50:.1f} vs {b_p50:.1f} ms (p={p_lat:.2g}): no significant regression",
-                   "all", p_value=p, **figures)
+        return Verdict(
+            now, INCONCLUSIVE, "no significant difference so far; baking", "all", p_value=p, **figures
+        )
+    return Verdict(
+        now,
+        PASS,
+        f"errors {c_rate:.2%} vs {b_rate:.2%} (p={p_err:.2g}), median "
+        f"{c_p50:.1f} vs {b_p50:.1f} ms (p={p_lat:.2g}): no significant regression",
+        "all",
+        p_value=p,
+        **figures,
+    )

@@ -82,8 +82,9 @@ def validate_spec(spec: Spec) -> None:
     if not spec.service.strip():
         raise InvalidArgument("spec.service: must not be empty")
     if not all(c.isalnum() or c in "-_." for c in spec.service) or len(spec.service) > 50:
-        raise InvalidArgument(f"spec.service: {spec.service!r} must be at most 50 letters, digits, '-', '_' "
-                              "or '.'")
+        raise InvalidArgument(
+            f"spec.service: {spec.service!r} must be at most 50 letters, digits, '-', '_' or '.'"
+        )
     if spec.target not in TARGETS:
         raise InvalidArgument(f"spec.target: unknown target {spec.target!r} (known: {', '.join(TARGETS)})")
     if not spec.version.strip():
@@ -191,34 +192,63 @@ class Rollout:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "spec": self.spec.to_dict(), "phase": self.phase.value, "created": self.created,
-            "updated": self.updated, "from_version": self.from_version, "capacity": self.capacity,
-            "canary": self.canary, "desired": self.desired, "step_key": self.step_key, "attempt": self.attempt,
-            "deadline": self.deadline, "bake_until": self.bake_until, "next_look": self.next_look,
-            "looks": self.looks, "max_looks": self.max_looks, "inconclusive": self.inconclusive,
-            "window_start": self.window_start, "window_opened": self.window_opened,
+            "id": self.id,
+            "spec": self.spec.to_dict(),
+            "phase": self.phase.value,
+            "created": self.created,
+            "updated": self.updated,
+            "from_version": self.from_version,
+            "capacity": self.capacity,
+            "canary": self.canary,
+            "desired": self.desired,
+            "step_key": self.step_key,
+            "attempt": self.attempt,
+            "deadline": self.deadline,
+            "bake_until": self.bake_until,
+            "next_look": self.next_look,
+            "looks": self.looks,
+            "max_looks": self.max_looks,
+            "inconclusive": self.inconclusive,
+            "window_start": self.window_start,
+            "window_opened": self.window_opened,
             "unready_since": self.unready_since,
             "verdicts": [v.to_dict() for v in self.verdicts],
             "last_look": self.last_look.to_dict() if self.last_look else None,
-            "paused_from": self.paused_from.value if self.paused_from else None, "message": self.message,
-            "zones": [z.__dict__ for z in self.zones], "history": self.history[-200:],
+            "paused_from": self.paused_from.value if self.paused_from else None,
+            "message": self.message,
+            "zones": [z.__dict__ for z in self.zones],
+            "history": self.history[-200:],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Rollout:
         return cls(
-            id=d["id"], spec=Spec.from_dict(d["spec"]), phase=Phase(d["phase"]), created=d["created"],
-            updated=d["updated"], from_version=d.get("from_version", ""), capacity=dict(d.get("capacity", {})),
-            canary=dict(d.get("canary", {})), desired={z: dict(v) for z, v in d.get("desired", {}).items()},
-            step_key=d.get("step_key", ""), attempt=d.get("attempt", 1), deadline=d.get("deadline", 0.0),
-            bake_until=d.get("bake_until", 0.0), next_look=d.get("next_look", 0.0), looks=d.get("looks", 0),
-            max_looks=d.get("max_looks", 1), inconclusive=d.get("inconclusive", 0),
-            window_start=d.get("window_start", {}), window_opened=d.get("window_opened", 0.0),
+            id=d["id"],
+            spec=Spec.from_dict(d["spec"]),
+            phase=Phase(d["phase"]),
+            created=d["created"],
+            updated=d["updated"],
+            from_version=d.get("from_version", ""),
+            capacity=dict(d.get("capacity", {})),
+            canary=dict(d.get("canary", {})),
+            desired={z: dict(v) for z, v in d.get("desired", {}).items()},
+            step_key=d.get("step_key", ""),
+            attempt=d.get("attempt", 1),
+            deadline=d.get("deadline", 0.0),
+            bake_until=d.get("bake_until", 0.0),
+            next_look=d.get("next_look", 0.0),
+            looks=d.get("looks", 0),
+            max_looks=d.get("max_looks", 1),
+            inconclusive=d.get("inconclusive", 0),
+            window_start=d.get("window_start", {}),
+            window_opened=d.get("window_opened", 0.0),
             unready_since=d.get("unready_since", 0.0),
             verdicts=[judge.Verdict.from_dict(v) for v in d.get("verdicts", [])],
             last_look=judge.Verdict.from_dict(d["last_look"]) if d.get("last_look") else None,
-            paused_from=Phase(d["paused_from"]) if d.get("paused_from") else None, message=d.get("message", ""),
-            zones=[ZoneCount(**z) for z in d.get("zones", [])], history=list(d.get("history", [])),
+            paused_from=Phase(d["paused_from"]) if d.get("paused_from") else None,
+            message=d.get("message", ""),
+            zones=[ZoneCount(**z) for z in d.get("zones", [])],
+            history=list(d.get("history", [])),
         )
 
 
@@ -256,8 +286,14 @@ def plan_canary(capacity: dict[str, int], percent: float) -> dict[str, int]:
 
 
 def new_rollout(rollout_id: str, spec: Spec, now: float) -> Rollout:
-    r = Rollout(id=rollout_id, spec=spec, phase=Phase.PENDING, created=now, updated=now,
-                message="waiting for the engine to look at the running fleet")
+    r = Rollout(
+        id=rollout_id,
+        spec=spec,
+        phase=Phase.PENDING,
+        created=now,
+        updated=now,
+        message="waiting for the engine to look at the running fleet",
+    )
     _note(r, now, f"created: {spec.service} → {spec.version}")
     return r
 
@@ -268,8 +304,16 @@ def _note(r: Rollout, now: float, text: str) -> None:
     r.updated = now
 
 
-def _enter(r: Rollout, phase: Phase, now: float, text: str, settings: Settings, *, key: str = "",
-           desired: dict[str, dict[str, int]] | None = None) -> None:
+def _enter(
+    r: Rollout,
+    phase: Phase,
+    now: float,
+    text: str,
+    settings: Settings,
+    *,
+    key: str = "",
+    desired: dict[str, dict[str, int]] | None = None,
+) -> None:
     r.phase = phase
     if desired is not None:
         r.desired = desired
@@ -327,7 +371,9 @@ def zone_counts(r: Rollout, obs: Observation) -> list[ZoneCount]:
 
 def _max_looks(r: Rollout, settings: Settings) -> int:
     horizon = r.spec.bake_s * (1 + 0.5 * settings.inconclusive_limit)
-    return max(1, math.ceil(horizon / max(settings.judge_interval_s, 0.001))) + settings.inconclusive_limit + 1
+    return (
+        max(1, math.ceil(horizon / max(settings.judge_interval_s, 0.001))) + settings.inconclusive_limit + 1
+    )
 
 
 # ------------------------------------------------------------------------------------------ the step
@@ -350,18 +396,37 @@ def begin(r: Rollout, obs: Observation, now: float, settings: Settings) -> None:
         zones = r.spec.zones
         n = r.spec.instances_per_zone
         if not zones or n <= 0:
-            _enter(r, Phase.FAILED, now, f"{r.spec.service} runs nothing and the spec names no zones and "
-                                         "instances for a first deployment", settings)
+            _enter(
+                r,
+                Phase.FAILED,
+                now,
+                f"{r.spec.service} runs nothing and the spec names no zones and "
+                "instances for a first deployment",
+                settings,
+            )
             return
         r.capacity = {z: n for z in zones}
         r.from_version = ""
         r.canary = {}
-        _enter(r, Phase.SURGING, now, f"first deployment of {r.spec.service}: {n} instance(s) in each of "
-                                      f"{', '.join(zones)}", settings, key="first", desired=_all_new(r))
+        _enter(
+            r,
+            Phase.SURGING,
+            now,
+            f"first deployment of {r.spec.service}: {n} instance(s) in each of {', '.join(zones)}",
+            settings,
+            key="first",
+            desired=_all_new(r),
+        )
         return
     if len(versions) > 1:
-        _enter(r, Phase.FAILED, now, f"{r.spec.service} runs several versions ({', '.join(sorted(versions))}); "
-                                     "finish or roll back the other change first", settings)
+        _enter(
+            r,
+            Phase.FAILED,
+            now,
+            f"{r.spec.service} runs several versions ({', '.join(sorted(versions))}); "
+            "finish or roll back the other change first",
+            settings,
+        )
         return
     (current,) = versions
     if current == r.spec.version:
@@ -373,8 +438,15 @@ def begin(r: Rollout, obs: Observation, now: float, settings: Settings) -> None:
     r.canary = plan_canary(r.capacity, r.spec.canary_percent)
     r.max_looks = _max_looks(r, settings)
     plan = ", ".join(f"{z}: {c}/{r.capacity[z]}" for z, c in sorted(r.canary.items()))
-    _enter(r, Phase.CANARY, now, f"starting the canary of {r.spec.version} ({plan})", settings, key="canary",
-           desired=_canary_plan(r))
+    _enter(
+        r,
+        Phase.CANARY,
+        now,
+        f"starting the canary of {r.spec.version} ({plan})",
+        settings,
+        key="canary",
+        desired=_canary_plan(r),
+    )
 
 
 def _new_instances(r: Rollout, obs: Observation) -> list[Instance]:
@@ -394,13 +466,21 @@ def _rollback(r: Rollout, now: float, reason: str, settings: Settings) -> None:
     if not r.from_version:
         _enter(r, Phase.FAILED, now, f"first deployment failed ({reason}); nothing to roll back to", settings)
         return
-    _enter(r, Phase.ROLLING_BACK, now, f"rolling back to {r.from_version}: {reason}", settings, key="rollback",
-           desired=_all_old(r))
+    _enter(
+        r,
+        Phase.ROLLING_BACK,
+        now,
+        f"rolling back to {r.from_version}: {reason}",
+        settings,
+        key="rollback",
+        desired=_all_old(r),
+    )
 
 
-def _open_window(r: Rollout, metrics: Metrics | MetricsDown | None, now: float, until: float,
-                 settings: Settings) -> None:
-    r.window_start = ({a: c.to_dict() for a, c in metrics.items()} if isinstance(metrics, dict) else {})
+def _open_window(
+    r: Rollout, metrics: Metrics | MetricsDown | None, now: float, until: float, settings: Settings
+) -> None:
+    r.window_start = {a: c.to_dict() for a, c in metrics.items()} if isinstance(metrics, dict) else {}
     r.window_opened = now
     r.bake_until = until
     r.next_look = now + settings.judge_interval_s
@@ -423,8 +503,9 @@ def _window(r: Rollout, metrics: Metrics, obs: Observation) -> tuple[judge.Count
     return canary, baseline
 
 
-def step(r: Rollout, obs: Observation, metrics: Metrics | MetricsDown | None, now: float,
-         settings: Settings) -> Rollout:
+def step(
+    r: Rollout, obs: Observation, metrics: Metrics | MetricsDown | None, now: float, settings: Settings
+) -> Rollout:
     """Advance ``r`` (in place, and returned) given what the target and the metrics source report now."""
     r.zones = zone_counts(r, obs)
     if r.phase is Phase.PENDING:
@@ -457,8 +538,12 @@ class _Tick:
         s = self.settings
         if not watch_readiness:
             return judge.guardrail(self.new, s.policy, unready_for_s=0, unready_limit_s=math.inf)
-        return judge.guardrail(self.new, s.policy, unready_for_s=_unready_for(self.r, self.new, self.now),
-                               unready_limit_s=max(s.judge_interval_s, 1.0))
+        return judge.guardrail(
+            self.new,
+            s.policy,
+            unready_for_s=_unready_for(self.r, self.new, self.now),
+            unready_limit_s=max(s.judge_interval_s, 1.0),
+        )
 
 
 def _step_canary(t: _Tick) -> Rollout:
@@ -471,11 +556,21 @@ def _step_canary(t: _Tick) -> Rollout:
         r.window_start, r.window_opened = {}, 0.0
         r.bake_until = now + r.spec.bake_s
         r.next_look = now + settings.judge_interval_s
-        _enter(r, Phase.BAKING, now, f"canary ready; baking for {r.spec.bake_s:g} s and at least "
-                                     f"{r.spec.min_requests} requests", settings)
+        _enter(
+            r,
+            Phase.BAKING,
+            now,
+            f"canary ready; baking for {r.spec.bake_s:g} s and at least {r.spec.min_requests} requests",
+            settings,
+        )
     elif now >= r.deadline:
-        return _fail(r, now, f"progress deadline: the canary was not ready within "
-                             f"{settings.progress_deadline_s:g} s", settings, check="guardrail")
+        return _fail(
+            r,
+            now,
+            f"progress deadline: the canary was not ready within {settings.progress_deadline_s:g} s",
+            settings,
+            check="guardrail",
+        )
     return r
 
 
@@ -504,17 +599,35 @@ def _step_surging(t: _Tick) -> Rollout:
         return _fail(r, now, reason, settings)
     if t.converged:
         if r.spec.zone_first and r.step_key.endswith("/surge-first"):
-            _enter(r, Phase.SURGING, now, "first zone surged and ready; surging the other zones",
-                   settings, key="surge-rest", desired=_all_new(r))
+            _enter(
+                r,
+                Phase.SURGING,
+                now,
+                "first zone surged and ready; surging the other zones",
+                settings,
+                key="surge-rest",
+                desired=_all_new(r),
+            )
             return r
         r.window_start = {}
         r.window_opened = 0.0
         r.bake_until = now + r.spec.post_bake_s
-        _enter(r, Phase.POST_BAKE, now, f"all {sum(r.capacity.values())} instances on {r.spec.version}; "
-                                        f"watching for {r.spec.post_bake_s:g} s", settings)
+        _enter(
+            r,
+            Phase.POST_BAKE,
+            now,
+            f"all {sum(r.capacity.values())} instances on {r.spec.version}; "
+            f"watching for {r.spec.post_bake_s:g} s",
+            settings,
+        )
     elif now >= r.deadline:
-        return _fail(r, now, f"progress deadline: the surge was not ready within "
-                             f"{settings.progress_deadline_s:g} s", settings, check="guardrail")
+        return _fail(
+            r,
+            now,
+            f"progress deadline: the surge was not ready within {settings.progress_deadline_s:g} s",
+            settings,
+            check="guardrail",
+        )
     return r
 
 
@@ -529,12 +642,20 @@ def _step_post_bake(t: _Tick) -> Rollout:
         _open_window(r, metrics, now, r.bake_until or now + r.spec.post_bake_s, settings)
         return r
     if isinstance(metrics, MetricsDown):
-        r.last_look = judge.Verdict(now, judge.INCONCLUSIVE, f"metrics unavailable: {metrics.reason}", "metrics")
+        r.last_look = judge.Verdict(
+            now, judge.INCONCLUSIVE, f"metrics unavailable: {metrics.reason}", "metrics"
+        )
         if final:
             r.verdicts.append(r.last_look)
             r.paused_from = Phase.POST_BAKE
-            _enter(r, Phase.PAUSED, now, f"post-surge bake ended without metrics ({metrics.reason}); "
-                                         "waiting for an operator: promote, abort or resume", settings)
+            _enter(
+                r,
+                Phase.PAUSED,
+                now,
+                f"post-surge bake ended without metrics ({metrics.reason}); "
+                "waiting for an operator: promote, abort or resume",
+                settings,
+            )
             return r
         r.next_look = now + settings.judge_interval_s
         return r
@@ -545,8 +666,9 @@ def _step_post_bake(t: _Tick) -> Rollout:
         if v.result == judge.FAIL:
             return _fail(r, now, v.reason, settings, verdict=v)
     if final:
-        r.verdicts.append(judge.Verdict(now, judge.PASS, "post-surge bake finished; guardrails held",
-                                        "guardrail"))
+        r.verdicts.append(
+            judge.Verdict(now, judge.PASS, "post-surge bake finished; guardrails held", "guardrail")
+        )
         _enter(r, Phase.SUCCEEDED, now, f"{r.spec.service} runs {r.spec.version} everywhere", settings)
     elif metrics is not None:
         r.next_look = now + settings.judge_interval_s
@@ -557,10 +679,18 @@ def _step_rolling_back(t: _Tick) -> Rollout:
     """Back to the previous version everywhere; a rollback that does not converge needs an operator."""
     r, now, settings = t.r, t.now, t.settings
     if t.converged:
-        _enter(r, Phase.ROLLED_BACK, now, f"{r.spec.service} runs {r.from_version} everywhere again", settings)
+        _enter(
+            r, Phase.ROLLED_BACK, now, f"{r.spec.service} runs {r.from_version} everywhere again", settings
+        )
     elif now >= r.deadline and r.deadline:
-        _enter(r, Phase.FAILED, now, f"the rollback to {r.from_version} did not converge within "
-                                     f"{settings.progress_deadline_s:g} s; needs an operator", settings)
+        _enter(
+            r,
+            Phase.FAILED,
+            now,
+            f"the rollback to {r.from_version} did not converge within "
+            f"{settings.progress_deadline_s:g} s; needs an operator",
+            settings,
+        )
     return r
 
 
@@ -573,21 +703,30 @@ _STAGES: dict[Phase, Callable[[_Tick], Rollout]] = {
 }
 
 
-def _fail(r: Rollout, now: float, reason: str, settings: Settings, *, check: str = "guardrail",
-          verdict: judge.Verdict | None = None) -> Rollout:
+def _fail(
+    r: Rollout,
+    now: float,
+    reason: str,
+    settings: Settings,
+    *,
+    check: str = "guardrail",
+    verdict: judge.Verdict | None = None,
+) -> Rollout:
     r.verdicts.append(verdict or judge.Verdict(now, judge.FAIL, reason, check))
     _rollback(r, now, reason, settings)
     return r
 
 
-def _look(r: Rollout, obs: Observation, metrics: Metrics | MetricsDown, now: float, final: bool,
-          settings: Settings) -> Rollout:
+def _look(
+    r: Rollout, obs: Observation, metrics: Metrics | MetricsDown, now: float, final: bool, settings: Settings
+) -> Rollout:
     r.looks += 1
     r.next_look = now + settings.judge_interval_s
     alpha = judge.per_look_alpha(settings.policy.alpha, r.max_looks)
     if isinstance(metrics, MetricsDown):
-        v = judge.Verdict(now, judge.INCONCLUSIVE, f"metrics unavailable: {metrics.reason}", "metrics",
-                          alpha=alpha)
+        v = judge.Verdict(
+            now, judge.INCONCLUSIVE, f"metrics unavailable: {metrics.reason}", "metrics", alpha=alpha
+        )
     else:
         canary, baseline = _window(r, metrics, obs)
         policy = replace(settings.policy, min_requests=r.spec.min_requests)
@@ -605,13 +744,23 @@ def _look(r: Rollout, obs: Observation, metrics: Metrics | MetricsDown, now: flo
     r.inconclusive += 1
     if r.inconclusive >= settings.inconclusive_limit:
         r.paused_from = Phase.BAKING
-        _enter(r, Phase.PAUSED, now, f"inconclusive {r.inconclusive} times in a row ({v.reason}); waiting for an "
-                                     "operator: promote, abort or resume (bake again)", settings)
+        _enter(
+            r,
+            Phase.PAUSED,
+            now,
+            f"inconclusive {r.inconclusive} times in a row ({v.reason}); waiting for an "
+            "operator: promote, abort or resume (bake again)",
+            settings,
+        )
         return r
     extension = max(r.spec.bake_s / 2, settings.judge_interval_s)
     r.bake_until = now + extension
-    _note(r, now, f"baking: inconclusive ({v.reason}); baking {extension:g} s more "
-                  f"({r.inconclusive}/{settings.inconclusive_limit})")
+    _note(
+        r,
+        now,
+        f"baking: inconclusive ({v.reason}); baking {extension:g} s more "
+        f"({r.inconclusive}/{settings.inconclusive_limit})",
+    )
     return r
 
 
@@ -620,11 +769,25 @@ def _surge(r: Rollout, now: float, settings: Settings, why: str) -> Rollout:
         first = sorted(r.capacity)[0]
         desired = _canary_plan(r)
         desired[first] = {r.spec.version: r.capacity[first]}
-        _enter(r, Phase.SURGING, now, f"{why}; surging zone {first} first", settings, key="surge-first",
-               desired=desired)
+        _enter(
+            r,
+            Phase.SURGING,
+            now,
+            f"{why}; surging zone {first} first",
+            settings,
+            key="surge-first",
+            desired=desired,
+        )
     else:
-        _enter(r, Phase.SURGING, now, f"{why}; surging all zones in parallel", settings, key="surge",
-               desired=_all_new(r))
+        _enter(
+            r,
+            Phase.SURGING,
+            now,
+            f"{why}; surging all zones in parallel",
+            settings,
+            key="surge",
+            desired=_all_new(r),
+        )
     return r
 
 
@@ -644,8 +807,9 @@ def promote(r: Rollout, now: float, reason: str, settings: Settings) -> Rollout:
         r.verdicts.append(judge.Verdict(now, judge.PASS, f"promoted by an operator: {why}", "operator"))
         _enter(r, Phase.SUCCEEDED, now, f"promoted by an operator ({why})", settings)
         return r
-    raise FailedPrecondition(f"rollout {r.id} is {r.phase.value}: only a baking canary or a post-surge bake "
-                             "can be promoted")
+    raise FailedPrecondition(
+        f"rollout {r.id} is {r.phase.value}: only a baking canary or a post-surge bake can be promoted"
+    )
 
 
 def abort(r: Rollout, now: float, reason: str, settings: Settings) -> Rollout:
@@ -656,22 +820,31 @@ def abort(r: Rollout, now: float, reason: str, settings: Settings) -> Rollout:
         return r
     if r.phase is Phase.PENDING or not r.from_version:
         if r.from_version or r.phase is Phase.PENDING:
-            _enter(r, Phase.ROLLED_BACK, now, f"aborted before it began: {reason or 'no reason given'}", settings)
+            _enter(
+                r, Phase.ROLLED_BACK, now, f"aborted before it began: {reason or 'no reason given'}", settings
+            )
             return r
     r.paused_from = None
-    r.verdicts.append(judge.Verdict(now, judge.FAIL, f"aborted by an operator: {reason or 'no reason given'}",
-                                    "operator"))
+    r.verdicts.append(
+        judge.Verdict(now, judge.FAIL, f"aborted by an operator: {reason or 'no reason given'}", "operator")
+    )
     _rollback(r, now, f"aborted by an operator ({reason or 'no reason given'})", settings)
     return r
 
 
 def pause(r: Rollout, now: float, reason: str, settings: Settings) -> Rollout:
     if r.phase not in (Phase.PENDING, Phase.CANARY, Phase.BAKING, Phase.SURGING, Phase.POST_BAKE):
-        raise FailedPrecondition(f"rollout {r.id} is {r.phase.value}: it can be paused only while it moves "
-                                 "forward")
+        raise FailedPrecondition(
+            f"rollout {r.id} is {r.phase.value}: it can be paused only while it moves forward"
+        )
     r.paused_from = r.phase
-    _enter(r, Phase.PAUSED, now, f"paused by an operator ({reason or 'no reason given'}) during "
-                                 f"{r.phase.value}", settings)
+    _enter(
+        r,
+        Phase.PAUSED,
+        now,
+        f"paused by an operator ({reason or 'no reason given'}) during {r.phase.value}",
+        settings,
+    )
     return r
 
 
@@ -696,5 +869,6 @@ def resume(r: Rollout, now: float, reason: str, settings: Settings) -> Rollout:
         r.deadline = 0.0
         _enter(r, Phase.PENDING, now, f"retry {r.attempt} requested by an operator ({why})", settings)
         return r
-    raise FailedPrecondition(f"rollout {r.id} is {r.phase.value}: only a paused, rolled-back or failed "
-                             "rollout can be resumed")
+    raise FailedPrecondition(
+        f"rollout {r.id} is {r.phase.value}: only a paused, rolled-back or failed rollout can be resumed"
+    )

@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
+
 from stoker.coordinator.rollouts.judge import Counters
 from stoker.coordinator.rollouts.machine import Instance, Spec
 
@@ -95,8 +96,15 @@ class PrometheusMetrics:
 
     name = "prometheus"
 
-    def __init__(self, url: str, timeout_s: float = 3.0, *, service_label: str = "service",
-                 requests: str = REQUESTS, latency: str = LATENCY) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 3.0,
+        *,
+        service_label: str = "service",
+        requests: str = REQUESTS,
+        latency: str = LATENCY,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.service_label = service_label
@@ -114,16 +122,20 @@ class PrometheusMetrics:
         try:
             data = json.loads(body)
         except ValueError as exc:
-            raise MetricsUnavailable(f"Prometheus answered something that is not JSON: {body[:100]!r}") from exc
+            raise MetricsUnavailable(
+                f"Prometheus answered something that is not JSON: {body[:100]!r}"
+            ) from exc
         if data.get("status") != "success":
             raise MetricsUnavailable(f"Prometheus query failed: {data.get('error', data)}")
         return data["data"]["result"]
 
     def queries(self, service: str) -> tuple[str, str, str]:
         sel = f'{self.service_label}="{service}"'
-        return (f"sum by (instance) ({self.requests}{{{sel}}})",
-                f'sum by (instance) ({self.requests}{{{sel},code=~"5.."}})',
-                f"sum by (instance, le) ({self.latency}_bucket{{{sel}}})")
+        return (
+            f"sum by (instance) ({self.requests}{{{sel}}})",
+            f'sum by (instance) ({self.requests}{{{sel},code=~"5.."}})',
+            f"sum by (instance, le) ({self.latency}_bucket{{{sel}}})",
+        )
 
     def _sample(self, service: str) -> dict[str, Counters]:
         q_total, q_errors, q_buckets = self.queries(service)
@@ -134,8 +146,10 @@ class PrometheusMetrics:
             le = r["metric"].get("le", "+Inf")
             bound = math.inf if le in ("+Inf", "Inf") else float(le)
             buckets.setdefault(r["metric"].get("instance", ""), {})[bound] = int(float(r["value"][1]))
-        return {inst: Counters(total, errors.get(inst, 0), tuple(sorted(buckets.get(inst, {}).items())))
-                for inst, total in totals.items()}
+        return {
+            inst: Counters(total, errors.get(inst, 0), tuple(sorted(buckets.get(inst, {}).items())))
+            for inst, total in totals.items()
+        }
 
     async def sample(self, spec: Spec, instances: Iterable[Instance]) -> dict[str, Counters]:
         return await asyncio.to_thread(self._sample, spec.service)

@@ -55,12 +55,24 @@ class SampleService:
         self.faults = faults
         self.started = time.monotonic()
         self.registry = CollectorRegistry()
-        self.requests = Counter("stoker_sample_requests", "Requests served, by HTTP status code.", ["code"],
-                                registry=self.registry)
-        self.latency = Histogram("stoker_sample_request_duration_seconds", "Time to answer a request.",
-                                 buckets=BUCKETS, registry=self.registry)
-        info = Gauge("stoker_sample_info", "Which instance and version this is.", ["instance", "version"],
-                     registry=self.registry)
+        self.requests = Counter(
+            "stoker_sample_requests",
+            "Requests served, by HTTP status code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "stoker_sample_request_duration_seconds",
+            "Time to answer a request.",
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        info = Gauge(
+            "stoker_sample_info",
+            "Which instance and version this is.",
+            ["instance", "version"],
+            registry=self.registry,
+        )
         info.labels(instance, version).set(1)
         for code in ("200", "500"):
             self.requests.labels(code)  # present from the start, at 0
@@ -73,10 +85,12 @@ class SampleService:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"  # one request per connection: draining needs no idle-connection care
+            protocol_version = (
+                "HTTP/1.0"  # one request per connection: draining needs no idle-connection care
+            )
             server_version = "stoker-sample"
 
-            def log_message(self, format, *args):  # noqa: A002
+            def log_message(self, format, *args):
                 pass
 
             def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
@@ -88,12 +102,18 @@ class SampleService:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self):  # noqa: N802 - the base class's name
+            def do_GET(self):
                 path = self.path.split("?", 1)[0]
                 if path == "/ready":
                     ok = service.ready()
-                    body = json.dumps({"ready": ok, "instance": service.instance, "version": service.version,
-                                       "pid": os.getpid()}).encode()
+                    body = json.dumps(
+                        {
+                            "ready": ok,
+                            "instance": service.instance,
+                            "version": service.version,
+                            "pid": os.getpid(),
+                        }
+                    ).encode()
                     self._send(200 if ok else 503, body, "application/json")
                     return
                 if path == "/metrics":
@@ -104,8 +124,9 @@ class SampleService:
                     time.sleep(service.faults.latency_s)
                 failed = service.random.random() < service.faults.error_rate
                 code = 500 if failed else 200
-                body = (f"{'error' if failed else 'hello'} from {service.instance} "
-                        f"({service.version})\n").encode()
+                body = (
+                    f"{'error' if failed else 'hello'} from {service.instance} ({service.version})\n"
+                ).encode()
                 self._send(code, body)
                 service.latency.observe(time.perf_counter() - start)
                 service.requests.labels(str(code)).inc()
@@ -122,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     faults = Faults(os.environ)
     if faults.crash_at_start:
-        print(f"{args.instance}: crashing at start (STOKER_SAMPLE_CRASH_AT_START)", file=sys.stderr, flush=True)
+        print(
+            f"{args.instance}: crashing at start (STOKER_SAMPLE_CRASH_AT_START)", file=sys.stderr, flush=True
+        )
         return 3
     service = SampleService(args.instance, args.version, faults)
     server = ThreadingHTTPServer((args.host, args.port), service.make_handler())

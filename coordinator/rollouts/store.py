@@ -85,8 +85,9 @@ CREATE TABLE IF NOT EXISTS rollout_events (
 
 
 def _busy(service: str) -> FailedPrecondition:
-    return FailedPrecondition(f"service {service} already has a rollout in progress; abort it or wait for it "
-                              "to end")
+    return FailedPrecondition(
+        f"service {service} already has a rollout in progress; abort it or wait for it to end"
+    )
 
 
 class SqliteRolloutStore:
@@ -105,19 +106,35 @@ class SqliteRolloutStore:
     def create(self, rollout: Rollout) -> None:
         with self._call() as db:
             try:
-                db.execute("INSERT INTO rollouts (id, service, phase, active, created, updated, record) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (rollout.id, rollout.spec.service, rollout.phase.value, int(rollout.active),
-                            rollout.created, rollout.updated, json.dumps(rollout.to_dict())))
+                db.execute(
+                    "INSERT INTO rollouts (id, service, phase, active, created, updated, record) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        rollout.id,
+                        rollout.spec.service,
+                        rollout.phase.value,
+                        int(rollout.active),
+                        rollout.created,
+                        rollout.updated,
+                        json.dumps(rollout.to_dict()),
+                    ),
+                )
             except sqlite3.IntegrityError as exc:
                 raise _busy(rollout.spec.service) from exc
 
     def save(self, rollout: Rollout) -> None:
         with self._call() as db:
             try:
-                db.execute("UPDATE rollouts SET phase = ?, active = ?, updated = ?, record = ? WHERE id = ?",
-                           (rollout.phase.value, int(rollout.active), rollout.updated,
-                            json.dumps(rollout.to_dict()), rollout.id))
+                db.execute(
+                    "UPDATE rollouts SET phase = ?, active = ?, updated = ?, record = ? WHERE id = ?",
+                    (
+                        rollout.phase.value,
+                        int(rollout.active),
+                        rollout.updated,
+                        json.dumps(rollout.to_dict()),
+                        rollout.id,
+                    ),
+                )
             except sqlite3.IntegrityError as exc:
                 raise _busy(rollout.spec.service) from exc
 
@@ -129,8 +146,9 @@ class SqliteRolloutStore:
     def list(self, service: str = "") -> builtins.list[Rollout]:
         with self._call() as db:
             if service:
-                rows = db.execute("SELECT record FROM rollouts WHERE service = ? ORDER BY created DESC",
-                                  (service,)).fetchall()
+                rows = db.execute(
+                    "SELECT record FROM rollouts WHERE service = ? ORDER BY created DESC", (service,)
+                ).fetchall()
             else:
                 rows = db.execute("SELECT record FROM rollouts ORDER BY created DESC").fetchall()
         return [Rollout.from_dict(json.loads(r[0])) for r in rows]
@@ -142,34 +160,47 @@ class SqliteRolloutStore:
 
     def record_intent(self, rollout_id: str, key: str, desired: dict, now: float) -> tuple[Intent, bool]:
         with self._call() as db:
-            cur = db.execute("INSERT OR IGNORE INTO rollout_intents (rollout_id, key, desired, created) "
-                             "VALUES (?, ?, ?, ?)", (rollout_id, key, json.dumps(desired, sort_keys=True), now))
+            cur = db.execute(
+                "INSERT OR IGNORE INTO rollout_intents (rollout_id, key, desired, created) "
+                "VALUES (?, ?, ?, ?)",
+                (rollout_id, key, json.dumps(desired, sort_keys=True), now),
+            )
             fresh = cur.rowcount == 1
-            row = db.execute("SELECT desired, created, done FROM rollout_intents WHERE rollout_id = ? AND key = ?",
-                             (rollout_id, key)).fetchone()
+            row = db.execute(
+                "SELECT desired, created, done FROM rollout_intents WHERE rollout_id = ? AND key = ?",
+                (rollout_id, key),
+            ).fetchone()
         return Intent(rollout_id, key, json.loads(row[0]), row[1], row[2]), fresh
 
     def finish_intent(self, rollout_id: str, key: str, now: float) -> None:
         with self._call() as db:
-            db.execute("UPDATE rollout_intents SET done = ? WHERE rollout_id = ? AND key = ? AND done IS NULL",
-                       (now, rollout_id, key))
+            db.execute(
+                "UPDATE rollout_intents SET done = ? WHERE rollout_id = ? AND key = ? AND done IS NULL",
+                (now, rollout_id, key),
+            )
 
     def intents(self, rollout_id: str) -> builtins.list[Intent]:
         with self._call() as db:
-            rows = db.execute("SELECT key, desired, created, done FROM rollout_intents WHERE rollout_id = ? "
-                              "ORDER BY created", (rollout_id,)).fetchall()
+            rows = db.execute(
+                "SELECT key, desired, created, done FROM rollout_intents WHERE rollout_id = ? "
+                "ORDER BY created",
+                (rollout_id,),
+            ).fetchall()
         return [Intent(rollout_id, k, json.loads(d), c, done) for k, d, c, done in rows]
 
     def append_event(self, rollout_id: str, now: float, text: str) -> None:
         with self._call() as db:
-            db.execute("INSERT INTO rollout_events (rollout_id, seq, time, text) VALUES (?, "
-                       "(SELECT COALESCE(MAX(seq), 0) + 1 FROM rollout_events WHERE rollout_id = ?), ?, ?)",
-                       (rollout_id, rollout_id, now, text))
+            db.execute(
+                "INSERT INTO rollout_events (rollout_id, seq, time, text) VALUES (?, "
+                "(SELECT COALESCE(MAX(seq), 0) + 1 FROM rollout_events WHERE rollout_id = ?), ?, ?)",
+                (rollout_id, rollout_id, now, text),
+            )
 
     def events(self, rollout_id: str) -> builtins.list[tuple[float, str]]:
         with self._call() as db:
-            rows = db.execute("SELECT time, text FROM rollout_events WHERE rollout_id = ? ORDER BY seq",
-                              (rollout_id,)).fetchall()
+            rows = db.execute(
+                "SELECT time, text FROM rollout_events WHERE rollout_id = ? ORDER BY seq", (rollout_id,)
+            ).fetchall()
         return [(t, x) for t, x in rows]
 
     def close(self) -> None:
@@ -186,15 +217,20 @@ class MemoryRolloutStore:
         self._events: dict[str, list[tuple[float, str]]] = {}
 
     def create(self, rollout: Rollout) -> None:
-        if rollout.active and any(Rollout.from_dict(d).active and d["spec"]["service"] == rollout.spec.service
-                                  for d in self._rollouts.values()):
+        if rollout.active and any(
+            Rollout.from_dict(d).active and d["spec"]["service"] == rollout.spec.service
+            for d in self._rollouts.values()
+        ):
             raise _busy(rollout.spec.service)
         self._rollouts[rollout.id] = json.loads(json.dumps(rollout.to_dict()))
 
     def save(self, rollout: Rollout) -> None:
-        if rollout.active and any(d["id"] != rollout.id and Rollout.from_dict(d).active
-                                  and d["spec"]["service"] == rollout.spec.service
-                                  for d in self._rollouts.values()):
+        if rollout.active and any(
+            d["id"] != rollout.id
+            and Rollout.from_dict(d).active
+            and d["spec"]["service"] == rollout.spec.service
+            for d in self._rollouts.values()
+        ):
             raise _busy(rollout.spec.service)
         self._rollouts[rollout.id] = json.loads(json.dumps(rollout.to_dict()))
 
@@ -204,11 +240,15 @@ class MemoryRolloutStore:
 
     def list(self, service: str = "") -> builtins.list[Rollout]:
         found = [Rollout.from_dict(d) for d in self._rollouts.values()]
-        return sorted((r for r in found if not service or r.spec.service == service), key=lambda r: -r.created)
+        return sorted(
+            (r for r in found if not service or r.spec.service == service), key=lambda r: -r.created
+        )
 
     def active(self) -> builtins.list[Rollout]:
-        return sorted((r for r in (Rollout.from_dict(d) for d in self._rollouts.values()) if r.active),
-                      key=lambda r: r.created)
+        return sorted(
+            (r for r in (Rollout.from_dict(d) for d in self._rollouts.values()) if r.active),
+            key=lambda r: r.created,
+        )
 
     def record_intent(self, rollout_id: str, key: str, desired: dict, now: float) -> tuple[Intent, bool]:
         existing = self._intents.get((rollout_id, key))
@@ -221,10 +261,14 @@ class MemoryRolloutStore:
     def finish_intent(self, rollout_id: str, key: str, now: float) -> None:
         intent = self._intents.get((rollout_id, key))
         if intent is not None and intent.done is None:
-            self._intents[(rollout_id, key)] = Intent(intent.rollout_id, key, intent.desired, intent.created, now)
+            self._intents[(rollout_id, key)] = Intent(
+                intent.rollout_id, key, intent.desired, intent.created, now
+            )
 
     def intents(self, rollout_id: str) -> builtins.list[Intent]:
-        return sorted((i for (rid, _), i in self._intents.items() if rid == rollout_id), key=lambda i: i.created)
+        return sorted(
+            (i for (rid, _), i in self._intents.items() if rid == rollout_id), key=lambda i: i.created
+        )
 
     def append_event(self, rollout_id: str, now: float, text: str) -> None:
         self._events.setdefault(rollout_id, []).append((now, text))

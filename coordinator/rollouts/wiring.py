@@ -31,13 +31,19 @@ def build_rollout_engine(s: RolloutSettings, state_path: str, clock: Clock) -> R
     def local():
         from stoker.coordinator.rollouts.targets.local import LocalTarget
 
-        return LocalTarget(local_dir(s, state_path), haproxy_binary=s.haproxy_binary, command=s.command,
-                           drain_timeout_s=s.drain_timeout_s, stop_grace_s=s.stop_grace_s)
+        return LocalTarget(
+            local_dir(s, state_path),
+            haproxy_binary=s.haproxy_binary,
+            command=s.command,
+            drain_timeout_s=s.drain_timeout_s,
+            stop_grace_s=s.stop_grace_s,
+        )
 
     def kubernetes():
         from stoker.coordinator.rollouts.targets.kubernetes import KubernetesTarget
 
         return KubernetesTarget.from_settings(s)
 
-    return RolloutEngine(s, open_rollout_store(state_path), {"local": local, "kubernetes": kubernetes},
-                         metrics, clock)
+    return RolloutEngine(
+        s, open_rollout_store(state_path), {"local": local, "kubernetes": kubernetes}, metrics, clock
+    )

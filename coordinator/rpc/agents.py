@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+
 from stoker.coordinator.config import CoordinatorConfig
 from stoker.coordinator.core.errors import (
     DeadlineExceeded,
@@ -29,8 +30,14 @@ log = logging.getLogger(__name__)
 
 
 class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
-    def __init__(self, config: CoordinatorConfig, registry: NodeRegistry, inventory: InventoryIndex,
-                 builds: BuildQueue, metrics: CoordinatorMetrics) -> None:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        registry: NodeRegistry,
+        inventory: InventoryIndex,
+        builds: BuildQueue,
+        metrics: CoordinatorMetrics,
+    ) -> None:
         self._config = config
         self._registry = registry
         self._inventory = inventory
@@ -44,11 +51,18 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         validate.registration(request)
         identity = auth.current.get()
         if identity.role == "agent" and identity.name != request.node:
-            raise PermissionDenied(f"node: the client certificate is for {identity.name!r}, not {request.node!r}")
+            raise PermissionDenied(
+                f"node: the client certificate is for {identity.name!r}, not {request.node!r}"
+            )
         record = self._registry.register(convert.node_info(request))
         self._sessions[record.session_id] = record.name
-        log.info("node %s registered (zone %r, %d slots, session %s)", record.name, record.info.zone,
-                 record.info.slots, record.session_id[:8])
+        log.info(
+            "node %s registered (zone %r, %d slots, session %s)",
+            record.name,
+            record.info.zone,
+            record.info.slots,
+            record.session_id[:8],
+        )
         return agent_pb2.RegisterResponse(
             session_id=record.session_id,
             lease_ttl_s=self._config.nodes.lease_ttl_s,
@@ -95,7 +109,9 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         session_id = first.session_id
         node_name = self._sessions.get(session_id)
         if node_name is None:
-            raise FailedPrecondition("unknown session: call Register first (the coordinator may have restarted)")
+            raise FailedPrecondition(
+                "unknown session: call Register first (the coordinator may have restarted)"
+            )
         identity = auth.current.get()
         if identity.role == "agent" and identity.name != node_name:
             log.warning("refused a stream for node %s from certificate %s", node_name, identity.name)
@@ -104,8 +120,12 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             raise InvalidArgument("the first message must carry a snapshot")
         record = self._registry.attach(node_name, session_id)  # Aborted when a newer session took the node
         self._apply_snapshot(node_name, first.snapshot)
-        log.info("node %s connected: %d entries, generation %d", node_name, len(first.snapshot.entries),
-                 first.snapshot.generation)
+        log.info(
+            "node %s connected: %d entries, generation %d",
+            node_name,
+            len(first.snapshot.entries),
+            first.snapshot.generation,
+        )
         return AgentLink(node_name, session_id), record
 
     @staticmethod
@@ -147,18 +167,25 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         elif kind == "delta":
             delta = message.delta
             applied = self._inventory.apply_delta(
-                link.node, delta.generation, [convert.entry(e) for e in delta.upserted], list(delta.removed))
+                link.node, delta.generation, [convert.entry(e) for e in delta.upserted], list(delta.removed)
+            )
             if applied:
                 self._set_generation(link.node, delta.generation)
             else:
-                log.info("node %s: delta %d does not follow generation %d; asking for a snapshot",
-                         link.node, delta.generation, self._inventory.generation(link.node))
+                log.info(
+                    "node %s: delta %d does not follow generation %d; asking for a snapshot",
+                    link.node,
+                    delta.generation,
+                    self._inventory.generation(link.node),
+                )
                 link.send(agent_pb2.CoordinatorCommand(snapshot_request=agent_pb2.SnapshotRequest()))
         elif kind == "snapshot":
             self._apply_snapshot(link.node, message.snapshot)
 
     def _apply_snapshot(self, node: str, snapshot: agent_pb2.InventorySnapshot) -> None:
-        self._inventory.apply_snapshot(node, snapshot.generation, [convert.entry(e) for e in snapshot.entries])
+        self._inventory.apply_snapshot(
+            node, snapshot.generation, [convert.entry(e) for e in snapshot.entries]
+        )
         self._set_generation(node, snapshot.generation)
 
     def _set_generation(self, node: str, generation: int) -> None:

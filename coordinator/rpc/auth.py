@@ -32,14 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
 from stoker.coordinator.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from stoker.coordinator.rpc.status import status_for
 
 log = logging.getLogger(__name__)
 
 _BUILDS = "/stoker.v1.Builds/"
-_CI_METHODS = {_BUILDS + m for m in ("SubmitBuild", "WatchBuild", "GetBuild", "CancelBuild", "PlaceBuild",
-                                       "ReleasePlacement")}
+_CI_METHODS = {
+    _BUILDS + m
+    for m in ("SubmitBuild", "WatchBuild", "GetBuild", "CancelBuild", "PlaceBuild", "ReleasePlacement")
+}
 _OPERATOR_METHODS = _CI_METHODS | {"/stoker.v1.Inventory/QueryInventory"}
 _OPERATOR_PREFIXES = ("/stoker.v1.Rollouts/",)
 _AGENT_METHODS = {"/stoker.v1.AgentGateway/Register", "/stoker.v1.AgentGateway/Connect"}
@@ -95,8 +98,10 @@ def load_tokens(path: str) -> dict[str, Identity]:
     for i, item in enumerate(doc.get("tokens", [])):
         name, role, digest = item.get("name"), item.get("role"), item.get("sha256", "")
         if not name or role not in ("ci", "operator") or len(digest) != 64:
-            raise InvalidArgument(f"security.tokens_file: entry {i} needs a name, a role of ci or operator and "
-                                  f"a sha256 of 64 hex digits")
+            raise InvalidArgument(
+                f"security.tokens_file: entry {i} needs a name, a role of ci or operator and "
+                f"a sha256 of 64 hex digits"
+            )
         out[digest.lower()] = Identity(name, role)
     return out
 
@@ -122,8 +127,9 @@ class Authenticator:
             return Identity(names[0].decode(errors="replace"), "agent")
         if self.open_access:
             return OPEN
-        raise Unauthenticated(f"{method} needs credentials: a bearer token (STOKER_TOKEN) or, for agents, "
-                              f"a client certificate")
+        raise Unauthenticated(
+            f"{method} needs credentials: a bearer token (STOKER_TOKEN) or, for agents, a client certificate"
+        )
 
     def check(self, method: str, metadata, auth_context: dict) -> Identity:
         identity = self.identify(method, metadata, auth_context)
@@ -137,8 +143,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     table in ``status.py`` gives their error (UNAUTHENTICATED, PERMISSION_DENIED; INVALID_ARGUMENT for a
     request whose bytes are not a message)."""
 
-    def __init__(self, authenticator: Authenticator,
-                 observe: Callable[[str, float], None] | None = None) -> None:
+    def __init__(
+        self, authenticator: Authenticator, observe: Callable[[str, float], None] | None = None
+    ) -> None:
         self._auth = authenticator
         self._observe = observe
 
@@ -184,8 +191,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 if observe is not None:
                     observe(short, time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, _tolerant(handler.request_deserializer),
-                                                   handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
+        )
 
     def _unary_stream(self, handler, method: str):
         inner = handler.unary_stream
@@ -195,8 +203,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             async for item in inner(request, context):
                 yield item
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, _tolerant(handler.request_deserializer),
-                                                    handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, _tolerant(handler.request_deserializer), handler.response_serializer
+        )
 
     def _stream_stream(self, handler, method: str):
         inner = handler.stream_stream
@@ -206,8 +215,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             async for item in inner(request_iterator, context):
                 yield item
 
-        return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer,
-                                                     handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream, handler.request_deserializer, handler.response_serializer
+        )
 
 
 class _Undecodable:
@@ -225,7 +235,7 @@ def _tolerant(deserializer):
     def deserialize(data: bytes):
         try:
             return deserializer(data)
-        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        except Exception as exc:
             return _Undecodable(f"the request is not a valid message: {type(exc).__name__}")
 
     return deserialize
@@ -235,6 +245,7 @@ def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerC
     """TLS for a port; with ``client_ca`` the port requires and verifies client certificates."""
     pair = [(Path(key).read_bytes(), Path(cert).read_bytes())]
     if client_ca:
-        return grpc.ssl_server_credentials(pair, root_certificates=Path(client_ca).read_bytes(),
-                                           require_client_auth=True)
+        return grpc.ssl_server_credentials(
+            pair, root_certificates=Path(client_ca).read_bytes(), require_client_auth=True
+        )
     return grpc.ssl_server_credentials(pair)

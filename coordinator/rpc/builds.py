@@ -18,7 +18,6 @@ from stoker.v1 import (
 log = logging.getLogger(__name__)
 
 
-
 class BuildsServicer(build_pb2_grpc.BuildsServicer):
     def __init__(self, config: CoordinatorConfig, builds: BuildQueue) -> None:
         self._config = config
@@ -31,12 +30,17 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
             return
         owner = self._builds.get(build_id).owner
         if owner != identity.name:
-            raise PermissionDenied(f"build {build_id} belongs to {owner or 'nobody'!r}, not {identity.name!r}")
+            raise PermissionDenied(
+                f"build {build_id} belongs to {owner or 'nobody'!r}, not {identity.name!r}"
+            )
 
     def _validate(self, spec, *, need_command: bool) -> None:
-        validate.build_spec(spec, need_command=need_command,
-                            max_files_bytes=self._config.builds.max_files_bytes,
-                            max_timeout_s=self._config.builds.max_timeout_s)
+        validate.build_spec(
+            spec,
+            need_command=need_command,
+            max_files_bytes=self._config.builds.max_files_bytes,
+            max_timeout_s=self._config.builds.max_timeout_s,
+        )
 
     @streaming
     async def SubmitBuild(self, request: build_pb2.SubmitBuildRequest, context):

@@ -6,6 +6,7 @@ import operator
 import sys
 
 from google.protobuf import timestamp_pb2
+
 from stoker.common import sketch
 from stoker.coordinator.placement.domain import (
     BYTES,
@@ -71,20 +72,34 @@ def entry(pb: common_pb2.CacheEntry) -> Entry:
     # index's dicts went on holding the first one as well: memory grew with every entry a delta touched.
     # A malformed sketch (not whole 8-byte values, or too many) is dropped: the entry counts as unsketched.
     created, used, packed = pb.created, pb.last_used, pb.sketch
-    return (sys.intern(pb.key), pb.bytes, pb.files, created.seconds + created.nanos * 1e-9,
-            used.seconds + used.nanos * 1e-9, packed if sketch.valid(packed) else b"")
+    return (
+        sys.intern(pb.key),
+        pb.bytes,
+        pb.files,
+        created.seconds + created.nanos * 1e-9,
+        used.seconds + used.nanos * 1e-9,
+        packed if sketch.valid(packed) else b"",
+    )
 
 
 def entry_to_pb(e: Entry) -> common_pb2.CacheEntry:
-    return common_pb2.CacheEntry(key=e[KEY], bytes=e[BYTES], files=e[FILES], created=timestamp(e[CREATED]),
-                                 last_used=timestamp(e[LAST_USED]), sketch=e[SKETCH])
+    return common_pb2.CacheEntry(
+        key=e[KEY],
+        bytes=e[BYTES],
+        files=e[FILES],
+        created=timestamp(e[CREATED]),
+        last_used=timestamp(e[LAST_USED]),
+        sketch=e[SKETCH],
+    )
 
 
 def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: float) -> PlacementRequest:
     return PlacementRequest(
         id=request_id,
         workspace=spec.workspace,
-        key=sys.intern(spec.cache.key),  # the scheduler keeps it in per-key maps: one string with the inventory's
+        key=sys.intern(
+            spec.cache.key
+        ),  # the scheduler keeps it in per-key maps: one string with the inventory's
         restore_keys=tuple(spec.cache.restore_keys),
         constraints=Constraints(zone=spec.constraints.zone, labels=dict(spec.constraints.labels)),
         tenant=spec.tenant or spec.workspace,
@@ -93,7 +108,9 @@ def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: 
     )
 
 
-def node_inventory(record: NodeRecord, entries: list[Entry], *, with_entries: bool) -> inventory_pb2.NodeInventory:
+def node_inventory(
+    record: NodeRecord, entries: list[Entry], *, with_entries: bool
+) -> inventory_pb2.NodeInventory:
     pb = inventory_pb2.NodeInventory(
         node=record.name,
         zone=record.info.zone,

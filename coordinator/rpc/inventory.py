@@ -32,11 +32,14 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
         query = InventoryQuery(node=request.node, zone=request.zone, key_prefix=request.key_prefix)
         report = inventory_report(self._registry, self._inventory, query)
         return inventory_pb2.QueryInventoryResponse(
-            nodes=[convert.node_inventory(n.record, n.entries, with_entries=not request.summary_only)
-                   for n in report.nodes],
+            nodes=[
+                convert.node_inventory(n.record, n.entries, with_entries=not request.summary_only)
+                for n in report.nodes
+            ],
             keys=[key_summary_to_pb(k) for k in report.keys],
             zones=[zone_summary_to_pb(z) for z in report.zones],
-            hit_rates=hit_rates_to_pb(self._builds))
+            hit_rates=hit_rates_to_pb(self._builds),
+        )
 
 
 def key_summary_to_pb(k: KeySummary) -> inventory_pb2.KeySummary:
@@ -47,13 +50,25 @@ def key_summary_to_pb(k: KeySummary) -> inventory_pb2.KeySummary:
 
 
 def zone_summary_to_pb(z: ZoneSummary) -> inventory_pb2.ZoneSummary:
-    return inventory_pb2.ZoneSummary(zone=z.zone, nodes=z.nodes, slots=z.slots, running=z.running,
-                                     disk_capacity_bytes=z.disk_capacity_bytes, disk_used_bytes=z.disk_used_bytes)
+    return inventory_pb2.ZoneSummary(
+        zone=z.zone,
+        nodes=z.nodes,
+        slots=z.slots,
+        running=z.running,
+        disk_capacity_bytes=z.disk_capacity_bytes,
+        disk_used_bytes=z.disk_used_bytes,
+    )
 
 
 def hit_rates_to_pb(builds: BuildQueue) -> inventory_pb2.HitRates:
     hits, hit_bytes = builds.hit_counts, builds.hit_bytes
     return inventory_pb2.HitRates(
-        warm_builds=hits[Warmth.WARM], partial_builds=hits[Warmth.PARTIAL], cold_builds=hits[Warmth.COLD],
-        bytes_local=builds.bytes_local, bytes_fetched=builds.bytes_fetched, warm_bytes=hit_bytes[Warmth.WARM],
-        partial_bytes=hit_bytes[Warmth.PARTIAL], cold_bytes=hit_bytes[Warmth.COLD])
+        warm_builds=hits[Warmth.WARM],
+        partial_builds=hits[Warmth.PARTIAL],
+        cold_builds=hits[Warmth.COLD],
+        bytes_local=builds.bytes_local,
+        bytes_fetched=builds.bytes_fetched,
+        warm_bytes=hit_bytes[Warmth.WARM],
+        partial_bytes=hit_bytes[Warmth.PARTIAL],
+        cold_bytes=hit_bytes[Warmth.COLD],
+    )

@@ -33,35 +33,76 @@ RESULT_TO_PB = {
 
 
 def spec_from_pb(pb: rollout_pb2.RolloutSpec) -> Spec:
-    return Spec(service=pb.service, version=pb.version, target=pb.target or "local",
-                canary_percent=pb.canary_percent, bake_s=pb.bake_s, min_requests=pb.min_requests,
-                zone_first=pb.zone_first, namespace=pb.namespace, post_bake_s=pb.post_bake_s,
-                zones=tuple(pb.zones), instances_per_zone=pb.instances_per_zone, env=dict(pb.env))
+    return Spec(
+        service=pb.service,
+        version=pb.version,
+        target=pb.target or "local",
+        canary_percent=pb.canary_percent,
+        bake_s=pb.bake_s,
+        min_requests=pb.min_requests,
+        zone_first=pb.zone_first,
+        namespace=pb.namespace,
+        post_bake_s=pb.post_bake_s,
+        zones=tuple(pb.zones),
+        instances_per_zone=pb.instances_per_zone,
+        env=dict(pb.env),
+    )
 
 
 def spec_to_pb(spec: Spec) -> rollout_pb2.RolloutSpec:
     return rollout_pb2.RolloutSpec(
-        service=spec.service, target=spec.target, version=spec.version, canary_percent=spec.canary_percent,
-        bake_s=spec.bake_s, min_requests=spec.min_requests, zone_first=spec.zone_first, namespace=spec.namespace,
-        post_bake_s=spec.post_bake_s, zones=list(spec.zones), instances_per_zone=spec.instances_per_zone,
-        env=spec.env)
+        service=spec.service,
+        target=spec.target,
+        version=spec.version,
+        canary_percent=spec.canary_percent,
+        bake_s=spec.bake_s,
+        min_requests=spec.min_requests,
+        zone_first=spec.zone_first,
+        namespace=spec.namespace,
+        post_bake_s=spec.post_bake_s,
+        zones=list(spec.zones),
+        instances_per_zone=spec.instances_per_zone,
+        env=spec.env,
+    )
 
 
 def verdict_to_pb(v: judge.Verdict) -> rollout_pb2.Verdict:
     return rollout_pb2.Verdict(
-        time=timestamp(v.time), result=RESULT_TO_PB.get(v.result, rollout_pb2.VERDICT_RESULT_UNSPECIFIED),
-        reason=v.reason, canary_requests=v.canary_requests, canary_errors=v.canary_errors,
-        baseline_requests=v.baseline_requests, baseline_errors=v.baseline_errors, canary_p50_ms=v.canary_p50_ms,
-        baseline_p50_ms=v.baseline_p50_ms, p_value=v.p_value, check=v.check, alpha=v.alpha)
+        time=timestamp(v.time),
+        result=RESULT_TO_PB.get(v.result, rollout_pb2.VERDICT_RESULT_UNSPECIFIED),
+        reason=v.reason,
+        canary_requests=v.canary_requests,
+        canary_errors=v.canary_errors,
+        baseline_requests=v.baseline_requests,
+        baseline_errors=v.baseline_errors,
+        canary_p50_ms=v.canary_p50_ms,
+        baseline_p50_ms=v.baseline_p50_ms,
+        p_value=v.p_value,
+        check=v.check,
+        alpha=v.alpha,
+    )
 
 
 def rollout_to_pb(r: Rollout, endpoint: str = "") -> rollout_pb2.Rollout:
     pb = rollout_pb2.Rollout(
-        id=r.id, spec=spec_to_pb(r.spec), phase=PHASE_TO_PB[r.phase], from_version=r.from_version,
-        zones=[rollout_pb2.ZoneStatus(zone=z.zone, old_instances=z.old, new_instances=z.new, ready_instances=z.ready)
-               for z in r.zones],
-        verdicts=[verdict_to_pb(v) for v in r.verdicts], created=timestamp(r.created), updated=timestamp(r.updated),
-        message=r.message, endpoint=endpoint, attempt=r.attempt, events=r.history[-50:])
+        id=r.id,
+        spec=spec_to_pb(r.spec),
+        phase=PHASE_TO_PB[r.phase],
+        from_version=r.from_version,
+        zones=[
+            rollout_pb2.ZoneStatus(
+                zone=z.zone, old_instances=z.old, new_instances=z.new, ready_instances=z.ready
+            )
+            for z in r.zones
+        ],
+        verdicts=[verdict_to_pb(v) for v in r.verdicts],
+        created=timestamp(r.created),
+        updated=timestamp(r.updated),
+        message=r.message,
+        endpoint=endpoint,
+        attempt=r.attempt,
+        events=r.history[-50:],
+    )
     if r.last_look is not None:
         pb.last_look.CopyFrom(verdict_to_pb(r.last_look))
     if r.bake_until and r.phase in (Phase.BAKING, Phase.POST_BAKE):
@@ -101,7 +142,9 @@ class RolloutsServicer(rollout_pb2_grpc.RolloutsServicer):
 
     @unary
     async def ListRollouts(self, request: rollout_pb2.ListRolloutsRequest, context):
-        return rollout_pb2.ListRolloutsResponse(rollouts=[self._pb(r) for r in self._engine.list(request.service)])
+        return rollout_pb2.ListRolloutsResponse(
+            rollouts=[self._pb(r) for r in self._engine.list(request.service)]
+        )
 
     @unary
     async def PromoteRollout(self, request: rollout_pb2.RolloutActionRequest, context) -> rollout_pb2.Rollout:

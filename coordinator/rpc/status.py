@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+
 from stoker.coordinator.core import errors
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def unary(fn: Callable) -> Callable:
             return await fn(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the table's last row: anything else is INTERNAL, logged
+        except Exception as exc:
             await _abort(context, fn.__name__, exc)
 
     return wrapper
@@ -67,7 +68,7 @@ def streaming(fn: Callable[..., AsyncIterator]) -> Callable:
                 yield item
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the table's last row: anything else is INTERNAL, logged
+        except Exception as exc:
             await _abort(context, fn.__name__, exc)
         finally:
             await items.aclose()  # the handler's own cleanup runs now, not when the generator is collected

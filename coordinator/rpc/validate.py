@@ -52,10 +52,12 @@ def _check_chars(value: str, field: str) -> None:
         if not unicodedata.is_normalized("NFC", value):
             raise InvalidArgument(f"{field}: {_show(value)} is not in Unicode normal form NFC")
         for ch in value:
-            if ord(ch) >= 0x80 and (ch in _SEPARATOR_LOOKALIKES
-                                    or any(c in "/\\." for c in unicodedata.normalize("NFKC", ch))):
-                raise InvalidArgument(f"{field}: contains U+{ord(ch):04X}, a look-alike of a path separator "
-                                      "or dot")
+            if ord(ch) >= 0x80 and (
+                ch in _SEPARATOR_LOOKALIKES or any(c in "/\\." for c in unicodedata.normalize("NFKC", ch))
+            ):
+                raise InvalidArgument(
+                    f"{field}: contains U+{ord(ch):04X}, a look-alike of a path separator or dot"
+                )
 
 
 def cache_key(value: str, field: str, *, allow_empty: bool = False) -> None:
@@ -90,10 +92,14 @@ def relative_path(value: str, field: str, *, allow_trailing_slash: bool = False)
         raise InvalidArgument(f"{field}: {_show(value)} is the workspace itself; name a directory inside it")
     for part in parts:
         if part in ("", "."):
-            raise InvalidArgument(f"{field}: {_show(value)} has an empty or '.' component; write it plainly "
-                                  "(a/b, not a//b or ./a/b)")
+            raise InvalidArgument(
+                f"{field}: {_show(value)} has an empty or '.' component; write it plainly "
+                "(a/b, not a//b or ./a/b)"
+            )
         if len(part.encode()) > MAX_NAME_BYTES:
-            raise InvalidArgument(f"{field}: a component of {_show(value)} is longer than {MAX_NAME_BYTES} bytes")
+            raise InvalidArgument(
+                f"{field}: a component of {_show(value)} is longer than {MAX_NAME_BYTES} bytes"
+            )
     return "/".join(parts)
 
 
@@ -102,8 +108,9 @@ def _finite(value: float, field: str) -> None:
         raise InvalidArgument(f"{field}: must be a finite number, got {value}")
 
 
-def build_spec(spec: common_pb2.BuildSpec, *, need_command: bool, max_files_bytes: int,
-               max_timeout_s: float) -> None:
+def build_spec(
+    spec: common_pb2.BuildSpec, *, need_command: bool, max_files_bytes: int, max_timeout_s: float
+) -> None:
     """Raise InvalidArgument naming the first bad field of ``spec`` (the checks run in the spec's order)."""
     if not spec.workspace.strip():
         raise InvalidArgument("spec.workspace: must not be empty")
@@ -179,8 +186,10 @@ def _cache(cache: common_pb2.CacheSpec) -> None:
         root = relative_path(path, f"spec.cache.paths[{i}]", allow_trailing_slash=True)
         for j, other in enumerate(roots):
             if root == other or root.startswith(other + "/") or other.startswith(root + "/"):
-                raise InvalidArgument(f"spec.cache.paths[{i}]: {_show(path)} overlaps spec.cache.paths[{j}] "
-                                      f"{_show(cache.paths[j])}")
+                raise InvalidArgument(
+                    f"spec.cache.paths[{i}]: {_show(path)} overlaps spec.cache.paths[{j}] "
+                    f"{_show(cache.paths[j])}"
+                )
         roots.append(root)
 
 

@@ -15,8 +15,8 @@ import time
 import uuid
 
 import pytest
-from stoker.v1 import build_pb2
 
+from stoker.v1 import build_pb2
 from tests.helpers.faults import builds_stub, inventory, kinds, spec, wait_until
 from tests.helpers.s3_fault_proxy import Rule
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from stoker.v1 import inventory_pb2
 
+from stoker.v1 import inventory_pb2
 from tests.helpers.faults import inventory, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -24,7 +24,7 @@ AGENTS = 6
 def ready_nodes(address: str) -> set[str]:
     try:
         reply = inventory(address, summary_only=True)
-    except Exception:  # noqa: BLE001 - the coordinator may still be starting
+    except Exception:
         return set()
     return {n.node for n in reply.nodes if n.state == inventory_pb2.NODE_STATE_READY}
 

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from kubernetes import client
+
 from stoker.agent.kube_node import (
     KubernetesApiUnreachable,
     NodeFacts,

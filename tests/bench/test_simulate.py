@@ -10,20 +10,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SIM = ROOT / "bench" / "simulate.py"
 
+from bench.simkit.engine import Sim, StokerPolicy, make_policy
+from bench.simkit.trace import Build, Fleet, FleetEvent, TraceSpec, generate
 from stoker.coordinator.placement.domain import KEY
 from stoker.coordinator.placement.scheduler import Scheduler
 
-from bench.simkit.engine import Sim, StokerPolicy, make_policy
-from bench.simkit.trace import Build, Fleet, FleetEvent, TraceSpec, generate
-
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SIM), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(SIM), *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def good_build(**changes) -> dict:
-    doc = {"t": 1.0, "workspace": "w", "key": "w/deps-v1", "restore_keys": ["w/deps-"], "bytes": 1000, "files": 3,
-           "changed_fraction": 0.0, "duration_s": 10.0, "tenant": "a"}
+    doc = {
+        "t": 1.0,
+        "workspace": "w",
+        "key": "w/deps-v1",
+        "restore_keys": ["w/deps-"],
+        "bytes": 1000,
+        "files": 3,
+        "changed_fraction": 0.0,
+        "duration_s": 10.0,
+        "tenant": "a",
+    }
     doc.update(changes)
     return doc
 
@@ -52,18 +62,47 @@ def test_bad_trace_and_fleet_name_the_line_and_field(tmp_path):
 
 def test_small_run_reports_every_policy_as_json(tmp_path):
     trace = tmp_path / "t.jsonl"
-    done = run("--write-trace", str(trace), "--hours", "2", "--builds-per-day", "3000", "--nodes", "8", cwd=tmp_path)
+    done = run(
+        "--write-trace", str(trace), "--hours", "2", "--builds-per-day", "3000", "--nodes", "8", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
-    done = run("--trace", str(trace), "--nodes", "8", "--json", "--no-decision-bench", "--plots",
-               str(tmp_path / "plots"), cwd=tmp_path)
+    done = run(
+        "--trace",
+        str(trace),
+        "--nodes",
+        "8",
+        "--json",
+        "--no-decision-bench",
+        "--plots",
+        str(tmp_path / "plots"),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    names = {"stoker", "random", "round_robin", "least_loaded", "power_of_two", "consistent_hash", "bounded_hash",
-             "history", "oracle"}
+    names = {
+        "stoker",
+        "random",
+        "round_robin",
+        "least_loaded",
+        "power_of_two",
+        "consistent_hash",
+        "bounded_hash",
+        "history",
+        "oracle",
+    }
     assert set(report["policies"]) == names
     for name, r in report["policies"].items():
-        for key in ("ready_p50_s", "ready_p99_s", "e2e_p99_s", "bytes_fetched", "max_mean_load", "warm_share",
-                    "partial_share", "cold_share", "jain_fairness"):
+        for key in (
+            "ready_p50_s",
+            "ready_p99_s",
+            "e2e_p99_s",
+            "bytes_fetched",
+            "max_mean_load",
+            "warm_share",
+            "partial_share",
+            "cold_share",
+            "jain_fairness",
+        ):
             assert key in r, (name, key)
         assert abs(r["warm_share"] + r["partial_share"] + r["cold_share"] - 1.0) < 1e-3  # rounded to 4 places
     assert report["policies"]["oracle"]["bytes_fetched"] == 0
@@ -74,24 +113,38 @@ def test_small_run_reports_every_policy_as_json(tmp_path):
 
 def test_stoker_policy_is_the_coordinators_scheduler_and_every_build_finishes_once():
     fleet = Fleet(nodes=6, slots=2, disk_bytes=5e9)
-    records = generate(TraceSpec(hours=3, builds_per_day=4000, node_failures=(1.0, 1.5, 2.5), scale_out=((2.0, 2),)),
-                       fleet)
+    records = generate(
+        TraceSpec(hours=3, builds_per_day=4000, node_failures=(1.0, 1.5, 2.5), scale_out=((2.0, 2),)), fleet
+    )
     policy = make_policy("stoker", fleet)
     assert isinstance(policy, StokerPolicy) and type(policy.scheduler) is Scheduler
     sim = Sim(fleet, records, policy).run()
     builds = [r for r in records if isinstance(r, Build)]
     assert len(sim.jobs) == len(builds) and all(j.finish and j.node for j in sim.jobs)
     assert sim.failures and any(isinstance(r, FleetEvent) and r.event == "node_add" for r in records)
-    assert any(j.attempt > 1 for j in sim.jobs)  # a failed node's builds were requeued (one of three was busy)
+    assert any(
+        j.attempt > 1 for j in sim.jobs
+    )  # a failed node's builds were requeued (one of three was busy)
     for node in sim.nodes.values():
         assert sum(node.cache.values()) <= node.disk or len(node.cache) <= 1
 
 
 def test_the_simulated_agents_carry_out_the_schedulers_evictions():
     fleet = Fleet(nodes=1, slots=1, disk_bytes=10e9)
-    records = [Build(t=float(i * 100), workspace="w", key=f"w/deps-v{1 + i // 2}", restore_keys=("w/deps-",),
-                     bytes=1_000_000_000, files=10, changed_fraction=0.0 if i < 2 else 0.05, duration_s=20.0,
-                     tenant="a") for i in range(6)]
+    records = [
+        Build(
+            t=float(i * 100),
+            workspace="w",
+            key=f"w/deps-v{1 + i // 2}",
+            restore_keys=("w/deps-",),
+            bytes=1_000_000_000,
+            files=10,
+            changed_fraction=0.0 if i < 2 else 0.05,
+            duration_s=20.0,
+            tenant="a",
+        )
+        for i in range(6)
+    ]
     sim = Sim(fleet, records, make_policy("stoker", fleet)).run()
     node = sim.nodes["node-000"]
     # Each new version superseded the last on the only node: only the newest is kept (LRU alone keeps all
@@ -103,8 +156,19 @@ def test_the_simulated_agents_carry_out_the_schedulers_evictions():
 def test_one_sweep_variant_runs_alone_on_its_own_trace_and_fleet(tmp_path):
     from dataclasses import replace
 
-    done = run("--variant", "nodes_20", "--hours", "1", "--policies", "least_loaded", "--json",
-               "--no-decision-bench", "--plots", str(tmp_path / "plots"), cwd=tmp_path)
+    done = run(
+        "--variant",
+        "nodes_20",
+        "--hours",
+        "1",
+        "--policies",
+        "least_loaded",
+        "--json",
+        "--no-decision-bench",
+        "--plots",
+        str(tmp_path / "plots"),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     fleet = replace(Fleet(), nodes=20)

@@ -13,19 +13,37 @@ pytestmark = pytest.mark.integration
 
 
 def stoker(address: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stoker.cli.main", "rollout", *args, "--coordinator", address],
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "rollout", *args, "--coordinator", address],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_start_watch_list_get_abort(rollout_fleet):
     address = rollout_fleet.start().address
-    first = stoker(address, "start", "web", "v1", "--zones", "zone-a,zone-b", "--instances-per-zone", "2",
-                   "--post-bake", "0.5", "--watch")
+    first = stoker(
+        address,
+        "start",
+        "web",
+        "v1",
+        "--zones",
+        "zone-a,zone-b",
+        "--instances-per-zone",
+        "2",
+        "--post-bake",
+        "0.5",
+        "--watch",
+    )
     assert first.returncode == 0, first.stderr
     assert "succeeded" in first.stdout and "zone-a" in first.stdout
 
     # no traffic: the canary bakes, stays inconclusive and the rollout pauses (exit 4), never passes
-    paused = stoker(address, "start", "web", "v2", "--bake", "1", "--env", "STOKER_SAMPLE_LATENCY_MS=1", "--watch")
+    paused = stoker(
+        address, "start", "web", "v2", "--bake", "1", "--env", "STOKER_SAMPLE_LATENCY_MS=1", "--watch"
+    )
     assert paused.returncode == 4, paused.stdout + paused.stderr
     assert "paused" in paused.stdout and "too little data" in paused.stdout
     table = [line.split() for line in paused.stdout.splitlines() if line.strip().startswith("zone-")]

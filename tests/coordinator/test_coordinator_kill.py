@@ -18,8 +18,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from stoker.v1 import build_pb2
 
+from stoker.v1 import build_pb2
 from tests.helpers.faults import builds_stub, kinds, spec, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

@@ -18,6 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -29,14 +30,21 @@ def builds_stub(address: str) -> build_pb2_grpc.BuildsStub:
 
 def inventory(address: str, **kw) -> inventory_pb2.QueryInventoryResponse:
     return inventory_pb2_grpc.InventoryStub(grpc.insecure_channel(address)).QueryInventory(
-        inventory_pb2.QueryInventoryRequest(**kw), timeout=10)
+        inventory_pb2.QueryInventoryRequest(**kw), timeout=10
+    )
 
 
-def spec(command, *, key: str = "", paths=("out",), restore=(), workspace="web", timeout=60.0, zone="", files=None):
+def spec(
+    command, *, key: str = "", paths=("out",), restore=(), workspace="web", timeout=60.0, zone="", files=None
+):
     return common_pb2.BuildSpec(
-        workspace=workspace, command=list(command), timeout_s=timeout,
+        workspace=workspace,
+        command=list(command),
+        timeout_s=timeout,
         cache=common_pb2.CacheSpec(key=key, restore_keys=list(restore), paths=list(paths) if key else []),
-        constraints=common_pb2.Constraints(zone=zone), files=files or {})
+        constraints=common_pb2.Constraints(zone=zone),
+        files=files or {},
+    )
 
 
 def run(stub, s, timeout=60) -> list[build_pb2.BuildEvent]:
@@ -76,14 +84,23 @@ def test_health_and_reflection_on_both_servers(fleet):
     with grpc.insecure_channel(a.address) as ch:
         check = health_pb2_grpc.HealthStub(ch).Check
         ready = health_pb2.HealthCheckRequest(service="stoker.agent.Ready")
-        wait_until(lambda: check(ready, timeout=5).status == health_pb2.HealthCheckResponse.SERVING, 5,
-                   "the agent's readiness once its stream is open")
+        wait_until(
+            lambda: check(ready, timeout=5).status == health_pb2.HealthCheckResponse.SERVING,
+            5,
+            "the agent's readiness once its stream is open",
+        )
     with grpc.insecure_channel(c.address) as ch:
         responses = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
         names = {s.name for r in responses for s in r.list_services_response.service}
-    assert {"stoker.v1.Builds", "stoker.v1.AgentGateway", "stoker.v1.Inventory", "stoker.v1.Rollouts",
-            "grpc.health.v1.Health"} <= names
+    assert {
+        "stoker.v1.Builds",
+        "stoker.v1.AgentGateway",
+        "stoker.v1.Inventory",
+        "stoker.v1.Rollouts",
+        "grpc.health.v1.Health",
+    } <= names
 
 
 def test_build_streams_logs_saves_cache_and_inventory_follows_by_delta(fleet):
@@ -91,13 +108,18 @@ def test_build_streams_logs_saves_cache_and_inventory_follows_by_delta(fleet):
     fleet.start_agent("n1")
     fleet.wait_ready("n1")
     stub = builds_stub(c.address)
-    events = run(stub, spec(["sh", "-c", "mkdir -p out && echo data > out/f && echo one && echo two >&2"],
-                            key="web/k1"))
+    events = run(
+        stub,
+        spec(["sh", "-c", "mkdir -p out && echo data > out/f && echo one && echo two >&2"], key="web/k1"),
+    )
     ks = kinds(events)
     assert ks[0] == "placed" and ks[-1] == "finished"
     assert {"restoring", "restored", "started", "saving"} <= set(ks)
     logs = [(e.log.stream, e.log.text) for e in events if e.HasField("log")]
-    assert (build_pb2.LogLine.STREAM_STDOUT, "one") in logs and (build_pb2.LogLine.STREAM_STDERR, "two") in logs
+    assert (build_pb2.LogLine.STREAM_STDOUT, "one") in logs and (
+        build_pb2.LogLine.STREAM_STDERR,
+        "two",
+    ) in logs
     fin = events[-1].finished
     assert fin.state == build_pb2.BUILD_STATE_SUCCEEDED and fin.exit_code == 0 and fin.cache.saved
     assert fin.node == "n1" and fin.timings.total_s > 0
@@ -116,9 +138,24 @@ def test_stoker_build_cli_exits_with_the_build_exit_code(fleet):
     fleet.start_agent("n1")
     fleet.wait_ready("n1")
     env = {**os.environ, "STOKER_COORDINATOR": c.address}
-    done = subprocess.run([sys.executable, "-m", "stoker.cli.main", "build", "--workspace", "w", "--",
-                           "sh", "-c", "echo hello-from-build; exit 7"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stoker.cli.main",
+            "build",
+            "--workspace",
+            "w",
+            "--",
+            "sh",
+            "-c",
+            "echo hello-from-build; exit 7",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 7, done.stderr
     assert "hello-from-build" in done.stdout
     assert "placed on n1" in done.stderr
@@ -130,9 +167,18 @@ def test_cancel_kills_the_whole_process_group(fleet, tmp_path):
     fleet.wait_ready("n1")
     stub = builds_stub(c.address)
     pids = tmp_path / "pids"
-    stream = stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(
-        ["sh", "-c", f"sleep 300 & echo $! > {pids}.child; echo $$ > {pids}.parent; echo started; wait"])),
-        timeout=60)
+    stream = stub.SubmitBuild(
+        build_pb2.SubmitBuildRequest(
+            spec=spec(
+                [
+                    "sh",
+                    "-c",
+                    f"sleep 300 & echo $! > {pids}.child; echo $$ > {pids}.parent; echo started; wait",
+                ]
+            )
+        ),
+        timeout=60,
+    )
     build_id = ""
     for event in stream:
         build_id = event.build_id
@@ -164,8 +210,9 @@ def test_agent_killed_mid_build_requeues_elsewhere_and_finishes_once(fleet):
     fleet.start_agent("n1")
     fleet.start_agent("n2")
     fleet.wait_ready("n1", "n2")
-    stream = builds_stub(c.address).SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(
-        ["sh", "-c", "echo begin; sleep 2; echo end"])), timeout=90)
+    stream = builds_stub(c.address).SubmitBuild(
+        build_pb2.SubmitBuildRequest(spec=spec(["sh", "-c", "echo begin; sleep 2; echo end"])), timeout=90
+    )
     events = []
     for event in stream:
         events.append(event)
@@ -199,16 +246,24 @@ def test_coordinator_restart_agents_reregister_and_inventory_returns(fleet, port
     c.kill()
     c2 = fleet.start_coordinator(listen=f"127.0.0.1:{port}", name="coordinator-2")
     fleet.wait_ready("n1", "n2")
-    inv = wait_until(lambda: (lambda r: r if len(r.keys) == 3 else None)(inventory(c2.address)),
-                     message="the inventory to come back")
+    inv = wait_until(
+        lambda: (lambda r: r if len(r.keys) == 3 else None)(inventory(c2.address)),
+        message="the inventory to come back",
+    )
     assert {k.key: list(k.nodes) for k in inv.keys} == {"web/k-a": ["n1"], "web/k-b": ["n2"], "api/k": ["n1"]}
-    out = subprocess.run([sys.executable, "-m", "stoker.cli.main", "inventory", "--coordinator", c2.address],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "inventory", "--coordinator", c2.address],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0 and all(k in out.stdout for k in ("web/k-a", "web/k-b", "api/k"))
     stub2 = builds_stub(c2.address)
     for build_id in finished_ids:  # the durable state survived
-        assert stub2.GetBuild(build_pb2.GetBuildRequest(build_id=build_id), timeout=5).state == \
-            build_pb2.BUILD_STATE_SUCCEEDED
+        assert (
+            stub2.GetBuild(build_pb2.GetBuildRequest(build_id=build_id), timeout=5).state
+            == build_pb2.BUILD_STATE_SUCCEEDED
+        )
 
 
 def test_bad_input_gets_clear_errors_and_does_not_disturb_other_builds(fleet):
@@ -216,8 +271,9 @@ def test_bad_input_gets_clear_errors_and_does_not_disturb_other_builds(fleet):
     fleet.start_agent("n1", zone="a")
     fleet.wait_ready("n1")
     stub = builds_stub(c.address)
-    slow = stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(["sh", "-c", "sleep 1; echo survived"])),
-                            timeout=60)
+    slow = stub.SubmitBuild(
+        build_pb2.SubmitBuildRequest(spec=spec(["sh", "-c", "sleep 1; echo survived"])), timeout=60
+    )
 
     def code_of(fn):
         with pytest.raises(grpc.RpcError) as err:
@@ -239,6 +295,7 @@ def test_bad_input_gets_clear_errors_and_does_not_disturb_other_builds(fleet):
     code, _ = code_of(lambda: stub.GetBuild(build_pb2.GetBuildRequest(build_id="b-missing"), timeout=5))
     assert code == grpc.StatusCode.NOT_FOUND
     from stoker.v1 import agent_pb2, agent_pb2_grpc
+
     gateway = agent_pb2_grpc.AgentGatewayStub(grpc.insecure_channel(c.address))
     code, details = code_of(lambda: gateway.Register(agent_pb2.RegisterRequest(node="", slots=1), timeout=5))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("node")
@@ -252,18 +309,29 @@ def test_queued_build_says_so_and_placement_lease_flow(fleet):
     fleet.start_agent("n1", labels={"pool": "big"})
     fleet.wait_ready("n1")
     env = {**os.environ, "STOKER_COORDINATOR": c.address}
-    placed = subprocess.run([sys.executable, "-m", "stoker.cli.main", "place", "--workspace", "w", "--json"],
-                            env=env, capture_output=True, text=True, timeout=30)
+    placed = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "place", "--workspace", "w", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert placed.returncode == 0, placed.stderr
     import json
+
     lease = json.loads(placed.stdout)
     assert lease["node"] == "n1" and lease["node_labels"] == {"pool": "big"}
     stub = builds_stub(c.address)
     stream = stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(["echo", "ran"])), timeout=60)
     first = next(stream)
     assert first.HasField("queued") and "all busy" in first.queued.reason
-    released = subprocess.run([sys.executable, "-m", "stoker.cli.main", "release", lease["lease_id"]], env=env,
-                              capture_output=True, text=True, timeout=30)
+    released = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "release", lease["lease_id"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert released.returncode == 0 and "released" in released.stdout
     rest = list(stream)
     assert rest[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
@@ -273,8 +341,10 @@ def test_agent_sigterm_drains_running_build(fleet):
     c = fleet.start_coordinator()
     agent = fleet.start_agent("n1")
     fleet.wait_ready("n1")
-    stream = builds_stub(c.address).SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec(
-        ["sh", "-c", "echo go; sleep 1; echo finished-normally"])), timeout=60)
+    stream = builds_stub(c.address).SubmitBuild(
+        build_pb2.SubmitBuildRequest(spec=spec(["sh", "-c", "echo go; sleep 1; echo finished-normally"])),
+        timeout=60,
+    )
     for event in stream:
         if event.HasField("log") and event.log.text == "go":
             break
@@ -289,9 +359,14 @@ def test_builds_do_not_inherit_the_agents_credentials(fleet):
     c = fleet.start_coordinator()
     fleet.start_agent("n1", env={"AWS_SECRET_ACCESS_KEY": "s3cr3t", "PATH": os.environ["PATH"]})
     fleet.wait_ready("n1")
-    events = run(builds_stub(c.address), common_pb2.BuildSpec(
-        workspace="w", command=["sh", "-c", 'echo "secret=${AWS_SECRET_ACCESS_KEY:-none} mine=$MINE"'],
-        env={"MINE": "yes"}))
+    events = run(
+        builds_stub(c.address),
+        common_pb2.BuildSpec(
+            workspace="w",
+            command=["sh", "-c", 'echo "secret=${AWS_SECRET_ACCESS_KEY:-none} mine=$MINE"'],
+            env={"MINE": "yes"},
+        ),
+    )
     lines = [e.log.text for e in events if e.HasField("log")]
     assert "secret=none mine=yes" in lines
 
@@ -313,12 +388,16 @@ def test_placement_lease_must_be_finite_and_bounded(fleet):
     stub = builds_stub(c.address)
     for bad in (float("nan"), float("inf"), -1.0, 1e12):
         with pytest.raises(grpc.RpcError) as err:
-            stub.PlaceBuild(build_pb2.PlaceBuildRequest(spec=common_pb2.BuildSpec(workspace="w"), lease_s=bad),
-                            timeout=5)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("lease_s")
+            stub.PlaceBuild(
+                build_pb2.PlaceBuildRequest(spec=common_pb2.BuildSpec(workspace="w"), lease_s=bad), timeout=5
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(
+            "lease_s"
+        )
     # The node's slot was not taken by any of them: a normal placement still gets it at once.
-    lease = stub.PlaceBuild(build_pb2.PlaceBuildRequest(spec=common_pb2.BuildSpec(workspace="w"), lease_s=5),
-                            timeout=5)
+    lease = stub.PlaceBuild(
+        build_pb2.PlaceBuildRequest(spec=common_pb2.BuildSpec(workspace="w"), lease_s=5), timeout=5
+    )
     assert lease.node == "n1"
     with pytest.raises(grpc.RpcError) as err:
         stub.GetBuild(build_pb2.GetBuildRequest(build_id="b-" + "x" * 5000), timeout=5)

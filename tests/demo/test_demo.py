@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from stoker.demo import local_fleet
 
 pytestmark = pytest.mark.integration
@@ -20,9 +21,11 @@ def test_demo_json_shows_cold_warm_partial_and_a_fetch(tmp_path):
     exe = Path(sys.executable).with_name("stoker")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "stoker.cli.main"]
     import os
+
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # the demo's temporary directory goes here
-    done = subprocess.run([*cmd, "demo", "--json"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env=env)
+    done = subprocess.run(
+        [*cmd, "demo", "--json"], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     builds = report["builds"]
@@ -34,8 +37,18 @@ def test_demo_json_shows_cold_warm_partial_and_a_fetch(tmp_path):
     assert "1 added, 35 already present" in upgraded["output"]
     assert other_zone["zone"] != first["zone"] and other_zone["bytes_fetched"] > 0
     assert other_zone["restored_key"] == upgraded["key"]
-    for field in ("id", "workspace", "key", "node", "zone", "warmth", "reason", "bytes_fetched", "restore_s",
-                  "exit_code"):
+    for field in (
+        "id",
+        "workspace",
+        "key",
+        "node",
+        "zone",
+        "warmth",
+        "reason",
+        "bytes_fetched",
+        "restore_s",
+        "exit_code",
+    ):
         assert field in first
     rollouts = report["rollouts"]
     assert [(r["version"], r["outcome"]) for r in rollouts] == [("v2", "succeeded"), ("v3", "rolled_back")]
@@ -57,6 +70,7 @@ def test_agent_with_wrong_coordinator_address_is_alive_but_not_ready(tmp_path):
         assert live.status == health_pb2.HealthCheckResponse.SERVING
         assert ready.status == health_pb2.HealthCheckResponse.NOT_SERVING
         import time
+
         time.sleep(1.5)
         assert agent.alive()
         log = agent.log_path.read_text()

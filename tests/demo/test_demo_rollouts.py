@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from stoker.coordinator.rollouts.targets import local as target_local
 from stoker.demo import local_fleet
 from stoker.demo.rollouts import run_demo_rollouts
@@ -31,8 +32,10 @@ def test_demo_rollouts_one_good_one_faulty(tmp_path, haproxy):
     assert took < 45, took
     # Caught on its errors: by the judge's test, or by the guardrail when the canary's error rate runs past its
     # 10 % cap first (the faulty version answers 10 % errors; either ends the rollout at the canary).
-    assert any("verdict: fail [errors]" in line or ("verdict: fail [guardrail]" in line and "error rate" in line)
-               for line in lines), lines
+    assert any(
+        "verdict: fail [errors]" in line or ("verdict: fail [guardrail]" in line and "error rate" in line)
+        for line in lines
+    ), lines
     # everything the demo started is gone
     records = list((tmp_path / "coordinator-rollouts").glob("*/instances/*.json"))
     pids = [int(__import__("json").loads(p.read_text())["pid"]) for p in records]

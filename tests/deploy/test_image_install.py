@@ -193,8 +193,12 @@ print(json.dumps({"found": found, "failed": failed}))
     site = str(image_venv)
     outside = {name: path for name, path in result["found"].items() if not path.startswith(site)}
     assert not outside, f"imported from outside the image's venv: {outside}"
-    for expected in ("stoker.v1.build_pb2", "stoker.v1.agent_pb2_grpc", "stoker.agent.kube_node",
-                     "stoker.agent.cache._fastio"):
+    for expected in (
+        "stoker.v1.build_pb2",
+        "stoker.v1.agent_pb2_grpc",
+        "stoker.agent.kube_node",
+        "stoker.agent.cache._fastio",
+    ):
         assert expected in result["found"], f"{expected} is missing from the wheel"
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from stoker.agent import config as agent_config
 from stoker.agent import main as agent_main
 from stoker.common import settings
@@ -954,6 +955,7 @@ def test_the_rendered_coordinator_starts_secured_and_its_probe_and_an_agent_work
     certificate connects over mutual TLS and turns ready on its plaintext probe port."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     from stoker.demo import local_fleet
     from stoker.v1 import inventory_pb2, inventory_pb2_grpc
 

@@ -12,8 +12,9 @@ from stoker.agent.cache.store import LocalStore
 from stoker.agent.cache.writers import WriterKind
 
 
-def make_tree(root: Path, *, seed: int = 1, packages: int = 6, files_per_package: int = 12,
-              big_bytes: int = 9 << 20) -> Path:
+def make_tree(
+    root: Path, *, seed: int = 1, packages: int = 6, files_per_package: int = 12, big_bytes: int = 9 << 20
+) -> Path:
     """A small node_modules-like tree: packages (one scoped), a big file, empty file, symlinks, modes."""
     rng = random.Random(seed)
     nm = root / "node_modules"
@@ -57,9 +58,17 @@ def snapshot(root: Path) -> dict[str, tuple]:
     return out
 
 
-def open_local_cache(tmp: Path, *, name: str = "store", budget: int = 1 << 30, blobs: Path | None = None,
-                     workers: int = 2, writer: WriterKind = "auto") -> ContentCache:
-    cache = ContentCache(LocalStore(tmp / name, budget), LocalBlobStore(blobs or tmp / "blobs"),
-                         workers=workers, writer=writer)
+def open_local_cache(
+    tmp: Path,
+    *,
+    name: str = "store",
+    budget: int = 1 << 30,
+    blobs: Path | None = None,
+    workers: int = 2,
+    writer: WriterKind = "auto",
+) -> ContentCache:
+    cache = ContentCache(
+        LocalStore(tmp / name, budget), LocalBlobStore(blobs or tmp / "blobs"), workers=workers, writer=writer
+    )
     cache.open()
     return cache

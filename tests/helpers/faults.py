@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import grpc
+
 from stoker.v1 import build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
 
 

@@ -23,8 +23,9 @@ class Fleet:
     def start_agent(self, name: str, zone: str = "zone-a", slots: int = 1, **kwargs) -> local_fleet.Process:
         assert self.coordinator is not None
         address = kwargs.pop("coordinator", self.coordinator.address)
-        agent = local_fleet.start_agent(self.root, name, address, zone=zone, slots=slots, blobs=self.blobs,
-                                        **kwargs)
+        agent = local_fleet.start_agent(
+            self.root, name, address, zone=zone, slots=slots, blobs=self.blobs, **kwargs
+        )
         self.agents[name] = agent
         return agent
 

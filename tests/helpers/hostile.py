@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
+
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache.blobs import encode_key
 
@@ -22,8 +23,12 @@ def budget(examples: int) -> settings:
     """Hypothesis settings for one property or fuzz target: ``examples`` in CI (tuned so that the whole
     suite stays near a minute on two cores), ``STOKER_FUZZ_SCALE`` times more for a longer campaign by hand."""
     scale = float(os.environ.get("STOKER_FUZZ_SCALE", "1"))
-    return settings(max_examples=max(1, int(examples * scale)), deadline=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    return settings(
+        max_examples=max(1, int(examples * scale)),
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class TreeState:
     exclude: frozenset = frozenset()
 
     @classmethod
-    def of(cls, root: Path, exclude: tuple[str, ...] = ()) -> "TreeState":
+    def of(cls, root: Path, exclude: tuple[str, ...] = ()) -> TreeState:
         """``exclude``: top-level names below ``root`` left out (the cache root, the workspace)."""
         return cls(root, _scan(root, frozenset(exclude)), frozenset(exclude))
 
@@ -63,8 +68,13 @@ def _scan(root: Path, exclude: frozenset = frozenset()) -> dict:
             if stat.S_ISLNK(st.st_mode):
                 out[rel] = ("link", os.readlink(p))
             elif stat.S_ISREG(st.st_mode):
-                out[rel] = ("file", st.st_mode, st.st_size, st.st_mtime_ns,
-                            hashlib.sha256(p.read_bytes()).hexdigest())
+                out[rel] = (
+                    "file",
+                    st.st_mode,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    hashlib.sha256(p.read_bytes()).hexdigest(),
+                )
             else:
                 out[rel] = ("other", st.st_mode, st.st_mtime_ns)
     return out

@@ -10,11 +10,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from stoker.demo import rollouts as demo_rollouts
 
 FAST = {
-    "bake_s": 4.0, "post_bake_s": 1.5, "judge_interval_s": 1.0, "min_requests": 60, "tick_s": 0.2,
-    "progress_deadline_s": 8.0, "inconclusive_limit": 2, "drain_timeout_s": 5.0, "stop_grace_s": 1.5,
+    "bake_s": 4.0,
+    "post_bake_s": 1.5,
+    "judge_interval_s": 1.0,
+    "min_requests": 60,
+    "tick_s": 0.2,
+    "progress_deadline_s": 8.0,
+    "inconclusive_limit": 2,
+    "drain_timeout_s": 5.0,
+    "stop_grace_s": 1.5,
     "instances_per_zone": 2,
 }
 
@@ -22,8 +30,11 @@ FAST = {
 def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed: run scripts/system_deps.sh (installs the Debian packages haproxy "
-                    "and prometheus), or ./scripts/test.sh, which runs it", pytrace=False)
+        pytest.fail(
+            f"{name} is not installed: run scripts/system_deps.sh (installs the Debian packages haproxy "
+            "and prometheus), or ./scripts/test.sh, which runs it",
+            pytrace=False,
+        )
     return path
 
 

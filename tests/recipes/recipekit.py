@@ -5,7 +5,6 @@ registries, and the agent's HOME kept apart so a test can show that nothing leak
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -69,7 +68,9 @@ class Build:
         return sum(1 for line in self.lines if re.search(pattern, line))
 
     def explain(self) -> str:
-        return f"{build_pb2.BuildState.Name(self.finished.state)} exit {self.finished.exit_code}:\n{self.output}"
+        return (
+            f"{build_pb2.BuildState.Name(self.finished.state)} exit {self.finished.exit_code}:\n{self.output}"
+        )
 
 
 class RecipeFleet:
@@ -85,15 +86,28 @@ class RecipeFleet:
         self._channel = grpc.insecure_channel(fleet.coordinator.address)
         self.stub = build_pb2_grpc.BuildsStub(self._channel)
 
-    def run(self, command: str, files: dict[str, bytes], *, key: str = "", restore: tuple[str, ...] = (),
-            paths: tuple[str, ...] = (), workspace: str = "web", env: dict[str, str] | None = None,
-            timeout: float = 240) -> Build:
+    def run(
+        self,
+        command: str,
+        files: dict[str, bytes],
+        *,
+        key: str = "",
+        restore: tuple[str, ...] = (),
+        paths: tuple[str, ...] = (),
+        workspace: str = "web",
+        env: dict[str, str] | None = None,
+        timeout: float = 240,
+    ) -> Build:
         """Run ``sh -c command`` with the cache spec given; the command's first lines echo the cache signal."""
         echo = 'echo "STOKER_CACHE_HIT=$STOKER_CACHE_HIT"; echo "STOKER_CACHE_RESTORED_KEY=$STOKER_CACHE_RESTORED_KEY"; '
         spec = common_pb2.BuildSpec(
-            workspace=workspace, command=["sh", "-c", echo + command], timeout_s=timeout, files=files,
+            workspace=workspace,
+            command=["sh", "-c", echo + command],
+            timeout_s=timeout,
+            files=files,
             env=env or {},
-            cache=common_pb2.CacheSpec(key=key, restore_keys=list(restore), paths=list(paths) if key else []))
+            cache=common_pb2.CacheSpec(key=key, restore_keys=list(restore), paths=list(paths) if key else []),
+        )
         lines: list[str] = []
         kinds: list[str] = []
         finished = None
@@ -110,9 +124,11 @@ class RecipeFleet:
     def home_contents(self) -> list[str]:
         """What builds left in the agent's HOME, but for ~/.rustup: pip puts `rustc --version` in its
         user agent, and the rustup proxy on this machine's PATH writes its settings there."""
-        return sorted(str(p.relative_to(self.home)) for p in self.home.rglob("*")
-                      if not str(p.relative_to(self.home)).startswith(".rustup"))
+        return sorted(
+            str(p.relative_to(self.home))
+            for p in self.home.rglob("*")
+            if not str(p.relative_to(self.home)).startswith(".rustup")
+        )
 
     def close(self) -> None:
         self._channel.close()
-

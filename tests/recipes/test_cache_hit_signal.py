@@ -32,8 +32,13 @@ def test_exact_partial_and_none_reach_the_build(recipe_fleet):
 
 
 def test_a_build_cannot_claim_a_hit_through_its_env(recipe_fleet):
-    b = recipe_fleet.run("true", {}, key="sig/fresh", paths=("out",),
-                         env={"STOKER_CACHE_HIT": "exact", "STOKER_CACHE_RESTORED_KEY": "sig/fresh"})
+    b = recipe_fleet.run(
+        "true",
+        {},
+        key="sig/fresh",
+        paths=("out",),
+        env={"STOKER_CACHE_HIT": "exact", "STOKER_CACHE_RESTORED_KEY": "sig/fresh"},
+    )
     assert (b.env("STOKER_CACHE_HIT"), b.env("STOKER_CACHE_RESTORED_KEY")) == ("none", "")
 
 
@@ -43,9 +48,12 @@ def test_an_exact_entry_fetched_from_the_blob_store_is_exact_though_the_node_was
     f.fleet.start_agent("n2", zone="zone-b", env={"HOME": str(f.home)})
     f.fleet.wait_ready("n1", "n2")
     spec = common_pb2.BuildSpec(
-        workspace="web", command=["sh", "-c", 'echo "HIT=$STOKER_CACHE_HIT" && cat out/v'], timeout_s=60,
+        workspace="web",
+        command=["sh", "-c", 'echo "HIT=$STOKER_CACHE_HIT" && cat out/v'],
+        timeout_s=60,
         constraints=common_pb2.Constraints(zone="zone-b"),
-        cache=common_pb2.CacheSpec(key="sig/shared", paths=["out"]))
+        cache=common_pb2.CacheSpec(key="sig/shared", paths=["out"]),
+    )
     events = list(f.stub.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec), timeout=120))
     logs = [e.log.text for e in events if e.HasField("log")]
     fin = events[-1].finished

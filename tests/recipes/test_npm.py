@@ -9,14 +9,17 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from tests.recipes.recipekit import DATA, files_of, key_of, require_tool
 
 pytestmark = pytest.mark.integration
 
 PATHS = ("node_modules", ".npm-cache")
-CHECK = ("node -e \"for (const p of ['is-number', 'left-pad', 'debug', 'ms']) "
-         "console.log('version ' + p + ' ' + require(p + '/package.json').version); "
-         "require('debug'); if (!require('is-number')(5)) process.exit(3)\"")
+CHECK = (
+    "node -e \"for (const p of ['is-number', 'left-pad', 'debug', 'ms']) "
+    "console.log('version ' + p + ' ' + require(p + '/package.json').version); "
+    "require('debug'); if (!require('is-number')(5)) process.exit(3)\""
+)
 NPM_SUMMARY = r"^(added|removed|changed) \d+ package|^up to date"
 
 
@@ -29,13 +32,17 @@ def key(files: dict[str, bytes], prefix: str = "web/npm-") -> str:
 
 
 def build(f, files, prefix="web/npm-"):
-    return f.run(f"sh recipes/npm.sh && {CHECK}", files, key=key(files, prefix), restore=(prefix,), paths=PATHS)
+    return f.run(
+        f"sh recipes/npm.sh && {CHECK}", files, key=key(files, prefix), restore=(prefix,), paths=PATHS
+    )
 
 
 @pytest.fixture(autouse=True)
 def _npm():
-    require_tool("npm", "apt-get install npm (Debian), or Node.js 20+ from nodejs.org; scripts/system_deps.sh "
-                        "installs it")
+    require_tool(
+        "npm",
+        "apt-get install npm (Debian), or Node.js 20+ from nodejs.org; scripts/system_deps.sh installs it",
+    )
 
 
 def test_cold_then_exact_hit_skips_install_then_one_changed_dependency_changes_one_package(recipe_fleet):
@@ -81,8 +88,9 @@ def test_package_json_out_of_step_with_the_lockfile_fails_as_npm_ci_does(recipe_
     bad = build(f, stale)
     assert not bad.ok and bad.finished.exit_code != 0
     assert bad.env("STOKER_CACHE_HIT") == "partial"
-    assert bad.count(r"`npm ci` can only install packages when your package.json and package-lock.json") == 1, \
-        bad.output
+    assert (
+        bad.count(r"`npm ci` can only install packages when your package.json and package-lock.json") == 1
+    ), bad.output
     assert bad.count(r"^version ") == 0 and not bad.finished.cache.saved
 
     # The same mistake on a cold node fails the same way (npm ci itself).
@@ -99,9 +107,11 @@ def test_an_exact_entry_made_on_another_runtime_is_not_used_as_exact(recipe_flee
     # its tree with its recipe stamp.
     full = hashlib.sha256(v1["package.json"] + v1["package-lock.json"]).hexdigest()
     assert full.startswith(inputs)
-    foreign = ("mkdir -p node_modules/is-number && "
-               "echo '{\"name\":\"is-number\",\"version\":\"7.0.0-built-on-arm64\"}' > node_modules/is-number/package.json && "
-               f"echo 'inputs={full} runtime=linux-arm64-node-abi108-musl' > node_modules/.stoker-recipe")
+    foreign = (
+        "mkdir -p node_modules/is-number && "
+        'echo \'{"name":"is-number","version":"7.0.0-built-on-arm64"}\' > node_modules/is-number/package.json && '
+        f"echo 'inputs={full} runtime=linux-arm64-node-abi108-musl' > node_modules/.stoker-recipe"
+    )
     made = f.run(foreign, v1, key=key(v1), paths=PATHS)
     assert made.ok, made.explain()
 

@@ -98,9 +98,13 @@ class KubernetesTarget:
                 k.config.load_kube_config(context=settings.kube_context or None)
                 namespace = "default"
         except (k.config.ConfigException, OSError, TypeError) as exc:
-            raise FailedPrecondition(f"the kubernetes target has no cluster configuration (in-cluster service "
-                                     f"account or kubeconfig): {exc}") from exc
-        return cls(k.client.ApiClient(), default_namespace=namespace, metrics_port=settings.kube_container_port)
+            raise FailedPrecondition(
+                f"the kubernetes target has no cluster configuration (in-cluster service "
+                f"account or kubeconfig): {exc}"
+            ) from exc
+        return cls(
+            k.client.ApiClient(), default_namespace=namespace, metrics_port=settings.kube_container_port
+        )
 
     def check(self) -> None:
         pass
@@ -122,8 +126,9 @@ class KubernetesTarget:
             if exc.status == 404:
                 return None
             if exc.status in (400, 403, 409, 422):
-                raise FailedPrecondition(f"Kubernetes refused {fn.__name__}: {exc.status} {exc.reason}: "
-                                         f"{(exc.body or '')[:300]}") from exc
+                raise FailedPrecondition(
+                    f"Kubernetes refused {fn.__name__}: {exc.status} {exc.reason}: {(exc.body or '')[:300]}"
+                ) from exc
             raise Unavailable(f"Kubernetes API {fn.__name__}: {exc.status} {exc.reason}") from exc
         except Exception as exc:  # urllib3 connection errors and timeouts
             if isinstance(exc, (FailedPrecondition, Unavailable)):
@@ -134,12 +139,15 @@ class KubernetesTarget:
         return spec.namespace or self.default_namespace
 
     def _deployments(self, spec: Spec) -> list[dict]:
-        data = self._call(self.apps.list_namespaced_deployment, self._ns(spec),
-                          label_selector=f"{SERVICE}={spec.service}")
+        data = self._call(
+            self.apps.list_namespaced_deployment, self._ns(spec), label_selector=f"{SERVICE}={spec.service}"
+        )
         return list((data or {}).get("items", []))
 
     def _pods(self, spec: Spec) -> list[dict]:
-        data = self._call(self.core.list_namespaced_pod, self._ns(spec), label_selector=f"{SERVICE}={spec.service}")
+        data = self._call(
+            self.core.list_namespaced_pod, self._ns(spec), label_selector=f"{SERVICE}={spec.service}"
+        )
         return list((data or {}).get("items", []))
 
     # ------------------------------------------------------------------ the port
@@ -148,8 +156,10 @@ class KubernetesTarget:
         self._env[(spec.service, spec.version)] = dict(spec.env)
         deployments = await asyncio.to_thread(self._deployments, spec)
         if not deployments:
-            raise FailedPrecondition(f"no Deployment labelled {SERVICE}={spec.service} in namespace "
-                                     f"{self._ns(spec)}: deploy the service's per-zone Deployments first")
+            raise FailedPrecondition(
+                f"no Deployment labelled {SERVICE}={spec.service} in namespace "
+                f"{self._ns(spec)}: deploy the service's per-zone Deployments first"
+            )
 
     def _observe(self, spec: Spec) -> Observation:
         deployments = {d["metadata"]["name"]: d for d in self._deployments(spec)}
@@ -162,19 +172,36 @@ class KubernetesTarget:
                 leaving = True
             else:
                 leaving = False
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])
+            )
             restarts = sum(int(c.get("restartCount", 0)) for c in status.get("containerStatuses", []) or [])
             version = (meta.get("annotations") or {}).get(VERSION, "")
             ip = status.get("podIP", "")
-            out.append(Instance(id=meta.get("name", ""), zone=labels.get(ZONE, ""), version=version,
-                                ready=ready and not leaving, restarts=restarts, leaving=leaving,
-                                address=f"{ip}:{self.metrics_port}" if ip else ""))
+            out.append(
+                Instance(
+                    id=meta.get("name", ""),
+                    zone=labels.get(ZONE, ""),
+                    version=version,
+                    ready=ready and not leaving,
+                    restarts=restarts,
+                    leaving=leaving,
+                    address=f"{ip}:{self.metrics_port}" if ip else "",
+                )
+            )
         # A Deployment whose controller has not caught up yet counts as not converged.
         for d in deployments.values():
             st = d.get("status", {}) or {}
             if st.get("observedGeneration", 0) < d["metadata"].get("generation", 0):
-                out.append(Instance(id=d["metadata"]["name"] + "/pending", zone=d["metadata"]["labels"].get(ZONE, ""),
-                                    version=template_version(d["spec"]["template"]), ready=False, leaving=True))
+                out.append(
+                    Instance(
+                        id=d["metadata"]["name"] + "/pending",
+                        zone=d["metadata"]["labels"].get(ZONE, ""),
+                        version=template_version(d["spec"]["template"]),
+                        ready=False,
+                        leaving=True,
+                    )
+                )
         return Observation(tuple(out))
 
     async def observe(self, spec: Spec) -> Observation:
@@ -197,14 +224,24 @@ class KubernetesTarget:
             stable_version = template_version(stable["spec"]["template"])
             if len(want) >= 2:
                 # canary: stable keeps its version; the canary Deployment runs the other one
-                others: list[tuple[str | None, int]] = [(v, n) for v, n in want.items() if v != stable_version]
-                (new_version, c), = others[:1] or [(None, 0)]
+                others: list[tuple[str | None, int]] = [
+                    (v, n) for v, n in want.items() if v != stable_version
+                ]
+                ((new_version, c),) = others[:1] or [(None, 0)]
                 if new_version is None:
-                    raise FailedPrecondition(f"zone {zone}: desired {want} does not include the stable version "
-                                             f"{stable_version}")
+                    raise FailedPrecondition(
+                        f"zone {zone}: desired {want} does not include the stable version {stable_version}"
+                    )
                 if canary is None or template_version(canary["spec"]["template"]) != new_version:
-                    canary = self._put_canary(ns, stable, canary, canary_name, new_version, c,
-                                              self._env.get((spec.service, new_version), spec.env))
+                    canary = self._put_canary(
+                        ns,
+                        stable,
+                        canary,
+                        canary_name,
+                        new_version,
+                        c,
+                        self._env.get((spec.service, new_version), spec.env),
+                    )
                 elif canary["spec"].get("replicas") != c:
                     canary["spec"]["replicas"] = c
                     canary = self._call(self.apps.replace_namespaced_deployment, canary_name, ns, canary)
@@ -224,19 +261,35 @@ class KubernetesTarget:
                     if previous and template_version(previous) == version:
                         new_template = previous  # rollback: the exact previous pod template
                     else:
-                        new_template = with_version(template, version, self._env.get((spec.service, version), {}))
+                        new_template = with_version(
+                            template, version, self._env.get((spec.service, version), {})
+                        )
                     annotations[PREVIOUS] = json.dumps(template, sort_keys=True)
                     stable["spec"]["template"] = new_template
                 stable["spec"]["replicas"] = n
-                stable["spec"]["strategy"] = {"type": "RollingUpdate",
-                                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "100%"}}
+                stable["spec"]["strategy"] = {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "100%"},
+                }
                 stable = self._call(self.apps.replace_namespaced_deployment, stable_name, ns, stable)
-            if canary is not None and self._ready(stable, n, version) and canary["spec"].get("replicas", 0) != 0:
+            if (
+                canary is not None
+                and self._ready(stable, n, version)
+                and canary["spec"].get("replicas", 0) != 0
+            ):
                 canary["spec"]["replicas"] = 0
                 self._call(self.apps.replace_namespaced_deployment, canary_name, ns, canary)
 
-    def _put_canary(self, ns: str, stable: dict, canary: dict | None, name: str, version: str, replicas: int,
-                    env: dict[str, str]) -> dict:
+    def _put_canary(
+        self,
+        ns: str,
+        stable: dict,
+        canary: dict | None,
+        name: str,
+        version: str,
+        replicas: int,
+        env: dict[str, str],
+    ) -> dict:
         template = with_version(stable["spec"]["template"], version, env)
         template.setdefault("metadata", {}).setdefault("labels", {})[TRACK] = "canary"
         labels = dict(stable["metadata"].get("labels", {}) or {})
@@ -244,10 +297,18 @@ class KubernetesTarget:
         selector = copy.deepcopy(stable["spec"].get("selector", {"matchLabels": {}}))
         selector.setdefault("matchLabels", {})[TRACK] = "canary"
         body: dict[str, Any] = {
-            "apiVersion": "apps/v1", "kind": "Deployment",
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
             "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": {"replicas": replicas, "selector": selector, "template": template,
-                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "100%"}}},
+            "spec": {
+                "replicas": replicas,
+                "selector": selector,
+                "template": template,
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "100%"},
+                },
+            },
         }
         if canary is None:
             log.info("creating canary Deployment %s/%s with %s x%d", ns, name, version, replicas)
@@ -260,7 +321,10 @@ class KubernetesTarget:
         if deployment is None:
             return False
         st = deployment.get("status", {}) or {}
-        return (template_version(deployment["spec"]["template"]) == version
-                and st.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
-                and st.get("updatedReplicas", 0) >= replicas and st.get("readyReplicas", 0) >= replicas
-                and st.get("replicas", 0) == replicas)
+        return (
+            template_version(deployment["spec"]["template"]) == version
+            and st.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+            and st.get("updatedReplicas", 0) >= replicas
+            and st.get("readyReplicas", 0) >= replicas
+            and st.get("replicas", 0) == replicas
+        )

@@ -146,13 +146,13 @@ class HAProxy:
         try:
             with runtime_api_path(self.home) as path:
                 reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise Unavailable(f"HAProxy runtime API at {self.socket}: {exc}") from exc
         try:
             writer.write(line.encode() + b"\n")
             await writer.drain()
             data = await asyncio.wait_for(reader.read(), timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise Unavailable(f"HAProxy runtime API command {line!r}: {exc}") from exc
         finally:
             writer.close()
@@ -172,12 +172,18 @@ class HAProxy:
         if await self.running():
             return False
         if self.pid:
-            log.warning("HAProxy for %s (pid %d) is gone (alive: %s); starting it again", self.home.name, self.pid,
-                        _alive(self.pid))
+            log.warning(
+                "HAProxy for %s (pid %d) is gone (alive: %s); starting it again",
+                self.home.name,
+                self.pid,
+                _alive(self.pid),
+            )
         binary = shutil.which(self.binary) or (self.binary if os.path.isfile(self.binary) else None)
         if binary is None:
-            raise FailedPrecondition(f"HAProxy ({self.binary}) is not installed: run scripts/system_deps.sh "
-                                     "(Debian package haproxy) or set rollouts.haproxy_binary")
+            raise FailedPrecondition(
+                f"HAProxy ({self.binary}) is not installed: run scripts/system_deps.sh "
+                "(Debian package haproxy) or set rollouts.haproxy_binary"
+            )
         port = self.port or free_port()
         self.config.write_text(f"""# written by stoker's local rollout target; servers are added at run time
 global
@@ -202,8 +208,14 @@ backend {BACKEND}
 """)
         self.socket.unlink(missing_ok=True)
         with (self.home / "haproxy.log").open("ab") as out:
-            popen = subprocess.Popen([binary, "-db", "-f", str(self.config)], stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home)
+            popen = subprocess.Popen(
+                [binary, "-db", "-f", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.home,
+            )
         _write_json(self.state_file, {"pid": popen.pid, "port": port})
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -213,7 +225,9 @@ backend {BACKEND}
             if self.socket.exists():
                 try:
                     await self.command("show info", timeout=1.0)
-                    log.info("HAProxy for %s listening on 127.0.0.1:%d (pid %d)", self.home.name, port, popen.pid)
+                    log.info(
+                        "HAProxy for %s listening on 127.0.0.1:%d (pid %d)", self.home.name, port, popen.pid
+                    )
                     return True
                 except Unavailable:
                     pass
@@ -231,8 +245,11 @@ backend {BACKEND}
                 continue
             rec = dict(zip(header, row))
             if rec.get("pxname") == BACKEND and rec.get("svname") not in ("BACKEND", "FRONTEND"):
-                out[rec["svname"]] = {"status": rec.get("status", ""), "scur": int(rec.get("scur") or 0),
-                                      "weight": int(rec.get("weight") or 0)}
+                out[rec["svname"]] = {
+                    "status": rec.get("status", ""),
+                    "scur": int(rec.get("scur") or 0),
+                    "weight": int(rec.get("weight") or 0),
+                }
         return out
 
     async def add(self, name: str, port: int, weight: int = 100) -> None:
@@ -318,13 +335,29 @@ class LocalTarget:
 
     name = "local"
 
-    def __init__(self, root: str | Path, *, haproxy_binary: str = "haproxy", command: tuple[str, ...] = (),
-                 drain_timeout_s: float = 10.0, stop_grace_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        haproxy_binary: str = "haproxy",
+        command: tuple[str, ...] = (),
+        drain_timeout_s: float = 10.0,
+        stop_grace_s: float = 5.0,
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.haproxy_binary = haproxy_binary
-        self.command = tuple(command) or (sys.executable, "-m", "stoker.coordinator.rollouts.sample_service",
-                                          "--port", "{port}", "--instance", "{instance}", "--version", "{version}")
+        self.command = tuple(command) or (
+            sys.executable,
+            "-m",
+            "stoker.coordinator.rollouts.sample_service",
+            "--port",
+            "{port}",
+            "--instance",
+            "{instance}",
+            "--version",
+            "{version}",
+        )
         self.drain_timeout_s = drain_timeout_s
         self.stop_grace_s = stop_grace_s
         self._services: dict[str, LocalService] = {}
@@ -334,8 +367,10 @@ class LocalTarget:
     def check(self) -> None:
         """Raise FailedPrecondition when this target cannot work here (HAProxy missing)."""
         if shutil.which(self.haproxy_binary) is None and not os.path.isfile(self.haproxy_binary):
-            raise FailedPrecondition(f"the local target needs HAProxy ({self.haproxy_binary}), which is not "
-                                     "installed: run scripts/system_deps.sh (Debian package haproxy)")
+            raise FailedPrecondition(
+                f"the local target needs HAProxy ({self.haproxy_binary}), which is not "
+                "installed: run scripts/system_deps.sh (Debian package haproxy)"
+            )
 
     def _service(self, name: str) -> LocalService:
         svc = self._services.get(name)
@@ -364,8 +399,17 @@ class LocalTarget:
         for rec in records:
             status = servers.get(rec.id, {}).get("status", "")
             ready = (not rec.leaving) and svc.alive(rec) and status.startswith("UP")
-            out.append(Instance(id=rec.id, zone=rec.zone, version=rec.version, ready=ready, restarts=rec.restarts,
-                                leaving=rec.leaving, address=f"127.0.0.1:{rec.port}"))
+            out.append(
+                Instance(
+                    id=rec.id,
+                    zone=rec.zone,
+                    version=rec.version,
+                    ready=ready,
+                    restarts=rec.restarts,
+                    leaving=rec.leaving,
+                    address=f"127.0.0.1:{rec.port}",
+                )
+            )
         return Observation(tuple(out))
 
     async def converge(self, spec: Spec, desired: dict[str, dict[str, int]]) -> None:
@@ -391,7 +435,7 @@ class LocalTarget:
                 if not rec.last_exit:
                     rec.last_exit = now
                     svc.save(rec)
-                if now - rec.last_exit >= min(0.5 * 2 ** rec.restarts, 10.0):
+                if now - rec.last_exit >= min(0.5 * 2**rec.restarts, 10.0):
                     rec.restarts += 1
                     rec.last_exit = 0.0
                     self._spawn(svc, rec)
@@ -415,9 +459,16 @@ class LocalTarget:
                 for _ in range(n - len(have)):
                     self._create(svc, zone, version)
             ready_enough = all(
-                sum(1 for r in in_zone if r.version == v and servers.get(r.id, {}).get("status", "").startswith("UP")
-                    and svc.alive(r)) >= n
-                for v, n in want.items())
+                sum(
+                    1
+                    for r in in_zone
+                    if r.version == v
+                    and servers.get(r.id, {}).get("status", "").startswith("UP")
+                    and svc.alive(r)
+                )
+                >= n
+                for v, n in want.items()
+            )
             if not ready_enough:
                 continue
             for version in {r.version for r in in_zone}:
@@ -426,15 +477,22 @@ class LocalTarget:
                 if surplus <= 0:
                     continue
                 # not-ready ones first, then the newest
-                have.sort(key=lambda r: (servers.get(r.id, {}).get("status", "").startswith("UP"), -r.created))
+                have.sort(
+                    key=lambda r: (servers.get(r.id, {}).get("status", "").startswith("UP"), -r.created)
+                )
                 for rec in have[:surplus]:
                     rec.leaving = True
                     svc.save(rec)  # intent first: out of the desired set even if we die right now
                     self._start_drain(svc, rec)
 
     def _create(self, svc: LocalService, zone: str, version: str) -> InstanceRecord:
-        rec = InstanceRecord(id=f"{_safe(zone)}-{uuid.uuid4().hex[:8]}", zone=zone, version=version,
-                             port=free_port(), created=time.time())
+        rec = InstanceRecord(
+            id=f"{_safe(zone)}-{uuid.uuid4().hex[:8]}",
+            zone=zone,
+            version=version,
+            port=free_port(),
+            created=time.time(),
+        )
         svc.save(rec)  # the record exists before the process does
         self._spawn(svc, rec)
         return rec
@@ -445,15 +503,33 @@ class LocalTarget:
         argv = [a.format(port=rec.port, instance=rec.id, version=rec.version) for a in self.command]
         # logged before the process starts, so a coordinator killed right after the start still left a line
         with (svc.home / "starts.log").open("a") as f:
-            f.write(json.dumps({"time": time.time(), "instance": rec.id, "zone": rec.zone, "version": rec.version,
-                                "restart": rec.restarts}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "time": time.time(),
+                        "instance": rec.id,
+                        "zone": rec.zone,
+                        "version": rec.version,
+                        "restart": rec.restarts,
+                    }
+                )
+                + "\n"
+            )
         with (svc.logs / f"{rec.id}.log").open("ab") as out:
-            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                     start_new_session=True)
+            popen = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         svc.children[popen.pid] = popen
         rec.pid = popen.pid
         svc.save(rec)
-        log.info("started %s %s in %s on port %d (pid %d)", svc.name, rec.version, rec.zone, rec.port, popen.pid)
+        log.info(
+            "started %s %s in %s on port %d (pid %d)", svc.name, rec.version, rec.zone, rec.port, popen.pid
+        )
 
     async def _adopt_or_spawn(self, svc: LocalService, rec: InstanceRecord) -> None:
         """A record without a pid: the coordinator died between writing it and starting the process (or
@@ -612,7 +688,11 @@ def servers_up_by_zone(root: str | Path, service: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for row in rows:
         stat = dict(zip(header, row))
-        if stat.get("pxname") == BACKEND and stat.get("status", "").startswith("UP") and stat.get("svname") in zones:
+        if (
+            stat.get("pxname") == BACKEND
+            and stat.get("status", "").startswith("UP")
+            and stat.get("svname") in zones
+        ):
             zone = zones[stat["svname"]]
             out[zone] = out.get(zone, 0) + 1
     return out

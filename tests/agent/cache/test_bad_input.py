@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import zstandard
+
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache.api import CacheError, CorruptEntry
 from stoker.agent.cache.blobs import encode_key
-
 from tests.helpers.cache import open_local_cache, snapshot
 
 
@@ -61,7 +61,7 @@ def _restore_fresh(tmp_path: Path, name: str):
 def test_truncated_pack(saved, tmp_path: Path) -> None:
     pack, frame = _big_frame_pack(tmp_path / "blobs", "web/nm")
     data = pack.read_bytes()
-    pack.write_bytes(data[:frame.offset + frame.length // 2])
+    pack.write_bytes(data[: frame.offset + frame.length // 2])
     node, ws = _restore_fresh(tmp_path, "n1")
     with pytest.raises(CorruptEntry, match="truncated") as info:
         node.restore("web/nm", [], ws, ["node_modules"])
@@ -90,10 +90,13 @@ def test_frame_decompressing_past_declared_size(saved, tmp_path: Path) -> None:
     files = []
     for f in m.files:
         if any(c.frame == i for c in f.chunks):
-            chunks = tuple(mf.Chunk(c.frame, c.raw_offset, min(c.raw_length, frames[c.frame].raw_size - c.raw_offset))
-                           for c in f.chunks)
-            f = mf.FileEntry(f.path, f.type, f.mode, f.mtime_ns, sum(c.raw_length for c in chunks), f.digest,
-                             None, chunks)
+            chunks = tuple(
+                mf.Chunk(c.frame, c.raw_offset, min(c.raw_length, frames[c.frame].raw_size - c.raw_offset))
+                for c in f.chunks
+            )
+            f = mf.FileEntry(
+                f.path, f.type, f.mode, f.mtime_ns, sum(c.raw_length for c in chunks), f.digest, None, chunks
+            )
         files.append(f)
     _rewrite(blobs, "web/nm", mf.Manifest(m.key, m.created, tuple(frames), tuple(files), m.roots))
     node, ws = _restore_fresh(tmp_path, "n3")
@@ -107,7 +110,7 @@ def test_frame_lying_in_its_header_is_refused_before_allocating(saved, tmp_path:
     bomb = zstandard.ZstdCompressor().compress(b"\0" * (frame.raw_size + 4096))
     assert len(bomb) <= frame.length
     data = bytearray(pack.read_bytes())
-    data[frame.offset:frame.offset + len(bomb)] = bomb
+    data[frame.offset : frame.offset + len(bomb)] = bomb
     pack.write_bytes(bytes(data))
     node, ws = _restore_fresh(tmp_path, "n4")
     with pytest.raises(CorruptEntry, match="declares") as info:
@@ -119,8 +122,12 @@ def test_digest_mismatch_names_the_path(saved, tmp_path: Path) -> None:
     blobs = tmp_path / "blobs"
     m = _manifest(blobs, "web/nm")
     victim = next(f for f in m.files if f.path.endswith("pkg4/lib/f3.js"))
-    files = tuple(mf.FileEntry(f.path, f.type, f.mode, f.mtime_ns, f.size, "0" * 64, None, f.chunks)
-                  if f is victim else f for f in m.files)
+    files = tuple(
+        mf.FileEntry(f.path, f.type, f.mode, f.mtime_ns, f.size, "0" * 64, None, f.chunks)
+        if f is victim
+        else f
+        for f in m.files
+    )
     _rewrite(blobs, "web/nm", mf.Manifest(m.key, m.created, m.frames, files, m.roots))
     node, ws = _restore_fresh(tmp_path, "n5")
     with pytest.raises(CorruptEntry, match="pkg4/lib/f3.js: content does not match its digest") as info:
@@ -158,10 +165,17 @@ def test_a_failed_restore_leaves_the_cache_serving_others(saved, tree: Path, tmp
     saved.save("other", tree, ["node_modules"])
     pack, _ = _big_frame_pack(tmp_path / "blobs", "web/nm")
     manifest_web = _manifest(tmp_path / "blobs", "web/nm")
-    _rewrite(tmp_path / "blobs", "web/nm", mf.Manifest(
-        manifest_web.key, manifest_web.created, tuple(mf.Frame("0" * 64, f.offset, f.length, f.raw_size)
-                                                      for f in manifest_web.frames),
-        manifest_web.files, manifest_web.roots))
+    _rewrite(
+        tmp_path / "blobs",
+        "web/nm",
+        mf.Manifest(
+            manifest_web.key,
+            manifest_web.created,
+            tuple(mf.Frame("0" * 64, f.offset, f.length, f.raw_size) for f in manifest_web.frames),
+            manifest_web.files,
+            manifest_web.roots,
+        ),
+    )
     node, ws = _restore_fresh(tmp_path, "n8")
     with pytest.raises(CorruptEntry):
         node.restore("web/nm", [], ws, ["node_modules"])

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from stoker.agent.cache import tree as tree_mod
 from stoker.agent.cache.api import CacheError, Progress, UnsafeTree
-
 from tests.helpers.cache import make_tree, open_local_cache, snapshot
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from stoker.agent.cache.cli import main
-
 from tests.helpers.cache import snapshot
 
 
@@ -19,8 +18,24 @@ def test_cli_save_restore_ls_verify_gc(tree: Path, tmp_path: Path, monkeypatch, 
     assert main(["--json", "save", "web/nm-1", "-w", str(tree), "-p", "node_modules"]) == 0
     saved = json.loads(capsys.readouterr().out)
     assert saved["saved"] and saved["files"] > 70
-    assert main(["--json", "--dir", str(tmp_path / "other"), "restore", "web/nm-2", "-r", "web/nm-",
-                 "-w", str(tmp_path / "ws"), "-p", "node_modules"]) == 0
+    assert (
+        main(
+            [
+                "--json",
+                "--dir",
+                str(tmp_path / "other"),
+                "restore",
+                "web/nm-2",
+                "-r",
+                "web/nm-",
+                "-w",
+                str(tmp_path / "ws"),
+                "-p",
+                "node_modules",
+            ]
+        )
+        == 0
+    )
     restored = json.loads(capsys.readouterr().out)
     assert restored["restored_key"] == "web/nm-1" and restored["warmth"] == "partial"
     assert snapshot(tmp_path / "ws") == snapshot(tree)
@@ -48,8 +63,10 @@ def test_store_is_a_pure_core() -> None:
     """Importing the store (and everything it imports, transitively) loads no adapter library.
 
     (tests/test_contract.py checks the direct imports of every pure core; this checks the closure.)"""
-    code = ("import sys, stoker.agent.cache.store, stoker.agent.cache.manifest, stoker.agent.cache.tree; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('boto3', 'botocore', 'grpc', 'kubernetes', 'sqlite3') or m.startswith('stoker.v1')))")
+    code = (
+        "import sys, stoker.agent.cache.store, stoker.agent.cache.manifest, stoker.agent.cache.tree; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('boto3', 'botocore', 'grpc', 'kubernetes', 'sqlite3') or m.startswith('stoker.v1')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

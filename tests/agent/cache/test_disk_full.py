@@ -7,8 +7,8 @@ import os
 import subprocess
 
 import pytest
-from stoker.v1 import build_pb2
 
+from stoker.v1 import build_pb2
 from tests.helpers.faults import builds_stub, inventory, spec, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

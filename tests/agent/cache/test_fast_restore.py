@@ -10,13 +10,13 @@ import signal
 from pathlib import Path
 
 import pytest
+
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache import write_tasks
 from stoker.agent.cache.api import CacheError
 from stoker.agent.cache.writers import load_compiled
 from stoker.common.sketch import pack as pack_sketch
 from stoker.coordinator.placement.scheduler import similarity
-
 from tests.helpers.cache import open_local_cache, snapshot
 
 
@@ -29,8 +29,9 @@ def _inodes(root: Path) -> set[tuple[int, int]]:
     return out
 
 
-def test_killed_writer_process_fails_the_restore_and_publishes_nothing(cache, tree: Path, tmp_path: Path,
-                                                                      monkeypatch) -> None:
+def test_killed_writer_process_fails_the_restore_and_publishes_nothing(
+    cache, tree: Path, tmp_path: Path, monkeypatch
+) -> None:
     cache.save("k", tree, ["node_modules"])
     # helpers are forked only by the Python writer
     node = open_local_cache(tmp_path, name="node", workers=2, writer="python-processes")
@@ -43,6 +44,7 @@ def test_killed_writer_process_fails_the_restore_and_publishes_nothing(cache, tr
         if os.getpid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)  # a helper dies mid-restore
         import time
+
         time.sleep(0.02)  # the caller goes slowly so the helper surely takes a task
         real(parents, f, data, umask)
 
@@ -58,7 +60,9 @@ def test_killed_writer_process_fails_the_restore_and_publishes_nothing(cache, tr
     node.close()
 
 
-def test_a_crashed_writer_process_falls_back_to_threads(cache, tree: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_crashed_writer_process_falls_back_to_threads(
+    cache, tree: Path, tmp_path: Path, monkeypatch
+) -> None:
     """In the agent a helper forked while gRPC's threads were busy died of SIGSEGV: the restore then
     writes with threads, correctly, and keeps to threads."""
     cache.save("k", tree, ["node_modules"])
@@ -70,9 +74,11 @@ def test_a_crashed_writer_process_falls_back_to_threads(cache, tree: Path, tmp_p
     def write_one(parents, f, data, umask):
         if os.getpid() != parent:
             import faulthandler
+
             faulthandler.disable()  # a deliberate crash: keep pytest's fault handler from dumping a trace
             os.kill(os.getpid(), signal.SIGSEGV)
         import time
+
         time.sleep(0.02)
         real(parents, f, data, umask)
 
@@ -89,7 +95,8 @@ def test_a_crashed_writer_process_falls_back_to_threads(cache, tree: Path, tmp_p
 def test_every_writer_writes_the_same_tree(cache, tree: Path, tmp_path: Path, writer: str) -> None:
     assert load_compiled() is not None, (
         "the compiled writer (agent/cache/_fastio.c) is not built: reinstall with a C compiler "
-        "(`.venv/bin/pip install -e .` runs gcc)")
+        "(`.venv/bin/pip install -e .` runs gcc)"
+    )
     kinds = {"compiled": "compiled", "forked": "python-processes", "threaded": "python-threads"}
     cache.save("k", tree, ["node_modules"])
     node = open_local_cache(tmp_path, name="node", workers=2, writer=kinds[writer])
@@ -101,8 +108,9 @@ def test_every_writer_writes_the_same_tree(cache, tree: Path, tmp_path: Path, wr
     node.close()
 
 
-def test_warm_restore_moves_a_ready_tree_that_shares_nothing_with_the_store(cache, tree: Path,
-                                                                           tmp_path: Path) -> None:
+def test_warm_restore_moves_a_ready_tree_that_shares_nothing_with_the_store(
+    cache, tree: Path, tmp_path: Path
+) -> None:
     cache.save("k", tree, ["node_modules"])
     node = open_local_cache(tmp_path, name="node")
     node.ready_trees = 1
@@ -189,7 +197,8 @@ def test_ready_trees_are_crash_safe_and_give_way_to_entries(cache, tree: Path, t
     (root / "trees" / "stale.json").write_text('{"name": "stale", "key": "gone"}')
     node = open_local_cache(tmp_path, name="node")
     assert sorted(p.name for p in (root / "trees").iterdir()) == sorted(
-        [t.name for t in node.store.trees()] + [t.name + ".json" for t in node.store.trees()])
+        [t.name for t in node.store.trees()] + [t.name + ".json" for t in node.store.trees()]
+    )
     assert len(node.store.trees()) == 1
     # A budget that holds the entry but not the tree as well: making room drops the tree, not the entry.
     node.store.budget_bytes = frames_only + 1024
@@ -229,7 +238,9 @@ def test_sketches_estimate_the_shared_content_and_survive_a_restart(tmp_path: Pa
     assert estimate is not None and abs(estimate - true_share) < 0.06
     different = _package_tree(tmp_path / "c", 0, 30, extra="other")
     cache.save("c", different, ["node_modules"])
-    assert similarity(pack_sketch(sa), pack_sketch({e.key: e for e in cache.inventory()[1]}["c"].sketch)) == 0.0
+    assert (
+        similarity(pack_sketch(sa), pack_sketch({e.key: e for e in cache.inventory()[1]}["c"].sketch)) == 0.0
+    )
     cache.close()
     node = open_local_cache(tmp_path, name="node")  # restored entries carry the sketch too
     node.prewarm("b", [])
@@ -240,8 +251,9 @@ def test_sketches_estimate_the_shared_content_and_survive_a_restart(tmp_path: Pa
     again.close()
 
 
-def test_unchanged_save_fast_path_still_sees_every_kind_of_change(cache, tree: Path, tmp_path: Path,
-                                                                  monkeypatch) -> None:
+def test_unchanged_save_fast_path_still_sees_every_kind_of_change(
+    cache, tree: Path, tmp_path: Path, monkeypatch
+) -> None:
     from stoker.agent.cache import tree as tree_mod
 
     monkeypatch.setattr(tree_mod, "RACY_MARGIN_NS", 1_000_000)
@@ -250,6 +262,7 @@ def test_unchanged_save_fast_path_still_sees_every_kind_of_change(cache, tree: P
     cache.ready_trees = 0
     cache.restore("k", [], ws, ["node_modules"])
     import time
+
     time.sleep(0.01)
     assert not cache.save("k", ws, ["node_modules"]).saved
     victim = ws / "node_modules/pkg2/lib/f1.js"
@@ -275,7 +288,9 @@ def test_unchanged_save_fast_path_still_sees_every_kind_of_change(cache, tree: P
 def test_a_background_ready_tree_stops_when_the_cache_closes(cache, tree: Path, tmp_path: Path) -> None:
     """With the compiled writer the ready tree is written by the refill thread: closing the cache stops it
     before it writes (so close() does not wait for a whole tree), and leaves nothing behind."""
-    assert load_compiled() is not None, "the compiled writer is not built: `.venv/bin/pip install -e .` builds it"
+    assert load_compiled() is not None, (
+        "the compiled writer is not built: `.venv/bin/pip install -e .` builds it"
+    )
     cache.save("k", tree, ["node_modules"])
     node = open_local_cache(tmp_path, name="node")
     node.ready_trees = 0  # the restore schedules no refill of its own

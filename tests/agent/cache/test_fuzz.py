@@ -20,10 +20,10 @@ import pytest
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
+
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache import write_tasks
 from stoker.agent.cache.api import CacheError, CorruptEntry
-
 from tests.helpers.hostile import budget, save_crash
 
 pytestmark = pytest.mark.hostile
@@ -31,12 +31,16 @@ pytestmark = pytest.mark.hostile
 
 def _seed_manifest() -> mf.Manifest:
     frames = (mf.Frame("a" * 64, 0, 100, 4096), mf.Frame("b" * 64, 7, 50, 10))
-    files = (mf.FileEntry("nm", mf.DIR, 0o755, 1),
-             mf.FileEntry("nm/a.js", mf.FILE, 0o644, 2, 100, "1" * 64, None, (mf.Chunk(0, 0, 100),)),
-             mf.FileEntry("nm/b.js", mf.FILE, 0o755, 3, 12, "2" * 64, None, (mf.Chunk(0, 100, 2), mf.Chunk(1, 0, 10))),
-             mf.FileEntry("nm/e", mf.FILE, 0o644, 3, 0, hashlib.sha256(b"").hexdigest(), None, ()),
-             mf.FileEntry("nm/sub", mf.DIR, 0o700, 4),
-             mf.FileEntry("nm/sub/l", mf.SYMLINK, 0o777, 5, target="../a.js"))
+    files = (
+        mf.FileEntry("nm", mf.DIR, 0o755, 1),
+        mf.FileEntry("nm/a.js", mf.FILE, 0o644, 2, 100, "1" * 64, None, (mf.Chunk(0, 0, 100),)),
+        mf.FileEntry(
+            "nm/b.js", mf.FILE, 0o755, 3, 12, "2" * 64, None, (mf.Chunk(0, 100, 2), mf.Chunk(1, 0, 10))
+        ),
+        mf.FileEntry("nm/e", mf.FILE, 0o644, 3, 0, hashlib.sha256(b"").hexdigest(), None, ()),
+        mf.FileEntry("nm/sub", mf.DIR, 0o700, 4),
+        mf.FileEntry("nm/sub/l", mf.SYMLINK, 0o777, 5, target="../a.js"),
+    )
     return mf.Manifest("web/k", 1.5, frames, files, ("nm",))
 
 
@@ -60,13 +64,23 @@ def _mutate(raw: bytes, edits: list[tuple[int, int, int]]) -> bytes:
         elif kind == 2:
             del data[pos]
         else:  # a plausible-looking count or length: small, huge, or off by one
-            data[pos:pos + 4] = struct.pack("<I", value & 0xFFFFFFFF)
+            data[pos : pos + 4] = struct.pack("<I", value & 0xFFFFFFFF)
     return bytes(data)
 
 
-EDITS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1 << 16),
-                           st.one_of(st.integers(0, 255), st.sampled_from([0, 1, 2**31 - 1, 2**32 - 1, 2**16]),
-                                     st.integers(0, 2**32 - 1))), min_size=1, max_size=6)
+EDITS = st.lists(
+    st.tuples(
+        st.integers(0, 3),
+        st.integers(0, 1 << 16),
+        st.one_of(
+            st.integers(0, 255),
+            st.sampled_from([0, 1, 2**31 - 1, 2**32 - 1, 2**16]),
+            st.integers(0, 2**32 - 1),
+        ),
+    ),
+    min_size=1,
+    max_size=6,
+)
 
 
 def _check_manifest(data: bytes) -> None:
@@ -103,7 +117,7 @@ def _in_child(fn, data: bytes) -> str:
             fn(data)
         except MemoryError:
             out = b"memory"
-        except BaseException:  # noqa: BLE001 - reported to the parent
+        except BaseException:
             out = ("crash\n" + traceback.format_exc()).encode()
         os.write(w, out[:60000])
         os._exit(0)
@@ -135,8 +149,13 @@ def test_fuzz_manifest_decoder_on_mutated_manifests(seed, edits):
 
 
 @budget(100)
-@given(st.one_of(st.binary(max_size=512), st.binary(max_size=512).map(lambda b: b"STKM" + b),
-                 st.binary(max_size=64).map(lambda b: b"STKM\x02\x00" + b)))
+@given(
+    st.one_of(
+        st.binary(max_size=512),
+        st.binary(max_size=512).map(lambda b: b"STKM" + b),
+        st.binary(max_size=64).map(lambda b: b"STKM\x02\x00" + b),
+    )
+)
 def test_fuzz_manifest_decoder_on_arbitrary_bytes(body):
     _parse_or_crash("manifest-raw", zstandard.ZstdCompressor(level=1).compress(body))
     _parse_or_crash("manifest-uncompressed", body)
@@ -150,7 +169,9 @@ def test_fuzz_manifest_decoder_on_mutated_compressed_bytes(edits):
 
 PAYLOAD = os.urandom(3000) + bytes(5000) + b"stoker" * 300
 FRAME = zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=False).compress(PAYLOAD)
-FRAME_CHECKSUM = zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True).compress(PAYLOAD)
+FRAME_CHECKSUM = zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True).compress(
+    PAYLOAD
+)
 
 
 def _read_or_crash(blob: bytes, raw_size: int) -> None:
@@ -162,15 +183,18 @@ def _read_or_crash(blob: bytes, raw_size: int) -> None:
             raw = write_tasks.read_frame(m, 0, lambda i: (f.fileno(), 0), where="fuzz")
         except CorruptEntry:
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             path = save_crash("frame", struct.pack("<Q", raw_size) + blob, exc)
             raise AssertionError(f"read_frame crashed with {exc!r}; input saved to {path}") from exc
     assert len(raw) == raw_size, "a frame never yields more or less than the manifest declares"
 
 
 @budget(400)
-@given(st.sampled_from([FRAME, FRAME_CHECKSUM]), EDITS,
-       st.one_of(st.just(len(PAYLOAD)), st.integers(0, mf.MAX_FRAME_RAW_SIZE)))
+@given(
+    st.sampled_from([FRAME, FRAME_CHECKSUM]),
+    EDITS,
+    st.one_of(st.just(len(PAYLOAD)), st.integers(0, mf.MAX_FRAME_RAW_SIZE)),
+)
 def test_fuzz_frame_decoder_on_mutated_frames(seed, edits, raw_size):
     _read_or_crash(_mutate(seed, edits), raw_size)
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import zstandard
+
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache.api import CacheError, CorruptEntry, UnsafeTree
 from stoker.agent.cache.blobs import encode_key
 from stoker.agent.cache.content_cache import ContentCache
-
 from tests.helpers.cache import make_tree, open_local_cache
 from tests.helpers.hostile import (
     TreeState,
@@ -57,7 +57,9 @@ class Env:
         for needle in needles:
             assert needle in str(exc), str(exc)
         assert self.sentinel.unchanged(), f"sentinel changed: {self.sentinel.diff()}"
-        assert self.outside.unchanged(), f"outside the cache root and workspace changed: {self.outside.diff()}"
+        assert self.outside.unchanged(), (
+            f"outside the cache root and workspace changed: {self.outside.diff()}"
+        )
         assert key not in [e.key for e in self.node.inventory()[1]]
         assert listing(self.node.store.root / "staging") == set()
         assert not [n for n in listing(self.ws) if n != ".keep"], listing(self.ws)
@@ -74,8 +76,16 @@ def env(tmp_path: Path, sentinel: TreeState):
     ws.mkdir()
     (ws / ".keep").write_text("")
     outside = TreeState.of(tmp_path, exclude=("node", "ws", "blobs"))
-    env = Env(tmp_path, tmp_path / "blobs", src, node, ws, sentinel, outside,
-              stored_manifest(tmp_path / "blobs", KEY))
+    env = Env(
+        tmp_path,
+        tmp_path / "blobs",
+        src,
+        node,
+        ws,
+        sentinel,
+        outside,
+        stored_manifest(tmp_path / "blobs", KEY),
+    )
     try:
         yield env
     finally:
@@ -98,41 +108,91 @@ def restore(env: Env, **kw):
 
 # -- manifests that escape ---------------------------------------------------------------------------
 ESCAPES = [
-    ("dotdot-dir", lambda m: with_files(m, mf.FileEntry("node_modules/../../sentinel/evil", mf.DIR, 0o755, 1)),
-     "unsafe path"),
-    ("dotdot-file", lambda m: with_files(m, a_file(m, "node_modules/../../sentinel/keep2.txt")), "unsafe path"),
+    (
+        "dotdot-dir",
+        lambda m: with_files(m, mf.FileEntry("node_modules/../../sentinel/evil", mf.DIR, 0o755, 1)),
+        "unsafe path",
+    ),
+    (
+        "dotdot-file",
+        lambda m: with_files(m, a_file(m, "node_modules/../../sentinel/keep2.txt")),
+        "unsafe path",
+    ),
     ("absolute-file", lambda m: with_files(m, a_file(m, "/tmp/stoker-hostile-evil")), "unsafe path"),
     ("dot-component", lambda m: with_files(m, a_file(m, "node_modules/./x.js")), "unsafe path"),
     ("empty-component", lambda m: with_files(m, a_file(m, "node_modules//x.js")), "unsafe path"),
     ("backslash", lambda m: with_files(m, a_file(m, "node_modules\\..\\..\\x")), "unsafe path"),
     ("outside-the-roots", lambda m: with_files(m, a_file(m, "elsewhere.js")), "outside the entry's paths"),
-    ("through-a-symlink", lambda m: with_files(m, a_file(m, "node_modules/alias/evil.js")),
-     "passes through the symlink"),
-    ("through-a-file", lambda m: with_files(m, a_file(m, "node_modules/pkg1/package.json/evil.js")),
-     "passes through the file"),
-    ("before-its-directory", lambda m: with_files(
-        m, drop=lambda f: f.path == "node_modules/pkg4/lib").__class__(
-        EVIL, m.created, m.frames,
-        tuple(f for f in m.files if f.path != "node_modules/pkg4/lib")
-        + (mf.FileEntry("node_modules/pkg4/lib", mf.DIR, 0o755, 1),), m.roots), "comes before its directory"),
-    ("symlink-dotdot", lambda m: with_files(m, mf.FileEntry("node_modules/up", mf.SYMLINK, 0o777, 1,
-                                                            target="../../sentinel")), "leaves the tree"),
-    ("symlink-absolute", lambda m: with_files(m, mf.FileEntry("node_modules/abs", mf.SYMLINK, 0o777, 1,
-                                                              target="/etc")), "leaves the tree"),
-    ("symlink-empty-target", lambda m: with_files(m, mf.FileEntry("node_modules/e", mf.SYMLINK, 0o777, 1,
-                                                                  target="")), "leaves the tree"),
-    ("symlink-chain-lexically-out", lambda m: with_files(
-        m, mf.FileEntry("node_modules/c1", mf.SYMLINK, 0o777, 1, target="c2"),
-        mf.FileEntry("node_modules/c2", mf.SYMLINK, 0o777, 1, target="pkg1/../../..")), "leaves the tree"),
-    ("duplicate-path", lambda m: with_files(m, a_file(m, "node_modules/pkg1/package.json")), "duplicate path"),
-    ("duplicate-dir-as-symlink", lambda m: with_files(
-        m, mf.FileEntry("node_modules/pkg4", mf.SYMLINK, 0o777, 1, target="pkg1")), "duplicate path"),
+    (
+        "through-a-symlink",
+        lambda m: with_files(m, a_file(m, "node_modules/alias/evil.js")),
+        "passes through the symlink",
+    ),
+    (
+        "through-a-file",
+        lambda m: with_files(m, a_file(m, "node_modules/pkg1/package.json/evil.js")),
+        "passes through the file",
+    ),
+    (
+        "before-its-directory",
+        lambda m: with_files(m, drop=lambda f: f.path == "node_modules/pkg4/lib").__class__(
+            EVIL,
+            m.created,
+            m.frames,
+            tuple(f for f in m.files if f.path != "node_modules/pkg4/lib")
+            + (mf.FileEntry("node_modules/pkg4/lib", mf.DIR, 0o755, 1),),
+            m.roots,
+        ),
+        "comes before its directory",
+    ),
+    (
+        "symlink-dotdot",
+        lambda m: with_files(
+            m, mf.FileEntry("node_modules/up", mf.SYMLINK, 0o777, 1, target="../../sentinel")
+        ),
+        "leaves the tree",
+    ),
+    (
+        "symlink-absolute",
+        lambda m: with_files(m, mf.FileEntry("node_modules/abs", mf.SYMLINK, 0o777, 1, target="/etc")),
+        "leaves the tree",
+    ),
+    (
+        "symlink-empty-target",
+        lambda m: with_files(m, mf.FileEntry("node_modules/e", mf.SYMLINK, 0o777, 1, target="")),
+        "leaves the tree",
+    ),
+    (
+        "symlink-chain-lexically-out",
+        lambda m: with_files(
+            m,
+            mf.FileEntry("node_modules/c1", mf.SYMLINK, 0o777, 1, target="c2"),
+            mf.FileEntry("node_modules/c2", mf.SYMLINK, 0o777, 1, target="pkg1/../../.."),
+        ),
+        "leaves the tree",
+    ),
+    (
+        "duplicate-path",
+        lambda m: with_files(m, a_file(m, "node_modules/pkg1/package.json")),
+        "duplicate path",
+    ),
+    (
+        "duplicate-dir-as-symlink",
+        lambda m: with_files(m, mf.FileEntry("node_modules/pkg4", mf.SYMLINK, 0o777, 1, target="pkg1")),
+        "duplicate path",
+    ),
     ("setuid", lambda m: with_files(m, a_file(m, "node_modules/suid")._replace(mode=0o4755)), "refused mode"),
-    ("mode-beyond-bits", lambda m: with_files(m, a_file(m, "node_modules/odd")._replace(mode=0o170644)),
-     "refused mode"),
+    (
+        "mode-beyond-bits",
+        lambda m: with_files(m, a_file(m, "node_modules/odd")._replace(mode=0o170644)),
+        "refused mode",
+    ),
     ("root-dotdot", lambda m: mf.Manifest(EVIL, m.created, m.frames, m.files, ("..",)), "unsafe path"),
-    ("device-type", lambda m: with_files(m, mf.FileEntry("node_modules/dev", "type 3", 0o644, 1)),
-     "only files, directories and symlinks"),
+    (
+        "device-type",
+        lambda m: with_files(m, mf.FileEntry("node_modules/dev", "type 3", 0o644, 1)),
+        "only files, directories and symlinks",
+    ),
 ]
 
 
@@ -145,7 +205,9 @@ def test_manifest_that_escapes_is_refused_before_writing(env: Env, make, needle)
     assert not Path("/tmp/stoker-hostile-evil").exists()
 
 
-@pytest.mark.parametrize("path", ["node_modules/a\x00b", "node_modules/\x00/../../x", "node_modules/ok/../.."])
+@pytest.mark.parametrize(
+    "path", ["node_modules/a\x00b", "node_modules/\x00/../../x", "node_modules/ok/../.."]
+)
 def test_json_manifest_with_nul_or_dotdot_in_a_path_is_refused(env: Env, path):
     doc = v1_json(env.manifest)
     doc["key"] = EVIL
@@ -171,8 +233,11 @@ def test_symlink_chain_through_a_dot_link_is_not_written_through(env: Env):
     """``s -> .`` makes ``l -> s/s/s/../../../sentinel`` resolve outside the workspace although it stays
     inside lexically (docs/findings/hostile-input.md, finding 1, fixed): the manifest is refused, naming the link, and
     nothing outside changes."""
-    m = with_files(env.manifest, mf.FileEntry("node_modules/s", mf.SYMLINK, 0o777, 1, target="."),
-                   mf.FileEntry("node_modules/l", mf.SYMLINK, 0o777, 1, target="s/s/s/../../../sentinel"))
+    m = with_files(
+        env.manifest,
+        mf.FileEntry("node_modules/s", mf.SYMLINK, 0o777, 1, target="."),
+        mf.FileEntry("node_modules/l", mf.SYMLINK, 0o777, 1, target="s/s/s/../../../sentinel"),
+    )
     publish_manifest(env.blobs, EVIL, mf.encode(m))
     with pytest.raises(UnsafeTree) as info:
         restore(env)
@@ -226,7 +291,10 @@ def test_workspace_dir_swapped_for_a_symlink_mid_restore_is_caught_at_publish(en
         env.node.restore(EVIL, [], env.ws, ["deps/node_modules"], progress)
     assert swapped and "deps" in str(info.value)
     assert env.sentinel.unchanged() and outside.unchanged(), outside.diff()
-    assert EVIL not in [e.key for e in env.node.inventory()[1]] or not (env.ws / "deps" / "node_modules").exists()
+    assert (
+        EVIL not in [e.key for e in env.node.inventory()[1]]
+        or not (env.ws / "deps" / "node_modules").exists()
+    )
     assert not list(env.ws.glob(".stoker-staging-*"))
 
 
@@ -238,7 +306,9 @@ def test_staging_dir_swapped_for_a_symlink_mid_restore_is_not_written_through(en
     restore fails naming the path, the sentinel is untouched, nothing is published."""
     from stoker.agent.cache.writers import load_compiled
 
-    assert load_compiled() is not None, "the compiled writer is not built: `.venv/bin/pip install -e .` builds it"
+    assert load_compiled() is not None, (
+        "the compiled writer is not built: `.venv/bin/pip install -e .` builds it"
+    )
     env.node.close()
     env.node = open_local_cache(env.tmp, name="node", writer=writer)
     assert env.node.processes == (writer == "python-processes")
@@ -269,12 +339,35 @@ def _one_file_entry(payload: bytes, frame_blob: bytes, raw_size: int, *, digest:
     import hashlib
 
     pack = hashlib.sha256(frame_blob).hexdigest()
-    m = mf.Manifest(EVIL, 1.0, (mf.Frame(pack, 0, len(frame_blob), raw_size),), (
-        mf.FileEntry("node_modules", mf.DIR, 0o755, 1),
-        mf.FileEntry("node_modules/f", mf.FILE, 0o644, 1, raw_size, digest or hashlib.sha256(payload).hexdigest(),
-                     None, (mf.Chunk(0, 0, raw_size),)),
-        mf.FileEntry("node_modules/g", mf.FILE, 0o644, 1, raw_size, digest or hashlib.sha256(payload).hexdigest(),
-                     None, (mf.Chunk(0, 0, raw_size),))), ("node_modules",))
+    m = mf.Manifest(
+        EVIL,
+        1.0,
+        (mf.Frame(pack, 0, len(frame_blob), raw_size),),
+        (
+            mf.FileEntry("node_modules", mf.DIR, 0o755, 1),
+            mf.FileEntry(
+                "node_modules/f",
+                mf.FILE,
+                0o644,
+                1,
+                raw_size,
+                digest or hashlib.sha256(payload).hexdigest(),
+                None,
+                (mf.Chunk(0, 0, raw_size),),
+            ),
+            mf.FileEntry(
+                "node_modules/g",
+                mf.FILE,
+                0o644,
+                1,
+                raw_size,
+                digest or hashlib.sha256(payload).hexdigest(),
+                None,
+                (mf.Chunk(0, 0, raw_size),),
+            ),
+        ),
+        ("node_modules",),
+    )
     return pack, mf.encode(m)
 
 
@@ -289,16 +382,18 @@ def _set_content_size(frame: bytes, size: int) -> bytes:
     return frame[:5] + size.to_bytes(4, "little") + frame[9:]
 
 
-@pytest.mark.parametrize("case", ["says-less", "says-more", "says-nothing", "says-huge", "not-zstd",
-                                  "skippable"])
+@pytest.mark.parametrize(
+    "case", ["says-less", "says-more", "says-nothing", "says-huge", "not-zstd", "skippable"]
+)
 def test_frames_that_lie_about_their_size(env: Env, case):
     n = 100_000
     payload = os.urandom(n // 2) * 2
     real = zstandard.ZstdCompressor(write_content_size=True).compress(payload + b"x" * 4096)
     blob = {
-        "says-less": lambda: _set_content_size(real, n),           # holds n + 4096 bytes
+        "says-less": lambda: _set_content_size(real, n),  # holds n + 4096 bytes
         "says-more": lambda: _set_content_size(
-            zstandard.ZstdCompressor(write_content_size=True).compress(payload[:n - 10]), n),
+            zstandard.ZstdCompressor(write_content_size=True).compress(payload[: n - 10]), n
+        ),
         "says-nothing": lambda: zstandard.ZstdCompressor(write_content_size=False).compress(payload),
         "says-huge": lambda: _set_content_size(real, (1 << 32) - 1),
         "not-zstd": lambda: os.urandom(4096),
@@ -327,8 +422,10 @@ def _evil_copy_of_valid_entry(env: Env) -> mf.Manifest:
     return env.manifest
 
 
-@pytest.mark.parametrize("how", ["truncate-half", "truncate-one-byte", "empty", "flip-bytes", "zero-page",
-                                 "append-garbage-shifted"])
+@pytest.mark.parametrize(
+    "how",
+    ["truncate-half", "truncate-one-byte", "empty", "flip-bytes", "zero-page", "append-garbage-shifted"],
+)
 def test_truncated_and_corrupted_packs(env: Env, how):
     m = _evil_copy_of_valid_entry(env)
     frame = max(m.frames, key=lambda f: f.raw_size)
@@ -336,16 +433,16 @@ def test_truncated_and_corrupted_packs(env: Env, how):
     data = bytearray(pack.read_bytes())
     end = frame.offset + frame.length
     if how == "truncate-half":
-        data = data[:frame.offset + frame.length // 2]
+        data = data[: frame.offset + frame.length // 2]
     elif how == "truncate-one-byte":
-        data = data[:end - 1]
+        data = data[: end - 1]
     elif how == "empty":
         data = bytearray()
     elif how == "flip-bytes":
         for i in range(frame.offset + 64, end - 8, 251):
             data[i] ^= 0xFF
     elif how == "zero-page":
-        data[frame.offset + 32:frame.offset + 4128] = bytes(4096)
+        data[frame.offset + 32 : frame.offset + 4128] = bytes(4096)
     elif how == "append-garbage-shifted":
         data = bytearray(b"\0" * 17) + data
     pack.write_bytes(bytes(data))
@@ -354,12 +451,14 @@ def test_truncated_and_corrupted_packs(env: Env, how):
     env.assert_refused(info, CorruptEntry, EVIL)
 
 
-@pytest.mark.parametrize("victim", ["node_modules/pkg4/lib/f1.js", "node_modules/pkg1/big.bin",
-                                    "node_modules/pkg2/empty.txt"])
+@pytest.mark.parametrize(
+    "victim", ["node_modules/pkg4/lib/f1.js", "node_modules/pkg1/big.bin", "node_modules/pkg2/empty.txt"]
+)
 def test_digest_mismatch_names_the_path(env: Env, victim):
     files = tuple(f._replace(digest="ab" * 32) if f.path == victim else f for f in env.manifest.files)
-    publish_manifest(env.blobs, EVIL, mf.encode(mf.Manifest(EVIL, 1.0, env.manifest.frames, files,
-                                                            env.manifest.roots)))
+    publish_manifest(
+        env.blobs, EVIL, mf.encode(mf.Manifest(EVIL, 1.0, env.manifest.frames, files, env.manifest.roots))
+    )
     with pytest.raises(CorruptEntry) as info:
         restore(env)
     env.assert_refused(info, CorruptEntry, victim, "digest")
@@ -408,7 +507,7 @@ def _save_refused(env: Env, tree: Path, needle: str) -> None:
     def run() -> None:
         try:
             node.save(EVIL, tree, ["node_modules"])
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        except BaseException as exc:
             result["exc"] = exc
 
     t = threading.Thread(target=run, daemon=True)
@@ -442,8 +541,9 @@ def test_special_files_in_a_tree_being_saved_are_refused(env: Env, kind):
     _save_refused(env, tree, "node_modules/pkg3/special")
 
 
-@pytest.mark.parametrize("target", ["/etc", "../../sentinel", "../../../../../../../../etc/passwd",
-                                    "pkg1/../../..", ""])
+@pytest.mark.parametrize(
+    "target", ["/etc", "../../sentinel", "../../../../../../../../etc/passwd", "pkg1/../../..", ""]
+)
 def test_symlinks_leaving_a_tree_being_saved_are_refused(env: Env, target):
     tree = env.tmp / "links"
     shutil.copytree(env.src / "node_modules", tree / "node_modules", symlinks=True)
@@ -456,8 +556,19 @@ def test_symlinks_leaving_a_tree_being_saved_are_refused(env: Env, target):
         _save_refused(env, tree, "node_modules/hop")  # either link of the chain may be named: both leave
 
 
-@pytest.mark.parametrize("paths", [["../x"], [""], ["/"], ["node_modules/../.."], ["a\\b"], ["a\x00"], ["."],
-                                   ["node_modules", "node_modules/pkg1"]])
+@pytest.mark.parametrize(
+    "paths",
+    [
+        ["../x"],
+        [""],
+        ["/"],
+        ["node_modules/../.."],
+        ["a\\b"],
+        ["a\x00"],
+        ["."],
+        ["node_modules", "node_modules/pkg1"],
+    ],
+)
 def test_restore_and_save_refuse_unsafe_cache_paths(env: Env, paths):
     with pytest.raises(CacheError):
         env.node.restore(KEY, [], env.ws, paths)

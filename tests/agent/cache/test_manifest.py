@@ -7,6 +7,7 @@ import json
 
 import pytest
 import zstandard
+
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache.api import CacheError, UnsafeTree
 from stoker.agent.cache.blobs import ByteRange, decode_key, encode_key, merge_ranges
@@ -28,8 +29,12 @@ def sample() -> mf.Manifest:
 
 def with_files(*files: mf.FileEntry, roots=("nm",), frames=None) -> mf.Manifest:
     base = sample()
-    return dataclasses.replace(base, files=(base.files[0],) + files, roots=roots,
-                               frames=frames if frames is not None else base.frames)
+    return dataclasses.replace(
+        base,
+        files=(base.files[0],) + files,
+        roots=roots,
+        frames=frames if frames is not None else base.frames,
+    )
 
 
 def test_round_trip_is_exact() -> None:
@@ -63,11 +68,21 @@ def test_version_2_refuses_truncated_and_padded_bodies() -> None:
 
 
 def test_version_2_is_smaller_and_round_trips_every_field() -> None:
-    m = with_files(mf.FileEntry("nm/sub", mf.DIR, 0o750, -5),
-                   mf.FileEntry("nm/sub/ü €.js", mf.FILE, 0o755, 1 << 62, 8, "b" * 64, None,
-                                (mf.Chunk(0, 0, 4), mf.Chunk(0, 4, 4))),
-                   mf.FileEntry("nm/sub/empty", mf.FILE, 0o600, 7, 0, "c" * 64, None, ()),
-                   mf.FileEntry("nm/sub/l2", mf.SYMLINK, 0o777, 9, target="../a.js"))
+    m = with_files(
+        mf.FileEntry("nm/sub", mf.DIR, 0o750, -5),
+        mf.FileEntry(
+            "nm/sub/ü €.js",
+            mf.FILE,
+            0o755,
+            1 << 62,
+            8,
+            "b" * 64,
+            None,
+            (mf.Chunk(0, 0, 4), mf.Chunk(0, 4, 4)),
+        ),
+        mf.FileEntry("nm/sub/empty", mf.FILE, 0o600, 7, 0, "c" * 64, None, ()),
+        mf.FileEntry("nm/sub/l2", mf.SYMLINK, 0o777, 9, target="../a.js"),
+    )
     assert mf.parse(mf.encode(m), where="t") == m
     assert len(mf.encode(m)) <= len(mf.encode(m, version=1))
 
@@ -80,9 +95,11 @@ def test_refuses_unsafe_paths(path: str) -> None:
 
 
 def test_refuses_a_path_through_a_symlink() -> None:
-    m = with_files(mf.FileEntry("nm/link", mf.SYMLINK, 0o777, 1, target="sub"),
-                   mf.FileEntry("nm/sub", mf.DIR, 0o755, 1),
-                   mf.FileEntry("nm/link/x.js", mf.FILE, 0o644, 1, 5, D, None, (mf.Chunk(0, 0, 5),)))
+    m = with_files(
+        mf.FileEntry("nm/link", mf.SYMLINK, 0o777, 1, target="sub"),
+        mf.FileEntry("nm/sub", mf.DIR, 0o755, 1),
+        mf.FileEntry("nm/link/x.js", mf.FILE, 0o644, 1, 5, D, None, (mf.Chunk(0, 0, 5),)),
+    )
     with pytest.raises(UnsafeTree, match="passes through the symlink"):
         mf.validate(m, where="t")
 
@@ -168,7 +185,7 @@ def test_version_2_checks_every_count_before_it_sizes_anything() -> None:
     plen_at = paths_at + 4 + 11 * n
     for at in (pos, paths_at, plen_at):
         for count in (0x0FFFFFFF, 0xFFFFFFFF):
-            bad = raw[:at] + struct.pack("<I", count) + raw[at + 4:]
+            bad = raw[:at] + struct.pack("<I", count) + raw[at + 4 :]
             tracemalloc.start()
             with pytest.raises(CacheError, match="malformed|sections do not add up"):
                 mf.parse(zstandard.ZstdCompressor().compress(bad), where="t")
@@ -177,6 +194,6 @@ def test_version_2_checks_every_count_before_it_sizes_anything() -> None:
             assert peak < 1 << 20
     # A chunk count that sums past the bytes left.
     chunk_counts_at = len(raw) - 4 - len(b"a.js") - 12 * 2 - 4 * 2
-    bad = raw[:chunk_counts_at] + struct.pack("<I", 0x0FFFFFFF) + raw[chunk_counts_at + 4:]
+    bad = raw[:chunk_counts_at] + struct.pack("<I", 0x0FFFFFFF) + raw[chunk_counts_at + 4 :]
     with pytest.raises(CacheError, match="malformed|sections do not add up"):
         mf.parse(zstandard.ZstdCompressor().compress(bad), where="t")

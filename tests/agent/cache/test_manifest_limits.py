@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache.api import CacheError
 
@@ -27,8 +28,13 @@ def test_a_digest_of_the_right_length_that_is_not_hex_is_refused():
     good = mf.FileEntry("node_modules/a", mf.FILE, 0o644, 1, size=0, digest="0" * 64)
     bad = mf.FileEntry("node_modules/b", mf.FILE, 0o644, 1, size=0, digest="z" * 64)
     for entry, ok in ((good, True), (bad, False)):
-        manifest = mf.Manifest(key="w", created=1.0, frames=(), roots=("node_modules",),
-                               files=(mf.FileEntry("node_modules", mf.DIR, 0o755, 1), entry))
+        manifest = mf.Manifest(
+            key="w",
+            created=1.0,
+            frames=(),
+            roots=("node_modules",),
+            files=(mf.FileEntry("node_modules", mf.DIR, 0o755, 1), entry),
+        )
         if ok:
             mf.validate(manifest, where="w")
         else:

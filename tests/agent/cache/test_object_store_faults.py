@@ -13,11 +13,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from stoker.agent.cache.api import BlobStoreUnavailable, CacheError
 from stoker.agent.cache.content_cache import ContentCache
 from stoker.agent.cache.s3_blobs import S3BlobStore
 from stoker.agent.cache.store import LocalStore
-
 from tests.helpers.s3_fault_proxy import Rule
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

@@ -8,12 +8,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from stoker.agent.cache.api import BlobStoreUnavailable, NotFound
 from stoker.agent.cache.blobs import encode_key, open_blob_store
 from stoker.agent.cache.content_cache import ContentCache
 from stoker.agent.cache.s3_blobs import S3BlobStore
 from stoker.agent.cache.store import LocalStore
-
 from tests.helpers.cache import snapshot
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ def test_objects_ranges_listing_and_multipart(endpoint: str, tmp_path: Path) -> 
     payload = bytes(range(256)) * (12 << 20 >> 8)
     big.write_bytes(payload)
     store.put_file("packs/big", big)  # 12 MiB in 5 MiB parts: a multipart upload
-    assert store.get_range("packs/big", (7 << 20) + 3, 1000) == payload[(7 << 20) + 3:(7 << 20) + 1003]
+    assert store.get_range("packs/big", (7 << 20) + 3, 1000) == payload[(7 << 20) + 3 : (7 << 20) + 1003]
     for key in ("web/nm-1", "web/nm-2", "web/other", "ü/x"):
         store.put(f"keys/{encode_key(key)}", b"{}")
     names = [o.name for o in store.list(f"keys/{encode_key('web/nm-')}")]
@@ -79,8 +79,13 @@ def test_refused_connection_is_a_clear_error(tmp_path: Path, tree: Path) -> None
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: connections are refused
-    blobs = S3BlobStore("bucket", endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1",
-                        max_attempts=2, connect_timeout=1)
+    blobs = S3BlobStore(
+        "bucket",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region="us-east-1",
+        max_attempts=2,
+        connect_timeout=1,
+    )
     node = ContentCache(LocalStore(tmp_path / "n", 1 << 30), blobs, workers=2)
     node.open()
     with pytest.raises(BlobStoreUnavailable, match=f"127.0.0.1:{port}"):
@@ -114,11 +119,20 @@ def test_timeout_mid_restore_names_entry_and_pack(seaweed_endpoint: str, tree: P
 
     threading.Thread(target=serve, daemon=True).start()
     try:
-        slow = S3BlobStore(blobs.bucket, "ci/cache", endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}",
-                           region="us-east-1", max_attempts=2, read_timeout=0.5, connect_timeout=1)
+        slow = S3BlobStore(
+            blobs.bucket,
+            "ci/cache",
+            endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}",
+            region="us-east-1",
+            max_attempts=2,
+            read_timeout=0.5,
+            connect_timeout=1,
+        )
         node = ContentCache(LocalStore(tmp_path / "n", 1 << 30), slow, workers=2)
         node.open()
-        with pytest.raises(BlobStoreUnavailable, match=r"entry web/nm: fetching pack \w+ \(holding node_modules/"):
+        with pytest.raises(
+            BlobStoreUnavailable, match=r"entry web/nm: fetching pack \w+ \(holding node_modules/"
+        ):
             node.restore("web/nm", [], tmp_path / "ws", ["node_modules"])
         assert not (tmp_path / "ws" / "node_modules").exists()
         assert node.inventory()[1] == [] and list((tmp_path / "n" / "staging").iterdir()) == []
@@ -146,7 +160,7 @@ def _relay(conn: socket.socket, upstream_port: int, stop: threading.Event) -> No
                 while True:
                     try:
                         chunk = up.recv(65536)
-                    except socket.timeout:
+                    except TimeoutError:
                         break
                     if not chunk:
                         return

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from stoker.agent.cache.store import EntryRecord, LocalFrame, StoreIndex
-
 from tests.helpers.cache import make_tree, open_local_cache, snapshot
 
 
@@ -18,8 +17,15 @@ def test_index_counts_shared_files_once_and_picks_lru() -> None:
     index = StoreIndex()
     shared = {("p", 0): LocalFrame("f-shared", 0, 100)}
     a = EntryRecord("a", "m1", created=1, last_used=10, bytes=0, files=0, frames=dict(shared))
-    b = EntryRecord("b", "m2", created=2, last_used=5, bytes=0, files=0,
-                    frames={**shared, ("q", 0): LocalFrame("f-b", 0, 50)})
+    b = EntryRecord(
+        "b",
+        "m2",
+        created=2,
+        last_used=5,
+        bytes=0,
+        files=0,
+        frames={**shared, ("q", 0): LocalFrame("f-b", 0, 50)},
+    )
     index.add(a, {"f-shared": 100}, 10)
     index.add(b, {"f-shared": 100, "f-b": 50}, 10)
     assert index.used_bytes() == 100 + 50 + 20
@@ -110,8 +116,11 @@ def test_kill_9_at_any_point_leaves_only_complete_entries(tmp_path: Path) -> Non
     budget = 9 << 20  # about two entries: restores evict as they go
     for delay in (0.15, 0.35, 0.6, 0.9):
         # `python -c` puts its working directory first on sys.path: the repository, for tests.helpers.
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), str(budget)],
-                                stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[3])
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(tmp_path), str(budget)],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[3],
+        )
         assert proc.stdout.readline().strip() == b"ready"
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)

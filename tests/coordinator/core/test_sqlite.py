@@ -13,6 +13,7 @@ import sqlite3
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
+
 from stoker.coordinator import config as coordinator_config
 from stoker.coordinator.core import sqlite as core_sqlite
 from stoker.coordinator.core.errors import Unavailable
@@ -41,20 +42,28 @@ def hold_write_lock(path) -> sqlite3.Connection:
 
 async def _submit_while_locked(tmp_path) -> tuple[grpc.StatusCode, str, grpc.StatusCode]:
     db = tmp_path / "state" / "coordinator.db"
-    config = coordinator_config.load(environ={}, overrides={
-        "server": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"}, "state": {"path": str(db)}})
+    config = coordinator_config.load(
+        environ={},
+        overrides={
+            "server": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"},
+            "state": {"path": str(db)},
+        },
+    )
     coordinator = create_server(config, registry=CollectorRegistry())
     await coordinator.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{coordinator.port}") as channel:
             # A registered node, so that the build is refused for the database and not for an empty fleet.
             await agent_pb2_grpc.AgentGatewayStub(channel).Register(
-                agent_pb2.RegisterRequest(node="n1", slots=1), timeout=10)
+                agent_pb2.RegisterRequest(node="n1", slots=1), timeout=10
+            )
             builds = build_pb2_grpc.BuildsStub(channel)
             spec = common_pb2.BuildSpec(workspace="w", command=["true"])
             other = hold_write_lock(db)
             try:
-                call = builds.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec, request_id="r-1"), timeout=30)
+                call = builds.SubmitBuild(
+                    build_pb2.SubmitBuildRequest(spec=spec, request_id="r-1"), timeout=30
+                )
                 try:
                     await call.read()
                     code, details = grpc.StatusCode.OK, ""
@@ -100,8 +109,9 @@ def test_a_locked_rollout_database_is_unavailable(tmp_path, short_busy_timeout):
 
 
 @pytest.mark.fault
-@pytest.mark.parametrize("open_store, what", [(SqliteStateStore, "state store"),
-                                              (SqliteRolloutStore, "rollout store")])
+@pytest.mark.parametrize(
+    "open_store, what", [(SqliteStateStore, "state store"), (SqliteRolloutStore, "rollout store")]
+)
 def test_a_file_that_is_not_a_database_is_unavailable(tmp_path, open_store, what):
     db = tmp_path / "coordinator.db"
     db.write_bytes(b"this is not an SQLite file, " * 200)
@@ -114,7 +124,9 @@ def test_a_file_that_is_not_a_database_is_unavailable(tmp_path, open_store, what
 @pytest.mark.fault
 def test_a_read_only_database_is_unavailable_and_a_closed_one_is_a_bug(tmp_path):
     store = SqliteStateStore(tmp_path / "coordinator.db")
-    store._db.execute("PRAGMA query_only = ON")  # the connection may read but not write, as on a read-only disk
+    store._db.execute(
+        "PRAGMA query_only = ON"
+    )  # the connection may read but not write, as on a read-only disk
     with pytest.raises(Unavailable, match="^state store: attempt to write a readonly database$"):
         store.put_build(build_pb2.Build(id="b-1"))
     assert store.get_build("b-1") is None

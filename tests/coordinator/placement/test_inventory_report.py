@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+
 from stoker.coordinator.core.errors import NotFound
 from stoker.coordinator.placement.domain import EntryRecord, NodeInfo, NodeState
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.inventory_report import InventoryQuery, inventory_report
 from stoker.coordinator.placement.registry import NodeRegistry
-
 from tests.helpers.clock import FakeClock
 
 
@@ -21,8 +21,12 @@ def fleet():
     clock = FakeClock()
     registry = NodeRegistry(clock, lease_ttl_s=10)
     inventory = InventoryIndex()
-    for name, zone, slots, capacity in [("n2", "a", 4, 1000), ("n1", "a", 2, 500), ("n3", "b", 8, 2000),
-                                        ("n4", "b", 1, 100)]:
+    for name, zone, slots, capacity in [
+        ("n2", "a", 4, 1000),
+        ("n1", "a", 2, 500),
+        ("n3", "b", 8, 2000),
+        ("n4", "b", 1, 100),
+    ]:
         record = registry.register(NodeInfo(name=name, zone=zone, slots=slots, disk_capacity_bytes=capacity))
         registry.attach(name, record.session_id)
     registry.get("n1").holders.add("b-1")
@@ -45,15 +49,18 @@ def test_keys_are_summed_over_nodes_and_zones_count_nodes_not_lost(fleet):
         ("web/deps-1", 3, ["n1", "n2", "n3"], 120, 70.0),
         ("web/deps-2", 1, ["n2"], 10, 0.0),
     ]
-    assert [(z.zone, z.nodes, z.slots, z.running, z.disk_capacity_bytes, z.disk_used_bytes)
-            for z in report.zones] == [("a", 2, 6, 1, 1500, 300), ("b", 1, 8, 0, 2000, 700)]
+    assert [
+        (z.zone, z.nodes, z.slots, z.running, z.disk_capacity_bytes, z.disk_used_bytes) for z in report.zones
+    ] == [("a", 2, 6, 1, 1500, 300), ("b", 1, 8, 0, 2000, 700)]
     assert fleet[0].get("n4").state is NodeState.LOST
 
 
 def test_the_query_narrows_nodes_zones_and_keys(fleet):
     report = inventory_report(*fleet, InventoryQuery(zone="a", key_prefix="web/"))
     assert [(n.record.name, sorted(e[0] for e in n.entries)) for n in report.nodes] == [
-        ("n1", ["web/deps-1"]), ("n2", ["web/deps-1", "web/deps-2"])]
+        ("n1", ["web/deps-1"]),
+        ("n2", ["web/deps-1", "web/deps-2"]),
+    ]
     assert [(k.key, k.replicas) for k in report.keys] == [("web/deps-1", 2), ("web/deps-2", 1)]
     assert [z.zone for z in report.zones] == ["a"]
     only = inventory_report(*fleet, InventoryQuery(node="n3"))

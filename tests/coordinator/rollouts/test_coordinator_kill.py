@@ -8,6 +8,7 @@ import sqlite3
 import time
 
 import pytest
+
 from stoker.coordinator.rollouts.targets import local as target_local
 from stoker.demo import rollouts as demo_rollouts
 from stoker.demo.loadgen import LoadGenerator, summarize
@@ -15,15 +16,25 @@ from stoker.v1 import rollout_pb2 as PB
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
-ORDER = [PB.ROLLOUT_PHASE_PENDING, PB.ROLLOUT_PHASE_CANARY, PB.ROLLOUT_PHASE_BAKING, PB.ROLLOUT_PHASE_SURGING,
-         PB.ROLLOUT_PHASE_POST_BAKE, PB.ROLLOUT_PHASE_SUCCEEDED]
+ORDER = [
+    PB.ROLLOUT_PHASE_PENDING,
+    PB.ROLLOUT_PHASE_CANARY,
+    PB.ROLLOUT_PHASE_BAKING,
+    PB.ROLLOUT_PHASE_SURGING,
+    PB.ROLLOUT_PHASE_POST_BAKE,
+    PB.ROLLOUT_PHASE_SUCCEEDED,
+]
 
 
 def wait_for_phase_at_least(stub, rollout_id, phase, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         r = stub.GetRollout(PB.GetRolloutRequest(rollout_id=rollout_id), timeout=5)
-        if r.phase in ORDER and ORDER.index(r.phase) >= ORDER.index(phase) or r.phase in demo_rollouts.TERMINAL:
+        if (
+            r.phase in ORDER
+            and ORDER.index(r.phase) >= ORDER.index(phase)
+            or r.phase in demo_rollouts.TERMINAL
+        ):
             return r
         time.sleep(0.05)
     raise TimeoutError(f"never reached {PB.RolloutPhase.Name(phase)}")
@@ -34,13 +45,21 @@ def test_kill_9_at_every_phase_resumes_exactly_once(rollout_fleet):
     stub = rollout_fleet.stub()
     first = demo_rollouts.deploy_first(stub, "web", "v1", instances_per_zone=2)
     killed_in = []
-    with LoadGenerator(first.endpoint, 60, max_duration_s=120) as load, \
-            demo_rollouts.FloorWatcher(rollout_fleet.local_dir, "web") as floor:
+    with (
+        LoadGenerator(first.endpoint, 60, max_duration_s=120) as load,
+        demo_rollouts.FloorWatcher(rollout_fleet.local_dir, "web") as floor,
+    ):
         time.sleep(0.5)
         t0 = time.time()
-        r = stub.StartRollout(PB.StartRolloutRequest(spec=PB.RolloutSpec(service="web", version="v2")), timeout=5)
-        for phase in (PB.ROLLOUT_PHASE_CANARY, PB.ROLLOUT_PHASE_BAKING, PB.ROLLOUT_PHASE_SURGING,
-                      PB.ROLLOUT_PHASE_POST_BAKE):
+        r = stub.StartRollout(
+            PB.StartRolloutRequest(spec=PB.RolloutSpec(service="web", version="v2")), timeout=5
+        )
+        for phase in (
+            PB.ROLLOUT_PHASE_CANARY,
+            PB.ROLLOUT_PHASE_BAKING,
+            PB.ROLLOUT_PHASE_SURGING,
+            PB.ROLLOUT_PHASE_POST_BAKE,
+        ):
             now = wait_for_phase_at_least(stub, r.id, phase)
             if now.phase in demo_rollouts.TERMINAL:
                 break
@@ -63,10 +82,16 @@ def test_kill_9_at_every_phase_resumes_exactly_once(rollout_fleet):
     assert all(s["restart"] == 0 for s in starts)
     with sqlite3.connect(rollout_fleet.root / "coordinator.db") as db:
         keys = [k for (k,) in db.execute("SELECT key FROM rollout_intents WHERE rollout_id = ?", (r.id,))]
-        done = db.execute("SELECT COUNT(*) FROM rollout_intents WHERE rollout_id = ? AND done IS NOT NULL",
-                          (r.id,)).fetchone()[0]
-        resumed = db.execute("SELECT COUNT(*) FROM rollout_events WHERE rollout_id = ? AND text LIKE "
-                             "'coordinator restarted%'", (r.id,)).fetchone()[0]
+        done = db.execute(
+            "SELECT COUNT(*) FROM rollout_intents WHERE rollout_id = ? AND done IS NOT NULL", (r.id,)
+        ).fetchone()[0]
+        resumed = db.execute(
+            "SELECT COUNT(*) FROM rollout_events WHERE rollout_id = ? AND text LIKE 'coordinator restarted%'",
+            (r.id,),
+        ).fetchone()[0]
     assert sorted(keys) == [f"{r.id}/1/canary", f"{r.id}/1/surge"] and done == 2
     assert resumed == 4
-    assert [(z.old_instances, z.new_instances, z.ready_instances) for z in final.zones] == [(0, 2, 2), (0, 2, 2)]
+    assert [(z.old_instances, z.new_instances, z.ready_instances) for z in final.zones] == [
+        (0, 2, 2),
+        (0, 2, 2),
+    ]

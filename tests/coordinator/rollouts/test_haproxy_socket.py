@@ -64,8 +64,9 @@ def test_stop_removes_the_socket(long_home, haproxy, tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_haproxy_killed_from_outside_leaves_nothing_past_the_next_start_or_teardown(long_home, haproxy, tmp_path,
-                                                                                   sig):
+def test_haproxy_killed_from_outside_leaves_nothing_past_the_next_start_or_teardown(
+    long_home, haproxy, tmp_path, sig
+):
     """Killed by someone else (an operator's SIGTERM, the OOM killer's SIGKILL), HAProxy may leave its socket;
     it is only ever in the home, the next start (a restarted coordinator's ensure) replaces it, and the
     teardown that tests, the demo and the benchmark run removes it."""

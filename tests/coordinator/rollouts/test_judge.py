@@ -6,6 +6,7 @@ import math
 import random
 
 import pytest
+
 from stoker.coordinator.rollouts import judge
 from stoker.coordinator.rollouts.judge import Counters, Policy
 
@@ -63,8 +64,9 @@ def test_good_canary_passes_only_at_the_end_of_the_bake():
 
 
 def test_too_little_data_is_inconclusive_never_pass_or_fail():
-    v = judge.judge(counters(20, 0), counters(2000, 0), Policy(min_requests=200), now=0, final=True,
-                    alpha_look=0.001)
+    v = judge.judge(
+        counters(20, 0), counters(2000, 0), Policy(min_requests=200), now=0, final=True, alpha_look=0.001
+    )
     assert v.result == judge.INCONCLUSIVE and v.check == "data" and "too little data" in v.reason
     v = judge.judge(Counters(), Counters(), Policy(), now=0, final=True, alpha_look=0.001)
     assert v.result == judge.INCONCLUSIVE
@@ -72,20 +74,29 @@ def test_too_little_data_is_inconclusive_never_pass_or_fail():
 
 @pytest.mark.parametrize("rate,n", [(0.05, 400), (0.01, 1500)])
 def test_error_increase_fails_with_the_fisher_test(rate, n):
-    v = judge.judge(counters(n, int(n * rate)), counters(n * 6, 0), Policy(min_requests=200), now=0, final=False,
-                    alpha_look=0.0005)
+    v = judge.judge(
+        counters(n, int(n * rate)),
+        counters(n * 6, 0),
+        Policy(min_requests=200),
+        now=0,
+        final=False,
+        alpha_look=0.0005,
+    )
     assert v.result == judge.FAIL and v.check == "errors" and v.p_value < 0.0005
 
 
 def test_error_rate_above_the_cap_fails_as_a_guardrail():
-    v = judge.judge(counters(40, 10), counters(400, 0), Policy(error_rate_cap=0.1), now=0, final=False,
-                    alpha_look=1e-9)
+    v = judge.judge(
+        counters(40, 10), counters(400, 0), Policy(error_rate_cap=0.1), now=0, final=False, alpha_look=1e-9
+    )
     assert v.result == judge.FAIL and v.check == "guardrail"
 
 
 def test_a_tiny_error_increase_below_the_floor_does_not_fail():
     # 0.1 % vs 0 % on huge traffic is significant, but below the 0.2 point floor
-    v = judge.judge(counters(100_000, 100), counters(1_000_000, 0), Policy(), now=0, final=True, alpha_look=0.001)
+    v = judge.judge(
+        counters(100_000, 100), counters(1_000_000, 0), Policy(), now=0, final=True, alpha_look=0.001
+    )
     assert v.result == judge.PASS
 
 
@@ -95,8 +106,14 @@ def test_latency_regression_needs_significance_and_the_effect_floor():
     v = judge.judge(slow, counters(4000, 0, latency_ms=1), policy, now=0, final=False, alpha_look=0.0005)
     assert v.result == judge.FAIL and v.check == "latency" and v.canary_p50_ms > 40
     # 2 ms slower: significant, but under the 10 ms floor
-    v = judge.judge(counters(400, 0, latency_ms=3, jitter=0.05), counters(4000, 0, latency_ms=1, jitter=0.05),
-                    policy, now=0, final=True, alpha_look=0.0005)
+    v = judge.judge(
+        counters(400, 0, latency_ms=3, jitter=0.05),
+        counters(4000, 0, latency_ms=1, jitter=0.05),
+        policy,
+        now=0,
+        final=True,
+        alpha_look=0.0005,
+    )
     assert v.result == judge.PASS
 
 
@@ -125,7 +142,8 @@ def test_guardrails():
             self.id, self.ready, self.restarts = id, ready, restarts
 
     policy = Policy(max_restarts=1)
-    assert judge.guardrail([I("a"), I("b", restarts=2)], policy, unready_for_s=0, unready_limit_s=1) .startswith(
-        "crash loop")
+    assert judge.guardrail(
+        [I("a"), I("b", restarts=2)], policy, unready_for_s=0, unready_limit_s=1
+    ).startswith("crash loop")
     assert judge.guardrail([I("a", ready=False)], policy, unready_for_s=0.5, unready_limit_s=1) is None
     assert "readiness" in judge.guardrail([I("a", ready=False)], policy, unready_for_s=2, unready_limit_s=1)

@@ -22,12 +22,13 @@ from urllib.parse import parse_qs, urlparse
 
 import kubernetes
 import pytest
-from stoker.coordinator.rollouts.settings import RolloutSettings
+
 from stoker.coordinator.core.clock import SystemClock
 from stoker.coordinator.core.errors import FailedPrecondition
 from stoker.coordinator.rollouts.engine import RolloutEngine
 from stoker.coordinator.rollouts.judge import Counters
 from stoker.coordinator.rollouts.machine import Phase, Spec
+from stoker.coordinator.rollouts.settings import RolloutSettings
 from stoker.coordinator.rollouts.store import MemoryRolloutStore
 from stoker.coordinator.rollouts.targets.kubernetes import PREVIOUS, VERSION, KubernetesTarget
 
@@ -49,8 +50,13 @@ class FakeKubernetes:
         n = d["spec"].get("replicas", 1)
         healthy = "crashloop" not in d["spec"]["template"]["spec"]["containers"][0].get("image", "")
         d = copy.deepcopy(d)
-        d["status"] = {"observedGeneration": d["metadata"]["generation"], "replicas": n, "updatedReplicas": n,
-                       "readyReplicas": n if healthy else 0, "availableReplicas": n if healthy else 0}
+        d["status"] = {
+            "observedGeneration": d["metadata"]["generation"],
+            "replicas": n,
+            "updatedReplicas": n,
+            "readyReplicas": n if healthy else 0,
+            "availableReplicas": n if healthy else 0,
+        }
         return d
 
     def _pods(self, ns: str) -> list[dict]:
@@ -62,13 +68,24 @@ class FakeKubernetes:
             healthy = "crashloop" not in t["spec"]["containers"][0].get("image", "")
             h = hashlib.sha256(json.dumps(t, sort_keys=True).encode()).hexdigest()[:6]
             for i in range(d["spec"].get("replicas", 1)):
-                pods.append({
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": f"{name}-{h}-{i}", "namespace": ns, "labels": t["metadata"].get("labels", {}),
-                                 "annotations": t["metadata"].get("annotations", {})},
-                    "status": {"phase": "Running", "podIP": f"10.0.{len(pods) // 250}.{len(pods) % 250 + 1}",
-                               "conditions": [{"type": "Ready", "status": "True" if healthy else "False"}],
-                               "containerStatuses": [{"name": "app", "restartCount": 0 if healthy else 3}]}})
+                pods.append(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "metadata": {
+                            "name": f"{name}-{h}-{i}",
+                            "namespace": ns,
+                            "labels": t["metadata"].get("labels", {}),
+                            "annotations": t["metadata"].get("annotations", {}),
+                        },
+                        "status": {
+                            "phase": "Running",
+                            "podIP": f"10.0.{len(pods) // 250}.{len(pods) % 250 + 1}",
+                            "conditions": [{"type": "Ready", "status": "True" if healthy else "False"}],
+                            "containerStatuses": [{"name": "app", "restartCount": 0 if healthy else 3}],
+                        },
+                    }
+                )
         return pods
 
     @staticmethod
@@ -96,8 +113,17 @@ class FakeKubernetes:
                 self.wfile.write(data)
 
             def _status(self, code: int, reason: str, message: str) -> None:
-                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
-                                  "message": message, "code": code})
+                self._send(
+                    code,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "reason": reason,
+                        "message": message,
+                        "code": code,
+                    },
+                )
 
             def _body(self) -> dict:
                 return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -110,21 +136,37 @@ class FakeKubernetes:
                 with fake.lock:
                     if parts[:2] == ["api", "v1"] and parts[4:] == ["pods"] and method == "GET":
                         pods = [p for p in fake._pods(parts[3]) if fake._matches(p, selector)]
-                        return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods})
-                    if parts[:3] != ["apis", "apps", "v1"] or parts[5:6] != [] and parts[5] != "deployments" \
-                            or len(parts) < 6:
+                        return self._send(
+                            200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods}
+                        )
+                    if (
+                        parts[:3] != ["apis", "apps", "v1"]
+                        or parts[5:6] != []
+                        and parts[5] != "deployments"
+                        or len(parts) < 6
+                    ):
                         return self._status(404, "NotFound", f"no route {url.path}")
                     ns = parts[4]
                     name = parts[6] if len(parts) > 6 else None
                     key = (ns, name)
                     if method == "GET" and name is None:
-                        items = [fake._status(d) for (dns, _), d in sorted(fake.deployments.items())
-                                 if dns == ns and fake._matches(d, selector)]
-                        return self._send(200, {"kind": "DeploymentList", "apiVersion": "apps/v1", "metadata": {},
-                                                "items": items})
+                        items = [
+                            fake._status(d)
+                            for (dns, _), d in sorted(fake.deployments.items())
+                            if dns == ns and fake._matches(d, selector)
+                        ]
+                        return self._send(
+                            200,
+                            {
+                                "kind": "DeploymentList",
+                                "apiVersion": "apps/v1",
+                                "metadata": {},
+                                "items": items,
+                            },
+                        )
                     if method == "GET":
                         if key not in fake.deployments:
-                            return self._status(404, "NotFound", f"deployments.apps \"{name}\" not found")
+                            return self._status(404, "NotFound", f'deployments.apps "{name}" not found')
                         return self._send(200, fake._status(fake.deployments[key]))
                     if method == "POST":
                         body = self._body()
@@ -151,13 +193,13 @@ class FakeKubernetes:
                         return self._send(200, fake._status(body))
                     return self._status(405, "MethodNotAllowed", method)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 self._route("GET")
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 self._route("POST")
 
-            def do_PUT(self):  # noqa: N802
+            def do_PUT(self):
                 self._route("PUT")
 
         return H
@@ -167,18 +209,40 @@ class FakeKubernetes:
             labels = {"stoker.dev/service": service, "stoker.dev/zone": zone}
             self.rv += 1
             self.deployments[(ns, f"{service}-{zone}")] = {
-                "apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": f"{service}-{zone}", "namespace": ns, "labels": labels, "generation": 1,
-                             "resourceVersion": str(self.rv)},
-                "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                         "template": {"metadata": {"labels": labels, "annotations": {VERSION: version}},
-                                      "spec": {"containers": [{"name": "app", "image": f"registry.local/{service}:"
-                                                                                        f"{version}",
-                                                               "env": [{"name": "KEEP", "value": "1"}]}]}}}}
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {
+                    "name": f"{service}-{zone}",
+                    "namespace": ns,
+                    "labels": labels,
+                    "generation": 1,
+                    "resourceVersion": str(self.rv),
+                },
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels, "annotations": {VERSION: version}},
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "app",
+                                    "image": f"registry.local/{service}:{version}",
+                                    "env": [{"name": "KEEP", "value": "1"}],
+                                }
+                            ]
+                        },
+                    },
+                },
+            }
 
     def replicas(self, ns: str, name: str) -> tuple[str, int]:
         d = self.deployments.get((ns, name))
-        return (d["spec"]["template"]["metadata"]["annotations"][VERSION], d["spec"]["replicas"]) if d else ("", 0)
+        return (
+            (d["spec"]["template"]["metadata"]["annotations"][VERSION], d["spec"]["replicas"])
+            if d
+            else ("", 0)
+        )
 
 
 @pytest.fixture
@@ -214,13 +278,25 @@ class CountingMetrics:
 
 
 def run_rollouts(fake, metrics, *specs):
-    settings = RolloutSettings(bake_s=1.0, post_bake_s=1.0, judge_interval_s=0.3, min_requests=100, tick_s=0.05,
-                               progress_deadline_s=3.0, inconclusive_limit=2)
+    settings = RolloutSettings(
+        bake_s=1.0,
+        post_bake_s=1.0,
+        judge_interval_s=0.3,
+        min_requests=100,
+        tick_s=0.05,
+        progress_deadline_s=3.0,
+        inconclusive_limit=2,
+    )
     api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=fake.url))
 
     async def go():
-        engine = RolloutEngine(settings, MemoryRolloutStore(), {"kubernetes": lambda: KubernetesTarget(api)},
-                               metrics, SystemClock())
+        engine = RolloutEngine(
+            settings,
+            MemoryRolloutStore(),
+            {"kubernetes": lambda: KubernetesTarget(api)},
+            metrics,
+            SystemClock(),
+        )
         results = []
         for spec in specs:
             r = await engine.start(spec)
@@ -234,20 +310,35 @@ def run_rollouts(fake, metrics, *specs):
 
 
 def spec(version: str, **kw) -> Spec:
-    return Spec(service="web", version=version, target="kubernetes", namespace="shop", canary_percent=5.0,
-                bake_s=1.0, min_requests=100, post_bake_s=1.0, **kw)
+    return Spec(
+        service="web",
+        version=version,
+        target="kubernetes",
+        namespace="shop",
+        canary_percent=5.0,
+        bake_s=1.0,
+        min_requests=100,
+        post_bake_s=1.0,
+        **kw,
+    )
 
 
 def test_canary_then_surge_then_success_through_the_client(fake):
     fake.add_service("shop", "web", ["zone-a", "zone-b"], 4, "v1")
     (r,) = run_rollouts(fake, CountingMetrics(), spec("v2", env={"FEATURE": "on"}))
     assert r.phase is Phase.SUCCEEDED, r.message
-    assert fake.replicas("shop", "web-zone-a") == ("v2", 4) and fake.replicas("shop", "web-zone-b") == ("v2", 4)
+    assert fake.replicas("shop", "web-zone-a") == ("v2", 4) and fake.replicas("shop", "web-zone-b") == (
+        "v2",
+        4,
+    )
     assert fake.replicas("shop", "web-zone-a-canary") == ("v2", 0)
     stable = fake.deployments[("shop", "web-zone-a")]
     container = stable["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.local/web:v2"
-    assert {"name": "FEATURE", "value": "on"} in container["env"] and {"name": "KEEP", "value": "1"} in container["env"]
+    assert {"name": "FEATURE", "value": "on"} in container["env"] and {
+        "name": "KEEP",
+        "value": "1",
+    } in container["env"]
     assert stable["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert ("POST", "/apis/apps/v1/namespaces/shop/deployments") in fake.requests
     assert r.verdicts[0].result == "pass" and r.verdicts[0].canary_requests >= 100
@@ -259,7 +350,10 @@ def test_bad_canary_is_rolled_back_and_the_stable_template_never_changed(fake):
     (r,) = run_rollouts(fake, CountingMetrics({"v2": 0.2}), spec("v2"))
     assert r.phase is Phase.ROLLED_BACK and r.verdicts[-1].result == "fail"
     assert fake.deployments[("shop", "web-zone-a")]["spec"]["template"] == before
-    assert fake.replicas("shop", "web-zone-a") == ("v1", 4) and fake.replicas("shop", "web-zone-a-canary")[1] == 0
+    assert (
+        fake.replicas("shop", "web-zone-a") == ("v1", 4)
+        and fake.replicas("shop", "web-zone-a-canary")[1] == 0
+    )
 
 
 def test_crash_looping_image_fails_the_canary(fake):

@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+
 from stoker.coordinator.rollouts.targets import local as target_local
 from stoker.demo import rollouts as demo_rollouts
 from stoker.v1 import rollout_pb2
@@ -30,7 +31,10 @@ def test_good_rollout_drops_nothing_and_a_faulty_one_rolls_back_at_the_canary(ro
     stub = rollout_fleet.stub()
     first = demo_rollouts.deploy_first(stub, "web", "v1", instances_per_zone=2)
     assert first.endpoint.startswith("127.0.0.1:")
-    assert [(z.zone, z.new_instances, z.ready_instances) for z in first.zones] == [("zone-a", 2, 2), ("zone-b", 2, 2)]
+    assert [(z.zone, z.new_instances, z.ready_instances) for z in first.zones] == [
+        ("zone-a", 2, 2),
+        ("zone-b", 2, 2),
+    ]
 
     good = demo_rollouts.run_with_load(stub, spec("v2"), first.endpoint, rate=80, timeout=60)
     assert good["outcome"] == "succeeded", good
@@ -43,13 +47,17 @@ def test_good_rollout_drops_nothing_and_a_faulty_one_rolls_back_at_the_canary(ro
     assert passed[0].canary_requests >= 60 and passed[0].baseline_requests >= 60
     assert [(z.old_instances, z.new_instances) for z in final.zones] == [(0, 2), (0, 2)]
 
-    bad = demo_rollouts.run_with_load(stub, spec("v3", env={"STOKER_SAMPLE_ERROR_RATE": "0.3"}), first.endpoint,
-                                      rate=80, timeout=60)
+    bad = demo_rollouts.run_with_load(
+        stub, spec("v3", env={"STOKER_SAMPLE_ERROR_RATE": "0.3"}), first.endpoint, rate=80, timeout=60
+    )
     assert bad["outcome"] == "rolled_back", bad
     assert bad["detect_s"] is not None and bad["detect_s"] < 8
     # failures only on the canary share: every failed request was answered by v3
     assert bad["failed_requests"] == bad["by_version"]["v3"]["failed"] > 0
-    assert new_version_starts(rollout_fleet, "web", "v3") and len(new_version_starts(rollout_fleet, "web", "v3")) == 2
+    assert (
+        new_version_starts(rollout_fleet, "web", "v3")
+        and len(new_version_starts(rollout_fleet, "web", "v3")) == 2
+    )
     final = stub.GetRollout(PB.GetRolloutRequest(rollout_id=bad["rollout_id"]), timeout=5)
     failed = [v for v in final.verdicts if v.result == PB.VERDICT_RESULT_FAIL]
     assert failed and failed[0].canary_errors > 0 and failed[0].canary_requests > 0
@@ -83,8 +91,12 @@ def test_bad_input_is_refused_by_name_and_leaves_the_running_rollout_alone(rollo
     assert "already has a rollout in progress" in err.value.details()
     for call in (stub.GetRollout, stub.PromoteRollout):
         with pytest.raises(grpc.RpcError) as err:
-            call(PB.GetRolloutRequest(rollout_id="r-nope") if call == stub.GetRollout
-                 else PB.RolloutActionRequest(rollout_id="r-nope"), timeout=5)
+            call(
+                PB.GetRolloutRequest(rollout_id="r-nope")
+                if call == stub.GetRollout
+                else PB.RolloutActionRequest(rollout_id="r-nope"),
+                timeout=5,
+            )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as err:
         stub.ResumeRollout(PB.RolloutActionRequest(rollout_id=running.id), timeout=5)
@@ -103,17 +115,23 @@ def test_bad_input_is_refused_by_name_and_leaves_the_running_rollout_alone(rollo
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-@pytest.mark.parametrize("fault,env", [
-    ("crash_at_start", {"STOKER_SAMPLE_CRASH_AT_START": "1"}),
-    ("never_ready", {"STOKER_SAMPLE_NEVER_READY": "1"}),
-])
+@pytest.mark.parametrize(
+    "fault,env",
+    [
+        ("crash_at_start", {"STOKER_SAMPLE_CRASH_AT_START": "1"}),
+        ("never_ready", {"STOKER_SAMPLE_NEVER_READY": "1"}),
+    ],
+)
 def test_a_canary_that_never_serves_is_rolled_back_before_the_surge(rollout_fleet, fault, env):
     rollout_fleet.start(progress_deadline_s=4.0)
     stub = rollout_fleet.stub()
     first = demo_rollouts.deploy_first(stub, "web", "v1", instances_per_zone=2)
     row = demo_rollouts.run_with_load(stub, spec("v2", env=env), first.endpoint, rate=60, timeout=40)
     assert row["outcome"] == "rolled_back", row
-    assert row["failed_requests"] == 0, (row["by_version"], row)  # the balancer never sent traffic to an instance that was not up
+    assert row["failed_requests"] == 0, (
+        row["by_version"],
+        row,
+    )  # the balancer never sent traffic to an instance that was not up
     starts = new_version_starts(rollout_fleet, "web", "v2")
     assert len({s["instance"] for s in starts}) == 2  # only the canary (one per zone) was ever started
     final = stub.GetRollout(PB.GetRolloutRequest(rollout_id=row["rollout_id"]), timeout=5)
@@ -151,14 +169,24 @@ def test_no_traffic_pauses_then_operator_verbs(rollout_fleet):
 def test_old_instances_that_ignore_sigterm_are_drained_then_killed_without_dropping_requests(rollout_fleet):
     rollout_fleet.start()
     stub = rollout_fleet.stub()
-    r = stub.StartRollout(PB.StartRolloutRequest(spec=PB.RolloutSpec(
-        service="web", version="v1", instances_per_zone=2, post_bake_s=0.5,
-        env={"STOKER_SAMPLE_IGNORE_SIGTERM": "1", "STOKER_SAMPLE_LATENCY_MS": "30"})), timeout=5)
+    r = stub.StartRollout(
+        PB.StartRolloutRequest(
+            spec=PB.RolloutSpec(
+                service="web",
+                version="v1",
+                instances_per_zone=2,
+                post_bake_s=0.5,
+                env={"STOKER_SAMPLE_IGNORE_SIGTERM": "1", "STOKER_SAMPLE_LATENCY_MS": "30"},
+            )
+        ),
+        timeout=5,
+    )
     first = demo_rollouts.wait_until(stub, r.id, set(), 30)
     records = list((rollout_fleet.local_dir / "web" / "instances").glob("*.json"))
     old_pids = [json.loads(p.read_text())["pid"] for p in records]
-    row = demo_rollouts.run_with_load(stub, spec("v2", min_requests=30, bake_s=2), first.endpoint, rate=60,
-                                      timeout=40)
+    row = demo_rollouts.run_with_load(
+        stub, spec("v2", min_requests=30, bake_s=2), first.endpoint, rate=60, timeout=40
+    )
     assert row["outcome"] == "succeeded", row
     assert row["failed_requests"] == 0, row
     deadline = time.time() + 5
@@ -167,5 +195,9 @@ def test_old_instances_that_ignore_sigterm_are_drained_then_killed_without_dropp
     assert not any(target_local._alive(p) for p in old_pids), "SIGTERM-ignoring instances were not killed"
     log = (rollout_fleet.root / "coordinator.log").read_text()
     assert "ignored SIGTERM" in log
-    assert json.loads((rollout_fleet.local_dir / "web" / "versions.json").read_text())["v1"][
-        "STOKER_SAMPLE_IGNORE_SIGTERM"] == "1"
+    assert (
+        json.loads((rollout_fleet.local_dir / "web" / "versions.json").read_text())["v1"][
+            "STOKER_SAMPLE_IGNORE_SIGTERM"
+        ]
+        == "1"
+    )

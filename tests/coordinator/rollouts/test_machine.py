@@ -5,12 +5,17 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from stoker.coordinator.core.errors import FailedPrecondition, InvalidArgument
 from stoker.coordinator.rollouts import machine as m
 from stoker.coordinator.rollouts.judge import Counters, Policy
 
-SETTINGS = m.Settings(judge_interval_s=1.0, inconclusive_limit=2, progress_deadline_s=10.0,
-                      policy=Policy(min_requests=100, max_restarts=0))
+SETTINGS = m.Settings(
+    judge_interval_s=1.0,
+    inconclusive_limit=2,
+    progress_deadline_s=10.0,
+    policy=Policy(min_requests=100, max_restarts=0),
+)
 
 
 class Fleet:
@@ -27,8 +32,16 @@ class Fleet:
     def _add(self, zone: str, version: str) -> None:
         self.n += 1
         fault = self.broken.get(version)
-        self.instances.append(m.Instance(id=f"i{self.n}", zone=zone, version=version, ready=fault is None,
-                                         restarts=3 if fault == "crash" else 0, address=f"127.0.0.1:{1000 + self.n}"))
+        self.instances.append(
+            m.Instance(
+                id=f"i{self.n}",
+                zone=zone,
+                version=version,
+                ready=fault is None,
+                restarts=3 if fault == "crash" else 0,
+                address=f"127.0.0.1:{1000 + self.n}",
+            )
+        )
 
     def converge(self, desired: dict[str, dict[str, int]]) -> None:
         for zone, want in desired.items():
@@ -36,8 +49,10 @@ class Fleet:
                 have = [i for i in self.instances if i.zone == zone and i.version == version]
                 for _ in range(n - len(have)):
                     self._add(zone, version)
-            ready_ok = all(sum(1 for i in self.instances if i.zone == zone and i.version == v and i.ready) >= n
-                           for v, n in want.items())
+            ready_ok = all(
+                sum(1 for i in self.instances if i.zone == zone and i.version == v and i.ready) >= n
+                for v, n in want.items()
+            )
             if not ready_ok:
                 continue
             for version in {i.version for i in self.instances if i.zone == zone}:
@@ -79,7 +94,9 @@ def drive(r, fleet, clock, traffic, *, until, steps=400, dt=0.5):
                     tot = served.setdefault(version, [0, 0])
                     tot[0] += int(rps * dt * 4)
                     tot[1] += int(err * rps * dt * 4)
-                metrics = fleet.metrics({v: (n, e, 0.06 if v == "slow" else 0.001) for v, (n, e) in served.items()})
+                metrics = fleet.metrics(
+                    {v: (n, e, 0.06 if v == "slow" else 0.001) for v, (n, e) in served.items()}
+                )
         m.step(r, fleet.observe(), metrics, clock.t, SETTINGS)
         if r.desired:
             fleet.converge(r.desired)
@@ -87,8 +104,9 @@ def drive(r, fleet, clock, traffic, *, until, steps=400, dt=0.5):
 
 
 def start(fleet, clock, version="v2", **kw):
-    spec = m.Spec(service="web", version=version, bake_s=kw.pop("bake_s", 5.0), min_requests=100,
-                  post_bake_s=2.0, **kw)
+    spec = m.Spec(
+        service="web", version=version, bake_s=kw.pop("bake_s", 5.0), min_requests=100, post_bake_s=2.0, **kw
+    )
     m.validate_spec(spec)
     return m.new_rollout("r1", spec, clock.t)
 
@@ -106,10 +124,18 @@ def test_good_rollout_goes_canary_bake_surge_post_bake_succeeded():
     r = start(fleet, clock)
     phases = []
     while not r.terminal:
-        drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0)}, until=lambda r, p=r.phase: r.phase != p or r.terminal)
+        drive(
+            r,
+            fleet,
+            clock,
+            {"v1": (50, 0), "v2": (50, 0)},
+            until=lambda r, p=r.phase: r.phase != p or r.terminal,
+        )
         phases.append(r.phase)
     assert phases == [m.Phase.CANARY, m.Phase.BAKING, m.Phase.SURGING, m.Phase.POST_BAKE, m.Phase.SUCCEEDED]
-    assert {(i.zone, i.version) for i in fleet.instances} == {("a", "v2"), ("b", "v2")} and len(fleet.instances) == 8
+    assert {(i.zone, i.version) for i in fleet.instances} == {("a", "v2"), ("b", "v2")} and len(
+        fleet.instances
+    ) == 8
     assert [v.result for v in r.verdicts] == ["pass", "pass"]
     assert r.verdicts[0].canary_requests >= 100 and r.verdicts[0].baseline_requests >= 100
 
@@ -192,7 +218,11 @@ def test_zone_first_surges_one_zone_then_the_rest():
     fleet, clock = Fleet({"a": 2, "b": 2}), Clock()
     r = start(fleet, clock, zone_first=True)
     drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0)}, until=lambda r: r.phase is m.Phase.SURGING)
-    assert r.step_key.endswith("/surge-first") and r.desired["a"] == {"v2": 2} and r.desired["b"] == {"v1": 1, "v2": 1}
+    assert (
+        r.step_key.endswith("/surge-first")
+        and r.desired["a"] == {"v2": 2}
+        and r.desired["b"] == {"v1": 1, "v2": 1}
+    )
     drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0)}, until=lambda r: r.step_key.endswith("/surge-rest"))
     drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0)}, until=lambda r: r.terminal)
     assert r.phase is m.Phase.SUCCEEDED
@@ -221,12 +251,20 @@ def test_a_service_already_on_the_version_or_on_two_versions():
     assert r.phase is m.Phase.FAILED and "several versions" in r.message
 
 
-@pytest.mark.parametrize("kw,field", [
-    (dict(target="nomad"), "target"), (dict(canary_percent=0.0), "canary_percent"),
-    (dict(canary_percent=100.0), "canary_percent"), (dict(bake_s=-1.0), "bake_s"), (dict(version=""), "version"),
-    (dict(service=""), "service"), (dict(zones=("a", "a")), "zones"), (dict(env={"A=B": "1"}), "env"),
-    (dict(canary_percent=float("nan")), "canary_percent"),
-])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        (dict(target="nomad"), "target"),
+        (dict(canary_percent=0.0), "canary_percent"),
+        (dict(canary_percent=100.0), "canary_percent"),
+        (dict(bake_s=-1.0), "bake_s"),
+        (dict(version=""), "version"),
+        (dict(service=""), "service"),
+        (dict(zones=("a", "a")), "zones"),
+        (dict(env={"A=B": "1"}), "env"),
+        (dict(canary_percent=float("nan")), "canary_percent"),
+    ],
+)
 def test_validation_names_the_field(kw, field):
     base = dict(service="web", version="v2", canary_percent=5.0)
     with pytest.raises(InvalidArgument, match=field):

@@ -13,9 +13,9 @@ import time
 import urllib.request
 
 import pytest
+
 from stoker.coordinator.rollouts.machine import Instance, Spec
 from stoker.coordinator.rollouts.metrics_providers import MetricsUnavailable, PrometheusMetrics, ScrapeMetrics
-
 from tests.helpers.net import free_port
 
 pytestmark = pytest.mark.integration
@@ -38,14 +38,32 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 def samples(tmp_path):
     """Two sample instances: v1 clean, v2 answering 20 % errors with 30 ms of added latency."""
     procs, instances = [], []
-    for name, version, env in (("i-1", "v1", {}), ("i-2", "v2", {"STOKER_SAMPLE_ERROR_RATE": "0.2",
-                                                                  "STOKER_SAMPLE_LATENCY_MS": "30"})):
+    for name, version, env in (
+        ("i-1", "v1", {}),
+        ("i-2", "v2", {"STOKER_SAMPLE_ERROR_RATE": "0.2", "STOKER_SAMPLE_LATENCY_MS": "30"}),
+    ):
         port = free_port()
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "stoker.coordinator.rollouts.sample_service", "--port", str(port), "--instance", name,
-             "--version", version], env={**__import__("os").environ, **env},
-            stdout=(tmp_path / f"{name}.log").open("wb"), stderr=subprocess.STDOUT))
-        instances.append(Instance(id=name, zone="zone-a", version=version, ready=True, address=f"127.0.0.1:{port}"))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "stoker.coordinator.rollouts.sample_service",
+                    "--port",
+                    str(port),
+                    "--instance",
+                    name,
+                    "--version",
+                    version,
+                ],
+                env={**__import__("os").environ, **env},
+                stdout=(tmp_path / f"{name}.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+        instances.append(
+            Instance(id=name, zone="zone-a", version=version, ready=True, address=f"127.0.0.1:{port}")
+        )
     for inst in instances:
         wait_http(f"http://{inst.address}/ready")
     yield instances
@@ -76,11 +94,18 @@ global:
 scrape_configs:
   - job_name: sample
     file_sd_configs:
-      - files: ["{tmp_path / 'targets.json'}"]
+      - files: ["{tmp_path / "targets.json"}"]
 """)
-    proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=(tmp_path / "prometheus.log").open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=(tmp_path / "prometheus.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/-/ready", 30)
         yield f"http://127.0.0.1:{port}"
@@ -101,8 +126,12 @@ def test_scrape_reads_each_instances_counters(samples):
     assert v2.requests == 50 and 0 < v2.errors < 30
     assert dict(v2.buckets)[0.02] == 0 and dict(v2.buckets)[0.05] == 50  # +30 ms lands past 20 ms
     with pytest.raises(MetricsUnavailable):
-        asyncio.run(ScrapeMetrics(0.5).sample(Spec(service="web", version="v2"),
-                                              [Instance("x", "z", "v", True, address=f"127.0.0.1:{free_port()}")]))
+        asyncio.run(
+            ScrapeMetrics(0.5).sample(
+                Spec(service="web", version="v2"),
+                [Instance("x", "z", "v", True, address=f"127.0.0.1:{free_port()}")],
+            )
+        )
 
 
 def test_prometheus_answers_the_same_counters_over_promql(samples, prometheus):
@@ -119,7 +148,10 @@ def test_prometheus_answers_the_same_counters_over_promql(samples, prometheus):
         time.sleep(0.5)
     assert got == direct, (got, direct)
     assert got[samples[1].address].errors > 0 and got[samples[0].address].errors == 0
-    assert provider.queries("web")[1] == 'sum by (instance) (stoker_sample_requests_total{service="web",code=~"5.."})'
+    assert (
+        provider.queries("web")[1]
+        == 'sum by (instance) (stoker_sample_requests_total{service="web",code=~"5.."})'
+    )
 
 
 def test_prometheus_down_is_metrics_unavailable():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from stoker.coordinator.core.errors import FailedPrecondition
 from stoker.coordinator.core.state import SqliteStateStore
 from stoker.coordinator.rollouts import machine as m
@@ -48,7 +49,11 @@ def test_intents_are_written_once(store):
 
 def test_events_and_round_trip(store):
     r = rollout("r1")
-    r.verdicts.append(__import__("stoker.coordinator.rollouts.judge", fromlist=["Verdict"]).Verdict(5.0, "pass", "ok", "all"))
+    r.verdicts.append(
+        __import__("stoker.coordinator.rollouts.judge", fromlist=["Verdict"]).Verdict(
+            5.0, "pass", "ok", "all"
+        )
+    )
     store.create(r)
     store.append_event("r1", 1.0, "created")
     store.append_event("r1", 2.0, "canary")

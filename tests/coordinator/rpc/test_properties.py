@@ -9,20 +9,43 @@ import unicodedata
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache import tree
 from stoker.agent.cache.api import CacheError, UnsafeTree
 from stoker.coordinator.core.errors import InvalidArgument
 from stoker.coordinator.rpc import validate
-
 from tests.helpers.hostile import budget
 
 pytestmark = pytest.mark.hostile
 
 ROOT = "/work/ws"
 # Paths built mostly from the characters that matter, plus any character at all.
-TRICKY = st.sampled_from(["/", ".", "..", "\\", "\0", "a", "b", "node_modules", "\u202e", "\u200b", "\uff0f",
-                          "\uff0e", "\u2024", "\u2215", "e\u0301", "\u00e9", "\n", "\x1b", " ", "~", "%2e"])
+TRICKY = st.sampled_from(
+    [
+        "/",
+        ".",
+        "..",
+        "\\",
+        "\0",
+        "a",
+        "b",
+        "node_modules",
+        "\u202e",
+        "\u200b",
+        "\uff0f",
+        "\uff0e",
+        "\u2024",
+        "\u2215",
+        "e\u0301",
+        "\u00e9",
+        "\n",
+        "\x1b",
+        " ",
+        "~",
+        "%2e",
+    ]
+)
 PATHS = st.one_of(st.text(max_size=40), st.lists(TRICKY, max_size=12).map("".join))
 
 
@@ -59,8 +82,10 @@ def test_symlink_targets_accepted_resolve_inside_their_roots(link, target):
 
 
 @budget(200)
-@given(st.lists(st.tuples(PATHS, st.sampled_from([mf.DIR, mf.FILE, mf.SYMLINK, "type 7"]), PATHS), max_size=8),
-       st.lists(PATHS, max_size=3))
+@given(
+    st.lists(st.tuples(PATHS, st.sampled_from([mf.DIR, mf.FILE, mf.SYMLINK, "type 7"]), PATHS), max_size=8),
+    st.lists(PATHS, max_size=3),
+)
 def test_validate_refuses_or_every_path_is_inside_and_under_listed_dirs(entries, roots):
     files = []
     for path, kind, target in entries:
@@ -91,8 +116,9 @@ def test_validate_refuses_or_every_path_is_inside_and_under_listed_dirs(entries,
         seen[f.path] = f.type
 
 
-NAME = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="/\0\\"), min_size=1,
-               max_size=8).filter(lambda s: s not in (".", ".."))
+NAME = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="/\0\\"), min_size=1, max_size=8
+).filter(lambda s: s not in (".", ".."))
 
 
 @st.composite
@@ -100,10 +126,17 @@ def manifests(draw):
     """Valid manifests: a tree of directories, files with chunks into frames, symlinks inside the root."""
     nframes = draw(st.integers(0, 4))
     packs = [draw(st.sampled_from(["a" * 64, "b" * 64, "c" * 64])) for _ in range(nframes)]
-    frames = tuple(mf.Frame(packs[i], draw(st.integers(0, 2**40)), draw(st.integers(1, 2**31 - 1)),
-                            draw(st.integers(0, mf.MAX_FRAME_RAW_SIZE))) for i in range(nframes))
+    frames = tuple(
+        mf.Frame(
+            packs[i],
+            draw(st.integers(0, 2**40)),
+            draw(st.integers(1, 2**31 - 1)),
+            draw(st.integers(0, mf.MAX_FRAME_RAW_SIZE)),
+        )
+        for i in range(nframes)
+    )
     root = draw(NAME)
-    files = [mf.FileEntry(root, mf.DIR, 0o755, draw(st.integers(-2**63, 2**63 - 1)))]
+    files = [mf.FileEntry(root, mf.DIR, 0o755, draw(st.integers(-(2**63), 2**63 - 1)))]
     dirs = [root]
     used = {root}
     for _ in range(draw(st.integers(0, 12))):
@@ -114,13 +147,20 @@ def manifests(draw):
         used.add(path)
         kind = draw(st.sampled_from([mf.DIR, mf.FILE, mf.SYMLINK]))
         mode = draw(st.integers(0, 0o1777))
-        mtime = draw(st.integers(-2**63, 2**63 - 1))
+        mtime = draw(st.integers(-(2**63), 2**63 - 1))
         if kind == mf.DIR:
             dirs.append(path)
             files.append(mf.FileEntry(path, kind, mode, mtime))
         elif kind == mf.SYMLINK:
-            files.append(mf.FileEntry(path, kind, mode, mtime, target=posixpath.relpath(
-                draw(st.sampled_from(dirs)), posixpath.dirname(path))))
+            files.append(
+                mf.FileEntry(
+                    path,
+                    kind,
+                    mode,
+                    mtime,
+                    target=posixpath.relpath(draw(st.sampled_from(dirs)), posixpath.dirname(path)),
+                )
+            )
         else:
             chunks = []
             if nframes:
@@ -129,8 +169,11 @@ def manifests(draw):
                     off = draw(st.integers(0, frames[i].raw_size))
                     chunks.append(mf.Chunk(i, off, draw(st.integers(0, frames[i].raw_size - off))))
             digest = draw(st.binary(min_size=32, max_size=32)).hex()
-            files.append(mf.FileEntry(path, kind, mode, mtime, sum(c.raw_length for c in chunks), digest, None,
-                                      tuple(chunks)))
+            files.append(
+                mf.FileEntry(
+                    path, kind, mode, mtime, sum(c.raw_length for c in chunks), digest, None, tuple(chunks)
+                )
+            )
     created = draw(st.floats(0, 4e9))
     return mf.Manifest(draw(st.text(max_size=20)), created, frames, tuple(files), (root,))
 
@@ -146,8 +189,11 @@ def test_valid_manifests_round_trip_in_both_versions(m):
 
 # -- coordinator: request checks ------------------------------------------------------------------------
 BAD_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
-KEYS = st.one_of(st.text(max_size=600), st.lists(TRICKY, max_size=40).map("".join),
-                 st.text(alphabet="k/", min_size=500, max_size=520))
+KEYS = st.one_of(
+    st.text(max_size=600),
+    st.lists(TRICKY, max_size=40).map("".join),
+    st.text(alphabet="k/", min_size=500, max_size=520),
+)
 
 
 @budget(400)
@@ -188,8 +234,12 @@ def test_accepted_input_files_land_inside_a_fresh_workspace(tmp_path_factory, fi
     from stoker.v1 import common_pb2
 
     try:
-        validate.build_spec(common_pb2.BuildSpec(workspace="w", command=["true"], files=files),
-                            need_command=True, max_files_bytes=1 << 20, max_timeout_s=10)
+        validate.build_spec(
+            common_pb2.BuildSpec(workspace="w", command=["true"], files=files),
+            need_command=True,
+            max_files_bytes=1 << 20,
+            max_timeout_s=10,
+        )
     except InvalidArgument as exc:
         assert str(exc).startswith("spec.files")
         return
@@ -206,5 +256,9 @@ def test_non_finite_timeouts_are_refused(value):
     from stoker.v1 import common_pb2
 
     with pytest.raises(InvalidArgument, match="^spec.timeout_s: must be a finite number"):
-        validate.build_spec(common_pb2.BuildSpec(workspace="w", command=["true"], timeout_s=value),
-                            need_command=True, max_files_bytes=1, max_timeout_s=10)
+        validate.build_spec(
+            common_pb2.BuildSpec(workspace="w", command=["true"], timeout_s=value),
+            need_command=True,
+            max_files_bytes=1,
+            max_timeout_s=10,
+        )

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
 from stoker.demo import local_fleet
 from stoker.v1 import (
     agent_pb2,
@@ -40,24 +41,33 @@ def _key():
 
 
 def _write(path: Path, key, cert) -> None:
-    path.with_suffix(".key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption()))
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _cert(common_name: str, issuer_key, issuer_name, key, *, ca=False, ip=False):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-               .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if ip:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -80,8 +90,12 @@ def pki(tmp_path):
     tokens = {}
     lines = []
     for name, role in (("ci-a", "ci"), ("ci-b", "ci"), ("ops", "operator")):
-        out = subprocess.run([sys.executable, "-m", "stoker.cli.main", "token", "--name", name, "--role", role],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "stoker.cli.main", "token", "--name", name, "--role", role],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         tokens[name] = out.stderr.strip().rsplit(" ", 1)[-1]
         lines.append(json.loads(out.stdout))
     (d / "tokens.json").write_text(json.dumps({"tokens": lines}))
@@ -90,8 +104,9 @@ def pki(tmp_path):
 
 def secure_fleet(tmp_path, pki_dir, port_factory):
     agent_port = port_factory()
-    coordinator = local_fleet.start_coordinator(tmp_path, extra=[
-        "--config", str(_coordinator_config(tmp_path, pki_dir, agent_port))])
+    coordinator = local_fleet.start_coordinator(
+        tmp_path, extra=["--config", str(_coordinator_config(tmp_path, pki_dir, agent_port))]
+    )
     return coordinator, f"127.0.0.1:{agent_port}"
 
 
@@ -103,22 +118,28 @@ def _coordinator_config(tmp_path: Path, pki_dir: Path, agent_port: int) -> Path:
         f'tls_key = "{pki_dir / "server.key"}"\n'
         f'client_ca = "{pki_dir / "ca.pem"}"\n'
         f'agent_listen = "127.0.0.1:{agent_port}"\n'
-        f'tokens_file = "{pki_dir / "tokens.json"}"\n')
+        f'tokens_file = "{pki_dir / "tokens.json"}"\n'
+    )
     return path
 
 
 def agent_env(pki_dir: Path, cert: str) -> dict[str, str]:
-    return {"STOKER_AGENT_COORDINATOR_TLS_CA": str(pki_dir / "ca.pem"),
-            "STOKER_AGENT_COORDINATOR_TLS_CERT": str(pki_dir / f"{cert}.pem"),
-            "STOKER_AGENT_COORDINATOR_TLS_KEY": str(pki_dir / f"{cert}.key"),
-            "PATH": os.environ["PATH"]}
+    return {
+        "STOKER_AGENT_COORDINATOR_TLS_CA": str(pki_dir / "ca.pem"),
+        "STOKER_AGENT_COORDINATOR_TLS_CERT": str(pki_dir / f"{cert}.pem"),
+        "STOKER_AGENT_COORDINATOR_TLS_KEY": str(pki_dir / f"{cert}.key"),
+        "PATH": os.environ["PATH"],
+    }
 
 
-def tls_channel(address: str, pki_dir: Path, token: str | None = None, client: str | None = None) -> grpc.Channel:
+def tls_channel(
+    address: str, pki_dir: Path, token: str | None = None, client: str | None = None
+) -> grpc.Channel:
     creds = grpc.ssl_channel_credentials(
         (pki_dir / "ca.pem").read_bytes(),
         private_key=(pki_dir / f"{client}.key").read_bytes() if client else None,
-        certificate_chain=(pki_dir / f"{client}.pem").read_bytes() if client else None)
+        certificate_chain=(pki_dir / f"{client}.pem").read_bytes() if client else None,
+    )
     if token:
         creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
     return grpc.secure_channel(address, creds)
@@ -146,8 +167,11 @@ def test_mutual_tls_agents_and_token_roles(tmp_path, pki, port_factory):
     coordinator, agent_address = secure_fleet(tmp_path, pki_dir, port_factory)
     procs = [coordinator]
     try:
-        procs.append(local_fleet.start_agent(tmp_path, "n1", agent_address, blobs=tmp_path / "blobs",
-                                             env=agent_env(pki_dir, "n1")))
+        procs.append(
+            local_fleet.start_agent(
+                tmp_path, "n1", agent_address, blobs=tmp_path / "blobs", env=agent_env(pki_dir, "n1")
+            )
+        )
         wait_nodes(coordinator.address, pki_dir, tokens["ops"], ["n1"])
         spec = common_pb2.BuildSpec(workspace="w", command=["sh", "-c", "echo secure"])
 
@@ -160,55 +184,100 @@ def test_mutual_tls_agents_and_token_roles(tmp_path, pki, port_factory):
 
         # Another ci token may not read it; an operator may; ci may not query the inventory.
         ci_b = build_pb2_grpc.BuildsStub(tls_channel(coordinator.address, pki_dir, tokens["ci-b"]))
-        assert code_of(lambda: ci_b.GetBuild(build_pb2.GetBuildRequest(build_id=build_id), timeout=5)) == \
-            grpc.StatusCode.PERMISSION_DENIED
+        assert (
+            code_of(lambda: ci_b.GetBuild(build_pb2.GetBuildRequest(build_id=build_id), timeout=5))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
         ops = build_pb2_grpc.BuildsStub(tls_channel(coordinator.address, pki_dir, tokens["ops"]))
         assert ops.GetBuild(build_pb2.GetBuildRequest(build_id=build_id), timeout=5).id == build_id
-        ci_inventory = inventory_pb2_grpc.InventoryStub(tls_channel(coordinator.address, pki_dir, tokens["ci-a"]))
-        assert code_of(lambda: ci_inventory.QueryInventory(inventory_pb2.QueryInventoryRequest(), timeout=5)) == \
-            grpc.StatusCode.PERMISSION_DENIED
+        ci_inventory = inventory_pb2_grpc.InventoryStub(
+            tls_channel(coordinator.address, pki_dir, tokens["ci-a"])
+        )
+        assert (
+            code_of(lambda: ci_inventory.QueryInventory(inventory_pb2.QueryInventoryRequest(), timeout=5))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
 
         # No token, a wrong token, and a token on the agent port: UNAUTHENTICATED / PERMISSION_DENIED.
         anonymous = build_pb2_grpc.BuildsStub(tls_channel(coordinator.address, pki_dir))
-        assert code_of(lambda: anonymous.GetBuild(build_pb2.GetBuildRequest(build_id=build_id), timeout=5)) == \
-            grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            code_of(lambda: anonymous.GetBuild(build_pb2.GetBuildRequest(build_id=build_id), timeout=5))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
         forged = build_pb2_grpc.BuildsStub(tls_channel(coordinator.address, pki_dir, "stk_not-a-real-token"))
-        assert code_of(lambda: forged.GetBuild(build_pb2.GetBuildRequest(build_id=build_id), timeout=5)) == \
-            grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            code_of(lambda: forged.GetBuild(build_pb2.GetBuildRequest(build_id=build_id), timeout=5))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
         # A CI token may not register as an agent; an agent certificate may not submit builds.
-        gateway_as_ci = agent_pb2_grpc.AgentGatewayStub(tls_channel(coordinator.address, pki_dir, tokens["ci-a"]))
-        assert code_of(lambda: gateway_as_ci.Register(agent_pb2.RegisterRequest(node="n9", slots=1), timeout=5)) \
+        gateway_as_ci = agent_pb2_grpc.AgentGatewayStub(
+            tls_channel(coordinator.address, pki_dir, tokens["ci-a"])
+        )
+        assert (
+            code_of(lambda: gateway_as_ci.Register(agent_pb2.RegisterRequest(node="n9", slots=1), timeout=5))
             == grpc.StatusCode.PERMISSION_DENIED
+        )
         builds_as_agent = build_pb2_grpc.BuildsStub(tls_channel(agent_address, pki_dir, client="n2"))
-        assert code_of(lambda: list(builds_as_agent.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec),
-                                                                timeout=5))) == grpc.StatusCode.PERMISSION_DENIED
+        assert (
+            code_of(
+                lambda: list(builds_as_agent.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec), timeout=5))
+            )
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
 
         # An agent certificate may only register as its own node.
         gateway_n2 = agent_pb2_grpc.AgentGatewayStub(tls_channel(agent_address, pki_dir, client="n2"))
-        assert code_of(lambda: gateway_n2.Register(agent_pb2.RegisterRequest(node="n1", slots=1), timeout=5)) == \
-            grpc.StatusCode.PERMISSION_DENIED
+        assert (
+            code_of(lambda: gateway_n2.Register(agent_pb2.RegisterRequest(node="n1", slots=1), timeout=5))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
         assert gateway_n2.Register(agent_pb2.RegisterRequest(node="n2", slots=1), timeout=5).session_id
 
         # Without a client certificate, or with one from another CA, the agent port refuses the handshake.
         no_cert = agent_pb2_grpc.AgentGatewayStub(tls_channel(agent_address, pki_dir))
-        assert code_of(lambda: no_cert.Register(agent_pb2.RegisterRequest(node="n1", slots=1), timeout=5)) == \
-            grpc.StatusCode.UNAVAILABLE
+        assert (
+            code_of(lambda: no_cert.Register(agent_pb2.RegisterRequest(node="n1", slots=1), timeout=5))
+            == grpc.StatusCode.UNAVAILABLE
+        )
         rogue = agent_pb2_grpc.AgentGatewayStub(tls_channel(agent_address, pki_dir, client="rogue"))
-        assert code_of(lambda: rogue.Register(agent_pb2.RegisterRequest(node="n1", slots=1), timeout=5)) == \
-            grpc.StatusCode.UNAVAILABLE
+        assert (
+            code_of(lambda: rogue.Register(agent_pb2.RegisterRequest(node="n1", slots=1), timeout=5))
+            == grpc.StatusCode.UNAVAILABLE
+        )
         # Plain text against a TLS port fails too.
         plain = build_pb2_grpc.BuildsStub(grpc.insecure_channel(coordinator.address))
-        assert code_of(lambda: plain.GetBuild(build_pb2.GetBuildRequest(build_id=build_id), timeout=5)) == \
-            grpc.StatusCode.UNAVAILABLE
+        assert (
+            code_of(lambda: plain.GetBuild(build_pb2.GetBuildRequest(build_id=build_id), timeout=5))
+            == grpc.StatusCode.UNAVAILABLE
+        )
         log = coordinator.log_path.read_text()
         assert "refused /stoker.v1.Builds/GetBuild" in log and "unknown token" in log
 
         # The CLI reads the CA and the token from the environment.
-        env = {**os.environ, "STOKER_COORDINATOR": coordinator.address, "STOKER_CA": str(pki_dir / "ca.pem"),
-               "STOKER_TOKEN": tokens["ci-a"]}
-        done = subprocess.run([sys.executable, "-m", "stoker.cli.main", "build", "--workspace", "w", "--",
-                               "sh", "-c", "echo via-cli; exit 3"], env=env, capture_output=True, text=True,
-                              timeout=60)
+        env = {
+            **os.environ,
+            "STOKER_COORDINATOR": coordinator.address,
+            "STOKER_CA": str(pki_dir / "ca.pem"),
+            "STOKER_TOKEN": tokens["ci-a"],
+        }
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stoker.cli.main",
+                "build",
+                "--workspace",
+                "w",
+                "--",
+                "sh",
+                "-c",
+                "echo via-cli; exit 3",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 3 and "via-cli" in done.stdout, done.stderr
     finally:
         for p in reversed(procs):
@@ -221,11 +290,13 @@ def test_agent_with_a_certificate_for_another_node_cannot_connect(tmp_path, pki,
     agent = None
     try:
         # The agent calls itself n1 but holds n2's certificate.
-        agent = local_fleet.start_agent(tmp_path, "n1", agent_address, blobs=tmp_path / "blobs",
-                                        env=agent_env(pki_dir, "n2"))
+        agent = local_fleet.start_agent(
+            tmp_path, "n1", agent_address, blobs=tmp_path / "blobs", env=agent_env(pki_dir, "n2")
+        )
         time.sleep(2)
-        reply = inventory_pb2_grpc.InventoryStub(tls_channel(coordinator.address, pki_dir, tokens["ops"])) \
-            .QueryInventory(inventory_pb2.QueryInventoryRequest(summary_only=True), timeout=5)
+        reply = inventory_pb2_grpc.InventoryStub(
+            tls_channel(coordinator.address, pki_dir, tokens["ops"])
+        ).QueryInventory(inventory_pb2.QueryInventoryRequest(summary_only=True), timeout=5)
         assert not reply.nodes
         assert "PERMISSION_DENIED" in agent.log_path.read_text()
     finally:
@@ -239,8 +310,12 @@ def test_exposed_coordinator_refuses_to_start_without_credentials(tmp_path, port
     with pytest.raises(local_fleet.FleetError) as err:
         local_fleet.start_coordinator(tmp_path, listen=f"0.0.0.0:{port}", timeout=20)
     assert "refusing to listen on 0.0.0.0" in str(err.value)
-    proc = local_fleet.start_coordinator(tmp_path, name="insecure", listen=f"0.0.0.0:{port}",
-                                         extra=["--config", str(_allow_insecure(tmp_path))])
+    proc = local_fleet.start_coordinator(
+        tmp_path,
+        name="insecure",
+        listen=f"0.0.0.0:{port}",
+        extra=["--config", str(_allow_insecure(tmp_path))],
+    )
     try:
         assert "INSECURE" in proc.log_path.read_text()
     finally:

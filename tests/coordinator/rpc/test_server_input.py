@@ -14,6 +14,7 @@ import unicodedata
 import grpc
 import pytest
 from google.protobuf.internal.encoder import _VarintBytes
+
 from stoker.demo import local_fleet
 from stoker.v1 import (
     agent_pb2,
@@ -36,11 +37,17 @@ class Servers:
     def __init__(self, root) -> None:
         self.root = root
         self.coordinator = local_fleet.start_coordinator(root)
-        self.agent = local_fleet.start_agent(root, "n1", self.coordinator.address, blobs=root / "blobs",
-                                             labels=REAL)
+        self.agent = local_fleet.start_agent(
+            root, "n1", self.coordinator.address, blobs=root / "blobs", labels=REAL
+        )
         local_fleet.wait_for_nodes(self.coordinator.address, ["n1"])
-        self.channel = grpc.insecure_channel(self.coordinator.address, options=[
-            ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
+        self.channel = grpc.insecure_channel(
+            self.coordinator.address,
+            options=[
+                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", 64 << 20),
+            ],
+        )
         self.builds = build_pb2_grpc.BuildsStub(self.channel)
         self.agents = agent_pb2_grpc.AgentGatewayStub(self.channel)
         self.inventory = inventory_pb2_grpc.InventoryStub(self.channel)
@@ -62,10 +69,18 @@ class Servers:
         assert self.agent.alive(), self.agent.log_tail()
         self.normal_builds += 1
         n = self.normal_builds
-        events = self.submit(common_pb2.BuildSpec(
-            workspace="web", command=["sh", "-c", f"mkdir -p out && echo {n} > out/n && cat in.txt"],
-            files={"in.txt": b"input\n"}, timeout_s=30, constraints=common_pb2.Constraints(labels=REAL),
-            cache=common_pb2.CacheSpec(key=f"web/normal-{n}", restore_keys=["web/normal-"], paths=["out"])))
+        events = self.submit(
+            common_pb2.BuildSpec(
+                workspace="web",
+                command=["sh", "-c", f"mkdir -p out && echo {n} > out/n && cat in.txt"],
+                files={"in.txt": b"input\n"},
+                timeout_s=30,
+                constraints=common_pb2.Constraints(labels=REAL),
+                cache=common_pb2.CacheSpec(
+                    key=f"web/normal-{n}", restore_keys=["web/normal-"], paths=["out"]
+                ),
+            )
+        )
         fin = events[-1].finished
         assert fin.state == build_pb2.BUILD_STATE_SUCCEEDED, fin
         # Succeeded means `cat in.txt` found the inline file; log lines are not checked here (one run in
@@ -89,7 +104,9 @@ def servers(tmp_path_factory):
 
 
 def spec(**kw) -> common_pb2.BuildSpec:
-    base = dict(workspace="web", command=["true"], timeout_s=30, constraints=common_pb2.Constraints(labels=REAL))
+    base = dict(
+        workspace="web", command=["true"], timeout_s=30, constraints=common_pb2.Constraints(labels=REAL)
+    )
     base.update(kw)
     return common_pb2.BuildSpec(**base)
 
@@ -115,15 +132,28 @@ BAD_SPECS = [
     ("key-nfd", dict(cache=cached(["out"], key=f"web/{NFD}")), "spec.cache.key"),
     ("key-line-separator", dict(cache=cached(["out"], key="web/\u2028")), "spec.cache.key"),
     ("key-too-long", dict(cache=cached(["out"], key="k" * 513)), "spec.cache.key"),
-    ("restore-key-bidi", dict(cache=cached(["out"], restore=["web/", "web/\u202d"])), "spec.cache.restore_keys[1]"),
-    ("restore-keys-too-many", dict(cache=cached(["out"], restore=[f"p{i}" for i in range(33)])),
-     "spec.cache.restore_keys"),
+    (
+        "restore-key-bidi",
+        dict(cache=cached(["out"], restore=["web/", "web/\u202d"])),
+        "spec.cache.restore_keys[1]",
+    ),
+    (
+        "restore-keys-too-many",
+        dict(cache=cached(["out"], restore=[f"p{i}" for i in range(33)])),
+        "spec.cache.restore_keys",
+    ),
     ("workspace-control", dict(workspace="web\x07"), "spec.workspace"),
     ("tenant-zero-width", dict(tenant="team\u200d"), "spec.tenant"),
-    ("label-key-control", dict(constraints=common_pb2.Constraints(labels={"a\tb": "x"})),
-     "spec.constraints.labels key"),
-    ("label-value-bidi", dict(constraints=common_pb2.Constraints(labels={"a": "\u202ex"})),
-     "spec.constraints.labels['a']"),
+    (
+        "label-key-control",
+        dict(constraints=common_pb2.Constraints(labels={"a\tb": "x"})),
+        "spec.constraints.labels key",
+    ),
+    (
+        "label-value-bidi",
+        dict(constraints=common_pb2.Constraints(labels={"a": "\u202ex"})),
+        "spec.constraints.labels['a']",
+    ),
     ("zone-newline", dict(constraints=common_pb2.Constraints(zone="z\n")), "spec.constraints.zone"),
     # cache paths: traversal in every form
     ("path-dotdot", dict(cache=cached(["../x"])), "spec.cache.paths[0]"),
@@ -177,7 +207,9 @@ BAD_SPECS = [
 ]
 
 
-@pytest.mark.parametrize("fields, field", [(f, fld) for _, f, fld in BAD_SPECS], ids=[c for c, _, _ in BAD_SPECS])
+@pytest.mark.parametrize(
+    "fields, field", [(f, fld) for _, f, fld in BAD_SPECS], ids=[c for c, _, _ in BAD_SPECS]
+)
 def test_bad_spec_is_refused_naming_the_field(servers, fields, field):
     bad = spec(**fields)
     err = servers.refused(servers.builds.SubmitBuild, build_pb2.SubmitBuildRequest(spec=bad))
@@ -195,8 +227,9 @@ def test_refusal_of_a_megabyte_path_fits_in_its_status(servers):
     """The message quotes a shortened value: a status trailer of 100 KB would reach the client as a
     transport error (RESOURCE_EXHAUSTED "metadata size exceeds hard limit"), not INVALID_ARGUMENT."""
     for name in ("\x00" * 100_000, "a/" * 50_000 + "..", "\u202e" * 50_000):
-        err = servers.refused(servers.builds.SubmitBuild, build_pb2.SubmitBuildRequest(
-            spec=spec(files={name: b"x"})))
+        err = servers.refused(
+            servers.builds.SubmitBuild, build_pb2.SubmitBuildRequest(spec=spec(files={name: b"x"}))
+        )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details()[:200])
         assert err.details().startswith("spec.files[") and len(err.details()) < 1024
     servers.assert_serving()
@@ -216,14 +249,21 @@ def test_largest_accepted_spec_runs(servers):
 
 def test_oversized_messages_are_resource_exhausted_and_the_server_keeps_serving(servers):
     over = MAX_MESSAGE + 1024
-    err = servers.refused(servers.builds.SubmitBuild, build_pb2.SubmitBuildRequest(
-        spec=spec(files={"big": b"x" * over})))
+    err = servers.refused(
+        servers.builds.SubmitBuild, build_pb2.SubmitBuildRequest(spec=spec(files={"big": b"x" * over}))
+    )
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
-    err = servers.refused(servers.builds.PlaceBuild, build_pb2.PlaceBuildRequest(
-        spec=spec(env={f"V{i}": "v" * (32 << 10) for i in range(600)})))
+    err = servers.refused(
+        servers.builds.PlaceBuild,
+        build_pb2.PlaceBuildRequest(spec=spec(env={f"V{i}": "v" * (32 << 10) for i in range(600)})),
+    )
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
-    err = servers.refused(servers.agents.Register, agent_pb2.RegisterRequest(
-        node="fat", slots=1, labels={f"l{i}": "v" * (64 << 10) for i in range(300)}))
+    err = servers.refused(
+        servers.agents.Register,
+        agent_pb2.RegisterRequest(
+            node="fat", slots=1, labels={f"l{i}": "v" * (64 << 10) for i in range(300)}
+        ),
+    )
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
     err = servers.refused(servers.builds.GetBuild, build_pb2.GetBuildRequest(build_id="b" * over))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
@@ -257,16 +297,18 @@ class FakeAgent:
 
 
 def _entry_count(servers: Servers, node: str) -> int:
-    reply = servers.inventory.QueryInventory(inventory_pb2.QueryInventoryRequest(node=node, summary_only=True),
-                                             timeout=30)
+    reply = servers.inventory.QueryInventory(
+        inventory_pb2.QueryInventoryRequest(node=node, summary_only=True), timeout=30
+    )
     return reply.nodes[0].entry_count if reply.nodes else -1
 
 
 def test_huge_inventory_snapshot_within_the_limit_is_taken(servers):
     agent = FakeAgent(servers, "fake-huge")
     entries = [common_pb2.CacheEntry(key=f"huge/{i:07d}", bytes=i, files=1) for i in range(120_000)]
-    first = agent_pb2.AgentMessage(session_id=agent.session,
-                                   snapshot=agent_pb2.InventorySnapshot(generation=1, entries=entries))
+    first = agent_pb2.AgentMessage(
+        session_id=agent.session, snapshot=agent_pb2.InventorySnapshot(generation=1, entries=entries)
+    )
     assert 1 << 20 < first.ByteSize() < MAX_MESSAGE
     try:
         agent.connect(first)
@@ -283,8 +325,12 @@ def test_snapshot_beyond_the_limit_ends_the_stream_with_resource_exhausted(serve
     agent = FakeAgent(servers, "fake-over")
     key = "k" * 500
     n = MAX_MESSAGE // 500 + 1000
-    first = agent_pb2.AgentMessage(session_id=agent.session, snapshot=agent_pb2.InventorySnapshot(
-        generation=1, entries=[common_pb2.CacheEntry(key=key + str(i)) for i in range(n)]))
+    first = agent_pb2.AgentMessage(
+        session_id=agent.session,
+        snapshot=agent_pb2.InventorySnapshot(
+            generation=1, entries=[common_pb2.CacheEntry(key=key + str(i)) for i in range(n)]
+        ),
+    )
     assert first.ByteSize() > MAX_MESSAGE
     try:
         call = agent.connect(first)
@@ -300,14 +346,22 @@ def test_snapshot_beyond_the_limit_ends_the_stream_with_resource_exhausted(serve
 def test_oversized_delta_on_an_open_stream_leaves_the_server_serving(servers):
     agent = FakeAgent(servers, "fake-delta")
     try:
-        call = agent.connect(agent_pb2.AgentMessage(session_id=agent.session,
-                                                    snapshot=agent_pb2.InventorySnapshot(generation=1)))
+        call = agent.connect(
+            agent_pb2.AgentMessage(
+                session_id=agent.session, snapshot=agent_pb2.InventorySnapshot(generation=1)
+            )
+        )
         deadline = time.monotonic() + 10
         while _entry_count(servers, "fake-delta") != 0:
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        agent.outbox.put(agent_pb2.AgentMessage(delta=agent_pb2.InventoryDelta(
-            generation=2, removed=["r" * 1000] * (MAX_MESSAGE // 1000 + 10))))
+        agent.outbox.put(
+            agent_pb2.AgentMessage(
+                delta=agent_pb2.InventoryDelta(
+                    generation=2, removed=["r" * 1000] * (MAX_MESSAGE // 1000 + 10)
+                )
+            )
+        )
         with pytest.raises(grpc.RpcError) as info:
             list(call)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
@@ -316,20 +370,30 @@ def test_oversized_delta_on_an_open_stream_leaves_the_server_serving(servers):
     servers.assert_serving()
 
 
-@pytest.mark.parametrize("node, field", [
-    ("", "node"), ("n\x00", "node"), ("n\u202e1", "node"), ("n" * 513, "node"), ("n\u200b1", "node"),
-])
+@pytest.mark.parametrize(
+    "node, field",
+    [
+        ("", "node"),
+        ("n\x00", "node"),
+        ("n\u202e1", "node"),
+        ("n" * 513, "node"),
+        ("n\u200b1", "node"),
+    ],
+)
 def test_bad_registration_is_refused_naming_the_field(servers, node, field):
     err = servers.refused(servers.agents.Register, agent_pb2.RegisterRequest(node=node, slots=1))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith(field), err.details()
-    err = servers.refused(servers.agents.Register, agent_pb2.RegisterRequest(
-        node="ok-node", slots=1, labels={"a": "b\x1b"}))
+    err = servers.refused(
+        servers.agents.Register, agent_pb2.RegisterRequest(node="ok-node", slots=1, labels={"a": "b\x1b"})
+    )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("labels['a']")
     servers.assert_serving()
 
 
 def _raw(servers: Servers, method: str):
-    return servers.channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    return servers.channel.unary_unary(
+        method, request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
 
 
 def _nested(depth: int) -> bytes:
@@ -340,13 +404,17 @@ def _nested(depth: int) -> bytes:
     return inner
 
 
-@pytest.mark.parametrize("payload", [
-    b"\x0a\x03\xff\xfe\xfd",                 # build_id with invalid UTF-8
-    b"\x0a\xff\xff\xff\x0f",                 # a length far past the end
-    b"\x7b" * 50_000 + b"\x7c" * 50_000,     # groups nested 50,000 deep
-    b"\x0a\x05ab",                           # truncated
-    b"\xff" * 64,                            # garbage
-], ids=["bad-utf8", "length-past-end", "deep-groups", "truncated", "garbage"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x0a\x03\xff\xfe\xfd",  # build_id with invalid UTF-8
+        b"\x0a\xff\xff\xff\x0f",  # a length far past the end
+        b"\x7b" * 50_000 + b"\x7c" * 50_000,  # groups nested 50,000 deep
+        b"\x0a\x05ab",  # truncated
+        b"\xff" * 64,  # garbage
+    ],
+    ids=["bad-utf8", "length-past-end", "deep-groups", "truncated", "garbage"],
+)
 def test_undecodable_requests_are_refused_and_the_server_keeps_serving(servers, payload):
     """A request that is not a valid message is INVALID_ARGUMENT (docs/findings/hostile-input.md 6, fixed: grpcio alone would
     answer UNKNOWN), and nothing else is affected."""
@@ -360,8 +428,13 @@ def test_undecodable_requests_are_refused_and_the_server_keeps_serving(servers, 
 def test_deeply_nested_unknown_fields_are_refused_or_ignored(servers):
     for depth in (50, 5000):
         with pytest.raises(grpc.RpcError) as info:
-            list(servers.channel.unary_stream("/stoker.v1.Builds/SubmitBuild", request_serializer=lambda b: b,
-                                              response_deserializer=lambda b: b)(_nested(depth), timeout=10))
+            list(
+                servers.channel.unary_stream(
+                    "/stoker.v1.Builds/SubmitBuild",
+                    request_serializer=lambda b: b,
+                    response_deserializer=lambda b: b,
+                )(_nested(depth), timeout=10)
+            )
         # Either the parser refuses the depth, or it skips the unknown field and the empty spec is refused.
         assert info.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNKNOWN), info.value
         if info.value.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -372,12 +445,15 @@ def test_deeply_nested_unknown_fields_are_refused_or_ignored(servers):
 def test_long_ids_in_lookups_are_refused_and_the_server_keeps_serving(servers):
     """NOT_FOUND quotes the id whole, so a 100 KB id overflows the client's trailer limit and arrives as
     RESOURCE_EXHAUSTED (docs/findings/hostile-input.md); refused either way, and the server is unaffected."""
-    for call, request in ((servers.builds.GetBuild, build_pb2.GetBuildRequest(build_id="x" * 100_000)),
-                          (servers.builds.CancelBuild, build_pb2.CancelBuildRequest(build_id="y" * 100_000)),
-                          (servers.inventory.QueryInventory,
-                           inventory_pb2.QueryInventoryRequest(node="z" * 100_000))):
+    for call, request in (
+        (servers.builds.GetBuild, build_pb2.GetBuildRequest(build_id="x" * 100_000)),
+        (servers.builds.CancelBuild, build_pb2.CancelBuildRequest(build_id="y" * 100_000)),
+        (servers.inventory.QueryInventory, inventory_pb2.QueryInventoryRequest(node="z" * 100_000)),
+    ):
         err = servers.refused(call, request)
-        assert err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED), err.details()[:200]
+        assert err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED), err.details()[
+            :200
+        ]
     err = servers.refused(servers.builds.GetBuild, build_pb2.GetBuildRequest(build_id="b-\x1b[2J\u202e"))
     assert err.code() == grpc.StatusCode.NOT_FOUND
     servers.assert_serving()

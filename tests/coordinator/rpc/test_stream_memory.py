@@ -18,6 +18,7 @@ import random
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
+
 from stoker.common import sketch
 from stoker.coordinator import config as coordinator_config
 from stoker.coordinator.server import create_server
@@ -30,22 +31,37 @@ ENTRIES = 1000
 
 
 def _snapshot(rng: random.Random) -> agent_pb2.InventorySnapshot:
-    return agent_pb2.InventorySnapshot(generation=1, entries=[
-        common_pb2.CacheEntry(key=f"ws/deps-{i:05d}", bytes=1 << 20, files=10,
-                              sketch=sketch.pack(sorted(rng.getrandbits(64) for _ in range(64))))
-        for i in range(ENTRIES)])
+    return agent_pb2.InventorySnapshot(
+        generation=1,
+        entries=[
+            common_pb2.CacheEntry(
+                key=f"ws/deps-{i:05d}",
+                bytes=1 << 20,
+                files=10,
+                sketch=sketch.pack(sorted(rng.getrandbits(64) for _ in range(64))),
+            )
+            for i in range(ENTRIES)
+        ],
+    )
 
 
 def _live_snapshot_messages() -> int:
     """Agent messages carrying a snapshot that are alive in this process."""
     gc.collect()
-    return sum(1 for o in gc.get_objects()
-               if isinstance(o, agent_pb2.AgentMessage) and o.WhichOneof("body") == "snapshot")
+    return sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, agent_pb2.AgentMessage) and o.WhichOneof("body") == "snapshot"
+    )
 
 
 async def _run() -> tuple[int, int]:
-    config = coordinator_config.load(overrides={
-        "server": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"}, "state": {"path": ":memory:"}})
+    config = coordinator_config.load(
+        overrides={
+            "server": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"},
+            "state": {"path": ":memory:"},
+        }
+    )
     metrics = CollectorRegistry()
     coordinator = create_server(config, registry=metrics)
     await coordinator.start()
@@ -59,8 +75,11 @@ async def _run() -> tuple[int, int]:
                 queue: asyncio.Queue = asyncio.Queue()
                 # Built here and handed over, not kept by the test: the only copies left are the coordinator's.
                 queue.put_nowait(agent_pb2.AgentMessage(session_id=reply.session_id, snapshot=_snapshot(rng)))
-                queue.put_nowait(agent_pb2.AgentMessage(session_id=reply.session_id,
-                                                        heartbeat=agent_pb2.Heartbeat(free_slots=1, generation=1)))
+                queue.put_nowait(
+                    agent_pb2.AgentMessage(
+                        session_id=reply.session_id, heartbeat=agent_pb2.Heartbeat(free_slots=1, generation=1)
+                    )
+                )
 
                 async def messages(queue=queue):
                     while (m := await queue.get()) is not None:
@@ -68,9 +87,16 @@ async def _run() -> tuple[int, int]:
 
                 streams.append((queue, stub.Connect(messages())))
             for _ in range(200):  # until every snapshot is applied and each stream has moved past it
-                if all(coordinator.inventory.generation(f"n{n}") == 1 for n in range(NODES)) and \
-                        (metrics.get_sample_value("stoker_coordinator_agent_messages_total",
-                                                  {"kind": "heartbeat"}) or 0) >= NODES:
+                if (
+                    all(coordinator.inventory.generation(f"n{n}") == 1 for n in range(NODES))
+                    and (
+                        metrics.get_sample_value(
+                            "stoker_coordinator_agent_messages_total", {"kind": "heartbeat"}
+                        )
+                        or 0
+                    )
+                    >= NODES
+                ):
                     break
                 await asyncio.sleep(0.05)
             applied = sum(len(coordinator.inventory.entries(f"n{n}")) for n in range(NODES))
@@ -90,9 +116,13 @@ def test_the_coordinator_keeps_no_snapshot_message_once_applied():
 
 
 async def _run_silent_first() -> tuple[grpc.StatusCode, str, bool, int]:
-    config = coordinator_config.load(overrides={
-        "server": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"}, "state": {"path": ":memory:"},
-        "nodes": {"snapshot_intake": 1, "first_message_s": 1.0}})
+    config = coordinator_config.load(
+        overrides={
+            "server": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"},
+            "state": {"path": ":memory:"},
+            "nodes": {"snapshot_intake": 1, "first_message_s": 1.0},
+        }
+    )
     coordinator = create_server(config, registry=CollectorRegistry())
     await coordinator.start()
     try:
@@ -109,8 +139,12 @@ async def _run_silent_first() -> tuple[grpc.StatusCode, str, bool, int]:
             reply = await stub.Register(agent_pb2.RegisterRequest(node="n1", slots=1), timeout=10)
 
             async def talker():
-                yield agent_pb2.AgentMessage(session_id=reply.session_id, snapshot=agent_pb2.InventorySnapshot(
-                    generation=1, entries=[common_pb2.CacheEntry(key="ws/deps-1", bytes=1)]))
+                yield agent_pb2.AgentMessage(
+                    session_id=reply.session_id,
+                    snapshot=agent_pb2.InventorySnapshot(
+                        generation=1, entries=[common_pb2.CacheEntry(key="ws/deps-1", bytes=1)]
+                    ),
+                )
                 await talker_gate.wait()
 
             talker_call = stub.Connect(talker())
