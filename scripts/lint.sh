@@ -24,6 +24,6 @@ echo "== mypy" >&2
 (cd "$shadow" && "$root/$bin/mypy" --config-file "$root/pyproject.toml" -p stoker) 2>&1 \
   | "$bin/python" scripts/shadow_tree.py --unmap "$shadow" || status=1
 echo "== import-linter" >&2
-(cd "$shadow" && PYTHONPATH="$shadow" "$root/$bin/lint-imports" --config "$root/.importlinter" --no-cache) \
+(cd "$shadow" && PYTHONPATH="$shadow" "$root/$bin/lint-imports" --no-cache "$root/.importlinter") \
   || status=1
 exit $status

@@ -73,7 +73,7 @@ def _lint_imports(shadow: Path) -> subprocess.CompletedProcess:
     """import-linter with .importlinter over a tree laid out as stoker installs (scripts/shadow_tree.py)."""
     assert LINT_IMPORTS.exists(), "import-linter is missing: pip install -e '.[test]' (scripts/test.sh does)"
     return subprocess.run(
-        [str(LINT_IMPORTS), "--config", str(ROOT / ".importlinter"), "--no-cache"],
+        [str(LINT_IMPORTS), "--no-cache", str(ROOT / ".importlinter")],
         check=False,
         cwd=shadow,
         env={**os.environ, "PYTHONPATH": str(shadow)},

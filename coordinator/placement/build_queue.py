@@ -14,6 +14,7 @@ after its node was lost finishes once, whatever the lost node does later.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -34,7 +35,11 @@ from stoker.v1 import agent_pb2, build_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
-_EXPECTED_TO_STATE = {
+def _tracked(scheduler: Scheduler, kind: str) -> int:
+    return scheduler.tracked()[kind]
+
+
+_EXPECTED_TO_STATE: dict[int, str] = {
     build_pb2.BUILD_STATE_SUCCEEDED: "succeeded",
     build_pb2.BUILD_STATE_FAILED: "failed",
     build_pb2.BUILD_STATE_CANCELLED: "cancelled",
@@ -131,7 +136,7 @@ class BuildQueue:
             lambda: sum(link.outbox.qsize() for link in list(self._links.values()))
         )
         for kind in scheduler.tracked():  # read when /metrics is scraped
-            metrics.scheduler_tracked.labels(kind).set_function(lambda kind=kind: scheduler.tracked()[kind])
+            metrics.scheduler_tracked.labels(kind).set_function(functools.partial(_tracked, scheduler, kind))
 
     # -- start-up ------------------------------------------------------------------------------
     def recover(self) -> int:
@@ -440,6 +445,7 @@ class BuildQueue:
         placed: set[str] = set()
         for request, decision in plan.assignments:
             item = by_id[request.id]
+            assert decision.node is not None  # an assignment always names its node
             node = self._registry.get(decision.node)
             placed.add(request.id)
             if isinstance(item, ActiveBuild):
@@ -571,7 +577,7 @@ class BuildQueue:
     def _finish(
         self,
         active: ActiveBuild,
-        state: int,
+        state: build_pb2.BuildState,
         exit_code: int,
         message: str,
         *,

@@ -7,7 +7,6 @@ validates the request, calls :func:`inventory_report` and converts the result.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import cast
 
 from stoker.coordinator.core.errors import NotFound
 from stoker.coordinator.placement.domain import BYTES, KEY, LAST_USED, Entry, NodeState
@@ -102,10 +101,9 @@ def _count_node(zone: ZoneSummary, record: NodeRecord) -> None:
 def _count_entry(summary: KeySummary, node: str, e: Entry) -> None:
     summary.replicas += 1
     summary.nodes.append(node)
-    summary.bytes = max(summary.bytes, cast(int, e[BYTES]))
-    summary.last_used = max(summary.last_used, cast(float, e[LAST_USED]))
+    summary.bytes = max(summary.bytes, e[BYTES])
+    summary.last_used = max(summary.last_used, e[LAST_USED])
 
 
 def _key(e: Entry) -> str:
-    # The positions are plain ints (domain.py), so a type checker sees each field as any of the tuple's types.
-    return cast(str, e[KEY])
+    return e[KEY]
