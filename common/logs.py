@@ -15,7 +15,11 @@ import sys
 import time
 from collections.abc import Iterator
 
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("stoker_log_context", default={})
+# Never mutated: each change sets a new dict, so the shared default is safe.
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
+    "stoker_log_context",
+    default={},  # noqa: B039
+)
 
 
 @contextlib.contextmanager

@@ -123,7 +123,8 @@ def deploy_first(
 def verdict_line(v: rollout_pb2.Verdict) -> str:
     result = verdict_result(v)
     return (
-        f"{result} [{v.check}] canary {v.canary_errors}/{v.canary_requests} errors, p50 {v.canary_p50_ms:.1f} ms;"
+        f"{result} [{v.check}] canary {v.canary_errors}/{v.canary_requests} errors, "
+        f"p50 {v.canary_p50_ms:.1f} ms;"
         f" baseline {v.baseline_errors}/{v.baseline_requests}, p50 {v.baseline_p50_ms:.1f} ms; "
         f"p={v.p_value:.2g}: {v.reason}"
     )
@@ -139,8 +140,8 @@ def run_with_load(
     stop_at: set[int] | None = None,
     on_update: Callable[[rollout_pb2.Rollout], None] | None = None,
 ) -> dict:
-    """Start a rollout while ``rate`` requests per second flow through ``endpoint``; wait for its end (or one of
-    ``stop_at``) and report outcome, time to detect a fault, and requests sent and failed during it."""
+    """Start a rollout while ``rate`` requests per second flow through ``endpoint``; wait for its end (or one
+    of ``stop_at``) and report outcome, time to detect a fault, and requests sent and failed during it."""
     with LoadGenerator(
         endpoint, rate, max_requests=int(rate * (timeout + 10)), max_duration_s=timeout + 10
     ) as load:
@@ -175,7 +176,8 @@ def run_with_load(
 
 
 class FloorWatcher:
-    """Samples, every ``interval_s``, how many instances per zone the balancer has UP; remembers the lowest."""
+    """Samples, every ``interval_s``, how many instances per zone the balancer has UP; remembers the
+    lowest."""
 
     def __init__(self, local_dir: Path, service: str, interval_s: float = 0.05) -> None:
         self.local_dir, self.service, self.interval_s = local_dir, service, interval_s
@@ -234,8 +236,9 @@ def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str],
             service="sample", bake_s=8.0, min_requests=150, post_bake_s=3.0, canary_percent=5.0
         )
         # 10 %, not 5 %: the canary serves ~250 requests here, and at 5 % one run in ~25 drew too few errors
-        # (6 of 252: Fisher p = 0.0013) to pass the judge's per-look threshold, so the demo rolled it out. At 10 %
-        # the judge's test catches it, or the guardrail does first when the canary's error rate passes its cap.
+        # (6 of 252: Fisher p = 0.0013) to pass the judge's per-look threshold, so the demo rolled it out. At
+        # 10 % the judge's test catches it, or the guardrail does first when the canary's error rate passes
+        # its cap.
         for title, spec in (
             ("good version v2", rollout_pb2.RolloutSpec(version="v2", **common)),
             (
@@ -246,7 +249,7 @@ def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str],
             say(f"rollouts: {title}, 100 req/s through {first.endpoint}")
             last_phase: list[int | None] = [None]
 
-            def show(update: rollout_pb2.Rollout) -> None:
+            def show(update: rollout_pb2.Rollout, last_phase: list[int | None] = last_phase) -> None:
                 if update.phase != last_phase[0]:
                     last_phase[0] = update.phase
                     zones = " ".join(

@@ -186,7 +186,8 @@ def run(args) -> int:
             print_rollouts(rollouts)
             h = inventory.hit_rates
             print(
-                f"\nbuild cache hit rates: warm {h.warm_builds}, partial {h.partial_builds}, cold {h.cold_builds}"
+                f"\nbuild cache hit rates: warm {h.warm_builds}, partial {h.partial_builds}, "
+                f"cold {h.cold_builds}"
             )
             if args.keep or args.dir:
                 print(f"logs and state in {base}")
@@ -209,10 +210,8 @@ def print_rollouts(rows: list[dict]) -> None:
     print(f"\n{'ROLLOUT':<34} {'OUTCOME':<12} {'DETECTED':>9} {'FAILED/REQUESTS':>16}  WHY")
     for r in rows:
         detect = f"{r['detect_s']:.1f}s" if r.get("detect_s") else "-"
-        print(
-            f"{r['title']:<34} {r['outcome']:<12} {detect:>9} {str(r['failed_requests']) + '/' + str(r['requests']):>16}"
-            f"  {r.get('message', '')}"
-        )
+        failed = f"{r['failed_requests']}/{r['requests']}"
+        print(f"{r['title']:<34} {r['outcome']:<12} {detect:>9} {failed:>16}  {r.get('message', '')}")
 
 
 def print_table(rows: list[BuildRow]) -> None:
@@ -236,8 +235,9 @@ def print_table(rows: list[BuildRow]) -> None:
 REAL_NPM_NOTE = """
 With real npm: these builds use a small stand-in installer that keeps what it finds. `npm ci` does not: it
 deletes node_modules before installing, so build 2 would reinstall everything stoker restored. With
-recipes/npm.sh instead (what the README and docs/ci.md use), build 2 skips the install (STOKER_CACHE_HIT=exact),
-build 4 changes only the upgraded package, and build 5 fetches the entry and skips the install too.
+recipes/npm.sh instead (what the README and docs/ci.md use), build 2 skips the install
+(STOKER_CACHE_HIT=exact), build 4 changes only the upgraded package, and build 5 fetches the entry and
+skips the install too.
 Measured with real npm on a 457-package lockfile, against a cold `npm ci` and the actions/cache way:
 python bench/e2e.py --json (figures in bench/RESULTS.md, "End to end with real package managers")."""
 

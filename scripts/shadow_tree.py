@@ -1,7 +1,7 @@
 """Lay stoker's sources out as they install (``stoker/coordinator/…``), as links, for mypy and import-linter.
 
     python scripts/shadow_tree.py DIR             link every module of every package in pyproject into DIR
-    mypy … | python scripts/shadow_tree.py --unmap DIR   rewrite DIR/stoker/… paths in messages to source paths
+    mypy … | python scripts/shadow_tree.py --unmap DIR   map DIR/stoker/… paths in messages to sources
 
 The mapping comes from ``[tool.setuptools.package-dir]``, so a new top-level package is covered once it is
 declared there (as it must be for pip to install it).

@@ -462,7 +462,14 @@ def symlink_stays_inside(
     """
     if not target or target.startswith("/") or "\0" in target:
         return False
-    current = [p for p in posixpath.dirname(link_path).split("/") if p]
+    current: list[str] = []
+    for part in posixpath.dirname(link_path).split("/"):  # callers pass normal paths; resolve it anyway
+        if part == "..":
+            if not current:
+                return False
+            current.pop()
+        elif part not in ("", "."):
+            current.append(part)
     pending = collections.deque(target.split("/"))
     hops = 0
     while pending:

@@ -16,7 +16,8 @@ from stoker.agent.cache.blobs import BlobStore, ObjectInfo, decode_key, encode_k
 from stoker.agent.cache.store import LocalStore
 
 KeyPointer = dict[str, Any]
-"""A key's pointer object in the blob store: {"manifest": <sha256>, "content": <sha256>, "created": <unix s>}."""
+"""A key's pointer object in the blob store:
+{"manifest": <sha256>, "content": <sha256>, "created": <unix s>}."""
 
 _REMEMBERED = 8
 """Parsed manifests kept in memory (the last used)."""

@@ -119,7 +119,8 @@ class EntryRecord:
 
 @dataclass(frozen=True)
 class TreeRecord:
-    """A ready tree: the files of ``roots`` of entry ``key`` (manifest ``manifest``) under ``trees/<name>/``."""
+    """A ready tree: the files of ``roots`` of entry ``key`` (manifest ``manifest``) under
+    ``trees/<name>/``."""
 
     name: str
     key: str
@@ -229,7 +230,7 @@ class StoreIndex:
             del self._manifest_refs[record.manifest]
             del self.manifest_sizes[record.manifest]
             garbage.append("manifest:" + record.manifest)
-        for fid, lf in record.frames.items():
+        for fid in record.frames:
             self._frame_refs[fid] -= 1
             if not self._frame_refs[fid]:
                 del self._frame_refs[fid]

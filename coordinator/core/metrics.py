@@ -94,7 +94,8 @@ class CoordinatorMetrics:
         )
         self.gc_unreachable = Counter(
             "stoker_coordinator_gc_unreachable_objects_total",
-            "Objects the cyclic garbage collector found unreachable (garbage in reference cycles), by generation.",
+            "Objects the cyclic garbage collector found unreachable (garbage in reference cycles), "
+            "by generation.",
             ["generation"],
             registry=registry,
         )

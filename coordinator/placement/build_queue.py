@@ -411,7 +411,8 @@ class BuildQueue:
         """Expire node leases and placement leases; requeue builds whose node never came back."""
         now = self._clock.now()
         self.nodes_lost(self._registry.expire())
-        for lease in [l for l in self._leases.values() if l.expires <= now]:
+        expired = [lease for lease in self._leases.values() if lease.expires <= now]
+        for lease in expired:
             log.info("placement lease %s on %s expired", lease.lease_id, lease.node)
             self.release(lease.lease_id)
         if now - self._recovered_at >= self._registry.lease_ttl_s:

@@ -592,7 +592,8 @@ def _step_baking(t: _Tick) -> Rollout:
 
 
 def _step_surging(t: _Tick) -> Rollout:
-    """The rest of the fleet moves to the new version (optionally one zone first), then the post-surge bake."""
+    """The rest of the fleet moves to the new version (optionally one zone first), then the post-surge
+    bake."""
     r, now, settings = t.r, t.now, t.settings
     reason = t.guardrail(watch_readiness=False)
     if reason:

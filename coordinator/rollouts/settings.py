@@ -20,7 +20,8 @@ class RolloutSettings:
     min_requests: int = 200
     """Requests the canary (and the baseline) must serve before a pass is possible; fewer is inconclusive."""
     post_bake_s: float = 30.0
-    """After the surge, how long the all-new fleet is watched (guardrails only) before the rollout succeeds."""
+    """After the surge, how long the all-new fleet is watched (guardrails only) before the rollout
+    succeeds."""
     judge_interval_s: float = 5.0
     """How often the canary is checked during the bake (guardrails every tick; statistics this often)."""
     inconclusive_limit: int = 3
@@ -56,7 +57,8 @@ class RolloutSettings:
     instances_per_zone: int = 4
     """Local target: instances per zone of a service deployed for the first time."""
     command: tuple[str, ...] = ()
-    """Local target: the instance command; {port}, {instance}, {version} are filled in. Empty: the sample service."""
+    """Local target: the instance command; {port}, {instance}, {version} are filled in. Empty: the sample
+    service."""
     drain_timeout_s: float = 10.0
     """Local target: how long a draining instance may take to finish in-flight requests."""
     stop_grace_s: float = 5.0

@@ -71,7 +71,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
 
     @streaming
     async def Connect(self, request_iterator, context):
-        """One node's stream: admit its first message (a snapshot), then relay commands until either side ends.
+        """One node's stream: admit its first message (a snapshot), then relay commands until either side
+        ends.
 
         Refusals leave as domain errors through the status table (``@streaming``)."""
         async with self._intake:
@@ -130,7 +131,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
 
     @staticmethod
     async def _commands(link: AgentLink, reader: asyncio.Task) -> AsyncIterator[agent_pb2.CoordinatorCommand]:
-        """The commands queued for the node, until the link is closed or the node's side of the stream ends."""
+        """The commands queued for the node, until the link is closed or the node's side of the stream
+        ends."""
         while True:
             getter = asyncio.ensure_future(link.outbox.get())
             done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)

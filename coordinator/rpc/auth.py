@@ -164,7 +164,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def _admit(self, method: str, context, request=None) -> None:
         """Check the caller and the request's bytes; on success the identity is in ``current`` for the
-        servicer. A refusal aborts the call with its status from the table (auth refusals logged as warnings)."""
+        servicer. A refusal aborts the call with its status from the table (auth refusals logged as
+        warnings)."""
         try:
             identity = self._auth.check(method, context.invocation_metadata() or (), context.auth_context())
             if isinstance(request, _Undecodable):

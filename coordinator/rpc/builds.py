@@ -1,4 +1,5 @@
-"""CI's side: submit, place, release, get, cancel and watch builds. Thin: validate, call the queue, convert."""
+"""CI's side: submit, place, release, get, cancel and watch builds. Thin: validate, call the queue,
+convert."""
 
 from __future__ import annotations
 

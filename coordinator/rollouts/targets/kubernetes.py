@@ -2,8 +2,8 @@
 
 A service is a family of Deployments in one namespace, labelled ``stoker.dev/service=<service>``:
 
-- one **stable** Deployment per zone, ``<service>-<zone>`` (label ``stoker.dev/zone``, pods pinned to the zone by
-  the manifests' own node affinity), and
+- one **stable** Deployment per zone, ``<service>-<zone>`` (label ``stoker.dev/zone``, pods pinned to the
+  zone by the manifests' own node affinity), and
 - during a canary, one **canary** Deployment per zone, ``<service>-<zone>-canary`` (label
   ``stoker.dev/track=canary``), a copy of the stable one with the new version's pod template.
 

@@ -5,8 +5,8 @@ Per service, under ``<local_dir>/<service>/``:
 - ``haproxy.cfg`` / ``haproxy.sock``: one HAProxy (Debian package ``haproxy``) with a frontend on a fixed
   loopback port and one backend whose servers are added, weighted, drained and put in maintenance at run
   time through the **runtime API** (``add server``, ``set weight``, ``set server … state drain``,
-  ``… state maint``; retired entries are not deleted, see :meth:`HAProxy.remove`). Its HTTP health check (``GET /ready``) decides when a server takes
-  traffic: an instance is *ready* when HAProxy reports it UP.
+  ``… state maint``; retired entries are not deleted, see :meth:`HAProxy.remove`). Its HTTP health check
+  (``GET /ready``) decides when a server takes traffic: an instance is *ready* when HAProxy reports it UP.
 - ``instances/<id>.json``: one record per instance (zone, version, port, pid, restarts, leaving), written
   **before** the process is started, so a coordinator killed at any moment finds every process it started.
 - ``starts.log``: one line per process start (the fault matrix counts them to prove no step was repeated).
@@ -254,8 +254,8 @@ backend {BACKEND}
 
     async def add(self, name: str, port: int, weight: int = 100) -> None:
         # A new server starts in maintenance and leaves it as UP (HAProxy assumes a server is up until a check
-        # fails), so callers add an instance only once it answered GET /ready itself; from then on HAProxy's own
-        # check of /ready takes it out of rotation if it stops being ready.
+        # fails), so callers add an instance only once it answered GET /ready itself; from then on HAProxy's
+        # own check of /ready takes it out of rotation if it stops being ready.
         reply = await self.command(f"add server {BACKEND}/{name} 127.0.0.1:{port} {CHECK} weight {weight}")
         if "registered" not in reply and "Already exists" not in reply:
             raise Unavailable(f"HAProxy refused to add {name}: {reply.strip()}")
