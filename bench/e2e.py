@@ -130,7 +130,9 @@ def _npm(tmp: Path) -> Ecosystem:
         paths=("node_modules", ".npm-cache"),
         recipe="npm.sh",
         cache_dir=".npm-cache",
-        clean_install="export npm_config_cache=$PWD/.npm-cache && npm ci --prefer-offline --no-audit --no-fund",
+        clean_install=(
+            "export npm_config_cache=$PWD/.npm-cache && npm ci --prefer-offline --no-audit --no-fund"
+        ),
         check="node -e \"require('react'); require('next/package.json'); "
         "console.log('check rxjs', require('rxjs/package.json').version)\"",
         installer_lines=("added ", "changed ", "removed ", "up to date", "stoker-npm: "),
@@ -154,7 +156,8 @@ def _pip(tmp: Path) -> Ecosystem:
         paths=(".venv", ".pip-cache"),
         recipe="pip.sh",
         cache_dir=".pip-cache",
-        clean_install="export PIP_CACHE_DIR=$PWD/.pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off && "
+        clean_install="export PIP_CACHE_DIR=$PWD/.pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1 "
+        "PIP_PROGRESS_BAR=off && "
         "python3 -m venv --copies .venv && .venv/bin/python -m pip install -r requirements.txt",
         check='.venv/bin/python -c "import pandas, matplotlib, boto3, requests; '
         "print('check requests', requests.__version__)\"",
@@ -311,7 +314,7 @@ def _signal() -> str:
 def bench_ecosystem(
     fleet: Fleet, eco: Ecosystem, tarball: Path, args, say, same_ab: dict | None = None
 ) -> dict:
-    v1, v2 = eco.files_v1, eco.files_v2
+    v1 = eco.files_v1
     mark = f"echo {MARK}"
     if same_ab is not None:
         a, b = Run(**same_ab["a_managed_ci"]), Run(**same_ab["b_actions_cache"])
@@ -427,7 +430,7 @@ def bench_busy(fleet: Fleet, eco: Ecosystem, recipe: str, busy_s: float, say) ->
         )
         started = threading.Event()
 
-        def occupy() -> None:
+        def occupy(busy: common_pb2.BuildSpec = busy, started: threading.Event = started) -> None:
             for event in fleet.stub.SubmitBuild(
                 build_pb2.SubmitBuildRequest(spec=busy), timeout=busy_s + 300
             ):

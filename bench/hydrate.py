@@ -348,14 +348,12 @@ def run(args, work: Path, fs_note: str) -> dict:
     weed = Weed(Path(tempfile.mkdtemp(prefix="weed-", dir=work)))
     blobs_local = f"file://{art}/blobs"
     s3_url = "s3://bench/hydrate"
-    stoker = lambda op, **kw: [
+    stoker = lambda op, **kw: [  # noqa: E731  (read as the command table it builds)
         PY,
         str(Path(__file__).resolve()),
         "--_child",
         op,
-        json.dumps(  # noqa: E731
-            {"workers": args.workers, "writer": args.writer, **kw}
-        ),
+        json.dumps({"workers": args.workers, "writer": args.writer, **kw}),
     ]
     log("saving the reference entries ...")
     primer = art / "primer-store"
@@ -715,7 +713,8 @@ def _text(report: dict) -> str:
         if "median_s" in v:
             lines.append(
                 f"{k:26} {v['median_s']:9.3f} {v['cpu_s']:7.2f} {v['peak_rss_mib']:8.1f} "
-                f"{v['bytes_fetched'] or '':>11} {v['bytes_uploaded'] if v['bytes_uploaded'] is not None else '':>11}"
+                f"{v['bytes_fetched'] or '':>11} "
+                f"{v['bytes_uploaded'] if v['bytes_uploaded'] is not None else '':>11}"
             )
     for k, v in report["targets"].items():
         in_call = f"; in-call {v['in_call']} {'OK' if v['met_in_call'] else 'MISS'}" if "in_call" in v else ""

@@ -319,7 +319,8 @@ class AgentPool:
             for t in tasks:
                 t.cancel()
             call.cancel()
-            # A broken stream fails several tasks at once, some after being cancelled: collect every exception.
+            # A broken stream fails several tasks at once, some after being cancelled: collect every
+            # exception.
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def status(self, with_keys: bool) -> dict:
@@ -400,9 +401,9 @@ def ci_process(
     warmup: float = 0.0,
     go: object = None,
 ) -> None:
-    """Place builds at ``rate`` for ``warmup`` seconds and report them as ("warm", figures) (none when 0), wait
-    for ``go`` (the parent reads the coordinator's counters meanwhile), then place for ``seconds`` and report
-    ("ci", figures)."""
+    """Place builds at ``rate`` for ``warmup`` seconds and report them as ("warm", figures) (none when 0),
+    wait for ``go`` (the parent reads the coordinator's counters meanwhile), then place for ``seconds`` and
+    report ("ci", figures)."""
 
     async def main() -> None:
         import grpc
@@ -421,7 +422,8 @@ def ci_process(
                 self.errors: Counter = Counter()
                 self.warmth: Counter = Counter()
                 self.started_at: list[float] = []
-                """When each answered placement was due, in seconds from the phase's start (beside latencies)."""
+                """When each answered placement was due, in seconds from the phase's start (beside
+                latencies)."""
                 self.in_flight = 0
                 self.max_in_flight = 0
                 self.loop_lag: list[float] = []
@@ -709,7 +711,8 @@ def histogram_top(before: list[tuple[float, float]], after: list[tuple[float, fl
 
 
 def gc_pause_totals(metrics_port: int) -> dict[str, tuple[float, float, list[tuple[float, float]]]]:
-    """generation → (unreachable objects found, seconds paused, pause buckets) from the coordinator's metrics."""
+    """generation → (unreachable objects found, seconds paused, pause buckets) from the coordinator's
+    metrics."""
     out = {}
     for g in ("0", "1", "2"):
         label = f'generation="{g}"'
@@ -916,7 +919,10 @@ def top_functions(collapsed: Path, n: int = 15) -> dict:
         self_c[frames[-1]] += c
         for f in set(frames):
             incl[f] += c
-    share = lambda c: round(100 * c / max(total, 1), 1)
+
+    def share(c: int) -> float:
+        return round(100 * c / max(total, 1), 1)
+
     return {
         "samples": total,
         "self": [(f, share(c)) for f, c in self_c.most_common(n)],
@@ -1046,7 +1052,8 @@ def run(args) -> dict:
             out["warmup_placements_ok"] = len(wl)
             out["warmup_placement_errors"] = warm["errors"]
             log(
-                f"warm-up: placement p50 {out['warmup_placement_p50_ms']} ms p99 {out['warmup_placement_p99_ms']} ms"
+                f"warm-up: placement p50 {out['warmup_placement_p50_ms']} ms p99 "
+                f"{out['warmup_placement_p99_ms']} ms"
             )
         d0, c0, t0 = (
             metric_value(metrics_port, "stoker_coordinator_agent_messages_total", 'kind="delta"'),
@@ -1180,7 +1187,8 @@ def run(args) -> dict:
         out["coordinator_cpu_saturation"] = round((c1 - c0) / (t1 - t0), 2)
         out["agents_cpu_saturation"] = round((a1 - a0) / (t1 - t0), 2)
         log(
-            f"deltas: {out['updates_per_s']}/s counted by the coordinator (its CPU {out['coordinator_cpu_saturation']})"
+            f"deltas: {out['updates_per_s']}/s counted by the coordinator (its CPU "
+            f"{out['coordinator_cpu_saturation']})"
         )
 
         # -- every update arrived: coordinator generations equal the agents' -------------------------
@@ -1308,7 +1316,9 @@ def main(argv: list[str] | None = None) -> int:
         "--priority-nice",
         type=int,
         default=-5,
-        help="niceness of the coordinator and the CI clients (below 0 needs CAP_SYS_NICE; kept as is without)",
+        help=(
+            "niceness of the coordinator and the CI clients (below 0 needs CAP_SYS_NICE; kept as is without)"
+        ),
     )
     p.add_argument("--slots", type=int, default=4)
     p.add_argument("--delta-interval", type=float, default=2.0, help="seconds between an agent's deltas")

@@ -208,7 +208,7 @@ def run_coordinator_kill(world: World, rate: float, timeout: float) -> dict:
 
 
 def _rt(sock: Path, line: str) -> str:
-    for attempt in range(20):
+    for _attempt in range(20):
         try:
             with socket.socket(socket.AF_UNIX) as s, target_local.runtime_api_path(sock.parent) as path:
                 s.connect(path)

@@ -300,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    progress = lambda msg: print(msg, file=sys.stderr, flush=True)
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
     try:
         fleet = load_fleet(args.fleet) if args.fleet else Fleet()
         if args.nodes:
@@ -329,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     builds = sum(1 for r in records if isinstance(r, Build))
     progress(
-        f"simulating {builds} builds on {fleet.nodes} nodes × {fleet.slots} slots with {len(policies)} policies"
+        f"simulating {builds} builds on {fleet.nodes} nodes × {fleet.slots} slots with "
+        f"{len(policies)} policies"
     )
     results = run_all(records, fleet, policies, progress)
     decision = {} if args.no_decision_bench else decision_benchmark()
@@ -352,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             v_fleet = replace(fleet, **fleet_changes)
             v_records = generate(replace(spec, **spec_changes), v_fleet)
             progress(
-                f"sweep {name}: {sum(1 for r in v_records if isinstance(r, Build))} builds on {v_fleet.nodes} nodes"
+                f"sweep {name}: {sum(1 for r in v_records if isinstance(r, Build))} builds on "
+                f"{v_fleet.nodes} nodes"
             )
             v_results = run_all(v_records, v_fleet, policies, progress)
             report["sweep"][name] = {

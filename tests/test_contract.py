@@ -1,4 +1,5 @@
-"""The wire contract's generated code is what the .proto files produce, and the layers hold (import-linter)."""
+"""The wire contract's generated code is what the .proto files produce, and the layers hold
+(import-linter)."""
 
 from __future__ import annotations
 

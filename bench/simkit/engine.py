@@ -549,7 +549,8 @@ class BoundedHashPolicy(ConsistentHashPolicy):
 
 
 class HistoryPolicy(Policy):
-    """The last node that built the key, if it has a free slot (as BuildBuddy's affinity); else least loaded."""
+    """The last node that built the key, if it has a free slot (as BuildBuddy's affinity); else least
+    loaded."""
 
     name = "history"
 

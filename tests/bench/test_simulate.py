@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SIM = ROOT / "bench" / "simulate.py"
-
 from bench.simkit.engine import Sim, StokerPolicy, make_policy
 from bench.simkit.trace import Build, Fleet, FleetEvent, TraceSpec, generate
 from stoker.coordinator.placement.domain import KEY
 from stoker.coordinator.placement.scheduler import Scheduler
+
+ROOT = Path(__file__).resolve().parents[2]
+SIM = ROOT / "bench" / "simulate.py"
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:

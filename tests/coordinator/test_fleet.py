@@ -288,7 +288,7 @@ def test_bad_input_gets_clear_errors_and_does_not_disturb_other_builds(fleet):
         (spec(["true"], key="k", paths=["/etc"]), "spec.cache.paths[0]"),
     ]
     for bad, field in cases:
-        code, details = code_of(lambda: run(stub, bad))
+        code, details = code_of(lambda bad=bad: run(stub, bad))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field), (code, details)
     code, details = code_of(lambda: run(stub, spec(["true"], zone="nowhere")))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "zone=nowhere" in details

@@ -1,5 +1,6 @@
-"""The demo's rollout part, as ``stoker demo`` calls it: a coordinator with default settings (like the demo's),
-then ``run_demo_rollouts`` — one good and one faulty rollout of the sample service under real traffic."""
+"""The demo's rollout part, as ``stoker demo`` calls it: a coordinator with default settings (like the
+demo's), then ``run_demo_rollouts`` — one good and one faulty rollout of the sample service under real
+traffic."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def test_demo_rollouts_one_good_one_faulty(tmp_path, haproxy):
     assert 0 < bad["failed_requests"] == bad["by_version"]["v3"]["failed"]  # only the canary's answers failed
     assert bad["detect_s"] is not None and bad["detect_s"] < 15
     assert took < 45, took
-    # Caught on its errors: by the judge's test, or by the guardrail when the canary's error rate runs past its
-    # 10 % cap first (the faulty version answers 10 % errors; either ends the rollout at the canary).
+    # Caught on its errors: by the judge's test, or by the guardrail when the canary's error rate runs past
+    # its 10 % cap first (the faulty version answers 10 % errors; either ends the rollout at the canary).
     assert any(
         "verdict: fail [errors]" in line or ("verdict: fail [guardrail]" in line and "error rate" in line)
         for line in lines

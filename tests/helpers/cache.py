@@ -21,7 +21,7 @@ def make_tree(
     nm.mkdir(parents=True, exist_ok=True)
     words = [f"token{i}" for i in range(200)]
     for p in range(packages):
-        pkg = nm / ("@scope/pkg%d" % p if p == 0 else f"pkg{p}")
+        pkg = nm / (f"@scope/pkg{p}" if p == 0 else f"pkg{p}")
         (pkg / "lib").mkdir(parents=True, exist_ok=True)
         for f in range(files_per_package):
             text = " ".join(rng.choice(words) for _ in range(rng.randint(10, 3000)))

@@ -21,7 +21,8 @@ ARTIFACTS = Path(os.environ.get("STOKER_FUZZ_ARTIFACTS", Path(__file__).parent /
 
 def budget(examples: int) -> settings:
     """Hypothesis settings for one property or fuzz target: ``examples`` in CI (tuned so that the whole
-    suite stays near a minute on two cores), ``STOKER_FUZZ_SCALE`` times more for a longer campaign by hand."""
+    suite stays near a minute on two cores), ``STOKER_FUZZ_SCALE`` times more for a longer campaign by
+    hand."""
     scale = float(os.environ.get("STOKER_FUZZ_SCALE", "1"))
     return settings(
         max_examples=max(1, int(examples * scale)),

@@ -1,5 +1,6 @@
 """Real S3 servers on loopback for the tests (SeaweedFS's `weed mini`, moto's server) and a fault-injecting
-proxy in front of SeaweedFS. A pytest plugin: tests/conftest.py loads it, so every test folder can ask for them."""
+proxy in front of SeaweedFS. A pytest plugin: tests/conftest.py loads it, so every test folder can ask for
+them."""
 
 from __future__ import annotations
 

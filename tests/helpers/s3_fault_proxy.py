@@ -23,8 +23,9 @@ class Rule:
     action: str
     """"error" (answer ``status`` with an S3 error body), "reset" (RST before any answer), "reset_mid_body"
     (relay the head and ``after_bytes`` of the body, then RST), "stall_mid_body" (relay the head and
-    ``after_bytes`` of the body, wait ``seconds``, then relay the rest), "delay" (wait ``seconds``, then relay),
-    "corrupt" (flip one byte of the body at ``after_bytes``), "throttle" (relay at ``bytes_per_s``)."""
+    ``after_bytes`` of the body, wait ``seconds``, then relay the rest), "delay" (wait ``seconds``, then
+    relay), "corrupt" (flip one byte of the body at ``after_bytes``), "throttle" (relay at
+    ``bytes_per_s``)."""
     method: str = "GET"
     path: str = r".*"
     times: int | None = None

@@ -98,8 +98,12 @@ class RecipeFleet:
         env: dict[str, str] | None = None,
         timeout: float = 240,
     ) -> Build:
-        """Run ``sh -c command`` with the cache spec given; the command's first lines echo the cache signal."""
-        echo = 'echo "STOKER_CACHE_HIT=$STOKER_CACHE_HIT"; echo "STOKER_CACHE_RESTORED_KEY=$STOKER_CACHE_RESTORED_KEY"; '
+        """Run ``sh -c command`` with the cache spec given; the command's first lines echo the cache
+        signal."""
+        echo = (
+            'echo "STOKER_CACHE_HIT=$STOKER_CACHE_HIT"; '
+            'echo "STOKER_CACHE_RESTORED_KEY=$STOKER_CACHE_RESTORED_KEY"; '
+        )
         spec = common_pb2.BuildSpec(
             workspace=workspace,
             command=["sh", "-c", echo + command],

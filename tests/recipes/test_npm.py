@@ -109,7 +109,8 @@ def test_an_exact_entry_made_on_another_runtime_is_not_used_as_exact(recipe_flee
     assert full.startswith(inputs)
     foreign = (
         "mkdir -p node_modules/is-number && "
-        'echo \'{"name":"is-number","version":"7.0.0-built-on-arm64"}\' > node_modules/is-number/package.json && '
+        'echo \'{"name":"is-number","version":"7.0.0-built-on-arm64"}\' > '
+        "node_modules/is-number/package.json && "
         f"echo 'inputs={full} runtime=linux-arm64-node-abi108-musl' > node_modules/.stoker-recipe"
     )
     made = f.run(foreign, v1, key=key(v1), paths=PATHS)

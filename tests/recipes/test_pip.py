@@ -119,7 +119,8 @@ def test_an_exact_entry_made_by_another_interpreter_is_not_used_as_exact(recipe_
     v1 = pip_files("v1")
     inputs = hashlib.sha256(v1["requirements.txt"]).hexdigest()
     foreign = (
-        "mkdir -p .venv/bin && printf '#!/bin/sh\\nexit 9\\n' > .venv/bin/python && chmod +x .venv/bin/python && "
+        "mkdir -p .venv/bin && printf '#!/bin/sh\\nexit 9\\n' > .venv/bin/python && chmod +x "
+        ".venv/bin/python && "
         f"printf 'inputs={inputs} runtime=linux-aarch64-cpython-39\\nvenv=/elsewhere/.venv\\n' "
         "> .venv/.stoker-recipe"
     )

@@ -1,4 +1,5 @@
-"""Fixtures for the cache tests: sample trees, a cache over a local blob store, sentinels around cache roots."""
+"""Fixtures for the cache tests: sample trees, a cache over a local blob store, sentinels around cache
+roots."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The agent's disk fills: eviction frees space under the cache budget, and a real full filesystem (a tiny
-tmpfs, as root) makes the save fail with a clear reason, never a half-written entry; the agent keeps serving."""
+tmpfs, as root) makes the save fail with a clear reason, never a half-written entry; the agent keeps
+serving."""
 
 from __future__ import annotations
 

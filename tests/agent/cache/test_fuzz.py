@@ -91,7 +91,8 @@ def _check_manifest(data: bytes) -> None:
         return
     # Whatever parses passes validation again, and re-encodes to something that parses to the same
     # manifest. (A version-1 digest of 64 characters that are not hex passes the checks and then cannot be
-    # re-encoded: docs/findings/hostile-input.md, finding 3; such manifests are left out of the round trip until it is fixed.)
+    # re-encoded: docs/findings/hostile-input.md, finding 3; such manifests are left out of the round trip
+    # until it is fixed.)
     mf.validate(m, where="fuzz-again")
     if all(f.digest is None or all(c in "0123456789abcdef" for c in f.digest) for f in m.files):
         assert mf.parse(mf.encode(m), where="fuzz-again") == m
@@ -103,8 +104,9 @@ _CHILD_HEADROOM = 512 << 20
 def _in_child(fn, data: bytes) -> str:
     """Run ``fn(data)`` in a forked child under a memory limit; "ok", "memory" or a crash description.
 
-    The manifest decoder allocates from counts it reads before checking them against the input (docs/findings/hostile-input.md,
-    findings 2 and 8): in this process a mutated count would take the machine's memory."""
+    The manifest decoder allocates from counts it reads before checking them against the input
+    (docs/findings/hostile-input.md, findings 2 and 8): in this process a mutated count would take the
+    machine's memory."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child

@@ -231,8 +231,8 @@ def test_json_manifest_with_special_file_types_is_refused(env: Env, kind):
 
 def test_symlink_chain_through_a_dot_link_is_not_written_through(env: Env):
     """``s -> .`` makes ``l -> s/s/s/../../../sentinel`` resolve outside the workspace although it stays
-    inside lexically (docs/findings/hostile-input.md, finding 1, fixed): the manifest is refused, naming the link, and
-    nothing outside changes."""
+    inside lexically (docs/findings/hostile-input.md, finding 1, fixed): the manifest is refused, naming the
+    link, and nothing outside changes."""
     m = with_files(
         env.manifest,
         mf.FileEntry("node_modules/s", mf.SYMLINK, 0o777, 1, target="."),
@@ -300,10 +300,10 @@ def test_workspace_dir_swapped_for_a_symlink_mid_restore_is_caught_at_publish(en
 
 @pytest.mark.parametrize("writer", ["compiled", "python-threads", "python-processes"])
 def test_staging_dir_swapped_for_a_symlink_mid_restore_is_not_written_through(env: Env, writer):
-    """docs/findings/hostile-input.md 4: a directory of the tree being restored is replaced by a symlink to the sentinel after
-    the directories exist and before the files are written (what a build process of the agent's user
-    could do). Every file is created beneath a descriptor of the staging root following no symlink, so the
-    restore fails naming the path, the sentinel is untouched, nothing is published."""
+    """docs/findings/hostile-input.md 4: a directory of the tree being restored is replaced by a symlink to
+    the sentinel after the directories exist and before the files are written (what a build process of the
+    agent's user could do). Every file is created beneath a descriptor of the staging root following no
+    symlink, so the restore fails naming the path, the sentinel is untouched, nothing is published."""
     from stoker.agent.cache.writers import load_compiled
 
     assert load_compiled() is not None, (

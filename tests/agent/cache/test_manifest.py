@@ -173,7 +173,8 @@ def test_packs_cut_at_package_boundaries() -> None:
 
 
 def test_version_2_checks_every_count_before_it_sizes_anything() -> None:
-    """docs/findings/hostile-input.md, finding 8: a count of 0x0FFFFFFF must not build a gigabyte format string."""
+    """docs/findings/hostile-input.md, finding 8: a count of 0x0FFFFFFF must not build a gigabyte format
+    string."""
     import struct
     import tracemalloc
 

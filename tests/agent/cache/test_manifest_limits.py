@@ -1,4 +1,5 @@
-"""Manifest decoding refuses what would exhaust memory or smuggle a bad digest (docs/findings/hostile-input.md 2 and 3)."""
+"""Manifest decoding refuses what would exhaust memory or smuggle a bad digest (docs/findings/hostile-input.md
+2 and 3)."""
 
 from __future__ import annotations
 

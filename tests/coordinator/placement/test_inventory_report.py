@@ -1,4 +1,5 @@
-"""The aggregation behind QueryInventory, on the pure core: a registry and an inventory index, a fake clock."""
+"""The aggregation behind QueryInventory, on the pure core: a registry and an inventory index, a fake
+clock."""
 
 from __future__ import annotations
 

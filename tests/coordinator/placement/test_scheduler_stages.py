@@ -1,5 +1,5 @@
-"""The scheduler's stages one at a time: admit, warm, partial and cold candidates, rank, explain; the pass's view
-of the fleet, and fairness between tenants. Each is run on a fleet built by hand on a fake clock."""
+"""The scheduler's stages one at a time: admit, warm, partial and cold candidates, rank, explain; the pass's
+view of the fleet, and fairness between tenants. Each is run on a fleet built by hand on a fake clock."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Content sketches as bytes on the wire (stoker/common/sketch.py), and what the coordinator does with them."""
+"""Content sketches as bytes on the wire (stoker/common/sketch.py), and what the coordinator does with
+them."""
 
 from __future__ import annotations
 

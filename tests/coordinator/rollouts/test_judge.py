@@ -137,13 +137,15 @@ def test_sequential_looks_keep_false_alarms_under_alpha():
 
 
 def test_guardrails():
-    class I:
+    class Inst:
         def __init__(self, id, ready=True, restarts=0):
             self.id, self.ready, self.restarts = id, ready, restarts
 
     policy = Policy(max_restarts=1)
     assert judge.guardrail(
-        [I("a"), I("b", restarts=2)], policy, unready_for_s=0, unready_limit_s=1
+        [Inst("a"), Inst("b", restarts=2)], policy, unready_for_s=0, unready_limit_s=1
     ).startswith("crash loop")
-    assert judge.guardrail([I("a", ready=False)], policy, unready_for_s=0.5, unready_limit_s=1) is None
-    assert "readiness" in judge.guardrail([I("a", ready=False)], policy, unready_for_s=2, unready_limit_s=1)
+    assert judge.guardrail([Inst("a", ready=False)], policy, unready_for_s=0.5, unready_limit_s=1) is None
+    assert "readiness" in judge.guardrail(
+        [Inst("a", ready=False)], policy, unready_for_s=2, unready_limit_s=1
+    )

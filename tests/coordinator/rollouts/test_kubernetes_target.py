@@ -3,8 +3,8 @@
 No Kubernetes API server can run on these machines, so this test starts, in a thread, a real HTTP server that
 speaks the subset of the Kubernetes API the target uses — list/get/create/replace Deployments
 (``/apis/apps/v1/namespaces/{ns}/deployments``) and list Pods (``/api/v1/namespaces/{ns}/pods``), label
-selectors, ``generation``/``observedGeneration``, ``resourceVersion``, 404/409 errors as ``Status`` objects — and
-stands in for the Deployment controller and kubelets instantly: every read derives the pods and the
+selectors, ``generation``/``observedGeneration``, ``resourceVersion``, 404/409 errors as ``Status`` objects —
+and stands in for the Deployment controller and kubelets instantly: every read derives the pods and the
 Deployment status from the current spec (images containing ``crashloop`` restart and never get ready). So this
 checks what the adapter sends and how it reads what it gets back, over real HTTP through the real client; it
 does not check a real controller's timing. The rollout engine drives it with an in-memory metrics port.

@@ -69,7 +69,7 @@ def test_good_rollout_drops_nothing_and_a_faulty_one_rolls_back_at_the_canary(ro
 def test_bad_input_is_refused_by_name_and_leaves_the_running_rollout_alone(rollout_fleet):
     rollout_fleet.start()
     stub = rollout_fleet.stub()
-    first = demo_rollouts.deploy_first(stub, "web", "v1", instances_per_zone=1)
+    demo_rollouts.deploy_first(stub, "web", "v1", instances_per_zone=1)
     cases = [
         (spec("v2", target="mesos"), grpc.StatusCode.INVALID_ARGUMENT, "target"),
         (spec("v2", canary_percent=100), grpc.StatusCode.INVALID_ARGUMENT, "canary_percent"),

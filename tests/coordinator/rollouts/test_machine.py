@@ -19,7 +19,8 @@ SETTINGS = m.Settings(
 
 
 class Fleet:
-    """Instances per zone; ``converge`` makes them match a desired state (new ones ready at once unless told)."""
+    """Instances per zone; ``converge`` makes them match a desired state (new ones ready at once unless
+    told)."""
 
     def __init__(self, zones: dict[str, int], version: str = "v1") -> None:
         self.instances: list[m.Instance] = []

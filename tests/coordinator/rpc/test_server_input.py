@@ -416,8 +416,8 @@ def _nested(depth: int) -> bytes:
     ids=["bad-utf8", "length-past-end", "deep-groups", "truncated", "garbage"],
 )
 def test_undecodable_requests_are_refused_and_the_server_keeps_serving(servers, payload):
-    """A request that is not a valid message is INVALID_ARGUMENT (docs/findings/hostile-input.md 6, fixed: grpcio alone would
-    answer UNKNOWN), and nothing else is affected."""
+    """A request that is not a valid message is INVALID_ARGUMENT (docs/findings/hostile-input.md 6, fixed:
+    grpcio alone would answer UNKNOWN), and nothing else is affected."""
     with pytest.raises(grpc.RpcError) as info:
         _raw(servers, "/stoker.v1.Builds/GetBuild")(payload, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value

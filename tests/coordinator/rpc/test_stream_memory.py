@@ -73,7 +73,8 @@ async def _run() -> tuple[int, int]:
             for n in range(NODES):
                 reply = await stub.Register(agent_pb2.RegisterRequest(node=f"n{n}", slots=1), timeout=10)
                 queue: asyncio.Queue = asyncio.Queue()
-                # Built here and handed over, not kept by the test: the only copies left are the coordinator's.
+                # Built here and handed over, not kept by the test: the only copies left are the
+                # coordinator's.
                 queue.put_nowait(agent_pb2.AgentMessage(session_id=reply.session_id, snapshot=_snapshot(rng)))
                 queue.put_nowait(
                     agent_pb2.AgentMessage(
