@@ -1,4 +1,5 @@
-"""The wire contract's generated code is what the .proto files produce, and the layers hold (import-linter)."""
+"""The wire contract's generated code is what the .proto files produce, and the layers hold
+(import-linter)."""
 
 from __future__ import annotations
 
@@ -58,8 +59,8 @@ def _lint_imports(shadow: Path) -> subprocess.CompletedProcess:
     """import-linter with .importlinter over a tree laid out as stoker installs (scripts/shadow_tree.py)."""
     assert LINT_IMPORTS.exists(), "import-linter is missing: pip install -e '.[test]' (scripts/test.sh does)"
     return subprocess.run([str(LINT_IMPORTS), "--config", str(ROOT / ".importlinter"), "--no-cache"],
-                          check=False, cwd=shadow, env={**os.environ, "PYTHONPATH": str(shadow)}, capture_output=True,
-                          text=True, timeout=300)
+                          check=False, cwd=shadow, env={**os.environ, "PYTHONPATH": str(shadow)},
+                          capture_output=True, text=True, timeout=300)
 
 
 def _shadow(tmp_path: Path) -> Path:

@@ -42,8 +42,8 @@ if _dir and "coordinator" in sys.argv:
     except (OSError, AttributeError):
         _libc = None
 
-    _WATCH = {"BuildQueue", "Scheduler", "InventoryIndex", "NodeRegistry", "LoadHistory", "Estimator", "Demand",
-              "Prewarmer", "Rendezvous", "AgentGatewayServicer"}
+    _WATCH = {"BuildQueue", "Scheduler", "InventoryIndex", "NodeRegistry", "LoadHistory", "Estimator",
+              "Demand", "Prewarmer", "Rendezvous", "AgentGatewayServicer"}
     _real_freeze = gc.freeze
     _busy = [False]
     gc.freeze = lambda: None if _busy[0] else _real_freeze()  # GcPolicy must not freeze mid-census
@@ -78,8 +78,9 @@ if _dir and "coordinator" in sys.argv:
                 gc.unfreeze()
                 blocks_before, rss_before = sys.getallocatedblocks(), _rss_mib()
                 found = gc.collect()
-                record = {"t": round(time.monotonic() - _t0), "collected": found, "blocks_before": blocks_before,
-                              "blocks_after": sys.getallocatedblocks(), "rss_before": rss_before, "rss_after": _rss_mib()}
+                record = {"t": round(time.monotonic() - _t0), "collected": found,
+                          "blocks_before": blocks_before, "blocks_after": sys.getallocatedblocks(),
+                          "rss_before": rss_before, "rss_after": _rss_mib()}
                 if _libc is not None:
                     mi = _libc.mallinfo2()
                     record.update(malloc_arena_mib=mi.arena >> 20, malloc_inuse_mib=mi.uordblks >> 20,

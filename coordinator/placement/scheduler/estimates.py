@@ -83,7 +83,8 @@ def similarity(a: bytes, b: bytes) -> float | None:
     return 2 * jaccard / (1 + jaccard)
 
 
-def fetch_after(target_bytes: int, target_sketch: bytes, held_sketch: bytes, default_similarity: float) -> float:
+def fetch_after(target_bytes: int, target_sketch: bytes, held_sketch: bytes,
+                default_similarity: float) -> float:
     """Bytes a node holding an entry with ``held_sketch`` must fetch to restore a target entry of
     ``target_bytes`` with ``target_sketch``: what the sketches say differs, else ``1 - default_similarity``
     of it (0 when the target's size is unknown: the older entry is the best there is)."""

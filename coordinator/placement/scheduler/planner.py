@@ -1,5 +1,5 @@
-"""The ``Scheduler``: what happened (builds started and finished, nodes joined and lost) and ``plan``, one pass
-over the waiting requests that places each through the stages of ``stages.decide``."""
+"""The ``Scheduler``: what happened (builds started and finished, nodes joined and lost) and ``plan``, one
+pass over the waiting requests that places each through the stages of ``stages.decide``."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ class Scheduler:
         self._tenant_running: collections.Counter[str] = collections.Counter()
         self._rendezvous = Rendezvous(self.settings.two_level_from)
         self.demand = Demand(self.settings, clock)
-        self.prewarms = Prewarmer(inventory, clock, self.settings, self.estimator, self._rendezvous, self.demand)
+        self.prewarms = Prewarmer(inventory, clock, self.settings, self.estimator, self._rendezvous,
+                                  self.demand)
         self._pending_evictions: list[tuple[str, str]] = []
         self._history = LoadHistory()
 
@@ -189,10 +190,11 @@ class Scheduler:
         plan.prewarms.extend(self.prewarms.drain())
 
     # -- internals -----------------------------------------------------------------------------
-    def _view(self, live: dict[str, NodeRecord], load: dict[str, int], running_total: int, now: float) -> FleetView:
+    def _view(self, live: dict[str, NodeRecord], load: dict[str, int], running_total: int,
+              now: float) -> FleetView:
         """The fleet as a pass starts: the bound for ``running_total`` builds, and the costly keys' guard."""
-        view = FleetView(live, load, self._bound(running_total, len(live)), now, self.settings, self.estimator,
-                         self._running, self._history)
+        view = FleetView(live, load, self._bound(running_total, len(live)), now, self.settings,
+                         self.estimator, self._running, self._history)
         view.guard = guard_costly_keys(view, self.demand.costly, self._inventory, self.demand.arrival_rate)
         return view
 

@@ -27,8 +27,8 @@ class Prewarmer:
     """The prewarms asked since the last plan, and what was asked when (for the cooldown, and for the costly
     keys' replicas under way)."""
 
-    def __init__(self, inventory: InventoryIndex, clock: Clock, settings: SchedulerSettings, estimator: Estimator,
-                 rendezvous: Rendezvous, demand: Demand) -> None:
+    def __init__(self, inventory: InventoryIndex, clock: Clock, settings: SchedulerSettings,
+                 estimator: Estimator, rendezvous: Rendezvous, demand: Demand) -> None:
         self._inventory = inventory
         self._clock = clock
         self._s = settings

@@ -60,7 +60,6 @@ class Candidate:
         return f"{self.node} {self.warmth.value} ~{self.ready_s:.1f} s{wait}"
 
 
-
 @dataclass
 class Placing:
     """One request's decision under way: what its stages read, and the candidates they found (at most one
@@ -179,7 +178,8 @@ def partial_candidates(p: Placing) -> None:
                 names = [n for n in names if view.is_free(n)][:older_free - found_free]
             for name in names:
                 entry = holders[name]
-                fetch = fetch_after(p.target_bytes, p.target_sketch, entry[SKETCH], settings.default_similarity)
+                fetch = fetch_after(p.target_bytes, p.target_sketch, entry[SKETCH],
+                                    settings.default_similarity)
                 p.consider(p.admitted[name], Warmth.PARTIAL, key, fetch, entry[BYTES])
                 found += 1
                 found_free += view.is_free(name)
@@ -231,7 +231,8 @@ def explain(p: Placing, ranked: list[Candidate]) -> Decision:
     if alternatives:
         reason += f" (next: {alternatives})"
     if best.wait_s > 0 or p.view.load[best.node] >= p.view.capacity(p.admitted[best.node]):
-        reason = f"waiting for {best.node} ({why}): expected wait {best.wait_s:.0f} s beats the best free node"
+        reason = (f"waiting for {best.node} ({why}): expected wait {best.wait_s:.0f} s "
+                  f"beats the best free node")
     return Decision(node=best.node, warmth=best.warmth, reason=reason, matched_key=best.matched_key,
                     candidates=top)
 
@@ -244,11 +245,13 @@ def prefix_bytes(inventory: InventoryIndex, restore_keys: tuple[str, ...]) -> in
     return 0
 
 
-CANDIDATE_STAGES: tuple[Callable[[Placing], None], ...] = (warm_candidates, partial_candidates, cold_candidates)
+CANDIDATE_STAGES: tuple[Callable[[Placing], None], ...] = (
+    warm_candidates, partial_candidates, cold_candidates)
 """The stages that find candidates, in order: each skips the nodes an earlier one found."""
 
 
-def decide(request: PlacementRequest, view: FleetView, inventory: InventoryIndex, rendezvous: Rendezvous) -> Decision:
+def decide(request: PlacementRequest, view: FleetView, inventory: InventoryIndex,
+           rendezvous: Rendezvous) -> Decision:
     """Where ``request`` goes (or why it waits): admit → warm → partial → cold → rank → explain."""
     admitted = admit(request.constraints, view.live)
     if not admitted:
