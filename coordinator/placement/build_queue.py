@@ -101,8 +101,16 @@ class Lease:
 
 
 class BuildQueue:
-    def __init__(self, settings: BuildSettings, registry: NodeRegistry, inventory: InventoryIndex,
-                 scheduler: Scheduler, store: StateStore, clock: Clock, metrics: CoordinatorMetrics) -> None:
+    def __init__(
+        self,
+        settings: BuildSettings,
+        registry: NodeRegistry,
+        inventory: InventoryIndex,
+        scheduler: Scheduler,
+        store: StateStore,
+        clock: Clock,
+        metrics: CoordinatorMetrics,
+    ) -> None:
         self._settings = settings
         self._registry = registry
         self._inventory = inventory
@@ -121,7 +129,8 @@ class BuildQueue:
         self.bytes_fetched = 0
         # Read by the metrics server's thread: take the links as one list (atomic) before walking them.
         metrics.outbox_commands.set_function(
-            lambda: sum(link.outbox.qsize() for link in list(self._links.values())))
+            lambda: sum(link.outbox.qsize() for link in list(self._links.values()))
+        )
         for kind in scheduler.tracked():  # read when /metrics is scraped
             metrics.scheduler_tracked.labels(kind).set_function(lambda kind=kind: scheduler.tracked()[kind])
 
@@ -134,9 +143,11 @@ class BuildQueue:
             events = self._store.events(record.id)
             if events:
                 record.last_seq = max(record.last_seq, events[-1].seq)
-            active = ActiveBuild(record=record, events=events,
-                                 request=convert.placement_request(record.id, record.spec,
-                                                                   convert.seconds(record.created)))
+            active = ActiveBuild(
+                record=record,
+                events=events,
+                request=convert.placement_request(record.id, record.spec, convert.seconds(record.created)),
+            )
             self._active[record.id] = active
             if record.state == build_pb2.BUILD_STATE_QUEUED:
                 self._queue.append(active)
@@ -158,8 +169,15 @@ class BuildQueue:
         self._check_satisfiable(request)
         if spec.timeout_s == 0:
             spec = _with_timeout(spec, self._settings.default_timeout_s)
-        record = build_pb2.Build(id=build_id, spec=spec, state=build_pb2.BUILD_STATE_QUEUED, attempt=1,
-                                 created=convert.timestamp(now), exit_code=-1, owner=owner)
+        record = build_pb2.Build(
+            id=build_id,
+            spec=spec,
+            state=build_pb2.BUILD_STATE_QUEUED,
+            attempt=1,
+            created=convert.timestamp(now),
+            exit_code=-1,
+            owner=owner,
+        )
         self._store.put_build(record, request_id)
         active = ActiveBuild(record=record, request=request)
         self._active[build_id] = active
@@ -180,7 +198,8 @@ class BuildQueue:
             zones = sorted({n.info.zone for n in live})
             raise FailedPrecondition(
                 f"no registered node satisfies the constraints ({request.constraints.describe()}); "
-                f"{sum(1 for _ in live)} node(s) in zone(s) {', '.join(repr(z) for z in zones)}")
+                f"{sum(1 for _ in live)} node(s) in zone(s) {', '.join(repr(z) for z in zones)}"
+            )
 
     def get(self, build_id: str) -> build_pb2.Build:
         active = self._active.get(build_id)
@@ -201,7 +220,7 @@ class BuildQueue:
             return
         seq = after_seq
         while True:
-            for event in active.events[self._index_after(active, seq):]:
+            for event in active.events[self._index_after(active, seq) :]:
                 yield event
                 seq = event.seq
             if active.finished and (not active.events or active.events[-1].seq <= seq):
@@ -230,8 +249,13 @@ class BuildQueue:
             active.cancel_requested = True
             link = self._links.get(active.record.node)
             if link is not None:
-                link.send(agent_pb2.CoordinatorCommand(cancel_build=agent_pb2.CancelBuildCommand(
-                    build_id=build_id, attempt=active.record.attempt, reason=reason)))
+                link.send(
+                    agent_pb2.CoordinatorCommand(
+                        cancel_build=agent_pb2.CancelBuildCommand(
+                            build_id=build_id, attempt=active.record.attempt, reason=reason
+                        )
+                    )
+                )
             else:
                 # The node is unreachable: the build is over for its caller; the agent is told to
                 # stop it when it reconnects (it then reports a build the coordinator does not expect).
@@ -243,9 +267,13 @@ class BuildQueue:
         # it is released (or expires), as it counts a build under the build's id.
         request = convert.placement_request("l-" + uuid.uuid4().hex[:16], spec, self._clock.now())
         self._check_satisfiable(request)
-        pending = PendingPlacement(request=request, spec=spec, owner=owner,
-                                   lease_s=lease_s or self._settings.placement_lease_s,
-                                   future=asyncio.get_running_loop().create_future())
+        pending = PendingPlacement(
+            request=request,
+            spec=spec,
+            owner=owner,
+            lease_s=lease_s or self._settings.placement_lease_s,
+            future=asyncio.get_running_loop().create_future(),
+        )
         self._queue.append(pending)
         self._metrics.queue_depth.set(len(self._queue))
         self._schedule()
@@ -305,26 +333,44 @@ class BuildQueue:
         link = self._links.get(node_name)
         for build_id, attempt in reported:
             active = self._active.get(build_id)
-            if active is None or active.record.attempt != attempt or active.record.node != node_name \
-                    or active.finished:
+            if (
+                active is None
+                or active.record.attempt != attempt
+                or active.record.node != node_name
+                or active.finished
+            ):
                 if link is not None:
-                    link.send(agent_pb2.CoordinatorCommand(cancel_build=agent_pb2.CancelBuildCommand(
-                        build_id=build_id, attempt=attempt, reason="superseded: the coordinator no longer "
-                        "expects this attempt on this node")))
+                    link.send(
+                        agent_pb2.CoordinatorCommand(
+                            cancel_build=agent_pb2.CancelBuildCommand(
+                                build_id=build_id,
+                                attempt=attempt,
+                                reason="superseded: the coordinator no longer "
+                                "expects this attempt on this node",
+                            )
+                        )
+                    )
         if not node.reconciled:
             node.reconciled = True
             for active in list(self._active.values()):
                 rec = active.record
-                if (rec.node == node_name and rec.state == build_pb2.BUILD_STATE_RUNNING
-                        and active.dispatch_session != session_id
-                        and (rec.id, rec.attempt) not in reported):
+                if (
+                    rec.node == node_name
+                    and rec.state == build_pb2.BUILD_STATE_RUNNING
+                    and active.dispatch_session != session_id
+                    and (rec.id, rec.attempt) not in reported
+                ):
                     self._requeue(active, f"node {node_name} came back without attempt {rec.attempt}")
             self._schedule()
 
     def build_update(self, node_name: str, update: agent_pb2.BuildUpdate) -> None:
         active = self._active.get(update.build_id)
-        if (active is None or active.finished or active.record.attempt != update.attempt
-                or active.record.node != node_name):
+        if (
+            active is None
+            or active.finished
+            or active.record.attempt != update.attempt
+            or active.record.node != node_name
+        ):
             return  # a stale attempt, or a build that has already ended: nothing to record
         event = build_pb2.BuildEvent()
         event.CopyFrom(update.event)
@@ -339,15 +385,19 @@ class BuildQueue:
 
     def nodes_lost(self, nodes: list[NodeRecord]) -> None:
         for node in nodes:
-            log.warning("node %s lost: no stream for %.0f s; requeueing its builds", node.name,
-                        self._registry.lease_ttl_s)
+            log.warning(
+                "node %s lost: no stream for %.0f s; requeueing its builds",
+                node.name,
+                self._registry.lease_ttl_s,
+            )
             self._scheduler.node_lost(node.name, self._inventory.entries(node.name), self._registry.all())
             self._inventory.drop_node(node.name)
             for holder in list(node.holders):
                 active = self._active.get(holder)
                 if active is not None and not active.finished:
-                    self._requeue(active, f"node {node.name} lost (no stream for "
-                                          f"{self._registry.lease_ttl_s:.0f} s)")
+                    self._requeue(
+                        active, f"node {node.name} lost (no stream for {self._registry.lease_ttl_s:.0f} s)"
+                    )
                 self._leases.pop(holder, None)
             node.holders.clear()
         if nodes:
@@ -416,15 +466,20 @@ class BuildQueue:
             link = self._links.get(node_name)
             if link is not None:
                 log.debug("prewarming %s on %s", key, node_name)
-                sent = link.send(agent_pb2.CoordinatorCommand(prewarm=agent_pb2.PrewarmCommand(
-                    key=key, restore_keys=list(restore_keys))), advisory=True)
+                sent = link.send(
+                    agent_pb2.CoordinatorCommand(
+                        prewarm=agent_pb2.PrewarmCommand(key=key, restore_keys=list(restore_keys))
+                    ),
+                    advisory=True,
+                )
                 self._metrics.cache_commands.labels("prewarm" if sent else "dropped").inc()
         for node_name, key in plan.evictions:
             link = self._links.get(node_name)
             if link is not None:
                 log.debug("evicting superseded %s on %s", key, node_name)
-                sent = link.send(agent_pb2.CoordinatorCommand(evict=agent_pb2.EvictCommand(key=key)),
-                                 advisory=True)
+                sent = link.send(
+                    agent_pb2.CoordinatorCommand(evict=agent_pb2.EvictCommand(key=key)), advisory=True
+                )
                 self._metrics.cache_commands.labels("evict" if sent else "dropped").inc()
 
     def _dispatch(self, active: ActiveBuild, node: NodeRecord, decision) -> None:
@@ -439,13 +494,24 @@ class BuildQueue:
         active.dispatched_at = now
         active.placed_at = now
         active.queued_reason = ""
-        self._record(active, build_pb2.BuildEvent(placed=build_pb2.Placed(
-            node=node.name, zone=node.info.zone, reason=decision.reason,
-            expected_warmth=convert.WARMTH_TO_PB[decision.warmth])))
+        self._record(
+            active,
+            build_pb2.BuildEvent(
+                placed=build_pb2.Placed(
+                    node=node.name,
+                    zone=node.info.zone,
+                    reason=decision.reason,
+                    expected_warmth=convert.WARMTH_TO_PB[decision.warmth],
+                )
+            ),
+        )
         log.info("build %s attempt %d → %s (%s)", rec.id, rec.attempt, node.name, decision.reason)
         if link is not None:
-            link.send(agent_pb2.CoordinatorCommand(run_build=agent_pb2.RunBuildCommand(
-                build_id=rec.id, attempt=rec.attempt, spec=rec.spec)))
+            link.send(
+                agent_pb2.CoordinatorCommand(
+                    run_build=agent_pb2.RunBuildCommand(build_id=rec.id, attempt=rec.attempt, spec=rec.spec)
+                )
+            )
 
     def _grant(self, pending: PendingPlacement, node: NodeRecord, decision) -> bool:
         """Give ``pending`` a lease on ``node``; False when its caller is gone."""
@@ -453,12 +519,21 @@ class BuildQueue:
             return False
         lease_id = pending.request.id
         expires = self._clock.now() + pending.lease_s
-        self._leases[lease_id] = Lease(lease_id=lease_id, node=node.name, expires=expires, owner=pending.owner)
+        self._leases[lease_id] = Lease(
+            lease_id=lease_id, node=node.name, expires=expires, owner=pending.owner
+        )
         node.holders.add(lease_id)
-        pending.future.set_result(build_pb2.Placement(
-            lease_id=lease_id, node=node.name, zone=node.info.zone, reason=decision.reason,
-            expected_warmth=convert.WARMTH_TO_PB[decision.warmth], expires=convert.timestamp(expires),
-            node_labels=node.info.labels))
+        pending.future.set_result(
+            build_pb2.Placement(
+                lease_id=lease_id,
+                node=node.name,
+                zone=node.info.zone,
+                reason=decision.reason,
+                expected_warmth=convert.WARMTH_TO_PB[decision.warmth],
+                expires=convert.timestamp(expires),
+                node_labels=node.info.labels,
+            )
+        )
         log.info("placement %s → %s for %.0f s (%s)", lease_id, node.name, pending.lease_s, decision.reason)
         return True
 
@@ -472,12 +547,15 @@ class BuildQueue:
             self._finish(active, build_pb2.BUILD_STATE_CANCELLED, -1, "cancelled; " + reason)
             return
         if rec.attempt >= self._settings.max_attempts:
-            self._finish(active, build_pb2.BUILD_STATE_ERROR, -1,
-                         f"{reason}; gave up after {rec.attempt} attempts")
+            self._finish(
+                active, build_pb2.BUILD_STATE_ERROR, -1, f"{reason}; gave up after {rec.attempt} attempts"
+            )
             return
         self._metrics.builds_requeued.inc()
-        self._record(active, build_pb2.BuildEvent(retrying=build_pb2.Retrying(
-            reason=reason, next_attempt=rec.attempt + 1)))
+        self._record(
+            active,
+            build_pb2.BuildEvent(retrying=build_pb2.Retrying(reason=reason, next_attempt=rec.attempt + 1)),
+        )
         rec.attempt += 1
         rec.state = build_pb2.BUILD_STATE_QUEUED
         rec.node = ""
@@ -493,8 +571,16 @@ class BuildQueue:
         position = next((i for i, q in enumerate(self._queue) if q is active), 0)
         self._record(active, build_pb2.BuildEvent(queued=build_pb2.Queued(position=position, reason=reason)))
 
-    def _finish(self, active: ActiveBuild, state: int, exit_code: int, message: str, *,
-                fin: build_pb2.Finished | None = None, node: str = "") -> None:
+    def _finish(
+        self,
+        active: ActiveBuild,
+        state: int,
+        exit_code: int,
+        message: str,
+        *,
+        fin: build_pb2.Finished | None = None,
+        node: str = "",
+    ) -> None:
         rec = active.record
         now = self._clock.now()
         rec.state = state
@@ -511,13 +597,25 @@ class BuildQueue:
         holder = self._registry.find(rec.node)
         if holder is not None:
             holder.holders.discard(rec.id)
-        self._scheduler.finished(rec.id, key=rec.spec.cache.key, workspace=rec.spec.workspace,
-                                 run_s=rec.timings.run_s if fin is not None else 0.0,
-                                 bytes_fetched=rec.cache.bytes_fetched, bytes_restored=rec.cache.bytes_restored,
-                                 restore_s=rec.timings.restore_s if fin is not None else 0.0)
-        event = build_pb2.BuildEvent(finished=build_pb2.Finished(
-            state=state, exit_code=exit_code, message=message, timings=rec.timings, cache=rec.cache,
-            node=node or rec.node))
+        self._scheduler.finished(
+            rec.id,
+            key=rec.spec.cache.key,
+            workspace=rec.spec.workspace,
+            run_s=rec.timings.run_s if fin is not None else 0.0,
+            bytes_fetched=rec.cache.bytes_fetched,
+            bytes_restored=rec.cache.bytes_restored,
+            restore_s=rec.timings.restore_s if fin is not None else 0.0,
+        )
+        event = build_pb2.BuildEvent(
+            finished=build_pb2.Finished(
+                state=state,
+                exit_code=exit_code,
+                message=message,
+                timings=rec.timings,
+                cache=rec.cache,
+                node=node or rec.node,
+            )
+        )
         self._record(active, event)
         self._store.put_build(rec)
         self._active.pop(rec.id, None)
@@ -533,8 +631,13 @@ class BuildQueue:
             self.bytes_fetched += rec.cache.bytes_fetched
             self._metrics.cache_bytes.labels("local").inc(local)
             self._metrics.cache_bytes.labels("fetched").inc(rec.cache.bytes_fetched)
-        log.info("build %s finished: %s (exit %d) %s", rec.id, _EXPECTED_TO_STATE.get(state, state),
-                 exit_code, message)
+        log.info(
+            "build %s finished: %s (exit %d) %s",
+            rec.id,
+            _EXPECTED_TO_STATE.get(state, state),
+            exit_code,
+            message,
+        )
         self._schedule()
 
     def _record(self, active: ActiveBuild, event: build_pb2.BuildEvent) -> None:
@@ -577,4 +680,3 @@ def _with_timeout(spec: common_pb2.BuildSpec, timeout_s: float) -> common_pb2.Bu
     out.CopyFrom(spec)
     out.timeout_s = timeout_s
     return out
-

@@ -49,8 +49,9 @@ class InventoryIndex:
         for entry in entries:
             self._put(node, view, entry)
 
-    def apply_delta(self, node: str, generation: int, upserted: Iterable[Entry],
-                    removed: Iterable[str]) -> bool:
+    def apply_delta(
+        self, node: str, generation: int, upserted: Iterable[Entry], removed: Iterable[str]
+    ) -> bool:
         """Apply a delta; False (and nothing applied) when it does not follow the last generation."""
         view = self._nodes.get(node)
         if view is None or generation != view.generation + 1:

@@ -63,8 +63,9 @@ class NodeRegistry:
             raise InvalidArgument(f"slots: must be positive, got {info.slots}")
         now = self._clock.now()
         previous = self._nodes.get(info.name)
-        record = NodeRecord(info=info, session_id=uuid.uuid4().hex, registered_at=now, last_seen=now,
-                            detached_at=now)
+        record = NodeRecord(
+            info=info, session_id=uuid.uuid4().hex, registered_at=now, last_seen=now, detached_at=now
+        )
         if previous is not None and previous.state is not NodeState.LOST:
             # Slots held before a re-registration stay held until reconciled or the lease expires.
             record.holders = previous.holders

@@ -52,9 +52,12 @@ class Guard:
                 free.remove(node)
 
 
-
-def guard_costly_keys(view: FleetView, costly: Mapping[str, str], inventory: InventoryIndex,
-                      arrival_rate: Callable[[str, float], float]) -> Guard:
+def guard_costly_keys(
+    view: FleetView,
+    costly: Mapping[str, str],
+    inventory: InventoryIndex,
+    arrival_rate: Callable[[str, float], float],
+) -> Guard:
     """The free holders of the recently used costly keys (``costly``: key → workspace, at most
     ``guarded_keys`` of them) whose last one or two free holders taking a node could use up."""
     guard = Guard()

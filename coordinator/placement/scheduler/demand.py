@@ -33,7 +33,7 @@ class Demand:
         s = self._s
         if request.key:
             seen = self._starts.pop(request.key, ())
-            self._starts[request.key] = (*seen[len(seen) + 1 - s.hot_builds:], now)
+            self._starts[request.key] = (*seen[len(seen) + 1 - s.hot_builds :], now)
             horizon = now - s.hot_window_s
             trim(self._starts, lambda times: times[-1] < horizon, s.max_tracked_keys)
         window = s.demand_window_s

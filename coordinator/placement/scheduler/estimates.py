@@ -58,8 +58,11 @@ class Estimator:
 
     def restore_s(self, fetch_bytes: float, local_bytes: float) -> float:
         """Seconds to fetch and extract ``fetch_bytes`` and materialize ``local_bytes`` held locally."""
-        return (fetch_bytes / self.fetch_bps + fetch_bytes / self.extract_bps
-                + local_bytes / self._s.materialize_bps)
+        return (
+            fetch_bytes / self.fetch_bps
+            + fetch_bytes / self.extract_bps
+            + local_bytes / self._s.materialize_bps
+        )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -83,8 +86,9 @@ def similarity(a: bytes, b: bytes) -> float | None:
     return 2 * jaccard / (1 + jaccard)
 
 
-def fetch_after(target_bytes: int, target_sketch: bytes, held_sketch: bytes,
-                default_similarity: float) -> float:
+def fetch_after(
+    target_bytes: int, target_sketch: bytes, held_sketch: bytes, default_similarity: float
+) -> float:
     """Bytes a node holding an entry with ``held_sketch`` must fetch to restore a target entry of
     ``target_bytes`` with ``target_sketch``: what the sketches say differs, else ``1 - default_similarity``
     of it (0 when the target's size is unknown: the older entry is the best there is)."""

@@ -11,8 +11,9 @@ from collections.abc import Iterator, Sequence
 from stoker.coordinator.placement.domain import PlacementRequest
 
 
-def fair_order(queue: Sequence[PlacementRequest], tenant_running: collections.Counter[str], now: float,
-               aging_s: float) -> Iterator[PlacementRequest]:
+def fair_order(
+    queue: Sequence[PlacementRequest], tenant_running: collections.Counter[str], now: float, aging_s: float
+) -> Iterator[PlacementRequest]:
     """Highest aged priority first; within a level, the tenant with the fewest running builds (read from
     ``tenant_running`` as the caller updates it, plus those served so far)."""
 
@@ -25,8 +26,14 @@ def fair_order(queue: Sequence[PlacementRequest], tenant_running: collections.Co
     heads = {t: 0 for t in by_tenant}
     served: collections.Counter[str] = collections.Counter()
     while heads:
-        tenant = min(heads, key=lambda t: (-level(by_tenant[t][heads[t]]), tenant_running[t] + served[t],
-                                           by_tenant[t][heads[t]].enqueued_at))
+        tenant = min(
+            heads,
+            key=lambda t: (
+                -level(by_tenant[t][heads[t]]),
+                tenant_running[t] + served[t],
+                by_tenant[t][heads[t]].enqueued_at,
+            ),
+        )
         yield by_tenant[tenant][heads[tenant]]
         served[tenant] += 1
         heads[tenant] += 1
@@ -37,8 +44,13 @@ def fair_order(queue: Sequence[PlacementRequest], tenant_running: collections.Co
 class TenantShares:
     """The tenants' running builds and waiting requests during one pass over the queue."""
 
-    def __init__(self, running: collections.Counter[str], queue: Sequence[PlacementRequest], total_slots: int,
-                 share: float) -> None:
+    def __init__(
+        self,
+        running: collections.Counter[str],
+        queue: Sequence[PlacementRequest],
+        total_slots: int,
+        share: float,
+    ) -> None:
         self.running = running.copy()
         """tenant → builds running, counting those placed in this pass (``fair_order`` reads it)."""
         self._waiting = collections.Counter(r.tenant for r in queue)

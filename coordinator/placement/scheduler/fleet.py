@@ -76,7 +76,7 @@ class FleetView:
             capacity = max(1, self.capacity(node))
             if len(ends) >= capacity:
                 # With more running than the capacity, a slot frees only when enough of them end.
-                slots = ends[len(ends) - capacity:]
+                slots = ends[len(ends) - capacity :]
             else:
                 slots = [now] * (capacity - len(ends)) + ends
             heapq.heapify(slots)

@@ -59,4 +59,3 @@ class LoadHistory:
         area = self._area + self._running * dt - p[4]
         node_s = self._node_s + len(self._per) * dt - p[5]
         return own / (area / node_s) if area > 0 and node_s > 0 else 1.0
-

@@ -45,8 +45,13 @@ class Plan:
 
 
 class Scheduler:
-    def __init__(self, inventory: InventoryIndex, clock: Clock, settings: SchedulerSettings | None = None,
-                 estimator: Estimator | None = None) -> None:
+    def __init__(
+        self,
+        inventory: InventoryIndex,
+        clock: Clock,
+        settings: SchedulerSettings | None = None,
+        estimator: Estimator | None = None,
+    ) -> None:
         self._inventory = inventory
         self._clock = clock
         self.settings = settings or SchedulerSettings()
@@ -55,8 +60,9 @@ class Scheduler:
         self._tenant_running: collections.Counter[str] = collections.Counter()
         self._rendezvous = Rendezvous(self.settings.two_level_from)
         self.demand = Demand(self.settings, clock)
-        self.prewarms = Prewarmer(inventory, clock, self.settings, self.estimator, self._rendezvous,
-                                  self.demand)
+        self.prewarms = Prewarmer(
+            inventory, clock, self.settings, self.estimator, self._rendezvous, self.demand
+        )
         self._pending_evictions: list[tuple[str, str]] = []
         self._history = LoadHistory()
 
@@ -68,16 +74,26 @@ class Scheduler:
             self._tenant_running[previous.tenant] -= 1
             self._history.change(previous.node, -1, now)
         self._history.change(node, +1, now)
-        self._running[request.id] = RunningBuild(node, request.tenant, request.key,
-                                                 now + self.estimator.build_s(request), request.restore_keys)
+        self._running[request.id] = RunningBuild(
+            node, request.tenant, request.key, now + self.estimator.build_s(request), request.restore_keys
+        )
         self._tenant_running[request.tenant] += 1
         self.demand.started(request, now)
         if request.key and self._restore_cost(request.key) >= self.settings.costly_restore_s:
             for dropped in self.demand.costly_used(request.key, request.workspace):
                 self.prewarms.replicating.pop(dropped, None)
 
-    def finished(self, request_id: str, *, key: str = "", workspace: str = "", run_s: float = 0.0,
-                 bytes_fetched: int = 0, bytes_restored: int = 0, restore_s: float = 0.0) -> None:
+    def finished(
+        self,
+        request_id: str,
+        *,
+        key: str = "",
+        workspace: str = "",
+        run_s: float = 0.0,
+        bytes_fetched: int = 0,
+        bytes_restored: int = 0,
+        restore_s: float = 0.0,
+    ) -> None:
         running = self._running.pop(request_id, None)
         if running is not None:
             self._history.change(running.node, -1, self._clock.now())
@@ -173,8 +189,14 @@ class Scheduler:
         self._after_pass(plan, queue, waiting_on, view, running_total)
         return plan
 
-    def _after_pass(self, plan: Plan, queue: Sequence[PlacementRequest], waiting_on: Mapping[str, int],
-                    view: FleetView, running_total: int) -> None:
+    def _after_pass(
+        self,
+        plan: Plan,
+        queue: Sequence[PlacementRequest],
+        waiting_on: Mapping[str, int],
+        view: FleetView,
+        running_total: int,
+    ) -> None:
         """Prewarm the keys that requests wait for onto their next nodes, keep free holders of the costly keys
         just placed, and hand the prewarms asked to the plan."""
         live = list(view.live.values())
@@ -190,11 +212,20 @@ class Scheduler:
         plan.prewarms.extend(self.prewarms.drain())
 
     # -- internals -----------------------------------------------------------------------------
-    def _view(self, live: dict[str, NodeRecord], load: dict[str, int], running_total: int,
-              now: float) -> FleetView:
+    def _view(
+        self, live: dict[str, NodeRecord], load: dict[str, int], running_total: int, now: float
+    ) -> FleetView:
         """The fleet as a pass starts: the bound for ``running_total`` builds, and the costly keys' guard."""
-        view = FleetView(live, load, self._bound(running_total, len(live)), now, self.settings,
-                         self.estimator, self._running, self._history)
+        view = FleetView(
+            live,
+            load,
+            self._bound(running_total, len(live)),
+            now,
+            self.settings,
+            self.estimator,
+            self._running,
+            self._history,
+        )
         view.guard = guard_costly_keys(view, self.demand.costly, self._inventory, self.demand.arrival_rate)
         return view
 
@@ -229,5 +260,9 @@ class Scheduler:
 
     def tracked(self) -> dict[str, int]:
         """How much the scheduler remembers, by kind (exported as a metric; each is bounded)."""
-        return {"running": len(self._running), **self.demand.tracked(), **self.prewarms.tracked(),
-                "build_times": self.estimator.tracked()}
+        return {
+            "running": len(self._running),
+            **self.demand.tracked(),
+            **self.prewarms.tracked(),
+            "build_times": self.estimator.tracked(),
+        }

@@ -27,8 +27,15 @@ class Prewarmer:
     """The prewarms asked since the last plan, and what was asked when (for the cooldown, and for the costly
     keys' replicas under way)."""
 
-    def __init__(self, inventory: InventoryIndex, clock: Clock, settings: SchedulerSettings,
-                 estimator: Estimator, rendezvous: Rendezvous, demand: Demand) -> None:
+    def __init__(
+        self,
+        inventory: InventoryIndex,
+        clock: Clock,
+        settings: SchedulerSettings,
+        estimator: Estimator,
+        rendezvous: Rendezvous,
+        demand: Demand,
+    ) -> None:
         self._inventory = inventory
         self._clock = clock
         self._s = settings
@@ -58,14 +65,23 @@ class Prewarmer:
         trim(self._asked, lambda at: now - at >= cooldown, self._s.max_tracked_keys)
         self.pending.append((node, key, restore_keys))
 
-    def next_nodes(self, key: str, restore_keys: tuple[str, ...], live: Sequence[NodeRecord],
-                   reason_node: str = "", count: int = 0) -> None:
+    def next_nodes(
+        self,
+        key: str,
+        restore_keys: tuple[str, ...],
+        live: Sequence[NodeRecord],
+        reason_node: str = "",
+        count: int = 0,
+    ) -> None:
         """Prewarm ``key`` onto the next nodes in its rendezvous order that do not hold it."""
         holders = self._inventory.holders(key)
         count = count or self._s.prewarm_replicas
         by_name = {n.name: n for n in live}
-        targets = (name for name in self._rendezvous.order(key, by_name)
-                   if name not in holders and name != reason_node)
+        targets = (
+            name
+            for name in self._rendezvous.order(key, by_name)
+            if name not in holders and name != reason_node
+        )
         for name in itertools.islice(targets, count):
             self.queue(name, key, restore_keys)
 

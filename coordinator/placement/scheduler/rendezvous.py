@@ -60,8 +60,13 @@ class Rendezvous:
         key_hash = h64(key)
         return self.nodes(key_hash, lambda name: mix(key_hash ^ self.node_h(name)), live, live)
 
-    def nodes(self, key_hash: int, weight: Callable[[str], int], live: Mapping[str, NodeRecord],
-              admitted: Mapping[str, NodeRecord]) -> Iterator[str]:
+    def nodes(
+        self,
+        key_hash: int,
+        weight: Callable[[str], int],
+        live: Mapping[str, NodeRecord],
+        admitted: Mapping[str, NodeRecord],
+    ) -> Iterator[str]:
         """The nodes of ``admitted`` (a part of ``live``) in the key's rendezvous order, lazily.
 
         In a large fleet, two levels, so that finding the first few free nodes costs about √N weights

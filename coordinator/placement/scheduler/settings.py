@@ -80,4 +80,3 @@ class SchedulerSettings:
     """When a build of a key finishes on a node, ask the node to evict its older entries under the key's
     restore prefixes: they are superseded there, and under a small disk budget they would otherwise push
     other workspaces' only copies out of the node's LRU order."""
-

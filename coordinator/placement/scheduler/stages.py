@@ -84,12 +84,29 @@ class Placing:
     candidates: dict[str, Candidate] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, request: PlacementRequest, view: FleetView, admitted: dict[str, NodeRecord],
-              inventory: InventoryIndex, rendezvous: Rendezvous) -> Placing:
+    def start(
+        cls,
+        request: PlacementRequest,
+        view: FleetView,
+        admitted: dict[str, NodeRecord],
+        inventory: InventoryIndex,
+        rendezvous: Rendezvous,
+    ) -> Placing:
         key_hash = h64(request.key or request.workspace)
         target_bytes, target_sketch = target_entry(inventory, request.key)
-        return cls(request, view, admitted, inventory, rendezvous, key_hash, rendezvous.weigher(key_hash),
-                   target_bytes, target_sketch, view.estimator.build_s(request), bool(view.guard.by_node))
+        return cls(
+            request,
+            view,
+            admitted,
+            inventory,
+            rendezvous,
+            key_hash,
+            rendezvous.weigher(key_hash),
+            target_bytes,
+            target_sketch,
+            view.estimator.build_s(request),
+            bool(view.guard.by_node),
+        )
 
     def usable(self, names: Iterable[str]) -> list[str]:
         """The holders worth estimating: admitted, fresh, and at most ``max_warm_candidates`` of them, free
@@ -102,12 +119,14 @@ class Placing:
         limit = view.settings.max_warm_candidates
         if len(usable) > limit:
             load, weight, bound = view.load, self.weight, view.bound
-            usable = heapq.nlargest(limit, usable,
-                                    key=lambda n: (load[n] < min(admitted[n].info.slots, bound), weight(n)))
+            usable = heapq.nlargest(
+                limit, usable, key=lambda n: (load[n] < min(admitted[n].info.slots, bound), weight(n))
+            )
         return usable
 
-    def consider(self, node: NodeRecord, warmth: Warmth, matched: str, fetch: float, local: float,
-                 cost: float = 0.0) -> None:
+    def consider(
+        self, node: NodeRecord, warmth: Warmth, matched: str, fetch: float, local: float, cost: float = 0.0
+    ) -> None:
         """Estimate ``node`` as a candidate: its wait for a slot (0 when free), plus the restore of ``fetch``
         bytes from the blob store and ``local`` bytes it holds."""
         view, name = self.view, node.name
@@ -121,8 +140,19 @@ class Placing:
         else:
             wait = max(0.0, view.slots_free_at(node)[0] - view.now)
         tie_s = view.settings.ready_tie_s
-        c = Candidate(name, warmth, matched, fetch, wait, wait + view.estimator.restore_s(fetch, local),
-                      self.weight(name), cost, running, tie, view.history.heat(name, view.now))
+        c = Candidate(
+            name,
+            warmth,
+            matched,
+            fetch,
+            wait,
+            wait + view.estimator.restore_s(fetch, local),
+            self.weight(name),
+            cost,
+            running,
+            tie,
+            view.history.heat(name, view.now),
+        )
         old = self.candidates.get(name)
         if old is None or c.sort_key(tie_s) < old.sort_key(tie_s):
             self.candidates[name] = c
@@ -178,11 +208,12 @@ def partial_candidates(p: Placing) -> None:
                 # The holders of the newest entries are often the nodes running the workspace's builds,
                 # all busy under a low bound: past the first ``limit``, only free holders of older
                 # entries are looked at, until ``older_free_candidates`` free ones are found.
-                names = [n for n in names if view.is_free(n)][:older_free - found_free]
+                names = [n for n in names if view.is_free(n)][: older_free - found_free]
             for name in names:
                 entry = holders[name]
-                fetch = fetch_after(p.target_bytes, p.target_sketch, entry[SKETCH],
-                                    settings.default_similarity)
+                fetch = fetch_after(
+                    p.target_bytes, p.target_sketch, entry[SKETCH], settings.default_similarity
+                )
                 p.consider(p.admitted[name], Warmth.PARTIAL, key, fetch, entry[BYTES])
                 found += 1
                 found_free += view.is_free(name)
@@ -218,8 +249,11 @@ def explain(p: Placing, ranked: list[Candidate]) -> Decision:
     """Stage 6: the decision for the best candidate, with why, the estimates of the next few, and whether the
     request is to wait for it (when it must wait for a slot or is at its bound)."""
     if not ranked:
-        return Decision(node=None, warmth=Warmth.COLD,
-                        reason=f"waiting for a free slot: {len(p.admitted)} capable node(s), all busy")
+        return Decision(
+            node=None,
+            warmth=Warmth.COLD,
+            reason=f"waiting for a free slot: {len(p.admitted)} capable node(s), all busy",
+        )
     shown = p.view.settings.explain_candidates
     best = ranked[0]
     top = tuple((c.node, c.warmth.value, round(c.ready_s, 3)) for c in ranked[:shown])
@@ -234,10 +268,12 @@ def explain(p: Placing, ranked: list[Candidate]) -> Decision:
     if alternatives:
         reason += f" (next: {alternatives})"
     if best.wait_s > 0 or p.view.load[best.node] >= p.view.capacity(p.admitted[best.node]):
-        reason = (f"waiting for {best.node} ({why}): expected wait {best.wait_s:.0f} s "
-                  f"beats the best free node")
-    return Decision(node=best.node, warmth=best.warmth, reason=reason, matched_key=best.matched_key,
-                    candidates=top)
+        reason = (
+            f"waiting for {best.node} ({why}): expected wait {best.wait_s:.0f} s beats the best free node"
+        )
+    return Decision(
+        node=best.node, warmth=best.warmth, reason=reason, matched_key=best.matched_key, candidates=top
+    )
 
 
 def prefix_bytes(inventory: InventoryIndex, restore_keys: tuple[str, ...]) -> int:
@@ -249,18 +285,24 @@ def prefix_bytes(inventory: InventoryIndex, restore_keys: tuple[str, ...]) -> in
 
 
 CANDIDATE_STAGES: tuple[Callable[[Placing], None], ...] = (
-    warm_candidates, partial_candidates, cold_candidates)
+    warm_candidates,
+    partial_candidates,
+    cold_candidates,
+)
 """The stages that find candidates, in order: each skips the nodes an earlier one found."""
 
 
-def decide(request: PlacementRequest, view: FleetView, inventory: InventoryIndex,
-           rendezvous: Rendezvous) -> Decision:
+def decide(
+    request: PlacementRequest, view: FleetView, inventory: InventoryIndex, rendezvous: Rendezvous
+) -> Decision:
     """Where ``request`` goes (or why it waits): admit → warm → partial → cold → rank → explain."""
     admitted = admit(request.constraints, view.live)
     if not admitted:
-        return Decision(node=None, warmth=Warmth.COLD,
-                        reason=f"waiting: no ready node satisfies the constraints "
-                               f"({request.constraints.describe()})")
+        return Decision(
+            node=None,
+            warmth=Warmth.COLD,
+            reason=f"waiting: no ready node satisfies the constraints ({request.constraints.describe()})",
+        )
     placing = Placing.start(request, view, admitted, inventory, rendezvous)
     for find in CANDIDATE_STAGES:
         find(placing)

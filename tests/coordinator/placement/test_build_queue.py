@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from prometheus_client import CollectorRegistry
+
 from stoker.coordinator.config import BuildSettings
 from stoker.coordinator.core.errors import FailedPrecondition, NotFound, Unavailable
 from stoker.coordinator.core.metrics import CoordinatorMetrics
@@ -16,7 +17,6 @@ from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.registry import NodeRegistry
 from stoker.coordinator.placement.scheduler import Scheduler
 from stoker.v1 import agent_pb2, build_pb2, common_pb2
-
 from tests.helpers.clock import FakeClock
 
 
@@ -27,9 +27,15 @@ class World:
         self.inventory = InventoryIndex()
         self.store = store or MemoryStateStore()
         self.scheduler = Scheduler(self.inventory, self.clock)
-        self.service = BuildQueue(BuildSettings(max_attempts=3), self.registry, self.inventory,
-                                    self.scheduler, self.store, self.clock,
-                                    CoordinatorMetrics(CollectorRegistry()))
+        self.service = BuildQueue(
+            BuildSettings(max_attempts=3),
+            self.registry,
+            self.inventory,
+            self.scheduler,
+            self.store,
+            self.clock,
+            CoordinatorMetrics(CollectorRegistry()),
+        )
         self.links: dict[str, AgentLink] = {}
 
     def add_node(self, name: str, zone: str = "a", slots: int = 1) -> AgentLink:
@@ -48,8 +54,11 @@ class World:
         link = AgentLink(name, rec.session_id)
         self.links[name] = link
         self.service.attach(link)
-        self.service.heartbeat(name, rec.session_id, agent_pb2.Heartbeat(
-            running=[agent_pb2.RunningBuild(build_id=b, attempt=a) for b, a in running]))
+        self.service.heartbeat(
+            name,
+            rec.session_id,
+            agent_pb2.Heartbeat(running=[agent_pb2.RunningBuild(build_id=b, attempt=a) for b, a in running]),
+        )
 
     def commands(self, name: str) -> list[agent_pb2.CoordinatorCommand]:
         out = []
@@ -62,14 +71,25 @@ class World:
 
     def finish(self, node: str, build_id: str, attempt: int, exit_code: int = 0) -> None:
         state = build_pb2.BUILD_STATE_SUCCEEDED if exit_code == 0 else build_pb2.BUILD_STATE_FAILED
-        self.service.build_update(node, agent_pb2.BuildUpdate(build_id=build_id, attempt=attempt, event=build_pb2.BuildEvent(
-            finished=build_pb2.Finished(state=state, exit_code=exit_code, message="done"))))
+        self.service.build_update(
+            node,
+            agent_pb2.BuildUpdate(
+                build_id=build_id,
+                attempt=attempt,
+                event=build_pb2.BuildEvent(
+                    finished=build_pb2.Finished(state=state, exit_code=exit_code, message="done")
+                ),
+            ),
+        )
 
 
 def spec(zone: str = "") -> common_pb2.BuildSpec:
-    return common_pb2.BuildSpec(workspace="web", command=["true"],
-                                cache=common_pb2.CacheSpec(key="web/k", paths=["nm"]),
-                                constraints=common_pb2.Constraints(zone=zone))
+    return common_pb2.BuildSpec(
+        workspace="web",
+        command=["true"],
+        cache=common_pb2.CacheSpec(key="web/k", paths=["nm"]),
+        constraints=common_pb2.Constraints(zone=zone),
+    )
 
 
 def run(coro):
@@ -86,6 +106,7 @@ def test_no_nodes_is_unavailable_and_unsatisfiable_is_failed_precondition():
             w.service.submit(spec(zone="b"))
         with pytest.raises(NotFound):
             w.service.get("b-nope")
+
     run(body())
 
 
@@ -97,8 +118,12 @@ def test_build_is_dispatched_and_events_are_numbered_and_stored():
         [cmd] = w.commands("n1")
         assert cmd.run_build.build_id == build_id and cmd.run_build.attempt == 1
         assert cmd.run_build.spec.timeout_s > 0  # the default was filled in
-        w.service.build_update("n1", agent_pb2.BuildUpdate(build_id=build_id, attempt=1, event=build_pb2.BuildEvent(
-            log=build_pb2.LogLine(text="hello"))))
+        w.service.build_update(
+            "n1",
+            agent_pb2.BuildUpdate(
+                build_id=build_id, attempt=1, event=build_pb2.BuildEvent(log=build_pb2.LogLine(text="hello"))
+            ),
+        )
         w.finish("n1", build_id, 1)
         events = [e async for e in w.service.watch(build_id)]
         kinds = [e.WhichOneof("kind") for e in events]
@@ -107,6 +132,7 @@ def test_build_is_dispatched_and_events_are_numbered_and_stored():
         assert w.service.get(build_id).state == build_pb2.BUILD_STATE_SUCCEEDED
         assert [e.seq for e in w.store.events(build_id)] == [1, 2, 3]
         assert [e.seq for e in [e async for e in w.service.watch(build_id, after_seq=2)]] == [3]
+
     run(body())
 
 
@@ -123,6 +149,7 @@ def test_busy_fleet_queues_with_a_reason_then_places_when_a_slot_frees():
         w.finish("n1", first, 1)
         [cmd] = w.commands("n1")
         assert cmd.run_build.build_id == second
+
     run(body())
 
 
@@ -139,7 +166,7 @@ def test_lost_node_requeues_and_stale_attempt_is_ignored():
         assert w.service.get(build_id).attempt == 2
         [cmd] = w.commands("n2")
         assert cmd.run_build.attempt == 2
-        w.finish("n1", build_id, 1, exit_code=5)   # the lost node's late report: ignored
+        w.finish("n1", build_id, 1, exit_code=5)  # the lost node's late report: ignored
         assert w.service.get(build_id).state == build_pb2.BUILD_STATE_RUNNING
         w.finish("n2", build_id, 2)
         events = [e async for e in w.service.watch(build_id)]
@@ -147,6 +174,7 @@ def test_lost_node_requeues_and_stale_attempt_is_ignored():
         assert kinds == ["placed", "retrying", "placed", "finished"]
         assert events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
         assert sum(1 for k in kinds if k == "finished") == 1
+
     run(body())
 
 
@@ -161,9 +189,12 @@ def test_reconnected_node_without_the_build_gets_it_requeued_and_unknown_builds_
         w.reconnect("n1", running=[("b-ghost", 1)])
         cmds = w.commands("n1")
         kinds = [c.WhichOneof("command") for c in cmds]
-        assert "cancel_build" in kinds and cmds[kinds.index("cancel_build")].cancel_build.build_id == "b-ghost"
+        assert (
+            "cancel_build" in kinds and cmds[kinds.index("cancel_build")].cancel_build.build_id == "b-ghost"
+        )
         runs = [c.run_build for c in cmds if c.WhichOneof("command") == "run_build"]
         assert [(r.build_id, r.attempt) for r in runs] == [(build_id, 2)]
+
     run(body())
 
 
@@ -178,6 +209,7 @@ def test_cancel_queued_build_finishes_it_and_running_build_sends_cancel():
         w.service.cancel(running, "stop it")
         [cmd] = w.commands("n1")
         assert cmd.cancel_build.build_id == running and cmd.cancel_build.reason == "stop it"
+
     run(body())
 
 
@@ -194,6 +226,7 @@ def test_max_attempts_ends_in_error():
             w.service.tick()
         record = w.service.get(build_id)
         assert record.state == build_pb2.BUILD_STATE_ERROR and "gave up after 3 attempts" in record.message
+
     run(body())
 
 
@@ -208,6 +241,7 @@ def test_placement_lease_holds_a_slot_until_released():
         assert w.service.release(placement.lease_id)
         assert not w.service.release(placement.lease_id)
         assert w.service.get(build_id).state == build_pb2.BUILD_STATE_RUNNING
+
     run(body())
 
 
@@ -215,6 +249,7 @@ def test_released_and_expired_placements_leave_nothing_running_in_the_scheduler(
     """The scheduler counts a placement as running under its lease id until it is released or expires (a
     placement once stayed counted for ever: its tenant's running count and the coordinator's memory grew
     with every placement)."""
+
     async def body():
         w = World()
         w.add_node("n1", slots=4)
@@ -228,26 +263,41 @@ def test_released_and_expired_placements_leave_nothing_running_in_the_scheduler(
         w.clock.t += 6
         w.service.tick()
         assert w.scheduler.tracked()["running"] == 0
+
     run(body())
 
 
 def test_a_finished_build_has_its_nodes_superseded_entries_evicted_even_with_nothing_queued():
     """The scheduler's evictions (and prewarms) go out when they are asked, not with the next placement."""
+
     async def body():
         w = World()
         w.add_node("n1")
-        w.inventory.apply_snapshot("n1", 0, [EntryRecord("web/deps-1", 10, 1, 1.0, 1.0, ()),
-                                             EntryRecord("web/deps-2", 10, 1, 2.0, 2.0, ())])
-        build_id = w.service.submit(common_pb2.BuildSpec(
-            workspace="web", command=["true"],
-            cache=common_pb2.CacheSpec(key="web/deps-2", restore_keys=["web/deps-"], paths=["nm"])))
+        w.inventory.apply_snapshot(
+            "n1",
+            0,
+            [EntryRecord("web/deps-1", 10, 1, 1.0, 1.0, ()), EntryRecord("web/deps-2", 10, 1, 2.0, 2.0, ())],
+        )
+        build_id = w.service.submit(
+            common_pb2.BuildSpec(
+                workspace="web",
+                command=["true"],
+                cache=common_pb2.CacheSpec(key="web/deps-2", restore_keys=["web/deps-"], paths=["nm"]),
+            )
+        )
         assert [c.WhichOneof("command") for c in w.commands("n1")] == ["run_build"]
-        finished = build_pb2.Finished(state=build_pb2.BUILD_STATE_SUCCEEDED, message="done",
-                                      timings=common_pb2.Timings(run_s=5.0))
-        w.service.build_update("n1", agent_pb2.BuildUpdate(build_id=build_id, attempt=1,
-                                                           event=build_pb2.BuildEvent(finished=finished)))
+        finished = build_pb2.Finished(
+            state=build_pb2.BUILD_STATE_SUCCEEDED, message="done", timings=common_pb2.Timings(run_s=5.0)
+        )
+        w.service.build_update(
+            "n1",
+            agent_pb2.BuildUpdate(
+                build_id=build_id, attempt=1, event=build_pb2.BuildEvent(finished=finished)
+            ),
+        )
         [evict] = w.commands("n1")
         assert evict.evict.key == "web/deps-1"
+
     run(body())
 
 
@@ -272,6 +322,7 @@ def test_recover_reloads_unfinished_builds(tmp_path):
         assert w2.service.get(running).state == build_pb2.BUILD_STATE_SUCCEEDED
         [cmd] = [c for c in w2.commands("n1") if c.WhichOneof("command") == "run_build"]
         assert cmd.run_build.build_id == queued
+
     run(body())
 
 
@@ -287,6 +338,7 @@ def test_advice_is_dropped_for_a_stream_that_far_behind_but_builds_are_always_qu
 def test_a_placement_whose_caller_went_away_while_queued_is_never_granted_or_counted():
     """A caller that gives up while its placement waits (its RPC cancelled) leaves the queue; the freed slot
     is not granted to nobody, and the scheduler does not count a placement that never started."""
+
     async def body():
         w = World()
         w.add_node("n1")
@@ -302,4 +354,5 @@ def test_a_placement_whose_caller_went_away_while_queued_is_never_granted_or_cou
         assert w.scheduler.tracked()["running"] == 0
         again = await w.service.place(spec(), lease_s=60)  # the slot is free for the next caller
         assert again.node == "n1" and w.scheduler.tracked()["running"] == 1
+
     run(body())

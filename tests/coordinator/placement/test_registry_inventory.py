@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from stoker.common.sketch import pack as pack_sketch
 from stoker.common.sketch import unpack as unpack_sketch
 from stoker.coordinator.core.errors import Aborted, InvalidArgument
@@ -16,7 +17,6 @@ from stoker.coordinator.placement.domain import (
 )
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.registry import NodeRegistry
-
 from tests.helpers.clock import FakeClock
 
 
@@ -72,7 +72,9 @@ def test_inventory_deltas_need_consecutive_generations():
 
 def test_inventory_newest_under_prefix_per_node():
     inv = InventoryIndex()
-    inv.apply_snapshot("n1", 0, [entry("web/1", created=1), entry("web/2", created=2), entry("api/1", created=9)])
+    inv.apply_snapshot(
+        "n1", 0, [entry("web/1", created=1), entry("web/2", created=2), entry("api/1", created=9)]
+    )
     inv.apply_snapshot("n2", 0, [entry("web/1", created=1)])
     newest = inv.newest_under("web/")
     assert newest["n1"].key == "web/2"
@@ -80,8 +82,6 @@ def test_inventory_newest_under_prefix_per_node():
     assert list(inv.keys_under("api")) == ["api/1"]
     inv.drop_node("n1")
     assert set(inv.newest_under("web/")) == {"n2"}
-
-
 
 
 def test_prefix_index_stays_exact_through_many_adds_and_removes():
@@ -114,7 +114,9 @@ def test_prefix_index_stays_exact_through_many_adds_and_removes():
 
 def test_newest_keys_under_follows_changes_after_being_remembered():
     inv = InventoryIndex()
-    inv.apply_snapshot("n1", 0, [entry("web/1", created=1), entry("web/2", created=2), entry("api/9", created=9)])
+    inv.apply_snapshot(
+        "n1", 0, [entry("web/1", created=1), entry("web/2", created=2), entry("api/9", created=9)]
+    )
     assert inv.newest_keys_under("web/", count=1) == ["web/2"]
     assert inv.apply_delta("n1", 1, [entry("web/3", created=3)], [])
     assert inv.newest_keys_under("web/", count=1) == ["web/3"]
@@ -171,8 +173,9 @@ def test_touching_entries_through_deltas_does_not_grow_the_index():
     index = InventoryIndex()
 
     def touch(generation: int, key: str) -> None:
-        delta = agent_pb2.InventoryDelta(generation=generation, upserted=[
-            common_pb2.CacheEntry(key=key, bytes=1 << 20, files=10)])
+        delta = agent_pb2.InventoryDelta(
+            generation=generation, upserted=[common_pb2.CacheEntry(key=key, bytes=1 << 20, files=10)]
+        )
         delta.upserted[0].last_used.FromSeconds(generation)
         wire = agent_pb2.InventoryDelta.FromString(delta.SerializeToString())
         assert index.apply_delta("n1", generation, [convert.entry(e) for e in wire.upserted], [])
@@ -181,7 +184,8 @@ def test_touching_entries_through_deltas_does_not_grow_the_index():
     tracemalloc.start()
     try:
         snapshot = agent_pb2.InventorySnapshot(
-            generation=1, entries=[common_pb2.CacheEntry(key=k, bytes=1 << 20, files=10) for k in keys])
+            generation=1, entries=[common_pb2.CacheEntry(key=k, bytes=1 << 20, files=10) for k in keys]
+        )
         parsed = agent_pb2.InventorySnapshot.FromString(snapshot.SerializeToString())
         index.apply_snapshot("n1", 1, [convert.entry(e) for e in parsed.entries])
         del snapshot, parsed
@@ -220,16 +224,27 @@ def test_the_garbage_collector_stops_tracking_entries_from_the_wire():
     from stoker.v1 import agent_pb2, common_pb2
 
     n = 5_000
-    snapshot = agent_pb2.InventorySnapshot(generation=1, entries=[
-        common_pb2.CacheEntry(key=f"ws-{i % 50:03d}/deps-{i:08d}", bytes=1 << 20, files=10,
-                              sketch=pack_sketch([i, i + 1]) if i % 2 else b"") for i in range(n)])
+    snapshot = agent_pb2.InventorySnapshot(
+        generation=1,
+        entries=[
+            common_pb2.CacheEntry(
+                key=f"ws-{i % 50:03d}/deps-{i:08d}",
+                bytes=1 << 20,
+                files=10,
+                sketch=pack_sketch([i, i + 1]) if i % 2 else b"",
+            )
+            for i in range(n)
+        ],
+    )
     parsed = agent_pb2.InventorySnapshot.FromString(snapshot.SerializeToString())
     index = InventoryIndex()
     gc.collect()
     before = len(gc.get_objects())
     for node in ("n1", "n2"):
         index.apply_snapshot(node, 1, [convert.entry(e) for e in parsed.entries])
-    delta = agent_pb2.InventoryDelta(generation=2, upserted=[common_pb2.CacheEntry(key="ws-000/new", bytes=1)])
+    delta = agent_pb2.InventoryDelta(
+        generation=2, upserted=[common_pb2.CacheEntry(key="ws-000/new", bytes=1)]
+    )
     assert index.apply_delta("n1", 2, [convert.entry(e) for e in delta.upserted], [])
     gc.collect()
     grown = len(gc.get_objects()) - before

@@ -13,12 +13,13 @@ from stoker.coordinator.placement.domain import (
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.registry import NodeRegistry
 from stoker.coordinator.placement.scheduler import Scheduler, SchedulerSettings, similarity
-
 from tests.helpers.clock import FakeClock
 
 
 def entry(key: str, created: float = 1.0, size: int = 100_000_000, sketch=()) -> EntryRecord:
-    return EntryRecord(key=key, bytes=size, files=10, created=created, last_used=created, sketch=pack_sketch(sketch))
+    return EntryRecord(
+        key=key, bytes=size, files=10, created=created, last_used=created, sketch=pack_sketch(sketch)
+    )
 
 
 class World:
@@ -34,8 +35,16 @@ class World:
 
     def request(self, key="web/k", restore=("web/",), tenant="t", priority=0, **kw) -> PlacementRequest:
         self._ids += 1
-        return PlacementRequest(id=f"r{self._ids}", workspace=key.split("/")[0], key=key, restore_keys=tuple(restore),
-                                tenant=tenant, priority=priority, enqueued_at=self.clock.now(), **kw)
+        return PlacementRequest(
+            id=f"r{self._ids}",
+            workspace=key.split("/")[0],
+            key=key,
+            restore_keys=tuple(restore),
+            tenant=tenant,
+            priority=priority,
+            enqueued_at=self.clock.now(),
+            **kw,
+        )
 
     def run(self, request: PlacementRequest, node: str) -> None:
         self.registry.get(node).holders.add(request.id)
@@ -66,7 +75,11 @@ def test_partial_fetch_estimate_uses_sketches():
     w.scheduler.started(PlacementRequest(id="busy", workspace="x"), "n0")
     d = w.scheduler.choose(w.request("web/new"), w.registry.all())
     assert d.node == "n1" and d.warmth is Warmth.PARTIAL
-    assert 0.8 < similarity(pack_sketch(shared + [100, 101, 102, 103]), pack_sketch(shared + [200, 201, 202, 203])) < 1.0
+    assert (
+        0.8
+        < similarity(pack_sketch(shared + [100, 101, 102, 103]), pack_sketch(shared + [200, 201, 202, 203]))
+        < 1.0
+    )
     assert "fetches ~" in d.reason
 
 
@@ -239,7 +252,9 @@ def test_similarity_is_the_share_of_one_entry_the_other_holds():
     a, b = pack_sketch(heapq.nsmallest(64, old)), pack_sketch(heapq.nsmallest(64, new))
     # Jaccard would say ~0.82; the share of the new entry the old one holds is 0.9.
     assert abs(similarity(b, a) - 0.9) < 0.06
-    assert similarity(a, a) == 1.0 and similarity(a, pack_sketch([rng.getrandbits(64) for _ in range(64)])) < 0.1
+    assert (
+        similarity(a, a) == 1.0 and similarity(a, pack_sketch([rng.getrandbits(64) for _ in range(64)])) < 0.1
+    )
 
 
 def costly_world(n: int = 4, **settings) -> World:
@@ -251,10 +266,12 @@ def test_a_costly_key_keeps_a_free_holder_prewarmed_where_the_fetch_is_smallest(
     w = costly_world()
     base = list(range(64))
     w.inventory.apply_snapshot("n0", 0, [entry("web/v2", created=2, size=2_000_000_000, sketch=base)])
-    w.inventory.apply_snapshot("n1", 0, [entry("web/v1", created=1, size=2_000_000_000, sketch=base[:56] +
-                                                list(range(500, 508)))])
-    w.inventory.apply_snapshot("n2", 0, [entry("web/v0", created=0, size=2_000_000_000, sketch=base[:16] +
-                                                list(range(600, 648)))])
+    w.inventory.apply_snapshot(
+        "n1", 0, [entry("web/v1", created=1, size=2_000_000_000, sketch=base[:56] + list(range(500, 508)))]
+    )
+    w.inventory.apply_snapshot(
+        "n2", 0, [entry("web/v0", created=0, size=2_000_000_000, sketch=base[:16] + list(range(600, 648)))]
+    )
     request = w.request("web/v2")
     plan = w.plan(request)
     [(placed, decision)] = plan.assignments
@@ -262,9 +279,13 @@ def test_a_costly_key_keeps_a_free_holder_prewarmed_where_the_fetch_is_smallest(
     prewarmed = [(node, key) for node, key, _ in plan.prewarms]
     # n0 is now at its bound: web/v2 had no free holder left, so it goes where only the difference is
     # fetched (n1 holds web/v1, 7/8 the same), and n0's replica is touched.
-    assert ("n1", "web/v2") in prewarmed and ("n2", "web/v2") not in prewarmed and ("n0", "web/v2") in prewarmed
+    assert (
+        ("n1", "web/v2") in prewarmed and ("n2", "web/v2") not in prewarmed and ("n0", "web/v2") in prewarmed
+    )
     w.run(placed, "n0")
-    assert not [p for p in w.plan(w.request("api/x", restore=())).prewarms if p[1] == "web/v2" and p[0] != "n1"]
+    assert not [
+        p for p in w.plan(w.request("api/x", restore=())).prewarms if p[1] == "web/v2" and p[0] != "n1"
+    ]
 
 
 def test_a_cheap_key_is_not_replicated():
@@ -285,7 +306,9 @@ def test_a_cold_build_leaves_the_last_free_holder_of_a_costly_key_alone():
             w.registry.get("n3").holders.add("busy")
         live = {n.name: n for n in w.registry.all() if n.schedulable and not n.holders}
         # A key whose rendezvous order puts n2 first among the free nodes.
-        key = next(k for k in (f"small/{i}" for i in range(200)) if next(iter(w.scheduler.order(k, live))) == "n2")
+        key = next(
+            k for k in (f"small/{i}" for i in range(200)) if next(iter(w.scheduler.order(k, live))) == "n2"
+        )
         plan = w.plan(w.request(key, restore=()))
         [(_, decision)] = plan.assignments
         return key, decision.node
@@ -319,7 +342,9 @@ def test_only_taking_the_last_slot_under_the_bound_costs_a_costly_key_its_free_h
             w.registry.get(name).holders.add(f"busy{i}")
         # The bound is 2: with one build on each of n0-n2, any cold build takes a node's last slot.
         live = {n.name: n for n in w.registry.all() if n.name != "n3"}
-        key = next(k for k in (f"small/{i}" for i in range(200)) if next(iter(w.scheduler.order(k, live))) == "n2")
+        key = next(
+            k for k in (f"small/{i}" for i in range(200)) if next(iter(w.scheduler.order(k, live))) == "n2"
+        )
         [(_, decision)] = w.plan(w.request(key, restore=())).assignments
         return key, decision.node
 
@@ -365,8 +390,9 @@ def test_a_prewarm_is_asked_again_once_its_cooldown_has_passed():
 
 def test_a_finished_build_has_its_nodes_older_entries_of_the_workspace_evicted():
     w = World(3, slots=2)
-    w.inventory.apply_snapshot("n0", 0, [entry("web/v1", created=1), entry("web/v0", created=0),
-                                         entry("api/v1", created=1)])
+    w.inventory.apply_snapshot(
+        "n0", 0, [entry("web/v1", created=1), entry("web/v0", created=0), entry("api/v1", created=1)]
+    )
     w.inventory.apply_snapshot("n1", 0, [entry("web/v1", created=1)])
     placed = w.request("web/v2")
     w.run(placed, "n0")  # a partial restore from web/v1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 
 import pytest
+
 from stoker.common.sketch import pack as pack_sketch
 from stoker.coordinator.placement.domain import Constraints, EntryRecord, NodeInfo, PlacementRequest, Warmth
 from stoker.coordinator.placement.inventory import InventoryIndex
@@ -28,7 +29,6 @@ from stoker.coordinator.placement.scheduler.stages import (
     rank,
     warm_candidates,
 )
-
 from tests.helpers.clock import FakeClock
 
 GB = 1_000_000_000
@@ -50,8 +50,11 @@ class Fleet:
         self.running: dict[str, RunningBuild] = {}
         self.rendezvous = Rendezvous(self.settings.two_level_from)
         for i in range(n):
-            rec = self.registry.register(NodeInfo(name=f"n{i}", zone="ab"[i % 2], slots=slots,
-                                                  labels={"disk": "ssd" if i < 2 else "hdd"}))
+            rec = self.registry.register(
+                NodeInfo(
+                    name=f"n{i}", zone="ab"[i % 2], slots=slots, labels={"disk": "ssd" if i < 2 else "hdd"}
+                )
+            )
             self.registry.attach(rec.name, rec.session_id)
 
     def node(self, name: str) -> NodeRecord:
@@ -64,8 +67,17 @@ class Fleet:
 
     def view(self, bound: int = 100, guard: Guard | None = None) -> FleetView:
         live = {r.name: r for r in self.registry.all()}
-        return FleetView(live, {name: len(r.holders) for name, r in live.items()}, bound, self.clock.now(),
-                         self.settings, self.estimator, self.running, LoadHistory(), guard or Guard())
+        return FleetView(
+            live,
+            {name: len(r.holders) for name, r in live.items()},
+            bound,
+            self.clock.now(),
+            self.settings,
+            self.estimator,
+            self.running,
+            LoadHistory(),
+            guard or Guard(),
+        )
 
     def placing(self, request: PlacementRequest, view: FleetView | None = None) -> Placing:
         view = view or self.view()
@@ -74,8 +86,7 @@ class Fleet:
 
 
 def request(key: str = "web/v2", restore: tuple[str, ...] = ("web/",), **kw: object) -> PlacementRequest:
-    return PlacementRequest(id=f"r-{key}", workspace=key.split("/")[0], key=key, restore_keys=restore,
-                            **kw)
+    return PlacementRequest(id=f"r-{key}", workspace=key.split("/")[0], key=key, restore_keys=restore, **kw)
 
 
 # -- admit --------------------------------------------------------------------------------------------
@@ -191,8 +202,9 @@ def test_cold_candidates_are_the_first_free_nodes_in_the_keys_rendezvous_order()
 
 def test_cold_candidates_fetch_the_newest_entry_under_the_prefix_when_the_key_is_new():
     f = Fleet(2)
-    f.inventory.apply_snapshot("n0", 0, [entry("web/v1", created=1, size=3 * GB),
-                                         entry("web/v0", created=0, size=GB)])
+    f.inventory.apply_snapshot(
+        "n0", 0, [entry("web/v1", created=1, size=3 * GB), entry("web/v0", created=0, size=GB)]
+    )
     p = f.placing(request("web/v9", constraints=Constraints(zone="b")))  # n1 only: nothing partial
     cold_candidates(p)
     assert [(c.node, c.fetch_bytes) for c in p.candidates.values()] == [("n1", 3 * GB)]
@@ -209,16 +221,30 @@ def test_a_cold_node_that_is_the_last_free_holder_of_a_costly_key_costs_what_tha
 
 
 # -- rank and explain -----------------------------------------------------------------------------------
-def candidate(node: str, ready_s: float, *, wait_s: float = 0.0, load: int = 0, weight: int = 0,
-              warmth: Warmth = Warmth.COLD) -> Candidate:
+def candidate(
+    node: str,
+    ready_s: float,
+    *,
+    wait_s: float = 0.0,
+    load: int = 0,
+    weight: int = 0,
+    warmth: Warmth = Warmth.COLD,
+) -> Candidate:
     return Candidate(node, warmth, "", 0.0, wait_s, ready_s, weight, load=load)
 
 
 def test_rank_counts_free_nodes_in_one_tie_slice_as_equally_ready():
     f = Fleet(1, ready_tie_s=0.25)
     p = f.placing(request())
-    p.candidates = {c.node: c for c in (candidate("a", 1.05, load=1), candidate("b", 1.2, load=0),
-                                        candidate("c", 0.9, load=5), candidate("d", 1.1, wait_s=0.5))}
+    p.candidates = {
+        c.node: c
+        for c in (
+            candidate("a", 1.05, load=1),
+            candidate("b", 1.2, load=0),
+            candidate("c", 0.9, load=5),
+            candidate("d", 1.1, wait_s=0.5),
+        )
+    }
     # a and b share the [1.0, 1.25) slice: the less loaded b first; c is sooner; d waits, and a wait is not
     # blurred into a slice: it ranks by its own 1.1 s, after the slice that starts at 1.0 s.
     assert [c.node for c in rank(p)] == ["c", "b", "a", "d"]
@@ -284,10 +310,12 @@ def test_placing_on_a_node_at_its_bound_makes_it_no_free_holder():
 # -- fairness -------------------------------------------------------------------------------------------
 def test_fair_order_ages_requests_and_serves_the_tenant_with_fewer_running_first():
     clock = FakeClock(1000.0)
-    queue = [PlacementRequest(id="a1", workspace="w", tenant="a", enqueued_at=990.0),
-             PlacementRequest(id="a2", workspace="w", tenant="a", enqueued_at=991.0),
-             PlacementRequest(id="b1", workspace="w", tenant="b", enqueued_at=995.0),
-             PlacementRequest(id="old", workspace="w", tenant="c", enqueued_at=1000.0 - 250, priority=-1)]
+    queue = [
+        PlacementRequest(id="a1", workspace="w", tenant="a", enqueued_at=990.0),
+        PlacementRequest(id="a2", workspace="w", tenant="a", enqueued_at=991.0),
+        PlacementRequest(id="b1", workspace="w", tenant="b", enqueued_at=995.0),
+        PlacementRequest(id="old", workspace="w", tenant="c", enqueued_at=1000.0 - 250, priority=-1),
+    ]
     running = collections.Counter({"a": 3})
     order = [r.id for r in fair_order(queue, running, clock.now(), aging_s=120.0)]
     # "old" aged two levels (priority 1); then b (nothing running) before a, then a's in their order.
