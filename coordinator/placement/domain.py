@@ -45,10 +45,11 @@ class EntryRecord(NamedTuple):
     The inventory holds entries as *exact* tuples of these fields, in this order (``convert.entry`` builds
     them from the wire; ``Entry`` is their type), and code that reads them indexes with the ``Final``
     positions below (``entry[BYTES]``), which mypy reads as literals: it types ``entry[BYTES]`` as ``int``,
-    ``entry[KEY]`` as ``str``, and so on. The reason is the cyclic garbage collector. CPython stops tracking an exact tuple of untracked values (str,
-    int, float, bytes) at the first collection it survives, but tracks every instance of a tuple
-    subclass, this one included, for as long as it lives. At 1,000 nodes x 1,000 keys named tuples were a
-    million objects that every full collection walked: a ~1 s pause of the coordinator (bench/load.py).
+    ``entry[KEY]`` as ``str``, and so on. The reason is the cyclic garbage collector. CPython stops
+    tracking an exact tuple of untracked values (str, int, float, bytes) at the first collection it
+    survives, but tracks every instance of a tuple subclass, this one included, for as long as it lives.
+    At 1,000 nodes x 1,000 keys named tuples were a million objects that every full collection walked: a
+    ~1 s pause of the coordinator (bench/load.py).
     An ``EntryRecord`` is a tuple too, so one passed in (tests, simulations) is read the same way; it is
     merely tracked. Keys are interned (``convert.entry``).
     """

@@ -1,5 +1,5 @@
-"""What was in demand lately: each key's recent build starts (hot keys), each workspace's arrival rate, and the
-most recently used costly keys. Each map is bounded (``recent.trim``)."""
+"""What was in demand lately: each key's recent build starts (hot keys), each workspace's arrival rate, and
+the most recently used costly keys. Each map is bounded (``recent.trim``)."""
 
 from __future__ import annotations
 

@@ -58,9 +58,6 @@ class FleetView:
         """Whether the node's inventory reports still count as warmth (heard from within ``warmth_ttl_s``)."""
         return self.now - node.last_seen <= self.settings.warmth_ttl_s
 
-    def heat(self, name: str) -> float:
-        return self.history.heat(name, self.now)
-
     def slots_free_at(self, node: NodeRecord) -> list[float]:
         """When each of the node's usable slots is expected to be free, as a heap; reservations made in this
         pass push entries later."""

@@ -1,5 +1,5 @@
-"""The ``Scheduler``: what happened (builds started and finished, nodes joined and lost) and ``plan``, one pass
-over the waiting requests that places each through the stages of ``stages.decide``."""
+"""The ``Scheduler``: what happened (builds started and finished, nodes joined and lost) and ``plan``, one
+pass over the waiting requests that places each through the stages of ``stages.decide``."""
 
 from __future__ import annotations
 

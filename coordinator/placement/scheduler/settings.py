@@ -1,5 +1,5 @@
-"""The scheduler's settings: one frozen dataclass, each field documented (``stoker coordinator --help-settings``
-lists them)."""
+"""The scheduler's settings: one frozen dataclass, each field documented (``stoker coordinator
+--help-settings`` lists them)."""
 
 from __future__ import annotations
 

@@ -111,13 +111,16 @@ class Placing:
     def usable(self, names: Iterable[str]) -> list[str]:
         """The holders worth estimating: admitted, fresh, and at most ``max_warm_candidates`` of them, free
         ones first, then in rendezvous order."""
+        # On the hot path of a decision (every holder of up to ``max_prefix_keys`` keys): ``view.fresh`` and
+        # ``view.capacity`` inlined.
         admitted, view = self.admitted, self.view
-        usable = [n for n in names if n in admitted and view.fresh(admitted[n])]
+        now, ttl = view.now, view.settings.warmth_ttl_s
+        usable = [n for n in names if n in admitted and now - admitted[n].last_seen <= ttl]
         limit = view.settings.max_warm_candidates
         if len(usable) > limit:
-            load, weight = view.load, self.weight
+            load, weight, bound = view.load, self.weight, view.bound
             usable = heapq.nlargest(
-                limit, usable, key=lambda n: (load[n] < view.capacity(admitted[n]), weight(n))
+                limit, usable, key=lambda n: (load[n] < min(admitted[n].info.slots, bound), weight(n))
             )
         return usable
 
@@ -148,7 +151,7 @@ class Placing:
             cost,
             running,
             tie,
-            view.heat(name),
+            view.history.heat(name, view.now),
         )
         old = self.candidates.get(name)
         if old is None or c.sort_key(tie_s) < old.sort_key(tie_s):

@@ -81,9 +81,8 @@ class Fleet:
 
     def placing(self, request: PlacementRequest, view: FleetView | None = None) -> Placing:
         view = view or self.view()
-        return Placing.start(
-            request, view, admit(request.constraints, view.live), self.inventory, self.rendezvous
-        )
+        admitted = admit(request.constraints, view.live)
+        return Placing.start(request, view, admitted, self.inventory, self.rendezvous)
 
 
 def request(key: str = "web/v2", restore: tuple[str, ...] = ("web/",), **kw: object) -> PlacementRequest:
@@ -283,24 +282,18 @@ def test_a_reservation_pushes_the_nodes_next_free_slot_later():
     node = f.node("n0")
     assert not view.is_free("n0")
     now, build_s = f.clock.now(), f.estimator.fleet_build_s
-    assert sorted(view.slots_free_at(node)) == [
-        pytest.approx(now + 100.0),
-        pytest.approx(now + 0.5 * build_s),
-    ]
+    half = pytest.approx(now + 0.5 * build_s)
+    assert sorted(view.slots_free_at(node)) == [pytest.approx(now + 100.0), half]
     view.reserve(node, 100.0)
-    assert sorted(view.slots_free_at(node)) == [
-        pytest.approx(now + 0.5 * build_s),
-        pytest.approx(now + 200.0),
-    ]
+    assert sorted(view.slots_free_at(node)) == [half, pytest.approx(now + 200.0)]
 
 
 def test_a_build_running_past_its_estimate_is_expected_to_need_a_little_longer():
     f = Fleet(1, slots=1)
     f.busy("n0", "b0", ends_in=-60.0)  # overran its estimate by a minute
     view = f.view(bound=1)
-    assert view.slots_free_at(f.node("n0")) == [
-        pytest.approx(f.clock.now() + 0.1 * f.estimator.fleet_build_s)
-    ]
+    overrun = f.clock.now() + 0.1 * f.estimator.fleet_build_s
+    assert view.slots_free_at(f.node("n0")) == [pytest.approx(overrun)]
 
 
 def test_placing_on_a_node_at_its_bound_makes_it_no_free_holder():
