@@ -176,9 +176,12 @@ class CoordinatorSession:
         await call.write(agent_pb2.AgentMessage(session_id=reply.session_id, snapshot=await self._snapshot()))
         # How recent builds ended goes out before the first heartbeat: a coordinator that restarted while
         # a build ended must learn that before it reconciles what the node runs (or it would requeue a
-        # build that already finished, and run it twice).
+        # build that already finished, and run it twice). Build events still waiting in the outbox go
+        # first, in their order, so a build's last log lines reach the coordinator before its end does.
+        written = await self._write_pending_build_events(call)
         for message in list(self._finished.values()):
-            await call.write(message)
+            if id(message) not in written:
+                await call.write(message)
         await call.write(agent_pb2.AgentMessage(heartbeat=await self._heartbeat()))
         self.connected.set()
         self._metrics.connected.set(1)
@@ -232,6 +235,19 @@ class CoordinatorSession:
             evicted_bytes_total=self._cache.evicted_bytes_total,
             draining=self.runner.draining,
         )
+
+    async def _write_pending_build_events(self, call) -> set[int]:
+        """Write the outbox's build events (logs, ends) in order and take them out of it; returns the ids of
+        the messages written."""
+        written: set[int] = set()
+        try:
+            for message in [m for m in self._outbox if m.WhichOneof("body") == "build_update"]:
+                await call.write(message)
+                written.add(id(message))
+        finally:
+            if written:
+                self._outbox = collections.deque(m for m in self._outbox if id(m) not in written)
+        return written
 
     async def _write_loop(self, call) -> None:
         while True:
