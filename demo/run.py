@@ -118,6 +118,7 @@ def run_build(stub: build_pb2_grpc.BuildsStub, title: str, spec: common_pb2.Buil
     )
 
 
+# Long on purpose: the demo's script, step by step as it prints (fleet up, builds, rollouts, summary).
 def run(args) -> int:
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="stoker-demo-"))
     base.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class CoordinatorMetrics:
+    # Long on purpose: one declaration per metric, so every name the coordinator exports is in one place.
     def __init__(self, registry: CollectorRegistry) -> None:
         self.builds_submitted = Counter(
             "stoker_coordinator_builds_submitted_total", "Builds accepted by SubmitBuild.", registry=registry

@@ -267,6 +267,8 @@ def guardrail(
     return None
 
 
+# Long on purpose: the checks read top to bottom in the order in which they may decide (cap, errors,
+# latency, data, pass), each returning its verdict; split up, that order would have to be re-assembled.
 def judge(
     canary: Counters, baseline: Counters | None, policy: Policy, *, now: float, final: bool, alpha_look: float
 ) -> Verdict:
