@@ -125,14 +125,9 @@ class Agent:
         self.session = CoordinatorSession(
             self.config, req, self.cache, self.executor, self.metrics, build_executor
         )
-        killed, removed = await loop.run_in_executor(self.executor, self.session.runner.reap_leftovers)
-        if killed or removed:
-            log.warning(
-                "cleaned up after a crash: killed %d leftover build process group(s), removed %d "
-                "workspace(s)",
-                killed,
-                removed,
-            )
+        removed = await loop.run_in_executor(self.executor, self.session.runner.remove_leftover_workspaces)
+        if removed:
+            log.warning("cleaned up after a crash: removed %d workspace(s)", removed)
         await self.server.start()
         self.metrics_server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import shutil
-import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -130,31 +129,18 @@ class BuildRunner:
     def _groups_dir(self) -> Path:
         return Path(self._settings.work_dir) / _GROUPS
 
-    def reap_leftovers(self) -> tuple[int, int]:
-        """At start, before taking builds: kill the process groups of builds a crashed agent left running
-        and remove their workspaces. Returns (groups killed, workspaces removed)."""
+    def remove_leftover_workspaces(self) -> int:
+        """At start, before taking builds: remove the workspaces a crashed agent left (the executor has
+        already stopped what its builds left running). Returns how many were removed."""
         work = Path(self._settings.work_dir)
-        groups = self._groups_dir()
-        groups.mkdir(parents=True, exist_ok=True)
-        killed = removed = 0
-        for record in groups.iterdir():
-            try:
-                pgid = int(record.read_text().strip())
-            except (OSError, ValueError):
-                pgid = 0
-            if pgid > 1:
-                try:
-                    os.killpg(pgid, signal.SIGKILL)
-                    killed += 1
-                except (ProcessLookupError, PermissionError):
-                    pass
-            record.unlink(missing_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        removed = 0
         if not self._settings.keep_workspaces:
             for entry in work.iterdir():
                 if entry.name != _GROUPS:
                     shutil.rmtree(entry, ignore_errors=True)
                     removed += 1
-        return killed, removed
+        return removed
 
     def on_drain(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when draining starts (the session tells the coordinator at once)."""
