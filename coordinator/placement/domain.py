@@ -106,6 +106,9 @@ class PlacementRequest:
     tenant: str = ""
     priority: int = 0
     enqueued_at: float = 0.0
+    image: str = ""
+    """The OCI image the build runs in, as the build names it (empty: the node's default image, whose size
+    the scheduler does not know, so it counts no pull)."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,9 @@ class NodeRecord:
     disk_used_bytes: int = 0
     disk_free_bytes: int = 0
     evicted_bytes_total: int = 0
+    images: dict[str, int] = field(default_factory=dict)
+    """Image reference (each name and ``name@digest`` it is known by) → its size in bytes, as the node last
+    reported the images its executor holds."""
     generation: int = 0
     draining: bool = False
     """The node said it is shutting down: nothing new goes to it."""
