@@ -79,6 +79,17 @@ SKETCH: Final = 5
 
 
 @dataclass(frozen=True)
+class ImageRecord:
+    """An OCI image a node reports holding: its digest, the names it is known by, its size, its last use."""
+
+    digest: str
+    references: tuple[str, ...]
+    bytes: int
+    last_used: float = 0.0
+    """When a build last ran in it (0: none has since the agent started)."""
+
+
+@dataclass(frozen=True)
 class Constraints:
     zone: str = ""
     labels: dict[str, str] = field(default_factory=dict)

@@ -47,7 +47,7 @@ class Candidate:
     """The node's mean load since it joined over the fleet's mean per node in that time: of equally good
     nodes, the one that has run the least relative to the fleet goes first."""
     pull_bytes: float = 0.0
-    """Bytes of the build's image the node would pull first (0: it holds the image, or its size is unknown)."""
+    """Bytes of the build's image the node would pull first (0: it holds it, or its size is unknown)."""
 
     def sort_key(self, tie_s: float = 0.25) -> SortKey:
         """Soonest ready first (free nodes in the same ``tie_s`` slice count as equally ready; a wait is an
