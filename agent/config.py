@@ -138,6 +138,9 @@ class PodmanSettings:
     Kubernetes). Builds never see it."""
     pull_timeout_s: float = 900.0
     """Longest an image pull may take."""
+    image_budget_bytes: int = 20 * 1024**3
+    """Most bytes the build images may take in podman's storage: past it, the least recently used images no
+    build runs in are removed after a build. 0: no budget."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from stoker.agent.cache.api import BuildCache, CacheError, Progress, RestoreResu
 from stoker.agent.config import BuildSettings
 from stoker.agent.executors.base import BuildExecutor, BuildJob, EndReason, Outcome
 from stoker.agent.executors.factory import default_limits
+from stoker.agent.executors.images import Image
 from stoker.agent.executors.process import ProcessExecutor
 from stoker.common.logs import log_context
 from stoker.v1 import agent_pb2, build_pb2, common_pb2
@@ -151,6 +152,10 @@ class BuildRunner:
 
     def free_slots(self) -> int:
         return 0 if self.draining else max(0, self._slots - len(self._runs))
+
+    def images(self) -> tuple[Image, ...]:
+        """The images the build executor holds (for the heartbeat)."""
+        return self._builds.images()
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop taking builds and wait for running ones; False if some were still running at the end."""

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stoker.agent.executors.images import Image
+
 MAX_LINE = 16 * 1024
 """Longest output line passed on in one piece; longer lines arrive split."""
 
@@ -112,6 +114,10 @@ class BuildExecutor(ABC):
     @abstractmethod
     def cancel(self, build_id: str, reason: str) -> None:
         """Stop the build's command (grace period, then kill); its ``run`` returns CANCELLED."""
+
+    def images(self) -> tuple[Image, ...]:
+        """The images the executor holds, as last listed (none for an executor without images)."""
+        return ()
 
 
 @dataclass

@@ -39,6 +39,7 @@ from stoker.agent.executors.base import (
     exit_message,
     pump_lines,
 )
+from stoker.agent.executors.images import Image, ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class PodmanExecutor(BuildExecutor):
         self._ulimits: list[str] = []
         self._running: dict[str, _Container] = {}
         self._stoppers: set[asyncio.Task[None]] = set()
+        self._images = ImageStore(
+            self._podman_cmd, self._dir / "image-uses.json", settings.image_budget_bytes
+        )
 
     # -- start and leftovers -------------------------------------------------------------------
     async def start(self) -> str:
@@ -105,6 +109,7 @@ class PodmanExecutor(BuildExecutor):
         default_runtime = host.get("ociRuntime", {}).get("name", "")
         self._runtime, why = _choose_runtime(self._settings.runtime, cgroups, default_runtime)
         self._ulimits = _ulimits(self._settings.nofile)
+        await self._images.refresh()
         version = info.get("version", {}).get("Version", "?")
         return (
             f"podman executor: podman {version}, runtime {self._runtime} ({why}), cgroups {cgroups}, "
@@ -139,6 +144,7 @@ class PodmanExecutor(BuildExecutor):
             )
         code, _, _ = await self._podman_cmd("image", "exists", job.image, timeout_s=60)
         if code == 0:
+            await self._images.acquire(job.build_id, job.image)
             return None
         args = ["pull"]
         if _registry(job.image) in self._settings.insecure_registries:
@@ -158,6 +164,8 @@ class PodmanExecutor(BuildExecutor):
             errors = [ln for ln in lines if ln.startswith("Error")] or lines[-1:] or [f"exit {code}"]
             return Outcome(-1, EndReason.IMAGE, f"cannot pull image {job.image}: {errors[-1]}")
         output(f"stoker: pulled image {job.image} in {time.monotonic() - started:.1f} s", True)
+        await self._images.acquire(job.build_id, job.image)
+        await self._images.refresh()
         return None
 
     # -- one build -----------------------------------------------------------------------------
@@ -166,6 +174,7 @@ class PodmanExecutor(BuildExecutor):
     ) -> Outcome:
         problem = _check_job(job)
         if problem:
+            self._images.release(job.build_id)
             return Outcome(-1, EndReason.NOT_STARTED, problem)
         container = _Container(_container_name(job.build_id), Stop())
         self._running[job.build_id] = container
@@ -194,6 +203,11 @@ class PodmanExecutor(BuildExecutor):
             await self._remove(container.name)
             env_file.unlink(missing_ok=True)
             cid_file.unlink(missing_ok=True)
+            self._images.release(job.build_id)
+            self._images.enforce_budget_soon()
+
+    def images(self) -> tuple[Image, ...]:
+        return self._images.held
 
     async def _wait(
         self,

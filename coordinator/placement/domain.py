@@ -79,6 +79,17 @@ SKETCH: Final = 5
 
 
 @dataclass(frozen=True)
+class ImageRecord:
+    """An OCI image a node reports holding: its digest, the names it is known by, its size, its last use."""
+
+    digest: str
+    references: tuple[str, ...]
+    bytes: int
+    last_used: float = 0.0
+    """When a build last ran in it (0: none has since the agent started)."""
+
+
+@dataclass(frozen=True)
 class Constraints:
     zone: str = ""
     labels: dict[str, str] = field(default_factory=dict)
@@ -106,6 +117,9 @@ class PlacementRequest:
     tenant: str = ""
     priority: int = 0
     enqueued_at: float = 0.0
+    image: str = ""
+    """The OCI image the build runs in, as the build names it (empty: the node's default image, whose size
+    the scheduler does not know, so it counts no pull)."""
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ class RunningBuild(_message.Message):
     def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("running", "free_slots", "disk_used_bytes", "disk_free_bytes", "generation", "evicted_bytes_total", "draining")
+    __slots__ = ("running", "free_slots", "disk_used_bytes", "disk_free_bytes", "generation", "evicted_bytes_total", "draining", "images")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
     DISK_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class Heartbeat(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     EVICTED_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     running: _containers.RepeatedCompositeFieldContainer[RunningBuild]
     free_slots: int
     disk_used_bytes: int
@@ -91,7 +92,8 @@ class Heartbeat(_message.Message):
     generation: int
     evicted_bytes_total: int
     draining: bool
-    def __init__(self, running: _Optional[_Iterable[_Union[RunningBuild, _Mapping]]] = ..., free_slots: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., evicted_bytes_total: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+    images: _containers.RepeatedCompositeFieldContainer[_common_pb2.ImageEntry]
+    def __init__(self, running: _Optional[_Iterable[_Union[RunningBuild, _Mapping]]] = ..., free_slots: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., evicted_bytes_total: _Optional[int] = ..., draining: _Optional[bool] = ..., images: _Optional[_Iterable[_Union[_common_pb2.ImageEntry, _Mapping]]] = ...) -> None: ...
 
 class BuildUpdate(_message.Message):
     __slots__ = ("build_id", "attempt", "event")

@@ -129,3 +129,15 @@ class CacheFigures(_message.Message):
     bytes_uploaded: int
     saved: bool
     def __init__(self, warmth: _Optional[_Union[Warmth, str]] = ..., restored_key: _Optional[str] = ..., bytes_fetched: _Optional[int] = ..., bytes_restored: _Optional[int] = ..., files_restored: _Optional[int] = ..., bytes_uploaded: _Optional[int] = ..., saved: _Optional[bool] = ...) -> None: ...
+
+class ImageEntry(_message.Message):
+    __slots__ = ("digest", "references", "bytes", "last_used")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    references: _containers.RepeatedScalarFieldContainer[str]
+    bytes: int
+    last_used: _timestamp_pb2.Timestamp
+    def __init__(self, digest: _Optional[str] = ..., references: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ..., last_used: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
