@@ -8,13 +8,17 @@ Three measurements in one run (results: bench/RESULTS.md, section "Sandbox"):
 1. **Start overhead.** Both executors run ``true`` in a fresh workspace ``--runs`` times, interleaved
    (process, podman, …), the image already in the executor's storage (a busybox image ``podman import``ed
    from Debian's busybox-static). Reported: p50/p95/max of the wall time of ``run()`` per executor, and the
-   podman minus process difference of the p50s (``results``, ``podman_extra_p50_s``).
+   podman minus process difference of the p50s (``results``, ``podman_extra_p50_s``); also the podman
+   executor's prepare() with the image present (``podman_prepare_cached``), which an agent runs before
+   each build's run() (the process executor's does nothing).
 2. **Warm builds** through a real loopback fleet (a coordinator and two agents, one per executor, sharing
    a blob store, each pinned by a label): a first build on the process agent saves a node_modules-like
    tree (``tests.helpers.cache.make_tree``) under one cache key, the podman agent fetches it once, then
-   ``--warm-runs`` builds of ``true`` with that key per agent, interleaved, each after the agent's ready
-   tree of the key is back (a node's steady state between builds). Reported: the wall time from
-   SubmitBuild to the ``finished`` event, and the phase timings that event carries (``warm_build``).
+   ``--warm-runs`` rounds, agents interleaved, each build once both agents' ready trees of the key are
+   back (a node's steady state between builds, and no refill competing for the cores): a build of ``true``
+   without a cache (the agent's start overhead), then one with the key (a warm build: restore + ``true``).
+   Reported (``warm_build``): the wall time from SubmitBuild to the ``finished`` event, and the phase
+   timings that event carries.
 3. **First pull vs cached image** (``image_pull``): Debian's docker-registry on 127.0.0.1 serves the busybox
    image and a larger one (the same plus ``--large-mib`` MiB of incompressible deterministic files); each
    round times prepare() + run() of ``true`` right after ``podman rmi`` of the image, then again with the
@@ -86,23 +90,28 @@ async def _start_overhead(
     )
     if imported.returncode != 0:
         raise SystemExit(f"podman import failed: {imported.stderr}")
-    times: dict[str, list[float]] = {"process": [], "podman": []}
+    times: dict[str, list[float]] = {"process": [], "podman": [], "podman_prepare": []}
     for i in range(runs):
         for name, executor in (("process", process), ("podman", podman)):
-            times[name].append(await _one(executor, work / f"ws-{name}-{i}", f"bench-{name}-{i}"))
+            prepare_s, run_s = await _one(executor, work / f"ws-{name}-{i}", f"bench-{name}-{i}")
+            times[name].append(run_s)
+            if name == "podman":
+                times["podman_prepare"].append(prepare_s)
     return times
 
 
-async def _one(executor: BuildExecutor, workspace: Path, build_id: str) -> float:
+async def _one(executor: BuildExecutor, workspace: Path, build_id: str) -> tuple[float, float]:
+    """(seconds in prepare(), seconds in run()) of ``true`` with the image cached."""
     workspace.mkdir()
     job = BuildJob(build_id, ("true",), workspace, image=IMAGE, limits=_LIMITS)
-    assert await executor.prepare(job, _quiet) is None  # the image is cached: no pull
     started = time.perf_counter()
+    assert await executor.prepare(job, _quiet) is None  # the image is cached: no pull
+    prepared = time.perf_counter()
     outcome = await executor.run(job, _quiet)
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - prepared
     if not outcome.succeeded:
         raise SystemExit(f"{executor.name}: {outcome}")
-    return elapsed
+    return prepared - started, elapsed
 
 
 # -- 2. first pull vs cached image -------------------------------------------------------------------
@@ -182,35 +191,41 @@ def _push_images(registry: str, large_mib: int, work: Path) -> dict[str, str]:
 
 
 # -- 3. warm builds through a fleet --------------------------------------------------------------------
+KINDS = ("warm", "no_cache")
+
+
 def _warm_builds(fleet: Fleet, podman_env: dict[str, str], runs: int, seed: Path) -> dict:
     """A coordinator and one agent per executor on one blob store; the process agent saves the tree
-    under WARM_KEY, the podman agent fetches it once; then ``runs`` warm builds of ``true`` on each,
-    interleaved, each once its agent's ready tree of the key is back."""
+    under WARM_KEY, the podman agent fetches it once; then ``runs`` rounds, executors interleaved, each
+    once both agents' ready trees of the key are back: a build of ``true`` without a cache (the agent's own
+    start overhead), then a warm one with the key."""
     fleet.start_coordinator()
     for name in EXECUTORS:
         env = podman_env if name == "podman" else {"STOKER_AGENT_BUILD_EXECUTOR": "process"}
         fleet.start_agent(name, labels={"executor": name}, env=env)
     fleet.wait_ready(*EXECUTORS)
     assert fleet.coordinator is not None
+    walls: dict[tuple[str, str], list[float]] = {(n, k): [] for n in EXECUTORS for k in KINDS}
+    ends: dict[tuple[str, str], list[build_pb2.Finished]] = {(n, k): [] for n in EXECUTORS for k in KINDS}
+    missing = dict.fromkeys(EXECUTORS, 0)
     with grpc.insecure_channel(fleet.coordinator.address) as channel:
         builds = build_pb2_grpc.BuildsStub(channel)
         seeded = ["/bin/cp", "-a", str(seed / "node_modules"), "node_modules"]
-        _, first = _submit(builds, "process", seeded, 600)
+        _, first = _submit(builds, "process", seeded, WARM_KEY, 600)
         if not first.cache.saved:
             raise SystemExit(f"the seed build saved nothing: {first}")
-        _, fetched = _submit(builds, "podman", ["true"], 600)
-        walls: dict[str, list[float]] = {name: [] for name in EXECUTORS}
-        ends: dict[str, list[build_pb2.Finished]] = {name: [] for name in EXECUTORS}
-        waited: dict[str, list[float]] = {name: [] for name in EXECUTORS}
+        _, fetched = _submit(builds, "podman", ["true"], WARM_KEY, 600)
         for _ in range(runs):
             for name in EXECUTORS:
-                waited[name].append(_wait_ready_tree(fleet.root / name, WARM_KEY, 300))
-                wall, finished = _submit(builds, name, ["true"], 300)
-                walls[name].append(wall)
-                ends[name].append(finished)
+                for kind in ("no_cache", "warm"):
+                    for node in EXECUTORS:  # no refill under way on either node (they share the cores)
+                        missing[node] += _wait_ready_tree(fleet.root / node, WARM_KEY, 300) < 0
+                    wall, finished = _submit(builds, name, ["true"], WARM_KEY if kind == "warm" else "", 300)
+                    walls[name, kind].append(wall)
+                    ends[name, kind].append(finished)
     report: dict = {
         "tree": {
-            "files": first.cache.files_restored or fetched.cache.files_restored,
+            "files": fetched.cache.files_restored,
             "bytes": fetched.cache.bytes_restored,
             "saved_bytes_uploaded": first.cache.bytes_uploaded,
         },
@@ -218,25 +233,31 @@ def _warm_builds(fleet: Fleet, podman_env: dict[str, str], runs: int, seed: Path
     }
     for name in EXECUTORS:
         report[name] = {
-            "submit_to_finished": _stats(walls[name]),
-            "phases_p50": _phases(ends[name]),
-            "warmth": sorted({common_pb2.Warmth.Name(f.cache.warmth) for f in ends[name]}),
-            "ready_tree_missing": sum(1 for w in waited[name] if w < 0),
+            "submit_to_finished": _stats(walls[name, "warm"]),
+            "phases_p50": _phases(ends[name, "warm"]),
+            "warmth": sorted({common_pb2.Warmth.Name(f.cache.warmth) for f in ends[name, "warm"]}),
+            "ready_tree_missing": missing[name],
+            "no_cache": {
+                "submit_to_finished": _stats(walls[name, "no_cache"]),
+                "phases_p50": _phases(ends[name, "no_cache"]),
+            },
         }
-    p50 = {name: report[name]["submit_to_finished"]["p50_s"] for name in EXECUTORS}
-    report["podman_extra_p50_s"] = p50["podman"] - p50["process"]
-    report["podman_over_process_p50"] = p50["podman"] / p50["process"]
+    for prefix, where in (("", lambda n: report[n]), ("no_cache_", lambda n: report[n]["no_cache"])):
+        p50 = {name: where(name)["submit_to_finished"]["p50_s"] for name in EXECUTORS}
+        report[f"{prefix}podman_extra_p50_s"] = p50["podman"] - p50["process"]
+        report[f"{prefix}podman_over_process_p50"] = p50["podman"] / p50["process"]
     return report
 
 
 def _submit(
-    builds: build_pb2_grpc.BuildsStub, node: str, command: list[str], timeout_s: float
+    builds: build_pb2_grpc.BuildsStub, node: str, command: list[str], key: str, timeout_s: float
 ) -> tuple[float, build_pb2.Finished]:
-    """Submit one build pinned to ``node`` with the warm key; (seconds to its finished event, the event)."""
+    """Submit one build pinned to ``node`` with the cache ``key`` (none when empty); (seconds to its
+    finished event, the event)."""
     spec = common_pb2.BuildSpec(
         workspace="bench-sandbox",
         command=command,
-        cache=common_pb2.CacheSpec(key=WARM_KEY, paths=["node_modules"]),
+        cache=common_pb2.CacheSpec(key=key, paths=["node_modules"]) if key else None,
         constraints=common_pb2.Constraints(labels={"executor": node}),
         timeout_s=timeout_s,
     )
@@ -335,6 +356,7 @@ def main() -> None:
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
+    prepare = parts["start"].pop("podman_prepare")
     results = {name: _stats(v) for name, v in parts["start"].items()}
     report = {
         "benchmark": "sandbox start overhead (true)",
@@ -343,6 +365,7 @@ def main() -> None:
         "load_average_before_after": [load_before[0], os.getloadavg()[0]],
         "results": results,
         "podman_extra_p50_s": results["podman"]["p50_s"] - results["process"]["p50_s"],
+        "podman_prepare_cached": _stats(prepare),
         "warm_build": parts["warm"],
         "image_pull": parts["pull"],
     }
