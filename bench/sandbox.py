@@ -1,6 +1,6 @@
 """The podman executor vs the process executor on one node (issue 15): start overhead, warm builds, pulls.
 
-    python -m bench.sandbox --json [--runs 20] [--warm-runs 10] [--pull-rounds 3] [--dir DIR]
+    python -m bench.sandbox --json [--runs 20] [--warm-runs 10] [--pull-rounds 3] [--large-mib 100] [--dir DIR]
     (from the repository root, as root)
 
 Three measurements in one run (results: bench/RESULTS.md, section "Sandbox"):
@@ -10,7 +10,8 @@ Three measurements in one run (results: bench/RESULTS.md, section "Sandbox"):
    from Debian's busybox-static). Reported: p50/p95/max of the wall time of ``run()`` per executor, and the
    podman minus process difference of the p50s (``results``, ``podman_extra_p50_s``); also the podman
    executor's prepare() with the image present (``podman_prepare_cached``), which an agent runs before
-   each build's run() (the process executor's does nothing).
+   each build's run() (the process executor's does nothing), and the ``podman rm`` calls inside run()
+   (``podman_container_removal``).
 2. **Warm builds** through a real loopback fleet (a coordinator and two agents, one per executor, sharing
    a blob store, each pinned by a label): a first build on the process agent saves a node_modules-like
    tree (``tests.helpers.cache.make_tree``) under one cache key, the podman agent fetches it once, then
@@ -304,8 +305,37 @@ async def _executor_parts(args: argparse.Namespace, work: Path, registry: str, r
     process = ProcessExecutor(work / "groups", ("PATH",))
     for executor in (podman, process):
         await executor.start()
+    removals = _Removals(podman)
     times = await _start_overhead(podman, process, args.runs, work)
-    return {"start": times, "pull": await _pulls(podman, refs, args.pull_rounds, work)}
+    removed = removals.report(args.runs)
+    return {"start": times, "removal": removed, "pull": await _pulls(podman, refs, args.pull_rounds, work)}
+
+
+class _Removals:
+    """Counts and times the executor's ``podman rm`` calls, by wrapping its command runner: run() removes
+    each build's container before it returns, and tries again (after 0.2 s) when podman reports the
+    container's shm mount still busy, so both count in the start overhead."""
+
+    def __init__(self, podman: PodmanExecutor) -> None:
+        self.calls: list[tuple[int, float]] = []
+        inner = podman._podman_cmd
+
+        async def counted(*args: str, runtime: bool = True, timeout_s: float) -> tuple[int, str, str]:
+            started = time.perf_counter()
+            result = await inner(*args, runtime=runtime, timeout_s=timeout_s)
+            if args[:1] == ("rm",):
+                self.calls.append((result[0], time.perf_counter() - started))
+            return result
+
+        podman._podman_cmd = counted  # type: ignore[method-assign,unused-ignore]
+
+    def report(self, builds: int) -> dict:
+        return {
+            "builds": builds,
+            "rm_calls": len(self.calls),
+            "rm_failed": sum(1 for code, _ in self.calls if code != 0),
+            "rm_s": _stats([seconds for _, seconds in self.calls]),
+        }
 
 
 def _measure(args: argparse.Namespace, work: Path) -> dict:
@@ -366,6 +396,7 @@ def main() -> None:
         "results": results,
         "podman_extra_p50_s": results["podman"]["p50_s"] - results["process"]["p50_s"],
         "podman_prepare_cached": _stats(prepare),
+        "podman_container_removal": parts["removal"],
         "warm_build": parts["warm"],
         "image_pull": parts["pull"],
     }
