@@ -1,7 +1,7 @@
 """The podman executor vs the process executor on one node (issue 15): start overhead, warm builds, pulls.
 
-    python -m bench.sandbox --json [--runs 20] [--warm-runs 10] [--pull-rounds 3] [--large-mib 100] [--dir DIR]
-    (from the repository root, as root)
+    python -m bench.sandbox --json [--runs 20] [--warm-runs 10] [--pull-rounds 3] [--large-mib 100]
+        [--dir DIR]    (from the repository root, as root)
 
 Three measurements in one run (results: bench/RESULTS.md, section "Sandbox"):
 
