@@ -23,7 +23,7 @@ import grpc
 
 from stoker.cli.client import warmth_name
 from stoker.demo import installer, local_fleet, sandbox
-from stoker.demo.rollouts import run_demo_rollouts
+from stoker.demo.rollouts import run_demo_rollouts, teardown_under
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
 
 EXPECTED_ROLLOUTS = ["succeeded", "rolled_back"]  # the good version, then the faulty one
@@ -232,6 +232,9 @@ def run(args) -> int:
     finally:
         for proc in reversed(procs):
             proc.stop()
+        # Once the coordinator is down: a rollout it was still driving when the demo stopped early (a closed
+        # pipe, ^C) may have started sample instances after the rollouts' own teardown.
+        teardown_under(base)
         sandboxed.stop(base, [n for n, _ in NODES])
         if not (args.keep or args.dir):
             shutil.rmtree(base, ignore_errors=True)
