@@ -20,6 +20,7 @@ from pathlib import Path
 
 import zstandard
 
+from stoker.agent.cache import tree
 from stoker.agent.cache.api import CacheError
 
 FRAME_TARGET = 4 << 20
@@ -200,7 +201,7 @@ def _read_frame(
     for p in frame.pieces:
         item = items[p.item]
         try:
-            with open(item.source, "rb") as src:
+            with tree.open_saved_file(item.source) as src:
                 src.seek(p.offset)
                 data = src.read(p.length)
         except OSError as exc:

@@ -13,6 +13,7 @@ match and the file's ctime predates the recording, since any later write, rename
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -66,6 +67,24 @@ def check_roots(paths: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(roots))
 
 
+def _parents_are_directories(base: str, root: str) -> bool:
+    """Whether every parent component of ``root`` under ``base`` is a real directory (False when one is
+    missing). A symlink among them is refused: the build could point it anywhere the agent can read, and the
+    save would pack what it names (the node's TLS key, once)."""
+    parts = root.split("/")[:-1]
+    for depth in range(1, len(parts) + 1):
+        rel = "/".join(parts[:depth])
+        try:
+            st = os.lstat(base + rel)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafeTree(f"{rel}: a symlink, at a parent of the cache path {root}; refusing to follow it")
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+    return True
+
+
 def walk(workspace: Path, roots: Sequence[str]) -> list[WalkedPath]:
     """Every path under ``roots`` of ``workspace`` (pre-order, by name); roots that do not exist are left
     out. Iterative, one ``lstat`` per entry (``DirEntry.stat``), no generator per path."""
@@ -75,6 +94,8 @@ def walk(workspace: Path, roots: Sequence[str]) -> list[WalkedPath]:
     append = out.append
     new = tuple.__new__
     for root in roots_t:
+        if not _parents_are_directories(base, root):
+            continue
         try:
             st = os.lstat(base + root)
         except FileNotFoundError:
@@ -138,9 +159,28 @@ S_ISDIR = stat.S_ISDIR
 _PERM = 0o7777 & ~(stat.S_ISUID | stat.S_ISGID)
 
 
+def open_saved_file(path: str | Path):
+    """Open a file of a tree being saved for reading, as untrusted input: never through a symlink in its last
+    component, never blocking (a FIFO the build swapped in after the walk), and only if it is still a regular
+    file; else UnsafeTree naming it. (Its parents were checked by the walk; a swap of a parent directory
+    while the save runs is not caught here.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeTree(
+                f"{path}: became a symlink while it was being saved; refusing to follow it"
+            ) from exc
+        raise
+    if not S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeTree(f"{path}: is no longer a regular file (changed while it was being saved)")
+    return os.fdopen(fd, "rb", buffering=0)
+
+
 def hash_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
+    with open_saved_file(path) as f:
         while chunk := f.read(4 << 20):
             h.update(chunk)
     return h.hexdigest()

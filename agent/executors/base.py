@@ -115,6 +115,11 @@ class BuildExecutor(ABC):
     def cancel(self, build_id: str, reason: str) -> None:
         """Stop the build's command (grace period, then kill); its ``run`` returns CANCELLED."""
 
+    @property
+    def runtime(self) -> str:
+        """The OCI runtime the executor's containers run with ('' when it has none)."""
+        return ""
+
     def images(self) -> tuple[Image, ...]:
         """The images the executor holds, as last listed (none for an executor without images)."""
         return ()

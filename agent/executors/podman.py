@@ -209,6 +209,10 @@ class PodmanExecutor(BuildExecutor):
     def images(self) -> tuple[Image, ...]:
         return self._images.held
 
+    @property
+    def runtime(self) -> str:
+        return self._runtime
+
     async def _wait(
         self,
         job: BuildJob,
