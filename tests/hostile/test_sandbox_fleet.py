@@ -13,6 +13,7 @@ image of tests/helpers/sandbox.py. No mocks: real processes, real gRPC, real pod
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -27,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from stoker.agent.cache.blobs import encode_key
+from stoker.agent.config import PodmanSettings
 from stoker.demo import local_fleet
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2
 from tests.helpers.hostile import TreeState, listing
@@ -185,9 +187,7 @@ def _squeeze(text: str) -> str:
     return " ".join(text.split())
 
 
-def _podman_settings(directory: Path):
-    from stoker.agent.config import PodmanSettings
-
+def _podman_settings(directory: Path) -> PodmanSettings:
     return PodmanSettings(dir=str(directory))
 
 
@@ -197,8 +197,6 @@ def _agent_config(config: Path, pki: Path, registry: str, registry_secret: str) 
     for name in ("ca.pem", f"{NODE}.pem", f"{NODE}.key"):
         shutil.copy(pki / name, config / name)
     os.chmod(config / f"{NODE}.key", 0o600)
-    import base64
-
     auth = base64.b64encode(f"stoker:{registry_secret}".encode()).decode()
     (config / "auth.json").write_text(json.dumps({"auths": {registry: {"auth": auth}}}))
     os.chmod(config / "auth.json", 0o600)
