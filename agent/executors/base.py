@@ -60,6 +60,8 @@ class Limits:
     memory_bytes: int = 0
     pids: int = 0
     output_bytes: int = 0
+    disk_bytes: int = 0
+    """Bytes the build's workspace may hold (measured every ``DISK_POLL_S``; see ``DiskWatch``)."""
     network: str = "default"
     """``default`` (the executor's network) or ``none`` (loopback only)."""
 
