@@ -109,6 +109,8 @@ class BuildSettings:
     """Processes and threads one build may have at once (podman executor). 0: no limit."""
     output_bytes: int = 0
     """Bytes of stdout+stderr a build may write before it is stopped. 0: no limit."""
+    disk_bytes: int = 0
+    """Bytes a build's workspace may hold (restored cache included) before it is stopped. 0: no limit."""
     network: str = "default"
     """Network of builds: ``default`` (podman's own network) or ``none`` (loopback only)."""
 

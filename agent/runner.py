@@ -436,7 +436,7 @@ def limits_for(asked: common_pb2.BuildLimits, node: Limits) -> tuple[Limits, str
     """The limits a build runs with: what its spec asks for, each unset one the node's own; and what is wrong
     ('' when nothing) when it asks for more than the node allows (the node's limits are its maxima too)."""
     chosen = {}
-    for name in ("cpus", "memory_bytes", "pids", "output_bytes"):
+    for name in ("cpus", "memory_bytes", "pids", "output_bytes", "disk_bytes"):
         value, most = getattr(asked, name), getattr(node, name)
         if most and value > most:
             return node, f"spec.limits.{name}: {value:g} exceeds this node's maximum of {most:g}"

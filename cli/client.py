@@ -104,6 +104,7 @@ def add_spec_arguments(parser, *, command: bool) -> None:
         )
         limits.add_argument("--pids", type=int, default=0, help="processes and threads at once")
         limits.add_argument("--output-limit", type=size, default=0, help="bytes of output, e.g. 100M")
+        limits.add_argument("--disk", type=size, default=0, help="bytes the workspace may hold, e.g. 10G")
         limits.add_argument("--network", choices=["default", "none"], default="", help="none: loopback only")
         parser.add_argument("--timeout", type=float, default=0.0, help="seconds (default: the coordinator's)")
         parser.add_argument("--env", action="append", default=[], help="K=V for the command (repeatable)")
@@ -139,6 +140,7 @@ def spec_from_args(args, *, command: bool) -> common_pb2.BuildSpec:
                 memory_bytes=args.memory,
                 pids=args.pids,
                 output_bytes=args.output_limit,
+                disk_bytes=args.disk,
                 network=args.network,
             )
         )

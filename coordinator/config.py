@@ -91,6 +91,8 @@ class BuildSettings:
     """Most processes and threads a build may ask for (spec.limits.pids)."""
     max_output_bytes: int = 1024**3
     """Most output a build may ask to write (spec.limits.output_bytes)."""
+    max_disk_bytes: int = 1024**4
+    """Most workspace bytes a build may ask for (spec.limits.disk_bytes)."""
 
 
 @dataclass(frozen=True)

@@ -33,5 +33,6 @@ def default_limits(build: BuildSettings) -> Limits:
         memory_bytes=build.memory_bytes,
         pids=build.pids,
         output_bytes=build.output_bytes,
+        disk_bytes=build.disk_bytes,
         network=build.network,
     )

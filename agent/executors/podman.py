@@ -30,6 +30,7 @@ from stoker.agent.executors.base import (
     MAX_LINE,
     BuildExecutor,
     BuildJob,
+    DiskWatch,
     EndReason,
     ExecutorUnavailable,
     Outcome,
@@ -234,6 +235,10 @@ class PodmanExecutor(BuildExecutor):
                 last_stderr[0] = line
             output(line, stderr)
 
+        def over_disk(message: str) -> None:
+            if container.stop.request(EndReason.DISK, message):
+                self._stop_container(container)
+
         budget = OutputBudget(job.limits.output_bytes, over_budget)
         assert proc.stdout is not None and proc.stderr is not None
         readers = asyncio.gather(
@@ -241,7 +246,8 @@ class PodmanExecutor(BuildExecutor):
             pump_lines(proc.stderr, passing_on, True, budget),
         )
         watcher = _CgroupWatch(cid_file)
-        watching = asyncio.create_task(watcher.watch())
+        disk = DiskWatch(job.limits.disk_bytes, job.workspace, over_disk)
+        watching = [asyncio.create_task(watcher.watch()), asyncio.create_task(disk.watch())]
         try:
             await asyncio.wait_for(proc.wait(), job.timeout_s)
         except TimeoutError:
@@ -249,8 +255,10 @@ class PodmanExecutor(BuildExecutor):
                 self._stop_container(container)
             await proc.wait()
         finally:
-            watching.cancel()
+            for task in watching:
+                task.cancel()
             watcher.read_once()
+        await disk.check()  # what it wrote since the last measurement
         await readers
         code = proc.returncode if proc.returncode is not None else -1
         if code == _PODMAN_FAILED and last_stderr[0].startswith("Error: ") and container.stop.reason is None:

@@ -24,7 +24,9 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
         self._config = config
         self._builds = builds
         b = config.builds
-        self._maxima = validate.LimitMaxima(b.max_cpus, b.max_memory_bytes, b.max_pids, b.max_output_bytes)
+        self._maxima = validate.LimitMaxima(
+            b.max_cpus, b.max_memory_bytes, b.max_pids, b.max_output_bytes, b.max_disk_bytes
+        )
 
     def _check_owner(self, build_id: str) -> None:
         """A ci caller may only see and cancel its own builds (a request_id may name someone else's)."""

@@ -118,6 +118,7 @@ class LimitMaxima:
     memory_bytes: int = 256 * 1024**3
     pids: int = 65536
     output_bytes: int = 1024**3
+    disk_bytes: int = 1024**4
 
 
 MAX_IMAGE_BYTES = 512
@@ -168,6 +169,7 @@ def limits(given: common_pb2.BuildLimits, maxima: LimitMaxima, where: str = "spe
         ("memory_bytes", given.memory_bytes, maxima.memory_bytes),
         ("pids", given.pids, maxima.pids),
         ("output_bytes", given.output_bytes, maxima.output_bytes),
+        ("disk_bytes", given.disk_bytes, maxima.disk_bytes),
     ):
         if value < 0:
             raise InvalidArgument(f"{where}.{name}: must not be negative, got {value}")

@@ -87,18 +87,20 @@ class BuildSpec(_message.Message):
     def __init__(self, workspace: _Optional[str] = ..., cache: _Optional[_Union[CacheSpec, _Mapping]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., files: _Optional[_Mapping[str, bytes]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., image: _Optional[str] = ..., limits: _Optional[_Union[BuildLimits, _Mapping]] = ...) -> None: ...
 
 class BuildLimits(_message.Message):
-    __slots__ = ("cpus", "memory_bytes", "pids", "output_bytes", "network")
+    __slots__ = ("cpus", "memory_bytes", "pids", "output_bytes", "network", "disk_bytes")
     CPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     PIDS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
     cpus: float
     memory_bytes: int
     pids: int
     output_bytes: int
     network: str
-    def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., output_bytes: _Optional[int] = ..., network: _Optional[str] = ...) -> None: ...
+    disk_bytes: int
+    def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., output_bytes: _Optional[int] = ..., network: _Optional[str] = ..., disk_bytes: _Optional[int] = ...) -> None: ...
 
 class CacheEntry(_message.Message):
     __slots__ = ("key", "bytes", "files", "last_used", "created", "sketch")

@@ -224,6 +224,11 @@ BAD_SPECS = [
         "spec.limits.output_bytes",
     ),
     ("network-host", dict(limits=common_pb2.BuildLimits(network="host")), "spec.limits.network"),
+    (
+        "disk-over-max",
+        dict(limits=common_pb2.BuildLimits(disk_bytes=(1 << 40) + 1)),
+        "spec.limits.disk_bytes",
+    ),
 ]
 
 
