@@ -573,33 +573,54 @@ def test_a_memory_hog_is_killed_at_its_memory_limit(node):
         node.assert_next_build_runs_clean()
 
 
-def test_a_disk_filler_leaves_the_node_intact(node):
-    """Writes 256 MiB into its workspace and 128 MiB into its container's root file system.
+DISK_LIMIT = 32 * 1024**2
 
-    MISSING: there is no workspace disk limit yet (issue 15, item 4: "a disk filler ends with a clear
-    reason"), so the filler is bounded here by its own ``count=`` (an unbounded one would fill the
-    machine's disk) and the test asserts what must hold with or without the limit: the build succeeds or
-    fails naming the disk; the node's cache store and blob directory are untouched; the workspace and
-    the container's layer are gone after it; the next build runs. Once the limit exists, this test
-    should set it below 256 MiB and assert the failure and its reason."""
-    before = store_state(node)
-    blobs = TreeState.of(node.blobs)
-    layers = _bytes_under(node.podman / "storage")
-    work_before = listing(node.work)
+
+def test_a_disk_filler_in_its_workspace_is_stopped(node):
+    """Failed at its disk limit, naming it; the store and the blob directory untouched; the workspace
+    gone after it; the next build runs. The filler stops by itself at 256 MiB, should the limit fail. The
+    limit is measured twice a second: a fast filler writes all 256 MiB before the first measurement
+    (docs/findings/sandbox-fleet.md), so whether it was stopped midway is not asserted, only its end."""
+    before, blobs, work_before = store_state(node), TreeState.of(node.blobs), listing(node.work)
     filler = node.submit(
-        "dd if=/dev/zero of=/workspace/fill bs=1M count=256 && dd if=/dev/zero of=/etc/fill bs=1M count=128 "
-        "&& du -sm /workspace /etc/fill",
+        "for i in $(seq 1 64); do dd if=/dev/zero of=/workspace/f$i bs=1M count=4 2>/dev/null; done",
+        limits=common_pb2.BuildLimits(disk_bytes=DISK_LIMIT),
         timeout_s=120,
     )
-    assert filler.succeeded or "disk" in filler.message.lower(), filler
+    assert filler.state == build_pb2.BUILD_STATE_FAILED, filler
+    assert f"past its disk limit of {DISK_LIMIT} bytes" in filler.message, filler
     assert_store_unchanged(node, before)
     assert blobs.unchanged(), blobs.diff()
-    deadline = time.monotonic() + 30  # the agent removes a workspace right after reporting its build
-    while listing(node.work) != work_before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert listing(node.work) == work_before
-    assert _bytes_under(node.podman / "storage") < layers + 16 * 1024**2  # and the container's layer
+    wait_for_listing(node.work, work_before)
     node.assert_next_build_runs_clean()
+
+
+def test_a_disk_filler_outside_its_workspace_is_stopped(node):
+    """The container's own root file system lives in podman's storage on the node's SSD too: a filler
+    writing there must meet a limit as well (or a read-only root). Bounded here at 128 MiB by its own
+    ``count=`` (an unbounded one would fill the machine). What must hold either way is checked first:
+    the store and blob directory untouched, the container's layer gone after it, the next build runs."""
+    before, blobs = store_state(node), TreeState.of(node.blobs)
+    layers = _bytes_under(node.podman / "storage")
+    filler = node.submit(
+        "dd if=/dev/zero of=/etc/fill bs=1M count=128 && du -sm /etc/fill",
+        limits=common_pb2.BuildLimits(disk_bytes=DISK_LIMIT),
+        timeout_s=120,
+    )
+    assert_store_unchanged(node, before)
+    assert blobs.unchanged(), blobs.diff()
+    assert _bytes_under(node.podman / "storage") < layers + 16 * 1024**2  # the container's layer is gone
+    node.assert_next_build_runs_clean()
+    stopped = "disk" in filler.message.lower() or "Read-only file system" in filler.stderr
+    assert not filler.succeeded and stopped, f"128 MiB written past a {DISK_LIMIT}-byte disk limit: {filler}"
+
+
+def wait_for_listing(directory: Path, names: set[str], timeout: float = 30.0) -> None:
+    """The agent removes a workspace right after it reports the build: wait for that."""
+    deadline = time.monotonic() + timeout
+    while listing(directory) != names and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert listing(directory) == names
 
 
 def _bytes_under(root: Path) -> int:
