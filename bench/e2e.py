@@ -522,7 +522,11 @@ def main() -> int:
             "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
             "npm": subprocess.run(["npm", "--version"], capture_output=True, text=True).stdout.strip(),
             "kernel": platform.release(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         },
+        "commit": subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
+        ).stdout.strip(),
         "ecosystems": {},
     }
     fleet = None
@@ -549,6 +553,7 @@ def main() -> int:
         if not args.dir:
             shutil.rmtree(base, ignore_errors=True)
     results["wall_s"] = round(time.time() - started, 1)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
