@@ -51,6 +51,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -403,7 +404,7 @@ def _stoker_part(fleet: Fleet, eco: Ecosystem, args, say, a: Run, b: Run, busy: 
     d = submit(fleet, "(d) stoker partial, one dep changed", eco, _spec(eco, v2, recipe, cached=True), say)
     c_s = statistics.median(r.deps_s for r in exact)
     cb_s = statistics.median(r.deps_s for r in back_to_back)
-    result = {
+    result: dict[str, Any] = {
         "paths": list(eco.paths),
         "lockfile": eco.lockfile,
         "change_for_d": eco.change,
@@ -440,7 +441,7 @@ def _stoker_part(fleet: Fleet, eco: Ecosystem, args, say, a: Run, b: Run, busy: 
 
 def bench_busy(fleet: Fleet, eco: Ecosystem, recipe: str, busy_s: float, say) -> dict:
     """n1 holds the entry but runs another build for ``busy_s``: the scheduler's choice, then waiting."""
-    out = {"busy_s": busy_s}
+    out: dict[str, Any] = {"busy_s": busy_s}
     for name, node in (
         ("(e) warm node busy: scheduler's choice", ""),
         ("(e) warm node busy: wait for it", "n1"),
