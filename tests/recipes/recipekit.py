@@ -17,9 +17,14 @@ from pathlib import Path
 import grpc
 import pytest
 
+from stoker.agent.config import BuildSettings
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2
 
 REPO = Path(__file__).resolve().parents[2]
+# Where this machine keeps the CAs it trusts (here, that of a TLS-intercepting proxy in front of the
+# registries): the agent passes them to builds as a node's operator would, or Yarn and uv, which do not
+# read npm's or pip's configuration, cannot reach the registries.
+TRUST_VARIABLES = ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR")
 DATA = Path(__file__).parent / "data"
 TOOLS = Path(__file__).parent / "tools"
 
@@ -113,8 +118,9 @@ class Build:
 
 
 class RecipeFleet:
-    """One coordinator, one agent (``n1``) whose HOME is an empty directory of the test's own, and
-    whose PATH holds ``tools`` (name -> program) ahead of the machine's own: a node with them installed."""
+    """One coordinator, one agent (``n1``) whose HOME is an empty directory of the test's own, whose PATH
+    holds ``tools`` (name -> program) ahead of the machine's own (a node with them installed), and whose
+    builds trust the CAs this machine trusts."""
 
     def __init__(self, fleet, tmp_path: Path, tools: Mapping[str, Path] | None = None) -> None:
         self.home = tmp_path / "agent-home"
@@ -124,7 +130,13 @@ class RecipeFleet:
         for name, program in (tools or {}).items():
             (bin_dir / name).symlink_to(program)
         fleet.start_coordinator()
-        fleet.start_agent("n1", env={"HOME": str(self.home), "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        pass_env = BuildSettings().pass_env + tuple(v for v in TRUST_VARIABLES if v in os.environ)
+        env = {
+            "HOME": str(self.home),
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "STOKER_AGENT_BUILD_PASS_ENV": ",".join(pass_env),
+        }
+        fleet.start_agent("n1", env=env)
         fleet.wait_ready("n1")
         self.fleet = fleet
         self._channel = grpc.insecure_channel(fleet.coordinator.address)
