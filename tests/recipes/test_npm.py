@@ -31,9 +31,9 @@ def key(files: dict[str, bytes], prefix: str = "web/npm-") -> str:
     return key_of(prefix, files, "package.json", "package-lock.json")
 
 
-def build(f, files, prefix="web/npm-"):
+def build(f, files, prefix="web/npm-", *, key_=None):
     return f.run(
-        f"sh recipes/npm.sh && {CHECK}", files, key=key(files, prefix), restore=(prefix,), paths=PATHS
+        f"sh recipes/npm.sh && {CHECK}", files, key=key_ or key(files, prefix), restore=(prefix,), paths=PATHS
     )
 
 
@@ -115,6 +115,18 @@ def test_package_json_out_of_step_with_the_lockfile_fails_as_npm_ci_does(recipe_
     cold = build(f, stale, prefix="other/npm-")
     assert not cold.ok and cold.env("STOKER_CACHE_HIT") == "none"
     assert cold.count(r"`npm ci` can only install packages when your package.json and package-lock.json") == 1
+
+    # A key made from the lockfile alone (as many actions/cache setups do) gives an exact hit on the stale
+    # package.json: the recipe's stamp, which hashes package.json too, disagrees, so the lockfile check
+    # runs, and fails, instead of the install being skipped.
+    lock_only = key_of("lock/npm-", v1, "package-lock.json")
+    assert build(f, v1, "lock/npm-", key_=lock_only).ok
+    skipped = build(f, stale, "lock/npm-", key_=lock_only)
+    assert not skipped.ok and skipped.env("STOKER_CACHE_HIT") == "exact"
+    assert (
+        skipped.count(r"`npm ci` can only install packages when your package.json and package-lock.json") == 1
+    ), skipped.output
+    assert skipped.count(r"^version ") == 0
 
 
 def test_an_exact_entry_made_on_another_runtime_is_not_used_as_exact(recipe_fleet):
