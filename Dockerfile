@@ -6,23 +6,19 @@
 #   docker run --rm --init registry.example.com/stoker:0.1.0 coordinator --listen 0.0.0.0:7070
 #
 # Users. The image runs as the unprivileged user `stoker` (uid/gid 10001), which is all the coordinator
-# needs (its state volume is made writable with fsGroup). The agent runs as the same user: its only need
-# for root is that kubelet creates the hostPath cache directory owned by root, and in deploy/ a short
-# init container (root, CHOWN and DAC_OVERRIDE only) hands that directory to uid 10001 before the
-# agent starts. Builds therefore run unprivileged too. If your builds must be root (apt-get install in
-# a build step), run the agent as uid 0 in your overlay instead, knowing a build can then do anything
-# the hostPath allows.
+# needs (its state volume is made writable with fsGroup). The agent runs each build in a container of its
+# own through podman, which this image installs; podman runs rootful, so deploy/ runs the agent pod as
+# root inside a user namespace of its own (docs/kubernetes.md, "Builds in containers").
 #
-# Builds run inside the agent's container, so extend this image with your toolchains:
-#   FROM registry.example.com/stoker:0.1.0
-#   USER root
-#   RUN apt-get update && apt-get install -y --no-install-recommends git nodejs npm && rm -rf /var/lib/apt/lists/*
-#   USER 10001:10001
+# Builds run in the images they name (`stoker build --image`), not in this one: put toolchains there.
 #
 # PID 1: the image has no init. In Kubernetes the agent's pod shares its process namespace, so the pause
-# container reaps orphaned build processes; with plain Docker, pass --init.
+# container reaps podman's exited monitors; with plain Docker, pass --init. Each build has its own init
+# (catatonit).
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# Debian bookworm: its podman 4.3, runc 1.1 and CNI plugins are the versions the agent's sandbox tests
+# run against.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: a wheel of stoker, installed with its dependencies into a self-contained venv
 FROM ${PYTHON_IMAGE} AS build
@@ -47,8 +43,35 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/stoker/bin/stoker --help > /dev/null \
  && /opt/stoker/bin/python -c "import stoker.agent.cache._fastio"
 
-# ---- runtime: the venv and a non-root user, nothing else
+# ---- runtime: the venv, podman for the agent's builds, and a non-root user
 FROM ${PYTHON_IMAGE} AS runtime
+# podman and what the agent's executor runs it with: runc (works on cgroup v1/hybrid hosts, where crun
+# refuses), catatonit (each build's init), the CNI plugins and iptables (podman 4's default bridge
+# network). Not installed, because rootful podman with explicit --uidmap and the kernel's overlay do not
+# use them: uidmap (newuidmap, /etc/subuid) and fuse-overlayfs (/dev/fuse).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends podman runc catatonit containernetworking-plugins iptables \
+ && rm -rf /var/lib/apt/lists/*
+# podman's configuration, for the agent's podman and for an operator's `kubectl exec … podman`:
+# - keyring = false: the RuntimeDefault seccomp profile of the agent's pod blocks keyctl, with which runc
+#   would give each build a new session keyring (and fail);
+# - storage (the kernel's overlay, no fuse) on the node's SSD, where the agent passes it too
+#   (STOKER_AGENT_PODMAN_DIR=/var/lib/stoker/podman: --root …/storage, --runroot …/run);
+# - cgroupfs and file events: no systemd in the container.
+RUN mkdir -p /etc/containers \
+ && printf '%s\n' \
+      '[containers]' \
+      'keyring = false' \
+      '[engine]' \
+      'cgroup_manager = "cgroupfs"' \
+      'events_logger = "file"' \
+      > /etc/containers/containers.conf \
+ && printf '%s\n' \
+      '[storage]' \
+      'driver = "overlay"' \
+      'graphroot = "/var/lib/stoker/podman/storage"' \
+      'runroot = "/var/lib/stoker/podman/run"' \
+      > /etc/containers/storage.conf
 RUN groupadd --system --gid 10001 stoker \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/stoker --create-home \
       --shell /usr/sbin/nologin stoker \

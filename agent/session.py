@@ -25,6 +25,7 @@ from google.protobuf import timestamp_pb2
 from stoker.agent.cache.api import BuildCache, CacheError, EntryInfo
 from stoker.agent.config import AgentConfig
 from stoker.agent.executors.base import BuildExecutor
+from stoker.agent.executors.images import Image
 from stoker.agent.runner import AgentMetrics, BuildRunner
 from stoker.common import sketch
 from stoker.v1 import agent_pb2, agent_pb2_grpc, build_pb2, common_pb2
@@ -39,6 +40,13 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
+
+
+def image_entry(image: Image) -> common_pb2.ImageEntry:
+    pb = common_pb2.ImageEntry(digest=image.digest, references=image.references, bytes=image.bytes)
+    if image.last_used:
+        pb.last_used.CopyFrom(_ts(image.last_used))
+    return pb
 
 
 def entry_pb(e: EntryInfo) -> common_pb2.CacheEntry:
@@ -234,6 +242,7 @@ class CoordinatorSession:
             generation=generation,
             evicted_bytes_total=self._cache.evicted_bytes_total,
             draining=self.runner.draining,
+            images=[image_entry(i) for i in self.runner.images()],
         )
 
     async def _write_pending_build_events(self, call) -> set[int]:

@@ -113,6 +113,7 @@ def summarize(sim: Sim, fleet: Fleet, wall_s: float) -> dict:
         "e2e_p99_s": round(pct(e2e, 0.99), 2),
         "bytes_fetched": int(fetched),
         "prewarm_bytes": int(sim.prewarm_bytes),
+        "image_bytes_pulled": int(sum(j.pulled for j in sim.jobs)),
         "warm_share": round(shares["warm"], 4),
         "partial_share": round(shares["partial"], 4),
         "cold_share": round(shares["cold"], 4),
@@ -289,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bursts-per-hour", type=float, default=TraceSpec.bursts_per_hour)
     parser.add_argument("--nodes", type=int, help="override the fleet's node count")
     parser.add_argument("--seed", type=int, default=TraceSpec.seed)
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=TraceSpec.images,
+        help="distinct build images in the generated trace (0: none)",
+    )
     parser.add_argument("--sweep", action="store_true", help="also run the variant traces (slow)")
     parser.add_argument(
         "--no-decision-bench", action="store_true", help="skip the 1,000 × 1,000 decision timing"
@@ -312,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             builds_per_day=args.builds_per_day,
             zipf_s=args.zipf,
             bursts_per_hour=args.bursts_per_hour,
+            images=args.images,
             seed=args.seed,
         )
         if args.variant:

@@ -30,6 +30,7 @@ from stoker.agent.executors.base import (
     MAX_LINE,
     BuildExecutor,
     BuildJob,
+    DiskWatch,
     EndReason,
     ExecutorUnavailable,
     Outcome,
@@ -39,6 +40,7 @@ from stoker.agent.executors.base import (
     exit_message,
     pump_lines,
 )
+from stoker.agent.executors.images import Image, ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,9 @@ class PodmanExecutor(BuildExecutor):
         self._ulimits: list[str] = []
         self._running: dict[str, _Container] = {}
         self._stoppers: set[asyncio.Task[None]] = set()
+        self._images = ImageStore(
+            self._podman_cmd, self._dir / "image-uses.json", settings.image_budget_bytes
+        )
 
     # -- start and leftovers -------------------------------------------------------------------
     async def start(self) -> str:
@@ -105,6 +110,7 @@ class PodmanExecutor(BuildExecutor):
         default_runtime = host.get("ociRuntime", {}).get("name", "")
         self._runtime, why = _choose_runtime(self._settings.runtime, cgroups, default_runtime)
         self._ulimits = _ulimits(self._settings.nofile)
+        await self._images.refresh()
         version = info.get("version", {}).get("Version", "?")
         return (
             f"podman executor: podman {version}, runtime {self._runtime} ({why}), cgroups {cgroups}, "
@@ -139,6 +145,7 @@ class PodmanExecutor(BuildExecutor):
             )
         code, _, _ = await self._podman_cmd("image", "exists", job.image, timeout_s=60)
         if code == 0:
+            await self._images.acquire(job.build_id, job.image)
             return None
         args = ["pull"]
         if _registry(job.image) in self._settings.insecure_registries:
@@ -158,6 +165,8 @@ class PodmanExecutor(BuildExecutor):
             errors = [ln for ln in lines if ln.startswith("Error")] or lines[-1:] or [f"exit {code}"]
             return Outcome(-1, EndReason.IMAGE, f"cannot pull image {job.image}: {errors[-1]}")
         output(f"stoker: pulled image {job.image} in {time.monotonic() - started:.1f} s", True)
+        await self._images.acquire(job.build_id, job.image)
+        await self._images.refresh()
         return None
 
     # -- one build -----------------------------------------------------------------------------
@@ -166,6 +175,7 @@ class PodmanExecutor(BuildExecutor):
     ) -> Outcome:
         problem = _check_job(job)
         if problem:
+            self._images.release(job.build_id)
             return Outcome(-1, EndReason.NOT_STARTED, problem)
         container = _Container(_container_name(job.build_id), Stop())
         self._running[job.build_id] = container
@@ -194,6 +204,15 @@ class PodmanExecutor(BuildExecutor):
             await self._remove(container.name)
             env_file.unlink(missing_ok=True)
             cid_file.unlink(missing_ok=True)
+            self._images.release(job.build_id)
+            self._images.enforce_budget_soon()
+
+    def images(self) -> tuple[Image, ...]:
+        return self._images.held
+
+    @property
+    def runtime(self) -> str:
+        return self._runtime
 
     async def _wait(
         self,
@@ -216,6 +235,10 @@ class PodmanExecutor(BuildExecutor):
                 last_stderr[0] = line
             output(line, stderr)
 
+        def over_disk(message: str) -> None:
+            if container.stop.request(EndReason.DISK, message):
+                self._stop_container(container)
+
         budget = OutputBudget(job.limits.output_bytes, over_budget)
         assert proc.stdout is not None and proc.stderr is not None
         readers = asyncio.gather(
@@ -223,7 +246,8 @@ class PodmanExecutor(BuildExecutor):
             pump_lines(proc.stderr, passing_on, True, budget),
         )
         watcher = _CgroupWatch(cid_file)
-        watching = asyncio.create_task(watcher.watch())
+        disk = DiskWatch(job.limits.disk_bytes, job.workspace, over_disk)
+        watching = [asyncio.create_task(watcher.watch()), asyncio.create_task(disk.watch())]
         try:
             await asyncio.wait_for(proc.wait(), job.timeout_s)
         except TimeoutError:
@@ -231,8 +255,10 @@ class PodmanExecutor(BuildExecutor):
                 self._stop_container(container)
             await proc.wait()
         finally:
-            watching.cancel()
+            for task in watching:
+                task.cancel()
             watcher.read_once()
+        await disk.check()  # what it wrote since the last measurement
         await readers
         code = proc.returncode if proc.returncode is not None else -1
         if code == _PODMAN_FAILED and last_stderr[0].startswith("Error: ") and container.stop.reason is None:

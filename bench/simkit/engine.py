@@ -32,7 +32,13 @@ import time
 from dataclasses import dataclass, field
 
 from stoker.common.sketch import pack as pack_sketch
-from stoker.coordinator.placement.domain import EntryRecord, NodeInfo, NodeState, PlacementRequest
+from stoker.coordinator.placement.domain import (
+    EntryRecord,
+    ImageRecord,
+    NodeInfo,
+    NodeState,
+    PlacementRequest,
+)
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.registry import NodeRegistry
 from stoker.coordinator.placement.scheduler import Scheduler, SchedulerSettings
@@ -66,6 +72,8 @@ class Job:
     fetched: float = 0.0
     restored: float = 0.0
     missing: float = 0.0
+    pulled: float = 0.0
+    """Bytes of the build's image its node pulled first (0: the node held it)."""
 
     @property
     def request_id(self) -> str:
@@ -83,6 +91,9 @@ class SimNode:
     died: float = math.inf
     running: dict[int, Job] = field(default_factory=dict)
     cache: collections.OrderedDict = field(default_factory=collections.OrderedDict)  # key → bytes
+    images: collections.OrderedDict = field(
+        default_factory=collections.OrderedDict
+    )  # image → bytes, LRU first
     busy_area: float = 0.0
     last_change: float = 0.0
 
@@ -333,12 +344,32 @@ class Sim:
             self.gets += max(1, math.ceil(fetch / PACK_BYTES))
         job.fetched, job.missing = fetch, missing
         job.restored = b.bytes - missing
-        job.ready = self.now + restore
+        job.pulled = self._pull(node, b)
+        job.ready = self.now + restore + job.pulled / f.pull_bps
         job.finish = job.ready + missing / f.install_bps + b.duration_s
         self.placements.append((self.now, job.warmth != "cold"))
         self.policy.started(self, job, node)
         self._push(job.ready, "ready", (job.id, job.attempt, node.name))
         self._push(job.finish, "finish", (job.id, job.attempt, node.name))
+
+    def _pull(self, node: SimNode, b: Build) -> float:
+        """Bytes of ``b``'s image ``node`` pulls before the build (0: it holds it, or the build names none);
+        the node keeps it, least recently used images out first beyond the fleet's image budget (never one
+        a running build uses)."""
+        if not b.image:
+            return 0.0
+        if b.image in node.images:
+            node.images.move_to_end(b.image)
+            return 0.0
+        node.images[b.image] = float(b.image_bytes)
+        in_use = {j.build.image for j in node.running.values()}
+        for image in list(node.images):
+            if sum(node.images.values()) <= self.fleet.image_budget_bytes:
+                break
+            if image not in in_use:
+                del node.images[image]
+        self.policy.images_changed(self, node)
+        return float(b.image_bytes)
 
     def _ready(self, job_id: int, attempt: int, node_name: str) -> None:
         node = self.nodes[node_name]
@@ -380,6 +411,7 @@ class Sim:
         node.running.clear()
         self.policy.node_failed(self, node)
         node.cache.clear()
+        node.images.clear()
         for job in lost:  # requeued: it starts over
             job.attempt += 1
             job.node = ""
@@ -401,6 +433,9 @@ class Policy:
         pass
 
     def cache_changed(self, sim: Sim, node: SimNode, upserted: list[str], removed: list[str]) -> None:
+        pass
+
+    def images_changed(self, sim: Sim, node: SimNode) -> None:
         pass
 
     def started(self, sim: Sim, job: Job, node: SimNode) -> None:
@@ -596,6 +631,7 @@ class StokerPolicy(Policy):
                     "fetch_bps": fleet.fetch_bps,
                     "extract_bps": fleet.extract_bps,
                     "materialize_bps": fleet.materialize_bps,
+                    "pull_bps": fleet.pull_bps,
                 }
             ),
         )
@@ -617,6 +653,7 @@ class StokerPolicy(Policy):
             tenant=b.tenant,
             priority=b.priority,
             enqueued_at=job.arrival,
+            image=b.image,
         )
 
     def node_added(self, sim, node):
@@ -656,6 +693,11 @@ class StokerPolicy(Policy):
                     )
                 )
         self.inventory.apply_delta(node.name, gen, entries, removed)
+
+    def images_changed(self, sim, node):
+        self.registry.get(node.name).set_images(
+            tuple(ImageRecord(image, (image,), int(size), sim.now) for image, size in node.images.items())
+        )
 
     def started(self, sim, job, node):
         request = self._request(job)

@@ -4,12 +4,14 @@ Trace: JSON lines, one record per line, in time order. A build arrival::
 
     {"t": 12.5, "workspace": "ws-3", "key": "ws-3/deps-v2", "restore_keys": ["ws-3/deps-"],
      "bytes": 420000000, "files": 20000, "changed_fraction": 0.04, "duration_s": 180,
-     "tenant": "team-1", "priority": 0}
+     "tenant": "team-1", "priority": 0, "image": "registry.example/ci/node:20", "image_bytes": 380000000}
 
 ``t`` is seconds from the start; ``key`` the exact cache key; ``restore_keys`` the prefixes tried when the
 exact key is missing; ``bytes``/``files`` the size of the entry; ``changed_fraction`` the share of its
 bytes that differ from the previous key of the same workspace (0 for the first); ``duration_s`` how long
-the build runs once its cache is in place. Fleet events share the file::
+the build runs once its cache is in place. ``image`` and ``image_bytes`` are optional: the OCI image the
+build runs in and its size; a node that does not hold it pulls it first (at the fleet's ``pull_bps``) and
+keeps it, least recently used out first beyond ``image_budget_bytes``. Fleet events share the file::
 
     {"t": 3600, "event": "node_fail", "node": "node-7"}
     {"t": 7200, "event": "node_add", "zone": "zone-b", "count": 2}
@@ -20,6 +22,7 @@ Fleet spec: one JSON object::
 
     {"nodes": 40, "zones": ["zone-a", "zone-b", "zone-c"], "slots": 4, "disk_bytes": 20e9,
      "fetch_bps": 100e6, "extract_bps": 250e6, "materialize_bps": 2e9, "install_bps": 20e6,
+     "pull_bps": 50e6, "image_budget_bytes": 20e9,
      "prices": {"node_hour": 0.5, "get_request": 4e-7, "put_request": 5e-6, "gb_transfer": 0.0}}
 
 ``install_bps`` is how fast a build fills in what its cache lacked (downloading from a package registry).
@@ -50,6 +53,8 @@ class Build:
     duration_s: float
     tenant: str
     priority: int = 0
+    image: str = ""
+    image_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class Fleet:
     extract_bps: float = 250e6
     materialize_bps: float = 2e9
     install_bps: float = 20e6
+    pull_bps: float = 50e6
+    image_budget_bytes: float = 20e9
     prices: dict = field(
         default_factory=lambda: {
             "node_hour": 0.5,
@@ -135,6 +142,12 @@ def parse_record(doc: dict, where: str) -> Build | FleetEvent:
         raise TraceError(f"{where}: field 'changed_fraction': must be within [0, 1]")
     if not doc["key"]:
         raise TraceError(f"{where}: field 'key': must not be empty")
+    image = doc.get("image", "")
+    if not isinstance(image, str):
+        raise TraceError(f"{where}: field 'image': expected str")
+    image_bytes = int(_number(doc, "image_bytes", where)) if "image_bytes" in doc else 0
+    if image_bytes and not image:
+        raise TraceError(f"{where}: field 'image_bytes': given without 'image'")
     return Build(
         t=float(doc["t"]),
         workspace=doc["workspace"],
@@ -146,6 +159,8 @@ def parse_record(doc: dict, where: str) -> Build | FleetEvent:
         duration_s=float(doc["duration_s"]),
         tenant=doc["tenant"],
         priority=int(doc.get("priority", 0)),
+        image=image,
+        image_bytes=image_bytes,
     )
 
 
@@ -179,6 +194,7 @@ def parse_fleet(doc: dict, where: str = "fleet") -> Fleet:
         "extract_bps",
         "materialize_bps",
         "install_bps",
+        "pull_bps",
     ):
         if name in doc:
             value = _number(doc, name, where)
@@ -201,6 +217,8 @@ def write_trace(records, path: Path) -> None:
             doc = dict(r.__dict__)
             if isinstance(r, Build):
                 doc["restore_keys"] = list(r.restore_keys)
+                if not r.image:  # optional: traces without images stay as they were
+                    del doc["image"], doc["image_bytes"]
             else:
                 doc = {k: v for k, v in doc.items() if v not in ("", None)}
             f.write(json.dumps(doc) + "\n")
@@ -229,6 +247,10 @@ class TraceSpec:
     """(hour, nodes) added."""
     median_bytes: float = 400e6
     median_duration_s: float = 240.0
+    images: int = 0
+    """Distinct OCI images the workspaces' builds run in (each workspace keeps one, the popular images
+    shared by many); 0: builds name no image, and the trace is what it was before images existed."""
+    median_image_bytes: float = 600e6
     seed: int = 7
 
 
@@ -249,6 +271,7 @@ def generate(spec: TraceSpec, fleet: Fleet) -> list[Build | FleetEvent]:
                 "changed": 0.0,
             }
         )
+    _assign_images(spec, workspaces)
     horizon = spec.hours * 3600
     mean_rate = spec.builds_per_day / 86400.0
     records: list[Build | FleetEvent] = []
@@ -274,6 +297,8 @@ def generate(spec: TraceSpec, fleet: Fleet) -> list[Build | FleetEvent]:
             duration_s=round(ws["duration"] * rng.uniform(0.8, 1.25), 1),
             tenant=ws["tenant"],
             priority=priority,
+            image=ws.get("image", ""),
+            image_bytes=ws.get("image_bytes", 0),
         )
 
     # Arrival times first (a daily cycle by thinning a Poisson process, plus merge-queue bursts on
@@ -311,3 +336,19 @@ def generate(spec: TraceSpec, fleet: Fleet) -> list[Build | FleetEvent]:
             )
     records.sort(key=lambda r: r.t)
     return records
+
+
+def _assign_images(spec: TraceSpec, workspaces: list[dict]) -> None:
+    """Give each workspace one of ``spec.images`` images (Zipf: a few base images serve most workspaces),
+    drawn from a generator of their own so that the rest of the trace is the same with or without them."""
+    if spec.images <= 0:
+        return
+    rng = random.Random(spec.seed + 1)
+    sizes = [
+        int(min(4e9, max(20e6, rng.lognormvariate(math.log(spec.median_image_bytes), 0.7))))
+        for _ in range(spec.images)
+    ]
+    weights = [1.0 / (i + 1) for i in range(spec.images)]
+    for ws in workspaces:
+        i = rng.choices(range(spec.images), weights)[0]
+        ws["image"], ws["image_bytes"] = f"registry.example/ci/image-{i:02d}:1", sizes[i]

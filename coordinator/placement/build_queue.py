@@ -35,6 +35,7 @@ from stoker.v1 import agent_pb2, build_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
+
 def _tracked(scheduler: Scheduler, kind: str) -> int:
     return scheduler.tracked()[kind]
 
@@ -333,6 +334,7 @@ class BuildQueue:
         node.disk_free_bytes = hb.disk_free_bytes
         node.evicted_bytes_total = hb.evicted_bytes_total
         node.draining = hb.draining
+        node.set_images(convert.images(hb.images))
         reported = {(r.build_id, r.attempt) for r in hb.running}
         link = self._links.get(node_name)
         for build_id, attempt in reported:

@@ -37,6 +37,9 @@ class NodeInfo:
     cpus: int = 0
     memory_bytes: int = 0
     taints: tuple[str, ...] = ()
+    executor: str = ""
+    """What runs builds there: ``podman`` (each in its own container) or ``process`` (not isolated)."""
+    oci_runtime: str = ""
 
 
 class EntryRecord(NamedTuple):
@@ -79,6 +82,17 @@ SKETCH: Final = 5
 
 
 @dataclass(frozen=True)
+class ImageRecord:
+    """An OCI image a node reports holding: its digest, the names it is known by, its size, its last use."""
+
+    digest: str
+    references: tuple[str, ...]
+    bytes: int
+    last_used: float = 0.0
+    """When a build last ran in it (0: none has since the agent started)."""
+
+
+@dataclass(frozen=True)
 class Constraints:
     zone: str = ""
     labels: dict[str, str] = field(default_factory=dict)
@@ -106,6 +120,9 @@ class PlacementRequest:
     tenant: str = ""
     priority: int = 0
     enqueued_at: float = 0.0
+    image: str = ""
+    """The OCI image the build runs in, as the build names it (empty: the node's default image, whose size
+    the scheduler does not know, so it counts no pull)."""
 
 
 @dataclass(frozen=True)

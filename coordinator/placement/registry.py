@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from stoker.coordinator.core.clock import Clock
 from stoker.coordinator.core.errors import Aborted, InvalidArgument, NotFound
-from stoker.coordinator.placement.domain import NodeInfo, NodeState
+from stoker.coordinator.placement.domain import ImageRecord, NodeInfo, NodeState
 
 
 @dataclass
@@ -31,6 +31,11 @@ class NodeRecord:
     disk_used_bytes: int = 0
     disk_free_bytes: int = 0
     evicted_bytes_total: int = 0
+    image_records: tuple[ImageRecord, ...] = ()
+    """The images the node's executor holds, as of its last heartbeat."""
+    images: dict[str, int] = field(default_factory=dict)
+    """Image reference (each name and ``name@digest`` it is known by, and the bare digest) → its size in
+    bytes: ``image_records`` indexed for the scheduler (``set_images``)."""
     generation: int = 0
     draining: bool = False
     """The node said it is shutting down: nothing new goes to it."""
@@ -40,6 +45,11 @@ class NodeRecord:
     @property
     def name(self) -> str:
         return self.info.name
+
+    def set_images(self, records: tuple[ImageRecord, ...]) -> None:
+        """Replace what the node holds of images with its latest report."""
+        self.image_records = records
+        self.images = {ref: r.bytes for r in records for ref in (r.digest, *r.references) if ref}
 
     @property
     def free_slots(self) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import operator
 import sys
+from collections.abc import Iterable
 
 from google.protobuf import timestamp_pb2
 
@@ -17,6 +19,7 @@ from stoker.coordinator.placement.domain import (
     SKETCH,
     Constraints,
     Entry,
+    ImageRecord,
     NodeInfo,
     NodeState,
     PlacementRequest,
@@ -61,6 +64,8 @@ def node_info(req: agent_pb2.RegisterRequest) -> NodeInfo:
         cpus=req.cpus,
         memory_bytes=req.memory_bytes,
         taints=tuple(req.taints),
+        executor=req.executor,
+        oci_runtime=req.oci_runtime,
     )
 
 
@@ -93,6 +98,31 @@ def entry_to_pb(e: Entry) -> common_pb2.CacheEntry:
     )
 
 
+MAX_IMAGES = 256
+"""At most this many images of one node's report are kept (a node's word is bounded like any caller's)."""
+MAX_IMAGE_REFERENCES = 16
+MAX_REFERENCE_CHARS = 512
+
+
+def images(pbs: Iterable[common_pb2.ImageEntry]) -> tuple[ImageRecord, ...]:
+    """A node's image report, bounded: at most ``MAX_IMAGES`` images of ``MAX_IMAGE_REFERENCES`` names each;
+    names and digests longer than ``MAX_REFERENCE_CHARS`` and negative sizes are dropped."""
+    records = []
+    for pb in itertools.islice(pbs, MAX_IMAGES):
+        refs = tuple(r for r in pb.references[:MAX_IMAGE_REFERENCES] if 0 < len(r) <= MAX_REFERENCE_CHARS)
+        digest = pb.digest if len(pb.digest) <= MAX_REFERENCE_CHARS else ""
+        if (digest or refs) and pb.bytes >= 0:
+            records.append(ImageRecord(digest, refs, pb.bytes, seconds(pb.last_used)))
+    return tuple(records)
+
+
+def image_to_pb(r: ImageRecord) -> common_pb2.ImageEntry:
+    pb = common_pb2.ImageEntry(digest=r.digest, references=r.references, bytes=r.bytes)
+    if r.last_used:
+        pb.last_used.CopyFrom(timestamp(r.last_used))
+    return pb
+
+
 def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: float) -> PlacementRequest:
     return PlacementRequest(
         id=request_id,
@@ -105,6 +135,7 @@ def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: 
         tenant=spec.tenant or spec.workspace,
         priority=spec.priority,
         enqueued_at=enqueued_at,
+        image=spec.image,
     )
 
 
@@ -126,7 +157,12 @@ def node_inventory(
         labels=record.info.labels,
         entry_count=len(entries),
         entry_bytes=sum(e[BYTES] for e in entries),
+        executor=record.info.executor,
+        oci_runtime=record.info.oci_runtime,
+        image_count=len(record.image_records),
+        image_bytes=sum(r.bytes for r in record.image_records),
     )
     if with_entries:
         pb.entries.extend(entry_to_pb(e) for e in sorted(entries, key=operator.itemgetter(KEY)))
+        pb.images.extend(image_to_pb(r) for r in record.image_records)
     return pb

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from bench.simkit.engine import Sim, StokerPolicy, make_policy
@@ -178,3 +179,45 @@ def test_one_sweep_variant_runs_alone_on_its_own_trace_and_fleet(tmp_path):
     assert set(report["policies"]) == {"least_loaded"} and "sweep" not in report
     done = run("--variant", "nodes_9000", cwd=tmp_path)
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_a_trace_may_name_each_builds_image_and_its_size(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    for doc, message in (
+        (good_build(image=5), "field 'image': expected str"),
+        (good_build(image_bytes=10), "field 'image_bytes': given without 'image'"),
+        (good_build(image="ci/node:20", image_bytes=-1), "field 'image_bytes': must not be negative"),
+    ):
+        trace.write_text(json.dumps(doc) + "\n")
+        done = run(
+            "--trace", str(trace), "--json", "--no-decision-bench", "--policies", "stoker", cwd=tmp_path
+        )
+        assert done.returncode == 2 and f"t.jsonl:1: {message}" in done.stderr, done.stderr
+    trace.write_text(json.dumps(good_build(image="ci/node:20", image_bytes=500_000_000)) + "\n")
+    done = run("--trace", str(trace), "--json", "--no-decision-bench", "--policies", "stoker", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["policies"]["stoker"]["image_bytes_pulled"] == 500_000_000
+
+
+def test_without_images_the_generated_trace_is_what_it_was():
+    fleet = Fleet()
+    plain = generate(TraceSpec(hours=2), fleet)
+    with_images = generate(TraceSpec(hours=2, images=4), fleet)
+    strip = [replace(r, image="", image_bytes=0) if isinstance(r, Build) else r for r in with_images]
+    assert strip == plain and all(not r.image for r in plain if isinstance(r, Build))
+    assert len({r.image for r in with_images if isinstance(r, Build)}) > 1
+
+
+def test_the_scheduler_sends_builds_where_their_image_is_and_pulls_less_than_image_blind_peers():
+    fleet = Fleet(nodes=12, slots=2, disk_bytes=50e9, image_budget_bytes=2e9)
+    records = generate(
+        TraceSpec(hours=3, builds_per_day=3000, images=8, node_failures=(), scale_out=()), fleet
+    )
+    pulled = {}
+    for name in ("stoker", "least_loaded", "random"):
+        sim = Sim(fleet, records, make_policy(name, fleet)).run()
+        assert all(j.finish for j in sim.jobs)
+        for node in sim.nodes.values():
+            assert sum(node.images.values()) <= fleet.image_budget_bytes
+        pulled[name] = sum(j.pulled for j in sim.jobs)
+    assert pulled["stoker"] < 0.8 * min(pulled["least_loaded"], pulled["random"]), pulled

@@ -250,3 +250,17 @@ def test_the_build_context_holds_every_package_folder():
     readme = tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("readme")
     if isinstance(readme, str):
         assert not is_ignored(readme, patterns), f".dockerignore leaves out {readme}, which pyproject names"
+
+
+def test_the_runtime_stage_installs_podman_and_configures_it_for_the_agent_pod():
+    """deploy/ runs builds through podman in the agent pod (docs/kubernetes.md, "Builds in containers")."""
+    instructions = dockerfile_instructions()
+    runtime = instructions[max(i for i, (kind, _) in enumerate(instructions) if kind == "FROM") :]
+    runs = " ".join(value for kind, value in runtime if kind == "RUN")
+    installs = re.search(r"apt-get install -y --no-install-recommends ([^&]+)", runs)
+    assert installs, "the runtime stage installs podman with apt-get"
+    packages = set(installs.group(1).split())
+    assert {"podman", "runc", "catatonit", "containernetworking-plugins", "iptables"} <= packages
+    # The RuntimeDefault seccomp profile blocks keyctl: runc must not make a session keyring per build.
+    assert re.search(r"'\[containers\]'\s+'keyring = false'", runs)
+    assert "'graphroot = \"/var/lib/stoker/podman/storage\"'" in runs

@@ -459,22 +459,186 @@ def test_container_args_are_ones_the_cli_accepts(overlay):
     assert build_parser().parse_args(main_container(rendered.coordinator())["args"]).command == "coordinator"
 
 
-def test_only_the_agent_init_container_runs_as_root(overlay):
+def test_the_coordinator_runs_as_non_root_without_capabilities(overlay):
     _, rendered = overlay
-    for workload in (rendered.agent(), rendered.coordinator()):
-        spec = pod_spec(workload)
-        assert spec["securityContext"]["runAsNonRoot"] is True
-        assert spec["securityContext"]["runAsUser"] != 0
-        for container in spec["containers"]:
-            ctx = container["securityContext"]
-            assert ctx.get("runAsUser", spec["securityContext"]["runAsUser"]) != 0
-            assert ctx["allowPrivilegeEscalation"] is False
-            assert ctx["capabilities"] == {"drop": ["ALL"]}
-    init = pod_spec(rendered.agent())["initContainers"]
-    assert [c["name"] for c in init] == ["own-cache-dir"]
-    assert set(init[0]["securityContext"]["capabilities"]["add"]) <= {"CHOWN", "DAC_OVERRIDE"}
-    uid = pod_spec(rendered.agent())["securityContext"]["runAsUser"]
-    assert f"{uid}:{uid}" in init[0]["args"][0], "the init container must hand the cache to the agent's uid"
+    spec = pod_spec(rendered.coordinator())
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] != 0
+    for container in spec["containers"] + spec.get("initContainers", []):
+        ctx = container["securityContext"]
+        assert ctx.get("runAsUser", spec["securityContext"]["runAsUser"]) != 0
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"] == {"drop": ["ALL"]}
+
+
+# ---------------------------------------------------------------- podman in the agent pod
+
+# What the agent container may do, and nothing more: docs/kubernetes.md ("Builds in containers") says
+# why each is there and what breaks without it. An edit that adds a privilege (privileged: true, a
+# capability, a host namespace, another hostPath) fails here until the docs and this list say why.
+AGENT_CAPABILITIES = {
+    "SYS_ADMIN",
+    "SETUID",
+    "SETGID",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "NET_ADMIN",
+}
+AGENT_SECURITY_CONTEXT = {
+    "privileged": False,
+    "allowPrivilegeEscalation": True,
+    "readOnlyRootFilesystem": False,
+    "procMount": "Unmasked",
+    "appArmorProfile": {"type": "Unconfined"},
+    "capabilities": {"drop": ["ALL"], "add": sorted(AGENT_CAPABILITIES)},
+}
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+DOCS_SECTION = "## Builds in containers: what the agent pod needs and why"
+
+
+def docs_privilege_rows() -> list[str]:
+    """First cells of the privilege table in docs/kubernetes.md's "Builds in containers" section."""
+    import re
+
+    text = (REPO / "docs" / "kubernetes.md").read_text()
+    assert DOCS_SECTION in text, f"docs/kubernetes.md has no section {DOCS_SECTION!r}"
+    section = text.split(DOCS_SECTION, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([^`]+)`", section, flags=re.MULTILINE)
+
+
+def agent_container_context(container: dict) -> dict:
+    ctx = dict(container["securityContext"])
+    ctx["capabilities"] = {k: sorted(v) if k == "add" else v for k, v in ctx["capabilities"].items()}
+    return ctx
+
+
+def test_the_agent_pod_is_user_namespaced_with_exactly_the_documented_privileges(overlay):
+    _, rendered = overlay
+    agent = rendered.agent()
+    spec = pod_spec(agent)
+    assert spec["hostUsers"] is False, "the agent's root must be an unprivileged user on the node"
+    assert spec["securityContext"] == {
+        "runAsNonRoot": False,
+        "runAsUser": 0,
+        "runAsGroup": 0,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not spec.get(field), f"{field}: the agent needs none of the node's namespaces"
+    assert not spec.get("initContainers"), "no other container in the pod holds privileges"
+    (container,) = spec["containers"]
+    assert agent_container_context(container) == AGENT_SECURITY_CONTEXT
+
+    # The runtime handler that delegates a writable cgroup tree, and CRI-O's way of asking for it.
+    runtime_class = rendered.one("RuntimeClass", spec["runtimeClassName"])
+    assert runtime_class["handler"] == spec["runtimeClassName"]
+    assert runtime_class["scheduling"]["nodeSelector"] == spec["nodeSelector"]
+    annotations = agent["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["io.kubernetes.cri-o.cgroup2-mount-hierarchy-rw"] == "true"
+
+    # Every privilege has its row in the docs, and the docs list no capability the pod lacks.
+    rows = docs_privilege_rows()
+    capability_rows = {row for row in rows if row.isupper()}
+    assert capability_rows == AGENT_CAPABILITIES
+    for field in ("hostUsers: false", "runAsUser: 0", "procMount: Unmasked", "appArmorProfile: Unconfined"):
+        assert field in rows, f"docs/kubernetes.md's privilege table has no row for {field}"
+    assert "allowPrivilegeEscalation: true" in rows and "runtimeClassName: stoker-nested" in rows
+
+
+def test_the_agent_mounts_only_its_ssd_its_certificate_and_its_token(overlay):
+    name, rendered = overlay
+    spec = pod_spec(rendered.agent())
+    volumes = volumes_of(rendered.agent())
+    assert set(volumes) == {"data", "agent-tls", "kube-api-access"}
+    host_paths = {v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v}
+    expected = {"/var/lib/stoker"} if name == "local-blobs" else {"/var/lib/stoker", "/etc/stoker/agent-tls"}
+    assert host_paths == expected, "the node's files the agent sees: its SSD directory and its certificate"
+    (container,) = spec["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert set(mounts) == set(volumes)
+    assert mounts["agent-tls"]["readOnly"] is True and mounts["kube-api-access"]["readOnly"] is True
+
+
+def test_the_token_is_in_the_agent_container_only_and_builds_mount_only_their_workspace(overlay, tmp_path):
+    from stoker.agent.executors.base import BuildJob
+    from stoker.agent.executors.podman import PodmanExecutor
+
+    _, rendered = overlay
+    agent = rendered.agent()
+    spec = pod_spec(agent)
+    # The agent reads its Node, so it has a token; nothing mounts one by default.
+    assert spec["automountServiceAccountToken"] is False
+    assert rendered.one("ServiceAccount", spec["serviceAccountName"]).get("automountServiceAccountToken") in (
+        None,
+        False,
+    )
+    token_volumes = {
+        name
+        for name, volume in volumes_of(agent).items()
+        for source in volume.get("projected", {}).get("sources", [])
+        if "serviceAccountToken" in source
+    }
+    assert token_volumes == {"kube-api-access"}
+    holders = [
+        (c["name"], m["mountPath"])
+        for c in spec["containers"] + spec.get("initContainers", [])
+        for m in c.get("volumeMounts", [])
+        if m["name"] in token_volumes
+    ]
+    assert holders == [("agent", TOKEN_DIR)], "where the Kubernetes client looks, in the agent only"
+
+    # Builds run in containers, whose only mount from the agent's filesystem is their workspace: the
+    # executor's own command line, built from the rendered settings.
+    env = rendered.container_env(agent, "agent")
+    env["STOKER_AGENT_NODE_NAME"] = "build-1"
+    loaded = agent_config.load(environ=env)
+    assert loaded.build.executor == "podman", "in a cluster every build runs in its own container"
+    data = Path(mount_holding(agent, loaded.build.work_dir)[0]["mountPath"])
+    for path in (loaded.podman.dir, loaded.cache.dir):
+        assert Path(path).is_relative_to(data), f"{path} belongs on the node's SSD"
+    workspace = Path(loaded.build.work_dir) / "build-1"
+    job = BuildJob("b-1", ("true",), workspace, image="registry.example.com/ci:1")
+    argv = PodmanExecutor(loaded.podman)._run_argv(job, "stoker-b-1", tmp_path / "env", tmp_path / "cid")
+    mounts = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--mount"]
+    assert mounts == [f"type=bind,source={workspace},destination=/workspace,U=true"]
+    assert not {"-v", "--volume", "--volumes-from", "--privileged"} & set(argv)
+    tmpfs = [argv[i + 1].split(":")[0] for i, arg in enumerate(argv) if arg == "--tmpfs"]
+    assert sorted(tmpfs) == ["/home/stoker", "/tmp"]
+    for private in (TOKEN_DIR, "/etc/stoker/agent-tls", loaded.cache.dir, loaded.podman.dir):
+        assert not workspace.is_relative_to(private) and not Path(private).is_relative_to(workspace)
+
+    # The build's ids stay inside the pod's 65536 and away from 0, the agent's root.
+    assert loaded.podman.uid_base >= 1 and loaded.podman.uid_base + loaded.podman.uid_count <= 65536
+
+
+def test_without_user_namespaces_the_agent_is_privileged_and_builds_map_onto_host_ids(tmp_path):
+    documents = render(composed_overlay(tmp_path, "s3", ["no-user-namespaces"]))
+    assert_valid(documents, tmp_path)
+    rendered = Rendered(documents)
+    agent = rendered.agent()
+    spec = pod_spec(agent)
+    assert "hostUsers" not in spec and "runtimeClassName" not in spec
+    assert not rendered.all("RuntimeClass")
+    assert (
+        "io.kubernetes.cri-o.cgroup2-mount-hierarchy-rw"
+        not in agent["spec"]["template"]["metadata"]["annotations"]
+    )
+    assert main_container(agent)["securityContext"] == {
+        "privileged": True,
+        "allowPrivilegeEscalation": True,
+        "readOnlyRootFilesystem": False,
+    }
+    env = rendered.container_env(agent, "agent")
+    env["STOKER_AGENT_NODE_NAME"] = "build-1"
+    loaded = agent_config.load(environ=env)
+    assert loaded.build.executor == "podman"
+    assert loaded.podman.uid_base >= 65536, "host ids above every account a node has"
+    # Everything else about the pod is the base's: same volumes, same token handling.
+    assert set(volumes_of(agent)) == {"data", "agent-tls", "kube-api-access"}
+    assert spec["automountServiceAccountToken"] is False
 
 
 def test_prometheus_annotations_point_at_the_metrics_listen_port(overlay):
@@ -763,8 +927,11 @@ def test_agents_get_tls_env_and_their_own_certificate(overlay):
         assert set(volume) == {"name", "secret"}
         assert volume["secret"]["secretName"] == "stoker-agent-tls"
         assert volume["secret"]["defaultMode"] == 0o440
+        # Secret files belong to root (the pod's root, with hostUsers: false): mode 0440 lets the agent,
+        # which runs as that root, read them and nobody else.
         assert (
-            pod_spec(agent)["securityContext"]["fsGroup"] == pod_spec(agent)["securityContext"]["runAsUser"]
+            pod_spec(agent)["securityContext"]["runAsUser"] == 0
+            and "fsGroup" not in pod_spec(agent)["securityContext"]
         )
     else:
         # Many nodes: each node's own certificate, from the node (docs/kubernetes.md, "Security").

@@ -20,6 +20,7 @@ class Estimator:
         self._s = settings
         self.fetch_bps = settings.fetch_bps
         self.extract_bps = settings.extract_bps
+        self.pull_bps = settings.pull_bps
         self.fleet_build_s = settings.build_s
         self._by_key: collections.OrderedDict[str, float] = collections.OrderedDict()
         """key → learned build seconds, least recently built first (at most ``max_tracked_keys``)."""
@@ -35,6 +36,11 @@ class Estimator:
             self.fetch_bps = self._ewma(self.fetch_bps, bytes_fetched / seconds)
         elif bytes_restored >= 1_000_000:
             self.extract_bps = self._ewma(self.extract_bps, bytes_restored / seconds)
+
+    def observe_pull(self, image_bytes: int, seconds: float) -> None:
+        """A node pulled an image of ``image_bytes`` in ``seconds`` (pulls of small images say little)."""
+        if seconds > 0 and image_bytes >= 1_000_000:
+            self.pull_bps = self._ewma(self.pull_bps, image_bytes / seconds)
 
     def observe_build(self, key: str, workspace: str, run_s: float) -> None:
         if run_s <= 0:
@@ -63,6 +69,10 @@ class Estimator:
             + fetch_bytes / self.extract_bps
             + local_bytes / self._s.materialize_bps
         )
+
+    def pull_s(self, image_bytes: float) -> float:
+        """Seconds to pull and unpack an image of ``image_bytes`` a node does not hold."""
+        return image_bytes / self.pull_bps
 
 
 @functools.lru_cache(maxsize=1024)

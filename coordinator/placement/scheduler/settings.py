@@ -22,6 +22,8 @@ class SchedulerSettings:
     """Decompress-and-write rate until learned (bytes/s)."""
     materialize_bps: float = 2e9
     """Rate of materializing a locally present entry into a workspace (bytes/s)."""
+    pull_bps: float = 50e6
+    """Rate at which a node pulls and unpacks an image it does not hold, until learned (bytes/s)."""
     build_s: float = 300.0
     """Build duration assumed until learned (per key, then per workspace, then fleet-wide)."""
     default_similarity: float = 0.9

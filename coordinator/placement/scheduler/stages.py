@@ -46,6 +46,8 @@ class Candidate:
     heat: float = 1.0
     """The node's mean load since it joined over the fleet's mean per node in that time: of equally good
     nodes, the one that has run the least relative to the fleet goes first."""
+    pull_bytes: float = 0.0
+    """Bytes of the build's image the node would pull first (0: it holds it, or its size is unknown)."""
 
     def sort_key(self, tie_s: float = 0.25) -> SortKey:
         """Soonest ready first (free nodes in the same ``tie_s`` slice count as equally ready; a wait is an
@@ -57,7 +59,8 @@ class Candidate:
 
     def describe(self) -> str:
         wait = f", waits {self.wait_s:.0f} s" if self.wait_s > 0 else ""
-        return f"{self.node} {self.warmth.value} ~{self.ready_s:.1f} s{wait}"
+        pull = f", pulls image ~{self.pull_bytes / 1e6:.0f} MB" if self.pull_bytes else ""
+        return f"{self.node} {self.warmth.value} ~{self.ready_s:.1f} s{wait}{pull}"
 
 
 @dataclass
@@ -81,6 +84,10 @@ class Placing:
     """How long the request's build is expected to run."""
     guarded: bool
     """Whether any costly key has only one or two free holders (else taking a node costs them nothing)."""
+    image_holders: frozenset[str] = frozenset()
+    """The admitted nodes that report holding the request's image."""
+    image_bytes: int = 0
+    """Size of the request's image, as the nodes holding it report it (0: no node does, so none is nearer)."""
     candidates: dict[str, Candidate] = field(default_factory=dict)
 
     @classmethod
@@ -94,6 +101,7 @@ class Placing:
     ) -> Placing:
         key_hash = h64(request.key or request.workspace)
         target_bytes, target_sketch = target_entry(inventory, request.key)
+        holders, image_bytes = image_holders(request.image, admitted)
         return cls(
             request,
             view,
@@ -106,6 +114,8 @@ class Placing:
             target_sketch,
             view.estimator.build_s(request),
             bool(view.guard.by_node),
+            holders,
+            image_bytes,
         )
 
     def usable(self, names: Iterable[str]) -> list[str]:
@@ -140,22 +150,34 @@ class Placing:
         else:
             wait = max(0.0, view.slots_free_at(node)[0] - view.now)
         tie_s = view.settings.ready_tie_s
+        pull = 0 if name in self.image_holders else self.image_bytes
         c = Candidate(
             name,
             warmth,
             matched,
             fetch,
             wait,
-            wait + view.estimator.restore_s(fetch, local),
+            wait + view.estimator.restore_s(fetch, local) + view.estimator.pull_s(pull),
             self.weight(name),
             cost,
             running,
             tie,
             view.history.heat(name, view.now),
+            pull,
         )
         old = self.candidates.get(name)
         if old is None or c.sort_key(tie_s) < old.sort_key(tie_s):
             self.candidates[name] = c
+
+
+def image_holders(image: str, admitted: dict[str, NodeRecord]) -> tuple[frozenset[str], int]:
+    """The admitted nodes holding ``image`` and its size as they report it (the largest report; none and 0
+    when the request names no image or no node holds it). One dict lookup per admitted node, only for
+    requests that name an image."""
+    if not image:
+        return frozenset(), 0
+    sizes = {name: node.images[image] for name, node in admitted.items() if image in node.images}
+    return frozenset(sizes), max(sizes.values(), default=0)
 
 
 def target_entry(inventory: InventoryIndex, key: str) -> tuple[int, bytes]:
@@ -170,11 +192,16 @@ def target_entry(inventory: InventoryIndex, key: str) -> tuple[int, bytes]:
 
 
 # -- the stages ------------------------------------------------------------------------------------
-def admit(constraints: Constraints, live: dict[str, NodeRecord]) -> dict[str, NodeRecord]:
-    """Stage 1: the live nodes that satisfy the request's constraints (zone, labels)."""
+def admit(constraints: Constraints, live: dict[str, NodeRecord], image: str = "") -> dict[str, NodeRecord]:
+    """Stage 1: the live nodes that satisfy the request's constraints (zone, labels); for a build that names
+    an image, only nodes whose executor runs images (a ``process`` node would run it outside any image,
+    unsandboxed)."""
+    admitted = live
     if constraints.zone or constraints.labels:
-        return {name: n for name, n in live.items() if constraints.admits(n.info)}
-    return live
+        admitted = {name: n for name, n in live.items() if constraints.admits(n.info)}
+    if image:
+        admitted = {name: n for name, n in admitted.items() if n.info.executor != "process"}
+    return admitted
 
 
 def warm_candidates(p: Placing) -> None:
@@ -222,18 +249,29 @@ def partial_candidates(p: Placing) -> None:
 def cold_candidates(p: Placing) -> None:
     """Stage 4: the first free nodes in the key's rendezvous order not found warm or partial, each fetching
     the whole entry (or the newest under its first restore prefix): ``explain_candidates`` of them, or
-    ``cold_candidates`` when costly keys are guarded, so that the one whose taking costs them least wins."""
+    ``cold_candidates`` when costly keys are guarded, so that the one whose taking costs them least wins.
+    When the request's image is one some nodes hold, as many free holders of it (the first in the key's
+    rendezvous weight) are looked at first: there the build skips the pull."""
     view, settings = p.view, p.view.settings
     cold_fetch = float(p.target_bytes or prefix_bytes(p.inventory, p.request.restore_keys))
     wanted = settings.cold_candidates if p.guarded else settings.explain_candidates
+    if p.image_holders:
+        holders = heapq.nlargest(wanted, (n for n in p.image_holders if view.is_free(n)), key=p.weight)
+        _consider_cold(p, holders, cold_fetch, wanted)
+    _consider_cold(p, p.rendezvous.nodes(p.key_hash, p.weight, view.live, p.admitted), cold_fetch, wanted)
+
+
+def _consider_cold(p: Placing, names: Iterable[str], fetch: float, wanted: int) -> None:
+    """Estimate the first ``wanted`` of ``names`` that are free and not candidates yet as cold candidates."""
+    view = p.view
     load, free_at, guard = view.load, view.free_at, view.guard
-    for name in p.rendezvous.nodes(p.key_hash, p.weight, view.live, p.admitted):
+    for name in names:
         node = p.admitted[name]
         if name in p.candidates or load[name] >= view.capacity(node) or name in free_at:
             continue
         fills = load[name] + 1 >= view.capacity(node)
         cost = guard.cost(name, p.request, p.duration_s) if p.guarded and fills else 0.0
-        p.consider(node, Warmth.COLD, "", cold_fetch, 0.0, cost)
+        p.consider(node, Warmth.COLD, "", fetch, 0.0, cost)
         wanted -= 1
         if wanted == 0:
             break
@@ -264,6 +302,10 @@ def explain(p: Placing, ranked: list[Candidate]) -> Decision:
         why = f"partial: holds {best.matched_key}, fetches ~{best.fetch_bytes / 1e6:.1f} MB"
     else:
         why = f"cold: fetches ~{best.fetch_bytes / 1e6:.1f} MB; first free node in the key's rendezvous order"
+    if best.pull_bytes:
+        why += f"; pulls image ~{best.pull_bytes / 1e6:.0f} MB"
+    elif p.image_holders:
+        why += "; holds the image"
     reason = f"{why}; ready in ~{best.ready_s:.1f} s"
     if alternatives:
         reason += f" (next: {alternatives})"
@@ -296,12 +338,14 @@ def decide(
     request: PlacementRequest, view: FleetView, inventory: InventoryIndex, rendezvous: Rendezvous
 ) -> Decision:
     """Where ``request`` goes (or why it waits): admit → warm → partial → cold → rank → explain."""
-    admitted = admit(request.constraints, view.live)
+    admitted = admit(request.constraints, view.live, request.image)
     if not admitted:
+        runs_images = " and runs images (its executor is not process)" if request.image else ""
         return Decision(
             node=None,
             warmth=Warmth.COLD,
-            reason=f"waiting: no ready node satisfies the constraints ({request.constraints.describe()})",
+            reason=f"waiting: no ready node satisfies the constraints ({request.constraints.describe()})"
+            f"{runs_images}",
         )
     placing = Placing.start(request, view, admitted, inventory, rendezvous)
     for find in CANDIDATE_STAGES:

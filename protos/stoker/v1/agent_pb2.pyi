@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("node", "zone", "slots", "disk_capacity_bytes", "labels", "agent_version", "instance_type", "cpus", "memory_bytes", "taints")
+    __slots__ = ("node", "zone", "slots", "disk_capacity_bytes", "labels", "agent_version", "instance_type", "cpus", "memory_bytes", "taints", "executor", "oci_runtime")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,8 @@ class RegisterRequest(_message.Message):
     CPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     TAINTS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    OCI_RUNTIME_FIELD_NUMBER: _ClassVar[int]
     node: str
     zone: str
     slots: int
@@ -37,7 +39,9 @@ class RegisterRequest(_message.Message):
     cpus: int
     memory_bytes: int
     taints: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node: _Optional[str] = ..., zone: _Optional[str] = ..., slots: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., instance_type: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., taints: _Optional[_Iterable[str]] = ...) -> None: ...
+    executor: str
+    oci_runtime: str
+    def __init__(self, node: _Optional[str] = ..., zone: _Optional[str] = ..., slots: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., instance_type: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., taints: _Optional[_Iterable[str]] = ..., executor: _Optional[str] = ..., oci_runtime: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("session_id", "lease_ttl_s", "heartbeat_interval_s")
@@ -76,7 +80,7 @@ class RunningBuild(_message.Message):
     def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("running", "free_slots", "disk_used_bytes", "disk_free_bytes", "generation", "evicted_bytes_total", "draining")
+    __slots__ = ("running", "free_slots", "disk_used_bytes", "disk_free_bytes", "generation", "evicted_bytes_total", "draining", "images")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
     DISK_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +88,7 @@ class Heartbeat(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     EVICTED_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     running: _containers.RepeatedCompositeFieldContainer[RunningBuild]
     free_slots: int
     disk_used_bytes: int
@@ -91,7 +96,8 @@ class Heartbeat(_message.Message):
     generation: int
     evicted_bytes_total: int
     draining: bool
-    def __init__(self, running: _Optional[_Iterable[_Union[RunningBuild, _Mapping]]] = ..., free_slots: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., evicted_bytes_total: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+    images: _containers.RepeatedCompositeFieldContainer[_common_pb2.ImageEntry]
+    def __init__(self, running: _Optional[_Iterable[_Union[RunningBuild, _Mapping]]] = ..., free_slots: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., evicted_bytes_total: _Optional[int] = ..., draining: _Optional[bool] = ..., images: _Optional[_Iterable[_Union[_common_pb2.ImageEntry, _Mapping]]] = ...) -> None: ...
 
 class BuildUpdate(_message.Message):
     __slots__ = ("build_id", "attempt", "event")

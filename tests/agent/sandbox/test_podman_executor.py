@@ -182,6 +182,25 @@ def test_output_over_its_limit_stops_the_build(podman_settings, sandbox_image, t
     assert containers(podman_settings) == []
 
 
+@pytest.mark.parametrize("pace", ["slow", "burst"])
+def test_a_disk_filler_is_stopped_with_a_clear_reason(podman_settings, sandbox_image, tmp_path, pace):
+    """slow: stopped while it writes (its last line never comes); burst: done before the next measurement,
+    caught by the one after it exited (it must not end as a success)."""
+    write = "for i in $(seq 1 400); do dd if=/dev/zero of=f$i bs=1M count=1 2>/dev/null; sleep 0.05; done"
+    burst = "dd if=/dev/zero of=fill bs=1M count=48 2>/dev/null"
+    script = (write if pace == "slow" else burst) + "; echo end"
+    limit = 8 * 1024**2
+    filler = job(tmp_path / "ws", sandbox_image, script, limits=Limits(pids=64, disk_bytes=limit))
+    [(outcome, out)] = run_builds(podman_settings, filler)
+    assert outcome.reason is EndReason.DISK, (outcome, out.text[-1000:])
+    assert f"past its disk limit of {limit} bytes" in outcome.message
+    assert not outcome.succeeded
+    if pace == "slow":
+        assert "end" not in out.stdout
+        assert len(list((tmp_path / "ws").iterdir())) < 100  # stopped well before its 400 files
+    assert containers(podman_settings) == []
+
+
 def test_network_none_cannot_reach_a_server_of_the_test(podman_settings, sandbox_image, tmp_path):
     """The server listens on every address: a container's 127.0.0.1 is its own, so the build tries the
     host's addresses as seen from the container's default network (the bridge's gateway) too."""

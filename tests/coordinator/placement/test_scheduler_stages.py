@@ -4,6 +4,7 @@ view of the fleet, and fairness between tenants. Each is run on a fleet built by
 from __future__ import annotations
 
 import collections
+from dataclasses import replace
 
 import pytest
 
@@ -330,3 +331,71 @@ def test_a_tenant_over_its_share_waits_only_while_others_wait():
     for r in queue[2:]:
         shares.placed(r)  # b's requests are all placed: a is alone in the queue now
     assert shares.running["b"] == 2 and shares.over_share(queue[0]) is None
+
+
+# -- images ---------------------------------------------------------------------------------------------
+IMAGE = "registry.example/ci/node:20"
+
+
+def test_a_node_without_the_image_counts_its_pull_in_the_time_to_ready():
+    f = Fleet(2, pull_bps=100e6)
+    for name in ("n0", "n1"):
+        f.inventory.apply_snapshot(name, 0, [entry("web/v2")])
+    f.node("n1").images = {IMAGE: 500_000_000}
+    p = f.placing(request(image=IMAGE))
+    assert (p.image_holders, p.image_bytes) == (frozenset({"n1"}), 500_000_000)
+    warm_candidates(p)
+    n0, n1 = p.candidates["n0"], p.candidates["n1"]
+    assert n0.pull_bytes == 500_000_000 and n1.pull_bytes == 0
+    assert n0.ready_s - n1.ready_s == pytest.approx(5.0)  # 500 MB at 100 MB/s
+    d = explain(p, rank(p))
+    assert d.node == "n1" and "holds the image" in d.reason
+    assert "next: n0 warm ~" in d.reason and "pulls image ~500 MB" in d.reason
+
+
+def test_an_image_no_node_holds_or_a_request_without_one_counts_no_pull():
+    f = Fleet(2)
+    f.inventory.apply_snapshot("n0", 0, [entry("web/v2")])
+    for image in ("", "registry.example/other:1"):
+        p = f.placing(request(image=image))
+        warm_candidates(p)
+        assert p.image_holders == frozenset() and p.candidates["n0"].pull_bytes == 0
+        assert "image" not in explain(p, rank(p)).reason
+
+
+def test_a_warm_node_that_must_pull_a_large_image_loses_to_a_cold_node_that_holds_it():
+    f = Fleet(8, pull_bps=50e6)
+    f.inventory.apply_snapshot("n0", 0, [entry("web/v2", size=100_000_000)])
+    holder = "n5"
+    f.node(holder).images = {IMAGE: 2 * GB}  # 40 s to pull; the cold fetch of 100 MB takes ~1.3 s
+    d = decide(request(image=IMAGE), f.view(), f.inventory, f.rendezvous)
+    assert d.node == holder and d.warmth is Warmth.COLD, d.reason
+
+
+def test_cold_candidates_look_at_free_image_holders_first_then_the_rendezvous_order():
+    f = Fleet(8, explain_candidates=2)
+    for name in ("n3", "n6", "n7"):
+        f.node(name).images = {IMAGE: GB}
+    f.busy("n7", "b1")  # both of n7's slots taken
+    f.busy("n7", "b2")
+    p = f.placing(request(image=IMAGE))
+    cold_candidates(p)
+    found = list(p.candidates)
+    assert set(found[:2]) == {"n3", "n6"}  # the free holders, looked at before the rendezvous walk
+    assert "n7" not in found  # a busy holder is not a cold candidate
+    assert len(found) == 4  # then two more in the key's rendezvous order
+    assert all(p.candidates[n].pull_bytes == GB for n in found[2:])
+
+
+def test_a_build_that_names_an_image_goes_only_to_nodes_whose_executor_runs_images():
+    f = Fleet(3)
+    for name, executor in (("n0", "process"), ("n1", "podman"), ("n2", "process")):
+        record = f.node(name)
+        record.info = replace(record.info, executor=executor)
+    live = f.view().live
+    assert sorted(admit(Constraints(), live, IMAGE)) == ["n1"]
+    assert admit(Constraints(), live) is live  # a build without an image runs anywhere
+    assert admit(Constraints(zone="a"), live, IMAGE) == {}  # n0 and n2: both process
+    d = decide(request(image=IMAGE, constraints=Constraints(zone="a")), f.view(), f.inventory, f.rendezvous)
+    assert d.node is None and d.reason.endswith("and runs images (its executor is not process)")
+    assert decide(request(image=IMAGE), f.view(), f.inventory, f.rendezvous).node == "n1"
