@@ -141,6 +141,7 @@ def test_home_tmp_and_the_image_start_fresh_for_the_next_build(podman_settings, 
     (planted, p_out), (checked, c_out) = run_builds(podman_settings, plant, check)
     assert planted.succeeded, p_out.text
     assert ".gitconfig" in p_out.stdout and "planted" in p_out.stdout  # the control
+    assert p_out.stderr.count("Read-only file system") == 2, p_out.stderr  # /root and /bin: a read-only root
     assert checked.succeeded, c_out.text
     assert "FOUND" not in c_out.stdout and c_out.stderr.count("No such file") == 4
     assert (
@@ -167,10 +168,12 @@ def test_a_fork_bomb_hits_its_pids_limit(podman_settings, sandbox_image, tmp_pat
 
 
 def test_a_memory_hog_ends_with_an_oom_reason(podman_settings, sandbox_image, tmp_path):
+    """``set -e`` as in a CI script: the kernel kills either the shell collecting the string or its
+    subshell (either happens), and either way the step fails."""
     hog = job(
         tmp_path / "ws",
         sandbox_image,
-        "echo start; x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo end",
+        "set -e; echo start; x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo end",
         limits=Limits(pids=64, memory_bytes=64 * 1024**2),
     )
     [(outcome, out)] = run_builds(podman_settings, hog)
@@ -178,6 +181,46 @@ def test_a_memory_hog_ends_with_an_oom_reason(podman_settings, sandbox_image, tm
     assert "end" not in out.stdout
     assert outcome.reason is EndReason.OOM, (outcome, out.text[-2000:])
     assert "out of memory" in outcome.message
+
+
+def test_an_oom_kill_the_command_survives_is_named(podman_settings, sandbox_image, tmp_path):
+    """A killed child whose parent goes on to exit 0: the build keeps its exit code, and its message says
+    what the kernel killed."""
+    hog = job(
+        tmp_path / "ws",
+        sandbox_image,
+        "sh -c 'x=$(head -c 400000000 /dev/zero | tr \\\\0 a)' || echo child-failed; echo end",
+        limits=Limits(pids=64, memory_bytes=64 * 1024**2),
+    )
+    [(outcome, out)] = run_builds(podman_settings, hog)
+    assert out.stdout.splitlines() == ["child-failed", "end"], out.text[-2000:]
+    assert outcome.succeeded and outcome.reason is EndReason.EXITED, outcome
+    assert "killed by the kernel at its memory limit" in outcome.message, outcome
+
+
+def test_the_root_file_system_is_read_only_and_scratch_space_is_tmpfs(
+    podman_settings, sandbox_image, tmp_path
+):
+    """A writable root would land in podman's storage on the node's SSD, outside the disk limit."""
+    build = job(
+        tmp_path / "ws",
+        sandbox_image,
+        "for d in /etc /usr /var /root; do touch $d/x 2>/dev/null && echo WROTE $d; done; "
+        "for d in /tmp /var/tmp /run $HOME /workspace; do touch $d/x && echo ok $d; done; "
+        "grep -E ' (/tmp|/var/tmp|/run|/home/stoker) ' /proc/mounts | cut -d' ' -f2,3 | sort",
+    )
+    [(outcome, out)] = run_builds(podman_settings, build)
+    assert outcome.succeeded, out.text
+    assert "WROTE" not in out.stdout, out.stdout
+    assert [ln for ln in out.stdout.splitlines() if ln.startswith("ok ")] == [
+        "ok /tmp",
+        "ok /var/tmp",
+        "ok /run",
+        "ok /home/stoker",
+        "ok /workspace",
+    ]
+    mounts = [ln for ln in out.stdout.splitlines() if not ln.startswith("ok ")]
+    assert mounts == ["/home/stoker tmpfs", "/run tmpfs", "/tmp tmpfs", "/var/tmp tmpfs"], out.stdout
 
 
 def test_output_over_its_limit_stops_the_build(podman_settings, sandbox_image, tmp_path):
