@@ -11,12 +11,10 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +22,17 @@ import pytest
 
 from stoker.agent.executors.base import EndReason, Limits
 from stoker.agent.executors.podman import PodmanExecutor
-from tests.helpers.sandbox import Captured, containers, fresh_settings, job, reset_storage, run_builds
+from tests.helpers.sandbox import (
+    Captured,
+    containers,
+    fresh_settings,
+    host_addresses,
+    host_processes_with,
+    http_server,
+    job,
+    reset_storage,
+    run_builds,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.hostile]
 
@@ -112,9 +120,9 @@ def test_a_setsid_daemon_dies_with_its_build(podman_settings, sandbox_image, tmp
     assert outcome.succeeded, out.text
     assert int(out.stdout.splitlines()[-1]) >= 2  # the control: both daemons were running
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _host_processes_with(f"sleep {marker}"):
+    while time.monotonic() < deadline and host_processes_with(f"sleep {marker}"):
         time.sleep(0.1)
-    assert _host_processes_with(f"sleep {marker}") == []
+    assert host_processes_with(f"sleep {marker}") == []
 
 
 def test_home_tmp_and_the_image_start_fresh_for_the_next_build(podman_settings, sandbox_image, tmp_path):
@@ -247,10 +255,10 @@ def test_a_disk_filler_is_stopped_with_a_clear_reason(podman_settings, sandbox_i
 def test_network_none_cannot_reach_a_server_of_the_test(podman_settings, sandbox_image, tmp_path):
     """The server listens on every address: a container's 127.0.0.1 is its own, so the build tries the
     host's addresses as seen from the container's default network (the bridge's gateway) too."""
-    server, port = _http_server()
+    server, port = http_server()
     try:
         script = (
-            f"for h in 127.0.0.1 10.88.0.1 {' '.join(_host_addresses())}; do "
+            f"for h in 127.0.0.1 10.88.0.1 {' '.join(host_addresses())}; do "
             f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $h {port} | grep -q hello-4711 "
             "&& echo REACHED $h; "
             "done; cat /proc/net/dev; echo done"
@@ -296,7 +304,7 @@ def test_cancel_and_timeout_remove_the_container(podman_settings, sandbox_image,
     assert outcome.reason is expected, (outcome, out.text)
     assert time.monotonic() - started < 3 + podman_settings.kill_grace_s + 20
     assert containers(podman_settings) == []
-    assert _host_processes_with(f"sleep {marker}") == []
+    assert host_processes_with(f"sleep {marker}") == []
 
 
 def test_a_restarted_agent_removes_the_containers_a_crash_left(podman_settings, sandbox_image, tmp_path):
@@ -334,42 +342,3 @@ def test_a_restarted_agent_removes_the_containers_a_crash_left(podman_settings, 
 
     assert asyncio.run(restart()) == 1
     assert containers(settings) == []
-
-
-def _host_processes_with(text: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if text.encode() in f.read().replace(b"\0", b" "):
-                        found.append(int(pid))
-            except OSError:
-                pass
-    return found
-
-
-def _host_addresses() -> list[str]:
-    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
-    return [a for a in out if ":" not in a and not a.startswith("10.88.")]
-
-
-def _http_server() -> tuple[socket.socket, int]:
-    """A one-line HTTP server on every address (closing it stops the thread)."""
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", 0))
-    server.listen(16)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(4096)
-                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nhello-4711")
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server, server.getsockname()[1]
