@@ -94,19 +94,23 @@ class BuildSettings:
     pass_env: tuple[str, ...] = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
     """Variables of the agent's own environment a build inherits (comma-separated). Nothing else
     passes: the agent's credentials (for example AWS_* for the blob store) stay out of builds."""
-    executor: str = "process"
+    executor: str = "auto"
     """What runs a build's command: ``podman`` (each build in its own container; settings under
-    ``podman``) or ``process`` (a plain child process of the agent, NOT isolated: trusted nodes only)."""
+    ``podman``), ``process`` (a plain child process of the agent, NOT isolated: trusted nodes only), or
+    ``auto``: podman wherever it can run, else process with a warning saying why."""
     default_image: str = "docker.io/library/debian:bookworm-slim"
     """OCI image a build runs in when it names none (podman executor)."""
     cpus: float = 0.0
-    """CPU cores one build may use (podman executor). 0: no limit."""
+    """CPU cores one build may use (podman executor). 0: no limit. Like the three below, it is both the
+    limit of a build that asks for none and the most a build may ask for (spec.limits)."""
     memory_bytes: int = 0
     """Memory one build may use, tmpfs /tmp and HOME included (podman executor). 0: no limit."""
     pids: int = 4096
     """Processes and threads one build may have at once (podman executor). 0: no limit."""
     output_bytes: int = 0
     """Bytes of stdout+stderr a build may write before it is stopped. 0: no limit."""
+    disk_bytes: int = 0
+    """Bytes a build's workspace may hold (restored cache included) before it is stopped. 0: no limit."""
     network: str = "default"
     """Network of builds: ``default`` (podman's own network) or ``none`` (loopback only)."""
 

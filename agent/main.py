@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from stoker.agent.cache.api import BuildCache
 from stoker.agent.config import AgentConfig, default_node_name, in_cluster
-from stoker.agent.executors.base import BuildExecutor
+from stoker.agent.executors.base import BuildExecutor, ExecutorUnavailable
 from stoker.agent.executors.factory import open_executor
 from stoker.agent.runner import AgentMetrics
 from stoker.agent.session import CoordinatorSession
@@ -78,11 +78,23 @@ def registration(config: AgentConfig) -> agent_pb2.RegisterRequest:
 
 
 async def start_build_executor(config: AgentConfig) -> BuildExecutor:
-    """The executor ``build.executor`` names, started, with what crashed builds left behind removed."""
+    """The executor ``build.executor`` names, started, with what crashed builds left behind removed. With
+    ``auto``, podman when it can run here, else the process executor and a warning saying why."""
     build_executor = open_executor(config)
-    line = await build_executor.start()
+    try:
+        line = await build_executor.start()
+    except ExecutorUnavailable as exc:
+        if config.build.executor != "auto":
+            raise
+        log.warning("builds cannot run in podman here (%s): falling back to the process executor", exc)
+        build_executor = open_executor(config, "process")
+        line = await build_executor.start()
     if build_executor.name == "process":
-        log.warning("%s: use it only on trusted single-tenant nodes", line)
+        log.warning(
+            "%s: builds are NOT isolated from the agent, the node or each other; use it only on trusted "
+            "single-tenant nodes (the node reports executor=process in the inventory)",
+            line,
+        )
     else:
         log.info("%s", line)
     removed = await build_executor.cleanup_leftovers()
@@ -122,6 +134,7 @@ class Agent:
         log.info("cache store open: %d entries", len(entries))
         req = await loop.run_in_executor(self.executor, registration, self.config)
         build_executor = await start_build_executor(self.config)
+        req.executor, req.oci_runtime = build_executor.name, build_executor.runtime
         self.session = CoordinatorSession(
             self.config, req, self.cache, self.executor, self.metrics, build_executor
         )

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stoker.agent.cache.api import BuildCache, CacheError, Progress, RestoreResult, SaveResult
 from stoker.agent.config import BuildSettings
-from stoker.agent.executors.base import BuildExecutor, BuildJob, EndReason, Outcome
+from stoker.agent.executors.base import BuildExecutor, BuildJob, EndReason, Limits, Outcome
 from stoker.agent.executors.factory import default_limits
 from stoker.agent.executors.images import Image
 from stoker.agent.executors.process import ProcessExecutor
@@ -210,8 +210,8 @@ class BuildRunner:
                 self._finish(run, run.stop_state, -1, run.stop_reason, timings, figures)
                 return
             t0 = time.monotonic()
-            state, exit_code, message = await self._execute(run, workspace, restored)
-            timings.run_s = time.monotonic() - t0
+            state, exit_code, message = await self._execute(run, workspace, restored, timings)
+            timings.run_s = time.monotonic() - t0 - timings.pull_s
             if state == build_pb2.BUILD_STATE_SUCCEEDED and spec.cache.key:
                 if restored is not None and restored.restored_key == spec.cache.key:
                     self._log(run, "stoker: cache key matched exactly; not saving")
@@ -276,9 +276,14 @@ class BuildRunner:
         return ""
 
     async def _execute(
-        self, run: _Run, workspace: Path, restored: RestoreResult | None
+        self, run: _Run, workspace: Path, restored: RestoreResult | None, timings: common_pb2.Timings
     ) -> tuple[int, int, str]:
+        """Pull the build's image (its own phase: ``timings.pull_s``), then run its command."""
         spec = run.spec
+        limits, problem = limits_for(spec.limits, self._limits)
+        if problem:
+            self._log(run, f"stoker: {problem}", stderr=True)
+            return build_pb2.BUILD_STATE_FAILED, -1, problem
         env = dict(spec.env)
         env["STOKER_BUILD_ID"] = run.build_id
         env.update(cache_hit_env(spec.cache.key, restored))  # after the spec's: a build cannot claim a hit
@@ -287,8 +292,8 @@ class BuildRunner:
             argv=tuple(spec.command),
             workspace=workspace,
             env=env,
-            image=self._settings.default_image,
-            limits=self._limits,
+            image=spec.image or self._settings.default_image,
+            limits=limits,
             timeout_s=spec.timeout_s or self._settings.default_timeout_s,
         )
 
@@ -298,7 +303,9 @@ class BuildRunner:
         def started(pid: int) -> None:
             self._send(run, build_pb2.BuildEvent(started=build_pb2.Started(pid=pid)))
 
+        t0 = time.monotonic()
         outcome = await self._builds.prepare(job, output)
+        timings.pull_s = time.monotonic() - t0 if self._builds.name == "podman" else 0.0
         if outcome is None and not run.stop_state:
             outcome = await self._builds.run(job, output, started)
         if outcome is None:  # cancelled while the image was being prepared
@@ -423,3 +430,16 @@ def _state_of(outcome: Outcome, run: _Run) -> int:
     if outcome.reason in (EndReason.NOT_STARTED, EndReason.IMAGE):
         return build_pb2.BUILD_STATE_ERROR
     return build_pb2.BUILD_STATE_FAILED
+
+
+def limits_for(asked: common_pb2.BuildLimits, node: Limits) -> tuple[Limits, str]:
+    """The limits a build runs with: what its spec asks for, each unset one the node's own; and what is wrong
+    ('' when nothing) when it asks for more than the node allows (the node's limits are its maxima too)."""
+    chosen = {}
+    for name in ("cpus", "memory_bytes", "pids", "output_bytes", "disk_bytes"):
+        value, most = getattr(asked, name), getattr(node, name)
+        if most and value > most:
+            return node, f"spec.limits.{name}: {value:g} exceeds this node's maximum of {most:g}"
+        chosen[name] = value or most
+    network = asked.network or node.network
+    return Limits(network=network, **chosen), ""

@@ -3,16 +3,21 @@ dependency step, for the same real lockfile, done five ways in one run on one lo
 
   (a) managed CI     fresh workspace, empty package-manager cache: ``npm ci`` / a fresh venv + pip install
   (b) actions/cache  restore a tar.zst of the package manager's cache (as actions/cache and setup-node
-                     or setup-python's ``cache:`` do), then the same clean install
+                     or setup-python's ``cache:`` do), then the same clean install. For pip, a wheelhouse
+                     (``pip download``) installed with ``--no-index``: pip's own cache keeps only responses
+                     whose headers allow it (Cache-Control max-age, Expires or ETag), which PyPI sends and
+                     some mirrors and proxies (this machine's among them) drop, leaving it empty; the
+                     wheelhouse works either way and skips the index queries a real pip cache still makes,
+                     which favours (b)
   (c) stoker exact   the recipe (recipes/npm.sh, recipes/pip.sh) on the node holding the entry, once its
                      ready tree is back (the unpacked copy the agent re-makes in the background after
                      each build, as a build minutes after the last one finds it)
   (c') right behind  the same build again at once, before that ready tree is re-made
   (d) stoker partial the recipe after one dependency changed (npm: rxjs 7.8.1 -> 7.8.0; pip: requests
                      2.34.2 -> 2.34.1), restoring the previous entry
-  (e) busy warm node (npm) the warm node runs another build for --busy-s seconds: where the scheduler
-                     sends the exact-hit build and how long it took, against the same build pinned to the
-                     warm node (waiting for it)
+  (e) busy warm node the warm node runs another build for --busy-s seconds: where the scheduler sends
+                     the exact-hit build and how long it took, against the same build pinned to the warm
+                     node (waiting for it)
 
 The lockfiles are bench/package.json + bench/package-lock.json (457 packages, ~384 MB of node_modules) and
 bench/requirements-e2e.txt (32 packages, ~360 MB). Every build's HOME is an empty directory of the bench's
@@ -24,6 +29,8 @@ favours (b).
 
     python bench/e2e.py --json                 # both ecosystems
     python bench/e2e.py --ecosystems npm --exact-runs 5
+    python bench/e2e.py --ecosystems pip --pip-requirements small.txt --skip-busy   # a quick try (it must pin
+                                                                                    # requests==2.34.2)
 
 Ratios matter, not seconds: the machine is shared. Targets: (c) <= 0.1x (a) and <= 0.3x (b); (d) <= 0.3x (a).
 """
@@ -44,11 +51,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from stoker.cli import local_fleet
 from stoker.cli.client import warmth_name
+from stoker.demo import local_fleet
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,11 +96,17 @@ class Ecosystem:
     paths: tuple[str, ...]
     recipe: str
     cache_dir: str
+    """What (b) restores from its tarball, packed after (a)."""
     clean_install: str
     check: str
     installer_lines: tuple[str, ...]
     env: dict[str, str]
     change: str
+    lockfile: str
+    fill_cache: str = ""
+    """Run after (a) and before packing, untimed: puts into ``cache_dir`` what (a) did not leave there."""
+    cached_install: str = ""
+    """(b)'s install after the unpack; the clean install when empty."""
 
 
 def _npm(tmp: Path) -> Ecosystem:
@@ -138,13 +152,17 @@ def _npm(tmp: Path) -> Ecosystem:
         installer_lines=("added ", "changed ", "removed ", "up to date", "stoker-npm: "),
         env={},
         change="rxjs 7.8.1 -> 7.8.0 (a direct dependency)",
+        lockfile="bench/package.json + bench/package-lock.json",
     )
 
 
-def _pip(tmp: Path) -> Ecosystem:
-    v1 = {"requirements.txt": (REPO / "bench/requirements-e2e.txt").read_bytes()}
+def _pip(tmp: Path, requirements: Path = REPO / "bench/requirements-e2e.txt") -> Ecosystem:
+    v1 = {"requirements.txt": requirements.read_bytes()}
     v2 = {"requirements.txt": v1["requirements.txt"].replace(b"requests==2.34.2", b"requests==2.34.1")}
-    assert v2 != v1
+    assert v2 != v1, f"{requirements} does not pin requests==2.34.2, which (d) changes"
+    pinned = v1["requirements.txt"].decode()
+    modules = ", ".join(["requests"] + [m for m in ("pandas", "matplotlib", "boto3") if f"\n{m}==" in pinned])
+    venv = "export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off && python3 -m venv --copies .venv && "
     env = {"PIP_CONFIG_FILE": "/dev/null"}
     if Path(CA_BUNDLE).exists():
         env["PIP_CERT"] = CA_BUNDLE  # the system's CA bundle (pip's own would refuse a TLS-inspecting proxy)
@@ -155,15 +173,22 @@ def _pip(tmp: Path) -> Ecosystem:
         key_names=("requirements.txt",),
         paths=(".venv", ".pip-cache"),
         recipe="pip.sh",
-        cache_dir=".pip-cache",
-        clean_install="export PIP_CACHE_DIR=$PWD/.pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1 "
-        "PIP_PROGRESS_BAR=off && "
-        "python3 -m venv --copies .venv && .venv/bin/python -m pip install -r requirements.txt",
-        check='.venv/bin/python -c "import pandas, matplotlib, boto3, requests; '
-        "print('check requests', requests.__version__)\"",
+        cache_dir=".pip-wheels",
+        clean_install=f"export PIP_CACHE_DIR=$PWD/.pip-cache && {venv}.venv/bin/python -m pip install -r "
+        "requirements.txt",
+        # pip's own cache after (a) (empty when the index's responses carry no cache headers), then the
+        # wheelhouse (b) restores.
+        fill_cache="echo \"pack: pip cache (.pip-cache) after (a): "
+        "$( (du -sb .pip-cache 2>/dev/null || echo 0) | cut -f1) bytes, "
+        "$(find .pip-cache -type f 2>/dev/null | wc -l) files\" && "
+        ".venv/bin/python -m pip download -q -r requirements.txt -d .pip-wheels",
+        cached_install=f"export PIP_CACHE_DIR=$PWD/.pip-cache && {venv}.venv/bin/python -m pip install "
+        "--no-index --find-links .pip-wheels -r requirements.txt",
+        check=f'.venv/bin/python -c "import {modules}; print(\'check requests\', requests.__version__)"',
         installer_lines=("Successfully installed", "Successfully uninstalled", "stoker-pip: "),
         env=env,
         change="requests 2.34.2 -> 2.34.1 (a direct dependency)",
+        lockfile=str(requirements.relative_to(REPO) if requirements.is_relative_to(REPO) else requirements),
     )
 
 
@@ -266,7 +291,7 @@ def submit(fleet: Fleet, name: str, eco: Ecosystem, spec: common_pb2.BuildSpec, 
                 run.cache_hit = text.split("=", 1)[1]
             elif text.startswith("check "):
                 run.check = text
-            elif text.startswith(eco.installer_lines) or text.startswith("tarball bytes"):
+            elif text.startswith(eco.installer_lines) or text.startswith("pack: "):
                 run.installer.append(text)
         elif kind == "finished":
             fin = event.finished
@@ -318,11 +343,12 @@ def bench_ecosystem(
     mark = f"echo {MARK}"
     if same_ab is not None:
         a, b = Run(**same_ab["a_managed_ci"]), Run(**same_ab["b_actions_cache"])
-        return _stoker_part(fleet, eco, args, say, a, b)
+        return _stoker_part(fleet, eco, args, say, a, b, busy=False)
     # (a) managed CI: empty cache; afterwards (not timed) the cache is packed as actions/cache would save it.
     pack = (
+        f"{eco.fill_cache + ' && ' if eco.fill_cache else ''}"
         f"tar --use-compress-program 'zstd -T0 --long=30 -3' -cf {tarball} {eco.cache_dir} && "
-        f"ls -l {tarball} | awk '{{print \"tarball bytes\", $5}}'"
+        f"ls -l {tarball} | awk '{{print \"pack: tarball bytes\", $5}}'"
     )
     a = submit(
         fleet,
@@ -346,7 +372,7 @@ def bench_ecosystem(
         _spec(
             eco,
             v1,
-            f"{_signal()}{unpack} && {eco.clean_install} && {mark} && {eco.check}",
+            f"{_signal()}{unpack} && {eco.cached_install or eco.clean_install} && {mark} && {eco.check}",
             cached=False,
             node="n1",
         ),
@@ -355,7 +381,7 @@ def bench_ecosystem(
     return _stoker_part(fleet, eco, args, say, a, b)
 
 
-def _stoker_part(fleet: Fleet, eco: Ecosystem, args, say, a: Run, b: Run) -> dict:
+def _stoker_part(fleet: Fleet, eco: Ecosystem, args, say, a: Run, b: Run, busy: bool = True) -> dict:
     v1, v2 = eco.files_v1, eco.files_v2
     recipe = f"{_signal()}sh recipes/{eco.recipe} && echo {MARK} && {eco.check}"
     seed = submit(
@@ -378,11 +404,9 @@ def _stoker_part(fleet: Fleet, eco: Ecosystem, args, say, a: Run, b: Run) -> dic
     d = submit(fleet, "(d) stoker partial, one dep changed", eco, _spec(eco, v2, recipe, cached=True), say)
     c_s = statistics.median(r.deps_s for r in exact)
     cb_s = statistics.median(r.deps_s for r in back_to_back)
-    result = {
+    result: dict[str, Any] = {
         "paths": list(eco.paths),
-        "lockfile": "bench/requirements-e2e.txt"
-        if eco.name == "pip"
-        else "bench/package.json + bench/package-lock.json",
+        "lockfile": eco.lockfile,
         "change_for_d": eco.change,
         "a_managed_ci": asdict(a),
         "b_actions_cache": asdict(b),
@@ -410,14 +434,14 @@ def _stoker_part(fleet: Fleet, eco: Ecosystem, args, say, a: Run, b: Run) -> dic
         "c <= 0.3 b": r["c_over_b"] <= 0.3,
         "d <= 0.3 a": r["d_over_a"] <= 0.3,
     }
-    if eco.name == "npm" and not args.skip_busy:
+    if busy and not args.skip_busy:
         result["e_busy_warm_node"] = bench_busy(fleet, eco, recipe, args.busy_s, say)
     return result
 
 
 def bench_busy(fleet: Fleet, eco: Ecosystem, recipe: str, busy_s: float, say) -> dict:
     """n1 holds the entry but runs another build for ``busy_s``: the scheduler's choice, then waiting."""
-    out = {"busy_s": busy_s}
+    out: dict[str, Any] = {"busy_s": busy_s}
     for name, node in (
         ("(e) warm node busy: scheduler's choice", ""),
         ("(e) warm node busy: wait for it", "n1"),
@@ -469,6 +493,12 @@ def main() -> int:
         help="how long (c) and (d) wait for the warm node's ready tree of the entry",
     )
     parser.add_argument("--skip-busy", action="store_true", help="leave out (e)")
+    parser.add_argument(
+        "--pip-requirements",
+        type=Path,
+        default=REPO / "bench/requirements-e2e.txt",
+        help="pip's lockfile (it must pin requests==2.34.2, which (d) changes); a small one for a quick try",
+    )
     parser.add_argument("--dir", help="work here and keep it (default: a temporary directory, removed)")
     args = parser.parse_args()
     say = (
@@ -493,14 +523,22 @@ def main() -> int:
             "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
             "npm": subprocess.run(["npm", "--version"], capture_output=True, text=True).stdout.strip(),
             "kernel": platform.release(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         },
+        "commit": subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
+        ).stdout.strip(),
         "ecosystems": {},
     }
     fleet = None
     try:
         fleet = Fleet(base)
         for name in [e.strip() for e in args.ecosystems.split(",") if e.strip()]:
-            eco = ECOSYSTEMS[name](base / "inputs")
+            eco = (
+                _pip(base / "inputs", args.pip_requirements.resolve())
+                if name == "pip"
+                else ECOSYSTEMS[name](base / "inputs")
+            )
             say(f"{name}: {eco.change} for (d)")
             same = results["ecosystems"].get(SAME_AB.get(name, ""))
             try:
@@ -516,6 +554,7 @@ def main() -> int:
         if not args.dir:
             shutil.rmtree(base, ignore_errors=True)
     results["wall_s"] = round(time.time() - started, 1)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(results, indent=2))
     else:

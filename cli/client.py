@@ -7,6 +7,7 @@ The coordinator address comes from ``--coordinator`` or ``STOKER_COORDINATOR`` (
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import sys
@@ -89,8 +90,22 @@ def add_spec_arguments(parser, *, command: bool) -> None:
         "--tenant", default="", help="team or repository for fair sharing (default: workspace)"
     )
     parser.add_argument("--priority", type=int, default=0)
+    parser.add_argument(
+        "--image", default="", help="OCI image the build runs in (default: the node's build.default_image)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     if command:
+        limits = parser.add_argument_group(
+            "limits (default: the node's; at most the node's and the coordinator's)"
+        )
+        limits.add_argument("--cpus", type=float, default=0.0, help="CPU cores, e.g. 2 or 0.5")
+        limits.add_argument(
+            "--memory", type=size, default=0, help="memory, e.g. 4G (K, M, G, T: powers of 1024)"
+        )
+        limits.add_argument("--pids", type=int, default=0, help="processes and threads at once")
+        limits.add_argument("--output-limit", type=size, default=0, help="bytes of output, e.g. 100M")
+        limits.add_argument("--disk", type=size, default=0, help="bytes the workspace may hold, e.g. 10G")
+        limits.add_argument("--network", choices=["default", "none"], default="", help="none: loopback only")
         parser.add_argument("--timeout", type=float, default=0.0, help="seconds (default: the coordinator's)")
         parser.add_argument("--env", action="append", default=[], help="K=V for the command (repeatable)")
         parser.add_argument(
@@ -116,14 +131,41 @@ def spec_from_args(args, *, command: bool) -> common_pb2.BuildSpec:
         constraints=common_pb2.Constraints(zone=args.zone, labels=_pairs(args.label, "--label")),
         tenant=args.tenant,
         priority=args.priority,
+        image=args.image,
     )
     if command:
+        spec.limits.CopyFrom(
+            common_pb2.BuildLimits(
+                cpus=args.cpus,
+                memory_bytes=args.memory,
+                pids=args.pids,
+                output_bytes=args.output_limit,
+                disk_bytes=args.disk,
+                network=args.network,
+            )
+        )
         spec.command.extend(args.argv)
         spec.timeout_s = args.timeout
         spec.env.update(_pairs(args.env, "--env"))
         for name in args.file:
             spec.files[name] = Path(name).read_bytes()
     return spec
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def size(text: str) -> int:
+    """A size in bytes from ``123``, ``512K``, ``4G`` (binary units; a trailing ``B`` or ``i`` is allowed)."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512M, 4G)") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
+    return int(number * _UNITS[unit])
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:

@@ -178,8 +178,9 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir")
     p.add_argument(
         "--executor",
-        choices=["podman", "process"],
-        help="what runs builds: podman (a container each) or process (no sandbox: trusted nodes)",
+        choices=["auto", "podman", "process"],
+        help="what runs builds: podman (a container each), process (no sandbox: trusted nodes only), or "
+        "auto (podman where it can run, else process with a warning; the default)",
     )
     p.add_argument(
         "--drain", type=float, default=60.0, help="on SIGTERM, seconds to let running builds finish"

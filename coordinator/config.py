@@ -82,6 +82,17 @@ class BuildSettings:
     """How often a build is run before it fails for good when its nodes keep getting lost."""
     max_files_bytes: int = 4 * 1024 * 1024
     """Largest total size of a build's inline input files."""
+    max_cpus: float = 64.0
+    """Most CPU cores a build may ask for (spec.limits.cpus); more is refused at submit. Keep it at most the
+    agents' own maximum (agent setting build.max_cpus), which the node enforces again."""
+    max_memory_bytes: int = 256 * 1024**3
+    """Most memory a build may ask for (spec.limits.memory_bytes)."""
+    max_pids: int = 65536
+    """Most processes and threads a build may ask for (spec.limits.pids)."""
+    max_output_bytes: int = 1024**3
+    """Most output a build may ask to write (spec.limits.output_bytes)."""
+    max_disk_bytes: int = 1024**4
+    """Most workspace bytes a build may ask for (spec.limits.disk_bytes)."""
 
 
 @dataclass(frozen=True)

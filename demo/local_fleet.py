@@ -169,6 +169,9 @@ def start_agent(
     ]
     for k, v in (labels or {}).items():
         args += ["--label", f"{k}={v}"]
+    # The harness's builds run this machine's Python, which no image holds: the process executor, said
+    # explicitly (an agent's default is podman wherever it can run), unless the caller asks for another.
+    env = {"STOKER_AGENT_BUILD_EXECUTOR": "process", **(env or {})}
     return _spawn(name, args + (extra or []), workdir, env, timeout)
 
 

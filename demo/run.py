@@ -22,8 +22,8 @@ from pathlib import Path
 import grpc
 
 from stoker.cli.client import warmth_name
-from stoker.demo import local_fleet
-from stoker.demo.rollouts import run_demo_rollouts
+from stoker.demo import installer, local_fleet, sandbox
+from stoker.demo.rollouts import run_demo_rollouts, teardown_under
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
 
 EXPECTED_ROLLOUTS = ["succeeded", "rolled_back"]  # the good version, then the faulty one
@@ -55,6 +55,8 @@ class BuildRow:
     exit_code: int
     state: str
     output: str
+    executor: str
+    """What ran the build on its node: ``podman`` (its own container) or ``process`` (unsandboxed)."""
 
 
 def _other_zone(zone: str) -> str:
@@ -67,20 +69,31 @@ def _key(workspace: str, deps: dict[str, str]) -> str:
     return f"{workspace}/node_modules-{digest}"
 
 
-def _spec(workspace: str, deps: dict[str, str], zone: str = "") -> common_pb2.BuildSpec:
+def _spec(workspace: str, deps: dict[str, str], executor: str, zone: str = "") -> common_pb2.BuildSpec:
+    """A build of ``workspace`` that installs ``deps`` with the demo's installer: in a container, the image's
+    python3 runs the installer's source, sent with the build like its lockfile; as a process, the agent's
+    Python runs it from stoker's package."""
+    files = {"deps.json": json.dumps(deps, sort_keys=True).encode()}
+    if executor == "podman":
+        files["installer.py"] = Path(installer.__file__).read_bytes()
+        command = ["python3", "installer.py", "deps.json"]
+    else:
+        command = [sys.executable, "-m", "stoker.demo.installer", "deps.json"]
     return common_pb2.BuildSpec(
         workspace=workspace,
         cache=common_pb2.CacheSpec(
             key=_key(workspace, deps), restore_keys=[f"{workspace}/node_modules-"], paths=["node_modules"]
         ),
-        command=[sys.executable, "-m", "stoker.demo.installer", "deps.json"],
-        files={"deps.json": json.dumps(deps, sort_keys=True).encode()},
+        command=command,
+        files=files,
         constraints=common_pb2.Constraints(zone=zone),
         timeout_s=300,
     )
 
 
-def run_build(stub: build_pb2_grpc.BuildsStub, title: str, spec: common_pb2.BuildSpec) -> BuildRow:
+def run_build(
+    stub: build_pb2_grpc.BuildsStub, title: str, spec: common_pb2.BuildSpec, executor: str
+) -> BuildRow:
     placed = build_pb2.Placed()
     finished = build_pb2.Finished()
     output: list[str] = []
@@ -115,6 +128,7 @@ def run_build(stub: build_pb2_grpc.BuildsStub, title: str, spec: common_pb2.Buil
         exit_code=finished.exit_code,
         state=build_pb2.BuildState.Name(finished.state).removeprefix("BUILD_STATE_").lower(),
         output=output[-1] if output else "",
+        executor=executor,
     )
 
 
@@ -128,35 +142,48 @@ def run(args) -> int:
         else (lambda *a: print(*a, flush=True))
     )
     procs: list[local_fleet.Process] = []
+    sandboxed = sandbox.Sandbox("process", "not set up yet")
     try:
         say(f"stoker demo: working in {base}")
         coordinator = local_fleet.start_coordinator(base, state=base / "coordinator.db")
         procs.append(coordinator)
         say(f"  coordinator on {coordinator.address} (metrics on :{coordinator.metrics_port})")
+        sandboxed = sandbox.prepare(base, say)
+        executor = sandboxed.executor
         for name, zone in NODES:
             agent = local_fleet.start_agent(
-                base, name, coordinator.address, zone=zone, slots=1, blobs=base / "blobs"
+                base,
+                name,
+                coordinator.address,
+                zone=zone,
+                slots=1,
+                blobs=base / "blobs",
+                env=sandboxed.env_for(name, base),
             )
             procs.append(agent)
         local_fleet.wait_for_nodes(coordinator.address, [n for n, _ in NODES])
-        say(f"  4 agents registered: {', '.join(f'{n} ({z})' for n, z in NODES)}\n")
+        say(f"  4 agents registered: {', '.join(f'{n} ({z})' for n, z in NODES)}")
+        if executor == "podman":
+            say(f"  builds run sandboxed: {sandboxed.why}, image {sandboxed.image}\n")
+        else:
+            say(f"  builds run as plain processes of the agents, NOT sandboxed: {sandboxed.why}\n")
         rows: list[BuildRow] = []
         with grpc.insecure_channel(coordinator.address) as channel:
             stub = build_pb2_grpc.BuildsStub(channel)
             plan = [
-                ("web, first build", lambda: _spec("web", WEB_DEPS_V1)),
-                ("web, same lockfile", lambda: _spec("web", WEB_DEPS_V1)),
-                ("api, first build", lambda: _spec("api", API_DEPS)),
-                ("web, one dependency upgraded", lambda: _spec("web", WEB_DEPS_V2)),
+                ("web, first build", lambda: _spec("web", WEB_DEPS_V1, executor)),
+                ("web, same lockfile", lambda: _spec("web", WEB_DEPS_V1, executor)),
+                ("api, first build", lambda: _spec("api", API_DEPS, executor)),
+                ("web, one dependency upgraded", lambda: _spec("web", WEB_DEPS_V2, executor)),
                 # Pinned to the zone where web has not run: the entry must come from the blob store.
                 (
                     "web, upgraded, other zone",
-                    lambda: _spec("web", WEB_DEPS_V2, zone=_other_zone(rows[-1].zone)),
+                    lambda: _spec("web", WEB_DEPS_V2, executor, zone=_other_zone(rows[-1].zone)),
                 ),
             ]
             for n, (title, make_spec) in enumerate(plan, 1):
                 say(f"  [{n}/{len(plan)}] {title} ...")
-                rows.append(run_build(stub, title, make_spec()))
+                rows.append(run_build(stub, title, make_spec(), executor))
                 time.sleep(0.3)  # let the agent's inventory delta reach the coordinator
             inventory = inventory_pb2_grpc.InventoryStub(channel).QueryInventory(
                 inventory_pb2.QueryInventoryRequest(summary_only=True), timeout=10
@@ -170,6 +197,8 @@ def run(args) -> int:
             print(
                 json.dumps(
                     {
+                        "executor": executor,
+                        "executor_reason": sandboxed.why,
                         "builds": [asdict(r) for r in rows],
                         "hit_rates": {
                             "warm": inventory.hit_rates.warm_builds,
@@ -203,6 +232,10 @@ def run(args) -> int:
     finally:
         for proc in reversed(procs):
             proc.stop()
+        # Once the coordinator is down: a rollout it was still driving when the demo stopped early (a closed
+        # pipe, ^C) may have started sample instances after the rollouts' own teardown.
+        teardown_under(base)
+        sandboxed.stop(base, [n for n, _ in NODES])
         if not (args.keep or args.dir):
             shutil.rmtree(base, ignore_errors=True)
 
@@ -217,13 +250,14 @@ def print_rollouts(rows: list[dict]) -> None:
 
 def print_table(rows: list[BuildRow]) -> None:
     print(
-        f"\n{'#':<2} {'BUILD':<32} {'NODE':<8} {'ZONE':<7} {'CACHE':<8} {'FETCHED':>9} {'RESTORE':>8} "
-        f"{'RUN':>6} {'EXIT':>4}  WHY"
+        f"\n{'#':<2} {'BUILD':<32} {'NODE':<8} {'ZONE':<7} {'IN':<8} {'CACHE':<8} {'FETCHED':>9} "
+        f"{'RESTORE':>8} {'RUN':>6} {'EXIT':>4}  WHY"
     )
     for n, r in enumerate(rows, 1):
         print(
-            f"{n:<2} {r.title:<32} {r.node:<8} {r.zone:<7} {r.warmth:<8} {_mb(r.bytes_fetched):>9} "
-            f"{r.restore_s:>7.2f}s {r.run_s:>5.2f}s {r.exit_code:>4}  {r.reason.split('; ready in')[0]}"
+            f"{n:<2} {r.title:<32} {r.node:<8} {r.zone:<7} {r.executor:<8} {r.warmth:<8} "
+            f"{_mb(r.bytes_fetched):>9} {r.restore_s:>7.2f}s {r.run_s:>5.2f}s {r.exit_code:>4}  "
+            f"{r.reason.split('; ready in')[0]}"
         )
     print()
     for n, r in enumerate(rows, 1):

@@ -19,11 +19,17 @@
 # What it does, by what the restore found (STOKER_CACHE_HIT, set by the stoker agent):
 #   exact    and node_modules/.stoker-recipe says the tree was installed from this very package.json and
 #            package-lock.json on this runtime -> no install at all.
-#   partial  (an older tree from a restore-key) -> `npm ci --dry-run` checks package.json against the
-#            lockfile exactly as `npm ci` does and fails the same way when they disagree; then
-#            `npm install --no-save` changes only the packages that differ (npm compares the lockfile
-#            with its own record of the tree, node_modules/.package-lock.json) and never writes the
-#            lockfile.
+#   partial  (an older tree from a restore-key) -> `npm install --no-save` changes only the packages that
+#            differ (npm compares the lockfile with its own record of the tree,
+#            node_modules/.package-lock.json) and never writes the lockfile. The lockfile is held to
+#            package.json as `npm ci` holds it, at two points, so that an edit of one without the other
+#            never passes: before the install, package-lock.json's own record of package.json's
+#            dependencies (its root entry, which npm compares too) must equal package.json's, or else
+#            `npm ci --dry-run` runs npm ci's check and fails here as npm ci fails; after it, every
+#            package npm recorded in the tree must be at package-lock.json's version, or else `npm ci`
+#            decides (it fails as it fails, or installs the lockfile's tree afresh). One npm pass where
+#            running npm ci's check each time would be two (bench/RESULTS.md, "End to end with real
+#            package managers").
 #   none, or a tree made on another platform or Node ABI (native modules would not load) -> `npm ci`.
 # Not `npm ci` on a warm node: it deletes node_modules before installing, which throws the cache away.
 set -eu
@@ -46,6 +52,28 @@ stamp=node_modules/.stoker-recipe
 have=""
 if [ -f "$stamp" ]; then have=$(cat "$stamp"); fi
 hit="${STOKER_CACHE_HIT:-none}"
+# `node -e "$lockfile_check" package.json`: does package-lock.json record package.json's dependencies as
+# they are (no overrides, workspaces or bundled dependencies, which only npm ci's check judges)?
+# `... tree`: is every package npm recorded in node_modules at package-lock.json's version?
+lockfile_check='
+const fs = require("fs");
+const read = (f) => JSON.parse(fs.readFileSync(f, "utf8"));
+const lock = read("package-lock.json").packages;
+if (!lock) process.exit(1);
+if (process.argv[1] === "package.json") {
+  const pkg = read("package.json"), root = lock[""] || {};
+  const same = (a, b) => JSON.stringify(Object.entries(a || {}).sort()) === JSON.stringify(Object.entries(b || {}).sort());
+  const kinds = ["dependencies", "devDependencies", "optionalDependencies", "peerDependencies", "peerDependenciesMeta"];
+  const plain = !pkg.overrides && !pkg.workspaces && !pkg.bundleDependencies && !pkg.bundledDependencies;
+  process.exit(plain && kinds.every((k) => same(pkg[k], root[k])) ? 0 : 1);
+}
+let tree = {};
+try { tree = read("node_modules/.package-lock.json").packages || {}; } catch { process.exit(1); }
+const wrong = Object.entries(tree).filter(([at, p]) => at && (!lock[at] || lock[at].version !== p.version));
+for (const [at, p] of wrong.slice(0, 5))
+  console.log(`stoker-npm: ${at} is ${p.version}, package-lock.json says ${lock[at] ? lock[at].version : "nothing"}`);
+process.exit(wrong.length ? 1 : 0);
+'
 
 if [ "$hit" = exact ] && [ "$have" = "$want" ]; then
   mode=skip
@@ -63,11 +91,17 @@ case "$mode" in
     say "exact hit (${STOKER_CACHE_RESTORED_KEY:-}): node_modules matches package-lock.json; no install" ;;
   update)
     say "$hit hit (${STOKER_CACHE_RESTORED_KEY:-}): updating the restored node_modules"
+    if ! node -e "$lockfile_check" package.json; then
+      # shellcheck disable=SC2086
+      npm ci --dry-run $flags > /dev/null   # fails here, as npm ci would, when the lockfile is out of step
+    fi
     # shellcheck disable=SC2086
-    plan=$(npm ci --dry-run $flags)   # fails here, as npm ci would, when the lockfile is out of step
-    printf '%s\n' "$plan" | sed -n 's/^\(add\|remove\|change\) /stoker-npm: will \1 /p'
-    # shellcheck disable=SC2086
-    npm install --no-save $flags ;;
+    npm install --no-save $flags
+    if ! node -e "$lockfile_check" tree; then
+      say "the installed tree is not package-lock.json's: npm ci decides"
+      # shellcheck disable=SC2086
+      npm ci $flags
+    fi ;;
   clean)
     say "no usable tree restored: clean install"
     # shellcheck disable=SC2086

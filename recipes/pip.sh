@@ -18,6 +18,10 @@
 #   .pip-cache  pip's wheel and HTTP cache (PIP_CACHE_DIR), inside the workspace so that a build never
 #               reads or fills the agent's HOME (~/.cache/pip); cached so that a partial hit or a fresh
 #               venv downloads only what it has never seen, and wheels built from sdists are kept.
+#               pip keeps a download only when the index's response allows it (Cache-Control max-age,
+#               Expires or an ETag: PyPI sends them); behind a mirror or proxy that drops those headers
+#               it stays empty and costs nothing (bench/RESULTS.md, "End to end with real package
+#               managers").
 #
 # What it does, by what the restore found (STOKER_CACHE_HIT, set by the stoker agent):
 #   exact    and .venv/.stoker-recipe says the venv was made from this very requirements.txt with this

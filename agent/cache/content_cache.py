@@ -31,7 +31,7 @@ from stoker.agent.cache.restore import Restorer
 from stoker.agent.cache.save import Saver
 from stoker.agent.cache.stat_cache import StatCaches
 from stoker.agent.cache.store import LocalStore
-from stoker.agent.cache.writers import ActiveWriter, WriterKind, choose_writer
+from stoker.agent.cache.writers import ActiveWriter, WriterKind, choose_writer, load_compiled
 
 
 class ContentCache:
@@ -78,6 +78,7 @@ class ContentCache:
             stat_caches,
             self.ready,
             self.workers,
+            load_compiled(),
         )
         self._manifests = manifests
         self._resolver = resolver

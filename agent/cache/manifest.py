@@ -452,13 +452,21 @@ def _all_paths_normal(paths: list[str]) -> bool:
 
 
 def symlink_stays_inside(
-    link_path: str, target: str, roots: tuple[str, ...], links: Mapping[str, str] | None = None
+    link_path: str,
+    target: str,
+    roots: tuple[str, ...],
+    links: Mapping[str, str] | None = None,
+    *,
+    within_roots: bool = False,
 ) -> bool:
     """Whether a relative symlink at ``link_path`` resolves inside one of ``roots``.
 
     Resolved component by component as the kernel would, following the other symlinks of the tree
     (``links``: path → target) where a component names one, so a chain such as ``s -> .`` then
     ``l -> s/s/s/../../../x`` is seen to leave the tree (a lexical ``normpath`` alone would not see it).
+    With ``within_roots`` every step must also stay in the roots or their parent directories: a path
+    outside them is not part of the tree, so nothing says what it is (a save's check: it resolves nothing
+    through the workspace's other files).
     """
     if not target or target.startswith("/") or "\0" in target:
         return False
@@ -482,6 +490,8 @@ def symlink_stays_inside(
             current.pop()
             continue
         current.append(part)
+        if within_roots and not _in_or_above(current, roots):
+            return False
         if links:
             via = links.get("/".join(current))
             if via is not None:
@@ -495,6 +505,11 @@ def symlink_stays_inside(
 
 
 _HEX_DIGESTS = re.compile(r"[0-9a-f]*")
+
+
+def _in_or_above(parts: list[str], roots: tuple[str, ...]) -> bool:
+    path = "/".join(parts)
+    return any(path == r or path.startswith(r + "/") or r.startswith(path + "/") for r in roots)
 
 
 def _all_digests_valid(files: Sequence[FileEntry]) -> bool:

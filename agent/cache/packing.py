@@ -12,8 +12,9 @@ groups up to about :data:`PACK_TARGET` raw bytes (a huge group is cut at a frame
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,8 @@ class ContentItem:
     size: int
     path: str
     """The first workspace-relative path holding it (groups by package, names it in errors)."""
-    source: Path
+    source: Callable[[], int]
+    """Opens it: a read-only descriptor (see :meth:`.tree.OpenWorkspace.open_file`)."""
 
 
 @dataclass(frozen=True)
@@ -200,9 +202,11 @@ def _read_frame(
     for p in frame.pieces:
         item = items[p.item]
         try:
-            with open(item.source, "rb") as src:
-                src.seek(p.offset)
-                data = src.read(p.length)
+            fd = item.source()
+            try:
+                data = _pread_all(fd, p.length, p.offset)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise CacheError(f"cannot read {item.path}: {exc.strerror}") from exc
         if len(data) != p.length:
@@ -216,6 +220,19 @@ def _read_frame(
                 raise CacheError(f"{item.path} changed while it was being saved")
         parts.append(data)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+    parts = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        length -= len(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
 
 
 def _compress_and_check(data: bytes, frame: FramePlan, items: Sequence[ContentItem], level: int) -> bytes:

@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from stoker.agent.cache import manifest as mf
@@ -33,6 +34,7 @@ from stoker.agent.cache.ready_trees import ReadyTrees
 from stoker.agent.cache.resolve import EntryResolver, KeyPointer, LocalManifests
 from stoker.agent.cache.stat_cache import StatCaches
 from stoker.agent.cache.store import FrameId, LocalFrame, LocalStore
+from stoker.agent.cache.writers import CompiledIO
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,11 @@ class Saver:
         stat_caches: StatCaches,
         ready: ReadyTrees,
         workers: int,
+        compiled: CompiledIO | None,
     ) -> None:
+        """``compiled``: the compiled module's ``open_beneath`` opens the workspace's files (else Python
+        walks each path one directory at a time); see :class:`.tree.OpenWorkspace`."""
+        self._compiled = compiled
         self._store = store
         self._blobs = blobs
         self._resolver = resolver
@@ -88,33 +94,34 @@ class Saver:
     ) -> SaveResult:
         start = time.monotonic()
         started_ns = time.time_ns()
-        paths = tree.walk(workspace, roots)
-        if not paths:
-            raise CacheError(f"entry {key}: none of {list(roots)} exists in {workspace}")
-        stat_cache, recorded_ns, last_manifest = self._stat_caches.load(workspace)
-        with ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="stoker-save") as pool:
-            digests, _ = tree.digests(workspace, paths, stat_cache, recorded_ns, pool)
-            walked = _Walked(roots, paths, digests)
-            previous = self._resolver.remote_pointer(key)
-            # Unchanged since the last restore or save of this workspace, and the key still names that
-            # manifest: nothing to pack, build or upload (a stat walk and one GET of the pointer).
-            if (
-                last_manifest is not None
-                and previous is not None
-                and str(previous.get("manifest")) == last_manifest
-            ):
-                same = self._unchanged(walked, last_manifest)
-                if same is not None:
-                    self._keep_unchanged(key, same, last_manifest)
-                    self._stat_caches.record_manifest(
-                        workspace, roots, key, last_manifest, recorded_ns=started_ns
-                    )
-                    return _result(key, False, paths, 0, start)
-            known = self._known.chunks(previous)
-            with self._store.staging() as staging:
-                content = self._pack_and_upload(workspace, walked, known, staging, pool, progress, start)
-                manifest = _build_manifest(key, walked, known, content)
-                saved, manifest_name = self._publish(key, manifest, previous, content)
+        with tree.OpenWorkspace(workspace, self._compiled) as opened:
+            paths = tree.walk(opened, roots)
+            if not paths:
+                raise CacheError(f"entry {key}: none of {list(roots)} exists in {workspace}")
+            stat_cache, recorded_ns, last_manifest = self._stat_caches.load(workspace)
+            with ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="stoker-save") as pool:
+                digests, _ = tree.digests(opened, paths, stat_cache, recorded_ns, pool)
+                walked = _Walked(roots, paths, digests)
+                previous = self._resolver.remote_pointer(key)
+                # Unchanged since the last restore or save of this workspace, and the key still names that
+                # manifest: nothing to pack, build or upload (a stat walk and one GET of the pointer).
+                if (
+                    last_manifest is not None
+                    and previous is not None
+                    and str(previous.get("manifest")) == last_manifest
+                ):
+                    same = self._unchanged(walked, last_manifest)
+                    if same is not None:
+                        self._keep_unchanged(key, same, last_manifest)
+                        self._stat_caches.record_manifest(
+                            workspace, roots, key, last_manifest, recorded_ns=started_ns
+                        )
+                        return _result(key, False, paths, 0, start)
+                known = self._known.chunks(previous)
+                with self._store.staging() as staging:
+                    content = self._pack_and_upload(opened, walked, known, staging, pool, progress, start)
+                    manifest = _build_manifest(key, walked, known, content)
+                    saved, manifest_name = self._publish(key, manifest, previous, content)
         self._record_stat_cache(key, workspace, walked, manifest_name, started_ns)
         self._ready.schedule_refill(key)
         return _result(key, saved, paths, content.uploaded if saved else 0, start)
@@ -128,7 +135,7 @@ class Saver:
 
     def _pack_and_upload(
         self,
-        workspace: Path,
+        workspace: tree.OpenWorkspace,
         walked: _Walked,
         known: dict[str, KnownChunks],
         staging: Path,
@@ -144,7 +151,7 @@ class Saver:
                 continue
             digest = walked.digests[w.path]
             if digest not in known and digest not in items:
-                items[digest] = packing.ContentItem(digest, w.size, w.path, workspace / w.path)
+                items[digest] = packing.ContentItem(digest, w.size, w.path, partial(workspace.open_file, w))
         item_list = list(items.values())
         plans = packing.plan_packs(item_list)
         content = _NewContent()

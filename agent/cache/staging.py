@@ -15,6 +15,7 @@ from pathlib import Path
 
 from stoker.agent.cache.api import UnsafeTree
 from stoker.agent.cache.libc import syncfs
+from stoker.agent.cache.safe_open import DIR_PATH, SWAPPED_ERRNOS
 
 STAGING_PREFIX = ".stoker-staging-"
 
@@ -28,25 +29,85 @@ def new_stage(workspace: Path) -> Path:
 
 
 def publish(stage: Path, workspace: Path, present: set[str], where: str, *, sync: bool) -> None:
-    """Rename the roots ``present`` from ``stage`` into ``workspace`` (after one syncfs when ``sync``)."""
+    """Rename the roots ``present`` from ``stage`` into ``workspace`` (after one syncfs when ``sync``).
+
+    Each rename is made between directory descriptors reached from the workspace's (and the stage's)
+    following no symlink, creating missing parents on the way: a symlink planted at a parent of a root —
+    before the restore or while it runs — is refused (naming it), never written through, and one swapped in
+    after its directory was opened changes nothing outside the workspace."""
     if sync:
         syncfs(stage)
-    for r in sorted(present):
-        _check_no_symlink_ancestors(workspace, r, where)
-        target = workspace / r
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if os.path.lexists(target):
-            os.rename(target, stage / f".replaced-{uuid.uuid4().hex}")
-        os.rename(stage / r, target)
+    ws_fd = os.open(workspace, DIR_PATH)
+    try:
+        stage_fd = os.open(stage, DIR_PATH)
+        try:
+            for r in sorted(present):
+                _publish_root(r, stage_fd, ws_fd, where)
+        finally:
+            os.close(stage_fd)
+    finally:
+        os.close(ws_fd)
 
 
-def _check_no_symlink_ancestors(workspace: Path, rel: str, where: str) -> None:
-    """Publishing must not follow a symlink the workspace holds on the way to ``rel``."""
-    current = workspace
-    for part in rel.split("/")[:-1]:
-        current = current / part
-        if current.is_symlink() or (current.exists() and not current.is_dir()):
-            raise UnsafeTree(f"{where}: {current.relative_to(workspace)} in the workspace is not a directory")
+def _publish_root(r: str, stage_fd: int, ws_fd: int, where: str) -> None:
+    """Move root ``r`` from the stage into the workspace; what it replaces goes into the stage."""
+    head, _, name = r.rpartition("/")
+    src = _open_dirs(stage_fd, head, where, create=False)
+    try:
+        dst = _open_dirs(ws_fd, head, where, create=True)
+        try:
+            if _lexists(name, dst):
+                replaced = f".replaced-{uuid.uuid4().hex}"
+                os.rename(name, replaced, src_dir_fd=dst, dst_dir_fd=stage_fd)
+            os.rename(name, name, src_dir_fd=src, dst_dir_fd=dst)
+        finally:
+            _close(dst, ws_fd)
+    finally:
+        _close(src, stage_fd)
+
+
+def _open_dirs(top: int, rel: str, where: str, *, create: bool) -> int:
+    """A descriptor of the directory ``rel`` beneath ``top`` (``top`` itself for ""), reached following no
+    symlink; with ``create``, missing directories are made. An UnsafeTree names a component that is a
+    symlink or not a directory."""
+    fd = top
+    done: list[str] = []
+    try:
+        for part in rel.split("/") if rel else ():
+            done.append(part)
+            if create:
+                try:
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                nxt = os.open(part, DIR_PATH, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in SWAPPED_ERRNOS:
+                    raise
+                raise UnsafeTree(
+                    f"{where}: {'/'.join(done)} in the workspace is not a directory (a symlink or a file); "
+                    "nothing is written through it"
+                ) from None
+            _close(fd, top)
+            fd = nxt
+    except BaseException:
+        _close(fd, top)
+        raise
+    return fd
+
+
+def _lexists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _close(fd: int, keep: int) -> None:
+    if fd != keep:
+        os.close(fd)
 
 
 def remove_tree(path: Path) -> None:

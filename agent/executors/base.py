@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ class EndReason(str, enum.Enum):
     """Failed or timed out after hitting its process limit (a fork bomb)."""
     OUTPUT = "output"
     """Stopped for writing more output than its limit."""
+    DISK = "disk"
+    """Stopped for filling its workspace past its limit."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class Limits:
     memory_bytes: int = 0
     pids: int = 0
     output_bytes: int = 0
+    disk_bytes: int = 0
+    """Bytes the build's workspace may hold (measured every ``DISK_POLL_S``; see ``DiskWatch``)."""
     network: str = "default"
     """``default`` (the executor's network) or ``none`` (loopback only)."""
 
@@ -115,6 +120,11 @@ class BuildExecutor(ABC):
     def cancel(self, build_id: str, reason: str) -> None:
         """Stop the build's command (grace period, then kill); its ``run`` returns CANCELLED."""
 
+    @property
+    def runtime(self) -> str:
+        """The OCI runtime the executor's containers run with ('' when it has none)."""
+        return ""
+
     def images(self) -> tuple[Image, ...]:
         """The images the executor holds, as last listed (none for an executor without images)."""
         return ()
@@ -169,6 +179,66 @@ class OutputBudget:
             self.exceeded = True
             self._on_exceeded()
         return False
+
+
+DISK_POLL_S = 0.5
+"""How often a running build's workspace is measured against its disk limit."""
+
+
+class DiskWatch:
+    """Stops a build whose workspace holds more than its limit: measures the bytes allocated under the
+    workspace (each inode once, symlinks not followed) every ``DISK_POLL_S``, and once more when the
+    command has ended, so no build over its limit succeeds (and gets its cache saved). Between two
+    measurements a build can write past the limit by what it writes in that time; the node's disk must
+    keep that much room above the sum of its builds' limits."""
+
+    def __init__(self, limit: int, workspace: Path, on_exceeded: Callable[[str], None]) -> None:
+        self._limit = limit
+        self._workspace = workspace
+        self._on_exceeded = on_exceeded
+        self.exceeded = False
+
+    async def watch(self) -> None:
+        if self._limit <= 0:
+            return
+        while not await self.check():
+            await asyncio.sleep(DISK_POLL_S)
+
+    async def check(self) -> bool:
+        """Measure once; True (and ``on_exceeded`` called once) when over the limit."""
+        if self._limit <= 0 or self.exceeded:
+            return self.exceeded
+        used = await asyncio.to_thread(allocated_bytes, self._workspace)
+        if used > self._limit:
+            self.exceeded = True
+            self._on_exceeded(
+                f"its workspace grew past its disk limit of {self._limit} bytes ({used} bytes allocated)"
+            )
+        return self.exceeded
+
+
+def allocated_bytes(root: Path) -> int:
+    """Bytes allocated to the files under ``root`` (st_blocks: a sparse file counts what it holds), each
+    inode once, no symlink followed; files that vanish while walking are skipped."""
+    total, seen, stack = 0, set(), [str(root)]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return total
 
 
 def exit_message(code: int) -> str:

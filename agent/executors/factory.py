@@ -8,18 +8,20 @@ from stoker.agent.config import AgentConfig, BuildSettings
 from stoker.agent.executors.base import BuildExecutor, Limits
 
 
-def open_executor(config: AgentConfig) -> BuildExecutor:
-    """The executor ``build.executor`` names; call ``await .start()`` before use."""
+def open_executor(config: AgentConfig, name: str = "") -> BuildExecutor:
+    """The executor ``name`` (default: the one ``build.executor`` names; ``auto`` is podman, whose start the
+    caller falls back from); call ``await .start()`` before use."""
     build = config.build
-    if build.executor == "podman":
+    name = name or build.executor
+    if name in ("podman", "auto"):
         from stoker.agent.executors.podman import PodmanExecutor
 
         return PodmanExecutor(config.podman)
-    if build.executor == "process":
+    if name == "process":
         from stoker.agent.executors.process import ProcessExecutor
 
         return ProcessExecutor(Path(build.work_dir) / ".process-groups", build.pass_env, build.kill_grace_s)
-    raise ValueError(f"build.executor must be podman or process, not {build.executor!r}")
+    raise ValueError(f"build.executor must be auto, podman or process, not {name!r}")
 
 
 def default_limits(build: BuildSettings) -> Limits:
@@ -31,5 +33,6 @@ def default_limits(build: BuildSettings) -> Limits:
         memory_bytes=build.memory_bytes,
         pids=build.pids,
         output_bytes=build.output_bytes,
+        disk_bytes=build.disk_bytes,
         network=build.network,
     )

@@ -4,8 +4,11 @@ What a build gets (``_run_argv`` is the one place it is decided): its own user n
 unprivileged host uid range (``podman.uid_base``), its own pid, mount, ipc, uts and network namespaces
 (network ``none`` on request), podman's default seccomp filter, no new privileges, no capabilities,
 cgroup limits on memory, pids and CPU, only its workspace mounted (at /workspace, the working
-directory), a fresh tmpfs /tmp and HOME, and an init (catatonit) as pid 1: when the command exits, pid 1
-exits and the kernel kills everything left in the pid namespace, ``setsid`` daemons included.
+directory), a read-only root file system with fresh tmpfs /tmp, /var/tmp, /run and HOME (tmpfs pages count
+against the memory limit, so nothing a build writes outside its workspace escapes a limit: a writable root
+would land in podman's storage on the node's SSD, outside the disk limit), and an init (catatonit) as
+pid 1: when the command exits, pid 1 exits and the kernel kills everything left in the pid namespace,
+``setsid`` daemons included.
 
 podman keeps its storage under ``podman.dir``, apart from the host's. Every container carries the label
 ``stoker.build``; an agent that starts removes every such container a crashed predecessor left behind.
@@ -30,6 +33,7 @@ from stoker.agent.executors.base import (
     MAX_LINE,
     BuildExecutor,
     BuildJob,
+    DiskWatch,
     EndReason,
     ExecutorUnavailable,
     Outcome,
@@ -209,6 +213,10 @@ class PodmanExecutor(BuildExecutor):
     def images(self) -> tuple[Image, ...]:
         return self._images.held
 
+    @property
+    def runtime(self) -> str:
+        return self._runtime
+
     async def _wait(
         self,
         job: BuildJob,
@@ -230,6 +238,10 @@ class PodmanExecutor(BuildExecutor):
                 last_stderr[0] = line
             output(line, stderr)
 
+        def over_disk(message: str) -> None:
+            if container.stop.request(EndReason.DISK, message):
+                self._stop_container(container)
+
         budget = OutputBudget(job.limits.output_bytes, over_budget)
         assert proc.stdout is not None and proc.stderr is not None
         readers = asyncio.gather(
@@ -237,7 +249,8 @@ class PodmanExecutor(BuildExecutor):
             pump_lines(proc.stderr, passing_on, True, budget),
         )
         watcher = _CgroupWatch(cid_file)
-        watching = asyncio.create_task(watcher.watch())
+        disk = DiskWatch(job.limits.disk_bytes, job.workspace, over_disk)
+        watching = [asyncio.create_task(watcher.watch()), asyncio.create_task(disk.watch())]
         try:
             await asyncio.wait_for(proc.wait(), job.timeout_s)
         except TimeoutError:
@@ -245,8 +258,10 @@ class PodmanExecutor(BuildExecutor):
                 self._stop_container(container)
             await proc.wait()
         finally:
-            watching.cancel()
+            for task in watching:
+                task.cancel()
             watcher.read_once()
+        await disk.check()  # what it wrote since the last measurement
         await readers
         code = proc.returncode if proc.returncode is not None else -1
         if code == _PODMAN_FAILED and last_stderr[0].startswith("Error: ") and container.stop.reason is None:
@@ -348,6 +363,7 @@ class PodmanExecutor(BuildExecutor):
             f"type=bind,source={job.workspace},destination={WORKSPACE},U=true",
             "--workdir",
             WORKSPACE,
+            "--read-only",  # podman then mounts tmpfs on /run and /var/tmp (and /tmp, given below)
             "--tmpfs",
             "/tmp:rw,nosuid,nodev,mode=1777",
             "--tmpfs",
@@ -479,12 +495,13 @@ def _counter(path: Path, key: str) -> int:
 
 
 def _outcome(code: int, stop: Stop, watcher: _CgroupWatch, job: BuildJob) -> Outcome:
+    oom = f"killed by the kernel at its memory limit of {job.limits.memory_bytes} bytes (out of memory)"
     if watcher.oom_kills and code != 0:
-        return Outcome(
-            code,
-            EndReason.OOM,
-            f"killed by the kernel at its memory limit of {job.limits.memory_bytes} bytes (out of memory)",
-        )
+        return Outcome(code, EndReason.OOM, oom)
+    if watcher.oom_kills and stop.reason is None:
+        # The kernel killed one of its processes (a subshell, a compiler) and the command went on to exit
+        # 0: the build stands as it ended, but its message must not hide the kill.
+        return Outcome(code, EndReason.EXITED, f"{exit_message(code)}, but a process of it was {oom}")
     pids_hit = f"hit its limit of {job.limits.pids} processes" if watcher.pids_max_hits else ""
     if pids_hit and (code != 0 or stop.reason is EndReason.TIMEOUT):
         why = f" and {stop.message}" if stop.reason is not None else f", then {exit_message(code)}"

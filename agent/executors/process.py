@@ -17,6 +17,7 @@ from stoker.agent.executors.base import (
     MAX_LINE,
     BuildExecutor,
     BuildJob,
+    DiskWatch,
     EndReason,
     Outcome,
     OutputBudget,
@@ -128,17 +129,26 @@ class ProcessExecutor(BuildExecutor):
             if stop.request(EndReason.OUTPUT, f"more than {job.limits.output_bytes} bytes of output"):
                 self._signal(proc, stop)
 
+        def over_disk(message: str) -> None:
+            if stop.request(EndReason.DISK, message):
+                self._signal(proc, stop)
+
         budget = OutputBudget(job.limits.output_bytes, over_budget)
         assert proc.stdout is not None and proc.stderr is not None
         readers = asyncio.gather(
             pump_lines(proc.stdout, output, False, budget), pump_lines(proc.stderr, output, True, budget)
         )
+        disk = DiskWatch(job.limits.disk_bytes, job.workspace, over_disk)
+        watching = asyncio.create_task(disk.watch())
         try:
             await asyncio.wait_for(proc.wait(), job.timeout_s)
         except TimeoutError:
             stop.request(EndReason.TIMEOUT, f"timed out after {job.timeout_s:g} s")
             self._signal(proc, stop)
             await proc.wait()
+        finally:
+            watching.cancel()
+        await disk.check()  # what it wrote since the last measurement
         _killpg(proc.pid, signal.SIGKILL)  # a daemon that kept the pipes open must not hold the readers
         await readers
         code = proc.returncode if proc.returncode is not None else -1

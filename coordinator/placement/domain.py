@@ -37,6 +37,9 @@ class NodeInfo:
     cpus: int = 0
     memory_bytes: int = 0
     taints: tuple[str, ...] = ()
+    executor: str = ""
+    """What runs builds there: ``podman`` (each in its own container) or ``process`` (not isolated)."""
+    oci_runtime: str = ""
 
 
 class EntryRecord(NamedTuple):

@@ -23,6 +23,10 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
     def __init__(self, config: CoordinatorConfig, builds: BuildQueue) -> None:
         self._config = config
         self._builds = builds
+        b = config.builds
+        self._maxima = validate.LimitMaxima(
+            b.max_cpus, b.max_memory_bytes, b.max_pids, b.max_output_bytes, b.max_disk_bytes
+        )
 
     def _check_owner(self, build_id: str) -> None:
         """A ci caller may only see and cancel its own builds (a request_id may name someone else's)."""
@@ -41,6 +45,7 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
             need_command=need_command,
             max_files_bytes=self._config.builds.max_files_bytes,
             max_timeout_s=self._config.builds.max_timeout_s,
+            maxima=self._maxima,
         )
 
     @streaming

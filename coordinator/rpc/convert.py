@@ -64,6 +64,8 @@ def node_info(req: agent_pb2.RegisterRequest) -> NodeInfo:
         cpus=req.cpus,
         memory_bytes=req.memory_bytes,
         taints=tuple(req.taints),
+        executor=req.executor,
+        oci_runtime=req.oci_runtime,
     )
 
 
@@ -133,6 +135,7 @@ def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: 
         tenant=spec.tenant or spec.workspace,
         priority=spec.priority,
         enqueued_at=enqueued_at,
+        image=spec.image,
     )
 
 
@@ -154,6 +157,8 @@ def node_inventory(
         labels=record.info.labels,
         entry_count=len(entries),
         entry_bytes=sum(e[BYTES] for e in entries),
+        executor=record.info.executor,
+        oci_runtime=record.info.oci_runtime,
         image_count=len(record.image_records),
         image_bytes=sum(r.bytes for r in record.image_records),
     )

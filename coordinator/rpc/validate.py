@@ -9,7 +9,9 @@ node for a reason the coordinator could have seen. Messages quote offending valu
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
+from dataclasses import dataclass
 
 from stoker.coordinator.core.errors import InvalidArgument
 from stoker.v1 import agent_pb2, common_pb2
@@ -108,8 +110,29 @@ def _finite(value: float, field: str) -> None:
         raise InvalidArgument(f"{field}: must be a finite number, got {value}")
 
 
+@dataclass(frozen=True)
+class LimitMaxima:
+    """The most a build may ask for in ``spec.limits`` (the coordinator's settings ``builds.max_*``)."""
+
+    cpus: float = 64.0
+    memory_bytes: int = 256 * 1024**3
+    pids: int = 65536
+    output_bytes: int = 1024**3
+    disk_bytes: int = 1024**4
+
+
+MAX_IMAGE_BYTES = 512
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
+"""An OCI reference: registry host[:port], path components, then :tag and/or @algorithm:digest."""
+
+
 def build_spec(
-    spec: common_pb2.BuildSpec, *, need_command: bool, max_files_bytes: int, max_timeout_s: float
+    spec: common_pb2.BuildSpec,
+    *,
+    need_command: bool,
+    max_files_bytes: int,
+    max_timeout_s: float,
+    maxima: LimitMaxima = LimitMaxima(),
 ) -> None:
     """Raise InvalidArgument naming the first bad field of ``spec`` (the checks run in the spec's order)."""
     if not spec.workspace.strip():
@@ -125,6 +148,35 @@ def build_spec(
     cache_key(spec.tenant, "spec.tenant", allow_empty=True)
     cache_key(spec.constraints.zone, "spec.constraints.zone", allow_empty=True)
     _labels(spec.constraints.labels, "spec.constraints.labels")
+    _image(spec.image)
+    limits(spec.limits, maxima)
+
+
+def _image(image: str) -> None:
+    if not image:
+        return
+    if len(image.encode()) > MAX_IMAGE_BYTES:
+        raise InvalidArgument(f"spec.image: longer than {MAX_IMAGE_BYTES} bytes")
+    if not _IMAGE.fullmatch(image) or "//" in image or image.endswith((":", "/", "@")):
+        raise InvalidArgument(f"spec.image: {image[:80]!r} is not an OCI image reference")
+
+
+def limits(given: common_pb2.BuildLimits, maxima: LimitMaxima, where: str = "spec.limits") -> None:
+    """Each limit is unset (0, empty) or within (0, its maximum]; network is empty, default or none."""
+    _finite(given.cpus, f"{where}.cpus")
+    for name, value, most in (
+        ("cpus", given.cpus, maxima.cpus),
+        ("memory_bytes", given.memory_bytes, maxima.memory_bytes),
+        ("pids", given.pids, maxima.pids),
+        ("output_bytes", given.output_bytes, maxima.output_bytes),
+        ("disk_bytes", given.disk_bytes, maxima.disk_bytes),
+    ):
+        if value < 0:
+            raise InvalidArgument(f"{where}.{name}: must not be negative, got {value}")
+        if value > most:
+            raise InvalidArgument(f"{where}.{name}: {value:g} exceeds the maximum of {most:g}")
+    if given.network not in ("", "default", "none"):
+        raise InvalidArgument(f"{where}.network: must be default or none, not {given.network[:40]!r}")
 
 
 def _command(command, *, need_command: bool) -> int:

@@ -29,6 +29,9 @@ def test_demo_json_shows_cold_warm_partial_and_a_fetch(tmp_path):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     builds = report["builds"]
+    # podman is installed wherever the suite runs (scripts/system_deps.sh): the demo sandboxes its builds.
+    assert report["executor"] == "podman", report["executor_reason"]
+    assert all(b["executor"] == "podman" for b in builds)
     assert [b["warmth"] for b in builds] == ["cold", "warm", "cold", "partial", "cold"]
     assert all(b["exit_code"] == 0 and b["state"] == "succeeded" for b in builds)
     first, again, api, upgraded, other_zone = builds
@@ -78,3 +81,14 @@ def test_agent_with_wrong_coordinator_address_is_alive_but_not_ready(tmp_path):
     finally:
         agent.stop()
     shutil.rmtree(tmp_path / "lonely", ignore_errors=True)
+
+
+def test_without_podman_the_demo_says_why_and_runs_its_builds_as_processes(monkeypatch, tmp_path):
+    from stoker.demo import sandbox
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no podman, registry or busybox on it
+    chosen = sandbox.prepare(tmp_path, lambda *_: None)
+    assert chosen.executor == "process"
+    assert "missing Debian packages: " in chosen.why and "podman" in chosen.why
+    assert "scripts/system_deps.sh installs them" in chosen.why
+    assert chosen.env_for("node-a1", tmp_path) == {"STOKER_AGENT_BUILD_EXECUTOR": "process"}

@@ -81,6 +81,51 @@ def _scan(root: Path, exclude: frozenset = frozenset()) -> dict:
     return out
 
 
+def holding(secret: bytes, *roots: Path) -> list[str]:
+    """The files under ``roots`` whose bytes hold ``secret``, as stored or once their zstd frames are
+    decompressed (packs, fetched frames, manifests), and the manifests that name its digest."""
+    digest = hashlib.sha256(secret).hexdigest().encode()
+    found = []
+    for root in roots:
+        for dirpath, _dirs, names in os.walk(root):
+            for name in names:
+                path = Path(dirpath) / name
+                if path.is_symlink() or not path.is_file():
+                    continue
+                data = path.read_bytes()
+                if secret in data or digest in data or secret in _unzstd(data):
+                    found.append(str(path))
+                elif digest.decode() in _digests_named(data):
+                    found.append(f"{path} (names its digest)")
+    return found
+
+
+def _unzstd(data: bytes) -> bytes:
+    """Every zstd frame found from the start of ``data`` on, decompressed (what is not zstd ends it)."""
+    import zstandard
+
+    out = []
+    while data:
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            out.append(obj.decompress(data))
+        except zstandard.ZstdError:
+            break
+        if not obj.unused_data or len(obj.unused_data) >= len(data):
+            break
+        data = obj.unused_data
+    return b"".join(out)
+
+
+def _digests_named(data: bytes) -> set[str]:
+    """The file digests of ``data`` if it is a manifest, else nothing."""
+    try:
+        manifest = mf.parse(data, where="scan", check=False)
+    except Exception:  # not a manifest: most files are not
+        return set()
+    return {f.digest for f in manifest.files if f.digest}
+
+
 def listing(path: Path) -> set[str]:
     """Names directly under ``path`` (empty when it does not exist)."""
     return set(os.listdir(path)) if path.exists() else set()

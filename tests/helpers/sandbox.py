@@ -8,8 +8,10 @@ import asyncio
 import io
 import os
 import shutil
+import socket
 import subprocess
 import tarfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -251,3 +253,62 @@ def run_builds(settings: PodmanSettings, *builds: BuildJob) -> list[tuple[Outcom
         return [await run_one(executor, b) for b in builds]
 
     return asyncio.run(scenario())
+
+
+def host_processes_with(text: str) -> list[int]:
+    """Host pids whose command line contains ``text`` (a build's marker: none may outlive its build)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if text.encode() in f.read().replace(b"\0", b" "):
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+def host_addresses() -> list[str]:
+    """The host's IPv4 addresses other than podman's bridge (a build on the default network may try them)."""
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    return [a for a in out if ":" not in a and not a.startswith("10.88.")]
+
+
+def http_server() -> tuple[socket.socket, int]:
+    """A one-line HTTP server on every address (closing it stops the thread)."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", 0))
+    server.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nhello-4711")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+def host_processes_of_uids(first: int, count: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every host process whose real uid is in ``[first, first + count)``: a
+    build's user namespace maps onto such a range, so none may run once its builds are over."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        uid = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("Uid:")), -1)
+        if first <= uid < first + count:
+            found.append((int(pid), cmdline.strip()))
+    return found

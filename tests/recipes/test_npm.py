@@ -31,9 +31,9 @@ def key(files: dict[str, bytes], prefix: str = "web/npm-") -> str:
     return key_of(prefix, files, "package.json", "package-lock.json")
 
 
-def build(f, files, prefix="web/npm-"):
+def build(f, files, prefix="web/npm-", *, key_=None):
     return f.run(
-        f"sh recipes/npm.sh && {CHECK}", files, key=key(files, prefix), restore=(prefix,), paths=PATHS
+        f"sh recipes/npm.sh && {CHECK}", files, key=key_ or key(files, prefix), restore=(prefix,), paths=PATHS
     )
 
 
@@ -93,10 +93,40 @@ def test_package_json_out_of_step_with_the_lockfile_fails_as_npm_ci_does(recipe_
     ), bad.output
     assert bad.count(r"^version ") == 0 and not bad.finished.cache.saved
 
+    # The lockfile's record of package.json edited along with package.json, its packages left as they were
+    # (no npm writes that): the install goes ahead, the tree it made is not the lockfile's, npm ci decides.
+    lock = v1["package-lock.json"].decode()
+    root_end = lock.index('"node_modules/')
+    hand = dict(stale)
+    hand["package-lock.json"] = (
+        lock[:root_end].replace('"left-pad": "1.3.0"', '"left-pad": "1.2.0"') + lock[root_end:]
+    ).encode()
+    assert hand["package-lock.json"] != v1["package-lock.json"]
+    bad = build(f, hand)
+    assert not bad.ok and bad.env("STOKER_CACHE_HIT") == "partial"
+    assert bad.count(r"^stoker-npm: node_modules/left-pad is 1.2.0, package-lock.json says 1.3.0$") == 1
+    assert bad.count(r"the installed tree is not package-lock.json's: npm ci decides") == 1, bad.output
+    assert (
+        bad.count(r"`npm ci` can only install packages when your package.json and package-lock.json") == 1
+    ), bad.output
+    assert bad.count(r"^version ") == 0 and not bad.finished.cache.saved
+
     # The same mistake on a cold node fails the same way (npm ci itself).
     cold = build(f, stale, prefix="other/npm-")
     assert not cold.ok and cold.env("STOKER_CACHE_HIT") == "none"
     assert cold.count(r"`npm ci` can only install packages when your package.json and package-lock.json") == 1
+
+    # A key made from the lockfile alone (as many actions/cache setups do) gives an exact hit on the stale
+    # package.json: the recipe's stamp, which hashes package.json too, disagrees, so the lockfile check
+    # runs, and fails, instead of the install being skipped.
+    lock_only = key_of("lock/npm-", v1, "package-lock.json")
+    assert build(f, v1, "lock/npm-", key_=lock_only).ok
+    skipped = build(f, stale, "lock/npm-", key_=lock_only)
+    assert not skipped.ok and skipped.env("STOKER_CACHE_HIT") == "exact"
+    assert (
+        skipped.count(r"`npm ci` can only install packages when your package.json and package-lock.json") == 1
+    ), skipped.output
+    assert skipped.count(r"^version ") == 0
 
 
 def test_an_exact_entry_made_on_another_runtime_is_not_used_as_exact(recipe_fleet):

@@ -113,6 +113,12 @@ def test_a_dropped_package_is_uninstalled_and_a_stale_hash_fails_as_pip_fails(re
     assert bad.count(r"THESE PACKAGES DO NOT MATCH THE HASHES") == 1, bad.output
     assert bad.count(r"^version ") == 0 and not bad.finished.cache.saved
 
+    # The same lockfile on a cold node fails the same way (a fresh venv, the same pip install).
+    cold = build(f, stale, prefix="other/pip-")
+    assert not cold.ok and cold.env("STOKER_CACHE_HIT") == "none"
+    assert cold.count(r"THESE PACKAGES DO NOT MATCH THE HASHES") == 1, cold.output
+    assert not cold.finished.cache.saved
+
 
 def test_an_exact_entry_made_by_another_interpreter_is_not_used_as_exact(recipe_fleet):
     f = recipe_fleet

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("node", "zone", "slots", "disk_capacity_bytes", "labels", "agent_version", "instance_type", "cpus", "memory_bytes", "taints")
+    __slots__ = ("node", "zone", "slots", "disk_capacity_bytes", "labels", "agent_version", "instance_type", "cpus", "memory_bytes", "taints", "executor", "oci_runtime")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,8 @@ class RegisterRequest(_message.Message):
     CPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     TAINTS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    OCI_RUNTIME_FIELD_NUMBER: _ClassVar[int]
     node: str
     zone: str
     slots: int
@@ -37,7 +39,9 @@ class RegisterRequest(_message.Message):
     cpus: int
     memory_bytes: int
     taints: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node: _Optional[str] = ..., zone: _Optional[str] = ..., slots: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., instance_type: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., taints: _Optional[_Iterable[str]] = ...) -> None: ...
+    executor: str
+    oci_runtime: str
+    def __init__(self, node: _Optional[str] = ..., zone: _Optional[str] = ..., slots: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., instance_type: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., taints: _Optional[_Iterable[str]] = ..., executor: _Optional[str] = ..., oci_runtime: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("session_id", "lease_ttl_s", "heartbeat_interval_s")

@@ -47,7 +47,7 @@ class Constraints(_message.Message):
     def __init__(self, zone: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class BuildSpec(_message.Message):
-    __slots__ = ("workspace", "cache", "command", "env", "timeout_s", "constraints", "files", "tenant", "priority")
+    __slots__ = ("workspace", "cache", "command", "env", "timeout_s", "constraints", "files", "tenant", "priority", "image", "limits")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,8 @@ class BuildSpec(_message.Message):
     FILES_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     workspace: str
     cache: CacheSpec
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -80,7 +82,25 @@ class BuildSpec(_message.Message):
     files: _containers.ScalarMap[str, bytes]
     tenant: str
     priority: int
-    def __init__(self, workspace: _Optional[str] = ..., cache: _Optional[_Union[CacheSpec, _Mapping]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., files: _Optional[_Mapping[str, bytes]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+    image: str
+    limits: BuildLimits
+    def __init__(self, workspace: _Optional[str] = ..., cache: _Optional[_Union[CacheSpec, _Mapping]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., files: _Optional[_Mapping[str, bytes]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., image: _Optional[str] = ..., limits: _Optional[_Union[BuildLimits, _Mapping]] = ...) -> None: ...
+
+class BuildLimits(_message.Message):
+    __slots__ = ("cpus", "memory_bytes", "pids", "output_bytes", "network", "disk_bytes")
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    cpus: float
+    memory_bytes: int
+    pids: int
+    output_bytes: int
+    network: str
+    disk_bytes: int
+    def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., output_bytes: _Optional[int] = ..., network: _Optional[str] = ..., disk_bytes: _Optional[int] = ...) -> None: ...
 
 class CacheEntry(_message.Message):
     __slots__ = ("key", "bytes", "files", "last_used", "created", "sketch")
@@ -99,18 +119,20 @@ class CacheEntry(_message.Message):
     def __init__(self, key: _Optional[str] = ..., bytes: _Optional[int] = ..., files: _Optional[int] = ..., last_used: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sketch: _Optional[bytes] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queued_s", "restore_s", "run_s", "save_s", "total_s")
+    __slots__ = ("queued_s", "restore_s", "run_s", "save_s", "total_s", "pull_s")
     QUEUED_S_FIELD_NUMBER: _ClassVar[int]
     RESTORE_S_FIELD_NUMBER: _ClassVar[int]
     RUN_S_FIELD_NUMBER: _ClassVar[int]
     SAVE_S_FIELD_NUMBER: _ClassVar[int]
     TOTAL_S_FIELD_NUMBER: _ClassVar[int]
+    PULL_S_FIELD_NUMBER: _ClassVar[int]
     queued_s: float
     restore_s: float
     run_s: float
     save_s: float
     total_s: float
-    def __init__(self, queued_s: _Optional[float] = ..., restore_s: _Optional[float] = ..., run_s: _Optional[float] = ..., save_s: _Optional[float] = ..., total_s: _Optional[float] = ...) -> None: ...
+    pull_s: float
+    def __init__(self, queued_s: _Optional[float] = ..., restore_s: _Optional[float] = ..., run_s: _Optional[float] = ..., save_s: _Optional[float] = ..., total_s: _Optional[float] = ..., pull_s: _Optional[float] = ...) -> None: ...
 
 class CacheFigures(_message.Message):
     __slots__ = ("warmth", "restored_key", "bytes_fetched", "bytes_restored", "files_restored", "bytes_uploaded", "saved")

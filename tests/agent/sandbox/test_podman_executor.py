@@ -11,12 +11,10 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +22,17 @@ import pytest
 
 from stoker.agent.executors.base import EndReason, Limits
 from stoker.agent.executors.podman import PodmanExecutor
-from tests.helpers.sandbox import Captured, containers, fresh_settings, job, reset_storage, run_builds
+from tests.helpers.sandbox import (
+    Captured,
+    containers,
+    fresh_settings,
+    host_addresses,
+    host_processes_with,
+    http_server,
+    job,
+    reset_storage,
+    run_builds,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.hostile]
 
@@ -112,9 +120,9 @@ def test_a_setsid_daemon_dies_with_its_build(podman_settings, sandbox_image, tmp
     assert outcome.succeeded, out.text
     assert int(out.stdout.splitlines()[-1]) >= 2  # the control: both daemons were running
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _host_processes_with(f"sleep {marker}"):
+    while time.monotonic() < deadline and host_processes_with(f"sleep {marker}"):
         time.sleep(0.1)
-    assert _host_processes_with(f"sleep {marker}") == []
+    assert host_processes_with(f"sleep {marker}") == []
 
 
 def test_home_tmp_and_the_image_start_fresh_for_the_next_build(podman_settings, sandbox_image, tmp_path):
@@ -133,6 +141,7 @@ def test_home_tmp_and_the_image_start_fresh_for_the_next_build(podman_settings, 
     (planted, p_out), (checked, c_out) = run_builds(podman_settings, plant, check)
     assert planted.succeeded, p_out.text
     assert ".gitconfig" in p_out.stdout and "planted" in p_out.stdout  # the control
+    assert p_out.stderr.count("Read-only file system") == 2, p_out.stderr  # /root and /bin: a read-only root
     assert checked.succeeded, c_out.text
     assert "FOUND" not in c_out.stdout and c_out.stderr.count("No such file") == 4
     assert (
@@ -159,10 +168,12 @@ def test_a_fork_bomb_hits_its_pids_limit(podman_settings, sandbox_image, tmp_pat
 
 
 def test_a_memory_hog_ends_with_an_oom_reason(podman_settings, sandbox_image, tmp_path):
+    """``set -e`` as in a CI script: the kernel kills either the shell collecting the string or its
+    subshell (either happens), and either way the step fails."""
     hog = job(
         tmp_path / "ws",
         sandbox_image,
-        "echo start; x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo end",
+        "set -e; echo start; x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo end",
         limits=Limits(pids=64, memory_bytes=64 * 1024**2),
     )
     [(outcome, out)] = run_builds(podman_settings, hog)
@@ -170,6 +181,46 @@ def test_a_memory_hog_ends_with_an_oom_reason(podman_settings, sandbox_image, tm
     assert "end" not in out.stdout
     assert outcome.reason is EndReason.OOM, (outcome, out.text[-2000:])
     assert "out of memory" in outcome.message
+
+
+def test_an_oom_kill_the_command_survives_is_named(podman_settings, sandbox_image, tmp_path):
+    """A killed child whose parent goes on to exit 0: the build keeps its exit code, and its message says
+    what the kernel killed."""
+    hog = job(
+        tmp_path / "ws",
+        sandbox_image,
+        "sh -c 'x=$(head -c 400000000 /dev/zero | tr \\\\0 a)' || echo child-failed; echo end",
+        limits=Limits(pids=64, memory_bytes=64 * 1024**2),
+    )
+    [(outcome, out)] = run_builds(podman_settings, hog)
+    assert out.stdout.splitlines() == ["child-failed", "end"], out.text[-2000:]
+    assert outcome.succeeded and outcome.reason is EndReason.EXITED, outcome
+    assert "killed by the kernel at its memory limit" in outcome.message, outcome
+
+
+def test_the_root_file_system_is_read_only_and_scratch_space_is_tmpfs(
+    podman_settings, sandbox_image, tmp_path
+):
+    """A writable root would land in podman's storage on the node's SSD, outside the disk limit."""
+    build = job(
+        tmp_path / "ws",
+        sandbox_image,
+        "for d in /etc /usr /var /root; do touch $d/x 2>/dev/null && echo WROTE $d; done; "
+        "for d in /tmp /var/tmp /run $HOME /workspace; do touch $d/x && echo ok $d; done; "
+        "grep -E ' (/tmp|/var/tmp|/run|/home/stoker) ' /proc/mounts | cut -d' ' -f2,3 | sort",
+    )
+    [(outcome, out)] = run_builds(podman_settings, build)
+    assert outcome.succeeded, out.text
+    assert "WROTE" not in out.stdout, out.stdout
+    assert [ln for ln in out.stdout.splitlines() if ln.startswith("ok ")] == [
+        "ok /tmp",
+        "ok /var/tmp",
+        "ok /run",
+        "ok /home/stoker",
+        "ok /workspace",
+    ]
+    mounts = [ln for ln in out.stdout.splitlines() if not ln.startswith("ok ")]
+    assert mounts == ["/home/stoker tmpfs", "/run tmpfs", "/tmp tmpfs", "/var/tmp tmpfs"], out.stdout
 
 
 def test_output_over_its_limit_stops_the_build(podman_settings, sandbox_image, tmp_path):
@@ -182,13 +233,32 @@ def test_output_over_its_limit_stops_the_build(podman_settings, sandbox_image, t
     assert containers(podman_settings) == []
 
 
+@pytest.mark.parametrize("pace", ["slow", "burst"])
+def test_a_disk_filler_is_stopped_with_a_clear_reason(podman_settings, sandbox_image, tmp_path, pace):
+    """slow: stopped while it writes (its last line never comes); burst: done before the next measurement,
+    caught by the one after it exited (it must not end as a success)."""
+    write = "for i in $(seq 1 400); do dd if=/dev/zero of=f$i bs=1M count=1 2>/dev/null; sleep 0.05; done"
+    burst = "dd if=/dev/zero of=fill bs=1M count=48 2>/dev/null"
+    script = (write if pace == "slow" else burst) + "; echo end"
+    limit = 8 * 1024**2
+    filler = job(tmp_path / "ws", sandbox_image, script, limits=Limits(pids=64, disk_bytes=limit))
+    [(outcome, out)] = run_builds(podman_settings, filler)
+    assert outcome.reason is EndReason.DISK, (outcome, out.text[-1000:])
+    assert f"past its disk limit of {limit} bytes" in outcome.message
+    assert not outcome.succeeded
+    if pace == "slow":
+        assert "end" not in out.stdout
+        assert len(list((tmp_path / "ws").iterdir())) < 100  # stopped well before its 400 files
+    assert containers(podman_settings) == []
+
+
 def test_network_none_cannot_reach_a_server_of_the_test(podman_settings, sandbox_image, tmp_path):
     """The server listens on every address: a container's 127.0.0.1 is its own, so the build tries the
     host's addresses as seen from the container's default network (the bridge's gateway) too."""
-    server, port = _http_server()
+    server, port = http_server()
     try:
         script = (
-            f"for h in 127.0.0.1 10.88.0.1 {' '.join(_host_addresses())}; do "
+            f"for h in 127.0.0.1 10.88.0.1 {' '.join(host_addresses())}; do "
             f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $h {port} | grep -q hello-4711 "
             "&& echo REACHED $h; "
             "done; cat /proc/net/dev; echo done"
@@ -234,7 +304,7 @@ def test_cancel_and_timeout_remove_the_container(podman_settings, sandbox_image,
     assert outcome.reason is expected, (outcome, out.text)
     assert time.monotonic() - started < 3 + podman_settings.kill_grace_s + 20
     assert containers(podman_settings) == []
-    assert _host_processes_with(f"sleep {marker}") == []
+    assert host_processes_with(f"sleep {marker}") == []
 
 
 def test_a_restarted_agent_removes_the_containers_a_crash_left(podman_settings, sandbox_image, tmp_path):
@@ -272,42 +342,3 @@ def test_a_restarted_agent_removes_the_containers_a_crash_left(podman_settings, 
 
     assert asyncio.run(restart()) == 1
     assert containers(settings) == []
-
-
-def _host_processes_with(text: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if text.encode() in f.read().replace(b"\0", b" "):
-                        found.append(int(pid))
-            except OSError:
-                pass
-    return found
-
-
-def _host_addresses() -> list[str]:
-    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
-    return [a for a in out if ":" not in a and not a.startswith("10.88.")]
-
-
-def _http_server() -> tuple[socket.socket, int]:
-    """A one-line HTTP server on every address (closing it stops the thread)."""
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", 0))
-    server.listen(16)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(4096)
-                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nhello-4711")
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server, server.getsockname()[1]

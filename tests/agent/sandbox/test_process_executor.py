@@ -56,6 +56,14 @@ def test_timeout_and_output_limit_stop_the_whole_group(tmp_path, how):
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).endswith(f"sleep {marker}")]
 
 
+def test_a_disk_filler_is_stopped_with_a_clear_reason(tmp_path):
+    script = "for i in $(seq 1 400); do head -c 1048576 /dev/zero > f$i; sleep 0.05; done; echo end"
+    outcome, out = _run(tmp_path, script, limits=Limits(disk_bytes=8 * 1024**2))
+    assert outcome.reason is EndReason.DISK, outcome
+    assert "past its disk limit of 8388608 bytes" in outcome.message
+    assert "end" not in out.stdout and len(list((tmp_path / "ws").iterdir())) < 100
+
+
 def test_network_none_is_refused(tmp_path):
     outcome, _ = _run(tmp_path, "echo never", limits=Limits(network="none"))
     assert outcome.reason is EndReason.NOT_STARTED and "podman" in outcome.message

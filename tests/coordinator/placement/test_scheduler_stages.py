@@ -4,6 +4,7 @@ view of the fleet, and fairness between tenants. Each is run on a fleet built by
 from __future__ import annotations
 
 import collections
+from dataclasses import replace
 
 import pytest
 
@@ -384,3 +385,17 @@ def test_cold_candidates_look_at_free_image_holders_first_then_the_rendezvous_or
     assert "n7" not in found  # a busy holder is not a cold candidate
     assert len(found) == 4  # then two more in the key's rendezvous order
     assert all(p.candidates[n].pull_bytes == GB for n in found[2:])
+
+
+def test_a_build_that_names_an_image_goes_only_to_nodes_whose_executor_runs_images():
+    f = Fleet(3)
+    for name, executor in (("n0", "process"), ("n1", "podman"), ("n2", "process")):
+        record = f.node(name)
+        record.info = replace(record.info, executor=executor)
+    live = f.view().live
+    assert sorted(admit(Constraints(), live, IMAGE)) == ["n1"]
+    assert admit(Constraints(), live) is live  # a build without an image runs anywhere
+    assert admit(Constraints(zone="a"), live, IMAGE) == {}  # n0 and n2: both process
+    d = decide(request(image=IMAGE, constraints=Constraints(zone="a")), f.view(), f.inventory, f.rendezvous)
+    assert d.node is None and d.reason.endswith("and runs images (its executor is not process)")
+    assert decide(request(image=IMAGE), f.view(), f.inventory, f.rendezvous).node == "n1"

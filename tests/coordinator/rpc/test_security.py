@@ -1,14 +1,11 @@
 """TLS, mutual TLS for agents, bearer tokens with roles, and the refusal to run exposed without them.
 
-A test CA, a server certificate for 127.0.0.1 and client certificates for agents are made here with
-the `cryptography` package; the coordinator and agents run as real processes over real gRPC.
+A test CA, a server certificate for 127.0.0.1 and client certificates for agents come from
+tests/helpers/pki.py; the coordinator and agents run as real processes over real gRPC.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-import json
 import os
 import subprocess
 import sys
@@ -17,10 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from stoker.demo import local_fleet
 from stoker.v1 import (
@@ -32,95 +25,21 @@ from stoker.v1 import (
     inventory_pb2,
     inventory_pb2_grpc,
 )
+from tests.helpers.pki import make_pki, secure_coordinator, tls_channel, wait_nodes
 
 pytestmark = pytest.mark.integration
-
-
-def _key():
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write(path: Path, key, cert) -> None:
-    path.with_suffix(".key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _cert(common_name: str, issuer_key, issuer_name, key, *, ca=False, ip=False):
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ip:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 @pytest.fixture
 def pki(tmp_path):
     d = tmp_path / "pki"
-    d.mkdir()
-    ca_key = _key()
-    ca = _cert("stoker test CA", ca_key, None, ca_key, ca=True)
-    _write(d / "ca", ca_key, ca)
-    server_key = _key()
-    _write(d / "server", server_key, _cert("coordinator", ca_key, ca.subject, server_key, ip=True))
-    for node in ("n1", "n2"):
-        k = _key()
-        _write(d / node, k, _cert(node, ca_key, ca.subject, k))
-    rogue_ca_key = _key()
-    rogue_ca = _cert("rogue CA", rogue_ca_key, None, rogue_ca_key, ca=True)
-    k = _key()
-    _write(d / "rogue", k, _cert("n1", rogue_ca_key, rogue_ca.subject, k))
-    tokens = {}
-    lines = []
-    for name, role in (("ci-a", "ci"), ("ci-b", "ci"), ("ops", "operator")):
-        out = subprocess.run(
-            [sys.executable, "-m", "stoker.cli.main", "token", "--name", name, "--role", role],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        tokens[name] = out.stderr.strip().rsplit(" ", 1)[-1]
-        lines.append(json.loads(out.stdout))
-    (d / "tokens.json").write_text(json.dumps({"tokens": lines}))
+    tokens = make_pki(d, ("n1", "n2"), (("ci-a", "ci"), ("ci-b", "ci"), ("ops", "operator")), rogue=True)
     return d, tokens
 
 
 def secure_fleet(tmp_path, pki_dir, port_factory):
     agent_port = port_factory()
-    coordinator = local_fleet.start_coordinator(
-        tmp_path, extra=["--config", str(_coordinator_config(tmp_path, pki_dir, agent_port))]
-    )
-    return coordinator, f"127.0.0.1:{agent_port}"
-
-
-def _coordinator_config(tmp_path: Path, pki_dir: Path, agent_port: int) -> Path:
-    path = tmp_path / "coordinator.toml"
-    path.write_text(
-        "[security]\n"
-        f'tls_cert = "{pki_dir / "server.pem"}"\n'
-        f'tls_key = "{pki_dir / "server.key"}"\n'
-        f'client_ca = "{pki_dir / "ca.pem"}"\n'
-        f'agent_listen = "127.0.0.1:{agent_port}"\n'
-        f'tokens_file = "{pki_dir / "tokens.json"}"\n'
-    )
-    return path
+    return secure_coordinator(tmp_path, pki_dir, agent_port), f"127.0.0.1:{agent_port}"
 
 
 def agent_env(pki_dir: Path, cert: str) -> dict[str, str]:
@@ -132,34 +51,10 @@ def agent_env(pki_dir: Path, cert: str) -> dict[str, str]:
     }
 
 
-def tls_channel(
-    address: str, pki_dir: Path, token: str | None = None, client: str | None = None
-) -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(
-        (pki_dir / "ca.pem").read_bytes(),
-        private_key=(pki_dir / f"{client}.key").read_bytes() if client else None,
-        certificate_chain=(pki_dir / f"{client}.pem").read_bytes() if client else None,
-    )
-    if token:
-        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
-    return grpc.secure_channel(address, creds)
-
-
 def code_of(fn) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as err:
         fn()
     return err.value.code()
-
-
-def wait_nodes(address, pki_dir, token, names, timeout=30.0):
-    stub = inventory_pb2_grpc.InventoryStub(tls_channel(address, pki_dir, token))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reply = stub.QueryInventory(inventory_pb2.QueryInventoryRequest(summary_only=True), timeout=5)
-        if set(names) <= {n.node for n in reply.nodes if n.state == inventory_pb2.NODE_STATE_READY}:
-            return reply
-        time.sleep(0.1)
-    raise AssertionError(f"nodes {names} did not register")
 
 
 def test_mutual_tls_agents_and_token_roles(tmp_path, pki, port_factory):

@@ -204,6 +204,31 @@ BAD_SPECS = [
     ("timeout-inf", dict(timeout_s=float("inf")), "spec.timeout_s"),
     ("timeout-negative", dict(timeout_s=-1.0), "spec.timeout_s"),
     ("timeout-huge", dict(timeout_s=1e300), "spec.timeout_s"),
+    # image and limits (the maxima are the coordinator's defaults of builds.max_*)
+    ("image-space", dict(image="busybox; rm -rf /"), "spec.image"),
+    ("image-newline", dict(image="busybox\n"), "spec.image"),
+    ("image-option", dict(image="--privileged"), "spec.image"),
+    ("image-too-long", dict(image="r/" + "a" * 600), "spec.image"),
+    ("cpus-over-max", dict(limits=common_pb2.BuildLimits(cpus=65)), "spec.limits.cpus"),
+    ("cpus-nan", dict(limits=common_pb2.BuildLimits(cpus=float("nan"))), "spec.limits.cpus"),
+    ("cpus-negative", dict(limits=common_pb2.BuildLimits(cpus=-1)), "spec.limits.cpus"),
+    (
+        "memory-over-max",
+        dict(limits=common_pb2.BuildLimits(memory_bytes=257 << 30)),
+        "spec.limits.memory_bytes",
+    ),
+    ("pids-over-max", dict(limits=common_pb2.BuildLimits(pids=65537)), "spec.limits.pids"),
+    (
+        "output-over-max",
+        dict(limits=common_pb2.BuildLimits(output_bytes=(1 << 30) + 1)),
+        "spec.limits.output_bytes",
+    ),
+    ("network-host", dict(limits=common_pb2.BuildLimits(network="host")), "spec.limits.network"),
+    (
+        "disk-over-max",
+        dict(limits=common_pb2.BuildLimits(disk_bytes=(1 << 40) + 1)),
+        "spec.limits.disk_bytes",
+    ),
 ]
 
 

@@ -1,0 +1,140 @@
+"""The Yarn recipe (recipes/yarn.sh) with real Yarn 4 (pinned in tests/recipes/tools) and its
+node-modules linker against the npm registry, on a loopback fleet.
+
+The npm test's tiny tree (is-number, left-pad, debug -> ms) locked by Yarn; v2 changes one dependency
+(is-number 7 -> 6). What Yarn did is counted from its fetch step's summary (YN0013), and that it kept the
+restored tree from the inode of an unchanged package's file, read before and after the recipe.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.recipes.recipekit import DATA, files_of, key_of, npm_registry_tool, require_tool
+
+pytestmark = pytest.mark.integration
+
+PATHS = ("node_modules", ".yarn/cache")
+INPUTS = ("package.json", "yarn.lock", ".yarnrc.yml")
+CHECK = (
+    "node -e \"for (const p of ['is-number', 'left-pad', 'debug']) "
+    "console.log('version ' + p + ' ' + require(p + '/package.json').version); "
+    "require('debug'); if (!require('is-number')(5)) process.exit(3)\""
+)
+YARN_RAN = r"YN0000: · Yarn "
+IDENTITY = "stat -c 'identity %i' node_modules/left-pad/index.js"  # a package v1 and v2 share
+STALE_LOCKFILE = r"YN0028: .*The lockfile would have been modified by this install, which is explicitly"
+
+
+def yarn_files(version: str) -> dict[str, bytes]:
+    return files_of(DATA / "yarn" / version, recipe="yarn.sh")
+
+
+def key(files: dict[str, bytes], prefix: str = "web/yarn-") -> str:
+    return key_of(prefix, files, *INPUTS)
+
+
+def build(f, files, prefix="web/yarn-", *, key_=None, around=""):
+    """The recipe then the project's check; ``around``: a command run before the recipe and after it."""
+    steps = [around, "sh recipes/yarn.sh", around, CHECK]
+    return f.run(
+        " && ".join(s for s in steps if s),
+        files,
+        key=key_ or key(files, prefix),
+        restore=(prefix,),
+        paths=PATHS,
+    )
+
+
+@pytest.fixture
+def recipe_tools():
+    require_tool("node", "apt-get install nodejs npm (Debian); scripts/system_deps.sh installs them")
+    return {"yarn": npm_registry_tool("yarn")}
+
+
+def test_cold_then_exact_hit_skips_install_then_one_changed_dependency_changes_one_package(recipe_fleet):
+    f = recipe_fleet
+    v1, v2 = yarn_files("v1"), yarn_files("v2")
+
+    cold = build(f, v1)
+    assert cold.ok, cold.explain()
+    assert cold.env("STOKER_CACHE_HIT") == "none"
+    assert cold.count(r"YN0013: .*4 packages were added to the project") == 1, cold.output
+    assert "version is-number 7.0.0" in cold.lines and cold.finished.cache.saved
+
+    exact = build(f, v1)
+    assert exact.ok, exact.explain()
+    assert exact.env("STOKER_CACHE_HIT") == "exact"
+    assert exact.count(YARN_RAN) == 0, f"yarn ran on an exact hit:\n{exact.output}"
+    assert exact.count(r"^stoker-yarn: dependencies ready \(skip\)") == 1, exact.output
+    assert {"version is-number 7.0.0", "version debug 4.3.4"} <= set(exact.lines)
+
+    partial = build(f, v2, around=IDENTITY)
+    assert partial.ok, partial.explain()
+    assert (partial.env("STOKER_CACHE_HIT"), partial.env("STOKER_CACHE_RESTORED_KEY")) == ("partial", key(v1))
+    # Yarn fetched one package (the three others were in the restored .yarn/cache) and dropped one.
+    assert partial.count(r"YN0013: ") == 1, partial.output
+    assert partial.count(r"YN0013: .*A package was added to the project, and one was removed") == 1
+    inodes = [line for line in partial.lines if line.startswith("identity ")]
+    assert len(inodes) == 2 and inodes[0] == inodes[1], f"left-pad was reinstalled: {inodes}"
+    assert {"version is-number 6.0.0", "version left-pad 1.3.0"} <= set(partial.lines)
+    assert partial.finished.cache.saved
+
+    again = build(f, v2)
+    assert again.env("STOKER_CACHE_HIT") == "exact" and again.count(YARN_RAN) == 0, again.output
+    assert "version is-number 6.0.0" in again.lines
+
+    assert f.home_contents() == [], "a build wrote into the agent's HOME"
+
+
+def test_package_json_out_of_step_with_the_lockfile_fails_as_yarn_fails(recipe_fleet):
+    f = recipe_fleet
+    v1 = yarn_files("v1")
+    assert build(f, v1).ok
+    stale = dict(v1)  # left-pad bumped in package.json, yarn.lock not updated
+    stale["package.json"] = v1["package.json"].replace(b'"left-pad": "1.3.0"', b'"left-pad": "1.2.0"')
+    assert stale["package.json"] != v1["package.json"]
+
+    bad = build(f, stale)
+    assert not bad.ok and bad.env("STOKER_CACHE_HIT") == "partial"
+    assert bad.count(STALE_LOCKFILE) == 1, bad.output
+    assert bad.count(r"^version ") == 0 and not bad.finished.cache.saved
+
+    cold = build(f, stale, prefix="other/yarn-")
+    assert not cold.ok and cold.env("STOKER_CACHE_HIT") == "none"
+    assert cold.count(STALE_LOCKFILE) == 1, cold.output
+
+    # A key made from the lockfile alone gives an exact hit on the stale manifest: the recipe's stamp
+    # (which hashes package.json too) disagrees, so Yarn runs, and fails, instead of skipping the install.
+    lock_only = key_of("lock/yarn-", v1, "yarn.lock")
+    assert build(f, v1, "lock/yarn-", key_=lock_only).ok
+    skipped = build(f, stale, "lock/yarn-", key_=lock_only)
+    assert not skipped.ok and skipped.env("STOKER_CACHE_HIT") == "exact"
+    assert skipped.count(STALE_LOCKFILE) == 1, skipped.output
+
+
+def test_an_exact_entry_made_on_another_runtime_is_not_used_as_exact_and_pnp_is_refused(recipe_fleet):
+    f = recipe_fleet
+    v1 = yarn_files("v1")
+    inputs = key_of("", v1, *INPUTS, length=64)
+    foreign = (
+        "mkdir -p node_modules/is-number && "
+        'echo \'{"name":"is-number","version":"7.0.0-built-on-arm64"}\' > '
+        "node_modules/is-number/package.json && "
+        f"echo 'inputs={inputs} runtime=linux-arm64-node-abi108-musl' > node_modules/.stoker-recipe"
+    )
+    assert f.run(foreign, v1, key=key(v1), paths=PATHS).ok
+
+    b = build(f, v1)
+    assert b.ok, b.explain()
+    assert b.env("STOKER_CACHE_HIT") == "exact"
+    assert b.count(r"made for linux-arm64-node-abi108-musl, this node runs linux-") == 1, b.output
+    assert b.count(r"YN0013: .*4 packages were added to the project") == 1, b.output
+    assert "version is-number 7.0.0" in b.lines
+
+    pnp = dict(v1)
+    pnp[".yarnrc.yml"] = b"nodeLinker: pnp\n"
+    refused = build(f, pnp, prefix="pnp/yarn-")
+    assert not refused.ok
+    assert refused.count(r"^stoker-yarn: nodeLinker is pnp: this recipe caches node_modules") == 1
+    assert refused.count(YARN_RAN) == 0, refused.output
