@@ -12,6 +12,8 @@ import socket
 import subprocess
 import tarfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,11 +79,11 @@ def busybox_rootfs_tar() -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="session")
-def local_registry(tmp_path_factory):
-    """Debian's docker-registry serving over plain HTTP on 127.0.0.1 with a free port; yields host:port."""
+@contextmanager
+def serve_registry(root: Path) -> Iterator[str]:
+    """Debian's docker-registry serving over plain HTTP on 127.0.0.1 with a free port, its data and log under
+    ``root``; yields host:port. Raises RuntimeError (with the log's tail) when it does not start."""
     binary = need("docker-registry")
-    root = tmp_path_factory.mktemp("registry")
     port = free_port()
     config = root / "config.yml"
     config.write_text(
@@ -93,10 +95,11 @@ def local_registry(tmp_path_factory):
         [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        wait_port(port, proc, 30, "docker-registry")
+        try:
+            wait_port(port, proc, 30, "docker-registry")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; log: {(root / 'registry.log').read_text()[-2000:]}") from None
         yield f"127.0.0.1:{port}"
-    except RuntimeError as exc:
-        pytest.fail(f"{exc}; log: {(root / 'registry.log').read_text()[-2000:]}")
     finally:
         proc.terminate()
         try:
@@ -104,6 +107,16 @@ def local_registry(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def local_registry(tmp_path_factory):
+    """:func:`serve_registry` for the session; yields host:port."""
+    try:
+        with serve_registry(tmp_path_factory.mktemp("registry")) as address:
+            yield address
+    except RuntimeError as exc:  # it did not start (the tests' own failures are not thrown in here)
+        pytest.fail(str(exc))
 
 
 def _podman(storage: Path, *args: str) -> subprocess.CompletedProcess:
@@ -128,6 +141,19 @@ def _podman(storage: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def push_rootfs(tar: Path, ref: str, work: Path) -> None:
+    """Import the root filesystem ``tar`` as the image ``ref`` into a scratch podman storage under ``work``
+    and push it to its (plain HTTP) registry; the scratch storage is reset afterwards. RuntimeError when
+    podman fails."""
+    try:
+        for args in (("import", str(tar), ref), ("push", "--tls-verify=false", ref)):
+            done = _podman(work, *args)
+            if done.returncode != 0:
+                raise RuntimeError(f"podman {args[0]} failed: {done.stderr[-2000:]}")
+    finally:
+        _podman(work, "system", "reset", "--force")
+
+
 @pytest.fixture(scope="session")
 def sandbox_image(local_registry, tmp_path_factory) -> str:
     """The busybox image, imported with podman into a scratch storage and pushed to the local registry."""
@@ -135,11 +161,10 @@ def sandbox_image(local_registry, tmp_path_factory) -> str:
     tar = work / "rootfs.tar"
     tar.write_bytes(busybox_rootfs_tar())
     ref = f"{local_registry}/stoker-test/busybox:1"
-    for args in (("import", str(tar), ref), ("push", "--tls-verify=false", ref)):
-        done = _podman(work, *args)
-        if done.returncode != 0:
-            pytest.fail(f"podman {args[0]} failed: {done.stderr[-2000:]}")
-    _podman(work, "system", "reset", "--force")
+    try:
+        push_rootfs(tar, ref, work)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     return ref
 
 
