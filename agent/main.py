@@ -25,7 +25,7 @@ from stoker.agent.executors.factory import open_executor
 from stoker.agent.runner import AgentMetrics
 from stoker.agent.session import CoordinatorSession
 from stoker.common.serving import MetricsServer, add_health_and_reflection, write_ready_file
-from stoker.v1 import agent_pb2
+from stoker.v1 import agent_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,14 @@ def registration(config: AgentConfig) -> agent_pb2.RegisterRequest:
         instance_type=node.instance_type,
         cpus=node.cpus or (os.cpu_count() or 1),
         memory_bytes=node.memory_bytes,
+        # The agent's build.* limits are every build's defaults and the most one may ask for.
+        maxima=common_pb2.BuildLimits(
+            cpus=config.build.cpus,
+            memory_bytes=config.build.memory_bytes,
+            pids=config.build.pids,
+            output_bytes=config.build.output_bytes,
+            disk_bytes=config.build.disk_bytes,
+        ),
     )
     use_kube = node.kubernetes == "on" or (node.kubernetes == "auto" and in_cluster())
     if use_kube:

@@ -133,6 +133,7 @@ class SimAgent:
             agent_version="load-sim",
             cpus=8,
             memory_bytes=32 << 30,
+            executor="podman",  # as a deployed node: the coordinator keeps builds off unsandboxed ones
         )
         self.connected = False
         self.connects = 0

@@ -8,6 +8,7 @@ The coordinator address comes from ``--coordinator`` or ``STOKER_COORDINATOR`` (
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import sys
@@ -106,6 +107,12 @@ def add_spec_arguments(parser, *, command: bool) -> None:
         limits.add_argument("--output-limit", type=size, default=0, help="bytes of output, e.g. 100M")
         limits.add_argument("--disk", type=size, default=0, help="bytes the workspace may hold, e.g. 10G")
         limits.add_argument("--network", choices=["default", "none"], default="", help="none: loopback only")
+        parser.add_argument(
+            "--allow-unsandboxed",
+            action="store_true",
+            help="the build may run on a node without a sandbox (executor process), where the coordinator's "
+            "builds.process_nodes is when_asked: for code you trust only",
+        )
         parser.add_argument("--timeout", type=float, default=0.0, help="seconds (default: the coordinator's)")
         parser.add_argument("--env", action="append", default=[], help="K=V for the command (repeatable)")
         parser.add_argument(
@@ -145,6 +152,7 @@ def spec_from_args(args, *, command: bool) -> common_pb2.BuildSpec:
             )
         )
         spec.command.extend(args.argv)
+        spec.allow_unsandboxed = args.allow_unsandboxed
         spec.timeout_s = args.timeout
         spec.env.update(_pairs(args.env, "--env"))
         for name in args.file:
@@ -163,6 +171,8 @@ def size(text: str) -> int:
         number = float(value[: len(value) - len(unit)])
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512M, 4G)") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512M, 4G)")
     if number < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
     return int(number * _UNITS[unit])

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stoker.common import settings
+from stoker.coordinator.placement.domain import PROCESS_NODES
 from stoker.coordinator.placement.scheduler import SchedulerSettings
 from stoker.coordinator.rollouts.settings import RolloutSettings
 
@@ -93,6 +94,18 @@ class BuildSettings:
     """Most output a build may ask to write (spec.limits.output_bytes)."""
     max_disk_bytes: int = 1024**4
     """Most workspace bytes a build may ask for (spec.limits.disk_bytes)."""
+    process_nodes: str = "when_asked"
+    """Which builds may run on nodes whose executor is ``process`` (no sandbox: the build shares the agent's
+    uid and files): ``never``; ``when_asked``: builds whose spec sets allow_unsandboxed (the caller vouches
+    for the code); ``always``: any build, as on a trusted single-tenant fleet. A build naming an image, a
+    CPU, memory or pids limit or network none never goes to such a node: only a sandbox keeps those."""
+
+    def __post_init__(self) -> None:
+        if self.process_nodes not in PROCESS_NODES:
+            raise settings.SettingsError(
+                f"setting builds.process_nodes: {self.process_nodes!r} is not one of "
+                f"{', '.join(PROCESS_NODES)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,7 @@ def start_coordinator(
     lease_ttl_s: float | None = None,
     listen: str = "127.0.0.1:0",
     extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
     timeout: float = 30.0,
 ) -> Process:
     args = [
@@ -127,7 +128,10 @@ def start_coordinator(
     ]
     if lease_ttl_s is not None:
         args += ["--lease-ttl", str(lease_ttl_s)]
-    return _spawn(name, args + (extra or []), workdir, None, timeout)
+    # One user's own machine, whose agents run their builds as processes (see start_agent): every build
+    # may go to them. A deployed coordinator keeps builds off such nodes unless a build asks.
+    env = {"STOKER_COORDINATOR_BUILDS_PROCESS_NODES": "always", **(env or {})}
+    return _spawn(name, args + (extra or []), workdir, env, timeout)
 
 
 def start_agent(

@@ -23,10 +23,18 @@ from dataclasses import dataclass, field
 
 from stoker.coordinator.config import BuildSettings
 from stoker.coordinator.core.clock import Clock
-from stoker.coordinator.core.errors import FailedPrecondition, NotFound, Unavailable
+from stoker.coordinator.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.core.state import StateStore, is_terminal
-from stoker.coordinator.placement.domain import PlacementRequest, Warmth
+from stoker.coordinator.placement.domain import (
+    NO_LIMITS,
+    RESOURCE_FIELDS,
+    Constraints,
+    NodeInfo,
+    PlacementRequest,
+    Warmth,
+    number,
+)
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.registry import NodeRecord, NodeRegistry
 from stoker.coordinator.placement.scheduler import Scheduler
@@ -151,7 +159,7 @@ class BuildQueue:
             active = ActiveBuild(
                 record=record,
                 events=events,
-                request=convert.placement_request(record.id, record.spec, convert.seconds(record.created)),
+                request=self._request(record.id, record.spec, convert.seconds(record.created)),
             )
             self._active[record.id] = active
             if record.state == build_pb2.BUILD_STATE_QUEUED:
@@ -170,7 +178,7 @@ class BuildQueue:
                 return existing
         now = self._clock.now()
         build_id = "b-" + uuid.uuid4().hex[:16]
-        request = convert.placement_request(build_id, spec, now)
+        request = self._request(build_id, spec, now)
         self._check_satisfiable(request)
         if spec.timeout_s == 0:
             spec = _with_timeout(spec, self._settings.default_timeout_s)
@@ -195,15 +203,31 @@ class BuildQueue:
             self._emit_queued(active)
         return build_id
 
+    def _request(self, build_id: str, spec: common_pb2.BuildSpec, enqueued_at: float) -> PlacementRequest:
+        return convert.placement_request(build_id, spec, enqueued_at, self._settings.process_nodes)
+
     def _check_satisfiable(self, request: PlacementRequest) -> None:
+        """UNAVAILABLE before any node registered; INVALID_ARGUMENT for a limit above the largest maximum of
+        the live nodes that could run the build; FAILED_PRECONDITION when no one node admits it all."""
         live = self._registry.live_nodes()
         if not live:
             raise Unavailable("no build node has registered yet; start agents or retry shortly")
-        if not any(request.constraints.admits(n.info) for n in live):
-            zones = sorted({n.info.zone for n in live})
+        nodes = [n.info for n in live]
+        _check_maxima(request.constraints, nodes)
+        if not any(request.constraints.admits(n) for n in nodes):
+            zones = sorted({n.zone for n in nodes})
+            executors = sorted({n.executor or "process" for n in nodes})
+            hint = ""
+            if request.constraints.sandbox and not any(n.sandboxed for n in nodes):
+                hint = (
+                    "; no node sandboxes builds: run agents with podman, or, for trusted code only, set "
+                    "allow_unsandboxed on the build (stoker build --allow-unsandboxed) where the "
+                    "coordinator's builds.process_nodes is when_asked"
+                )
             raise FailedPrecondition(
                 f"no registered node satisfies the constraints ({request.constraints.describe()}); "
-                f"{sum(1 for _ in live)} node(s) in zone(s) {', '.join(repr(z) for z in zones)}"
+                f"{len(nodes)} node(s) in zone(s) {', '.join(repr(z) for z in zones)}, executors "
+                f"{', '.join(executors)}{hint}"
             )
 
     def get(self, build_id: str) -> build_pb2.Build:
@@ -270,7 +294,9 @@ class BuildQueue:
     async def place(self, spec: common_pb2.BuildSpec, lease_s: float, owner: str = "") -> build_pb2.Placement:
         # The lease's id is the request's: the scheduler counts the placement as running under it until
         # it is released (or expires), as it counts a build under the build's id.
-        request = convert.placement_request("l-" + uuid.uuid4().hex[:16], spec, self._clock.now())
+        # A placement-only lease runs nothing through the node's executor (the caller's runner does the
+        # work), so builds.process_nodes does not apply; an image or cgroup limit in the spec still does.
+        request = convert.placement_request("l-" + uuid.uuid4().hex[:16], spec, self._clock.now(), "always")
         self._check_satisfiable(request)
         pending = PendingPlacement(
             request=request,
@@ -566,7 +592,7 @@ class BuildQueue:
         rec.state = build_pb2.BUILD_STATE_QUEUED
         rec.node = ""
         active.dispatch_session = ""
-        active.request = convert.placement_request(rec.id, rec.spec, active.request.enqueued_at)
+        active.request = self._request(rec.id, rec.spec, active.request.enqueued_at)
         self._store.put_build(rec)
         self._queue.append(active)
         log.warning("build %s requeued as attempt %d: %s", rec.id, rec.attempt, reason)
@@ -674,6 +700,23 @@ class BuildQueue:
 
     def links(self) -> dict[str, AgentLink]:
         return self._links
+
+
+def _check_maxima(constraints: Constraints, nodes: list[NodeInfo]) -> None:
+    """Raise InvalidArgument naming the first limit above what every node that could run the build allows
+    (a node with no maximum of a kind allows any value of it). Nodes the build cannot use anyway (an
+    unsandboxed one for a build that needs a sandbox) do not count."""
+    asked = constraints.limits
+    capable = [n for n in nodes if n.sandboxed or not constraints.sandbox]
+    if asked == NO_LIMITS or not capable:
+        return
+    for name in RESOURCE_FIELDS:
+        value, maxima = getattr(asked, name), [getattr(n.maxima, name) for n in capable]
+        if value and all(most and value > most for most in maxima):
+            raise InvalidArgument(
+                f"spec.limits.{name}: {number(value)} is more than any registered node allows "
+                f"(the largest maximum is {number(max(maxima))})"
+            )
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -23,6 +23,63 @@ class NodeState(str, enum.Enum):
     LOST = "lost"
 
 
+SANDBOXING_EXECUTORS = frozenset({"podman"})
+"""Executors that run each build isolated, in its own image and under cgroup limits. Any other (``process``,
+or none reported by an older agent) runs builds as plain processes of the agent."""
+
+RESOURCE_FIELDS = ("cpus", "memory_bytes", "pids", "output_bytes", "disk_bytes")
+SANDBOX_ONLY_FIELDS = ("cpus", "memory_bytes", "pids")
+"""Limits only a sandboxing executor keeps (cgroups); output and workspace bytes every executor keeps."""
+
+PROCESS_NODES = ("never", "when_asked", "always")
+"""Which builds may go to a node that runs builds without a sandbox (the coordinator's setting
+builds.process_nodes): none; those whose spec sets allow_unsandboxed; any."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one build asks for, or the most a node lets one build ask for. 0 in a field: nothing asked
+    (a build), no maximum (a node)."""
+
+    cpus: float = 0.0
+    memory_bytes: int = 0
+    pids: int = 0
+    output_bytes: int = 0
+    disk_bytes: int = 0
+
+    def first_over(self, maxima: Resources) -> str:
+        """The first field asked for above ``maxima`` ("" when none is)."""
+        for name in RESOURCE_FIELDS:
+            most = getattr(maxima, name)
+            if most and getattr(self, name) > most:
+                return name
+        return ""
+
+    def describe(self) -> str:
+        return ", ".join(
+            f"{name}={number(getattr(self, name))}" for name in RESOURCE_FIELDS if getattr(self, name)
+        )
+
+
+def number(value: float) -> str:
+    """A limit as a person reads it: bytes and counts whole (17179869184, not 1.71799e+10), CPUs as given."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+NO_LIMITS: Final = Resources()
+
+
+def needs_sandbox(*, image: str, limits: Resources, network_none: bool, allowed: bool, policy: str) -> bool:
+    """Whether a build must run on a sandboxing executor: it names an image or a limit only a sandbox keeps,
+    or ``policy`` (builds.process_nodes) keeps it off unsandboxed nodes (``allowed``: its spec asks to be
+    let onto them)."""
+    if image or network_none or any(getattr(limits, name) for name in SANDBOX_ONLY_FIELDS):
+        return True
+    if policy == "always":
+        return False
+    return not (policy == "when_asked" and allowed)
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     """What a node says about itself when it registers."""
@@ -38,8 +95,15 @@ class NodeInfo:
     memory_bytes: int = 0
     taints: tuple[str, ...] = ()
     executor: str = ""
-    """What runs builds there: ``podman`` (each in its own container) or ``process`` (not isolated)."""
+    """What runs builds there: ``podman`` (each in its own container) or ``process`` (not isolated); ""
+    from an agent too old to say, which runs builds as processes."""
     oci_runtime: str = ""
+    maxima: Resources = NO_LIMITS
+    """The most one build may ask for there."""
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.executor in SANDBOXING_EXECUTORS
 
 
 class EntryRecord(NamedTuple):
@@ -94,17 +158,34 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class Constraints:
+    """Where a build may run: every condition must hold."""
+
     zone: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    sandbox: bool = False
+    """Only nodes whose executor sandboxes builds (see ``needs_sandbox``)."""
+    limits: Resources = NO_LIMITS
+    """Only nodes whose maxima allow these limits."""
+
+    def restricts(self) -> bool:
+        return bool(self.zone or self.labels or self.sandbox or self.limits != NO_LIMITS)
 
     def admits(self, node: NodeInfo) -> bool:
         if self.zone and node.zone != self.zone:
+            return False
+        if self.sandbox and not node.sandboxed:
+            return False
+        if self.limits != NO_LIMITS and self.limits.first_over(node.maxima):
             return False
         return all(node.labels.get(k) == v for k, v in self.labels.items())
 
     def describe(self) -> str:
         parts = [f"zone={self.zone}"] if self.zone else []
         parts += [f"{k}={v}" for k, v in sorted(self.labels.items())]
+        if self.sandbox:
+            parts.append("a sandboxing executor (podman)")
+        if self.limits != NO_LIMITS:
+            parts.append(f"maxima admitting {self.limits.describe()}")
         return ", ".join(parts) or "none"
 
 

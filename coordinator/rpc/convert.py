@@ -23,7 +23,9 @@ from stoker.coordinator.placement.domain import (
     NodeInfo,
     NodeState,
     PlacementRequest,
+    Resources,
     Warmth,
+    needs_sandbox,
 )
 from stoker.coordinator.placement.registry import NodeRecord
 from stoker.v1 import agent_pb2, common_pb2, inventory_pb2
@@ -66,6 +68,27 @@ def node_info(req: agent_pb2.RegisterRequest) -> NodeInfo:
         taints=tuple(req.taints),
         executor=req.executor,
         oci_runtime=req.oci_runtime,
+        maxima=resources(req.maxima),
+    )
+
+
+def resources(pb: common_pb2.BuildLimits) -> Resources:
+    return Resources(
+        cpus=pb.cpus,
+        memory_bytes=pb.memory_bytes,
+        pids=pb.pids,
+        output_bytes=pb.output_bytes,
+        disk_bytes=pb.disk_bytes,
+    )
+
+
+def limits_pb(r: Resources) -> common_pb2.BuildLimits:
+    return common_pb2.BuildLimits(
+        cpus=r.cpus,
+        memory_bytes=r.memory_bytes,
+        pids=r.pids,
+        output_bytes=r.output_bytes,
+        disk_bytes=r.disk_bytes,
     )
 
 
@@ -123,7 +146,18 @@ def image_to_pb(r: ImageRecord) -> common_pb2.ImageEntry:
     return pb
 
 
-def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: float) -> PlacementRequest:
+def placement_request(
+    request_id: str, spec: common_pb2.BuildSpec, enqueued_at: float, process_nodes: str = "when_asked"
+) -> PlacementRequest:
+    """The scheduler's view of a build; ``process_nodes`` is the setting builds.process_nodes."""
+    limits = resources(spec.limits)
+    sandbox = needs_sandbox(
+        image=spec.image,
+        limits=limits,
+        network_none=spec.limits.network == "none",
+        allowed=spec.allow_unsandboxed,
+        policy=process_nodes,
+    )
     return PlacementRequest(
         id=request_id,
         workspace=spec.workspace,
@@ -131,7 +165,9 @@ def placement_request(request_id: str, spec: common_pb2.BuildSpec, enqueued_at: 
             spec.cache.key
         ),  # the scheduler keeps it in per-key maps: one string with the inventory's
         restore_keys=tuple(spec.cache.restore_keys),
-        constraints=Constraints(zone=spec.constraints.zone, labels=dict(spec.constraints.labels)),
+        constraints=Constraints(
+            zone=spec.constraints.zone, labels=dict(spec.constraints.labels), sandbox=sandbox, limits=limits
+        ),
         tenant=spec.tenant or spec.workspace,
         priority=spec.priority,
         enqueued_at=enqueued_at,
@@ -159,6 +195,7 @@ def node_inventory(
         entry_bytes=sum(e[BYTES] for e in entries),
         executor=record.info.executor,
         oci_runtime=record.info.oci_runtime,
+        maxima=limits_pb(record.info.maxima),
         image_count=len(record.image_records),
         image_bytes=sum(r.bytes for r in record.image_records),
     )

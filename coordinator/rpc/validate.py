@@ -281,3 +281,7 @@ def registration(req: agent_pb2.RegisterRequest) -> None:
     if req.disk_capacity_bytes < 0:
         raise InvalidArgument("disk_capacity_bytes: must not be negative")
     _labels(req.labels, "labels")
+    _finite(req.maxima.cpus, "maxima.cpus")
+    for name in ("cpus", "memory_bytes", "pids", "output_bytes", "disk_bytes"):
+        if getattr(req.maxima, name) < 0:
+            raise InvalidArgument(f"maxima.{name}: must not be negative")

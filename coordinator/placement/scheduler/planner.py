@@ -30,7 +30,7 @@ from stoker.coordinator.placement.scheduler.heat import LoadHistory
 from stoker.coordinator.placement.scheduler.prewarm import Prewarm, Prewarmer
 from stoker.coordinator.placement.scheduler.rendezvous import Rendezvous
 from stoker.coordinator.placement.scheduler.settings import SchedulerSettings
-from stoker.coordinator.placement.scheduler.stages import decide
+from stoker.coordinator.placement.scheduler.stages import admit, decide
 
 
 @dataclass
@@ -169,7 +169,7 @@ class Scheduler:
             if over is not None:
                 plan.waiting[request.id] = over
                 continue
-            view.bound = self._bound(running_total, len(live))
+            view.bound = self._bound_for(request, live, load, running_total)
             decision = decide(request, view, self._inventory, self._rendezvous)
             if decision.node is None:
                 plan.waiting[request.id] = decision.reason
@@ -228,6 +228,17 @@ class Scheduler:
         )
         view.guard = guard_costly_keys(view, self.demand.costly, self._inventory, self.demand.arrival_rate)
         return view
+
+    def _bound_for(
+        self, request: PlacementRequest, live: dict[str, NodeRecord], load: dict[str, int], running_total: int
+    ) -> int:
+        """The load bound for ``request``: over the whole fleet, or over only the nodes it may use when its
+        constraints restrict it (else a build that only one node admits waits while that node has free
+        slots, because the rest of the fleet is idle)."""
+        if not request.constraints.restricts():
+            return self._bound(running_total, len(live))
+        admitted = admit(request.constraints, live)
+        return self._bound(sum(load[n] for n in admitted), len(admitted))
 
     def _bound(self, running: int, nodes: int) -> int:
         return max(1, math.ceil(self.settings.load_factor * (running + 1) / max(1, nodes)))

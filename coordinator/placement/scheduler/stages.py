@@ -192,16 +192,13 @@ def target_entry(inventory: InventoryIndex, key: str) -> tuple[int, bytes]:
 
 
 # -- the stages ------------------------------------------------------------------------------------
-def admit(constraints: Constraints, live: dict[str, NodeRecord], image: str = "") -> dict[str, NodeRecord]:
-    """Stage 1: the live nodes that satisfy the request's constraints (zone, labels); for a build that names
-    an image, only nodes whose executor runs images (a ``process`` node would run it outside any image,
-    unsandboxed)."""
-    admitted = live
-    if constraints.zone or constraints.labels:
-        admitted = {name: n for name, n in live.items() if constraints.admits(n.info)}
-    if image:
-        admitted = {name: n for name, n in admitted.items() if n.info.executor != "process"}
-    return admitted
+def admit(constraints: Constraints, live: dict[str, NodeRecord]) -> dict[str, NodeRecord]:
+    """Stage 1: the live nodes that satisfy the request's constraints: zone, labels, a sandboxing executor
+    when the build needs one (it names an image, say: a ``process`` node would run it outside any image,
+    unsandboxed), maxima that admit its limits."""
+    if constraints.restricts():
+        return {name: n for name, n in live.items() if constraints.admits(n.info)}
+    return live
 
 
 def warm_candidates(p: Placing) -> None:
@@ -338,14 +335,12 @@ def decide(
     request: PlacementRequest, view: FleetView, inventory: InventoryIndex, rendezvous: Rendezvous
 ) -> Decision:
     """Where ``request`` goes (or why it waits): admit → warm → partial → cold → rank → explain."""
-    admitted = admit(request.constraints, view.live, request.image)
+    admitted = admit(request.constraints, view.live)
     if not admitted:
-        runs_images = " and runs images (its executor is not process)" if request.image else ""
         return Decision(
             node=None,
             warmth=Warmth.COLD,
-            reason=f"waiting: no ready node satisfies the constraints ({request.constraints.describe()})"
-            f"{runs_images}",
+            reason=f"waiting: no ready node satisfies the constraints ({request.constraints.describe()})",
         )
     placing = Placing.start(request, view, admitted, inventory, rendezvous)
     for find in CANDIDATE_STAGES:

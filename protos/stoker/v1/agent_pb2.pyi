@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("node", "zone", "slots", "disk_capacity_bytes", "labels", "agent_version", "instance_type", "cpus", "memory_bytes", "taints", "executor", "oci_runtime")
+    __slots__ = ("node", "zone", "slots", "disk_capacity_bytes", "labels", "agent_version", "instance_type", "cpus", "memory_bytes", "taints", "executor", "oci_runtime", "maxima")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class RegisterRequest(_message.Message):
     TAINTS_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     OCI_RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    MAXIMA_FIELD_NUMBER: _ClassVar[int]
     node: str
     zone: str
     slots: int
@@ -41,7 +42,8 @@ class RegisterRequest(_message.Message):
     taints: _containers.RepeatedScalarFieldContainer[str]
     executor: str
     oci_runtime: str
-    def __init__(self, node: _Optional[str] = ..., zone: _Optional[str] = ..., slots: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., instance_type: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., taints: _Optional[_Iterable[str]] = ..., executor: _Optional[str] = ..., oci_runtime: _Optional[str] = ...) -> None: ...
+    maxima: _common_pb2.BuildLimits
+    def __init__(self, node: _Optional[str] = ..., zone: _Optional[str] = ..., slots: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., instance_type: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., taints: _Optional[_Iterable[str]] = ..., executor: _Optional[str] = ..., oci_runtime: _Optional[str] = ..., maxima: _Optional[_Union[_common_pb2.BuildLimits, _Mapping]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("session_id", "lease_ttl_s", "heartbeat_interval_s")

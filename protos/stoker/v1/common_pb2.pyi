@@ -47,7 +47,7 @@ class Constraints(_message.Message):
     def __init__(self, zone: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class BuildSpec(_message.Message):
-    __slots__ = ("workspace", "cache", "command", "env", "timeout_s", "constraints", "files", "tenant", "priority", "image", "limits")
+    __slots__ = ("workspace", "cache", "command", "env", "timeout_s", "constraints", "files", "tenant", "priority", "image", "limits", "allow_unsandboxed")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class BuildSpec(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_UNSANDBOXED_FIELD_NUMBER: _ClassVar[int]
     workspace: str
     cache: CacheSpec
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -84,7 +85,8 @@ class BuildSpec(_message.Message):
     priority: int
     image: str
     limits: BuildLimits
-    def __init__(self, workspace: _Optional[str] = ..., cache: _Optional[_Union[CacheSpec, _Mapping]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., files: _Optional[_Mapping[str, bytes]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., image: _Optional[str] = ..., limits: _Optional[_Union[BuildLimits, _Mapping]] = ...) -> None: ...
+    allow_unsandboxed: bool
+    def __init__(self, workspace: _Optional[str] = ..., cache: _Optional[_Union[CacheSpec, _Mapping]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., files: _Optional[_Mapping[str, bytes]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., image: _Optional[str] = ..., limits: _Optional[_Union[BuildLimits, _Mapping]] = ..., allow_unsandboxed: _Optional[bool] = ...) -> None: ...
 
 class BuildLimits(_message.Message):
     __slots__ = ("cpus", "memory_bytes", "pids", "output_bytes", "network", "disk_bytes")

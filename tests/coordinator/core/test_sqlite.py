@@ -55,7 +55,7 @@ async def _submit_while_locked(tmp_path) -> tuple[grpc.StatusCode, str, grpc.Sta
         async with grpc.aio.insecure_channel(f"127.0.0.1:{coordinator.port}") as channel:
             # A registered node, so that the build is refused for the database and not for an empty fleet.
             await agent_pb2_grpc.AgentGatewayStub(channel).Register(
-                agent_pb2.RegisterRequest(node="n1", slots=1), timeout=10
+                agent_pb2.RegisterRequest(node="n1", slots=1, executor="podman"), timeout=10
             )
             builds = build_pb2_grpc.BuildsStub(channel)
             spec = common_pb2.BuildSpec(workspace="w", command=["true"])

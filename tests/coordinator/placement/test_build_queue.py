@@ -39,7 +39,7 @@ class World:
         self.links: dict[str, AgentLink] = {}
 
     def add_node(self, name: str, zone: str = "a", slots: int = 1) -> AgentLink:
-        rec = self.registry.register(NodeInfo(name=name, zone=zone, slots=slots))
+        rec = self.registry.register(NodeInfo(name=name, zone=zone, slots=slots, executor="podman"))
         self.registry.attach(name, rec.session_id)
         link = AgentLink(name, rec.session_id)
         self.links[name] = link
@@ -49,7 +49,7 @@ class World:
 
     def reconnect(self, name: str, running=()) -> None:
         """The node's agent registers again (a new session) and its first heartbeat reports ``running``."""
-        rec = self.registry.register(NodeInfo(name=name, zone="a", slots=1))
+        rec = self.registry.register(NodeInfo(name=name, zone="a", slots=1, executor="podman"))
         self.registry.attach(name, rec.session_id)
         link = AgentLink(name, rec.session_id)
         self.links[name] = link

@@ -393,9 +393,12 @@ def test_a_build_that_names_an_image_goes_only_to_nodes_whose_executor_runs_imag
         record = f.node(name)
         record.info = replace(record.info, executor=executor)
     live = f.view().live
-    assert sorted(admit(Constraints(), live, IMAGE)) == ["n1"]
-    assert admit(Constraints(), live) is live  # a build without an image runs anywhere
-    assert admit(Constraints(zone="a"), live, IMAGE) == {}  # n0 and n2: both process
-    d = decide(request(image=IMAGE, constraints=Constraints(zone="a")), f.view(), f.inventory, f.rendezvous)
-    assert d.node is None and d.reason.endswith("and runs images (its executor is not process)")
+    # convert.placement_request turns an image into this constraint (test_sandbox_placement.py)
+    sandbox = Constraints(sandbox=True)
+    assert sorted(admit(sandbox, live)) == ["n1"]
+    assert admit(Constraints(), live) is live  # a build that needs no sandbox runs anywhere
+    in_a = Constraints(zone="a", sandbox=True)
+    assert admit(in_a, live) == {}  # n0 and n2: both process
+    d = decide(request(image=IMAGE, constraints=in_a), f.view(), f.inventory, f.rendezvous)
+    assert d.node is None and d.reason.endswith("(zone=a, a sandboxing executor (podman))"), d.reason
     assert decide(request(image=IMAGE), f.view(), f.inventory, f.rendezvous).node == "n1"
