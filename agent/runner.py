@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -201,17 +201,34 @@ class BuildRunner:
         workspace = Path(self._settings.work_dir) / f"{run.build_id}-{run.attempt}"
         await self._in_thread(_fresh_workspace, workspace, dict(spec.files))
         try:
+            # Refused limits fail the build before any work; then the image is pulled while the cache is
+            # restored (the two wait on different things: the time to ready is the longer, not the sum).
+            limits, problem = limits_for(spec.limits, self._limits)
+            if problem:
+                self._log(run, f"stoker: {problem}", stderr=True)
+                self._finish(run, build_pb2.BUILD_STATE_FAILED, -1, problem, timings, figures)
+                return
+            job = self._job(run, workspace, limits)
+            pulling = asyncio.create_task(self._prepare(run, job, timings))
             restored = None
-            if spec.cache.key or spec.cache.restore_keys:
-                t0 = time.monotonic()
-                restored = await self._restore(run, workspace, figures)
-                timings.restore_s = time.monotonic() - t0
+            try:
+                if spec.cache.key or spec.cache.restore_keys:
+                    t0 = time.monotonic()
+                    restored = await self._restore(run, workspace, figures)
+                    timings.restore_s = time.monotonic() - t0
+            finally:
+                not_ready = await pulling
             if run.stop_state:
+                if not_ready is None:
+                    self._builds.release(job.build_id)  # the image it held for a run that will not come
                 self._finish(run, run.stop_state, -1, run.stop_reason, timings, figures)
                 return
             t0 = time.monotonic()
-            state, exit_code, message = await self._execute(run, workspace, restored, timings)
-            timings.run_s = time.monotonic() - t0 - timings.pull_s
+            if not_ready is not None:
+                state, exit_code, message = self._not_ready(run, not_ready)
+            else:
+                state, exit_code, message = await self._execute(run, job, restored)
+            timings.run_s = time.monotonic() - t0
             if state == build_pb2.BUILD_STATE_SUCCEEDED and spec.cache.key:
                 if restored is not None and restored.restored_key == spec.cache.key:
                     self._log(run, "stoker: cache key matched exactly; not saving")
@@ -275,19 +292,11 @@ class BuildRunner:
         self._metrics.uploaded_bytes.inc(result.bytes_uploaded)
         return ""
 
-    async def _execute(
-        self, run: _Run, workspace: Path, restored: RestoreResult | None, timings: common_pb2.Timings
-    ) -> tuple[int, int, str]:
-        """Pull the build's image (its own phase: ``timings.pull_s``), then run its command."""
+    def _job(self, run: _Run, workspace: Path, limits: Limits) -> BuildJob:
         spec = run.spec
-        limits, problem = limits_for(spec.limits, self._limits)
-        if problem:
-            self._log(run, f"stoker: {problem}", stderr=True)
-            return build_pb2.BUILD_STATE_FAILED, -1, problem
         env = dict(spec.env)
         env["STOKER_BUILD_ID"] = run.build_id
-        env.update(cache_hit_env(spec.cache.key, restored))  # after the spec's: a build cannot claim a hit
-        job = BuildJob(
+        return BuildJob(
             build_id=f"{run.build_id}-{run.attempt}",
             argv=tuple(spec.command),
             workspace=workspace,
@@ -297,20 +306,37 @@ class BuildRunner:
             timeout_s=spec.timeout_s or self._settings.default_timeout_s,
         )
 
+    async def _prepare(self, run: _Run, job: BuildJob, timings: common_pb2.Timings) -> Outcome | None:
+        """Get the build's image (its own phase: ``timings.pull_s``); the outcome that ends the build when
+        it cannot be had, else None."""
+        t0 = time.monotonic()
+        try:
+            return await self._builds.prepare(job, lambda text, stderr: self._log(run, text, stderr=stderr))
+        finally:
+            timings.pull_s = time.monotonic() - t0 if self._builds.name == "podman" else 0.0
+
+    def _not_ready(self, run: _Run, outcome: Outcome) -> tuple[int, int, str]:
+        self._log(run, f"stoker: {outcome.message}", stderr=True)
+        return _state_of(outcome, run), outcome.exit_code, outcome.message
+
+    async def _execute(
+        self, run: _Run, job: BuildJob, restored: RestoreResult | None
+    ) -> tuple[int, int, str]:
+        """Run the build's command (its image is ready)."""
+        env = dict(job.env)
+        env.update(
+            cache_hit_env(run.spec.cache.key, restored)
+        )  # after the spec's: a build cannot claim a hit
+        job = replace(job, env=env)
+
         def output(text: str, stderr: bool) -> None:
             self._log(run, text, stderr=stderr)
 
         def started(pid: int) -> None:
             self._send(run, build_pb2.BuildEvent(started=build_pb2.Started(pid=pid)))
 
-        t0 = time.monotonic()
-        outcome = await self._builds.prepare(job, output)
-        timings.pull_s = time.monotonic() - t0 if self._builds.name == "podman" else 0.0
-        if outcome is None and not run.stop_state:
-            outcome = await self._builds.run(job, output, started)
-        if outcome is None:  # cancelled while the image was being prepared
-            return run.stop_state, -1, run.stop_reason
-        if outcome.reason in (EndReason.NOT_STARTED, EndReason.IMAGE):
+        outcome = await self._builds.run(job, output, started)
+        if outcome.reason is EndReason.NOT_STARTED:
             self._log(run, f"stoker: {outcome.message}", stderr=True)
         return _state_of(outcome, run), outcome.exit_code, outcome.message
 

@@ -213,6 +213,10 @@ class PodmanExecutor(BuildExecutor):
     def images(self) -> tuple[Image, ...]:
         return self._images.held
 
+    def release(self, build_id: str) -> None:
+        self._images.release(build_id)
+        self._images.enforce_budget_soon()
+
     @property
     def runtime(self) -> str:
         return self._runtime

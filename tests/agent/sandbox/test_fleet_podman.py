@@ -64,7 +64,7 @@ def test_the_spec_names_the_image_and_the_pull_is_a_phase_of_its_own(podman_flee
     assert (node.executor, node.oci_runtime) == ("podman", "runc")
 
 
-def test_a_spec_within_the_nodes_maxima_gets_its_limits_and_one_over_them_fails_once(
+def test_a_spec_within_the_nodes_maxima_gets_its_limits_and_one_over_them_is_refused_at_submit(
     podman_fleet, sandbox_image
 ):
     _, builds, _ = podman_fleet
@@ -77,11 +77,19 @@ def test_a_spec_within_the_nodes_maxima_gets_its_limits_and_one_over_them_fails_
     )
     assert limited.state == build_pb2.BUILD_STATE_SUCCEEDED, (limited.message, lines)
     assert [str(128 << 20), "64"] == [line for line in lines if not line.startswith("stoker:")][-2:]
-    over, lines = run(
-        builds, image=sandbox_image, limits=common_pb2.BuildLimits(memory_bytes=512 << 20), command=["true"]
+    # The node registered its maxima (its build.memory_bytes, 256 MiB): the coordinator refuses more.
+    with pytest.raises(grpc.RpcError) as refused:
+        run(
+            builds,
+            image=sandbox_image,
+            limits=common_pb2.BuildLimits(memory_bytes=512 << 20),
+            command=["true"],
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == (
+        f"spec.limits.memory_bytes: {512 << 20} is more than any registered node allows "
+        f"(the largest maximum is {256 << 20})"
     )
-    assert over.state == build_pb2.BUILD_STATE_FAILED
-    assert over.message.startswith("spec.limits.memory_bytes: ") and "this node's maximum" in over.message
 
 
 def test_an_image_that_cannot_be_pulled_fails_the_build_once_with_the_registrys_message(
