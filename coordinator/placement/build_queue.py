@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 
 from stoker.coordinator.config import BuildSettings
 from stoker.coordinator.core.clock import Clock
-from stoker.coordinator.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from stoker.coordinator.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.core.state import StateStore, is_terminal
 from stoker.coordinator.placement.domain import (
@@ -172,16 +178,27 @@ class BuildQueue:
 
     # -- CI side -------------------------------------------------------------------------------
     def submit(self, spec: common_pb2.BuildSpec, request_id: str = "", owner: str = "") -> str:
-        if request_id:
-            existing = self._store.find_request(request_id)
+        """Queue a build; returns its id. A ``request_id`` is the caller's idempotency key, scoped to
+        ``owner`` (the principal): the same id with the same spec returns the build it made; with another
+        spec, ALREADY_EXISTS naming the fields that differ. Another principal's ids never collide."""
+        if spec.timeout_s == 0:
+            spec = _with_timeout(spec, self._settings.default_timeout_s)
+        scoped = _scoped_request_id(owner, request_id)
+        if scoped:
+            existing = self._store.find_request(scoped)
             if existing:
+                first = self.get(existing).spec
+                if first != spec:
+                    raise AlreadyExists(
+                        f"request_id {_short(request_id)} was used for a build with another spec "
+                        f"(differs in {', '.join(_differing_fields(first, spec))}); use a new request_id "
+                        "for a new build"
+                    )
                 return existing
         now = self._clock.now()
         build_id = "b-" + uuid.uuid4().hex[:16]
         request = self._request(build_id, spec, now)
         self._check_satisfiable(request)
-        if spec.timeout_s == 0:
-            spec = _with_timeout(spec, self._settings.default_timeout_s)
         record = build_pb2.Build(
             id=build_id,
             spec=spec,
@@ -191,7 +208,7 @@ class BuildQueue:
             exit_code=-1,
             owner=owner,
         )
-        self._store.put_build(record, request_id)
+        self._store.put_build(record, scoped)
         active = ActiveBuild(record=record, request=request)
         self._active[build_id] = active
         self._queue.append(active)
@@ -722,6 +739,18 @@ def _check_maxima(constraints: Constraints, nodes: list[NodeInfo]) -> None:
 def _short(text: str, limit: int = 80) -> str:
     """A caller's value fit for an error message (a 100 KB id must not come back whole)."""
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
+def _scoped_request_id(owner: str, request_id: str) -> str:
+    """The key a request_id is stored under: the principal's name, then the id (a NUL between them, which
+    neither may hold), so that one principal can neither find nor pre-claim another's ids."""
+    return f"{owner}\x00{request_id}" if request_id else ""
+
+
+def _differing_fields(a: common_pb2.BuildSpec, b: common_pb2.BuildSpec) -> list[str]:
+    """The spec's top-level fields whose values differ (their names only: the first spec may hold env)."""
+    names = [f.name for f in common_pb2.BuildSpec.DESCRIPTOR.fields]
+    return [f"spec.{n}" for n in names if getattr(a, n) != getattr(b, n)] or ["spec"]
 
 
 def _with_timeout(spec: common_pb2.BuildSpec, timeout_s: float) -> common_pb2.BuildSpec:

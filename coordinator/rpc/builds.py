@@ -29,15 +29,12 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
         )
 
     def _check_owner(self, build_id: str) -> None:
-        """A ci caller may only see and cancel its own builds (a request_id may name someone else's)."""
+        """A ci caller may only see and cancel its own builds. The message names no other principal."""
         identity = auth.current.get()
         if identity.sees_everything:
             return
-        owner = self._builds.get(build_id).owner
-        if owner != identity.name:
-            raise PermissionDenied(
-                f"build {build_id} belongs to {owner or 'nobody'!r}, not {identity.name!r}"
-            )
+        if self._builds.get(build_id).owner != identity.name:
+            raise PermissionDenied(f"build {build_id} was not submitted by {identity.name!r}")
 
     def _validate(self, spec, *, need_command: bool) -> None:
         validate.build_spec(
@@ -51,6 +48,7 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
     @streaming
     async def SubmitBuild(self, request: build_pb2.SubmitBuildRequest, context):
         self._validate(request.spec, need_command=True)
+        validate.request_id(request.request_id)
         build_id = self._builds.submit(request.spec, request.request_id, owner=auth.current.get().name)
         self._check_owner(build_id)
         async for event in self._builds.watch(build_id):
@@ -93,5 +91,5 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
         identity = auth.current.get()
         owner = self._builds.lease_owner(request.lease_id)
         if owner is not None and not identity.sees_everything and owner != identity.name:
-            raise PermissionDenied(f"lease {request.lease_id} belongs to {owner!r}")
+            raise PermissionDenied(f"lease {request.lease_id} was not taken by {identity.name!r}")
         return build_pb2.ReleasePlacementResponse(released=self._builds.release(request.lease_id))

@@ -152,6 +152,17 @@ def build_spec(
     limits(spec.limits, maxima)
 
 
+MAX_REQUEST_ID_BYTES = 256
+
+
+def request_id(value: str) -> None:
+    """An idempotency key: empty, or up to 256 bytes of printable characters."""
+    if len(value.encode()) > MAX_REQUEST_ID_BYTES:
+        raise InvalidArgument(f"request_id: longer than {MAX_REQUEST_ID_BYTES} bytes")
+    if not value.isprintable():
+        raise InvalidArgument("request_id: must hold printable characters only")
+
+
 def _image(image: str) -> None:
     if not image:
         return

