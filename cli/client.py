@@ -20,6 +20,7 @@ import grpc
 from google.protobuf import json_format
 
 from stoker.cli.output import EXIT_STOKER_ERROR, fail
+from stoker.common.serving import is_loopback
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
 
 DEFAULT_COORDINATOR = "127.0.0.1:7070"
@@ -33,16 +34,22 @@ def coordinator_address(flag: str | None) -> str:
 
 def channel(address: str) -> grpc.Channel:
     """A channel to the coordinator: TLS when ``STOKER_CA`` names the CA file, and the bearer token
-    from ``STOKER_TOKEN`` on every call."""
+    from ``STOKER_TOKEN`` on every call. A token is never sent in cleartext to anything but this machine
+    unless ``STOKER_INSECURE=1`` says so."""
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     ca = os.environ.get("STOKER_CA")
+    token = os.environ.get("STOKER_TOKEN")
+    if token and not ca and not is_loopback(address) and os.environ.get("STOKER_INSECURE") != "1":
+        raise SystemExit(
+            f"stoker: refusing to send STOKER_TOKEN to {address} without TLS: set STOKER_CA to the "
+            "coordinator's CA file (or STOKER_INSECURE=1 to send it in cleartext anyway)"
+        )
     if ca:
         ch = grpc.secure_channel(
             address, grpc.ssl_channel_credentials(Path(ca).read_bytes()), options=options
         )
     else:
         ch = grpc.insecure_channel(address, options=options)
-    token = os.environ.get("STOKER_TOKEN")
     if token:
         ch = grpc.intercept_channel(ch, _BearerToken(token))
     return ch

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -64,8 +66,25 @@ class MetricsServer:
 
 
 def is_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]")
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    """Whether ``host:port`` reaches this machine only: the host is resolved, and every address it resolves
+    to must be a loopback one (``127.attacker.example`` is a name like any other, and an empty host or
+    ``0.0.0.0`` means every interface). A host that does not resolve is not loopback. A unix socket is."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    address = address.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    host = address.rpartition(":")[0].strip("[]") if ":" in address else address
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    resolved = {str(info[4][0]) for info in infos}
+    return bool(resolved) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in resolved)
 
 
 def write_ready_file(path: str, doc: dict) -> None:
