@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
 from stoker.cli import client, rollouts
 from stoker.common import logs, settings
@@ -74,13 +75,23 @@ def cmd_token(args) -> int:
 
     from stoker.coordinator.rpc.auth import new_token
 
-    token, line = new_token(args.name, args.role)
+    if args.role == "operator" and (args.tenant or args.max_priority is not None or args.zone):
+        print("stoker token: --tenant, --max-priority and --zone apply to ci tokens only", file=sys.stderr)
+        return 2
+    token, line = new_token(
+        args.name,
+        args.role,
+        tenant=args.tenant,
+        trust=args.trust,
+        max_priority=args.max_priority,
+        zones=tuple(args.zone),
+    )
     if not args.tokens_file:
         print(f"token (give it to the CI system as STOKER_TOKEN; it is not stored): {token}", file=sys.stderr)
         print(json.dumps(line))
         return 0
     path = Path(args.tokens_file)
-    doc = json.loads(path.read_text()) if path.exists() else {"tokens": []}
+    doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"version": 1, "tokens": []}
     if any(t.get("name") == args.name for t in doc.get("tokens", [])):
         print(
             f"stoker token: {path} already has a token named {args.name!r}; remove it first to rotate",
@@ -159,6 +170,17 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", required=True, help="who the token is for (for example github-ci)")
     p.add_argument("--role", required=True, choices=["ci", "operator"])
+    p.add_argument("--tenant", default="", help="ci: whom its builds are for (default: the token's name)")
+    p.add_argument(
+        "--trust",
+        choices=["protected", "untrusted"],
+        default="protected",
+        help="ci: protected (trusted CI, e.g. a default branch) or untrusted (pull requests)",
+    )
+    p.add_argument("--max-priority", type=int, default=None, help="ci: the highest priority its builds get")
+    p.add_argument(
+        "--zone", action="append", default=[], help="ci: a zone its builds may pin (repeatable; default: any)"
+    )
     p.add_argument(
         "--tokens-file",
         help="add the token's line to this file (created if missing) and print only the token",

@@ -14,8 +14,17 @@ Health checks and reflection stay open (Kubernetes probes cannot send credential
 An *open* coordinator (no tokens, no TLS) lets every caller do everything. It is only allowed on
 loopback unless explicitly told otherwise, and says so when it starts.
 
-The tokens file is JSON: ``{"tokens": [{"name": "github-ci", "role": "ci", "sha256": "<hex>"}, ...]}``;
-only SHA-256 digests of tokens are stored (``stoker token`` prints a new token and its line).
+The tokens file is JSON, version 1 (docs/security.md, "The tokens file")::
+
+    {"version": 1, "tokens": [{"name": "github-main", "role": "ci", "sha256": "<hex>",
+                               "tenant": "web", "trust": "protected", "max_priority": 10,
+                               "zones": ["zone-a"]}, ...]}
+
+Only SHA-256 digests of tokens are stored (``stoker token`` prints a new token and its line). A ci token
+says who its builds are for: ``tenant`` (default: the token's name) and ``trust`` (``protected``, the
+default, or ``untrusted`` for pull requests); ``max_priority`` caps a build's priority and ``zones`` the
+zones it may pin. The coordinator fills a build's tenant and trust from them (``bind_spec``). Unknown
+fields, roles or versions are refused, naming the entry, so that a typo never loosens a token.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import grpc
 
 from stoker.coordinator.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from stoker.coordinator.rpc.status import status_for
+from stoker.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +59,23 @@ _AGENT_METHODS = {"/stoker.v1.AgentGateway/Register", "/stoker.v1.AgentGateway/C
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
+TRUST_LEVELS = ("protected", "untrusted")
+TOKENS_FILE_VERSION = 1
+_TOKEN_FIELDS = frozenset({"name", "role", "sha256", "tenant", "trust", "max_priority", "zones"})
+
+
 @dataclass(frozen=True)
 class Identity:
     name: str
     role: str  # "ci", "operator", "agent", or "open" (no authentication configured)
+    tenant: str = ""
+    """Whom a ci token's builds are for (its builds' tenant)."""
+    trust: str = ""
+    """A ci token's trust level: ``protected`` or ``untrusted``."""
+    max_priority: int | None = None
+    """The highest priority a ci token's builds run at (None: no cap)."""
+    zones: tuple[str, ...] = ()
+    """The zones a ci token's builds may pin (empty: any)."""
 
     @property
     def sees_everything(self) -> bool:
@@ -80,12 +103,28 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def new_token(name: str, role: str) -> tuple[str, dict]:
+def new_token(
+    name: str,
+    role: str,
+    *,
+    tenant: str = "",
+    trust: str = "protected",
+    max_priority: int | None = None,
+    zones: tuple[str, ...] = (),
+) -> tuple[str, dict]:
     """A fresh random token and the line for the tokens file that accepts it."""
     if role not in ("ci", "operator"):
         raise InvalidArgument(f"role: {role!r} is not ci or operator (agents use certificates)")
     token = "stk_" + secrets.token_urlsafe(32)
-    return token, {"name": name, "role": role, "sha256": hash_token(token)}
+    line: dict = {"name": name, "role": role, "sha256": hash_token(token)}
+    if role == "ci":
+        line.update(tenant=tenant or name, trust=trust)
+        if max_priority is not None:
+            line["max_priority"] = max_priority
+        if zones:
+            line["zones"] = list(zones)
+    _identity(line, "the new token")  # the same checks as the coordinator's
+    return token, line
 
 
 def load_tokens(path: str) -> dict[str, Identity]:
@@ -94,15 +133,81 @@ def load_tokens(path: str) -> dict[str, Identity]:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise InvalidArgument(f"security.tokens_file: cannot read {path}: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("tokens", []), list):
+        raise InvalidArgument(f'security.tokens_file: {path} must hold {{"version": 1, "tokens": [...]}}')
+    unknown = sorted(set(doc) - {"version", "tokens"})
+    if unknown:
+        raise InvalidArgument(f"security.tokens_file: unknown field {unknown[0]!r} at the top level")
+    if doc.get("version", TOKENS_FILE_VERSION) != TOKENS_FILE_VERSION:
+        raise InvalidArgument(
+            f"security.tokens_file: version {doc.get('version')!r} is not one this coordinator reads "
+            f"({TOKENS_FILE_VERSION})"
+        )
     out: dict[str, Identity] = {}
     for i, item in enumerate(doc.get("tokens", [])):
-        name, role, digest = item.get("name"), item.get("role"), item.get("sha256", "")
-        if not name or role not in ("ci", "operator") or len(digest) != 64:
-            raise InvalidArgument(
-                f"security.tokens_file: entry {i} needs a name, a role of ci or operator and "
-                f"a sha256 of 64 hex digits"
-            )
-        out[digest.lower()] = Identity(name, role)
+        identity = _identity(item, f"security.tokens_file: tokens[{i}]")
+        digest = str(item["sha256"]).lower()
+        if digest in out:
+            raise InvalidArgument(f"security.tokens_file: tokens[{i}] repeats the digest of another token")
+        out[digest] = identity
+    return out
+
+
+def _identity(item: object, where: str) -> Identity:
+    """One tokens-file entry, checked field by field."""
+    if not isinstance(item, dict):
+        raise InvalidArgument(f"{where}: must be an object")
+    unknown = sorted(set(item) - _TOKEN_FIELDS)
+    if unknown:
+        raise InvalidArgument(
+            f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(_TOKEN_FIELDS))})"
+        )
+    name, role, digest = item.get("name"), item.get("role"), item.get("sha256", "")
+    if not name or not isinstance(name, str) or role not in ("ci", "operator"):
+        raise InvalidArgument(f"{where}: needs a name and a role of ci or operator")
+    if (
+        not isinstance(digest, str)
+        or len(digest) != 64
+        or any(c not in "0123456789abcdefABCDEF" for c in digest)
+    ):
+        raise InvalidArgument(f"{where} ({name}): sha256 must be 64 hex digits")
+    if role == "operator":
+        extra = sorted(set(item) & {"tenant", "trust", "max_priority", "zones"})
+        if extra:
+            raise InvalidArgument(f"{where} ({name}): {extra[0]} applies to ci tokens only")
+        return Identity(name, role)
+    tenant, trust = item.get("tenant") or name, item.get("trust", "protected")
+    if not isinstance(tenant, str):
+        raise InvalidArgument(f"{where} ({name}): tenant must be a string")
+    if trust not in TRUST_LEVELS:
+        raise InvalidArgument(f"{where} ({name}): trust must be protected or untrusted, not {trust!r}")
+    max_priority = item.get("max_priority")
+    if max_priority is not None and (isinstance(max_priority, bool) or not isinstance(max_priority, int)):
+        raise InvalidArgument(f"{where} ({name}): max_priority must be an integer")
+    zones = item.get("zones", [])
+    if not isinstance(zones, list) or not all(isinstance(z, str) and z for z in zones):
+        raise InvalidArgument(f"{where} ({name}): zones must be a list of zone names")
+    return Identity(name, role, tenant=tenant, trust=trust, max_priority=max_priority, zones=tuple(zones))
+
+
+def bind_spec(spec: common_pb2.BuildSpec, identity: Identity) -> common_pb2.BuildSpec:
+    """The spec as a ci token may submit it: its tenant and trust are the token's (a spec that says
+    otherwise is refused, naming the field), its priority at most the token's cap, a pinned zone one the
+    token may pin. Operators and an open coordinator submit specs as they are."""
+    if identity.role != "ci":
+        return spec
+    if spec.tenant and spec.tenant != identity.tenant:
+        raise PermissionDenied(f"spec.tenant: this token submits for tenant {identity.tenant!r} only")
+    if spec.trust and spec.trust != identity.trust:
+        raise PermissionDenied(f"spec.trust: this token's builds are {identity.trust}")
+    zone = spec.constraints.zone
+    if zone and identity.zones and zone not in identity.zones:
+        raise PermissionDenied(f"spec.constraints.zone: this token may pin {', '.join(identity.zones)} only")
+    out = common_pb2.BuildSpec()
+    out.CopyFrom(spec)
+    out.tenant, out.trust = identity.tenant, identity.trust
+    if identity.max_priority is not None and out.priority > identity.max_priority:
+        out.priority = identity.max_priority
     return out
 
 

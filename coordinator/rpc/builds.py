@@ -49,7 +49,9 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
     async def SubmitBuild(self, request: build_pb2.SubmitBuildRequest, context):
         self._validate(request.spec, need_command=True)
         validate.request_id(request.request_id)
-        build_id = self._builds.submit(request.spec, request.request_id, owner=auth.current.get().name)
+        identity = auth.current.get()
+        spec = auth.bind_spec(request.spec, identity)
+        build_id = self._builds.submit(spec, request.request_id, owner=identity.name)
         self._check_owner(build_id)
         async for event in self._builds.watch(build_id):
             yield event
@@ -82,7 +84,9 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
         limit = self._config.builds.max_timeout_s
         if not math.isfinite(request.lease_s) or not 0 <= request.lease_s <= limit:
             raise InvalidArgument(f"lease_s: must be between 0 and {limit:g} seconds, got {request.lease_s}")
-        return await self._builds.place(request.spec, request.lease_s, owner=auth.current.get().name)
+        identity = auth.current.get()
+        spec = auth.bind_spec(request.spec, identity)
+        return await self._builds.place(spec, request.lease_s, owner=identity.name)
 
     @unary
     async def ReleasePlacement(self, request: build_pb2.ReleasePlacementRequest, context):

@@ -150,6 +150,8 @@ def build_spec(
     _labels(spec.constraints.labels, "spec.constraints.labels")
     _image(spec.image)
     limits(spec.limits, maxima)
+    if spec.trust not in ("", "protected", "untrusted"):
+        raise InvalidArgument(f"spec.trust: must be protected or untrusted, not {spec.trust[:40]!r}")
 
 
 MAX_REQUEST_ID_BYTES = 256

@@ -47,7 +47,7 @@ class Constraints(_message.Message):
     def __init__(self, zone: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class BuildSpec(_message.Message):
-    __slots__ = ("workspace", "cache", "command", "env", "timeout_s", "constraints", "files", "tenant", "priority", "image", "limits", "allow_unsandboxed")
+    __slots__ = ("workspace", "cache", "command", "env", "timeout_s", "constraints", "files", "tenant", "priority", "image", "limits", "allow_unsandboxed", "trust")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class BuildSpec(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_UNSANDBOXED_FIELD_NUMBER: _ClassVar[int]
+    TRUST_FIELD_NUMBER: _ClassVar[int]
     workspace: str
     cache: CacheSpec
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -86,7 +87,8 @@ class BuildSpec(_message.Message):
     image: str
     limits: BuildLimits
     allow_unsandboxed: bool
-    def __init__(self, workspace: _Optional[str] = ..., cache: _Optional[_Union[CacheSpec, _Mapping]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., files: _Optional[_Mapping[str, bytes]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., image: _Optional[str] = ..., limits: _Optional[_Union[BuildLimits, _Mapping]] = ..., allow_unsandboxed: _Optional[bool] = ...) -> None: ...
+    trust: str
+    def __init__(self, workspace: _Optional[str] = ..., cache: _Optional[_Union[CacheSpec, _Mapping]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., files: _Optional[_Mapping[str, bytes]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., image: _Optional[str] = ..., limits: _Optional[_Union[BuildLimits, _Mapping]] = ..., allow_unsandboxed: _Optional[bool] = ..., trust: _Optional[str] = ...) -> None: ...
 
 class BuildLimits(_message.Message):
     __slots__ = ("cpus", "memory_bytes", "pids", "output_bytes", "network", "disk_bytes")
