@@ -8,11 +8,12 @@ coordinator (and keeps it while the coordinator is away).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from stoker.agent.executors.base import BuildExecutor, BuildJob, EndReason, Limi
 from stoker.agent.executors.factory import default_limits
 from stoker.agent.executors.images import Image
 from stoker.agent.executors.process import ProcessExecutor
+from stoker.common import scopes
 from stoker.common.logs import log_context
 from stoker.v1 import agent_pb2, build_pb2, common_pb2
 
@@ -230,7 +232,7 @@ class BuildRunner:
                 state, exit_code, message = await self._execute(run, job, restored)
             timings.run_s = time.monotonic() - t0
             if state == build_pb2.BUILD_STATE_SUCCEEDED and spec.cache.key:
-                if restored is not None and restored.restored_key == spec.cache.key:
+                if restored is not None and restored.restored_key == _keys(spec.cache).key:
                     self._log(run, "stoker: cache key matched exactly; not saving")
                 else:
                     t0 = time.monotonic()
@@ -246,16 +248,20 @@ class BuildRunner:
         self, run: _Run, workspace: Path, figures: common_pb2.CacheFigures
     ) -> RestoreResult | None:
         cache = run.spec.cache
-        self._send(run, build_pb2.BuildEvent(restoring=build_pb2.Restoring(key=cache.key)))
-        progress = self._progress_reporter(run, "restoring", cache.key)
+        keys = _keys(cache)
+        self._send(run, build_pb2.BuildEvent(restoring=build_pb2.Restoring(key=keys.key)))
+        progress = self._progress_reporter(run, "restoring", keys.key)
         try:
             result = await self._in_thread(
-                self._cache.restore,
-                cache.key,
-                list(cache.restore_keys),
-                workspace,
-                list(cache.paths),
-                progress,
+                functools.partial(
+                    self._cache.restore,
+                    keys.key,
+                    list(keys.prefixes),
+                    workspace,
+                    list(cache.paths),
+                    progress,
+                    also_exact=keys.exact[1:],
+                )
             )
         except CacheError as exc:
             log.warning("cache restore failed: %s", exc)
@@ -276,11 +282,12 @@ class BuildRunner:
 
     async def _save(self, run: _Run, workspace: Path, figures: common_pb2.CacheFigures) -> str:
         cache = run.spec.cache
-        self._send(run, build_pb2.BuildEvent(saving=build_pb2.Saving(key=cache.key)))
-        progress = self._progress_reporter(run, "saving", cache.key)
+        key = _keys(cache).key  # only ever into the build's own scope
+        self._send(run, build_pb2.BuildEvent(saving=build_pb2.Saving(key=key)))
+        progress = self._progress_reporter(run, "saving", key)
         try:
             result: SaveResult = await self._in_thread(
-                self._cache.save, cache.key, workspace, list(cache.paths), progress
+                self._cache.save, key, workspace, list(cache.paths), progress
             )
         except CacheError as exc:
             log.warning("cache save failed: %s", exc)
@@ -325,7 +332,7 @@ class BuildRunner:
         """Run the build's command (its image is ready)."""
         env = dict(job.env)
         env.update(
-            cache_hit_env(run.spec.cache.key, restored)
+            cache_hit_env(_keys(run.spec.cache).exact, restored)
         )  # after the spec's: a build cannot claim a hit
         job = replace(job, env=env)
 
@@ -414,17 +421,23 @@ class BuildRunner:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
 
-def cache_hit_env(key: str, restored: RestoreResult | None) -> dict[str, str]:
+def _keys(cache: common_pb2.CacheSpec) -> scopes.PhysicalKeys:
+    """The build's cache keys as stored: in the scope the coordinator gave it (common/scopes.py)."""
+    return scopes.physical(cache.key, cache.restore_keys, cache.scope, cache.read_scopes)
+
+
+def cache_hit_env(exact: Sequence[str], restored: RestoreResult | None) -> dict[str, str]:
     """What the restore found, for the build to act on (as actions/cache's ``cache-hit`` and
     ``cache-matched-key`` outputs): ``STOKER_CACHE_HIT`` is ``exact`` when the entry restored is the build's
-    own key, ``partial`` when it came from a restore-key prefix, ``none`` when nothing was restored (no
+    own key (in its scope, or in a scope it reads: ``exact``), ``partial`` when it came from a restore-key
+    prefix, ``none`` when nothing was restored (no
     cache asked for, no entry matched, or the restore failed); ``STOKER_CACHE_RESTORED_KEY`` names the entry
     (empty for ``none``). Whether the node held it (warm) or fetched it (cold) does not change the answer:
     the files in the workspace are the same. Set after the spec's own env, so a build cannot claim a hit."""
     restored_key = restored.restored_key if restored is not None else None
     if not restored_key:
         hit = "none"
-    elif restored_key == key:
+    elif restored_key in exact:
         hit = "exact"
     else:
         hit = "partial"

@@ -92,6 +92,11 @@ def add_spec_arguments(parser, *, command: bool) -> None:
     parser.add_argument(
         "--path", action="append", default=[], help="cached path inside the workspace (repeatable)"
     )
+    parser.add_argument(
+        "--ref",
+        default="",
+        help="with an untrusted token: the pull request or branch its cache belongs to, e.g. pull/123",
+    )
     parser.add_argument("--zone", default="", help="only nodes in this zone")
     parser.add_argument("--label", action="append", default=[], help="only nodes with label k=v (repeatable)")
     parser.add_argument(
@@ -141,7 +146,9 @@ def add_spec_arguments(parser, *, command: bool) -> None:
 def spec_from_args(args, *, command: bool) -> common_pb2.BuildSpec:
     spec = common_pb2.BuildSpec(
         workspace=args.workspace,
-        cache=common_pb2.CacheSpec(key=args.key, restore_keys=args.restore_key, paths=args.path),
+        cache=common_pb2.CacheSpec(
+            key=args.key, restore_keys=args.restore_key, paths=args.path, ref=args.ref
+        ),
         constraints=common_pb2.Constraints(zone=args.zone, labels=_pairs(args.label, "--label")),
         tenant=args.tenant,
         priority=args.priority,

@@ -107,9 +107,12 @@ class BuildCache(Protocol):
         workspace: Path,
         paths: Sequence[str],
         progress: ProgressFn | None = None,
+        *,
+        also_exact: Sequence[str] = (),
     ) -> RestoreResult:
-        """Materialize the entry for ``key`` (else the newest under the first matching prefix) into
-        ``workspace``, so that each of ``paths`` exists there. Fetches into the local store first."""
+        """Materialize the entry for ``key`` (else the first of ``also_exact`` that exists, else the newest
+        under the first matching prefix) into ``workspace``, so that each of ``paths`` exists there.
+        Fetches into the local store first."""
 
     def save(
         self,

@@ -142,8 +142,12 @@ class ContentCache:
         workspace: Path,
         paths: Sequence[str],
         progress: ProgressFn | None = None,
+        *,
+        also_exact: Sequence[str] = (),
     ) -> RestoreResult:
-        return self.restorer.restore(key, restore_keys, workspace, tree.check_roots(paths), progress)
+        return self.restorer.restore(
+            key, restore_keys, workspace, tree.check_roots(paths), progress, also_exact=also_exact
+        )
 
     def prewarm(self, key: str, restore_keys: Sequence[str]) -> RestoreResult:
         return self.restorer.restore(key, restore_keys, None, (), None)

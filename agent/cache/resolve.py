@@ -80,15 +80,21 @@ class EntryResolver:
         self._blobs = blobs
         self._manifests = manifests
 
-    def resolve(self, key: str, restore_keys: Sequence[str]) -> Resolved | None:
-        """``key`` (local, else remote), else the newest entry under the first prefix of ``restore_keys``
-        that has one (local, else remote); None when there is none."""
-        record = self._store.lookup(key)
-        if record is not None:
-            return self.local(record.key, record.manifest, exact=True)
-        remote = self.remote_pointer(key)
-        if remote is not None:
-            return self.remote(key, remote, exact=True)
+    def resolve(
+        self, key: str, restore_keys: Sequence[str], also_exact: Sequence[str] = ()
+    ) -> Resolved | None:
+        """``key``, else the first of ``also_exact`` that exists (each local, else remote), else the newest
+        entry under the first prefix of ``restore_keys`` that has one (local, else remote); None when there
+        is none."""
+        for exact in (key, *also_exact):
+            if not exact:  # a restore-only build: no key of its own (keys/ alone names no pointer)
+                continue
+            record = self._store.lookup(exact)
+            if record is not None:
+                return self.local(record.key, record.manifest, exact=True)
+            remote = self.remote_pointer(exact)
+            if remote is not None:
+                return self.remote(exact, remote, exact=True)
         for prefix in restore_keys:
             record = self._store.newest_under(prefix)
             if record is not None:

@@ -84,17 +84,24 @@ class Restorer:
         workspace: Path | None,
         roots: tuple[str, ...],
         progress: ProgressFn | None,
+        *,
+        also_exact: Sequence[str] = (),
     ) -> RestoreResult:
-        """Restore ``roots`` of ``key`` (else of the newest entry under ``restore_keys``) into ``workspace``;
-        with ``workspace`` None, only bring the entry into the node's store (a prewarm)."""
+        """Restore ``roots`` of ``key`` (else of the first of ``also_exact`` that exists, else of the newest
+        entry under ``restore_keys``) into ``workspace``; with ``workspace`` None, only bring the entry into
+        the node's store (a prewarm)."""
         start = time.monotonic()
         if workspace is not None:
             fast = self._restore_ready(key, workspace, roots, start)
             if fast is not None:
                 return fast
-        resolved = self._resolver.resolve(key, restore_keys)
+        resolved = self._resolver.resolve(key, restore_keys, also_exact)
         if resolved is None:
             return RestoreResult("cold", None, 0, 0, 0, time.monotonic() - start)
+        if workspace is not None and resolved.exact and resolved.key != key:
+            fast = self._restore_ready(resolved.key, workspace, roots, start)  # another scope's entry
+            if fast is not None:
+                return fast
         if workspace is None and resolved.local and resolved.exact:
             self._store.touch(resolved.key)
             return RestoreResult("warm", resolved.key, 0, 0, 0, time.monotonic() - start)

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import grpc
 
+from stoker.common import scopes
 from stoker.coordinator.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from stoker.coordinator.rpc.status import status_for
 from stoker.v1 import common_pb2
@@ -203,9 +204,18 @@ def bind_spec(spec: common_pb2.BuildSpec, identity: Identity) -> common_pb2.Buil
     zone = spec.constraints.zone
     if zone and identity.zones and zone not in identity.zones:
         raise PermissionDenied(f"spec.constraints.zone: this token may pin {', '.join(identity.zones)} only")
+    if spec.cache.scope or spec.cache.read_scopes:
+        raise PermissionDenied("spec.cache.scope: the coordinator sets a build's cache scopes from its token")
     out = common_pb2.BuildSpec()
     out.CopyFrom(spec)
     out.tenant, out.trust = identity.tenant, identity.trust
+    # Cache scopes (common/scopes.py): protected builds read and write their tenant's protected scope;
+    # untrusted ones write their own (per ref) and read it, then the protected one, never writing it.
+    if identity.trust == "protected":
+        out.cache.scope = scopes.protected(identity.tenant)
+    else:
+        out.cache.scope = scopes.untrusted(identity.tenant, spec.cache.ref)
+        out.cache.read_scopes.append(scopes.protected(identity.tenant))
     if identity.max_priority is not None and out.priority > identity.max_priority:
         out.priority = identity.max_priority
     return out

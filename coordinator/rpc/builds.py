@@ -51,6 +51,7 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
         validate.request_id(request.request_id)
         identity = auth.current.get()
         spec = auth.bind_spec(request.spec, identity)
+        validate.cache_scopes(spec.cache)
         build_id = self._builds.submit(spec, request.request_id, owner=identity.name)
         self._check_owner(build_id)
         async for event in self._builds.watch(build_id):
@@ -86,6 +87,7 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
             raise InvalidArgument(f"lease_s: must be between 0 and {limit:g} seconds, got {request.lease_s}")
         identity = auth.current.get()
         spec = auth.bind_spec(request.spec, identity)
+        validate.cache_scopes(spec.cache)
         return await self._builds.place(spec, request.lease_s, owner=identity.name)
 
     @unary

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from google.protobuf import timestamp_pb2
 
-from stoker.common import sketch
+from stoker.common import scopes, sketch
 from stoker.coordinator.placement.domain import (
     BYTES,
     CREATED,
@@ -151,6 +151,7 @@ def placement_request(
 ) -> PlacementRequest:
     """The scheduler's view of a build; ``process_nodes`` is the setting builds.process_nodes."""
     limits = resources(spec.limits)
+    keys = scopes.physical(spec.cache.key, spec.cache.restore_keys, spec.cache.scope, spec.cache.read_scopes)
     sandbox = needs_sandbox(
         image=spec.image,
         limits=limits,
@@ -161,10 +162,11 @@ def placement_request(
     return PlacementRequest(
         id=request_id,
         workspace=spec.workspace,
-        key=sys.intern(
-            spec.cache.key
-        ),  # the scheduler keeps it in per-key maps: one string with the inventory's
-        restore_keys=tuple(spec.cache.restore_keys),
+        # The keys as nodes store them (in the build's cache scope). The key is interned: the scheduler keeps
+        # it in per-key maps, one string with the inventory's. The build's key in a scope it may only read
+        # counts as a prefix here (a holder of it is a partial candidate to the scheduler).
+        key=sys.intern(keys.key),
+        restore_keys=keys.exact[1:] + keys.prefixes,
         constraints=Constraints(
             zone=spec.constraints.zone, labels=dict(spec.constraints.labels), sandbox=sandbox, limits=limits
         ),

@@ -144,6 +144,7 @@ def build_spec(
     if exec_bytes > MAX_EXEC_BYTES:
         raise InvalidArgument(f"spec.command: with spec.env, {exec_bytes} bytes, more than {MAX_EXEC_BYTES}")
     _cache(spec.cache)
+    cache_scopes(spec.cache)
     _files(spec.files, max_files_bytes)
     cache_key(spec.tenant, "spec.tenant", allow_empty=True)
     cache_key(spec.constraints.zone, "spec.constraints.zone", allow_empty=True)
@@ -163,6 +164,23 @@ def request_id(value: str) -> None:
         raise InvalidArgument(f"request_id: longer than {MAX_REQUEST_ID_BYTES} bytes")
     if not value.isprintable():
         raise InvalidArgument("request_id: must hold printable characters only")
+
+
+def cache_scopes(cache: common_pb2.CacheSpec) -> None:
+    """The scope fields hold key characters, and every key and prefix in every scope still fits a key's
+    length (checked again once the coordinator has set the scopes from the caller's token)."""
+    cache_key(cache.scope, "spec.cache.scope", allow_empty=True)
+    for i, s in enumerate(cache.read_scopes):
+        cache_key(s, f"spec.cache.read_scopes[{i}]")
+    cache_key(cache.ref, "spec.cache.ref", allow_empty=True)
+    longest = max(len(s.encode()) for s in (cache.scope, *cache.read_scopes))
+    for field, value in [("spec.cache.key", cache.key)] + [
+        (f"spec.cache.restore_keys[{i}]", p) for i, p in enumerate(cache.restore_keys)
+    ]:
+        if value and len(value.encode()) + longest > MAX_KEY_BYTES:
+            raise InvalidArgument(
+                f"{field}: in its cache scope ({longest} bytes), longer than {MAX_KEY_BYTES} bytes"
+            )
 
 
 def _image(image: str) -> None:

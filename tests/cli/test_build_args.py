@@ -33,6 +33,13 @@ def test_image_and_limit_flags_fill_the_spec():
         command=True,
     )
     assert plain.image == "" and plain.limits == common_pb2.BuildLimits() and plain.allow_unsandboxed
+    pr = spec_from_args(
+        build_parser().parse_args(
+            ["build", "--workspace", "web", "--key", "k", "--ref", "pull/7", "--", "true"]
+        ),
+        command=True,
+    )
+    assert pr.cache.ref == "pull/7" and pr.cache.scope == ""  # the scope is the coordinator's to set
 
 
 @pytest.mark.parametrize(

@@ -144,3 +144,37 @@ def test_restore_does_not_follow_a_workspace_symlink(cache, tree: Path, tmp_path
     with pytest.raises(UnsafeTree, match="pkgs"):
         cache.restore("k", [], ws, ["pkgs/nm"])
     assert list(outside.iterdir()) == []
+
+
+def test_a_restore_only_build_restores_from_a_directory_blob_store(cache, tree: Path, tmp_path: Path) -> None:
+    """No key of its own, only a prefix (issue 17, item 4): it failed with "cannot read keys/: Is a
+    directory" on a file:// blob store, looking up the empty key's pointer."""
+    cache.save("web/nm-a", tree, ["node_modules"])
+    fresh = open_local_cache(tmp_path, name="fresh")
+    got = fresh.restore("", ["web/nm-"], tmp_path / "ws", ["node_modules"])
+    assert got.warmth == "partial" and got.restored_key == "web/nm-a"
+    assert snapshot(tmp_path / "ws" / "node_modules") == snapshot(tree / "node_modules")
+    fresh.close()
+
+
+def test_a_key_in_another_scope_is_an_exact_hit_before_any_prefix(cache, tree: Path, tmp_path: Path) -> None:
+    """A pull request's build reads main's entry of its very key (also_exact) before any prefix, and from
+    main's ready tree when the node has one (issue 16, item 2)."""
+    cache.save("~web/protected/web/nm-a", tree, ["node_modules"])
+    cache.save("~web/untrusted/pull/1/web/nm-old", tree, ["node_modules"])
+    got = cache.restore(
+        "~web/untrusted/pull/2/web/nm-a",
+        ["~web/untrusted/pull/2/web/nm-", "~web/protected/web/nm-"],
+        tmp_path / "ws",
+        ["node_modules"],
+        also_exact=["~web/protected/web/nm-a"],
+    )
+    assert got.restored_key == "~web/protected/web/nm-a" and got.warmth in ("warm", "cold"), got
+    assert snapshot(tmp_path / "ws" / "node_modules") == snapshot(tree / "node_modules")
+    fresh = open_local_cache(tmp_path, name="fresh")  # from the blob store
+    remote = fresh.restore(
+        "~web/untrusted/pull/2/web/nm-a", [], tmp_path / "ws2", ["node_modules"],
+        also_exact=["~web/protected/web/nm-a"],
+    )  # fmt: skip
+    assert remote.restored_key == "~web/protected/web/nm-a" and remote.bytes_fetched > 0
+    fresh.close()
