@@ -105,6 +105,13 @@ class PodmanExecutor(BuildExecutor):
                 f"podman.dir {self._dir} is too long: podman refuses a run directory "
                 f"({self._dir / 'run'}) longer than {_RUNROOT_MAX} characters"
             )
+        try:
+            uid_map = Path("/proc/self/uid_map").read_text()
+        except OSError:
+            uid_map = ""
+        problem = uid_range_problem(self._settings.uid_base, self._settings.uid_count, uid_map, os.getuid())
+        if problem:
+            raise ExecutorUnavailable(problem)
         for sub in ("storage", "run", "tmp", "jobs"):
             (self._dir / sub).mkdir(parents=True, exist_ok=True)
         info = await self._info()
@@ -471,6 +478,33 @@ class _CgroupWatch:
                 _counter(d / "memory.events", "oom_kill"),
             )
             self.pids_max_hits = max(self.pids_max_hits, _counter(d / "pids.events", "max"))
+
+
+def uid_range_problem(base: int, count: int, uid_map: str, own_uid: int) -> str:
+    """What is wrong with the uid range builds map onto ('' when nothing): it must lie inside what this
+    agent's own user namespace maps (a user-namespaced pod maps 65536 ids, not 200000 onward), and must not
+    hold the agent's own uid (a build would own the agent's files)."""
+    if count <= 0 or base < 0:
+        return f"podman.uid_count {count} and podman.uid_base {base} must be positive"
+    end = base + count
+    if base <= own_uid < end:
+        return (
+            f"podman.uid_base {base} and uid_count {count} include the agent's own uid {own_uid}: builds "
+            "would own the agent's files; move the range"
+        )
+    mapped = []
+    for line in uid_map.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and all(f.isdigit() for f in fields):
+            mapped.append((int(fields[0]), int(fields[0]) + int(fields[2])))
+    if mapped and not any(lo <= base and end <= hi for lo, hi in mapped):
+        have = ", ".join(f"{lo}..{hi - 1}" for lo, hi in mapped)
+        return (
+            f"podman.uid_base {base} and uid_count {count} ({base}..{end - 1}) are not mapped in the agent's "
+            f"user namespace (it maps {have}); set them inside it, e.g. uid_base 1 and uid_count 65535 in a "
+            "user-namespaced pod (docs/kubernetes.md)"
+        )
+    return ""
 
 
 def _cgroup_dirs(cid_file: Path) -> list[Path]:

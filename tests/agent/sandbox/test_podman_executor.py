@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from stoker.agent.executors.base import EndReason, Limits
-from stoker.agent.executors.podman import PodmanExecutor
+from stoker.agent.executors.podman import PodmanExecutor, uid_range_problem
 from tests.helpers.sandbox import (
     Captured,
     containers,
@@ -342,3 +342,26 @@ def test_a_restarted_agent_removes_the_containers_a_crash_left(podman_settings, 
 
     assert asyncio.run(restart()) == 1
     assert containers(settings) == []
+
+
+@pytest.mark.parametrize(
+    "base, count, uid_map, own, problem",
+    [
+        (200000, 65536, "0 0 4294967295", 0, ""),  # a host: everything mapped
+        (1, 65535, "0 1000000 65536", 0, ""),  # a user-namespaced pod, the deploy's setting
+        (
+            200000,
+            65536,
+            "0 1000000 65536",
+            0,
+            "are not mapped in the agent's user namespace (it maps 0..65535)",
+        ),
+        (1, 65536, "0 1000000 65536", 0, "(1..65536) are not mapped"),
+        (0, 65536, "0 0 4294967295", 0, "include the agent's own uid 0"),
+        (10000, 100, "0 0 4294967295", 10001, "include the agent's own uid 10001"),
+        (5, 0, "0 0 4294967295", 0, "must be positive"),
+    ],
+)
+def test_the_uid_range_is_checked_at_start(base, count, uid_map, own, problem):
+    found = uid_range_problem(base, count, uid_map, own)
+    assert (problem in found) if problem else found == "", found
