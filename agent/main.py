@@ -24,7 +24,13 @@ from stoker.agent.executors.base import BuildExecutor, ExecutorUnavailable
 from stoker.agent.executors.factory import open_executor
 from stoker.agent.runner import AgentMetrics
 from stoker.agent.session import CoordinatorSession
-from stoker.common.serving import MetricsServer, add_health_and_reflection, write_ready_file
+from stoker.common.serving import (
+    GRPC_SERVER_OPTIONS,
+    MetricsServer,
+    add_health_and_reflection,
+    add_port,
+    write_ready_file,
+)
 from stoker.v1 import agent_pb2, common_pb2
 
 log = logging.getLogger(__name__)
@@ -120,17 +126,15 @@ class Agent:
         self.metrics = AgentMetrics(self.registry)
         self.executor = ThreadPoolExecutor(config.server.executor_threads, thread_name_prefix="agent-io")
         self.cache = cache or open_build_cache(config)
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
         self.health = add_health_and_reflection(self.server, [READY_SERVICE])
         if config.server.tls_cert:
             credentials = grpc.ssl_server_credentials(
                 [(Path(config.server.tls_key).read_bytes(), Path(config.server.tls_cert).read_bytes())]
             )
-            self.port = self.server.add_secure_port(config.server.listen, credentials)
+            self.port = add_port(self.server, config.server.listen, credentials)
         else:
-            self.port = self.server.add_insecure_port(config.server.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.server.listen}")
+            self.port = add_port(self.server, config.server.listen)
         self.metrics_server = MetricsServer(self.registry, config.server.metrics_listen)
         self.session: CoordinatorSession | None = None
         self.stop_event = asyncio.Event()

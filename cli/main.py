@@ -21,6 +21,7 @@ from typing import Any
 
 from stoker.cli import client, rollouts
 from stoker.common import logs, settings
+from stoker.common.serving import ListenError
 
 
 def _server_common(parser: argparse.ArgumentParser) -> None:
@@ -265,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except settings.SettingsError as exc:
         print(f"stoker: {exc}", file=sys.stderr)
+        return 2
+    except ListenError as exc:
+        print(f"stoker {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -45,14 +45,43 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+class ListenError(OSError):
+    """A server cannot listen where it was told to (the port is taken, or the address is not this
+    machine's): said in one line, at start."""
+
+
+GRPC_SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+"""gRPC enables SO_REUSEPORT by default: a second server on a busy port then binds it too and the kernel
+splits the connections between the two processes. Off, a busy port fails the start."""
+
+
+def add_port(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Listen on ``address`` (with TLS when ``credentials``); the port, or ListenError."""
+    try:
+        if credentials is not None:
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises on a failed bind (older versions returned 0)
+        port = 0
+    if port == 0:
+        raise ListenError(
+            f"cannot listen on {address}: the port is in use, or the address is not this machine's"
+        )
+    return port
+
+
 class MetricsServer:
     """Prometheus text exposition of ``registry`` on ``host:port`` (port 0 picks a free one)."""
 
     def __init__(self, registry: CollectorRegistry, address: str) -> None:
         host, _, port = address.rpartition(":")
-        self._httpd: WSGIServer = make_server(
-            host or "127.0.0.1", int(port), make_wsgi_app(registry), handler_class=_QuietHandler
-        )
+        try:
+            self._httpd: WSGIServer = make_server(
+                host or "127.0.0.1", int(port), make_wsgi_app(registry), handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            raise ListenError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from exc
         self.port = self._httpd.server_port
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
 

@@ -17,8 +17,10 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from stoker.common.serving import (
+    GRPC_SERVER_OPTIONS,
     MetricsServer,
     add_health_and_reflection,
+    add_port,
     is_loopback,
     set_serving,
     write_ready_file,
@@ -248,6 +250,7 @@ def create_server(
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            *GRPC_SERVER_OPTIONS,
         ],
     )
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(
@@ -316,19 +319,13 @@ def security_check(config: CoordinatorConfig) -> Authenticator:
 
 def _add_ports(server: grpc.aio.Server, config: CoordinatorConfig) -> tuple[int, int]:
     sec = config.security
-    if sec.tls_cert:
-        port = server.add_secure_port(config.server.listen, server_credentials(sec.tls_cert, sec.tls_key))
-    else:
-        port = server.add_insecure_port(config.server.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {config.server.listen}")
+    credentials = server_credentials(sec.tls_cert, sec.tls_key) if sec.tls_cert else None
+    port = add_port(server, config.server.listen, credentials)
     agent_port = 0
     if sec.agent_listen:
-        agent_port = server.add_secure_port(
-            sec.agent_listen, server_credentials(sec.tls_cert, sec.tls_key, sec.client_ca)
+        agent_port = add_port(
+            server, sec.agent_listen, server_credentials(sec.tls_cert, sec.tls_key, sec.client_ca)
         )
-        if agent_port == 0:
-            raise OSError(f"cannot listen on {sec.agent_listen}")
     return port, agent_port
 
 
