@@ -207,7 +207,7 @@ class BuildRunner:
             # restored (the two wait on different things: the time to ready is the longer, not the sum).
             limits, problem = limits_for(spec.limits, self._limits)
             if problem:
-                self._log(run, f"stoker: {problem}", stderr=True)
+                self._note(run, f"stoker: {problem}")
                 self._finish(run, build_pb2.BUILD_STATE_FAILED, -1, problem, timings, figures)
                 return
             job = self._job(run, workspace, limits)
@@ -233,7 +233,7 @@ class BuildRunner:
             timings.run_s = time.monotonic() - t0
             if state == build_pb2.BUILD_STATE_SUCCEEDED and spec.cache.key:
                 if restored is not None and restored.restored_key == _keys(spec.cache).key:
-                    self._log(run, "stoker: cache key matched exactly; not saving")
+                    self._note(run, "stoker: cache key matched exactly; not saving")
                 else:
                     t0 = time.monotonic()
                     message = await self._save(run, workspace, figures) or message
@@ -265,7 +265,7 @@ class BuildRunner:
             )
         except CacheError as exc:
             log.warning("cache restore failed: %s", exc)
-            self._log(run, f"stoker: cache restore failed, building without it: {exc}", stderr=True)
+            self._note(run, f"stoker: cache restore failed, building without it: {exc}")
             self._send(run, build_pb2.BuildEvent(restored=build_pb2.Restored(cache=figures)))
             return None
         figures.warmth = _WARMTH[result.warmth]
@@ -291,7 +291,7 @@ class BuildRunner:
             )
         except CacheError as exc:
             log.warning("cache save failed: %s", exc)
-            self._log(run, f"stoker: cache save failed: {exc}", stderr=True)
+            self._note(run, f"stoker: cache save failed: {exc}")
             return f"succeeded; cache save failed: {exc}"
         figures.saved = result.saved
         figures.bytes_uploaded = result.bytes_uploaded
@@ -318,12 +318,12 @@ class BuildRunner:
         it cannot be had, else None."""
         t0 = time.monotonic()
         try:
-            return await self._builds.prepare(job, lambda text, stderr: self._log(run, text, stderr=stderr))
+            return await self._builds.prepare(job, lambda text, _stderr: self._note(run, text))
         finally:
             timings.pull_s = time.monotonic() - t0 if self._builds.name == "podman" else 0.0
 
     def _not_ready(self, run: _Run, outcome: Outcome) -> tuple[int, int, str]:
-        self._log(run, f"stoker: {outcome.message}", stderr=True)
+        self._note(run, f"stoker: {outcome.message}")
         return _state_of(outcome, run), outcome.exit_code, outcome.message
 
     async def _execute(
@@ -344,7 +344,7 @@ class BuildRunner:
 
         outcome = await self._builds.run(job, output, started)
         if outcome.reason is EndReason.NOT_STARTED:
-            self._log(run, f"stoker: {outcome.message}", stderr=True)
+            self._note(run, f"stoker: {outcome.message}")
         return _state_of(outcome, run), outcome.exit_code, outcome.message
 
     def _stop(self, run: _Run, state: int, reason: str) -> None:
@@ -383,8 +383,17 @@ class BuildRunner:
         )
 
     def _log(self, run: _Run, text: str, stderr: bool = False) -> None:
+        """A line of the build's own output."""
         stream = build_pb2.LogLine.STREAM_STDERR if stderr else build_pb2.LogLine.STREAM_STDOUT
         self._send(run, build_pb2.BuildEvent(log=build_pb2.LogLine(stream=stream, text=text)))
+
+    def _note(self, run: _Run, text: str) -> None:
+        """A line of the agent's own, on its own stream (never mixed into the build's output)."""
+        text = text if text.startswith("stoker: ") else f"stoker: {text}"
+        self._send(
+            run,
+            build_pb2.BuildEvent(log=build_pb2.LogLine(stream=build_pb2.LogLine.STREAM_STOKER, text=text)),
+        )
 
     def _send(self, run: _Run, event: build_pb2.BuildEvent) -> None:
         self._emit(run.build_id, run.attempt, event)

@@ -240,7 +240,9 @@ def _show(event: build_pb2.BuildEvent, as_json: bool) -> int | None:
     if as_json:
         print(json_format.MessageToJson(event, indent=None, preserving_proto_field_name=True), flush=True)
     elif kind == "log":
-        out = sys.stderr if event.log.stream == build_pb2.LogLine.STREAM_STDERR else sys.stdout
+        # The build's stdout to stdout; its stderr and stoker's own lines (STREAM_STOKER, marked "stoker: ")
+        # to stderr, so that the build's output stays byte for byte its own.
+        out = sys.stdout if event.log.stream == build_pb2.LogLine.STREAM_STDOUT else sys.stderr
         print(event.log.text, file=out, flush=True)
     else:
         line = _describe(event)

@@ -57,8 +57,8 @@ class Node:
             cache=common_pb2.CacheSpec(key=key, paths=list(paths)),
         )
         events = list(self.builds.SubmitBuild(build_pb2.SubmitBuildRequest(spec=spec), timeout=90))
-        err = build_pb2.LogLine.STREAM_STDERR
-        stderr = [e.log.text for e in events if e.HasField("log") and e.log.stream == err]
+        err = (build_pb2.LogLine.STREAM_STDERR, build_pb2.LogLine.STREAM_STOKER)
+        stderr = [e.log.text for e in events if e.HasField("log") and e.log.stream in err]
         return key, events[-1].finished, stderr
 
     def leaked(self) -> list[str]:

@@ -402,3 +402,22 @@ def test_placement_lease_must_be_finite_and_bounded(fleet):
     with pytest.raises(grpc.RpcError) as err:
         stub.GetBuild(build_pb2.GetBuildRequest(build_id="b-" + "x" * 5000), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and len(err.value.details()) < 200
+
+
+def test_the_builds_output_is_its_own_and_stokers_lines_come_on_their_own_stream(fleet):
+    """Issue 17, item 5: the agent wrote "stoker: cache key matched exactly; not saving" into the build's
+    stdout, where a build could also print it to look like stoker. Now the build's streams hold only what
+    it wrote, and stoker's lines come as STREAM_STOKER, which a build cannot write to."""
+    c = fleet.start_coordinator()
+    fleet.start_agent("n1")
+    fleet.wait_ready("n1")
+    stub = builds_stub(c.address)
+    script = "mkdir -p out && echo data > out/f && echo 'stoker: cache key matched exactly; not saving'"
+    run(stub, spec(["sh", "-c", script], key="web/own-1"))
+    events = run(stub, spec(["sh", "-c", script], key="web/own-1"))  # an exact hit: stoker does not save
+    logs = [(e.log.stream, e.log.text) for e in events if e.HasField("log")]
+    stdout = [t for s, t in logs if s == build_pb2.LogLine.STREAM_STDOUT]
+    assert stdout == ["stoker: cache key matched exactly; not saving"]  # only the build's own line
+    ours = [t for s, t in logs if s == build_pb2.LogLine.STREAM_STOKER]
+    assert ours == ["stoker: cache key matched exactly; not saving"], logs
+    assert not [t for s, t in logs if s == build_pb2.LogLine.STREAM_STDERR], logs

@@ -155,9 +155,11 @@ class LogLine(_message.Message):
         STREAM_UNSPECIFIED: _ClassVar[LogLine.Stream]
         STREAM_STDOUT: _ClassVar[LogLine.Stream]
         STREAM_STDERR: _ClassVar[LogLine.Stream]
+        STREAM_STOKER: _ClassVar[LogLine.Stream]
     STREAM_UNSPECIFIED: LogLine.Stream
     STREAM_STDOUT: LogLine.Stream
     STREAM_STDERR: LogLine.Stream
+    STREAM_STOKER: LogLine.Stream
     STREAM_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     stream: LogLine.Stream
