@@ -94,6 +94,12 @@ class BuildSettings:
     """Most output a build may ask to write (spec.limits.output_bytes)."""
     max_disk_bytes: int = 1024**4
     """Most workspace bytes a build may ask for (spec.limits.disk_bytes)."""
+    max_log_bytes: int = 16 * 1024 * 1024
+    """Output of one build the coordinator keeps (in memory while it runs, in its database after) and
+    streams. Past it, lines are counted, not kept; the last max_log_tail_bytes of them are sent at the end
+    with a note saying how much was dropped, and the build's message says so."""
+    max_log_tail_bytes: int = 64 * 1024
+    """Of the output past max_log_bytes, how much of its end is kept (the end is where a failure shows)."""
     process_nodes: str = "when_asked"
     """Which builds may run on nodes whose executor is ``process`` (no sandbox: the build shares the agent's
     uid and files): ``never``; ``when_asked``: builds whose spec sets allow_unsandboxed (the caller vouches

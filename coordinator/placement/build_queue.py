@@ -14,6 +14,7 @@ after its node was lost finishes once, whatever the lost node does later.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import time
@@ -96,10 +97,24 @@ class ActiveBuild:
     placed_at: float = 0.0
     queued_reason: str = ""
     cancel_requested: bool = False
+    log_bytes: int = 0
+    """Output kept so far (this attempt's and earlier ones'), against builds.max_log_bytes."""
+    dropped: DroppedOutput | None = None
+    """Output past the bound: counted, with its tail."""
 
     @property
     def finished(self) -> bool:
         return is_terminal(self.record.state)
+
+
+@dataclass
+class DroppedOutput:
+    """A build's output past builds.max_log_bytes: how much, and its last lines."""
+
+    lines: int = 0
+    bytes: int = 0
+    tail: collections.deque[build_pb2.LogLine] = field(default_factory=collections.deque)
+    tail_bytes: int = 0
 
 
 @dataclass
@@ -166,6 +181,7 @@ class BuildQueue:
                 record=record,
                 events=events,
                 request=self._request(record.id, record.spec, convert.seconds(record.created)),
+                log_bytes=sum(len(e.log.text.encode()) + 1 for e in events if e.HasField("log")),
             )
             self._active[record.id] = active
             if record.state == build_pb2.BUILD_STATE_QUEUED:
@@ -429,7 +445,45 @@ class BuildQueue:
             return
         if kind == "restored":
             active.record.cache.CopyFrom(event.restored.cache)
+        if kind == "log" and not self._keep_log(active, event.log):
+            return
         self._record(active, event)
+
+    def _keep_log(self, active: ActiveBuild, line: build_pb2.LogLine) -> bool:
+        """Whether a log line fits under builds.max_log_bytes; else count it and keep it in the tail."""
+        size = len(line.text.encode()) + 1
+        if active.dropped is None and active.log_bytes + size <= self._settings.max_log_bytes:
+            active.log_bytes += size
+            return True
+        dropped = active.dropped = active.dropped or DroppedOutput()
+        dropped.lines += 1
+        dropped.bytes += size
+        dropped.tail.append(line)
+        dropped.tail_bytes += size
+        while dropped.tail_bytes > self._settings.max_log_tail_bytes and len(dropped.tail) > 1:
+            dropped.tail_bytes -= len(dropped.tail.popleft().text.encode()) + 1
+        return False
+
+    def _flush_dropped(self, active: ActiveBuild) -> str:
+        """Send the note and the tail of the output past the bound; returns the note for the message."""
+        dropped, active.dropped = active.dropped, None
+        if dropped is None:
+            return ""
+        shown = len(dropped.tail)
+        note = (
+            f"output past {self._settings.max_log_bytes} bytes (builds.max_log_bytes) not kept: "
+            f"{dropped.lines - shown} lines ({dropped.bytes - dropped.tail_bytes} bytes) dropped"
+        )
+        stoker = build_pb2.LogLine.STREAM_STOKER
+        self._record(
+            active,
+            build_pb2.BuildEvent(
+                log=build_pb2.LogLine(stream=stoker, text=f"stoker: {note}; its last {shown} lines follow")
+            ),
+        )
+        for line in dropped.tail:
+            self._record(active, build_pb2.BuildEvent(log=line))
+        return note
 
     def nodes_lost(self, nodes: list[NodeRecord]) -> None:
         for node in nodes:
@@ -631,6 +685,9 @@ class BuildQueue:
         node: str = "",
     ) -> None:
         rec = active.record
+        note = self._flush_dropped(active)
+        if note:
+            message = f"{message}; {note}" if message else note
         now = self._clock.now()
         rec.state = state
         rec.exit_code = exit_code
@@ -648,7 +705,7 @@ class BuildQueue:
             holder.holders.discard(rec.id)
         self._scheduler.finished(
             rec.id,
-            key=rec.spec.cache.key,
+            key=active.request.key,  # as nodes store it (in the build's cache scope), as the scheduler asks
             workspace=rec.spec.workspace,
             run_s=rec.timings.run_s if fin is not None else 0.0,
             bytes_fetched=rec.cache.bytes_fetched,

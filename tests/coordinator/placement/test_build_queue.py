@@ -21,14 +21,14 @@ from tests.helpers.clock import FakeClock
 
 
 class World:
-    def __init__(self, store=None) -> None:
+    def __init__(self, store=None, settings: BuildSettings | None = None) -> None:
         self.clock = FakeClock()
         self.registry = NodeRegistry(self.clock, lease_ttl_s=10)
         self.inventory = InventoryIndex()
         self.store = store or MemoryStateStore()
         self.scheduler = Scheduler(self.inventory, self.clock)
         self.service = BuildQueue(
-            BuildSettings(max_attempts=3),
+            settings or BuildSettings(max_attempts=3),
             self.registry,
             self.inventory,
             self.scheduler,
@@ -378,5 +378,38 @@ def test_a_request_id_is_the_callers_own_and_bound_to_its_spec():
         assert theirs != first and w.service.get(theirs).owner == "ci-pr"
         assert w.service.get(first).spec.command == ["true"]  # the first build is untouched
         assert w.service.submit(spec(), "run-43", owner="ci-main") not in (first, theirs)
+
+    run(body())
+
+
+def test_output_past_the_bound_is_counted_not_kept_and_its_tail_comes_at_the_end():
+    """Issue 16, item 3: 100 MB of output added ~90 MB to the coordinator's memory and 100 MB to its
+    database, kept forever. Past builds.max_log_bytes lines are dropped, counted, and the tail is sent last."""
+
+    async def body():
+        w = World(settings=BuildSettings(max_attempts=3, max_log_bytes=100, max_log_tail_bytes=30))
+        w.add_node("n1")
+        build_id = w.service.submit(spec())
+        [cmd] = w.commands("n1")
+        for i in range(50):  # "line-00".."line-49": 8 bytes each with the newline
+            w.service.build_update(
+                "n1",
+                agent_pb2.BuildUpdate(
+                    build_id=build_id,
+                    attempt=1,
+                    event=build_pb2.BuildEvent(log=build_pb2.LogLine(text=f"line-{i:02d}")),
+                ),
+            )
+        w.finish("n1", build_id, 1)
+        events = [e async for e in w.service.watch(build_id)]
+        lines = [e.log.text for e in events if e.HasField("log")]
+        assert lines[:12] == [f"line-{i:02d}" for i in range(12)]  # 96 bytes kept
+        note = "output past 100 bytes (builds.max_log_bytes) not kept: 35 lines (280 bytes) dropped"
+        assert lines[12] == f"stoker: {note}; its last 3 lines follow"
+        assert lines[13:] == ["line-47", "line-48", "line-49"]  # the tail: 24 bytes of at most 30
+        [marked] = [e.log for e in events if e.HasField("log") and e.log.text.startswith("stoker: ")]
+        assert marked.stream == build_pb2.LogLine.STREAM_STOKER
+        assert events[-1].finished.message == f"done; {note}"
+        assert w.service.get(build_id).message == f"done; {note}"
 
     run(body())
