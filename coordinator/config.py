@@ -94,6 +94,8 @@ class BuildSettings:
     """Most output a build may ask to write (spec.limits.output_bytes)."""
     max_disk_bytes: int = 1024**4
     """Most workspace bytes a build may ask for (spec.limits.disk_bytes)."""
+    history_days: float = 30.0
+    """Finished builds (their records, events and output) are kept this long, then deleted. 0: forever."""
     max_log_bytes: int = 16 * 1024 * 1024
     """Output of one build the coordinator keeps (in memory while it runs, in its database after) and
     streams. Past it, lines are counted, not kept; the last max_log_tail_bytes of them are sent at the end

@@ -41,6 +41,7 @@ class StateStore(Protocol):
     def append_event(self, event: build_pb2.BuildEvent) -> None: ...
     def events(self, build_id: str, after_seq: int = 0) -> list[build_pb2.BuildEvent]: ...
     def unfinished(self) -> list[build_pb2.Build]: ...
+    def prune(self, created_before: float, limit: int = 1000) -> int: ...
     def close(self) -> None: ...
 
 
@@ -122,6 +123,23 @@ class SqliteStateStore:
             ).fetchall()
         return [build_pb2.Build.FromString(r[0]) for r in rows]
 
+    def prune(self, created_before: float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` finished builds created before ``created_before`` (Unix seconds), with
+        their events and request ids; returns how many."""
+        marks = ",".join("?" * len(_TERMINAL))
+        with self._call() as db:
+            ids = [
+                r[0]
+                for r in db.execute(
+                    f"SELECT id FROM builds WHERE state IN ({marks}) AND created < ? LIMIT ?",
+                    (*_TERMINAL, created_before, limit),
+                ).fetchall()
+            ]
+            for build_id in ids:
+                db.execute("DELETE FROM build_events WHERE build_id = ?", (build_id,))
+                db.execute("DELETE FROM builds WHERE id = ?", (build_id,))
+        return len(ids)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -157,6 +175,20 @@ class MemoryStateStore:
     def unfinished(self) -> list[build_pb2.Build]:
         builds = [build_pb2.Build.FromString(raw) for raw in self._builds.values()]
         return sorted((b for b in builds if not is_terminal(b.state)), key=lambda b: b.created.ToSeconds())
+
+    def prune(self, created_before: float, limit: int = 1000) -> int:
+        old = [
+            build_id
+            for build_id, raw in self._builds.items()
+            if (b := build_pb2.Build.FromString(raw))
+            and is_terminal(b.state)
+            and b.created.ToSeconds() < created_before
+        ][:limit]
+        for build_id in old:
+            del self._builds[build_id]
+            self._events.pop(build_id, None)
+        self._requests = {r: b for r, b in self._requests.items() if b not in old}
+        return len(old)
 
     def close(self) -> None:
         pass

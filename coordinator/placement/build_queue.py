@@ -157,6 +157,7 @@ class BuildQueue:
         self._links: dict[str, AgentLink] = {}
         self._leases: dict[str, Lease] = {}
         self._recovered_at = clock.now()
+        self._pruned_at = float("-inf")
         self.hit_counts = {w: 0 for w in Warmth}
         self.hit_bytes = {w: 0 for w in Warmth}
         self.bytes_local = 0
@@ -521,6 +522,17 @@ class BuildQueue:
                     self._requeue(active, f"node {rec.node} did not come back after a coordinator restart")
         self._update_node_gauges()
         self._schedule()
+        self._prune_history(now)
+
+    def _prune_history(self, now: float) -> None:
+        """Delete finished builds older than builds.history_days, a batch at a time, at most once a minute."""
+        days = self._settings.history_days
+        if days <= 0 or now - self._pruned_at < 60.0:
+            return
+        self._pruned_at = now
+        removed = self._store.prune(now - days * 86400.0)
+        if removed:
+            log.info("deleted %d finished builds older than %g days (builds.history_days)", removed, days)
 
     def _update_node_gauges(self) -> None:
         counts: dict[str, int] = {"ready": 0, "disconnected": 0, "lost": 0}

@@ -135,3 +135,33 @@ def test_a_read_only_database_is_unavailable_and_a_closed_one_is_a_bug(tmp_path)
     with pytest.raises(sqlite3.ProgrammingError) as err:
         store.get_build("b-1")
     assert status_for(err.value) == grpc.StatusCode.INTERNAL
+
+
+@pytest.mark.parametrize("make_store", ["sqlite", "memory"])
+def test_prune_deletes_old_finished_builds_with_their_events_and_request_ids(tmp_path, make_store):
+    """builds.history_days (issue 16, item 3): the history was kept forever."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from stoker.coordinator.core.state import MemoryStateStore
+
+    store = SqliteStateStore(tmp_path / "c.db") if make_store == "sqlite" else MemoryStateStore()
+
+    def put(build_id: str, created: float, state) -> None:
+        store.put_build(
+            build_pb2.Build(id=build_id, state=state, created=Timestamp(seconds=int(created))),
+            f"req-{build_id}",
+        )
+        store.append_event(build_pb2.BuildEvent(build_id=build_id, seq=1))
+
+    put("old-done", 100, build_pb2.BUILD_STATE_SUCCEEDED)
+    put("old-failed", 200, build_pb2.BUILD_STATE_FAILED)
+    put("old-running", 100, build_pb2.BUILD_STATE_RUNNING)  # never deleted while unfinished
+    put("new-done", 5000, build_pb2.BUILD_STATE_SUCCEEDED)
+    assert store.prune(1000, limit=1) == 1
+    assert store.prune(1000) == 1
+    assert store.prune(1000) == 0
+    assert store.get_build("old-done") is None and store.get_build("old-failed") is None
+    assert store.events("old-done") == [] and store.find_request("req-old-done") is None
+    assert store.get_build("old-running") is not None and store.get_build("new-done") is not None
+    assert [e.seq for e in store.events("new-done")] == [1]
+    store.close()

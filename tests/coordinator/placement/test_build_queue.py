@@ -384,7 +384,7 @@ def test_a_request_id_is_the_callers_own_and_bound_to_its_spec():
 
 def test_output_past_the_bound_is_counted_not_kept_and_its_tail_comes_at_the_end():
     """Issue 16, item 3: 100 MB of output added ~90 MB to the coordinator's memory and 100 MB to its
-    database, kept forever. Past builds.max_log_bytes lines are dropped, counted, and the tail is sent last."""
+    database, kept forever. Past builds.max_log_bytes lines are dropped and counted; the tail is sent last."""
 
     async def body():
         w = World(settings=BuildSettings(max_attempts=3, max_log_bytes=100, max_log_tail_bytes=30))
@@ -411,5 +411,21 @@ def test_output_past_the_bound_is_counted_not_kept_and_its_tail_comes_at_the_end
         assert marked.stream == build_pb2.LogLine.STREAM_STOKER
         assert events[-1].finished.message == f"done; {note}"
         assert w.service.get(build_id).message == f"done; {note}"
+
+    run(body())
+
+
+def test_finished_builds_older_than_the_history_setting_are_deleted():
+    async def body():
+        w = World(settings=BuildSettings(max_attempts=3, history_days=1))
+        w.add_node("n1")
+        build_id = w.service.submit(spec())
+        w.commands("n1")
+        w.finish("n1", build_id, 1)
+        w.service.tick()
+        assert w.store.get_build(build_id) is not None  # a day has not passed
+        w.clock.t += 86400 + 61
+        w.service.tick()
+        assert w.store.get_build(build_id) is None and w.store.events(build_id) == []
 
     run(body())
