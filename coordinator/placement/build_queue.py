@@ -184,6 +184,11 @@ class BuildQueue:
                 request=self._request(record.id, record.spec, convert.seconds(record.created)),
                 log_bytes=sum(len(e.log.text.encode()) + 1 for e in events if e.HasField("log")),
             )
+            placed = [e for e in events if e.HasField("placed")]
+            if placed and record.state != build_pb2.BUILD_STATE_QUEUED:
+                # Its queue wait ended when it was last placed, not when the restarted coordinator finishes
+                # it (the wait read as the build's whole duration: issue 17, item 1).
+                active.placed_at = convert.seconds(placed[-1].time)
             self._active[record.id] = active
             if record.state == build_pb2.BUILD_STATE_QUEUED:
                 self._queue.append(active)

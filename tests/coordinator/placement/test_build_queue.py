@@ -429,3 +429,33 @@ def test_finished_builds_older_than_the_history_setting_are_deleted():
         assert w.store.get_build(build_id) is None and w.store.events(build_id) == []
 
     run(body())
+
+
+def test_a_build_recovered_after_a_restart_keeps_its_true_queue_wait():
+    """Issue 17, item 1: the recovered build reported a queue wait equal to its whole duration."""
+
+    async def body():
+        store = MemoryStateStore()
+        first = World(store)
+        first.add_node("n1")
+        build_id = first.service.submit(spec())
+        first.commands("n1")  # placed at t=1000, at once
+        later = World(store)  # the coordinator restarts; 100 s later the build ends
+        later.clock.t = 1100.0
+        assert later.service.recover() == 1
+        later.reconnect("n1", running=[(build_id, 1)])  # the node still runs it
+        later.service.build_update(
+            "n1",
+            agent_pb2.BuildUpdate(
+                build_id=build_id,
+                attempt=1,
+                event=build_pb2.BuildEvent(
+                    finished=build_pb2.Finished(state=build_pb2.BUILD_STATE_SUCCEEDED)
+                ),
+            ),
+        )
+        record = later.service.get(build_id)
+        assert record.state == build_pb2.BUILD_STATE_SUCCEEDED
+        assert record.timings.queued_s == 0.0 and record.timings.total_s == 100.0, record.timings
+
+    run(body())
