@@ -210,3 +210,31 @@ def test_build_that_ends_while_the_coordinator_is_down_runs_once(fleet, port_fac
     time.sleep(1.0)
     assert (marks / "gap.start").read_text().count("run") == 1, f"the build was started again:\n{err}"
     assert out.count("begin-gap") == 1, out
+
+
+@pytest.mark.parametrize("how", ["sigterm", "kill-9"])
+def test_every_line_of_a_build_arrives_once_in_order_across_a_coordinator_restart(
+    fleet, port_factory, tmp_path, how
+):
+    """Issue 17, item 1: 8 of 12 lines of a build were lost across a SIGTERM restart (the agent's re-sent
+    end reached the restarted coordinator before the lines waiting in its outbox)."""
+    port = port_factory()
+    listen, state = f"127.0.0.1:{port}", tmp_path / "state.db"
+    c = fleet.start_coordinator(listen=listen, state=state, lease_ttl_s=10)
+    fleet.start_agent("n1")
+    fleet.wait_ready("n1")
+    script = "for i in $(seq 1 40); do echo line-$i; sleep 0.1; done"
+    client = ReconnectingClient(c.address, spec(["sh", "-c", script], workspace="w-lines"), f"rq-{how}")
+    client.start()
+    wait_until(lambda: any(e.HasField("log") and e.log.text == "line-8" for e in client.events), 30, "line 8")
+    if how == "sigterm":
+        c.stop()
+    else:
+        c.kill()
+    time.sleep(1.0)
+    fleet.start_coordinator(listen=listen, state=state, lease_ttl_s=10, name=f"coordinator-{how}")
+    client.join(90)
+    assert not client.error, client.error
+    lines = [e.log.text for e in client.events if e.HasField("log")]
+    assert lines == [f"line-{i}" for i in range(1, 41)], lines
+    assert kinds(client.events).count("finished") == 1
