@@ -145,6 +145,18 @@ class PodmanSettings:
     image_budget_bytes: int = 20 * 1024**3
     """Most bytes the build images may take in podman's storage: past it, the least recently used images no
     build runs in are removed after a build. 0: no budget."""
+    network_subnet: str = "10.89.0.0/24"
+    """Subnet of the builds' own network (a build's network "default"): a bridge (stoker0) the agent creates
+    for its builds. Builds on it reach the internet, but not this machine: the agent drops their packets to
+    any of the machine's own addresses (iptables INPUT), the agent's ports included, and to
+    network_blocked."""
+    network_blocked: tuple[str, ...] = ("169.254.0.0/16",)
+    """Further destinations builds may not reach (comma-separated CIDRs): link-local by default (a cloud's
+    instance metadata service, which hands out the node's credentials). On Kubernetes add the node's IP and
+    the cluster's pod and service ranges."""
+    network_guard: bool = True
+    """Install those iptables rules at start (they need iptables and CAP_NET_ADMIN). Off: builds on network
+    "default" can reach this machine's services; only for nodes whose network is guarded otherwise."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
 #   podman      runs each build in its own container (the agent's `podman` executor)
 #   catatonit   the init (podman run --init) that reaps a build's orphans and takes them down with it
 #   runc        the OCI runtime podman uses here (crun refuses cgroup v1/hybrid hosts)
+#   iptables    the rules that keep builds on their bridge off this machine's own addresses
 #   docker-registry  a local OCI registry on 127.0.0.1 the sandbox tests push their test image to
 #   busybox     (busybox-static) the static binary the sandbox tests build their tiny image from
 #   node, npm   the real package manager the recipe tests (tests/recipes) and bench/e2e.py run; pnpm and
@@ -16,7 +17,8 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 declare -A wanted=([haproxy]=haproxy [prometheus]=prometheus [gcc]='gcc libc6-dev'
-  [podman]=podman [catatonit]=catatonit [runc]=runc [docker-registry]=docker-registry [busybox]=busybox-static
+  [podman]=podman [catatonit]=catatonit [runc]=runc [iptables]=iptables [docker-registry]=docker-registry
+  [busybox]=busybox-static
   [node]=nodejs [npm]=npm)   # command -> Debian package
 missing=()
 for cmd in "${!wanted[@]}"; do

@@ -17,6 +17,7 @@ podman keeps its storage under ``podman.dir``, apart from the host's. Every cont
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -48,6 +49,9 @@ from stoker.agent.executors.images import Image, ImageStore
 log = logging.getLogger(__name__)
 
 LABEL = "stoker.build"
+NETWORK = "stoker-builds"
+"""The builds' own network (podman.network_subnet), apart from podman's default one."""
+BRIDGE = "stoker0"
 HOME = "/home/stoker"
 WORKSPACE = "/workspace"
 _CGROUP_PARENT = "/stoker-builds"
@@ -112,7 +116,7 @@ class PodmanExecutor(BuildExecutor):
         problem = uid_range_problem(self._settings.uid_base, self._settings.uid_count, uid_map, os.getuid())
         if problem:
             raise ExecutorUnavailable(problem)
-        for sub in ("storage", "run", "tmp", "jobs"):
+        for sub in ("storage", "run", "tmp", "jobs", "networks"):
             (self._dir / sub).mkdir(parents=True, exist_ok=True)
         info = await self._info()
         host = info.get("host", {})
@@ -120,12 +124,57 @@ class PodmanExecutor(BuildExecutor):
         default_runtime = host.get("ociRuntime", {}).get("name", "")
         self._runtime, why = _choose_runtime(self._settings.runtime, cgroups, default_runtime)
         self._ulimits = _ulimits(self._settings.nofile)
+        await self._ensure_network()
         await self._images.refresh()
         version = info.get("version", {}).get("Version", "?")
         return (
             f"podman executor: podman {version}, runtime {self._runtime} ({why}), cgroups {cgroups}, "
             f"storage {self._dir}"
         )
+
+    # -- the builds' network -------------------------------------------------------------------
+    async def _ensure_network(self) -> None:
+        """The builds' own bridge network, and the rules that keep its builds off this machine and off
+        ``podman.network_blocked``. Every agent on a machine uses the same bridge (stoker0) and subnet."""
+        s = self._settings
+        # Written rather than made with `podman network create`: podman 4.3 cannot name the bridge, and two
+        # agents on one machine must share one bridge for one subnet (CNI's host-local IPAM, keyed by the
+        # network's name, then keeps their addresses apart).
+        config = self._dir / "networks" / f"{NETWORK}.conflist"
+        try:
+            _write_private(config, json.dumps(cni_network(s.network_subnet), indent=2) + "\n")
+        except ValueError as exc:
+            raise ExecutorUnavailable(f"podman.network_subnet {s.network_subnet!r}: {exc}") from exc
+        code, _, err = await self._podman_cmd("network", "exists", NETWORK, runtime=False, timeout_s=60)
+        if code != 0:
+            raise ExecutorUnavailable(f"podman does not take the builds' network {config}: {_last_line(err)}")
+        if not s.network_guard:
+            log.warning(
+                "podman.network_guard is off: builds on network default can reach this machine's services"
+            )
+            return
+        for cidr in s.network_blocked:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ExecutorUnavailable(
+                    f"podman.network_blocked: {cidr!r} is not a network: {exc}"
+                ) from exc
+        iptables = shutil.which("iptables")
+        if iptables is None:
+            raise ExecutorUnavailable(
+                "iptables is missing (Debian package iptables): it keeps builds off this machine's own "
+                "addresses; install it, or set podman.network_guard=false where the network is guarded "
+                "otherwise"
+            )
+        for rule in guard_rules(s.network_subnet, s.network_blocked):
+            if await _iptables(iptables, "-C", *rule) == 0:
+                continue
+            if await _iptables(iptables, "-I", *rule) != 0:
+                raise ExecutorUnavailable(
+                    f"cannot add the iptables rule `{' '.join(rule)}` that keeps builds off this machine "
+                    "(the agent needs CAP_NET_ADMIN); or set podman.network_guard=false"
+                )
 
     async def _info(self) -> dict:
         code, out, err = await self._podman_cmd("info", "--format", "json", runtime=False, timeout_s=120)
@@ -331,6 +380,8 @@ class PodmanExecutor(BuildExecutor):
             "cgroupfs",
             "--events-backend",
             "file",
+            "--network-config-dir",
+            str(self._dir / "networks"),
         ]
         if runtime and self._runtime:
             args += ["--runtime", self._runtime]
@@ -381,8 +432,7 @@ class PodmanExecutor(BuildExecutor):
             f"{HOME}:rw,nosuid,nodev,mode=0700",
             *self._ulimits,
         ]
-        if lim.network == "none":
-            argv += ["--network", "none"]
+        argv += ["--network", "none" if lim.network == "none" else NETWORK]
         if lim.pids > 0:
             argv += ["--pids-limit", str(lim.pids)]
         if lim.memory_bytes > 0:
@@ -478,6 +528,52 @@ class _CgroupWatch:
                 _counter(d / "memory.events", "oom_kill"),
             )
             self.pids_max_hits = max(self.pids_max_hits, _counter(d / "pids.events", "max"))
+
+
+def cni_network(subnet: str) -> dict:
+    """The builds' network as a CNI configuration list (the one podman 4.3 writes for a bridge network,
+    with the bridge named)."""
+    net = ipaddress.ip_network(subnet)
+    return {
+        "cniVersion": "0.4.0",
+        "name": NETWORK,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": True,
+                "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "ranges": [[{"subnet": str(net), "gateway": str(next(net.hosts()))}]],
+                },
+                "capabilities": {"ips": True},
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+            {"type": "firewall", "backend": ""},
+            {"type": "tuning"},
+        ],
+    }
+
+
+def guard_rules(subnet: str, blocked: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """iptables rules (without -C/-I) that drop what builds on ``subnet`` send to this machine's own
+    addresses (INPUT: the agent's ports, the host's services, whatever listens on 0.0.0.0) and to
+    ``blocked`` (FORWARD). Traffic to the internet, DNS servers elsewhere included, is untouched."""
+    comment = ("-m", "comment", "--comment", "stoker: builds may not reach this machine")
+    rules: list[tuple[str, ...]] = [("INPUT", "-s", subnet, *comment, "-j", "DROP")]
+    for cidr in blocked:
+        rules.append(("FORWARD", "-s", subnet, "-d", cidr, *comment, "-j", "DROP"))
+    return rules
+
+
+async def _iptables(binary: str, *args: str) -> int:
+    proc = await asyncio.create_subprocess_exec(
+        binary, "-w", "10", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    return await proc.wait()
 
 
 def uid_range_problem(base: int, count: int, uid_map: str, own_uid: int) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -176,8 +177,12 @@ class Rendered:
     def coordinator(self) -> dict:
         return self.one("Deployment", "stoker-coordinator")
 
-    def container_env(self, workload: dict, container: str) -> dict[str, str]:
-        """A container's starting environment: envFrom ConfigMaps, then env (downward API as a marker)."""
+    def container_env(
+        self, workload: dict, container: str, downward: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """A container's starting environment as the kubelet makes it: envFrom ConfigMaps, then env, each
+        value's $(VAR) replaced by a variable defined before it; downward API fields from ``downward``
+        (fieldPath -> value), else a marker."""
         spec = workload["spec"]["template"]["spec"]
         (c,) = [c for c in spec["containers"] if c["name"] == container]
         env: dict[str, str] = {}
@@ -185,7 +190,13 @@ class Rendered:
             if "configMapRef" in source:
                 env.update(self.one("ConfigMap", source["configMapRef"]["name"])["data"])
         for var in c.get("env", []):
-            env[var["name"]] = var.get("value", f"<from {var.get('valueFrom')}>")
+            field_path = var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "")
+            if "value" in var:
+                env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), var["value"])
+            elif downward and field_path in downward:
+                env[var["name"]] = downward[field_path]
+            else:
+                env[var["name"]] = f"<from {var.get('valueFrom')}>"
         return env
 
 
@@ -1166,7 +1177,8 @@ def test_the_rendered_coordinator_starts_secured_and_its_probe_and_an_agent_work
 
         # The agent: rendered env, its node's certificate where the volume puts it.
         agent_where = _materialize(rendered, agent, contents, tmp_path / "agent-volumes")
-        agent_env = _relocate(rendered.container_env(agent, "agent"), agent_where)
+        downward = {"spec.nodeName": "build-1", "status.hostIP": "10.0.0.7"}
+        agent_env = _relocate(rendered.container_env(agent, "agent", downward), agent_where)
         agent_env.update(
             STOKER_AGENT_NODE_NAME="build-1",
             STOKER_AGENT_NODE_KUBERNETES="off",

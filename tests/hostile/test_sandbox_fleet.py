@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -639,12 +640,13 @@ def _bytes_under(root: Path) -> int:
 
 
 # -- network ---------------------------------------------------------------------------------------
-def test_network_none_reaches_nothing(node):
-    """With ``network: none`` a build reaches neither a server of the test listening on every host
-    address, nor the coordinator, nor the agent, nor the registry; it sees only its own loopback. The
-    same build on the default network reaches the test's server (the control)."""
+def test_no_build_reaches_this_machine_and_network_none_reaches_nothing(node):
+    """On network ``default`` (the builds' own bridge) a build reaches none of this machine's addresses:
+    not a server of the test listening on every address, nor the coordinator, the agent, the registry (the
+    agent's iptables rules drop it all). With ``none`` it sees only its own loopback. The control: the same
+    request from the machine itself is answered."""
     server, port = http_server()
-    targets = [f"{h} {port}" for h in ("127.0.0.1", "10.88.0.1", *host_addresses())]
+    targets = [f"{h} {port}" for h in ("127.0.0.1", "10.89.0.1", *host_addresses())]
     targets += [
         node.coordinator.address.replace(":", " "),
         f"127.0.0.1 {node.agent.grpc_port}",
@@ -659,9 +661,14 @@ def test_network_none_reaches_nothing(node):
     try:
         default = node.submit(script, limits=common_pb2.BuildLimits(network="default"))
         isolated = node.submit(script, limits=common_pb2.BuildLimits(network="none"))
+        with socket.create_connection((host_addresses()[0], port), timeout=10) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            answered = conn.recv(4096)
     finally:
         server.close()
-    assert default.succeeded and f":{port} HTTP/1.0 200 OK" in default.stdout, default  # the control
+    assert b"200 OK" in answered, answered  # the control
+    assert default.succeeded and default.stdout.splitlines()[-1] == "done", default
+    assert "REACHED" not in default.stdout and "eth0" in default.stdout, default
     assert isolated.succeeded and isolated.stdout.splitlines()[-1] == "done", isolated
     assert "REACHED" not in isolated.stdout, isolated
     lines = isolated.stdout.splitlines()

@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from stoker.agent.executors.base import EndReason, Limits
-from stoker.agent.executors.podman import PodmanExecutor, uid_range_problem
+from stoker.agent.executors.podman import PodmanExecutor, cni_network, guard_rules, uid_range_problem
 from tests.helpers.sandbox import (
     Captured,
     containers,
@@ -252,23 +253,33 @@ def test_a_disk_filler_is_stopped_with_a_clear_reason(podman_settings, sandbox_i
     assert containers(podman_settings) == []
 
 
-def test_network_none_cannot_reach_a_server_of_the_test(podman_settings, sandbox_image, tmp_path):
-    """The server listens on every address: a container's 127.0.0.1 is its own, so the build tries the
-    host's addresses as seen from the container's default network (the bridge's gateway) too."""
+def test_no_build_reaches_this_machine_and_network_none_reaches_nothing(
+    podman_settings, sandbox_image, tmp_path
+):
+    """The server listens on every address of the machine. A container's 127.0.0.1 is its own, so the build
+    tries the machine's addresses and the builds' bridge gateway too. On network default (the builds' own
+    bridge) the agent's iptables rules drop all of it; with none there is no interface but lo."""
     server, port = http_server()
+    request = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
     try:
         script = (
-            f"for h in 127.0.0.1 10.88.0.1 {' '.join(host_addresses())}; do "
-            f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $h {port} | grep -q hello-4711 "
-            "&& echo REACHED $h; "
-            "done; cat /proc/net/dev; echo done"
+            f"for h in 127.0.0.1 10.89.0.1 {' '.join(host_addresses())}; do "
+            f"{request} | nc -w 2 $h {port} | grep -q hello-4711 && echo REACHED $h; "
+            "done; cat /proc/net/dev; cat /proc/net/route; echo done"
         )
         default = job(tmp_path / "ws1", sandbox_image, script)
         isolated = job(tmp_path / "ws2", sandbox_image, script, limits=Limits(pids=64, network="none"))
         (d_outcome, d_out), (n_outcome, n_out) = run_builds(podman_settings, default, isolated)
+        # The control: the same request from this machine, to the same address, is answered.
+        with socket.create_connection((host_addresses()[0], port), timeout=10) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reached = conn.recv(4096)
     finally:
         server.close()
-    assert d_outcome.succeeded and "REACHED" in d_out.stdout, d_out.text  # the control
+    assert b"hello-4711" in reached, reached
+    assert d_outcome.succeeded, d_out.text
+    assert "REACHED" not in d_out.stdout, d_out.text
+    assert "eth0" in d_out.stdout and "0000590A" in d_out.stdout, d_out.text  # a route on 10.89.0.0/24
     assert n_outcome.succeeded, n_out.text
     assert "REACHED" not in n_out.stdout and "hello-4711" not in n_out.stdout
     interfaces = [ln.split(":")[0].strip() for ln in n_out.stdout.splitlines() if ":" in ln and "|" not in ln]
@@ -365,3 +376,20 @@ def test_a_restarted_agent_removes_the_containers_a_crash_left(podman_settings, 
 def test_the_uid_range_is_checked_at_start(base, count, uid_map, own, problem):
     found = uid_range_problem(base, count, uid_map, own)
     assert (problem in found) if problem else found == "", found
+
+
+def test_the_builds_network_and_its_guard_rules():
+    """What the agent writes and installs at start (test_no_build_reaches_this_machine... runs them)."""
+    net = cni_network("10.89.0.0/24")
+    bridge = net["plugins"][0]
+    assert net["name"] == "stoker-builds" and bridge["bridge"] == "stoker0"
+    assert bridge["ipam"]["ranges"] == [[{"subnet": "10.89.0.0/24", "gateway": "10.89.0.1"}]]
+    rules = guard_rules("10.89.0.0/24", ("169.254.0.0/16", "10.0.0.7/32"))
+    assert [r[:5] for r in rules] == [
+        ("INPUT", "-s", "10.89.0.0/24", "-m", "comment"),
+        ("FORWARD", "-s", "10.89.0.0/24", "-d", "169.254.0.0/16"),
+        ("FORWARD", "-s", "10.89.0.0/24", "-d", "10.0.0.7/32"),
+    ]
+    assert all(r[-2:] == ("-j", "DROP") for r in rules)
+    with pytest.raises(ValueError):
+        cni_network("10.89.0.0/33")
