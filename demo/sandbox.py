@@ -38,6 +38,7 @@ and the standard library the installer imports json and shutil from)."""
 _TOOLS = {
     "podman": "podman",
     "runc": "runc",
+    "iptables": "iptables",
     "catatonit": "catatonit",
     "docker-registry": "docker-registry",
     "busybox": "busybox-static",
