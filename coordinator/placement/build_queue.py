@@ -238,8 +238,8 @@ class BuildQueue:
         self._metrics.queue_depth.set(len(self._queue))
         log.info("build %s queued: workspace %s key %s", build_id, spec.workspace, spec.cache.key or "-")
         self._schedule()
-        if active.record.state == build_pb2.BUILD_STATE_QUEUED:
-            self._emit_queued(active)
+        if active.record.state == build_pb2.BUILD_STATE_QUEUED and not active.queued_reason:
+            self._emit_queued(active)  # the pass above said nothing of it (it emits its reason when it does)
         return build_id
 
     def _request(self, build_id: str, spec: common_pb2.BuildSpec, enqueued_at: float) -> PlacementRequest:

@@ -144,7 +144,7 @@ def test_busy_fleet_queues_with_a_reason_then_places_when_a_slot_frees():
         second = w.service.submit(spec())
         assert w.service.get(second).state == build_pb2.BUILD_STATE_QUEUED
         queued = [e for e in w.store.events(second) if e.WhichOneof("kind") == "queued"]
-        assert queued and "all busy" in queued[-1].queued.reason
+        assert len(queued) == 1 and "all busy" in queued[0].queued.reason  # once (issue 17, item 6: twice)
         w.commands("n1")
         w.finish("n1", first, 1)
         [cmd] = w.commands("n1")
