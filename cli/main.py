@@ -29,8 +29,10 @@ def _server_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", help="gRPC host:port (port 0 picks one)")
     parser.add_argument("--metrics-listen", help="metrics host:port (port 0 picks one)")
     parser.add_argument("--ready-file", help="write the chosen ports here as JSON once serving")
-    parser.add_argument("--log-format", choices=["text", "json", "auto"])
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-format", choices=["text", "json", "auto"], help="auto: json in a cluster, text at a terminal"
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     parser.add_argument("--help-settings", action="store_true", help="list every setting and its variable")
 
 
@@ -111,6 +113,8 @@ def cmd_token(args) -> int:
 def cmd_agent(args) -> int:
     from stoker.agent import config as aconfig
     from stoker.agent import main as agent_main
+    from stoker.agent.cache.api import CacheError
+    from stoker.agent.executors.base import ExecutorUnavailable
 
     if args.help_settings:
         return _print_settings(aconfig.AgentConfig, aconfig.ENV_PREFIX)
@@ -128,7 +132,11 @@ def cmd_agent(args) -> int:
     )
     logs.setup(config.log.level, _log_format(config.log.format, aconfig.in_cluster()), component="agent")
     logs.bind(node=config.node.name or aconfig.default_node_name())
-    asyncio.run(agent_main.serve(config, args.ready_file, drain_s=args.drain))
+    try:
+        asyncio.run(agent_main.serve(config, args.ready_file, drain_s=args.drain))
+    except (CacheError, ExecutorUnavailable) as exc:
+        print(f"stoker agent: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -191,14 +199,16 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("agent", help="run a node agent")
     _server_common(p)
     p.add_argument("--name", help="node name")
-    p.add_argument("--zone")
-    p.add_argument("--slots", type=int)
+    p.add_argument(
+        "--zone", help="the node's zone (default: its Node's topology.kubernetes.io/zone, or none)"
+    )
+    p.add_argument("--slots", type=int, help="builds the node runs at once (default 1)")
     p.add_argument("--label", action="append", default=[], help="k=v (repeatable)")
     p.add_argument("--coordinator", help="coordinator host:port")
-    p.add_argument("--cache-dir")
+    p.add_argument("--cache-dir", help="the node's cache store, on its SSD")
     p.add_argument("--blobs", help="file:///path or s3://bucket/prefix")
-    p.add_argument("--budget-bytes", type=int)
-    p.add_argument("--work-dir")
+    p.add_argument("--budget-bytes", type=int, help="most bytes the cache store may use")
+    p.add_argument("--work-dir", help="where builds' workspaces are made (same file system as --cache-dir)")
     p.add_argument(
         "--executor",
         choices=["auto", "podman", "process"],
