@@ -127,7 +127,9 @@ class Agent:
         self.executor = ThreadPoolExecutor(config.server.executor_threads, thread_name_prefix="agent-io")
         self.cache = cache or open_build_cache(config)
         self.server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
-        self.health = add_health_and_reflection(self.server, [READY_SERVICE])
+        # READY_SERVICE is a health-check name only (the readiness probe asks for it), not a gRPC service:
+        # reflection lists only what it can describe.
+        self.health = add_health_and_reflection(self.server, [])
         if config.server.tls_cert:
             credentials = grpc.ssl_server_credentials(
                 [(Path(config.server.tls_key).read_bytes(), Path(config.server.tls_cert).read_bytes())]

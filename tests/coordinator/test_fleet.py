@@ -101,6 +101,23 @@ def test_health_and_reflection_on_both_servers(fleet):
         "stoker.v1.Rollouts",
         "grpc.health.v1.Health",
     } <= names
+    # Every service the agent lists, reflection can describe (it listed stoker.agent.Ready, a health-check
+    # name only, which grpcurl then failed to describe: issue 17, item 8).
+    with grpc.insecure_channel(a.address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        listed = [
+            s.name
+            for r in stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+            for s in r.list_services_response.service
+        ]
+        assert "grpc.health.v1.Health" in listed and "stoker.agent.Ready" not in listed, listed
+        for name in listed:
+            [reply] = stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=name)]), timeout=5
+            )
+            assert reply.HasField("file_descriptor_response"), (name, reply)
 
 
 def test_build_streams_logs_saves_cache_and_inventory_follows_by_delta(fleet):
