@@ -178,13 +178,13 @@ def _pip(tmp: Path, requirements: Path = REPO / "bench/requirements-e2e.txt") ->
         "requirements.txt",
         # pip's own cache after (a) (empty when the index's responses carry no cache headers), then the
         # wheelhouse (b) restores.
-        fill_cache="echo \"pack: pip cache (.pip-cache) after (a): "
+        fill_cache='echo "pack: pip cache (.pip-cache) after (a): '
         "$( (du -sb .pip-cache 2>/dev/null || echo 0) | cut -f1) bytes, "
-        "$(find .pip-cache -type f 2>/dev/null | wc -l) files\" && "
+        '$(find .pip-cache -type f 2>/dev/null | wc -l) files" && '
         ".venv/bin/python -m pip download -q -r requirements.txt -d .pip-wheels",
         cached_install=f"export PIP_CACHE_DIR=$PWD/.pip-cache && {venv}.venv/bin/python -m pip install "
         "--no-index --find-links .pip-wheels -r requirements.txt",
-        check=f'.venv/bin/python -c "import {modules}; print(\'check requests\', requests.__version__)"',
+        check=f".venv/bin/python -c \"import {modules}; print('check requests', requests.__version__)\"",
         installer_lines=("Successfully installed", "Successfully uninstalled", "stoker-pip: "),
         env=env,
         change="requests 2.34.2 -> 2.34.1 (a direct dependency)",

@@ -103,12 +103,20 @@ def measured(argv: list[str], env: dict | None = None) -> tuple[float, float, fl
     t = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out_chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()))
-    reader.start()
+    err_chunks: list[bytes] = []
+    # Both pipes read while the child runs: a child that fills its stderr pipe (cp -al across file systems
+    # writes a line per file) would otherwise block forever, and wait4 with it.
+    readers = [
+        threading.Thread(target=lambda: out_chunks.append(proc.stdout.read())),
+        threading.Thread(target=lambda: err_chunks.append(proc.stderr.read())),
+    ]
+    for reader in readers:
+        reader.start()
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
-    reader.join()
-    err = proc.stderr.read()
+    for reader in readers:
+        reader.join()
+    err = b"".join(err_chunks)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[:3]} failed ({proc.returncode}): {err.decode()[-2000:]}")
@@ -315,8 +323,14 @@ def run(args, work: Path, fs_note: str) -> dict:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     load_start = os.getloadavg()  # these machines are shared: the report says how busy it was
     data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
     if args.tree:
         base = Path(args.tree).resolve()
+        if base.stat().st_dev != data.stat().st_dev:
+            # The hard-link peer (cp -al) needs the tree on the work directory's file system.
+            log(f"copying {base} onto the work directory's file system ...")
+            shutil.copytree(base, data / "tree", symlinks=True)
+            base = data / "tree"
         variants = {}
     else:
         log("building the dataset with npm ...")
