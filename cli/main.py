@@ -78,8 +78,14 @@ def cmd_token(args) -> int:
 
     from stoker.coordinator.rpc.auth import new_token
 
-    if args.role == "operator" and (args.tenant or args.max_priority is not None or args.zone):
-        print("stoker token: --tenant, --max-priority and --zone apply to ci tokens only", file=sys.stderr)
+    if args.role == "operator" and (args.tenant or args.max_priority is not None or args.zone or args.label):
+        print(
+            "stoker token: --tenant, --max-priority, --zone and --label apply to ci tokens only",
+            file=sys.stderr,
+        )
+        return 2
+    if any("=" not in item for item in args.label):
+        print("stoker token: --label takes k=v", file=sys.stderr)
         return 2
     token, line = new_token(
         args.name,
@@ -88,6 +94,7 @@ def cmd_token(args) -> int:
         trust=args.trust,
         max_priority=args.max_priority,
         zones=tuple(args.zone),
+        labels=dict(item.split("=", 1) for item in args.label),
     )
     if not args.tokens_file:
         print(f"token (give it to the CI system as STOKER_TOKEN; it is not stored): {token}", file=sys.stderr)
@@ -189,6 +196,12 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-priority", type=int, default=None, help="ci: the highest priority its builds get")
     p.add_argument(
         "--zone", action="append", default=[], help="ci: a zone its builds may pin (repeatable; default: any)"
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        help="ci: k=v, a node label every build requires, e.g. its node pool (repeatable)",
     )
     p.add_argument(
         "--tokens-file",

@@ -22,9 +22,9 @@ The tokens file is JSON, version 1 (docs/security.md, "The tokens file")::
 
 Only SHA-256 digests of tokens are stored (``stoker token`` prints a new token and its line). A ci token
 says who its builds are for: ``tenant`` (default: the token's name) and ``trust`` (``protected``, the
-default, or ``untrusted`` for pull requests); ``max_priority`` caps a build's priority and ``zones`` the
-zones it may pin. The coordinator fills a build's tenant and trust from them (``bind_spec``). Unknown
-fields, roles or versions are refused, naming the entry, so that a typo never loosens a token.
+default, or ``untrusted`` for pull requests); ``max_priority`` caps a build's priority, ``zones`` the
+zones it may pin and ``labels`` the node labels every build requires (its node pool). The coordinator
+fills a build's tenant and trust from them (``bind_spec``). Unknown fields, roles or versions are refused, naming the entry, so that a typo never loosens a token.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 TRUST_LEVELS = ("protected", "untrusted")
 TOKENS_FILE_VERSION = 1
-_TOKEN_FIELDS = frozenset({"name", "role", "sha256", "tenant", "trust", "max_priority", "zones"})
+_TOKEN_FIELDS = frozenset({"name", "role", "sha256", "tenant", "trust", "max_priority", "zones", "labels"})
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,8 @@ class Identity:
     """The highest priority a ci token's builds run at (None: no cap)."""
     zones: tuple[str, ...] = ()
     """The zones a ci token's builds may pin (empty: any)."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """Node labels every build of a ci token requires (its node pool: pull requests on their own nodes)."""
 
     @property
     def sees_everything(self) -> bool:
@@ -112,6 +114,7 @@ def new_token(
     trust: str = "protected",
     max_priority: int | None = None,
     zones: tuple[str, ...] = (),
+    labels: dict[str, str] | None = None,
 ) -> tuple[str, dict]:
     """A fresh random token and the line for the tokens file that accepts it."""
     if role not in ("ci", "operator"):
@@ -124,6 +127,8 @@ def new_token(
             line["max_priority"] = max_priority
         if zones:
             line["zones"] = list(zones)
+        if labels:
+            line["labels"] = dict(labels)
     _identity(line, "the new token")  # the same checks as the coordinator's
     return token, line
 
@@ -173,7 +178,7 @@ def _identity(item: object, where: str) -> Identity:
     ):
         raise InvalidArgument(f"{where} ({name}): sha256 must be 64 hex digits")
     if role == "operator":
-        extra = sorted(set(item) & {"tenant", "trust", "max_priority", "zones"})
+        extra = sorted(set(item) & {"tenant", "trust", "max_priority", "zones", "labels"})
         if extra:
             raise InvalidArgument(f"{where} ({name}): {extra[0]} applies to ci tokens only")
         return Identity(name, role)
@@ -188,7 +193,20 @@ def _identity(item: object, where: str) -> Identity:
     zones = item.get("zones", [])
     if not isinstance(zones, list) or not all(isinstance(z, str) and z for z in zones):
         raise InvalidArgument(f"{where} ({name}): zones must be a list of zone names")
-    return Identity(name, role, tenant=tenant, trust=trust, max_priority=max_priority, zones=tuple(zones))
+    labels = item.get("labels", {})
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise InvalidArgument(f"{where} ({name}): labels must map label names to values")
+    return Identity(
+        name,
+        role,
+        tenant=tenant,
+        trust=trust,
+        max_priority=max_priority,
+        zones=tuple(zones),
+        labels=tuple(sorted(labels.items())),
+    )
 
 
 def bind_spec(spec: common_pb2.BuildSpec, identity: Identity) -> common_pb2.BuildSpec:
@@ -204,11 +222,18 @@ def bind_spec(spec: common_pb2.BuildSpec, identity: Identity) -> common_pb2.Buil
     zone = spec.constraints.zone
     if zone and identity.zones and zone not in identity.zones:
         raise PermissionDenied(f"spec.constraints.zone: this token may pin {', '.join(identity.zones)} only")
+    for label, value in identity.labels:
+        asked = spec.constraints.labels.get(label)
+        if asked is not None and asked != value:
+            raise PermissionDenied(
+                f"spec.constraints.labels[{label}]: this token's builds run on {label}={value}"
+            )
     if spec.cache.scope or spec.cache.read_scopes:
         raise PermissionDenied("spec.cache.scope: the coordinator sets a build's cache scopes from its token")
     out = common_pb2.BuildSpec()
     out.CopyFrom(spec)
     out.tenant, out.trust = identity.tenant, identity.trust
+    out.constraints.labels.update(dict(identity.labels))
     # Cache scopes (common/scopes.py): protected builds read and write their tenant's protected scope;
     # untrusted ones write their own (per ref) and read it, then the protected one, never writing it.
     if identity.trust == "protected":

@@ -16,13 +16,22 @@ from stoker.coordinator.rpc.auth import Identity, bind_spec, hash_token, load_to
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2
 from tests.helpers.pki import make_pki, secure_coordinator, tls_channel
 
-PR = Identity("gh-pr", "ci", tenant="web", trust="untrusted", max_priority=5, zones=("zone-a",))
+PR = Identity(
+    "gh-pr",
+    "ci",
+    tenant="web",
+    trust="untrusted",
+    max_priority=5,
+    zones=("zone-a",),
+    labels=(("pool", "pr"),),
+)
 
 
 def test_a_ci_tokens_builds_get_its_tenant_and_trust_and_at_most_its_priority():
     spec = common_pb2.BuildSpec(workspace="web", command=["true"], priority=50)
     bound = bind_spec(spec, PR)
     assert (bound.tenant, bound.trust, bound.priority) == ("web", "untrusted", 5)
+    assert dict(bound.constraints.labels) == {"pool": "pr"}  # its node pool, required
     assert spec.tenant == "" and spec.priority == 50  # the caller's message is not changed
     low = bind_spec(common_pb2.BuildSpec(workspace="web", priority=-3), PR)
     assert low.priority == -3
@@ -38,6 +47,10 @@ def test_a_ci_tokens_builds_get_its_tenant_and_trust_and_at_most_its_priority():
         (
             common_pb2.BuildSpec(constraints=common_pb2.Constraints(zone="zone-b")),
             "spec.constraints.zone: this token may pin zone-a only",
+        ),
+        (
+            common_pb2.BuildSpec(constraints=common_pb2.Constraints(labels={"pool": "main"})),
+            "spec.constraints.labels[pool]: this token's builds run on pool=pr",
         ),
     ],
 )
@@ -60,7 +73,15 @@ def write(tmp_path, doc) -> str:
 
 
 def test_the_tokens_file_round_trips_what_stoker_token_writes(tmp_path):
-    token, line = new_token("gh-pr", "ci", tenant="web", trust="untrusted", max_priority=5, zones=("zone-a",))
+    token, line = new_token(
+        "gh-pr",
+        "ci",
+        tenant="web",
+        trust="untrusted",
+        max_priority=5,
+        zones=("zone-a",),
+        labels={"pool": "pr"},
+    )
     _, ops = new_token("ops", "operator")
     _, legacy = new_token("old-ci", "ci")
     del legacy["tenant"], legacy["trust"]  # a line from before tokens carried them
