@@ -24,7 +24,8 @@ Only SHA-256 digests of tokens are stored (``stoker token`` prints a new token a
 says who its builds are for: ``tenant`` (default: the token's name) and ``trust`` (``protected``, the
 default, or ``untrusted`` for pull requests); ``max_priority`` caps a build's priority, ``zones`` the
 zones it may pin and ``labels`` the node labels every build requires (its node pool). The coordinator
-fills a build's tenant and trust from them (``bind_spec``). Unknown fields, roles or versions are refused, naming the entry, so that a typo never loosens a token.
+fills a build's tenant and trust from them (``bind_spec``). Unknown fields, roles or versions are
+refused, naming the entry, so that a typo never loosens a token.
 """
 
 from __future__ import annotations
