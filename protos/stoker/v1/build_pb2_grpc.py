@@ -93,7 +93,11 @@ class BuildsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelBuild(self, request, context):
-        """Stop a queued or running build; the agent kills the command's whole process group.
+        """Stop a queued or running build; the agent kills the command's whole process group. Returns the build
+        as it stands: a queued build comes back CANCELLED, a finished one as it finished (cancelling is then a
+        no-op), and a running one still RUNNING: its agent has been told to stop it, and its end (CANCELLED,
+        after the kill grace period; or how it ended, if it ended first) comes on WatchBuild and GetBuild. A
+        running build whose node is unreachable comes back CANCELLED at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
