@@ -201,6 +201,9 @@ class PlacementRequest:
     tenant: str = ""
     priority: int = 0
     enqueued_at: float = 0.0
+    also_exact: tuple[str, ...] = ()
+    """Keys that serve the build as well as its own, in order: its key in the cache scopes it may read
+    (a pull request's build is warm on a node holding the default branch's entry of its key)."""
     image: str = ""
     """The OCI image the build runs in, as the build names it (empty: the node's default image, whose size
     the scheduler does not know, so it counts no pull)."""

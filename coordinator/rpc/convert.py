@@ -163,10 +163,11 @@ def placement_request(
         id=request_id,
         workspace=spec.workspace,
         # The keys as nodes store them (in the build's cache scope). The key is interned: the scheduler keeps
-        # it in per-key maps, one string with the inventory's. The build's key in a scope it may only read
-        # counts as a prefix here (a holder of it is a partial candidate to the scheduler).
+        # it in per-key maps, one string with the inventory's. A holder of the build's key in a scope it may
+        # only read is a warm candidate too (also_exact).
         key=sys.intern(keys.key),
-        restore_keys=keys.exact[1:] + keys.prefixes,
+        also_exact=keys.exact[1:],
+        restore_keys=keys.prefixes,
         constraints=Constraints(
             zone=spec.constraints.zone, labels=dict(spec.constraints.labels), sandbox=sandbox, limits=limits
         ),

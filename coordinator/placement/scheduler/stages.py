@@ -202,13 +202,15 @@ def admit(constraints: Constraints, live: dict[str, NodeRecord]) -> dict[str, No
 
 
 def warm_candidates(p: Placing) -> None:
-    """Stage 2: the usable holders of the request's exact key; each restores from what it holds."""
-    key = p.request.key
-    if not key:
-        return
-    holders = p.inventory.holders(key)
-    for name in p.usable(holders):
-        p.consider(p.admitted[name], Warmth.WARM, key, 0.0, holders[name][BYTES])
+    """Stage 2: the usable holders of the request's exact key, then of the keys that serve it as well
+    (``also_exact``: its key in a cache scope it may read); each restores from what it holds."""
+    for key in (p.request.key, *p.request.also_exact):
+        if not key:
+            continue
+        holders = p.inventory.holders(key)
+        for name in p.usable(holders):
+            if name not in p.candidates:
+                p.consider(p.admitted[name], Warmth.WARM, key, 0.0, holders[name][BYTES])
 
 
 def partial_candidates(p: Placing) -> None:

@@ -121,6 +121,22 @@ def test_warm_candidates_are_the_fresh_admitted_holders_of_the_exact_key():
     assert c.ready_s == pytest.approx(GB / f.settings.materialize_bps)  # only materialized, nothing fetched
 
 
+def test_a_holder_of_the_key_in_a_scope_the_build_reads_is_warm_too():
+    """A pull request's build (its own scope first, then the default branch's, read-only) is warm on a node
+    that holds the default branch's entry of its key; a holder of its own scope's entry comes first."""
+    f = Fleet(3)
+    mine, main = "~web/untrusted/pull/7/web/v2", "~web/protected/web/v2"
+    f.inventory.apply_snapshot("n1", 0, [entry(main)])
+    pr = request(mine, ("~web/untrusted/pull/7/web/", "~web/protected/web/"), also_exact=(main,))
+    d = decide(pr, f.view(), f.inventory, f.rendezvous)
+    assert (d.node, d.warmth, d.matched_key) == ("n1", Warmth.WARM, main)
+    f.inventory.apply_snapshot("n2", 0, [entry(mine)])
+    p = f.placing(pr)
+    warm_candidates(p)
+    assert sorted(p.candidates) == ["n1", "n2"]
+    assert p.candidates["n2"].matched_key == mine and p.candidates["n1"].matched_key == main
+
+
 def test_warm_candidates_estimate_at_most_the_limit_free_holders_first():
     f = Fleet(6, slots=1, max_warm_candidates=2)
     for i in range(6):
