@@ -19,6 +19,10 @@ from stoker.v1 import (
 log = logging.getLogger(__name__)
 
 
+BUILD_ID_METADATA = "stoker-build-id"
+"""The initial metadata key of SubmitBuild's response that names the build, sent before its first event."""
+
+
 class BuildsServicer(build_pb2_grpc.BuildsServicer):
     def __init__(self, config: CoordinatorConfig, builds: BuildQueue) -> None:
         self._config = config
@@ -54,6 +58,8 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
         validate.cache_scopes(spec.cache)
         build_id = self._builds.submit(spec, request.request_id, owner=identity.name)
         self._check_owner(build_id)
+        # Before any event: a client that drops now can still reattach with WatchBuild, without a request_id.
+        await context.send_initial_metadata(((BUILD_ID_METADATA, build_id),))
         async for event in self._builds.watch(build_id):
             yield event
 

@@ -438,3 +438,21 @@ def test_the_builds_output_is_its_own_and_stokers_lines_come_on_their_own_stream
     ours = [t for s, t in logs if s == build_pb2.LogLine.STREAM_STOKER]
     assert ours == ["stoker: cache key matched exactly; not saving"], logs
     assert not [t for s, t in logs if s == build_pb2.LogLine.STREAM_STDERR], logs
+
+
+def test_submit_names_the_build_in_its_initial_metadata_before_any_event(fleet):
+    """Issue 17, item 9: a client that dropped before the first event could not reattach without a
+    request_id. The id comes in the response's initial metadata, readable before any message."""
+    c = fleet.start_coordinator()
+    fleet.start_agent("n1")
+    fleet.wait_ready("n1")
+    stub = builds_stub(c.address)
+    call = stub.SubmitBuild(
+        build_pb2.SubmitBuildRequest(spec=spec(["sh", "-c", "sleep 1; echo hi"])), timeout=60
+    )
+    build_id = dict(call.initial_metadata())["stoker-build-id"]
+    assert build_id.startswith("b-")
+    call.cancel()  # the client goes away before reading an event
+    events = list(stub.WatchBuild(build_pb2.WatchBuildRequest(build_id=build_id), timeout=60))
+    assert events[-1].HasField("finished") and events[-1].build_id == build_id
+    assert any(e.HasField("log") and e.log.text == "hi" for e in events)
