@@ -250,7 +250,9 @@ def run_builds(settings: PodmanSettings, *builds: BuildJob) -> list[tuple[Outcom
     async def scenario() -> list[tuple[Outcome, Captured]]:
         executor = PodmanExecutor(settings)
         await executor.start()
-        return [await run_one(executor, b) for b in builds]
+        results = [await run_one(executor, b) for b in builds]
+        await executor.close()  # the containers' removal, which runs after each build in the background
+        return results
 
     return asyncio.run(scenario())
 

@@ -307,7 +307,9 @@ def test_cancel_and_timeout_remove_the_container(podman_settings, sandbox_image,
                 await asyncio.sleep(0.05)
             assert containers(podman_settings) != []  # the control: it was running
             executor.cancel(build.build_id, "user asked")
-        return await running, out
+        outcome = await running
+        await executor.close()
+        return outcome, out
 
     started = time.monotonic()
     outcome, out = asyncio.run(scenario())
