@@ -149,7 +149,6 @@ class Agent:
         req = await loop.run_in_executor(self.executor, registration, self.config)
         build_executor = await start_build_executor(self.config)
         req.executor, req.oci_runtime = build_executor.name, build_executor.runtime
-        self.build_executor = build_executor
         self.session = CoordinatorSession(
             self.config, req, self.cache, self.executor, self.metrics, build_executor
         )
@@ -201,7 +200,6 @@ class Agent:
                 )
                 await self.session.runner.kill_all()
             await asyncio.sleep(0.3)  # let the last finished events leave
-            await self.build_executor.close()  # containers of ended builds still being removed
         self.stop_event.set()
         for task in getattr(self, "_tasks", []):
             task.cancel()

@@ -10,8 +10,8 @@ Three measurements in one run (results: bench/RESULTS.md, section "Sandbox"):
    from Debian's busybox-static). Reported: p50/p95/max of the wall time of ``run()`` per executor, and the
    podman minus process difference of the p50s (``results``, ``podman_extra_p50_s``); also the podman
    executor's prepare() with the image present (``podman_prepare_cached``), which an agent runs before
-   each build's run() (the process executor's does nothing), and the ``podman rm`` calls after each run()
-   (``podman_container_removal``; before commit "podman rm after the build's end" they were inside it).
+   each build's run() (the process executor's does nothing), and the ``podman rm`` calls inside run()
+   (``podman_container_removal``).
 2. **Warm builds** through a real loopback fleet (a coordinator and two agents, one per executor, sharing
    a blob store, each pinned by a label): a first build on the process agent saves a node_modules-like
    tree (``tests.helpers.cache.make_tree``) under one cache key, the podman agent fetches it once, then
@@ -307,16 +307,14 @@ async def _executor_parts(args: argparse.Namespace, work: Path, registry: str, r
         await executor.start()
     removals = _Removals(podman)
     times = await _start_overhead(podman, process, args.runs, work)
-    await podman.close()  # the removals run after each build's run(), in the background: count them all
     removed = removals.report(args.runs)
     return {"start": times, "removal": removed, "pull": await _pulls(podman, refs, args.pull_rounds, work)}
 
 
 class _Removals:
-    """Counts and times the executor's ``podman rm`` calls, by wrapping its command runner: each build's
-    container is removed in the background once run() has returned (tried again after 0.2 s when podman
-    reports its shm mount still busy); before that change the removal was inside run() and counted in the
-    start overhead."""
+    """Counts and times the executor's ``podman rm`` calls, by wrapping its command runner: run() removes
+    each build's container before it returns, and tries again (after 0.2 s) when podman reports the
+    container's shm mount still busy, so both count in the start overhead."""
 
     def __init__(self, podman: PodmanExecutor) -> None:
         self.calls: list[tuple[int, float]] = []

@@ -116,11 +116,6 @@ class BuildExecutor(ABC):
         """Run the command to its end (or until cancelled or timed out) and return how it ended.
         Nothing the command started is left running when this returns."""
 
-    async def close(self) -> None:
-        """Finish what the executor still does in the background for builds that have ended (removing
-        their containers); called when the agent stops. Nothing, for an executor that leaves nothing."""
-        return None
-
     def release(self, build_id: str) -> None:
         """Let go of what ``prepare`` holds for a build that will not run after all (it was cancelled
         before its command started). ``run`` lets go of it itself. Nothing, for an executor without images."""

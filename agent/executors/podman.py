@@ -84,7 +84,6 @@ class PodmanExecutor(BuildExecutor):
         self._ulimits: list[str] = []
         self._running: dict[str, _Container] = {}
         self._stoppers: set[asyncio.Task[None]] = set()
-        self._removals: set[asyncio.Task[None]] = set()
         self._images = ImageStore(
             self._podman_cmd, self._dir / "image-uses.json", settings.image_budget_bytes
         )
@@ -261,25 +260,11 @@ class PodmanExecutor(BuildExecutor):
             return await self._wait(job, proc, container, cid_file, output)
         finally:
             self._running.pop(job.build_id, None)
+            await self._remove(container.name)
             env_file.unlink(missing_ok=True)
             cid_file.unlink(missing_ok=True)
-            # The container's processes are gone (its init exited, the kernel killed the rest of its pid
-            # namespace): removing what is left of it (~80 ms of `podman rm`) need not delay the build's end.
-            task = asyncio.get_running_loop().create_task(self._after(container.name, job.build_id))
-            self._removals.add(task)
-            task.add_done_callback(self._removals.discard)
-
-    async def _after(self, name: str, build_id: str) -> None:
-        """Remove a finished build's container, then let go of its image."""
-        try:
-            await self._remove(name)
-        finally:
-            self._images.release(build_id)
+            self._images.release(job.build_id)
             self._images.enforce_budget_soon()
-
-    async def close(self) -> None:
-        while self._removals:
-            await asyncio.gather(*list(self._removals), return_exceptions=True)
 
     def images(self) -> tuple[Image, ...]:
         return self._images.held

@@ -250,9 +250,7 @@ def run_builds(settings: PodmanSettings, *builds: BuildJob) -> list[tuple[Outcom
     async def scenario() -> list[tuple[Outcome, Captured]]:
         executor = PodmanExecutor(settings)
         await executor.start()
-        results = [await run_one(executor, b) for b in builds]
-        await executor.close()  # the containers' removal, which runs after each build in the background
-        return results
+        return [await run_one(executor, b) for b in builds]
 
     return asyncio.run(scenario())
 

@@ -149,13 +149,10 @@ class Node:
         return build
 
     def leftovers(self) -> str:
-        """What a finished build may not leave: host processes under the builds' uid range (none, from the
-        moment the build is reported finished), and containers in the node's podman storage (the agent
-        removes a finished build's stopped container right after reporting it: a few seconds' grace)."""
+        """What a finished build may not leave: containers in the node's podman storage, host processes
+        under the builds' uid range."""
+        left = containers(_podman_settings(self.podman))
         procs = host_processes_of_uids(self.uid_base, UID_COUNT)
-        deadline = time.monotonic() + 15
-        while (left := containers(_podman_settings(self.podman))) and time.monotonic() < deadline:
-            time.sleep(0.1)
         return f"containers {left}, processes {procs}" if left or procs else ""
 
     def assert_next_build_runs_clean(self, env: dict[str, str] | None = None, also: str = "") -> Build:

@@ -66,7 +66,6 @@ def test_held_images_are_reported_and_the_least_recently_used_goes_over_the_budg
         assert executor.images() == ()
         await run_in(executor, sandbox_image, "a")
         await run_in(executor, other_image, "b")
-        await executor.close()
         return executor.images()
 
     async def restarted_agent(budget: int):
@@ -77,7 +76,6 @@ def test_held_images_are_reported_and_the_least_recently_used_goes_over_the_budg
         deadline = time.monotonic() + 60
         while len(executor.images()) == len(before) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)  # the budget is enforced in the background after the build
-        await executor.close()
         return before, executor.images()
 
     try:
