@@ -328,6 +328,10 @@ class PodmanExecutor(BuildExecutor):
             return Outcome(
                 code, EndReason.NOT_STARTED, f"podman could not run the build: {last_stderr[0][7:]}"
             )
+        if code == 1 and "failed to exec pid1" in last_stderr[0] and container.stop.reason is None:
+            # catatonit (the build's init) could not start the command: as the process executor says.
+            why = last_stderr[0].rsplit(": ", 1)[-1]
+            return Outcome(127, EndReason.NOT_STARTED, f"cannot start {job.argv[0]!r}: {why.lower()}")
         return _outcome(code, container.stop, watcher, job)
 
     def cancel(self, build_id: str, reason: str) -> None:
@@ -629,6 +633,10 @@ def _counter(path: Path, key: str) -> int:
 
 
 def _outcome(code: int, stop: Stop, watcher: _CgroupWatch, job: BuildJob) -> Outcome:
+    if code > 128 and (stop.reason is not None or watcher.oom_kills):
+        # A signal ended it (the agent stopped it, or the kernel killed it at its memory limit): podman
+        # reports 128+N, as a shell does; report -N, as the process executor does (exit codes agree).
+        code = -(code - 128)
     oom = f"killed by the kernel at its memory limit of {job.limits.memory_bytes} bytes (out of memory)"
     if watcher.oom_kills and code != 0:
         return Outcome(code, EndReason.OOM, oom)

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -313,6 +314,7 @@ def test_cancel_and_timeout_remove_the_container(podman_settings, sandbox_image,
     outcome, out = asyncio.run(scenario())
     expected = EndReason.CANCELLED if how == "cancel" else EndReason.TIMEOUT
     assert outcome.reason is expected, (outcome, out.text)
+    assert outcome.exit_code == -9, outcome  # SIGTERM ignored, then SIGKILL: -9, as the process executor says
     assert time.monotonic() - started < 3 + podman_settings.kill_grace_s + 20
     assert containers(podman_settings) == []
     assert host_processes_with(f"sleep {marker}") == []
@@ -393,3 +395,17 @@ def test_the_builds_network_and_its_guard_rules():
     assert all(r[-2:] == ("-j", "DROP") for r in rules)
     with pytest.raises(ValueError):
         cni_network("10.89.0.0/33")
+
+
+def test_exit_codes_agree_with_the_process_executors(podman_settings, sandbox_image, tmp_path):
+    """What stoker reports as a build's exit code (issue 17, item 6): the command's own status; -N when
+    signal N ended it; 127 when the command does not exist. The process executor's are the same
+    (tests/agent/sandbox/test_process_executor.py)."""
+    own = job(tmp_path / "ws1", sandbox_image, "exit 3")
+    term = job(tmp_path / "ws2", sandbox_image, "echo ready; sleep 60", timeout_s=2)
+    missing = job(tmp_path / "ws3", sandbox_image, "true")
+    missing = replace(missing, argv=("no-such-command",))
+    (o_own, _), (o_term, _), (o_missing, m_out) = run_builds(podman_settings, own, term, missing)
+    assert (o_own.exit_code, o_own.reason) == (3, EndReason.EXITED), o_own
+    assert (o_term.exit_code, o_term.reason) == (-15, EndReason.TIMEOUT), o_term
+    assert o_missing.exit_code == 127 and not o_missing.succeeded, (o_missing, m_out.text)

@@ -85,3 +85,20 @@ def _cmdline(pid: str) -> str:
             return f.read().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+def test_exit_codes_agree_with_the_podman_executors(tmp_path):
+    """The command's status; -N when signal N ended it; 127 when the command does not exist (the podman
+    executor's test of the same name checks that it reports the same)."""
+    timed_out, _ = _run(tmp_path, "sleep 60", timeout_s=0.5)
+    assert (timed_out.exit_code, timed_out.reason) == (-15, EndReason.TIMEOUT), timed_out
+    ws = tmp_path / "ws2"
+    ws.mkdir()
+
+    async def missing():
+        executor = ProcessExecutor(tmp_path / "groups2", ("PATH",), kill_grace_s=0.5)
+        await executor.start()
+        return await executor.run(BuildJob("p2", ("no-such-command",), ws), Captured())
+
+    outcome = asyncio.run(missing())
+    assert outcome.exit_code == 127 and outcome.reason is EndReason.NOT_STARTED, outcome
