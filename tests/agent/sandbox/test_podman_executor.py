@@ -386,13 +386,22 @@ def test_the_builds_network_and_its_guard_rules():
     bridge = net["plugins"][0]
     assert net["name"] == "stoker-builds" and bridge["bridge"] == "stoker0"
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.89.0.0/24", "gateway": "10.89.0.1"}]]
-    rules = guard_rules("10.89.0.0/24", ("169.254.0.0/16", "10.0.0.7/32"))
-    assert [r[:5] for r in rules] == [
-        ("INPUT", "-s", "10.89.0.0/24", "-m", "comment"),
-        ("FORWARD", "-s", "10.89.0.0/24", "-d", "169.254.0.0/16"),
-        ("FORWARD", "-s", "10.89.0.0/24", "-d", "10.0.0.7/32"),
+    assert [p["type"] for p in net["plugins"]] == ["bridge"]  # the guard's rules replace the firewall plugin
+    assert [p["type"] for p in cni_network("10.89.0.0/24", firewall=True)["plugins"]] == [
+        "bridge",
+        "firewall",
     ]
-    assert all(r[-2:] == ("-j", "DROP") for r in rules)
+    rules = guard_rules("10.89.0.0/24", ("169.254.0.0/16", "10.0.0.7/32"))
+    assert [(how, r[:5]) for how, r in rules] == [
+        ("-I", ("INPUT", "-s", "10.89.0.0/24", "-m", "comment")),
+        ("-I", ("FORWARD", "-s", "10.89.0.0/24", "-d", "169.254.0.0/16")),
+        ("-I", ("FORWARD", "-s", "10.89.0.0/24", "-d", "10.0.0.7/32")),
+        ("-A", ("FORWARD", "-s", "10.89.0.0/24", "-m", "comment")),
+        ("-A", ("FORWARD", "-d", "10.89.0.0/24", "-m", "conntrack")),
+    ]
+    # Drops first in their chains, passes last: a pass can never come before a drop.
+    assert [r[-1] for how, r in rules if how == "-I"] == ["DROP"] * 3
+    assert [r[-1] for how, r in rules if how == "-A"] == ["ACCEPT"] * 2
     with pytest.raises(ValueError):
         cni_network("10.89.0.0/33")
 
