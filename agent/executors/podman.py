@@ -438,6 +438,14 @@ class PodmanExecutor(BuildExecutor):
             *self._ulimits,
         ]
         argv += ["--network", "none" if lim.network == "none" else NETWORK]
+        # No IPv6 in a build: the guard's rules are IPv4 ones, and over IPv6 the bridge's link-local address
+        # led to every service of this machine listening on [::] (found by a hostile build).
+        argv += [
+            "--sysctl",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "--sysctl",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ]
         if lim.pids > 0:
             argv += ["--pids-limit", str(lim.pids)]
         if lim.memory_bytes > 0:

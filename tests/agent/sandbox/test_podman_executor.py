@@ -266,7 +266,8 @@ def test_no_build_reaches_this_machine_and_network_none_reaches_nothing(
         script = (
             f"for h in 127.0.0.1 10.89.0.1 {' '.join(host_addresses())}; do "
             f"{request} | nc -w 2 $h {port} | grep -q hello-4711 && echo REACHED $h; "
-            "done; cat /proc/net/dev; cat /proc/net/route; echo done"
+            "done; cat /proc/net/dev; cat /proc/net/route; "
+            "echo ipv6-addresses $(cat /proc/net/if_inet6 | wc -l); echo done"
         )
         default = job(tmp_path / "ws1", sandbox_image, script)
         isolated = job(tmp_path / "ws2", sandbox_image, script, limits=Limits(pids=64, network="none"))
@@ -281,6 +282,9 @@ def test_no_build_reaches_this_machine_and_network_none_reaches_nothing(
     assert d_outcome.succeeded, d_out.text
     assert "REACHED" not in d_out.stdout, d_out.text
     assert "eth0" in d_out.stdout and "0000590A" in d_out.stdout, d_out.text  # a route on 10.89.0.0/24
+    # No IPv6: over it the bridge's link-local address reached services on [::] past the IPv4 guard.
+    assert Path("/proc/net/if_inet6").read_text().strip(), "the control: this machine has IPv6"
+    assert "ipv6-addresses 0" in d_out.stdout and "ipv6-addresses 0" in n_out.stdout, d_out.text
     assert n_outcome.succeeded, n_out.text
     assert "REACHED" not in n_out.stdout and "hello-4711" not in n_out.stdout
     interfaces = [ln.split(":")[0].strip() for ln in n_out.stdout.splitlines() if ":" in ln and "|" not in ln]
