@@ -199,14 +199,10 @@ def containers(settings: PodmanSettings) -> list[str]:
     return done.stdout.split()
 
 
-class Captured:
-    """Output lines of one build, in order, as (text, is_stderr)."""
+class OutputLines:
+    """A build's output as (text, is_stderr) lines in ``self.lines``, read as its streams."""
 
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, bool]] = []
-
-    def __call__(self, text: str, stderr: bool) -> None:
-        self.lines.append((text, stderr))
+    lines: list[tuple[str, bool]]
 
     @property
     def stdout(self) -> str:
@@ -219,6 +215,16 @@ class Captured:
     @property
     def text(self) -> str:
         return "\n".join(t for t, _ in self.lines)
+
+
+class Captured(OutputLines):
+    """Output lines of one build, in order, as (text, is_stderr)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, bool]] = []
+
+    def __call__(self, text: str, stderr: bool) -> None:
+        self.lines.append((text, stderr))
 
 
 def job(workspace: Path, image: str, script: str, build_id: str | None = None, **kwargs) -> BuildJob:

@@ -36,6 +36,7 @@ from tests.helpers.hostile import TreeState, listing
 from tests.helpers.net import free_port
 from tests.helpers.pki import make_pki, secure_coordinator, tls_channel, wait_nodes
 from tests.helpers.sandbox import (
+    OutputLines,
     containers,
     host_addresses,
     host_processes_of_uids,
@@ -55,7 +56,7 @@ PRUNE = r"\( -path /proc -o -path /sys \) -prune -o"
 
 
 @dataclass
-class Build:
+class Build(OutputLines):
     build_id: str
     state: int
     exit_code: int
@@ -63,18 +64,6 @@ class Build:
     node: str
     warmth: int
     lines: list[tuple[str, bool]] = field(default_factory=list)
-
-    @property
-    def stdout(self) -> str:
-        return "\n".join(t for t, err in self.lines if not err)
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(t for t, err in self.lines if err)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(t for t, _ in self.lines)
 
     @property
     def succeeded(self) -> bool:
