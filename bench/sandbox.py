@@ -312,9 +312,10 @@ async def _executor_parts(args: argparse.Namespace, work: Path, registry: str, r
 
 
 class _Removals:
-    """Counts and times the executor's ``podman rm`` calls, by wrapping its command runner: run() removes
-    each build's container before it returns, and tries again (after 0.2 s) when podman reports the
-    container's shm mount still busy, so both count in the start overhead."""
+    """Counts and times the executor's ``podman rm`` calls, by wrapping its command runner. A build's
+    container goes with its ``podman run --rm``; run() calls ``podman rm`` (and tries again after 0.2 s
+    when podman reports the container's shm mount still busy) only when podman failed, so any such call
+    counts in the start overhead and shows here."""
 
     def __init__(self, podman: PodmanExecutor) -> None:
         self.calls: list[tuple[int, float]] = []
@@ -334,7 +335,7 @@ class _Removals:
             "builds": builds,
             "rm_calls": len(self.calls),
             "rm_failed": sum(1 for code, _ in self.calls if code != 0),
-            "rm_s": _stats([seconds for _, seconds in self.calls]),
+            "rm_s": _stats([seconds for _, seconds in self.calls]) if self.calls else None,
         }
 
 

@@ -69,7 +69,7 @@ _INIT_PATHS = ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit")
 class _Container:
     name: str
     stop: Stop
-    cgroup: str = ""
+    stopping: asyncio.Task[None] | None = None
 
 
 class PodmanExecutor(BuildExecutor):
@@ -83,7 +83,6 @@ class PodmanExecutor(BuildExecutor):
         self._init_path = ""
         self._ulimits: list[str] = []
         self._running: dict[str, _Container] = {}
-        self._stoppers: set[asyncio.Task[None]] = set()
         self._images = ImageStore(
             self._podman_cmd, self._dir / "image-uses.json", settings.image_budget_bytes
         )
@@ -239,6 +238,7 @@ class PodmanExecutor(BuildExecutor):
             return Outcome(-1, EndReason.NOT_STARTED, problem)
         container = _Container(_container_name(job.build_id), Stop())
         self._running[job.build_id] = container
+        removed = False
         env_file = self._dir / "jobs" / f"{container.name}.env"
         cid_file = self._dir / "jobs" / f"{container.name}.cid"
         try:
@@ -258,10 +258,18 @@ class PodmanExecutor(BuildExecutor):
                 on_started(proc.pid)
             if container.stop.reason is not None:  # cancelled while starting
                 self._stop_container(container)
-            return await self._wait(job, proc, container, cid_file, output)
+            outcome = await self._wait(job, proc, container, cid_file, output)
+            # ``podman run --rm`` removed the container as it ended (cheaper than a ``podman rm`` after it,
+            # which podman 4.3 fails while its own cleanup still holds the shm mount); only when podman
+            # itself failed may one be left.
+            removed = outcome.reason is not EndReason.NOT_STARTED
+            return outcome
         finally:
             self._running.pop(job.build_id, None)
-            await self._remove(container.name)
+            if container.stopping is not None:  # its ``podman stop`` ends with the container, not after run()
+                await asyncio.shield(container.stopping)
+            if not removed:
+                await asyncio.shield(self._remove(container.name))
             env_file.unlink(missing_ok=True)
             cid_file.unlink(missing_ok=True)
             self._images.release(job.build_id)
@@ -356,9 +364,8 @@ class PodmanExecutor(BuildExecutor):
             if code != 0:
                 log.warning("podman stop %s failed: %s", container.name, _last_line(err))
 
-        task = asyncio.get_running_loop().create_task(stop())
-        self._stoppers.add(task)
-        task.add_done_callback(self._stoppers.discard)
+        if container.stopping is None:
+            container.stopping = asyncio.get_running_loop().create_task(stop())
 
     async def _remove(self, name: str) -> None:
         """Remove the container whatever its state; podman 4.3 sometimes reports its shm mount busy on the
@@ -398,6 +405,7 @@ class PodmanExecutor(BuildExecutor):
         idmap = f"0:{s.uid_base}:{s.uid_count}"
         argv = [
             "run",
+            "--rm",
             "--name",
             name,
             "--label",
@@ -487,6 +495,12 @@ class PodmanExecutor(BuildExecutor):
             proc.kill()
             await proc.wait()
             return -1, "", f"podman {args[0]} did not finish within {timeout_s:g} s"
+        except asyncio.CancelledError:
+            # Never leave a podman command running behind a cancelled caller: its pipes would keep an
+            # event loop from closing.
+            proc.kill()
+            await asyncio.shield(proc.wait())
+            raise
         code = proc.returncode if proc.returncode is not None else -1
         return code, out.decode(errors="replace"), err.decode(errors="replace")
 

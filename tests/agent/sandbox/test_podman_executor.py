@@ -335,10 +335,12 @@ def test_a_restarted_agent_removes_the_containers_a_crash_left(podman_settings, 
         from stoker.agent.executors.podman import PodmanExecutor
 
         async def main():
-            executor = PodmanExecutor(PodmanSettings(dir={settings.dir!r}, kill_grace_s=1.0))
+            executor = PodmanExecutor(PodmanSettings(dir={settings.dir!r}, kill_grace_s=1.0,
+                                                     insecure_registries={settings.insecure_registries!r}))
             await executor.start()
             job = BuildJob("crashed-1", ("sh", "-c", "echo ready; sleep 600"), Path({str(build.workspace)!r}),
                            image={sandbox_image!r})
+            assert await executor.prepare(job, lambda line, err: None) is None  # pulls it when run alone
             await executor.run(job, lambda line, err: print(line, flush=True))
 
         asyncio.run(main())
