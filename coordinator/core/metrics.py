@@ -129,8 +129,9 @@ class CoordinatorMetrics:
         )
         self.rollout_verdicts = Counter(
             "stoker_coordinator_rollout_verdicts_total",
-            "Judgments of rollouts' canaries: pass, fail or inconclusive, by the check that decided.",
-            ["result", "check"],
+            "Final judgments of rollouts' canaries and bakes (operators' promotions and aborts included): "
+            "pass, fail or inconclusive. Which check decided is in each rollout's status.",
+            ["result"],
             registry=registry,
         )
         self.rollouts_ended = Counter(
