@@ -52,6 +52,12 @@ class CoordinatorMetrics:
             registry=registry,
         )
         self.nodes = Gauge("stoker_coordinator_nodes", "Nodes by state.", ["state"], registry=registry)
+        self.nodes_lost = Counter(
+            "stoker_coordinator_nodes_lost_total",
+            "Nodes whose stream stayed closed past the lease TTL (their builds were requeued). Lost nodes "
+            "stay in the nodes gauge's lost state until the coordinator restarts; this counts each loss.",
+            registry=registry,
+        )
         self.slots = Gauge(
             "stoker_coordinator_slots",
             "Build slots of ready nodes: all of them (total), and those a build or lease holds (busy).",

@@ -502,6 +502,7 @@ class BuildQueue:
                 node.name,
                 self._registry.lease_ttl_s,
             )
+            self._metrics.nodes_lost.inc()
             self._scheduler.node_lost(node.name, self._inventory.entries(node.name), self._registry.all())
             self._inventory.drop_node(node.name)
             for holder in list(node.holders):

@@ -163,8 +163,10 @@ def test_lost_node_requeues_and_stale_attempt_is_ignored():
         w.service.detach(w.links["n1"])
         w.clock.t += 11
         w.add_node("n2")
+        assert w.prom.get_sample_value("stoker_coordinator_nodes_lost_total") == 0
         w.service.tick()
         assert w.service.get(build_id).attempt == 2
+        assert w.prom.get_sample_value("stoker_coordinator_nodes_lost_total") == 1  # the agents-lost alert
         [cmd] = w.commands("n2")
         assert cmd.run_build.attempt == 2
         w.finish("n1", build_id, 1, exit_code=5)  # the lost node's late report: ignored
