@@ -87,6 +87,8 @@ class CoordinatorMetrics:
             ["kind"],
             registry=registry,
         )
+        for kind in ("prewarm", "evict", "dropped"):  # each kind exported from the start, at 0
+            self.cache_commands.labels(kind)
         self.outbox_commands = Gauge(
             "stoker_coordinator_outbox_commands",
             "Commands queued for agents' streams and not yet sent, all nodes together.",
