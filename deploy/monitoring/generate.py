@@ -112,8 +112,8 @@ ALERTS = [
         description=(
             "The coordinator lost the stream of one or more agents for longer than the lease TTL and "
             "requeued their builds. A node drained or removed on purpose also shows here. Find which: "
-            "`stoker nodes` (state lost), then the node and its stoker-agent pod (evicted, OOM-killed, "
-            "network partition to the coordinator)."
+            "`stoker inventory` (nodes in state lost), then the node and its stoker-agent pod (evicted, "
+            "OOM-killed, network partition to the coordinator)."
         ),
     ),
     Alert(
@@ -142,7 +142,7 @@ ALERTS = [
             "95 % of the builds placed in the last 10 minutes waited less than this between submission "
             "and placement, and it has stayed above 5 minutes for 15 minutes. The fleet is short of "
             "slots, or builds ask for constraints few nodes meet. Look at the fleet dashboard's slots and "
-            "queue panels and `stoker nodes`; add nodes or slots, or find the builds whose queued reason "
+            "queue panels and `stoker inventory`; add nodes or slots, or find the builds whose queued reason "
             "names a constraint."
         ),
     ),
@@ -188,7 +188,7 @@ ALERTS = [
         description=(
             "A rollout's canary or post-surge bake failed its judgment (errors, latency, a crash loop) or "
             "an operator aborted it, and the previous version is serving again. Read why: "
-            "`stoker rollout list`, then `stoker rollout status <id>` for its verdicts, and fix the version "
+            "`stoker rollout list`, then `stoker rollout get <id>` for its verdicts, and fix the version "
             "before rolling it out again."
         ),
     ),
@@ -201,7 +201,7 @@ ALERTS = [
         summary="A rollout failed",
         description=(
             "A rollout ended in failed: it could not reach a state it was steering to (a target error, "
-            "a deadline), so the service may be left mixed between versions. `stoker rollout status <id>` "
+            "a deadline), so the service may be left mixed between versions. `stoker rollout get <id>` "
             "says where it stopped; check the target (Kubernetes Deployments, or the local instances) "
             "before starting another."
         ),
