@@ -12,11 +12,12 @@ its HTTP API. See the live test's docstring for what "returns series" means for 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 import time
+import types
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -34,12 +35,14 @@ REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "monitoring.md"
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location("stoker_monitoring", REPO / "deploy/monitoring/generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
+def load_generator() -> types.ModuleType:
+    """deploy/monitoring/generate.py as a module, compiled here so that no __pycache__ lands in deploy/
+    (test_manifests reads every file there as text)."""
+    path = REPO / "deploy" / "monitoring" / "generate.py"
+    module = types.ModuleType("stoker_monitoring_generate")
+    module.__file__ = str(path)
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(path.read_text(), str(path), "exec"), module.__dict__)
     return module
 
 
