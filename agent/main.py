@@ -22,7 +22,7 @@ from stoker.agent.cache.api import BuildCache
 from stoker.agent.config import AgentConfig, default_node_name, in_cluster
 from stoker.agent.executors.base import BuildExecutor, ExecutorUnavailable
 from stoker.agent.executors.factory import open_executor
-from stoker.agent.runner import AgentMetrics
+from stoker.agent.runner import AgentMetrics, CacheCollector
 from stoker.agent.session import CoordinatorSession
 from stoker.common.serving import (
     GRPC_SERVER_OPTIONS,
@@ -126,6 +126,7 @@ class Agent:
         self.metrics = AgentMetrics(self.registry)
         self.executor = ThreadPoolExecutor(config.server.executor_threads, thread_name_prefix="agent-io")
         self.cache = cache or open_build_cache(config)
+        self.registry.register(CacheCollector(self.cache, config.cache.dir, config.cache.budget_bytes))
         self.server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
         # READY_SERVICE is a health-check name only (the readiness probe asks for it), not a gRPC service:
         # reflection lists only what it can describe.

@@ -13,12 +13,13 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from stoker.agent.cache.api import BuildCache, CacheError, Progress, RestoreResult, SaveResult
 from stoker.agent.config import BuildSettings
@@ -70,6 +71,46 @@ class AgentMetrics:
         )
         self.reconnects = Counter(
             "stoker_agent_reconnects_total", "Stream (re)connection attempts.", registry=registry
+        )
+
+
+class CacheCollector:
+    """The node's cache store and disk, read when /metrics is scraped (register it on the agent's registry).
+
+    The disk figures are the filesystem holding the cache directory, which the build workspaces share in
+    the Kubernetes deployment (one hostPath mount): what fills up when builds write more than the cache
+    budget leaves room for."""
+
+    def __init__(self, cache: BuildCache, cache_dir: str | Path, budget_bytes: int) -> None:
+        self._cache = cache
+        self._dir = cache_dir
+        self._budget = budget_bytes
+
+    def collect(self) -> Iterator[Metric]:
+        used, _free = self._cache.disk_usage()
+        yield GaugeMetricFamily("stoker_agent_cache_used_bytes", "Bytes the cache store holds.", value=used)
+        yield GaugeMetricFamily(
+            "stoker_agent_cache_budget_bytes", "Bytes the cache store may hold.", value=self._budget
+        )
+        yield CounterMetricFamily(
+            "stoker_agent_cache_evicted_bytes",
+            "Bytes of entries evicted from the cache store since the agent started (to make room, or "
+            "superseded entries the coordinator asked to drop).",
+            value=self._cache.evicted_bytes_total,
+        )
+        try:
+            fs = os.statvfs(self._dir)
+        except OSError:
+            return  # not there (yet): no disk figures rather than wrong ones
+        yield GaugeMetricFamily(
+            "stoker_agent_disk_size_bytes",
+            "Size of the filesystem holding the cache directory.",
+            value=fs.f_blocks * fs.f_frsize,
+        )
+        yield GaugeMetricFamily(
+            "stoker_agent_disk_available_bytes",
+            "Bytes of that filesystem that the agent may still write.",
+            value=fs.f_bavail * fs.f_frsize,
         )
 
 

@@ -258,7 +258,7 @@ def create_server(
     )
     build_pb2_grpc.add_BuildsServicer_to_server(BuildsServicer(config, builds), server)
     inventory_pb2_grpc.add_InventoryServicer_to_server(InventoryServicer(nodes, inventory, builds), server)
-    rollouts = build_rollout_engine(config.rollouts, config.state.path, clock)
+    rollouts = build_rollout_engine(config.rollouts, config.state.path, clock, metrics)
     rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutsServicer(rollouts), server)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     port, agent_port = _add_ports(server, config)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages some parts of stoker need, installed only when missing (idempotent):
 #   haproxy     the load balancer in front of the local-process rollout target (tests, demo, bench)
-#   prometheus  the real Prometheus the PromQL metrics-provider test scrapes the sample service with
+#   prometheus  the real Prometheus the PromQL metrics-provider test scrapes the sample service with, and
+#               the monitoring test scrapes a loopback fleet with; its promtool checks and tests the
+#               alerting rules (tests/deploy/test_monitoring.py)
 #   gcc         compiles the cache's file writer (agent/cache/_fastio.c) when pip installs stoker
 #   podman      runs each build in its own container (the agent's `podman` executor)
 #   catatonit   the init (podman run --init) that reaps a build's orphans and takes them down with it

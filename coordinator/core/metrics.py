@@ -52,6 +52,33 @@ class CoordinatorMetrics:
             registry=registry,
         )
         self.nodes = Gauge("stoker_coordinator_nodes", "Nodes by state.", ["state"], registry=registry)
+        self.nodes_lost = Counter(
+            "stoker_coordinator_nodes_lost_total",
+            "Nodes whose stream stayed closed past the lease TTL (their builds were requeued). Lost nodes "
+            "stay in the nodes gauge's lost state until the coordinator restarts; this counts each loss.",
+            registry=registry,
+        )
+        self.slots = Gauge(
+            "stoker_coordinator_slots",
+            "Build slots of ready nodes: all of them (total), and those a build or lease holds (busy).",
+            ["state"],
+            registry=registry,
+        )
+        self.queue_wait_seconds = Histogram(
+            "stoker_coordinator_queue_wait_seconds",
+            "Time from submission to placement of each build and placement request (a requeued build's "
+            "wait counts from its first submission, as its timings' queued_s does).",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=registry,
+        )
+        self.time_to_ready_seconds = Histogram(
+            "stoker_coordinator_time_to_ready_seconds",
+            "Time from submission until a finished build's command could start (queued + image pull + "
+            "cache restore), by the warmth its agent found.",
+            ["warmth"],
+            buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+            registry=registry,
+        )
         self.cache_commands = Counter(
             "stoker_coordinator_cache_commands_total",
             "Cache commands sent to agents: prewarm (fetch ahead of need, or touch a held entry to keep it "
@@ -60,6 +87,8 @@ class CoordinatorMetrics:
             ["kind"],
             registry=registry,
         )
+        for kind in ("prewarm", "evict", "dropped"):  # each kind exported from the start, at 0
+            self.cache_commands.labels(kind)
         self.outbox_commands = Gauge(
             "stoker_coordinator_outbox_commands",
             "Commands queued for agents' streams and not yet sent, all nodes together.",
@@ -98,6 +127,25 @@ class CoordinatorMetrics:
             "Objects the cyclic garbage collector found unreachable (garbage in reference cycles), "
             "by generation.",
             ["generation"],
+            registry=registry,
+        )
+        self.rollouts_active = Gauge(
+            "stoker_coordinator_rollouts_active",
+            "Rollouts not yet ended, by phase.",
+            ["phase"],
+            registry=registry,
+        )
+        self.rollout_verdicts = Counter(
+            "stoker_coordinator_rollout_verdicts_total",
+            "Final judgments of rollouts' canaries and bakes (operators' promotions and aborts included): "
+            "pass, fail or inconclusive. Which check decided is in each rollout's status.",
+            ["result"],
+            registry=registry,
+        )
+        self.rollouts_ended = Counter(
+            "stoker_coordinator_rollouts_ended_total",
+            "Rollouts that reached an end: succeeded, rolled_back or failed.",
+            ["phase"],
             registry=registry,
         )
         self.agent_messages = Counter(

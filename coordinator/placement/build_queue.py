@@ -38,6 +38,7 @@ from stoker.coordinator.placement.domain import (
     RESOURCE_FIELDS,
     Constraints,
     NodeInfo,
+    NodeState,
     PlacementRequest,
     Warmth,
     number,
@@ -166,6 +167,9 @@ class BuildQueue:
         metrics.outbox_commands.set_function(
             lambda: sum(link.outbox.qsize() for link in list(self._links.values()))
         )
+        # Read when /metrics is scraped, like the two above: all() copies the registry's dict in one step.
+        metrics.slots.labels("total").set_function(lambda: sum(n.info.slots for n in self._ready_nodes()))
+        metrics.slots.labels("busy").set_function(lambda: sum(len(n.holders) for n in self._ready_nodes()))
         for kind in scheduler.tracked():  # read when /metrics is scraped
             metrics.scheduler_tracked.labels(kind).set_function(functools.partial(_tracked, scheduler, kind))
 
@@ -498,6 +502,7 @@ class BuildQueue:
                 node.name,
                 self._registry.lease_ttl_s,
             )
+            self._metrics.nodes_lost.inc()
             self._scheduler.node_lost(node.name, self._inventory.entries(node.name), self._registry.all())
             self._inventory.drop_node(node.name)
             for holder in list(node.holders):
@@ -539,6 +544,9 @@ class BuildQueue:
         if removed:
             log.info("deleted %d finished builds older than %g days (builds.history_days)", removed, days)
 
+    def _ready_nodes(self) -> list[NodeRecord]:
+        return [n for n in self._registry.all() if n.state is NodeState.READY]
+
     def _update_node_gauges(self) -> None:
         counts: dict[str, int] = {"ready": 0, "disconnected": 0, "lost": 0}
         for node in self._registry.all():
@@ -560,6 +568,7 @@ class BuildQueue:
         plan = self._scheduler.plan([item.request for item in self._queue], self._registry.all())
         self._metrics.decision_seconds.observe((time.perf_counter() - started) / len(by_id))
         placed: set[str] = set()
+        now = self._clock.now()
         for request, decision in plan.assignments:
             item = by_id[request.id]
             assert decision.node is not None  # an assignment always names its node
@@ -571,6 +580,7 @@ class BuildQueue:
                 continue  # its caller went away: nothing starts
             self._scheduler.started(request, node.name)
             self._metrics.placements.labels(decision.warmth.value).inc()
+            self._metrics.queue_wait_seconds.observe(max(0.0, now - request.enqueued_at))
         for request_id, reason in plan.waiting.items():
             item = by_id[request_id]
             if isinstance(item, ActiveBuild) and reason != item.queued_reason:
@@ -749,6 +759,8 @@ class BuildQueue:
             self.hit_counts[warmth] += 1
             self.hit_bytes[warmth] += rec.cache.bytes_restored
             self._metrics.cache_hits.labels(warmth.value).inc()
+            ready_s = rec.timings.queued_s + rec.timings.pull_s + rec.timings.restore_s
+            self._metrics.time_to_ready_seconds.labels(warmth.value).observe(ready_s)
             local = max(0, rec.cache.bytes_restored - rec.cache.bytes_fetched)
             self.bytes_local += local
             self.bytes_fetched += rec.cache.bytes_fetched

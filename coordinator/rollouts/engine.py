@@ -18,6 +18,7 @@ the tick, change the rollout through the pure machine, and save it before they r
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +27,8 @@ from typing import Protocol
 
 from stoker.coordinator.core.clock import Clock
 from stoker.coordinator.core.errors import FailedPrecondition, NotFound, Unavailable
-from stoker.coordinator.rollouts import machine
+from stoker.coordinator.core.metrics import CoordinatorMetrics
+from stoker.coordinator.rollouts import judge, machine
 from stoker.coordinator.rollouts.judge import Counters, Policy
 from stoker.coordinator.rollouts.machine import Instance, MetricsDown, Observation, Rollout, Spec
 from stoker.coordinator.rollouts.metrics_providers import MetricsUnavailable
@@ -103,6 +105,7 @@ class RolloutEngine:
         targets: dict[str, Callable[[], RolloutTarget]],
         metrics: MetricsProvider,
         clock: Clock,
+        telemetry: CoordinatorMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.machine = machine_settings(settings)
@@ -118,6 +121,29 @@ class RolloutEngine:
         self._start_lock = asyncio.Lock()
         self._intended: set[str] = set()
         self._closed = False
+        self._telemetry = telemetry
+        if telemetry is not None:
+            for phase in machine.Phase:
+                if phase not in machine.TERMINAL:  # read when /metrics is scraped
+                    telemetry.rollouts_active.labels(phase.value).set_function(
+                        functools.partial(self._count_in, phase)
+                    )
+                else:  # every end present from the start, so rate() and increase() see its first one
+                    telemetry.rollouts_ended.labels(phase.value)
+            for result in (judge.PASS, judge.FAIL, judge.INCONCLUSIVE):
+                telemetry.rollout_verdicts.labels(result)
+
+    def _count_in(self, phase: machine.Phase) -> int:
+        return sum(1 for r in list(self._rollouts.values()) if r.phase is phase)  # list(): one atomic copy
+
+    def _count_changes(self, r: Rollout, phase_before: machine.Phase, verdicts_before: int) -> None:
+        """Count the verdicts a step added, and the end it reached (for the dashboards and alerts)."""
+        if self._telemetry is None:
+            return
+        for verdict in r.verdicts[verdicts_before:]:
+            self._telemetry.rollout_verdicts.labels(verdict.result).inc()
+        if r.terminal and r.phase is not phase_before:
+            self._telemetry.rollouts_ended.labels(r.phase.value).inc()
 
     # ---------------------------------------------------------------- targets
 
@@ -234,10 +260,11 @@ class RolloutEngine:
                         f"service {r.spec.service} already has a rollout in progress "
                         f"({busy[0].id}); it cannot be retried now"
                     )
-            before = len(r.history)
+            before, phase_before, verdicts_before = len(r.history), r.phase, len(r.verdicts)
             action(r, self.clock.now(), reason, self.machine)
             self._rollouts[r.id] = r
             self._persist(r, before)
+            self._count_changes(r, phase_before, verdicts_before)
         if was_terminal and not r.terminal:
             self._spawn(r.id)
         return r
@@ -322,6 +349,7 @@ class RolloutEngine:
             before_key, before_history = r.step_key, len(r.history)
             before = (r.phase, r.message, r.looks, len(r.verdicts), [z.__dict__ for z in r.zones])
             machine.step(r, obs, metrics, now, self.machine)
+            self._count_changes(r, before[0], before[3])
             after = (r.phase, r.message, r.looks, len(r.verdicts), [z.__dict__ for z in r.zones])
             if r.step_key and r.step_key not in self._intended:
                 # The intent goes first: a crash after it and before the save replays the same step key.

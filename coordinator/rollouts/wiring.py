@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stoker.coordinator.core.clock import Clock
+from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.rollouts.engine import MetricsProvider, RolloutEngine
 from stoker.coordinator.rollouts.metrics_providers import PrometheusMetrics, ScrapeMetrics
 from stoker.coordinator.rollouts.settings import RolloutSettings
@@ -21,7 +22,9 @@ def local_dir(settings: RolloutSettings, state_path: str) -> Path:
     return state.parent / f"{state.stem}-rollouts"
 
 
-def build_rollout_engine(s: RolloutSettings, state_path: str, clock: Clock) -> RolloutEngine:
+def build_rollout_engine(
+    s: RolloutSettings, state_path: str, clock: Clock, telemetry: CoordinatorMetrics | None = None
+) -> RolloutEngine:
     metrics: MetricsProvider
     if s.metrics == "prometheus":
         metrics = PrometheusMetrics(s.prometheus_url, s.metrics_timeout_s)
@@ -45,5 +48,10 @@ def build_rollout_engine(s: RolloutSettings, state_path: str, clock: Clock) -> R
         return KubernetesTarget.from_settings(s)
 
     return RolloutEngine(
-        s, open_rollout_store(state_path), {"local": local, "kubernetes": kubernetes}, metrics, clock
+        s,
+        open_rollout_store(state_path),
+        {"local": local, "kubernetes": kubernetes},
+        metrics,
+        clock,
+        telemetry,
     )

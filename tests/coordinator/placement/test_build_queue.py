@@ -12,7 +12,7 @@ from stoker.coordinator.core.errors import AlreadyExists, FailedPrecondition, No
 from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.core.state import MemoryStateStore
 from stoker.coordinator.placement.build_queue import AgentLink, BuildQueue
-from stoker.coordinator.placement.domain import EntryRecord, NodeInfo
+from stoker.coordinator.placement.domain import EntryRecord, NodeInfo, NodeState
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.registry import NodeRegistry
 from stoker.coordinator.placement.scheduler import Scheduler
@@ -27,6 +27,7 @@ class World:
         self.inventory = InventoryIndex()
         self.store = store or MemoryStateStore()
         self.scheduler = Scheduler(self.inventory, self.clock)
+        self.prom = CollectorRegistry()
         self.service = BuildQueue(
             settings or BuildSettings(max_attempts=3),
             self.registry,
@@ -34,7 +35,7 @@ class World:
             self.scheduler,
             self.store,
             self.clock,
-            CoordinatorMetrics(CollectorRegistry()),
+            CoordinatorMetrics(self.prom),
         )
         self.links: dict[str, AgentLink] = {}
 
@@ -162,8 +163,10 @@ def test_lost_node_requeues_and_stale_attempt_is_ignored():
         w.service.detach(w.links["n1"])
         w.clock.t += 11
         w.add_node("n2")
+        assert w.prom.get_sample_value("stoker_coordinator_nodes_lost_total") == 0
         w.service.tick()
         assert w.service.get(build_id).attempt == 2
+        assert w.prom.get_sample_value("stoker_coordinator_nodes_lost_total") == 1  # the agents-lost alert
         [cmd] = w.commands("n2")
         assert cmd.run_build.attempt == 2
         w.finish("n1", build_id, 1, exit_code=5)  # the lost node's late report: ignored
@@ -457,5 +460,51 @@ def test_a_build_recovered_after_a_restart_keeps_its_true_queue_wait():
         record = later.service.get(build_id)
         assert record.state == build_pb2.BUILD_STATE_SUCCEEDED
         assert record.timings.queued_s == 0.0 and record.timings.total_s == 100.0, record.timings
+
+    run(body())
+
+
+def test_slots_queue_wait_and_time_to_ready_are_exported_as_the_dashboards_read_them():
+    """The fleet dashboard's slots, queue-wait p95 and time-to-ready-by-warmth panels read these."""
+
+    async def body():
+        w = World()
+        metric = w.prom.get_sample_value
+        w.add_node("n1", slots=2)
+        w.add_node("n2", slots=1)
+        assert metric("stoker_coordinator_slots", {"state": "total"}) == 3
+        first = w.service.submit(spec())
+        w.service.submit(spec())
+        w.service.submit(spec())
+        assert metric("stoker_coordinator_slots", {"state": "busy"}) == 3
+        fourth = w.service.submit(spec())  # waits: every slot is held
+        w.clock.t += 40.0
+        node = w.service.get(first).node
+        w.service.build_update(
+            node,
+            agent_pb2.BuildUpdate(
+                build_id=first,
+                attempt=1,
+                event=build_pb2.BuildEvent(
+                    finished=build_pb2.Finished(
+                        state=build_pb2.BUILD_STATE_SUCCEEDED,
+                        timings=common_pb2.Timings(pull_s=1.5, restore_s=2.0, run_s=30.0),
+                        cache=common_pb2.CacheFigures(warmth=common_pb2.WARMTH_PARTIAL),
+                    )
+                ),
+            ),
+        )
+        assert w.service.get(fourth).state == build_pb2.BUILD_STATE_RUNNING  # into the freed slot
+        assert metric("stoker_coordinator_slots", {"state": "busy"}) == 3
+        assert metric("stoker_coordinator_queue_wait_seconds_count") == 4
+        assert metric("stoker_coordinator_queue_wait_seconds_sum") == 40.0  # three at once, one after 40 s
+        assert metric("stoker_coordinator_queue_wait_seconds_bucket", {"le": "30.0"}) == 3
+        # placed at once: ready after the pull and the restore the agent reported
+        assert metric("stoker_coordinator_time_to_ready_seconds_sum", {"warmth": "partial"}) == 3.5
+        assert metric("stoker_coordinator_time_to_ready_seconds_count", {"warmth": "warm"}) is None
+        n2 = w.registry.get("n2")
+        w.registry.detach("n2", n2.session_id)  # its stream closed: its slots are not counted
+        assert n2.state is NodeState.DISCONNECTED
+        assert metric("stoker_coordinator_slots", {"state": "total"}) == 2
 
     run(body())

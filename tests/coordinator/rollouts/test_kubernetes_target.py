@@ -22,9 +22,11 @@ from urllib.parse import parse_qs, urlparse
 
 import kubernetes
 import pytest
+from prometheus_client import CollectorRegistry
 
 from stoker.coordinator.core.clock import SystemClock
 from stoker.coordinator.core.errors import FailedPrecondition
+from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.rollouts.engine import RolloutEngine
 from stoker.coordinator.rollouts.judge import Counters
 from stoker.coordinator.rollouts.machine import Phase, Spec
@@ -277,7 +279,9 @@ class CountingMetrics:
         return out
 
 
-def run_rollouts(fake, metrics, *specs):
+def run_rollouts(fake, metrics, *specs, prom: CollectorRegistry | None = None, active: dict | None = None):
+    """Run ``specs`` one after another to their ends. With ``prom``, the engine exports its metrics there,
+    and ``active`` gets, per phase a watched update showed, the rollouts_active gauge read at that moment."""
     settings = RolloutSettings(
         bake_s=1.0,
         post_bake_s=1.0,
@@ -296,12 +300,16 @@ def run_rollouts(fake, metrics, *specs):
             {"kubernetes": lambda: KubernetesTarget(api)},
             metrics,
             SystemClock(),
+            CoordinatorMetrics(prom) if prom is not None else None,
         )
         results = []
         for spec in specs:
             r = await engine.start(spec)
             async for update in engine.watch(r.id):
                 r = update
+                if prom is not None and active is not None and not r.terminal:
+                    phase = {"phase": r.phase.value}
+                    active[r.phase.value] = prom.get_sample_value("stoker_coordinator_rollouts_active", phase)
             results.append(r)
         await engine.close()
         return results
@@ -325,8 +333,17 @@ def spec(version: str, **kw) -> Spec:
 
 def test_canary_then_surge_then_success_through_the_client(fake):
     fake.add_service("shop", "web", ["zone-a", "zone-b"], 4, "v1")
-    (r,) = run_rollouts(fake, CountingMetrics(), spec("v2", env={"FEATURE": "on"}))
+    prom, active = CollectorRegistry(), {}
+    (r,) = run_rollouts(fake, CountingMetrics(), spec("v2", env={"FEATURE": "on"}), prom=prom, active=active)
     assert r.phase is Phase.SUCCEEDED, r.message
+    # the metrics the rollouts dashboard reads: one rollout in each phase while it was there, none after
+    assert active.get("baking") == 1 and set(active.values()) == {1}, active
+    assert prom.get_sample_value("stoker_coordinator_rollouts_active", {"phase": "baking"}) == 0
+    assert prom.get_sample_value("stoker_coordinator_rollouts_ended_total", {"phase": "succeeded"}) == 1
+    assert prom.get_sample_value("stoker_coordinator_rollouts_ended_total", {"phase": "rolled_back"}) == 0
+    assert prom.get_sample_value("stoker_coordinator_rollout_verdicts_total", {"result": "pass"}) == len(
+        r.verdicts
+    )
     assert fake.replicas("shop", "web-zone-a") == ("v2", 4) and fake.replicas("shop", "web-zone-b") == (
         "v2",
         4,
@@ -347,8 +364,13 @@ def test_canary_then_surge_then_success_through_the_client(fake):
 def test_bad_canary_is_rolled_back_and_the_stable_template_never_changed(fake):
     fake.add_service("shop", "web", ["zone-a", "zone-b"], 4, "v1")
     before = copy.deepcopy(fake.deployments[("shop", "web-zone-a")]["spec"]["template"])
-    (r,) = run_rollouts(fake, CountingMetrics({"v2": 0.2}), spec("v2"))
+    prom = CollectorRegistry()
+    (r,) = run_rollouts(fake, CountingMetrics({"v2": 0.2}), spec("v2"), prom=prom)
     assert r.phase is Phase.ROLLED_BACK and r.verdicts[-1].result == "fail"
+    # what the RolloutRolledBack alert and the verdicts panel read
+    assert prom.get_sample_value("stoker_coordinator_rollouts_ended_total", {"phase": "rolled_back"}) == 1
+    assert prom.get_sample_value("stoker_coordinator_rollout_verdicts_total", {"result": "fail"}) == 1
+    assert prom.get_sample_value("stoker_coordinator_rollout_verdicts_total", {"result": "pass"}) == 0
     assert fake.deployments[("shop", "web-zone-a")]["spec"]["template"] == before
     assert (
         fake.replicas("shop", "web-zone-a") == ("v1", 4)
