@@ -78,9 +78,12 @@ def cmd_token(args) -> int:
 
     from stoker.coordinator.rpc.auth import new_token
 
-    if args.role == "operator" and (args.tenant or args.max_priority is not None or args.zone or args.label):
+    ci_only = (
+        args.tenant or args.max_priority is not None or args.max_slots is not None or args.zone or args.label
+    )
+    if args.role == "operator" and ci_only:
         print(
-            "stoker token: --tenant, --max-priority, --zone and --label apply to ci tokens only",
+            "stoker token: --tenant, --max-priority, --max-slots, --zone and --label apply to ci tokens only",
             file=sys.stderr,
         )
         return 2
@@ -93,6 +96,7 @@ def cmd_token(args) -> int:
         tenant=args.tenant,
         trust=args.trust,
         max_priority=args.max_priority,
+        max_slots=args.max_slots,
         zones=tuple(args.zone),
         labels=dict(item.split("=", 1) for item in args.label),
     )
@@ -194,6 +198,12 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
         help="ci: protected (trusted CI, e.g. a default branch) or untrusted (pull requests)",
     )
     p.add_argument("--max-priority", type=int, default=None, help="ci: the highest priority its builds get")
+    p.add_argument(
+        "--max-slots",
+        type=int,
+        default=None,
+        help="ci: its share of the fleet, the most slots its builds hold at once (default: no cap)",
+    )
     p.add_argument(
         "--zone", action="append", default=[], help="ci: a zone its builds may pin (repeatable; default: any)"
     )

@@ -234,10 +234,12 @@ def create_server(
     inventory = InventoryIndex()
     store = open_store(config)
     scheduler = Scheduler(inventory, clock, config.scheduler)
-    builds = BuildQueue(config.builds, nodes, inventory, scheduler, store, clock, metrics)
+    authenticator = security_check(config)
+    builds = BuildQueue(
+        config.builds, nodes, inventory, scheduler, store, clock, metrics, slot_caps=authenticator.slot_caps()
+    )
     builds.recover()
     limit = config.server.max_message_bytes
-    authenticator = security_check(config)
     interceptor = AuthInterceptor(
         authenticator, observe=lambda m, s: metrics.rpc_seconds.labels(m).observe(s)
     )

@@ -145,8 +145,12 @@ class BuildQueue:
         store: StateStore,
         clock: Clock,
         metrics: CoordinatorMetrics,
+        slot_caps: dict[str, int] | None = None,
     ) -> None:
+        """``slot_caps``: principal name → the most slots its builds and leases hold at once (its token's
+        ``max_slots``); past it they wait, whatever the fleet has free."""
         self._settings = settings
+        self._slot_caps = dict(slot_caps or {})
         self._registry = registry
         self._inventory = inventory
         self._scheduler = scheduler
@@ -564,8 +568,9 @@ class BuildQueue:
             self._metrics.queue_depth.set(0)
             return
         by_id = {item.request.id: item for item in self._queue}
+        offered, held_back = self._within_shares(self._queue)
         started = time.perf_counter()
-        plan = self._scheduler.plan([item.request for item in self._queue], self._registry.all())
+        plan = self._scheduler.plan([item.request for item in offered], self._registry.all())
         self._metrics.decision_seconds.observe((time.perf_counter() - started) / len(by_id))
         placed: set[str] = set()
         now = self._clock.now()
@@ -581,7 +586,7 @@ class BuildQueue:
             self._scheduler.started(request, node.name)
             self._metrics.placements.labels(decision.warmth.value).inc()
             self._metrics.queue_wait_seconds.observe(max(0.0, now - request.enqueued_at))
-        for request_id, reason in plan.waiting.items():
+        for request_id, reason in [*plan.waiting.items(), *held_back.items()]:
             item = by_id[request_id]
             if isinstance(item, ActiveBuild) and reason != item.queued_reason:
                 self._emit_queued(item, reason)
@@ -589,6 +594,34 @@ class BuildQueue:
         if placed:
             self._queue = [q for q in self._queue if q.request.id not in placed]
         self._metrics.queue_depth.set(len(self._queue))
+
+    def _within_shares(
+        self, queue: list[ActiveBuild | PendingPlacement]
+    ) -> tuple[list[ActiveBuild | PendingPlacement], dict[str, str]]:
+        """The queued items the scheduler may place now: each capped principal's first ones (by priority,
+        then arrival) up to its free share of slots; the rest wait, with the reason why."""
+        if not self._slot_caps:
+            return queue, {}
+        held = collections.Counter(
+            a.record.owner
+            for a in self._active.values()
+            if a.record.owner in self._slot_caps and a.record.state == build_pb2.BUILD_STATE_RUNNING
+        )
+        held.update(lease.owner for lease in self._leases.values() if lease.owner in self._slot_caps)
+        free = {owner: cap - held[owner] for owner, cap in self._slot_caps.items()}
+        held_back: dict[str, str] = {}
+        for item in sorted(queue, key=lambda q: (-q.request.priority, q.request.enqueued_at)):
+            owner = _owner(item)
+            if owner not in free:
+                continue
+            if free[owner] > 0:
+                free[owner] -= 1
+            else:
+                cap = self._slot_caps[owner]
+                held_back[item.request.id] = (
+                    f"its token's share of the fleet is in use ({held[owner]} of {cap} slots)"
+                )
+        return [q for q in queue if q.request.id not in held_back], held_back
 
     def _send_commands(self, plan) -> None:
         """The plan's prewarms and evictions, each on its node's stream (logged at debug level: the touches
@@ -803,6 +836,10 @@ class BuildQueue:
 
     def links(self) -> dict[str, AgentLink]:
         return self._links
+
+
+def _owner(item: ActiveBuild | PendingPlacement) -> str:
+    return item.record.owner if isinstance(item, ActiveBuild) else item.owner
 
 
 def _check_maxima(constraints: Constraints, nodes: list[NodeInfo]) -> None:

@@ -63,7 +63,8 @@ _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 TRUST_LEVELS = ("protected", "untrusted")
 TOKENS_FILE_VERSION = 1
-_TOKEN_FIELDS = frozenset({"name", "role", "sha256", "tenant", "trust", "max_priority", "zones", "labels"})
+_CI_FIELDS = ("tenant", "trust", "max_priority", "max_slots", "zones", "labels")
+_TOKEN_FIELDS = frozenset({"name", "role", "sha256", *_CI_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class Identity:
     """The zones a ci token's builds may pin (empty: any)."""
     labels: tuple[tuple[str, str], ...] = ()
     """Node labels every build of a ci token requires (its node pool: pull requests on their own nodes)."""
+    max_slots: int | None = None
+    """A ci token's share of the fleet: the most slots its builds and leases hold at once (None: no cap);
+    past it they wait in the queue, so one team's burst cannot take every node."""
 
     @property
     def sees_everything(self) -> bool:
@@ -116,6 +120,7 @@ def new_token(
     max_priority: int | None = None,
     zones: tuple[str, ...] = (),
     labels: dict[str, str] | None = None,
+    max_slots: int | None = None,
 ) -> tuple[str, dict]:
     """A fresh random token and the line for the tokens file that accepts it."""
     if role not in ("ci", "operator"):
@@ -126,6 +131,8 @@ def new_token(
         line.update(tenant=tenant or name, trust=trust)
         if max_priority is not None:
             line["max_priority"] = max_priority
+        if max_slots is not None:
+            line["max_slots"] = max_slots
         if zones:
             line["zones"] = list(zones)
         if labels:
@@ -179,7 +186,7 @@ def _identity(item: object, where: str) -> Identity:
     ):
         raise InvalidArgument(f"{where} ({name}): sha256 must be 64 hex digits")
     if role == "operator":
-        extra = sorted(set(item) & {"tenant", "trust", "max_priority", "zones", "labels"})
+        extra = sorted(set(item) & set(_CI_FIELDS))
         if extra:
             raise InvalidArgument(f"{where} ({name}): {extra[0]} applies to ci tokens only")
         return Identity(name, role)
@@ -191,6 +198,11 @@ def _identity(item: object, where: str) -> Identity:
     max_priority = item.get("max_priority")
     if max_priority is not None and (isinstance(max_priority, bool) or not isinstance(max_priority, int)):
         raise InvalidArgument(f"{where} ({name}): max_priority must be an integer")
+    max_slots = item.get("max_slots")
+    if max_slots is not None and (
+        isinstance(max_slots, bool) or not isinstance(max_slots, int) or max_slots < 1
+    ):
+        raise InvalidArgument(f"{where} ({name}): max_slots must be a whole number of slots, at least 1")
     zones = item.get("zones", [])
     if not isinstance(zones, list) or not all(isinstance(z, str) and z for z in zones):
         raise InvalidArgument(f"{where} ({name}): zones must be a list of zone names")
@@ -207,6 +219,7 @@ def _identity(item: object, where: str) -> Identity:
         max_priority=max_priority,
         zones=tuple(zones),
         labels=tuple(sorted(labels.items())),
+        max_slots=max_slots,
     )
 
 
@@ -251,6 +264,14 @@ class Authenticator:
     def __init__(self, tokens: dict[str, Identity], *, open_access: bool) -> None:
         self._tokens = tokens
         self.open_access = open_access
+
+    def slot_caps(self) -> dict[str, int]:
+        """Principal name → the most slots its builds may hold (the smallest cap of its tokens)."""
+        caps: dict[str, int] = {}
+        for identity in self._tokens.values():
+            if identity.max_slots is not None:
+                caps[identity.name] = min(identity.max_slots, caps.get(identity.name, identity.max_slots))
+        return caps
 
     def identify(self, method: str, metadata, auth_context: dict) -> Identity:
         header = next((v for k, v in metadata if k == "authorization"), None)
