@@ -245,7 +245,8 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_build_commands(sub: argparse._SubParsersAction) -> None:
-    """What CI and operators call about builds: build, place, release, get, cancel, watch, inventory."""
+    """What CI and operators call about builds: build, place, release, get, cancel, watch, builds,
+    inventory."""
     p = sub.add_parser("build", help="run a build through the coordinator, streaming its output")
     client.add_spec_arguments(p, command=True)
     p.set_defaults(func=client.run_build)
@@ -275,6 +276,21 @@ def _add_build_commands(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--after", type=int, default=0, help="only events after this sequence number")
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("builds", help="list builds, newest first (a ci token sees its own)")
+    p.add_argument("--coordinator")
+    p.add_argument("--workspace", default="")
+    p.add_argument(
+        "--state", default="", choices=["", *client.BUILD_STATES], help="only builds in this state"
+    )
+    p.add_argument("--owner", default="", help="only builds this principal submitted (operators)")
+    p.add_argument("--node", default="", help="only builds this node ran")
+    p.add_argument(
+        "--since", type=client.age, default=None, help="only builds created in the last 30m, 12h, 7d"
+    )
+    p.add_argument("--limit", type=int, default=20, help="at most this many builds (default 20)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=client.list_builds)
 
     p = sub.add_parser("inventory", help="what the fleet's nodes hold")
     p.add_argument("--coordinator")

@@ -14,12 +14,14 @@ after its node was lost finishes once, whatever the lost node does later.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import functools
+import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from stoker.coordinator.config import BuildSettings
@@ -285,6 +287,31 @@ class BuildQueue:
         if record is None:
             raise NotFound(f"build {_short(build_id)} not found")
         return record
+
+    def list_builds(
+        self, wanted: Callable[[build_pb2.Build], bool], since: float, page_size: int, page_token: str
+    ) -> tuple[list[build_pb2.Build], str]:
+        """Builds for which ``wanted`` holds, newest first, one page: the running ones as they stand now.
+        Scans at most _LIST_SCAN rows per call, so a page may come back short with a token to go on."""
+        after = _position(page_token)
+        found: list[build_pb2.Build] = []
+        scanned = 0
+        while scanned < _LIST_SCAN:
+            batch = min(_LIST_SCAN - scanned, 500)
+            rows = self._store.scan(after, since, batch)
+            for created, stored in rows:
+                after = (created, stored.id)
+                active = self._active.get(stored.id)
+                build = active.record if active is not None else stored
+                if wanted(build):
+                    found.append(build)
+                    if len(found) == page_size:
+                        return found, _token(after)
+            scanned += len(rows)
+            if len(rows) < batch:
+                return found, ""  # the end of the history
+        assert after is not None  # rows were read
+        return found, _token(after)
 
     async def watch(self, build_id: str, after_seq: int = 0) -> AsyncIterator[build_pb2.BuildEvent]:
         active = self._active.get(build_id)
@@ -836,6 +863,26 @@ class BuildQueue:
 
     def links(self) -> dict[str, AgentLink]:
         return self._links
+
+
+_LIST_SCAN = 5000
+"""The most history rows one ListBuilds call reads, whatever its filters match."""
+
+
+def _token(position: tuple[float, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps([position[0], position[1]]).encode()).decode()
+
+
+def _position(page_token: str) -> tuple[float, str] | None:
+    if not page_token:
+        return None
+    try:
+        created, build_id = json.loads(base64.urlsafe_b64decode(page_token.encode()))
+        return float(created), str(build_id)
+    except (ValueError, TypeError):
+        raise InvalidArgument(
+            "page_token: not one this coordinator gave (pass next_page_token as it came)"
+        ) from None
 
 
 def _owner(item: ActiveBuild | PendingPlacement) -> str:

@@ -53,7 +53,15 @@ log = logging.getLogger(__name__)
 _BUILDS = "/stoker.v1.Builds/"
 _CI_METHODS = {
     _BUILDS + m
-    for m in ("SubmitBuild", "WatchBuild", "GetBuild", "CancelBuild", "PlaceBuild", "ReleasePlacement")
+    for m in (
+        "SubmitBuild",
+        "WatchBuild",
+        "GetBuild",
+        "CancelBuild",
+        "PlaceBuild",
+        "ReleasePlacement",
+        "ListBuilds",
+    )
 }
 _OPERATOR_METHODS = _CI_METHODS | {"/stoker.v1.Inventory/QueryInventory"}
 _OPERATOR_PREFIXES = ("/stoker.v1.Rollouts/",)

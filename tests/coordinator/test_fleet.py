@@ -456,3 +456,47 @@ def test_submit_names_the_build_in_its_initial_metadata_before_any_event(fleet):
     events = list(stub.WatchBuild(build_pb2.WatchBuildRequest(build_id=build_id), timeout=60))
     assert events[-1].HasField("finished") and events[-1].build_id == build_id
     assert any(e.HasField("log") and e.log.text == "hi" for e in events)
+
+
+def test_list_builds_pages_newest_first_with_filters_and_the_cli_prints_them(fleet):
+    """Issue 17, item 9: ListBuilds (filters, paging) and ``stoker builds``."""
+    c = fleet.start_coordinator()
+    fleet.start_agent("n1")
+    fleet.wait_ready("n1")
+    stub = builds_stub(c.address)
+    ids = []
+    for i in range(5):
+        events = run(stub, spec(["sh", "-c", f"exit {i % 2}"], workspace="listed"))
+        ids.append(events[-1].build_id)
+    run(stub, spec(["true"], workspace="other"))
+    seen, token, pages = [], "", 0
+    while True:
+        reply = stub.ListBuilds(
+            build_pb2.ListBuildsRequest(workspace="listed", page_size=2, page_token=token), timeout=10
+        )
+        seen += [b.id for b in reply.builds]
+        pages += 1
+        token = reply.next_page_token
+        if not token:
+            break
+    assert seen == ids[::-1] and pages == 3
+    failed = stub.ListBuilds(
+        build_pb2.ListBuildsRequest(workspace="listed", state=build_pb2.BUILD_STATE_FAILED), timeout=10
+    )
+    assert [b.id for b in failed.builds] == [ids[3], ids[1]]
+    assert not stub.ListBuilds(build_pb2.ListBuildsRequest(node="no-such-node"), timeout=10).builds
+    with pytest.raises(grpc.RpcError) as bad:
+        stub.ListBuilds(build_pb2.ListBuildsRequest(page_token="not-a-token"), timeout=10)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in bad.value.details()
+    out = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "builds", "--coordinator", c.address,
+         "--workspace", "listed", "--state", "succeeded", "--since", "1h", "--limit", "2"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = out.stdout.splitlines()
+    assert rows[0].split()[:3] == ["ID", "STATE", "WORKSPACE"]
+    assert [r.split()[:3] for r in rows[1:]] == [
+        [ids[4], "succeeded", "listed"],
+        [ids[2], "succeeded", "listed"],
+    ]

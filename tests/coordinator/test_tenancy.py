@@ -43,6 +43,7 @@ class Tenancy:
             "pr": make_token(tokens_file, "web-pr", "web", "untrusted"),
             "payments": make_token(tokens_file, "payments-ci", "payments", "protected"),
             "batch": make_token(tokens_file, "batch-ci", "batch", "protected", "--max-slots", "1"),
+            "ops": ops,
         }
         agent_port = port_factory()
         self.coordinator = secure_coordinator(tmp_path, self.pki, agent_port)
@@ -176,3 +177,25 @@ def test_a_tokens_share_of_slots_holds_its_burst_while_other_tenants_run(fleet):
     assert "its token's share of the fleet is in use (1 of 1 slots)" in reasons, reasons
     assert other_events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
     assert _running_span(other_events)[1] < second[1], "payments waited behind batch's share"
+
+
+def test_a_ci_token_lists_its_own_builds_only(fleet):
+    """Issue 17, item 9 under issue 16's tokens: ListBuilds shows a ci caller its own builds, refuses
+    another owner without naming anyone else, and an operator sees everyone's."""
+    mine = fleet.events("payments", "true")[-1].build_id
+    theirs = fleet.events("main", "true")[-1].build_id
+
+    def listed(who: str, **request) -> list[str]:
+        with tls_channel(fleet.coordinator.address, fleet.pki, fleet.tokens[who]) as ch:
+            reply = build_pb2_grpc.BuildsStub(ch).ListBuilds(
+                build_pb2.ListBuildsRequest(**request), timeout=10
+            )
+        return [b.id for b in reply.builds]
+
+    assert listed("payments") == [mine]
+    with pytest.raises(grpc.RpcError) as refused:
+        listed("payments", owner="web-main")
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "web-main" not in refused.value.details()
+    assert theirs not in listed("payments", workspace="web")
+    assert listed("ops")[:2] == [theirs, mine]
