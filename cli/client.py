@@ -464,3 +464,38 @@ def list_builds(args) -> int:
             f"{b.owner[:14] or '-':<14} {created:<20} {code:>5} {took:>8}"
         )
     return 0
+
+
+def prewarm(args) -> int:
+    """``stoker prewarm KEY``: have nodes fetch an entry now; with --wait, until they hold it."""
+    with channel(coordinator_address(args.coordinator)) as ch:
+        try:
+            reply = inventory_pb2_grpc.InventoryStub(ch).Prewarm(
+                inventory_pb2.PrewarmRequest(
+                    key=args.key, restore_keys=args.restore_key, replicas=args.replicas, zone=args.zone
+                ),
+                timeout=30,
+            )
+        except grpc.RpcError as exc:
+            return fail(exc)
+        print(f"holding: {', '.join(reply.holding) or 'none'}; asked: {', '.join(reply.asked) or 'none'}")
+        if not args.wait or not reply.asked:
+            return 0
+        deadline = time.monotonic() + args.wait
+        waiting = set(reply.asked)
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                held = inventory_pb2_grpc.InventoryStub(ch).QueryInventory(
+                    inventory_pb2.QueryInventoryRequest(key_prefix=args.key, summary_only=True), timeout=30
+                )
+            except grpc.RpcError as exc:
+                return fail(exc)
+            nodes = {n for k in held.keys if k.key == args.key for n in k.nodes}
+            for node in sorted(waiting & nodes):
+                print(f"{node}: holds {args.key}")
+            waiting -= nodes
+    if waiting:
+        print(f"stoker: not yet on {', '.join(sorted(waiting))} after {args.wait:g} s", file=sys.stderr)
+        return EXIT_STOKER_ERROR
+    return 0

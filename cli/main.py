@@ -292,6 +292,17 @@ def _add_build_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=client.list_builds)
 
+    p = sub.add_parser("prewarm", help="operators: have nodes fetch a cache entry ahead of need")
+    p.add_argument("key", help="the entry's key as stoker inventory shows it")
+    p.add_argument("--coordinator")
+    p.add_argument("--replicas", type=int, default=1, help="how many nodes should hold it (default 1)")
+    p.add_argument("--zone", default="", help="only nodes in this zone")
+    p.add_argument(
+        "--restore-key", action="append", default=[], help="a prefix to fetch from if the key has no entry"
+    )
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait until the asked nodes hold it")
+    p.set_defaults(func=client.prewarm)
+
     p = sub.add_parser("inventory", help="what the fleet's nodes hold")
     p.add_argument("--coordinator")
     p.add_argument("--prefix", default="")

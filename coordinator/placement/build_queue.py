@@ -650,6 +650,33 @@ class BuildQueue:
                 )
         return [q for q in queue if q.request.id not in held_back], held_back
 
+    def prewarm(
+        self, key: str, restore_keys: tuple[str, ...], replicas: int, zone: str
+    ) -> tuple[list[str], list[str]]:
+        """An operator's prewarm: (nodes holding ``key`` already, nodes asked to fetch it now) so that
+        ``replicas`` ready nodes (in ``zone``) hold it: the least busy first, then the most free disk."""
+        ready = [n for n in self._ready_nodes() if not zone or n.info.zone == zone]
+        if not ready:
+            where = f" in zone {zone}" if zone else ""
+            raise FailedPrecondition(f"no ready node{where} to prewarm on")
+        holding = set(self._inventory.holders(key))
+        holders = sorted(n.name for n in ready if n.name in holding)
+        others = sorted(
+            (n for n in ready if n.name not in holding),
+            key=lambda n: (len(n.holders) / max(1, n.info.slots), -n.disk_free_bytes, n.name),
+        )
+        asked = []
+        for node in others[: max(0, replicas - len(holders))]:
+            link = self._links.get(node.name)
+            command = agent_pb2.CoordinatorCommand(
+                prewarm=agent_pb2.PrewarmCommand(key=key, restore_keys=list(restore_keys))
+            )
+            if link is not None and link.send(command, advisory=True):
+                self._metrics.cache_commands.labels("prewarm").inc()
+                asked.append(node.name)
+        log.info("operator prewarm of %s: held by %s, asked %s", key, holders or "none", asked or "none")
+        return holders, asked
+
     def _send_commands(self, plan) -> None:
         """The plan's prewarms and evictions, each on its node's stream (logged at debug level: the touches
         that keep costly keys' replicas alive come with most placements; counted by kind in metrics)."""

@@ -500,3 +500,37 @@ def test_list_builds_pages_newest_first_with_filters_and_the_cli_prints_them(fle
         [ids[4], "succeeded", "listed"],
         [ids[2], "succeeded", "listed"],
     ]
+
+
+def test_an_operator_prewarms_a_key_onto_more_nodes_and_waits_for_them(fleet):
+    """Issue 17, item 10: ``stoker prewarm KEY --replicas N --zone Z``: the nodes asked really fetch the
+    entry from the blob store and report it."""
+    c = fleet.start_coordinator()
+    for name, zone in (("n1", "zone-a"), ("n2", "zone-a"), ("n3", "zone-b")):
+        fleet.start_agent(name, zone=zone)
+    fleet.wait_ready("n1", "n2", "n3")
+    stub = builds_stub(c.address)
+    saved = run(stub, spec(["sh", "-c", "mkdir -p out && echo data > out/f"], key="web/pk", zone="zone-a"))
+    first = saved[-1].finished.node
+    wait_until(lambda: [k for k in inventory(c.address).keys if k.key == "web/pk"], message="the saved entry")
+    out = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "prewarm", "web/pk", "--coordinator", c.address,
+         "--replicas", "2", "--zone", "zone-a", "--wait", "30"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    other = ({"n1", "n2"} - {first}).pop()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"holding: {first}; asked: {other}", f"{other}: holds web/pk"]
+    [held] = [k for k in inventory(c.address).keys if k.key == "web/pk"]
+    assert sorted(held.nodes) == sorted([first, other])  # n3 (zone-b) was not asked
+    inv = inventory_pb2_grpc.InventoryStub(grpc.insecure_channel(c.address))
+    again = inv.Prewarm(inventory_pb2.PrewarmRequest(key="web/pk", replicas=2, zone="zone-a"), timeout=10)
+    assert sorted(again.holding) == sorted([first, other]) and not again.asked  # nothing more to do
+    for request, code in (
+        (inventory_pb2.PrewarmRequest(key="web/pk", replicas=65), grpc.StatusCode.INVALID_ARGUMENT),
+        (inventory_pb2.PrewarmRequest(key=""), grpc.StatusCode.INVALID_ARGUMENT),
+        (inventory_pb2.PrewarmRequest(key="web/pk", zone="zone-z"), grpc.StatusCode.FAILED_PRECONDITION),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            inv.Prewarm(request, timeout=10)
+        assert refused.value.code() == code, refused.value.details()

@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from stoker.demo import local_fleet
-from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2
+from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
 from tests.helpers.pki import make_pki, secure_coordinator, tls_channel, wait_nodes
 
 pytestmark = pytest.mark.integration
@@ -199,3 +199,8 @@ def test_a_ci_token_lists_its_own_builds_only(fleet):
     assert "web-main" not in refused.value.details()
     assert theirs not in listed("payments", workspace="web")
     assert listed("ops")[:2] == [theirs, mine]
+    # Prewarming is an operator's verb: a ci token cannot move entries onto nodes.
+    with tls_channel(fleet.coordinator.address, fleet.pki, fleet.tokens["payments"]) as ch:
+        with pytest.raises(grpc.RpcError) as refused:
+            inventory_pb2_grpc.InventoryStub(ch).Prewarm(inventory_pb2.PrewarmRequest(key="k"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
