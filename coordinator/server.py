@@ -211,6 +211,9 @@ class Coordinator:
             await self.rollouts.close()
         for link in list(self.builds.links().values()):
             link.close()
+        ended = self.builds.close_streams()
+        if ended:
+            log.info("ended %d open build streams with UNAVAILABLE: their clients reattach", ended)
         await self.server.stop(self.config.server.grace_s if grace_s is None else grace_s)
         self.metrics_server.stop()
         self.store.close()

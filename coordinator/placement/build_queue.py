@@ -165,6 +165,7 @@ class BuildQueue:
         self._leases: dict[str, Lease] = {}
         self._recovered_at = clock.now()
         self._pruned_at = float("-inf")
+        self._closing = False
         self.hit_counts = {w: 0 for w in Warmth}
         self.hit_bytes = {w: 0 for w in Warmth}
         self.bytes_local = 0
@@ -329,9 +330,30 @@ class BuildQueue:
             if active.finished and (not active.events or active.events[-1].seq <= seq):
                 return
             if not active.events or active.events[-1].seq <= seq:
+                if self._closing:
+                    raise _shutting_down(seq)
                 waiter = asyncio.get_running_loop().create_future()
                 active.waiters.append(waiter)
-                await waiter
+                if not await waiter:
+                    raise _shutting_down(seq)
+
+    def close_streams(self) -> int:
+        """At shutdown: end every open build stream now, with UNAVAILABLE saying where to reattach from,
+        rather than holding them through the grace period while their clients hear nothing (issue 17, item 7);
+        placements still waiting for a slot fail the same way. Returns how many streams were ended."""
+        self._closing = True
+        ended = 0
+        for active in self._active.values():
+            waiters, active.waiters = active.waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(False)
+                    ended += 1
+        for item in self._queue:
+            if isinstance(item, PendingPlacement) and not item.future.done():
+                item.future.set_exception(Unavailable("the coordinator is shutting down; ask again"))
+                ended += 1
+        return ended
 
     @staticmethod
     def _index_after(active: ActiveBuild, seq: int) -> int:
@@ -878,7 +900,7 @@ class BuildQueue:
         waiters, active.waiters = active.waiters, []
         for waiter in waiters:
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
 
     def _remove_from_queue(self, item) -> None:
         self._queue = [q for q in self._queue if q is not item]
@@ -910,6 +932,12 @@ def _position(page_token: str) -> tuple[float, str] | None:
         raise InvalidArgument(
             "page_token: not one this coordinator gave (pass next_page_token as it came)"
         ) from None
+
+
+def _shutting_down(seq: int) -> Unavailable:
+    return Unavailable(
+        f"the coordinator is shutting down; reattach with WatchBuild after_seq={seq} (the build goes on)"
+    )
 
 
 def _owner(item: ActiveBuild | PendingPlacement) -> str:
