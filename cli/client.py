@@ -499,3 +499,16 @@ def prewarm(args) -> int:
         print(f"stoker: not yet on {', '.join(sorted(waiting))} after {args.wait:g} s", file=sys.stderr)
         return EXIT_STOKER_ERROR
     return 0
+
+
+def forget_node(args) -> int:
+    """``stoker node forget NODE``: remove a lost node from the inventory."""
+    with channel(coordinator_address(args.coordinator)) as ch:
+        try:
+            inventory_pb2_grpc.InventoryStub(ch).ForgetNode(
+                inventory_pb2.ForgetNodeRequest(node=args.node), timeout=10
+            )
+        except grpc.RpcError as exc:
+            return fail(exc)
+    print(f"forgot node {args.node}")
+    return 0

@@ -303,6 +303,13 @@ def _add_build_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait until the asked nodes hold it")
     p.set_defaults(func=client.prewarm)
 
+    p = sub.add_parser("node", help="operators: manage the fleet's nodes")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("forget", help="remove a lost node (decommissioned) from the inventory")
+    p.add_argument("node")
+    p.add_argument("--coordinator")
+    p.set_defaults(func=client.forget_node)
+
     p = sub.add_parser("inventory", help="what the fleet's nodes hold")
     p.add_argument("--coordinator")
     p.add_argument("--prefix", default="")
@@ -328,7 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stoker: {exc}", file=sys.stderr)
         return 2
     except ListenError as exc:
-        print(f"stoker {args.command}: {exc}", file=sys.stderr)
+        # Two servers of one machine (a second agent, say) meet on the same defaults: say how to part them.
+        print(
+            f"stoker {args.command}: {exc} (another stoker {args.command} on this machine? give each its own "
+            "--listen and --metrics-listen; port 0 picks a free one)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

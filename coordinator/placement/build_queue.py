@@ -569,6 +569,13 @@ class BuildQueue:
         if nodes:
             self._schedule()
 
+    def forget_node(self, name: str) -> None:
+        """An operator's ``stoker node forget``: a lost node leaves the registry (its builds were requeued
+        and its inventory dropped when it was lost)."""
+        self._registry.forget(name)
+        self._update_node_gauges()
+        log.info("node %s forgotten", name)
+
     # -- periodic ------------------------------------------------------------------------------
     def tick(self) -> None:
         """Expire node leases and placement leases; requeue builds whose node never came back."""

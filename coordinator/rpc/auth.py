@@ -63,7 +63,9 @@ _CI_METHODS = {
         "ListBuilds",
     )
 }
-_OPERATOR_METHODS = _CI_METHODS | {"/stoker.v1.Inventory/QueryInventory", "/stoker.v1.Inventory/Prewarm"}
+_OPERATOR_METHODS = _CI_METHODS | {
+    "/stoker.v1.Inventory/" + m for m in ("QueryInventory", "Prewarm", "ForgetNode")
+}
 _OPERATOR_PREFIXES = ("/stoker.v1.Rollouts/",)
 _AGENT_METHODS = {"/stoker.v1.AgentGateway/Register", "/stoker.v1.AgentGateway/Connect"}
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")

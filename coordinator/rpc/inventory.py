@@ -55,6 +55,12 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
         )
         return inventory_pb2.PrewarmResponse(holding=holding, asked=asked)
 
+    @unary
+    async def ForgetNode(self, request: inventory_pb2.ForgetNodeRequest, context):
+        validate.cache_key(request.node, "node")
+        self._builds.forget_node(request.node)
+        return inventory_pb2.ForgetNodeResponse(node=request.node)
+
 
 _MAX_REPLICAS = 64
 

@@ -534,3 +534,34 @@ def test_an_operator_prewarms_a_key_onto_more_nodes_and_waits_for_them(fleet):
         with pytest.raises(grpc.RpcError) as refused:
             inv.Prewarm(request, timeout=10)
         assert refused.value.code() == code, refused.value.details()
+
+
+def test_a_lost_node_can_be_forgotten_and_a_connected_one_cannot(fleet):
+    """Issue 17, item 8: ``stoker node forget`` removes a lost (decommissioned) node from the inventory;
+    a connected or merely disconnected node is refused, saying why."""
+    c = fleet.start_coordinator(lease_ttl_s=1)
+    fleet.start_agent("n1")
+    fleet.start_agent("n2")
+    fleet.wait_ready("n1", "n2")
+
+    def forget(node: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "stoker.cli.main", "node", "forget", node, "--coordinator", c.address],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    refused = forget("n2")
+    assert refused.returncode == 125 and "FAILED_PRECONDITION: node n2 is connected" in refused.stderr
+    assert "NOT_FOUND" in forget("n9").stderr
+    fleet.agents["n2"].kill()
+    wait_until(
+        lambda: any(
+            n.node == "n2" and n.state == inventory_pb2.NODE_STATE_LOST for n in inventory(c.address).nodes
+        ),
+        message="n2 lost",
+    )
+    done = forget("n2")
+    assert done.returncode == 0 and done.stdout.strip() == "forgot node n2", done.stderr
+    assert [n.node for n in inventory(c.address).nodes] == ["n1"]
+    events = run(builds_stub(c.address), spec(["true"]))
+    assert events[-1].finished.node == "n1"

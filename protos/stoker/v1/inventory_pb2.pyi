@@ -22,6 +22,18 @@ NODE_STATE_READY: NodeState
 NODE_STATE_DISCONNECTED: NodeState
 NODE_STATE_LOST: NodeState
 
+class ForgetNodeRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class ForgetNodeResponse(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
 class PrewarmRequest(_message.Message):
     __slots__ = ("key", "restore_keys", "replicas", "zone")
     KEY_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class InventoryStub:
                 request_serializer=stoker_dot_v1_dot_inventory__pb2.PrewarmRequest.SerializeToString,
                 response_deserializer=stoker_dot_v1_dot_inventory__pb2.PrewarmResponse.FromString,
                 _registered_method=True)
+        self.ForgetNode = channel.unary_unary(
+                '/stoker.v1.Inventory/ForgetNode',
+                request_serializer=stoker_dot_v1_dot_inventory__pb2.ForgetNodeRequest.SerializeToString,
+                response_deserializer=stoker_dot_v1_dot_inventory__pb2.ForgetNodeResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServicer:
@@ -65,6 +70,15 @@ class InventoryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetNode(self, request, context):
+        """Operators: remove a lost node from the inventory for good (a node that was decommissioned). Its builds
+        were requeued when it was lost. NOT_FOUND for an unknown node; FAILED_PRECONDITION for one that is not
+        lost (connected, or disconnected within its lease). If its agent comes back, it registers afresh.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +91,11 @@ def add_InventoryServicer_to_server(servicer, server):
                     servicer.Prewarm,
                     request_deserializer=stoker_dot_v1_dot_inventory__pb2.PrewarmRequest.FromString,
                     response_serializer=stoker_dot_v1_dot_inventory__pb2.PrewarmResponse.SerializeToString,
+            ),
+            'ForgetNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetNode,
+                    request_deserializer=stoker_dot_v1_dot_inventory__pb2.ForgetNodeRequest.FromString,
+                    response_serializer=stoker_dot_v1_dot_inventory__pb2.ForgetNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +152,33 @@ class Inventory:
             '/stoker.v1.Inventory/Prewarm',
             stoker_dot_v1_dot_inventory__pb2.PrewarmRequest.SerializeToString,
             stoker_dot_v1_dot_inventory__pb2.PrewarmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stoker.v1.Inventory/ForgetNode',
+            stoker_dot_v1_dot_inventory__pb2.ForgetNodeRequest.SerializeToString,
+            stoker_dot_v1_dot_inventory__pb2.ForgetNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
