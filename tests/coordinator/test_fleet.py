@@ -113,6 +113,14 @@ def test_health_and_reflection_on_both_servers(fleet):
             for s in r.list_services_response.service
         ]
         assert "grpc.health.v1.Health" in listed and "stoker.agent.Ready" not in listed, listed
+        # The stable v1 reflection service answers too (grpcurl asks for it first): the same messages.
+        v1 = ch.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        replies = v1(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        assert [s.name for r in replies for s in r.list_services_response.service] == listed
         for name in listed:
             [reply] = stub.ServerReflectionInfo(
                 iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=name)]), timeout=5
