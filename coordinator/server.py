@@ -22,6 +22,7 @@ from stoker.common.serving import (
     add_health_and_reflection,
     add_port,
     is_loopback,
+    metrics_registry,
     set_serving,
     write_ready_file,
 )
@@ -231,7 +232,7 @@ def create_server(
     config: CoordinatorConfig, *, clock: Clock | None = None, registry: CollectorRegistry | None = None
 ) -> Coordinator:
     clock = clock or SystemClock()
-    registry = registry or CollectorRegistry()
+    registry = registry or metrics_registry()
     metrics = CoordinatorMetrics(registry)
     nodes = NodeRegistry(clock, config.nodes.lease_ttl_s)
     inventory = InventoryIndex()
@@ -244,7 +245,7 @@ def create_server(
     builds.recover()
     limit = config.server.max_message_bytes
     interceptor = AuthInterceptor(
-        authenticator, observe=lambda m, s: metrics.rpc_seconds.labels(m).observe(s)
+        authenticator, observe=lambda m, code, s: metrics.rpc_seconds.labels(m, code).observe(s)
     )
     server = grpc.aio.server(
         interceptors=[interceptor],

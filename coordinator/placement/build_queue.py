@@ -877,6 +877,8 @@ class BuildQueue:
             self._metrics.cache_hits.labels(warmth.value).inc()
             ready_s = rec.timings.queued_s + rec.timings.pull_s + rec.timings.restore_s
             self._metrics.time_to_ready_seconds.labels(warmth.value).observe(ready_s)
+            self._metrics.restore_seconds.labels(warmth.value).observe(rec.timings.restore_s)
+            self._metrics.run_seconds.labels(warmth.value).observe(rec.timings.run_s)
             local = max(0, rec.cache.bytes_restored - rec.cache.bytes_fetched)
             self.bytes_local += local
             self.bytes_fetched += rec.cache.bytes_fetched

@@ -30,6 +30,7 @@ refused, naming the entry, so that a typo never loosens a token.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import hmac
@@ -316,8 +317,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     request whose bytes are not a message)."""
 
     def __init__(
-        self, authenticator: Authenticator, observe: Callable[[str, float], None] | None = None
+        self, authenticator: Authenticator, observe: Callable[[str, str, float], None] | None = None
     ) -> None:
+        """``observe(method, status code name, seconds)`` is called as each unary RPC ends."""
         self._auth = authenticator
         self._observe = observe
 
@@ -357,12 +359,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         async def unary_unary(request, context):
             started = time.perf_counter()
-            await self._admit(method, context, request)
+            code = "OK"
             try:
+                await self._admit(method, context, request)
                 return await inner(request, context)
+            except grpc.aio.AbortError:
+                code = _code_name(context.code())
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception:
+                code = "UNKNOWN"
+                raise
             finally:
                 if observe is not None:
-                    observe(short, time.perf_counter() - started)
+                    observe(short, code, time.perf_counter() - started)
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
@@ -391,6 +403,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             stream_stream, handler.request_deserializer, handler.response_serializer
         )
+
+
+def _code_name(code) -> str:
+    """The name of an aborted call's status (``context.code()`` is a StatusCode or its integer)."""
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    by_value = {c.value[0]: c.name for c in grpc.StatusCode}
+    return by_value.get(code, "UNKNOWN")
 
 
 class _Undecodable:
