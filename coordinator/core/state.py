@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -42,7 +43,24 @@ class StateStore(Protocol):
     def events(self, build_id: str, after_seq: int = 0) -> list[build_pb2.BuildEvent]: ...
     def unfinished(self) -> list[build_pb2.Build]: ...
     def prune(self, created_before: float, limit: int = 1000) -> int: ...
+    def finished_since(self, created_after: float) -> list[build_pb2.Build]: ...
+    def append_node_event(self, event: NodeEvent) -> None: ...
+    def node_events(self) -> list[NodeEvent]: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    """A node joined the fleet (its stream attached) or was lost (its lease ran out): what capacity planning
+    replays as the fleet's real joins and losses (``stoker history export``)."""
+
+    t: float
+    node: str
+    event: str
+    """``joined`` or ``lost``."""
+    zone: str = ""
+    slots: int = 0
+    disk_bytes: int = 0
 
 
 _SCHEMA = """
@@ -61,6 +79,16 @@ CREATE TABLE IF NOT EXISTS build_events (
     event BLOB NOT NULL,
     PRIMARY KEY (build_id, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS builds_created ON builds(created);
+CREATE TABLE IF NOT EXISTS node_events (
+    t REAL NOT NULL,
+    node TEXT NOT NULL,
+    event TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    slots INTEGER NOT NULL,
+    disk_bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS node_events_t ON node_events(t);
 """
 
 
@@ -140,6 +168,30 @@ class SqliteStateStore:
                 db.execute("DELETE FROM builds WHERE id = ?", (build_id,))
         return len(ids)
 
+    def finished_since(self, created_after: float) -> list[build_pb2.Build]:
+        """Finished builds created at or after ``created_after`` (Unix seconds), oldest first."""
+        marks = ",".join("?" * len(_TERMINAL))
+        with self._call() as db:
+            rows = db.execute(
+                f"SELECT record FROM builds WHERE state IN ({marks}) AND created >= ? ORDER BY created",
+                (*_TERMINAL, created_after),
+            ).fetchall()
+        return [build_pb2.Build.FromString(r[0]) for r in rows]
+
+    def append_node_event(self, event: NodeEvent) -> None:
+        with self._call() as db:
+            db.execute(
+                "INSERT INTO node_events (t, node, event, zone, slots, disk_bytes) VALUES (?, ?, ?, ?, ?, ?)",
+                (event.t, event.node, event.event, event.zone, event.slots, event.disk_bytes),
+            )
+
+    def node_events(self) -> list[NodeEvent]:
+        with self._call() as db:
+            rows = db.execute(
+                "SELECT t, node, event, zone, slots, disk_bytes FROM node_events ORDER BY t, rowid"
+            ).fetchall()
+        return [NodeEvent(*row) for row in rows]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -152,6 +204,7 @@ class MemoryStateStore:
         self._builds: dict[str, bytes] = {}
         self._requests: dict[str, str] = {}
         self._events: dict[str, dict[int, bytes]] = {}
+        self._node_events: list[NodeEvent] = []
 
     def put_build(self, build: build_pb2.Build, request_id: str = "") -> None:
         self._builds[build.id] = build.SerializeToString()
@@ -192,3 +245,16 @@ class MemoryStateStore:
 
     def close(self) -> None:
         pass
+
+    def finished_since(self, created_after: float) -> list[build_pb2.Build]:
+        builds = [build_pb2.Build.FromString(raw) for raw in self._builds.values()]
+        return sorted(
+            (b for b in builds if is_terminal(b.state) and b.created.ToSeconds() >= created_after),
+            key=lambda b: b.created.ToSeconds(),
+        )
+
+    def append_node_event(self, event: NodeEvent) -> None:
+        self._node_events.append(event)
+
+    def node_events(self) -> list[NodeEvent]:
+        return sorted(self._node_events, key=lambda e: e.t)

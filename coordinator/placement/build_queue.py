@@ -32,7 +32,7 @@ from stoker.coordinator.core.errors import (
     Unavailable,
 )
 from stoker.coordinator.core.metrics import CoordinatorMetrics
-from stoker.coordinator.core.state import StateStore, is_terminal
+from stoker.coordinator.core.state import NodeEvent, StateStore, is_terminal
 from stoker.coordinator.placement.domain import (
     NO_LIMITS,
     RESOURCE_FIELDS,
@@ -384,7 +384,19 @@ class BuildQueue:
                 node.holders.add(active.record.id)
                 self._scheduler.started(active.request, link.node)
         self._scheduler.node_joined(node, self._registry.all())
+        self._store.append_node_event(self._node_event(node, "joined"))
         self._schedule()
+
+    def _node_event(self, node: NodeRecord, event: str) -> NodeEvent:
+        info = node.info
+        return NodeEvent(
+            t=self._clock.now(),
+            node=node.name,
+            event=event,
+            zone=info.zone,
+            slots=info.slots,
+            disk_bytes=info.disk_capacity_bytes,
+        )
 
     def detach(self, link: AgentLink) -> None:
         if self._links.get(link.node) is link:
@@ -499,6 +511,7 @@ class BuildQueue:
                 self._registry.lease_ttl_s,
             )
             self._scheduler.node_lost(node.name, self._inventory.entries(node.name), self._registry.all())
+            self._store.append_node_event(self._node_event(node, "lost"))
             self._inventory.drop_node(node.name)
             for holder in list(node.holders):
                 active = self._active.get(holder)

@@ -8,7 +8,8 @@ Identities:
   token a name and a role.
 
 Roles: ``ci`` may submit, place, and read or cancel its own builds; ``operator`` may also read every
-build, query the inventory and run rollouts; ``agent`` may only register and hold a stream.
+build, query the inventory, export the build history (capacity planning) and run rollouts; ``agent``
+may only register and hold a stream.
 Health checks and reflection stay open (Kubernetes probes cannot send credentials).
 
 An *open* coordinator (no tokens, no TLS) lets every caller do everything. It is only allowed on
@@ -55,7 +56,7 @@ _CI_METHODS = {
     _BUILDS + m
     for m in ("SubmitBuild", "WatchBuild", "GetBuild", "CancelBuild", "PlaceBuild", "ReleasePlacement")
 }
-_OPERATOR_METHODS = _CI_METHODS | {"/stoker.v1.Inventory/QueryInventory"}
+_OPERATOR_METHODS = _CI_METHODS | {"/stoker.v1.Inventory/QueryInventory", "/stoker.v1.History/ExportHistory"}
 _OPERATOR_PREFIXES = ("/stoker.v1.Rollouts/",)
 _AGENT_METHODS = {"/stoker.v1.AgentGateway/Register", "/stoker.v1.AgentGateway/Connect"}
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
