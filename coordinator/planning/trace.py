@@ -11,7 +11,10 @@ exact key is missing; ``bytes``/``files`` the size of the entry; ``changed_fract
 bytes that differ from the previous key of the same workspace (0 for the first); ``duration_s`` how long
 the build runs once its cache is in place. ``image`` and ``image_bytes`` are optional: the OCI image the
 build runs in and its size; a node that does not hold it pulls it first (at the fleet's ``pull_bps``) and
-keeps it, least recently used out first beyond ``image_budget_bytes``. Fleet events share the file::
+keeps it, least recently used out first beyond ``image_budget_bytes``. ``priority`` is optional (0).
+``observed`` is optional: in a trace exported from a fleet's history (``stoker history export``), what the
+fleet really did with the build (``{"warmth": "partial", "bytes_fetched": 5200000, "node": "node-001",
+"ready_s": 2.4}``); the simulator ignores it. Any other field is an error. Fleet events share the file::
 
     {"t": 3600, "event": "node_fail", "node": "node-7"}
     {"t": 7200, "event": "node_add", "zone": "zone-b", "count": 2}
@@ -55,6 +58,9 @@ class Build:
     priority: int = 0
     image: str = ""
     image_bytes: int = 0
+    observed: dict | None = field(default=None, compare=False, repr=False)
+    """What the fleet really did with the build, in a trace exported from its history (``warmth``,
+    ``bytes_fetched``, ``node``, ``ready_s``); the simulator ignores it, comparisons read it."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ _BUILD_FIELDS = {
     "duration_s": float,
     "tenant": str,
 }
+_OPTIONAL_BUILD_FIELDS = {"priority", "image", "image_bytes", "observed"}
 
 
 def load_trace(path: Path) -> list[Build | FleetEvent]:
@@ -131,6 +138,12 @@ def parse_record(doc: dict, where: str) -> Build | FleetEvent:
         return FleetEvent(
             t=t, event=event, node=str(doc.get("node", "")), zone=str(doc.get("zone", "")), count=count
         )
+    unknown = sorted(set(doc) - set(_BUILD_FIELDS) - _OPTIONAL_BUILD_FIELDS)
+    if unknown:
+        raise TraceError(
+            f"{where}: field {unknown[0]!r}: unknown (a build record has {', '.join(_BUILD_FIELDS)}, "
+            f"and optionally {', '.join(sorted(_OPTIONAL_BUILD_FIELDS))})"
+        )
     for name, kind in _BUILD_FIELDS.items():
         if name not in doc:
             raise TraceError(f"{where}: field {name!r}: missing")
@@ -146,6 +159,14 @@ def parse_record(doc: dict, where: str) -> Build | FleetEvent:
     if not isinstance(image, str):
         raise TraceError(f"{where}: field 'image': expected str")
     image_bytes = int(_number(doc, "image_bytes", where)) if "image_bytes" in doc else 0
+    priority = doc.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TraceError(f"{where}: field 'priority': expected an integer, got {priority!r}")
+    if not all(isinstance(k, str) for k in doc["restore_keys"]):
+        raise TraceError(f"{where}: field 'restore_keys': expected a list of strings")
+    observed = doc.get("observed")
+    if observed is not None and not isinstance(observed, dict):
+        raise TraceError(f"{where}: field 'observed': expected an object")
     if image_bytes and not image:
         raise TraceError(f"{where}: field 'image_bytes': given without 'image'")
     return Build(
@@ -158,9 +179,10 @@ def parse_record(doc: dict, where: str) -> Build | FleetEvent:
         changed_fraction=float(doc["changed_fraction"]),
         duration_s=float(doc["duration_s"]),
         tenant=doc["tenant"],
-        priority=int(doc.get("priority", 0)),
+        priority=priority,
         image=image,
         image_bytes=image_bytes,
+        observed=observed,
     )
 
 
@@ -211,14 +233,21 @@ def parse_fleet(doc: dict, where: str = "fleet") -> Fleet:
     return Fleet(**kwargs)
 
 
+def record_doc(r: Build | FleetEvent) -> dict:
+    """One record as its trace line's JSON object."""
+    doc = dict(r.__dict__)
+    if isinstance(r, Build):
+        doc["restore_keys"] = list(r.restore_keys)
+        if not r.image:  # optional: traces without images stay as they were
+            del doc["image"], doc["image_bytes"]
+        if r.observed is None:
+            del doc["observed"]
+    else:
+        doc = {k: v for k, v in doc.items() if v not in ("", None)}
+    return doc
+
+
 def write_trace(records, path: Path) -> None:
     with path.open("w") as f:
         for r in records:
-            doc = dict(r.__dict__)
-            if isinstance(r, Build):
-                doc["restore_keys"] = list(r.restore_keys)
-                if not r.image:  # optional: traces without images stay as they were
-                    del doc["image"], doc["image_bytes"]
-            else:
-                doc = {k: v for k, v in doc.items() if v not in ("", None)}
-            f.write(json.dumps(doc) + "\n")
+            f.write(json.dumps(record_doc(r)) + "\n")
