@@ -67,8 +67,9 @@ def variants(
             raise TraceError(f"{flag}: must be at least 1")
     if any(d <= 0 for d in disks or []):
         raise TraceError("--disk: must be positive")
+    keep: list[None] = [None]  # an option not given: the base fleet's value
     combos = itertools.product(
-        nodes or [None], disks or [None], slots or [None], zones or [None], policies or ["stoker"]
+        nodes or keep, disks or keep, slots or keep, zones or keep, policies or ["stoker"]
     )
     return [Variant(n, d, s, z, p) for n, d, s, z, p in combos]
 
