@@ -7,8 +7,8 @@ import html
 import math
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
-WIDTH, HEIGHT = 760, 340
-LEFT, RIGHT, TOP, BOTTOM = 70, 180, 40, 50
+WIDTH, HEIGHT = 860, 340
+LEFT, RIGHT, TOP, BOTTOM = 70, 250, 40, 50
 
 
 def _esc(text: object) -> str:
@@ -87,7 +87,7 @@ def _legend(names: list[str]) -> list[str]:
         y = TOP + 10 + i * 18
         color = PALETTE[i % len(PALETTE)]
         out.append(f'<rect x="{WIDTH - RIGHT + 12}" y="{y - 9}" width="12" height="12" fill="{color}"/>')
-        short = name if len(name) <= 24 else name[:23] + "…"
+        short = name if len(name) <= 36 else name[:35] + "…"
         out.append(
             f'<text x="{WIDTH - RIGHT + 30}" y="{y + 1}" font-size="11" font-family="sans-serif">'
             f"<title>{_esc(name)}</title>{_esc(short)}</text>"
