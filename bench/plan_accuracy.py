@@ -9,7 +9,8 @@ Real parts: a coordinator and agents as processes over gRPC, the demo's installe
 (``stoker.demo.installer``: a package tree whose restore and install move real bytes), the agents' blob
 store a local directory (``--s3-endpoint URL`` for an S3 server), then ``stoker history export``,
 ``stoker history fleet`` and ``stoker plan --json`` as a user runs them. The errors: per warmth, predicted
-count − observed count over the number of builds; bytes fetched, (predicted − observed) / observed.
+count − observed count over the number of builds; bytes fetched by builds' restores, (predicted − observed)
+/ observed (prewarms are left out of both: the history records only what builds fetched).
 """
 
 from __future__ import annotations
@@ -116,10 +117,14 @@ def errors(report: dict) -> dict:
     for w in WARMTHS:
         out["predicted"][w], out["observed"][w] = predicted[w], observed[w]
         out[f"{w}_error_share"] = round((predicted[w] - observed[w]) / n, 4) if n else 0.0
-    out["predicted"]["bytes_fetched"] = predicted["bytes_fetched"]
+    # Restores only: the history records what builds' restores fetched, not the fleet's prewarms.
+    out["predicted"]["bytes_fetched"] = predicted["restore_bytes_fetched"]
+    out["predicted"]["prewarm_bytes"] = predicted["prewarm_bytes"]
     out["observed"]["bytes_fetched"] = observed["bytes_fetched"]
     base = observed["bytes_fetched"]
-    out["bytes_fetched_error"] = round((predicted["bytes_fetched"] - base) / base, 4) if base else None
+    out["bytes_fetched_error"] = (
+        round((predicted["restore_bytes_fetched"] - base) / base, 4) if base else None
+    )
     out["predicted"]["ready_p50_s"], out["observed"]["ready_p50_s"] = (
         predicted["ready_p50_s"],
         observed["ready_p50_s"],

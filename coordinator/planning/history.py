@@ -10,8 +10,9 @@ What a trace record says, and where each figure comes from:
   key materialized (else the build that saved it: what it restored, or what it uploaded when it restored
   nothing), times the fleet's measured compression (bytes fetched / bytes materialized by cold restores).
   ``files``: the most files a restore of it materialized.
-* ``changed_fraction``: measured, not assumed: what the build that saved the key uploaded (only content the
-  store lacked) over the entry's stored size; 0 for a workspace's first key.
+* ``changed_fraction``: measured, not assumed: what partial restores of the key fetched over its stored size
+  (their median), else what the build that saved it uploaded (only content the store lacked) after
+  restoring an older entry; a key with neither takes the median of the others; 0 for a workspace's first key.
 * ``duration_s``: the command's measured run time. It includes whatever the build installed because its
   cache lacked it, so the fleet spec's ``install_bps`` is set so high that the simulator adds nothing.
 * ``observed``: what the fleet really did (warmth, bytes fetched, node, time to ready); the simulator ignores
@@ -37,7 +38,7 @@ from stoker.coordinator.planning.trace import Build, Fleet, FleetEvent
 NO_CACHE = "~no-cache"
 UNLIMITED_INSTALL_BPS = 1e15
 """The trace's run times already include installing what a cache lacked (see the module's docstring)."""
-_MIN_BYTES = 1_000_000  # restores that move less say little about a rate
+_MIN_BYTES = 64 * 1024  # restores that moved less in all say little about a rate
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def measure(runs: list[RunRecord]) -> Measured:
     cold = [r for r in runs if r.warmth == "cold" and r.bytes_fetched > 0 and r.bytes_restored > 0]
     fetched = sum(r.bytes_fetched for r in cold)
     materialized = sum(r.bytes_restored for r in cold)
-    compression = fetched / materialized if fetched >= _MIN_BYTES and materialized else 1.0
+    compression = min(1.0, fetched / materialized) if fetched and materialized else 1.0
     fetching = [
         r for r in runs if r.warmth in ("cold", "partial") and r.bytes_fetched > 0 and r.restore_s > 0
     ]
@@ -188,12 +189,23 @@ def _entries(
             materialized[key] = max(r.bytes_restored, uploaded) if r.restored_key else uploaded
             files.setdefault(key, r.files_restored or 1)
     sizes = {k: int(v * compression) for k, v in materialized.items()}
+    # The changed share of a key, best measure first: what partial restores of it fetched (the key itself
+    # restored onto a node holding an older entry: only the difference moved), else what its saver uploaded
+    # after restoring an older entry; else (its saver restored nothing: it ran before any older entry was
+    # saved) the median of the other keys' measured shares.
+    fetched_share: dict[str, list[float]] = {}
+    for r in runs:
+        if r.warmth == "partial" and r.key and r.restored_key == r.key and sizes.get(r.key):
+            fetched_share.setdefault(r.key, []).append(min(1.0, r.bytes_fetched / sizes[r.key]))
     changed: dict[str, float] = {}
+    for key, shares in fetched_share.items():
+        changed[key] = round(statistics.median(shares), 4)
     for key, r in savers.items():
-        if r.restored_key and r.restored_key != key and sizes.get(key):
+        if key not in changed and r.restored_key and r.restored_key != key and sizes.get(key):
             changed[key] = round(min(1.0, r.bytes_uploaded / sizes[key]), 4)
-        elif not r.restored_key:
-            changed[key] = 1.0  # nothing older was restored: all of it was new to the build
+    typical = round(statistics.median(changed.values()), 4) if changed else 1.0
+    for key in sizes:
+        changed.setdefault(key, typical)
     return sizes, files, changed
 
 

@@ -4,7 +4,8 @@ Each variant is the trace's fleet with some of nodes, disk, slots, zones and the
 every variant replays the same trace (its builds, and its real node joins and losses) in the simulator
 (``engine.py``), which drives the coordinator's own scheduler. Per variant: time to ready (submission until
 the build's cache and image are in place: queue wait + pull + restore) at p50/p95/p99, warm/partial/cold
-shares, bytes fetched (restores and prewarms), node-hours busy and idle, and cost at the fleet's prices.
+shares, bytes fetched (restores and prewarms; ``restore_bytes_fetched`` the restores alone, which is what
+an exported history's ``observed`` figures count), node-hours busy and idle, and cost at the fleet's prices.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Variant:
     def name(self, base: Fleet) -> str:
         f = self.fleet(base)
         return (
-            f"{f.nodes} nodes × {f.slots} slots, {f.disk_bytes / 2**30:g} GiB disk, "
+            f"{f.nodes} nodes × {f.slots} slots, {f.disk_bytes / 2**30:.3g} GiB disk, "
             f"{len(set(f.zones))} zones, {self.policy}"
         )
 
@@ -121,6 +122,7 @@ def summarize(sim: Sim, fleet: Fleet) -> dict:
         "partial_share": round(counts["partial"] / n, 4),
         "cold_share": round(counts["cold"] / n, 4),
         "bytes_fetched": int(fetched),
+        "restore_bytes_fetched": int(fetched - sim.prewarm_bytes),
         "prewarm_bytes": int(sim.prewarm_bytes),
         "node_hours": round(node_hours, 3),
         "busy_node_hours": round(busy_hours, 3),
