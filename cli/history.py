@@ -97,6 +97,7 @@ def run_from_pb(b: history_pb2.HistoryBuild) -> RunRecord:
         pull_s=t.pull_s,
         restore_s=t.restore_s,
         run_s=t.run_s,
+        save_s=t.save_s,
         placed_after_s=b.placed_after_s,
         started_after_s=b.started_after_s,
         first_line_after_s=b.first_line_after_s,

@@ -13,8 +13,10 @@ What a trace record says, and where each figure comes from:
 * ``changed_fraction``: measured, not assumed: what partial restores of the key fetched over its stored size
   (their median), else what the build that saved it uploaded (only content the store lacked) after
   restoring an older entry; a key with neither takes the median of the others; 0 for a workspace's first key.
-* ``duration_s``: the command's measured run time. It includes whatever the build installed because its
-  cache lacked it, so the fleet spec's ``install_bps`` is set so high that the simulator adds nothing.
+* ``duration_s``: the command's measured run time plus its cache save: the build holds its slot through
+  both, and its entry reaches the node's inventory (and the blob store) only when the save ends. It
+  includes whatever the build installed because its cache lacked it, so the fleet spec's ``install_bps`` is
+  set so high that the simulator adds nothing.
 * ``observed``: what the fleet really did (warmth, bytes fetched, node, time to ready); the simulator ignores
   it, ``stoker plan`` and the accuracy benchmark compare with it.
 
@@ -69,6 +71,7 @@ class RunRecord:
     pull_s: float = 0.0
     restore_s: float = 0.0
     run_s: float = 0.0
+    save_s: float = 0.0
     placed_after_s: float = -1.0
     started_after_s: float = -1.0
     first_line_after_s: float = -1.0
@@ -129,7 +132,7 @@ def from_history(runs: Iterable[RunRecord], changes: Iterable[NodeChange]) -> Hi
             bytes=sizes.get(key, 0),
             files=files.get(key, 0),
             changed_fraction=0.0 if first_key_of[r.workspace] == key else changed.get(key, 0.0),
-            duration_s=round(max(0.0, r.run_s), 3),
+            duration_s=round(max(0.0, r.run_s) + max(0.0, r.save_s), 3),
             tenant=r.tenant or r.workspace,
             priority=r.priority,
             observed={
