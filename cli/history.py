@@ -98,6 +98,7 @@ def run_from_pb(b: history_pb2.HistoryBuild) -> RunRecord:
         restore_s=t.restore_s,
         run_s=t.run_s,
         save_s=t.save_s,
+        total_s=t.total_s,
         placed_after_s=b.placed_after_s,
         started_after_s=b.started_after_s,
         first_line_after_s=b.first_line_after_s,
@@ -116,7 +117,13 @@ def load(args) -> History | None:
         fail(exc)
         return None
     runs, changes = runs_from_pb(response)
-    return from_history(runs, changes)
+    rates = response.scheduler
+    scheduler_rates = {
+        name: getattr(rates, name)
+        for name in ("fetch_bps", "extract_bps", "materialize_bps", "pull_bps")
+        if getattr(rates, name) > 0
+    }
+    return from_history(runs, changes, scheduler_rates)
 
 
 def _empty_note(args, what: str) -> str:

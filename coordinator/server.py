@@ -262,7 +262,7 @@ def create_server(
     )
     build_pb2_grpc.add_BuildsServicer_to_server(BuildsServicer(config, builds), server)
     inventory_pb2_grpc.add_InventoryServicer_to_server(InventoryServicer(nodes, inventory, builds), server)
-    history_pb2_grpc.add_HistoryServicer_to_server(HistoryServicer(store, nodes), server)
+    history_pb2_grpc.add_HistoryServicer_to_server(HistoryServicer(store, nodes, scheduler), server)
     rollouts = build_rollout_engine(config.rollouts, config.state.path, clock)
     rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutsServicer(rollouts), server)
     health = add_health_and_reflection(server, SERVICE_NAMES)

@@ -134,7 +134,9 @@ class Sim:
         self.decision_s: list[float] = []
         self._node_counter = itertools.count(fleet.nodes)
         for i in range(fleet.nodes):
-            self._add_node(f"node-{i:03d}", fleet.zones[i % len(fleet.zones)])
+            named = i < len(fleet.node_names)
+            zone = fleet.node_zones[i] if i < len(fleet.node_zones) else fleet.zones[i % len(fleet.zones)]
+            self._add_node(fleet.node_names[i] if named else f"node-{i:03d}", zone)
 
     # -- nodes and their caches ------------------------------------------------------------------------
     def _add_node(self, name: str, zone: str) -> SimNode:
@@ -494,6 +496,7 @@ class StokerPolicy(Policy):
                     "extract_bps": fleet.extract_bps,
                     "materialize_bps": fleet.materialize_bps,
                     "pull_bps": fleet.pull_bps,
+                    **fleet.scheduler_rates,  # as a real coordinator's were (an exported fleet spec)
                 }
             ),
         )

@@ -13,19 +13,21 @@ What a trace record says, and where each figure comes from:
 * ``changed_fraction``: measured, not assumed: what partial restores of the key fetched over its stored size
   (their median), else what the build that saved it uploaded (only content the store lacked) after
   restoring an older entry; a key with neither takes the median of the others; 0 for a workspace's first key.
-* ``duration_s``: the command's measured run time plus its cache save: the build holds its slot through
-  both, and its entry reaches the node's inventory (and the blob store) only when the save ends. It
-  includes whatever the build installed because its cache lacked it, so the fleet spec's ``install_bps`` is
-  set so high that the simulator adds nothing.
+* ``duration_s``: how long the build held its slot beyond its pull and restore: from its placement to its
+  end (the node's set-up, the command, the cache save: its entry reaches the node's inventory and the blob
+  store only when the save ends), less the pull and restore the simulator works out itself. It includes
+  whatever the build installed because its cache lacked it, so the fleet spec's ``install_bps`` is set so
+  high that the simulator adds nothing.
 * ``observed``: what the fleet really did (warmth, bytes fetched, node, time to ready); the simulator ignores
   it, ``stoker plan`` and the accuracy benchmark compare with it.
 
 A build without a cache key still held a slot: it becomes a record of key ``<workspace>/~no-cache`` and 0
 bytes. Builds that never ran (refused, cancelled while queued) are left out.
 
-Node joins and losses: the nodes alive when the first build arrived are the fleet spec's ``nodes``; later
-joins become ``node_add`` and losses ``node_fail``, under the simulator's names for them (``node-NNN``, in
-the order they appear), since the simulator names its nodes itself.
+Node joins and losses: the nodes alive when the first build arrived are the fleet spec's ``nodes``, under
+their own names and zones (``node_names``, ``node_zones``: the replay breaks ties between nodes as the
+coordinator did); later joins become ``node_add`` and losses ``node_fail``, the joiners under the
+simulator's names for them (``node-NNN``, in the order they appear), since it names added nodes itself.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class RunRecord:
     restore_s: float = 0.0
     run_s: float = 0.0
     save_s: float = 0.0
+    total_s: float = 0.0
+    """Submission to the end (``Timings.total_s``)."""
     placed_after_s: float = -1.0
     started_after_s: float = -1.0
     first_line_after_s: float = -1.0
@@ -111,14 +115,18 @@ class History:
     """Unix time of ``t`` = 0."""
 
 
-def from_history(runs: Iterable[RunRecord], changes: Iterable[NodeChange]) -> History:
+def from_history(
+    runs: Iterable[RunRecord], changes: Iterable[NodeChange], scheduler_rates: dict | None = None
+) -> History:
+    """The trace and fleet spec of a history; ``scheduler_rates`` the coordinator's scheduler's estimates
+    (``ExportHistory``), which the fleet spec keeps so a replay's scheduler decides as that one did."""
     ran = sorted((r for r in runs if r.ran), key=lambda r: r.created)
     changes = sorted(changes, key=lambda c: c.t)
     start = ran[0].created if ran else (changes[0].t if changes else 0.0)
     measured = measure(ran)
     sizes, files, changed = _entries(ran, measured.compression)
     initial, events, names = _fleet_timeline(changes, start)
-    fleet = _fleet(initial, measured)
+    fleet = replace(_fleet(initial, measured), scheduler_rates=dict(scheduler_rates or {}))
     first_key_of: dict[str, str] = {}
     builds: list[Build] = []
     for r in ran:
@@ -132,7 +140,7 @@ def from_history(runs: Iterable[RunRecord], changes: Iterable[NodeChange]) -> Hi
             bytes=sizes.get(key, 0),
             files=files.get(key, 0),
             changed_fraction=0.0 if first_key_of[r.workspace] == key else changed.get(key, 0.0),
-            duration_s=round(max(0.0, r.run_s) + max(0.0, r.save_s), 3),
+            duration_s=round(_holds_slot_s(r), 3),
             tenant=r.tenant or r.workspace,
             priority=r.priority,
             observed={
@@ -147,6 +155,16 @@ def from_history(runs: Iterable[RunRecord], changes: Iterable[NodeChange]) -> Hi
     records: list[Build | FleetEvent] = [*events, *builds]
     records.sort(key=lambda r: (r.t, isinstance(r, Build)))
     return History(records=records, fleet=fleet, measured=measured, start=start)
+
+
+def _holds_slot_s(r: RunRecord) -> float:
+    """How long the build held its node's slot beyond its pull and restore (which the simulator works out
+    itself): from its placement to its end, when both are known; else its run and save."""
+    if r.total_s > 0 and r.placed_after_s >= 0:
+        held = r.total_s - r.placed_after_s - max(0.0, r.pull_s) - max(0.0, r.restore_s)
+        if held > 0:
+            return held
+    return max(0.0, r.run_s) + max(0.0, r.save_s)
 
 
 def measure(runs: list[RunRecord]) -> Measured:
@@ -226,8 +244,7 @@ def _fleet_timeline(
         elif c.event == "lost":
             alive.pop(c.node, None)
     initial = sorted(alive.values(), key=lambda c: c.node)
-    names = {c.node: f"node-{i:03d}" for i, c in enumerate(initial)}
-    # The simulator spreads its first nodes over its zones in turn (zones[i % len(zones)]).
+    names = {c.node: c.node for c in initial}  # the fleet spec names them (node_names)
     events: list[FleetEvent] = []
     serial = len(initial)
     for c in changes:
@@ -256,6 +273,8 @@ def _fleet(initial: list[NodeChange], measured: Measured) -> Fleet:
         slots=slots[0][0] if slots else base.slots,
         disk_bytes=float(statistics.median(disks)) if disks else base.disk_bytes,
         install_bps=UNLIMITED_INSTALL_BPS,
+        node_names=tuple(c.node for c in initial),
+        node_zones=tuple(c.zone or "zone-a" for c in initial),
     )
     if measured.fetch_extract_bps:
         # The agent times a restore's fetch and extraction together (they overlap): each gets half its time.

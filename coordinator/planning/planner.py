@@ -36,8 +36,13 @@ class Variant:
         if self.zones is not None:
             own = tuple(dict.fromkeys(base.zones))
             zones = own[: self.zones] if self.zones <= len(own) else ZONE_NAMES[: self.zones]
+        names, node_zones = base.node_names, base.node_zones
+        if self.zones is not None:  # the nodes' own zones no longer apply
+            node_zones = ()
         return replace(
             base,
+            node_names=names,
+            node_zones=node_zones,
             nodes=base.nodes if self.nodes is None else self.nodes,
             disk_bytes=base.disk_bytes if self.disk_bytes is None else self.disk_bytes,
             slots=base.slots if self.slots is None else self.slots,

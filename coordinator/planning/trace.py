@@ -22,7 +22,7 @@ fleet really did with the build (``{"warmth": "partial", "bytes_fetched": 520000
 A real CI history converts to this format with one record per job (the key from its lockfile hash);
 ``stoker history export`` writes the coordinator's own history in it (``planning/history.py``).
 
-Fleet spec: one JSON object::
+Fleet spec: one JSON object (``node_names``/``node_zones``, optional, name the first nodes and their zones)::
 
     {"nodes": 40, "zones": ["zone-a", "zone-b", "zone-c"], "slots": 4, "disk_bytes": 20e9,
      "fetch_bps": 100e6, "extract_bps": 250e6, "materialize_bps": 2e9, "install_bps": 20e6,
@@ -84,6 +84,15 @@ class Fleet:
     install_bps: float = 20e6
     pull_bps: float = 50e6
     image_budget_bytes: float = 20e9
+    node_names: tuple[str, ...] = ()
+    """Names (and below, zones) of the first nodes, as the fleet's history knows them (``stoker history
+    fleet``): a replay of the fleet as it was then breaks ties between nodes as the coordinator did. Nodes
+    past them are ``node-NNN`` in the zones in turn."""
+    node_zones: tuple[str, ...] = ()
+    scheduler_rates: dict = field(default_factory=dict)
+    """The rates the simulated coordinator's scheduler starts its estimates from (``fetch_bps``,
+    ``extract_bps``, ``materialize_bps``, ``pull_bps``; as a real coordinator's were, in a fleet spec
+    exported from it); a rate not given: the fleet's own."""
     prices: dict = field(
         default_factory=lambda: {
             "node_hour": 0.5,
@@ -105,6 +114,7 @@ _BUILD_FIELDS = {
     "duration_s": float,
     "tenant": str,
 }
+_SCHEDULER_RATES = ("fetch_bps", "extract_bps", "materialize_bps", "pull_bps")
 _OPTIONAL_BUILD_FIELDS = {"priority", "image", "image_bytes", "observed"}
 
 
@@ -227,6 +237,23 @@ def parse_fleet(doc: dict, where: str = "fleet") -> Fleet:
         if not isinstance(kwargs["zones"], list) or not kwargs["zones"]:
             raise TraceError(f"{where}: field 'zones': a non-empty list of zone names")
         kwargs["zones"] = tuple(kwargs["zones"])
+    for name in ("node_names", "node_zones"):
+        if name in kwargs:
+            if not isinstance(kwargs[name], list) or not all(isinstance(v, str) and v for v in kwargs[name]):
+                raise TraceError(f"{where}: field {name!r}: a list of non-empty names")
+            kwargs[name] = tuple(kwargs[name])
+    rates = kwargs.get("scheduler_rates", {})
+    if not isinstance(rates, dict):
+        raise TraceError(f"{where}: field 'scheduler_rates': an object of rates")
+    for name in rates:
+        if name not in _SCHEDULER_RATES:
+            raise TraceError(
+                f"{where}: field 'scheduler_rates.{name}': unknown (known: {', '.join(_SCHEDULER_RATES)})"
+            )
+        if _number(rates, name, f"{where}: scheduler_rates") == 0:
+            raise TraceError(f"{where}: field 'scheduler_rates.{name}': must be positive")
+    if len(kwargs.get("node_zones", ())) > len(kwargs.get("node_names", ())):
+        raise TraceError(f"{where}: field 'node_zones': more zones than node_names")
     for name in ("nodes", "slots"):
         if name in kwargs:
             kwargs[name] = int(kwargs[name])

@@ -14,6 +14,7 @@ import time
 from stoker.coordinator.core.errors import InvalidArgument
 from stoker.coordinator.core.state import NodeEvent, StateStore
 from stoker.coordinator.placement.registry import NodeRegistry
+from stoker.coordinator.placement.scheduler import Scheduler
 from stoker.coordinator.rpc import convert
 from stoker.coordinator.rpc.status import unary
 from stoker.v1 import build_pb2, history_pb2, history_pb2_grpc
@@ -22,9 +23,10 @@ _OUTPUT = (build_pb2.LogLine.STREAM_STDOUT, build_pb2.LogLine.STREAM_STDERR)
 
 
 class HistoryServicer(history_pb2_grpc.HistoryServicer):
-    def __init__(self, store: StateStore, registry: NodeRegistry) -> None:
+    def __init__(self, store: StateStore, registry: NodeRegistry, scheduler: Scheduler) -> None:
         self._store = store
         self._registry = registry
+        self._scheduler = scheduler
 
     @unary
     async def ExportHistory(self, request: history_pb2.ExportHistoryRequest, context):
@@ -38,7 +40,16 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
         builds = self._store.finished_since(now - since_s if since_s else 0.0)
         zones = {e.node: e.zone for e in self._store.node_events()}
         zones.update({r.name: r.info.zone for r in self._registry.all()})
-        out = history_pb2.ExportHistoryResponse(now=convert.timestamp(now))
+        estimates = self._scheduler.estimator
+        out = history_pb2.ExportHistoryResponse(
+            now=convert.timestamp(now),
+            scheduler=history_pb2.SchedulerRates(
+                fetch_bps=estimates.fetch_bps,
+                extract_bps=estimates.extract_bps,
+                materialize_bps=self._scheduler.settings.materialize_bps,
+                pull_bps=estimates.pull_bps,
+            ),
+        )
         for build in builds:
             if workspace and build.spec.workspace != workspace:
                 continue

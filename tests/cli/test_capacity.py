@@ -61,7 +61,7 @@ def history(tmp_path_factory, seaweed_endpoint):
         empty["export"] = stoker("history", "export", "--coordinator", coordinator.address)
         from bench.plan_accuracy import run_builds
 
-        states = run_builds(coordinator.address, builds, concurrency=3)
+        states = run_builds(coordinator.address, builds, concurrency=2)
         assert states == ["BUILD_STATE_SUCCEEDED"] * len(builds), states
         yield coordinator.address, root, empty
     finally:

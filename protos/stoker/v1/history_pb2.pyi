@@ -74,11 +74,25 @@ class HistoryNodeEvent(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node: _Optional[str] = ..., event: _Optional[str] = ..., zone: _Optional[str] = ..., slots: _Optional[int] = ..., disk_bytes: _Optional[int] = ...) -> None: ...
 
 class ExportHistoryResponse(_message.Message):
-    __slots__ = ("builds", "node_events", "now")
+    __slots__ = ("builds", "node_events", "now", "scheduler")
     BUILDS_FIELD_NUMBER: _ClassVar[int]
     NODE_EVENTS_FIELD_NUMBER: _ClassVar[int]
     NOW_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     builds: _containers.RepeatedCompositeFieldContainer[HistoryBuild]
     node_events: _containers.RepeatedCompositeFieldContainer[HistoryNodeEvent]
     now: _timestamp_pb2.Timestamp
-    def __init__(self, builds: _Optional[_Iterable[_Union[HistoryBuild, _Mapping]]] = ..., node_events: _Optional[_Iterable[_Union[HistoryNodeEvent, _Mapping]]] = ..., now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    scheduler: SchedulerRates
+    def __init__(self, builds: _Optional[_Iterable[_Union[HistoryBuild, _Mapping]]] = ..., node_events: _Optional[_Iterable[_Union[HistoryNodeEvent, _Mapping]]] = ..., now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scheduler: _Optional[_Union[SchedulerRates, _Mapping]] = ...) -> None: ...
+
+class SchedulerRates(_message.Message):
+    __slots__ = ("fetch_bps", "extract_bps", "materialize_bps", "pull_bps")
+    FETCH_BPS_FIELD_NUMBER: _ClassVar[int]
+    EXTRACT_BPS_FIELD_NUMBER: _ClassVar[int]
+    MATERIALIZE_BPS_FIELD_NUMBER: _ClassVar[int]
+    PULL_BPS_FIELD_NUMBER: _ClassVar[int]
+    fetch_bps: float
+    extract_bps: float
+    materialize_bps: float
+    pull_bps: float
+    def __init__(self, fetch_bps: _Optional[float] = ..., extract_bps: _Optional[float] = ..., materialize_bps: _Optional[float] = ..., pull_bps: _Optional[float] = ...) -> None: ...

@@ -61,12 +61,12 @@ def test_sizes_changed_shares_rates_and_the_fleets_changes_become_the_trace():
     assert builds[0].bytes == 4_000_000 and builds[2].bytes == 4_000_000 and builds[4].bytes == 0
     assert builds[1].files == 800
     assert [b.changed_fraction for b in builds[:4]] == [0.0, 0.0, 0.1, 0.1]
-    assert builds[1].observed == {"warmth": "cold", "bytes_fetched": 4_000_000, "node": "node-001",
+    assert builds[1].observed == {"warmth": "cold", "bytes_fetched": 4_000_000, "node": "n2",
                                   "ready_s": 2.0}  # fmt: skip
     assert [(e.t, e.event, e.node, e.zone) for e in events] == [
         (25.0, "node_add", "", "zone-c"),
-        (35.0, "node_fail", "node-001", ""),
-        (45.0, "node_fail", "node-002", ""),  # n3 is the simulator's third node
+        (35.0, "node_fail", "n2", ""),
+        (45.0, "node_fail", "node-002", ""),  # n3 joined later: the simulator's third node
     ]
     assert (h.fleet.nodes, h.fleet.slots, h.fleet.zones, h.fleet.disk_bytes) == (
         2,
@@ -74,6 +74,7 @@ def test_sizes_changed_shares_rates_and_the_fleets_changes_become_the_trace():
         ("zone-a", "zone-b"),
         50e9,
     )
+    assert (h.fleet.node_names, h.fleet.node_zones) == (("n1", "n2"), ("zone-a", "zone-b"))
     assert h.fleet.fetch_bps == 2 * 4_000_000 / 2.0  # fetch+extract measured together, split evenly
     assert h.fleet.materialize_bps == 8_000_000 * 0.5 / 0.4
     # Every record survives the trace format's own validation as it is written.
