@@ -61,7 +61,7 @@ def history(tmp_path_factory, seaweed_endpoint):
         empty["export"] = stoker("history", "export", "--coordinator", coordinator.address)
         from bench.plan_accuracy import run_builds
 
-        states = run_builds(coordinator.address, builds, concurrency=2)
+        states = run_builds(coordinator.address, builds, concurrency=3)
         assert states == ["BUILD_STATE_SUCCEEDED"] * len(builds), states
         yield coordinator.address, root, empty
     finally:
@@ -172,8 +172,8 @@ def _chromium() -> str:
     return path
 
 
-def screenshot(html: Path, png: Path, height: int) -> list[tuple[int, int, int]]:
-    """Render ``html`` in headless Chromium; the screenshot's pixels."""
+def screenshot(html: Path, png: Path, height: int):
+    """Render ``html`` in headless Chromium; the screenshot's pixels (height × width × RGB)."""
     done = subprocess.run(
         [
             _chromium(),
@@ -190,17 +190,18 @@ def screenshot(html: Path, png: Path, height: int) -> list[tuple[int, int, int]]
         timeout=120,
     )
     assert done.returncode == 0 and png.exists(), done.stderr
-    from PIL import Image  # Pillow comes with matplotlib (the test extra)
+    import numpy  # Pillow and numpy come with matplotlib (the test extra)
+    from PIL import Image
 
     with Image.open(png) as image:
         rgb = image.convert("RGB")
         assert rgb.size == (1000, height)
-        raw = rgb.tobytes()
-    return [tuple(raw[i : i + 3]) for i in range(0, len(raw), 3)]
+        return numpy.asarray(rgb, dtype=numpy.int16)
 
 
 def colored_pixels(pixels, color: tuple[int, int, int], tolerance: int = 12) -> int:
-    return sum(1 for px in pixels if all(abs(a - b) <= tolerance for a, b in zip(px, color)))
+    """Pixels within ``tolerance`` of ``color`` in every channel."""
+    return int((abs(pixels - color) <= tolerance).all(axis=2).sum())
 
 
 def test_the_html_reports_render_in_chromium_with_plots_drawn(history):
