@@ -32,29 +32,31 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
     async def ExportHistory(self, request: history_pb2.ExportHistoryRequest, context):
         if request.since_s < 0:
             raise InvalidArgument(f"since_s: must not be negative, got {request.since_s}")
-        # Reading every build's events is many rows: off the event loop (the store takes its own lock).
-        return await asyncio.to_thread(self._export, request.since_s, request.workspace)
+        # The registry and the scheduler are read here, on the event loop that changes them; reading every
+        # build's events is many rows: off the loop (the store takes its own lock).
+        zones = {r.name: r.info.zone for r in self._registry.all()}
+        estimates = self._scheduler.estimator
+        rates = history_pb2.SchedulerRates(
+            fetch_bps=estimates.fetch_bps,
+            extract_bps=estimates.extract_bps,
+            materialize_bps=self._scheduler.settings.materialize_bps,
+            pull_bps=estimates.pull_bps,
+        )
+        return await asyncio.to_thread(self._export, request.since_s, request.workspace, zones, rates)
 
-    def _export(self, since_s: float, workspace: str) -> history_pb2.ExportHistoryResponse:
+    def _export(
+        self, since_s: float, workspace: str, live_zones: dict[str, str], rates: history_pb2.SchedulerRates
+    ) -> history_pb2.ExportHistoryResponse:
         now = time.time()
         builds = self._store.finished_since(now - since_s if since_s else 0.0)
-        zones = {e.node: e.zone for e in self._store.node_events()}
-        zones.update({r.name: r.info.zone for r in self._registry.all()})
-        estimates = self._scheduler.estimator
-        out = history_pb2.ExportHistoryResponse(
-            now=convert.timestamp(now),
-            scheduler=history_pb2.SchedulerRates(
-                fetch_bps=estimates.fetch_bps,
-                extract_bps=estimates.extract_bps,
-                materialize_bps=self._scheduler.settings.materialize_bps,
-                pull_bps=estimates.pull_bps,
-            ),
-        )
+        node_events = self._store.node_events()
+        zones = {e.node: e.zone for e in node_events} | live_zones
+        out = history_pb2.ExportHistoryResponse(now=convert.timestamp(now), scheduler=rates)
         for build in builds:
             if workspace and build.spec.workspace != workspace:
                 continue
             out.builds.append(self._history_build(build, zones))
-        out.node_events.extend(node_event_to_pb(e) for e in self._store.node_events())
+        out.node_events.extend(node_event_to_pb(e) for e in node_events)
         return out
 
     def _history_build(self, build: build_pb2.Build, zones: dict[str, str]) -> history_pb2.HistoryBuild:
