@@ -11,7 +11,7 @@ WIDTH, HEIGHT = 860, 340
 LEFT, RIGHT, TOP, BOTTOM = 70, 250, 40, 50
 
 
-def _esc(text: object) -> str:
+def escape(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
@@ -46,15 +46,15 @@ def _frame(title: str, xlabel: str, ylabel: str, body: list[str]) -> str:
     return "\n".join(
         [
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-            f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{_esc(title)}">',
+            f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}">',
             f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>',
             f'<text x="{WIDTH / 2}" y="22" text-anchor="middle" font-size="15" font-family="sans-serif">'
-            f"{_esc(title)}</text>",
+            f"{escape(title)}</text>",
             f'<text x="{LEFT + (WIDTH - LEFT - RIGHT) / 2}" y="{HEIGHT - 10}" text-anchor="middle" '
-            f'font-size="12" font-family="sans-serif">{_esc(xlabel)}</text>',
+            f'font-size="12" font-family="sans-serif">{escape(xlabel)}</text>',
             f'<text x="16" y="{TOP + (HEIGHT - TOP - BOTTOM) / 2}" text-anchor="middle" font-size="12" '
             f'font-family="sans-serif" transform="rotate(-90 16 {TOP + (HEIGHT - TOP - BOTTOM) / 2})">'
-            f"{_esc(ylabel)}</text>",
+            f"{escape(ylabel)}</text>",
             *body,
             "</svg>",
         ]
@@ -68,12 +68,12 @@ def _axes(xticks: list[tuple[float, str]], yticks: list[tuple[float, str]]) -> l
         out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{WIDTH - RIGHT}" y2="{y:.1f}" stroke="#e5e5e5"/>')
         out.append(
             f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
-            f'font-family="sans-serif">{_esc(label)}</text>'
+            f'font-family="sans-serif">{escape(label)}</text>'
         )
     for x, label in xticks:
         out.append(
             f'<text x="{x:.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle" font-size="11" '
-            f'font-family="sans-serif">{_esc(label)}</text>'
+            f'font-family="sans-serif">{escape(label)}</text>'
         )
     bottom = HEIGHT - BOTTOM
     out.append(f'<line x1="{LEFT}" y1="{bottom}" x2="{WIDTH - RIGHT}" y2="{bottom}" stroke="#333"/>')
@@ -90,7 +90,7 @@ def _legend(names: list[str]) -> list[str]:
         short = name if len(name) <= 36 else name[:35] + "…"
         out.append(
             f'<text x="{WIDTH - RIGHT + 30}" y="{y + 1}" font-size="11" font-family="sans-serif">'
-            f"<title>{_esc(name)}</title>{_esc(short)}</text>"
+            f"<title>{escape(name)}</title>{escape(short)}</text>"
         )
     return out
 
@@ -150,13 +150,13 @@ def bar_chart(
                 body.append(
                     f'<rect x="{x:.1f}" y="{top:.1f}" width="{slot * 0.7:.1f}" '
                     f'height="{py(base) - top:.1f}" fill="{PALETTE[s % len(PALETTE)]}">'
-                    f"<title>{_esc(group)}: {_fmt(v)}</title></rect>"
+                    f"<title>{escape(group)}: {_fmt(v)}</title></rect>"
                 )
             base += v
         label = group if len(group) <= 14 else group[:13] + "…"
         body.append(
             f'<text x="{x + slot * 0.35:.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle" font-size="10" '
-            f'font-family="sans-serif"><title>{_esc(group)}</title>{_esc(label)}</text>'
+            f'font-family="sans-serif"><title>{escape(group)}</title>{escape(label)}</text>'
         )
     body += _legend([name for name, _ in stacks] if len(stacks) > 1 else [])
     return _frame(title, xlabel, ylabel, body)
@@ -170,8 +170,8 @@ def _no_data() -> str:
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -180,15 +180,15 @@ def page(title: str, sections: list[tuple[str, str]]) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_esc(title)}</title>",
+        f"<title>{escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:24px;color:#222}"
         "table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;"
         "font-size:13px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
         "figure{margin:12px 0}</style>",
-        f"</head><body><h1>{_esc(title)}</h1>",
+        f"</head><body><h1>{escape(title)}</h1>",
     ]
     for heading, content in sections:
-        parts.append(f"<section><h2>{_esc(heading)}</h2>{content}</section>")
+        parts.append(f"<section><h2>{escape(heading)}</h2>{content}</section>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -18,7 +18,7 @@ import grpc
 
 from stoker.cli.client import channel, coordinator_address
 from stoker.cli.output import fail
-from stoker.coordinator.planning.history import History, NodeChange, RunRecord, from_history
+from stoker.coordinator.planning.history import History, NodeChange, RunRecord, fleet_doc, from_history
 from stoker.coordinator.planning.trace import Build, record_doc
 from stoker.v1 import build_pb2, common_pb2, history_pb2, history_pb2_grpc
 
@@ -128,7 +128,7 @@ def load(args) -> History | None:
 
 def _empty_note(args, what: str) -> str:
     scope = f" of workspace {args.workspace!r}" if args.workspace else ""
-    return f"stoker history {what}: no finished builds{scope} in the last {_human(args.since)}"
+    return f"stoker history {what}: no finished builds{scope} in the last {human_duration(args.since)}"
 
 
 def export(args) -> int:
@@ -152,9 +152,7 @@ def fleet(args) -> int:
     history = load(args)
     if history is None:
         return 1
-    doc = dict(history.fleet.__dict__)
-    doc["zones"] = list(history.fleet.zones)
-    print(json.dumps(doc, indent=2))
+    print(json.dumps(fleet_doc(history.fleet), indent=2))
     m = history.measured
     if not history.records:
         print(_empty_note(args, "fleet") + ": the rates are the defaults", file=sys.stderr)
@@ -170,7 +168,7 @@ def fleet(args) -> int:
     return 0
 
 
-def _human(seconds: float) -> str:
+def human_duration(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"

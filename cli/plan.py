@@ -193,7 +193,7 @@ def html_report(report: dict) -> str:
             else f"No variant meets p99 ≤ {target['ready_p99_s']:g} s; the closest is {target['closest']} "
             f"(p99 {target['closest_ready_p99_s']:.1f} s)."
         )
-        sections.append(("Target", f"<p>{charts._esc(verdict)}</p>"))
+        sections.append(("Target", f"<p>{charts.escape(verdict)}</p>"))
     sections += [
         ("Time to ready", charts.figure(cdf)),
         ("Hit rates over the day", charts.figure(hit)),

@@ -15,7 +15,7 @@ import grpc
 
 from stoker.cli import charts
 from stoker.cli.client import coordinator_address
-from stoker.cli.history import _human, duration, fetch, runs_from_pb
+from stoker.cli.history import duration, fetch, human_duration, runs_from_pb
 from stoker.cli.output import fail
 from stoker.coordinator.planning import dead_time
 
@@ -41,7 +41,7 @@ def run_dead_time(args) -> int:
         return fail(exc)
     runs, _ = runs_from_pb(response)
     report = dead_time.report(runs, args.by, args.worst)
-    report["since"] = _human(args.since)
+    report["since"] = human_duration(args.since)
     if not report["builds"]:
         print(
             f"stoker report dead-time: no build started in the last {report['since']}: nothing to report",
@@ -136,7 +136,7 @@ def html_report(report: dict) -> str:
     return charts.page(
         f"stoker dead time: {report['builds']} builds in the last {report['since']}",
         [
-            ("Overall", overall + f"<p>What would cut it most: {charts._esc(o.get('advice', ''))}</p>"),
+            ("Overall", overall + f"<p>What would cut it most: {charts.escape(o.get('advice', ''))}</p>"),
             ("Distributions", charts.figure(cdf)),
             (f"Worst {report['by']}s", worst + charts.figure(stacked) + charts.figure(p95)),
         ],
