@@ -96,9 +96,15 @@ def _legend(names: list[str]) -> list[str]:
 
 
 def line_chart(
-    series: list[tuple[str, list[tuple[float, float]]]], *, title: str, xlabel: str, ylabel: str
+    series: list[tuple[str, list[tuple[float, float]]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    markers: bool = False,
 ) -> str:
-    """Lines, one per named series of (x, y) points."""
+    """Lines, one per named series of (x, y) points; with ``markers`` a dot on each point too (a series of
+    one point is then still seen)."""
     points = [p for _, pts in series for p in pts]
     if not points:
         return _frame(title, xlabel, ylabel, [_no_data()])
@@ -118,9 +124,10 @@ def line_chart(
         if not pts:
             continue
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-        body.append(
-            f'<polyline fill="none" stroke="{PALETTE[i % len(PALETTE)]}" stroke-width="2.5" points="{path}"/>'
-        )
+        color = PALETTE[i % len(PALETTE)]
+        body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2.5" points="{path}"/>')
+        if markers:
+            body += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{color}"/>' for x, y in pts]
     body += _legend([name for name, _ in series])
     return _frame(title, xlabel, ylabel, body)
 

@@ -147,20 +147,26 @@ def html_report(report: dict) -> str:
         xlabel="seconds from submission until the cache and image are in place",
         ylabel="share of builds",
     )
+    longest = max((h["hour"] for r in rows for h in r["hourly"]), default=0.0)
+    scale, unit = (1.0, "hours") if longest >= 2 else (60.0, "minutes")
     hit = charts.line_chart(
         [
             (
                 r["variant"],
                 [
-                    (h["hour"], (h["warm"] + h["partial"]) / max(1, h["warm"] + h["partial"] + h["cold"]))
+                    (
+                        h["hour"] * scale,
+                        (h["warm"] + h["partial"]) / max(1, h["warm"] + h["partial"] + h["cold"]),
+                    )
                     for h in r["hourly"]
                 ],
             )
             for r in rows
         ],
-        title="Hit rate (warm or partial) by hour of the trace",
-        xlabel="hour from the trace's start",
+        title="Hit rate (warm or partial) over the trace",
+        xlabel=f"{unit} from the trace's start",
         ylabel="share of builds placed warm or partial",
+        markers=True,
     )
     fetched = charts.bar_chart(
         names,

@@ -93,9 +93,25 @@ def replay(records: list[Build | FleetEvent], fleet: Fleet, policy: str = "stoke
     return Sim(fleet, records, make_policy(policy, fleet)).run()
 
 
-def summarize(sim: Sim, fleet: Fleet) -> dict:
+def bucket_s(records: list[Build | FleetEvent]) -> float:
+    """The width of the hit-rate-over-time buckets: an hour, or for a trace shorter than a day a 24th of it
+    (at least a second), so that a short history still draws a curve."""
+    horizon = max((r.t for r in records), default=0.0)
+    return 3600.0 if horizon >= 86400 else max(1.0, horizon / 24)
+
+
+def _over_time(points: list[tuple[float, str]], width: float) -> list[dict]:
+    buckets: dict[int, dict[str, int]] = {}
+    for t, warmth in points:
+        bucket = buckets.setdefault(int(t // width), {w: 0 for w in WARMTHS})
+        bucket[warmth if warmth in bucket else "cold"] += 1
+    return [{"hour": round(i * width / 3600, 6), **buckets[i]} for i in sorted(buckets)]
+
+
+def summarize(sim: Sim, fleet: Fleet, width_s: float = 3600.0) -> dict:
     """What a replay gave (see the module's docstring); ``ready_quantiles`` are 101 points (0 %…100 %) of
-    the time-to-ready distribution, ``hourly`` the warm/partial/cold counts of builds placed in each hour."""
+    the time-to-ready distribution, ``hourly`` the warm/partial/cold counts of builds placed in each bucket
+    of ``width_s`` seconds (``hour``: its start, in hours from the trace's start)."""
     jobs = [j for j in sim.jobs if j.finish and j.node]
     ready = [j.ready - j.arrival for j in jobs]
     counts = {w: sum(1 for j in jobs if j.warmth == w) for w in WARMTHS}
@@ -111,10 +127,6 @@ def summarize(sim: Sim, fleet: Fleet) -> dict:
         + sim.puts * prices.get("put_request", 0)
         + (fetched / 1e9) * prices.get("gb_transfer", 0)
     )
-    hourly: dict[int, dict[str, int]] = {}
-    for j in jobs:
-        hour = hourly.setdefault(int(j.placed // 3600), {w: 0 for w in WARMTHS})
-        hour[j.warmth] += 1
     return {
         "builds": len(jobs),
         "ready_p50_s": round(pct(ready, 0.5), 2),
@@ -134,7 +146,7 @@ def summarize(sim: Sim, fleet: Fleet) -> dict:
         "idle_node_hours": round(node_hours - busy_hours, 3),
         "cost": round(cost, 4),
         "ready_quantiles": [round(pct(ready, q / 100), 3) for q in range(101)],
-        "hourly": [{"hour": h, **hourly[h]} for h in sorted(hourly)],
+        "hourly": _over_time([(j.placed, j.warmth) for j in jobs], width_s),
     }
 
 
@@ -146,11 +158,6 @@ def observed(records: list[Build | FleetEvent]) -> dict | None:
     ready = [float(b.observed.get("ready_s", 0.0)) for b in builds if b.observed is not None]
     counts = {w: sum(1 for b in builds if b.observed and b.observed.get("warmth") == w) for w in WARMTHS}
     n = len(builds)
-    hourly: dict[int, dict[str, int]] = {}
-    for b in builds:
-        warmth = str(b.observed.get("warmth", "cold")) if b.observed else "cold"
-        hour = hourly.setdefault(int(b.t // 3600), {w: 0 for w in WARMTHS})
-        hour[warmth if warmth in hour else "cold"] += 1
     return {
         "builds": n,
         "ready_p50_s": round(pct(ready, 0.5), 2),
@@ -160,7 +167,10 @@ def observed(records: list[Build | FleetEvent]) -> dict | None:
         **{f"{w}_share": round(counts[w] / n, 4) for w in WARMTHS},
         "bytes_fetched": int(sum(int(b.observed.get("bytes_fetched", 0)) for b in builds if b.observed)),
         "ready_quantiles": [round(pct(ready, q / 100), 3) for q in range(101)],
-        "hourly": [{"hour": h, **hourly[h]} for h in sorted(hourly)],
+        "hourly": _over_time(
+            [(b.t, str(b.observed.get("warmth", "cold")) if b.observed else "cold") for b in builds],
+            bucket_s(records),
+        ),
     }
 
 
@@ -169,7 +179,7 @@ def plan(records: list[Build | FleetEvent], base: Fleet, to_try: list[Variant]) 
     out = []
     for v in to_try:
         fleet = v.fleet(base)
-        result = summarize(replay(records, fleet, v.policy), fleet)
+        result = summarize(replay(records, fleet, v.policy), fleet, bucket_s(records))
         out.append(
             {
                 "variant": v.name(base),
