@@ -166,6 +166,22 @@ def test_dead_time_splits_each_builds_wait_into_phases(history):
     assert report["quantiles"]["total"][100] == report["overall"]["dead_max_s"]
     done = stoker("report", "dead-time", "--coordinator", address, "--by", "node")
     assert done.returncode == 0 and "worst 2 of 2 by node" in done.stdout, done.stdout + done.stderr
+    done = stoker(
+        "report", "dead-time", "--coordinator", address, "--by", "tenant", "--workspace", "ws-1", "--json"
+    )
+    by_tenant = json.loads(done.stdout)
+    assert [g["name"] for g in by_tenant["groups"]] == ["ws-1"] and by_tenant["builds"] < 30
+
+
+def test_export_of_one_workspace_or_a_window_with_nothing_in_it(history):
+    address, _, _ = history
+    done = stoker("history", "export", "--coordinator", address, "--workspace", "ws-1")
+    assert done.returncode == 0, done.stderr
+    docs = [json.loads(line) for line in done.stdout.splitlines()]
+    assert docs and {d["workspace"] for d in docs} == {"ws-1"}
+    done = stoker("history", "export", "--coordinator", address, "--workspace", "nope")
+    assert done.returncode == 0 and done.stdout == ""
+    assert "no finished builds of workspace 'nope' in the last 7d" in done.stderr
 
 
 def _chromium() -> str:
