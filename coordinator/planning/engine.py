@@ -398,8 +398,12 @@ class Sim:
 
     def _fleet_event(self, event: FleetEvent) -> None:
         if event.event == "node_add":
+            zone = event.zone or self.fleet.zones[0]
+            if event.node and event.count == 1 and event.node not in self.nodes:
+                self._add_node(event.node, zone)  # a named node (a fleet's history names its joiners)
+                return
             for _ in range(event.count):
-                self._add_node(f"node-{next(self._node_counter):03d}", event.zone or self.fleet.zones[0])
+                self._add_node(f"node-{next(self._node_counter):03d}", zone)
             return
         node = self.nodes.get(event.node)
         if node is None or not node.alive:

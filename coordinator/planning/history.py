@@ -26,8 +26,8 @@ bytes. Builds that never ran (refused, cancelled while queued) are left out.
 
 Node joins and losses: the nodes alive when the first build arrived are the fleet spec's ``nodes``, under
 their own names and zones (``node_names``, ``node_zones``: the replay breaks ties between nodes as the
-coordinator did); later joins become ``node_add`` and losses ``node_fail``, the joiners under the
-simulator's names for them (``node-NNN``, in the order they appear), since it names added nodes itself.
+coordinator did); later joins become ``node_add`` and losses ``node_fail``, under the nodes' own names too
+(a node that comes back after it was lost joins as ``name~1``, ``name~2``: a new node, its cache gone).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def from_history(
     start = ran[0].created if ran else (changes[0].t if changes else 0.0)
     measured = measure(ran)
     sizes, files, changed = _entries(ran, measured.compression)
-    initial, events, names = _fleet_timeline(changes, start)
+    initial, events, _ = _fleet_timeline(changes, start)
     fleet = replace(_fleet(initial, measured), scheduler_rates=dict(scheduler_rates or {}))
     first_key_of: dict[str, str] = {}
     builds: list[Build] = []
@@ -146,7 +146,7 @@ def from_history(
             observed={
                 "warmth": r.warmth or "cold",
                 "bytes_fetched": r.bytes_fetched,
-                "node": names.get(r.node, ""),
+                "node": r.node,
                 "ready_s": round(r.queued_s + r.pull_s + r.restore_s, 3),
             },
         )
@@ -246,15 +246,23 @@ def _fleet_timeline(
     initial = sorted(alive.values(), key=lambda c: c.node)
     names = {c.node: c.node for c in initial}  # the fleet spec names them (node_names)
     events: list[FleetEvent] = []
-    serial = len(initial)
+    rejoined: Counter[str] = Counter()
     for c in changes:
         if c.t <= start:
             continue
         if c.event == "joined" and c.node not in alive:
             alive[c.node] = c
-            names[c.node] = f"node-{serial:03d}"
-            serial += 1
-            events.append(FleetEvent(t=round(c.t - start, 3), event="node_add", zone=c.zone or "zone-a"))
+            # A node that comes back after it was lost joins the replay as a new node (its cache was cleared).
+            if c.node in names:
+                rejoined[c.node] += 1
+                names[c.node] = f"{c.node}~{rejoined[c.node]}"
+            else:
+                names[c.node] = c.node
+            events.append(
+                FleetEvent(
+                    t=round(c.t - start, 3), event="node_add", node=names[c.node], zone=c.zone or "zone-a"
+                )
+            )
         elif c.event == "lost" and c.node in alive:
             del alive[c.node]
             events.append(FleetEvent(t=round(c.t - start, 3), event="node_fail", node=names[c.node]))

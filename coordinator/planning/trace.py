@@ -18,6 +18,10 @@ fleet really did with the build (``{"warmth": "partial", "bytes_fetched": 520000
 
     {"t": 3600, "event": "node_fail", "node": "node-7"}
     {"t": 7200, "event": "node_add", "zone": "zone-b", "count": 2}
+    {"t": 9000, "event": "node_add", "zone": "zone-a", "node": "build-17"}
+
+A ``node_add`` of one node may name it (a trace exported from a fleet's history names the nodes that joined,
+and its ``node_fail`` events name them too); unnamed nodes are ``node-NNN``.
 
 A real CI history converts to this format with one record per job (the key from its lockfile hash);
 ``stoker history export`` writes the coordinator's own history in it (``planning/history.py``).

@@ -52,6 +52,8 @@ def test_sizes_changed_shares_rates_and_the_fleets_changes_become_the_trace():
         NodeChange(T0 + 25, "n3", "joined", "zone-c", 2, 1),
         NodeChange(T0 + 35, "n2", "lost"),
         NodeChange(T0 + 45, "n3", "lost"),
+        NodeChange(T0 + 55, "n2", "joined", "zone-b", 2, 1),  # back after it was lost: a new node
+        NodeChange(T0 + 65, "n2", "lost"),
     ]
     h = from_history(runs, changes)
     builds = [r for r in h.records if isinstance(r, Build)]
@@ -64,9 +66,11 @@ def test_sizes_changed_shares_rates_and_the_fleets_changes_become_the_trace():
     assert builds[1].observed == {"warmth": "cold", "bytes_fetched": 4_000_000, "node": "n2",
                                   "ready_s": 2.0}  # fmt: skip
     assert [(e.t, e.event, e.node, e.zone) for e in events] == [
-        (25.0, "node_add", "", "zone-c"),
+        (25.0, "node_add", "n3", "zone-c"),
         (35.0, "node_fail", "n2", ""),
-        (45.0, "node_fail", "node-002", ""),  # n3 joined later: the simulator's third node
+        (45.0, "node_fail", "n3", ""),
+        (55.0, "node_add", "n2~1", "zone-b"),
+        (65.0, "node_fail", "n2~1", ""),
     ]
     assert (h.fleet.nodes, h.fleet.slots, h.fleet.zones, h.fleet.disk_bytes) == (
         2,
@@ -80,6 +84,24 @@ def test_sizes_changed_shares_rates_and_the_fleets_changes_become_the_trace():
     # Every record survives the trace format's own validation as it is written.
     for i, r in enumerate(h.records):
         assert parse_record(record_doc(r), f"line {i}") == r
+
+
+def test_a_replay_adds_and_loses_the_named_nodes_also_in_a_larger_fleet():
+    from dataclasses import replace
+
+    from stoker.coordinator.planning.planner import replay
+
+    runs = [run(i, "web/deps-v1", warmth="warm", node="n1") for i in range(8)]
+    changes = [
+        NodeChange(T0 - 60, "n1", "joined", "zone-a", 1, 10**10),
+        NodeChange(T0 + 15, "n3", "joined", "zone-b", 1, 10**10),
+        NodeChange(T0 + 45, "n3", "lost"),
+    ]
+    h = from_history(runs, changes)
+    for nodes in (1, 4):  # the fleet as it was, and a variant with three more nodes
+        sim = replay(h.records, replace(h.fleet, nodes=nodes))
+        assert "n3" in sim.nodes and not sim.nodes["n3"].alive and sim.nodes["n3"].died == 45.0
+        assert sum(1 for n in sim.nodes.values() if n.alive) == nodes
 
 
 def test_an_empty_history_is_an_empty_trace_on_the_default_fleet():
