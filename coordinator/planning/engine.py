@@ -387,12 +387,14 @@ class Sim:
         node.account(self.now)
         del node.running[job_id]
         b = job.build
-        if b.key not in self.blob:
+        first_save = b.key not in self.blob
+        if first_save:
             self.blob[b.key] = float(b.bytes)
             changed = job.missing or b.bytes
             self.puts += max(1, math.ceil(changed / PACK_BYTES))
             self.put_bytes += changed
-        if not self.policy.all_warm:
+        keeps = first_save or b.key in node.cache or self.fleet.keep_duplicate_saves
+        if not self.policy.all_warm and keeps:
             self.cache_put(node, b.key, float(b.bytes))
         self.policy.finished(self, job, node)
 

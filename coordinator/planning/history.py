@@ -281,6 +281,7 @@ def _fleet(initial: list[NodeChange], measured: Measured) -> Fleet:
         slots=slots[0][0] if slots else base.slots,
         disk_bytes=float(statistics.median(disks)) if disks else base.disk_bytes,
         install_bps=UNLIMITED_INSTALL_BPS,
+        keep_duplicate_saves=False,  # as stoker's agent (trace.Fleet says why)
         node_names=tuple(c.node for c in initial),
         node_zones=tuple(c.zone or "zone-a" for c in initial),
     )

@@ -93,6 +93,11 @@ class Fleet:
     fleet``): a replay of the fleet as it was then breaks ties between nodes as the coordinator did. Nodes
     past them are ``node-NNN`` in the zones in turn."""
     node_zones: tuple[str, ...] = ()
+    keep_duplicate_saves: bool = True
+    """Whether a node whose build saved a key that another node's build saved first keeps the entry. stoker's
+    agent does not: the key's content is in the blob store already, in packs the other node uploaded, which
+    this node lacks ("saved to the blob store but not kept locally: frames missing"), so exported fleet specs
+    say false. True is the simulator's model before that was measured (bench/simulate.py's figures)."""
     scheduler_rates: dict = field(default_factory=dict)
     """The rates the simulated coordinator's scheduler starts its estimates from (``fetch_bps``,
     ``extract_bps``, ``materialize_bps``, ``pull_bps``; as a real coordinator's were, in a fleet spec
@@ -261,6 +266,8 @@ def parse_fleet(doc: dict, where: str = "fleet") -> Fleet:
     for name in ("nodes", "slots"):
         if name in kwargs:
             kwargs[name] = int(kwargs[name])
+    if not isinstance(kwargs.get("keep_duplicate_saves", True), bool):
+        raise TraceError(f"{where}: field 'keep_duplicate_saves': true or false")
     return Fleet(**kwargs)
 
 
