@@ -46,6 +46,7 @@ class StateStore(Protocol):
     def finished_since(self, created_after: float) -> list[build_pb2.Build]: ...
     def append_node_event(self, event: NodeEvent) -> None: ...
     def node_events(self) -> list[NodeEvent]: ...
+    def prune_node_events(self, before: float) -> int: ...
     def close(self) -> None: ...
 
 
@@ -192,6 +193,17 @@ class SqliteStateStore:
             ).fetchall()
         return [NodeEvent(*row) for row in rows]
 
+    def prune_node_events(self, before: float) -> int:
+        """Delete node events older than ``before``, except each node's last one before it (which says
+        whether the node was there when a later window opens); returns how many."""
+        with self._call() as db:
+            cursor = db.execute(
+                "DELETE FROM node_events WHERE t < ? AND rowid NOT IN "
+                "(SELECT MAX(rowid) FROM node_events WHERE t < ? GROUP BY node)",
+                (before, before),
+            )
+        return cursor.rowcount
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -258,3 +270,13 @@ class MemoryStateStore:
 
     def node_events(self) -> list[NodeEvent]:
         return sorted(self._node_events, key=lambda e: e.t)
+
+    def prune_node_events(self, before: float) -> int:
+        last: dict[str, NodeEvent] = {}
+        for e in self._node_events:
+            if e.t < before:
+                last[e.node] = e
+        kept = [e for e in self._node_events if e.t >= before or last.get(e.node) is e]
+        removed = len(self._node_events) - len(kept)
+        self._node_events = kept
+        return removed

@@ -551,6 +551,7 @@ class BuildQueue:
         removed = self._store.prune(now - days * 86400.0)
         if removed:
             log.info("deleted %d finished builds older than %g days (builds.history_days)", removed, days)
+        self._store.prune_node_events(now - days * 86400.0)
 
     def _update_node_gauges(self) -> None:
         counts: dict[str, int] = {"ready": 0, "disconnected": 0, "lost": 0}
