@@ -7,6 +7,9 @@ stoker build -- CMD...           run a build through the coordinator and stream 
 stoker place / release           placement-only leases
 stoker get / cancel / watch      one build
 stoker inventory                 what the fleet holds
+stoker history export / fleet    the build history as a simulator trace, the fleet as a spec
+stoker plan                      replay a history under other fleets (capacity planning)
+stoker report dead-time          submission → first line of each build, by phase, and what would cut it
 stoker rollout ...               start, watch, promote, abort, pause, resume rollouts
 stoker token                     make a bearer token for CI or an operator
 stoker cache ...                 operate the node's cache by hand
@@ -19,7 +22,7 @@ import asyncio
 import sys
 from typing import Any
 
-from stoker.cli import client, rollouts
+from stoker.cli import client, history, plan, report, rollouts
 from stoker.common import logs, settings
 from stoker.common.serving import ListenError
 
@@ -163,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service_commands(sub)
     _add_build_commands(sub)
     rollouts.add_parser(sub)
+    history.add_parser(sub)
+    plan.add_parser(sub)
+    report.add_parser(sub)
     # `stoker cache …` never reaches argparse (main() hands it to the cache's own parser, whose options
     # argparse would not pass through); the entry is here so that `stoker --help` lists it.
     sub.add_parser(

@@ -39,6 +39,7 @@ from stoker.coordinator.rollouts.wiring import build_rollout_engine
 from stoker.coordinator.rpc.agents import AgentGatewayServicer
 from stoker.coordinator.rpc.auth import Authenticator, AuthInterceptor, load_tokens, server_credentials
 from stoker.coordinator.rpc.builds import BuildsServicer
+from stoker.coordinator.rpc.history import HistoryServicer
 from stoker.coordinator.rpc.inventory import InventoryServicer
 from stoker.coordinator.rpc.rollouts import RolloutsServicer
 from stoker.v1 import (
@@ -46,6 +47,8 @@ from stoker.v1 import (
     agent_pb2_grpc,
     build_pb2,
     build_pb2_grpc,
+    history_pb2,
+    history_pb2_grpc,
     inventory_pb2,
     inventory_pb2_grpc,
     rollout_pb2,
@@ -63,6 +66,7 @@ SERVICE_NAMES = [
     agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"].full_name,
     build_pb2.DESCRIPTOR.services_by_name["Builds"].full_name,
     inventory_pb2.DESCRIPTOR.services_by_name["Inventory"].full_name,
+    history_pb2.DESCRIPTOR.services_by_name["History"].full_name,
     rollout_pb2.DESCRIPTOR.services_by_name["Rollouts"].full_name,
 ]
 
@@ -264,6 +268,7 @@ def create_server(
     )
     build_pb2_grpc.add_BuildsServicer_to_server(BuildsServicer(config, builds), server)
     inventory_pb2_grpc.add_InventoryServicer_to_server(InventoryServicer(nodes, inventory, builds), server)
+    history_pb2_grpc.add_HistoryServicer_to_server(HistoryServicer(store, nodes, scheduler), server)
     rollouts = build_rollout_engine(config.rollouts, config.state.path, clock, metrics)
     rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutsServicer(rollouts), server)
     health = add_health_and_reflection(server, SERVICE_NAMES)

@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -50,7 +51,25 @@ class StateStore(Protocol):
         ...
 
     def prune(self, created_before: float, limit: int = 1000) -> int: ...
+    def finished_since(self, created_after: float) -> list[build_pb2.Build]: ...
+    def append_node_event(self, event: NodeEvent) -> None: ...
+    def node_events(self) -> list[NodeEvent]: ...
+    def prune_node_events(self, before: float) -> int: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    """A node joined the fleet (its stream attached) or was lost (its lease ran out): what capacity planning
+    replays as the fleet's real joins and losses (``stoker history export``)."""
+
+    t: float
+    node: str
+    event: str
+    """``joined`` or ``lost``."""
+    zone: str = ""
+    slots: int = 0
+    disk_bytes: int = 0
 
 
 _SCHEMA = """
@@ -69,6 +88,16 @@ CREATE TABLE IF NOT EXISTS build_events (
     event BLOB NOT NULL,
     PRIMARY KEY (build_id, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS builds_created ON builds(created);
+CREATE TABLE IF NOT EXISTS node_events (
+    t REAL NOT NULL,
+    node TEXT NOT NULL,
+    event TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    slots INTEGER NOT NULL,
+    disk_bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS node_events_t ON node_events(t);
 """
 
 
@@ -163,6 +192,41 @@ class SqliteStateStore:
                 db.execute("DELETE FROM builds WHERE id = ?", (build_id,))
         return len(ids)
 
+    def finished_since(self, created_after: float) -> list[build_pb2.Build]:
+        """Finished builds created at or after ``created_after`` (Unix seconds), oldest first."""
+        marks = ",".join("?" * len(_TERMINAL))
+        with self._call() as db:
+            rows = db.execute(
+                f"SELECT record FROM builds WHERE state IN ({marks}) AND created >= ? ORDER BY created",
+                (*_TERMINAL, created_after),
+            ).fetchall()
+        return [build_pb2.Build.FromString(r[0]) for r in rows]
+
+    def append_node_event(self, event: NodeEvent) -> None:
+        with self._call() as db:
+            db.execute(
+                "INSERT INTO node_events (t, node, event, zone, slots, disk_bytes) VALUES (?, ?, ?, ?, ?, ?)",
+                (event.t, event.node, event.event, event.zone, event.slots, event.disk_bytes),
+            )
+
+    def node_events(self) -> list[NodeEvent]:
+        with self._call() as db:
+            rows = db.execute(
+                "SELECT t, node, event, zone, slots, disk_bytes FROM node_events ORDER BY t, rowid"
+            ).fetchall()
+        return [NodeEvent(*row) for row in rows]
+
+    def prune_node_events(self, before: float) -> int:
+        """Delete node events older than ``before``, except each node's last one before it (which says
+        whether the node was there when a later window opens); returns how many."""
+        with self._call() as db:
+            cursor = db.execute(
+                "DELETE FROM node_events WHERE t < ? AND rowid NOT IN "
+                "(SELECT MAX(rowid) FROM node_events WHERE t < ? GROUP BY node)",
+                (before, before),
+            )
+        return cursor.rowcount
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -175,6 +239,7 @@ class MemoryStateStore:
         self._builds: dict[str, bytes] = {}
         self._requests: dict[str, str] = {}
         self._events: dict[str, dict[int, bytes]] = {}
+        self._node_events: list[NodeEvent] = []
 
     def put_build(self, build: build_pb2.Build, request_id: str = "") -> None:
         self._builds[build.id] = build.SerializeToString()
@@ -227,6 +292,29 @@ class MemoryStateStore:
 
     def close(self) -> None:
         pass
+
+    def finished_since(self, created_after: float) -> list[build_pb2.Build]:
+        builds = [build_pb2.Build.FromString(raw) for raw in self._builds.values()]
+        return sorted(
+            (b for b in builds if is_terminal(b.state) and b.created.ToSeconds() >= created_after),
+            key=lambda b: b.created.ToSeconds(),
+        )
+
+    def append_node_event(self, event: NodeEvent) -> None:
+        self._node_events.append(event)
+
+    def node_events(self) -> list[NodeEvent]:
+        return sorted(self._node_events, key=lambda e: e.t)
+
+    def prune_node_events(self, before: float) -> int:
+        last: dict[str, NodeEvent] = {}
+        for e in self._node_events:
+            if e.t < before:
+                last[e.node] = e
+        kept = [e for e in self._node_events if e.t >= before or last.get(e.node) is e]
+        removed = len(self._node_events) - len(kept)
+        self._node_events = kept
+        return removed
 
 
 def _seconds(build: build_pb2.Build) -> float:

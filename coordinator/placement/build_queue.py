@@ -34,7 +34,7 @@ from stoker.coordinator.core.errors import (
     Unavailable,
 )
 from stoker.coordinator.core.metrics import CoordinatorMetrics
-from stoker.coordinator.core.state import StateStore, is_terminal
+from stoker.coordinator.core.state import NodeEvent, StateStore, is_terminal
 from stoker.coordinator.placement.domain import (
     NO_LIMITS,
     RESOURCE_FIELDS,
@@ -441,7 +441,19 @@ class BuildQueue:
                 node.holders.add(active.record.id)
                 self._scheduler.started(active.request, link.node)
         self._scheduler.node_joined(node, self._registry.all())
+        self._store.append_node_event(self._node_event(node, "joined"))
         self._schedule()
+
+    def _node_event(self, node: NodeRecord, event: str) -> NodeEvent:
+        info = node.info
+        return NodeEvent(
+            t=self._clock.now(),
+            node=node.name,
+            event=event,
+            zone=info.zone,
+            slots=info.slots,
+            disk_bytes=info.disk_capacity_bytes,
+        )
 
     def detach(self, link: AgentLink) -> None:
         if self._links.get(link.node) is link:
@@ -557,6 +569,7 @@ class BuildQueue:
             )
             self._metrics.nodes_lost.inc()
             self._scheduler.node_lost(node.name, self._inventory.entries(node.name), self._registry.all())
+            self._store.append_node_event(self._node_event(node, "lost"))
             self._inventory.drop_node(node.name)
             for holder in list(node.holders):
                 active = self._active.get(holder)
@@ -603,6 +616,7 @@ class BuildQueue:
         removed = self._store.prune(now - days * 86400.0)
         if removed:
             log.info("deleted %d finished builds older than %g days (builds.history_days)", removed, days)
+        self._store.prune_node_events(now - days * 86400.0)
 
     def _ready_nodes(self) -> list[NodeRecord]:
         return [n for n in self._registry.all() if n.state is NodeState.READY]

@@ -8,7 +8,8 @@ Identities:
   token a name and a role.
 
 Roles: ``ci`` may submit, place, and read or cancel its own builds; ``operator`` may also read every
-build, query the inventory and run rollouts; ``agent`` may only register and hold a stream.
+build, query the inventory, export the build history (capacity planning) and run rollouts; ``agent``
+may only register and hold a stream.
 Health checks and reflection stay open (Kubernetes probes cannot send credentials).
 
 An *open* coordinator (no tokens, no TLS) lets every caller do everything. It is only allowed on
@@ -65,7 +66,8 @@ _CI_METHODS = {
     )
 }
 _OPERATOR_METHODS = _CI_METHODS | {
-    "/stoker.v1.Inventory/" + m for m in ("QueryInventory", "Prewarm", "ForgetNode")
+    *("/stoker.v1.Inventory/" + m for m in ("QueryInventory", "Prewarm", "ForgetNode")),
+    "/stoker.v1.History/ExportHistory",
 }
 _OPERATOR_PREFIXES = ("/stoker.v1.Rollouts/",)
 _AGENT_METHODS = {"/stoker.v1.AgentGateway/Register", "/stoker.v1.AgentGateway/Connect"}

@@ -17,7 +17,15 @@ import grpc
 import pytest
 
 from stoker.demo import local_fleet
-from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
+from stoker.v1 import (
+    build_pb2,
+    build_pb2_grpc,
+    common_pb2,
+    history_pb2,
+    history_pb2_grpc,
+    inventory_pb2,
+    inventory_pb2_grpc,
+)
 from tests.helpers.pki import make_pki, secure_coordinator, tls_channel, wait_nodes
 
 pytestmark = pytest.mark.integration
@@ -37,6 +45,7 @@ class Tenancy:
     def __init__(self, tmp_path: Path, port_factory) -> None:
         self.pki = tmp_path / "pki"
         ops = make_pki(self.pki, ("n1", "n2"), (("ops", "operator"),))["ops"]
+        self.ops = ops
         tokens_file = self.pki / "tokens.json"
         self.tokens = {
             "main": make_token(tokens_file, "web-main", "web", "protected"),
@@ -204,3 +213,23 @@ def test_a_ci_token_lists_its_own_builds_only(fleet):
         with pytest.raises(grpc.RpcError) as refused:
             inventory_pb2_grpc.InventoryStub(ch).Prewarm(inventory_pb2.PrewarmRequest(key="k"), timeout=10)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_only_an_operator_exports_the_history_and_it_carries_no_command_or_environment(fleet):
+    """The build history is operator data (issue 19): a ci token, whatever its tenant, is refused it."""
+    done, _ = fleet.build(
+        "main", save("main", "m") + " && echo $DEPLOY_KEY", key="web/deps-H1", env={"DEPLOY_KEY": "hunter2"}
+    )
+    assert done.state == build_pb2.BUILD_STATE_SUCCEEDED, done
+    request = history_pb2.ExportHistoryRequest(since_s=3600)
+    for who in ("main", "payments", "pr"):
+        with tls_channel(fleet.coordinator.address, fleet.pki, fleet.tokens[who]) as ch:
+            with pytest.raises(grpc.RpcError) as refused:
+                history_pb2_grpc.HistoryStub(ch).ExportHistory(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, who
+    with tls_channel(fleet.coordinator.address, fleet.pki, fleet.ops) as ch:
+        history = history_pb2_grpc.HistoryStub(ch).ExportHistory(request, timeout=30)
+    assert [b.key for b in history.builds] == ["~web/protected/web/deps-H1"]
+    assert {(e.node, e.event) for e in history.node_events} == {("n1", "joined"), ("n2", "joined")}
+    raw = history.SerializeToString()
+    assert b"hunter2" not in raw and b"DEPLOY_KEY" not in raw and b"deps/who" not in raw
