@@ -30,6 +30,7 @@ from stoker.coordinator.core.clock import Clock, SystemClock
 from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.core.state import MemoryStateStore, SqliteStateStore, StateStore
 from stoker.coordinator.placement.build_queue import BuildQueue
+from stoker.coordinator.placement.claims import ClaimChecker
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.registry import NodeRegistry
 from stoker.coordinator.placement.scheduler import Scheduler
@@ -230,11 +231,14 @@ def create_server(
     clock = clock or SystemClock()
     registry = registry or CollectorRegistry()
     metrics = CoordinatorMetrics(registry)
-    nodes = NodeRegistry(clock, config.nodes.lease_ttl_s)
+    nodes = NodeRegistry(clock, config.nodes.lease_ttl_s, config.nodes.max_slots)
     inventory = InventoryIndex()
     store = open_store(config)
+    claims = ClaimChecker(
+        inventory, clock, store, enabled=config.nodes.check_claims, window_s=config.nodes.claim_window_s
+    )
     scheduler = Scheduler(inventory, clock, config.scheduler)
-    builds = BuildQueue(config.builds, nodes, inventory, scheduler, store, clock, metrics)
+    builds = BuildQueue(config.builds, nodes, inventory, scheduler, store, clock, metrics, claims)
     builds.recover()
     limit = config.server.max_message_bytes
     authenticator = security_check(config)
@@ -254,10 +258,12 @@ def create_server(
         ],
     )
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(
-        AgentGatewayServicer(config, nodes, inventory, builds, metrics), server
+        AgentGatewayServicer(config, nodes, claims, builds, metrics), server
     )
     build_pb2_grpc.add_BuildsServicer_to_server(BuildsServicer(config, builds), server)
-    inventory_pb2_grpc.add_InventoryServicer_to_server(InventoryServicer(nodes, inventory, builds), server)
+    inventory_pb2_grpc.add_InventoryServicer_to_server(
+        InventoryServicer(nodes, inventory, builds, claims), server
+    )
     rollouts = build_rollout_engine(config.rollouts, config.state.path, clock, metrics)
     rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutsServicer(rollouts), server)
     health = add_health_and_reflection(server, SERVICE_NAMES)
