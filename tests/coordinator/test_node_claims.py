@@ -18,8 +18,15 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stoker.demo import local_fleet
-from stoker.v1 import agent_pb2, agent_pb2_grpc, build_pb2, build_pb2_grpc, common_pb2, inventory_pb2
-from stoker.v1 import inventory_pb2_grpc
+from stoker.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    build_pb2,
+    build_pb2_grpc,
+    common_pb2,
+    inventory_pb2,
+    inventory_pb2_grpc,
+)
 from tests.coordinator.test_tenancy import make_token
 from tests.helpers.pki import make_pki, secure_coordinator, tls_channel, wait_nodes
 
@@ -32,8 +39,8 @@ CLAIMED = [f"web/deps-H{i}" for i in range(1, 9)]
 
 class Liar:
     """A node that claims what it never held: Register with 8 slots, then a Connect stream whose snapshot
-    lists ``keys`` (500 MB each, so that a cold start elsewhere looks long; created now), heartbeats every half second, and whatever else the test
-    sends. Commands it receives are collected, never acted on."""
+    lists ``keys`` (500 MB each, so that a cold start elsewhere looks long; created now), heartbeats every
+    half second, and whatever else the test sends. Commands it receives are collected, never acted on."""
 
     def __init__(self, address: str, pki: Path, keys: list[str]) -> None:
         self.channel = tls_channel(address, pki, client="liar")
@@ -56,7 +63,9 @@ class Liar:
         now = Timestamp()
         now.GetCurrentTime()
         self.generation += 1
-        entries = [common_pb2.CacheEntry(key=k, bytes=500_000_000, files=1, created=now, last_used=now) for k in keys]
+        entries = [
+            common_pb2.CacheEntry(key=k, bytes=500_000_000, files=1, created=now, last_used=now) for k in keys
+        ]
         return agent_pb2.InventorySnapshot(generation=self.generation, entries=entries)
 
     def send(self, message: agent_pb2.AgentMessage) -> None:
