@@ -163,6 +163,8 @@ class Coordinator:
     builds_metrics: CoordinatorMetrics
     rollouts: RolloutEngine | None = None
     agent_port: int = 0
+    claims: ClaimChecker | None = None
+    """What nodes report goes through it (``placement.claims``)."""
     _lag_probe: asyncio.Task | None = None
     _ticker: asyncio.Task | None = None
     _gc_pauses: GcPauses = field(default_factory=GcPauses)
@@ -277,6 +279,7 @@ def create_server(
         builds=builds,
         registry=nodes,
         inventory=inventory,
+        claims=claims,
         store=store,
         health=health,
         rollouts=rollouts,
