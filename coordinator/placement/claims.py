@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from stoker.coordinator.core.clock import Clock
@@ -64,15 +64,31 @@ class Voucher:
 
 
 @dataclass
-class Expectation:
-    """Keys the coordinator asked a node to fetch (a prewarm) or to use (a placement lease)."""
+class PrefixExpectation:
+    """Restore prefixes of a prewarm or a lease: one key under them that another node holds may be claimed."""
 
-    keys: tuple[str, ...]
-    """Keys the node may then claim: the key asked for, and its twins in the scopes the build may read."""
     prefixes: tuple[str, ...]
-    """Restore prefixes: one key under them that another node already holds may be claimed."""
     until: float
-    prefix_used: bool = False
+    used: bool = False
+
+
+@dataclass
+class Expected:
+    """What the coordinator asked a node to fetch (prewarms) or to use (placement leases), until when."""
+
+    keys: dict[str, float] = field(default_factory=dict)
+    """Key → until when a claim of it counts: the key asked for, and its twins in the scopes a lease's
+    build may read."""
+    prefixes: collections.deque[PrefixExpectation] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_PREFIX_EXPECTATIONS)
+    )
+
+
+MAX_PREFIX_EXPECTATIONS = 64
+"""Per node, the newest prefix expectations kept: a claim of a key another node holds is checked against each
+(a hostile node's snapshot of every known key must not cost claims × prewarms)."""
+MAX_EXPECTED_KEYS = 4096
+"""Per node, the most expected keys kept (the oldest go first)."""
 
 
 class ClaimChecker:
@@ -99,7 +115,7 @@ class ClaimChecker:
         """node → key → voucher: the node's corroborated entries, and vouchers whose claims have not come."""
         self._claims: dict[str, dict[str, Entry]] = {}
         """node → key → its uncorroborated claims."""
-        self._expected: dict[str, list[Expectation]] = collections.defaultdict(list)
+        self._expected: dict[str, Expected] = collections.defaultdict(Expected)
         self._loaded: set[str] = set()
         """Nodes whose stored vouchers were read (once per node, at its first report)."""
 
@@ -186,32 +202,36 @@ class ClaimChecker:
         if not self.enabled:
             return
         now = self._clock.now()
+        until = now + self.window_s + for_s
         expected = self._expected[node]
-        expected[:] = [e for e in expected if e.until > now]
-        expected.append(
-            Expectation(tuple(k for k in keys if k), tuple(prefixes), now + self.window_s + for_s)
-        )
+        for key in keys:
+            if key:
+                expected.keys.pop(key, None)  # re-inserted last: the dict stays oldest first
+                expected.keys[key] = until
+        while len(expected.keys) > MAX_EXPECTED_KEYS or (
+            expected.keys and next(iter(expected.keys.values())) <= now
+        ):
+            del expected.keys[next(iter(expected.keys))]
+        prefixes = tuple(p for p in prefixes if p)
+        if prefixes:
+            expected.prefixes.append(PrefixExpectation(prefixes, until))
 
     def _expected_voucher(self, node: str, key: str) -> Voucher | None:
         """A voucher for ``key`` on ``node`` when an open expectation covers it (else None)."""
         expected = self._expected.get(node)
-        if not expected:
+        if expected is None:
             return None
         now = self._clock.now()
-        for e in expected:
-            if e.until <= now:
-                continue
-            if key in e.keys:
-                break
-            if (
-                not e.prefix_used
-                and any(key.startswith(p) for p in e.prefixes)
-                and self._held_elsewhere(node, key)
-            ):
-                e.prefix_used = True
-                break
-        else:
-            return None
+        until = expected.keys.pop(key, None)
+        if until is None or until <= now:
+            if not expected.prefixes or not self._held_elsewhere(node, key):
+                return None
+            for e in expected.prefixes:
+                if not e.used and e.until > now and any(key.startswith(p) for p in e.prefixes):
+                    e.used = True
+                    break
+            else:
+                return None
         voucher = self._vouched[node][key] = Voucher(at=now)
         return voucher
 
