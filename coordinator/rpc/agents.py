@@ -57,6 +57,13 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             )
         record = self._registry.register(convert.node_info(request))
         self._sessions[record.session_id] = record.name
+        if record.slots_flagged:
+            log.warning(
+                "node %s registered with %d slots; it gets %d (nodes.max_slots) and is flagged",
+                record.name,
+                record.registered_slots,
+                record.info.slots,
+            )
         log.info(
             "node %s registered (zone %r, %d slots, session %s)",
             record.name,
