@@ -8,7 +8,10 @@ The legitimate flow still works: the key n1 saved makes n1 warm for the next bui
 
 from __future__ import annotations
 
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -193,6 +196,17 @@ def test_a_node_claiming_every_key_and_eight_slots_attracts_no_build_and_is_flag
     assert fleet.metric("stoker_coordinator_node_claims_uncorroborated ") == len(CLAIMED)
     assert fleet.metric('stoker_coordinator_nodes_flagged{reason="entries"}') == 1
     assert fleet.metric('stoker_coordinator_nodes_flagged{reason="slots"}') == 1
+    # ...and where an operator reads the inventory.
+    env = {"PATH": os.environ["PATH"], "STOKER_CA": str(fleet.pki / "ca.pem"), "STOKER_TOKEN": fleet.ops}
+    shown = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "inventory", "--coordinator", fleet.coordinator.address],
+        capture_output=True, text=True, env=env, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert (
+        f"flagged: liar: {len(CLAIMED)} entries it reports are uncorroborated (count for no placement); "
+        "registered with 8 slots, bounded to 2"
+    ) in shown, shown
+    assert "flagged: n1" not in shown, shown
 
     # The liar is warm for nothing it claims: placements of the keys only it claims are cold wherever
     # they go (as sent, its snapshot made it the only warm node for each, and each went to it).
