@@ -1,9 +1,17 @@
 """Node claims, checked (issue 16, item 5), in the pure core: what corroborates a claim, what sizes placement
-sees, and what a restarted coordinator still knows (vouchers in a real SQLite state store)."""
+sees, what a restarted coordinator still knows (vouchers in a real SQLite state store), and the build queue's
+wiring of its builds' figures and its prewarms into the check."""
 
 from __future__ import annotations
 
-from stoker.coordinator.core.state import SqliteStateStore
+import asyncio
+
+from prometheus_client import CollectorRegistry
+
+from stoker.coordinator.config import BuildSettings
+from stoker.coordinator.core.metrics import CoordinatorMetrics
+from stoker.coordinator.core.state import MemoryStateStore, SqliteStateStore
+from stoker.coordinator.placement.build_queue import AgentLink, BuildQueue
 from stoker.coordinator.placement.claims import ClaimChecker
 from stoker.coordinator.placement.domain import (
     BYTES,
@@ -16,6 +24,8 @@ from stoker.coordinator.placement.domain import (
 )
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.registry import NodeRegistry
+from stoker.coordinator.placement.scheduler import Scheduler
+from stoker.v1 import agent_pb2, build_pb2, common_pb2
 from tests.helpers.clock import FakeClock
 
 
@@ -134,3 +144,78 @@ def test_slots_are_bounded_by_the_setting_and_the_node_is_flagged():
     small = registry.register(NodeInfo(name="small", slots=1))
     assert (big.info.slots, big.registered_slots, big.slots_flagged) == (2, 8, True)
     assert (small.info.slots, small.slots_flagged) == (1, False)
+
+
+def test_the_build_queue_vouches_for_its_builds_saves_and_restores_and_its_prewarms():
+    """The wiring: what a node's assigned build restored and saved, and what it was sent to prewarm, counts;
+    another node's word about that build does not."""
+
+    async def body():
+        clock = FakeClock()
+        registry = NodeRegistry(clock, lease_ttl_s=10)
+        inventory = InventoryIndex()
+        claims = ClaimChecker(inventory, clock, window_s=600)
+        scheduler = Scheduler(inventory, clock)
+        queue = BuildQueue(
+            BuildSettings(),
+            registry,
+            inventory,
+            scheduler,
+            MemoryStateStore(),
+            clock,
+            CoordinatorMetrics(CollectorRegistry()),
+            claims,
+        )
+        for name in ("n1", "liar"):
+            rec = registry.register(NodeInfo(name=name, slots=1, executor="podman"))
+            registry.attach(name, rec.session_id)
+            queue.attach(AgentLink(name, rec.session_id))
+            queue.heartbeat(name, rec.session_id, agent_pb2.Heartbeat())
+            claims.snapshot(name, 0, [])
+        spec = common_pb2.BuildSpec(
+            workspace="web",
+            command=["true"],
+            cache=common_pb2.CacheSpec(key="web/k2", restore_keys=["web/k"], paths=["nm"]),
+        )
+        build_id = queue.submit(spec)
+        node = queue.get(build_id).node
+        other = "liar" if node == "n1" else "n1"
+        # The node's save and the entry it restored are reported before its build ends: not yet counted.
+        claims.delta(node, 1, [claim("web/k2", size=300), claim("web/k1", size=5)], [])
+        assert inventory.holders("web/k2") == {}
+        # The other node says it ran that build, restored web/x and saved: not its build, nothing counts.
+        claims.delta(other, 1, [claim("web/k2"), claim("web/x")], [])
+        figures = common_pb2.CacheFigures(restored_key="web/x", saved=True)
+        lie = build_pb2.BuildEvent(
+            finished=build_pb2.Finished(state=build_pb2.BUILD_STATE_SUCCEEDED, cache=figures)
+        )
+        queue.build_update(other, agent_pb2.BuildUpdate(build_id=build_id, attempt=1, event=lie))
+        assert queue.get(build_id).state == build_pb2.BUILD_STATE_RUNNING
+        restored = common_pb2.CacheFigures(restored_key="web/k1", bytes_restored=200, files_restored=4)
+        queue.build_update(
+            node,
+            agent_pb2.BuildUpdate(
+                build_id=build_id,
+                attempt=1,
+                event=build_pb2.BuildEvent(restored=build_pb2.Restored(cache=restored)),
+            ),
+        )
+        done = build_pb2.Finished(
+            state=build_pb2.BUILD_STATE_SUCCEEDED, cache=common_pb2.CacheFigures(saved=True)
+        )
+        queue.build_update(
+            node,
+            agent_pb2.BuildUpdate(build_id=build_id, attempt=1, event=build_pb2.BuildEvent(finished=done)),
+        )
+        assert set(inventory.holders("web/k2")) == {node} and inventory.holders("web/k2")[node][BYTES] == 300
+        assert inventory.holders("web/k1")[node][BYTES] == 200  # the restore's figures, not the claim's 5
+        assert inventory.holders("web/x") == {} and len(claims.uncorroborated(other)) == 2
+        # A prewarm the coordinator sends makes the node's later report of its key count.
+        scheduler.prewarms.queue(other, "web/k2", ())
+        queue.tick()
+        assert inventory.holders("web/k2").keys() == {node}
+        claims.delta(other, 2, [claim("web/k2")], [])
+        assert set(inventory.holders("web/k2")) == {node, other}
+        assert inventory.holders("web/k2")[other][BYTES] == 300  # the record's size, not the claim's 100
+
+    asyncio.run(body())
