@@ -22,6 +22,7 @@ from stoker.common.serving import (
     add_health_and_reflection,
     add_port,
     is_loopback,
+    metrics_registry,
     set_serving,
     write_ready_file,
 )
@@ -214,6 +215,9 @@ class Coordinator:
             await self.rollouts.close()
         for link in list(self.builds.links().values()):
             link.close()
+        ended = self.builds.close_streams()
+        if ended:
+            log.info("ended %d open build streams with UNAVAILABLE: their clients reattach", ended)
         await self.server.stop(self.config.server.grace_s if grace_s is None else grace_s)
         self.metrics_server.stop()
         self.store.close()
@@ -231,7 +235,7 @@ def create_server(
     config: CoordinatorConfig, *, clock: Clock | None = None, registry: CollectorRegistry | None = None
 ) -> Coordinator:
     clock = clock or SystemClock()
-    registry = registry or CollectorRegistry()
+    registry = registry or metrics_registry()
     metrics = CoordinatorMetrics(registry)
     nodes = NodeRegistry(clock, config.nodes.lease_ttl_s, config.nodes.max_slots)
     inventory = InventoryIndex()
@@ -240,12 +244,22 @@ def create_server(
         inventory, clock, store, enabled=config.nodes.check_claims, window_s=config.nodes.claim_window_s
     )
     scheduler = Scheduler(inventory, clock, config.scheduler)
-    builds = BuildQueue(config.builds, nodes, inventory, scheduler, store, clock, metrics, claims)
+    authenticator = security_check(config)
+    builds = BuildQueue(
+        config.builds,
+        nodes,
+        inventory,
+        scheduler,
+        store,
+        clock,
+        metrics,
+        slot_caps=authenticator.slot_caps(),
+        claims=claims,
+    )
     builds.recover()
     limit = config.server.max_message_bytes
-    authenticator = security_check(config)
     interceptor = AuthInterceptor(
-        authenticator, observe=lambda m, s: metrics.rpc_seconds.labels(m).observe(s)
+        authenticator, observe=lambda m, code, s: metrics.rpc_seconds.labels(m, code).observe(s)
     )
     server = grpc.aio.server(
         interceptors=[interceptor],

@@ -95,6 +95,20 @@ class CoordinatorMetrics:
             buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
             registry=registry,
         )
+        self.restore_seconds = Histogram(
+            "stoker_coordinator_build_restore_seconds",
+            "Time a finished build's agent spent restoring its cache, by the warmth it found.",
+            ["warmth"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=registry,
+        )
+        self.run_seconds = Histogram(
+            "stoker_coordinator_build_run_seconds",
+            "Time a finished build's command ran, by the warmth its agent found.",
+            ["warmth"],
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+            registry=registry,
+        )
         self.cache_commands = Counter(
             "stoker_coordinator_cache_commands_total",
             "Cache commands sent to agents: prewarm (fetch ahead of need, or touch a held entry to keep it "
@@ -120,8 +134,8 @@ class CoordinatorMetrics:
         )
         self.rpc_seconds = Histogram(
             "stoker_coordinator_rpc_seconds",
-            "Time the coordinator spent handling each unary RPC.",
-            ["method"],
+            "Time the coordinator spent handling each unary RPC, by its status code (refusals included).",
+            ["method", "code"],
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=registry,
         )

@@ -41,6 +41,14 @@ class StateStore(Protocol):
     def append_event(self, event: build_pb2.BuildEvent) -> None: ...
     def events(self, build_id: str, after_seq: int = 0) -> list[build_pb2.BuildEvent]: ...
     def unfinished(self) -> list[build_pb2.Build]: ...
+    def scan(
+        self, after: tuple[float, str] | None, since: float, limit: int
+    ) -> list[tuple[float, build_pb2.Build]]:
+        """Up to ``limit`` builds created at or after ``since``, newest first (by creation second, then id),
+        starting after the position ``after`` (a previous row's (created, id)); each with its position's
+        creation time."""
+        ...
+
     def prune(self, created_before: float, limit: int = 1000) -> int: ...
     def put_voucher(self, node: str, key: str, size: int, files: int, at: float) -> None: ...
     def vouchers(self, node: str) -> dict[str, tuple[int, int]]: ...
@@ -96,7 +104,7 @@ class SqliteStateStore:
                     build.id,
                     request_id or None,
                     build.state,
-                    build.created.ToSeconds(),
+                    _seconds(build),
                     build.SerializeToString(),
                 ),
             )
@@ -133,6 +141,21 @@ class SqliteStateStore:
                 f"SELECT record FROM builds WHERE state NOT IN ({marks}) ORDER BY created", _TERMINAL
             ).fetchall()
         return [build_pb2.Build.FromString(r[0]) for r in rows]
+
+    def scan(
+        self, after: tuple[float, str] | None, since: float, limit: int
+    ) -> list[tuple[float, build_pb2.Build]]:
+        where = "created >= ?"
+        args: list[object] = [since]
+        if after is not None:
+            where += " AND (created < ? OR (created = ? AND id < ?))"
+            args += [after[0], after[0], after[1]]
+        with self._call() as db:
+            rows = db.execute(
+                f"SELECT created, record FROM builds WHERE {where} ORDER BY created DESC, id DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [(created, build_pb2.Build.FromString(record)) for created, record in rows]
 
     def prune(self, created_before: float, limit: int = 1000) -> int:
         """Delete up to ``limit`` finished builds created before ``created_before`` (Unix seconds), with
@@ -209,6 +232,18 @@ class MemoryStateStore:
         builds = [build_pb2.Build.FromString(raw) for raw in self._builds.values()]
         return sorted((b for b in builds if not is_terminal(b.state)), key=lambda b: b.created.ToSeconds())
 
+    def scan(
+        self, after: tuple[float, str] | None, since: float, limit: int
+    ) -> list[tuple[float, build_pb2.Build]]:
+        builds = map(build_pb2.Build.FromString, self._builds.values())
+        rows = sorted(
+            ((_seconds(b), b) for b in builds),
+            key=lambda row: (row[0], row[1].id),
+            reverse=True,
+        )
+        rows = [r for r in rows if r[0] >= since and (after is None or (r[0], r[1].id) < after)]
+        return rows[:limit]
+
     def prune(self, created_before: float, limit: int = 1000) -> int:
         old = [
             build_id
@@ -232,3 +267,8 @@ class MemoryStateStore:
 
     def close(self) -> None:
         pass
+
+
+def _seconds(build: build_pb2.Build) -> float:
+    """When the build was created, in Unix seconds and their fraction (a second's builds list in order)."""
+    return build.created.seconds + build.created.nanos / 1e9

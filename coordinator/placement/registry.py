@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from stoker.coordinator.core.clock import Clock
-from stoker.coordinator.core.errors import Aborted, InvalidArgument, NotFound
+from stoker.coordinator.core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from stoker.coordinator.placement.domain import ImageRecord, NodeInfo, NodeState
 
 
@@ -135,6 +135,21 @@ class NodeRegistry:
                 record.state = NodeState.LOST
                 lost.append(record)
         return lost
+
+    def forget(self, name: str) -> None:
+        """Remove a lost node for good (an operator's word: it was decommissioned)."""
+        record = self.get(name)
+        if record.state is NodeState.READY:
+            raise FailedPrecondition(
+                f"node {name} is connected: stop its agent first, then forget it once lost"
+            )
+        if record.state is NodeState.DISCONNECTED:
+            left = self.lease_ttl_s - (self._clock.now() - record.detached_at)
+            raise FailedPrecondition(
+                f"node {name} is disconnected, not lost: it is lost when its lease runs out "
+                f"(in {left:.0f} s), and can be forgotten then"
+            )
+        del self._nodes[name]
 
     def get(self, name: str) -> NodeRecord:
         try:

@@ -22,6 +22,38 @@ NODE_STATE_READY: NodeState
 NODE_STATE_DISCONNECTED: NodeState
 NODE_STATE_LOST: NodeState
 
+class ForgetNodeRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class ForgetNodeResponse(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class PrewarmRequest(_message.Message):
+    __slots__ = ("key", "restore_keys", "replicas", "zone")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    restore_keys: _containers.RepeatedScalarFieldContainer[str]
+    replicas: int
+    zone: str
+    def __init__(self, key: _Optional[str] = ..., restore_keys: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., zone: _Optional[str] = ...) -> None: ...
+
+class PrewarmResponse(_message.Message):
+    __slots__ = ("holding", "asked")
+    HOLDING_FIELD_NUMBER: _ClassVar[int]
+    ASKED_FIELD_NUMBER: _ClassVar[int]
+    holding: _containers.RepeatedScalarFieldContainer[str]
+    asked: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, holding: _Optional[_Iterable[str]] = ..., asked: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class QueryInventoryRequest(_message.Message):
     __slots__ = ("key_prefix", "zone", "node", "summary_only")
     KEY_PREFIX_FIELD_NUMBER: _ClassVar[int]

@@ -164,7 +164,7 @@ def test_the_build_queue_vouches_for_its_builds_saves_and_restores_and_its_prewa
             MemoryStateStore(),
             clock,
             CoordinatorMetrics(CollectorRegistry()),
-            claims,
+            claims=claims,
         )
         for name in ("n1", "liar"):
             rec = registry.register(NodeInfo(name=name, slots=1, executor="podman"))

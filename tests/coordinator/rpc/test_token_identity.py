@@ -24,6 +24,7 @@ PR = Identity(
     max_priority=5,
     zones=("zone-a",),
     labels=(("pool", "pr"),),
+    max_slots=3,
 )
 
 
@@ -81,6 +82,7 @@ def test_the_tokens_file_round_trips_what_stoker_token_writes(tmp_path):
         max_priority=5,
         zones=("zone-a",),
         labels={"pool": "pr"},
+        max_slots=3,
     )
     _, ops = new_token("ops", "operator")
     _, legacy = new_token("old-ci", "ci")
@@ -116,6 +118,14 @@ DIGEST = "a" * 64
         (
             {"tokens": [{"name": "x", "role": "ci", "sha256": DIGEST, "max_priority": "9"}]},
             "max_priority must be an integer",
+        ),
+        (
+            {"tokens": [{"name": "x", "role": "ci", "sha256": DIGEST, "max_slots": 0}]},
+            "max_slots must be a whole number of slots, at least 1",
+        ),
+        (
+            {"tokens": [{"name": "x", "role": "operator", "sha256": DIGEST, "max_slots": 2}]},
+            "max_slots applies to ci tokens only",
         ),
     ],
 )
