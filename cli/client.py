@@ -385,6 +385,16 @@ def inventory(args) -> int:
             f"{n.node:<20} {n.zone:<10} {state:<13} {n.slots:>5} {n.running:>4} {n.entry_count:>7} "
             f"{n.entry_bytes:>12}"
         )
+    for n in reply.nodes:  # nodes whose claims the coordinator does not take as sent (docs/security.md)
+        flags = []
+        if n.uncorroborated_entries:
+            flags.append(
+                f"{n.uncorroborated_entries} entries it reports are uncorroborated (count for no placement)"
+            )
+        if n.registered_slots > n.slots:
+            flags.append(f"registered with {n.registered_slots} slots, bounded to {n.slots}")
+        if flags:
+            print(f"flagged: {n.node}: {'; '.join(flags)}")
     print()
     print(f"{'KEY':<48} {'REPLICAS':>8} {'BYTES':>12}  NODES")
     for k in reply.keys:

@@ -31,6 +31,7 @@ from stoker.coordinator.core.clock import Clock, SystemClock
 from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.core.state import MemoryStateStore, SqliteStateStore, StateStore
 from stoker.coordinator.placement.build_queue import BuildQueue
+from stoker.coordinator.placement.claims import ClaimChecker
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.registry import NodeRegistry
 from stoker.coordinator.placement.scheduler import Scheduler
@@ -167,6 +168,8 @@ class Coordinator:
     builds_metrics: CoordinatorMetrics
     rollouts: RolloutEngine | None = None
     agent_port: int = 0
+    claims: ClaimChecker | None = None
+    """What nodes report goes through it (``placement.claims``)."""
     _lag_probe: asyncio.Task | None = None
     _ticker: asyncio.Task | None = None
     _gc_pauses: GcPauses = field(default_factory=GcPauses)
@@ -238,13 +241,24 @@ def create_server(
     clock = clock or SystemClock()
     registry = registry or metrics_registry()
     metrics = CoordinatorMetrics(registry)
-    nodes = NodeRegistry(clock, config.nodes.lease_ttl_s)
+    nodes = NodeRegistry(clock, config.nodes.lease_ttl_s, config.nodes.max_slots)
     inventory = InventoryIndex()
     store = open_store(config)
+    claims = ClaimChecker(
+        inventory, clock, store, enabled=config.nodes.check_claims, window_s=config.nodes.claim_window_s
+    )
     scheduler = Scheduler(inventory, clock, config.scheduler)
     authenticator = security_check(config)
     builds = BuildQueue(
-        config.builds, nodes, inventory, scheduler, store, clock, metrics, slot_caps=authenticator.slot_caps()
+        config.builds,
+        nodes,
+        inventory,
+        scheduler,
+        store,
+        clock,
+        metrics,
+        slot_caps=authenticator.slot_caps(),
+        claims=claims,
     )
     builds.recover()
     limit = config.server.max_message_bytes
@@ -264,10 +278,12 @@ def create_server(
         ],
     )
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(
-        AgentGatewayServicer(config, nodes, inventory, builds, metrics), server
+        AgentGatewayServicer(config, nodes, claims, builds, metrics), server
     )
     build_pb2_grpc.add_BuildsServicer_to_server(BuildsServicer(config, builds), server)
-    inventory_pb2_grpc.add_InventoryServicer_to_server(InventoryServicer(nodes, inventory, builds), server)
+    inventory_pb2_grpc.add_InventoryServicer_to_server(
+        InventoryServicer(nodes, inventory, builds, claims), server
+    )
     history_pb2_grpc.add_HistoryServicer_to_server(HistoryServicer(store, nodes, scheduler), server)
     rollouts = build_rollout_engine(config.rollouts, config.state.path, clock, metrics)
     rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutsServicer(rollouts), server)
@@ -282,6 +298,7 @@ def create_server(
         builds=builds,
         registry=nodes,
         inventory=inventory,
+        claims=claims,
         store=store,
         health=health,
         rollouts=rollouts,

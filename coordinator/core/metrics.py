@@ -58,6 +58,22 @@ class CoordinatorMetrics:
             "stay in the nodes gauge's lost state until the coordinator restarts; this counts each loss.",
             registry=registry,
         )
+        self.claims_uncorroborated = Gauge(
+            "stoker_coordinator_node_claims_uncorroborated",
+            "Cache entries nodes report holding that the coordinator could not corroborate (no build it "
+            "assigned restored or saved them there, no prewarm or lease asked for them): they count for no "
+            "placement. An honest node's new entry is here for the moment between its save and its build's "
+            "end; more, for longer, is a node reporting what it cannot have (inventory: "
+            "uncorroborated_entries).",
+            registry=registry,
+        )
+        self.nodes_flagged = Gauge(
+            "stoker_coordinator_nodes_flagged",
+            "Nodes whose claims the coordinator does not take as sent: with uncorroborated entries "
+            "(entries), registered with more slots than nodes.max_slots (slots).",
+            ["reason"],
+            registry=registry,
+        )
         self.slots = Gauge(
             "stoker_coordinator_slots",
             "Build slots of ready nodes: all of them (total), and those a build or lease holds (busy).",

@@ -1,4 +1,4 @@
-"""Durable state: builds and their event history.
+"""Durable state: builds and their event history, and the vouchers for nodes' cache entries.
 
 One small interface, :class:`StateStore`, with a SQLite implementation (WAL, one file, opened by
 ``core/sqlite.py``, which also makes a failing database Unavailable) for real use and an in-memory one
@@ -55,6 +55,8 @@ class StateStore(Protocol):
     def append_node_event(self, event: NodeEvent) -> None: ...
     def node_events(self) -> list[NodeEvent]: ...
     def prune_node_events(self, before: float) -> int: ...
+    def put_voucher(self, node: str, key: str, size: int, files: int, at: float) -> None: ...
+    def vouchers(self, node: str) -> dict[str, tuple[int, int]]: ...
     def close(self) -> None: ...
 
 
@@ -98,6 +100,15 @@ CREATE TABLE IF NOT EXISTS node_events (
     disk_bytes INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS node_events_t ON node_events(t);
+CREATE TABLE IF NOT EXISTS vouchers (
+    node TEXT NOT NULL,
+    key TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    files INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (node, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS vouchers_at ON vouchers(at);
 """
 
 
@@ -190,6 +201,12 @@ class SqliteStateStore:
             for build_id in ids:
                 db.execute("DELETE FROM build_events WHERE build_id = ?", (build_id,))
                 db.execute("DELETE FROM builds WHERE id = ?", (build_id,))
+            # Vouchers go with the build history they came from (placement.claims).
+            db.execute(
+                "DELETE FROM vouchers WHERE (node, key) IN "
+                "(SELECT node, key FROM vouchers WHERE at < ? LIMIT ?)",
+                (created_before, limit),
+            )
         return len(ids)
 
     def finished_since(self, created_after: float) -> list[build_pb2.Build]:
@@ -227,6 +244,21 @@ class SqliteStateStore:
             )
         return cursor.rowcount
 
+    def put_voucher(self, node: str, key: str, size: int, files: int, at: float) -> None:
+        """Record that ``node`` holds ``key`` as the coordinator corroborated it (``placement.claims``)."""
+        with self._call() as db:
+            db.execute(
+                "INSERT INTO vouchers (node, key, bytes, files, at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(node, key) DO UPDATE SET "
+                "bytes=excluded.bytes, files=excluded.files, at=excluded.at",
+                (node, key, size, files, at),
+            )
+
+    def vouchers(self, node: str) -> dict[str, tuple[int, int]]:
+        with self._call() as db:
+            rows = db.execute("SELECT key, bytes, files FROM vouchers WHERE node = ?", (node,)).fetchall()
+        return {key: (size, files) for key, size, files in rows}
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -240,6 +272,7 @@ class MemoryStateStore:
         self._requests: dict[str, str] = {}
         self._events: dict[str, dict[int, bytes]] = {}
         self._node_events: list[NodeEvent] = []
+        self._vouchers: dict[tuple[str, str], tuple[int, int, float]] = {}
 
     def put_build(self, build: build_pb2.Build, request_id: str = "") -> None:
         self._builds[build.id] = build.SerializeToString()
@@ -288,7 +321,14 @@ class MemoryStateStore:
             del self._builds[build_id]
             self._events.pop(build_id, None)
         self._requests = {r: b for r, b in self._requests.items() if b not in old}
+        self._vouchers = {k: v for k, v in self._vouchers.items() if v[2] >= created_before}
         return len(old)
+
+    def put_voucher(self, node: str, key: str, size: int, files: int, at: float) -> None:
+        self._vouchers[(node, key)] = (size, files, at)
+
+    def vouchers(self, node: str) -> dict[str, tuple[int, int]]:
+        return {k: (v[0], v[1]) for (n, k), v in self._vouchers.items() if n == node}
 
     def close(self) -> None:
         pass

@@ -35,6 +35,7 @@ from stoker.coordinator.core.errors import (
 )
 from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.core.state import NodeEvent, StateStore, is_terminal
+from stoker.coordinator.placement.claims import ClaimChecker
 from stoker.coordinator.placement.domain import (
     NO_LIMITS,
     RESOURCE_FIELDS,
@@ -148,6 +149,7 @@ class BuildQueue:
         clock: Clock,
         metrics: CoordinatorMetrics,
         slot_caps: dict[str, int] | None = None,
+        claims: ClaimChecker | None = None,
     ) -> None:
         """``slot_caps``: principal name → the most slots its builds and leases hold at once (its token's
         ``max_slots``); past it they wait, whatever the fleet has free."""
@@ -159,6 +161,9 @@ class BuildQueue:
         self._store = store
         self._clock = clock
         self._metrics = metrics
+        self._claims = claims or ClaimChecker(inventory, clock, store, enabled=False)
+        """Told what the node of each build restored and saved, and what prewarms and leases asked of nodes:
+        what corroborates the nodes' claims (``placement.claims``)."""
         self._active: dict[str, ActiveBuild] = {}
         self._queue: list[ActiveBuild | PendingPlacement] = []
         self._links: dict[str, AgentLink] = {}
@@ -177,6 +182,11 @@ class BuildQueue:
         # Read when /metrics is scraped, like the two above: all() copies the registry's dict in one step.
         metrics.slots.labels("total").set_function(lambda: sum(n.info.slots for n in self._ready_nodes()))
         metrics.slots.labels("busy").set_function(lambda: sum(len(n.holders) for n in self._ready_nodes()))
+        metrics.claims_uncorroborated.set_function(self._claims.uncorroborated_total)
+        metrics.nodes_flagged.labels("entries").set_function(self._claims.flagged_nodes)
+        metrics.nodes_flagged.labels("slots").set_function(
+            lambda: sum(1 for n in self._registry.all() if n.slots_flagged)
+        )
         for kind in scheduler.tracked():  # read when /metrics is scraped
             metrics.scheduler_tracked.labels(kind).set_function(functools.partial(_tracked, scheduler, kind))
 
@@ -516,10 +526,20 @@ class BuildQueue:
         kind = event.WhichOneof("kind")
         if kind == "finished":
             fin = event.finished
+            if fin.cache.restored_key:
+                self._claims.vouch(
+                    node_name, fin.cache.restored_key, fin.cache.bytes_restored, fin.cache.files_restored
+                )
+            if fin.cache.saved:
+                self._claims.vouch(node_name, active.request.key)  # the build's key, in its own scope
             self._finish(active, fin.state, fin.exit_code, fin.message, fin=fin, node=node_name)
             return
         if kind == "restored":
             active.record.cache.CopyFrom(event.restored.cache)
+            figures = event.restored.cache
+            self._claims.vouch(
+                node_name, figures.restored_key, figures.bytes_restored, figures.files_restored
+            )
         if kind == "log" and not self._keep_log(active, event.log):
             return
         self._record(active, event)
@@ -570,7 +590,7 @@ class BuildQueue:
             self._metrics.nodes_lost.inc()
             self._scheduler.node_lost(node.name, self._inventory.entries(node.name), self._registry.all())
             self._store.append_node_event(self._node_event(node, "lost"))
-            self._inventory.drop_node(node.name)
+            self._claims.drop_node(node.name)
             for holder in list(node.holders):
                 active = self._active.get(holder)
                 if active is not None and not active.finished:
@@ -716,6 +736,7 @@ class BuildQueue:
             )
             if link is not None and link.send(command, advisory=True):
                 self._metrics.cache_commands.labels("prewarm").inc()
+                self._claims.expect(node.name, (key,), restore_keys)  # its report of the key then counts
                 asked.append(node.name)
         log.info("operator prewarm of %s: held by %s, asked %s", key, holders or "none", asked or "none")
         return holders, asked
@@ -734,6 +755,8 @@ class BuildQueue:
                     advisory=True,
                 )
                 self._metrics.cache_commands.labels("prewarm" if sent else "dropped").inc()
+                if sent:
+                    self._claims.expect(node_name, (key,), restore_keys)
         for node_name, key in plan.evictions:
             link = self._links.get(node_name)
             if link is not None:
@@ -783,6 +806,11 @@ class BuildQueue:
             lease_id=lease_id, node=node.name, expires=expires, owner=pending.owner
         )
         node.holders.add(lease_id)
+        # The caller's runner restores and saves on the node: what it reports of the lease's keys counts.
+        request = pending.request
+        self._claims.expect(
+            node.name, (request.key, *request.also_exact), request.restore_keys, pending.lease_s
+        )
         pending.future.set_result(
             build_pb2.Placement(
                 lease_id=lease_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from stoker.coordinator.core.errors import InvalidArgument
 from stoker.coordinator.placement.build_queue import BuildQueue
+from stoker.coordinator.placement.claims import ClaimChecker
 from stoker.coordinator.placement.domain import Warmth
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.inventory_report import (
@@ -23,18 +24,26 @@ from stoker.v1 import (
 
 
 class InventoryServicer(inventory_pb2_grpc.InventoryServicer):
-    def __init__(self, registry: NodeRegistry, inventory: InventoryIndex, builds: BuildQueue) -> None:
+    def __init__(
+        self, registry: NodeRegistry, inventory: InventoryIndex, builds: BuildQueue, claims: ClaimChecker
+    ) -> None:
         self._registry = registry
         self._inventory = inventory
         self._builds = builds
+        self._claims = claims
 
     @unary
     async def QueryInventory(self, request: inventory_pb2.QueryInventoryRequest, context):
         query = InventoryQuery(node=request.node, zone=request.zone, key_prefix=request.key_prefix)
-        report = inventory_report(self._registry, self._inventory, query)
+        report = inventory_report(self._registry, self._inventory, query, self._claims)
         return inventory_pb2.QueryInventoryResponse(
             nodes=[
-                convert.node_inventory(n.record, n.entries, with_entries=not request.summary_only)
+                convert.node_inventory(
+                    n.record,
+                    n.entries,
+                    with_entries=not request.summary_only,
+                    uncorroborated=n.uncorroborated,
+                )
                 for n in report.nodes
             ],
             keys=[key_summary_to_pb(k) for k in report.keys],
