@@ -220,6 +220,7 @@ class RolloutEngine:
             "abort": machine.abort,
             "pause": machine.pause,
             "resume": machine.resume,
+            "retry": machine.retry,
         }
         action = actions[verb]
         self.get(rollout_id)
@@ -227,7 +228,7 @@ class RolloutEngine:
             r = self._rollouts.get(rollout_id) or self.store.get(rollout_id)
             assert r is not None
             was_terminal = r.terminal
-            if verb == "resume" and was_terminal:
+            if verb in ("resume", "retry") and was_terminal:
                 busy = [o for o in self.store.active() if o.spec.service == r.spec.service and o.id != r.id]
                 if busy:
                     raise FailedPrecondition(

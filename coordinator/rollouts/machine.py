@@ -496,6 +496,7 @@ def describe_plan(r: Rollout) -> list[str]:
     """Each step with the instance counts it means for this fleet (``capacity``)."""
     lines = []
     steps = plan_steps(r.spec)
+    previous: dict[str, int] = {}
     for n, st in enumerate(steps, 1):
         if st.pause:
             wait = f"up to {st.timeout_s:g} s, then {st.on_timeout}" if st.timeout_s else "no timeout"
@@ -509,8 +510,10 @@ def describe_plan(r: Rollout) -> list[str]:
         else:
             bake_s = r.spec.bake_s if st.bake_s is None else st.bake_s
             need = r.spec.min_requests if st.min_requests is None else st.min_requests
-            bake = f"bake {bake_s:g} s and >= {need} requests"
-        lines.append(f"step {n}/{len(steps)}: {st.share:g} % ({where}){first}; {bake}")
+            bake = f"bake {bake_s:g} s and >= {need} requests" if need else f"bake {bake_s:g} s"
+        same = " (the same counts as the step before)" if counts == previous else ""
+        previous = counts
+        lines.append(f"step {n}/{len(steps)}: {st.share:g} % ({where}){same}{first}; {bake}")
     return lines
 
 
