@@ -83,15 +83,25 @@ def machine_settings(s: RolloutSettings) -> machine.Settings:
 
 
 def with_defaults(spec: Spec, s: RolloutSettings) -> Spec:
-    """Fill the fields a request left at zero from the coordinator's settings."""
+    """Fill the fields a request left at zero from the coordinator's settings, and apply ``time_scale``
+    to every duration the request asked for."""
+    k = s.time_scale
     return replace(
         spec,
         canary_percent=spec.canary_percent or s.canary_percent,
-        bake_s=spec.bake_s or s.bake_s,
+        bake_s=spec.bake_s * k if spec.bake_s else s.bake_s,
         min_requests=spec.min_requests or s.min_requests,
-        post_bake_s=spec.post_bake_s or s.post_bake_s,
+        post_bake_s=spec.post_bake_s * k if spec.post_bake_s else s.post_bake_s,
         zones=spec.zones or tuple(s.zones),
         instances_per_zone=spec.instances_per_zone or s.instances_per_zone,
+        steps=tuple(
+            replace(
+                st,
+                bake_s=None if st.bake_s is None else st.bake_s * k,
+                timeout_s=st.timeout_s * k,
+            )
+            for st in spec.steps
+        ),
     )
 
 

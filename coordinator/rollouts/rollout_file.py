@@ -31,7 +31,7 @@ from stoker.coordinator.rollouts.machine import Spec, Step, validate_spec
 MAX_BYTES = 64 * 1024
 API_VERSION = "stoker.dev/v1"
 PLACEHOLDERS = ("service", "version", "zone", "track", "instance")
-EVENTS = ("started", "step", "paused", "verdict", "succeeded", "rolled_back")
+EVENTS = ("started", "step", "paused", "verdict", "succeeded", "rolled_back", "failed")
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 
@@ -455,7 +455,7 @@ def _semantics(doc: dict[str, Any], name: str) -> None:
     guardrails = analysis.get("guardrails") or []
     for n, g in enumerate(guardrails):
         line = _line(guardrails, n, 1)
-        check_template(g["query"], f"{where}:{line}: analysis.guardrails[{n + 1}].query")
+        check_template(g["query"], f"{where}:{_line(g, 'query', line)}: analysis.guardrails[{n + 1}].query")
         if "max" not in g and "min" not in g:
             raise RolloutFileError(f"{where}:{line}: analysis.guardrails[{n + 1}]: needs max or min")
     metrics = analysis.get("metrics") or _Map()
