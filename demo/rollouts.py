@@ -132,7 +132,7 @@ def verdict_line(v: rollout_pb2.Verdict) -> str:
 
 def run_with_load(
     rollouts: rollout_pb2_grpc.RolloutsStub,
-    spec: rollout_pb2.RolloutSpec,
+    spec: rollout_pb2.RolloutSpec | rollout_pb2.StartRolloutRequest,
     endpoint: str,
     *,
     rate: float = 100.0,
@@ -141,17 +141,26 @@ def run_with_load(
     on_update: Callable[[rollout_pb2.Rollout], None] | None = None,
 ) -> dict:
     """Start a rollout while ``rate`` requests per second flow through ``endpoint``; wait for its end (or one
-    of ``stop_at``) and report outcome, time to detect a fault, and requests sent and failed during it."""
+    of ``stop_at``) and report outcome, time to detect a fault, and requests sent and failed during it.
+    ``spec`` may be a whole StartRolloutRequest (a rollout file's text and the version)."""
+    request = (
+        spec
+        if isinstance(spec, rollout_pb2.StartRolloutRequest)
+        else rollout_pb2.StartRolloutRequest(spec=spec)
+    )
     with LoadGenerator(
         endpoint, rate, max_requests=int(rate * (timeout + 10)), max_duration_s=timeout + 10
     ) as load:
         time.sleep(1.0)  # traffic flows before the rollout begins
         t0 = time.time()
-        r = rollouts.StartRollout(rollout_pb2.StartRolloutRequest(spec=spec), timeout=10)
+        r = rollouts.StartRollout(request, timeout=10)
         detect: dict[str, float] = {}
 
         def seen(update: rollout_pb2.Rollout) -> None:
-            if update.phase in (rollout_pb2.ROLLOUT_PHASE_ROLLING_BACK, rollout_pb2.ROLLOUT_PHASE_PAUSED):
+            stopped = update.phase == rollout_pb2.ROLLOUT_PHASE_ROLLING_BACK or (
+                update.phase == rollout_pb2.ROLLOUT_PHASE_PAUSED and not update.awaiting_promotion
+            )
+            if stopped:  # a pause step waiting for its promotion is the plan, not a detection
                 detect.setdefault("t", time.time())
             if on_update:
                 on_update(update)
@@ -161,8 +170,8 @@ def run_with_load(
         time.sleep(0.5)
     summary = summarize(load.results, t0, t1)
     return {
-        "service": spec.service,
-        "version": spec.version,
+        "service": r.spec.service,
+        "version": r.spec.version,
         "rollout_id": r.id,
         "outcome": OUTCOME.get(final.phase, phase_name(final.phase)),
         "detect_s": round(detect["t"] - t0, 2) if "t" in detect else None,

@@ -30,6 +30,7 @@ from stoker.coordinator.rollouts import machine
 from stoker.coordinator.rollouts.judge import Counters, Policy
 from stoker.coordinator.rollouts.machine import Instance, MetricsDown, Observation, Rollout, Spec
 from stoker.coordinator.rollouts.metrics_providers import MetricsUnavailable
+from stoker.coordinator.rollouts.notify import Notifier
 from stoker.coordinator.rollouts.settings import RolloutSettings
 from stoker.coordinator.rollouts.store import RolloutStore
 
@@ -113,6 +114,7 @@ class RolloutEngine:
         targets: dict[str, Callable[[], RolloutTarget]],
         metrics: MetricsProvider,
         clock: Clock,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.machine = machine_settings(settings)
@@ -128,6 +130,9 @@ class RolloutEngine:
         self._start_lock = asyncio.Lock()
         self._intended: set[str] = set()
         self._closed = False
+        self.notifier = notifier or Notifier()
+        self._seen: dict[str, tuple[machine.Phase, int, int, int]] = {}
+        """Per rollout: (phase, step, verdicts, attempt) last notified, to tell which events a change is."""
 
     # ---------------------------------------------------------------- targets
 
@@ -150,6 +155,7 @@ class RolloutEngine:
         active = self.store.active()
         for r in active:
             self._rollouts[r.id] = r
+            self._seen[r.id] = (r.phase, r.step_index, len(r.verdicts), r.attempt)
             self.store.append_event(
                 r.id, self.clock.now(), f"coordinator restarted; resuming in {r.phase.value}"
             )
@@ -173,6 +179,7 @@ class RolloutEngine:
                 pass
         for target in self._targets.values():
             await target.close()
+        await self.notifier.close()
 
     def _spawn(self, rollout_id: str) -> None:
         if rollout_id in self._tasks and not self._tasks[rollout_id].done():
@@ -196,10 +203,19 @@ class RolloutEngine:
             target = self.target(spec.target)
             await target.prepare(spec)
             r = machine.new_rollout(f"r-{uuid.uuid4().hex[:10]}", spec, self.clock.now())
+            for hook in spec.webhooks:
+                if not self.notifier.allowed(hook["url"]):
+                    r.history.append(
+                        f"{r.created:.3f} webhook {hook['url'][:100]}: not allowed by "
+                        "rollouts.webhook_url_prefixes; it will not be called"
+                    )
             self.store.create(r)
-            self.store.append_event(r.id, r.created, r.history[-1])
+            for line in r.history:
+                self.store.append_event(r.id, r.created, line)
             self._rollouts[r.id] = r
             self._lock(r.id)
+        self._seen[r.id] = (r.phase, r.step_index, len(r.verdicts), r.attempt)
+        self.notifier.emit(r, "started", r.created)
         self._spawn(r.id)
         log.info("rollout %s: %s → %s on %s", r.id, spec.service, spec.version, spec.target)
         return r
@@ -276,9 +292,33 @@ class RolloutEngine:
         self.store.save(r)
         for line in r.history[history_before:]:
             self.store.append_event(r.id, r.updated, line)
+        self._notify(r)
         event = self._changed.pop(r.id, None)
         if event is not None:
             event.set()
+
+    def _notify(self, r: Rollout) -> None:
+        """Queue the notifications a saved change means (after the save: never ahead of the record)."""
+        seen = self._seen.get(r.id)
+        self._seen[r.id] = (r.phase, r.step_index, len(r.verdicts), r.attempt)
+        if seen is None:
+            return
+        phase, step, verdicts, attempt = seen
+        now = r.updated
+        P = machine.Phase
+        if r.attempt != attempt:
+            self.notifier.emit(r, "started", now)
+        for v in r.verdicts[verdicts:]:
+            self.notifier.emit(r, "verdict", now, v)
+        moved = r.step_index != step or r.attempt != attempt or phase is P.PENDING
+        if moved and r.phase in (P.CANARY, P.SURGING):
+            self.notifier.emit(r, "step", now)
+        if r.phase is P.PAUSED and phase is not P.PAUSED:
+            self.notifier.emit(r, "paused", now)
+        if r.phase is not phase:
+            event = {P.SUCCEEDED: "succeeded", P.ROLLED_BACK: "rolled_back", P.FAILED: "failed"}.get(r.phase)
+            if event:
+                self.notifier.emit(r, event, now, r.verdicts[-1] if r.verdicts else None)
 
     async def _drive(self, rollout_id: str) -> None:
         failures = 0

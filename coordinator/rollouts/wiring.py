@@ -7,6 +7,7 @@ from pathlib import Path
 from stoker.coordinator.core.clock import Clock
 from stoker.coordinator.rollouts.engine import MetricsProvider, RolloutEngine
 from stoker.coordinator.rollouts.metrics_providers import PrometheusMetrics, ScrapeMetrics
+from stoker.coordinator.rollouts.notify import Notifier
 from stoker.coordinator.rollouts.settings import RolloutSettings
 from stoker.coordinator.rollouts.store import open_rollout_store
 
@@ -44,6 +45,17 @@ def build_rollout_engine(s: RolloutSettings, state_path: str, clock: Clock) -> R
 
         return KubernetesTarget.from_settings(s)
 
+    notifier = Notifier(
+        allowed_prefixes=tuple(s.webhook_url_prefixes),
+        attempts=s.webhook_attempts,
+        backoff_s=s.webhook_backoff_s,
+        timeout_s=s.webhook_timeout_s,
+    )
     return RolloutEngine(
-        s, open_rollout_store(state_path), {"local": local, "kubernetes": kubernetes}, metrics, clock
+        s,
+        open_rollout_store(state_path),
+        {"local": local, "kubernetes": kubernetes},
+        metrics,
+        clock,
+        notifier,
     )
