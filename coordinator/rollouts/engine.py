@@ -65,6 +65,9 @@ class MetricsProvider(Protocol):
     async def sample(self, spec: Spec, instances: list[Instance]) -> dict[str, Counters]:
         """Cumulative counters per instance address; raises MetricsUnavailable."""
 
+    async def guardrails(self, spec: Spec, instances: list[Instance]) -> list[str]:
+        """The canary's breached guardrails (a rollout file's thresholds); raises MetricsUnavailable."""
+
 
 def machine_settings(s: RolloutSettings) -> machine.Settings:
     return machine.Settings(
@@ -115,6 +118,7 @@ class RolloutEngine:
         metrics: MetricsProvider,
         clock: Clock,
         notifier: Notifier | None = None,
+        metrics_for: Callable[[Spec], MetricsProvider] | None = None,
     ) -> None:
         self.settings = settings
         self.machine = machine_settings(settings)
@@ -131,6 +135,8 @@ class RolloutEngine:
         self._intended: set[str] = set()
         self._closed = False
         self.notifier = notifier or Notifier()
+        self._metrics_for = metrics_for
+        self._providers: dict[str, MetricsProvider] = {}
         self._seen: dict[str, tuple[machine.Phase, int, int, int]] = {}
         """Per rollout: (phase, step, verdicts, attempt) last notified, to tell which events a change is."""
 
@@ -356,6 +362,15 @@ class RolloutEngine:
         if event is not None:
             event.set()
 
+    def _provider(self, r: Rollout) -> MetricsProvider:
+        """The coordinator's provider, or the one the rollout's file asks for (its names and queries)."""
+        if not r.spec.analysis or self._metrics_for is None:
+            return self.metrics
+        provider = self._providers.get(r.id)
+        if provider is None:
+            provider = self._providers[r.id] = self._metrics_for(r.spec)
+        return provider
+
     async def _tick(self, rollout_id: str) -> bool:
         """One observation and step; True when the rollout has ended and its target has converged."""
         async with self._lock(rollout_id):
@@ -364,15 +379,19 @@ class RolloutEngine:
             obs = await target.observe(r.spec)
             now = self.clock.now()
             metrics: dict[str, Counters] | MetricsDown | None = None
+            breaches: tuple[str, ...] = ()
             if machine.wants_metrics(r, now):
+                provider = self._provider(r)
+                live = [i for i in obs.instances if not i.leaving]
                 try:
-                    metrics = await self.metrics.sample(r.spec, [i for i in obs.instances if not i.leaving])
+                    metrics = await provider.sample(r.spec, live)
+                    breaches = tuple(await provider.guardrails(r.spec, live))
                 except MetricsUnavailable as exc:
                     metrics = MetricsDown(str(exc))
                 now = self.clock.now()
             before_key, before_history = r.step_key, len(r.history)
             before = (r.phase, r.message, r.looks, len(r.verdicts), [z.__dict__ for z in r.zones])
-            machine.step(r, obs, metrics, now, self.machine)
+            machine.step(r, obs, metrics, now, self.machine, breaches)
             after = (r.phase, r.message, r.looks, len(r.verdicts), [z.__dict__ for z in r.zones])
             if r.step_key and r.step_key not in self._intended:
                 # The intent goes first: a crash after it and before the save replays the same step key.

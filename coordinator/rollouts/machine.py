@@ -693,22 +693,36 @@ def _window(r: Rollout, metrics: Metrics, obs: Observation) -> tuple[judge.Count
     canary, baseline = judge.Counters(), judge.Counters()
     by_address = {i.address: i for i in obs.instances}
     for address, counters in metrics.items():
+        # A key is an instance's address, or a track's group ("@canary@zone-a") when a query's series
+        # carry no instance label.
         inst = by_address.get(address)
-        if inst is None:
+        if inst is not None:
+            version = inst.version
+        elif address.startswith("@canary@"):
+            version = r.spec.version
+        elif address.startswith("@baseline@") and r.from_version:
+            version = r.from_version
+        else:
             continue
         start = r.window_start.get(address)
         delta = counters.minus(judge.Counters.from_dict(start) if start else None)
-        if inst.version == r.spec.version:
+        if version == r.spec.version:
             canary = canary.plus(delta)
-        elif inst.version == r.from_version:
+        elif version == r.from_version:
             baseline = baseline.plus(delta)
     return canary, baseline
 
 
 def step(
-    r: Rollout, obs: Observation, metrics: Metrics | MetricsDown | None, now: float, settings: Settings
+    r: Rollout,
+    obs: Observation,
+    metrics: Metrics | MetricsDown | None,
+    now: float,
+    settings: Settings,
+    breaches: tuple[str, ...] = (),
 ) -> Rollout:
-    """Advance ``r`` (in place, and returned) given what the target and the metrics source report now."""
+    """Advance ``r`` (in place, and returned) given what the target and the metrics source report now;
+    ``breaches`` are the rollout's own guardrails (thresholds on its queries) that the canary broke."""
     r.zones = zone_counts(r, obs)
     if r.phase is Phase.PENDING:
         begin(r, obs, now, settings)
@@ -716,7 +730,7 @@ def step(
     stage = _STAGES.get(r.phase)
     if stage is None:  # terminal
         return r
-    return stage(_Tick(r, obs, metrics, now, settings, _new_instances(r, obs)))
+    return stage(_Tick(r, obs, metrics, now, settings, _new_instances(r, obs), breaches))
 
 
 @dataclass(frozen=True)
@@ -730,13 +744,17 @@ class _Tick:
     settings: Settings
     new: list[Instance]
     """The instances that run the new version."""
+    breaches: tuple[str, ...] = ()
 
     @property
     def converged(self) -> bool:
         return converged(self.r.desired, self.obs)
 
     def guardrail(self, *, watch_readiness: bool) -> str | None:
-        """Crash loops always; readiness too once instances should stay ready (bakes)."""
+        """The rollout's own guardrails and crash loops always; readiness too once instances should stay
+        ready (bakes)."""
+        if self.breaches:
+            return "guardrail " + "; ".join(self.breaches[:3])
         s = self.settings
         if not watch_readiness:
             return judge.guardrail(self.new, s.policy, unready_for_s=0, unready_limit_s=math.inf)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from stoker.coordinator.core.clock import Clock
 from stoker.coordinator.rollouts.engine import MetricsProvider, RolloutEngine
-from stoker.coordinator.rollouts.metrics_providers import PrometheusMetrics, ScrapeMetrics
+from stoker.coordinator.rollouts.machine import Spec
+from stoker.coordinator.rollouts.metrics_providers import PrometheusMetrics, ScrapeMetrics, provider_for
 from stoker.coordinator.rollouts.notify import Notifier
 from stoker.coordinator.rollouts.settings import RolloutSettings
 from stoker.coordinator.rollouts.store import open_rollout_store
@@ -28,6 +29,9 @@ def build_rollout_engine(s: RolloutSettings, state_path: str, clock: Clock) -> R
         metrics = PrometheusMetrics(s.prometheus_url, s.metrics_timeout_s)
     else:  # "scrape": RolloutSettings admits no other value
         metrics = ScrapeMetrics(s.metrics_timeout_s)
+
+    def metrics_for(spec: Spec) -> MetricsProvider:
+        return provider_for(spec.analysis, s.metrics, s.prometheus_url, s.metrics_timeout_s)
 
     def local():
         from stoker.coordinator.rollouts.targets.local import LocalTarget
@@ -58,4 +62,5 @@ def build_rollout_engine(s: RolloutSettings, state_path: str, clock: Clock) -> R
         metrics,
         clock,
         notifier,
+        metrics_for,
     )
