@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -214,13 +215,15 @@ def cmd_validate(args) -> int:
     read = _read_file(args.file)
     if read is None:
         return 2
+    from stoker.coordinator.core.errors import DomainError
+
     try:
         loaded = rollout_file.load(*read)
-        spec = loaded.with_version("(any)")
+        spec = loaded.with_version("any")
     except rollout_file.RolloutFileError as exc:
         print(f"stoker: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # InvalidArgument from the spec's own checks
+    except DomainError as exc:  # InvalidArgument from the spec's own checks
         print(f"stoker: {args.file}: {exc}", file=sys.stderr)
         return 2
     print(f"{args.file}: ok: {spec.service} on {spec.target}")
@@ -275,10 +278,23 @@ def _start_from_file(args) -> int:
     if read is None:
         return 2
     text, name = read
+    from stoker.coordinator.core.errors import DomainError
+    from stoker.coordinator.rollouts import rollout_file
+
+    try:  # refused here with the path as given; the coordinator checks it again all the same
+        rollout_file.load(text, name).with_version(version)
+    except rollout_file.RolloutFileError as exc:
+        print(f"stoker: {exc}", file=sys.stderr)
+        return 2
+    except DomainError as exc:
+        print(f"stoker: {name}: {exc}", file=sys.stderr)
+        return 2
     ch, stub = _stub(args)
     with ch:
         request = rollout_pb2.StartRolloutRequest(
-            spec=rollout_pb2.RolloutSpec(version=version), rollout_file=text, rollout_file_name=name
+            spec=rollout_pb2.RolloutSpec(version=version),
+            rollout_file=text,
+            rollout_file_name=os.path.basename(name),
         )
         try:
             r = stub.StartRollout(request, timeout=30)

@@ -260,7 +260,8 @@ class RolloutEngine:
             r = self._rollouts.get(rollout_id) or self.store.get(rollout_id)
             assert r is not None
             was_terminal = r.terminal
-            if verb in ("resume", "retry") and was_terminal:
+            retrying = r.phase in (machine.Phase.ROLLED_BACK, machine.Phase.FAILED)
+            if verb in ("resume", "retry") and retrying:
                 busy = [o for o in self.store.active() if o.spec.service == r.spec.service and o.id != r.id]
                 if busy:
                     raise FailedPrecondition(
