@@ -15,6 +15,8 @@ hook stops every sample instance and balancer under ``workdir`` when it is done.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -279,3 +281,69 @@ def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str],
     finally:
         teardown_under(base)
     return rows
+
+
+def start_prometheus(
+    workdir: Path, binary: str, local_dir: Path, *, service_label: str = "service"
+) -> tuple[subprocess.Popen, str]:
+    """A real Prometheus on a free loopback port that scrapes, every second, the instances the local target
+    publishes (``<local_dir>/*/prometheus-targets.json``); the target's ``service`` label is renamed
+    ``service_label`` (a service's own label names). Returns the process and its base URL."""
+    import socket
+    import urllib.request
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    relabel = ""
+    if service_label != "service":
+        relabel = f"""
+    relabel_configs:
+      - source_labels: [service]
+        target_label: {service_label}
+      - regex: service
+        action: labeldrop"""
+    (workdir / "prometheus.yml").write_text(
+        f"""global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: rollouts
+    scrape_timeout: 900ms
+    file_sd_configs:
+      - files: ["{local_dir}/*/prometheus-targets.json"]
+        refresh_interval: 1s{relabel}
+"""
+    )
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=(workdir / "prometheus.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"Prometheus did not become ready; see {workdir / 'prometheus.log'}")
+
+
+SHOP_COMMAND = [
+    sys.executable, "-m", "stoker.demo.shop_service",
+    "--port", "{port}", "--instance", "{instance}", "--version", "{version}",
+]  # fmt: skip
+"""The local target's command for the second sample program (``rollouts.command``)."""
