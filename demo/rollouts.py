@@ -230,13 +230,37 @@ def teardown_under(base: Path) -> int:
     return killed
 
 
+DEMO_ROLLOUT_FILE = """\
+# sample.rollout.yaml: how the demo rolls the sample service out (docs/rollouts.md explains every key)
+apiVersion: stoker.dev/v1
+kind: Rollout
+service: sample
+plan:
+  bake: 4s
+  min_requests: 100
+  post_bake: 3s
+  steps:
+    - share: 10
+    - share: 50
+    - share: 100
+      zone_first: true
+analysis:
+  source: scrape
+  metrics:
+    requests: stoker_sample_requests_total
+    errors: 'code=~"5.."'
+    latency: stoker_sample_request_duration_seconds
+"""
+
+
 def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str], None] = print) -> list[dict]:
-    """One good and one faulty rollout of the sample service on the demo's coordinator (~30 s).
+    """One good and one faulty rollout of the sample service on the demo's coordinator (~40 s).
 
     Deploys ``sample`` v1 (3 instances in each of two zones) behind HAProxy, then, with 100 requests per
-    second flowing through the balancer, rolls out v2 (fault-free: should succeed with no failed request) and
-    v3 (10 % of its answers are errors: should be caught at the canary and rolled back). Returns one row per
-    rollout: service, version, outcome, detect_s, failed_requests, requests, duration_s, by_version, verdicts.
+    second flowing through the balancer, rolls out v2 from a rollout file (``DEMO_ROLLOUT_FILE``: 10 % →
+    50 % → 100 %, fault-free: should succeed with no failed request) and v3 from flags (10 % of its answers
+    are errors: should be caught at the canary and rolled back). Returns one row per rollout: service,
+    version, outcome, detect_s, failed_requests, requests, duration_s, by_version, verdicts.
     """
     rollouts = stub(coordinator_address)
     rows = []
@@ -250,19 +274,31 @@ def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str],
         # (6 of 252: Fisher p = 0.0013) to pass the judge's per-look threshold, so the demo rolled it out. At
         # 10 % the judge's test catches it, or the guardrail does first when the canary's error rate passes
         # its cap.
-        for title, spec in (
-            ("good version v2", rollout_pb2.RolloutSpec(version="v2", **common)),
+        path = base / "sample.rollout.yaml"
+        path.write_text(DEMO_ROLLOUT_FILE)
+        from_file = rollout_pb2.StartRolloutRequest(
+            spec=rollout_pb2.RolloutSpec(version="v2"),
+            rollout_file=DEMO_ROLLOUT_FILE,
+            rollout_file_name=path.name,
+        )
+        starts: tuple[tuple[str, rollout_pb2.RolloutSpec | rollout_pb2.StartRolloutRequest], ...] = (
+            (f"good version v2 from a rollout file (stoker rollout start -f {path} --version v2)", from_file),
             (
                 "faulty version v3 (10 % errors)",
                 rollout_pb2.RolloutSpec(version="v3", env={"STOKER_SAMPLE_ERROR_RATE": "0.10"}, **common),
             ),
-        ):
+        )
+        for title, spec in starts:
             say(f"rollouts: {title}, 100 req/s through {first.endpoint}")
-            last_phase: list[int | None] = [None]
+            last_phase: list[object] = [None, False]
 
-            def show(update: rollout_pb2.Rollout, last_phase: list[int | None] = last_phase) -> None:
-                if update.phase != last_phase[0]:
-                    last_phase[0] = update.phase
+            def show(update: rollout_pb2.Rollout, last_phase: list[object] = last_phase) -> None:
+                if not last_phase[1] and update.plan:
+                    last_phase[1] = True
+                    for line in update.plan:
+                        say(f"  plan: {line}")
+                if (update.phase, update.step) != last_phase[0]:
+                    last_phase[0] = (update.phase, update.step)
                     zones = " ".join(
                         f"{z.zone}={z.old_instances}old/{z.new_instances}new" for z in update.zones
                     )
