@@ -323,12 +323,13 @@ def start_prometheus(
     workdir: Path, binary: str, local_dir: Path, *, service_label: str = "service"
 ) -> tuple[subprocess.Popen, str]:
     """A real Prometheus on a free loopback port that scrapes, every second, the instances the local target
-    publishes (``<local_dir>/*/prometheus-targets.json``); the target's ``service`` label is renamed
+    publishes (``<local_dir>/file_sd+prometheus/*.json``); the target's ``service`` label is renamed
     ``service_label`` (a service's own label names). Returns the process and its base URL."""
     import socket
     import urllib.request
 
     workdir.mkdir(parents=True, exist_ok=True)
+    (local_dir / "file_sd+prometheus").mkdir(parents=True, exist_ok=True)  # so Prometheus can watch it
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -348,7 +349,7 @@ scrape_configs:
   - job_name: rollouts
     scrape_timeout: 900ms
     file_sd_configs:
-      - files: ["{local_dir}/*/prometheus-targets.json"]
+      - files: ["{local_dir}/file_sd+prometheus/*.json"]
         refresh_interval: 1s{relabel}
 """
     )

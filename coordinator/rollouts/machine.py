@@ -813,7 +813,9 @@ def _step_baking(t: _Tick) -> Rollout:
         return _fail(r, now, reason, settings)
     if not r.window_opened:
         if isinstance(metrics, dict):
-            _open_window(r, metrics, now, r.bake_until or now + _bake_s(r), settings)
+            # The bake is judged data: a window that opens late (a Prometheus that discovers and scrapes
+            # new instances seconds after they start) still gets the whole bake.
+            _open_window(r, metrics, now, max(r.bake_until, now + _bake_s(r)), settings)
         elif isinstance(metrics, MetricsDown) and (now >= r.next_look or now >= r.bake_until):
             return _look(r, t.obs, metrics, now, now >= r.bake_until, settings)
         return r

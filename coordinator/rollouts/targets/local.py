@@ -325,10 +325,10 @@ class LocalService:
         _write_json(self.home / "versions.json", known)
 
     def publish_targets(self, instances: list[Instance]) -> None:
-        """``prometheus-targets.json``: the instances that serve, in Prometheus's file_sd format, labelled
-        with service, version and zone, so a Prometheus (``file_sd_configs`` on
-        ``<local_dir>/*/prometheus-targets.json``) scrapes new instances as they come. Written only when it
-        changes, atomically."""
+        """``<local_dir>/file_sd+prometheus/<service>.json``: the instances that serve, in Prometheus's
+        file_sd format, labelled with service, version and zone, so a Prometheus (``file_sd_configs`` on
+        ``<local_dir>/file_sd+prometheus/*.json``: file_sd globs only the last path element) scrapes new
+        instances as they come. Written only when it changes, atomically."""
         groups = [
             {
                 "targets": [i.address],
@@ -345,8 +345,10 @@ class LocalService:
         text = json.dumps(groups, indent=1)
         if text == self._published:
             return
-        path = self.home / "prometheus-targets.json"
-        tmp = path.with_suffix(".tmp")
+        folder = self.home.parent / "file_sd+prometheus"  # "+": no service can be named so
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{self.name}.json"
+        tmp = folder / f".{self.name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, path)
         self._published = text

@@ -373,3 +373,20 @@ def test_bad_plans_are_refused_by_step(steps, word):
         match=word.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]"),
     ):
         m.validate_spec(m.Spec(service="web", version="v2", steps=steps))
+
+
+def test_a_window_that_opens_late_still_gets_the_whole_bake():
+    """Metrics that arrive seconds after the canary (a Prometheus discovering it) delay the bake; they do
+    not shorten it."""
+    fleet, clock = Fleet({"a": 4, "b": 4}), Clock()
+    r = start(fleet, clock, bake_s=5.0)
+    drive(r, fleet, clock, {}, until=lambda r: r.phase is m.Phase.BAKING)
+    entered = clock.t
+    for _ in range(6):  # 3 s without a readable source
+        clock.t += 0.5
+        m.step(r, fleet.observe(), m.MetricsDown("no series yet"), clock.t, SETTINGS)
+    assert not r.window_opened and r.phase is m.Phase.BAKING
+    drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0)}, until=lambda r: r.window_opened)
+    assert r.bake_until >= r.window_opened + 5.0 > entered + 5.0
+    drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0)}, until=lambda r: r.phase is not m.Phase.BAKING)
+    assert r.phase is m.Phase.SURGING and r.verdicts[-1].result == "pass"

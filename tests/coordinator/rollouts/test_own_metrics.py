@@ -24,7 +24,7 @@ target:
 plan:
   bake: 4s
   min_requests: 50
-  post_bake: 1s
+  post_bake: 8s  # longer than Prometheus's discovery (up to 5 s) and a scrape
   steps:
     - share: 50
     - share: 100
