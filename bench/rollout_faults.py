@@ -133,7 +133,7 @@ target:
   env: {%s}
 plan:
   min_requests: 300
-  post_bake: 3s
+  post_bake: 8s  # longer than Prometheus's discovery of new targets (up to 5 s) and a scrape
   steps:
     - {share: 25, bake: 15s}
     - {share: 100}

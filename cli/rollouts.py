@@ -210,7 +210,7 @@ def _read_file(path: str) -> tuple[str, str] | None:
 
 def cmd_validate(args) -> int:
     from stoker.coordinator.rollouts import rollout_file
-    from stoker.coordinator.rollouts.machine import Rollout, describe_plan
+    from stoker.coordinator.rollouts.machine import Phase, Rollout, describe_plan
 
     read = _read_file(args.file)
     if read is None:
@@ -228,7 +228,7 @@ def cmd_validate(args) -> int:
         return 2
     print(f"{args.file}: ok: {spec.service} on {spec.target}")
     if spec.zones and spec.instances_per_zone:
-        r = Rollout("-", spec, phase=None, created=0, updated=0)  # type: ignore[arg-type]
+        r = Rollout("-", spec, phase=Phase.PENDING, created=0, updated=0)
         r.capacity = {z: spec.instances_per_zone for z in spec.zones}
         print(f"  plan for {spec.instances_per_zone} instance(s) in each of {', '.join(spec.zones)}:")
         for line in describe_plan(r):

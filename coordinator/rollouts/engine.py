@@ -30,7 +30,7 @@ from stoker.coordinator.rollouts import machine
 from stoker.coordinator.rollouts.judge import Counters, Policy
 from stoker.coordinator.rollouts.machine import Instance, MetricsDown, Observation, Rollout, Spec
 from stoker.coordinator.rollouts.metrics_providers import MetricsUnavailable
-from stoker.coordinator.rollouts.notify import Notifier
+from stoker.coordinator.rollouts.notify import Notifier, redact
 from stoker.coordinator.rollouts.settings import RolloutSettings
 from stoker.coordinator.rollouts.store import RolloutStore
 
@@ -212,7 +212,7 @@ class RolloutEngine:
             for hook in spec.webhooks:
                 if not self.notifier.allowed(hook["url"]):
                     r.history.append(
-                        f"{r.created:.3f} webhook {hook['url'][:100]}: not allowed by "
+                        f"{r.created:.3f} webhook {redact(hook['url'])}: not allowed by "
                         "rollouts.webhook_url_prefixes; it will not be called"
                     )
             self.store.create(r)

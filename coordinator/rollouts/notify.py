@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -93,6 +94,14 @@ def payload(r: Rollout, event: str, fmt: str, verdict: judge.Verdict | None, now
         "message": r.message,
         "verdict": verdict_dict(verdict) if verdict is not None else None,
     }
+
+
+def redact(url: str) -> str:
+    """A webhook URL as logs and histories may show it: scheme and host only (Slack's path is a secret)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/…"
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
@@ -197,7 +206,7 @@ class Notifier:
             permanent = 400 <= status < 500 and status not in RETRY_STATUS
             log.warning(
                 "webhook %s: %s notification, attempt %d/%d: %s%s",
-                d.url.split("?")[0][:80],
+                redact(d.url),
                 d.event,
                 attempt,
                 self.attempts,
