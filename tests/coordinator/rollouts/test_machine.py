@@ -390,3 +390,31 @@ def test_a_window_that_opens_late_still_gets_the_whole_bake():
     assert r.bake_until >= r.window_opened + 5.0 > entered + 5.0
     drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0)}, until=lambda r: r.phase is not m.Phase.BAKING)
     assert r.phase is m.Phase.SURGING and r.verdicts[-1].result == "pass"
+
+
+def test_a_multi_step_plan_survives_a_restart_at_every_tick():
+    """Every tick starts from the stored record (what a restarted coordinator loads): the same step keys,
+    in the same order, each once, and the same end."""
+    keys: list[str] = []
+    fleet, clock = Fleet({"a": 8, "b": 8}), Clock()
+    r = start(fleet, clock, steps=PLAN)
+    served = {"v1": [0, 0], "v2": [0, 0]}
+    for _ in range(600):
+        if r.terminal:
+            break
+        r = m.Rollout.from_dict(r.to_dict())  # a restart
+        clock.t += 0.5
+        metrics = None
+        if m.wants_metrics(r, clock.t):
+            for tot in served.values():
+                tot[0] += 100
+            metrics = fleet.metrics({v: (n, e, 0.001) for v, (n, e) in served.items()})
+        m.step(r, fleet.observe(), metrics, clock.t, SETTINGS)
+        if r.awaiting_promotion:
+            m.promote(r, clock.t, "", SETTINGS)
+        if r.step_key and (not keys or keys[-1] != r.step_key):
+            keys.append(r.step_key)
+        if r.desired:
+            fleet.converge(r.desired)
+    assert r.phase is m.Phase.SUCCEEDED
+    assert [k.split("/")[-1] for k in keys] == ["canary", "step-2-first", "step-2", "surge"]
