@@ -453,8 +453,8 @@ def run_file(world: World, name: str, rate: float, timeout: float) -> dict:
             )
         return row
     stop_at = {PB.ROLLOUT_PHASE_PAUSED}
-    if name == "file_pause_promoted":
-        stop_at = set()
+    if name in ("file_pause_promoted", "file_pause_timeout"):
+        stop_at = set()  # a pause step is the plan: watch on to the end
     row = demo_rollouts.run_with_load(
         world.stub, file_request(text, "v2", name), world.endpoint, rate=rate, timeout=timeout,
         stop_at=stop_at, on_update=on_update,
