@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 
+import grpc
 import pytest
 
 from stoker.demo import rollouts as demo_rollouts
@@ -58,6 +59,20 @@ def test_the_docs_example_rolls_out_step_by_step_and_waits_for_the_cli_to_promot
     stub = rollout_fleet.stub()
     path = tmp_path / "rollout.yaml"
     path.write_text(docs_example())
+
+    # the coordinator checks the file itself (a client that skipped the CLI's check is refused the same way)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StartRollout(
+            PB.StartRolloutRequest(
+                spec=PB.RolloutSpec(version="v1"),
+                rollout_file=docs_example().replace("share: 50", "share: 0"),
+                rollout_file_name="rollout.yaml",
+            ),
+            timeout=10,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("rollout.yaml:15: plan.steps[2].share: must be in (0, 100], got 0")
+    assert not stub.ListRollouts(PB.ListRolloutsRequest(service="web"), timeout=5).rollouts
 
     first = stoker(address, "start", "-f", str(path), "--version", "v1", "--watch")
     assert first.returncode == 0, first.stdout + first.stderr

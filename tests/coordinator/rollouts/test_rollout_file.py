@@ -203,3 +203,23 @@ def test_cli_validate_prints_the_plan_or_one_line_naming_the_problem(tmp_path):
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     schema = stoker("schema")
     assert json.loads(schema.stdout) == published_schema()
+
+
+def test_cli_start_from_a_bad_file_or_without_a_version_is_one_line_before_any_rpc(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(HEAD + "plan:\n  steps:\n    - share: 5\n    - share: 100\n      colour: red\n")
+    nowhere = "127.0.0.1:1"  # never dialled: the file is refused first
+    refused = stoker("start", "-f", str(bad), "--version", "v2", "--coordinator", nowhere)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"stoker: {bad}:8: plan.steps[2].colour: unknown key (known here: bake, min_requests, pause, share, "
+        "zone_first)"
+    ]
+    good = tmp_path / "good.yaml"
+    good.write_text(docs_example())
+    no_version = stoker("start", "-f", str(good), "--coordinator", nowhere)
+    assert no_version.returncode == 2 and no_version.stderr.strip().splitlines() == [
+        "stoker: --version: required with -f (the version or image to roll out)"
+    ]
+    mixed = stoker("start", "-f", str(good), "--version", "v2", "--bake", "5", "--coordinator", nowhere)
+    assert mixed.returncode == 2 and "--bake cannot be combined with -f" in mixed.stderr
