@@ -107,6 +107,13 @@ class Spec:
     """A rollout file's ``notifications.webhooks`` (url, format, events)."""
     source: str = ""
     """Where the spec came from ("file NAME" for a rollout file; empty for flags)."""
+    deployment: str = ""
+    """Kubernetes: the Deployment family (``<deployment>-<zone>``, label ``stoker.dev/service``) when it is
+    not named like the service."""
+
+    @property
+    def family(self) -> str:
+        return self.deployment or self.service
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -198,6 +205,12 @@ def validate_spec(spec: Spec) -> None:
         if not key or "=" in key or not key.replace("_", "a").isalnum():
             raise InvalidArgument(f"spec.env: {key!r} is not a valid environment variable name")
     validate_steps(spec.steps)
+    if spec.deployment and (
+        not all(c.isalnum() or c in "-." for c in spec.deployment) or len(spec.deployment) > 50
+    ):
+        raise InvalidArgument(
+            f"spec.deployment: {spec.deployment!r} must be at most 50 letters, digits, '-', '.'"
+        )
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,11 @@ SCHEMA: dict[str, Any] = {
             "properties": {
                 "kind": {"enum": ["local", "kubernetes"], "description": "default local"},
                 "namespace": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"},
+                "deployment": {
+                    "description": "kubernetes: the Deployment family <deployment>-<zone> (default: service)",
+                    "type": "string",
+                    "pattern": "^[a-z0-9]([-a-z0-9.]{0,48}[a-z0-9])?$",
+                },
                 "zones": {
                     "description": "zones of a first deployment (a service that runs nothing yet)",
                     "type": "array",
@@ -467,10 +472,11 @@ def _semantics(doc: dict[str, Any], name: str) -> None:
                 f"{where}:{_line(metrics, 'errors', 1)}: analysis.metrics.errors: {exc}"
             ) from None
     target = doc.get("target") or _Map()
-    if target.get("namespace") and target.get("kind", "local") != "kubernetes":
-        raise RolloutFileError(
-            f"{where}:{_line(target, 'namespace', 1)}: target.namespace: only for kind: kubernetes"
-        )
+    for key in ("namespace", "deployment"):
+        if target.get(key) and target.get("kind", "local") != "kubernetes":
+            raise RolloutFileError(
+                f"{where}:{_line(target, key, 1)}: target.{key}: only for kind: kubernetes"
+            )
 
 
 def load(text: str, name: str = "rollout.yaml") -> RolloutFile:
@@ -535,6 +541,7 @@ def _spec(doc: dict[str, Any], name: str) -> Spec:
         version="",
         target=target.get("kind", "local"),
         namespace=target.get("namespace", ""),
+        deployment=target.get("deployment", ""),
         zones=tuple(target.get("zones") or ()),
         instances_per_zone=target.get("instances_per_zone", 0),
         env={k: str(v) for k, v in (target.get("env") or {}).items()},

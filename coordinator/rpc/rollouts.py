@@ -76,6 +76,7 @@ def spec_to_pb(spec: Spec) -> rollout_pb2.RolloutSpec:
         instances_per_zone=spec.instances_per_zone,
         env=spec.env,
         source=spec.source,
+        deployment=spec.deployment,
     )
 
 

@@ -47,7 +47,7 @@ VERDICT_RESULT_FAIL: VerdictResult
 VERDICT_RESULT_INCONCLUSIVE: VerdictResult
 
 class RolloutSpec(_message.Message):
-    __slots__ = ("service", "target", "version", "canary_percent", "bake_s", "min_requests", "zone_first", "namespace", "post_bake_s", "zones", "instances_per_zone", "env", "source")
+    __slots__ = ("service", "target", "version", "canary_percent", "bake_s", "min_requests", "zone_first", "namespace", "post_bake_s", "zones", "instances_per_zone", "env", "source", "deployment")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class RolloutSpec(_message.Message):
     INSTANCES_PER_ZONE_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     service: str
     target: str
     version: str
@@ -81,7 +82,8 @@ class RolloutSpec(_message.Message):
     instances_per_zone: int
     env: _containers.ScalarMap[str, str]
     source: str
-    def __init__(self, service: _Optional[str] = ..., target: _Optional[str] = ..., version: _Optional[str] = ..., canary_percent: _Optional[float] = ..., bake_s: _Optional[float] = ..., min_requests: _Optional[int] = ..., zone_first: _Optional[bool] = ..., namespace: _Optional[str] = ..., post_bake_s: _Optional[float] = ..., zones: _Optional[_Iterable[str]] = ..., instances_per_zone: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., source: _Optional[str] = ...) -> None: ...
+    deployment: str
+    def __init__(self, service: _Optional[str] = ..., target: _Optional[str] = ..., version: _Optional[str] = ..., canary_percent: _Optional[float] = ..., bake_s: _Optional[float] = ..., min_requests: _Optional[int] = ..., zone_first: _Optional[bool] = ..., namespace: _Optional[str] = ..., post_bake_s: _Optional[float] = ..., zones: _Optional[_Iterable[str]] = ..., instances_per_zone: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., source: _Optional[str] = ..., deployment: _Optional[str] = ...) -> None: ...
 
 class StartRolloutRequest(_message.Message):
     __slots__ = ("spec", "rollout_file", "rollout_file_name")

@@ -384,15 +384,16 @@ def test_a_service_without_deployments_is_refused(fake):
 
 
 def test_a_multi_step_rollout_file_drives_the_deployments_step_by_step(fake):
-    """A rollout file naming the kubernetes target and its namespace: 25 % → 50 % (zone first) → 100 %,
+    """A rollout file naming the kubernetes target, its namespace and its Deployment family (web-<zone> for
+    the service storefront): 25 % → 50 % (zone first) → 100 %,
     each step a canary Deployment scaled to the step's count, readiness from the pods (fake API server)."""
     from stoker.coordinator.rollouts import rollout_file
 
     fake.add_service("shop", "web", ["zone-a", "zone-b"], 4, "v1")
     text = """apiVersion: stoker.dev/v1
 kind: Rollout
-service: web
-target: {kind: kubernetes, namespace: shop}
+service: storefront
+target: {kind: kubernetes, namespace: shop, deployment: web}
 plan:
   bake: 1s
   min_requests: 100
