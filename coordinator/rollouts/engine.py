@@ -109,6 +109,13 @@ def with_defaults(spec: Spec, s: RolloutSettings) -> Spec:
     )
 
 
+def _same_fleet(a: Spec, b: Spec) -> bool:
+    """Two specs that move the same instances (the same service, or one Deployment family)."""
+    if a.service == b.service:
+        return True
+    return a.target == b.target == "kubernetes" and (a.family, a.namespace) == (b.family, b.namespace)
+
+
 class RolloutEngine:
     def __init__(
         self,
@@ -200,7 +207,7 @@ class RolloutEngine:
         spec = with_defaults(spec, self.settings)
         machine.validate_spec(spec)
         async with self._start_lock:
-            busy = [r for r in self.store.active() if r.spec.service == spec.service]
+            busy = [r for r in self.store.active() if _same_fleet(r.spec, spec)]
             if busy:
                 raise FailedPrecondition(
                     f"service {spec.service} already has a rollout in progress ({busy[0].id}, "
