@@ -266,10 +266,12 @@ class RolloutEngine:
         async with self._lock(rollout_id):
             r = self._rollouts.get(rollout_id) or self.store.get(rollout_id)
             assert r is not None
+            # a rollout loaded from the store (an ended one, retried) notifies from where it is now
+            self._seen.setdefault(r.id, (r.phase, r.step_index, len(r.verdicts), r.attempt))
             was_terminal = r.terminal
             retrying = r.phase in (machine.Phase.ROLLED_BACK, machine.Phase.FAILED)
             if verb in ("resume", "retry") and retrying:
-                busy = [o for o in self.store.active() if o.spec.service == r.spec.service and o.id != r.id]
+                busy = [o for o in self.store.active() if _same_fleet(o.spec, r.spec) and o.id != r.id]
                 if busy:
                     raise FailedPrecondition(
                         f"service {r.spec.service} already has a rollout in progress "
