@@ -542,6 +542,8 @@ def _max_looks(r: Rollout, settings: Settings) -> int:
 
 def wants_metrics(r: Rollout, now: float) -> bool:
     """Whether :func:`step` needs a metrics sample now (a window opens or a look is due)."""
+    if r.phase is Phase.PAUSED and r.awaiting_promotion:
+        return now >= r.next_look  # the canary waiting at a pause step is still watched (guardrails)
     if r.phase not in (Phase.BAKING, Phase.POST_BAKE):
         return False
     return not r.window_opened or now >= r.next_look or now >= r.bake_until
@@ -951,6 +953,8 @@ def _step_paused(t: _Tick) -> Rollout:
         r.awaiting_promotion = False
         r.paused_from = None
         return _fail(r, now, reason, settings)
+    if t.metrics is not None:
+        r.next_look = now + settings.judge_interval_s
     if not r.pause_until or now < r.pause_until:
         return r
     st = current_step(r)

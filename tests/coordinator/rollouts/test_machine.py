@@ -303,10 +303,11 @@ def test_a_multi_step_plan_moves_share_by_share_and_waits_at_its_pause_step():
     drive(r, fleet, clock, ok, until=lambda r: r.phase is m.Phase.PAUSED)
     assert r.awaiting_promotion and r.step_index == 2 and [v.result for v in r.verdicts] == ["pass", "pass"]
     assert r.verdicts[1].canary_requests >= 150
-    for _ in range(20):  # waits, with no metrics wanted
+    for _ in range(20):  # waits (guardrails still looked at, below)
         clock.t += 1
-        assert not m.wants_metrics(r, clock.t)
-        m.step(r, fleet.observe(), None, clock.t, SETTINGS)
+        m.step(
+            r, fleet.observe(), fleet.metrics({}) if m.wants_metrics(r, clock.t) else None, clock.t, SETTINGS
+        )
     assert r.phase is m.Phase.PAUSED
     m.promote(r, clock.t, "looks good", SETTINGS)
     assert r.phase is m.Phase.SURGING and r.step_index == 3
@@ -418,3 +419,23 @@ def test_a_multi_step_plan_survives_a_restart_at_every_tick():
             fleet.converge(r.desired)
     assert r.phase is m.Phase.SUCCEEDED
     assert [k.split("/")[-1] for k in keys] == ["canary", "step-2-first", "step-2", "surge"]
+
+
+def test_a_guardrail_breach_while_waiting_at_a_pause_step_rolls_back():
+    fleet, clock = Fleet({"a": 2, "b": 2}), Clock()
+    steps = (m.Step(share=50, bake_s=2.0), m.Step(pause=True), m.Step(100))
+    r = start(fleet, clock, steps=steps)
+    drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0)}, until=lambda r: r.awaiting_promotion)
+    looks = 0
+    for _ in range(10):  # waiting: metrics are asked for once per judge interval, for the guardrails
+        clock.t += 0.5
+        if m.wants_metrics(r, clock.t):
+            looks += 1
+            m.step(r, fleet.observe(), fleet.metrics({}), clock.t, SETTINGS)
+        else:
+            m.step(r, fleet.observe(), None, clock.t, SETTINGS)
+    assert r.phase is m.Phase.PAUSED and looks == 5
+    clock.t += 1.0
+    assert m.wants_metrics(r, clock.t)
+    m.step(r, fleet.observe(), fleet.metrics({}), clock.t, SETTINGS, ("queue depth: 80 above its max 50",))
+    assert r.phase is m.Phase.ROLLING_BACK and "guardrail queue depth: 80" in r.verdicts[-1].reason
