@@ -142,6 +142,8 @@ def render(r: rollout_pb2.Rollout) -> str:
     for n, step in enumerate(r.plan, 1):
         mark = "▶" if n == r.step and r.phase not in TERMINAL_PHASES else " "
         lines.append(f"  plan   {mark} {step}")
+    if r.awaiting_promotion:
+        lines.append(f"  waiting  for an operator: stoker rollout promote {r.id}  (or abort)")
     if r.zones:
         lines.append(f"  {'zone':<12} {r.from_version or 'old':>10} {spec.version:>10} {'ready':>6}")
         for z in r.zones:

@@ -104,6 +104,8 @@ def test_the_docs_example_rolls_out_step_by_step_and_waits_for_the_cli_to_promot
     assert [(z.old_instances, z.new_instances) for z in final.zones] == [(0, 4), (0, 4)]
     events = "\n".join(final.events)
     assert "promoted by an operator (ok)" in events
+    shown = stoker(address, "get", good["rollout_id"])
+    assert "  plan     step 1/4: 10 % (zone-a 1/4, zone-b 1/4); bake 3 s and >= 100 requests" in shown.stdout
     assert "webhook https://hooks.slack.com/…: not allowed by rollouts.webhook_url_prefixes" in events
     assert "XXXXXXXX" not in events  # the secret part of a Slack URL is never shown
     assert "step 2/4: 50 % of v2 in zone zone-a first" in events
