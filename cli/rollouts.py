@@ -237,6 +237,20 @@ def cmd_validate(args) -> int:
             print(f"    {line}")
     else:
         print(f"  {len(spec.steps) or 2} step(s); the instance counts are printed when the rollout starts")
+    if spec.analysis:
+        from stoker.coordinator.rollouts.metrics_providers import MetricNames
+
+        names = MetricNames.from_analysis(spec.analysis)
+        source = spec.analysis.get("source") or "the coordinator's rollouts.metrics"
+        print(
+            f"  analysis: {source}; requests {names.requests}, errors {names.errors}, latency {names.latency}"
+            f"; {len(spec.analysis.get('queries') or {})} query template(s), "
+            f"{len(spec.analysis.get('guardrails') or [])} guardrail(s)"
+        )
+    from stoker.coordinator.rollouts.notify import redact
+
+    for hook in spec.webhooks:
+        print(f"  webhook: {redact(hook['url'])} ({hook['format']}: {', '.join(hook['events'])})")
     return 0
 
 

@@ -191,6 +191,14 @@ def test_cli_validate_prints_the_plan_or_one_line_naming_the_problem(tmp_path):
         "step 2/4: 50 % (zone-a 2/4, zone-b 2/4), first zone first; bake 120 s and >= 100 requests"
         in ok.stdout
     )
+    assert (
+        '  analysis: scrape; requests stoker_sample_requests_total, errors code=~"5..", latency '
+        "stoker_sample_request_duration_seconds; 0 query template(s), 0 guardrail(s)" in ok.stdout
+    )
+    assert (
+        "  webhook: https://hooks.slack.com/… (slack: paused, verdict, succeeded, rolled_back)" in ok.stdout
+    )
+    assert "XXXXXXXX" not in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(docs_example().replace("    - share: 50\n", "    - share: 500\n"))
     line = bad.read_text().splitlines().index("    - share: 500") + 1
