@@ -511,6 +511,8 @@ def run_scenario(name: str, base: Path, rate: float, timeout: float) -> dict:
         row = run_own_metrics(base, name, rate, timeout)
         return _judge_row(name, row)
     settings = dict(SETTINGS)
+    if name == "webhook_down":
+        settings.update(webhook_url_prefixes=["http://127.0.0.1:"])  # the operator allows the receivers
     if name == "metrics_down":
         settings.update(
             metrics="prometheus", prometheus_url=f"http://127.0.0.1:{free_port()}", metrics_timeout_s=1.0

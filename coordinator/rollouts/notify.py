@@ -137,9 +137,10 @@ class Notifier:
         self._closed = False
 
     def allowed(self, url: str) -> bool:
-        if not url.startswith(("http://", "https://")):
+        """Only http(s) URLs under the operator's prefixes (none by default: a rollout file is input)."""
+        if not url.startswith(("http://", "https://")) or not self.allowed_prefixes:
             return False
-        return not self.allowed_prefixes or url.startswith(self.allowed_prefixes)
+        return url.startswith(self.allowed_prefixes)
 
     def emit(self, r: Rollout, event: str, now: float, verdict: judge.Verdict | None = None) -> None:
         """Queue ``event`` for every webhook of ``r`` that asked for it; never blocks, never raises."""

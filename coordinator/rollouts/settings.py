@@ -71,8 +71,9 @@ class RolloutSettings:
     """Multiplies every bake, post-bake and pause timeout a rollout asks for (its file or flags): tests and
     demos run real plans faster with a small value. 1 in production."""
     webhook_url_prefixes: tuple[str, ...] = ()
-    """URL prefixes a rollout file's webhooks may post to (e.g. "https://hooks.slack.com/"); a webhook
-    outside them is not called (the rollout's history says so). Empty: any http or https URL."""
+    """URL prefixes a rollout file's webhooks may post to (e.g. "https://hooks.slack.com/services/"); a
+    webhook outside them is not called (the rollout's history says so). Empty: none. A rollout file comes
+    from a service's repository, so the coordinator posts only where its operator allowed."""
     webhook_attempts: int = 6
     """Attempts per notification before it is dropped (retried with exponential backoff)."""
     webhook_backoff_s: float = 0.5

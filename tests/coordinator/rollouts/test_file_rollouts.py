@@ -120,7 +120,9 @@ def test_a_late_fault_is_caught_at_the_second_step_then_retried_with_webhooks_to
     """Errors that begin 5 s after an instance starts pass step 1's 2 s bake and fail step 2's; the JSON and
     Slack receivers hear every event with the verdict's numbers, a receiver that is down holds nothing up;
     `stoker rollout retry` runs the rolled-back rollout again."""
-    address = rollout_fleet.start(time_scale=1.0, webhook_attempts=3, webhook_backoff_s=0.2).address
+    address = rollout_fleet.start(
+        time_scale=1.0, webhook_attempts=3, webhook_backoff_s=0.2, webhook_url_prefixes=["http://127.0.0.1:"]
+    ).address
     stub = rollout_fleet.stub()
     down = f"http://127.0.0.1:{free_port()}/down"
     with Receiver() as hooks, Receiver() as slack:

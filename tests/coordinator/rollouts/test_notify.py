@@ -29,7 +29,7 @@ VERDICT = judge.Verdict(
 
 def test_a_failing_receiver_gets_the_notification_on_a_later_attempt_in_both_formats():
     async def run(json_url: str, slack_url: str) -> Notifier:
-        n = Notifier(attempts=5, backoff_s=0.05)
+        n = Notifier(attempts=5, backoff_s=0.05, allowed_prefixes=("http://127.0.0.1:",))
         r = rollout(
             {"url": json_url, "format": "json", "events": ["verdict", "rolled_back"]},
             {"url": slack_url, "format": "slack", "events": ["verdict"]},
@@ -62,7 +62,7 @@ def test_a_down_receiver_never_blocks_emit_and_is_retried_then_dropped():
     down = f"http://127.0.0.1:{free_port()}/hook"
 
     async def run() -> tuple[Notifier, float]:
-        n = Notifier(attempts=3, backoff_s=0.05, timeout_s=0.5)
+        n = Notifier(attempts=3, backoff_s=0.05, timeout_s=0.5, allowed_prefixes=("http://127.0.0.1:",))
         r = rollout({"url": down, "format": "json", "events": ["step", "succeeded"]})
         t0 = time.monotonic()
         for _ in range(5):
@@ -91,6 +91,7 @@ def test_urls_outside_the_allowed_prefixes_are_not_called():
             await n.close()
             assert not n.allowed(receiver.url) and n.allowed("https://hooks.example.com/x")
             assert not Notifier().allowed("file:///etc/passwd")
+            assert not Notifier().allowed(receiver.url)  # nothing is allowed until the operator says so
 
         asyncio.run(run())
         assert receiver.attempts == []
