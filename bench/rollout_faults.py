@@ -17,6 +17,13 @@ Two baselines run the fault-free v2 over the same traffic without the engine:
 - ``baseline_naive_rolling``: one instance at a time, stop the old one (SIGTERM, no drain), start the new one,
   put it in the balancer, wait for HAProxy to report it UP, next.
 
+Scenarios driven by rollout files (``file_*``, ``own_metrics_*``, ``webhook_down``): a multi-step plan
+(10 % → 50 % → 100 %) that succeeds; a fault that shows late and is caught at the second step within
+that step's bake; a ``pause`` step promoted by ``stoker rollout promote``; a ``pause`` step that times
+out and rolls back; a second sample program with its own metric names, labels and gRPC status codes
+judged through a real Prometheus (good, and faulty); and a multi-step rollout whose webhook receivers
+are down the whole time (one refuses connections, one answers 503 and counts the retries).
+
 ``coordinator_kill`` sends SIGKILL to the coordinator at each state transition of a fault-free rollout,
 restarts it on the same state file, and checks the rollout finishes exactly once: each new instance started
 once, each step's intent recorded once, no zone below its floor (sampled from HAProxy every 50 ms).
@@ -79,7 +86,81 @@ EXPECTED = {
     "coordinator_kill": "succeeded",
     "baseline_all_at_once": "succeeded",
     "baseline_naive_rolling": "succeeded",
+    "file_multi_step": "succeeded",
+    "file_fault_step2": "rolled_back",
+    "file_pause_promoted": "succeeded",
+    "file_pause_timeout": "rolled_back",
+    "own_metrics_prometheus": "succeeded",
+    "own_metrics_fault": "rolled_back",
+    "webhook_down": "succeeded",
 }
+FILE_SCENARIOS = [n for n in EXPECTED if n.startswith(("file_", "own_metrics_", "webhook_"))]
+
+MULTI_STEP = """\
+    - {share: 10, bake: 15s}
+    - {share: 50, bake: 15s}
+    - {share: 100}
+"""
+PAUSED_PLAN = """\
+    - {share: 25, bake: 12s}
+    - pause: {timeout: %s, on_timeout: rollback}
+    - {share: 100}
+"""
+
+
+def sample_file(steps: str, env: dict[str, str] | None = None, hooks: list[str] | None = None) -> str:
+    """A rollout file for the sample service (its default metric names, spelled out)."""
+    text = "apiVersion: stoker.dev/v1\nkind: Rollout\nservice: sample\n"
+    if env:
+        text += "target:\n  env:\n" + "".join(f"    {k}: {json.dumps(v)}\n" for k, v in env.items())
+    text += "plan:\n  min_requests: 300\n  post_bake: 3s\n  steps:\n" + steps
+    text += (
+        "analysis:\n  source: scrape\n  metrics:\n    requests: stoker_sample_requests_total\n"
+        "    errors: 'code=~\"5..\"'\n    latency: stoker_sample_request_duration_seconds\n"
+    )
+    if hooks:
+        text += "notifications:\n  webhooks:\n" + "".join(f"    - {{url: '{h}'}}\n" for h in hooks)
+    return text
+
+
+SHOP_FILE = """\
+apiVersion: stoker.dev/v1
+kind: Rollout
+service: shop
+target:
+  zones: [zone-a, zone-b]
+  instances_per_zone: 4
+  env: {%s}
+plan:
+  min_requests: 300
+  post_bake: 8s  # longer than Prometheus's discovery of new targets (up to 5 s) and a scrape
+  steps:
+    - {share: 25, bake: 15s}
+    - {share: 100}
+analysis:
+  source: prometheus
+  metrics:
+    requests: shop_grpc_server_handled_total
+    errors: 'grpc_code=~"Unavailable|Internal|Unknown|DeadlineExceeded"'
+    latency: shop_grpc_server_handling_seconds
+    service_label: app
+  queries:
+    requests: >-
+      sum by (instance) (shop_grpc_server_handled_total{app="{{service}}",
+      version="{{version}}", zone="{{zone}}"})
+  guardrails:
+    - name: queue depth
+      query: max by (instance) (shop_grpc_server_queue_depth{app="{{service}}", version="{{version}}"})
+      max: 50
+"""
+
+
+def file_request(text: str, version: str, name: str) -> PB.StartRolloutRequest:
+    return PB.StartRolloutRequest(
+        spec=PB.RolloutSpec(version=version), rollout_file=text, rollout_file_name=f"{name}.yaml"
+    )
+
+
 SCENARIOS = list(EXPECTED)
 
 
@@ -315,8 +396,123 @@ def run_baseline(world: World, name: str, rate: float) -> dict:
     }
 
 
+def _step_times(final: PB.Rollout) -> dict[int, float]:
+    """When each step's bake opened (from the rollout's event log)."""
+    out = {}
+    for line in final.events:
+        stamp, _, text = line.partition(" ")
+        if " ready; baking for " in text and text.startswith("baking: step "):
+            out[int(text.split()[2])] = float(stamp)
+    return out
+
+
+def run_file(world: World, name: str, rate: float, timeout: float) -> dict:
+    """One rollout-file scenario on the sample service."""
+    extra: dict = {}
+    on_update = None
+    if name == "file_multi_step":
+        text = sample_file(MULTI_STEP)
+    elif name == "file_fault_step2":
+        # errors begin 20 s after an instance starts: step 1's canaries pass their 15 s bake
+        text = sample_file(
+            MULTI_STEP, env={"STOKER_SAMPLE_ERROR_RATE": "0.05", "STOKER_SAMPLE_ERRORS_AFTER_S": "20"}
+        )
+    elif name == "file_pause_promoted":
+        text = sample_file(PAUSED_PLAN % "5m")
+        promoted: dict = {}
+
+        def promote(update: PB.Rollout) -> None:
+            if update.awaiting_promotion and "t" not in promoted:
+                promoted["t"] = time.time()
+                cli = subprocess.run(
+                    [sys.executable, "-m", "stoker.cli.main", "rollout", "promote", update.id,
+                     "--coordinator", world.coordinator.address, "--reason", "bench"],
+                    capture_output=True, text=True, timeout=30,
+                )  # fmt: skip
+                promoted["cli_exit"] = cli.returncode
+
+        on_update = promote
+        extra["promoted"] = promoted
+    elif name == "file_pause_timeout":
+        text = sample_file(PAUSED_PLAN % "6s")
+    else:  # webhook_down: one URL refuses connections, one answers 503 to everything and counts
+        from stoker.demo.webhook_receiver import Receiver
+
+        refusing = f"http://127.0.0.1:{free_port()}/hook"
+        with Receiver(always_fail=True) as failing:
+            text = sample_file(MULTI_STEP, hooks=[refusing, failing.url])
+            row = demo_rollouts.run_with_load(
+                world.stub, file_request(text, "v2", name), world.endpoint, rate=rate, timeout=timeout,
+                stop_at={PB.ROLLOUT_PHASE_PAUSED},
+            )  # fmt: skip
+            time.sleep(2.0)
+            row["webhook_503_attempts"] = len(failing.attempts)
+            row["webhook_503_deliveries"] = len({h.get("x-stoker-delivery") for h, _ in failing.attempts})
+            row["webhook_max_attempt"] = max(
+                (int(h["x-stoker-attempt"]) for h, _ in failing.attempts), default=0
+            )
+        return row
+    stop_at = {PB.ROLLOUT_PHASE_PAUSED}
+    if name in ("file_pause_promoted", "file_pause_timeout"):
+        stop_at = set()  # a pause step is the plan: watch on to the end
+    row = demo_rollouts.run_with_load(
+        world.stub, file_request(text, "v2", name), world.endpoint, rate=rate, timeout=timeout,
+        stop_at=stop_at, on_update=on_update,
+    )  # fmt: skip
+    final = world.stub.GetRollout(PB.GetRolloutRequest(rollout_id=row["rollout_id"]), timeout=10)
+    row["plan"] = list(final.plan)
+    row["step_reached"] = final.step
+    bakes = _step_times(final)
+    if name == "file_fault_step2" and final.verdicts:
+        failed_at = final.verdicts[-1].time.ToNanoseconds() / 1e9
+        row["failed_check"] = final.verdicts[-1].check
+        row["detect_after_step2_bake_start_s"] = round(failed_at - bakes.get(2, failed_at), 2)
+    if name == "file_pause_timeout" and final.verdicts:
+        paused = next(
+            (float(e.split()[0]) for e in final.events if "waiting for `stoker rollout promote`" in e), 0
+        )
+        row["failed_check"] = final.verdicts[-1].check
+        row["pause_to_rollback_s"] = round(final.verdicts[-1].time.ToNanoseconds() / 1e9 - paused, 2)
+    row.update(extra)
+    return row
+
+
+def run_own_metrics(base: Path, name: str, rate: float, timeout: float) -> dict:
+    """The shop service (its own names, gRPC codes as errors) judged through a real Prometheus."""
+    root = base / name
+    prometheus, url = demo_rollouts.start_prometheus(
+        root / "prometheus", __import__("shutil").which("prometheus") or "prometheus",
+        root / "coordinator-rollouts", service_label="app",
+    )  # fmt: skip
+    settings = dict(SETTINGS, command=demo_rollouts.SHOP_COMMAND, metrics="prometheus", prometheus_url=url)
+    coordinator = demo_rollouts.start_coordinator(root, settings)
+    try:
+        stub = demo_rollouts.stub(coordinator.address)
+        first = stub.StartRollout(file_request(SHOP_FILE % "", "v1", "shop"), timeout=10)
+        first = demo_rollouts.wait_until(stub, first.id, demo_rollouts.TERMINAL, 60)
+        if first.phase != PB.ROLLOUT_PHASE_SUCCEEDED:
+            raise RuntimeError(f"first deployment of shop: {first.message}")
+        env = "SHOP_FAIL_RATE: '0.05'" if name == "own_metrics_fault" else ""
+        row = demo_rollouts.run_with_load(
+            stub, file_request(SHOP_FILE % env, "v2", "shop"), first.endpoint, rate=rate, timeout=timeout,
+            stop_at={PB.ROLLOUT_PHASE_PAUSED},
+        )  # fmt: skip
+        row["metrics"] = "prometheus: shop_grpc_server_handled_total{grpc_code}, app label"
+        return row
+    finally:
+        coordinator.kill()
+        demo_rollouts.teardown_under(root)
+        prometheus.kill()
+        prometheus.wait()
+
+
 def run_scenario(name: str, base: Path, rate: float, timeout: float) -> dict:
+    if name.startswith("own_metrics_"):
+        row = run_own_metrics(base, name, rate, timeout)
+        return _judge_row(name, row)
     settings = dict(SETTINGS)
+    if name == "webhook_down":
+        settings.update(webhook_url_prefixes=["http://127.0.0.1:"])  # the operator allows the receivers
     if name == "metrics_down":
         settings.update(
             metrics="prometheus", prometheus_url=f"http://127.0.0.1:{free_port()}", metrics_timeout_s=1.0
@@ -328,12 +524,28 @@ def run_scenario(name: str, base: Path, rate: float, timeout: float) -> dict:
             row = run_coordinator_kill(world, rate, timeout)
         elif name.startswith("baseline_"):
             row = run_baseline(world, name, rate)
+        elif name in FILE_SCENARIOS:
+            row = run_file(world, name, rate, timeout)
         else:
             row = run_engine(world, name, 0.0 if name == "no_traffic" else rate, timeout)
     finally:
         world.close()
+    return _judge_row(name, row)
+
+
+def _judge_row(name: str, row: dict) -> dict:
     row["expected"] = EXPECTED[name]
     row["ok"] = row["outcome"] == EXPECTED[name]
+    if EXPECTED[name] == "succeeded" and name in FILE_SCENARIOS:
+        row["ok"] = row["ok"] and row["failed_requests"] == 0
+    if name == "file_fault_step2":
+        row["ok"] = row["ok"] and row.get("step_reached") == 2 and row["detect_after_step2_bake_start_s"] < 15
+    if name == "file_pause_promoted":
+        row["ok"] = row["ok"] and row["promoted"].get("cli_exit") == 0
+    if name == "file_pause_timeout":
+        row["ok"] = row["ok"] and row["failed_check"] == "pause" and row["failed_requests"] == 0
+    if name == "webhook_down":
+        row["ok"] = row["ok"] and row["webhook_max_attempt"] > 1
     if name in ("good", "coordinator_kill"):
         row["ok"] = row["ok"] and row["failed_requests"] == 0
     if name == "coordinator_kill":
@@ -346,6 +558,7 @@ def run_scenario(name: str, base: Path, rate: float, timeout: float) -> dict:
         )
     if EXPECTED[name] == "rolled_back":
         canary_failures = sum(v["failed"] for k, v in row.get("by_version", {}).items() if k == "v2")
+        # a pause that times out rolls back a healthy canary: nothing fails at all
         row["failed_outside_canary"] = row["failed_requests"] - canary_failures
         row["ok"] = row["ok"] and row["failed_outside_canary"] == 0
     return row

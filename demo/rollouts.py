@@ -15,6 +15,8 @@ hook stops every sample instance and balancer under ``workdir`` when it is done.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -132,7 +134,7 @@ def verdict_line(v: rollout_pb2.Verdict) -> str:
 
 def run_with_load(
     rollouts: rollout_pb2_grpc.RolloutsStub,
-    spec: rollout_pb2.RolloutSpec,
+    spec: rollout_pb2.RolloutSpec | rollout_pb2.StartRolloutRequest,
     endpoint: str,
     *,
     rate: float = 100.0,
@@ -141,17 +143,26 @@ def run_with_load(
     on_update: Callable[[rollout_pb2.Rollout], None] | None = None,
 ) -> dict:
     """Start a rollout while ``rate`` requests per second flow through ``endpoint``; wait for its end (or one
-    of ``stop_at``) and report outcome, time to detect a fault, and requests sent and failed during it."""
+    of ``stop_at``) and report outcome, time to detect a fault, and requests sent and failed during it.
+    ``spec`` may be a whole StartRolloutRequest (a rollout file's text and the version)."""
+    request = (
+        spec
+        if isinstance(spec, rollout_pb2.StartRolloutRequest)
+        else rollout_pb2.StartRolloutRequest(spec=spec)
+    )
     with LoadGenerator(
         endpoint, rate, max_requests=int(rate * (timeout + 10)), max_duration_s=timeout + 10
     ) as load:
         time.sleep(1.0)  # traffic flows before the rollout begins
         t0 = time.time()
-        r = rollouts.StartRollout(rollout_pb2.StartRolloutRequest(spec=spec), timeout=10)
+        r = rollouts.StartRollout(request, timeout=10)
         detect: dict[str, float] = {}
 
         def seen(update: rollout_pb2.Rollout) -> None:
-            if update.phase in (rollout_pb2.ROLLOUT_PHASE_ROLLING_BACK, rollout_pb2.ROLLOUT_PHASE_PAUSED):
+            stopped = update.phase == rollout_pb2.ROLLOUT_PHASE_ROLLING_BACK or (
+                update.phase == rollout_pb2.ROLLOUT_PHASE_PAUSED and not update.awaiting_promotion
+            )
+            if stopped:  # a pause step waiting for its promotion is the plan, not a detection
                 detect.setdefault("t", time.time())
             if on_update:
                 on_update(update)
@@ -161,8 +172,8 @@ def run_with_load(
         time.sleep(0.5)
     summary = summarize(load.results, t0, t1)
     return {
-        "service": spec.service,
-        "version": spec.version,
+        "service": r.spec.service,
+        "version": r.spec.version,
         "rollout_id": r.id,
         "outcome": OUTCOME.get(final.phase, phase_name(final.phase)),
         "detect_s": round(detect["t"] - t0, 2) if "t" in detect else None,
@@ -219,13 +230,37 @@ def teardown_under(base: Path) -> int:
     return killed
 
 
+DEMO_ROLLOUT_FILE = """\
+# sample.rollout.yaml: how the demo rolls the sample service out (docs/rollouts.md explains every key)
+apiVersion: stoker.dev/v1
+kind: Rollout
+service: sample
+plan:
+  bake: 4s
+  min_requests: 100
+  post_bake: 3s
+  steps:
+    - share: 10
+    - share: 50
+    - share: 100
+      zone_first: true
+analysis:
+  source: scrape
+  metrics:
+    requests: stoker_sample_requests_total
+    errors: 'code=~"5.."'
+    latency: stoker_sample_request_duration_seconds
+"""
+
+
 def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str], None] = print) -> list[dict]:
-    """One good and one faulty rollout of the sample service on the demo's coordinator (~30 s).
+    """One good and one faulty rollout of the sample service on the demo's coordinator (~40 s).
 
     Deploys ``sample`` v1 (3 instances in each of two zones) behind HAProxy, then, with 100 requests per
-    second flowing through the balancer, rolls out v2 (fault-free: should succeed with no failed request) and
-    v3 (10 % of its answers are errors: should be caught at the canary and rolled back). Returns one row per
-    rollout: service, version, outcome, detect_s, failed_requests, requests, duration_s, by_version, verdicts.
+    second flowing through the balancer, rolls out v2 from a rollout file (``DEMO_ROLLOUT_FILE``: 10 % →
+    50 % → 100 %, fault-free: should succeed with no failed request) and v3 from flags (10 % of its answers
+    are errors: should be caught at the canary and rolled back). Returns one row per rollout: service,
+    version, outcome, detect_s, failed_requests, requests, duration_s, by_version, verdicts.
     """
     rollouts = stub(coordinator_address)
     rows = []
@@ -239,19 +274,31 @@ def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str],
         # (6 of 252: Fisher p = 0.0013) to pass the judge's per-look threshold, so the demo rolled it out. At
         # 10 % the judge's test catches it, or the guardrail does first when the canary's error rate passes
         # its cap.
-        for title, spec in (
-            ("good version v2", rollout_pb2.RolloutSpec(version="v2", **common)),
+        path = base / "sample.rollout.yaml"
+        path.write_text(DEMO_ROLLOUT_FILE)
+        from_file = rollout_pb2.StartRolloutRequest(
+            spec=rollout_pb2.RolloutSpec(version="v2"),
+            rollout_file=DEMO_ROLLOUT_FILE,
+            rollout_file_name=path.name,
+        )
+        starts: tuple[tuple[str, rollout_pb2.RolloutSpec | rollout_pb2.StartRolloutRequest], ...] = (
+            (f"good version v2 from a rollout file (stoker rollout start -f {path} --version v2)", from_file),
             (
                 "faulty version v3 (10 % errors)",
                 rollout_pb2.RolloutSpec(version="v3", env={"STOKER_SAMPLE_ERROR_RATE": "0.10"}, **common),
             ),
-        ):
+        )
+        for title, spec in starts:
             say(f"rollouts: {title}, 100 req/s through {first.endpoint}")
-            last_phase: list[int | None] = [None]
+            last_phase: list[object] = [None, False]
 
-            def show(update: rollout_pb2.Rollout, last_phase: list[int | None] = last_phase) -> None:
-                if update.phase != last_phase[0]:
-                    last_phase[0] = update.phase
+            def show(update: rollout_pb2.Rollout, last_phase: list[object] = last_phase) -> None:
+                if not last_phase[1] and update.plan:
+                    last_phase[1] = True
+                    for line in update.plan:
+                        say(f"  plan: {line}")
+                if (update.phase, update.step) != last_phase[0]:
+                    last_phase[0] = (update.phase, update.step)
                     zones = " ".join(
                         f"{z.zone}={z.old_instances}old/{z.new_instances}new" for z in update.zones
                     )
@@ -270,3 +317,70 @@ def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str],
     finally:
         teardown_under(base)
     return rows
+
+
+def start_prometheus(
+    workdir: Path, binary: str, local_dir: Path, *, service_label: str = "service"
+) -> tuple[subprocess.Popen, str]:
+    """A real Prometheus on a free loopback port that scrapes, every second, the instances the local target
+    publishes (``<local_dir>/file_sd+prometheus/*.json``); the target's ``service`` label is renamed
+    ``service_label`` (a service's own label names). Returns the process and its base URL."""
+    import socket
+    import urllib.request
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    (local_dir / "file_sd+prometheus").mkdir(parents=True, exist_ok=True)  # so Prometheus can watch it
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    relabel = ""
+    if service_label != "service":
+        relabel = f"""
+    relabel_configs:
+      - source_labels: [service]
+        target_label: {service_label}
+      - regex: service
+        action: labeldrop"""
+    (workdir / "prometheus.yml").write_text(
+        f"""global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: rollouts
+    scrape_timeout: 900ms
+    file_sd_configs:
+      - files: ["{local_dir}/file_sd+prometheus/*.json"]
+        refresh_interval: 1s{relabel}
+"""
+    )
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=(workdir / "prometheus.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"Prometheus did not become ready; see {workdir / 'prometheus.log'}")
+
+
+SHOP_COMMAND = [
+    sys.executable, "-m", "stoker.demo.shop_service",
+    "--port", "{port}", "--instance", "{instance}", "--version", "{version}",
+]  # fmt: skip
+"""The local target's command for the second sample program (``rollouts.command``)."""

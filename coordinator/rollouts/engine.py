@@ -32,6 +32,7 @@ from stoker.coordinator.rollouts import judge, machine
 from stoker.coordinator.rollouts.judge import Counters, Policy
 from stoker.coordinator.rollouts.machine import Instance, MetricsDown, Observation, Rollout, Spec
 from stoker.coordinator.rollouts.metrics_providers import MetricsUnavailable
+from stoker.coordinator.rollouts.notify import Notifier, redact
 from stoker.coordinator.rollouts.settings import RolloutSettings
 from stoker.coordinator.rollouts.store import RolloutStore
 
@@ -66,6 +67,9 @@ class MetricsProvider(Protocol):
     async def sample(self, spec: Spec, instances: list[Instance]) -> dict[str, Counters]:
         """Cumulative counters per instance address; raises MetricsUnavailable."""
 
+    async def guardrails(self, spec: Spec, instances: list[Instance]) -> list[str]:
+        """The canary's breached guardrails (a rollout file's thresholds); raises MetricsUnavailable."""
+
 
 def machine_settings(s: RolloutSettings) -> machine.Settings:
     return machine.Settings(
@@ -85,16 +89,33 @@ def machine_settings(s: RolloutSettings) -> machine.Settings:
 
 
 def with_defaults(spec: Spec, s: RolloutSettings) -> Spec:
-    """Fill the fields a request left at zero from the coordinator's settings."""
+    """Fill the fields a request left at zero from the coordinator's settings, and apply ``time_scale``
+    to every duration the request asked for."""
+    k = s.time_scale
     return replace(
         spec,
         canary_percent=spec.canary_percent or s.canary_percent,
-        bake_s=spec.bake_s or s.bake_s,
+        bake_s=spec.bake_s * k if spec.bake_s else s.bake_s,
         min_requests=spec.min_requests or s.min_requests,
-        post_bake_s=spec.post_bake_s or s.post_bake_s,
+        post_bake_s=spec.post_bake_s * k if spec.post_bake_s else s.post_bake_s,
         zones=spec.zones or tuple(s.zones),
         instances_per_zone=spec.instances_per_zone or s.instances_per_zone,
+        steps=tuple(
+            replace(
+                st,
+                bake_s=None if st.bake_s is None else st.bake_s * k,
+                timeout_s=st.timeout_s * k,
+            )
+            for st in spec.steps
+        ),
     )
+
+
+def _same_fleet(a: Spec, b: Spec) -> bool:
+    """Two specs that move the same instances (the same service, or one Deployment family)."""
+    if a.service == b.service:
+        return True
+    return a.target == b.target == "kubernetes" and (a.family, a.namespace) == (b.family, b.namespace)
 
 
 class RolloutEngine:
@@ -105,6 +126,8 @@ class RolloutEngine:
         targets: dict[str, Callable[[], RolloutTarget]],
         metrics: MetricsProvider,
         clock: Clock,
+        notifier: Notifier | None = None,
+        metrics_for: Callable[[Spec], MetricsProvider] | None = None,
         telemetry: CoordinatorMetrics | None = None,
     ) -> None:
         self.settings = settings
@@ -121,6 +144,11 @@ class RolloutEngine:
         self._start_lock = asyncio.Lock()
         self._intended: set[str] = set()
         self._closed = False
+        self.notifier = notifier or Notifier()
+        self._metrics_for = metrics_for
+        self._providers: dict[str, MetricsProvider] = {}
+        self._seen: dict[str, tuple[machine.Phase, int, int, int]] = {}
+        """Per rollout: (phase, step, verdicts, attempt) last notified, to tell which events a change is."""
         self._telemetry = telemetry
         if telemetry is not None:
             for phase in machine.Phase:
@@ -166,6 +194,7 @@ class RolloutEngine:
         active = self.store.active()
         for r in active:
             self._rollouts[r.id] = r
+            self._seen[r.id] = (r.phase, r.step_index, len(r.verdicts), r.attempt)
             self.store.append_event(
                 r.id, self.clock.now(), f"coordinator restarted; resuming in {r.phase.value}"
             )
@@ -189,6 +218,7 @@ class RolloutEngine:
                 pass
         for target in self._targets.values():
             await target.close()
+        await self.notifier.close()
 
     def _spawn(self, rollout_id: str) -> None:
         if rollout_id in self._tasks and not self._tasks[rollout_id].done():
@@ -203,7 +233,7 @@ class RolloutEngine:
         spec = with_defaults(spec, self.settings)
         machine.validate_spec(spec)
         async with self._start_lock:
-            busy = [r for r in self.store.active() if r.spec.service == spec.service]
+            busy = [r for r in self.store.active() if _same_fleet(r.spec, spec)]
             if busy:
                 raise FailedPrecondition(
                     f"service {spec.service} already has a rollout in progress ({busy[0].id}, "
@@ -212,10 +242,19 @@ class RolloutEngine:
             target = self.target(spec.target)
             await target.prepare(spec)
             r = machine.new_rollout(f"r-{uuid.uuid4().hex[:10]}", spec, self.clock.now())
+            for hook in spec.webhooks:
+                if not self.notifier.allowed(hook["url"]):
+                    r.history.append(
+                        f"{r.created:.3f} webhook {redact(hook['url'])}: not allowed by "
+                        "rollouts.webhook_url_prefixes; it will not be called"
+                    )
             self.store.create(r)
-            self.store.append_event(r.id, r.created, r.history[-1])
+            for line in r.history:
+                self.store.append_event(r.id, r.created, line)
             self._rollouts[r.id] = r
             self._lock(r.id)
+        self._seen[r.id] = (r.phase, r.step_index, len(r.verdicts), r.attempt)
+        self.notifier.emit(r, "started", r.created)
         self._spawn(r.id)
         log.info("rollout %s: %s → %s on %s", r.id, spec.service, spec.version, spec.target)
         return r
@@ -246,15 +285,19 @@ class RolloutEngine:
             "abort": machine.abort,
             "pause": machine.pause,
             "resume": machine.resume,
+            "retry": machine.retry,
         }
         action = actions[verb]
         self.get(rollout_id)
         async with self._lock(rollout_id):
             r = self._rollouts.get(rollout_id) or self.store.get(rollout_id)
             assert r is not None
+            # a rollout loaded from the store (an ended one, retried) notifies from where it is now
+            self._seen.setdefault(r.id, (r.phase, r.step_index, len(r.verdicts), r.attempt))
             was_terminal = r.terminal
-            if verb == "resume" and was_terminal:
-                busy = [o for o in self.store.active() if o.spec.service == r.spec.service and o.id != r.id]
+            retrying = r.phase in (machine.Phase.ROLLED_BACK, machine.Phase.FAILED)
+            if verb in ("resume", "retry") and retrying:
+                busy = [o for o in self.store.active() if _same_fleet(o.spec, r.spec) and o.id != r.id]
                 if busy:
                     raise FailedPrecondition(
                         f"service {r.spec.service} already has a rollout in progress "
@@ -292,9 +335,33 @@ class RolloutEngine:
         self.store.save(r)
         for line in r.history[history_before:]:
             self.store.append_event(r.id, r.updated, line)
+        self._notify(r)
         event = self._changed.pop(r.id, None)
         if event is not None:
             event.set()
+
+    def _notify(self, r: Rollout) -> None:
+        """Queue the notifications a saved change means (after the save: never ahead of the record)."""
+        seen = self._seen.get(r.id)
+        self._seen[r.id] = (r.phase, r.step_index, len(r.verdicts), r.attempt)
+        if seen is None:
+            return
+        phase, step, verdicts, attempt = seen
+        now = r.updated
+        P = machine.Phase
+        if r.attempt != attempt:
+            self.notifier.emit(r, "started", now)
+        for v in r.verdicts[verdicts:]:
+            self.notifier.emit(r, "verdict", now, v)
+        moved = r.step_index != step or r.attempt != attempt or phase is P.PENDING
+        if moved and r.phase in (P.CANARY, P.SURGING):
+            self.notifier.emit(r, "step", now)
+        if r.phase is P.PAUSED and phase is not P.PAUSED:
+            self.notifier.emit(r, "paused", now)
+        if r.phase is not phase:
+            event = {P.SUCCEEDED: "succeeded", P.ROLLED_BACK: "rolled_back", P.FAILED: "failed"}.get(r.phase)
+            if event:
+                self.notifier.emit(r, event, now, r.verdicts[-1] if r.verdicts else None)
 
     async def _drive(self, rollout_id: str) -> None:
         failures = 0
@@ -332,6 +399,15 @@ class RolloutEngine:
         if event is not None:
             event.set()
 
+    def _provider(self, r: Rollout) -> MetricsProvider:
+        """The coordinator's provider, or the one the rollout's file asks for (its names and queries)."""
+        if not r.spec.analysis or self._metrics_for is None:
+            return self.metrics
+        provider = self._providers.get(r.id)
+        if provider is None:
+            provider = self._providers[r.id] = self._metrics_for(r.spec)
+        return provider
+
     async def _tick(self, rollout_id: str) -> bool:
         """One observation and step; True when the rollout has ended and its target has converged."""
         async with self._lock(rollout_id):
@@ -340,15 +416,19 @@ class RolloutEngine:
             obs = await target.observe(r.spec)
             now = self.clock.now()
             metrics: dict[str, Counters] | MetricsDown | None = None
+            breaches: tuple[str, ...] = ()
             if machine.wants_metrics(r, now):
+                provider = self._provider(r)
+                live = [i for i in obs.instances if not i.leaving]
                 try:
-                    metrics = await self.metrics.sample(r.spec, [i for i in obs.instances if not i.leaving])
+                    metrics = await provider.sample(r.spec, live)
+                    breaches = tuple(await provider.guardrails(r.spec, live))
                 except MetricsUnavailable as exc:
                     metrics = MetricsDown(str(exc))
                 now = self.clock.now()
             before_key, before_history = r.step_key, len(r.history)
             before = (r.phase, r.message, r.looks, len(r.verdicts), [z.__dict__ for z in r.zones])
-            machine.step(r, obs, metrics, now, self.machine)
+            machine.step(r, obs, metrics, now, self.machine, breaches)
             self._count_changes(r, before[0], before[3])
             after = (r.phase, r.message, r.looks, len(r.verdicts), [z.__dict__ for z in r.zones])
             if r.step_key and r.step_key not in self._intended:

@@ -46,6 +46,38 @@ TERMINAL = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED})
 TARGETS = ("local", "kubernetes")
 
 
+ON_TIMEOUT = ("rollback", "wait", "promote")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a plan: a share of every zone on the new version, then a bake; or a pause that waits
+    for ``stoker rollout promote``."""
+
+    share: float = 0.0
+    """Percent of each zone's instances on the new version, in (0, 100]; 0 for a pause step. Rounded up,
+    so at least one instance per zone; below 100 a zone of several keeps at least one old instance."""
+    bake_s: float | None = None
+    """Minimum bake of this step (None: the spec's ``bake_s``). Unused by the 100 % step (post_bake_s)."""
+    min_requests: int | None = None
+    """Requests canary and baseline must each serve before a pass (None: the spec's)."""
+    zone_first: bool = False
+    """Move the first zone (by name) to this step's share, then the others."""
+    pause: bool = False
+    """A pause step: hold until an operator promotes (or the timeout acts)."""
+    timeout_s: float = 0.0
+    """Pause step: how long to wait for a promotion (0: forever)."""
+    on_timeout: str = "rollback"
+    """Pause step: what a timeout does: "rollback", "wait" (keep waiting) or "promote" (go on)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Step:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
 @dataclass(frozen=True)
 class Spec:
     """What to roll out and how (the wire's RolloutSpec with the defaults filled in)."""
@@ -65,16 +97,82 @@ class Spec:
     """Instances per zone of a first deployment."""
     env: dict[str, str] = field(default_factory=dict)
     """Environment of the new version's instances."""
+    steps: tuple[Step, ...] = ()
+    """The plan (a rollout file's ``plan.steps``); empty: one canary step of ``canary_percent`` with
+    ``bake_s`` and ``min_requests``, then 100 % (zone first when ``zone_first``)."""
+    analysis: dict[str, Any] = field(default_factory=dict)
+    """A rollout file's ``analysis`` (metric names, PromQL templates, guardrails) as loaded and checked by
+    ``rollout_file``; empty: the coordinator's metrics settings (the sample service's names)."""
+    webhooks: tuple[dict[str, Any], ...] = ()
+    """A rollout file's ``notifications.webhooks`` (url, format, events)."""
+    source: str = ""
+    """Where the spec came from ("file NAME" for a rollout file; empty for flags)."""
+    deployment: str = ""
+    """Kubernetes: the Deployment family (``<deployment>-<zone>``, label ``stoker.dev/service``) when it is
+    not named like the service."""
+
+    @property
+    def family(self) -> str:
+        return self.deployment or self.service
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        out = {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in self.__dict__.items()
+            if k not in ("steps", "webhooks")
+        }
+        out["steps"] = [st.to_dict() for st in self.steps]
+        out["webhooks"] = [dict(w) for w in self.webhooks]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Spec:
         data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         data["zones"] = tuple(data.get("zones", ()))
         data["env"] = dict(data.get("env", {}))
+        data["steps"] = tuple(Step.from_dict(st) for st in data.get("steps", ()))
+        data["analysis"] = dict(data.get("analysis", {}))
+        data["webhooks"] = tuple(dict(w) for w in data.get("webhooks", ()))
         return cls(**data)
+
+
+def plan_steps(spec: Spec) -> tuple[Step, ...]:
+    """The steps a rollout of ``spec`` goes through (its plan, or the canary-then-surge default)."""
+    if spec.steps:
+        return spec.steps
+    return (
+        Step(share=spec.canary_percent, bake_s=spec.bake_s, min_requests=spec.min_requests),
+        Step(share=100.0, zone_first=spec.zone_first),
+    )
+
+
+def validate_steps(steps: tuple[Step, ...], where: str = "spec.steps") -> None:
+    """Raise InvalidArgument naming the first bad step: shares in (0, 100], rising, the last one 100."""
+    last = 0.0
+    shares = [st for st in steps if not st.pause]
+    for n, st in enumerate(steps, 1):
+        name = f"{where}[{n}]"
+        if st.pause:
+            if st.share:
+                raise InvalidArgument(f"{name}: a pause step has no share")
+            if not (st.timeout_s >= 0) or math.isinf(st.timeout_s):
+                raise InvalidArgument(f"{name}.timeout: must be a finite number of seconds, not negative")
+            if st.on_timeout not in ON_TIMEOUT:
+                raise InvalidArgument(f"{name}.on_timeout: must be one of {', '.join(ON_TIMEOUT)}")
+            continue
+        if not (0 < st.share <= 100):
+            raise InvalidArgument(f"{name}.share: must be in (0, 100], got {st.share}")
+        if st.share <= last:
+            raise InvalidArgument(f"{name}.share: {st.share:g} must be above the previous step's {last:g}")
+        last = st.share
+        if st.bake_s is not None and (not (st.bake_s >= 0) or math.isinf(st.bake_s)):
+            raise InvalidArgument(f"{name}.bake: must be a finite number of seconds, not negative")
+        if st.min_requests is not None and st.min_requests < 0:
+            raise InvalidArgument(f"{name}.min_requests: must not be negative")
+    if steps and (not shares or shares[-1].share != 100):
+        raise InvalidArgument(f"{where}: the last step with a share must be 100 (the whole fleet)")
+    if steps and steps[-1].pause:
+        raise InvalidArgument(f"{where}: a plan cannot end with a pause (nothing would follow it)")
 
 
 def validate_spec(spec: Spec) -> None:
@@ -91,7 +189,7 @@ def validate_spec(spec: Spec) -> None:
         raise InvalidArgument("spec.version: the version (or image) must not be empty")
     if any(c.isspace() for c in spec.version) or len(spec.version) > 200:
         raise InvalidArgument(f"spec.version: {spec.version!r} must be at most 200 characters without spaces")
-    if not (0 < spec.canary_percent < 100) or math.isnan(spec.canary_percent):
+    if not spec.steps and (not (0 < spec.canary_percent < 100) or math.isnan(spec.canary_percent)):
         raise InvalidArgument(f"spec.canary_percent: must be in (0, 100), got {spec.canary_percent}")
     if not (spec.bake_s >= 0) or math.isinf(spec.bake_s):
         raise InvalidArgument(f"spec.bake_s: must not be negative, got {spec.bake_s}")
@@ -106,6 +204,13 @@ def validate_spec(spec: Spec) -> None:
     for key in spec.env:
         if not key or "=" in key or not key.replace("_", "a").isalnum():
             raise InvalidArgument(f"spec.env: {key!r} is not a valid environment variable name")
+    validate_steps(spec.steps)
+    if spec.deployment and (
+        not all(c.isalnum() or c in "-." for c in spec.deployment) or len(spec.deployment) > 50
+    ):
+        raise InvalidArgument(
+            f"spec.deployment: {spec.deployment!r} must be at most 50 letters, digits, '-', '.'"
+        )
 
 
 @dataclass(frozen=True)
@@ -181,6 +286,14 @@ class Rollout:
     message: str = ""
     zones: list[ZoneCount] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
+    step_index: int = 0
+    """Index of the plan step in progress (``plan_steps(spec)``)."""
+    awaiting_promotion: bool = False
+    """Paused at a pause step: promote (or resume) goes on to the next step."""
+    pause_until: float = 0.0
+    """Pause step: absolute time its timeout acts (0: none)."""
+    plan: list[str] = field(default_factory=list)
+    """The plan with the instance counts it means for this fleet, one line per step."""
 
     @property
     def terminal(self) -> bool:
@@ -218,6 +331,10 @@ class Rollout:
             "message": self.message,
             "zones": [z.__dict__ for z in self.zones],
             "history": self.history[-200:],
+            "step_index": self.step_index,
+            "awaiting_promotion": self.awaiting_promotion,
+            "pause_until": self.pause_until,
+            "plan": self.plan,
         }
 
     @classmethod
@@ -249,6 +366,10 @@ class Rollout:
             message=d.get("message", ""),
             zones=[ZoneCount(**z) for z in d.get("zones", [])],
             history=list(d.get("history", [])),
+            step_index=d.get("step_index", 0),
+            awaiting_promotion=d.get("awaiting_promotion", False),
+            pause_until=d.get("pause_until", 0.0),
+            plan=list(d.get("plan", [])),
         )
 
 
@@ -369,8 +490,48 @@ def zone_counts(r: Rollout, obs: Observation) -> list[ZoneCount]:
     return out
 
 
+def current_step(r: Rollout) -> Step:
+    steps = plan_steps(r.spec)
+    return steps[min(r.step_index, len(steps) - 1)]
+
+
+def _bake_s(r: Rollout) -> float:
+    st = current_step(r)
+    return r.spec.bake_s if st.bake_s is None else st.bake_s
+
+
+def _min_requests(r: Rollout) -> int:
+    st = current_step(r)
+    return r.spec.min_requests if st.min_requests is None else st.min_requests
+
+
+def describe_plan(r: Rollout) -> list[str]:
+    """Each step with the instance counts it means for this fleet (``capacity``)."""
+    lines = []
+    steps = plan_steps(r.spec)
+    previous: dict[str, int] = {}
+    for n, st in enumerate(steps, 1):
+        if st.pause:
+            wait = f"up to {st.timeout_s:g} s, then {st.on_timeout}" if st.timeout_s else "no timeout"
+            lines.append(f"step {n}/{len(steps)}: pause for `stoker rollout promote` ({wait})")
+            continue
+        counts = plan_canary(r.capacity, st.share) if st.share < 100 else dict(r.capacity)
+        where = ", ".join(f"{z} {counts[z]}/{r.capacity[z]}" for z in sorted(r.capacity))
+        first = ", first zone first" if st.zone_first and len(r.capacity) > 1 else ""
+        if st.share >= 100:
+            bake = f"post-bake {r.spec.post_bake_s:g} s"
+        else:
+            bake_s = r.spec.bake_s if st.bake_s is None else st.bake_s
+            need = r.spec.min_requests if st.min_requests is None else st.min_requests
+            bake = f"bake {bake_s:g} s and >= {need} requests" if need else f"bake {bake_s:g} s"
+        same = " (the same counts as the step before)" if counts == previous else ""
+        previous = counts
+        lines.append(f"step {n}/{len(steps)}: {st.share:g} % ({where}){same}{first}; {bake}")
+    return lines
+
+
 def _max_looks(r: Rollout, settings: Settings) -> int:
-    horizon = r.spec.bake_s * (1 + 0.5 * settings.inconclusive_limit)
+    horizon = _bake_s(r) * (1 + 0.5 * settings.inconclusive_limit)
     return (
         max(1, math.ceil(horizon / max(settings.judge_interval_s, 0.001))) + settings.inconclusive_limit + 1
     )
@@ -381,6 +542,8 @@ def _max_looks(r: Rollout, settings: Settings) -> int:
 
 def wants_metrics(r: Rollout, now: float) -> bool:
     """Whether :func:`step` needs a metrics sample now (a window opens or a look is due)."""
+    if r.phase is Phase.PAUSED and r.awaiting_promotion:
+        return now >= r.next_look  # the canary waiting at a pause step is still watched (guardrails)
     if r.phase not in (Phase.BAKING, Phase.POST_BAKE):
         return False
     return not r.window_opened or now >= r.next_look or now >= r.bake_until
@@ -435,18 +598,72 @@ def begin(r: Rollout, obs: Observation, now: float, settings: Settings) -> None:
     r.from_version = current
     r.capacity = {z: sum(1 for i in running if i.zone == z) for z in obs.zones()}
     r.capacity = {z: n for z, n in r.capacity.items() if n > 0}
-    r.canary = plan_canary(r.capacity, r.spec.canary_percent)
+    r.plan = describe_plan(r)
+    for line in r.plan:
+        _note(r, now, f"plan: {line}")
+    r.step_index = 0
+    _enter_step(r, now, settings, f"starting {r.spec.version}")
+
+
+def _enter_step(r: Rollout, now: float, settings: Settings, why: str) -> Rollout:
+    """Begin plan step ``r.step_index``: a pause, a partial share (canary, then bake) or the 100 % surge."""
+    steps = plan_steps(r.spec)
+    st = steps[r.step_index]
+    label = f"step {r.step_index + 1}/{len(steps)}"
+    r.inconclusive = 0
+    r.window_start, r.window_opened, r.bake_until = {}, 0.0, 0.0
+    if st.pause:
+        r.awaiting_promotion = True
+        r.paused_from = Phase.BAKING
+        r.pause_until = now + st.timeout_s if st.timeout_s else 0.0
+        wait = f"within {st.timeout_s:g} s, else {st.on_timeout}" if st.timeout_s else "no timeout"
+        _enter(
+            r,
+            Phase.PAUSED,
+            now,
+            f"{why}; {label}: waiting for `stoker rollout promote` ({wait})",
+            settings,
+        )
+        return r
+    if st.share >= 100:
+        return _surge(r, now, settings, f"{why}; {label}")
+    r.canary = plan_canary(r.capacity, st.share)
     r.max_looks = _max_looks(r, settings)
     plan = ", ".join(f"{z}: {c}/{r.capacity[z]}" for z, c in sorted(r.canary.items()))
+    key = "canary" if r.step_index == 0 else f"step-{r.step_index + 1}"
+    desired = _canary_plan(r)
+    if st.zone_first and len(r.capacity) > 1:
+        first = sorted(r.capacity)[0]
+        before = {z: dict(v) for z, v in r.desired.items()} or _all_old(r)
+        before[first] = desired[first]
+        _enter(
+            r,
+            Phase.CANARY,
+            now,
+            f"{why}; {label}: {st.share:g} % of {r.spec.version} in zone {first} first ({plan})",
+            settings,
+            key=f"{key}-first",
+            desired=before,
+        )
+        return r
     _enter(
         r,
         Phase.CANARY,
         now,
-        f"starting the canary of {r.spec.version} ({plan})",
+        f"{why}; {label}: {st.share:g} % of {r.spec.version} ({plan})",
         settings,
-        key="canary",
-        desired=_canary_plan(r),
+        key=key,
+        desired=desired,
     )
+    return r
+
+
+def _next_step(r: Rollout, now: float, settings: Settings, why: str) -> Rollout:
+    r.step_index += 1
+    r.awaiting_promotion = False
+    r.pause_until = 0.0
+    r.paused_from = None
+    return _enter_step(r, now, settings, why)
 
 
 def _new_instances(r: Rollout, obs: Observation) -> list[Instance]:
@@ -491,30 +708,44 @@ def _window(r: Rollout, metrics: Metrics, obs: Observation) -> tuple[judge.Count
     canary, baseline = judge.Counters(), judge.Counters()
     by_address = {i.address: i for i in obs.instances}
     for address, counters in metrics.items():
+        # A key is an instance's address, or a track's group ("@canary@zone-a") when a query's series
+        # carry no instance label.
         inst = by_address.get(address)
-        if inst is None:
+        if inst is not None:
+            version = inst.version
+        elif address.startswith("@canary@"):
+            version = r.spec.version
+        elif address.startswith("@baseline@") and r.from_version:
+            version = r.from_version
+        else:
             continue
         start = r.window_start.get(address)
         delta = counters.minus(judge.Counters.from_dict(start) if start else None)
-        if inst.version == r.spec.version:
+        if version == r.spec.version:
             canary = canary.plus(delta)
-        elif inst.version == r.from_version:
+        elif version == r.from_version:
             baseline = baseline.plus(delta)
     return canary, baseline
 
 
 def step(
-    r: Rollout, obs: Observation, metrics: Metrics | MetricsDown | None, now: float, settings: Settings
+    r: Rollout,
+    obs: Observation,
+    metrics: Metrics | MetricsDown | None,
+    now: float,
+    settings: Settings,
+    breaches: tuple[str, ...] = (),
 ) -> Rollout:
-    """Advance ``r`` (in place, and returned) given what the target and the metrics source report now."""
+    """Advance ``r`` (in place, and returned) given what the target and the metrics source report now;
+    ``breaches`` are the rollout's own guardrails (thresholds on its queries) that the canary broke."""
     r.zones = zone_counts(r, obs)
     if r.phase is Phase.PENDING:
         begin(r, obs, now, settings)
         return r
     stage = _STAGES.get(r.phase)
-    if stage is None:  # terminal, or paused for an operator
+    if stage is None:  # terminal
         return r
-    return stage(_Tick(r, obs, metrics, now, settings, _new_instances(r, obs)))
+    return stage(_Tick(r, obs, metrics, now, settings, _new_instances(r, obs), breaches))
 
 
 @dataclass(frozen=True)
@@ -528,13 +759,17 @@ class _Tick:
     settings: Settings
     new: list[Instance]
     """The instances that run the new version."""
+    breaches: tuple[str, ...] = ()
 
     @property
     def converged(self) -> bool:
         return converged(self.r.desired, self.obs)
 
     def guardrail(self, *, watch_readiness: bool) -> str | None:
-        """Crash loops always; readiness too once instances should stay ready (bakes)."""
+        """The rollout's own guardrails and crash loops always; readiness too once instances should stay
+        ready (bakes)."""
+        if self.breaches:
+            return "guardrail " + "; ".join(self.breaches[:3])
         s = self.settings
         if not watch_readiness:
             return judge.guardrail(self.new, s.policy, unready_for_s=0, unready_limit_s=math.inf)
@@ -552,15 +787,26 @@ def _step_canary(t: _Tick) -> Rollout:
     reason = t.guardrail(watch_readiness=False)
     if reason:
         return _fail(r, now, reason, settings)
-    if t.converged:
+    if t.converged and r.step_key.endswith("-first"):
+        _enter(
+            r,
+            Phase.CANARY,
+            now,
+            "first zone ready; the other zones follow",
+            settings,
+            key=r.step_key.rsplit("/", 1)[1].removesuffix("-first"),
+            desired=_canary_plan(r),
+        )
+    elif t.converged:
         r.window_start, r.window_opened = {}, 0.0
-        r.bake_until = now + r.spec.bake_s
+        r.bake_until = now + _bake_s(r)
         r.next_look = now + settings.judge_interval_s
         _enter(
             r,
             Phase.BAKING,
             now,
-            f"canary ready; baking for {r.spec.bake_s:g} s and at least {r.spec.min_requests} requests",
+            f"step {r.step_index + 1} ready; baking for {_bake_s(r):g} s and at least "
+            f"{_min_requests(r)} requests",
             settings,
         )
     elif now >= r.deadline:
@@ -582,7 +828,9 @@ def _step_baking(t: _Tick) -> Rollout:
         return _fail(r, now, reason, settings)
     if not r.window_opened:
         if isinstance(metrics, dict):
-            _open_window(r, metrics, now, r.bake_until or now + r.spec.bake_s, settings)
+            # The bake is judged data: a window that opens late (a Prometheus that discovers and scrapes
+            # new instances seconds after they start) still gets the whole bake.
+            _open_window(r, metrics, now, max(r.bake_until, now + _bake_s(r)), settings)
         elif isinstance(metrics, MetricsDown) and (now >= r.next_look or now >= r.bake_until):
             return _look(r, t.obs, metrics, now, now >= r.bake_until, settings)
         return r
@@ -599,7 +847,7 @@ def _step_surging(t: _Tick) -> Rollout:
     if reason:
         return _fail(r, now, reason, settings)
     if t.converged:
-        if r.spec.zone_first and r.step_key.endswith("/surge-first"):
+        if r.step_key.endswith("/surge-first"):
             _enter(
                 r,
                 Phase.SURGING,
@@ -695,7 +943,35 @@ def _step_rolling_back(t: _Tick) -> Rollout:
     return r
 
 
+def _step_paused(t: _Tick) -> Rollout:
+    """Held. At a pause step the canary is still watched for crash loops, and the step's timeout acts."""
+    r, now, settings = t.r, t.now, t.settings
+    if not r.awaiting_promotion:
+        return r  # paused by an operator or by inconclusive verdicts: only a verb moves it
+    reason = t.guardrail(watch_readiness=False)
+    if reason and r.from_version:
+        r.awaiting_promotion = False
+        r.paused_from = None
+        return _fail(r, now, reason, settings)
+    if t.metrics is not None:
+        r.next_look = now + settings.judge_interval_s
+    if not r.pause_until or now < r.pause_until:
+        return r
+    st = current_step(r)
+    waited = f"no promotion within {st.timeout_s:g} s"
+    if st.on_timeout == "promote":
+        return _next_step(r, now, settings, f"{waited}; going on as configured")
+    if st.on_timeout == "wait":
+        r.pause_until = 0.0
+        _note(r, now, f"paused: {waited}; still waiting for `stoker rollout promote` as configured")
+        return r
+    r.awaiting_promotion = False
+    r.paused_from = None
+    return _fail(r, now, f"{waited} at step {r.step_index + 1}", settings, check="pause")
+
+
 _STAGES: dict[Phase, Callable[[_Tick], Rollout]] = {
+    Phase.PAUSED: _step_paused,
     Phase.CANARY: _step_canary,
     Phase.BAKING: _step_baking,
     Phase.SURGING: _step_surging,
@@ -730,7 +1006,7 @@ def _look(
         )
     else:
         canary, baseline = _window(r, metrics, obs)
-        policy = replace(settings.policy, min_requests=r.spec.min_requests)
+        policy = replace(settings.policy, min_requests=_min_requests(r))
         v = judge.judge(canary, baseline, policy, now=now, final=final, alpha_look=alpha)
         v = replace(v, extra={"look": r.looks, "max_looks": r.max_looks})
     r.last_look = v
@@ -740,7 +1016,7 @@ def _look(
         return r
     if v.result == judge.PASS:
         r.verdicts.append(v)
-        return _surge(r, now, settings, "canary passed: " + v.reason)
+        return _next_step(r, now, settings, f"step {r.step_index + 1} passed: " + v.reason)
     r.verdicts.append(v)
     r.inconclusive += 1
     if r.inconclusive >= settings.inconclusive_limit:
@@ -754,7 +1030,7 @@ def _look(
             settings,
         )
         return r
-    extension = max(r.spec.bake_s / 2, settings.judge_interval_s)
+    extension = max(_bake_s(r) / 2, settings.judge_interval_s)
     r.bake_until = now + extension
     _note(
         r,
@@ -766,7 +1042,7 @@ def _look(
 
 
 def _surge(r: Rollout, now: float, settings: Settings, why: str) -> Rollout:
-    if r.spec.zone_first and len(r.capacity) > 1:
+    if current_step(r).zone_first and len(r.capacity) > 1:
         first = sorted(r.capacity)[0]
         desired = _canary_plan(r)
         desired[first] = {r.spec.version: r.capacity[first]}
@@ -799,10 +1075,12 @@ def promote(r: Rollout, now: float, reason: str, settings: Settings) -> Rollout:
     """Skip the rest of the bake (or of the post-surge bake)."""
     phase = r.paused_from if r.phase is Phase.PAUSED else r.phase
     why = reason or "no reason given"
+    if r.phase is Phase.PAUSED and r.awaiting_promotion:
+        return _next_step(r, now, settings, f"promoted by an operator ({why})")
     if phase is Phase.BAKING:
         r.paused_from = None
         r.verdicts.append(judge.Verdict(now, judge.PASS, f"promoted by an operator: {why}", "operator"))
-        return _surge(r, now, settings, f"promoted by an operator ({why})")
+        return _next_step(r, now, settings, f"promoted by an operator ({why})")
     if phase is Phase.POST_BAKE:
         r.paused_from = None
         r.verdicts.append(judge.Verdict(now, judge.PASS, f"promoted by an operator: {why}", "operator"))
@@ -826,6 +1104,7 @@ def abort(r: Rollout, now: float, reason: str, settings: Settings) -> Rollout:
             )
             return r
     r.paused_from = None
+    r.awaiting_promotion = False
     r.verdicts.append(
         judge.Verdict(now, judge.FAIL, f"aborted by an operator: {reason or 'no reason given'}", "operator")
     )
@@ -852,6 +1131,8 @@ def pause(r: Rollout, now: float, reason: str, settings: Settings) -> Rollout:
 def resume(r: Rollout, now: float, reason: str, settings: Settings) -> Rollout:
     """Resume a paused rollout (a bake starts afresh), or retry one that rolled back or failed."""
     why = reason or "no reason given"
+    if r.phase is Phase.PAUSED and r.awaiting_promotion:
+        return _next_step(r, now, settings, f"resumed by an operator ({why})")
     if r.phase is Phase.PAUSED:
         phase = r.paused_from or Phase.PENDING
         r.paused_from = None
@@ -860,16 +1141,28 @@ def resume(r: Rollout, now: float, reason: str, settings: Settings) -> Rollout:
         if phase in (Phase.BAKING, Phase.POST_BAKE):
             r.inconclusive = 0
             r.window_start, r.window_opened = {}, 0.0
-            r.bake_until = now + (r.spec.bake_s if phase is Phase.BAKING else r.spec.post_bake_s)
+            r.bake_until = now + (_bake_s(r) if phase is Phase.BAKING else r.spec.post_bake_s)
         _enter(r, phase, now, f"resumed by an operator ({why})", settings)
         return r
     if r.phase in (Phase.ROLLED_BACK, Phase.FAILED):
+        return retry(r, now, reason, settings)
+    raise FailedPrecondition(
+        f"rollout {r.id} is {r.phase.value}: only a paused, rolled-back or failed rollout can be resumed"
+    )
+
+
+def retry(r: Rollout, now: float, reason: str, settings: Settings) -> Rollout:
+    """Start a rolled-back or failed rollout again, as the next attempt, from its first step."""
+    why = reason or "no reason given"
+    if r.phase in (Phase.ROLLED_BACK, Phase.FAILED):
         r.attempt += 1
+        r.step_index = 0
+        r.awaiting_promotion, r.pause_until, r.paused_from = False, 0.0, None
         r.inconclusive = 0
         r.window_start, r.window_opened, r.bake_until = {}, 0.0, 0.0
         r.deadline = 0.0
         _enter(r, Phase.PENDING, now, f"retry {r.attempt} requested by an operator ({why})", settings)
         return r
     raise FailedPrecondition(
-        f"rollout {r.id} is {r.phase.value}: only a paused, rolled-back or failed rollout can be resumed"
+        f"rollout {r.id} is {r.phase.value}: only a rolled-back or failed rollout can be retried"
     )

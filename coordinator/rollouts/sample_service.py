@@ -15,6 +15,8 @@ Fault switches, from the environment (the rollout spec's ``env`` sets them on th
     STOKER_SAMPLE_NEVER_READY=1       /ready always answers 503
     STOKER_SAMPLE_IGNORE_SIGTERM=1    ignore SIGTERM (only SIGKILL stops it)
     STOKER_SAMPLE_STARTUP_S=0.3       become ready this long after starting
+    STOKER_SAMPLE_ERRORS_AFTER_S=8    the error rate applies only once the instance has run this long
+                                      (a fault that shows late: it passes an early step, fails a later one)
 
 On SIGTERM it stops accepting connections, lets in-flight requests finish, and exits 0.
 """
@@ -46,6 +48,7 @@ class Faults:
         self.never_ready = environ.get("STOKER_SAMPLE_NEVER_READY", "") in ("1", "true", "yes")
         self.ignore_sigterm = environ.get("STOKER_SAMPLE_IGNORE_SIGTERM", "") in ("1", "true", "yes")
         self.startup_s = float(environ.get("STOKER_SAMPLE_STARTUP_S", "0.2") or 0)
+        self.errors_after_s = float(environ.get("STOKER_SAMPLE_ERRORS_AFTER_S", "0") or 0)
 
 
 class SampleService:
@@ -122,7 +125,8 @@ class SampleService:
                 start = time.perf_counter()
                 if service.faults.latency_s:
                     time.sleep(service.faults.latency_s)
-                failed = service.random.random() < service.faults.error_rate
+                late = time.monotonic() - service.started < service.faults.errors_after_s
+                failed = not late and service.random.random() < service.faults.error_rate
                 code = 500 if failed else 200
                 body = (
                     f"{'error' if failed else 'hello'} from {service.instance} ({service.version})\n"

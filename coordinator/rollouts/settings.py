@@ -67,6 +67,19 @@ class RolloutSettings:
     """Kubernetes target: kubeconfig context; empty uses in-cluster config, else the current context."""
     kube_container_port: int = 8080
     """Kubernetes target: the port of the instances' /metrics (scrape provider)."""
+    time_scale: float = 1.0
+    """Multiplies every bake, post-bake and pause timeout a rollout asks for (its file or flags): tests and
+    demos run real plans faster with a small value. 1 in production."""
+    webhook_url_prefixes: tuple[str, ...] = ()
+    """URL prefixes a rollout file's webhooks may post to (e.g. "https://hooks.slack.com/services/"); a
+    webhook outside them is not called (the rollout's history says so). Empty: none. A rollout file comes
+    from a service's repository, so the coordinator posts only where its operator allowed."""
+    webhook_attempts: int = 6
+    """Attempts per notification before it is dropped (retried with exponential backoff)."""
+    webhook_backoff_s: float = 0.5
+    """First retry delay of a failed notification; doubles per attempt, at most 30 s."""
+    webhook_timeout_s: float = 3.0
+    """Timeout of one webhook POST."""
 
     def __post_init__(self) -> None:
         """Refuse, when the configuration loads, a value that would otherwise fail only later: an unknown
@@ -84,6 +97,10 @@ class RolloutSettings:
             _bad("min_requests", f"must not be negative, got {self.min_requests}")
         if not 0 <= self.instances_per_zone <= 100:
             _bad("instances_per_zone", f"must be in [0, 100], got {self.instances_per_zone}")
+        if not (0 < self.time_scale <= 1000):
+            _bad("time_scale", f"must be in (0, 1000], got {self.time_scale}")
+        if self.webhook_attempts < 1:
+            _bad("webhook_attempts", f"must be at least 1, got {self.webhook_attempts}")
         if len(set(self.zones)) != len(self.zones) or any(not z.strip() for z in self.zones):
             _bad("zones", f"must be distinct non-empty names, got {list(self.zones)}")
 

@@ -7,7 +7,9 @@ from pathlib import Path
 from stoker.coordinator.core.clock import Clock
 from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.rollouts.engine import MetricsProvider, RolloutEngine
-from stoker.coordinator.rollouts.metrics_providers import PrometheusMetrics, ScrapeMetrics
+from stoker.coordinator.rollouts.machine import Spec
+from stoker.coordinator.rollouts.metrics_providers import PrometheusMetrics, ScrapeMetrics, provider_for
+from stoker.coordinator.rollouts.notify import Notifier
 from stoker.coordinator.rollouts.settings import RolloutSettings
 from stoker.coordinator.rollouts.store import open_rollout_store
 
@@ -31,6 +33,9 @@ def build_rollout_engine(
     else:  # "scrape": RolloutSettings admits no other value
         metrics = ScrapeMetrics(s.metrics_timeout_s)
 
+    def metrics_for(spec: Spec) -> MetricsProvider:
+        return provider_for(spec.analysis, s.metrics, s.prometheus_url, s.metrics_timeout_s)
+
     def local():
         from stoker.coordinator.rollouts.targets.local import LocalTarget
 
@@ -47,11 +52,19 @@ def build_rollout_engine(
 
         return KubernetesTarget.from_settings(s)
 
+    notifier = Notifier(
+        allowed_prefixes=tuple(s.webhook_url_prefixes),
+        attempts=s.webhook_attempts,
+        backoff_s=s.webhook_backoff_s,
+        timeout_s=s.webhook_timeout_s,
+    )
     return RolloutEngine(
         s,
         open_rollout_store(state_path),
         {"local": local, "kubernetes": kubernetes},
         metrics,
         clock,
-        telemetry,
+        notifier,
+        metrics_for,
+        telemetry=telemetry,
     )

@@ -6,9 +6,9 @@ The protobuf ⇄ rollout-domain conversions live here too (they concern only thi
 from __future__ import annotations
 
 from stoker.coordinator.core.errors import InvalidArgument
-from stoker.coordinator.rollouts import judge
+from stoker.coordinator.rollouts import judge, rollout_file
 from stoker.coordinator.rollouts.engine import RolloutEngine
-from stoker.coordinator.rollouts.machine import Phase, Rollout, Spec
+from stoker.coordinator.rollouts.machine import Phase, Rollout, Spec, plan_steps
 from stoker.coordinator.rpc.convert import timestamp
 from stoker.coordinator.rpc.status import streaming, unary
 from stoker.v1 import rollout_pb2, rollout_pb2_grpc
@@ -49,6 +49,18 @@ def spec_from_pb(pb: rollout_pb2.RolloutSpec) -> Spec:
     )
 
 
+def spec_from_file(request: rollout_pb2.StartRolloutRequest) -> Spec:
+    """The spec a rollout file describes, for ``request.spec.version`` (the file is untrusted input: the
+    same strict loader as ``stoker rollout validate`` checks it)."""
+    name = request.rollout_file_name or "rollout.yaml"
+    loaded = rollout_file.load(request.rollout_file, name)
+    if request.spec.service and request.spec.service != loaded.spec.service:
+        raise InvalidArgument(
+            f"spec.service: {request.spec.service!r} is not the file's service {loaded.spec.service!r}"
+        )
+    return loaded.with_version(request.spec.version)
+
+
 def spec_to_pb(spec: Spec) -> rollout_pb2.RolloutSpec:
     return rollout_pb2.RolloutSpec(
         service=spec.service,
@@ -63,6 +75,8 @@ def spec_to_pb(spec: Spec) -> rollout_pb2.RolloutSpec:
         zones=list(spec.zones),
         instances_per_zone=spec.instances_per_zone,
         env=spec.env,
+        source=spec.source,
+        deployment=spec.deployment,
     )
 
 
@@ -102,6 +116,10 @@ def rollout_to_pb(r: Rollout, endpoint: str = "") -> rollout_pb2.Rollout:
         endpoint=endpoint,
         attempt=r.attempt,
         events=r.history[-50:],
+        plan=r.plan,
+        step=r.step_index + 1,
+        steps=len(plan_steps(r.spec)),
+        awaiting_promotion=r.awaiting_promotion,
     )
     if r.last_look is not None:
         pb.last_look.CopyFrom(verdict_to_pb(r.last_look))
@@ -127,6 +145,8 @@ class RolloutsServicer(rollout_pb2_grpc.RolloutsServicer):
 
     @unary
     async def StartRollout(self, request: rollout_pb2.StartRolloutRequest, context) -> rollout_pb2.Rollout:
+        if request.rollout_file:
+            return self._pb(await self._engine.start(spec_from_file(request)))
         if not request.HasField("spec"):
             raise InvalidArgument("spec: required")
         return self._pb(await self._engine.start(spec_from_pb(request.spec)))
@@ -157,6 +177,10 @@ class RolloutsServicer(rollout_pb2_grpc.RolloutsServicer):
     @unary
     async def PauseRollout(self, request: rollout_pb2.RolloutActionRequest, context) -> rollout_pb2.Rollout:
         return self._pb(await self._engine.act(_need_id(request), "pause", request.reason))
+
+    @unary
+    async def RetryRollout(self, request: rollout_pb2.RolloutActionRequest, context) -> rollout_pb2.Rollout:
+        return self._pb(await self._engine.act(_need_id(request), "retry", request.reason))
 
     @unary
     async def ResumeRollout(self, request: rollout_pb2.RolloutActionRequest, context) -> rollout_pb2.Rollout:

@@ -140,13 +140,13 @@ class KubernetesTarget:
 
     def _deployments(self, spec: Spec) -> list[dict]:
         data = self._call(
-            self.apps.list_namespaced_deployment, self._ns(spec), label_selector=f"{SERVICE}={spec.service}"
+            self.apps.list_namespaced_deployment, self._ns(spec), label_selector=f"{SERVICE}={spec.family}"
         )
         return list((data or {}).get("items", []))
 
     def _pods(self, spec: Spec) -> list[dict]:
         data = self._call(
-            self.core.list_namespaced_pod, self._ns(spec), label_selector=f"{SERVICE}={spec.service}"
+            self.core.list_namespaced_pod, self._ns(spec), label_selector=f"{SERVICE}={spec.family}"
         )
         return list((data or {}).get("items", []))
 
@@ -157,7 +157,7 @@ class KubernetesTarget:
         deployments = await asyncio.to_thread(self._deployments, spec)
         if not deployments:
             raise FailedPrecondition(
-                f"no Deployment labelled {SERVICE}={spec.service} in namespace "
+                f"no Deployment labelled {SERVICE}={spec.family} in namespace "
                 f"{self._ns(spec)}: deploy the service's per-zone Deployments first"
             )
 
@@ -215,7 +215,7 @@ class KubernetesTarget:
         deployments = {d["metadata"]["name"]: d for d in self._deployments(spec)}
         for zone, want in sorted(desired.items()):
             want = {v: n for v, n in want.items() if n > 0}
-            stable_name = f"{spec.service}-{zone}"
+            stable_name = f"{spec.family}-{zone}"
             canary_name = f"{stable_name}-canary"
             stable = deployments.get(stable_name)
             canary = deployments.get(canary_name)

@@ -294,6 +294,7 @@ class LocalService:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.haproxy = HAProxy(self.home, haproxy_binary)
         self.children: dict[int, subprocess.Popen] = {}
+        self._published = ""
 
     def records(self) -> list[InstanceRecord]:
         out = []
@@ -322,6 +323,35 @@ class LocalService:
             return
         known[version] = dict(env)
         _write_json(self.home / "versions.json", known)
+
+    def publish_targets(self, instances: list[Instance]) -> None:
+        """``<local_dir>/file_sd+prometheus/<service>.json``: the instances that serve, in Prometheus's
+        file_sd format, labelled with service, version and zone, so a Prometheus (``file_sd_configs`` on
+        ``<local_dir>/file_sd+prometheus/*.json``: file_sd globs only the last path element) scrapes new
+        instances as they come. Written only when it changes, atomically."""
+        groups = [
+            {
+                "targets": [i.address],
+                "labels": {
+                    "service": self.name,
+                    "version": i.version,
+                    "zone": i.zone,
+                    "stoker_instance": i.id,
+                },
+            }
+            for i in sorted(instances, key=lambda i: i.id)
+            if not i.leaving and i.address
+        ]
+        text = json.dumps(groups, indent=1)
+        if text == self._published:
+            return
+        folder = self.home.parent / "file_sd+prometheus"  # "+": no service can be named so
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{self.name}.json"
+        tmp = folder / f".{self.name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        self._published = text
 
     def alive(self, rec: InstanceRecord) -> bool:
         child = self.children.get(rec.pid)
@@ -410,6 +440,7 @@ class LocalTarget:
                     address=f"127.0.0.1:{rec.port}",
                 )
             )
+        svc.publish_targets(out)
         return Observation(tuple(out))
 
     async def converge(self, spec: Spec, desired: dict[str, dict[str, int]]) -> None:

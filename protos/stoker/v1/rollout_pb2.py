@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stoker/v1/rollout.proto\x12\tstoker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x02\n\x0bRolloutSpec\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x04 \x01(\x01\x12\x0e\n\x06\x62\x61ke_s\x18\x05 \x01(\x01\x12\x14\n\x0cmin_requests\x18\x06 \x01(\x03\x12\x12\n\nzone_first\x18\x07 \x01(\x08\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x13\n\x0bpost_bake_s\x18\t \x01(\x01\x12\r\n\x05zones\x18\n \x03(\t\x12\x1a\n\x12instances_per_zone\x18\x0b \x01(\x05\x12,\n\x03\x65nv\x18\x0c \x03(\x0b\x32\x1f.stoker.v1.RolloutSpec.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x13StartRolloutRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.stoker.v1.RolloutSpec\"\'\n\x11GetRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\"&\n\x13ListRolloutsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\":\n\x14RolloutActionRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"a\n\nZoneStatus\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x15\n\rold_instances\x18\x02 \x01(\x05\x12\x15\n\rnew_instances\x18\x03 \x01(\x05\x12\x17\n\x0fready_instances\x18\x04 \x01(\x05\"\xb0\x02\n\x07Verdict\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06result\x18\x02 \x01(\x0e\x32\x18.stoker.v1.VerdictResult\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0f\x63\x61nary_requests\x18\x04 \x01(\x03\x12\x15\n\rcanary_errors\x18\x05 \x01(\x03\x12\x19\n\x11\x62\x61seline_requests\x18\x06 \x01(\x03\x12\x17\n\x0f\x62\x61seline_errors\x18\x07 \x01(\x03\x12\x15\n\rcanary_p50_ms\x18\x08 \x01(\x01\x12\x17\n\x0f\x62\x61seline_p50_ms\x18\t \x01(\x01\x12\x0f\n\x07p_value\x18\n \x01(\x01\x12\r\n\x05\x63heck\x18\x0b \x01(\t\x12\r\n\x05\x61lpha\x18\x0c \x01(\x01\"\xe8\x03\n\x07Rollout\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.stoker.v1.RolloutSpec\x12&\n\x05phase\x18\x03 \x01(\x0e\x32\x17.stoker.v1.RolloutPhase\x12\x14\n\x0c\x66rom_version\x18\x04 \x01(\t\x12$\n\x05zones\x18\x05 \x03(\x0b\x32\x15.stoker.v1.ZoneStatus\x12$\n\x08verdicts\x18\x06 \x03(\x0b\x32\x12.stoker.v1.Verdict\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07updated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\t \x01(\t\x12\x10\n\x08\x65ndpoint\x18\n \x01(\t\x12%\n\tlast_look\x18\x0b \x01(\x0b\x32\x12.stoker.v1.Verdict\x12\x0f\n\x07\x61ttempt\x18\x0c \x01(\x05\x12\x0e\n\x06\x65vents\x18\r \x03(\t\x12.\n\nbake_until\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x14ListRolloutsResponse\x12$\n\x08rollouts\x18\x01 \x03(\x0b\x32\x12.stoker.v1.Rollout*\xc4\x02\n\x0cRolloutPhase\x12\x1d\n\x19ROLLOUT_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15ROLLOUT_PHASE_PENDING\x10\x01\x12\x18\n\x14ROLLOUT_PHASE_CANARY\x10\x02\x12\x18\n\x14ROLLOUT_PHASE_BAKING\x10\x03\x12\x19\n\x15ROLLOUT_PHASE_SURGING\x10\x04\x12\x1b\n\x17ROLLOUT_PHASE_POST_BAKE\x10\x05\x12\x1b\n\x17ROLLOUT_PHASE_SUCCEEDED\x10\x06\x12\x1e\n\x1aROLLOUT_PHASE_ROLLING_BACK\x10\x07\x12\x1d\n\x19ROLLOUT_PHASE_ROLLED_BACK\x10\x08\x12\x18\n\x14ROLLOUT_PHASE_PAUSED\x10\t\x12\x18\n\x14ROLLOUT_PHASE_FAILED\x10\n*\x82\x01\n\rVerdictResult\x12\x1e\n\x1aVERDICT_RESULT_UNSPECIFIED\x10\x00\x12\x17\n\x13VERDICT_RESULT_PASS\x10\x01\x12\x17\n\x13VERDICT_RESULT_FAIL\x10\x02\x12\x1f\n\x1bVERDICT_RESULT_INCONCLUSIVE\x10\x03\x32\xba\x04\n\x08Rollouts\x12\x42\n\x0cStartRollout\x12\x1e.stoker.v1.StartRolloutRequest\x1a\x12.stoker.v1.Rollout\x12>\n\nGetRollout\x12\x1c.stoker.v1.GetRolloutRequest\x1a\x12.stoker.v1.Rollout\x12\x42\n\x0cWatchRollout\x12\x1c.stoker.v1.GetRolloutRequest\x1a\x12.stoker.v1.Rollout0\x01\x12O\n\x0cListRollouts\x12\x1e.stoker.v1.ListRolloutsRequest\x1a\x1f.stoker.v1.ListRolloutsResponse\x12\x45\n\x0ePromoteRollout\x12\x1f.stoker.v1.RolloutActionRequest\x1a\x12.stoker.v1.Rollout\x12\x43\n\x0c\x41\x62ortRollout\x12\x1f.stoker.v1.RolloutActionRequest\x1a\x12.stoker.v1.Rollout\x12\x43\n\x0cPauseRollout\x12\x1f.stoker.v1.RolloutActionRequest\x1a\x12.stoker.v1.Rollout\x12\x44\n\rResumeRollout\x12\x1f.stoker.v1.RolloutActionRequest\x1a\x12.stoker.v1.Rolloutb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stoker/v1/rollout.proto\x12\tstoker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x02\n\x0bRolloutSpec\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x04 \x01(\x01\x12\x0e\n\x06\x62\x61ke_s\x18\x05 \x01(\x01\x12\x14\n\x0cmin_requests\x18\x06 \x01(\x03\x12\x12\n\nzone_first\x18\x07 \x01(\x08\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x13\n\x0bpost_bake_s\x18\t \x01(\x01\x12\r\n\x05zones\x18\n \x03(\t\x12\x1a\n\x12instances_per_zone\x18\x0b \x01(\x05\x12,\n\x03\x65nv\x18\x0c \x03(\x0b\x32\x1f.stoker.v1.RolloutSpec.EnvEntry\x12\x0e\n\x06source\x18\r \x01(\t\x12\x12\n\ndeployment\x18\x0e \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"l\n\x13StartRolloutRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.stoker.v1.RolloutSpec\x12\x14\n\x0crollout_file\x18\x02 \x01(\t\x12\x19\n\x11rollout_file_name\x18\x03 \x01(\t\"\'\n\x11GetRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\"&\n\x13ListRolloutsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\":\n\x14RolloutActionRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"a\n\nZoneStatus\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x15\n\rold_instances\x18\x02 \x01(\x05\x12\x15\n\rnew_instances\x18\x03 \x01(\x05\x12\x17\n\x0fready_instances\x18\x04 \x01(\x05\"\xb0\x02\n\x07Verdict\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06result\x18\x02 \x01(\x0e\x32\x18.stoker.v1.VerdictResult\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0f\x63\x61nary_requests\x18\x04 \x01(\x03\x12\x15\n\rcanary_errors\x18\x05 \x01(\x03\x12\x19\n\x11\x62\x61seline_requests\x18\x06 \x01(\x03\x12\x17\n\x0f\x62\x61seline_errors\x18\x07 \x01(\x03\x12\x15\n\rcanary_p50_ms\x18\x08 \x01(\x01\x12\x17\n\x0f\x62\x61seline_p50_ms\x18\t \x01(\x01\x12\x0f\n\x07p_value\x18\n \x01(\x01\x12\r\n\x05\x63heck\x18\x0b \x01(\t\x12\r\n\x05\x61lpha\x18\x0c \x01(\x01\"\xaf\x04\n\x07Rollout\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.stoker.v1.RolloutSpec\x12&\n\x05phase\x18\x03 \x01(\x0e\x32\x17.stoker.v1.RolloutPhase\x12\x14\n\x0c\x66rom_version\x18\x04 \x01(\t\x12$\n\x05zones\x18\x05 \x03(\x0b\x32\x15.stoker.v1.ZoneStatus\x12$\n\x08verdicts\x18\x06 \x03(\x0b\x32\x12.stoker.v1.Verdict\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07updated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\t \x01(\t\x12\x10\n\x08\x65ndpoint\x18\n \x01(\t\x12%\n\tlast_look\x18\x0b \x01(\x0b\x32\x12.stoker.v1.Verdict\x12\x0f\n\x07\x61ttempt\x18\x0c \x01(\x05\x12\x0e\n\x06\x65vents\x18\r \x03(\t\x12.\n\nbake_until\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04plan\x18\x10 \x03(\t\x12\x0c\n\x04step\x18\x11 \x01(\x05\x12\r\n\x05steps\x18\x12 \x01(\x05\x12\x1a\n\x12\x61waiting_promotion\x18\x13 \x01(\x08\"<\n\x14ListRolloutsResponse\x12$\n\x08rollouts\x18\x01 \x03(\x0b\x32\x12.stoker.v1.Rollout*\xc4\x02\n\x0cRolloutPhase\x12\x1d\n\x19ROLLOUT_PHASE_UNSPECIFIED\x10\x00\x12\x19\n\x15ROLLOUT_PHASE_PENDING\x10\x01\x12\x18\n\x14ROLLOUT_PHASE_CANARY\x10\x02\x12\x18\n\x14ROLLOUT_PHASE_BAKING\x10\x03\x12\x19\n\x15ROLLOUT_PHASE_SURGING\x10\x04\x12\x1b\n\x17ROLLOUT_PHASE_POST_BAKE\x10\x05\x12\x1b\n\x17ROLLOUT_PHASE_SUCCEEDED\x10\x06\x12\x1e\n\x1aROLLOUT_PHASE_ROLLING_BACK\x10\x07\x12\x1d\n\x19ROLLOUT_PHASE_ROLLED_BACK\x10\x08\x12\x18\n\x14ROLLOUT_PHASE_PAUSED\x10\t\x12\x18\n\x14ROLLOUT_PHASE_FAILED\x10\n*\x82\x01\n\rVerdictResult\x12\x1e\n\x1aVERDICT_RESULT_UNSPECIFIED\x10\x00\x12\x17\n\x13VERDICT_RESULT_PASS\x10\x01\x12\x17\n\x13VERDICT_RESULT_FAIL\x10\x02\x12\x1f\n\x1bVERDICT_RESULT_INCONCLUSIVE\x10\x03\x32\xff\x04\n\x08Rollouts\x12\x42\n\x0cStartRollout\x12\x1e.stoker.v1.StartRolloutRequest\x1a\x12.stoker.v1.Rollout\x12>\n\nGetRollout\x12\x1c.stoker.v1.GetRolloutRequest\x1a\x12.stoker.v1.Rollout\x12\x42\n\x0cWatchRollout\x12\x1c.stoker.v1.GetRolloutRequest\x1a\x12.stoker.v1.Rollout0\x01\x12O\n\x0cListRollouts\x12\x1e.stoker.v1.ListRolloutsRequest\x1a\x1f.stoker.v1.ListRolloutsResponse\x12\x45\n\x0ePromoteRollout\x12\x1f.stoker.v1.RolloutActionRequest\x1a\x12.stoker.v1.Rollout\x12\x43\n\x0c\x41\x62ortRollout\x12\x1f.stoker.v1.RolloutActionRequest\x1a\x12.stoker.v1.Rollout\x12\x43\n\x0cPauseRollout\x12\x1f.stoker.v1.RolloutActionRequest\x1a\x12.stoker.v1.Rollout\x12\x44\n\rResumeRollout\x12\x1f.stoker.v1.RolloutActionRequest\x1a\x12.stoker.v1.Rollout\x12\x43\n\x0cRetryRollout\x12\x1f.stoker.v1.RolloutActionRequest\x1a\x12.stoker.v1.Rolloutb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,30 +34,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROLLOUTSPEC_ENVENTRY']._loaded_options = None
   _globals['_ROLLOUTSPEC_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_ROLLOUTPHASE']._serialized_start=1554
-  _globals['_ROLLOUTPHASE']._serialized_end=1878
-  _globals['_VERDICTRESULT']._serialized_start=1881
-  _globals['_VERDICTRESULT']._serialized_end=2011
+  _globals['_ROLLOUTPHASE']._serialized_start=1710
+  _globals['_ROLLOUTPHASE']._serialized_end=2034
+  _globals['_VERDICTRESULT']._serialized_start=2037
+  _globals['_VERDICTRESULT']._serialized_end=2167
   _globals['_ROLLOUTSPEC']._serialized_start=72
-  _globals['_ROLLOUTSPEC']._serialized_end=390
-  _globals['_ROLLOUTSPEC_ENVENTRY']._serialized_start=348
-  _globals['_ROLLOUTSPEC_ENVENTRY']._serialized_end=390
-  _globals['_STARTROLLOUTREQUEST']._serialized_start=392
-  _globals['_STARTROLLOUTREQUEST']._serialized_end=451
-  _globals['_GETROLLOUTREQUEST']._serialized_start=453
-  _globals['_GETROLLOUTREQUEST']._serialized_end=492
-  _globals['_LISTROLLOUTSREQUEST']._serialized_start=494
-  _globals['_LISTROLLOUTSREQUEST']._serialized_end=532
-  _globals['_ROLLOUTACTIONREQUEST']._serialized_start=534
-  _globals['_ROLLOUTACTIONREQUEST']._serialized_end=592
-  _globals['_ZONESTATUS']._serialized_start=594
-  _globals['_ZONESTATUS']._serialized_end=691
-  _globals['_VERDICT']._serialized_start=694
-  _globals['_VERDICT']._serialized_end=998
-  _globals['_ROLLOUT']._serialized_start=1001
-  _globals['_ROLLOUT']._serialized_end=1489
-  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=1491
-  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=1551
-  _globals['_ROLLOUTS']._serialized_start=2014
-  _globals['_ROLLOUTS']._serialized_end=2584
+  _globals['_ROLLOUTSPEC']._serialized_end=426
+  _globals['_ROLLOUTSPEC_ENVENTRY']._serialized_start=384
+  _globals['_ROLLOUTSPEC_ENVENTRY']._serialized_end=426
+  _globals['_STARTROLLOUTREQUEST']._serialized_start=428
+  _globals['_STARTROLLOUTREQUEST']._serialized_end=536
+  _globals['_GETROLLOUTREQUEST']._serialized_start=538
+  _globals['_GETROLLOUTREQUEST']._serialized_end=577
+  _globals['_LISTROLLOUTSREQUEST']._serialized_start=579
+  _globals['_LISTROLLOUTSREQUEST']._serialized_end=617
+  _globals['_ROLLOUTACTIONREQUEST']._serialized_start=619
+  _globals['_ROLLOUTACTIONREQUEST']._serialized_end=677
+  _globals['_ZONESTATUS']._serialized_start=679
+  _globals['_ZONESTATUS']._serialized_end=776
+  _globals['_VERDICT']._serialized_start=779
+  _globals['_VERDICT']._serialized_end=1083
+  _globals['_ROLLOUT']._serialized_start=1086
+  _globals['_ROLLOUT']._serialized_end=1645
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=1647
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=1707
+  _globals['_ROLLOUTS']._serialized_start=2170
+  _globals['_ROLLOUTS']._serialized_end=2809
 # @@protoc_insertion_point(module_scope)

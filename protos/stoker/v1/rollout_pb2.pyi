@@ -47,7 +47,7 @@ VERDICT_RESULT_FAIL: VerdictResult
 VERDICT_RESULT_INCONCLUSIVE: VerdictResult
 
 class RolloutSpec(_message.Message):
-    __slots__ = ("service", "target", "version", "canary_percent", "bake_s", "min_requests", "zone_first", "namespace", "post_bake_s", "zones", "instances_per_zone", "env")
+    __slots__ = ("service", "target", "version", "canary_percent", "bake_s", "min_requests", "zone_first", "namespace", "post_bake_s", "zones", "instances_per_zone", "env", "source", "deployment")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,8 @@ class RolloutSpec(_message.Message):
     ZONES_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_PER_ZONE_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     service: str
     target: str
     version: str
@@ -79,13 +81,19 @@ class RolloutSpec(_message.Message):
     zones: _containers.RepeatedScalarFieldContainer[str]
     instances_per_zone: int
     env: _containers.ScalarMap[str, str]
-    def __init__(self, service: _Optional[str] = ..., target: _Optional[str] = ..., version: _Optional[str] = ..., canary_percent: _Optional[float] = ..., bake_s: _Optional[float] = ..., min_requests: _Optional[int] = ..., zone_first: _Optional[bool] = ..., namespace: _Optional[str] = ..., post_bake_s: _Optional[float] = ..., zones: _Optional[_Iterable[str]] = ..., instances_per_zone: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    source: str
+    deployment: str
+    def __init__(self, service: _Optional[str] = ..., target: _Optional[str] = ..., version: _Optional[str] = ..., canary_percent: _Optional[float] = ..., bake_s: _Optional[float] = ..., min_requests: _Optional[int] = ..., zone_first: _Optional[bool] = ..., namespace: _Optional[str] = ..., post_bake_s: _Optional[float] = ..., zones: _Optional[_Iterable[str]] = ..., instances_per_zone: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., source: _Optional[str] = ..., deployment: _Optional[str] = ...) -> None: ...
 
 class StartRolloutRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "rollout_file", "rollout_file_name")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FILE_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     spec: RolloutSpec
-    def __init__(self, spec: _Optional[_Union[RolloutSpec, _Mapping]] = ...) -> None: ...
+    rollout_file: str
+    rollout_file_name: str
+    def __init__(self, spec: _Optional[_Union[RolloutSpec, _Mapping]] = ..., rollout_file: _Optional[str] = ..., rollout_file_name: _Optional[str] = ...) -> None: ...
 
 class GetRolloutRequest(_message.Message):
     __slots__ = ("rollout_id",)
@@ -148,7 +156,7 @@ class Verdict(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[VerdictResult, str]] = ..., reason: _Optional[str] = ..., canary_requests: _Optional[int] = ..., canary_errors: _Optional[int] = ..., baseline_requests: _Optional[int] = ..., baseline_errors: _Optional[int] = ..., canary_p50_ms: _Optional[float] = ..., baseline_p50_ms: _Optional[float] = ..., p_value: _Optional[float] = ..., check: _Optional[str] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("id", "spec", "phase", "from_version", "zones", "verdicts", "created", "updated", "message", "endpoint", "last_look", "attempt", "events", "bake_until", "deadline")
+    __slots__ = ("id", "spec", "phase", "from_version", "zones", "verdicts", "created", "updated", "message", "endpoint", "last_look", "attempt", "events", "bake_until", "deadline", "plan", "step", "steps", "awaiting_promotion")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +172,10 @@ class Rollout(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     BAKE_UNTIL_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    AWAITING_PROMOTION_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: RolloutSpec
     phase: RolloutPhase
@@ -179,7 +191,11 @@ class Rollout(_message.Message):
     events: _containers.RepeatedScalarFieldContainer[str]
     bake_until: _timestamp_pb2.Timestamp
     deadline: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[RolloutSpec, _Mapping]] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., from_version: _Optional[str] = ..., zones: _Optional[_Iterable[_Union[ZoneStatus, _Mapping]]] = ..., verdicts: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., endpoint: _Optional[str] = ..., last_look: _Optional[_Union[Verdict, _Mapping]] = ..., attempt: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., bake_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    plan: _containers.RepeatedScalarFieldContainer[str]
+    step: int
+    steps: int
+    awaiting_promotion: bool
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[RolloutSpec, _Mapping]] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., from_version: _Optional[str] = ..., zones: _Optional[_Iterable[_Union[ZoneStatus, _Mapping]]] = ..., verdicts: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., endpoint: _Optional[str] = ..., last_look: _Optional[_Union[Verdict, _Mapping]] = ..., attempt: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., bake_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., plan: _Optional[_Iterable[str]] = ..., step: _Optional[int] = ..., steps: _Optional[int] = ..., awaiting_promotion: _Optional[bool] = ...) -> None: ...
 
 class ListRolloutsResponse(_message.Message):
     __slots__ = ("rollouts",)

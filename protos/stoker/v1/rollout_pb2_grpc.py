@@ -74,6 +74,11 @@ class RolloutsStub:
                 request_serializer=stoker_dot_v1_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
                 response_deserializer=stoker_dot_v1_dot_rollout__pb2.Rollout.FromString,
                 _registered_method=True)
+        self.RetryRollout = channel.unary_unary(
+                '/stoker.v1.Rollouts/RetryRollout',
+                request_serializer=stoker_dot_v1_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
+                response_deserializer=stoker_dot_v1_dot_rollout__pb2.Rollout.FromString,
+                _registered_method=True)
 
 
 class RolloutsServicer:
@@ -133,6 +138,14 @@ class RolloutsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryRollout(self, request, context):
+        """Start a rolled-back or failed rollout again (the next attempt, from its first step);
+        FAILED_PRECONDITION for any other phase.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +186,11 @@ def add_RolloutsServicer_to_server(servicer, server):
             ),
             'ResumeRollout': grpc.unary_unary_rpc_method_handler(
                     servicer.ResumeRollout,
+                    request_deserializer=stoker_dot_v1_dot_rollout__pb2.RolloutActionRequest.FromString,
+                    response_serializer=stoker_dot_v1_dot_rollout__pb2.Rollout.SerializeToString,
+            ),
+            'RetryRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryRollout,
                     request_deserializer=stoker_dot_v1_dot_rollout__pb2.RolloutActionRequest.FromString,
                     response_serializer=stoker_dot_v1_dot_rollout__pb2.Rollout.SerializeToString,
             ),
@@ -391,6 +409,33 @@ class Rollouts:
             request,
             target,
             '/stoker.v1.Rollouts/ResumeRollout',
+            stoker_dot_v1_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
+            stoker_dot_v1_dot_rollout__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stoker.v1.Rollouts/RetryRollout',
             stoker_dot_v1_dot_rollout__pb2.RolloutActionRequest.SerializeToString,
             stoker_dot_v1_dot_rollout__pb2.Rollout.FromString,
             options,

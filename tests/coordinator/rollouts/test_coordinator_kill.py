@@ -95,3 +95,71 @@ def test_kill_9_at_every_phase_resumes_exactly_once(rollout_fleet):
         (0, 2, 2),
         (0, 2, 2),
     ]
+
+
+PLAN_FILE = """apiVersion: stoker.dev/v1
+kind: Rollout
+service: web
+plan:
+  bake: 2s
+  post_bake: 1s
+  steps:
+    - share: 25
+    - {share: 50, zone_first: true}
+    - pause: {timeout: 5m}
+    - share: 100
+"""
+
+
+def wait_for(stub, rollout_id, predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = stub.GetRollout(PB.GetRolloutRequest(rollout_id=rollout_id), timeout=5)
+        if predicate(r) or r.phase in demo_rollouts.TERMINAL:
+            return r
+        time.sleep(0.05)
+    raise TimeoutError("never got there")
+
+
+def test_kill_9_at_every_step_of_a_multi_step_file_with_a_pause_resumes_exactly_once(rollout_fleet):
+    rollout_fleet.start()
+    stub = rollout_fleet.stub()
+    first = demo_rollouts.deploy_first(stub, "web", "v1", instances_per_zone=4)
+    request = PB.StartRolloutRequest(
+        spec=PB.RolloutSpec(version="v2"), rollout_file=PLAN_FILE, rollout_file_name="web.yaml"
+    )
+    with LoadGenerator(first.endpoint, 80, max_duration_s=150) as load:
+        time.sleep(0.5)
+        t0 = time.time()
+        r = stub.StartRollout(request, timeout=5)
+        killed_at = []
+        for where, predicate in (
+            ("step 1 baking", lambda x: x.step == 1 and x.phase == PB.ROLLOUT_PHASE_BAKING),
+            ("step 2 baking", lambda x: x.step == 2 and x.phase == PB.ROLLOUT_PHASE_BAKING),
+            ("at the pause", lambda x: x.awaiting_promotion),
+            ("surging", lambda x: x.step == 4),
+        ):
+            now = wait_for(stub, r.id, predicate)
+            assert now.phase not in demo_rollouts.TERMINAL, now.message
+            rollout_fleet.coordinator.kill()
+            killed_at.append(where)
+            time.sleep(0.3)
+            rollout_fleet.start()
+            stub = rollout_fleet.stub()
+            if where == "at the pause":  # still waiting after the restart: promote it
+                assert stub.GetRollout(PB.GetRolloutRequest(rollout_id=r.id), timeout=5).awaiting_promotion
+                stub.PromoteRollout(PB.RolloutActionRequest(rollout_id=r.id, reason="go"), timeout=5)
+        final = demo_rollouts.wait_until(stub, r.id, set(), 60)
+        t1 = time.time()
+    assert final.phase == PB.ROLLOUT_PHASE_SUCCEEDED, final.message
+    assert len(killed_at) == 4
+    assert summarize(load.results, t0, t1).failed == 0
+    starts = [s for s in target_local.starts(rollout_fleet.local_dir, "web") if s["version"] == "v2"]
+    assert (
+        len(starts) == 8
+        and len({s["instance"] for s in starts}) == 8
+        and all(s["restart"] == 0 for s in starts)
+    )
+    with sqlite3.connect(rollout_fleet.root / "coordinator.db") as db:
+        keys = [k for (k,) in db.execute("SELECT key FROM rollout_intents WHERE rollout_id = ?", (r.id,))]
+    assert sorted(k.split("/")[-1] for k in keys) == ["canary", "step-2", "step-2-first", "surge"]

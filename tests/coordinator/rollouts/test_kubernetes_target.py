@@ -266,6 +266,9 @@ class CountingMetrics:
         self.errors = errors or {}
         self.after_surge = after_surge
 
+    async def guardrails(self, spec, instances):
+        return []  # this port has no guardrail queries
+
     async def sample(self, spec, instances):
         versions = {i.version for i in instances}
         out = {}
@@ -400,3 +403,40 @@ def test_a_service_without_deployments_is_refused(fake):
     api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=fake.url))
     with pytest.raises(FailedPrecondition, match="no Deployment"):
         asyncio.run(KubernetesTarget(api).prepare(spec("v2")))
+
+
+def test_a_multi_step_rollout_file_drives_the_deployments_step_by_step(fake):
+    """A rollout file naming the kubernetes target, its namespace and its Deployment family (web-<zone> for
+    the service storefront): 25 % → 50 % (zone first) → 100 %,
+    each step a canary Deployment scaled to the step's count, readiness from the pods (fake API server)."""
+    from stoker.coordinator.rollouts import rollout_file
+
+    fake.add_service("shop", "web", ["zone-a", "zone-b"], 4, "v1")
+    text = """apiVersion: stoker.dev/v1
+kind: Rollout
+service: storefront
+target: {kind: kubernetes, namespace: shop, deployment: web}
+plan:
+  bake: 1s
+  min_requests: 100
+  post_bake: 1s
+  steps:
+    - share: 25
+    - {share: 50, zone_first: true}
+    - share: 100
+"""
+    (r,) = run_rollouts(fake, CountingMetrics(), rollout_file.load(text, "web.yaml").with_version("v2"))
+    assert r.phase is Phase.SUCCEEDED, r.message
+    assert r.plan[:2] == [
+        "step 1/3: 25 % (zone-a 1/4, zone-b 1/4); bake 1 s and >= 100 requests",
+        "step 2/3: 50 % (zone-a 2/4, zone-b 2/4), first zone first; bake 1 s and >= 100 requests",
+    ]
+    assert [v.result for v in r.verdicts] == ["pass", "pass", "pass"]
+    assert fake.replicas("shop", "web-zone-a") == ("v2", 4) and fake.replicas("shop", "web-zone-b") == (
+        "v2",
+        4,
+    )
+    history = "\n".join(r.history)
+    assert (
+        "50 % of v2 in zone zone-a first" in history and "first zone ready; the other zones follow" in history
+    )

@@ -270,3 +270,172 @@ def test_validation_names_the_field(kw, field):
     base = dict(service="web", version="v2", canary_percent=5.0)
     with pytest.raises(InvalidArgument, match=field):
         m.validate_spec(m.Spec(**{**base, **kw}))
+
+
+PLAN = (
+    m.Step(share=5, bake_s=4.0, min_requests=100),
+    m.Step(share=25, bake_s=6.0, min_requests=150, zone_first=True),
+    m.Step(pause=True, timeout_s=30.0, on_timeout="rollback"),
+    m.Step(share=100),
+)
+
+
+def test_a_multi_step_plan_moves_share_by_share_and_waits_at_its_pause_step():
+    fleet, clock = Fleet({"a": 8, "b": 8}), Clock()
+    r = start(fleet, clock, steps=PLAN)
+    ok = {"v1": (50, 0), "v2": (50, 0)}
+    drive(r, fleet, clock, ok, until=lambda r: r.phase is m.Phase.BAKING)
+    assert r.plan == [
+        "step 1/4: 5 % (a 1/8, b 1/8); bake 4 s and >= 100 requests",
+        "step 2/4: 25 % (a 2/8, b 2/8), first zone first; bake 6 s and >= 150 requests",
+        "step 3/4: pause for `stoker rollout promote` (up to 30 s, then rollback)",
+        "step 4/4: 100 % (a 8/8, b 8/8); post-bake 2 s",
+    ]
+    assert r.desired == {"a": {"v1": 7, "v2": 1}, "b": {"v1": 7, "v2": 1}}
+    drive(r, fleet, clock, ok, until=lambda r: r.step_index == 1)
+    # zone first: zone a takes its 25 % while zone b still runs step 1's share
+    assert r.step_key == "r1/1/step-2-first" and r.desired == {
+        "a": {"v1": 6, "v2": 2},
+        "b": {"v1": 7, "v2": 1},
+    }
+    drive(r, fleet, clock, ok, until=lambda r: r.phase is m.Phase.BAKING)
+    assert r.step_key == "r1/1/step-2" and r.bake_until - clock.t == pytest.approx(6.0, abs=0.6)
+    drive(r, fleet, clock, ok, until=lambda r: r.phase is m.Phase.PAUSED)
+    assert r.awaiting_promotion and r.step_index == 2 and [v.result for v in r.verdicts] == ["pass", "pass"]
+    assert r.verdicts[1].canary_requests >= 150
+    for _ in range(20):  # waits (guardrails still looked at, below)
+        clock.t += 1
+        m.step(
+            r, fleet.observe(), fleet.metrics({}) if m.wants_metrics(r, clock.t) else None, clock.t, SETTINGS
+        )
+    assert r.phase is m.Phase.PAUSED
+    m.promote(r, clock.t, "looks good", SETTINGS)
+    assert r.phase is m.Phase.SURGING and r.step_index == 3
+    drive(r, fleet, clock, {"v2": (50, 0)}, until=lambda r: r.terminal)
+    assert r.phase is m.Phase.SUCCEEDED and {i.version for i in fleet.instances} == {"v2"}
+    assert m.Rollout.from_dict(r.to_dict()).to_dict() == r.to_dict()
+
+
+@pytest.mark.parametrize(
+    "on_timeout,phase",
+    [("rollback", m.Phase.ROLLED_BACK), ("wait", m.Phase.PAUSED), ("promote", m.Phase.SUCCEEDED)],
+)
+def test_a_pause_step_timeout_rolls_back_waits_or_goes_on_as_configured(on_timeout, phase):
+    fleet, clock = Fleet({"a": 2, "b": 2}), Clock()
+    steps = (
+        m.Step(share=50, bake_s=2.0),
+        m.Step(pause=True, timeout_s=5.0, on_timeout=on_timeout),
+        m.Step(100),
+    )
+    r = start(fleet, clock, steps=steps)
+    drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0)}, until=lambda r: r.awaiting_promotion)
+    paused_at = clock.t
+    drive(r, fleet, clock, {"v2": (50, 0)}, until=lambda r: r.terminal or clock.t > paused_at + 20)
+    assert r.phase is phase
+    if on_timeout == "rollback":
+        assert r.verdicts[-1].check == "pause" and "no promotion within 5 s" in r.verdicts[-1].reason
+        assert r.verdicts[-1].time - paused_at == pytest.approx(5.0, abs=1.0)
+        assert {i.version for i in fleet.instances} == {"v1"}
+    if on_timeout == "wait":
+        assert r.awaiting_promotion and any("still waiting" in h for h in r.history)
+
+
+def test_a_fault_at_the_second_step_rolls_back_within_that_steps_bake():
+    fleet, clock = Fleet({"a": 8, "b": 8}), Clock()
+    r = start(fleet, clock, steps=(m.Step(5, bake_s=3.0), m.Step(50, bake_s=20.0), m.Step(100)))
+    drive(
+        r,
+        fleet,
+        clock,
+        {"v1": (50, 0), "v2": (50, 0)},
+        until=lambda r: r.step_index == 1 and r.phase is m.Phase.BAKING,
+    )
+    opened = clock.t
+    drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0.2)}, until=lambda r: r.terminal)
+    fail = r.verdicts[-1]
+    assert r.phase is m.Phase.ROLLED_BACK and fail.result == "fail" and fail.check in ("errors", "guardrail")
+    assert fail.time - opened < 20.0
+
+
+@pytest.mark.parametrize(
+    "steps,word",
+    [
+        ((m.Step(0), m.Step(100)), "share: must be in (0, 100]"),
+        ((m.Step(150),), "share: must be in (0, 100]"),
+        ((m.Step(50), m.Step(20), m.Step(100)), "must be above the previous"),
+        ((m.Step(50),), "last step with a share must be 100"),
+        ((m.Step(100), m.Step(pause=True)), "cannot end with a pause"),
+        ((m.Step(pause=True, on_timeout="explode"), m.Step(100)), "on_timeout"),
+    ],
+)
+def test_bad_plans_are_refused_by_step(steps, word):
+    with pytest.raises(
+        InvalidArgument,
+        match=word.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]"),
+    ):
+        m.validate_spec(m.Spec(service="web", version="v2", steps=steps))
+
+
+def test_a_window_that_opens_late_still_gets_the_whole_bake():
+    """Metrics that arrive seconds after the canary (a Prometheus discovering it) delay the bake; they do
+    not shorten it."""
+    fleet, clock = Fleet({"a": 4, "b": 4}), Clock()
+    r = start(fleet, clock, bake_s=5.0)
+    drive(r, fleet, clock, {}, until=lambda r: r.phase is m.Phase.BAKING)
+    entered = clock.t
+    for _ in range(6):  # 3 s without a readable source
+        clock.t += 0.5
+        m.step(r, fleet.observe(), m.MetricsDown("no series yet"), clock.t, SETTINGS)
+    assert not r.window_opened and r.phase is m.Phase.BAKING
+    drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0)}, until=lambda r: r.window_opened)
+    assert r.bake_until >= r.window_opened + 5.0 > entered + 5.0
+    drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0)}, until=lambda r: r.phase is not m.Phase.BAKING)
+    assert r.phase is m.Phase.SURGING and r.verdicts[-1].result == "pass"
+
+
+def test_a_multi_step_plan_survives_a_restart_at_every_tick():
+    """Every tick starts from the stored record (what a restarted coordinator loads): the same step keys,
+    in the same order, each once, and the same end."""
+    keys: list[str] = []
+    fleet, clock = Fleet({"a": 8, "b": 8}), Clock()
+    r = start(fleet, clock, steps=PLAN)
+    served = {"v1": [0, 0], "v2": [0, 0]}
+    for _ in range(600):
+        if r.terminal:
+            break
+        r = m.Rollout.from_dict(r.to_dict())  # a restart
+        clock.t += 0.5
+        metrics = None
+        if m.wants_metrics(r, clock.t):
+            for tot in served.values():
+                tot[0] += 100
+            metrics = fleet.metrics({v: (n, e, 0.001) for v, (n, e) in served.items()})
+        m.step(r, fleet.observe(), metrics, clock.t, SETTINGS)
+        if r.awaiting_promotion:
+            m.promote(r, clock.t, "", SETTINGS)
+        if r.step_key and (not keys or keys[-1] != r.step_key):
+            keys.append(r.step_key)
+        if r.desired:
+            fleet.converge(r.desired)
+    assert r.phase is m.Phase.SUCCEEDED
+    assert [k.split("/")[-1] for k in keys] == ["canary", "step-2-first", "step-2", "surge"]
+
+
+def test_a_guardrail_breach_while_waiting_at_a_pause_step_rolls_back():
+    fleet, clock = Fleet({"a": 2, "b": 2}), Clock()
+    steps = (m.Step(share=50, bake_s=2.0), m.Step(pause=True), m.Step(100))
+    r = start(fleet, clock, steps=steps)
+    drive(r, fleet, clock, {"v1": (50, 0), "v2": (50, 0)}, until=lambda r: r.awaiting_promotion)
+    looks = 0
+    for _ in range(10):  # waiting: metrics are asked for once per judge interval, for the guardrails
+        clock.t += 0.5
+        if m.wants_metrics(r, clock.t):
+            looks += 1
+            m.step(r, fleet.observe(), fleet.metrics({}), clock.t, SETTINGS)
+        else:
+            m.step(r, fleet.observe(), None, clock.t, SETTINGS)
+    assert r.phase is m.Phase.PAUSED and looks == 5
+    clock.t += 1.0
+    assert m.wants_metrics(r, clock.t)
+    m.step(r, fleet.observe(), fleet.metrics({}), clock.t, SETTINGS, ("queue depth: 80 above its max 50",))
+    assert r.phase is m.Phase.ROLLING_BACK and "guardrail queue depth: 80" in r.verdicts[-1].reason
