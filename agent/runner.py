@@ -306,9 +306,13 @@ class BuildRunner:
             )
         except CacheError as exc:
             log.warning("cache restore failed: %s", exc)
+            for bad in (s for s in exc.skipped if s.reason != str(exc)):
+                self._note(run, f"stoker: cache entry {bad.key} skipped: {bad.reason}")
             self._note(run, f"stoker: cache restore failed, building without it: {exc}")
             self._send(run, build_pb2.BuildEvent(restored=build_pb2.Restored(cache=figures)))
             return None
+        for bad in result.skipped:
+            self._note(run, f"stoker: cache entry {bad.key} skipped: {bad.reason}")
         figures.warmth = _WARMTH[result.warmth]
         figures.restored_key = result.restored_key or ""
         figures.bytes_fetched = result.bytes_fetched

@@ -12,8 +12,19 @@ from pathlib import Path
 from typing import Protocol
 
 
+@dataclass(frozen=True)
+class SkippedEntry:
+    """An entry a restore passed over, and why (the build's log says so)."""
+
+    key: str
+    reason: str
+
+
 class CacheError(Exception):
     """A restore or save failed; the message names the key and, where known, the path."""
+
+    skipped: tuple[SkippedEntry, ...] = ()
+    """A failed restore: every entry it passed over, and why (the first one's error is this one)."""
 
 
 class NotFound(CacheError):
@@ -31,6 +42,11 @@ class BlobStoreUnavailable(CacheError):
 class CorruptEntry(CacheError):
     """Stored bytes disagree with the manifest: a truncated or corrupt pack, a frame that decompresses
     past its declared size, a digest mismatch, or a missing pack (names the entry and the path)."""
+
+
+class MissingObject(CorruptEntry):
+    """A pack or manifest an entry names is not in the blob store: the entry is broken for every reader
+    (bytes that do not match may instead have been damaged on the way, see :mod:`.bad_entries`)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,9 @@ class RestoreResult:
     bytes_restored: int
     files_restored: int
     seconds: float
+    skipped: tuple[SkippedEntry, ...] = ()
+    """Entries found for the key or its prefixes but not used (corrupt, refused, other roots, marked bad
+    before), in the order they were met; the restore went on to the next candidate."""
 
 
 @dataclass(frozen=True)

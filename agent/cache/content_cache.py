@@ -22,6 +22,7 @@ from pathlib import Path
 
 from stoker.agent.cache import tree
 from stoker.agent.cache.api import EntryInfo, InventoryListener, ProgressFn, RestoreResult, SaveResult
+from stoker.agent.cache.bad_entries import BadEntries
 from stoker.agent.cache.blobs import BlobStore
 from stoker.agent.cache.known_content import KnownContent
 from stoker.agent.cache.maintenance import add_missing_sketches, verify_entry
@@ -47,10 +48,12 @@ class ContentCache:
         fetch_concurrency: int = 8,
         writer: WriterKind = "auto",
         ready_trees: int = 1,
+        node: str = "",
     ) -> None:
         """``workers``: threads (or processes) writing restored files, 0 for one per core; ``writer``: which
         code writes them (see :mod:`.writers`; the process's umask is read now); ``ready_trees``: how many
-        entries to keep also unpacked, 0 for none (see :mod:`.ready_trees`)."""
+        entries to keep also unpacked, 0 for none (see :mod:`.ready_trees`); ``node``: this node's name, recorded
+        in the marks of bad entries it shares."""
         self.store = store
         self.blobs = blobs
         self.workers = workers or os.cpu_count() or 1
@@ -58,6 +61,7 @@ class ContentCache:
         manifests = LocalManifests(store)
         resolver = EntryResolver(store, blobs, manifests)
         stat_caches = StatCaches(store, manifests)
+        self.bad = BadEntries(store.root, blobs, node=node)
         self.ready = ReadyTrees(store, manifests, self.writing, keep=ready_trees)
         self.restorer = Restorer(
             store,
@@ -66,6 +70,7 @@ class ContentCache:
             self.ready,
             stat_caches,
             self.writing,
+            self.bad,
             syncfs=syncfs,
             fetch_concurrency=fetch_concurrency,
         )
@@ -111,6 +116,7 @@ class ContentCache:
     # -- BuildCache ------------------------------------------------------------------------------------
     def open(self) -> None:
         self.store.open()
+        self.bad.open()
         self.ready.closing = False
         add_missing_sketches(self.store, self._manifests)
 

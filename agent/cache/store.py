@@ -271,8 +271,13 @@ class StoreIndex:
         return None
 
     def newest_under(self, prefix: str) -> EntryRecord | None:
+        matches = self.under(prefix)
+        return matches[0] if matches else None
+
+    def under(self, prefix: str) -> list[EntryRecord]:
+        """The entries whose key starts with ``prefix``, newest first."""
         matches = [r for k, r in self.entries.items() if k.startswith(prefix)]
-        return max(matches, key=lambda r: (r.created, r.key)) if matches else None
+        return sorted(matches, key=lambda r: (r.created, r.key), reverse=True)
 
 
 def _key_file(key: str) -> str:
@@ -409,6 +414,11 @@ class LocalStore:
     def newest_under(self, prefix: str) -> EntryRecord | None:
         with self._lock:
             return self.index.newest_under(prefix)
+
+    def under(self, prefix: str) -> list[EntryRecord]:
+        """The entries whose key starts with ``prefix``, newest first."""
+        with self._lock:
+            return self.index.under(prefix)
 
     def tree_for(self, key: str, manifest: str) -> TreeRecord | None:
         with self._lock:
