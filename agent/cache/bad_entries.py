@@ -109,7 +109,9 @@ def _remote_name(key: str, manifest: str, scope: str) -> str:
 class BadEntries:
     """The marks of one node (see the module docstring). Thread-safe."""
 
-    def __init__(self, root: Path, blobs: BlobStore, *, node: str = "", clock: Callable[[], float] = time.time):
+    def __init__(
+        self, root: Path, blobs: BlobStore, *, node: str = "", clock: Callable[[], float] = time.time
+    ):
         self._dir = root / "bad"
         self._blobs = blobs
         self.node = node
@@ -163,7 +165,9 @@ class BadEntries:
             log.warning("could not list marks of bad entries under %r: %s", prefix, exc)
         return found
 
-    def mark(self, key: str, manifest: str, scope: str, reason: str, *, share: bool, lapse_s: float = 0) -> Mark:
+    def mark(
+        self, key: str, manifest: str, scope: str, reason: str, *, share: bool, lapse_s: float = 0
+    ) -> Mark:
         """Mark ``key`` as of ``manifest`` bad on this node (for ``lapse_s`` seconds, 0 for good) and, with
         ``share``, in the blob store (best effort: a failed PUT is logged)."""
         now = self._clock()

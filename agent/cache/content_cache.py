@@ -52,8 +52,8 @@ class ContentCache:
     ) -> None:
         """``workers``: threads (or processes) writing restored files, 0 for one per core; ``writer``: which
         code writes them (see :mod:`.writers`; the process's umask is read now); ``ready_trees``: how many
-        entries to keep also unpacked, 0 for none (see :mod:`.ready_trees`); ``node``: this node's name, recorded
-        in the marks of bad entries it shares."""
+        entries to keep also unpacked, 0 for none (see :mod:`.ready_trees`); ``node``: this node's name,
+        recorded in the marks of bad entries it shares."""
         self.store = store
         self.blobs = blobs
         self.workers = workers or os.cpu_count() or 1

@@ -3,6 +3,7 @@ exact key or, failing that, the entries under each restore-key prefix, newest fi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -146,7 +147,7 @@ class EntryResolver:
             name = str(pointer["manifest"])
             if (exact, name) in passed:
                 continue  # the local entry, skipped as marked
-            if not marked(exact, name, lambda k=exact: bad.marked_remotely(k, roots)):
+            if not marked(exact, name, functools.partial(bad.marked_remotely, exact, roots)):
                 yield Candidate(exact, name, True, local=False, pointer=pointer)
         for prefix in restore_keys:
             for record in self._store.under(prefix):
@@ -156,7 +157,9 @@ class EntryResolver:
                 if not marked(record.key, record.manifest, None):
                     yield Candidate(record.key, record.manifest, False, local=True)
             listed = sorted(
-                self._blobs.list(f"keys/{encode_key(prefix)}"), key=lambda o: (o.modified, o.name), reverse=True
+                self._blobs.list(f"keys/{encode_key(prefix)}"),
+                key=lambda o: (o.modified, o.name),
+                reverse=True,
             )
             remote_marks: set[tuple[str, str]] | None = None
 

@@ -174,7 +174,12 @@ class Restorer:
             return None
 
     def _bad_entry(
-        self, candidate: Candidate, scope: str, reason: str, skipped: list[SkippedEntry], exc: CacheError | None
+        self,
+        candidate: Candidate,
+        scope: str,
+        reason: str,
+        skipped: list[SkippedEntry],
+        exc: CacheError | None,
     ) -> None:
         """Keep ``candidate`` from being chosen again (see :mod:`.bad_entries`): a local entry that is
         corrupt is evicted (the blob store's copy may be sound); one whose fault every reader would meet is
