@@ -124,8 +124,12 @@ class EntryResolver:
         passed: set[tuple[str, str]] = set()
         """(key, manifest) skipped as marked."""
 
+        tried: set[tuple[str, str]] = set()
+        """(key, manifest) yielded from the node's store: one that failed there and got a mark is not met
+        again in the blob store (one that was evicted is: the blob store's copy may be sound)."""
+
         def marked(k: str, m: str, remote: Callable[[], set[tuple[str, str]]] | None) -> bool:
-            if (k, m) in passed:
+            if (k, m) in passed or ((k, m) in tried and bad.marked_here(k, m, roots) is not None):
                 return True
             if self._is_marked(k, m, roots, bad, skipped, remote):
                 passed.add((k, m))
@@ -139,6 +143,7 @@ class EntryResolver:
             if record is not None:
                 tried_local.add(exact)
                 if not marked(exact, record.manifest, None):
+                    tried.add((exact, record.manifest))
                     yield Candidate(exact, record.manifest, True, local=True)
             tried_remote.add(exact)
             pointer = self._pointer_or_skip(exact, skipped)
@@ -155,6 +160,7 @@ class EntryResolver:
                     continue
                 tried_local.add(record.key)
                 if not marked(record.key, record.manifest, None):
+                    tried.add((record.key, record.manifest))
                     yield Candidate(record.key, record.manifest, False, local=True)
             listed = sorted(
                 self._blobs.list(f"keys/{encode_key(prefix)}"),
