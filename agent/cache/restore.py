@@ -464,6 +464,7 @@ class Restorer:
             total_bytes=manifest.total_bytes,
             files=manifest.file_count,
             sketch=mf.content_sketch(manifest),
+            writer=manifest.writer,
         )
 
 

@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stoker.agent.cache.api import CacheError, EntryInfo, InventoryListener
+from stoker.agent.cache.api import CacheError, EntryInfo, EntryWriter, InventoryListener
 
 STORE_FORMAT = "stoker-cache-store 1"
 LOCK_WAIT_S = 2.0
@@ -76,6 +76,8 @@ class EntryRecord:
     frames: dict[FrameId, LocalFrame] = field(default_factory=dict)
     sketch: tuple[int, ...] = ()
     """Bottom-k MinHash of the entry's content digests (see :attr:`EntryInfo.sketch`)."""
+    writer: EntryWriter | None = None
+    """Who saved the entry (from its manifest; None for manifests before version 3)."""
 
     def info(self) -> EntryInfo:
         return EntryInfo(
@@ -85,6 +87,7 @@ class EntryRecord:
             created=self.created,
             last_used=self.last_used,
             sketch=self.sketch,
+            writer=self.writer,
         )
 
     def to_json(self) -> builtins.bytes:  # builtins: a field of this class is named bytes
@@ -98,6 +101,7 @@ class EntryRecord:
                 "files": self.files,
                 "frames": [[p, o, lf.file, lf.offset, lf.length] for (p, o), lf in self.frames.items()],
                 "sketch": list(self.sketch),
+                "writer": self.writer.to_dict() if self.writer else {},
             },
             separators=(",", ":"),
         ).encode()
@@ -114,6 +118,7 @@ class EntryRecord:
             files=int(d["files"]),
             frames={(str(p), int(o)): LocalFrame(str(f), int(lo), int(n)) for p, o, f, lo, n in d["frames"]},
             sketch=tuple(int(x) for x in d.get("sketch", ())),
+            writer=EntryWriter.from_dict(d.get("writer")),
         )
 
 
@@ -499,6 +504,7 @@ class LocalStore:
         total_bytes: int,
         files: int,
         sketch: tuple[int, ...] = (),
+        writer: EntryWriter | None = None,
     ) -> EntryInfo:
         """Publish an entry: move staged frame files and the manifest in, then write its record last.
 
@@ -526,6 +532,7 @@ class LocalStore:
                 files=files,
                 frames=frames,
                 sketch=sketch,
+                writer=writer,
             )
             for tree in [
                 t for t in self.index.trees.values() if t.key == key and t.manifest != manifest_name

@@ -1,6 +1,6 @@
 """A planted entry under a victim's restore prefix (issue 16, item 2): "one planted entry with other roots
-under a victim's restore prefix failed every victim build, on every node". On a loopback fleet of two
-agents (three) sharing a real S3 server (SeaweedFS), the victim's builds skip the planted entry, restore the next
+under a victim's restore prefix failed every victim build, on every node". On a loopback fleet of three
+agents sharing a real S3 server (SeaweedFS), the victim's builds skip the planted entry, restore the next
 good candidate and succeed, on both nodes; the first node says why in the build's log and marks the entry
 in the blob store, and the second skips it on that mark without reading it."""
 
@@ -64,9 +64,7 @@ def test_a_planted_entry_with_other_roots_is_skipped_on_every_node(fleet, seawee
         ("zone-b", "web/victim-1", "do not hold ['deps']"),
         ("zone-c", "web/victim-2", "marked bad by another node"),
     ):
-        done, lines = _build(
-            c.address, victim, key=key, restore=["web/deps-"], paths=["deps"], zone=zone
-        )
+        done, lines = _build(c.address, victim, key=key, restore=["web/deps-"], paths=["deps"], zone=zone)
         assert done.state == build_pb2.BUILD_STATE_SUCCEEDED, (zone, done, lines)
         assert done.cache.restored_key == "web/deps-H1", (zone, done)
         assert lines[-2:] == ["good", "hit=partial from=web/deps-H1"], (zone, lines)

@@ -6,6 +6,7 @@ request's second build is warm from its own entry."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -141,3 +142,38 @@ def test_another_tenant_reads_nothing_of_web_by_key_or_prefix_and_cannot_name_a_
             )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "spec.cache.scope" in refused.value.details() and "web" not in refused.value.details()
+
+
+def test_entries_record_who_wrote_them(fleet, tmp_path):
+    """Issue 16, item 2: the coordinator sends the build's principal with it; the entry's manifest, key
+    pointer and node record name the principal, tenant, trust, build and node; `stoker cache ls` shows
+    them."""
+    done, _ = fleet.build("pr", save("pr", "pr-H1"), key="web/deps-H1", ref="pull/9")
+    assert done.state == build_pb2.BUILD_STATE_SUCCEEDED and done.cache.saved, done
+    ls = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "cache", "--dir", str(tmp_path / "ls-store"),
+         "--blobs", f"file://{tmp_path / 'blobs'}", "--json", "ls", "--remote", "~web/"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    (entry,) = json.loads(ls.stdout)["entries"]
+    assert entry["key"] == "~web/untrusted/pull/9/web/deps-H1" and entry["bytes"] == len("pr-H1\n"), entry
+    writer = entry["writer"]
+    assert {k: writer[k] for k in ("principal", "tenant", "trust")} == {
+        "principal": "web-pr",
+        "tenant": "web",
+        "trust": "untrusted",
+    }, entry
+    assert writer["build_id"].startswith("b-") and writer["node"] in ("n1", "n2"), entry
+    # The manifest itself (what a restore trusts) says the same.
+    from stoker.agent.cache import manifest as mf
+    from stoker.agent.cache.blobs import encode_key
+
+    pointer = json.loads((tmp_path / "blobs" / "keys" / encode_key(entry["key"])).read_bytes())
+    manifest = mf.parse((tmp_path / "blobs" / "manifests" / pointer["manifest"]).read_bytes(), where="t")
+    assert manifest.writer is not None and manifest.writer.to_dict() == entry["writer"]
+    text = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "cache", "--dir", str(tmp_path / "ls-store"),
+         "--blobs", f"file://{tmp_path / 'blobs'}", "ls", "--remote", "~payments/"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert text == ["KEY\tSIZE\tWRITER\tTRUST\tCREATED"], text
