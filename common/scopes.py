@@ -28,6 +28,14 @@ def untrusted(tenant: str, ref: str) -> str:
     return f"{MARK}{tenant}/untrusted/{ref}/" if ref else f"{MARK}{tenant}/untrusted/"
 
 
+def tenant_of(key: str) -> str:
+    """The tenant whose scope a stored key lies in; "" for a key without a scope."""
+    if not key.startswith(MARK):
+        return ""
+    tenant, sep, _ = key[len(MARK) :].partition("/")
+    return tenant if sep else ""
+
+
 @dataclass(frozen=True)
 class PhysicalKeys:
     """What a build's cache spec means in stored keys."""

@@ -327,7 +327,7 @@ class Restorer:
         """Make room for the missing frames, create the file they go into, and return the fetch to run."""
         manifest = resolved.manifest
         need = sum(manifest.frames[i].length for i in frames.missing) + len(resolved.manifest_bytes)
-        self._store.make_room(need, what=where)
+        self._store.make_room(need, what=where, for_key=resolved.key)
         name = f"f-{uuid.uuid4().hex}"
         path = staging / name
         plan = plan_fetch(manifest, frames.missing, path, name)

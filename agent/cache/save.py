@@ -246,7 +246,7 @@ class Saver:
                 return
             frames_map[(fr.pack, fr.offset)] = found[1]
         need = sum(p.stat().st_size for p in used.values()) + len(data)
-        self._store.make_room(need, what=f"entry {key}")
+        self._store.make_room(need, what=f"entry {key}", for_key=key)
         self._store.commit(
             key=key,
             created=manifest.created,
