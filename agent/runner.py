@@ -485,7 +485,8 @@ class BuildRunner:
 
 def _keys(cache: common_pb2.CacheSpec) -> scopes.PhysicalKeys:
     """The build's cache keys as stored: in the scope the coordinator gave it (common/scopes.py)."""
-    return scopes.physical(cache.key, cache.restore_keys, cache.scope, cache.read_scopes)
+    shared = [(s.scope, s.prefix) for s in cache.shared]
+    return scopes.physical(cache.key, cache.restore_keys, cache.scope, cache.read_scopes, shared)
 
 
 def cache_hit_env(exact: Sequence[str], restored: RestoreResult | None) -> dict[str, str]:

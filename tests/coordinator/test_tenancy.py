@@ -42,6 +42,10 @@ class Tenancy:
             "pr": make_token(tokens_file, "web-pr", "web", "untrusted"),
             "payments": make_token(tokens_file, "payments-ci", "payments", "protected"),
         }
+        # payments shares its protected entries under "shared/" with web, read-only (issue 16, item 3).
+        doc = json.loads(tokens_file.read_text())
+        doc["shares"] = [{"tenant": "payments", "prefix": "shared/", "with": ["web"]}]
+        tokens_file.write_text(json.dumps(doc))
         agent_port = port_factory()
         self.coordinator = secure_coordinator(tmp_path, self.pki, agent_port)
         self.procs = [self.coordinator]
@@ -177,3 +181,23 @@ def test_entries_record_who_wrote_them(fleet, tmp_path):
         capture_output=True, text=True, check=True,
     ).stdout.splitlines()  # fmt: skip
     assert text == ["KEY\tSIZE\tWRITER\tTRUST\tCREATED"], text
+
+
+def test_a_shared_prefix_is_read_only_and_reaches_nothing_else(fleet):
+    """Issue 16, item 3: payments shares "shared/" with web (tokens file "shares"). web's builds read
+    payments' entries under it, by exact key and by restore prefix, but never its other keys (a shorter
+    prefix included), and what web saves stays in web's scope."""
+    fleet.build("payments", save("payments", "payments-tools"), key="shared/tools-1")
+    fleet.build("payments", save("payments", "payments-secret"), key="payments/deps-1")
+    done, lines = fleet.build("pr", SHOW, key="web/deps-9", restore=["shared/tools-"], ref="pull/3")
+    assert lines[-2:] == ["payments-tools", "hit=partial from=~payments/protected/shared/tools-1"], lines
+    for restore in (["payments/"], ["s"], ["shared"]):
+        done, lines = fleet.build("main", SHOW, key="web/deps-8", restore=restore)
+        assert lines[-2:] == ["none", "hit=none from="], (restore, lines)
+    done, lines = fleet.build("main", SHOW, key="shared/tools-1")
+    assert lines[-2:] == ["payments-tools", "hit=exact from=~payments/protected/shared/tools-1"], lines
+    # web writes its own scope only: its save of a shared key does not change what payments restores.
+    done, _ = fleet.build("main", save("main", "web-tools"), key="shared/tools-2")
+    assert done.cache.saved, done
+    done, lines = fleet.build("payments", SHOW, key="payments/x", restore=["shared/tools-"])
+    assert lines[-2:] == ["payments-tools", "hit=partial from=~payments/protected/shared/tools-1"], lines
