@@ -41,18 +41,19 @@ def test_another_tenant_cannot_evict_a_victim_below_its_budget(tmp_path: Path, t
     for i, key in enumerate(victim):
         cache.save(key, _tree(tmp_path / f"w{i}", i), ["deps"])
     # Another tenant saves more than the whole store holds.
-    saved_other = []
-    for i in range(6):
-        key = f"~evil/untrusted/x/deps-{i}"
-        try:
-            cache.save(key, _tree(tmp_path / f"e{i}", 100 + i), ["deps"])
-            saved_other.append(key)
-        except CacheError as exc:
-            assert tenant_budget and "tenant budgets" in str(exc), exc
+    other = [f"~evil/untrusted/x/deps-{i}" for i in range(6)]
+    for i, key in enumerate(other):
+        assert cache.save(key, _tree(tmp_path / f"e{i}", 100 + i), ["deps"]).saved  # in the blob store
     held = _held(cache)
     if tenant_budget:
         assert set(victim) <= set(held), held  # kept: evicting either would leave web below its budget
-        assert [k for k in held if k.startswith("~evil/")] == saved_other[-3:], (held, saved_other)
+        assert [k for k in held if k.startswith("~evil/")] == other[-3:], held
+        # A restore of evil's that finds no room fails, saying why; web's entries stay.
+        cache.evict(other[-1])
+        cache.save("~evil/untrusted/x/big", _tree(tmp_path / "big", 7), ["deps"])
+        with pytest.raises(CacheError, match="tenant budgets"):
+            cache.store.make_room(5 * MB, what="a restore", for_key="~evil/untrusted/x/big")
+        assert set(victim) <= set(_held(cache))
     else:  # one LRU for all (the default): the victim's entries, the oldest, went first
         assert not set(victim) & set(held), held
     cache.close()
