@@ -246,11 +246,7 @@ class Saver:
                 return
             frames_map[(fr.pack, fr.offset)] = found[1]
         need = sum(p.stat().st_size for p in used.values()) + len(data)
-        try:
-            self._store.make_room(need, what=f"entry {key}", for_key=key)
-        except CacheError as exc:  # the blob store holds the entry already: the save has succeeded
-            log.info("entry %s saved to the blob store but not kept locally: %s", key, exc)
-            return
+        self._store.make_room(need, what=f"entry {key}", for_key=key)
         self._store.commit(
             key=key,
             created=manifest.created,
