@@ -3,12 +3,15 @@ and a blob directory (the fleet test does it over SeaweedFS)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from stoker.agent.cache.api import CorruptEntry
 from stoker.agent.cache.blobs import encode_key
+from stoker.agent.cache.local_blobs import LocalBlobStore
+from stoker.agent.cache.maintenance import gc_blobs
 from tests.helpers.cache import make_tree, open_local_cache, snapshot
 
 PATHS = ["node_modules"]
@@ -45,6 +48,8 @@ def test_a_bad_exact_key_falls_back_to_the_prefixes_and_is_not_chosen_again(tmp_
     node.close()
     marks = list((blobs / "bad" / encode_key("web/nm-2")).iterdir())
     assert len(marks) == 1 and marks[0].name.endswith(".all"), marks
+    gc_blobs(LocalBlobStore(blobs), grace_s=0, now=time.time())  # the key still names the marked manifest
+    assert list((blobs / "bad" / encode_key("web/nm-2")).iterdir()) == marks
     # After a restart too (marks persist), and another node skips it on the shared mark.
     reopened = open_local_cache(tmp_path, name="node")
     assert (
@@ -61,6 +66,10 @@ def test_a_bad_exact_key_falls_back_to_the_prefixes_and_is_not_chosen_again(tmp_
     other.save("web/nm-2", make_tree(tmp_path / "next", seed=3, packages=4, files_per_package=3), PATHS)
     fixed = other.restore("web/nm-2", [], tmp_path / "ws5", PATHS)
     assert fixed.restored_key == "web/nm-2" and not fixed.skipped
+    # The blob store's GC drops the mark then (the key names another manifest), not before.
+    assert gc_blobs(other.blobs, grace_s=0, now=time.time(), dry_run=True)[0] >= 1
+    gc_blobs(other.blobs, grace_s=0, now=time.time())
+    assert not list((blobs / "bad" / encode_key("web/nm-2")).iterdir())
     other.close()
 
 
