@@ -29,6 +29,7 @@ from stoker.common.serving import (
     MetricsServer,
     add_health_and_reflection,
     add_port,
+    metrics_registry,
     write_ready_file,
 )
 from stoker.v1 import agent_pb2, common_pb2
@@ -122,7 +123,7 @@ class Agent:
         self, config: AgentConfig, cache: BuildCache | None = None, registry: CollectorRegistry | None = None
     ) -> None:
         self.config = config
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or metrics_registry()
         self.metrics = AgentMetrics(self.registry)
         self.executor = ThreadPoolExecutor(config.server.executor_threads, thread_name_prefix="agent-io")
         self.cache = cache or open_build_cache(config)

@@ -299,15 +299,17 @@ class CoordinatorSession:
                 self._push(agent_pb2.AgentMessage(snapshot=await self._snapshot()))
 
     async def _prewarm(self, command: agent_pb2.PrewarmCommand) -> None:
+        started = time.monotonic()
         try:
             result = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._cache.prewarm, command.key, list(command.restore_keys)
             )
             log.info(
-                "prewarmed %s: %s, %d bytes fetched",
+                "prewarmed %s: %s, %d bytes fetched in %.2f s (waiting for a worker included)",
                 command.key,
                 result.restored_key or "nothing found",
                 result.bytes_fetched,
+                time.monotonic() - started,
             )
         except CacheError as exc:
             log.warning("prewarm of %s failed: %s", command.key, exc)

@@ -72,6 +72,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from stoker.common import scopes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 KEY_FMT = "ws-{w:03d}/deps-{v:07d}"
@@ -86,8 +88,19 @@ def agent_name(i: int) -> str:
     return f"sim-{i:05d}"
 
 
-def key_of(k: int) -> str:
+_SCOPED = False
+"""With ``--scoped``: each key lives in its workspace's protected cache scope, as the coordinator stores a ci
+token's builds' keys (issue 16), and the CI clients send each build's scope as its token would."""
+
+
+def raw_key(k: int) -> str:
+    """The key as a build names it."""
     return KEY_FMT.format(w=k % WORKSPACES, v=k)
+
+
+def key_of(k: int) -> str:
+    """The key as nodes store it."""
+    return scopes.protected(f"ws-{k % WORKSPACES:03d}") + raw_key(k) if _SCOPED else raw_key(k)
 
 
 _sketches: dict[str, bytes] = {}
@@ -355,8 +368,11 @@ def agent_process(
     results: mp.Queue,
     nice: int = 0,
     sketch_k: int = 0,
+    scoped: bool = False,
 ) -> None:
     """Child process: run the agents of ``indices`` until told to stop; answer the parent's commands."""
+    global _SCOPED
+    _SCOPED = scoped
     os.setpriority(os.PRIO_PROCESS, 0, nice)  # before grpc starts threads, so that they inherit it
 
     async def main() -> None:
@@ -401,6 +417,8 @@ def ci_process(
     results: mp.Queue,
     warmup: float = 0.0,
     go: object = None,
+    scoped: bool = False,
+    pr_share: float = 0.0,
 ) -> None:
     """Place builds at ``rate`` for ``warmup`` seconds and report them as ("warm", figures) (none when 0),
     wait for ``go`` (the parent reads the coordinator's counters meanwhile), then place for ``seconds`` and
@@ -440,9 +458,18 @@ def ci_process(
                 workspace=f"ws-{w:03d}",
                 tenant=f"ws-{w:03d}",
                 cache=common_pb2.CacheSpec(
-                    key=key_of(k), restore_keys=[f"ws-{w:03d}/deps-"], paths=["node_modules"]
+                    key=raw_key(k), restore_keys=[f"ws-{w:03d}/deps-"], paths=["node_modules"]
                 ),
             )
+            if scoped:
+                # As the coordinator binds a ci token's spec: a pull request's build writes its own scope
+                # and reads the default branch's (so a node holding main's entry is warm for it).
+                tenant = f"ws-{w:03d}"
+                if rng.random() < pr_share:
+                    spec.cache.scope = scopes.untrusted(tenant, f"pull/{rng.randrange(50)}")
+                    spec.cache.read_scopes.append(scopes.protected(tenant))
+                else:
+                    spec.cache.scope = scopes.protected(tenant)
             try:
                 t0 = time.perf_counter()
                 placement = await stub.PlaceBuild(
@@ -783,6 +810,7 @@ class Fleet:
                     self.results,
                     args.agent_nice,
                     args.sketch_k,
+                    args.scoped,
                 ),
                 daemon=True,
             )
@@ -932,12 +960,15 @@ def top_functions(collapsed: Path, n: int = 15) -> dict:
 
 
 def coordinator_flags(args, workdir: Path) -> list[str]:
-    """The coordinator's extra flags: a settings file when ``--gc-full-every`` changes its collector's
-    schedule."""
-    if not args.gc_full_every:
-        return []
+    """The coordinator's extra flags: a settings file, with ``--gc-full-every``'s schedule for its collector
+    when given. Its nodes' claims count as sent (nodes.check_claims false): the simulated agents run no
+    builds, so nothing would corroborate their entries, and the placements would all be cold ones against
+    an empty inventory, not the fleet-sized warm decisions this benchmark measures."""
+    settings: dict = {"nodes": {"check_claims": False}}
+    if args.gc_full_every:
+        settings["server"] = {"gc_full_every_s": args.gc_full_every}
     config = workdir / "coordinator-settings.json"
-    config.write_text(json.dumps({"server": {"gc_full_every_s": args.gc_full_every}}))
+    config.write_text(json.dumps(settings))
     return ["--config", str(config)]
 
 
@@ -970,6 +1001,8 @@ def run(args) -> dict:
         "keys_per_agent": args.keys,
         "key_space": args.key_space,
         "sketch_values": args.sketch_k,
+        "scoped_keys": args.scoped,
+        "pull_request_share": args.pr_share if args.scoped else 0.0,
         "rate": args.rate,
         "seconds": args.seconds,
         "coordinator_gc_full_every_s": args.gc_full_every or 3600.0,
@@ -1035,6 +1068,8 @@ def run(args) -> dict:
                 fleet.results,
                 args.warmup,
                 go,
+                args.scoped,
+                args.pr_share,
             ),
             daemon=True,
         )
@@ -1290,6 +1325,13 @@ def main(argv: list[str] | None = None) -> int:
         default=64,
         help="values in each entry's content sketch, as agents report (64, the agent's SKETCH_K; 0: none)",
     )
+    p.add_argument(
+        "--scoped",
+        action="store_true",
+        help="keys in cache scopes, as a ci token's builds store them (issue 16): nodes hold the protected "
+        "scope's entries, and --pr-share of the builds are pull requests reading it from their own scope",
+    )
+    p.add_argument("--pr-share", type=float, default=0.3, help="with --scoped: share of pull-request builds")
     p.add_argument("--rate", type=float, default=200.0, help="placements per second")
     p.add_argument("--seconds", type=float, default=30.0, help="length of the measured placement phase")
     p.add_argument(

@@ -9,7 +9,8 @@
     python bench/simulate.py --variant nodes_500  # one of those traces alone
 
 Every policy runs on the same trace and fleet in one run. ``stoker`` is the coordinator's own
-scheduler (see bench/simkit/engine.py). The trace format is documented in bench/simkit/trace.py.
+scheduler (the engine is the product's: coordinator/planning/engine.py, the same code `stoker plan` runs; the
+peers are in bench/simkit/engine.py). The trace format is documented in coordinator/planning/trace.py.
 """
 
 from __future__ import annotations

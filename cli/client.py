@@ -1,4 +1,5 @@
-"""CI-side commands: ``stoker build``, ``place``, ``release``, ``get``, ``cancel``, ``watch``, ``inventory``.
+"""CI-side commands: ``stoker build``, ``place``, ``release``, ``get``, ``cancel``, ``watch``, ``builds``,
+``inventory``.
 
 The coordinator address comes from ``--coordinator`` or ``STOKER_COORDINATOR`` (default
 127.0.0.1:7070), so a CI step is one line. ``stoker build`` exits with the build's exit code
@@ -384,6 +385,16 @@ def inventory(args) -> int:
             f"{n.node:<20} {n.zone:<10} {state:<13} {n.slots:>5} {n.running:>4} {n.entry_count:>7} "
             f"{n.entry_bytes:>12}"
         )
+    for n in reply.nodes:  # nodes whose claims the coordinator does not take as sent (docs/security.md)
+        flags = []
+        if n.uncorroborated_entries:
+            flags.append(
+                f"{n.uncorroborated_entries} entries it reports are uncorroborated (count for no placement)"
+            )
+        if n.registered_slots > n.slots:
+            flags.append(f"registered with {n.registered_slots} slots, bounded to {n.slots}")
+        if flags:
+            print(f"flagged: {n.node}: {'; '.join(flags)}")
     print()
     print(f"{'KEY':<48} {'REPLICAS':>8} {'BYTES':>12}  NODES")
     for k in reply.keys:
@@ -393,4 +404,121 @@ def inventory(args) -> int:
         f"\nhits: warm {h.warm_builds}, partial {h.partial_builds}, cold {h.cold_builds}; "
         f"bytes local {h.bytes_local}, fetched {h.bytes_fetched}"
     )
+    return 0
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def age(text: str) -> float:
+    """Seconds from ``90s``, ``30m``, ``12h``, ``7d``."""
+    unit = text.strip()[-1:].lower()
+    try:
+        number = float(text.strip()[:-1]) if unit in _AGE_UNITS else float("nan")
+    except ValueError:
+        number = float("nan")
+    if not math.isfinite(number) or number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age (e.g. 30m, 12h, 7d)")
+    return number * _AGE_UNITS[unit]
+
+
+def _state_name(state: int) -> str:
+    return build_pb2.BuildState.Name(state).removeprefix("BUILD_STATE_").lower()
+
+
+BUILD_STATES = [_state_name(s) for s in build_pb2.BuildState.values() if s]
+
+
+def list_builds(args) -> int:
+    """``stoker builds``: the newest builds first, as many pages as --limit needs."""
+    request = build_pb2.ListBuildsRequest(
+        workspace=args.workspace,
+        owner=args.owner,
+        node=args.node,
+        page_size=min(args.limit, 500),
+    )
+    if args.state:
+        request.state = build_pb2.BuildState.Value("BUILD_STATE_" + args.state.upper())
+    if args.since is not None:
+        request.since.FromSeconds(int(time.time() - args.since))
+    builds: list[build_pb2.Build] = []
+    with channel(coordinator_address(args.coordinator)) as ch:
+        stub = build_pb2_grpc.BuildsStub(ch)
+        try:
+            while len(builds) < args.limit:
+                reply = stub.ListBuilds(request, timeout=30)
+                builds.extend(reply.builds)
+                if not reply.next_page_token:
+                    break
+                request.page_token = reply.next_page_token
+        except grpc.RpcError as exc:
+            return fail(exc)
+    builds = builds[: args.limit]
+    if args.json:
+        for b in builds:
+            print(json_format.MessageToJson(b, indent=None, preserving_proto_field_name=True))
+        return 0
+    if not builds:
+        print("no builds match", file=sys.stderr)
+        return 0
+    print(
+        f"{'ID':<20} {'STATE':<10} {'WORKSPACE':<20} {'NODE':<16} {'OWNER':<14} {'CREATED':<20} "
+        f"{'EXIT':>5} {'TOOK':>8}"
+    )
+    for b in builds:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.created.ToSeconds()))
+        took = f"{b.timings.total_s:.1f}s" if b.timings.total_s else "-"
+        code = str(b.exit_code) if b.HasField("finished") else "-"
+        print(
+            f"{b.id:<20} {_state_name(b.state):<10} {b.spec.workspace[:20]:<20} {b.node[:16] or '-':<16} "
+            f"{b.owner[:14] or '-':<14} {created:<20} {code:>5} {took:>8}"
+        )
+    return 0
+
+
+def prewarm(args) -> int:
+    """``stoker prewarm KEY``: have nodes fetch an entry now; with --wait, until they hold it."""
+    with channel(coordinator_address(args.coordinator)) as ch:
+        try:
+            reply = inventory_pb2_grpc.InventoryStub(ch).Prewarm(
+                inventory_pb2.PrewarmRequest(
+                    key=args.key, restore_keys=args.restore_key, replicas=args.replicas, zone=args.zone
+                ),
+                timeout=30,
+            )
+        except grpc.RpcError as exc:
+            return fail(exc)
+        print(f"holding: {', '.join(reply.holding) or 'none'}; asked: {', '.join(reply.asked) or 'none'}")
+        if not args.wait or not reply.asked:
+            return 0
+        deadline = time.monotonic() + args.wait
+        waiting = set(reply.asked)
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                held = inventory_pb2_grpc.InventoryStub(ch).QueryInventory(
+                    inventory_pb2.QueryInventoryRequest(key_prefix=args.key, summary_only=True), timeout=30
+                )
+            except grpc.RpcError as exc:
+                return fail(exc)
+            nodes = {n for k in held.keys if k.key == args.key for n in k.nodes}
+            for node in sorted(waiting & nodes):
+                print(f"{node}: holds {args.key}")
+            waiting -= nodes
+    if waiting:
+        print(f"stoker: not yet on {', '.join(sorted(waiting))} after {args.wait:g} s", file=sys.stderr)
+        return EXIT_STOKER_ERROR
+    return 0
+
+
+def forget_node(args) -> int:
+    """``stoker node forget NODE``: remove a lost node from the inventory."""
+    with channel(coordinator_address(args.coordinator)) as ch:
+        try:
+            inventory_pb2_grpc.InventoryStub(ch).ForgetNode(
+                inventory_pb2.ForgetNodeRequest(node=args.node), timeout=10
+            )
+        except grpc.RpcError as exc:
+            return fail(exc)
+    print(f"forgot node {args.node}")
     return 0

@@ -7,6 +7,9 @@ stoker build -- CMD...           run a build through the coordinator and stream 
 stoker place / release           placement-only leases
 stoker get / cancel / watch      one build
 stoker inventory                 what the fleet holds
+stoker history export / fleet    the build history as a simulator trace, the fleet as a spec
+stoker plan                      replay a history under other fleets (capacity planning)
+stoker report dead-time          submission → first line of each build, by phase, and what would cut it
 stoker rollout ...               start, watch, promote, abort, pause, resume rollouts
 stoker token                     make a bearer token for CI or an operator
 stoker cache ...                 operate the node's cache by hand
@@ -19,7 +22,7 @@ import asyncio
 import sys
 from typing import Any
 
-from stoker.cli import client, rollouts
+from stoker.cli import client, history, plan, report, rollouts
 from stoker.common import logs, settings
 from stoker.common.serving import ListenError
 
@@ -78,9 +81,12 @@ def cmd_token(args) -> int:
 
     from stoker.coordinator.rpc.auth import new_token
 
-    if args.role == "operator" and (args.tenant or args.max_priority is not None or args.zone or args.label):
+    ci_only = (
+        args.tenant or args.max_priority is not None or args.max_slots is not None or args.zone or args.label
+    )
+    if args.role == "operator" and ci_only:
         print(
-            "stoker token: --tenant, --max-priority, --zone and --label apply to ci tokens only",
+            "stoker token: --tenant, --max-priority, --max-slots, --zone and --label apply to ci tokens only",
             file=sys.stderr,
         )
         return 2
@@ -93,6 +99,7 @@ def cmd_token(args) -> int:
         tenant=args.tenant,
         trust=args.trust,
         max_priority=args.max_priority,
+        max_slots=args.max_slots,
         zones=tuple(args.zone),
         labels=dict(item.split("=", 1) for item in args.label),
     )
@@ -159,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service_commands(sub)
     _add_build_commands(sub)
     rollouts.add_parser(sub)
+    history.add_parser(sub)
+    plan.add_parser(sub)
+    report.add_parser(sub)
     # `stoker cache …` never reaches argparse (main() hands it to the cache's own parser, whose options
     # argparse would not pass through); the entry is here so that `stoker --help` lists it.
     sub.add_parser(
@@ -194,6 +204,12 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
         help="ci: protected (trusted CI, e.g. a default branch) or untrusted (pull requests)",
     )
     p.add_argument("--max-priority", type=int, default=None, help="ci: the highest priority its builds get")
+    p.add_argument(
+        "--max-slots",
+        type=int,
+        default=None,
+        help="ci: its share of the fleet, the most slots its builds hold at once (default: no cap)",
+    )
     p.add_argument(
         "--zone", action="append", default=[], help="ci: a zone its builds may pin (repeatable; default: any)"
     )
@@ -235,7 +251,8 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_build_commands(sub: argparse._SubParsersAction) -> None:
-    """What CI and operators call about builds: build, place, release, get, cancel, watch, inventory."""
+    """What CI and operators call about builds: build, place, release, get, cancel, watch, builds,
+    inventory."""
     p = sub.add_parser("build", help="run a build through the coordinator, streaming its output")
     client.add_spec_arguments(p, command=True)
     p.set_defaults(func=client.run_build)
@@ -266,6 +283,39 @@ def _add_build_commands(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
 
+    p = sub.add_parser("builds", help="list builds, newest first (a ci token sees its own)")
+    p.add_argument("--coordinator")
+    p.add_argument("--workspace", default="")
+    p.add_argument(
+        "--state", default="", choices=["", *client.BUILD_STATES], help="only builds in this state"
+    )
+    p.add_argument("--owner", default="", help="only builds this principal submitted (operators)")
+    p.add_argument("--node", default="", help="only builds this node ran")
+    p.add_argument(
+        "--since", type=client.age, default=None, help="only builds created in the last 30m, 12h, 7d"
+    )
+    p.add_argument("--limit", type=int, default=20, help="at most this many builds (default 20)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=client.list_builds)
+
+    p = sub.add_parser("prewarm", help="operators: have nodes fetch a cache entry ahead of need")
+    p.add_argument("key", help="the entry's key as stoker inventory shows it")
+    p.add_argument("--coordinator")
+    p.add_argument("--replicas", type=int, default=1, help="how many nodes should hold it (default 1)")
+    p.add_argument("--zone", default="", help="only nodes in this zone")
+    p.add_argument(
+        "--restore-key", action="append", default=[], help="a prefix to fetch from if the key has no entry"
+    )
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait until the asked nodes hold it")
+    p.set_defaults(func=client.prewarm)
+
+    p = sub.add_parser("node", help="operators: manage the fleet's nodes")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("forget", help="remove a lost node (decommissioned) from the inventory")
+    p.add_argument("node")
+    p.add_argument("--coordinator")
+    p.set_defaults(func=client.forget_node)
+
     p = sub.add_parser("inventory", help="what the fleet's nodes hold")
     p.add_argument("--coordinator")
     p.add_argument("--prefix", default="")
@@ -291,7 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stoker: {exc}", file=sys.stderr)
         return 2
     except ListenError as exc:
-        print(f"stoker {args.command}: {exc}", file=sys.stderr)
+        # Two servers of one machine (a second agent, say) meet on the same defaults: say how to part them.
+        print(
+            f"stoker {args.command}: {exc} (another stoker {args.command} on this machine? give each its own "
+            "--listen and --metrics-listen; port 0 picks a free one)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

@@ -13,10 +13,19 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    make_wsgi_app,
+)
 
 log = logging.getLogger(__name__)
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 def add_health_and_reflection(
@@ -26,8 +35,25 @@ def add_health_and_reflection(
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     names = list(service_names)
-    reflection.enable_server_reflection(
-        names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    reflector = reflection.aio.ReflectionServicer(
+        names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    )
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, server)
+    # grpcio-reflection serves only v1alpha; grpcurl, Postman and grpc-js ask for v1 first. The two are the
+    # same messages on the wire under another package name, so the same servicer answers both.
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                REFLECTION_V1,
+                {
+                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                        reflector.ServerReflectionInfo,
+                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
     )
     return servicer
 
@@ -69,6 +95,19 @@ def add_port(server: grpc.aio.Server, address: str, credentials: grpc.ServerCred
             f"cannot listen on {address}: the port is in use, or the address is not this machine's"
         )
     return port
+
+
+def metrics_registry() -> CollectorRegistry:
+    """A registry for a server's /metrics: its own metrics plus the process's (CPU, memory, open files),
+    Python's and its garbage collector's, as prometheus_client's default registry would have them. The
+    ``_created`` series every counter and histogram would get are off: nothing reads them, and they double
+    the series a scrape stores."""
+    disable_created_metrics()
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
 class MetricsServer:

@@ -69,6 +69,17 @@ class NodeSettings:
     first_message_s: float = 30.0
     """How long a stream has to send its first message; one that takes longer is ended (it would hold
     one of the ``snapshot_intake`` turns)."""
+    max_slots: int = 32
+    """The most builds the coordinator sends one node at once, whatever slots the node registers with (a
+    node registering with more is bounded to this and flagged in the inventory). 0: no bound."""
+    check_claims: bool = True
+    """Count a node's reported cache entries for placement only as far as the coordinator can corroborate
+    them: entries its own builds (the ones assigned to it) restored or saved there, and entries it was asked
+    to prewarm or granted a lease for (docs/security.md, "Node claims"). The rest make no node warm and
+    are flagged. false: every report counts as sent (a fleet whose every node is trusted; bench/load.py,
+    whose simulated agents run no builds to corroborate their entries)."""
+    claim_window_s: float = 3600.0
+    """How long after a prewarm is asked (or a lease ends) the node's claim of its key is corroborated."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from stoker.common.serving import (
     add_health_and_reflection,
     add_port,
     is_loopback,
+    metrics_registry,
     set_serving,
     write_ready_file,
 )
@@ -30,6 +31,7 @@ from stoker.coordinator.core.clock import Clock, SystemClock
 from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.core.state import MemoryStateStore, SqliteStateStore, StateStore
 from stoker.coordinator.placement.build_queue import BuildQueue
+from stoker.coordinator.placement.claims import ClaimChecker
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.registry import NodeRegistry
 from stoker.coordinator.placement.scheduler import Scheduler
@@ -38,6 +40,7 @@ from stoker.coordinator.rollouts.wiring import build_rollout_engine
 from stoker.coordinator.rpc.agents import AgentGatewayServicer
 from stoker.coordinator.rpc.auth import Authenticator, AuthInterceptor, load_tokens, server_credentials
 from stoker.coordinator.rpc.builds import BuildsServicer
+from stoker.coordinator.rpc.history import HistoryServicer
 from stoker.coordinator.rpc.inventory import InventoryServicer
 from stoker.coordinator.rpc.rollouts import RolloutsServicer
 from stoker.v1 import (
@@ -45,6 +48,8 @@ from stoker.v1 import (
     agent_pb2_grpc,
     build_pb2,
     build_pb2_grpc,
+    history_pb2,
+    history_pb2_grpc,
     inventory_pb2,
     inventory_pb2_grpc,
     rollout_pb2,
@@ -62,6 +67,7 @@ SERVICE_NAMES = [
     agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"].full_name,
     build_pb2.DESCRIPTOR.services_by_name["Builds"].full_name,
     inventory_pb2.DESCRIPTOR.services_by_name["Inventory"].full_name,
+    history_pb2.DESCRIPTOR.services_by_name["History"].full_name,
     rollout_pb2.DESCRIPTOR.services_by_name["Rollouts"].full_name,
 ]
 
@@ -162,6 +168,8 @@ class Coordinator:
     builds_metrics: CoordinatorMetrics
     rollouts: RolloutEngine | None = None
     agent_port: int = 0
+    claims: ClaimChecker | None = None
+    """What nodes report goes through it (``placement.claims``)."""
     _lag_probe: asyncio.Task | None = None
     _ticker: asyncio.Task | None = None
     _gc_pauses: GcPauses = field(default_factory=GcPauses)
@@ -211,6 +219,9 @@ class Coordinator:
             await self.rollouts.close()
         for link in list(self.builds.links().values()):
             link.close()
+        ended = self.builds.close_streams()
+        if ended:
+            log.info("ended %d open build streams with UNAVAILABLE: their clients reattach", ended)
         await self.server.stop(self.config.server.grace_s if grace_s is None else grace_s)
         self.metrics_server.stop()
         self.store.close()
@@ -228,18 +239,31 @@ def create_server(
     config: CoordinatorConfig, *, clock: Clock | None = None, registry: CollectorRegistry | None = None
 ) -> Coordinator:
     clock = clock or SystemClock()
-    registry = registry or CollectorRegistry()
+    registry = registry or metrics_registry()
     metrics = CoordinatorMetrics(registry)
-    nodes = NodeRegistry(clock, config.nodes.lease_ttl_s)
+    nodes = NodeRegistry(clock, config.nodes.lease_ttl_s, config.nodes.max_slots)
     inventory = InventoryIndex()
     store = open_store(config)
+    claims = ClaimChecker(
+        inventory, clock, store, enabled=config.nodes.check_claims, window_s=config.nodes.claim_window_s
+    )
     scheduler = Scheduler(inventory, clock, config.scheduler)
-    builds = BuildQueue(config.builds, nodes, inventory, scheduler, store, clock, metrics)
+    authenticator = security_check(config)
+    builds = BuildQueue(
+        config.builds,
+        nodes,
+        inventory,
+        scheduler,
+        store,
+        clock,
+        metrics,
+        slot_caps=authenticator.slot_caps(),
+        claims=claims,
+    )
     builds.recover()
     limit = config.server.max_message_bytes
-    authenticator = security_check(config)
     interceptor = AuthInterceptor(
-        authenticator, observe=lambda m, s: metrics.rpc_seconds.labels(m).observe(s)
+        authenticator, observe=lambda m, code, s: metrics.rpc_seconds.labels(m, code).observe(s)
     )
     server = grpc.aio.server(
         interceptors=[interceptor],
@@ -254,10 +278,13 @@ def create_server(
         ],
     )
     agent_pb2_grpc.add_AgentGatewayServicer_to_server(
-        AgentGatewayServicer(config, nodes, inventory, builds, metrics), server
+        AgentGatewayServicer(config, nodes, claims, builds, metrics), server
     )
     build_pb2_grpc.add_BuildsServicer_to_server(BuildsServicer(config, builds), server)
-    inventory_pb2_grpc.add_InventoryServicer_to_server(InventoryServicer(nodes, inventory, builds), server)
+    inventory_pb2_grpc.add_InventoryServicer_to_server(
+        InventoryServicer(nodes, inventory, builds, claims), server
+    )
+    history_pb2_grpc.add_HistoryServicer_to_server(HistoryServicer(store, nodes, scheduler), server)
     rollouts = build_rollout_engine(config.rollouts, config.state.path, clock, metrics)
     rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutsServicer(rollouts), server)
     health = add_health_and_reflection(server, SERVICE_NAMES)
@@ -271,6 +298,7 @@ def create_server(
         builds=builds,
         registry=nodes,
         inventory=inventory,
+        claims=claims,
         store=store,
         health=health,
         rollouts=rollouts,

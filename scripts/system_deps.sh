@@ -14,6 +14,8 @@
 #   node, npm   the real package manager the recipe tests (tests/recipes) and bench/e2e.py run; pnpm and
 #               Yarn come from the npm registry through it
 #   go          (golang-go) the real Go toolchain the Go recipe's test runs
+#   chromium    headless Chromium: the tests render the HTML reports (stoker plan, stoker report dead-time)
+#               and check the screenshot's pixels
 # Runs with no stdin, as root (or through sudo when available). While another apt/dpkg process holds
 # the lock (unattended-upgrades, a parallel setup), it waits and retries for up to ~10 minutes.
 set -euo pipefail
@@ -22,7 +24,7 @@ export DEBIAN_FRONTEND=noninteractive
 declare -A wanted=([haproxy]=haproxy [prometheus]=prometheus [gcc]='gcc libc6-dev'
   [podman]=podman [catatonit]=catatonit [runc]=runc [iptables]=iptables [docker-registry]=docker-registry
   [busybox]=busybox-static
-  [node]=nodejs [npm]=npm [go]=golang-go)   # command -> Debian package
+  [node]=nodejs [npm]=npm [go]=golang-go [chromium]=chromium)   # command -> Debian package
 missing=()
 for cmd in "${!wanted[@]}"; do
   if ! command -v "$cmd" >/dev/null 2>&1; then

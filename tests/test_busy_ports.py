@@ -32,6 +32,7 @@ def one_line(result: subprocess.CompletedProcess, command: str, address: str) ->
     assert "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]  # after the start's own log lines
     assert last.startswith(f"stoker {command}: cannot ") and address in last, result.stderr
+    assert "give each its own --listen and --metrics-listen" in last
 
 
 def test_a_second_coordinator_on_a_busy_port_refuses_to_start(coordinator, tmp_path):

@@ -122,6 +122,9 @@ class PodmanExecutor(BuildExecutor):
         cgroups = host.get("cgroupVersion", "")
         default_runtime = host.get("ociRuntime", {}).get("name", "")
         self._runtime, why = _choose_runtime(self._settings.runtime, cgroups, default_runtime)
+        problem = cgroup_parent_problem(Path("/sys/fs/cgroup"), cgroups)
+        if problem:
+            raise ExecutorUnavailable(problem)
         self._ulimits = _ulimits(self._settings.nofile)
         await self._ensure_network()
         await self._images.refresh()
@@ -633,6 +636,25 @@ def uid_range_problem(base: int, count: int, uid_map: str, own_uid: int) -> str:
             f"user namespace (it maps {have}); set them inside it, e.g. uid_base 1 and uid_count 65535 in a "
             "user-namespaced pod (docs/kubernetes.md)"
         )
+    return ""
+
+
+def cgroup_parent_problem(root: Path, version: str) -> str:
+    """Why builds' cgroups cannot be made under ``_CGROUP_PARENT`` ("" when they can): the agent makes the
+    parent in each controller that limits a build, as podman would at the first build, so that a read-only
+    or missing cgroup file system (a pod without it mounted writable) stops the agent at start with one line
+    rather than failing every build with podman's error."""
+    name = _CGROUP_PARENT.strip("/")
+    controllers = ("pids", "memory", "cpu") if version == "v1" else ("",)
+    for controller in controllers:
+        parent = root / controller / name if controller else root / name
+        try:
+            parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            return (
+                f"cannot make the builds' cgroup {parent}: {exc.strerror or exc}; the agent needs "
+                "/sys/fs/cgroup writable (docs/kubernetes.md)"
+            )
     return ""
 
 

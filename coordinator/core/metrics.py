@@ -58,6 +58,22 @@ class CoordinatorMetrics:
             "stay in the nodes gauge's lost state until the coordinator restarts; this counts each loss.",
             registry=registry,
         )
+        self.claims_uncorroborated = Gauge(
+            "stoker_coordinator_node_claims_uncorroborated",
+            "Cache entries nodes report holding that the coordinator could not corroborate (no build it "
+            "assigned restored or saved them there, no prewarm or lease asked for them): they count for no "
+            "placement. An honest node's new entry is here for the moment between its save and its build's "
+            "end; more, for longer, is a node reporting what it cannot have (inventory: "
+            "uncorroborated_entries).",
+            registry=registry,
+        )
+        self.nodes_flagged = Gauge(
+            "stoker_coordinator_nodes_flagged",
+            "Nodes whose claims the coordinator does not take as sent: with uncorroborated entries "
+            "(entries), registered with more slots than nodes.max_slots (slots).",
+            ["reason"],
+            registry=registry,
+        )
         self.slots = Gauge(
             "stoker_coordinator_slots",
             "Build slots of ready nodes: all of them (total), and those a build or lease holds (busy).",
@@ -77,6 +93,20 @@ class CoordinatorMetrics:
             "cache restore), by the warmth its agent found.",
             ["warmth"],
             buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+            registry=registry,
+        )
+        self.restore_seconds = Histogram(
+            "stoker_coordinator_build_restore_seconds",
+            "Time a finished build's agent spent restoring its cache, by the warmth it found.",
+            ["warmth"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=registry,
+        )
+        self.run_seconds = Histogram(
+            "stoker_coordinator_build_run_seconds",
+            "Time a finished build's command ran, by the warmth its agent found.",
+            ["warmth"],
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
             registry=registry,
         )
         self.cache_commands = Counter(
@@ -104,8 +134,8 @@ class CoordinatorMetrics:
         )
         self.rpc_seconds = Histogram(
             "stoker_coordinator_rpc_seconds",
-            "Time the coordinator spent handling each unary RPC.",
-            ["method"],
+            "Time the coordinator spent handling each unary RPC, by its status code (refusals included).",
+            ["method", "code"],
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=registry,
         )

@@ -1,4 +1,4 @@
-"""Durable state: builds and their event history.
+"""Durable state: builds and their event history, and the vouchers for nodes' cache entries.
 
 One small interface, :class:`StateStore`, with a SQLite implementation (WAL, one file, opened by
 ``core/sqlite.py``, which also makes a failing database Unavailable) for real use and an in-memory one
@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -41,8 +42,36 @@ class StateStore(Protocol):
     def append_event(self, event: build_pb2.BuildEvent) -> None: ...
     def events(self, build_id: str, after_seq: int = 0) -> list[build_pb2.BuildEvent]: ...
     def unfinished(self) -> list[build_pb2.Build]: ...
+    def scan(
+        self, after: tuple[float, str] | None, since: float, limit: int
+    ) -> list[tuple[float, build_pb2.Build]]:
+        """Up to ``limit`` builds created at or after ``since``, newest first (by creation second, then id),
+        starting after the position ``after`` (a previous row's (created, id)); each with its position's
+        creation time."""
+        ...
+
     def prune(self, created_before: float, limit: int = 1000) -> int: ...
+    def finished_since(self, created_after: float) -> list[build_pb2.Build]: ...
+    def append_node_event(self, event: NodeEvent) -> None: ...
+    def node_events(self) -> list[NodeEvent]: ...
+    def prune_node_events(self, before: float) -> int: ...
+    def put_voucher(self, node: str, key: str, size: int, files: int, at: float) -> None: ...
+    def vouchers(self, node: str) -> dict[str, tuple[int, int]]: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    """A node joined the fleet (its stream attached) or was lost (its lease ran out): what capacity planning
+    replays as the fleet's real joins and losses (``stoker history export``)."""
+
+    t: float
+    node: str
+    event: str
+    """``joined`` or ``lost``."""
+    zone: str = ""
+    slots: int = 0
+    disk_bytes: int = 0
 
 
 _SCHEMA = """
@@ -61,6 +90,25 @@ CREATE TABLE IF NOT EXISTS build_events (
     event BLOB NOT NULL,
     PRIMARY KEY (build_id, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS builds_created ON builds(created);
+CREATE TABLE IF NOT EXISTS node_events (
+    t REAL NOT NULL,
+    node TEXT NOT NULL,
+    event TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    slots INTEGER NOT NULL,
+    disk_bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS node_events_t ON node_events(t);
+CREATE TABLE IF NOT EXISTS vouchers (
+    node TEXT NOT NULL,
+    key TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    files INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (node, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS vouchers_at ON vouchers(at);
 """
 
 
@@ -85,7 +133,7 @@ class SqliteStateStore:
                     build.id,
                     request_id or None,
                     build.state,
-                    build.created.ToSeconds(),
+                    _seconds(build),
                     build.SerializeToString(),
                 ),
             )
@@ -123,6 +171,21 @@ class SqliteStateStore:
             ).fetchall()
         return [build_pb2.Build.FromString(r[0]) for r in rows]
 
+    def scan(
+        self, after: tuple[float, str] | None, since: float, limit: int
+    ) -> list[tuple[float, build_pb2.Build]]:
+        where = "created >= ?"
+        args: list[object] = [since]
+        if after is not None:
+            where += " AND (created < ? OR (created = ? AND id < ?))"
+            args += [after[0], after[0], after[1]]
+        with self._call() as db:
+            rows = db.execute(
+                f"SELECT created, record FROM builds WHERE {where} ORDER BY created DESC, id DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [(created, build_pb2.Build.FromString(record)) for created, record in rows]
+
     def prune(self, created_before: float, limit: int = 1000) -> int:
         """Delete up to ``limit`` finished builds created before ``created_before`` (Unix seconds), with
         their events and request ids; returns how many."""
@@ -138,7 +201,63 @@ class SqliteStateStore:
             for build_id in ids:
                 db.execute("DELETE FROM build_events WHERE build_id = ?", (build_id,))
                 db.execute("DELETE FROM builds WHERE id = ?", (build_id,))
+            # Vouchers go with the build history they came from (placement.claims).
+            db.execute(
+                "DELETE FROM vouchers WHERE (node, key) IN "
+                "(SELECT node, key FROM vouchers WHERE at < ? LIMIT ?)",
+                (created_before, limit),
+            )
         return len(ids)
+
+    def finished_since(self, created_after: float) -> list[build_pb2.Build]:
+        """Finished builds created at or after ``created_after`` (Unix seconds), oldest first."""
+        marks = ",".join("?" * len(_TERMINAL))
+        with self._call() as db:
+            rows = db.execute(
+                f"SELECT record FROM builds WHERE state IN ({marks}) AND created >= ? ORDER BY created",
+                (*_TERMINAL, created_after),
+            ).fetchall()
+        return [build_pb2.Build.FromString(r[0]) for r in rows]
+
+    def append_node_event(self, event: NodeEvent) -> None:
+        with self._call() as db:
+            db.execute(
+                "INSERT INTO node_events (t, node, event, zone, slots, disk_bytes) VALUES (?, ?, ?, ?, ?, ?)",
+                (event.t, event.node, event.event, event.zone, event.slots, event.disk_bytes),
+            )
+
+    def node_events(self) -> list[NodeEvent]:
+        with self._call() as db:
+            rows = db.execute(
+                "SELECT t, node, event, zone, slots, disk_bytes FROM node_events ORDER BY t, rowid"
+            ).fetchall()
+        return [NodeEvent(*row) for row in rows]
+
+    def prune_node_events(self, before: float) -> int:
+        """Delete node events older than ``before``, except each node's last one before it (which says
+        whether the node was there when a later window opens); returns how many."""
+        with self._call() as db:
+            cursor = db.execute(
+                "DELETE FROM node_events WHERE t < ? AND rowid NOT IN "
+                "(SELECT MAX(rowid) FROM node_events WHERE t < ? GROUP BY node)",
+                (before, before),
+            )
+        return cursor.rowcount
+
+    def put_voucher(self, node: str, key: str, size: int, files: int, at: float) -> None:
+        """Record that ``node`` holds ``key`` as the coordinator corroborated it (``placement.claims``)."""
+        with self._call() as db:
+            db.execute(
+                "INSERT INTO vouchers (node, key, bytes, files, at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(node, key) DO UPDATE SET "
+                "bytes=excluded.bytes, files=excluded.files, at=excluded.at",
+                (node, key, size, files, at),
+            )
+
+    def vouchers(self, node: str) -> dict[str, tuple[int, int]]:
+        with self._call() as db:
+            rows = db.execute("SELECT key, bytes, files FROM vouchers WHERE node = ?", (node,)).fetchall()
+        return {key: (size, files) for key, size, files in rows}
 
     def close(self) -> None:
         with self._lock:
@@ -152,6 +271,8 @@ class MemoryStateStore:
         self._builds: dict[str, bytes] = {}
         self._requests: dict[str, str] = {}
         self._events: dict[str, dict[int, bytes]] = {}
+        self._node_events: list[NodeEvent] = []
+        self._vouchers: dict[tuple[str, str], tuple[int, int, float]] = {}
 
     def put_build(self, build: build_pb2.Build, request_id: str = "") -> None:
         self._builds[build.id] = build.SerializeToString()
@@ -176,6 +297,18 @@ class MemoryStateStore:
         builds = [build_pb2.Build.FromString(raw) for raw in self._builds.values()]
         return sorted((b for b in builds if not is_terminal(b.state)), key=lambda b: b.created.ToSeconds())
 
+    def scan(
+        self, after: tuple[float, str] | None, since: float, limit: int
+    ) -> list[tuple[float, build_pb2.Build]]:
+        builds = map(build_pb2.Build.FromString, self._builds.values())
+        rows = sorted(
+            ((_seconds(b), b) for b in builds),
+            key=lambda row: (row[0], row[1].id),
+            reverse=True,
+        )
+        rows = [r for r in rows if r[0] >= since and (after is None or (r[0], r[1].id) < after)]
+        return rows[:limit]
+
     def prune(self, created_before: float, limit: int = 1000) -> int:
         old = [
             build_id
@@ -188,7 +321,42 @@ class MemoryStateStore:
             del self._builds[build_id]
             self._events.pop(build_id, None)
         self._requests = {r: b for r, b in self._requests.items() if b not in old}
+        self._vouchers = {k: v for k, v in self._vouchers.items() if v[2] >= created_before}
         return len(old)
+
+    def put_voucher(self, node: str, key: str, size: int, files: int, at: float) -> None:
+        self._vouchers[(node, key)] = (size, files, at)
+
+    def vouchers(self, node: str) -> dict[str, tuple[int, int]]:
+        return {k: (v[0], v[1]) for (n, k), v in self._vouchers.items() if n == node}
 
     def close(self) -> None:
         pass
+
+    def finished_since(self, created_after: float) -> list[build_pb2.Build]:
+        builds = [build_pb2.Build.FromString(raw) for raw in self._builds.values()]
+        return sorted(
+            (b for b in builds if is_terminal(b.state) and b.created.ToSeconds() >= created_after),
+            key=lambda b: b.created.ToSeconds(),
+        )
+
+    def append_node_event(self, event: NodeEvent) -> None:
+        self._node_events.append(event)
+
+    def node_events(self) -> list[NodeEvent]:
+        return sorted(self._node_events, key=lambda e: e.t)
+
+    def prune_node_events(self, before: float) -> int:
+        last: dict[str, NodeEvent] = {}
+        for e in self._node_events:
+            if e.t < before:
+                last[e.node] = e
+        kept = [e for e in self._node_events if e.t >= before or last.get(e.node) is e]
+        removed = len(self._node_events) - len(kept)
+        self._node_events = kept
+        return removed
+
+
+def _seconds(build: build_pb2.Build) -> float:
+    """When the build was created, in Unix seconds and their fraction (a second's builds list in order)."""
+    return build.created.seconds + build.created.nanos / 1e9

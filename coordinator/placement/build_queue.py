@@ -14,12 +14,14 @@ after its node was lost finishes once, whatever the lost node does later.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import functools
+import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from stoker.coordinator.config import BuildSettings
@@ -32,7 +34,8 @@ from stoker.coordinator.core.errors import (
     Unavailable,
 )
 from stoker.coordinator.core.metrics import CoordinatorMetrics
-from stoker.coordinator.core.state import StateStore, is_terminal
+from stoker.coordinator.core.state import NodeEvent, StateStore, is_terminal
+from stoker.coordinator.placement.claims import ClaimChecker
 from stoker.coordinator.placement.domain import (
     NO_LIMITS,
     RESOURCE_FIELDS,
@@ -145,20 +148,29 @@ class BuildQueue:
         store: StateStore,
         clock: Clock,
         metrics: CoordinatorMetrics,
+        slot_caps: dict[str, int] | None = None,
+        claims: ClaimChecker | None = None,
     ) -> None:
+        """``slot_caps``: principal name → the most slots its builds and leases hold at once (its token's
+        ``max_slots``); past it they wait, whatever the fleet has free."""
         self._settings = settings
+        self._slot_caps = dict(slot_caps or {})
         self._registry = registry
         self._inventory = inventory
         self._scheduler = scheduler
         self._store = store
         self._clock = clock
         self._metrics = metrics
+        self._claims = claims or ClaimChecker(inventory, clock, store, enabled=False)
+        """Told what the node of each build restored and saved, and what prewarms and leases asked of nodes:
+        what corroborates the nodes' claims (``placement.claims``)."""
         self._active: dict[str, ActiveBuild] = {}
         self._queue: list[ActiveBuild | PendingPlacement] = []
         self._links: dict[str, AgentLink] = {}
         self._leases: dict[str, Lease] = {}
         self._recovered_at = clock.now()
         self._pruned_at = float("-inf")
+        self._closing = False
         self.hit_counts = {w: 0 for w in Warmth}
         self.hit_bytes = {w: 0 for w in Warmth}
         self.bytes_local = 0
@@ -170,6 +182,11 @@ class BuildQueue:
         # Read when /metrics is scraped, like the two above: all() copies the registry's dict in one step.
         metrics.slots.labels("total").set_function(lambda: sum(n.info.slots for n in self._ready_nodes()))
         metrics.slots.labels("busy").set_function(lambda: sum(len(n.holders) for n in self._ready_nodes()))
+        metrics.claims_uncorroborated.set_function(self._claims.uncorroborated_total)
+        metrics.nodes_flagged.labels("entries").set_function(self._claims.flagged_nodes)
+        metrics.nodes_flagged.labels("slots").set_function(
+            lambda: sum(1 for n in self._registry.all() if n.slots_flagged)
+        )
         for kind in scheduler.tracked():  # read when /metrics is scraped
             metrics.scheduler_tracked.labels(kind).set_function(functools.partial(_tracked, scheduler, kind))
 
@@ -282,6 +299,31 @@ class BuildQueue:
             raise NotFound(f"build {_short(build_id)} not found")
         return record
 
+    def list_builds(
+        self, wanted: Callable[[build_pb2.Build], bool], since: float, page_size: int, page_token: str
+    ) -> tuple[list[build_pb2.Build], str]:
+        """Builds for which ``wanted`` holds, newest first, one page: the running ones as they stand now.
+        Scans at most _LIST_SCAN rows per call, so a page may come back short with a token to go on."""
+        after = _position(page_token)
+        found: list[build_pb2.Build] = []
+        scanned = 0
+        while scanned < _LIST_SCAN:
+            batch = min(_LIST_SCAN - scanned, 500)
+            rows = self._store.scan(after, since, batch)
+            for created, stored in rows:
+                after = (created, stored.id)
+                active = self._active.get(stored.id)
+                build = active.record if active is not None else stored
+                if wanted(build):
+                    found.append(build)
+                    if len(found) == page_size:
+                        return found, _token(after)
+            scanned += len(rows)
+            if len(rows) < batch:
+                return found, ""  # the end of the history
+        assert after is not None  # rows were read
+        return found, _token(after)
+
     async def watch(self, build_id: str, after_seq: int = 0) -> AsyncIterator[build_pb2.BuildEvent]:
         active = self._active.get(build_id)
         if active is None:
@@ -298,9 +340,30 @@ class BuildQueue:
             if active.finished and (not active.events or active.events[-1].seq <= seq):
                 return
             if not active.events or active.events[-1].seq <= seq:
+                if self._closing:
+                    raise _shutting_down(seq)
                 waiter = asyncio.get_running_loop().create_future()
                 active.waiters.append(waiter)
-                await waiter
+                if not await waiter:
+                    raise _shutting_down(seq)
+
+    def close_streams(self) -> int:
+        """At shutdown: end every open build stream now, with UNAVAILABLE saying where to reattach from,
+        rather than holding them through the grace period while their clients hear nothing (issue 17, item 7);
+        placements still waiting for a slot fail the same way. Returns how many streams were ended."""
+        self._closing = True
+        ended = 0
+        for active in self._active.values():
+            waiters, active.waiters = active.waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(False)
+                    ended += 1
+        for item in self._queue:
+            if isinstance(item, PendingPlacement) and not item.future.done():
+                item.future.set_exception(Unavailable("the coordinator is shutting down; ask again"))
+                ended += 1
+        return ended
 
     @staticmethod
     def _index_after(active: ActiveBuild, seq: int) -> int:
@@ -388,7 +451,19 @@ class BuildQueue:
                 node.holders.add(active.record.id)
                 self._scheduler.started(active.request, link.node)
         self._scheduler.node_joined(node, self._registry.all())
+        self._store.append_node_event(self._node_event(node, "joined"))
         self._schedule()
+
+    def _node_event(self, node: NodeRecord, event: str) -> NodeEvent:
+        info = node.info
+        return NodeEvent(
+            t=self._clock.now(),
+            node=node.name,
+            event=event,
+            zone=info.zone,
+            slots=info.slots,
+            disk_bytes=info.disk_capacity_bytes,
+        )
 
     def detach(self, link: AgentLink) -> None:
         if self._links.get(link.node) is link:
@@ -451,10 +526,20 @@ class BuildQueue:
         kind = event.WhichOneof("kind")
         if kind == "finished":
             fin = event.finished
+            if fin.cache.restored_key:
+                self._claims.vouch(
+                    node_name, fin.cache.restored_key, fin.cache.bytes_restored, fin.cache.files_restored
+                )
+            if fin.cache.saved:
+                self._claims.vouch(node_name, active.request.key)  # the build's key, in its own scope
             self._finish(active, fin.state, fin.exit_code, fin.message, fin=fin, node=node_name)
             return
         if kind == "restored":
             active.record.cache.CopyFrom(event.restored.cache)
+            figures = event.restored.cache
+            self._claims.vouch(
+                node_name, figures.restored_key, figures.bytes_restored, figures.files_restored
+            )
         if kind == "log" and not self._keep_log(active, event.log):
             return
         self._record(active, event)
@@ -504,7 +589,8 @@ class BuildQueue:
             )
             self._metrics.nodes_lost.inc()
             self._scheduler.node_lost(node.name, self._inventory.entries(node.name), self._registry.all())
-            self._inventory.drop_node(node.name)
+            self._store.append_node_event(self._node_event(node, "lost"))
+            self._claims.drop_node(node.name)
             for holder in list(node.holders):
                 active = self._active.get(holder)
                 if active is not None and not active.finished:
@@ -515,6 +601,13 @@ class BuildQueue:
             node.holders.clear()
         if nodes:
             self._schedule()
+
+    def forget_node(self, name: str) -> None:
+        """An operator's ``stoker node forget``: a lost node leaves the registry (its builds were requeued
+        and its inventory dropped when it was lost)."""
+        self._registry.forget(name)
+        self._update_node_gauges()
+        log.info("node %s forgotten", name)
 
     # -- periodic ------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -543,6 +636,7 @@ class BuildQueue:
         removed = self._store.prune(now - days * 86400.0)
         if removed:
             log.info("deleted %d finished builds older than %g days (builds.history_days)", removed, days)
+        self._store.prune_node_events(now - days * 86400.0)
 
     def _ready_nodes(self) -> list[NodeRecord]:
         return [n for n in self._registry.all() if n.state is NodeState.READY]
@@ -564,8 +658,9 @@ class BuildQueue:
             self._metrics.queue_depth.set(0)
             return
         by_id = {item.request.id: item for item in self._queue}
+        offered, held_back = self._within_shares(self._queue)
         started = time.perf_counter()
-        plan = self._scheduler.plan([item.request for item in self._queue], self._registry.all())
+        plan = self._scheduler.plan([item.request for item in offered], self._registry.all())
         self._metrics.decision_seconds.observe((time.perf_counter() - started) / len(by_id))
         placed: set[str] = set()
         now = self._clock.now()
@@ -581,7 +676,7 @@ class BuildQueue:
             self._scheduler.started(request, node.name)
             self._metrics.placements.labels(decision.warmth.value).inc()
             self._metrics.queue_wait_seconds.observe(max(0.0, now - request.enqueued_at))
-        for request_id, reason in plan.waiting.items():
+        for request_id, reason in [*plan.waiting.items(), *held_back.items()]:
             item = by_id[request_id]
             if isinstance(item, ActiveBuild) and reason != item.queued_reason:
                 self._emit_queued(item, reason)
@@ -589,6 +684,62 @@ class BuildQueue:
         if placed:
             self._queue = [q for q in self._queue if q.request.id not in placed]
         self._metrics.queue_depth.set(len(self._queue))
+
+    def _within_shares(
+        self, queue: list[ActiveBuild | PendingPlacement]
+    ) -> tuple[list[ActiveBuild | PendingPlacement], dict[str, str]]:
+        """The queued items the scheduler may place now: each capped principal's first ones (by priority,
+        then arrival) up to its free share of slots; the rest wait, with the reason why."""
+        if not self._slot_caps:
+            return queue, {}
+        held = collections.Counter(
+            a.record.owner
+            for a in self._active.values()
+            if a.record.owner in self._slot_caps and a.record.state == build_pb2.BUILD_STATE_RUNNING
+        )
+        held.update(lease.owner for lease in self._leases.values() if lease.owner in self._slot_caps)
+        free = {owner: cap - held[owner] for owner, cap in self._slot_caps.items()}
+        held_back: dict[str, str] = {}
+        for item in sorted(queue, key=lambda q: (-q.request.priority, q.request.enqueued_at)):
+            owner = _owner(item)
+            if owner not in free:
+                continue
+            if free[owner] > 0:
+                free[owner] -= 1
+            else:
+                cap = self._slot_caps[owner]
+                held_back[item.request.id] = (
+                    f"its token's share of the fleet is in use ({held[owner]} of {cap} slots)"
+                )
+        return [q for q in queue if q.request.id not in held_back], held_back
+
+    def prewarm(
+        self, key: str, restore_keys: tuple[str, ...], replicas: int, zone: str
+    ) -> tuple[list[str], list[str]]:
+        """An operator's prewarm: (nodes holding ``key`` already, nodes asked to fetch it now) so that
+        ``replicas`` ready nodes (in ``zone``) hold it: the least busy first, then the most free disk."""
+        ready = [n for n in self._ready_nodes() if not zone or n.info.zone == zone]
+        if not ready:
+            where = f" in zone {zone}" if zone else ""
+            raise FailedPrecondition(f"no ready node{where} to prewarm on")
+        holding = set(self._inventory.holders(key))
+        holders = sorted(n.name for n in ready if n.name in holding)
+        others = sorted(
+            (n for n in ready if n.name not in holding),
+            key=lambda n: (len(n.holders) / max(1, n.info.slots), -n.disk_free_bytes, n.name),
+        )
+        asked = []
+        for node in others[: max(0, replicas - len(holders))]:
+            link = self._links.get(node.name)
+            command = agent_pb2.CoordinatorCommand(
+                prewarm=agent_pb2.PrewarmCommand(key=key, restore_keys=list(restore_keys))
+            )
+            if link is not None and link.send(command, advisory=True):
+                self._metrics.cache_commands.labels("prewarm").inc()
+                self._claims.expect(node.name, (key,), restore_keys)  # its report of the key then counts
+                asked.append(node.name)
+        log.info("operator prewarm of %s: held by %s, asked %s", key, holders or "none", asked or "none")
+        return holders, asked
 
     def _send_commands(self, plan) -> None:
         """The plan's prewarms and evictions, each on its node's stream (logged at debug level: the touches
@@ -604,6 +755,8 @@ class BuildQueue:
                     advisory=True,
                 )
                 self._metrics.cache_commands.labels("prewarm" if sent else "dropped").inc()
+                if sent:
+                    self._claims.expect(node_name, (key,), restore_keys)
         for node_name, key in plan.evictions:
             link = self._links.get(node_name)
             if link is not None:
@@ -655,6 +808,11 @@ class BuildQueue:
             lease_id=lease_id, node=node.name, expires=expires, owner=pending.owner
         )
         node.holders.add(lease_id)
+        # The caller's runner restores and saves on the node: what it reports of the lease's keys counts.
+        request = pending.request
+        self._claims.expect(
+            node.name, (request.key, *request.also_exact), request.restore_keys, pending.lease_s
+        )
         pending.future.set_result(
             build_pb2.Placement(
                 lease_id=lease_id,
@@ -763,6 +921,8 @@ class BuildQueue:
             self._metrics.cache_hits.labels(warmth.value).inc()
             ready_s = rec.timings.queued_s + rec.timings.pull_s + rec.timings.restore_s
             self._metrics.time_to_ready_seconds.labels(warmth.value).observe(ready_s)
+            self._metrics.restore_seconds.labels(warmth.value).observe(rec.timings.restore_s)
+            self._metrics.run_seconds.labels(warmth.value).observe(rec.timings.run_s)
             local = max(0, rec.cache.bytes_restored - rec.cache.bytes_fetched)
             self.bytes_local += local
             self.bytes_fetched += rec.cache.bytes_fetched
@@ -793,7 +953,7 @@ class BuildQueue:
         waiters, active.waiters = active.waiters, []
         for waiter in waiters:
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
 
     def _remove_from_queue(self, item) -> None:
         self._queue = [q for q in self._queue if q is not item]
@@ -805,6 +965,36 @@ class BuildQueue:
 
     def links(self) -> dict[str, AgentLink]:
         return self._links
+
+
+_LIST_SCAN = 5000
+"""The most history rows one ListBuilds call reads, whatever its filters match."""
+
+
+def _token(position: tuple[float, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps([position[0], position[1]]).encode()).decode()
+
+
+def _position(page_token: str) -> tuple[float, str] | None:
+    if not page_token:
+        return None
+    try:
+        created, build_id = json.loads(base64.urlsafe_b64decode(page_token.encode()))
+        return float(created), str(build_id)
+    except (ValueError, TypeError):
+        raise InvalidArgument(
+            "page_token: not one this coordinator gave (pass next_page_token as it came)"
+        ) from None
+
+
+def _shutting_down(seq: int) -> Unavailable:
+    return Unavailable(
+        f"the coordinator is shutting down; reattach with WatchBuild after_seq={seq} (the build goes on)"
+    )
+
+
+def _owner(item: ActiveBuild | PendingPlacement) -> str:
+    return item.record.owner if isinstance(item, ActiveBuild) else item.owner
 
 
 def _check_maxima(constraints: Constraints, nodes: list[NodeInfo]) -> None:

@@ -70,6 +70,13 @@ class InventoryIndex:
         for key in list(view.entries):
             self._remove(node, view, key)
 
+    def put(self, node: str, entry: Entry) -> None:
+        """Add or replace one entry of a node that has sent a snapshot, between its reports (the coordinator
+        corroborated a claim the node made earlier: ``claims.ClaimChecker``); its generation stays."""
+        view = self._nodes.get(node)
+        if view is not None:
+            self._put(node, view, entry)
+
     def _put(self, node: str, view: _NodeView, entry: Entry) -> None:
         key, created = entry[KEY], entry[CREATED]
         holders = self._holders.get(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stoker.coordinator.core.errors import NotFound
+from stoker.coordinator.placement.claims import ClaimChecker
 from stoker.coordinator.placement.domain import BYTES, KEY, LAST_USED, Entry, NodeState
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.registry import NodeRecord, NodeRegistry
@@ -28,7 +29,9 @@ class InventoryQuery:
 class NodeHoldings:
     record: NodeRecord
     entries: list[Entry]
-    """The node's entries that match the query's key prefix."""
+    """The node's corroborated entries that match the query's key prefix."""
+    uncorroborated: int = 0
+    """How many entries the node claims that the coordinator could not corroborate (whatever their key)."""
 
 
 @dataclass
@@ -68,7 +71,10 @@ class InventoryReport:
 
 
 def inventory_report(
-    registry: NodeRegistry, inventory: InventoryIndex, query: InventoryQuery
+    registry: NodeRegistry,
+    inventory: InventoryIndex,
+    query: InventoryQuery,
+    claims: ClaimChecker | None = None,
 ) -> InventoryReport:
     if query.node and registry.find(query.node) is None:
         raise NotFound(f"node {query.node} is not registered")
@@ -79,7 +85,8 @@ def inventory_report(
         if (query.node and record.name != query.node) or (query.zone and record.info.zone != query.zone):
             continue
         entries = [e for e in inventory.entries(record.name) if _key(e).startswith(query.key_prefix)]
-        nodes.append(NodeHoldings(record, entries))
+        flagged = len(claims.uncorroborated(record.name)) if claims is not None else 0
+        nodes.append(NodeHoldings(record, entries, flagged))
         zone = zones.setdefault(record.info.zone, ZoneSummary(record.info.zone))
         if record.state is not NodeState.LOST:
             _count_node(zone, record)

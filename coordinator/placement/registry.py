@@ -8,18 +8,20 @@ old session; a stream that names a superseded session is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from stoker.coordinator.core.clock import Clock
-from stoker.coordinator.core.errors import Aborted, InvalidArgument, NotFound
+from stoker.coordinator.core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from stoker.coordinator.placement.domain import ImageRecord, NodeInfo, NodeState
 
 
 @dataclass
 class NodeRecord:
     info: NodeInfo
+    """What the node registered with, its slots bounded by the coordinator's ``nodes.max_slots``."""
     session_id: str
     state: NodeState = NodeState.DISCONNECTED
     attached: bool = False
@@ -41,6 +43,9 @@ class NodeRecord:
     """The node said it is shutting down: nothing new goes to it."""
     reconciled: bool = False
     """Whether the first heartbeat of the current session has been reconciled."""
+    registered_slots: int = 0
+    """The slots the node registered with, before ``nodes.max_slots`` bounded them (more than
+    ``info.slots``: the node claimed more than the coordinator lets a node run, and is flagged)."""
 
     @property
     def name(self) -> str:
@@ -52,6 +57,11 @@ class NodeRecord:
         self.images = {ref: r.bytes for r in records for ref in (r.digest, *r.references) if ref}
 
     @property
+    def slots_flagged(self) -> bool:
+        """Whether the node registered with more slots than the coordinator lets a node run."""
+        return self.registered_slots > self.info.slots
+
+    @property
     def free_slots(self) -> int:
         return self.info.slots - len(self.holders)
 
@@ -61,9 +71,11 @@ class NodeRecord:
 
 
 class NodeRegistry:
-    def __init__(self, clock: Clock, lease_ttl_s: float) -> None:
+    def __init__(self, clock: Clock, lease_ttl_s: float, max_slots: int = 0) -> None:
         self._clock = clock
         self.lease_ttl_s = lease_ttl_s
+        self.max_slots = max_slots
+        """The most slots a node counts with, whatever it registers with (0: no bound)."""
         self._nodes: dict[str, NodeRecord] = {}
 
     def register(self, info: NodeInfo) -> NodeRecord:
@@ -71,10 +83,18 @@ class NodeRegistry:
             raise InvalidArgument("node: must not be empty")
         if info.slots <= 0:
             raise InvalidArgument(f"slots: must be positive, got {info.slots}")
+        registered = info.slots
+        if self.max_slots and info.slots > self.max_slots:
+            info = dataclasses.replace(info, slots=self.max_slots)
         now = self._clock.now()
         previous = self._nodes.get(info.name)
         record = NodeRecord(
-            info=info, session_id=uuid.uuid4().hex, registered_at=now, last_seen=now, detached_at=now
+            info=info,
+            session_id=uuid.uuid4().hex,
+            registered_at=now,
+            last_seen=now,
+            detached_at=now,
+            registered_slots=registered,
         )
         if previous is not None and previous.state is not NodeState.LOST:
             # Slots held before a re-registration stay held until reconciled or the lease expires.
@@ -115,6 +135,21 @@ class NodeRegistry:
                 record.state = NodeState.LOST
                 lost.append(record)
         return lost
+
+    def forget(self, name: str) -> None:
+        """Remove a lost node for good (an operator's word: it was decommissioned)."""
+        record = self.get(name)
+        if record.state is NodeState.READY:
+            raise FailedPrecondition(
+                f"node {name} is connected: stop its agent first, then forget it once lost"
+            )
+        if record.state is NodeState.DISCONNECTED:
+            left = self.lease_ttl_s - (self._clock.now() - record.detached_at)
+            raise FailedPrecondition(
+                f"node {name} is disconnected, not lost: it is lost when its lease runs out "
+                f"(in {left:.0f} s), and can be forgotten then"
+            )
+        del self._nodes[name]
 
     def get(self, name: str) -> NodeRecord:
         try:

@@ -17,7 +17,7 @@ from stoker.coordinator.core.errors import (
 )
 from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.placement.build_queue import AgentLink, BuildQueue
-from stoker.coordinator.placement.inventory import InventoryIndex
+from stoker.coordinator.placement.claims import ClaimChecker
 from stoker.coordinator.placement.registry import NodeRecord, NodeRegistry
 from stoker.coordinator.rpc import auth, convert, validate
 from stoker.coordinator.rpc.status import streaming, unary
@@ -34,13 +34,14 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         self,
         config: CoordinatorConfig,
         registry: NodeRegistry,
-        inventory: InventoryIndex,
+        claims: ClaimChecker,
         builds: BuildQueue,
         metrics: CoordinatorMetrics,
     ) -> None:
         self._config = config
         self._registry = registry
-        self._inventory = inventory
+        self._claims = claims
+        """Every report of a node goes through it: only what the coordinator corroborates is placed on."""
         self._builds = builds
         self._metrics = metrics
         self._sessions: dict[str, str] = {}
@@ -56,6 +57,13 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             )
         record = self._registry.register(convert.node_info(request))
         self._sessions[record.session_id] = record.name
+        if record.slots_flagged:
+            log.warning(
+                "node %s registered with %d slots; it gets %d (nodes.max_slots) and is flagged",
+                record.name,
+                record.registered_slots,
+                record.info.slots,
+            )
         log.info(
             "node %s registered (zone %r, %d slots, session %s)",
             record.name,
@@ -168,7 +176,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             self._builds.build_update(link.node, message.build_update)
         elif kind == "delta":
             delta = message.delta
-            applied = self._inventory.apply_delta(
+            applied = self._claims.delta(
                 link.node, delta.generation, [convert.entry(e) for e in delta.upserted], list(delta.removed)
             )
             if applied:
@@ -178,16 +186,14 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                     "node %s: delta %d does not follow generation %d; asking for a snapshot",
                     link.node,
                     delta.generation,
-                    self._inventory.generation(link.node),
+                    self._claims.generation(link.node),
                 )
                 link.send(agent_pb2.CoordinatorCommand(snapshot_request=agent_pb2.SnapshotRequest()))
         elif kind == "snapshot":
             self._apply_snapshot(link.node, message.snapshot)
 
     def _apply_snapshot(self, node: str, snapshot: agent_pb2.InventorySnapshot) -> None:
-        self._inventory.apply_snapshot(
-            node, snapshot.generation, [convert.entry(e) for e in snapshot.entries]
-        )
+        self._claims.snapshot(node, snapshot.generation, [convert.entry(e) for e in snapshot.entries])
         self._set_generation(node, snapshot.generation)
 
     def _set_generation(self, node: str, generation: int) -> None:

@@ -8,7 +8,8 @@ Identities:
   token a name and a role.
 
 Roles: ``ci`` may submit, place, and read or cancel its own builds; ``operator`` may also read every
-build, query the inventory and run rollouts; ``agent`` may only register and hold a stream.
+build, query the inventory, export the build history (capacity planning) and run rollouts; ``agent``
+may only register and hold a stream.
 Health checks and reflection stay open (Kubernetes probes cannot send credentials).
 
 An *open* coordinator (no tokens, no TLS) lets every caller do everything. It is only allowed on
@@ -30,6 +31,7 @@ refused, naming the entry, so that a typo never loosens a token.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import hmac
@@ -53,9 +55,20 @@ log = logging.getLogger(__name__)
 _BUILDS = "/stoker.v1.Builds/"
 _CI_METHODS = {
     _BUILDS + m
-    for m in ("SubmitBuild", "WatchBuild", "GetBuild", "CancelBuild", "PlaceBuild", "ReleasePlacement")
+    for m in (
+        "SubmitBuild",
+        "WatchBuild",
+        "GetBuild",
+        "CancelBuild",
+        "PlaceBuild",
+        "ReleasePlacement",
+        "ListBuilds",
+    )
 }
-_OPERATOR_METHODS = _CI_METHODS | {"/stoker.v1.Inventory/QueryInventory"}
+_OPERATOR_METHODS = _CI_METHODS | {
+    *("/stoker.v1.Inventory/" + m for m in ("QueryInventory", "Prewarm", "ForgetNode")),
+    "/stoker.v1.History/ExportHistory",
+}
 _OPERATOR_PREFIXES = ("/stoker.v1.Rollouts/",)
 _AGENT_METHODS = {"/stoker.v1.AgentGateway/Register", "/stoker.v1.AgentGateway/Connect"}
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -63,7 +76,8 @@ _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 TRUST_LEVELS = ("protected", "untrusted")
 TOKENS_FILE_VERSION = 1
-_TOKEN_FIELDS = frozenset({"name", "role", "sha256", "tenant", "trust", "max_priority", "zones", "labels"})
+_CI_FIELDS = ("tenant", "trust", "max_priority", "max_slots", "zones", "labels")
+_TOKEN_FIELDS = frozenset({"name", "role", "sha256", *_CI_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,9 @@ class Identity:
     shares: tuple[tuple[str, str], ...] = ()
     """(tenant, prefix) of each prefix another tenant shares with this ci token's tenant, read-only (the
     tokens file's ``shares``)."""
+    max_slots: int | None = None
+    """A ci token's share of the fleet: the most slots its builds and leases hold at once (None: no cap);
+    past it they wait in the queue, so one team's burst cannot take every node."""
 
     @property
     def sees_everything(self) -> bool:
@@ -119,6 +136,7 @@ def new_token(
     max_priority: int | None = None,
     zones: tuple[str, ...] = (),
     labels: dict[str, str] | None = None,
+    max_slots: int | None = None,
 ) -> tuple[str, dict]:
     """A fresh random token and the line for the tokens file that accepts it."""
     if role not in ("ci", "operator"):
@@ -129,6 +147,8 @@ def new_token(
         line.update(tenant=tenant or name, trust=trust)
         if max_priority is not None:
             line["max_priority"] = max_priority
+        if max_slots is not None:
+            line["max_slots"] = max_slots
         if zones:
             line["zones"] = list(zones)
         if labels:
@@ -218,7 +238,7 @@ def _identity(item: object, where: str) -> Identity:
     ):
         raise InvalidArgument(f"{where} ({name}): sha256 must be 64 hex digits")
     if role == "operator":
-        extra = sorted(set(item) & {"tenant", "trust", "max_priority", "zones", "labels"})
+        extra = sorted(set(item) & set(_CI_FIELDS))
         if extra:
             raise InvalidArgument(f"{where} ({name}): {extra[0]} applies to ci tokens only")
         return Identity(name, role)
@@ -230,6 +250,11 @@ def _identity(item: object, where: str) -> Identity:
     max_priority = item.get("max_priority")
     if max_priority is not None and (isinstance(max_priority, bool) or not isinstance(max_priority, int)):
         raise InvalidArgument(f"{where} ({name}): max_priority must be an integer")
+    max_slots = item.get("max_slots")
+    if max_slots is not None and (
+        isinstance(max_slots, bool) or not isinstance(max_slots, int) or max_slots < 1
+    ):
+        raise InvalidArgument(f"{where} ({name}): max_slots must be a whole number of slots, at least 1")
     zones = item.get("zones", [])
     if not isinstance(zones, list) or not all(isinstance(z, str) and z for z in zones):
         raise InvalidArgument(f"{where} ({name}): zones must be a list of zone names")
@@ -246,6 +271,7 @@ def _identity(item: object, where: str) -> Identity:
         max_priority=max_priority,
         zones=tuple(zones),
         labels=tuple(sorted(labels.items())),
+        max_slots=max_slots,
     )
 
 
@@ -294,6 +320,14 @@ class Authenticator:
         self._tokens = tokens
         self.open_access = open_access
 
+    def slot_caps(self) -> dict[str, int]:
+        """Principal name → the most slots its builds may hold (the smallest cap of its tokens)."""
+        caps: dict[str, int] = {}
+        for identity in self._tokens.values():
+            if identity.max_slots is not None:
+                caps[identity.name] = min(identity.max_slots, caps.get(identity.name, identity.max_slots))
+        return caps
+
     def identify(self, method: str, metadata, auth_context: dict) -> Identity:
         header = next((v for k, v in metadata if k == "authorization"), None)
         if header is not None:
@@ -327,8 +361,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     request whose bytes are not a message)."""
 
     def __init__(
-        self, authenticator: Authenticator, observe: Callable[[str, float], None] | None = None
+        self, authenticator: Authenticator, observe: Callable[[str, str, float], None] | None = None
     ) -> None:
+        """``observe(method, status code name, seconds)`` is called as each unary RPC ends."""
         self._auth = authenticator
         self._observe = observe
 
@@ -368,12 +403,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         async def unary_unary(request, context):
             started = time.perf_counter()
-            await self._admit(method, context, request)
+            code = "OK"
             try:
+                await self._admit(method, context, request)
                 return await inner(request, context)
+            except grpc.aio.AbortError:
+                code = _code_name(context.code())
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception:
+                code = "UNKNOWN"
+                raise
             finally:
                 if observe is not None:
-                    observe(short, time.perf_counter() - started)
+                    observe(short, code, time.perf_counter() - started)
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
@@ -402,6 +447,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             stream_stream, handler.request_deserializer, handler.response_serializer
         )
+
+
+def _code_name(code) -> str:
+    """The name of an aborted call's status (``context.code()`` is a StatusCode or its integer)."""
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    by_value = {c.value[0]: c.name for c in grpc.StatusCode}
+    return by_value.get(code, "UNKNOWN")
 
 
 class _Undecodable:

@@ -19,6 +19,7 @@ from stoker.v1 import (
 log = logging.getLogger(__name__)
 
 
+_DEFAULT_PAGE, _MAX_PAGE = 50, 500
 BUILD_ID_METADATA = "stoker-build-id"
 """The initial metadata key of SubmitBuild's response that names the build, sent before its first event."""
 
@@ -95,6 +96,33 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
         spec = auth.bind_spec(request.spec, identity)
         validate.cache_scopes(spec.cache)
         return await self._builds.place(spec, request.lease_s, owner=identity.name)
+
+    @unary
+    async def ListBuilds(self, request: build_pb2.ListBuildsRequest, context) -> build_pb2.ListBuildsResponse:
+        identity = auth.current.get()
+        owner = request.owner
+        if not identity.sees_everything:
+            if owner and owner != identity.name:
+                raise PermissionDenied(f"owner: a ci token lists its own builds only ({identity.name!r})")
+            owner = identity.name
+        if not 0 <= request.page_size <= _MAX_PAGE:
+            raise InvalidArgument(f"page_size: must be between 0 and {_MAX_PAGE}, got {request.page_size}")
+        if request.state not in build_pb2.BuildState.values():
+            raise InvalidArgument(f"state: {request.state} is not a build state")
+
+        def wanted(build: build_pb2.Build) -> bool:
+            return (
+                (not request.workspace or build.spec.workspace == request.workspace)
+                and (not request.state or build.state == request.state)
+                and (not request.node or build.node == request.node)
+                and (not owner or build.owner == owner)
+            )
+
+        since = request.since.ToSeconds() if request.HasField("since") else float("-inf")
+        builds, token = self._builds.list_builds(
+            wanted, since, request.page_size or _DEFAULT_PAGE, request.page_token
+        )
+        return build_pb2.ListBuildsResponse(builds=builds, next_page_token=token)
 
     @unary
     async def ReleasePlacement(self, request: build_pb2.ReleasePlacementRequest, context):

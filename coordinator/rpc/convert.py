@@ -185,7 +185,7 @@ def placement_request(
 
 
 def node_inventory(
-    record: NodeRecord, entries: list[Entry], *, with_entries: bool
+    record: NodeRecord, entries: list[Entry], *, with_entries: bool, uncorroborated: int = 0
 ) -> inventory_pb2.NodeInventory:
     pb = inventory_pb2.NodeInventory(
         node=record.name,
@@ -207,6 +207,8 @@ def node_inventory(
         maxima=limits_pb(record.info.maxima),
         image_count=len(record.image_records),
         image_bytes=sum(r.bytes for r in record.image_records),
+        uncorroborated_entries=uncorroborated,
+        registered_slots=record.registered_slots or record.info.slots,
     )
     if with_entries:
         pb.entries.extend(entry_to_pb(e) for e in sorted(entries, key=operator.itemgetter(KEY)))

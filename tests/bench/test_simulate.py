@@ -221,3 +221,36 @@ def test_the_scheduler_sends_builds_where_their_image_is_and_pulls_less_than_ima
             assert sum(node.images.values()) <= fleet.image_budget_bytes
         pulled[name] = sum(j.pulled for j in sim.jobs)
     assert pulled["stoker"] < 0.8 * min(pulled["least_loaded"], pulled["random"]), pulled
+
+
+def test_stoker_plan_and_the_benchmark_replay_a_trace_with_the_same_engine(tmp_path):
+    """The planner and bench/simulate.py run the same simulator and scheduler: the same trace and fleet give
+    the same figures in both."""
+    trace, fleet = tmp_path / "t.jsonl", tmp_path / "f.json"
+    fleet.write_text(json.dumps({"nodes": 6, "slots": 2, "disk_bytes": 5e9}))
+    done = run(
+        "--write-trace", str(trace), "--hours", "2", "--builds-per-day", "2000", "--nodes", "6", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    done = run("--trace", str(trace), "--fleet", str(fleet), "--policies", "stoker,least_loaded", "--json",
+               "--no-decision-bench", "--plots", str(tmp_path / "plots"), cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    bench = json.loads(done.stdout)["policies"]
+    done = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "plan", "--trace", str(trace), "--fleet", str(fleet),
+         "--policy", "stoker,least_loaded", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    planned = {v["policy"]: v for v in json.loads(done.stdout)["variants"]}
+    for policy in ("stoker", "least_loaded"):
+        for key in (
+            "builds",
+            "ready_p50_s",
+            "ready_p99_s",
+            "bytes_fetched",
+            "warm_share",
+            "cold_share",
+        ):
+            assert planned[policy][key] == bench[policy][key], (policy, key)
+        assert round(planned[policy]["cost"], 2) == bench[policy]["cost"]  # the benchmark rounds to cents

@@ -9,6 +9,7 @@ coordinator is down: the agent must deliver its end after the restart.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from stoker.v1 import build_pb2
+from stoker.v1 import build_pb2, build_pb2_grpc
 from tests.helpers.faults import builds_stub, kinds, spec, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -238,3 +239,30 @@ def test_every_line_of_a_build_arrives_once_in_order_across_a_coordinator_restar
     lines = [e.log.text for e in client.events if e.HasField("log")]
     assert lines == [f"line-{i}" for i in range(1, 41)], lines
     assert kinds(client.events).count("finished") == 1
+
+
+def test_sigterm_ends_open_build_streams_at_once_with_unavailable(fleet, tmp_path):
+    """Issue 17, item 7: on SIGTERM the coordinator held every open build stream through its whole grace
+    period while the clients heard nothing. Now the streams end at once with UNAVAILABLE naming where to
+    reattach from, and the coordinator exits without waiting out its 30 s grace."""
+    c = fleet.start_coordinator(env={"STOKER_COORDINATOR_SERVER_GRACE_S": "30"})
+    fleet.start_agent("n1")
+    fleet.wait_ready("n1")
+    stub = build_pb2_grpc.BuildsStub(grpc.insecure_channel(c.address))
+    call = stub.SubmitBuild(
+        build_pb2.SubmitBuildRequest(spec=spec(["sh", "-c", "echo up; sleep 30"])), timeout=60
+    )
+    seen = []
+    for event in call:
+        seen.append(event)
+        if event.HasField("log") and event.log.text == "up":
+            break
+    started = time.monotonic()
+    c.popen.send_signal(signal.SIGTERM)
+    with pytest.raises(grpc.RpcError) as ended:
+        for event in call:
+            seen.append(event)
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value.details()
+    assert f"reattach with WatchBuild after_seq={seen[-1].seq}" in ended.value.details()
+    assert time.monotonic() - started < 10
+    assert c.popen.wait(20) == 0 and time.monotonic() - started < 20, c.log_tail()

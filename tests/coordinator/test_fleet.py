@@ -113,6 +113,14 @@ def test_health_and_reflection_on_both_servers(fleet):
             for s in r.list_services_response.service
         ]
         assert "grpc.health.v1.Health" in listed and "stoker.agent.Ready" not in listed, listed
+        # The stable v1 reflection service answers too (grpcurl asks for it first): the same messages.
+        v1 = ch.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        replies = v1(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        assert [s.name for r in replies for s in r.list_services_response.service] == listed
         for name in listed:
             [reply] = stub.ServerReflectionInfo(
                 iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=name)]), timeout=5
@@ -456,3 +464,112 @@ def test_submit_names_the_build_in_its_initial_metadata_before_any_event(fleet):
     events = list(stub.WatchBuild(build_pb2.WatchBuildRequest(build_id=build_id), timeout=60))
     assert events[-1].HasField("finished") and events[-1].build_id == build_id
     assert any(e.HasField("log") and e.log.text == "hi" for e in events)
+
+
+def test_list_builds_pages_newest_first_with_filters_and_the_cli_prints_them(fleet):
+    """Issue 17, item 9: ListBuilds (filters, paging) and ``stoker builds``."""
+    c = fleet.start_coordinator()
+    fleet.start_agent("n1")
+    fleet.wait_ready("n1")
+    stub = builds_stub(c.address)
+    ids = []
+    for i in range(5):
+        events = run(stub, spec(["sh", "-c", f"exit {i % 2}"], workspace="listed"))
+        ids.append(events[-1].build_id)
+    run(stub, spec(["true"], workspace="other"))
+    seen, token, pages = [], "", 0
+    while True:
+        reply = stub.ListBuilds(
+            build_pb2.ListBuildsRequest(workspace="listed", page_size=2, page_token=token), timeout=10
+        )
+        seen += [b.id for b in reply.builds]
+        pages += 1
+        token = reply.next_page_token
+        if not token:
+            break
+    assert seen == ids[::-1] and pages == 3
+    failed = stub.ListBuilds(
+        build_pb2.ListBuildsRequest(workspace="listed", state=build_pb2.BUILD_STATE_FAILED), timeout=10
+    )
+    assert [b.id for b in failed.builds] == [ids[3], ids[1]]
+    assert not stub.ListBuilds(build_pb2.ListBuildsRequest(node="no-such-node"), timeout=10).builds
+    with pytest.raises(grpc.RpcError) as bad:
+        stub.ListBuilds(build_pb2.ListBuildsRequest(page_token="not-a-token"), timeout=10)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in bad.value.details()
+    out = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "builds", "--coordinator", c.address,
+         "--workspace", "listed", "--state", "succeeded", "--since", "1h", "--limit", "2"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = out.stdout.splitlines()
+    assert rows[0].split()[:3] == ["ID", "STATE", "WORKSPACE"]
+    assert [r.split()[:3] for r in rows[1:]] == [
+        [ids[4], "succeeded", "listed"],
+        [ids[2], "succeeded", "listed"],
+    ]
+
+
+def test_an_operator_prewarms_a_key_onto_more_nodes_and_waits_for_them(fleet):
+    """Issue 17, item 10: ``stoker prewarm KEY --replicas N --zone Z``: the nodes asked really fetch the
+    entry from the blob store and report it."""
+    c = fleet.start_coordinator()
+    for name, zone in (("n1", "zone-a"), ("n2", "zone-a"), ("n3", "zone-b")):
+        fleet.start_agent(name, zone=zone)
+    fleet.wait_ready("n1", "n2", "n3")
+    stub = builds_stub(c.address)
+    saved = run(stub, spec(["sh", "-c", "mkdir -p out && echo data > out/f"], key="web/pk", zone="zone-a"))
+    first = saved[-1].finished.node
+    wait_until(lambda: [k for k in inventory(c.address).keys if k.key == "web/pk"], message="the saved entry")
+    out = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "prewarm", "web/pk", "--coordinator", c.address,
+         "--replicas", "2", "--zone", "zone-a", "--wait", "30"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    other = ({"n1", "n2"} - {first}).pop()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"holding: {first}; asked: {other}", f"{other}: holds web/pk"]
+    [held] = [k for k in inventory(c.address).keys if k.key == "web/pk"]
+    assert sorted(held.nodes) == sorted([first, other])  # n3 (zone-b) was not asked
+    inv = inventory_pb2_grpc.InventoryStub(grpc.insecure_channel(c.address))
+    again = inv.Prewarm(inventory_pb2.PrewarmRequest(key="web/pk", replicas=2, zone="zone-a"), timeout=10)
+    assert sorted(again.holding) == sorted([first, other]) and not again.asked  # nothing more to do
+    for request, code in (
+        (inventory_pb2.PrewarmRequest(key="web/pk", replicas=65), grpc.StatusCode.INVALID_ARGUMENT),
+        (inventory_pb2.PrewarmRequest(key=""), grpc.StatusCode.INVALID_ARGUMENT),
+        (inventory_pb2.PrewarmRequest(key="web/pk", zone="zone-z"), grpc.StatusCode.FAILED_PRECONDITION),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            inv.Prewarm(request, timeout=10)
+        assert refused.value.code() == code, refused.value.details()
+
+
+def test_a_lost_node_can_be_forgotten_and_a_connected_one_cannot(fleet):
+    """Issue 17, item 8: ``stoker node forget`` removes a lost (decommissioned) node from the inventory;
+    a connected or merely disconnected node is refused, saying why."""
+    c = fleet.start_coordinator(lease_ttl_s=1)
+    fleet.start_agent("n1")
+    fleet.start_agent("n2")
+    fleet.wait_ready("n1", "n2")
+
+    def forget(node: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "stoker.cli.main", "node", "forget", node, "--coordinator", c.address],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    refused = forget("n2")
+    assert refused.returncode == 125 and "FAILED_PRECONDITION: node n2 is connected" in refused.stderr
+    assert "NOT_FOUND" in forget("n9").stderr
+    fleet.agents["n2"].kill()
+    wait_until(
+        lambda: any(
+            n.node == "n2" and n.state == inventory_pb2.NODE_STATE_LOST for n in inventory(c.address).nodes
+        ),
+        message="n2 lost",
+    )
+    done = forget("n2")
+    assert done.returncode == 0 and done.stdout.strip() == "forgot node n2", done.stderr
+    assert [n.node for n in inventory(c.address).nodes] == ["n1"]
+    events = run(builds_stub(c.address), spec(["true"]))
+    assert events[-1].finished.node == "n1"

@@ -6,17 +6,27 @@ request's second build is warm from its own entry."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 
 from stoker.demo import local_fleet
-from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2
+from stoker.v1 import (
+    build_pb2,
+    build_pb2_grpc,
+    common_pb2,
+    history_pb2,
+    history_pb2_grpc,
+    inventory_pb2,
+    inventory_pb2_grpc,
+)
 from tests.helpers.pki import make_pki, secure_coordinator, tls_channel, wait_nodes
 
 pytestmark = pytest.mark.integration
@@ -24,10 +34,10 @@ pytestmark = pytest.mark.integration
 SHOW = "cat deps/who 2>/dev/null || echo none; echo hit=$STOKER_CACHE_HIT from=$STOKER_CACHE_RESTORED_KEY"
 
 
-def make_token(tokens_file: Path, name: str, tenant: str, trust: str) -> str:
+def make_token(tokens_file: Path, name: str, tenant: str, trust: str, *extra: str) -> str:
     return subprocess.run(
         [sys.executable, "-m", "stoker.cli.main", "token", "--name", name, "--role", "ci", "--tenant", tenant,
-         "--trust", trust, "--tokens-file", str(tokens_file)],
+         "--trust", trust, "--tokens-file", str(tokens_file), *extra],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
 
@@ -36,11 +46,14 @@ class Tenancy:
     def __init__(self, tmp_path: Path, port_factory) -> None:
         self.pki = tmp_path / "pki"
         ops = make_pki(self.pki, ("n1", "n2"), (("ops", "operator"),))["ops"]
+        self.ops = ops
         tokens_file = self.pki / "tokens.json"
         self.tokens = {
             "main": make_token(tokens_file, "web-main", "web", "protected"),
             "pr": make_token(tokens_file, "web-pr", "web", "untrusted"),
             "payments": make_token(tokens_file, "payments-ci", "payments", "protected"),
+            "batch": make_token(tokens_file, "batch-ci", "batch", "protected", "--max-slots", "1"),
+            "ops": ops,
         }
         # payments shares its protected entries under "shared/" with web, read-only (issue 16, item 3).
         doc = json.loads(tokens_file.read_text())
@@ -65,6 +78,19 @@ class Tenancy:
 
     def build(self, who: str, script: str, key: str = "", restore=(), ref: str = "", **spec_fields):
         """Run a build as ``who``; returns (finished, stdout lines)."""
+        events = self.events(who, script, key, restore, ref, **spec_fields)
+        # The build's own output: the agent's "stoker: ..." lines still share the stream (issue 17, item 5).
+        lines = [
+            e.log.text
+            for e in events
+            if e.HasField("log")
+            and e.log.stream == build_pb2.LogLine.STREAM_STDOUT
+            and not e.log.text.startswith("stoker: ")
+        ]
+        return events[-1].finished, lines
+
+    def events(self, who: str, script: str, key: str = "", restore=(), ref: str = "", **spec_fields):
+        """Run a build as ``who``; returns all its events."""
         spec = common_pb2.BuildSpec(
             workspace="web",
             command=["sh", "-c", script],
@@ -75,20 +101,11 @@ class Tenancy:
             **spec_fields,
         )
         with tls_channel(self.coordinator.address, self.pki, self.tokens[who]) as ch:
-            events = list(
+            return list(
                 build_pb2_grpc.BuildsStub(ch).SubmitBuild(
                     build_pb2.SubmitBuildRequest(spec=spec), timeout=120
                 )
             )
-        # The build's own output: the agent's "stoker: ..." lines still share the stream (issue 17, item 5).
-        lines = [
-            e.log.text
-            for e in events
-            if e.HasField("log")
-            and e.log.stream == build_pb2.LogLine.STREAM_STDOUT
-            and not e.log.text.startswith("stoker: ")
-        ]
-        return events[-1].finished, lines
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -201,3 +218,78 @@ def test_a_shared_prefix_is_read_only_and_reaches_nothing_else(fleet):
     assert done.cache.saved, done
     done, lines = fleet.build("payments", SHOW, key="payments/x", restore=["shared/tools-"])
     assert lines[-2:] == ["payments-tools", "hit=partial from=~payments/protected/shared/tools-1"], lines
+
+
+def _running_span(events) -> tuple[float, float]:
+    """(placed, finished) times of a build, from its events."""
+    placed = next(e for e in events if e.HasField("placed")).time.ToNanoseconds() / 1e9
+    return placed, events[-1].time.ToNanoseconds() / 1e9
+
+
+def test_a_tokens_share_of_slots_holds_its_burst_while_other_tenants_run(fleet):
+    """batch-ci's token has --max-slots 1; the fleet has two nodes of one slot each. Two builds of web's
+    main token run side by side (the control: the fleet could run both at once); batch's two wait for one
+    another, the second saying why, while a payments build submitted meanwhile takes the free node."""
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        control = [pool.submit(fleet.events, "main", "sleep 1.5") for _ in range(2)]
+        a, b = (_running_span(f.result()) for f in control)
+        assert a[0] < b[1] and b[0] < a[1], (a, b)  # they overlapped
+        burst = [pool.submit(fleet.events, "batch", "sleep 1.5") for _ in range(2)]
+        time.sleep(0.5)
+        other = pool.submit(fleet.events, "payments", "echo ran")
+        other_events = other.result()
+        runs = [f.result() for f in burst]
+    assert all(r[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED for r in runs), runs
+    first, second = sorted(_running_span(r) for r in runs)
+    assert second[0] >= first[1] - 0.05, (first, second)  # one after the other
+    reasons = [e.queued.reason for r in runs for e in r if e.HasField("queued")]
+    assert "its token's share of the fleet is in use (1 of 1 slots)" in reasons, reasons
+    assert other_events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
+    assert _running_span(other_events)[1] < second[1], "payments waited behind batch's share"
+
+
+def test_a_ci_token_lists_its_own_builds_only(fleet):
+    """Issue 17, item 9 under issue 16's tokens: ListBuilds shows a ci caller its own builds, refuses
+    another owner without naming anyone else, and an operator sees everyone's."""
+    mine = fleet.events("payments", "true")[-1].build_id
+    theirs = fleet.events("main", "true")[-1].build_id
+
+    def listed(who: str, **request) -> list[str]:
+        with tls_channel(fleet.coordinator.address, fleet.pki, fleet.tokens[who]) as ch:
+            reply = build_pb2_grpc.BuildsStub(ch).ListBuilds(
+                build_pb2.ListBuildsRequest(**request), timeout=10
+            )
+        return [b.id for b in reply.builds]
+
+    assert listed("payments") == [mine]
+    with pytest.raises(grpc.RpcError) as refused:
+        listed("payments", owner="web-main")
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "web-main" not in refused.value.details()
+    assert theirs not in listed("payments", workspace="web")
+    assert listed("ops")[:2] == [theirs, mine]
+    # Prewarming is an operator's verb: a ci token cannot move entries onto nodes.
+    with tls_channel(fleet.coordinator.address, fleet.pki, fleet.tokens["payments"]) as ch:
+        with pytest.raises(grpc.RpcError) as refused:
+            inventory_pb2_grpc.InventoryStub(ch).Prewarm(inventory_pb2.PrewarmRequest(key="k"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_only_an_operator_exports_the_history_and_it_carries_no_command_or_environment(fleet):
+    """The build history is operator data (issue 19): a ci token, whatever its tenant, is refused it."""
+    done, _ = fleet.build(
+        "main", save("main", "m") + " && echo $DEPLOY_KEY", key="web/deps-H1", env={"DEPLOY_KEY": "hunter2"}
+    )
+    assert done.state == build_pb2.BUILD_STATE_SUCCEEDED, done
+    request = history_pb2.ExportHistoryRequest(since_s=3600)
+    for who in ("main", "payments", "pr"):
+        with tls_channel(fleet.coordinator.address, fleet.pki, fleet.tokens[who]) as ch:
+            with pytest.raises(grpc.RpcError) as refused:
+                history_pb2_grpc.HistoryStub(ch).ExportHistory(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, who
+    with tls_channel(fleet.coordinator.address, fleet.pki, fleet.ops) as ch:
+        history = history_pb2_grpc.HistoryStub(ch).ExportHistory(request, timeout=30)
+    assert [b.key for b in history.builds] == ["~web/protected/web/deps-H1"]
+    assert {(e.node, e.event) for e in history.node_events} == {("n1", "joined"), ("n2", "joined")}
+    raw = history.SerializeToString()
+    assert b"hunter2" not in raw and b"DEPLOY_KEY" not in raw and b"deps/who" not in raw

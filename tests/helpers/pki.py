@@ -92,10 +92,14 @@ def make_pki(
     return secrets
 
 
-def secure_coordinator(workdir: Path, pki_dir: Path, agent_port: int) -> local_fleet.Process:
-    """A coordinator with TLS, tokens for clients, and mutual TLS for agents on ``agent_port``."""
+def secure_coordinator(
+    workdir: Path, pki_dir: Path, agent_port: int, settings: str = ""
+) -> local_fleet.Process:
+    """A coordinator with TLS, tokens for clients, and mutual TLS for agents on ``agent_port``; ``settings``:
+    more of its settings file (TOML sections, written before ``[security]``)."""
     path = workdir / "coordinator.toml"
     path.write_text(
+        settings + "\n"
         "[security]\n"
         f'tls_cert = "{pki_dir / "server.pem"}"\n'
         f'tls_key = "{pki_dir / "server.key"}"\n'

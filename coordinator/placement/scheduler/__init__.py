@@ -11,8 +11,9 @@ Pure code with an injected clock. The coordinator's build queue and the trace-dr
 
 For each request and each candidate node it estimates the **time until the build can start doing
 useful work**: the wait for a slot on that node, plus the bytes the node must fetch divided by the
-fetch bandwidth, plus the time to extract them. Warmth comes from what agents *report* holding
-(reports from a node not heard from within ``warmth_ttl_s`` do not count), and partial warmth
+fetch bandwidth, plus the time to extract them. Warmth comes from what agents *report* holding, as far
+as the coordinator corroborates it (``placement.claims``: the inventory holds nothing else; reports from
+a node not heard from within ``warmth_ttl_s`` do not count), and partial warmth
 counts: a node holding an older entry under a restore prefix fetches only the difference, estimated
 from the entries' content sketches when both are known.
 

@@ -100,7 +100,15 @@ class Placing:
         rendezvous: Rendezvous,
     ) -> Placing:
         key_hash = h64(request.key or request.workspace)
-        target_bytes, target_sketch = target_entry(inventory, request.key)
+        # What the build restores: its key, or else its key in a scope it reads (a pull request's build gets
+        # the default branch's entry): sized from whichever some node holds first. Sized from its own key
+        # alone, a pull request's target was empty, so an older entry's holder "fetched nothing" and tied
+        # with the nodes that hold the entry itself (found by bench/load.py --scoped).
+        target_bytes, target_sketch = 0, b""
+        for key in (request.key, *request.also_exact):
+            target_bytes, target_sketch = target_entry(inventory, key)
+            if target_bytes:
+                break
         holders, image_bytes = image_holders(request.image, admitted)
         return cls(
             request,

@@ -6,7 +6,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -51,6 +51,32 @@ class GetBuildRequest(_message.Message):
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     build_id: str
     def __init__(self, build_id: _Optional[str] = ...) -> None: ...
+
+class ListBuildsRequest(_message.Message):
+    __slots__ = ("workspace", "state", "owner", "node", "since", "page_size", "page_token")
+    WORKSPACE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    workspace: str
+    state: BuildState
+    owner: str
+    node: str
+    since: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, workspace: _Optional[str] = ..., state: _Optional[_Union[BuildState, str]] = ..., owner: _Optional[str] = ..., node: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListBuildsResponse(_message.Message):
+    __slots__ = ("builds", "next_page_token")
+    BUILDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    builds: _containers.RepeatedCompositeFieldContainer[Build]
+    next_page_token: str
+    def __init__(self, builds: _Optional[_Iterable[_Union[Build, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelBuildRequest(_message.Message):
     __slots__ = ("build_id", "reason")

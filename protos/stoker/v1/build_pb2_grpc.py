@@ -64,6 +64,11 @@ class BuildsStub:
                 request_serializer=stoker_dot_v1_dot_build__pb2.ReleasePlacementRequest.SerializeToString,
                 response_deserializer=stoker_dot_v1_dot_build__pb2.ReleasePlacementResponse.FromString,
                 _registered_method=True)
+        self.ListBuilds = channel.unary_unary(
+                '/stoker.v1.Builds/ListBuilds',
+                request_serializer=stoker_dot_v1_dot_build__pb2.ListBuildsRequest.SerializeToString,
+                response_deserializer=stoker_dot_v1_dot_build__pb2.ListBuildsResponse.FromString,
+                _registered_method=True)
 
 
 class BuildsServicer:
@@ -118,6 +123,15 @@ class BuildsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBuilds(self, request, context):
+        """Builds, newest first, a page at a time. A ci caller sees its own builds only (asking for another
+        owner is PERMISSION_DENIED); an operator sees every build. Finished builds are kept for
+        builds.history_days.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BuildsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +164,11 @@ def add_BuildsServicer_to_server(servicer, server):
                     servicer.ReleasePlacement,
                     request_deserializer=stoker_dot_v1_dot_build__pb2.ReleasePlacementRequest.FromString,
                     response_serializer=stoker_dot_v1_dot_build__pb2.ReleasePlacementResponse.SerializeToString,
+            ),
+            'ListBuilds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBuilds,
+                    request_deserializer=stoker_dot_v1_dot_build__pb2.ListBuildsRequest.FromString,
+                    response_serializer=stoker_dot_v1_dot_build__pb2.ListBuildsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +333,33 @@ class Builds:
             '/stoker.v1.Builds/ReleasePlacement',
             stoker_dot_v1_dot_build__pb2.ReleasePlacementRequest.SerializeToString,
             stoker_dot_v1_dot_build__pb2.ReleasePlacementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBuilds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stoker.v1.Builds/ListBuilds',
+            stoker_dot_v1_dot_build__pb2.ListBuildsRequest.SerializeToString,
+            stoker_dot_v1_dot_build__pb2.ListBuildsResponse.FromString,
             options,
             channel_credentials,
             insecure,

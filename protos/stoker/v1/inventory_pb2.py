@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from stoker.v1 import common_pb2 as stoker_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19stoker/v1/inventory.proto\x12\tstoker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16stoker/v1/common.proto\"]\n\x15QueryInventoryRequest\x12\x12\n\nkey_prefix\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x14\n\x0csummary_only\x18\x04 \x01(\x08\"\xf6\x04\n\rNodeInventory\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.stoker.v1.NodeState\x12\r\n\x05slots\x18\x04 \x01(\x05\x12\x0f\n\x07running\x18\x05 \x01(\x05\x12\x1b\n\x13\x64isk_capacity_bytes\x18\x06 \x01(\x03\x12\x17\n\x0f\x64isk_used_bytes\x18\x07 \x01(\x03\x12\x17\n\x0f\x64isk_free_bytes\x18\x08 \x01(\x03\x12\x1b\n\x13\x65victed_bytes_total\x18\t \x01(\x03\x12\x12\n\ngeneration\x18\n \x01(\x04\x12-\n\tlast_seen\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x06labels\x18\x0c \x03(\x0b\x32$.stoker.v1.NodeInventory.LabelsEntry\x12&\n\x07\x65ntries\x18\r \x03(\x0b\x32\x15.stoker.v1.CacheEntry\x12\x13\n\x0b\x65ntry_count\x18\x0e \x01(\x05\x12\x13\n\x0b\x65ntry_bytes\x18\x0f \x01(\x03\x12%\n\x06images\x18\x10 \x03(\x0b\x32\x15.stoker.v1.ImageEntry\x12\x13\n\x0bimage_count\x18\x11 \x01(\x05\x12\x13\n\x0bimage_bytes\x18\x12 \x01(\x03\x12\x10\n\x08\x65xecutor\x18\x13 \x01(\t\x12\x13\n\x0boci_runtime\x18\x14 \x01(\t\x12&\n\x06maxima\x18\x15 \x01(\x0b\x32\x16.stoker.v1.BuildLimits\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"x\n\nKeySummary\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12\r\n\x05nodes\x18\x03 \x03(\t\x12\r\n\x05\x62ytes\x18\x04 \x01(\x03\x12-\n\tlast_used\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x0bZoneSummary\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\r\n\x05nodes\x18\x02 \x01(\x05\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x1b\n\x13\x64isk_capacity_bytes\x18\x05 \x01(\x03\x12\x17\n\x0f\x64isk_used_bytes\x18\x06 \x01(\x03\"\xb7\x01\n\x08HitRates\x12\x13\n\x0bwarm_builds\x18\x01 \x01(\x03\x12\x16\n\x0epartial_builds\x18\x02 \x01(\x03\x12\x13\n\x0b\x63old_builds\x18\x03 \x01(\x03\x12\x13\n\x0b\x62ytes_local\x18\x04 \x01(\x03\x12\x15\n\rbytes_fetched\x18\x05 \x01(\x03\x12\x12\n\nwarm_bytes\x18\x06 \x01(\x03\x12\x15\n\rpartial_bytes\x18\x07 \x01(\x03\x12\x12\n\ncold_bytes\x18\x08 \x01(\x03\"\xb5\x01\n\x16QueryInventoryResponse\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.stoker.v1.NodeInventory\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.stoker.v1.KeySummary\x12%\n\x05zones\x18\x03 \x03(\x0b\x32\x16.stoker.v1.ZoneSummary\x12&\n\thit_rates\x18\x04 \x01(\x0b\x32\x13.stoker.v1.HitRates*o\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x1b\n\x17NODE_STATE_DISCONNECTED\x10\x02\x12\x13\n\x0fNODE_STATE_LOST\x10\x03\x32\x62\n\tInventory\x12U\n\x0eQueryInventory\x12 .stoker.v1.QueryInventoryRequest\x1a!.stoker.v1.QueryInventoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19stoker/v1/inventory.proto\x12\tstoker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16stoker/v1/common.proto\"!\n\x11\x46orgetNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"\"\n\x12\x46orgetNodeResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\"S\n\x0ePrewarmRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0crestore_keys\x18\x02 \x03(\t\x12\x10\n\x08replicas\x18\x03 \x01(\x05\x12\x0c\n\x04zone\x18\x04 \x01(\t\"1\n\x0fPrewarmResponse\x12\x0f\n\x07holding\x18\x01 \x03(\t\x12\r\n\x05\x61sked\x18\x02 \x03(\t\"]\n\x15QueryInventoryRequest\x12\x12\n\nkey_prefix\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x14\n\x0csummary_only\x18\x04 \x01(\x08\"\xb0\x05\n\rNodeInventory\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.stoker.v1.NodeState\x12\r\n\x05slots\x18\x04 \x01(\x05\x12\x0f\n\x07running\x18\x05 \x01(\x05\x12\x1b\n\x13\x64isk_capacity_bytes\x18\x06 \x01(\x03\x12\x17\n\x0f\x64isk_used_bytes\x18\x07 \x01(\x03\x12\x17\n\x0f\x64isk_free_bytes\x18\x08 \x01(\x03\x12\x1b\n\x13\x65victed_bytes_total\x18\t \x01(\x03\x12\x12\n\ngeneration\x18\n \x01(\x04\x12-\n\tlast_seen\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x06labels\x18\x0c \x03(\x0b\x32$.stoker.v1.NodeInventory.LabelsEntry\x12&\n\x07\x65ntries\x18\r \x03(\x0b\x32\x15.stoker.v1.CacheEntry\x12\x13\n\x0b\x65ntry_count\x18\x0e \x01(\x05\x12\x13\n\x0b\x65ntry_bytes\x18\x0f \x01(\x03\x12%\n\x06images\x18\x10 \x03(\x0b\x32\x15.stoker.v1.ImageEntry\x12\x13\n\x0bimage_count\x18\x11 \x01(\x05\x12\x13\n\x0bimage_bytes\x18\x12 \x01(\x03\x12\x10\n\x08\x65xecutor\x18\x13 \x01(\t\x12\x13\n\x0boci_runtime\x18\x14 \x01(\t\x12&\n\x06maxima\x18\x15 \x01(\x0b\x32\x16.stoker.v1.BuildLimits\x12\x1e\n\x16uncorroborated_entries\x18\x16 \x01(\x05\x12\x18\n\x10registered_slots\x18\x17 \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"x\n\nKeySummary\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12\r\n\x05nodes\x18\x03 \x03(\t\x12\r\n\x05\x62ytes\x18\x04 \x01(\x03\x12-\n\tlast_used\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x0bZoneSummary\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\r\n\x05nodes\x18\x02 \x01(\x05\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x1b\n\x13\x64isk_capacity_bytes\x18\x05 \x01(\x03\x12\x17\n\x0f\x64isk_used_bytes\x18\x06 \x01(\x03\"\xb7\x01\n\x08HitRates\x12\x13\n\x0bwarm_builds\x18\x01 \x01(\x03\x12\x16\n\x0epartial_builds\x18\x02 \x01(\x03\x12\x13\n\x0b\x63old_builds\x18\x03 \x01(\x03\x12\x13\n\x0b\x62ytes_local\x18\x04 \x01(\x03\x12\x15\n\rbytes_fetched\x18\x05 \x01(\x03\x12\x12\n\nwarm_bytes\x18\x06 \x01(\x03\x12\x15\n\rpartial_bytes\x18\x07 \x01(\x03\x12\x12\n\ncold_bytes\x18\x08 \x01(\x03\"\xb5\x01\n\x16QueryInventoryResponse\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.stoker.v1.NodeInventory\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.stoker.v1.KeySummary\x12%\n\x05zones\x18\x03 \x03(\x0b\x32\x16.stoker.v1.ZoneSummary\x12&\n\thit_rates\x18\x04 \x01(\x0b\x32\x13.stoker.v1.HitRates*o\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x1b\n\x17NODE_STATE_DISCONNECTED\x10\x02\x12\x13\n\x0fNODE_STATE_LOST\x10\x03\x32\xef\x01\n\tInventory\x12U\n\x0eQueryInventory\x12 .stoker.v1.QueryInventoryRequest\x1a!.stoker.v1.QueryInventoryResponse\x12@\n\x07Prewarm\x12\x19.stoker.v1.PrewarmRequest\x1a\x1a.stoker.v1.PrewarmResponse\x12I\n\nForgetNode\x12\x1c.stoker.v1.ForgetNodeRequest\x1a\x1d.stoker.v1.ForgetNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,22 +35,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODEINVENTORY_LABELSENTRY']._loaded_options = None
   _globals['_NODEINVENTORY_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_NODESTATE']._serialized_start=1448
-  _globals['_NODESTATE']._serialized_end=1559
-  _globals['_QUERYINVENTORYREQUEST']._serialized_start=97
-  _globals['_QUERYINVENTORYREQUEST']._serialized_end=190
-  _globals['_NODEINVENTORY']._serialized_start=193
-  _globals['_NODEINVENTORY']._serialized_end=823
-  _globals['_NODEINVENTORY_LABELSENTRY']._serialized_start=778
-  _globals['_NODEINVENTORY_LABELSENTRY']._serialized_end=823
-  _globals['_KEYSUMMARY']._serialized_start=825
-  _globals['_KEYSUMMARY']._serialized_end=945
-  _globals['_ZONESUMMARY']._serialized_start=948
-  _globals['_ZONESUMMARY']._serialized_end=1076
-  _globals['_HITRATES']._serialized_start=1079
-  _globals['_HITRATES']._serialized_end=1262
-  _globals['_QUERYINVENTORYRESPONSE']._serialized_start=1265
-  _globals['_QUERYINVENTORYRESPONSE']._serialized_end=1446
-  _globals['_INVENTORY']._serialized_start=1561
-  _globals['_INVENTORY']._serialized_end=1659
+  _globals['_NODESTATE']._serialized_start=1713
+  _globals['_NODESTATE']._serialized_end=1824
+  _globals['_FORGETNODEREQUEST']._serialized_start=97
+  _globals['_FORGETNODEREQUEST']._serialized_end=130
+  _globals['_FORGETNODERESPONSE']._serialized_start=132
+  _globals['_FORGETNODERESPONSE']._serialized_end=166
+  _globals['_PREWARMREQUEST']._serialized_start=168
+  _globals['_PREWARMREQUEST']._serialized_end=251
+  _globals['_PREWARMRESPONSE']._serialized_start=253
+  _globals['_PREWARMRESPONSE']._serialized_end=302
+  _globals['_QUERYINVENTORYREQUEST']._serialized_start=304
+  _globals['_QUERYINVENTORYREQUEST']._serialized_end=397
+  _globals['_NODEINVENTORY']._serialized_start=400
+  _globals['_NODEINVENTORY']._serialized_end=1088
+  _globals['_NODEINVENTORY_LABELSENTRY']._serialized_start=1043
+  _globals['_NODEINVENTORY_LABELSENTRY']._serialized_end=1088
+  _globals['_KEYSUMMARY']._serialized_start=1090
+  _globals['_KEYSUMMARY']._serialized_end=1210
+  _globals['_ZONESUMMARY']._serialized_start=1213
+  _globals['_ZONESUMMARY']._serialized_end=1341
+  _globals['_HITRATES']._serialized_start=1344
+  _globals['_HITRATES']._serialized_end=1527
+  _globals['_QUERYINVENTORYRESPONSE']._serialized_start=1530
+  _globals['_QUERYINVENTORYRESPONSE']._serialized_end=1711
+  _globals['_INVENTORY']._serialized_start=1827
+  _globals['_INVENTORY']._serialized_end=2066
 # @@protoc_insertion_point(module_scope)

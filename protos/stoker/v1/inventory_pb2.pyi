@@ -22,6 +22,38 @@ NODE_STATE_READY: NodeState
 NODE_STATE_DISCONNECTED: NodeState
 NODE_STATE_LOST: NodeState
 
+class ForgetNodeRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class ForgetNodeResponse(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class PrewarmRequest(_message.Message):
+    __slots__ = ("key", "restore_keys", "replicas", "zone")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    restore_keys: _containers.RepeatedScalarFieldContainer[str]
+    replicas: int
+    zone: str
+    def __init__(self, key: _Optional[str] = ..., restore_keys: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., zone: _Optional[str] = ...) -> None: ...
+
+class PrewarmResponse(_message.Message):
+    __slots__ = ("holding", "asked")
+    HOLDING_FIELD_NUMBER: _ClassVar[int]
+    ASKED_FIELD_NUMBER: _ClassVar[int]
+    holding: _containers.RepeatedScalarFieldContainer[str]
+    asked: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, holding: _Optional[_Iterable[str]] = ..., asked: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class QueryInventoryRequest(_message.Message):
     __slots__ = ("key_prefix", "zone", "node", "summary_only")
     KEY_PREFIX_FIELD_NUMBER: _ClassVar[int]
@@ -35,7 +67,7 @@ class QueryInventoryRequest(_message.Message):
     def __init__(self, key_prefix: _Optional[str] = ..., zone: _Optional[str] = ..., node: _Optional[str] = ..., summary_only: _Optional[bool] = ...) -> None: ...
 
 class NodeInventory(_message.Message):
-    __slots__ = ("node", "zone", "state", "slots", "running", "disk_capacity_bytes", "disk_used_bytes", "disk_free_bytes", "evicted_bytes_total", "generation", "last_seen", "labels", "entries", "entry_count", "entry_bytes", "images", "image_count", "image_bytes", "executor", "oci_runtime", "maxima")
+    __slots__ = ("node", "zone", "state", "slots", "running", "disk_capacity_bytes", "disk_used_bytes", "disk_free_bytes", "evicted_bytes_total", "generation", "last_seen", "labels", "entries", "entry_count", "entry_bytes", "images", "image_count", "image_bytes", "executor", "oci_runtime", "maxima", "uncorroborated_entries", "registered_slots")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +96,8 @@ class NodeInventory(_message.Message):
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     OCI_RUNTIME_FIELD_NUMBER: _ClassVar[int]
     MAXIMA_FIELD_NUMBER: _ClassVar[int]
+    UNCORROBORATED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_SLOTS_FIELD_NUMBER: _ClassVar[int]
     node: str
     zone: str
     state: NodeState
@@ -85,7 +119,9 @@ class NodeInventory(_message.Message):
     executor: str
     oci_runtime: str
     maxima: _common_pb2.BuildLimits
-    def __init__(self, node: _Optional[str] = ..., zone: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., evicted_bytes_total: _Optional[int] = ..., generation: _Optional[int] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., entries: _Optional[_Iterable[_Union[_common_pb2.CacheEntry, _Mapping]]] = ..., entry_count: _Optional[int] = ..., entry_bytes: _Optional[int] = ..., images: _Optional[_Iterable[_Union[_common_pb2.ImageEntry, _Mapping]]] = ..., image_count: _Optional[int] = ..., image_bytes: _Optional[int] = ..., executor: _Optional[str] = ..., oci_runtime: _Optional[str] = ..., maxima: _Optional[_Union[_common_pb2.BuildLimits, _Mapping]] = ...) -> None: ...
+    uncorroborated_entries: int
+    registered_slots: int
+    def __init__(self, node: _Optional[str] = ..., zone: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., evicted_bytes_total: _Optional[int] = ..., generation: _Optional[int] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., entries: _Optional[_Iterable[_Union[_common_pb2.CacheEntry, _Mapping]]] = ..., entry_count: _Optional[int] = ..., entry_bytes: _Optional[int] = ..., images: _Optional[_Iterable[_Union[_common_pb2.ImageEntry, _Mapping]]] = ..., image_count: _Optional[int] = ..., image_bytes: _Optional[int] = ..., executor: _Optional[str] = ..., oci_runtime: _Optional[str] = ..., maxima: _Optional[_Union[_common_pb2.BuildLimits, _Mapping]] = ..., uncorroborated_entries: _Optional[int] = ..., registered_slots: _Optional[int] = ...) -> None: ...
 
 class KeySummary(_message.Message):
     __slots__ = ("key", "replicas", "nodes", "bytes", "last_used")

@@ -39,6 +39,16 @@ class InventoryStub:
                 request_serializer=stoker_dot_v1_dot_inventory__pb2.QueryInventoryRequest.SerializeToString,
                 response_deserializer=stoker_dot_v1_dot_inventory__pb2.QueryInventoryResponse.FromString,
                 _registered_method=True)
+        self.Prewarm = channel.unary_unary(
+                '/stoker.v1.Inventory/Prewarm',
+                request_serializer=stoker_dot_v1_dot_inventory__pb2.PrewarmRequest.SerializeToString,
+                response_deserializer=stoker_dot_v1_dot_inventory__pb2.PrewarmResponse.FromString,
+                _registered_method=True)
+        self.ForgetNode = channel.unary_unary(
+                '/stoker.v1.Inventory/ForgetNode',
+                request_serializer=stoker_dot_v1_dot_inventory__pb2.ForgetNodeRequest.SerializeToString,
+                response_deserializer=stoker_dot_v1_dot_inventory__pb2.ForgetNodeResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServicer:
@@ -50,6 +60,25 @@ class InventoryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Prewarm(self, request, context):
+        """Operators: have nodes fetch an entry ahead of need (for example right after a lockfile change merges),
+        so the next builds of its key are warm. Returns at once with the nodes asked; they fetch in the
+        background and report the entry in their inventory when it is in place. INVALID_ARGUMENT for an empty
+        key or a count outside 1..64; FAILED_PRECONDITION when no ready node (in the zone) can take it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetNode(self, request, context):
+        """Operators: remove a lost node from the inventory for good (a node that was decommissioned). Its builds
+        were requeued when it was lost. NOT_FOUND for an unknown node; FAILED_PRECONDITION for one that is not
+        lost (connected, or disconnected within its lease). If its agent comes back, it registers afresh.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +86,16 @@ def add_InventoryServicer_to_server(servicer, server):
                     servicer.QueryInventory,
                     request_deserializer=stoker_dot_v1_dot_inventory__pb2.QueryInventoryRequest.FromString,
                     response_serializer=stoker_dot_v1_dot_inventory__pb2.QueryInventoryResponse.SerializeToString,
+            ),
+            'Prewarm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prewarm,
+                    request_deserializer=stoker_dot_v1_dot_inventory__pb2.PrewarmRequest.FromString,
+                    response_serializer=stoker_dot_v1_dot_inventory__pb2.PrewarmResponse.SerializeToString,
+            ),
+            'ForgetNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetNode,
+                    request_deserializer=stoker_dot_v1_dot_inventory__pb2.ForgetNodeRequest.FromString,
+                    response_serializer=stoker_dot_v1_dot_inventory__pb2.ForgetNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +125,60 @@ class Inventory:
             '/stoker.v1.Inventory/QueryInventory',
             stoker_dot_v1_dot_inventory__pb2.QueryInventoryRequest.SerializeToString,
             stoker_dot_v1_dot_inventory__pb2.QueryInventoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prewarm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stoker.v1.Inventory/Prewarm',
+            stoker_dot_v1_dot_inventory__pb2.PrewarmRequest.SerializeToString,
+            stoker_dot_v1_dot_inventory__pb2.PrewarmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stoker.v1.Inventory/ForgetNode',
+            stoker_dot_v1_dot_inventory__pb2.ForgetNodeRequest.SerializeToString,
+            stoker_dot_v1_dot_inventory__pb2.ForgetNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,7 +23,13 @@ from pathlib import Path
 import pytest
 
 from stoker.agent.executors.base import EndReason, Limits
-from stoker.agent.executors.podman import PodmanExecutor, cni_network, guard_rules, uid_range_problem
+from stoker.agent.executors.podman import (
+    PodmanExecutor,
+    cgroup_parent_problem,
+    cni_network,
+    guard_rules,
+    uid_range_problem,
+)
 from tests.helpers.sandbox import (
     Captured,
     containers,
@@ -384,6 +390,25 @@ def test_a_restarted_agent_removes_the_containers_a_crash_left(podman_settings, 
 def test_the_uid_range_is_checked_at_start(base, count, uid_map, own, problem):
     found = uid_range_problem(base, count, uid_map, own)
     assert (problem in found) if problem else found == "", found
+
+
+def test_the_builds_cgroup_parent_is_checked_at_start(tmp_path):
+    """A cgroup file system the agent cannot write (read-only in a pod, or a controller missing) stops it at
+    start with one line, rather than every build with podman's error. On this machine it can."""
+    assert (
+        cgroup_parent_problem(Path("/sys/fs/cgroup"), "v1" if Path("/sys/fs/cgroup/pids").is_dir() else "v2")
+        == ""
+    )
+    (tmp_path / "memory").mkdir()
+    problem = cgroup_parent_problem(tmp_path, "v1")
+    assert problem == (
+        f"cannot make the builds' cgroup {tmp_path}/pids/stoker-builds: No such file or directory; the agent "
+        "needs /sys/fs/cgroup writable (docs/kubernetes.md)"
+    )
+    for controller in ("pids", "cpu"):
+        (tmp_path / controller).mkdir()
+    assert cgroup_parent_problem(tmp_path, "v1") == ""
+    assert (tmp_path / "memory" / "stoker-builds").is_dir()
 
 
 def test_the_builds_network_and_its_guard_rules():

@@ -137,6 +137,23 @@ def test_a_holder_of_the_key_in_a_scope_the_build_reads_is_warm_too():
     assert p.candidates["n2"].matched_key == mine and p.candidates["n1"].matched_key == main
 
 
+def test_a_pull_request_is_sized_by_the_entry_it_reads_so_an_older_entry_does_not_tie_with_it():
+    """A pull request's own key exists nowhere; sized from it alone its target was empty, so a holder of an
+    older entry under its prefix "fetched nothing" and won as often as a holder of main's entry of its very
+    key (bench/load.py --scoped placed 227 of 1,000 builds partial, with every key held warm somewhere)."""
+    f = Fleet(3)
+    mine, main = "~web/untrusted/pull/7/web/v2", "~web/protected/web/v2"
+    f.inventory.apply_snapshot("n1", 0, [entry(main, created=2.0, sketch=(1, 2, 3))])
+    f.inventory.apply_snapshot("n2", 0, [entry("~web/protected/web/v1", created=1.0, sketch=(4, 5, 6))])
+    pr = request(mine, ("~web/untrusted/pull/7/web/", "~web/protected/web/"), also_exact=(main,))
+    p = f.placing(pr)
+    assert p.target_bytes == GB
+    partial_candidates(p)
+    assert p.candidates["n2"].warmth is Warmth.PARTIAL and p.candidates["n2"].fetch_bytes > 0
+    d = decide(pr, f.view(), f.inventory, f.rendezvous)
+    assert (d.node, d.warmth) == ("n1", Warmth.WARM)
+
+
 def test_warm_candidates_estimate_at_most_the_limit_free_holders_first():
     f = Fleet(6, slots=1, max_warm_candidates=2)
     for i in range(6):

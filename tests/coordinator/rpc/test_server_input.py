@@ -322,10 +322,11 @@ class FakeAgent:
 
 
 def _entry_count(servers: Servers, node: str) -> int:
+    """Entries the coordinator took in from the node: corroborated or not (a fake node's are not)."""
     reply = servers.inventory.QueryInventory(
         inventory_pb2.QueryInventoryRequest(node=node, summary_only=True), timeout=30
     )
-    return reply.nodes[0].entry_count if reply.nodes else -1
+    return reply.nodes[0].entry_count + reply.nodes[0].uncorroborated_entries if reply.nodes else -1
 
 
 def test_huge_inventory_snapshot_within_the_limit_is_taken(servers):

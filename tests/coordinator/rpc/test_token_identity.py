@@ -24,6 +24,7 @@ PR = Identity(
     max_priority=5,
     zones=("zone-a",),
     labels=(("pool", "pr"),),
+    max_slots=3,
 )
 
 
@@ -81,6 +82,7 @@ def test_the_tokens_file_round_trips_what_stoker_token_writes(tmp_path):
         max_priority=5,
         zones=("zone-a",),
         labels={"pool": "pr"},
+        max_slots=3,
     )
     _, ops = new_token("ops", "operator")
     _, legacy = new_token("old-ci", "ci")
@@ -138,6 +140,14 @@ DIGEST = "a" * 64
         ),
         ({"tokens": [], "shares": [{"tenant": "p", "prefix": "", "with": ["w"]}]}, "sharing a whole scope"),
         ({"tokens": [], "shares": [{"tenant": "p", "prefix": "t/", "with": []}]}, "shares[0].with must list"),
+        (
+            {"tokens": [{"name": "x", "role": "ci", "sha256": DIGEST, "max_slots": 0}]},
+            "max_slots must be a whole number of slots, at least 1",
+        ),
+        (
+            {"tokens": [{"name": "x", "role": "operator", "sha256": DIGEST, "max_slots": 2}]},
+            "max_slots applies to ci tokens only",
+        ),
     ],
 )
 def test_a_tokens_file_with_what_the_coordinator_does_not_know_is_refused_naming_it(tmp_path, doc, message):
