@@ -60,6 +60,12 @@ class CacheSettings:
     """The node's cache store (on its SSD). Entries, content and staging directories live here."""
     budget_bytes: int = 50 * 1024**3
     """Bytes the store may use; least recently used entries are evicted beyond it."""
+    tenant_budget_bytes: int = 0
+    """Bytes of the store each tenant keeps against the others (0: none, one LRU for all). When a
+    restore or save of a tenant's entry needs room, that tenant's own entries go first; another tenant's
+    entries go only while that tenant holds more than this. A tenant's entries are the keys in its scopes
+    (``~TENANT/...``); keys without a scope belong to no tenant and are never protected. Keep the sum
+    over the tenants a node serves below ``budget_bytes``."""
     blobs: str = "file:///var/lib/stoker/blobs"
     """The shared blob store: file:///path for a local directory, s3://bucket/prefix for S3."""
     s3_endpoint_url: str = ""

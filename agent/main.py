@@ -43,7 +43,7 @@ VERSION = "0.1.0"
 def open_build_cache(config: AgentConfig) -> BuildCache:
     from stoker.agent.cache import factory
 
-    return factory.open_cache(config.cache)
+    return factory.open_cache(config.cache, node=config.node.name or default_node_name())
 
 
 def registration(config: AgentConfig) -> agent_pb2.RegisterRequest:

@@ -21,7 +21,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from stoker.agent.cache.api import BuildCache, CacheError, Progress, RestoreResult, SaveResult
+from stoker.agent.cache.api import BuildCache, CacheError, EntryWriter, Progress, RestoreResult, SaveResult
 from stoker.agent.config import BuildSettings
 from stoker.agent.executors.base import BuildExecutor, BuildJob, EndReason, Limits, Outcome
 from stoker.agent.executors.factory import default_limits
@@ -119,6 +119,8 @@ class _Run:
     build_id: str
     attempt: int
     spec: common_pb2.BuildSpec
+    principal: str = ""
+    """Who submitted the build (the coordinator's word: its token's name)."""
     task: asyncio.Task | None = None
     stop_reason: str = ""
     stop_state: int = 0
@@ -158,7 +160,7 @@ class BuildRunner:
             if current.attempt == command.attempt:
                 return  # a repeated command (after a reconnect): already running
             self.cancel(command.build_id, current.attempt, "superseded by a newer attempt")
-        run = _Run(command.build_id, command.attempt, command.spec)
+        run = _Run(command.build_id, command.attempt, command.spec, command.principal)
         self._runs[command.build_id] = run
         run.task = asyncio.create_task(self._run(run), name=f"build-{command.build_id}")
         self._metrics.running.set(len(self._runs))
@@ -306,9 +308,13 @@ class BuildRunner:
             )
         except CacheError as exc:
             log.warning("cache restore failed: %s", exc)
+            for bad in (s for s in exc.skipped if s.reason != str(exc)):
+                self._note(run, f"stoker: cache entry {bad.key} skipped: {bad.reason}")
             self._note(run, f"stoker: cache restore failed, building without it: {exc}")
             self._send(run, build_pb2.BuildEvent(restored=build_pb2.Restored(cache=figures)))
             return None
+        for bad in result.skipped:
+            self._note(run, f"stoker: cache entry {bad.key} skipped: {bad.reason}")
         figures.warmth = _WARMTH[result.warmth]
         figures.restored_key = result.restored_key or ""
         figures.bytes_fetched = result.bytes_fetched
@@ -327,8 +333,14 @@ class BuildRunner:
         self._send(run, build_pb2.BuildEvent(saving=build_pb2.Saving(key=key)))
         progress = self._progress_reporter(run, "saving", key)
         try:
+            # Who wrote the entry, as the coordinator said (the node is the cache's own to add).
+            writer = EntryWriter(
+                principal=run.principal, tenant=run.spec.tenant, trust=run.spec.trust, build_id=run.build_id
+            )
             result: SaveResult = await self._in_thread(
-                self._cache.save, key, workspace, list(cache.paths), progress
+                functools.partial(
+                    self._cache.save, key, workspace, list(cache.paths), progress, writer=writer
+                )
             )
         except CacheError as exc:
             log.warning("cache save failed: %s", exc)
@@ -473,7 +485,8 @@ class BuildRunner:
 
 def _keys(cache: common_pb2.CacheSpec) -> scopes.PhysicalKeys:
     """The build's cache keys as stored: in the scope the coordinator gave it (common/scopes.py)."""
-    return scopes.physical(cache.key, cache.restore_keys, cache.scope, cache.read_scopes)
+    shared = [(s.scope, s.prefix) for s in cache.shared]
+    return scopes.physical(cache.key, cache.restore_keys, cache.scope, cache.read_scopes, shared)
 
 
 def cache_hit_env(exact: Sequence[str], restored: RestoreResult | None) -> dict[str, str]:

@@ -5,7 +5,8 @@ A scope is a prefix put before every key: the *physical* key of ``web/node_modul
 ``~web/protected/`` is ``~web/protected/web/node_modules-3f2a``, in the node's store and in the blob store
 (``keys/~web/protected/...``, so a bucket policy can keep scopes apart too). A build writes only its own
 scope; it reads its own scope, then its ``read_scopes`` in order: the exact key in each, then the restore
-prefixes in each. An empty scope leaves keys as they are (a coordinator without tokens).
+prefixes in each; then the prefixes other tenants share with its tenant (read-only, only keys under the
+shared prefix). An empty scope leaves keys as they are (a coordinator without tokens).
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ def untrusted(tenant: str, ref: str) -> str:
     return f"{MARK}{tenant}/untrusted/{ref}/" if ref else f"{MARK}{tenant}/untrusted/"
 
 
+def tenant_of(key: str) -> str:
+    """The tenant whose scope a stored key lies in; "" for a key without a scope."""
+    if not key.startswith(MARK):
+        return ""
+    tenant, sep, _ = key[len(MARK) :].partition("/")
+    return tenant if sep else ""
+
+
 @dataclass(frozen=True)
 class PhysicalKeys:
     """What a build's cache spec means in stored keys."""
@@ -41,10 +50,22 @@ class PhysicalKeys:
     """Restore prefixes, in order: each of the build's prefixes in its own scope, then in each read scope."""
 
 
-def physical(key: str, restore_keys: Sequence[str], scope: str, read_scopes: Sequence[str]) -> PhysicalKeys:
+def physical(
+    key: str,
+    restore_keys: Sequence[str],
+    scope: str,
+    read_scopes: Sequence[str],
+    shared: Sequence[tuple[str, str]] = (),
+) -> PhysicalKeys:
+    """``shared``: (scope, prefix) of each prefix another tenant shares with the build's tenant: the key and
+    each restore key that lie under ``prefix`` are also tried in ``scope``, after the build's own scopes. A
+    restore key shorter than the shared prefix is not (it would reach the sharing tenant's other keys)."""
     scopes = (scope, *read_scopes)
     return PhysicalKeys(
         key=scope + key if key else "",
-        exact=tuple(s + key for s in scopes) if key else (),
-        prefixes=tuple(s + p for s in scopes for p in restore_keys),
+        exact=tuple(s + key for s in scopes) + tuple(s + key for s, p in shared if key.startswith(p))
+        if key
+        else (),
+        prefixes=tuple(s + p for s in scopes for p in restore_keys)
+        + tuple(s + r for s, p in shared for r in restore_keys if r.startswith(p)),
     )

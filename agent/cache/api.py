@@ -12,8 +12,19 @@ from pathlib import Path
 from typing import Protocol
 
 
+@dataclass(frozen=True)
+class SkippedEntry:
+    """An entry a restore passed over, and why (the build's log says so)."""
+
+    key: str
+    reason: str
+
+
 class CacheError(Exception):
     """A restore or save failed; the message names the key and, where known, the path."""
+
+    skipped: tuple[SkippedEntry, ...] = ()
+    """A failed restore: every entry it passed over, and why (the first one's error is this one)."""
 
 
 class NotFound(CacheError):
@@ -33,6 +44,57 @@ class CorruptEntry(CacheError):
     past its declared size, a digest mismatch, or a missing pack (names the entry and the path)."""
 
 
+class MissingObject(CorruptEntry):
+    """A pack or manifest an entry names is not in the blob store: the entry is broken for every reader
+    (bytes that do not match may instead have been damaged on the way, see :mod:`.bad_entries`)."""
+
+
+@dataclass(frozen=True)
+class EntryWriter:
+    """Who wrote an entry (issue 16: entries record who wrote them): recorded in its manifest (version 3),
+    its key pointer and the node's entry record. Every field is "" when unknown (a save by hand, an open
+    coordinator, an entry written before version 3)."""
+
+    principal: str = ""
+    """The name of the token that submitted the build (``BuildResult.owner``)."""
+    tenant: str = ""
+    trust: str = ""
+    """``protected`` or ``untrusted``, as the coordinator derived it from the token."""
+    build_id: str = ""
+    node: str = ""
+    """The node that saved the entry."""
+
+    FIELDS = ("principal", "tenant", "trust", "build_id", "node")
+    MAX_FIELD = 256
+
+    def to_dict(self) -> dict[str, str]:
+        return {f: getattr(self, f) for f in self.FIELDS if getattr(self, f)}
+
+    @classmethod
+    def valid(cls, d: object) -> bool:
+        """Whether ``d`` is what :meth:`to_dict` writes: an object of known fields, short strings."""
+        return isinstance(d, dict) and all(
+            k in cls.FIELDS and isinstance(v, str) and len(v) <= cls.MAX_FIELD for k, v in d.items()
+        )
+
+    @classmethod
+    def from_dict(cls, d: object) -> EntryWriter | None:
+        """The writer a manifest, pointer or record names; None when it names none or is not
+        :meth:`valid`."""
+        if not cls.valid(d) or not d:
+            return None
+        assert isinstance(d, dict)
+        return cls(**d)
+
+    def describe(self) -> str:
+        """``principal@tenant/trust (build on node)``, leaving out what is unknown."""
+        who = self.principal or "?"
+        if self.tenant or self.trust:
+            who += f"@{self.tenant}/{self.trust}" if self.trust else f"@{self.tenant}"
+        where = " on ".join(x for x in (self.build_id, self.node) if x)
+        return f"{who} ({where})" if where else who
+
+
 @dataclass(frozen=True)
 class EntryInfo:
     """One complete entry in the node's local store, as reported in the inventory."""
@@ -48,6 +110,8 @@ class EntryInfo:
     """Bottom-k MinHash (k = 64) of the entry's distinct content digests: the 64 smallest of the first
     8 bytes (big-endian) of each distinct SHA-256, ascending. Two entries' sketches estimate the share of
     content they have in common (the scheduler's ``similarity``). Empty when unknown."""
+    writer: EntryWriter | None = None
+    """Who saved the entry, when its manifest says (version 3)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +137,9 @@ class RestoreResult:
     bytes_restored: int
     files_restored: int
     seconds: float
+    skipped: tuple[SkippedEntry, ...] = ()
+    """Entries found for the key or its prefixes but not used (corrupt, refused, other roots, marked bad
+    before), in the order they were met; the restore went on to the next candidate."""
 
 
 @dataclass(frozen=True)
@@ -120,8 +187,11 @@ class BuildCache(Protocol):
         workspace: Path,
         paths: Sequence[str],
         progress: ProgressFn | None = None,
+        *,
+        writer: EntryWriter | None = None,
     ) -> SaveResult:
-        """Snapshot ``paths`` of ``workspace`` as the entry ``key`` in the local store and the blob store."""
+        """Snapshot ``paths`` of ``workspace`` as the entry ``key`` in the local store and the blob store,
+        recording ``writer`` as who wrote it."""
 
     def prewarm(self, key: str, restore_keys: Sequence[str]) -> RestoreResult:
         """Fetch the entry into the local store without materializing it anywhere."""

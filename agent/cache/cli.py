@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from stoker.agent import config as agent_config
-from stoker.agent.cache.api import CacheError, Progress
+from stoker.agent.cache.api import CacheError, EntryWriter, Progress
 from stoker.agent.cache.content_cache import ContentCache
 from stoker.agent.cache.factory import open_cache
 from stoker.agent.cache.maintenance import gc_blobs
@@ -38,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--restore-key", "-r", action="append", default=[], help="fallback key prefix (repeat)")
     r.add_argument("--workspace", "-w", default=".")
     r.add_argument("--path", "-p", action="append", required=True)
-    sub.add_parser("ls", help="list the entries the local store holds")
+    ls = sub.add_parser(
+        "ls", help="list entries under PREFIX with who wrote them: the node's store, or the blob store's keys"
+    )
+    ls.add_argument("prefix", nargs="?", default="", help="only keys starting with this (scopes included)")
+    ls.add_argument("--remote", action="store_true", help="list the blob store's keys, not the node's store")
     v = sub.add_parser("verify", help="check every byte of local entries against their digests")
     v.add_argument("keys", nargs="*", help="entries to check (default: all)")
     g = sub.add_parser("gc", help="evict down to the budget; optionally delete unreferenced blobs")
@@ -95,6 +99,9 @@ def _run(cache, args) -> dict:
     if args.command == "restore":
         result = cache.restore(args.key, args.restore_key, Path(args.workspace), args.path, progress)
         return asdict(result)
+    if args.command == "ls" and args.remote:
+        assert isinstance(cache, ContentCache)
+        return {"remote": True, "entries": cache.list_keys(args.prefix)}
     if args.command == "ls":
         generation, entries = cache.inventory()
         used, free = cache.disk_usage()
@@ -102,7 +109,11 @@ def _run(cache, args) -> dict:
             "generation": generation,
             "used_bytes": used,
             "free_bytes": free,
-            "entries": [asdict(e) for e in entries],
+            "entries": [
+                {**asdict(e), "writer": e.writer.to_dict() if e.writer else {}}
+                for e in entries
+                if e.key.startswith(args.prefix)
+            ],
         }
     if args.command == "verify":
         assert isinstance(cache, ContentCache)
@@ -131,15 +142,19 @@ def _run(cache, args) -> dict:
 
 def _print_text(command: str, out: dict) -> None:
     if command == "ls":
-        print(
-            f"generation {out['generation']}  used {out['used_bytes'] / 1e6:.1f} MB  "
-            f"free {out['free_bytes'] / 1e6:.1f} MB"
-        )
-        for e in out["entries"]:
+        if not out.get("remote"):
             print(
-                f"{e['key']}\t{e['bytes'] / 1e6:.1f} MB\t{e['files']} files\t"
-                f"created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['created']))}\t"
-                f"used {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['last_used']))}"
+                f"generation {out['generation']}  used {out['used_bytes'] / 1e6:.1f} MB  "
+                f"free {out['free_bytes'] / 1e6:.1f} MB"
+            )
+        print("KEY\tSIZE\tWRITER\tTRUST\tCREATED")
+        for e in out["entries"]:
+            writer = EntryWriter.from_dict(e["writer"])
+            size = f"{e['bytes'] / 1e6:.1f} MB" if e.get("bytes") is not None else "-"
+            print(
+                f"{e['key']}\t{size}\t{writer.describe() if writer else '-'}\t"
+                f"{(writer.trust if writer else '') or '-'}\t"
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['created']))}"
             )
     elif command == "verify":
         for key, n in out["checked"].items():

@@ -18,11 +18,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from stoker.agent.cache import tree
-from stoker.agent.cache.api import EntryInfo, InventoryListener, ProgressFn, RestoreResult, SaveResult
-from stoker.agent.cache.blobs import BlobStore
+from stoker.agent.cache.api import (
+    CacheError,
+    EntryInfo,
+    EntryWriter,
+    InventoryListener,
+    ProgressFn,
+    RestoreResult,
+    SaveResult,
+)
+from stoker.agent.cache.bad_entries import BadEntries
+from stoker.agent.cache.blobs import BlobStore, decode_key, encode_key
 from stoker.agent.cache.known_content import KnownContent
 from stoker.agent.cache.maintenance import add_missing_sketches, verify_entry
 from stoker.agent.cache.ready_trees import ReadyTrees
@@ -47,10 +57,12 @@ class ContentCache:
         fetch_concurrency: int = 8,
         writer: WriterKind = "auto",
         ready_trees: int = 1,
+        node: str = "",
     ) -> None:
         """``workers``: threads (or processes) writing restored files, 0 for one per core; ``writer``: which
         code writes them (see :mod:`.writers`; the process's umask is read now); ``ready_trees``: how many
-        entries to keep also unpacked, 0 for none (see :mod:`.ready_trees`)."""
+        entries to keep also unpacked, 0 for none (see :mod:`.ready_trees`); ``node``: this node's name,
+        recorded in the marks of bad entries it shares."""
         self.store = store
         self.blobs = blobs
         self.workers = workers or os.cpu_count() or 1
@@ -58,6 +70,7 @@ class ContentCache:
         manifests = LocalManifests(store)
         resolver = EntryResolver(store, blobs, manifests)
         stat_caches = StatCaches(store, manifests)
+        self.bad = BadEntries(store.root, blobs, node=node)
         self.ready = ReadyTrees(store, manifests, self.writing, keep=ready_trees)
         self.restorer = Restorer(
             store,
@@ -66,6 +79,7 @@ class ContentCache:
             self.ready,
             stat_caches,
             self.writing,
+            self.bad,
             syncfs=syncfs,
             fetch_concurrency=fetch_concurrency,
         )
@@ -111,6 +125,7 @@ class ContentCache:
     # -- BuildCache ------------------------------------------------------------------------------------
     def open(self) -> None:
         self.store.open()
+        self.bad.open()
         self.ready.closing = False
         add_missing_sketches(self.store, self._manifests)
 
@@ -153,14 +168,49 @@ class ContentCache:
         return self.restorer.restore(key, restore_keys, None, (), None)
 
     def save(
-        self, key: str, workspace: Path, paths: Sequence[str], progress: ProgressFn | None = None
+        self,
+        key: str,
+        workspace: Path,
+        paths: Sequence[str],
+        progress: ProgressFn | None = None,
+        *,
+        writer: EntryWriter | None = None,
     ) -> SaveResult:
-        return self.saver.save(key, workspace, tree.check_roots(paths), progress)
+        if writer is not None and not writer.node:
+            writer = replace(writer, node=self.bad.node)
+        return self.saver.save(key, workspace, tree.check_roots(paths), progress, writer)
 
     # -- beyond BuildCache -----------------------------------------------------------------------------
     def prepare_tree(self, key: str, *, background: bool = False) -> bool:
         """Unpack the local entry ``key`` as a ready tree now (see :meth:`.ReadyTrees.prepare`)."""
         return self.ready.prepare(key, background=background)
+
+    def list_keys(self, prefix: str) -> list[dict]:
+        """The blob store's keys under ``prefix``, from their pointers: key, bytes (None for pointers
+        written before they said), created, writer (``{}`` when unknown). No manifest is read."""
+        out: list[dict] = []
+        for obj in self.blobs.list(f"keys/{encode_key(prefix)}"):
+            key = decode_key(obj.name.removeprefix("keys/"))
+            try:
+                pointer = self._resolver.remote_pointer(key)
+            except CacheError as exc:
+                out.append(
+                    {"key": key, "bytes": None, "created": obj.modified, "writer": {}, "error": str(exc)}
+                )
+                continue
+            if pointer is None:
+                continue
+            writer = EntryWriter.from_dict(pointer.get("writer"))
+            size = pointer.get("bytes")
+            out.append(
+                {
+                    "key": key,
+                    "bytes": size if isinstance(size, int) else None,
+                    "created": float(pointer.get("created", obj.modified)),
+                    "writer": writer.to_dict() if writer else {},
+                }
+            )
+        return sorted(out, key=lambda e: e["key"])
 
     def verify(self, key: str) -> int:
         """Check every byte of the local entry ``key``; returns the files checked."""

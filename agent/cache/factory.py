@@ -15,10 +15,13 @@ from stoker.agent.config import CacheSettings
 log = logging.getLogger(__name__)
 
 
-def open_cache(config: CacheSettings) -> BuildCache:
-    """A content-addressed cache over ``config.dir`` and ``config.blobs``; call ``.open()`` before use."""
+def open_cache(config: CacheSettings, *, node: str = "") -> BuildCache:
+    """A content-addressed cache over ``config.dir`` and ``config.blobs``; call ``.open()`` before use.
+    ``node``: this node's name, recorded in what the cache writes about itself (marks of bad entries)."""
     blobs = open_blob_store(config.blobs, config.s3_endpoint_url, config.s3_region)
-    store = LocalStore(Path(config.dir), config.budget_bytes)
+    if config.tenant_budget_bytes < 0:
+        raise ValueError(f"cache.tenant_budget_bytes must be 0 or more, not {config.tenant_budget_bytes}")
+    store = LocalStore(Path(config.dir), config.budget_bytes, tenant_budget_bytes=config.tenant_budget_bytes)
     kind = writer_kind(config.writer)
     if config.ready_trees < 0:
         raise ValueError(f"cache.ready_trees must be 0 or more, not {config.ready_trees}")
@@ -29,6 +32,7 @@ def open_cache(config: CacheSettings) -> BuildCache:
         syncfs=config.syncfs,
         writer=kind,
         ready_trees=config.ready_trees,
+        node=node,
     )
     writer = cache.writing.writer
     if writer.compiled is None and kind == "auto":

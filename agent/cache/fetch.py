@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from stoker.agent.cache import manifest as mf
-from stoker.agent.cache.api import BlobStoreUnavailable, CorruptEntry, NotFound
+from stoker.agent.cache.api import BlobStoreUnavailable, CorruptEntry, MissingObject, NotFound
 from stoker.agent.cache.blobs import BlobStore, ByteRange, merge_ranges
 from stoker.agent.cache.store import LocalFrame
 
@@ -86,7 +86,7 @@ def run_fetch(
         try:
             data = blobs.get_range(f"packs/{pack}", rng.offset, rng.length)
         except NotFound as exc:
-            raise CorruptEntry(
+            raise MissingObject(
                 f"{where}: pack {pack} (holding {first_path.get(pack)}) is missing from {blobs.describe()}"
             ) from exc
         except BlobStoreUnavailable as exc:

@@ -57,13 +57,17 @@ def verify_entry(store: LocalStore, resolver: EntryResolver, writing: ActiveWrit
 
 def gc_blobs(blobs: BlobStore, *, grace_s: float, now: float, dry_run: bool = False) -> tuple[int, int]:
     """Delete packs and manifests no key points at (directly or through its manifest) and older than
-    ``grace_s`` (a save in progress uploads packs before its pointer). Returns (objects, bytes) deleted."""
+    ``grace_s`` (a save in progress uploads packs before its pointer), and marks of bad entries whose key
+    names another manifest now. Returns (objects, bytes) deleted."""
     live_manifests: set[str] = set()
     live_packs: set[str] = set()
+    pointed: set[tuple[str, str]] = set()
+    """(encoded key, manifest) of every key pointer: the marks of bad entries still worth keeping."""
     for obj in blobs.list("keys/"):
         try:
             pointer = json.loads(blobs.get(obj.name))
             name = str(pointer["manifest"])
+            pointed.add((obj.name.removeprefix("keys/"), name))
             manifest = mf.parse(blobs.get(f"manifests/{name}"), where=obj.name)
         except (CacheError, ValueError, KeyError, TypeError) as exc:
             log.warning("gc: skipping %s: %s", obj.name, exc)
@@ -71,6 +75,16 @@ def gc_blobs(blobs: BlobStore, *, grace_s: float, now: float, dry_run: bool = Fa
         live_manifests.add(name)
         live_packs.update(manifest.packs)
     deleted = deleted_bytes = 0
+    # Marks of bad entries (bad_entries.py) whose key no longer names the marked manifest: the key was
+    # saved again or is gone, so nothing will meet that entry again.
+    for obj in list(blobs.list("bad/")):
+        encoded, _, rest = obj.name.removeprefix("bad/").partition("/")
+        if (encoded, rest.partition(".")[0]) in pointed or now - obj.modified < grace_s:
+            continue
+        if not dry_run:
+            blobs.delete(obj.name)
+        deleted += 1
+        deleted_bytes += obj.size
     for kind, live in (("manifests/", live_manifests), ("packs/", live_packs)):
         for obj in list(blobs.list(kind)):
             if obj.name.removeprefix(kind) in live or now - obj.modified < grace_s:

@@ -1,5 +1,5 @@
-"""The manifest of a cache entry: format version 2 (binary), version 1 (JSON) still read; see
-docs/cache-format.md.
+"""The manifest of a cache entry: format version 3 (binary; version 2 plus who wrote the entry), versions
+2 and 1 (JSON) still read; see docs/cache-format.md.
 
 A manifest lists every path of an entry, in the order directories-before-contents, with its type, mode,
 mtime, size, content digest and, for regular files, where its bytes live: a list of *chunks*, each a slice
@@ -10,8 +10,9 @@ independent zstd frame at ``[offset, offset + length)`` of a *pack* object that 
 Version 2 (written since the cache got fast restores) is a zstd-compressed binary layout whose columns
 decode with a handful of ``struct.unpack_from`` calls instead of a JSON object per path::
 
-    b"STKM" u16 version=2  u32 header length  header: UTF-8 JSON
-        {"format", "version", "key", "created", "digest", "roots", "packs"}
+    b"STKM" u16 version=3  u32 header length  header: UTF-8 JSON
+        {"format", "version", "key", "created", "digest", "roots", "packs",
+         "writer": {"principal", "tenant", "trust", "build_id", "node"}}   (writer: version 3 only)
     u32 frames  frames × <IQII (pack index, offset, length, raw size)
     u32 paths   paths × u8 type (0 dir, 1 file, 2 symlink)   paths × u16 mode   paths × q mtime_ns
                 u32 bytes + paths joined by NUL
@@ -19,8 +20,8 @@ decode with a handful of ``struct.unpack_from`` calls instead of a JSON object p
                 C × <III (frame index, raw offset, raw length)
     for the S symlinks, in order:  u32 bytes + targets joined by NUL
 
-Version 1 is the JSON document shown in docs/cache-format.md. Readers accept the versions they know (1 and
-2) and refuse others with a clear error, so a later version can change the layout without old agents
+Version 1 is the JSON document shown in docs/cache-format.md. Readers accept the versions they know (1, 2
+and 3) and refuse others with a clear error, so a later version can change the layout without old agents
 misreading it. Nothing here trusts a manifest: :func:`parse` checks every path and every chunk before a
 restore writes anything.
 """
@@ -40,11 +41,11 @@ from typing import NamedTuple
 
 import zstandard
 
-from stoker.agent.cache.api import CacheError, UnsafeTree
+from stoker.agent.cache.api import CacheError, EntryWriter, UnsafeTree
 
 FORMAT_NAME = "stoker-cache-manifest"
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 DIGEST_ALGORITHM = "sha256"
 
 FILE = "file"
@@ -100,6 +101,8 @@ class Manifest:
     files: tuple[FileEntry, ...]
     roots: tuple[str, ...] = field(default=())
     """The top-level paths of the entry (the ``paths`` it was saved from)."""
+    writer: EntryWriter | None = None
+    """Who saved the entry (version 3; None in older manifests)."""
 
     @property
     def total_bytes(self) -> int:
@@ -129,22 +132,21 @@ def encode(manifest: Manifest, *, version: int = FORMAT_VERSION) -> bytes:
     pack_index = {name: i for i, name in enumerate(packs)}
     if version == 1:
         return _encode_v1(manifest, packs, pack_index)
-    if version != 2:
+    if version not in (2, 3):
         raise ValueError(f"cannot write manifest version {version}")
-    header = json.dumps(
-        {
-            "format": FORMAT_NAME,
-            "version": 2,
-            "key": manifest.key,
-            "created": manifest.created,
-            "digest": DIGEST_ALGORITHM,
-            "roots": list(manifest.roots),
-            "packs": packs,
-        },
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode()
-    out = [_MAGIC, struct.pack("<HI", 2, len(header)), header, struct.pack("<I", len(manifest.frames))]
+    doc: dict[str, object] = {
+        "format": FORMAT_NAME,
+        "version": version,
+        "key": manifest.key,
+        "created": manifest.created,
+        "digest": DIGEST_ALGORITHM,
+        "roots": list(manifest.roots),
+        "packs": packs,
+    }
+    if version == 3:
+        doc["writer"] = manifest.writer.to_dict() if manifest.writer else {}
+    header = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    out = [_MAGIC, struct.pack("<HI", version, len(header)), header, struct.pack("<I", len(manifest.frames))]
     out += [
         struct.pack("<IQII", pack_index[fr.pack], fr.offset, fr.length, fr.raw_size) for fr in manifest.frames
     ]
@@ -277,7 +279,7 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
     try:
         need(10)
         version, hlen = struct.unpack_from("<HI", raw, 4)
-        if version != 2:
+        if version not in (2, 3):
             raise CacheError(
                 f"manifest {where} has format version {version!r}; "
                 f"this agent reads versions {', '.join(map(str, READ_VERSIONS))}"
@@ -285,6 +287,13 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
         pos = 10
         need(hlen)
         doc = _check_header(json.loads(raw[pos : pos + hlen]), where)
+        if doc["version"] != version:
+            raise CacheError(
+                f"manifest {where} is malformed: version {version} with a version {doc['version']!r} header"
+            )
+        if version == 3 and not EntryWriter.valid(doc.get("writer")):
+            raise CacheError(f"manifest {where} is malformed: its writer is not an object of short strings")
+        writer = EntryWriter.from_dict(doc.get("writer"))
         pos += hlen
         packs = [str(p) for p in doc["packs"]]
         for p in packs:
@@ -375,6 +384,7 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
             frames=frames,
             files=tuple(files),
             roots=tuple(str(r) for r in doc.get("roots", ())),
+            writer=writer,
         )
     except (struct.error, KeyError, TypeError, ValueError, IndexError, UnicodeDecodeError) as exc:
         raise CacheError(f"manifest {where} is malformed: {exc!r}") from exc

@@ -14,16 +14,25 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from stoker.agent.cache import hydrate
 from stoker.agent.cache import manifest as mf
-from stoker.agent.cache.api import ProgressFn, RestoreResult
+from stoker.agent.cache.api import (
+    BlobStoreUnavailable,
+    CacheError,
+    CorruptEntry,
+    MissingObject,
+    ProgressFn,
+    RestoreResult,
+    SkippedEntry,
+)
+from stoker.agent.cache.bad_entries import ALL, LAPSE_S, BadEntries, roots_scope
 from stoker.agent.cache.blobs import BlobStore
 from stoker.agent.cache.fetch import plan_fetch, run_fetch
 from stoker.agent.cache.ready_trees import ReadyTrees
-from stoker.agent.cache.resolve import EntryResolver, Resolved
+from stoker.agent.cache.resolve import Candidate, EntryResolver, Resolved
 from stoker.agent.cache.staging import new_stage, publish, remove_tree
 from stoker.agent.cache.stat_cache import StatCaches
 from stoker.agent.cache.store import FrameId, LocalFrame, LocalStore
@@ -32,6 +41,10 @@ from stoker.agent.cache.writer_forked import HelperCrashed
 from stoker.agent.cache.writers import ActiveWriter
 
 log = logging.getLogger(__name__)
+
+MAX_FAILED_CANDIDATES = 4
+"""Bad candidates one restore tries before it gives up (the build then starts cold): each costs a manifest
+GET and perhaps a fetch, and every one tried is marked, so the next restore starts past them."""
 
 
 @dataclass
@@ -62,6 +75,7 @@ class Restorer:
         ready: ReadyTrees,
         stat_caches: StatCaches,
         writing: ActiveWriter,
+        bad: BadEntries,
         *,
         syncfs: bool,
         fetch_concurrency: int,
@@ -72,6 +86,7 @@ class Restorer:
         self._ready = ready
         self._stat_caches = stat_caches
         self._writing = writing
+        self._bad = bad
         self.syncfs = syncfs
         """Call syncfs once before publishing a restored tree."""
         self.fetch_concurrency = fetch_concurrency
@@ -95,9 +110,99 @@ class Restorer:
             fast = self._restore_ready(key, workspace, roots, start)
             if fast is not None:
                 return fast
-        resolved = self._resolver.resolve(key, restore_keys, also_exact)
-        if resolved is None:
-            return RestoreResult("cold", None, 0, 0, 0, time.monotonic() - start)
+        skipped: list[SkippedEntry] = []
+        failures: list[CacheError] = []
+        for candidate in self._resolver.candidates(
+            key,
+            restore_keys,
+            also_exact,
+            roots=roots if workspace is not None else None,
+            bad=self._bad,
+            skipped=skipped,
+        ):
+            if len(failures) >= MAX_FAILED_CANDIDATES:
+                skipped.append(
+                    SkippedEntry(
+                        candidate.key, f"not tried: {len(failures)} candidates failed already in this restore"
+                    )
+                )
+                break
+            result = self._try(candidate, key, workspace, roots, progress, start, skipped, failures)
+            if result is not None:
+                return replace(result, skipped=tuple(skipped))
+        if failures:
+            # No candidate restored and some failed: the restore fails with the first failure (as before
+            # there were several candidates); the build starts without a cache, and the entries that
+            # failed are marked, so the next restore skips them and starts cold or from another entry.
+            first = failures[0]
+            first.skipped = tuple(skipped)
+            raise first
+        return RestoreResult("cold", None, 0, 0, 0, time.monotonic() - start, tuple(skipped))
+
+    def _try(
+        self,
+        candidate: Candidate,
+        key: str,
+        workspace: Path | None,
+        roots: tuple[str, ...],
+        progress: ProgressFn | None,
+        start: float,
+        skipped: list[SkippedEntry],
+        failures: list[CacheError],
+    ) -> RestoreResult | None:
+        """Restore ``candidate``; None when it is bad (then it is marked or evicted, ``skipped`` says why
+        and ``failures`` holds the error). Errors that are not the entry's (the blob store down, no room,
+        an unsafe workspace) raise."""
+        try:
+            resolved = self._resolver.load(candidate)
+        except BlobStoreUnavailable:
+            raise
+        except CacheError as exc:  # pointer names a missing, corrupt or refused manifest
+            self._bad_entry(candidate, ALL, str(exc), skipped, exc)
+            failures.append(exc)
+            return None
+        if workspace is not None and not _holds(resolved.manifest, roots):
+            reason = f"its roots {list(resolved.manifest.roots)} do not hold {list(roots)}"
+            self._bad_entry(candidate, roots_scope(roots), reason, skipped, None)
+            failures.append(CacheError(f"entry {candidate.key}: {reason}"))
+            return None
+        try:
+            return self._restore_entry(resolved, key, workspace, roots, progress, start)
+        except CorruptEntry as exc:
+            self._bad_entry(candidate, ALL, str(exc), skipped, exc)
+            failures.append(exc)
+            return None
+
+    def _bad_entry(
+        self,
+        candidate: Candidate,
+        scope: str,
+        reason: str,
+        skipped: list[SkippedEntry],
+        exc: CacheError | None,
+    ) -> None:
+        """Keep ``candidate`` from being chosen again (see :mod:`.bad_entries`): a local entry that is
+        corrupt is evicted (the blob store's copy may be sound); one whose fault every reader would meet is
+        marked here and in the blob store; one whose bytes did not match (perhaps damaged on the way) is
+        marked here for a while."""
+        log.warning("cache entry %s skipped: %s", candidate.key, reason)
+        skipped.append(SkippedEntry(candidate.key, reason))
+        if candidate.local and scope == ALL:
+            self._store.evict(candidate.key)
+        elif exc is None or isinstance(exc, MissingObject) or not isinstance(exc, CorruptEntry):
+            self._bad.mark(candidate.key, candidate.manifest, scope, reason, share=True)
+        else:
+            self._bad.mark(candidate.key, candidate.manifest, scope, reason, share=False, lapse_s=LAPSE_S)
+
+    def _restore_entry(
+        self,
+        resolved: Resolved,
+        key: str,
+        workspace: Path | None,
+        roots: tuple[str, ...],
+        progress: ProgressFn | None,
+        start: float,
+    ) -> RestoreResult:
         if workspace is not None and resolved.exact and resolved.key != key:
             fast = self._restore_ready(resolved.key, workspace, roots, start)  # another scope's entry
             if fast is not None:
@@ -222,7 +327,7 @@ class Restorer:
         """Make room for the missing frames, create the file they go into, and return the fetch to run."""
         manifest = resolved.manifest
         need = sum(manifest.frames[i].length for i in frames.missing) + len(resolved.manifest_bytes)
-        self._store.make_room(need, what=where)
+        self._store.make_room(need, what=where, for_key=resolved.key)
         name = f"f-{uuid.uuid4().hex}"
         path = staging / name
         plan = plan_fetch(manifest, frames.missing, path, name)
@@ -359,4 +464,14 @@ class Restorer:
             total_bytes=manifest.total_bytes,
             files=manifest.file_count,
             sketch=mf.content_sketch(manifest),
+            writer=manifest.writer,
         )
+
+
+def _holds(manifest: mf.Manifest, roots: tuple[str, ...]) -> bool:
+    """Whether an entry was saved from (at least) the paths a restore asks for: an entry with other roots
+    would restore nothing the build expects, so it is no candidate (as actions/cache keeps the paths in an
+    entry's version). A manifest without roots (none are written today) counts when it holds any of them."""
+    if manifest.roots:
+        return set(roots) <= set(manifest.roots)
+    return bool(manifest.under(roots))

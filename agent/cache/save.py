@@ -21,13 +21,13 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache import packing, tree
-from stoker.agent.cache.api import CacheError, Progress, ProgressFn, SaveResult
+from stoker.agent.cache.api import CacheError, EntryWriter, Progress, ProgressFn, SaveResult
 from stoker.agent.cache.blobs import BlobStore, encode_key
 from stoker.agent.cache.known_content import KnownChunks, KnownContent
 from stoker.agent.cache.ready_trees import ReadyTrees
@@ -90,7 +90,12 @@ class Saver:
         self._workers = workers
 
     def save(
-        self, key: str, workspace: Path, roots: tuple[str, ...], progress: ProgressFn | None
+        self,
+        key: str,
+        workspace: Path,
+        roots: tuple[str, ...],
+        progress: ProgressFn | None,
+        writer: EntryWriter | None = None,
     ) -> SaveResult:
         start = time.monotonic()
         started_ns = time.time_ns()
@@ -120,7 +125,7 @@ class Saver:
                 known = self._known.chunks(previous)
                 with self._store.staging() as staging:
                     content = self._pack_and_upload(opened, walked, known, staging, pool, progress, start)
-                    manifest = _build_manifest(key, walked, known, content)
+                    manifest = replace(_build_manifest(key, walked, known, content), writer=writer)
                     saved, manifest_name = self._publish(key, manifest, previous, content)
         self._record_stat_cache(key, workspace, walked, manifest_name, started_ns)
         self._ready.schedule_refill(key)
@@ -205,7 +210,14 @@ class Saver:
         self._blobs.put(
             f"keys/{encode_key(key)}",
             json.dumps(
-                {"manifest": manifest_name, "content": content_id, "created": manifest.created}
+                {
+                    "manifest": manifest_name,
+                    "content": content_id,
+                    "created": manifest.created,
+                    # Copies of the manifest's size and writer, so that listing keys reads no manifest.
+                    "bytes": manifest.total_bytes,
+                    "writer": manifest.writer.to_dict() if manifest.writer else {},
+                }
             ).encode(),
         )
         content.uploaded += len(data)
@@ -234,7 +246,7 @@ class Saver:
                 return
             frames_map[(fr.pack, fr.offset)] = found[1]
         need = sum(p.stat().st_size for p in used.values()) + len(data)
-        self._store.make_room(need, what=f"entry {key}")
+        self._store.make_room(need, what=f"entry {key}", for_key=key)
         self._store.commit(
             key=key,
             created=manifest.created,
@@ -245,6 +257,7 @@ class Saver:
             total_bytes=manifest.total_bytes,
             files=manifest.file_count,
             sketch=mf.content_sketch(manifest),
+            writer=manifest.writer,
         )
         self._known.learn(manifest_name, manifest)
         self._manifests.remember(manifest_name, manifest)

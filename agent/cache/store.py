@@ -46,7 +46,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stoker.agent.cache.api import CacheError, EntryInfo, InventoryListener
+from stoker.agent.cache.api import CacheError, EntryInfo, EntryWriter, InventoryListener
+from stoker.common import scopes
 
 STORE_FORMAT = "stoker-cache-store 1"
 LOCK_WAIT_S = 2.0
@@ -76,6 +77,8 @@ class EntryRecord:
     frames: dict[FrameId, LocalFrame] = field(default_factory=dict)
     sketch: tuple[int, ...] = ()
     """Bottom-k MinHash of the entry's content digests (see :attr:`EntryInfo.sketch`)."""
+    writer: EntryWriter | None = None
+    """Who saved the entry (from its manifest; None for manifests before version 3)."""
 
     def info(self) -> EntryInfo:
         return EntryInfo(
@@ -85,6 +88,7 @@ class EntryRecord:
             created=self.created,
             last_used=self.last_used,
             sketch=self.sketch,
+            writer=self.writer,
         )
 
     def to_json(self) -> builtins.bytes:  # builtins: a field of this class is named bytes
@@ -98,6 +102,7 @@ class EntryRecord:
                 "files": self.files,
                 "frames": [[p, o, lf.file, lf.offset, lf.length] for (p, o), lf in self.frames.items()],
                 "sketch": list(self.sketch),
+                "writer": self.writer.to_dict() if self.writer else {},
             },
             separators=(",", ":"),
         ).encode()
@@ -114,6 +119,7 @@ class EntryRecord:
             files=int(d["files"]),
             frames={(str(p), int(o)): LocalFrame(str(f), int(lo), int(n)) for p, o, f, lo, n in d["frames"]},
             sketch=tuple(int(x) for x in d.get("sketch", ())),
+            writer=EntryWriter.from_dict(d.get("writer")),
         )
 
 
@@ -256,23 +262,59 @@ class StoreIndex:
                 manifests.discard(r.manifest)
         return sum(self.file_sizes[f] for f in files) + sum(self.manifest_sizes[m] for m in manifests)
 
-    def victims(self, need: int, budget: int, pinned: set[str]) -> list[str] | None:
+    def victims(
+        self, need: int, budget: int, pinned: set[str], *, tenant: str | None = None, tenant_budget: int = 0
+    ) -> list[str] | None:
         """Least recently used entries to evict so that ``need`` more bytes fit; None if impossible.
-        (Ready trees count as used; drop them first with :meth:`trees_to_drop`.)"""
+        (Ready trees count as used; drop them first with :meth:`trees_to_drop`.)
+
+        With ``tenant_budget`` and the ``tenant`` that needs the room (``scopes.tenant_of`` of its key):
+        that tenant's own entries go first (least recently used first), then other entries, but never one
+        that would leave its tenant holding less than ``tenant_budget`` (:meth:`tenant_bytes`)."""
         if self.used_bytes() + need <= budget:
             return []
+        lru = sorted(self.entries.values(), key=lambda r: (r.last_used, r.created, r.key))
+        order = [r for r in lru if r.key not in pinned]
+        held: dict[str, int] = {}
+        if tenant_budget > 0 and tenant is not None:
+            own = [r for r in order if scopes.tenant_of(r.key) == tenant]
+            order = own + [r for r in order if scopes.tenant_of(r.key) != tenant]
+            held = self.tenant_bytes()
         chosen: list[str] = []
-        for record in sorted(self.entries.values(), key=lambda r: (r.last_used, r.created, r.key)):
-            if record.key in pinned:
-                continue
+        for record in order:
+            owner = scopes.tenant_of(record.key)
+            if held and owner and owner != tenant:
+                size = self.entry_bytes(record)
+                if held.get(owner, 0) - size < tenant_budget:
+                    continue  # protected: its tenant would drop below its budget
+                held[owner] -= size
             chosen.append(record.key)
             if self.used_bytes() - self.freed_by(chosen) + need <= budget:
                 return chosen
         return None
 
+    def entry_bytes(self, record: EntryRecord) -> int:
+        """The bytes an entry references on disk: its frames and its manifest (shared ones counted in
+        full for each entry)."""
+        return sum(lf.length for lf in record.frames.values()) + self.manifest_sizes.get(record.manifest, 0)
+
+    def tenant_bytes(self) -> dict[str, int]:
+        """Per tenant with entries here, the bytes its entries reference (:meth:`entry_bytes`)."""
+        held: dict[str, int] = {}
+        for record in self.entries.values():
+            owner = scopes.tenant_of(record.key)
+            if owner:
+                held[owner] = held.get(owner, 0) + self.entry_bytes(record)
+        return held
+
     def newest_under(self, prefix: str) -> EntryRecord | None:
+        matches = self.under(prefix)
+        return matches[0] if matches else None
+
+    def under(self, prefix: str) -> list[EntryRecord]:
+        """The entries whose key starts with ``prefix``, newest first."""
         matches = [r for k, r in self.entries.items() if k.startswith(prefix)]
-        return max(matches, key=lambda r: (r.created, r.key)) if matches else None
+        return sorted(matches, key=lambda r: (r.created, r.key), reverse=True)
 
 
 def _key_file(key: str) -> str:
@@ -282,9 +324,18 @@ def _key_file(key: str) -> str:
 class LocalStore:
     """The store on disk (see the module docstring). Thread-safe; one process per directory."""
 
-    def __init__(self, root: Path, budget_bytes: int, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        root: Path,
+        budget_bytes: int,
+        *,
+        clock: Callable[[], float] = time.time,
+        tenant_budget_bytes: int = 0,
+    ) -> None:
         self.root = root
         self.budget_bytes = budget_bytes
+        self.tenant_budget_bytes = tenant_budget_bytes
+        """See ``CacheSettings.tenant_budget_bytes``."""
         self.clock = clock
         self.index = StoreIndex()
         self.generation = 0
@@ -410,6 +461,11 @@ class LocalStore:
         with self._lock:
             return self.index.newest_under(prefix)
 
+    def under(self, prefix: str) -> list[EntryRecord]:
+        """The entries whose key starts with ``prefix``, newest first."""
+        with self._lock:
+            return self.index.under(prefix)
+
     def tree_for(self, key: str, manifest: str) -> TreeRecord | None:
         with self._lock:
             return self.index.tree_for(key, manifest)
@@ -464,15 +520,20 @@ class LocalStore:
                             (self.root / "frames" / f).unlink(missing_ok=True)
                         self._deferred.discard(f)
 
-    def make_room(self, need: int, *, what: str) -> None:
-        """Evict least recently used, unpinned entries until ``need`` more bytes fit the budget."""
+    def make_room(self, need: int, *, what: str, for_key: str | None = None) -> None:
+        """Evict least recently used, unpinned entries until ``need`` more bytes fit the budget; for the
+        entry ``for_key``, with tenant budgets, as :meth:`StoreIndex.victims` says."""
         with self._lock:
             for name in self.index.trees_to_drop(need, self.budget_bytes, keep_trees=len(self.index.trees)):
                 self._drop_tree(name)
-            victims = self.index.victims(need, self.budget_bytes, set())
+            tenant = scopes.tenant_of(for_key) if for_key is not None else None
+            victims = self.index.victims(
+                need, self.budget_bytes, set(), tenant=tenant, tenant_budget=self.tenant_budget_bytes
+            )
             if victims is None:
+                protected = " (other tenants' entries are within their tenant budgets)" if tenant else ""
                 raise CacheError(
-                    f"{what}: needs {need} bytes but the cache budget is {self.budget_bytes} bytes"
+                    f"{what}: needs {need} bytes but the cache budget is {self.budget_bytes} bytes{protected}"
                 )
             for key in victims:
                 self._evict(key)
@@ -489,6 +550,7 @@ class LocalStore:
         total_bytes: int,
         files: int,
         sketch: tuple[int, ...] = (),
+        writer: EntryWriter | None = None,
     ) -> EntryInfo:
         """Publish an entry: move staged frame files and the manifest in, then write its record last.
 
@@ -516,6 +578,7 @@ class LocalStore:
                 files=files,
                 frames=frames,
                 sketch=sketch,
+                writer=writer,
             )
             for tree in [
                 t for t in self.index.trees.values() if t.key == key and t.manifest != manifest_name

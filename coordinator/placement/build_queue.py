@@ -792,7 +792,9 @@ class BuildQueue:
         if link is not None:
             link.send(
                 agent_pb2.CoordinatorCommand(
-                    run_build=agent_pb2.RunBuildCommand(build_id=rec.id, attempt=rec.attempt, spec=rec.spec)
+                    run_build=agent_pb2.RunBuildCommand(
+                        build_id=rec.id, attempt=rec.attempt, spec=rec.spec, principal=rec.owner
+                    )
                 )
             )
 

@@ -40,7 +40,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -94,6 +94,9 @@ class Identity:
     """The zones a ci token's builds may pin (empty: any)."""
     labels: tuple[tuple[str, str], ...] = ()
     """Node labels every build of a ci token requires (its node pool: pull requests on their own nodes)."""
+    shares: tuple[tuple[str, str], ...] = ()
+    """(tenant, prefix) of each prefix another tenant shares with this ci token's tenant, read-only (the
+    tokens file's ``shares``)."""
     max_slots: int | None = None
     """A ci token's share of the fleet: the most slots its builds and leases hold at once (None: no cap);
     past it they wait in the queue, so one team's burst cannot take every node."""
@@ -162,7 +165,7 @@ def load_tokens(path: str) -> dict[str, Identity]:
         raise InvalidArgument(f"security.tokens_file: cannot read {path}: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("tokens", []), list):
         raise InvalidArgument(f'security.tokens_file: {path} must hold {{"version": 1, "tokens": [...]}}')
-    unknown = sorted(set(doc) - {"version", "tokens"})
+    unknown = sorted(set(doc) - {"version", "tokens", "shares"})
     if unknown:
         raise InvalidArgument(f"security.tokens_file: unknown field {unknown[0]!r} at the top level")
     if doc.get("version", TOKENS_FILE_VERSION) != TOKENS_FILE_VERSION:
@@ -177,6 +180,42 @@ def load_tokens(path: str) -> dict[str, Identity]:
         if digest in out:
             raise InvalidArgument(f"security.tokens_file: tokens[{i}] repeats the digest of another token")
         out[digest] = identity
+    shares = _shares(doc.get("shares", []))
+    return {
+        digest: replace(
+            identity,
+            shares=tuple((owner, prefix) for owner, prefix, readers in shares if identity.tenant in readers),
+        )
+        if identity.role == "ci"
+        else identity
+        for digest, identity in out.items()
+    }
+
+
+def _shares(items: object) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The tokens file's ``shares``: ``[{"tenant": "platform", "prefix": "tools/", "with": ["web"]}]``
+    — tenant ``platform`` lets ``web``'s builds read its protected entries under ``tools/`` (never
+    write them). Checked field by field; default none."""
+    where = "security.tokens_file: shares"
+    if not isinstance(items, list):
+        raise InvalidArgument(f"{where} must be a list")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidArgument(f"{where}[{i}] must be an object")
+        unknown = sorted(set(item) - {"tenant", "prefix", "with"})
+        if unknown:
+            raise InvalidArgument(f"{where}[{i}]: unknown field {unknown[0]!r}")
+        tenant, prefix, readers = item.get("tenant"), item.get("prefix"), item.get("with")
+        if not isinstance(tenant, str) or not tenant or "/" in tenant or tenant.startswith(scopes.MARK):
+            raise InvalidArgument(f"{where}[{i}].tenant must name a tenant")
+        if not isinstance(prefix, str) or not prefix or prefix.startswith(scopes.MARK):
+            raise InvalidArgument(
+                f"{where}[{i}].prefix must be a non-empty key prefix (sharing a whole scope is not allowed)"
+            )
+        if not isinstance(readers, list) or not readers or not all(isinstance(r, str) and r for r in readers):
+            raise InvalidArgument(f"{where}[{i}].with must list the tenants it is shared with")
+        out.append((tenant, prefix, tuple(readers)))
     return out
 
 
@@ -255,7 +294,7 @@ def bind_spec(spec: common_pb2.BuildSpec, identity: Identity) -> common_pb2.Buil
             raise PermissionDenied(
                 f"spec.constraints.labels[{label}]: this token's builds run on {label}={value}"
             )
-    if spec.cache.scope or spec.cache.read_scopes:
+    if spec.cache.scope or spec.cache.read_scopes or spec.cache.shared:
         raise PermissionDenied("spec.cache.scope: the coordinator sets a build's cache scopes from its token")
     out = common_pb2.BuildSpec()
     out.CopyFrom(spec)
@@ -268,6 +307,9 @@ def bind_spec(spec: common_pb2.BuildSpec, identity: Identity) -> common_pb2.Buil
     else:
         out.cache.scope = scopes.untrusted(identity.tenant, spec.cache.ref)
         out.cache.read_scopes.append(scopes.protected(identity.tenant))
+    # Prefixes other tenants share with this one: read-only, their protected entries under the prefix.
+    for owner, prefix in identity.shares:
+        out.cache.shared.add(scope=scopes.protected(owner), prefix=prefix)
     if identity.max_priority is not None and out.priority > identity.max_priority:
         out.priority = identity.max_priority
     return out

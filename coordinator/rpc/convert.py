@@ -151,7 +151,13 @@ def placement_request(
 ) -> PlacementRequest:
     """The scheduler's view of a build; ``process_nodes`` is the setting builds.process_nodes."""
     limits = resources(spec.limits)
-    keys = scopes.physical(spec.cache.key, spec.cache.restore_keys, spec.cache.scope, spec.cache.read_scopes)
+    keys = scopes.physical(
+        spec.cache.key,
+        spec.cache.restore_keys,
+        spec.cache.scope,
+        spec.cache.read_scopes,
+        [(s.scope, s.prefix) for s in spec.cache.shared],
+    )
     sandbox = needs_sandbox(
         image=spec.image,
         limits=limits,

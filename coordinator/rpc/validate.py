@@ -173,7 +173,12 @@ def cache_scopes(cache: common_pb2.CacheSpec) -> None:
     for i, s in enumerate(cache.read_scopes):
         cache_key(s, f"spec.cache.read_scopes[{i}]")
     cache_key(cache.ref, "spec.cache.ref", allow_empty=True)
-    longest = max(len(s.encode()) for s in (cache.scope, *cache.read_scopes))
+    for i, sh in enumerate(cache.shared):
+        cache_key(sh.scope, f"spec.cache.shared[{i}].scope")
+        cache_key(sh.prefix, f"spec.cache.shared[{i}].prefix")
+    longest = max(
+        len(s.encode()) for s in (cache.scope, *cache.read_scopes, *(sh.scope for sh in cache.shared))
+    )
     for field, value in [("spec.cache.key", cache.key)] + [
         (f"spec.cache.restore_keys[{i}]", p) for i, p in enumerate(cache.restore_keys)
     ]:

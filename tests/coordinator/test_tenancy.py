@@ -7,6 +7,7 @@ request's second build is warm from its own entry."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,10 @@ class Tenancy:
             "batch": make_token(tokens_file, "batch-ci", "batch", "protected", "--max-slots", "1"),
             "ops": ops,
         }
+        # payments shares its protected entries under "shared/" with web, read-only (issue 16, item 3).
+        doc = json.loads(tokens_file.read_text())
+        doc["shares"] = [{"tenant": "payments", "prefix": "shared/", "with": ["web"]}]
+        tokens_file.write_text(json.dumps(doc))
         agent_port = port_factory()
         self.coordinator = secure_coordinator(tmp_path, self.pki, agent_port)
         self.procs = [self.coordinator]
@@ -158,6 +163,61 @@ def test_another_tenant_reads_nothing_of_web_by_key_or_prefix_and_cannot_name_a_
             )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "spec.cache.scope" in refused.value.details() and "web" not in refused.value.details()
+
+
+def test_entries_record_who_wrote_them(fleet, tmp_path):
+    """Issue 16, item 2: the coordinator sends the build's principal with it; the entry's manifest, key
+    pointer and node record name the principal, tenant, trust, build and node; `stoker cache ls` shows
+    them."""
+    done, _ = fleet.build("pr", save("pr", "pr-H1"), key="web/deps-H1", ref="pull/9")
+    assert done.state == build_pb2.BUILD_STATE_SUCCEEDED and done.cache.saved, done
+    ls = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "cache", "--dir", str(tmp_path / "ls-store"),
+         "--blobs", f"file://{tmp_path / 'blobs'}", "--json", "ls", "--remote", "~web/"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    (entry,) = json.loads(ls.stdout)["entries"]
+    assert entry["key"] == "~web/untrusted/pull/9/web/deps-H1" and entry["bytes"] == len("pr-H1\n"), entry
+    writer = entry["writer"]
+    assert {k: writer[k] for k in ("principal", "tenant", "trust")} == {
+        "principal": "web-pr",
+        "tenant": "web",
+        "trust": "untrusted",
+    }, entry
+    assert writer["build_id"].startswith("b-") and writer["node"] in ("n1", "n2"), entry
+    # The manifest itself (what a restore trusts) says the same.
+    from stoker.agent.cache import manifest as mf
+    from stoker.agent.cache.blobs import encode_key
+
+    pointer = json.loads((tmp_path / "blobs" / "keys" / encode_key(entry["key"])).read_bytes())
+    manifest = mf.parse((tmp_path / "blobs" / "manifests" / pointer["manifest"]).read_bytes(), where="t")
+    assert manifest.writer is not None and manifest.writer.to_dict() == entry["writer"]
+    text = subprocess.run(
+        [sys.executable, "-m", "stoker.cli.main", "cache", "--dir", str(tmp_path / "ls-store"),
+         "--blobs", f"file://{tmp_path / 'blobs'}", "ls", "--remote", "~payments/"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert text == ["KEY\tSIZE\tWRITER\tTRUST\tCREATED"], text
+
+
+def test_a_shared_prefix_is_read_only_and_reaches_nothing_else(fleet):
+    """Issue 16, item 3: payments shares "shared/" with web (tokens file "shares"). web's builds read
+    payments' entries under it, by exact key and by restore prefix, but never its other keys (a shorter
+    prefix included), and what web saves stays in web's scope."""
+    fleet.build("payments", save("payments", "payments-tools"), key="shared/tools-1")
+    fleet.build("payments", save("payments", "payments-secret"), key="payments/deps-1")
+    done, lines = fleet.build("pr", SHOW, key="web/deps-9", restore=["shared/tools-"], ref="pull/3")
+    assert lines[-2:] == ["payments-tools", "hit=partial from=~payments/protected/shared/tools-1"], lines
+    for restore in (["payments/"], ["s"], ["shared"]):
+        done, lines = fleet.build("main", SHOW, key="web/deps-8", restore=restore)
+        assert lines[-2:] == ["none", "hit=none from="], (restore, lines)
+    done, lines = fleet.build("main", SHOW, key="shared/tools-1")
+    assert lines[-2:] == ["payments-tools", "hit=exact from=~payments/protected/shared/tools-1"], lines
+    # web writes its own scope only: its save of a shared key does not change what payments restores.
+    done, _ = fleet.build("main", save("main", "web-tools"), key="shared/tools-2")
+    assert done.cache.saved, done
+    done, lines = fleet.build("payments", SHOW, key="payments/x", restore=["shared/tools-"])
+    assert lines[-2:] == ["payments-tools", "hit=partial from=~payments/protected/shared/tools-1"], lines
 
 
 def _running_span(events) -> tuple[float, float]:

@@ -126,14 +126,16 @@ class AgentMessage(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., snapshot: _Optional[_Union[InventorySnapshot, _Mapping]] = ..., delta: _Optional[_Union[InventoryDelta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., build_update: _Optional[_Union[BuildUpdate, _Mapping]] = ...) -> None: ...
 
 class RunBuildCommand(_message.Message):
-    __slots__ = ("build_id", "attempt", "spec")
+    __slots__ = ("build_id", "attempt", "spec", "principal")
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     build_id: str
     attempt: int
     spec: _common_pb2.BuildSpec
-    def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.BuildSpec, _Mapping]] = ...) -> None: ...
+    principal: str
+    def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.BuildSpec, _Mapping]] = ..., principal: _Optional[str] = ...) -> None: ...
 
 class CancelBuildCommand(_message.Message):
     __slots__ = ("build_id", "attempt", "reason")

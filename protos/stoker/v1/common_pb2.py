@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16stoker/v1/common.proto\x12\tstoker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"n\n\tCacheSpec\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0crestore_keys\x18\x02 \x03(\t\x12\r\n\x05paths\x18\x03 \x03(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x13\n\x0bread_scopes\x18\x05 \x03(\t\x12\x0b\n\x03ref\x18\x06 \x01(\t\"~\n\x0b\x43onstraints\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x32\n\x06labels\x18\x02 \x03(\x0b\x32\".stoker.v1.Constraints.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcd\x03\n\tBuildSpec\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12#\n\x05\x63\x61\x63he\x18\x02 \x01(\x0b\x32\x14.stoker.v1.CacheSpec\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12*\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1d.stoker.v1.BuildSpec.EnvEntry\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x12+\n\x0b\x63onstraints\x18\x06 \x01(\x0b\x32\x16.stoker.v1.Constraints\x12.\n\x05\x66iles\x18\x07 \x03(\x0b\x32\x1f.stoker.v1.BuildSpec.FilesEntry\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\x10\n\x08priority\x18\t \x01(\x05\x12\r\n\x05image\x18\n \x01(\t\x12&\n\x06limits\x18\x0b \x01(\x0b\x32\x16.stoker.v1.BuildLimits\x12\x19\n\x11\x61llow_unsandboxed\x18\x0c \x01(\x08\x12\r\n\x05trust\x18\r \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"z\n\x0b\x42uildLimits\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04pids\x18\x03 \x01(\x05\x12\x14\n\x0coutput_bytes\x18\x04 \x01(\x03\x12\x0f\n\x07network\x18\x05 \x01(\t\x12\x12\n\ndisk_bytes\x18\x06 \x01(\x03\"\xa3\x01\n\nCacheEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\r\n\x05\x66iles\x18\x03 \x01(\x03\x12-\n\tlast_used\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x63reated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sketch\x18\x06 \x01(\x0c\"n\n\x07Timings\x12\x10\n\x08queued_s\x18\x01 \x01(\x01\x12\x11\n\trestore_s\x18\x02 \x01(\x01\x12\r\n\x05run_s\x18\x03 \x01(\x01\x12\x0e\n\x06save_s\x18\x04 \x01(\x01\x12\x0f\n\x07total_s\x18\x05 \x01(\x01\x12\x0e\n\x06pull_s\x18\x06 \x01(\x01\"\xb5\x01\n\x0c\x43\x61\x63heFigures\x12!\n\x06warmth\x18\x01 \x01(\x0e\x32\x11.stoker.v1.Warmth\x12\x14\n\x0crestored_key\x18\x02 \x01(\t\x12\x15\n\rbytes_fetched\x18\x03 \x01(\x03\x12\x16\n\x0e\x62ytes_restored\x18\x04 \x01(\x03\x12\x16\n\x0e\x66iles_restored\x18\x05 \x01(\x03\x12\x16\n\x0e\x62ytes_uploaded\x18\x06 \x01(\x03\x12\r\n\x05saved\x18\x07 \x01(\x08\"n\n\nImageEntry\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nreferences\x18\x02 \x03(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12-\n\tlast_used\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*V\n\x06Warmth\x12\x16\n\x12WARMTH_UNSPECIFIED\x10\x00\x12\x0f\n\x0bWARMTH_WARM\x10\x01\x12\x12\n\x0eWARMTH_PARTIAL\x10\x02\x12\x0f\n\x0bWARMTH_COLD\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16stoker/v1/common.proto\x12\tstoker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x01\n\tCacheSpec\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0crestore_keys\x18\x02 \x03(\t\x12\r\n\x05paths\x18\x03 \x03(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x13\n\x0bread_scopes\x18\x05 \x03(\t\x12\x0b\n\x03ref\x18\x06 \x01(\t\x12\'\n\x06shared\x18\x07 \x03(\x0b\x32\x17.stoker.v1.SharedPrefix\"-\n\x0cSharedPrefix\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\"~\n\x0b\x43onstraints\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x32\n\x06labels\x18\x02 \x03(\x0b\x32\".stoker.v1.Constraints.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcd\x03\n\tBuildSpec\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12#\n\x05\x63\x61\x63he\x18\x02 \x01(\x0b\x32\x14.stoker.v1.CacheSpec\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12*\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1d.stoker.v1.BuildSpec.EnvEntry\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x12+\n\x0b\x63onstraints\x18\x06 \x01(\x0b\x32\x16.stoker.v1.Constraints\x12.\n\x05\x66iles\x18\x07 \x03(\x0b\x32\x1f.stoker.v1.BuildSpec.FilesEntry\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\x10\n\x08priority\x18\t \x01(\x05\x12\r\n\x05image\x18\n \x01(\t\x12&\n\x06limits\x18\x0b \x01(\x0b\x32\x16.stoker.v1.BuildLimits\x12\x19\n\x11\x61llow_unsandboxed\x18\x0c \x01(\x08\x12\r\n\x05trust\x18\r \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"z\n\x0b\x42uildLimits\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04pids\x18\x03 \x01(\x05\x12\x14\n\x0coutput_bytes\x18\x04 \x01(\x03\x12\x0f\n\x07network\x18\x05 \x01(\t\x12\x12\n\ndisk_bytes\x18\x06 \x01(\x03\"\xa3\x01\n\nCacheEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\r\n\x05\x66iles\x18\x03 \x01(\x03\x12-\n\tlast_used\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x63reated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sketch\x18\x06 \x01(\x0c\"n\n\x07Timings\x12\x10\n\x08queued_s\x18\x01 \x01(\x01\x12\x11\n\trestore_s\x18\x02 \x01(\x01\x12\r\n\x05run_s\x18\x03 \x01(\x01\x12\x0e\n\x06save_s\x18\x04 \x01(\x01\x12\x0f\n\x07total_s\x18\x05 \x01(\x01\x12\x0e\n\x06pull_s\x18\x06 \x01(\x01\"\xb5\x01\n\x0c\x43\x61\x63heFigures\x12!\n\x06warmth\x18\x01 \x01(\x0e\x32\x11.stoker.v1.Warmth\x12\x14\n\x0crestored_key\x18\x02 \x01(\t\x12\x15\n\rbytes_fetched\x18\x03 \x01(\x03\x12\x16\n\x0e\x62ytes_restored\x18\x04 \x01(\x03\x12\x16\n\x0e\x66iles_restored\x18\x05 \x01(\x03\x12\x16\n\x0e\x62ytes_uploaded\x18\x06 \x01(\x03\x12\r\n\x05saved\x18\x07 \x01(\x08\"n\n\nImageEntry\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nreferences\x18\x02 \x03(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12-\n\tlast_used\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*V\n\x06Warmth\x12\x16\n\x12WARMTH_UNSPECIFIED\x10\x00\x12\x0f\n\x0bWARMTH_WARM\x10\x01\x12\x12\n\x0eWARMTH_PARTIAL\x10\x02\x12\x0f\n\x0bWARMTH_COLD\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,28 +38,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BUILDSPEC_ENVENTRY']._serialized_options = b'8\001'
   _globals['_BUILDSPEC_FILESENTRY']._loaded_options = None
   _globals['_BUILDSPEC_FILESENTRY']._serialized_options = b'8\001'
-  _globals['_WARMTH']._serialized_start=1472
-  _globals['_WARMTH']._serialized_end=1558
-  _globals['_CACHESPEC']._serialized_start=70
-  _globals['_CACHESPEC']._serialized_end=180
-  _globals['_CONSTRAINTS']._serialized_start=182
-  _globals['_CONSTRAINTS']._serialized_end=308
-  _globals['_CONSTRAINTS_LABELSENTRY']._serialized_start=263
-  _globals['_CONSTRAINTS_LABELSENTRY']._serialized_end=308
-  _globals['_BUILDSPEC']._serialized_start=311
-  _globals['_BUILDSPEC']._serialized_end=772
-  _globals['_BUILDSPEC_ENVENTRY']._serialized_start=684
-  _globals['_BUILDSPEC_ENVENTRY']._serialized_end=726
-  _globals['_BUILDSPEC_FILESENTRY']._serialized_start=728
-  _globals['_BUILDSPEC_FILESENTRY']._serialized_end=772
-  _globals['_BUILDLIMITS']._serialized_start=774
-  _globals['_BUILDLIMITS']._serialized_end=896
-  _globals['_CACHEENTRY']._serialized_start=899
-  _globals['_CACHEENTRY']._serialized_end=1062
-  _globals['_TIMINGS']._serialized_start=1064
-  _globals['_TIMINGS']._serialized_end=1174
-  _globals['_CACHEFIGURES']._serialized_start=1177
-  _globals['_CACHEFIGURES']._serialized_end=1358
-  _globals['_IMAGEENTRY']._serialized_start=1360
-  _globals['_IMAGEENTRY']._serialized_end=1470
+  _globals['_WARMTH']._serialized_start=1561
+  _globals['_WARMTH']._serialized_end=1647
+  _globals['_CACHESPEC']._serialized_start=71
+  _globals['_CACHESPEC']._serialized_end=222
+  _globals['_SHAREDPREFIX']._serialized_start=224
+  _globals['_SHAREDPREFIX']._serialized_end=269
+  _globals['_CONSTRAINTS']._serialized_start=271
+  _globals['_CONSTRAINTS']._serialized_end=397
+  _globals['_CONSTRAINTS_LABELSENTRY']._serialized_start=352
+  _globals['_CONSTRAINTS_LABELSENTRY']._serialized_end=397
+  _globals['_BUILDSPEC']._serialized_start=400
+  _globals['_BUILDSPEC']._serialized_end=861
+  _globals['_BUILDSPEC_ENVENTRY']._serialized_start=773
+  _globals['_BUILDSPEC_ENVENTRY']._serialized_end=815
+  _globals['_BUILDSPEC_FILESENTRY']._serialized_start=817
+  _globals['_BUILDSPEC_FILESENTRY']._serialized_end=861
+  _globals['_BUILDLIMITS']._serialized_start=863
+  _globals['_BUILDLIMITS']._serialized_end=985
+  _globals['_CACHEENTRY']._serialized_start=988
+  _globals['_CACHEENTRY']._serialized_end=1151
+  _globals['_TIMINGS']._serialized_start=1153
+  _globals['_TIMINGS']._serialized_end=1263
+  _globals['_CACHEFIGURES']._serialized_start=1266
+  _globals['_CACHEFIGURES']._serialized_end=1447
+  _globals['_IMAGEENTRY']._serialized_start=1449
+  _globals['_IMAGEENTRY']._serialized_end=1559
 # @@protoc_insertion_point(module_scope)

@@ -22,20 +22,30 @@ WARMTH_PARTIAL: Warmth
 WARMTH_COLD: Warmth
 
 class CacheSpec(_message.Message):
-    __slots__ = ("key", "restore_keys", "paths", "scope", "read_scopes", "ref")
+    __slots__ = ("key", "restore_keys", "paths", "scope", "read_scopes", "ref", "shared")
     KEY_FIELD_NUMBER: _ClassVar[int]
     RESTORE_KEYS_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     READ_SCOPES_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     key: str
     restore_keys: _containers.RepeatedScalarFieldContainer[str]
     paths: _containers.RepeatedScalarFieldContainer[str]
     scope: str
     read_scopes: _containers.RepeatedScalarFieldContainer[str]
     ref: str
-    def __init__(self, key: _Optional[str] = ..., restore_keys: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[str]] = ..., scope: _Optional[str] = ..., read_scopes: _Optional[_Iterable[str]] = ..., ref: _Optional[str] = ...) -> None: ...
+    shared: _containers.RepeatedCompositeFieldContainer[SharedPrefix]
+    def __init__(self, key: _Optional[str] = ..., restore_keys: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[str]] = ..., scope: _Optional[str] = ..., read_scopes: _Optional[_Iterable[str]] = ..., ref: _Optional[str] = ..., shared: _Optional[_Iterable[_Union[SharedPrefix, _Mapping]]] = ...) -> None: ...
+
+class SharedPrefix(_message.Message):
+    __slots__ = ("scope", "prefix")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    prefix: str
+    def __init__(self, scope: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
 
 class Constraints(_message.Message):
     __slots__ = ("zone", "labels")

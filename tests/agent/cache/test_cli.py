@@ -41,6 +41,16 @@ def test_cli_save_restore_ls_verify_gc(tree: Path, tmp_path: Path, monkeypatch, 
     assert snapshot(tmp_path / "ws") == snapshot(tree)
     assert main(["ls"]) == 0
     assert "web/nm-1" in capsys.readouterr().out
+    # ls PREFIX: only keys under it, with who wrote them ("-": a save by hand names no writer).
+    assert main(["ls", "web/"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "KEY\tSIZE\tWRITER\tTRUST\tCREATED" and lines[2].split("\t")[:4] == [
+        "web/nm-1",
+        f"{saved['bytes'] / 1e6:.1f} MB",
+        "-",
+        "-",
+    ], lines
+    assert main(["ls", "other/"]) == 0 and len(capsys.readouterr().out.splitlines()) == 2
     assert main(["--json", "verify"]) == 0
     assert json.loads(capsys.readouterr().out)["checked"] == {"web/nm-1": saved["files"]}
     # Corrupt the local copy: verify must say so and fail.

@@ -9,7 +9,7 @@ import pytest
 import zstandard
 
 from stoker.agent.cache import manifest as mf
-from stoker.agent.cache.api import CacheError, UnsafeTree
+from stoker.agent.cache.api import CacheError, EntryWriter, UnsafeTree
 from stoker.agent.cache.blobs import ByteRange, decode_key, encode_key, merge_ranges
 from stoker.agent.cache.packing import ContentItem, group_key, plan_packs
 
@@ -49,15 +49,31 @@ def test_reads_version_1_and_refuses_unknown_versions() -> None:
     assert mf.parse(v1, where="t") == m  # manifests written before version 2 still restore
     assert mf.parse(mf.encode(m), where="t") == m
     raw = json.loads(zstandard.ZstdDecompressor().decompress(v1))
-    raw["version"] = 3
+    raw["version"] = 4
     data = zstandard.ZstdCompressor().compress(json.dumps(raw).encode())
-    with pytest.raises(CacheError, match="format version 3"):
+    with pytest.raises(CacheError, match="format version 4"):
         mf.parse(data, where="t")
     binary = bytearray(zstandard.ZstdDecompressor().decompress(mf.encode(m)))
     assert binary[:4] == b"STKM"
-    binary[4:6] = (3).to_bytes(2, "little")
-    with pytest.raises(CacheError, match="format version 3"):
+    binary[4:6] = (4).to_bytes(2, "little")
+    with pytest.raises(CacheError, match="format version 4"):
         mf.parse(zstandard.ZstdCompressor().compress(bytes(binary)), where="t")
+
+
+def test_version_3_records_the_writer_and_version_2_still_reads() -> None:
+    """Issue 16: entries record who wrote them (version 3); manifests of version 2 (no writer) still read."""
+    writer = EntryWriter(principal="web-pr", tenant="web", trust="untrusted", build_id="b-1", node="n1")
+    m = dataclasses.replace(sample(), writer=writer)
+    assert mf.parse(mf.encode(m), where="t").writer == writer
+    assert mf.parse(mf.encode(sample()), where="t").writer is None
+    v2 = mf.encode(m, version=2)
+    assert zstandard.ZstdDecompressor().decompress(v2)[4:6] == (2).to_bytes(2, "little")
+    assert mf.parse(v2, where="t") == sample()  # version 2 carries no writer
+    binary = zstandard.ZstdDecompressor().decompress(mf.encode(m))
+    hostile = binary.replace(b'"tenant":"web"', b'"tenant":[1,2]')
+    assert hostile != binary
+    with pytest.raises(CacheError, match="writer"):
+        mf.parse(zstandard.ZstdCompressor().compress(hostile), where="t")
 
 
 def test_version_2_refuses_truncated_and_padded_bodies() -> None:

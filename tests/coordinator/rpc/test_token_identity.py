@@ -93,6 +93,21 @@ def test_the_tokens_file_round_trips_what_stoker_token_writes(tmp_path):
     assert tokens[legacy["sha256"]] == Identity("old-ci", "ci", tenant="old-ci", trust="protected")
 
 
+def test_shares_reach_the_tenants_named_and_bind_spec_fills_them(tmp_path):
+    """Issue 16, item 3: the tokens file's shares (none by default) reach the ci tokens of the tenants
+    named, and the coordinator fills them into a build's spec; a ci spec that sets them is refused."""
+    _, web = new_token("web-main", "ci", tenant="web")
+    _, other = new_token("other-ci", "ci", tenant="other")
+    share = {"tenant": "payments", "prefix": "tools/", "with": ["web"]}
+    tokens = load_tokens(write(tmp_path, {"version": 1, "tokens": [web, other], "shares": [share]}))
+    assert tokens[web["sha256"]].shares == (("payments", "tools/"),)
+    assert tokens[other["sha256"]].shares == ()
+    spec = bind_spec(common_pb2.BuildSpec(cache=common_pb2.CacheSpec(key="k")), tokens[web["sha256"]])
+    assert [(s.scope, s.prefix) for s in spec.cache.shared] == [("~payments/protected/", "tools/")]
+    with pytest.raises(PermissionDenied, match="spec.cache.scope"):
+        bind_spec(spec, tokens[web["sha256"]])
+
+
 DIGEST = "a" * 64
 
 
@@ -119,6 +134,12 @@ DIGEST = "a" * 64
             {"tokens": [{"name": "x", "role": "ci", "sha256": DIGEST, "max_priority": "9"}]},
             "max_priority must be an integer",
         ),
+        (
+            {"tokens": [], "shares": [{"tenant": "p", "prefix": "t/", "whith": ["w"]}]},
+            "shares[0]: unknown field",
+        ),
+        ({"tokens": [], "shares": [{"tenant": "p", "prefix": "", "with": ["w"]}]}, "sharing a whole scope"),
+        ({"tokens": [], "shares": [{"tenant": "p", "prefix": "t/", "with": []}]}, "shares[0].with must list"),
         (
             {"tokens": [{"name": "x", "role": "ci", "sha256": DIGEST, "max_slots": 0}]},
             "max_slots must be a whole number of slots, at least 1",
