@@ -303,7 +303,7 @@ def run_rollouts(fake, metrics, *specs, prom: CollectorRegistry | None = None, a
             {"kubernetes": lambda: KubernetesTarget(api)},
             metrics,
             SystemClock(),
-            CoordinatorMetrics(prom) if prom is not None else None,
+            telemetry=CoordinatorMetrics(prom) if prom is not None else None,
         )
         results = []
         for spec in specs:
