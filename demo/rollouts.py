@@ -281,14 +281,20 @@ def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str],
             rollout_file=DEMO_ROLLOUT_FILE,
             rollout_file_name=path.name,
         )
-        starts: tuple[tuple[str, rollout_pb2.RolloutSpec | rollout_pb2.StartRolloutRequest], ...] = (
-            (f"good version v2 from a rollout file (stoker rollout start -f {path} --version v2)", from_file),
+        # (what the run says, the summary table's short name, the request)
+        starts: tuple[tuple[str, str, rollout_pb2.RolloutSpec | rollout_pb2.StartRolloutRequest], ...] = (
+            (
+                f"good version v2 from a rollout file (stoker rollout start -f {path} --version v2)",
+                "good v2, from a rollout file",
+                from_file,
+            ),
             (
                 "faulty version v3 (10 % errors)",
+                "faulty v3 (10 % errors)",
                 rollout_pb2.RolloutSpec(version="v3", env={"STOKER_SAMPLE_ERROR_RATE": "0.10"}, **common),
             ),
         )
-        for title, spec in starts:
+        for title, short, spec in starts:
             say(f"rollouts: {title}, 100 req/s through {first.endpoint}")
             last_phase: list[object] = [None, False]
 
@@ -305,7 +311,7 @@ def run_demo_rollouts(coordinator_address: str, base: Path, say: Callable[[str],
                     say(f"  {phase_name(update.phase):<13} {zones}  {update.message}")
 
             row = run_with_load(rollouts, spec, first.endpoint, rate=100.0, timeout=60.0, on_update=show)
-            row["title"] = title
+            row["title"] = short
             for line in row["verdicts"]:
                 say(f"  verdict: {line}")
             say(
