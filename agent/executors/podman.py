@@ -17,6 +17,7 @@ podman keeps its storage under ``podman.dir``, apart from the host's. Every cont
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -501,7 +502,8 @@ class PodmanExecutor(BuildExecutor):
         except asyncio.CancelledError:
             # Never leave a podman command running behind a cancelled caller: its pipes would keep an
             # event loop from closing.
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
             await asyncio.shield(proc.wait())
             raise
         code = proc.returncode if proc.returncode is not None else -1
