@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from simkit.engine import POLICY_NAMES, Sim, make_policy  # noqa: E402
+from simkit.engine import POLICY_NAMES, Sim, make_policy, usage  # noqa: E402
 from simkit.trace import Build, Fleet, TraceError, TraceSpec, generate, load_fleet, load_trace, write_trace  # noqa: E402
 
 
@@ -93,16 +93,8 @@ def summarize(sim: Sim, fleet: Fleet, wall_s: float) -> dict:
     for j in jobs:
         slowdown.setdefault(j.build.tenant, []).append((j.finish - j.arrival) / max(1.0, j.build.duration_s))
     tenant_means = {t: statistics.fmean(v) for t, v in slowdown.items()}
-    node_hours = sum(min(node.died, horizon) - node.born for node in sim.nodes.values()) / 3600
-    busy_hours = sum(node.busy_area / node.slots for node in sim.nodes.values()) / 3600
-    fetched = sum(j.fetched for j in sim.jobs) + sim.prewarm_bytes
-    prices = fleet.prices
-    cost = (
-        node_hours * prices.get("node_hour", 0)
-        + sim.gets * prices.get("get_request", 0)
-        + sim.puts * prices.get("put_request", 0)
-        + (fetched / 1e9) * prices.get("gb_transfer", 0)
-    )
+    used = usage(sim, fleet)
+    node_hours, busy_hours, fetched, cost = used.node_hours, used.busy_hours, used.fetched, used.cost
     recoveries = recovery_times(sim)
     return {
         "builds": len(jobs),

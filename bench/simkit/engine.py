@@ -21,6 +21,7 @@ from stoker.coordinator.planning.engine import (  # noqa: F401  (re-exported for
     SimNode,
     StokerPolicy,
     _load,
+    usage,
 )
 from stoker.coordinator.planning.trace import Fleet
 

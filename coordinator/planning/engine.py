@@ -424,6 +424,33 @@ class Sim:
             self.queue.append(job)
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What a replay's fleet was and cost: node-hours alive and busy, bytes fetched from the blob store
+    (restores and prewarms), and the cost of all of it at the fleet's prices."""
+
+    node_hours: float
+    busy_hours: float
+    fetched: float
+    cost: float
+
+
+def usage(sim: Sim, fleet: Fleet) -> Usage:
+    """``sim``'s usage, priced at ``fleet``'s prices."""
+    horizon = sim.now
+    node_hours = sum(min(node.died, horizon) - node.born for node in sim.nodes.values()) / 3600
+    busy_hours = sum(node.busy_area / node.slots for node in sim.nodes.values()) / 3600
+    fetched = sum(j.fetched for j in sim.jobs) + sim.prewarm_bytes
+    prices = fleet.prices
+    cost = (
+        node_hours * prices.get("node_hour", 0)
+        + sim.gets * prices.get("get_request", 0)
+        + sim.puts * prices.get("put_request", 0)
+        + (fetched / 1e9) * prices.get("gb_transfer", 0)
+    )
+    return Usage(node_hours, busy_hours, fetched, cost)
+
+
 # -- policies ------------------------------------------------------------------------------------------------
 class Policy:
     name = "policy"

@@ -14,7 +14,7 @@ import itertools
 import math
 from dataclasses import dataclass, replace
 
-from stoker.coordinator.planning.engine import POLICIES, Sim, make_policy
+from stoker.coordinator.planning.engine import POLICIES, Sim, make_policy, usage
 from stoker.coordinator.planning.trace import Build, Fleet, FleetEvent, TraceError
 
 ZONE_NAMES = tuple(f"zone-{c}" for c in "abcdefghijklmnopqrstuvwxyz")
@@ -116,17 +116,8 @@ def summarize(sim: Sim, fleet: Fleet, width_s: float = 3600.0) -> dict:
     ready = [j.ready - j.arrival for j in jobs]
     counts = {w: sum(1 for j in jobs if j.warmth == w) for w in WARMTHS}
     n = len(jobs) or 1
-    horizon = sim.now
-    node_hours = sum(min(node.died, horizon) - node.born for node in sim.nodes.values()) / 3600
-    busy_hours = sum(node.busy_area / node.slots for node in sim.nodes.values()) / 3600
-    fetched = sum(j.fetched for j in sim.jobs) + sim.prewarm_bytes
-    prices = fleet.prices
-    cost = (
-        node_hours * prices.get("node_hour", 0)
-        + sim.gets * prices.get("get_request", 0)
-        + sim.puts * prices.get("put_request", 0)
-        + (fetched / 1e9) * prices.get("gb_transfer", 0)
-    )
+    used = usage(sim, fleet)
+    node_hours, busy_hours, fetched, cost = used.node_hours, used.busy_hours, used.fetched, used.cost
     return {
         "builds": len(jobs),
         "ready_p50_s": round(pct(ready, 0.5), 2),
