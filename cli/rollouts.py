@@ -384,7 +384,9 @@ def cmd_get(args) -> int:
     return 0
 
 
-def cmd_list(args) -> int:
+def _listed(args) -> rollout_pb2.ListRolloutsResponse | int:
+    """The service's rollouts (``--service``), or the exit code after printing why not, or after printing
+    them as JSON with ``--json``."""
     ch, stub = _stub(args)
     with ch:
         try:
@@ -398,6 +400,13 @@ def cmd_list(args) -> int:
             )
         )
         return 0
+    return resp
+
+
+def cmd_list(args) -> int:
+    resp = _listed(args)
+    if isinstance(resp, int):
+        return resp
     print(f"{'ID':<14} {'SERVICE':<16} {'FROM':<10} {'TO':<16} {'PHASE':<13} MESSAGE")
     for r in resp.rollouts:
         print(
@@ -408,19 +417,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_history(args) -> int:
-    ch, stub = _stub(args)
-    with ch:
-        try:
-            resp = stub.ListRollouts(rollout_pb2.ListRolloutsRequest(service=args.service), timeout=10)
-        except grpc.RpcError as exc:
-            return fail(exc)
-    if args.json:
-        print(
-            json.dumps(
-                [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in resp.rollouts]
-            )
-        )
-        return 0
+    resp = _listed(args)
+    if isinstance(resp, int):
+        return resp
     if not resp.rollouts:
         print(f"no rollouts of {args.service}")
         return 0
