@@ -43,11 +43,11 @@ class StateStore(Protocol):
     def events(self, build_id: str, after_seq: int = 0) -> list[build_pb2.BuildEvent]: ...
     def unfinished(self) -> list[build_pb2.Build]: ...
     def scan(
-        self, after: tuple[float, str] | None, since: float, limit: int
+        self, after: tuple[float, str] | None, since: float, limit: int, owner: str = ""
     ) -> list[tuple[float, build_pb2.Build]]:
-        """Up to ``limit`` builds created at or after ``since``, newest first (by creation second, then id),
-        starting after the position ``after`` (a previous row's (created, id)); each with its position's
-        creation time."""
+        """Up to ``limit`` builds created at or after ``since`` (and submitted by ``owner``, when given),
+        newest first (by creation time, then id), starting after the position ``after`` (a previous row's
+        (created, id)); each with its position's creation time."""
         ...
 
     def prune(self, created_before: float, limit: int = 1000) -> int: ...
@@ -118,6 +118,8 @@ class SqliteStateStore:
     def __init__(self, path: str | Path) -> None:
         self._db = open_database(path, _SCHEMA, what="state store")
         self._lock = threading.Lock()
+        with self._call() as db:
+            _add_owner_column(db)
 
     @contextmanager
     def _call(self) -> Iterator[sqlite3.Connection]:
@@ -127,7 +129,8 @@ class SqliteStateStore:
     def put_build(self, build: build_pb2.Build, request_id: str = "") -> None:
         with self._call() as db:
             db.execute(
-                "INSERT INTO builds (id, request_id, state, created, record) VALUES (?, ?, ?, ?, ?) "
+                "INSERT INTO builds (id, request_id, state, created, record, owner) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET state=excluded.state, record=excluded.record",
                 (
                     build.id,
@@ -135,6 +138,7 @@ class SqliteStateStore:
                     build.state,
                     _seconds(build),
                     build.SerializeToString(),
+                    build.owner,
                 ),
             )
 
@@ -172,10 +176,13 @@ class SqliteStateStore:
         return [build_pb2.Build.FromString(r[0]) for r in rows]
 
     def scan(
-        self, after: tuple[float, str] | None, since: float, limit: int
+        self, after: tuple[float, str] | None, since: float, limit: int, owner: str = ""
     ) -> list[tuple[float, build_pb2.Build]]:
         where = "created >= ?"
         args: list[object] = [since]
+        if owner:  # in SQL (indexed), so that a caller's listing reads only its own builds
+            where += " AND owner = ?"
+            args.append(owner)
         if after is not None:
             where += " AND (created < ? OR (created = ? AND id < ?))"
             args += [after[0], after[0], after[1]]
@@ -298,9 +305,11 @@ class MemoryStateStore:
         return sorted((b for b in builds if not is_terminal(b.state)), key=lambda b: b.created.ToSeconds())
 
     def scan(
-        self, after: tuple[float, str] | None, since: float, limit: int
+        self, after: tuple[float, str] | None, since: float, limit: int, owner: str = ""
     ) -> list[tuple[float, build_pb2.Build]]:
-        builds = map(build_pb2.Build.FromString, self._builds.values())
+        builds = (
+            b for b in map(build_pb2.Build.FromString, self._builds.values()) if not owner or b.owner == owner
+        )
         rows = sorted(
             ((_seconds(b), b) for b in builds),
             key=lambda row: (row[0], row[1].id),
@@ -360,3 +369,15 @@ class MemoryStateStore:
 def _seconds(build: build_pb2.Build) -> float:
     """When the build was created, in Unix seconds and their fraction (a second's builds list in order)."""
     return build.created.seconds + build.created.nanos / 1e9
+
+
+def _add_owner_column(db: sqlite3.Connection) -> None:
+    """Give a state file from before ListBuilds its ``owner`` column (filled from each build's record) and
+    the index a caller's listing reads."""
+    if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(builds)")}:
+        db.execute("ALTER TABLE builds ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+        for build_id, record in db.execute("SELECT id, record FROM builds").fetchall():
+            owner = build_pb2.Build.FromString(record).owner
+            if owner:
+                db.execute("UPDATE builds SET owner = ? WHERE id = ?", (owner, build_id))
+    db.execute("CREATE INDEX IF NOT EXISTS builds_owner_created ON builds(owner, created)")

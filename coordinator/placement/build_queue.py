@@ -300,16 +300,23 @@ class BuildQueue:
         return record
 
     def list_builds(
-        self, wanted: Callable[[build_pb2.Build], bool], since: float, page_size: int, page_token: str
+        self,
+        wanted: Callable[[build_pb2.Build], bool],
+        since: float,
+        page_size: int,
+        page_token: str,
+        owner: str = "",
     ) -> tuple[list[build_pb2.Build], str]:
         """Builds for which ``wanted`` holds, newest first, one page: the running ones as they stand now.
-        Scans at most _LIST_SCAN rows per call, so a page may come back short with a token to go on."""
+        Only ``owner``'s builds are read when it is given (a ci caller's listing costs its own history, not
+        every tenant's). Scans at most _LIST_SCAN rows per call, so a page may come back short with a token
+        to go on."""
         after = _position(page_token)
         found: list[build_pb2.Build] = []
         scanned = 0
         while scanned < _LIST_SCAN:
             batch = min(_LIST_SCAN - scanned, 500)
-            rows = self._store.scan(after, since, batch)
+            rows = self._store.scan(after, since, batch, owner)
             for created, stored in rows:
                 after = (created, stored.id)
                 active = self._active.get(stored.id)

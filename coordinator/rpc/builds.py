@@ -120,7 +120,7 @@ class BuildsServicer(build_pb2_grpc.BuildsServicer):
 
         since = request.since.ToSeconds() if request.HasField("since") else float("-inf")
         builds, token = self._builds.list_builds(
-            wanted, since, request.page_size or _DEFAULT_PAGE, request.page_token
+            wanted, since, request.page_size or _DEFAULT_PAGE, request.page_token, owner
         )
         return build_pb2.ListBuildsResponse(builds=builds, next_page_token=token)
 

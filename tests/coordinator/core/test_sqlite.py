@@ -165,3 +165,31 @@ def test_prune_deletes_old_finished_builds_with_their_events_and_request_ids(tmp
     assert store.get_build("old-running") is not None and store.get_build("new-done") is not None
     assert [e.seq for e in store.events("new-done")] == [1]
     store.close()
+
+
+def test_a_listing_by_owner_reads_only_that_owners_builds_and_an_old_state_file_gains_the_column(tmp_path):
+    """ListBuilds for a ci caller reads its own builds in SQL (a token with none of its own made every call
+    decode 5,000 other builds, ~50 ms of the event loop); a state file from before keeps working, its
+    builds' owners filled in from their records."""
+    path = tmp_path / "state.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE builds (id TEXT PRIMARY KEY, request_id TEXT, state INTEGER NOT NULL, "
+        "created REAL NOT NULL, record BLOB NOT NULL);"
+    )
+    for i, owner in enumerate(("web-ci", "other", "web-ci")):
+        b = build_pb2.Build(id=f"b-old-{i}", state=build_pb2.BUILD_STATE_SUCCEEDED, owner=owner)
+        b.created.FromSeconds(1000 + i)
+        old.execute(
+            "INSERT INTO builds VALUES (?, NULL, ?, ?, ?)", (b.id, b.state, 1000 + i, b.SerializeToString())
+        )
+    old.commit()
+    old.close()
+    store = SqliteStateStore(path)
+    new = build_pb2.Build(id="b-new", state=build_pb2.BUILD_STATE_QUEUED, owner="web-ci")
+    new.created.FromSeconds(2000)
+    store.put_build(new)
+    assert [b.id for _, b in store.scan(None, 0, 10, owner="web-ci")] == ["b-new", "b-old-2", "b-old-0"]
+    assert [b.id for _, b in store.scan(None, 0, 10, owner="other")] == ["b-old-1"]
+    assert len(store.scan(None, 0, 10)) == 4
+    store.close()
