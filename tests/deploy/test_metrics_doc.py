@@ -4,6 +4,7 @@ coordinator and agent on loopback (real processes), one build through them, both
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def test_every_exported_metric_is_documented_and_every_documented_one_exported(f
     assert events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
     with pytest.raises(grpc.RpcError):
         stub.GetBuild(build_pb2.GetBuildRequest(build_id="b-nope"), timeout=10)
+    # The RPC's status reaches the client as the server aborts; the interceptor records the call in its
+    # `finally` just after, so the scrape waits (briefly) for that line rather than racing it.
+    rpc_line = re.compile(
+        r'^stoker_coordinator_rpc_seconds_count\{code="NOT_FOUND",method="GetBuild"\} 1\.0$', re.M
+    )
+    deadline = time.monotonic() + 10
+    while not rpc_line.search(scrape(c.metrics_port)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     text = scrape(c.metrics_port) + scrape(a.metrics_port)
     exported = set(re.findall(r"^# HELP (stoker_\w+) ", text, re.M))
     documented = set(re.findall(r"^\| `(stoker_\w+)` \|", DOC.read_text(), re.M))
@@ -40,7 +49,5 @@ def test_every_exported_metric_is_documented_and_every_documented_one_exported(f
     assert (
         re.search(r"^process_cpu_seconds_total ", text, re.M) and "python_gc_objects_collected_total" in text
     )
-    assert re.search(
-        r'^stoker_coordinator_rpc_seconds_count\{code="NOT_FOUND",method="GetBuild"\} 1\.0$', text, re.M
-    )
+    assert rpc_line.search(text)
     assert re.search(r'^stoker_coordinator_build_run_seconds_count\{warmth="cold"\} 1\.0$', text, re.M)
