@@ -22,6 +22,7 @@ from google.protobuf import json_format
 
 from stoker.cli.output import EXIT_STOKER_ERROR, fail
 from stoker.common.serving import is_loopback
+from stoker.common.units import size
 from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
 
 DEFAULT_COORDINATOR = "127.0.0.1:7070"
@@ -173,24 +174,6 @@ def spec_from_args(args, *, command: bool) -> common_pb2.BuildSpec:
         for name in args.file:
             spec.files[name] = Path(name).read_bytes()
     return spec
-
-
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def size(text: str) -> int:
-    """A size in bytes from ``123``, ``512K``, ``4G`` (binary units; a trailing ``B`` or ``i`` is allowed)."""
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = value[-1:] if value[-1:] in _UNITS else ""
-    try:
-        number = float(value[: len(value) - len(unit)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512M, 4G)") from None
-    if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512M, 4G)")
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
-    return int(number * _UNITS[unit])
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:

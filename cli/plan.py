@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from stoker.cli import charts
-from stoker.cli.client import size
 from stoker.cli.history import duration
+from stoker.common.units import size
 from stoker.coordinator.planning import planner
 from stoker.coordinator.planning.engine import POLICIES
 from stoker.coordinator.planning.trace import Build, Fleet, TraceError, load_fleet, load_trace

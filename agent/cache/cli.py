@@ -1,4 +1,5 @@
-"""``stoker cache save|restore|ls|verify|gc``: the node's cache by hand, for an operator.
+"""``stoker cache save|restore|ls|verify|gc``: the node's cache by hand, for an operator; ``gc --blobs-only``
+also off the nodes, as a scheduled job that keeps the blob store in bounds.
 
 Settings come from :func:`stoker.agent.config.load` (``--config FILE`` and ``STOKER_AGENT_CACHE_*``), so the
 command sees the same store and blob store as the agent on that node. The store admits one process at a
@@ -17,9 +18,12 @@ from pathlib import Path
 
 from stoker.agent import config as agent_config
 from stoker.agent.cache.api import CacheError, EntryWriter, Progress
+from stoker.agent.cache.blob_budgets import TenantBudgets, enforce_tenant_budgets
+from stoker.agent.cache.blobs import BlobStore, encode_key, open_blob_store
 from stoker.agent.cache.content_cache import ContentCache
 from stoker.agent.cache.factory import open_cache
 from stoker.agent.cache.maintenance import gc_blobs
+from stoker.common.units import size
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,8 +56,27 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="also delete packs/manifests no key uses, older than this many hours",
     )
-    g.add_argument("--dry-run", action="store_true")
+    g.add_argument(
+        "--tenant-budget",
+        action="append",
+        default=[],
+        type=_tenant_budget,
+        metavar="[TENANT=]SIZE",
+        help="cap the bytes a tenant's entries hold in the blob store, e.g. 50G (every tenant) or web=200G "
+        "(repeat); past it the tenant's own oldest entries go, its pull requests' first",
+    )
+    g.add_argument(
+        "--blobs-only",
+        action="store_true",
+        help="work on the blob store alone (no node store is opened): for a scheduled job off the nodes",
+    )
+    g.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
     return p
+
+
+def _tenant_budget(text: str) -> tuple[str, int]:
+    tenant, _, amount = text.rpartition("=")
+    return tenant, size(amount)
 
 
 def _print_progress(p: Progress) -> None:
@@ -73,6 +96,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(settings, dir=args.dir)
     if args.blobs:
         settings = replace(settings, blobs=args.blobs)
+    if args.command == "gc" and args.blobs_only:
+        if args.blobs_grace_hours is None:
+            print(
+                "stoker cache gc --blobs-only: say --blobs-grace-hours H "
+                "(how old an unreferenced object must be to go)",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            out = _gc_blobs(
+                open_blob_store(settings.blobs, settings.s3_endpoint_url, settings.s3_region), args
+            )
+        except CacheError as exc:
+            print(f"stoker cache gc: {exc}", file=sys.stderr)
+            return 1
+        _print(args, out)
+        return 0
     cache = open_cache(settings)
     try:
         cache.open()
@@ -84,11 +124,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         close = getattr(cache, "close", None)
         if close:
             close()
+    _print(args, out)
+    return 0 if not out.get("failed") else 1
+
+
+def _print(args, out: dict) -> None:
     if args.json:
         print(json.dumps(out, indent=2, default=str))
     else:
         _print_text(args.command, out)
-    return 0 if not out.get("failed") else 1
+
+
+def _gc_blobs(blobs: BlobStore, args) -> dict:
+    """The blob store's part of ``gc``: tenants' caps first, then every object no key uses any more."""
+    now = time.time()
+    grace_s = args.blobs_grace_hours * 3600
+    per_tenant = dict(args.tenant_budget)
+    budgets = TenantBudgets(default=per_tenant.pop("", 0), per_tenant=per_tenant)
+    tenants = enforce_tenant_budgets(blobs, budgets, grace_s=grace_s, now=now, dry_run=args.dry_run)
+    gone = {f"keys/{encode_key(key)}" for t in tenants for key in t.evicted}
+    n, size_deleted = gc_blobs(blobs, grace_s=grace_s, now=now, dry_run=args.dry_run, gone=gone)
+    out: dict = {"blobs_deleted": n, "blobs_deleted_bytes": size_deleted}
+    if budgets:
+        out["tenants"] = [t.to_dict() for t in tenants]
+    return out
 
 
 def _run(cache, args) -> dict:
@@ -132,10 +191,9 @@ def _run(cache, args) -> dict:
             cache.store.make_room(0, what="gc")
         out: dict = {"evicted_bytes": cache.evicted_bytes_total - before}
         if args.blobs_grace_hours is not None:
-            n, size = gc_blobs(
-                cache.blobs, grace_s=args.blobs_grace_hours * 3600, now=time.time(), dry_run=args.dry_run
-            )
-            out.update(blobs_deleted=n, blobs_deleted_bytes=size)
+            out.update(_gc_blobs(cache.blobs, args))
+        elif args.tenant_budget:
+            raise CacheError("--tenant-budget applies to the blob store: say --blobs-grace-hours H too")
         return out
     raise AssertionError(args.command)
 
@@ -165,7 +223,15 @@ def _print_text(command: str, out: dict) -> None:
         if sys.stderr.isatty():
             print(file=sys.stderr)
         for k, v in out.items():
-            print(f"{k}: {v}")
+            if k != "tenants":
+                print(f"{k}: {v}")
+        if out.get("tenants"):
+            print("TENANT\tCAP\tBEFORE\tAFTER\tEVICTED\tOVER CAP, TOO YOUNG")
+        for t in out.get("tenants", []):
+            print(
+                f"{t['tenant']}\t{t['budget_bytes'] / 1e6:.1f} MB\t{t['bytes_before'] / 1e6:.1f} MB\t"
+                f"{t['bytes_after'] / 1e6:.1f} MB\t{len(t['evicted'])}\t{t['over_budget_young_entries']}"
+            )
 
 
 if __name__ == "__main__":

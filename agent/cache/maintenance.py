@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from stoker.agent.cache import hydrate
@@ -55,15 +56,20 @@ def verify_entry(store: LocalStore, resolver: EntryResolver, writing: ActiveWrit
     return manifest.file_count
 
 
-def gc_blobs(blobs: BlobStore, *, grace_s: float, now: float, dry_run: bool = False) -> tuple[int, int]:
+def gc_blobs(
+    blobs: BlobStore, *, grace_s: float, now: float, dry_run: bool = False, gone: Collection[str] = ()
+) -> tuple[int, int]:
     """Delete packs and manifests no key points at (directly or through its manifest) and older than
     ``grace_s`` (a save in progress uploads packs before its pointer), and marks of bad entries whose key
-    names another manifest now. Returns (objects, bytes) deleted."""
+    names another manifest now. ``gone``: key pointers (``keys/…``) to count as deleted (a dry run of
+    tenant budgets left them in place). Returns (objects, bytes) deleted."""
     live_manifests: set[str] = set()
     live_packs: set[str] = set()
     pointed: set[tuple[str, str]] = set()
     """(encoded key, manifest) of every key pointer: the marks of bad entries still worth keeping."""
     for obj in blobs.list("keys/"):
+        if obj.name in gone:
+            continue
         try:
             pointer = json.loads(blobs.get(obj.name))
             name = str(pointer["manifest"])

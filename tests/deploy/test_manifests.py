@@ -479,6 +479,27 @@ def test_container_args_are_ones_the_cli_accepts(overlay):
     assert build_parser().parse_args(main_container(rendered.coordinator())["args"]).command == "coordinator"
 
 
+def test_the_s3_overlay_runs_the_blob_stores_gc_daily_with_the_agents_settings_and_no_privilege():
+    """The bucket's GC and tenant caps (docs/cache-format.md, "Tenant budgets"): its args are the
+    operator command's, it reads the agents' blob-store settings and credentials, it holds no token."""
+    from stoker.agent.cache import cli as cache_cli
+
+    rendered = Rendered(render(OVERLAYS / "s3"))
+    job = rendered.one("CronJob", "stoker-blob-gc")
+    spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    args = container["args"]
+    assert args[:2] == ["cache", "gc"]
+    parsed = cache_cli._parser().parse_args(args[1:])
+    assert parsed.blobs_only and parsed.blobs_grace_hours >= 1
+    env = rendered.container_env({"spec": {"template": {"spec": spec}}}, "gc")
+    assert env["STOKER_AGENT_CACHE_BLOBS"].startswith("s3://")
+    assert {"secretRef": {"name": "stoker-s3"}} in container["envFrom"]
+    assert spec["automountServiceAccountToken"] is False and spec["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+
+
 def test_the_coordinator_runs_as_non_root_without_capabilities(overlay):
     _, rendered = overlay
     spec = pod_spec(rendered.coordinator())
