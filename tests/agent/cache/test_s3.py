@@ -167,3 +167,41 @@ def _relay(conn: socket.socket, upstream_port: int, stop: threading.Event) -> No
                     conn.sendall(chunk)
         except OSError:
             return
+
+
+def test_the_blob_stores_gc_caps_a_tenant_on_s3_from_the_command_a_cronjob_runs(
+    seaweed_endpoint: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`stoker cache gc --blobs-only --tenant-budget` (deploy/overlays/s3's CronJob) on a real bucket: the
+    tenant's oldest entry and the packs only it used go; what is left restores."""
+    import json
+    import os
+    import time
+
+    from stoker.agent.cache.cli import main as cache_cli
+
+    blobs = _store(seaweed_endpoint)
+    writer = ContentCache(LocalStore(tmp_path / "w", 1 << 30), blobs, workers=2)
+    writer.open()
+    keys = ["~evil/protected/a", "~evil/protected/b", "~evil/protected/c"]
+    for i, key in enumerate(keys):
+        ws = tmp_path / f"ws{i}"
+        (ws / "deps").mkdir(parents=True)
+        (ws / "deps" / "blob.bin").write_bytes(os.urandom(1 << 20))
+        writer.save(key, ws, ["deps"])
+        time.sleep(1.1)  # S3's Last-Modified has one-second resolution: the saves' order must show
+    writer.close()
+    monkeypatch.setenv("STOKER_AGENT_CACHE_BLOBS", f"s3://{blobs.bucket}/ci/cache")
+    monkeypatch.setenv("STOKER_AGENT_CACHE_S3_ENDPOINT_URL", seaweed_endpoint)
+    monkeypatch.setenv("STOKER_AGENT_CACHE_S3_REGION", "us-east-1")
+    argv = ["--json", "gc", "--blobs-only", "--blobs-grace-hours", "0", "--tenant-budget", "2.5M"]
+    assert cache_cli(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tenants"][0]["evicted"] == ["~evil/protected/a"], out
+    assert out["blobs_deleted"] >= 2 and out["blobs_deleted_bytes"] > 1 << 20, out
+    assert {o.name for o in blobs.list("keys/")} == {f"keys/{encode_key(k)}" for k in keys[1:]}
+    node = ContentCache(LocalStore(tmp_path / "n", 1 << 30), blobs, workers=2)
+    node.open()
+    for key in keys[1:]:
+        assert node.restore(key, [], tmp_path / key.replace("/", "_"), ["deps"]).restored_key == key
+    node.close()
