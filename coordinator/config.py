@@ -113,6 +113,11 @@ class BuildSettings:
     with a note saying how much was dropped, and the build's message says so."""
     max_log_tail_bytes: int = 64 * 1024
     """Of the output past max_log_bytes, how much of its end is kept (the end is where a failure shows)."""
+    max_queued_per_principal: int = 1000
+    """Most builds and placements one caller (a token's principal) may have waiting at once; past it
+    SubmitBuild and PlaceBuild answer RESOURCE_EXHAUSTED, so one token cannot fill the coordinator's memory
+    and database with queued work. Idempotent retries of a queued build still answer. 0: no bound (and
+    callers without a token are never bounded)."""
     process_nodes: str = "when_asked"
     """Which builds may run on nodes whose executor is ``process`` (no sandbox: the build shares the agent's
     uid and files): ``never``; ``when_asked``: builds whose spec sets allow_unsandboxed (the caller vouches

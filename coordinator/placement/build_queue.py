@@ -31,6 +31,7 @@ from stoker.coordinator.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from stoker.coordinator.core.metrics import CoordinatorMetrics
@@ -238,6 +239,7 @@ class BuildQueue:
                         "for a new build"
                     )
                 return existing
+        self._check_queued(owner)
         now = self._clock.now()
         build_id = "b-" + uuid.uuid4().hex[:16]
         request = self._request(build_id, spec, now)
@@ -262,6 +264,19 @@ class BuildQueue:
         if active.record.state == build_pb2.BUILD_STATE_QUEUED and not active.queued_reason:
             self._emit_queued(active)  # the pass above said nothing of it (it emits its reason when it does)
         return build_id
+
+    def _check_queued(self, owner: str) -> None:
+        """Refuse a caller's new build or placement while it has ``builds.max_queued_per_principal``
+        waiting (only callers with a token are counted: without tokens there is no one to tell apart)."""
+        limit = self._settings.max_queued_per_principal
+        if not owner or not limit:
+            return
+        waiting = sum(1 for item in self._queue if _owner(item) == owner)
+        if waiting >= limit:
+            raise ResourceExhausted(
+                f"you have {waiting} builds and placements waiting, the most one caller may "
+                "(builds.max_queued_per_principal): wait for some to start, or cancel some"
+            )
 
     def _request(self, build_id: str, spec: common_pb2.BuildSpec, enqueued_at: float) -> PlacementRequest:
         return convert.placement_request(build_id, spec, enqueued_at, self._settings.process_nodes)
@@ -409,6 +424,7 @@ class BuildQueue:
         # it is released (or expires), as it counts a build under the build's id.
         # A placement-only lease runs nothing through the node's executor (the caller's runner does the
         # work), so builds.process_nodes does not apply; an image or cgroup limit in the spec still does.
+        self._check_queued(owner)
         request = convert.placement_request("l-" + uuid.uuid4().hex[:16], spec, self._clock.now(), "always")
         self._check_satisfiable(request)
         pending = PendingPlacement(

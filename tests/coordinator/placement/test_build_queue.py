@@ -8,7 +8,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from stoker.coordinator.config import BuildSettings
-from stoker.coordinator.core.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from stoker.coordinator.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from stoker.coordinator.core.metrics import CoordinatorMetrics
 from stoker.coordinator.core.state import MemoryStateStore
 from stoker.coordinator.placement.build_queue import AgentLink, BuildQueue
@@ -381,6 +387,34 @@ def test_a_request_id_is_the_callers_own_and_bound_to_its_spec():
         assert theirs != first and w.service.get(theirs).owner == "ci-pr"
         assert w.service.get(first).spec.command == ["true"]  # the first build is untouched
         assert w.service.submit(spec(), "run-43", owner="ci-main") not in (first, theirs)
+
+    run(body())
+
+
+def test_one_caller_may_have_only_so_many_builds_and_placements_waiting():
+    """builds.max_queued_per_principal: past it a caller's new work is RESOURCE_EXHAUSTED (so one token
+    cannot fill the coordinator's memory and database); its retries of a queued build still answer, other
+    callers are not held back, and room comes back as its work starts."""
+
+    async def body():
+        w = World(settings=BuildSettings(max_attempts=3, max_queued_per_principal=2))
+        w.add_node("n1", slots=1)
+        running = w.service.submit(spec(), owner="pr")
+        queued = [w.service.submit(spec(), f"r{i}", owner="pr") for i in range(2)]
+        with pytest.raises(ResourceExhausted, match="2 builds and placements waiting"):
+            w.service.submit(spec(), "r9", owner="pr")
+        with pytest.raises(ResourceExhausted):
+            await w.service.place(spec(), lease_s=60, owner="pr")
+        assert w.service.submit(spec(), "r1", owner="pr") == queued[1]  # a retry of a queued build
+        other = w.service.submit(spec(), owner="main")  # another caller is not held back
+        assert w.service.get(other).state == build_pb2.BUILD_STATE_QUEUED
+        w.finish("n1", running, 1)  # the first queued one starts: room for one more
+        assert w.service.get(queued[0]).state == build_pb2.BUILD_STATE_RUNNING
+        w.service.submit(spec(), "r3", owner="pr")
+        with pytest.raises(ResourceExhausted):
+            w.service.submit(spec(), "r4", owner="pr")
+        for _ in range(3):  # without a token (no owner) nothing is counted
+            w.service.submit(spec())
 
     run(body())
 
