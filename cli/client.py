@@ -140,7 +140,8 @@ def add_spec_arguments(parser, *, command: bool) -> None:
             "--wait-for-nodes",
             type=float,
             default=60.0,
-            help="seconds to keep retrying while no node has registered",
+            help="seconds to keep retrying while no node has registered, or while this caller already has "
+            "as many builds waiting as it may",
         )
         parser.add_argument("argv", nargs="+", metavar="-- CMD", help="the command to run on the node")
 
@@ -209,7 +210,13 @@ def run_build(args) -> int:
                         return done
                 print("stoker: the event stream ended early; reconnecting", file=sys.stderr)
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                # UNAVAILABLE: no node yet, or the coordinator is restarting. RESOURCE_EXHAUSTED (only
+                # when submitting): this caller has as many builds waiting as it may; the same request_id
+                # makes the retry safe.
+                retryable = exc.code() == grpc.StatusCode.UNAVAILABLE or (
+                    exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not build_id
+                )
+                if not retryable or time.monotonic() > deadline:
                     return fail(exc)
                 print(f"stoker: {exc.details()}; retrying in {delay:.1f} s", file=sys.stderr)
             time.sleep(delay * random.uniform(0.7, 1.0))

@@ -60,7 +60,9 @@ class Tenancy:
         doc["shares"] = [{"tenant": "payments", "prefix": "shared/", "with": ["web"]}]
         tokens_file.write_text(json.dumps(doc))
         agent_port = port_factory()
-        self.coordinator = secure_coordinator(tmp_path, self.pki, agent_port)
+        self.coordinator = secure_coordinator(
+            tmp_path, self.pki, agent_port, settings="[builds]\nmax_queued_per_principal = 2\n"
+        )
         self.procs = [self.coordinator]
         for node in ("n1", "n2"):
             env = {
@@ -246,6 +248,36 @@ def test_a_tokens_share_of_slots_holds_its_burst_while_other_tenants_run(fleet):
     assert "its token's share of the fleet is in use (1 of 1 slots)" in reasons, reasons
     assert other_events[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
     assert _running_span(other_events)[1] < second[1], "payments waited behind batch's share"
+
+
+def test_a_token_may_have_only_so_many_builds_waiting_and_the_cli_waits_for_room(fleet):
+    """builds.max_queued_per_principal = 2 in this fleet: batch-ci (one slot) runs one build and has two
+    waiting; a third is RESOURCE_EXHAUSTED for batch only (payments still runs), and `stoker build` retries
+    it with the same request_id until room comes (issue 16: no unbounded queue per tenant)."""
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        first = pool.submit(fleet.events, "batch", "sleep 3")
+        time.sleep(0.5)
+        waiting = [pool.submit(fleet.events, "batch", "true") for _ in range(2)]
+        time.sleep(0.5)
+        with pytest.raises(grpc.RpcError) as refused:
+            fleet.events("batch", "true")
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 builds and placements waiting" in refused.value.details()
+        assert fleet.events("payments", "true")[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
+        env = dict(
+            os.environ,
+            STOKER_TOKEN=fleet.tokens["batch"],
+            STOKER_CA=str(fleet.pki / "ca.pem"),
+            STOKER_COORDINATOR=fleet.coordinator.address,
+        )
+        cli = subprocess.run(
+            [sys.executable, "-m", "stoker.cli.main", "build", "--workspace", "web", "--", "echo", "got-in"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert cli.returncode == 0 and cli.stdout.strip() == "got-in", (cli.stdout, cli.stderr)
+        assert "builds and placements waiting" in cli.stderr and "retrying" in cli.stderr, cli.stderr
+        assert first.result()[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED
+        assert all(w.result()[-1].finished.state == build_pb2.BUILD_STATE_SUCCEEDED for w in waiting)
 
 
 def test_a_ci_token_lists_its_own_builds_only(fleet):
