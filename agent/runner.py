@@ -529,7 +529,7 @@ def _state_of(outcome: Outcome, run: _Run) -> int:
         return build_pb2.BUILD_STATE_SUCCEEDED
     if outcome.reason is EndReason.TIMEOUT:
         return build_pb2.BUILD_STATE_TIMED_OUT
-    if outcome.reason in (EndReason.NOT_STARTED, EndReason.IMAGE):
+    if outcome.reason in (EndReason.NOT_STARTED, EndReason.IMAGE, EndReason.LOST):
         return build_pb2.BUILD_STATE_ERROR
     return build_pb2.BUILD_STATE_FAILED
 

@@ -50,6 +50,9 @@ class EndReason(str, enum.Enum):
     """Stopped for writing more output than its limit."""
     DISK = "disk"
     """Stopped for filling its workspace past its limit."""
+    LOST = "lost"
+    """The command ran, but the container runtime lost its exit code: neither success nor the build's
+    failure can be told (an error of the node, not of the build)."""
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,9 @@ _POLL_S = 0.02
 """How often the cgroup's OOM and pids counters are read while a build runs: the kernel counts in the
 container's own cgroup (cgroup v1), which is gone some tens of ms after the command died."""
 _PODMAN_FAILED = 125
+_PODMAN_LOST_EXIT = 127
+"""podman run's exit code when it could not learn the container's own, with an ``Error: …exit code…`` line
+last on stderr (podman 4.3, under load: "getting exit code of container … from DB: no such exit code")."""
 """podman run's exit code when podman itself failed (with its own ``Error: …`` line last on stderr)."""
 _RUNROOT_MAX = 50
 _INIT_PATHS = ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit")
@@ -341,11 +344,60 @@ class PodmanExecutor(BuildExecutor):
             return Outcome(
                 code, EndReason.NOT_STARTED, f"podman could not run the build: {last_stderr[0][7:]}"
             )
+        if (
+            code == _PODMAN_LOST_EXIT
+            and last_stderr[0].startswith("Error: ")
+            and "exit code" in last_stderr[0]
+        ):
+            recovered = await self._exit_code_from_events(cid_file)
+            if recovered is None:
+                log.error("build %s: podman lost its exit code: %s", job.build_id, last_stderr[0])
+                return Outcome(
+                    -1, EndReason.LOST, f"podman lost the build's exit code ({last_stderr[0][7:]})"
+                )
+            log.warning(
+                "build %s: podman lost its exit code (%s); its died event says %d",
+                job.build_id,
+                last_stderr[0],
+                recovered,
+            )
+            code = recovered
         if code == 1 and "failed to exec pid1" in last_stderr[0] and container.stop.reason is None:
             # catatonit (the build's init) could not start the command: as the process executor says.
             why = last_stderr[0].rsplit(": ", 1)[-1]
             return Outcome(127, EndReason.NOT_STARTED, f"cannot start {job.argv[0]!r}: {why.lower()}")
         return _outcome(code, container.stop, watcher, job)
+
+    lost_exit_wait_s = 5.0
+    """How long to look for a died event when podman lost a build's exit code."""
+
+    async def _exit_code_from_events(self, cid_file: Path) -> int | None:
+        """The exit code in the container's ``died`` event (podman's events file), which podman writes
+        even when ``podman run`` itself failed to read the code back; ``None`` if there is none within
+        ``lost_exit_wait_s`` (the cleanup that writes it may still be running)."""
+        try:
+            cid = cid_file.read_text().strip()
+        except OSError:
+            return None
+        deadline = time.monotonic() + self.lost_exit_wait_s
+        while True:
+            code, out, _ = await self._podman_cmd(
+                "events",
+                "--stream=false",
+                "--filter",
+                f"container={cid}",
+                "--filter",
+                "event=died",
+                "--format",
+                "{{.ContainerExitCode}}",
+                timeout_s=30,
+            )
+            codes = [line.strip() for line in out.splitlines() if line.strip().lstrip("-").isdigit()]
+            if code == 0 and codes:
+                return int(codes[-1])
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.25)
 
     def cancel(self, build_id: str, reason: str) -> None:
         container = self._running.get(build_id)
