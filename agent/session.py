@@ -26,6 +26,7 @@ from stoker.agent.cache.api import BuildCache, CacheError, EntryInfo
 from stoker.agent.config import AgentConfig
 from stoker.agent.executors.base import BuildExecutor
 from stoker.agent.executors.images import Image
+from stoker.agent.local_cache import Leases
 from stoker.agent.runner import AgentMetrics, BuildRunner
 from stoker.common import sketch
 from stoker.v1 import agent_pb2, agent_pb2_grpc, build_pb2, common_pb2
@@ -86,6 +87,8 @@ class CoordinatorSession:
         self.runner = BuildRunner(
             config.build, registration.slots, cache, executor, self._emit_build_event, metrics, build_executor
         )
+        self.leases = Leases()
+        """Placement leases granted on this node, which runners use through the local socket."""
         cache.subscribe(self._on_cache_change)
         self.runner.on_drain(self._send_heartbeat_now)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,6 +117,10 @@ class CoordinatorSession:
         )
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._push, message)
+
+    def report_lease(self, report: agent_pb2.LeaseReport) -> None:
+        """What the agent did for a runner under a lease, for the coordinator (kept while it is away)."""
+        self._push(agent_pb2.AgentMessage(lease_report=report))
 
     def _send_heartbeat_now(self) -> None:
         """Queue a heartbeat now (it says the node is draining), not at the next interval."""
@@ -297,6 +304,10 @@ class CoordinatorSession:
                 )
             elif kind == "snapshot_request":
                 self._push(agent_pb2.AgentMessage(snapshot=await self._snapshot()))
+            elif kind == "grant_lease":
+                self.leases.grant(command.grant_lease)
+            elif kind == "drop_lease":
+                self.leases.drop(command.drop_lease.lease_id, command.drop_lease.reason)
 
     async def _prewarm(self, command: agent_pb2.PrewarmCommand) -> None:
         started = time.monotonic()
