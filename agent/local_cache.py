@@ -245,6 +245,9 @@ class LocalCacheServicer(local_cache_pb2_grpc.LocalCacheServicer):
                     os.close(fd)
         except Refused as exc:
             await context.abort(exc.code, str(exc))
+        except (OSError, CacheError) as exc:
+            log.exception("lease %s: restore failed", request.lease_id)
+            await context.abort(grpc.StatusCode.INTERNAL, f"the agent failed: {exc}")
         figures = (
             restore_figures(result)
             if result is not None
@@ -314,6 +317,9 @@ class LocalCacheServicer(local_cache_pb2_grpc.LocalCacheServicer):
                     os.close(fd)
         except Refused as exc:
             await context.abort(exc.code, str(exc))
+        except OSError as exc:
+            log.exception("lease %s: save failed", request.lease_id)
+            await context.abort(grpc.StatusCode.INTERNAL, f"the agent failed: {exc}")
         return response
 
     async def _save(self, lease: Lease, fd: int, workspace: str) -> local_cache_pb2.LocalSaveResponse:

@@ -9,6 +9,7 @@ protected scope."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,7 +23,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from stoker.v1 import build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
+from stoker.agent.cache.safe_open import Root, open_dir, pinned
+from stoker.agent.local_cache import Leases, Refused, open_workspace
+from stoker.v1 import agent_pb2, build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
 from tests.coordinator.test_tenancy import Tenancy
 from tests.helpers.net import free_port
 from tests.helpers.pki import tls_channel
@@ -261,3 +264,48 @@ def test_a_pull_requests_lease_reads_the_protected_scope_but_saves_only_into_its
     lf.run("restore", again, ws)
     assert (ws / "deps" / "who").read_text() == "main\n"
     assert lf.release("main", again.lease_id)
+
+
+# -- the agent's pieces, without a fleet ----------------------------------------------------------------
+def test_a_lease_opens_only_to_its_secret_and_only_until_it_expires():
+    now = [100.0]
+    leases = Leases(clock=lambda: now[0])
+    grant = agent_pb2.GrantLeaseCommand(
+        lease_id="l-1", secret_sha256=hashlib.sha256(b"s3cret").digest(), expires_in_s=60
+    )
+    leases.grant(grant)
+    assert leases.check("l-1", "s3cret").lease_id == "l-1"
+    for lease_id, secret in (("l-1", "wrong"), ("l-1", ""), ("l-2", "s3cret")):
+        with pytest.raises(Refused) as refused:
+            leases.check(lease_id, secret)
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    now[0] += 61
+    with pytest.raises(Refused):
+        leases.check("l-1", "s3cret")
+    leases.grant(grant)
+    leases.drop("l-1", "released")
+    with pytest.raises(Refused):
+        leases.check("l-1", "s3cret")
+
+
+def test_a_workspace_swapped_for_a_symlink_after_it_was_opened_still_leads_only_to_itself(tmp_path):
+    """The agent checks a workspace once and reaches it only through the descriptor it opened then: a
+    runner that renames it and plants a symlink in its place changes nothing outside the root."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "job").mkdir(parents=True)
+    outside.mkdir()
+    fd = open_workspace(str(root), str(root / "job"))
+    try:
+        (root / "job").rename(root / "moved")
+        (root / "job").symlink_to(outside)
+        reached = open_dir(pinned(fd))
+        try:
+            assert os.fstat(reached).st_ino == (root / "moved").stat().st_ino
+        finally:
+            os.close(reached)
+        with Root(pinned(fd), None) as opened:  # what a save and a restore open
+            assert os.fstat(opened.fd).st_ino == (root / "moved").stat().st_ino
+    finally:
+        os.close(fd)
+    with pytest.raises(Refused, match="symlink"):
+        open_workspace(str(root), str(root / "job"))
