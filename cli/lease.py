@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from stoker.cli.output import EXIT_STOKER_ERROR
 from stoker.v1 import common_pb2, local_cache_pb2, local_cache_pb2_grpc
 
-DEFAULT_SOCKET = "/run/stoker/cache.sock"
+DEFAULT_SOCKET = "/var/lib/stoker/run/cache.sock"
 """The agent's default cache.local_socket."""
 
 
