@@ -484,6 +484,20 @@ class BuildQueue:
             self._metrics.lease_reports.labels("refused").inc()
             return False
         figures = report.cache
+        request = lease.request
+        if (
+            request is not None
+            and figures.restored_key
+            and not _lease_may_read(request, figures.restored_key)
+        ):
+            log.warning(
+                "node %s reported restoring %s under lease %s, which may not read it; ignored",
+                node_name,
+                figures.restored_key,
+                report.lease_id,
+            )
+            self._metrics.lease_reports.labels("refused").inc()
+            return False
         if report.restored:
             lease.cache.CopyFrom(figures)
             lease.cache.saved = False
@@ -1096,6 +1110,12 @@ def _position(page_token: str) -> tuple[float, str] | None:
         raise InvalidArgument(
             "page_token: not one this coordinator gave (pass next_page_token as it came)"
         ) from None
+
+
+def _lease_may_read(request: PlacementRequest, key: str) -> bool:
+    """Whether a lease's restore may have brought ``key``: its own key, its key in a scope it reads, or an
+    entry under one of its restore prefixes (in those scopes)."""
+    return key in (request.key, *request.also_exact) or any(key.startswith(p) for p in request.restore_keys)
 
 
 def _shutting_down(seq: int) -> Unavailable:

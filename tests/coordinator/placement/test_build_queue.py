@@ -540,7 +540,11 @@ def test_a_lease_reaches_its_node_and_only_that_nodes_reports_on_it_count():
         )
         assert not w.service.lease_report(other, saved)
         assert w.service.lease_report(node, saved)
-        assert w.prom.get_sample_value("stoker_coordinator_lease_reports_total", {"kind": "refused"}) == 1
+        foreign = agent_pb2.LeaseReport(
+            lease_id=placement.lease_id, restored=True, cache=common_pb2.CacheFigures(restored_key="other/k")
+        )
+        assert not w.service.lease_report(node, foreign)  # a key the lease may not read vouches for nothing
+        assert w.prom.get_sample_value("stoker_coordinator_lease_reports_total", {"kind": "refused"}) == 2
         assert w.service.release(placement.lease_id)
         assert [c.drop_lease.lease_id for c in w.commands(node) if c.HasField("drop_lease")] == [
             placement.lease_id
