@@ -42,13 +42,12 @@ from stoker.agent.cache.api import BuildCache, CacheError, RestoreResult
 from stoker.agent.cache.safe_open import DIR_PATH, pinned
 from stoker.agent.runner import (
     AgentMetrics,
-    cache_hit_env,
+    cache_hit,
     matched_exactly,
     restore_figures,
     restore_into,
     save_from,
 )
-from stoker.common import scopes
 from stoker.common.serving import GRPC_SERVER_OPTIONS, ListenError, add_port
 from stoker.v1 import agent_pb2, common_pb2, local_cache_pb2, local_cache_pb2_grpc
 
@@ -262,18 +261,8 @@ class LocalCacheServicer(local_cache_pb2_grpc.LocalCacheServicer):
                 timings=common_pb2.Timings(restore_s=seconds),
             )
         )
-        exact = scopes.physical(
-            cache.key,
-            cache.restore_keys,
-            cache.scope,
-            cache.read_scopes,
-            [(s.scope, s.prefix) for s in cache.shared],
-        ).exact
         return local_cache_pb2.LocalRestoreResponse(
-            cache=figures,
-            seconds=seconds,
-            cache_hit=cache_hit_env(exact, result)["STOKER_CACHE_HIT"],
-            notes=notes,
+            cache=figures, seconds=seconds, cache_hit=cache_hit(cache, result), notes=notes
         )
 
     async def _restore(self, lease: Lease, fd: int, workspace: str) -> tuple[RestoreResult | None, list[str]]:
@@ -287,7 +276,12 @@ class LocalCacheServicer(local_cache_pb2_grpc.LocalCacheServicer):
             notes = [f"cache entry {s.key} skipped: {s.reason}" for s in exc.skipped if s.reason != str(exc)]
             lease.restored, lease.restored_at = None, time.monotonic()
             return None, [*notes, f"cache restore failed, go on without it: {exc}"]
-        await self._in_thread(give_to_owner, fd, list(cache.paths))
+        try:
+            await self._in_thread(give_to_owner, fd, list(cache.paths))
+        except PermissionError as exc:  # an agent that is not root: the files stay its own
+            log.warning(
+                "lease %s: cannot give the restored files to %s's owner: %s", lease.lease_id, workspace, exc
+            )
         lease.restored, lease.restored_at = result, time.monotonic()
         self._metrics.restore_seconds.labels(result.warmth).observe(result.seconds)
         self._metrics.restore_bytes.inc(result.bytes_fetched)

@@ -513,6 +513,11 @@ def save_from(
     return cache.save(key, workspace, list(spec.cache.paths), progress, writer=writer)
 
 
+def cache_hit(spec: common_pb2.CacheSpec, restored: RestoreResult | None) -> str:
+    """``STOKER_CACHE_HIT`` for a restore of ``spec`` (see :func:`cache_hit_env`)."""
+    return cache_hit_env(_keys(spec).exact, restored)["STOKER_CACHE_HIT"]
+
+
 def matched_exactly(spec: common_pb2.CacheSpec, restored: RestoreResult | None) -> bool:
     """Whether the restore brought the build's own key (in its own scope): a save would change nothing."""
     return restored is not None and restored.restored_key == _keys(spec).key
