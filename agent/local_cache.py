@@ -80,6 +80,8 @@ class Lease:
     """time.monotonic() when its restore ended (the runner's job starts then)."""
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
     """A lease's restore and save never overlap."""
+    stream: int = 0
+    """The stream to the coordinator that granted it last (see :meth:`Leases.confirm_on`)."""
 
 
 class Leases:
@@ -89,6 +91,7 @@ class Leases:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._leases: dict[str, Lease] = {}
+        self._stream = 0
 
     def grant(self, command: agent_pb2.GrantLeaseCommand) -> None:
         now = self._clock()
@@ -97,6 +100,7 @@ class Leases:
         known = self._leases.get(command.lease_id)
         if known is not None:  # granted again after a reconnect: keep what the runner did under it
             known.deadline = now + command.expires_in_s
+            known.stream = self._stream
             return
         self._leases[command.lease_id] = Lease(
             lease_id=command.lease_id,
@@ -104,8 +108,21 @@ class Leases:
             spec=command.spec,
             principal=command.principal,
             deadline=now + command.expires_in_s,
+            stream=self._stream,
         )
         log.info("lease %s granted for %.0f s", command.lease_id, command.expires_in_s)
+
+    def new_stream(self) -> int:
+        """A new stream to the coordinator opened: it grants again, first thing, every lease it still holds
+        on this node. Returns the stream's number for :meth:`forget_unconfirmed`."""
+        self._stream += 1
+        return self._stream
+
+    def forget_unconfirmed(self, stream: int) -> None:
+        """Drop the leases that stream ``stream`` did not grant again: a coordinator that restarted (its
+        leases are gone) or released them while the stream was down."""
+        for lease_id in [k for k, v in self._leases.items() if v.stream < stream]:
+            self.drop(lease_id, "not granted again by the coordinator after a reconnect")
 
     def drop(self, lease_id: str, reason: str = "") -> None:
         if self._leases.pop(lease_id, None) is not None:

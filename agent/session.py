@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 _OUTBOX_LOG_LIMIT = 20_000
 _RESEND_FINISHED = 64
+_LEASE_CONFIRM_S = 10.0
+"""After a (re)connection, how long the coordinator has to grant this node's leases again."""
 
 
 def _ts(seconds: float) -> timestamp_pb2.Timestamp:
@@ -200,6 +202,10 @@ class CoordinatorSession:
         await call.write(agent_pb2.AgentMessage(heartbeat=await self._heartbeat()))
         self.connected.set()
         self._metrics.connected.set(1)
+        # The coordinator grants this node's leases again as the stream opens (before any other command);
+        # those it does not, it no longer holds. Runners' calls meanwhile go on under the leases as they were.
+        stream = self.leases.new_stream()
+        asyncio.get_running_loop().call_later(_LEASE_CONFIRM_S, self.leases.forget_unconfirmed, stream)
         self.last_error = ""
         log.info(
             "connected to the coordinator as %s (session %s)", self._registration.node, reply.session_id[:8]

@@ -309,3 +309,17 @@ def test_a_workspace_swapped_for_a_symlink_after_it_was_opened_still_leads_only_
         os.close(fd)
     with pytest.raises(Refused, match="symlink"):
         open_workspace(str(root), str(root / "job"))
+
+
+def test_after_a_reconnect_only_the_leases_the_coordinator_grants_again_stay():
+    leases = Leases()
+    secret = hashlib.sha256(b"s").digest()
+    for lease_id in ("l-kept", "l-forgotten"):
+        leases.grant(agent_pb2.GrantLeaseCommand(lease_id=lease_id, secret_sha256=secret, expires_in_s=60))
+    stream = leases.new_stream()  # a coordinator that restarted knows only one of them
+    leases.grant(agent_pb2.GrantLeaseCommand(lease_id="l-kept", secret_sha256=secret, expires_in_s=60))
+    assert leases.check("l-forgotten", "s")  # until the coordinator has had its chance to grant it again
+    leases.forget_unconfirmed(stream)
+    assert leases.check("l-kept", "s").lease_id == "l-kept"
+    with pytest.raises(Refused):
+        leases.check("l-forgotten", "s")
