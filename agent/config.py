@@ -85,6 +85,17 @@ class CacheSettings:
     python-processes (the Python writer, forking workers - 1 helpers for each restore), python-threads (the
     Python writer on threads), or auto (compiled where it is built, else python-processes). The old
     STOKER_CACHE_WRITER=python still selects python-processes."""
+    local_socket: str = "/var/lib/stoker/run/cache.sock"
+    """Unix socket on which runners on this node ask the agent to restore and save their workspace's cache
+    under a placement lease (placement-only mode: the LocalCache service, ``stoker lease restore/save``).
+    Mode 0666: the lease's secret, which only the holder of the placement has, is the authorization; no
+    network port. Under the agent's data directory by default: on Kubernetes the agent and the runner pods
+    share that one hostPath. Empty: not served."""
+    local_workspace_root: str = "/var/lib/stoker/runners"
+    """Runners' workspaces must be directories beneath it, reached through no symlink (on Kubernetes, the
+    runner pods' hostPath work directory). Restored files are given to the workspace directory's owner. On
+    the cache's filesystem, a warm restore moves the entry's ready tree into the workspace (a rename);
+    elsewhere it writes the files."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from stoker.agent.cache.api import BuildCache
 from stoker.agent.config import AgentConfig, default_node_name, in_cluster
 from stoker.agent.executors.base import BuildExecutor, ExecutorUnavailable
 from stoker.agent.executors.factory import open_executor
+from stoker.agent.local_cache import LocalCacheServicer, local_server, open_socket
 from stoker.agent.runner import AgentMetrics, CacheCollector
 from stoker.agent.session import CoordinatorSession
 from stoker.common.serving import (
@@ -141,6 +142,8 @@ class Agent:
             self.port = add_port(self.server, config.server.listen)
         self.metrics_server = MetricsServer(self.registry, config.server.metrics_listen)
         self.session: CoordinatorSession | None = None
+        self.local_server: grpc.aio.Server | None = None
+        """LocalCache on cache.local_socket, for runners under placement leases (agent/local_cache.py)."""
         self.stop_event = asyncio.Event()
 
     async def start(self) -> None:
@@ -157,6 +160,19 @@ class Agent:
         removed = await loop.run_in_executor(self.executor, self.session.runner.remove_leftover_workspaces)
         if removed:
             log.warning("cleaned up after a crash: removed %d workspace(s)", removed)
+        socket_path = self.config.cache.local_socket
+        if socket_path:
+            servicer = LocalCacheServicer(
+                self.session.leases,
+                self.cache,
+                self.executor,
+                self.config.cache.local_workspace_root,
+                self.session.report_lease,
+                self.metrics,
+            )
+            self.local_server = local_server(socket_path, servicer)
+            await self.local_server.start()
+            open_socket(socket_path)
         await self.server.start()
         self.metrics_server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -166,11 +182,12 @@ class Agent:
             asyncio.create_task(self._track_readiness()),
         ]
         log.info(
-            "agent %s: health on port %d, metrics on port %d, coordinator %s",
+            "agent %s: health on port %d, metrics on port %d, coordinator %s, local cache socket %s",
             req.node,
             self.port,
             self.metrics_server.port,
             self.config.coordinator.address,
+            socket_path or "off",
         )
 
     async def _track_readiness(self) -> None:
@@ -207,6 +224,8 @@ class Agent:
             task.cancel()
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(1)
+        if self.local_server is not None:
+            await self.local_server.stop(1)
         self.metrics_server.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
 

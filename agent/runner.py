@@ -21,7 +21,15 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from stoker.agent.cache.api import BuildCache, CacheError, EntryWriter, Progress, RestoreResult, SaveResult
+from stoker.agent.cache.api import (
+    BuildCache,
+    CacheError,
+    EntryWriter,
+    Progress,
+    ProgressFn,
+    RestoreResult,
+    SaveResult,
+)
 from stoker.agent.config import BuildSettings
 from stoker.agent.executors.base import BuildExecutor, BuildJob, EndReason, Limits, Outcome
 from stoker.agent.executors.factory import default_limits
@@ -275,7 +283,7 @@ class BuildRunner:
                 state, exit_code, message = await self._execute(run, job, restored)
             timings.run_s = time.monotonic() - t0
             if state == build_pb2.BUILD_STATE_SUCCEEDED and spec.cache.key:
-                if restored is not None and restored.restored_key == _keys(spec.cache).key:
+                if matched_exactly(spec.cache, restored):
                     self._note(run, "stoker: cache key matched exactly; not saving")
                 else:
                     t0 = time.monotonic()
@@ -295,17 +303,7 @@ class BuildRunner:
         self._send(run, build_pb2.BuildEvent(restoring=build_pb2.Restoring(key=keys.key)))
         progress = self._progress_reporter(run, "restoring", keys.key)
         try:
-            result = await self._in_thread(
-                functools.partial(
-                    self._cache.restore,
-                    keys.key,
-                    list(keys.prefixes),
-                    workspace,
-                    list(cache.paths),
-                    progress,
-                    also_exact=keys.exact[1:],
-                )
-            )
+            result = await self._in_thread(restore_into, self._cache, cache, workspace, progress)
         except CacheError as exc:
             log.warning("cache restore failed: %s", exc)
             for bad in (s for s in exc.skipped if s.reason != str(exc)):
@@ -315,11 +313,7 @@ class BuildRunner:
             return None
         for bad in result.skipped:
             self._note(run, f"stoker: cache entry {bad.key} skipped: {bad.reason}")
-        figures.warmth = _WARMTH[result.warmth]
-        figures.restored_key = result.restored_key or ""
-        figures.bytes_fetched = result.bytes_fetched
-        figures.bytes_restored = result.bytes_restored
-        figures.files_restored = result.files_restored
+        figures.MergeFrom(restore_figures(result))
         self._metrics.restore_seconds.labels(result.warmth).observe(result.seconds)
         self._metrics.restore_bytes.inc(result.bytes_fetched)
         self._send(
@@ -328,18 +322,19 @@ class BuildRunner:
         return result
 
     async def _save(self, run: _Run, workspace: Path, figures: common_pb2.CacheFigures) -> str:
-        cache = run.spec.cache
-        key = _keys(cache).key  # only ever into the build's own scope
+        key = _keys(run.spec.cache).key  # only ever into the build's own scope
         self._send(run, build_pb2.BuildEvent(saving=build_pb2.Saving(key=key)))
         progress = self._progress_reporter(run, "saving", key)
         try:
-            # Who wrote the entry, as the coordinator said (the node is the cache's own to add).
-            writer = EntryWriter(
-                principal=run.principal, tenant=run.spec.tenant, trust=run.spec.trust, build_id=run.build_id
-            )
             result: SaveResult = await self._in_thread(
                 functools.partial(
-                    self._cache.save, key, workspace, list(cache.paths), progress, writer=writer
+                    save_from,
+                    self._cache,
+                    run.spec,
+                    workspace,
+                    progress,
+                    principal=run.principal,
+                    build_id=run.build_id,
                 )
             )
         except CacheError as exc:
@@ -487,6 +482,56 @@ def _keys(cache: common_pb2.CacheSpec) -> scopes.PhysicalKeys:
     """The build's cache keys as stored: in the scope the coordinator gave it (common/scopes.py)."""
     shared = [(s.scope, s.prefix) for s in cache.shared]
     return scopes.physical(cache.key, cache.restore_keys, cache.scope, cache.read_scopes, shared)
+
+
+# The restore and save of a build's cache, shared by the builds the agent runs and by the runners that ask
+# it under a placement lease (agent/local_cache.py): the same keys in the same scopes, the same writer.
+def restore_into(
+    cache: BuildCache, spec: common_pb2.CacheSpec, workspace: Path, progress: ProgressFn | None = None
+) -> RestoreResult:
+    """Restore ``spec``'s entry into ``workspace``: its key, else its key in each scope it may read, else the
+    newest entry under its restore keys (in those scopes). Blocks."""
+    keys = _keys(spec)
+    return cache.restore(
+        keys.key, list(keys.prefixes), workspace, list(spec.paths), progress, also_exact=keys.exact[1:]
+    )
+
+
+def save_from(
+    cache: BuildCache,
+    spec: common_pb2.BuildSpec,
+    workspace: Path,
+    progress: ProgressFn | None = None,
+    *,
+    principal: str,
+    build_id: str,
+) -> SaveResult:
+    """Save ``spec``'s cache paths of ``workspace`` under its key, only ever in its own scope, recording who
+    wrote it as the coordinator said (the node is the cache's own to add). Blocks."""
+    key = _keys(spec.cache).key
+    writer = EntryWriter(principal=principal, tenant=spec.tenant, trust=spec.trust, build_id=build_id)
+    return cache.save(key, workspace, list(spec.cache.paths), progress, writer=writer)
+
+
+def cache_hit(spec: common_pb2.CacheSpec, restored: RestoreResult | None) -> str:
+    """``STOKER_CACHE_HIT`` for a restore of ``spec`` (see :func:`cache_hit_env`)."""
+    return cache_hit_env(_keys(spec).exact, restored)["STOKER_CACHE_HIT"]
+
+
+def matched_exactly(spec: common_pb2.CacheSpec, restored: RestoreResult | None) -> bool:
+    """Whether the restore brought the build's own key (in its own scope): a save would change nothing."""
+    return restored is not None and restored.restored_key == _keys(spec).key
+
+
+def restore_figures(result: RestoreResult) -> common_pb2.CacheFigures:
+    """A restore's figures as the wire reports them."""
+    return common_pb2.CacheFigures(
+        warmth=_WARMTH[result.warmth],
+        restored_key=result.restored_key or "",
+        bytes_fetched=result.bytes_fetched,
+        bytes_restored=result.bytes_restored,
+        files_restored=result.files_restored,
+    )
 
 
 def cache_hit_env(exact: Sequence[str], restored: RestoreResult | None) -> dict[str, str]:

@@ -26,6 +26,7 @@ from stoker.agent.cache.api import BuildCache, CacheError, EntryInfo
 from stoker.agent.config import AgentConfig
 from stoker.agent.executors.base import BuildExecutor
 from stoker.agent.executors.images import Image
+from stoker.agent.local_cache import Leases
 from stoker.agent.runner import AgentMetrics, BuildRunner
 from stoker.common import sketch
 from stoker.v1 import agent_pb2, agent_pb2_grpc, build_pb2, common_pb2
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 _OUTBOX_LOG_LIMIT = 20_000
 _RESEND_FINISHED = 64
+_LEASE_CONFIRM_S = 10.0
+"""After a (re)connection, how long the coordinator has to grant this node's leases again."""
 
 
 def _ts(seconds: float) -> timestamp_pb2.Timestamp:
@@ -86,6 +89,8 @@ class CoordinatorSession:
         self.runner = BuildRunner(
             config.build, registration.slots, cache, executor, self._emit_build_event, metrics, build_executor
         )
+        self.leases = Leases()
+        """Placement leases granted on this node, which runners use through the local socket."""
         cache.subscribe(self._on_cache_change)
         self.runner.on_drain(self._send_heartbeat_now)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,6 +119,10 @@ class CoordinatorSession:
         )
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._push, message)
+
+    def report_lease(self, report: agent_pb2.LeaseReport) -> None:
+        """What the agent did for a runner under a lease, for the coordinator (kept while it is away)."""
+        self._push(agent_pb2.AgentMessage(lease_report=report))
 
     def _send_heartbeat_now(self) -> None:
         """Queue a heartbeat now (it says the node is draining), not at the next interval."""
@@ -193,6 +202,10 @@ class CoordinatorSession:
         await call.write(agent_pb2.AgentMessage(heartbeat=await self._heartbeat()))
         self.connected.set()
         self._metrics.connected.set(1)
+        # The coordinator grants this node's leases again as the stream opens (before any other command);
+        # those it does not, it no longer holds. Runners' calls meanwhile go on under the leases as they were.
+        stream = self.leases.new_stream()
+        asyncio.get_running_loop().call_later(_LEASE_CONFIRM_S, self.leases.forget_unconfirmed, stream)
         self.last_error = ""
         log.info(
             "connected to the coordinator as %s (session %s)", self._registration.node, reply.session_id[:8]
@@ -297,6 +310,10 @@ class CoordinatorSession:
                 )
             elif kind == "snapshot_request":
                 self._push(agent_pb2.AgentMessage(snapshot=await self._snapshot()))
+            elif kind == "grant_lease":
+                self.leases.grant(command.grant_lease)
+            elif kind == "drop_lease":
+                self.leases.drop(command.drop_lease.lease_id, command.drop_lease.reason)
 
     async def _prewarm(self, command: agent_pb2.PrewarmCommand) -> None:
         started = time.monotonic()

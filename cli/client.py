@@ -301,6 +301,11 @@ def place(args) -> int:
         print(json_format.MessageToJson(placement, indent=None, preserving_proto_field_name=True))
     else:
         print(f"{placement.lease_id} {placement.node} {placement.zone} {placement.reason}")
+        print(
+            f"lease secret (STOKER_LEASE_SECRET for stoker lease restore/save on {placement.node}): "
+            f"{placement.lease_secret}",
+            file=sys.stderr,
+        )
     return 0
 
 

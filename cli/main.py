@@ -5,6 +5,7 @@ stoker coordinator               run the coordinator
 stoker agent                     run a node agent
 stoker build -- CMD...           run a build through the coordinator and stream it
 stoker place / release           placement-only leases
+stoker lease restore / save      on the placed node: the job's cache, through the node's agent
 stoker get / cancel / watch      one build
 stoker inventory                 what the fleet holds
 stoker history export / fleet    the build history as a simulator trace, the fleet as a spec
@@ -22,7 +23,7 @@ import asyncio
 import sys
 from typing import Any
 
-from stoker.cli import client, history, plan, report, rollouts
+from stoker.cli import client, history, lease, plan, report, rollouts
 from stoker.common import logs, settings
 from stoker.common.serving import ListenError
 
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_service_commands(sub)
     _add_build_commands(sub)
+    lease.add_commands(sub)
     rollouts.add_parser(sub)
     history.add_parser(sub)
     plan.add_parser(sub)

@@ -175,7 +175,9 @@ def start_agent(
         args += ["--label", f"{k}={v}"]
     # The harness's builds run this machine's Python, which no image holds: the process executor, said
     # explicitly (an agent's default is podman wherever it can run), unless the caller asks for another.
-    env = {"STOKER_AGENT_BUILD_EXECUTOR": "process", **(env or {})}
+    # No local cache socket unless the caller asks (STOKER_AGENT_CACHE_LOCAL_SOCKET): the default path is one
+    # per machine, and a harness runs several agents on one.
+    env = {"STOKER_AGENT_BUILD_EXECUTOR": "process", "STOKER_AGENT_CACHE_LOCAL_SOCKET": "", **(env or {})}
     return _spawn(name, args + (extra or []), workdir, env, timeout)
 
 

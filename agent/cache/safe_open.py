@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,11 +26,29 @@ SWAPPED_ERRNOS = (errno.ELOOP, errno.EXDEV, errno.ENOTDIR)
 """What opening beneath a root meets where a directory of the tree was replaced by a symlink or a file."""
 
 
+_PINNED = re.compile(r"/proc/self/fd/\d+")
+
+
+def pinned(fd: int) -> Path:
+    """A path that reaches the directory open as ``fd`` (reached following no symlink by its opener) and no
+    other, whatever is renamed or swapped along the way it was reached: a runner's workspace, checked once
+    and then restored into and saved from through this path (agent/local_cache.py)."""
+    return Path(f"/proc/self/fd/{fd}")
+
+
+def open_dir(path: Path) -> int:
+    """A DIR_PATH descriptor of the destination ``path``: a symlink there is refused, except the link of a
+    :func:`pinned` directory, which is followed (it can lead nowhere else)."""
+    if _PINNED.fullmatch(str(path)):
+        return os.open(f"{path}/.", DIR_PATH)
+    return os.open(path, DIR_PATH)
+
+
 class Root:
     """The destination directory, opened once; every path beneath it is reached following no symlink."""
 
     def __init__(self, path: Path, compiled: CompiledIO | None) -> None:
-        self.fd = os.open(path, DIR_PATH)
+        self.fd = open_dir(path)
         self._compiled = compiled
 
     def close(self) -> None:

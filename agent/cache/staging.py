@@ -15,7 +15,7 @@ from pathlib import Path
 
 from stoker.agent.cache.api import UnsafeTree
 from stoker.agent.cache.libc import syncfs
-from stoker.agent.cache.safe_open import DIR_PATH, SWAPPED_ERRNOS
+from stoker.agent.cache.safe_open import DIR_PATH, SWAPPED_ERRNOS, open_dir
 
 STAGING_PREFIX = ".stoker-staging-"
 
@@ -37,7 +37,7 @@ def publish(stage: Path, workspace: Path, present: set[str], where: str, *, sync
     after its directory was opened changes nothing outside the workspace."""
     if sync:
         syncfs(stage)
-    ws_fd = os.open(workspace, DIR_PATH)
+    ws_fd = open_dir(workspace)
     try:
         stage_fd = os.open(stage, DIR_PATH)
         try:

@@ -370,7 +370,10 @@ class LocalStore:
                 except BlockingIOError as exc:
                     if time.monotonic() >= deadline:
                         os.close(fd)
-                        raise CacheError(f"cache store {self.root} is in use by another process") from exc
+                        raise CacheError(
+                            f"cache store {self.root} is in use by another process (the node's agent? a job "
+                            "placed on this node restores and saves through it: stoker lease restore/save)"
+                        ) from exc
                     time.sleep(0.02)
             self._lock_fd = fd
         with self._lock:

@@ -30,7 +30,7 @@ class CoordinatorMetrics:
         )
         self.cache_hits = Counter(
             "stoker_coordinator_cache_hits_total",
-            "Finished builds by the warmth their agent found.",
+            "Finished builds, and placement leases' restores, by the warmth their agent found.",
             ["warmth"],
             registry=registry,
         )
@@ -97,7 +97,8 @@ class CoordinatorMetrics:
         )
         self.restore_seconds = Histogram(
             "stoker_coordinator_build_restore_seconds",
-            "Time a finished build's agent spent restoring its cache, by the warmth it found.",
+            "Time a finished build's agent (or a placement lease's, for its runner) spent restoring its "
+            "cache, by the warmth it found.",
             ["warmth"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
             registry=registry,
@@ -109,6 +110,15 @@ class CoordinatorMetrics:
             buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
             registry=registry,
         )
+        self.lease_reports = Counter(
+            "stoker_coordinator_lease_reports_total",
+            "What agents reported doing for runners under placement leases: restored, saved (or a save that "
+            "wrote nothing), and refused (a report on a lease the coordinator did not grant to that node).",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in ("restored", "saved", "refused"):
+            self.lease_reports.labels(kind)
         self.cache_commands = Counter(
             "stoker_coordinator_cache_commands_total",
             "Cache commands sent to agents: prewarm (fetch ahead of need, or touch a held entry to keep it "

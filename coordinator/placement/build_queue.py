@@ -17,8 +17,10 @@ import asyncio
 import base64
 import collections
 import functools
+import hashlib
 import json
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -137,6 +139,15 @@ class Lease:
     node: str
     expires: float
     owner: str = ""
+    request: PlacementRequest | None = None
+    """The scheduler's view of the placement (its keys as nodes store them)."""
+    spec: common_pb2.BuildSpec = field(default_factory=common_pb2.BuildSpec)
+    """The spec as bound to the caller's token: what the node's agent restores and saves under the lease."""
+    secret_sha256: bytes = b""
+    """SHA-256 of the secret the caller got (the secret itself is never kept)."""
+    cache: common_pb2.CacheFigures = field(default_factory=common_pb2.CacheFigures)
+    timings: common_pb2.Timings = field(default_factory=common_pb2.Timings)
+    """What the node's agent reported doing under the lease (LeaseReport), for the scheduler at its end."""
 
 
 class BuildQueue:
@@ -449,16 +460,106 @@ class BuildQueue:
         lease = self._leases.get(lease_id)
         return None if lease is None else lease.owner
 
-    def release(self, lease_id: str) -> bool:
+    def release(self, lease_id: str, reason: str = "released") -> bool:
         lease = self._leases.pop(lease_id, None)
         if lease is None:
             return False
-        self._scheduler.finished(lease_id)
+        # What the runner's job did on the node, as its agent reported it, teaches the scheduler as a
+        # build's end does (run and restore times by key and workspace).
+        self._scheduler.finished(
+            lease_id,
+            key=lease.request.key if lease.request is not None else "",
+            workspace=lease.spec.workspace,
+            run_s=lease.timings.run_s,
+            bytes_fetched=lease.cache.bytes_fetched,
+            bytes_restored=lease.cache.bytes_restored,
+            restore_s=lease.timings.restore_s,
+        )
         node = self._registry.find(lease.node)
         if node is not None:
             node.holders.discard(lease_id)
+        link = self._links.get(lease.node)
+        if link is not None:
+            link.send(
+                agent_pb2.CoordinatorCommand(
+                    drop_lease=agent_pb2.DropLeaseCommand(lease_id=lease_id, reason=reason)
+                )
+            )
         self._schedule()
         return True
+
+    def lease_report(self, node_name: str, report: agent_pb2.LeaseReport) -> bool:
+        """What a node's agent did for a runner under a lease: counted only for a lease granted to that node
+        (False, and nothing learned, otherwise). A restore's entry and a saved entry corroborate the node's
+        claims of them, as a build's do; the timings reach the scheduler when the lease ends."""
+        lease = self._leases.get(report.lease_id)
+        if lease is None or lease.node != node_name:
+            log.warning(
+                "node %s reported on lease %s, which it does not hold; ignored", node_name, report.lease_id
+            )
+            self._metrics.lease_reports.labels("refused").inc()
+            return False
+        figures = report.cache
+        request = lease.request
+        if (
+            request is not None
+            and figures.restored_key
+            and not _lease_may_read(request, figures.restored_key)
+        ):
+            log.warning(
+                "node %s reported restoring %s under lease %s, which may not read it; ignored",
+                node_name,
+                figures.restored_key,
+                report.lease_id,
+            )
+            self._metrics.lease_reports.labels("refused").inc()
+            return False
+        if report.restored:
+            lease.cache.CopyFrom(figures)
+            lease.cache.saved = False
+            lease.cache.bytes_uploaded = 0
+            lease.timings.restore_s = report.timings.restore_s
+            self._claims.vouch(
+                node_name, figures.restored_key, figures.bytes_restored, figures.files_restored
+            )
+            self._metrics.lease_reports.labels("restored").inc()
+            if figures.warmth:
+                warmth = convert.WARMTH_FROM_PB[figures.warmth]
+                self.hit_counts[warmth] += 1
+                self.hit_bytes[warmth] += figures.bytes_restored
+                self._metrics.cache_hits.labels(warmth.value).inc()
+                self._metrics.restore_seconds.labels(warmth.value).observe(report.timings.restore_s)
+                local = max(0, figures.bytes_restored - figures.bytes_fetched)
+                self.bytes_local += local
+                self.bytes_fetched += figures.bytes_fetched
+                self._metrics.cache_bytes.labels("local").inc(local)
+                self._metrics.cache_bytes.labels("fetched").inc(figures.bytes_fetched)
+        if report.saved:
+            lease.cache.saved = lease.cache.saved or figures.saved
+            lease.cache.bytes_uploaded += figures.bytes_uploaded
+            lease.timings.save_s = report.timings.save_s
+            lease.timings.run_s = report.timings.run_s
+            if figures.saved and lease.request is not None:
+                self._claims.vouch(node_name, lease.request.key)  # the lease's key, in its own scope
+            self._metrics.lease_reports.labels("saved").inc()
+        log.info(
+            "lease %s on %s: %s",
+            report.lease_id,
+            node_name,
+            "restored" if report.restored else "saved" if figures.saved else "nothing saved",
+        )
+        return True
+
+    def _grant_command(self, lease: Lease) -> agent_pb2.CoordinatorCommand:
+        return agent_pb2.CoordinatorCommand(
+            grant_lease=agent_pb2.GrantLeaseCommand(
+                lease_id=lease.lease_id,
+                secret_sha256=lease.secret_sha256,
+                spec=lease.spec,
+                principal=lease.owner,
+                expires_in_s=max(0.0, lease.expires - self._clock.now()),
+            )
+        )
 
     # -- agent side ----------------------------------------------------------------------------
     def attach(self, link: AgentLink) -> None:
@@ -467,6 +568,10 @@ class BuildQueue:
             old.close()
         self._links[link.node] = link
         node = self._registry.get(link.node)
+        # The node's agent may have restarted since its leases were granted: it learns them again.
+        for lease in self._leases.values():
+            if lease.node == link.node:
+                link.send(self._grant_command(lease))
         # Builds this node ran before a coordinator restart or a reconnect still hold its slots
         # until its first heartbeat says whether they are still running.
         for active in self._active.values():
@@ -640,7 +745,7 @@ class BuildQueue:
         expired = [lease for lease in self._leases.values() if lease.expires <= now]
         for lease in expired:
             log.info("placement lease %s on %s expired", lease.lease_id, lease.node)
-            self.release(lease.lease_id)
+            self.release(lease.lease_id, "expired")
         if now - self._recovered_at >= self._registry.lease_ttl_s:
             for active in list(self._active.values()):
                 rec = active.record
@@ -827,10 +932,22 @@ class BuildQueue:
             return False
         lease_id = pending.request.id
         expires = self._clock.now() + pending.lease_s
-        self._leases[lease_id] = Lease(
-            lease_id=lease_id, node=node.name, expires=expires, owner=pending.owner
+        # Only the caller gets the secret; the coordinator keeps its digest, and so does the node's agent,
+        # which serves the lease's restore and save to whoever shows the secret on its local socket.
+        secret = secrets.token_urlsafe(32)
+        lease = self._leases[lease_id] = Lease(
+            lease_id=lease_id,
+            node=node.name,
+            expires=expires,
+            owner=pending.owner,
+            request=pending.request,
+            spec=pending.spec,
+            secret_sha256=hashlib.sha256(secret.encode()).digest(),
         )
         node.holders.add(lease_id)
+        link = self._links.get(node.name)
+        if link is not None:
+            link.send(self._grant_command(lease))
         # The caller's runner restores and saves on the node: what it reports of the lease's keys counts.
         request = pending.request
         self._claims.expect(
@@ -845,6 +962,7 @@ class BuildQueue:
                 expected_warmth=convert.WARMTH_TO_PB[decision.warmth],
                 expires=convert.timestamp(expires),
                 node_labels=node.info.labels,
+                lease_secret=secret,
             )
         )
         log.info("placement %s → %s for %.0f s (%s)", lease_id, node.name, pending.lease_s, decision.reason)
@@ -1008,6 +1126,12 @@ def _position(page_token: str) -> tuple[float, str] | None:
         raise InvalidArgument(
             "page_token: not one this coordinator gave (pass next_page_token as it came)"
         ) from None
+
+
+def _lease_may_read(request: PlacementRequest, key: str) -> bool:
+    """Whether a lease's restore may have brought ``key``: its own key, its key in a scope it reads, or an
+    entry under one of its restore prefixes (in those scopes)."""
+    return key in (request.key, *request.also_exact) or any(key.startswith(p) for p in request.restore_keys)
 
 
 def _shutting_down(seq: int) -> Unavailable:

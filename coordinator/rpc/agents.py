@@ -174,6 +174,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             self._builds.heartbeat(link.node, link.session_id, message.heartbeat)
         elif kind == "build_update":
             self._builds.build_update(link.node, message.build_update)
+        elif kind == "lease_report":
+            self._builds.lease_report(link.node, message.lease_report)
         elif kind == "delta":
             delta = message.delta
             applied = self._claims.delta(

@@ -43,7 +43,8 @@ def make_token(tokens_file: Path, name: str, tenant: str, trust: str, *extra: st
 
 
 class Tenancy:
-    def __init__(self, tmp_path: Path, port_factory) -> None:
+    def __init__(self, tmp_path: Path, port_factory, agent_env=None) -> None:
+        """``agent_env``: node name → more of that agent's environment."""
         self.pki = tmp_path / "pki"
         ops = make_pki(self.pki, ("n1", "n2"), (("ops", "operator"),))["ops"]
         self.ops = ops
@@ -70,6 +71,7 @@ class Tenancy:
                 "STOKER_AGENT_COORDINATOR_TLS_CERT": str(self.pki / f"{node}.pem"),
                 "STOKER_AGENT_COORDINATOR_TLS_KEY": str(self.pki / f"{node}.key"),
                 "PATH": os.environ["PATH"],
+                **(agent_env(node) if agent_env else {}),
             }
             self.procs.append(
                 local_fleet.start_agent(

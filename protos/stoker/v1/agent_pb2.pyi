@@ -112,18 +112,34 @@ class BuildUpdate(_message.Message):
     def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ..., event: _Optional[_Union[_build_pb2.BuildEvent, _Mapping]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("session_id", "snapshot", "delta", "heartbeat", "build_update")
+    __slots__ = ("session_id", "snapshot", "delta", "heartbeat", "build_update", "lease_report")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     BUILD_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REPORT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     snapshot: InventorySnapshot
     delta: InventoryDelta
     heartbeat: Heartbeat
     build_update: BuildUpdate
-    def __init__(self, session_id: _Optional[str] = ..., snapshot: _Optional[_Union[InventorySnapshot, _Mapping]] = ..., delta: _Optional[_Union[InventoryDelta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., build_update: _Optional[_Union[BuildUpdate, _Mapping]] = ...) -> None: ...
+    lease_report: LeaseReport
+    def __init__(self, session_id: _Optional[str] = ..., snapshot: _Optional[_Union[InventorySnapshot, _Mapping]] = ..., delta: _Optional[_Union[InventoryDelta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., build_update: _Optional[_Union[BuildUpdate, _Mapping]] = ..., lease_report: _Optional[_Union[LeaseReport, _Mapping]] = ...) -> None: ...
+
+class LeaseReport(_message.Message):
+    __slots__ = ("lease_id", "restored", "saved", "cache", "timings")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_FIELD_NUMBER: _ClassVar[int]
+    SAVED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    restored: bool
+    saved: bool
+    cache: _common_pb2.CacheFigures
+    timings: _common_pb2.Timings
+    def __init__(self, lease_id: _Optional[str] = ..., restored: _Optional[bool] = ..., saved: _Optional[bool] = ..., cache: _Optional[_Union[_common_pb2.CacheFigures, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ...) -> None: ...
 
 class RunBuildCommand(_message.Message):
     __slots__ = ("build_id", "attempt", "spec", "principal")
@@ -161,20 +177,46 @@ class EvictCommand(_message.Message):
     key: str
     def __init__(self, key: _Optional[str] = ...) -> None: ...
 
+class GrantLeaseCommand(_message.Message):
+    __slots__ = ("lease_id", "secret_sha256", "spec", "principal", "expires_in_s")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    secret_sha256: bytes
+    spec: _common_pb2.BuildSpec
+    principal: str
+    expires_in_s: float
+    def __init__(self, lease_id: _Optional[str] = ..., secret_sha256: _Optional[bytes] = ..., spec: _Optional[_Union[_common_pb2.BuildSpec, _Mapping]] = ..., principal: _Optional[str] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
+
+class DropLeaseCommand(_message.Message):
+    __slots__ = ("lease_id", "reason")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    reason: str
+    def __init__(self, lease_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class SnapshotRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class CoordinatorCommand(_message.Message):
-    __slots__ = ("run_build", "cancel_build", "prewarm", "evict", "snapshot_request")
+    __slots__ = ("run_build", "cancel_build", "prewarm", "evict", "snapshot_request", "grant_lease", "drop_lease")
     RUN_BUILD_FIELD_NUMBER: _ClassVar[int]
     CANCEL_BUILD_FIELD_NUMBER: _ClassVar[int]
     PREWARM_FIELD_NUMBER: _ClassVar[int]
     EVICT_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    GRANT_LEASE_FIELD_NUMBER: _ClassVar[int]
+    DROP_LEASE_FIELD_NUMBER: _ClassVar[int]
     run_build: RunBuildCommand
     cancel_build: CancelBuildCommand
     prewarm: PrewarmCommand
     evict: EvictCommand
     snapshot_request: SnapshotRequest
-    def __init__(self, run_build: _Optional[_Union[RunBuildCommand, _Mapping]] = ..., cancel_build: _Optional[_Union[CancelBuildCommand, _Mapping]] = ..., prewarm: _Optional[_Union[PrewarmCommand, _Mapping]] = ..., evict: _Optional[_Union[EvictCommand, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ...) -> None: ...
+    grant_lease: GrantLeaseCommand
+    drop_lease: DropLeaseCommand
+    def __init__(self, run_build: _Optional[_Union[RunBuildCommand, _Mapping]] = ..., cancel_build: _Optional[_Union[CancelBuildCommand, _Mapping]] = ..., prewarm: _Optional[_Union[PrewarmCommand, _Mapping]] = ..., evict: _Optional[_Union[EvictCommand, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., grant_lease: _Optional[_Union[GrantLeaseCommand, _Mapping]] = ..., drop_lease: _Optional[_Union[DropLeaseCommand, _Mapping]] = ...) -> None: ...

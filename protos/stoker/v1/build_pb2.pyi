@@ -263,7 +263,7 @@ class PlaceBuildRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[_common_pb2.BuildSpec, _Mapping]] = ..., lease_s: _Optional[float] = ...) -> None: ...
 
 class Placement(_message.Message):
-    __slots__ = ("lease_id", "node", "zone", "reason", "expected_warmth", "expires", "node_labels")
+    __slots__ = ("lease_id", "node", "zone", "reason", "expected_warmth", "expires", "node_labels", "lease_secret")
     class NodeLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +278,7 @@ class Placement(_message.Message):
     EXPECTED_WARMTH_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_FIELD_NUMBER: _ClassVar[int]
     NODE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECRET_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     node: str
     zone: str
@@ -285,7 +286,8 @@ class Placement(_message.Message):
     expected_warmth: _common_pb2.Warmth
     expires: _timestamp_pb2.Timestamp
     node_labels: _containers.ScalarMap[str, str]
-    def __init__(self, lease_id: _Optional[str] = ..., node: _Optional[str] = ..., zone: _Optional[str] = ..., reason: _Optional[str] = ..., expected_warmth: _Optional[_Union[_common_pb2.Warmth, str]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    lease_secret: str
+    def __init__(self, lease_id: _Optional[str] = ..., node: _Optional[str] = ..., zone: _Optional[str] = ..., reason: _Optional[str] = ..., expected_warmth: _Optional[_Union[_common_pb2.Warmth, str]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_labels: _Optional[_Mapping[str, str]] = ..., lease_secret: _Optional[str] = ...) -> None: ...
 
 class ReleasePlacementRequest(_message.Message):
     __slots__ = ("lease_id",)

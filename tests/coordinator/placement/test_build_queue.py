@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -22,6 +23,7 @@ from stoker.coordinator.placement.domain import EntryRecord, NodeInfo, NodeState
 from stoker.coordinator.placement.inventory import InventoryIndex
 from stoker.coordinator.placement.registry import NodeRegistry
 from stoker.coordinator.placement.scheduler import Scheduler
+from stoker.coordinator.rpc import convert
 from stoker.v1 import agent_pb2, build_pb2, common_pb2
 from tests.helpers.clock import FakeClock
 
@@ -540,5 +542,48 @@ def test_slots_queue_wait_and_time_to_ready_are_exported_as_the_dashboards_read_
         w.registry.detach("n2", n2.session_id)  # its stream closed: its slots are not counted
         assert n2.state is NodeState.DISCONNECTED
         assert metric("stoker_coordinator_slots", {"state": "total"}) == 2
+
+    run(body())
+
+
+def test_a_lease_reaches_its_node_and_only_that_nodes_reports_on_it_count():
+    """Placement-only mode (issue 17, item 3): the placed node's agent is granted the lease (the bound spec,
+    the SHA-256 of the secret only the caller got) again after a reconnect, and told when it ends; reports
+    on a lease count only from the node it was granted to, and its run time teaches the scheduler."""
+
+    async def body():
+        w = World()
+        w.add_node("n1")
+        w.add_node("n2")
+        placement = await w.service.place(spec(), lease_s=60)
+        node, other = placement.node, "n2" if placement.node == "n1" else "n1"
+        [grant] = [c.grant_lease for c in w.commands(node) if c.HasField("grant_lease")]
+        assert grant.lease_id == placement.lease_id and grant.spec.cache.key == "web/k"
+        assert grant.secret_sha256 == hashlib.sha256(placement.lease_secret.encode()).digest()
+        assert not any(c.HasField("grant_lease") for c in w.commands(other))
+        w.reconnect(node)
+        assert [c.grant_lease.lease_id for c in w.commands(node) if c.HasField("grant_lease")] == [
+            placement.lease_id
+        ]
+
+        saved = agent_pb2.LeaseReport(
+            lease_id=placement.lease_id,
+            saved=True,
+            cache=common_pb2.CacheFigures(saved=True),
+            timings=common_pb2.Timings(run_s=42.0),
+        )
+        assert not w.service.lease_report(other, saved)
+        assert w.service.lease_report(node, saved)
+        foreign = agent_pb2.LeaseReport(
+            lease_id=placement.lease_id, restored=True, cache=common_pb2.CacheFigures(restored_key="other/k")
+        )
+        assert not w.service.lease_report(node, foreign)  # a key the lease may not read vouches for nothing
+        assert w.prom.get_sample_value("stoker_coordinator_lease_reports_total", {"kind": "refused"}) == 2
+        assert w.service.release(placement.lease_id)
+        assert [c.drop_lease.lease_id for c in w.commands(node) if c.HasField("drop_lease")] == [
+            placement.lease_id
+        ]
+        assert w.scheduler.estimator.build_s(convert.placement_request("b-next", spec(), 0.0)) == 42.0
+        assert not w.service.lease_report(node, saved)  # the lease is over
 
     run(body())
