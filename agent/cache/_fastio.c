@@ -175,10 +175,11 @@ fail:;
 }
 
 /*
- * write_group(root_fd, data, files, umask) -> None | int
+ * write_group(root_fd, data, files, umask, check=True) -> None | int
  *
  * For each FileEntry in `files` (its first chunk locating its bytes in `data`, one decompressed frame):
- * check the bytes against the entry's SHA-256 digest, then — when root_fd >= 0 — create the file
+ * check the bytes against the entry's SHA-256 digest (unless `check` is false: the caller checked the
+ * compressed frame against its SHA-256 in the manifest, which proves every byte cut from it), then — when root_fd >= 0 — create the file
  * beneath root_fd (O_EXCL, no symlink followed), write it, set its mode (when the umask would change it)
  * and mtime. Stops at the first file whose digest does not match and returns its index (nothing of it
  * written); returns None when every file is done. An OS error raises OSError naming the file.
@@ -188,7 +189,8 @@ static PyObject *py_write_group(PyObject *self, PyObject *args) {
     Py_buffer buf;
     PyObject *files;
     unsigned int umask_bits;
-    if (!PyArg_ParseTuple(args, "iy*OI", &root, &buf, &files, &umask_bits)) return NULL;
+    int check = 1;
+    if (!PyArg_ParseTuple(args, "iy*OI|p", &root, &buf, &files, &umask_bits, &check)) return NULL;
     PyObject *seq = PySequence_Fast(files, "files must be a sequence");
     if (seq == NULL) {
         PyBuffer_Release(&buf);
@@ -238,7 +240,7 @@ static PyObject *py_write_group(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         const unsigned char *data = (const unsigned char *)buf.buf + items[i].offset;
-        if (!digest_matches(data, items[i].length, items[i].digest)) {
+        if (check && !digest_matches(data, items[i].length, items[i].digest)) {
             bad_digest = i;
             break;
         }
@@ -271,7 +273,7 @@ static PyMethodDef methods[] = {
      "open_beneath(root_fd, path, flags, mode) -> fd: open a relative path beneath root_fd, following no "
      "symlink in any component (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or a component walk)."},
     {"write_group", py_write_group, METH_VARARGS,
-     "write_group(root_fd, data, files, umask) -> None | index of the first digest mismatch."},
+     "write_group(root_fd, data, files, umask, check=True) -> None | index of the first digest mismatch."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,5 +1,5 @@
-"""The manifest of a cache entry: format version 3 (binary; version 2 plus who wrote the entry), versions
-2 and 1 (JSON) still read; see docs/cache-format.md.
+"""The manifest of a cache entry: format version 4 (binary; version 3 plus a SHA-256 per frame), versions
+3, 2 and 1 (JSON) still read; see docs/cache-format.md.
 
 A manifest lists every path of an entry, in the order directories-before-contents, with its type, mode,
 mtime, size, content digest and, for regular files, where its bytes live: a list of *chunks*, each a slice
@@ -10,18 +10,19 @@ independent zstd frame at ``[offset, offset + length)`` of a *pack* object that 
 Version 2 (written since the cache got fast restores) is a zstd-compressed binary layout whose columns
 decode with a handful of ``struct.unpack_from`` calls instead of a JSON object per path::
 
-    b"STKM" u16 version=3  u32 header length  header: UTF-8 JSON
+    b"STKM" u16 version=4  u32 header length  header: UTF-8 JSON
         {"format", "version", "key", "created", "digest", "roots", "packs",
-         "writer": {"principal", "tenant", "trust", "build_id", "node"}}   (writer: version 3 only)
+         "writer": {"principal", "tenant", "trust", "build_id", "node"}}   (writer: version 3 and later)
     u32 frames  frames × <IQII (pack index, offset, length, raw size)
+                frames × 32 bytes: SHA-256 of the frame's compressed bytes, zeros if unknown (version 4)
     u32 paths   paths × u8 type (0 dir, 1 file, 2 symlink)   paths × u16 mode   paths × q mtime_ns
                 u32 bytes + paths joined by NUL
     for the F regular files, in order:  F × Q size   F × 32 bytes SHA-256   F × I chunk count
                 C × <III (frame index, raw offset, raw length)
     for the S symlinks, in order:  u32 bytes + targets joined by NUL
 
-Version 1 is the JSON document shown in docs/cache-format.md. Readers accept the versions they know (1, 2
-and 3) and refuse others with a clear error, so a later version can change the layout without old agents
+Version 1 is the JSON document shown in docs/cache-format.md. Readers accept the versions they know (1 to
+4) and refuse others with a clear error, so a later version can change the layout without old agents
 misreading it. Nothing here trusts a manifest: :func:`parse` checks every path and every chunk before a
 restore writes anything.
 """
@@ -36,7 +37,7 @@ import re
 import stat
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import zstandard
@@ -44,8 +45,8 @@ import zstandard
 from stoker.agent.cache.api import CacheError, EntryWriter, UnsafeTree
 
 FORMAT_NAME = "stoker-cache-manifest"
-FORMAT_VERSION = 3
-READ_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READ_VERSIONS = (1, 2, 3, 4)
 DIGEST_ALGORITHM = "sha256"
 
 FILE = "file"
@@ -54,6 +55,8 @@ SYMLINK = "symlink"
 _TYPES = (FILE, DIR, SYMLINK)
 _TYPE_CODE = {DIR: 0, FILE: 1, SYMLINK: 2}
 _MAGIC = b"STKM"
+_NO_DIGEST = bytes(32)
+"""A frame digest of 32 zero bytes stands for "unknown" (no SHA-256 output is all zeros in practice)."""
 
 _MAX_MANIFEST_BYTES = 1 << 30
 MAX_FRAME_RAW_SIZE = 64 << 20
@@ -69,6 +72,9 @@ class Frame(NamedTuple):
     offset: int
     length: int
     raw_size: int
+    digest: bytes | None = None
+    """SHA-256 of the frame's compressed bytes (version 4); None where unknown (older manifests, frames
+    reused from them): then every file the frame holds is checked against its own digest instead."""
 
 
 class Chunk(NamedTuple):
@@ -132,7 +138,7 @@ def encode(manifest: Manifest, *, version: int = FORMAT_VERSION) -> bytes:
     pack_index = {name: i for i, name in enumerate(packs)}
     if version == 1:
         return _encode_v1(manifest, packs, pack_index)
-    if version not in (2, 3):
+    if version not in (2, 3, 4):
         raise ValueError(f"cannot write manifest version {version}")
     doc: dict[str, object] = {
         "format": FORMAT_NAME,
@@ -143,13 +149,15 @@ def encode(manifest: Manifest, *, version: int = FORMAT_VERSION) -> bytes:
         "roots": list(manifest.roots),
         "packs": packs,
     }
-    if version == 3:
+    if version >= 3:
         doc["writer"] = manifest.writer.to_dict() if manifest.writer else {}
     header = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
     out = [_MAGIC, struct.pack("<HI", version, len(header)), header, struct.pack("<I", len(manifest.frames))]
     out += [
         struct.pack("<IQII", pack_index[fr.pack], fr.offset, fr.length, fr.raw_size) for fr in manifest.frames
     ]
+    if version >= 4:
+        out += [fr.digest or _NO_DIGEST for fr in manifest.frames]
     files = manifest.files
     n = len(files)
     paths = "\0".join(f.path for f in files).encode()
@@ -202,7 +210,7 @@ def _file_doc(f: FileEntry) -> dict:
 
 
 def parse(data: bytes, *, where: str, check: bool = True) -> Manifest:
-    """Decode and validate a manifest (version 1 or 2); ``where`` names it in errors (key and object name).
+    """Decode and validate a manifest (versions 1 to 4); ``where`` names it in errors (key and object name).
     ``check=False`` skips :func:`validate`: only for a manifest validated before and known by its digest.
 
     Raises :class:`UnsafeTree` for paths stoker refuses and :class:`CacheError` for anything malformed.
@@ -279,7 +287,7 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
     try:
         need(10)
         version, hlen = struct.unpack_from("<HI", raw, 4)
-        if version not in (2, 3):
+        if version not in (2, 3, 4):
             raise CacheError(
                 f"manifest {where} has format version {version!r}; "
                 f"this agent reads versions {', '.join(map(str, READ_VERSIONS))}"
@@ -291,7 +299,7 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
             raise CacheError(
                 f"manifest {where} is malformed: version {version} with a version {doc['version']!r} header"
             )
-        if version == 3 and not EntryWriter.valid(doc.get("writer")):
+        if version >= 3 and not EntryWriter.valid(doc.get("writer")):
             raise CacheError(f"manifest {where} is malformed: its writer is not an object of short strings")
         writer = EntryWriter.from_dict(doc.get("writer"))
         pos += hlen
@@ -307,6 +315,13 @@ def _parse_v2(raw: bytes, where: str) -> Manifest:
             for i, o, n, r in struct.iter_unpack("<IQII", raw[pos : pos + 20 * nframes])
         )
         pos += 20 * nframes
+        if version >= 4:
+            need(32 * nframes)
+            frames = tuple(
+                fr._replace(digest=d) if (d := raw[p : p + 32]) != _NO_DIGEST else fr
+                for fr, p in zip(frames, range(pos, pos + 32 * nframes, 32))
+            )
+            pos += 32 * nframes
         need(4)
         (n,) = struct.unpack_from("<I", raw, pos)
         pos += 4
@@ -408,6 +423,14 @@ def _parse_file(d: dict) -> FileEntry:
         target=d.get("target"),
         chunks=chunks,
     )
+
+
+def without_frame_digests(manifest: Manifest) -> Manifest:
+    """``manifest`` with its frames' digests forgotten: a writer given it checks every file against its own
+    digest (what proves the files' digests match their bytes, which a frame's digest alone does not)."""
+    if not any(fr.digest for fr in manifest.frames):
+        return manifest
+    return replace(manifest, frames=tuple(fr._replace(digest=None) for fr in manifest.frames))
 
 
 SKETCH_K = 64

@@ -147,7 +147,13 @@ class ReadyTrees:
         ):
             tree_dir = staging / "tree"
             tree_dir.mkdir()
-            self._unpack(manifest, frames, tree_dir, f"entry {key} (ready tree)", background)
+            # A tree is matched to other entries by its files' digests: when this node has not checked them
+            # yet (a restore that trusted the frames' digests), check every file now, off the critical path.
+            checked = record.files_checked
+            unpack = manifest if checked else mf.without_frame_digests(manifest)
+            self._unpack(unpack, frames, tree_dir, f"entry {key} (ready tree)", background)
+            if not checked:
+                self._store.set_files_checked(key, record.manifest)
             return self._store.add_tree(
                 tree_dir,
                 key=key,

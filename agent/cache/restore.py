@@ -443,6 +443,13 @@ class Restorer:
             self._store.touch(resolved.key)
             return
         manifest = resolved.manifest
+        # Files proven only through their frames' digests are not checked against their own digests: a
+        # manifest could pair a digest with other bytes (its writer's choice, harmless in its own entry),
+        # and until the background ready tree checks them no save may reuse its content by digest.
+        before = self._store.lookup(resolved.key)
+        files_checked = not any(fr.digest for fr in manifest.frames) or (
+            before is not None and before.manifest == resolved.manifest_name and before.files_checked
+        )
         frames_map: dict[FrameId, LocalFrame] = {}
         for i, fr in enumerate(manifest.frames):
             if i in frames.fetched:
@@ -465,6 +472,7 @@ class Restorer:
             files=manifest.file_count,
             sketch=mf.content_sketch(manifest),
             writer=manifest.writer,
+            files_checked=files_checked,
         )
 
 

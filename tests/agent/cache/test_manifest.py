@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -49,14 +50,14 @@ def test_reads_version_1_and_refuses_unknown_versions() -> None:
     assert mf.parse(v1, where="t") == m  # manifests written before version 2 still restore
     assert mf.parse(mf.encode(m), where="t") == m
     raw = json.loads(zstandard.ZstdDecompressor().decompress(v1))
-    raw["version"] = 4
+    raw["version"] = 5
     data = zstandard.ZstdCompressor().compress(json.dumps(raw).encode())
-    with pytest.raises(CacheError, match="format version 4"):
+    with pytest.raises(CacheError, match="format version 5"):
         mf.parse(data, where="t")
     binary = bytearray(zstandard.ZstdDecompressor().decompress(mf.encode(m)))
     assert binary[:4] == b"STKM"
-    binary[4:6] = (4).to_bytes(2, "little")
-    with pytest.raises(CacheError, match="format version 4"):
+    binary[4:6] = (5).to_bytes(2, "little")
+    with pytest.raises(CacheError, match="format version 5"):
         mf.parse(zstandard.ZstdCompressor().compress(bytes(binary)), where="t")
 
 
@@ -74,6 +75,25 @@ def test_version_3_records_the_writer_and_version_2_still_reads() -> None:
     assert hostile != binary
     with pytest.raises(CacheError, match="writer"):
         mf.parse(zstandard.ZstdCompressor().compress(hostile), where="t")
+
+
+def test_version_4_carries_frame_digests_and_version_3_still_reads() -> None:
+    """Frame digests (version 4): kept per frame, an unknown one (zeros) reads as None; version 3 manifests
+    read with no frame digests (their files are then checked one by one)."""
+    base = sample()
+    d0 = hashlib.sha256(b"frame 0").digest()
+    frames = (base.frames[0]._replace(digest=d0),) + base.frames[1:]
+    m = dataclasses.replace(base, frames=frames)
+    back = mf.parse(mf.encode(m), where="t")
+    assert back == m and back.frames[0].digest == d0
+    assert all(fr.digest is None for fr in back.frames[1:])
+    v3 = mf.encode(m, version=3)
+    assert zstandard.ZstdDecompressor().decompress(v3)[4:6] == (3).to_bytes(2, "little")
+    assert mf.parse(v3, where="t") == mf.without_frame_digests(m) == base
+    binary = zstandard.ZstdDecompressor().decompress(mf.encode(m))
+    cut = binary.index(d0)  # the frame digests sit right after the frames: drop one byte of them
+    with pytest.raises(CacheError, match="malformed"):
+        mf.parse(zstandard.ZstdCompressor().compress(binary[:cut] + binary[cut + 1 :]), where="t")
 
 
 def test_version_2_refuses_truncated_and_padded_bodies() -> None:
@@ -197,7 +217,7 @@ def test_version_2_checks_every_count_before_it_sizes_anything() -> None:
     raw = zstandard.ZstdDecompressor().decompress(mf.encode(sample()))
     pos = 10 + struct.unpack_from("<I", raw, 6)[0]
     nframes = struct.unpack_from("<I", raw, pos)[0]
-    paths_at = pos + 4 + 20 * nframes
+    paths_at = pos + 4 + (20 + 32) * nframes  # version 4: each frame, then each frame's digest
     n = struct.unpack_from("<I", raw, paths_at)[0]
     plen_at = paths_at + 4 + 11 * n
     for at in (pos, paths_at, plen_at):
