@@ -268,12 +268,115 @@ done:
     return result;
 }
 
+static void to_timespec(long long ns, struct timespec *ts) {
+    ts->tv_sec = (time_t)(ns / 1000000000LL);
+    ts->tv_nsec = (long)(ns % 1000000000LL);
+    if (ts->tv_nsec < 0) { /* mtimes before 1970 */
+        ts->tv_sec -= 1;
+        ts->tv_nsec += 1000000000L;
+    }
+}
+
+/*
+ * set_times(root_fd, entries) -> None
+ *
+ * Give each FileEntry in `entries` (files, symlinks or directories that exist beneath root_fd) its mtime
+ * (atime too), with the GIL released: utimensat(AT_SYMLINK_NOFOLLOW) on the last component, relative to
+ * its directory opened beneath root_fd following no symlink (the last directory opened is reused for the
+ * next entry in it, so a run of siblings costs one open). An OS error raises OSError naming the path.
+ */
+static PyObject *py_set_times(PyObject *self, PyObject *args) {
+    int root;
+    PyObject *files;
+    if (!PyArg_ParseTuple(args, "iO", &root, &files)) return NULL;
+    PyObject *seq = PySequence_Fast(files, "entries must be a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    struct item *items = PyMem_Calloc(n ? n : 1, sizeof *items);
+    PyObject *result = NULL;
+    if (items == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) <= FE_MTIME) {
+            PyErr_SetString(PyExc_TypeError, "entries must hold FileEntry tuples");
+            goto done;
+        }
+        items[i].path = PyUnicode_AsUTF8(PyTuple_GET_ITEM(f, FE_PATH));
+        items[i].mtime_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(f, FE_MTIME));
+        if (PyErr_Occurred() || items[i].path == NULL) goto done;
+        if (items[i].path[0] == '\0' || strlen(items[i].path) >= 4096) {
+            PyErr_Format(PyExc_ValueError, "%s: not a path set_times takes", items[i].path);
+            goto done;
+        }
+    }
+    Py_ssize_t failed = -1;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    char parent[4096] = "";
+    int pfd = -1; /* the descriptor of `parent`, or -1 */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *path = items[i].path;
+        const char *slash = strrchr(path, '/');
+        const char *name = path;
+        int dirfd = root;
+        if (slash != NULL) {
+            size_t plen = (size_t)(slash - path);
+            name = slash + 1;
+            if (pfd < 0 || strncmp(parent, path, plen) != 0 || parent[plen] != '\0') {
+                if (pfd >= 0) close(pfd);
+                memcpy(parent, path, plen);
+                parent[plen] = '\0';
+                pfd = open_beneath(root, parent, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
+                if (pfd < 0) {
+                    failed = i;
+                    err = errno;
+                    break;
+                }
+            }
+            dirfd = pfd;
+        }
+        if (name[0] == '\0' || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+            failed = i;
+            err = EINVAL;
+            break;
+        }
+        struct timespec ts[2];
+        to_timespec(items[i].mtime_ns, &ts[0]);
+        ts[1] = ts[0];
+        if (utimensat(dirfd, name, ts, AT_SYMLINK_NOFOLLOW) != 0) {
+            failed = i;
+            err = errno;
+            break;
+        }
+    }
+    if (pfd >= 0) close(pfd);
+    Py_END_ALLOW_THREADS
+    if (failed >= 0) {
+        PyObject *name = PyUnicode_DecodeFSDefault(items[failed].path);
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+        Py_XDECREF(name);
+    } else {
+        result = Py_NewRef(Py_None);
+    }
+done:
+    PyMem_Free(items);
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"open_beneath", py_open_beneath, METH_VARARGS,
      "open_beneath(root_fd, path, flags, mode) -> fd: open a relative path beneath root_fd, following no "
      "symlink in any component (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or a component walk)."},
     {"write_group", py_write_group, METH_VARARGS,
      "write_group(root_fd, data, files, umask, check=True) -> None | index of the first digest mismatch."},
+    {"set_times", py_set_times, METH_VARARGS,
+     "set_times(root_fd, entries) -> None: set each existing entry's mtime beneath root_fd, following no "
+     "symlink, with the GIL released."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -42,6 +42,10 @@ class CompiledIO(Protocol):
         of one decompressed frame; the index of the first file whose digest does not match, or None."""
         ...
 
+    def set_times(self, root_fd: int, entries: Sequence[mf.FileEntry], /) -> None:
+        """Give each existing entry beneath ``root_fd`` its mtime, following no symlink."""
+        ...
+
 
 @dataclass(frozen=True)
 class Writer:
