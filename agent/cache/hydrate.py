@@ -10,8 +10,10 @@ first. Everything is reached beneath the destination following no symlink (:mod:
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Sequence
+from itertools import compress
 from pathlib import Path
 
 from stoker.agent.cache import manifest as mf
@@ -151,6 +153,13 @@ def _keeps_dir_mode(f: mf.FileEntry, umask: int) -> bool:
     return f.mode & 0o700 == 0o700 and f.mode & (0o777 & ~umask) == f.mode
 
 
+_IDENTITY = operator.itemgetter(0, 1, 2, 4, 5, 6)
+"""What a kept entry shares with its new version: path, type, mode, size, digest, target (FileEntry)."""
+_META = operator.itemgetter(0, 2, 3)
+"""Path, mode, mtime (FileEntry)."""
+_PATH = operator.itemgetter(0)
+
+
 def apply_diff(
     manifest: mf.Manifest,
     held: Sequence[mf.FileEntry],
@@ -168,27 +177,30 @@ def apply_diff(
     """Turn the tree at ``dest``, which holds exactly ``held`` (a ready tree), into ``files``: remove what
     differs, write what is new or changed from its frames (every such digest checked), fix metadata.
 
-    The comparison runs on sets of tuples (C speed): an entry is kept when its path, type, content
-    digest, mode (files) and link target are the same; modes and mtimes of kept entries are fixed after."""
-    d = mf.DIR
-    held_ids = [
-        (f.path, d) if f.type == d else (f.path, f.type, f.digest, f.size, f.mode, f.target) for f in held
-    ]
-    file_ids = [
-        (f.path, d) if f.type == d else (f.path, f.type, f.digest, f.size, f.mode, f.target) for f in files
-    ]
+    The comparison runs on sets of tuples made and filtered at C speed (``itemgetter``, ``compress``): an
+    entry is kept when its path, type, mode, size, content digest and link target are the same (a
+    directory whose mode alone changed is kept too); mtimes of kept entries (and modes of kept
+    directories) are fixed after."""
+    held_ids = list(map(_IDENTITY, held))
+    file_ids = list(map(_IDENTITY, files))
     keep = set(held_ids).intersection(file_ids)
-    removed_entries = [f for f, i in zip(held, held_ids) if i not in keep]
-    create = [f for f, i in zip(files, file_ids) if i not in keep]
+    removed_entries = list(compress(held, map(operator.not_, map(keep.__contains__, held_ids))))
+    create = list(compress(files, map(operator.not_, map(keep.__contains__, file_ids))))
+    kept_dirs = {f.path for f in removed_entries if f.type == mf.DIR}.intersection(
+        f.path for f in create if f.type == mf.DIR
+    )
+    if kept_dirs:  # a directory whose mode changed stays, with what it holds; its mode is fixed below
+        removed_entries = [f for f in removed_entries if f.path not in kept_dirs]
+        create = [f for f in create if f.path not in kept_dirs]
     removed = {f.path for f in removed_entries}
     created = {f.path for f in create}
     touched = {p.rpartition("/")[0] for p in removed} | {p.rpartition("/")[0] for p in created}
     opened = _remove_entries(held, removed_entries, removed, touched, dest, writer, where)
     # Kept entries whose mode or mtime differ, and kept directories whose contents changed: files' and
     # symlinks' mtimes are set by the writers alongside the new files, directories' after them.
-    meta = {(f.path, f.mode, f.mtime_ns) for f in files} - {(f.path, f.mode, f.mtime_ns) for f in held}
+    meta = set(map(_META, files)).difference(map(_META, held))
     fix = {p for p, _, _ in meta if p not in created} | ((touched | set(opened)) - created - removed)
-    fixing = [f for f in files if f.path in fix]
+    fixing = list(compress(files, map(fix.__contains__, map(_PATH, files))))
     write_files(
         manifest,
         create,
