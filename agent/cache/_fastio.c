@@ -368,12 +368,161 @@ done:
     return result;
 }
 
+/* A new instance of the tuple subclass `cls` (a NamedTuple) holding the n references in `items` (stolen). */
+static PyObject *new_named(PyTypeObject *cls, PyObject **items, Py_ssize_t n) {
+    PyObject *t = cls->tp_alloc(cls, n);
+    if (t == NULL) {
+        for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(items[i]);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(t, i, items[i]);
+    return t;
+}
+
+/*
+ * manifest_entries(FileEntry, Chunk, kinds, types, paths, modes, mtimes, sizes, digests, counts, chunks,
+ *                  targets) -> list[FileEntry]
+ *
+ * The per-path loop of the binary manifest's parser (agent/cache/manifest.py, _parse_v2), which builds
+ * one FileEntry per path from the decoded columns: `types` bytes (0 dir, 1 file, 2 symlink, else kept
+ * as "type N" for validate() to refuse), `paths`, `modes`, `mtimes` (one per path), `sizes`, `digests`
+ * (32 bytes each), `counts` (one per regular file), `chunks` (3 ints per chunk), `targets` (one per
+ * symlink); `kinds` = (DIR, FILE, SYMLINK) strings. The caller has checked every column's length.
+ */
+static PyObject *py_manifest_entries(PyObject *self, PyObject *args) {
+    PyObject *fe_cls, *ch_cls, *kinds, *paths, *modes, *mtimes, *sizes, *counts, *cflat, *targets;
+    Py_buffer types, digests;
+    if (!PyArg_ParseTuple(args, "O!O!O!y*O!O!O!O!y*O!O!O!", &PyType_Type, &fe_cls, &PyType_Type, &ch_cls,
+                          &PyTuple_Type, &kinds, &types, &PyList_Type, &paths, &PyTuple_Type, &modes,
+                          &PyTuple_Type, &mtimes, &PyTuple_Type, &sizes, &digests, &PyTuple_Type, &counts,
+                          &PyTuple_Type, &cflat, &PyList_Type, &targets))
+        return NULL;
+    PyObject *out = NULL;
+    Py_ssize_t n = types.len;
+    Py_ssize_t nfiles = PyTuple_GET_SIZE(sizes);
+    if (PyTuple_GET_SIZE(kinds) != 3 || PyList_GET_SIZE(paths) != n || PyTuple_GET_SIZE(modes) != n ||
+        PyTuple_GET_SIZE(mtimes) != n || PyTuple_GET_SIZE(counts) != nfiles || digests.len != 32 * nfiles) {
+        PyErr_SetString(PyExc_ValueError, "manifest columns of different lengths");
+        goto done;
+    }
+    PyTypeObject *fe = (PyTypeObject *)fe_cls, *ch = (PyTypeObject *)ch_cls;
+    if (!PyType_IsSubtype(fe, &PyTuple_Type) || !PyType_IsSubtype(ch, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "FileEntry and Chunk must be tuple types");
+        goto done;
+    }
+    out = PyList_New(n);
+    if (out == NULL) goto done;
+    const unsigned char *tp = types.buf, *dg = digests.buf;
+    Py_ssize_t fi = 0, ci = 0, si = 0, nchunk_ints = PyTuple_GET_SIZE(cflat);
+    Py_ssize_t ntargets = PyList_GET_SIZE(targets);
+    PyObject *zero = PyLong_FromLong(0);
+    PyObject *empty = PyTuple_New(0);
+    if (zero == NULL || empty == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item[8];
+        unsigned char t = tp[i];
+        item[0] = Py_NewRef(PyList_GET_ITEM(paths, i));
+        item[2] = Py_NewRef(PyTuple_GET_ITEM(modes, i));
+        item[3] = Py_NewRef(PyTuple_GET_ITEM(mtimes, i));
+        if (t == 1) {
+            if (fi >= nfiles) {
+                PyErr_SetString(PyExc_ValueError, "more files than sizes");
+                for (int k = 0; k < 4; k++) if (k != 1) Py_DECREF(item[k]);
+                goto fail;
+            }
+            Py_ssize_t k = PyLong_AsSsize_t(PyTuple_GET_ITEM(counts, fi));
+            if (k < 0 || ci + 3 * k > nchunk_ints) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "chunks past the end");
+                for (int j = 0; j < 4; j++) if (j != 1) Py_DECREF(item[j]);
+                goto fail;
+            }
+            PyObject *chunks = PyTuple_New(k);
+            PyObject *hex = PyUnicode_New(64, 127);
+            if (chunks == NULL || hex == NULL) {
+                Py_XDECREF(chunks);
+                Py_XDECREF(hex);
+                for (int j = 0; j < 4; j++) if (j != 1) Py_DECREF(item[j]);
+                goto fail;
+            }
+            for (Py_ssize_t c = 0; c < k; c++) {
+                PyObject *parts[3];
+                for (int j = 0; j < 3; j++) parts[j] = Py_NewRef(PyTuple_GET_ITEM(cflat, ci + 3 * c + j));
+                PyObject *chunk = new_named(ch, parts, 3);
+                if (chunk == NULL) {
+                    Py_DECREF(chunks);
+                    Py_DECREF(hex);
+                    for (int j = 0; j < 4; j++) if (j != 1) Py_DECREF(item[j]);
+                    goto fail;
+                }
+                PyTuple_SET_ITEM(chunks, c, chunk);
+            }
+            ci += 3 * k;
+            Py_UCS1 *h = PyUnicode_1BYTE_DATA(hex);
+            for (int j = 0; j < 32; j++) {
+                h[2 * j] = (Py_UCS1)HEX[dg[32 * fi + j] >> 4];
+                h[2 * j + 1] = (Py_UCS1)HEX[dg[32 * fi + j] & 15];
+            }
+            item[1] = Py_NewRef(PyTuple_GET_ITEM(kinds, 1));
+            item[4] = Py_NewRef(PyTuple_GET_ITEM(sizes, fi));
+            item[5] = hex;
+            item[6] = Py_NewRef(Py_None);
+            item[7] = chunks;
+            fi++;
+        } else {
+            if (t == 0) {
+                item[1] = Py_NewRef(PyTuple_GET_ITEM(kinds, 0));
+                item[6] = Py_NewRef(Py_None);
+            } else if (t == 2) {
+                if (si >= ntargets) {
+                    PyErr_SetString(PyExc_ValueError, "more symlinks than targets");
+                    for (int j = 0; j < 4; j++) if (j != 1) Py_DECREF(item[j]);
+                    goto fail;
+                }
+                item[1] = Py_NewRef(PyTuple_GET_ITEM(kinds, 2));
+                item[6] = Py_NewRef(PyList_GET_ITEM(targets, si++));
+            } else {
+                item[1] = PyUnicode_FromFormat("type %d", (int)t);
+                item[6] = Py_NewRef(Py_None);
+                if (item[1] == NULL) {
+                    Py_DECREF(item[6]);
+                    for (int j = 0; j < 4; j++) if (j != 1) Py_DECREF(item[j]);
+                    goto fail;
+                }
+            }
+            item[4] = Py_NewRef(zero);
+            item[5] = Py_NewRef(Py_None);
+            item[7] = Py_NewRef(empty);
+        }
+        PyObject *entry = new_named(fe, item, 8);
+        if (entry == NULL) goto fail;
+        PyList_SET_ITEM(out, i, entry);
+    }
+    if (fi != nfiles || ci != nchunk_ints) {
+        PyErr_SetString(PyExc_ValueError, "the file columns do not add up");
+        goto fail;
+    }
+    Py_DECREF(zero);
+    Py_DECREF(empty);
+    goto done;
+fail:
+    Py_XDECREF(zero);
+    Py_XDECREF(empty);
+    Py_CLEAR(out);
+done:
+    PyBuffer_Release(&types);
+    PyBuffer_Release(&digests);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"open_beneath", py_open_beneath, METH_VARARGS,
      "open_beneath(root_fd, path, flags, mode) -> fd: open a relative path beneath root_fd, following no "
      "symlink in any component (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or a component walk)."},
     {"write_group", py_write_group, METH_VARARGS,
      "write_group(root_fd, data, files, umask, check=True) -> None | index of the first digest mismatch."},
+    {"manifest_entries", py_manifest_entries, METH_VARARGS,
+     "manifest_entries(FileEntry, Chunk, kinds, types, paths, modes, mtimes, sizes, digests, counts, chunks, "
+     "targets) -> list of FileEntry: the per-path loop of the binary manifest parser."},
     {"set_times", py_set_times, METH_VARARGS,
      "set_times(root_fd, entries) -> None: set each existing entry's mtime beneath root_fd, following no "
      "symlink, with the GIL released."},

@@ -181,6 +181,25 @@ def apply_diff(
     entry is kept when its path, type, mode, size, content digest and link target are the same (a
     directory whose mode alone changed is kept too); mtimes of kept entries (and modes of kept
     directories) are fixed after."""
+    with mf.gc_paused():  # ~100k tuples, no cycle among them
+        return _apply_diff(
+            manifest, held, files, dest, locate, writer, workers, where, progress, fetch, missing
+        )
+
+
+def _apply_diff(
+    manifest: mf.Manifest,
+    held: Sequence[mf.FileEntry],
+    files: Sequence[mf.FileEntry],
+    dest: Path,
+    locate: FrameLocator,
+    writer: Writer,
+    workers: int,
+    where: str,
+    progress: ProgressFn | None,
+    fetch: FetchFn | None,
+    missing: Sequence[int],
+) -> None:
     held_ids = list(map(_IDENTITY, held))
     file_ids = list(map(_IDENTITY, files))
     keep = set(held_ids).intersection(file_ids)

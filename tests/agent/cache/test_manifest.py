@@ -234,3 +234,30 @@ def test_version_2_checks_every_count_before_it_sizes_anything() -> None:
     bad = raw[:chunk_counts_at] + struct.pack("<I", 0x0FFFFFFF) + raw[chunk_counts_at + 4 :]
     with pytest.raises(CacheError, match="malformed|sections do not add up"):
         mf.parse(zstandard.ZstdCompressor().compress(bad), where="t")
+
+
+def test_the_compiled_parser_loop_builds_what_the_python_loop_builds(monkeypatch) -> None:
+    """The per-path loop of the binary parser runs in C where _fastio is built: same entries, same
+    types (NamedTuples), an unknown type kept for validate() to refuse, as the Python loop does."""
+    if mf._compiled is None:
+        pytest.skip("the compiled module is not built")
+    m = with_files(
+        mf.FileEntry("nm/sub", mf.DIR, 0o750, -5),
+        mf.FileEntry("nm/sub/x.js", mf.FILE, 0o755, 1 << 62, 8, "b" * 64, None, (mf.Chunk(0, 0, 4),) * 2),
+        mf.FileEntry("nm/sub/empty", mf.FILE, 0o600, 7, 0, "c" * 64, None, ()),
+        mf.FileEntry("nm/sub/l2", mf.SYMLINK, 0o777, 9, target="../a.js"),
+    )
+    raw = bytearray(zstandard.ZstdDecompressor().decompress(mf.encode(m)))
+    n_at = raw.index(b"nm\0nm/") - 4 - 8 * len(m.files) - 2 * len(m.files) - len(m.files) - 4
+    raw[n_at + 4 + 1] = 9  # the second path's type byte: unknown
+    for data in (mf.encode(m), zstandard.ZstdCompressor().compress(bytes(raw))):
+        compiled = mf.parse(data, where="t", check=False)
+        monkeypatch.setattr(mf, "_compiled", None)
+        python = mf.parse(data, where="t", check=False)
+        monkeypatch.undo()
+        assert compiled == python
+        assert [type(f) for f in compiled.files] == [mf.FileEntry] * len(m.files)
+        assert all(type(c) is mf.Chunk for f in compiled.files for c in f.chunks)
+    assert compiled.files[1].type == "type 9"
+    with pytest.raises(UnsafeTree, match="type 9"):
+        mf.validate(compiled, where="t")
