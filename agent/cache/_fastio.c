@@ -514,6 +514,41 @@ done:
     return out;
 }
 
+/*
+ * paths_normal(paths) -> bool
+ *
+ * Whether every str in `paths` is a plain relative path: not empty, its components ('/'-separated)
+ * neither empty nor "." nor "..", and no NUL or backslash in it (manifest.check_relative_path's rule,
+ * checked in one pass in C; manifest.py keeps the Python check for one path and as the fallback).
+ */
+static PyObject *py_paths_normal(PyObject *self, PyObject *args) {
+    PyObject *paths;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &paths)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(paths);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *p = PyList_GET_ITEM(paths, i);
+        if (!PyUnicode_Check(p)) Py_RETURN_FALSE;
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(p, &len);
+        if (s == NULL) {
+            PyErr_Clear();
+            Py_RETURN_FALSE; /* lone surrogates: not a path stoker writes */
+        }
+        if (len == 0) Py_RETURN_FALSE;
+        Py_ssize_t start = 0;
+        for (Py_ssize_t j = 0; j <= len; j++) {
+            char c = j < len ? s[j] : '/';
+            if (c == '\0' || c == '\\') Py_RETURN_FALSE;
+            if (c != '/') continue;
+            Py_ssize_t k = j - start;
+            if (k == 0 || (k == 1 && s[start] == '.') || (k == 2 && s[start] == '.' && s[start + 1] == '.'))
+                Py_RETURN_FALSE;
+            start = j + 1;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"open_beneath", py_open_beneath, METH_VARARGS,
      "open_beneath(root_fd, path, flags, mode) -> fd: open a relative path beneath root_fd, following no "
@@ -523,6 +558,9 @@ static PyMethodDef methods[] = {
     {"manifest_entries", py_manifest_entries, METH_VARARGS,
      "manifest_entries(FileEntry, Chunk, kinds, types, paths, modes, mtimes, sizes, digests, counts, chunks, "
      "targets) -> list of FileEntry: the per-path loop of the binary manifest parser."},
+    {"paths_normal", py_paths_normal, METH_VARARGS,
+     "paths_normal(paths) -> bool: every path relative, no empty, '.' or '..' component, no NUL or "
+     "backslash."},
     {"set_times", py_set_times, METH_VARARGS,
      "set_times(root_fd, entries) -> None: set each existing entry's mtime beneath root_fd, following no "
      "symlink, with the GIL released."},

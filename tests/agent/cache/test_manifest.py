@@ -261,3 +261,28 @@ def test_the_compiled_parser_loop_builds_what_the_python_loop_builds(monkeypatch
     assert compiled.files[1].type == "type 9"
     with pytest.raises(UnsafeTree, match="type 9"):
         mf.validate(compiled, where="t")
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        ["nm", "nm/a.js", "nm/.bin", "nm/..x", "nm/x..", "nm/ü €/.a"],
+        ["nm/../x"],
+        ["/nm"],
+        ["nm/"],
+        ["nm//x"],
+        ["nm/./x"],
+        ["nm/."],
+        [".."],
+        [""],
+        ["nm/x\0y"],
+        ["nm\\x"],
+        ["nm/a", "nm/b/.."],
+    ],
+)
+def test_compiled_path_check_agrees_with_the_python_one(monkeypatch, paths: list[str]) -> None:
+    if mf._compiled is None:
+        pytest.skip("the compiled module is not built")
+    compiled = mf._all_paths_normal(paths)
+    monkeypatch.setattr(mf, "_compiled", None)
+    assert compiled == mf._all_paths_normal(paths)
