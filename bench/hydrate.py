@@ -564,8 +564,9 @@ print('{"seconds": %f}' % (time.perf_counter() - t))
         methods["stoker_partial_add_frames"] = st(
             "restore", lambda: (fresh_store("p", frames_store), out_dir("x"), no_tree), key="add"
         )
-    # The compute part of a cold restore alone: every frame decompressed and every file's digest checked,
-    # on the same threads, no file written (what stoker must do on top of the file creation tar does).
+    # The compute part of a cold restore alone: every frame checked by its digest and decompressed (files of
+    # frames without a digest: each hashed), on the same threads, no file written (what stoker must do on top
+    # of the file creation tar does).
     methods["stoker_verify_only"] = st(
         "verify", lambda: (fresh_store("p", frames_store), out_dir("x"), local), key="base"
     )

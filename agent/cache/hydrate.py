@@ -218,7 +218,7 @@ def _apply_diff(
     # Kept entries whose mode or mtime differ, and kept directories whose contents changed: files' and
     # symlinks' mtimes are set by the writers alongside the new files, directories' after them.
     meta = set(map(_META, files)).difference(map(_META, held))
-    fix = {p for p, _, _ in meta if p not in created} | ((touched | set(opened)) - created - removed)
+    fix = set(map(_PATH, meta)).difference(created) | ((touched | set(opened)) - created - removed)
     fixing = list(compress(files, map(fix.__contains__, map(_PATH, files))))
     write_files(
         manifest,
