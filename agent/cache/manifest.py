@@ -481,8 +481,10 @@ SKETCH_K = 64
 def content_sketch(manifest: Manifest, k: int = SKETCH_K) -> tuple[int, ...]:
     """Bottom-k MinHash of the manifest's distinct content digests: the first 8 bytes of each distinct
     SHA-256 (uniform already) as an unsigned 64-bit integer, the ``k`` smallest, ascending."""
-    values = {int(f.digest[:16], 16) for f in manifest.files if f.type == FILE and f.digest}
-    return tuple(heapq.nsmallest(k, values))
+    # Digests are 64 lowercase hex characters (validated), so their 16-character prefixes sort as the
+    # integers they spell: pick the k smallest as strings and convert only those.
+    prefixes = {f.digest[:16] for f in manifest.files if f.type == FILE and f.digest}
+    return tuple(int(p, 16) for p in heapq.nsmallest(k, prefixes))
 
 
 _BAD_PARTS = frozenset(("", ".", ".."))
