@@ -229,13 +229,14 @@ def _apply_diff(
         workers=workers,
         where=where,
         progress=progress,
-        set_times=[f for f in fixing if f.type != mf.DIR],
+        set_times=list(compress(fixing, map(mf.DIR.__ne__, map(mf.TYPE, fixing)))),
         fetch=fetch,
         missing=missing,
     )
-    old_modes = {f.path: f.mode for f in held if f.type == mf.DIR and f.path in fix}
+    dirs = list(compress(fixing, map(mf.DIR.__eq__, map(mf.TYPE, fixing))))
+    held_dirs = list(compress(held, map(mf.DIR.__eq__, map(mf.TYPE, held))))
+    old_modes = {f.path: f.mode for f in held_dirs if f.path in fix}
     with swaps_refused(where), Root(dest, writer.compiled) as root:
-        dirs = [f for f in fixing if f.type == mf.DIR]
         set_dir_meta(root, dirs, [f.path in opened or old_modes.get(f.path) != f.mode for f in dirs], writer)
 
 
@@ -250,7 +251,7 @@ def _remove_entries(
 ) -> dict[str, int]:
     """Remove ``removed_entries`` from the tree at ``dest``, children first, after making the kept
     directories among ``touched`` writable; returns those directories and the modes they held."""
-    old_meta = {f.path: f for f in held if f.path in touched}
+    old_meta = {f.path: f for f in compress(held, map(touched.__contains__, map(mf.PATH, held)))}
     opened: dict[str, int] = {}
     with swaps_refused(where), Root(dest, writer.compiled) as root:
         for d, f in old_meta.items():
