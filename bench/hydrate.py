@@ -235,6 +235,7 @@ class Weed:
             cmd += [f"-{name}.port={port()}", f"-{name}.port.grpc={port()}"]
         self.log = open(root / "weed.log", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        _RUNNING.append(self)  # stopped by main() even when the run fails (it holds the loop mount busy)
         self.endpoint = f"http://127.0.0.1:{self.port}"
         from stoker.agent.cache.api import CacheError
         from stoker.agent.cache.s3_blobs import S3BlobStore
@@ -252,9 +253,18 @@ class Weed:
                 time.sleep(0.5)
 
     def stop(self) -> None:
+        if self in _RUNNING:
+            _RUNNING.remove(self)
         self.proc.terminate()
-        self.proc.wait(20)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(20)
         self.log.close()
+
+
+_RUNNING: list[Weed] = []
 
 
 def loop_mount(size_gib: int) -> tuple[Path, callable]:
@@ -320,6 +330,8 @@ def main() -> None:
     try:
         report = run(args, work, fs_note)
     finally:
+        for weed in list(_RUNNING):
+            weed.stop()
         if cleanup:
             cleanup()
     print(json.dumps(report, indent=2) if args.json else _text(report))
