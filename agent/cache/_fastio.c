@@ -175,10 +175,11 @@ fail:;
 }
 
 /*
- * write_group(root_fd, data, files, umask) -> None | int
+ * write_group(root_fd, data, files, umask, check=True) -> None | int
  *
  * For each FileEntry in `files` (its first chunk locating its bytes in `data`, one decompressed frame):
- * check the bytes against the entry's SHA-256 digest, then — when root_fd >= 0 — create the file
+ * check the bytes against the entry's SHA-256 digest (unless `check` is false: the caller checked the
+ * compressed frame against its SHA-256 in the manifest, which proves every byte cut from it), then — when root_fd >= 0 — create the file
  * beneath root_fd (O_EXCL, no symlink followed), write it, set its mode (when the umask would change it)
  * and mtime. Stops at the first file whose digest does not match and returns its index (nothing of it
  * written); returns None when every file is done. An OS error raises OSError naming the file.
@@ -188,7 +189,8 @@ static PyObject *py_write_group(PyObject *self, PyObject *args) {
     Py_buffer buf;
     PyObject *files;
     unsigned int umask_bits;
-    if (!PyArg_ParseTuple(args, "iy*OI", &root, &buf, &files, &umask_bits)) return NULL;
+    int check = 1;
+    if (!PyArg_ParseTuple(args, "iy*OI|p", &root, &buf, &files, &umask_bits, &check)) return NULL;
     PyObject *seq = PySequence_Fast(files, "files must be a sequence");
     if (seq == NULL) {
         PyBuffer_Release(&buf);
@@ -238,7 +240,7 @@ static PyObject *py_write_group(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         const unsigned char *data = (const unsigned char *)buf.buf + items[i].offset;
-        if (!digest_matches(data, items[i].length, items[i].digest)) {
+        if (check && !digest_matches(data, items[i].length, items[i].digest)) {
             bad_digest = i;
             break;
         }
@@ -266,12 +268,302 @@ done:
     return result;
 }
 
+static void to_timespec(long long ns, struct timespec *ts) {
+    ts->tv_sec = (time_t)(ns / 1000000000LL);
+    ts->tv_nsec = (long)(ns % 1000000000LL);
+    if (ts->tv_nsec < 0) { /* mtimes before 1970 */
+        ts->tv_sec -= 1;
+        ts->tv_nsec += 1000000000L;
+    }
+}
+
+/*
+ * set_times(root_fd, entries) -> None
+ *
+ * Give each FileEntry in `entries` (files, symlinks or directories that exist beneath root_fd) its mtime
+ * (atime too), with the GIL released: utimensat(AT_SYMLINK_NOFOLLOW) on the last component, relative to
+ * its directory opened beneath root_fd following no symlink (the last directory opened is reused for the
+ * next entry in it, so a run of siblings costs one open). An OS error raises OSError naming the path.
+ */
+static PyObject *py_set_times(PyObject *self, PyObject *args) {
+    int root;
+    PyObject *files;
+    if (!PyArg_ParseTuple(args, "iO", &root, &files)) return NULL;
+    PyObject *seq = PySequence_Fast(files, "entries must be a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    struct item *items = PyMem_Calloc(n ? n : 1, sizeof *items);
+    PyObject *result = NULL;
+    if (items == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) <= FE_MTIME) {
+            PyErr_SetString(PyExc_TypeError, "entries must hold FileEntry tuples");
+            goto done;
+        }
+        items[i].path = PyUnicode_AsUTF8(PyTuple_GET_ITEM(f, FE_PATH));
+        items[i].mtime_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(f, FE_MTIME));
+        if (PyErr_Occurred() || items[i].path == NULL) goto done;
+        if (items[i].path[0] == '\0' || strlen(items[i].path) >= 4096) {
+            PyErr_Format(PyExc_ValueError, "%s: not a path set_times takes", items[i].path);
+            goto done;
+        }
+    }
+    Py_ssize_t failed = -1;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    char parent[4096] = "";
+    int pfd = -1; /* the descriptor of `parent`, or -1 */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *path = items[i].path;
+        const char *slash = strrchr(path, '/');
+        const char *name = path;
+        int dirfd = root;
+        if (slash != NULL) {
+            size_t plen = (size_t)(slash - path);
+            name = slash + 1;
+            if (pfd < 0 || strncmp(parent, path, plen) != 0 || parent[plen] != '\0') {
+                if (pfd >= 0) close(pfd);
+                memcpy(parent, path, plen);
+                parent[plen] = '\0';
+                pfd = open_beneath(root, parent, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
+                if (pfd < 0) {
+                    failed = i;
+                    err = errno;
+                    break;
+                }
+            }
+            dirfd = pfd;
+        }
+        if (name[0] == '\0' || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+            failed = i;
+            err = EINVAL;
+            break;
+        }
+        struct timespec ts[2];
+        to_timespec(items[i].mtime_ns, &ts[0]);
+        ts[1] = ts[0];
+        if (utimensat(dirfd, name, ts, AT_SYMLINK_NOFOLLOW) != 0) {
+            failed = i;
+            err = errno;
+            break;
+        }
+    }
+    if (pfd >= 0) close(pfd);
+    Py_END_ALLOW_THREADS
+    if (failed >= 0) {
+        PyObject *name = PyUnicode_DecodeFSDefault(items[failed].path);
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+        Py_XDECREF(name);
+    } else {
+        result = Py_NewRef(Py_None);
+    }
+done:
+    PyMem_Free(items);
+    Py_DECREF(seq);
+    return result;
+}
+
+/* A new instance of the tuple subclass `cls` (a NamedTuple) holding the n references in `items` (stolen). */
+static PyObject *new_named(PyTypeObject *cls, PyObject **items, Py_ssize_t n) {
+    PyObject *t = cls->tp_alloc(cls, n);
+    if (t == NULL) {
+        for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(items[i]);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(t, i, items[i]);
+    return t;
+}
+
+/*
+ * manifest_entries(FileEntry, Chunk, kinds, types, paths, modes, mtimes, sizes, digests, counts, chunks,
+ *                  targets) -> list[FileEntry]
+ *
+ * The per-path loop of the binary manifest's parser (agent/cache/manifest.py, _parse_v2), which builds
+ * one FileEntry per path from the decoded columns: `types` bytes (0 dir, 1 file, 2 symlink, else kept
+ * as "type N" for validate() to refuse), `paths`, `modes`, `mtimes` (one per path), `sizes`, `digests`
+ * (32 bytes each), `counts` (one per regular file), `chunks` (3 ints per chunk), `targets` (one per
+ * symlink); `kinds` = (DIR, FILE, SYMLINK) strings. The caller has checked every column's length.
+ */
+static PyObject *py_manifest_entries(PyObject *self, PyObject *args) {
+    PyObject *fe_cls, *ch_cls, *kinds, *paths, *modes, *mtimes, *sizes, *counts, *cflat, *targets;
+    Py_buffer types, digests;
+    if (!PyArg_ParseTuple(args, "O!O!O!y*O!O!O!O!y*O!O!O!", &PyType_Type, &fe_cls, &PyType_Type, &ch_cls,
+                          &PyTuple_Type, &kinds, &types, &PyList_Type, &paths, &PyTuple_Type, &modes,
+                          &PyTuple_Type, &mtimes, &PyTuple_Type, &sizes, &digests, &PyTuple_Type, &counts,
+                          &PyTuple_Type, &cflat, &PyList_Type, &targets))
+        return NULL;
+    PyObject *out = NULL;
+    Py_ssize_t n = types.len;
+    Py_ssize_t nfiles = PyTuple_GET_SIZE(sizes);
+    if (PyTuple_GET_SIZE(kinds) != 3 || PyList_GET_SIZE(paths) != n || PyTuple_GET_SIZE(modes) != n ||
+        PyTuple_GET_SIZE(mtimes) != n || PyTuple_GET_SIZE(counts) != nfiles || digests.len != 32 * nfiles) {
+        PyErr_SetString(PyExc_ValueError, "manifest columns of different lengths");
+        goto done;
+    }
+    PyTypeObject *fe = (PyTypeObject *)fe_cls, *ch = (PyTypeObject *)ch_cls;
+    if (!PyType_IsSubtype(fe, &PyTuple_Type) || !PyType_IsSubtype(ch, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "FileEntry and Chunk must be tuple types");
+        goto done;
+    }
+    out = PyList_New(n);
+    if (out == NULL) goto done;
+    const unsigned char *tp = types.buf, *dg = digests.buf;
+    Py_ssize_t fi = 0, ci = 0, si = 0, nchunk_ints = PyTuple_GET_SIZE(cflat);
+    Py_ssize_t ntargets = PyList_GET_SIZE(targets);
+    PyObject *zero = PyLong_FromLong(0);
+    PyObject *empty = PyTuple_New(0);
+    if (zero == NULL || empty == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item[8];
+        unsigned char t = tp[i];
+        item[0] = Py_NewRef(PyList_GET_ITEM(paths, i));
+        item[2] = Py_NewRef(PyTuple_GET_ITEM(modes, i));
+        item[3] = Py_NewRef(PyTuple_GET_ITEM(mtimes, i));
+        if (t == 1) {
+            if (fi >= nfiles) {
+                PyErr_SetString(PyExc_ValueError, "more files than sizes");
+                for (int k = 0; k < 4; k++) if (k != 1) Py_DECREF(item[k]);
+                goto fail;
+            }
+            Py_ssize_t k = PyLong_AsSsize_t(PyTuple_GET_ITEM(counts, fi));
+            if (k < 0 || ci + 3 * k > nchunk_ints) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "chunks past the end");
+                for (int j = 0; j < 4; j++) if (j != 1) Py_DECREF(item[j]);
+                goto fail;
+            }
+            PyObject *chunks = PyTuple_New(k);
+            PyObject *hex = PyUnicode_New(64, 127);
+            if (chunks == NULL || hex == NULL) {
+                Py_XDECREF(chunks);
+                Py_XDECREF(hex);
+                for (int j = 0; j < 4; j++) if (j != 1) Py_DECREF(item[j]);
+                goto fail;
+            }
+            for (Py_ssize_t c = 0; c < k; c++) {
+                PyObject *parts[3];
+                for (int j = 0; j < 3; j++) parts[j] = Py_NewRef(PyTuple_GET_ITEM(cflat, ci + 3 * c + j));
+                PyObject *chunk = new_named(ch, parts, 3);
+                if (chunk == NULL) {
+                    Py_DECREF(chunks);
+                    Py_DECREF(hex);
+                    for (int j = 0; j < 4; j++) if (j != 1) Py_DECREF(item[j]);
+                    goto fail;
+                }
+                PyTuple_SET_ITEM(chunks, c, chunk);
+            }
+            ci += 3 * k;
+            Py_UCS1 *h = PyUnicode_1BYTE_DATA(hex);
+            for (int j = 0; j < 32; j++) {
+                h[2 * j] = (Py_UCS1)HEX[dg[32 * fi + j] >> 4];
+                h[2 * j + 1] = (Py_UCS1)HEX[dg[32 * fi + j] & 15];
+            }
+            item[1] = Py_NewRef(PyTuple_GET_ITEM(kinds, 1));
+            item[4] = Py_NewRef(PyTuple_GET_ITEM(sizes, fi));
+            item[5] = hex;
+            item[6] = Py_NewRef(Py_None);
+            item[7] = chunks;
+            fi++;
+        } else {
+            if (t == 0) {
+                item[1] = Py_NewRef(PyTuple_GET_ITEM(kinds, 0));
+                item[6] = Py_NewRef(Py_None);
+            } else if (t == 2) {
+                if (si >= ntargets) {
+                    PyErr_SetString(PyExc_ValueError, "more symlinks than targets");
+                    for (int j = 0; j < 4; j++) if (j != 1) Py_DECREF(item[j]);
+                    goto fail;
+                }
+                item[1] = Py_NewRef(PyTuple_GET_ITEM(kinds, 2));
+                item[6] = Py_NewRef(PyList_GET_ITEM(targets, si++));
+            } else {
+                item[1] = PyUnicode_FromFormat("type %d", (int)t);
+                item[6] = Py_NewRef(Py_None);
+                if (item[1] == NULL) {
+                    Py_DECREF(item[6]);
+                    for (int j = 0; j < 4; j++) if (j != 1) Py_DECREF(item[j]);
+                    goto fail;
+                }
+            }
+            item[4] = Py_NewRef(zero);
+            item[5] = Py_NewRef(Py_None);
+            item[7] = Py_NewRef(empty);
+        }
+        PyObject *entry = new_named(fe, item, 8);
+        if (entry == NULL) goto fail;
+        PyList_SET_ITEM(out, i, entry);
+    }
+    if (fi != nfiles || ci != nchunk_ints) {
+        PyErr_SetString(PyExc_ValueError, "the file columns do not add up");
+        goto fail;
+    }
+    Py_DECREF(zero);
+    Py_DECREF(empty);
+    goto done;
+fail:
+    Py_XDECREF(zero);
+    Py_XDECREF(empty);
+    Py_CLEAR(out);
+done:
+    PyBuffer_Release(&types);
+    PyBuffer_Release(&digests);
+    return out;
+}
+
+/*
+ * paths_normal(paths) -> bool
+ *
+ * Whether every str in `paths` is a plain relative path: not empty, its components ('/'-separated)
+ * neither empty nor "." nor "..", and no NUL or backslash in it (manifest.check_relative_path's rule,
+ * checked in one pass in C; manifest.py keeps the Python check for one path and as the fallback).
+ */
+static PyObject *py_paths_normal(PyObject *self, PyObject *args) {
+    PyObject *paths;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &paths)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(paths);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *p = PyList_GET_ITEM(paths, i);
+        if (!PyUnicode_Check(p)) Py_RETURN_FALSE;
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(p, &len);
+        if (s == NULL) {
+            PyErr_Clear();
+            Py_RETURN_FALSE; /* lone surrogates: not a path stoker writes */
+        }
+        if (len == 0) Py_RETURN_FALSE;
+        Py_ssize_t start = 0;
+        for (Py_ssize_t j = 0; j <= len; j++) {
+            char c = j < len ? s[j] : '/';
+            if (c == '\0' || c == '\\') Py_RETURN_FALSE;
+            if (c != '/') continue;
+            Py_ssize_t k = j - start;
+            if (k == 0 || (k == 1 && s[start] == '.') || (k == 2 && s[start] == '.' && s[start + 1] == '.'))
+                Py_RETURN_FALSE;
+            start = j + 1;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"open_beneath", py_open_beneath, METH_VARARGS,
      "open_beneath(root_fd, path, flags, mode) -> fd: open a relative path beneath root_fd, following no "
      "symlink in any component (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, or a component walk)."},
     {"write_group", py_write_group, METH_VARARGS,
-     "write_group(root_fd, data, files, umask) -> None | index of the first digest mismatch."},
+     "write_group(root_fd, data, files, umask, check=True) -> None | index of the first digest mismatch."},
+    {"manifest_entries", py_manifest_entries, METH_VARARGS,
+     "manifest_entries(FileEntry, Chunk, kinds, types, paths, modes, mtimes, sizes, digests, counts, chunks, "
+     "targets) -> list of FileEntry: the per-path loop of the binary manifest parser."},
+    {"paths_normal", py_paths_normal, METH_VARARGS,
+     "paths_normal(paths) -> bool: every path relative, no empty, '.' or '..' component, no NUL or "
+     "backslash."},
+    {"set_times", py_set_times, METH_VARARGS,
+     "set_times(root_fd, entries) -> None: set each existing entry's mtime beneath root_fd, following no "
+     "symlink, with the GIL released."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,8 +10,10 @@ first. Everything is reached beneath the destination following no symlink (:mod:
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Sequence
+from itertools import compress
 from pathlib import Path
 
 from stoker.agent.cache import manifest as mf
@@ -82,9 +84,8 @@ def write_files(
             )
             counter.add(0, 0, force=True)
             if root is not None:
-                for f in reversed(files):
-                    if f.type == mf.DIR:
-                        root.set_dir_meta(f, mode=not _keeps_dir_mode(f, writer.umask))
+                dirs = [f for f in reversed(files) if f.type == mf.DIR]
+                set_dir_meta(root, dirs, [not _keeps_dir_mode(f, writer.umask) for f in dirs], writer)
         finally:
             if root is not None:
                 root.close()
@@ -135,9 +136,28 @@ def _run_tasks(
         )
 
 
+def set_dir_meta(root: Root, dirs: Sequence[mf.FileEntry], modes: Sequence[bool], writer: Writer) -> None:
+    """Give directories ``dirs`` their mtimes, and their modes where ``modes`` says so (after everything
+    beneath them is written: writing in a directory changes its mtime), deepest first. With the compiled
+    writer, the mtimes of directories whose mode stays are set in one call without the GIL."""
+    if writer.compiled is not None:
+        # First, while every directory above them is still searchable: a mode set below may take that away.
+        writer.compiled.set_times(root.fd, [f for f, mode in zip(dirs, modes) if not mode])
+    for f, mode in zip(dirs, modes):
+        if mode or writer.compiled is None:
+            root.set_dir_meta(f, mode=mode)
+
+
 def _keeps_dir_mode(f: mf.FileEntry, umask: int) -> bool:
     """A directory created with its final mode: the umask keeps it and the owner can still write in it."""
     return f.mode & 0o700 == 0o700 and f.mode & (0o777 & ~umask) == f.mode
+
+
+_IDENTITY = operator.itemgetter(0, 1, 2, 4, 5, 6)
+"""What a kept entry shares with its new version: path, type, mode, size, digest, target (FileEntry)."""
+_META = operator.itemgetter(0, 2, 3)
+"""Path, mode, mtime (FileEntry)."""
+_PATH = operator.itemgetter(0)
 
 
 def apply_diff(
@@ -157,27 +177,49 @@ def apply_diff(
     """Turn the tree at ``dest``, which holds exactly ``held`` (a ready tree), into ``files``: remove what
     differs, write what is new or changed from its frames (every such digest checked), fix metadata.
 
-    The comparison runs on sets of tuples (C speed): an entry is kept when its path, type, content
-    digest, mode (files) and link target are the same; modes and mtimes of kept entries are fixed after."""
-    d = mf.DIR
-    held_ids = [
-        (f.path, d) if f.type == d else (f.path, f.type, f.digest, f.size, f.mode, f.target) for f in held
-    ]
-    file_ids = [
-        (f.path, d) if f.type == d else (f.path, f.type, f.digest, f.size, f.mode, f.target) for f in files
-    ]
+    The comparison runs on sets of tuples made and filtered at C speed (``itemgetter``, ``compress``): an
+    entry is kept when its path, type, mode, size, content digest and link target are the same (a
+    directory whose mode alone changed is kept too); mtimes of kept entries (and modes of kept
+    directories) are fixed after."""
+    with mf.gc_paused():  # ~100k tuples, no cycle among them
+        return _apply_diff(
+            manifest, held, files, dest, locate, writer, workers, where, progress, fetch, missing
+        )
+
+
+def _apply_diff(
+    manifest: mf.Manifest,
+    held: Sequence[mf.FileEntry],
+    files: Sequence[mf.FileEntry],
+    dest: Path,
+    locate: FrameLocator,
+    writer: Writer,
+    workers: int,
+    where: str,
+    progress: ProgressFn | None,
+    fetch: FetchFn | None,
+    missing: Sequence[int],
+) -> None:
+    held_ids = list(map(_IDENTITY, held))
+    file_ids = list(map(_IDENTITY, files))
     keep = set(held_ids).intersection(file_ids)
-    removed_entries = [f for f, i in zip(held, held_ids) if i not in keep]
-    create = [f for f, i in zip(files, file_ids) if i not in keep]
+    removed_entries = list(compress(held, map(operator.not_, map(keep.__contains__, held_ids))))
+    create = list(compress(files, map(operator.not_, map(keep.__contains__, file_ids))))
+    kept_dirs = {f.path for f in removed_entries if f.type == mf.DIR}.intersection(
+        f.path for f in create if f.type == mf.DIR
+    )
+    if kept_dirs:  # a directory whose mode changed stays, with what it holds; its mode is fixed below
+        removed_entries = [f for f in removed_entries if f.path not in kept_dirs]
+        create = [f for f in create if f.path not in kept_dirs]
     removed = {f.path for f in removed_entries}
     created = {f.path for f in create}
     touched = {p.rpartition("/")[0] for p in removed} | {p.rpartition("/")[0] for p in created}
     opened = _remove_entries(held, removed_entries, removed, touched, dest, writer, where)
     # Kept entries whose mode or mtime differ, and kept directories whose contents changed: files' and
     # symlinks' mtimes are set by the writers alongside the new files, directories' after them.
-    meta = {(f.path, f.mode, f.mtime_ns) for f in files} - {(f.path, f.mode, f.mtime_ns) for f in held}
-    fix = {p for p, _, _ in meta if p not in created} | ((touched | set(opened)) - created - removed)
-    fixing = [f for f in files if f.path in fix]
+    meta = set(map(_META, files)).difference(map(_META, held))
+    fix = set(map(_PATH, meta)).difference(created) | ((touched | set(opened)) - created - removed)
+    fixing = list(compress(files, map(fix.__contains__, map(_PATH, files))))
     write_files(
         manifest,
         create,
@@ -187,15 +229,15 @@ def apply_diff(
         workers=workers,
         where=where,
         progress=progress,
-        set_times=[f for f in fixing if f.type != mf.DIR],
+        set_times=list(compress(fixing, map(mf.DIR.__ne__, map(mf.TYPE, fixing)))),
         fetch=fetch,
         missing=missing,
     )
-    old_modes = {f.path: f.mode for f in held if f.type == mf.DIR and f.path in fix}
+    dirs = list(compress(fixing, map(mf.DIR.__eq__, map(mf.TYPE, fixing))))
+    held_dirs = list(compress(held, map(mf.DIR.__eq__, map(mf.TYPE, held))))
+    old_modes = {f.path: f.mode for f in held_dirs if f.path in fix}
     with swaps_refused(where), Root(dest, writer.compiled) as root:
-        for f in fixing:
-            if f.type == mf.DIR:
-                root.set_dir_meta(f, mode=f.path in opened or old_modes.get(f.path) != f.mode)
+        set_dir_meta(root, dirs, [f.path in opened or old_modes.get(f.path) != f.mode for f in dirs], writer)
 
 
 def _remove_entries(
@@ -209,7 +251,7 @@ def _remove_entries(
 ) -> dict[str, int]:
     """Remove ``removed_entries`` from the tree at ``dest``, children first, after making the kept
     directories among ``touched`` writable; returns those directories and the modes they held."""
-    old_meta = {f.path: f for f in held if f.path in touched}
+    old_meta = {f.path: f for f in compress(held, map(touched.__contains__, map(mf.PATH, held)))}
     opened: dict[str, int] = {}
     with swaps_refused(where), Root(dest, writer.compiled) as root:
         for d, f in old_meta.items():

@@ -42,7 +42,10 @@ class KnownContent:
         _, entries = self._store.inventory()
         for info in entries:
             record = self._store.lookup(info.key)
-            if record is not None and record.manifest not in self._known_from:
+            # Only entries whose files this node checked against their own digests: a manifest restored
+            # through its frames' digests alone could pair a popular digest with other bytes, and reusing
+            # that pairing would put those bytes into another tenant's entry.
+            if record is not None and record.files_checked and record.manifest not in self._known_from:
                 local = self._manifests.get(record.manifest)
                 if local is not None:
                     self.learn(record.manifest, local)

@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from itertools import compress
 from pathlib import Path
 
 from stoker.agent.cache import hydrate
@@ -67,7 +68,7 @@ class ReadyTrees:
     ) -> list[mf.FileEntry] | None:
         """Claim the ready tree sharing the most content with ``files`` into ``stage``; returns the files
         it holds (under ``roots``), or None when no tree shares at least half of the target's bytes."""
-        target = {f.digest for f in files if f.type == mf.FILE}
+        target = set(map(mf.DIGEST, files))
         want = set(roots)
         best: tuple[int, TreeRecord, list[mf.FileEntry]] | None = None
         for ready in self._store.trees():
@@ -77,10 +78,11 @@ class ReadyTrees:
             if manifest is None:
                 continue
             held = manifest.under(roots)
-            shared = sum(f.size for f in held if f.type == mf.FILE and f.digest in target)
+            # Sizes of the held files whose content the target has (directories and symlinks: size 0).
+            shared = sum(compress(map(mf.SIZE, held), map(target.__contains__, map(mf.DIGEST, held))))
             if best is None or shared > best[0]:
                 best = (shared, ready, held)
-        total = sum(f.size for f in files if f.type == mf.FILE)
+        total = sum(map(mf.SIZE, files))
         if best is None or best[0] * 2 < total:
             return None
         _, ready, held = best
@@ -147,7 +149,13 @@ class ReadyTrees:
         ):
             tree_dir = staging / "tree"
             tree_dir.mkdir()
-            self._unpack(manifest, frames, tree_dir, f"entry {key} (ready tree)", background)
+            # A tree is matched to other entries by its files' digests: when this node has not checked them
+            # yet (a restore that trusted the frames' digests), check every file now, off the critical path.
+            checked = record.files_checked
+            unpack = manifest if checked else mf.without_frame_digests(manifest)
+            self._unpack(unpack, frames, tree_dir, f"entry {key} (ready tree)", background)
+            if not checked:
+                self._store.set_files_checked(key, record.manifest)
             return self._store.add_tree(
                 tree_dir,
                 key=key,

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 
 from stoker.agent.cache import hydrate
@@ -212,7 +213,7 @@ class Restorer:
             return RestoreResult("warm", resolved.key, 0, 0, 0, time.monotonic() - start)
         manifest = resolved.manifest
         files = manifest.under(roots) if workspace is not None else list(manifest.files)
-        needed = sorted({c.frame for f in files for c in f.chunks})
+        needed = sorted(set(map(mf.CHUNK_FRAME, chain.from_iterable(map(mf.CHUNKS, files)))))
         frames = self._frames(manifest, needed)
         with (
             self._store.pinned(sorted({lf.file for _, lf in frames.local.values()})),
@@ -229,13 +230,12 @@ class Restorer:
             warmth = "cold"
         else:
             warmth = "partial"
-        written = [f for f in files if f.type == mf.FILE]
         return RestoreResult(
             warmth=warmth,
             restored_key=resolved.key,
             bytes_fetched=frames.fetched_bytes,
-            bytes_restored=sum(f.size for f in written),
-            files_restored=len(written),
+            bytes_restored=sum(map(mf.SIZE, files)),
+            files_restored=list(map(mf.TYPE, files)).count(mf.FILE),
             seconds=time.monotonic() - start,
         )
 
@@ -443,6 +443,13 @@ class Restorer:
             self._store.touch(resolved.key)
             return
         manifest = resolved.manifest
+        # Files proven only through their frames' digests are not checked against their own digests: a
+        # manifest could pair a digest with other bytes (its writer's choice, harmless in its own entry),
+        # and until the background ready tree checks them no save may reuse its content by digest.
+        before = self._store.lookup(resolved.key)
+        files_checked = not any(fr.digest for fr in manifest.frames) or (
+            before is not None and before.manifest == resolved.manifest_name and before.files_checked
+        )
         frames_map: dict[FrameId, LocalFrame] = {}
         for i, fr in enumerate(manifest.frames):
             if i in frames.fetched:
@@ -465,6 +472,7 @@ class Restorer:
             files=manifest.file_count,
             sketch=mf.content_sketch(manifest),
             writer=manifest.writer,
+            files_checked=files_checked,
         )
 
 

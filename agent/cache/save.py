@@ -136,7 +136,8 @@ class Saver:
         if record is not None and record.manifest == name:
             self._store.touch(key)
         else:
-            self._commit_local(key, manifest, None, {}, name)
+            # Its digests came from the workspace's stat cache, which names that manifest: not checked here.
+            self._commit_local(key, manifest, None, {}, name, files_checked=False)
 
     def _pack_and_upload(
         self,
@@ -225,10 +226,18 @@ class Saver:
         return True, manifest_name
 
     def _commit_local(
-        self, key: str, manifest: mf.Manifest, data: bytes | None, staged: dict[str, Path], manifest_name: str
+        self,
+        key: str,
+        manifest: mf.Manifest,
+        data: bytes | None,
+        staged: dict[str, Path],
+        manifest_name: str,
+        *,
+        files_checked: bool = True,
     ) -> None:
         """Keep the entry in the node's store too, if every frame is at hand (staged, or in the store).
-        ``data`` None: the manifest ``manifest_name`` is fetched from the blob store."""
+        ``data`` None: the manifest ``manifest_name`` is fetched from the blob store. ``files_checked``: this
+        save packed or hashed every file's bytes (see :attr:`.store.EntryRecord.files_checked`)."""
         if data is None:
             data = self._blobs.get(f"manifests/{manifest_name}")
             manifest = mf.parse(data, where=f"{key} ({manifest_name})")
@@ -258,8 +267,10 @@ class Saver:
             files=manifest.file_count,
             sketch=mf.content_sketch(manifest),
             writer=manifest.writer,
+            files_checked=files_checked,
         )
-        self._known.learn(manifest_name, manifest)
+        if files_checked:
+            self._known.learn(manifest_name, manifest)
         self._manifests.remember(manifest_name, manifest)
 
     def _record_stat_cache(
@@ -310,7 +321,7 @@ def _add_pack(
     for fplan, wf in zip(plan.frames, written.frames):
         fid = (written.name, wf.offset)
         content.frame_index[fid] = len(content.frames)
-        content.frames.append(mf.Frame(written.name, wf.offset, wf.length, wf.raw_size))
+        content.frames.append(mf.Frame(written.name, wf.offset, wf.length, wf.raw_size, wf.digest))
         pos = 0
         for piece in fplan.pieces:
             content.new_chunks[items[piece.item].digest].append((content.frame_index[fid], pos, piece.length))

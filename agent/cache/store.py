@@ -79,6 +79,12 @@ class EntryRecord:
     """Bottom-k MinHash of the entry's content digests (see :attr:`EntryInfo.sketch`)."""
     writer: EntryWriter | None = None
     """Who saved the entry (from its manifest; None for manifests before version 3)."""
+    files_checked: bool = True
+    """Every file of the entry was checked against its own digest on this node (or packed from bytes that
+    were): only then may a save reuse the entry's content by digest, or a partial restore match a ready
+    tree of it by digest. A restore that proved its files through the frames' digests alone leaves it
+    False until the background ready tree checks them (records written before frame digests: True, every
+    restore checked every file then)."""
 
     def info(self) -> EntryInfo:
         return EntryInfo(
@@ -103,6 +109,7 @@ class EntryRecord:
                 "frames": [[p, o, lf.file, lf.offset, lf.length] for (p, o), lf in self.frames.items()],
                 "sketch": list(self.sketch),
                 "writer": self.writer.to_dict() if self.writer else {},
+                "files_checked": self.files_checked,
             },
             separators=(",", ":"),
         ).encode()
@@ -120,6 +127,7 @@ class EntryRecord:
             frames={(str(p), int(o)): LocalFrame(str(f), int(lo), int(n)) for p, o, f, lo, n in d["frames"]},
             sketch=tuple(int(x) for x in d.get("sketch", ())),
             writer=EntryWriter.from_dict(d.get("writer")),
+            files_checked=d.get("files_checked", True) is True,
         )
 
 
@@ -554,6 +562,7 @@ class LocalStore:
         files: int,
         sketch: tuple[int, ...] = (),
         writer: EntryWriter | None = None,
+        files_checked: bool = True,
     ) -> EntryInfo:
         """Publish an entry: move staged frame files and the manifest in, then write its record last.
 
@@ -582,6 +591,7 @@ class LocalStore:
                 frames=frames,
                 sketch=sketch,
                 writer=writer,
+                files_checked=files_checked,
             )
             for tree in [
                 t for t in self.index.trees.values() if t.key == key and t.manifest != manifest_name
@@ -631,6 +641,16 @@ class LocalStore:
             self._write_record(record)
             self.index.entries[key] = record
             self._changed([record.info()], [])
+
+    def set_files_checked(self, key: str, manifest: str) -> None:
+        """Record that every file of entry ``key`` (still at ``manifest``) was checked against its digest."""
+        with self._lock:
+            record = self.index.entries.get(key)
+            if record is None or record.manifest != manifest or record.files_checked:
+                return
+            record = replace(record, files_checked=True)
+            self._write_record(record)
+            self.index.entries[key] = record
 
     def add_tree(
         self, staged: Path, *, key: str, manifest: str, roots: Sequence[str], nbytes: int, keep_trees: int

@@ -1,10 +1,11 @@
 """The units of a restore's work, shared by the threaded and the forked writers.
 
-Work is cut into tasks — one per frame of small files, one per large file (its frames in order, hashed as
-it goes) — and run largest first. Every file is checked against its digest before the restore can
-publish; frames whose header disagrees with the size the manifest declares are refused before anything is
-allocated. Files are written with no fsync; modes (only where the umask would change them) and mtimes are
-set on the open descriptor.
+Work is cut into tasks — one per frame of small files, one per large file (its frames in order) — and run
+largest first. Every byte is checked before the restore can publish: a frame the manifest gives a SHA-256
+is checked as compressed bytes, which proves every file cut from it; the files of a frame without one
+(manifests before version 4) are checked one by one against their digests. Frames whose header disagrees
+with the size the manifest declares are refused before anything is allocated. Files are written with no
+fsync; modes (only where the umask would change them) and mtimes are set on the open descriptor.
 """
 
 from __future__ import annotations
@@ -127,12 +128,19 @@ _DCTX = threading.local()
 
 
 def read_frame(manifest: mf.Manifest, index: int, locate: FrameLocator, *, where: str) -> bytes:
-    """The decompressed bytes of frame ``index``, exactly its declared raw size."""
+    """The decompressed bytes of frame ``index``, exactly its declared raw size; checked against the
+    frame's SHA-256 when the manifest gives one (see :func:`files_checked_by_frame`)."""
     frame = manifest.frames[index]
     fd, offset = locate(index)
     blob = os.pread(fd, frame.length, offset)
     if len(blob) != frame.length:
         raise CorruptEntry(f"{where}: pack {frame.pack} is truncated at offset {frame.offset}")
+    if frame.digest is not None and hashlib.sha256(blob).digest() != frame.digest:
+        # The manifest (checked against its own name) names these compressed bytes: decompression is
+        # deterministic, so the files cut from them are what the manifest says without hashing each.
+        raise CorruptEntry(
+            f"{where}: frame at {frame.pack}@{frame.offset} is corrupt: it does not match its digest"
+        )
     try:
         declared = zstandard.get_frame_parameters(blob).content_size
     except zstandard.ZstdError as exc:
@@ -159,6 +167,12 @@ def read_frame(manifest: mf.Manifest, index: int, locate: FrameLocator, *, where
     return raw
 
 
+def files_checked_by_frame(frame: mf.Frame) -> bool:
+    """Whether :func:`read_frame` proves the files cut from ``frame`` (it checks the frame's digest), so
+    they need not be hashed one by one."""
+    return frame.digest is not None
+
+
 def run_task(
     manifest: mf.Manifest,
     task: Task,
@@ -174,6 +188,9 @@ def run_task(
     the whole task's bytes through its return value instead)."""
     if task.times_only:
         assert root is not None, "mtimes are only set in a tree being written"
+        if writer.compiled is not None:
+            writer.compiled.set_times(root.fd, task.files)  # the GIL released: on every core
+            return 0, 0
         with Parents(root) as parents:
             for f in task.files:
                 fd, name = parents(f.path)
@@ -181,12 +198,15 @@ def run_task(
         return 0, 0
     if task.frame is not None:
         raw = read_frame(manifest, task.frame, locate, where=where)
+        check = not files_checked_by_frame(manifest.frames[task.frame])
         if writer.compiled is not None:
-            bad = writer.compiled.write_group(-1 if root is None else root.fd, raw, task.files, writer.umask)
+            bad = writer.compiled.write_group(
+                -1 if root is None else root.fd, raw, task.files, writer.umask, check
+            )
             if bad is not None:
                 raise CorruptEntry(f"{where}: {task.files[bad].path}: content does not match its digest")
             return len(task.files), task.bytes
-        _write_group(raw, task.files, root, where, writer.umask)
+        _write_group(raw, task.files, root, where, writer.umask, check)
         return len(task.files), task.bytes
     (f,) = task.files
     _write_large(manifest, f, root, locate, where, counter, writer.umask)
@@ -194,16 +214,17 @@ def run_task(
 
 
 def _write_group(
-    raw: bytes, files: Sequence[mf.FileEntry], root: Root | None, where: str, umask: int
+    raw: bytes, files: Sequence[mf.FileEntry], root: Root | None, where: str, umask: int, check: bool
 ) -> None:
-    """Check (and write, with a ``root``) the small files ``files`` held in one decompressed frame."""
+    """Check (unless the frame was checked: ``check`` False) and write, with a ``root``, the small files
+    ``files`` held in one decompressed frame."""
     view = memoryview(raw)
     sha256 = hashlib.sha256
     with Parents(root) if root is not None else nullcontext() as parents:
         for f in files:
             c = f.chunks[0]
             data = view[c.raw_offset : c.raw_offset + c.raw_length]
-            if sha256(data).hexdigest() != f.digest:
+            if check and sha256(data).hexdigest() != f.digest:
                 raise CorruptEntry(f"{where}: {f.path}: content does not match its digest")
             if parents is not None:
                 write_one(parents, f, data, umask)
@@ -237,7 +258,10 @@ def _write_large(
     counter: ProgressCounter | None,
     umask: int,
 ) -> None:
-    hasher = hashlib.sha256()
+    # Hashed as it goes unless every frame of the file is checked by its digest.
+    hasher = (
+        None if all(files_checked_by_frame(manifest.frames[c.frame]) for c in f.chunks) else hashlib.sha256()
+    )
     fd = None
     if root is not None:
         fd = root.open(f.path, _OPEN_FLAGS, f.mode)
@@ -247,13 +271,14 @@ def _write_large(
         for c in f.chunks:
             raw = memoryview(read_frame(manifest, c.frame, locate, where=where))
             data = raw[c.raw_offset : c.raw_offset + c.raw_length]
-            hasher.update(data)
+            if hasher is not None:
+                hasher.update(data)
             while fd is not None and data:
                 n = os.write(fd, data)
                 data = data[n:]
             if counter is not None:
                 counter.add(0, c.raw_length)
-        if hasher.hexdigest() != f.digest:
+        if hasher is not None and hasher.hexdigest() != f.digest:
             raise CorruptEntry(f"{where}: {f.path}: content does not match its digest")
         if fd is not None:
             os.utime(fd, ns=(f.mtime_ns, f.mtime_ns))

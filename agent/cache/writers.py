@@ -36,10 +36,14 @@ class CompiledIO(Protocol):
         ...
 
     def write_group(
-        self, root_fd: int, data: bytes, files: Sequence[mf.FileEntry], umask: int, /
+        self, root_fd: int, data: bytes, files: Sequence[mf.FileEntry], umask: int, check: bool = True, /
     ) -> int | None:
-        """Check and (``root_fd`` >= 0) write the files of one decompressed frame; the index of the first
-        file whose digest does not match, or None."""
+        """Check (unless ``check`` is False: the frame was checked) and (``root_fd`` >= 0) write the files
+        of one decompressed frame; the index of the first file whose digest does not match, or None."""
+        ...
+
+    def set_times(self, root_fd: int, entries: Sequence[mf.FileEntry], /) -> None:
+        """Give each existing entry beneath ``root_fd`` its mtime, following no symlink."""
         ...
 
 

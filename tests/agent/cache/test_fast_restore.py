@@ -184,6 +184,60 @@ def test_partial_restore_changes_only_what_differs_in_a_ready_tree(cache, tree: 
     os.chmod(ws / "node_modules/pkg1/lib", 0o755)
 
 
+def _with_dir_mtimes(root: Path) -> dict[str, tuple]:
+    """:func:`snapshot` plus every directory's mtime (which a restore also reproduces)."""
+    out = snapshot(root)
+    for rel, entry in out.items():
+        if entry[0] == "dir":
+            out[rel] = entry + (os.lstat(root / rel).st_mtime_ns,)
+    return out
+
+
+@pytest.mark.parametrize("writer", ["compiled", "python-threads"])
+def test_partial_restore_by_diff_gives_exactly_the_new_tree_when_every_mtime_changed(
+    tmp_path: Path, writer: str
+) -> None:
+    """npm stamps every file it extracts: a newer tree differs from the ready tree in every mtime (files,
+    symlinks, directories) besides its added, removed, changed, retyped, re-moded and retargeted entries.
+    The partial restore keeps the unchanged files' inodes and gives the workspace exactly the new tree
+    (the compiled writer sets the mtimes in batches without the GIL; the Python writer one by one).
+    Written from frames checked by their digests, the new entry is recorded as not yet checked file by
+    file, until its ready tree is made."""
+    if writer == "compiled" and load_compiled() is None:
+        pytest.skip("the compiled writer is not built")
+    from tests.helpers.cache import make_tree
+
+    tree = make_tree(tmp_path / "src")
+    origin = open_local_cache(tmp_path, name="origin")
+    origin.save("web/nm-1", tree, ["node_modules"])
+    newer = _variant(tree, tmp_path / "src-new")
+    rng = random.Random(7)
+    for dirpath, dirnames, filenames in os.walk(newer / "node_modules", topdown=False):
+        for name in dirnames + filenames:
+            t = 1_700_000_000_000_000_000 + rng.randrange(10**15)
+            os.utime(os.path.join(dirpath, name), ns=(t, t), follow_symlinks=False)
+    origin.save("web/nm-2", newer, ["node_modules"])
+    origin.close()
+    node = open_local_cache(tmp_path, name="node", writer=writer)  # type: ignore[arg-type]
+    node.ready.stop()  # no background refills: trees are made here, in the foreground
+    node.prewarm("web/nm-1", [])
+    assert node.prepare_tree("web/nm-1")
+    ready_inodes = _inodes(tmp_path / "node" / "trees")
+    ws = tmp_path / "ws"
+    result = node.restore("web/nm-2", ["web/nm-"], ws, ["node_modules"])
+    assert result.warmth == "partial" and result.restored_key == "web/nm-2"
+    assert _with_dir_mtimes(ws) == _with_dir_mtimes(newer)
+    assert not (ws / "node_modules/pkg5/lib/f0.js").exists() and (ws / "node_modules/pkg3/lib").is_file()
+    assert len(_inodes(ws) & ready_inodes) > 50  # unchanged files were moved, not written again
+    record = node.store.lookup("web/nm-2")
+    assert record is not None and not record.files_checked
+    assert node.prepare_tree("web/nm-2")  # every file checked against its own digest
+    assert node.store.lookup("web/nm-2").files_checked
+    node.close()
+    for root in (newer, ws):
+        os.chmod(root / "node_modules/pkg1/lib", 0o755)
+
+
 def test_ready_trees_are_crash_safe_and_give_way_to_entries(cache, tree: Path, tmp_path: Path) -> None:
     cache.save("k", tree, ["node_modules"])
     node = open_local_cache(tmp_path, name="node")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -49,14 +50,14 @@ def test_reads_version_1_and_refuses_unknown_versions() -> None:
     assert mf.parse(v1, where="t") == m  # manifests written before version 2 still restore
     assert mf.parse(mf.encode(m), where="t") == m
     raw = json.loads(zstandard.ZstdDecompressor().decompress(v1))
-    raw["version"] = 4
+    raw["version"] = 5
     data = zstandard.ZstdCompressor().compress(json.dumps(raw).encode())
-    with pytest.raises(CacheError, match="format version 4"):
+    with pytest.raises(CacheError, match="format version 5"):
         mf.parse(data, where="t")
     binary = bytearray(zstandard.ZstdDecompressor().decompress(mf.encode(m)))
     assert binary[:4] == b"STKM"
-    binary[4:6] = (4).to_bytes(2, "little")
-    with pytest.raises(CacheError, match="format version 4"):
+    binary[4:6] = (5).to_bytes(2, "little")
+    with pytest.raises(CacheError, match="format version 5"):
         mf.parse(zstandard.ZstdCompressor().compress(bytes(binary)), where="t")
 
 
@@ -74,6 +75,25 @@ def test_version_3_records_the_writer_and_version_2_still_reads() -> None:
     assert hostile != binary
     with pytest.raises(CacheError, match="writer"):
         mf.parse(zstandard.ZstdCompressor().compress(hostile), where="t")
+
+
+def test_version_4_carries_frame_digests_and_version_3_still_reads() -> None:
+    """Frame digests (version 4): kept per frame, an unknown one (zeros) reads as None; version 3 manifests
+    read with no frame digests (their files are then checked one by one)."""
+    base = sample()
+    d0 = hashlib.sha256(b"frame 0").digest()
+    frames = (base.frames[0]._replace(digest=d0),) + base.frames[1:]
+    m = dataclasses.replace(base, frames=frames)
+    back = mf.parse(mf.encode(m), where="t")
+    assert back == m and back.frames[0].digest == d0
+    assert all(fr.digest is None for fr in back.frames[1:])
+    v3 = mf.encode(m, version=3)
+    assert zstandard.ZstdDecompressor().decompress(v3)[4:6] == (3).to_bytes(2, "little")
+    assert mf.parse(v3, where="t") == mf.without_frame_digests(m) == base
+    binary = zstandard.ZstdDecompressor().decompress(mf.encode(m))
+    cut = binary.index(d0)  # the frame digests sit right after the frames: drop one byte of them
+    with pytest.raises(CacheError, match="malformed"):
+        mf.parse(zstandard.ZstdCompressor().compress(binary[:cut] + binary[cut + 1 :]), where="t")
 
 
 def test_version_2_refuses_truncated_and_padded_bodies() -> None:
@@ -197,7 +217,7 @@ def test_version_2_checks_every_count_before_it_sizes_anything() -> None:
     raw = zstandard.ZstdDecompressor().decompress(mf.encode(sample()))
     pos = 10 + struct.unpack_from("<I", raw, 6)[0]
     nframes = struct.unpack_from("<I", raw, pos)[0]
-    paths_at = pos + 4 + 20 * nframes
+    paths_at = pos + 4 + (20 + 32) * nframes  # version 4: each frame, then each frame's digest
     n = struct.unpack_from("<I", raw, paths_at)[0]
     plen_at = paths_at + 4 + 11 * n
     for at in (pos, paths_at, plen_at):
@@ -214,3 +234,55 @@ def test_version_2_checks_every_count_before_it_sizes_anything() -> None:
     bad = raw[:chunk_counts_at] + struct.pack("<I", 0x0FFFFFFF) + raw[chunk_counts_at + 4 :]
     with pytest.raises(CacheError, match="malformed|sections do not add up"):
         mf.parse(zstandard.ZstdCompressor().compress(bad), where="t")
+
+
+def test_the_compiled_parser_loop_builds_what_the_python_loop_builds(monkeypatch) -> None:
+    """The per-path loop of the binary parser runs in C where _fastio is built: same entries, same
+    types (NamedTuples), an unknown type kept for validate() to refuse, as the Python loop does."""
+    if mf._compiled is None:
+        pytest.skip("the compiled module is not built")
+    m = with_files(
+        mf.FileEntry("nm/sub", mf.DIR, 0o750, -5),
+        mf.FileEntry("nm/sub/x.js", mf.FILE, 0o755, 1 << 62, 8, "b" * 64, None, (mf.Chunk(0, 0, 4),) * 2),
+        mf.FileEntry("nm/sub/empty", mf.FILE, 0o600, 7, 0, "c" * 64, None, ()),
+        mf.FileEntry("nm/sub/l2", mf.SYMLINK, 0o777, 9, target="../a.js"),
+    )
+    raw = bytearray(zstandard.ZstdDecompressor().decompress(mf.encode(m)))
+    n_at = raw.index(b"nm\0nm/") - 4 - 8 * len(m.files) - 2 * len(m.files) - len(m.files) - 4
+    raw[n_at + 4 + 1] = 9  # the second path's type byte: unknown
+    for data in (mf.encode(m), zstandard.ZstdCompressor().compress(bytes(raw))):
+        compiled = mf.parse(data, where="t", check=False)
+        monkeypatch.setattr(mf, "_compiled", None)
+        python = mf.parse(data, where="t", check=False)
+        monkeypatch.undo()
+        assert compiled == python
+        assert [type(f) for f in compiled.files] == [mf.FileEntry] * len(m.files)
+        assert all(type(c) is mf.Chunk for f in compiled.files for c in f.chunks)
+    assert compiled.files[1].type == "type 9"
+    with pytest.raises(UnsafeTree, match="type 9"):
+        mf.validate(compiled, where="t")
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        ["nm", "nm/a.js", "nm/.bin", "nm/..x", "nm/x..", "nm/ü €/.a"],
+        ["nm/../x"],
+        ["/nm"],
+        ["nm/"],
+        ["nm//x"],
+        ["nm/./x"],
+        ["nm/."],
+        [".."],
+        [""],
+        ["nm/x\0y"],
+        ["nm\\x"],
+        ["nm/a", "nm/b/.."],
+    ],
+)
+def test_compiled_path_check_agrees_with_the_python_one(monkeypatch, paths: list[str]) -> None:
+    if mf._compiled is None:
+        pytest.skip("the compiled module is not built")
+    compiled = mf._all_paths_normal(paths)
+    monkeypatch.setattr(mf, "_compiled", None)
+    assert compiled == mf._all_paths_normal(paths)
