@@ -431,7 +431,7 @@ static PyObject *py_manifest_entries(PyObject *self, PyObject *args) {
                 goto fail;
             }
             Py_ssize_t k = PyLong_AsSsize_t(PyTuple_GET_ITEM(counts, fi));
-            if (k < 0 || ci + 3 * k > nchunk_ints) {
+            if (k < 0 || k > (nchunk_ints - ci) / 3) { /* no 3 * k: a hostile count must not overflow */
                 if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "chunks past the end");
                 for (int j = 0; j < 4; j++) if (j != 1) Py_DECREF(item[j]);
                 goto fail;
