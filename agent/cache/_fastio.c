@@ -549,6 +549,177 @@ static PyObject *py_paths_normal(PyObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+/*
+ * diff_entries(held, files, dir) -> (removed, create, touched, set_times, dirs, dir_modes) | None
+ *
+ * The comparison of apply_diff (agent/cache/hydrate.py; _diff_entries there is the same in Python, and
+ * tests check that both give the same result) without building a tuple per entry: `held` are the
+ * FileEntry tuples of a ready tree, `files` those of the entry to restore, each list with unique paths
+ * (None when `held` repeats a path or two files keep the same held entry: the caller then compares in
+ * Python); `dir` is the directory type string. A file is kept when held has its path with an equal type,
+ * mode, size, digest and target, or when both are directories (its mode is fixed after). Returns the
+ * held entries to remove (held order), the files to create (files order), the parents of both (their
+ * rpartition("/")[0]) mapped to the held entry of that path or None, and, of the kept files whose mode
+ * or mtime differ or whose path is such a parent, in files order: the non-directories (set_times), the
+ * directories (dirs) and, for each directory, whether its held mode differs (dir_modes, bools).
+ */
+enum { FE_TYPE = 1, FE_SIZE = 4, FE_TARGET = 6 };
+
+/* Whether field k of tuples a and b are equal (-1 on error), as tuple comparison sees it. */
+static int field_eq(PyObject *a, PyObject *b, Py_ssize_t k) {
+    return PyObject_RichCompareBool(PyTuple_GET_ITEM(a, k), PyTuple_GET_ITEM(b, k), Py_EQ);
+}
+
+/* Add the parent of `path` (what precedes its last '/', else "") to the set `touched`; -1 on error. */
+static int add_parent(PyObject *touched, PyObject *path) {
+    Py_ssize_t cut = PyUnicode_FindChar(path, '/', 0, PyUnicode_GET_LENGTH(path), -1);
+    if (cut == -2) return -1;
+    PyObject *parent = PyUnicode_Substring(path, 0, cut < 0 ? 0 : cut);
+    if (parent == NULL) return -1;
+    int rc = PySet_Add(touched, parent);
+    Py_DECREF(parent);
+    return rc;
+}
+
+static PyObject *py_diff_entries(PyObject *self, PyObject *args) {
+    PyObject *held_in, *files_in, *dir;
+    if (!PyArg_ParseTuple(args, "OOU", &held_in, &files_in, &dir)) return NULL;
+    PyObject *held = PySequence_Fast(held_in, "held must be a sequence");
+    if (held == NULL) return NULL;
+    PyObject *files = PySequence_Fast(files_in, "files must be a sequence");
+    if (files == NULL) {
+        Py_DECREF(held);
+        return NULL;
+    }
+    Py_ssize_t nh = PySequence_Fast_GET_SIZE(held), nf = PySequence_Fast_GET_SIZE(files);
+    PyObject *result = NULL, *index = NULL, *removed = NULL, *create = NULL, *touched = NULL;
+    PyObject *set_times = NULL, *dirs = NULL, *dir_modes = NULL, *touched_held = NULL;
+    /* match[i]: the held entry file i keeps (-1: created); kept_by[j]: the file keeping held j (-1: none) */
+    Py_ssize_t *match = PyMem_Malloc((nf ? nf : 1) * sizeof *match);
+    Py_ssize_t *kept_by = PyMem_Malloc((nh ? nh : 1) * sizeof *kept_by);
+    char *fix = PyMem_Calloc(nf ? nf : 1, 1);
+    if (match == NULL || kept_by == NULL || fix == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < nh + nf; k++) {
+        PyObject *f = k < nh ? PySequence_Fast_GET_ITEM(held, k) : PySequence_Fast_GET_ITEM(files, k - nh);
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) <= FE_TARGET ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(f, FE_PATH))) {
+            PyErr_SetString(PyExc_TypeError, "entries must be FileEntry tuples");
+            goto done;
+        }
+    }
+    index = PyDict_New();
+    if (index == NULL) goto done;
+    for (Py_ssize_t j = 0; j < nh; j++) {
+        kept_by[j] = -1;
+        PyObject *at = PyLong_FromSsize_t(j);
+        if (at == NULL) goto done;
+        int rc = PyDict_SetItem(index, PyTuple_GET_ITEM(PySequence_Fast_GET_ITEM(held, j), FE_PATH), at);
+        Py_DECREF(at);
+        if (rc < 0) goto done;
+    }
+    if (PyDict_GET_SIZE(index) != nh) {
+        result = Py_NewRef(Py_None); /* a repeated path */
+        goto done;
+    }
+    static const Py_ssize_t same[] = {FE_TYPE, FE_MODE, FE_SIZE, FE_DIGEST, FE_TARGET};
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        PyObject *f = PySequence_Fast_GET_ITEM(files, i);
+        match[i] = -1;
+        PyObject *at = PyDict_GetItemWithError(index, PyTuple_GET_ITEM(f, FE_PATH));
+        if (at == NULL) {
+            if (PyErr_Occurred()) goto done;
+            continue;
+        }
+        Py_ssize_t j = PyLong_AsSsize_t(at);
+        PyObject *h = PySequence_Fast_GET_ITEM(held, j);
+        int kept = 1;
+        for (int k = 0; k < 5 && kept; k++) {
+            int eq = field_eq(f, h, same[k]);
+            if (eq < 0) goto done;
+            kept = eq;
+        }
+        if (!kept) { /* two directories of the same path stay (their mode is fixed) */
+            int fd = PyObject_RichCompareBool(PyTuple_GET_ITEM(f, FE_TYPE), dir, Py_EQ);
+            int hd = fd > 0 ? PyObject_RichCompareBool(PyTuple_GET_ITEM(h, FE_TYPE), dir, Py_EQ) : 0;
+            if (fd < 0 || hd < 0) goto done;
+            kept = fd && hd;
+        }
+        if (!kept) continue;
+        if (kept_by[j] >= 0) {
+            result = Py_NewRef(Py_None); /* two files of the same path */
+            goto done;
+        }
+        match[i] = j;
+        kept_by[j] = i;
+        int mode_eq = field_eq(f, h, FE_MODE);
+        int mtime_eq = mode_eq < 0 ? -1 : field_eq(f, h, FE_MTIME);
+        if (mtime_eq < 0) goto done;
+        fix[i] = !mode_eq || !mtime_eq;
+    }
+    removed = PyList_New(0);
+    create = PyList_New(0);
+    touched = PySet_New(NULL);
+    set_times = PyList_New(0);
+    dirs = PyList_New(0);
+    dir_modes = PyList_New(0);
+    if (!removed || !create || !touched || !set_times || !dirs || !dir_modes) goto done;
+    for (Py_ssize_t j = 0; j < nh; j++) {
+        PyObject *h = PySequence_Fast_GET_ITEM(held, j);
+        if (kept_by[j] >= 0) continue;
+        if (PyList_Append(removed, h) < 0 || add_parent(touched, PyTuple_GET_ITEM(h, FE_PATH)) < 0) goto done;
+    }
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        PyObject *f = PySequence_Fast_GET_ITEM(files, i);
+        if (match[i] >= 0) continue;
+        if (PyList_Append(create, f) < 0 || add_parent(touched, PyTuple_GET_ITEM(f, FE_PATH)) < 0) goto done;
+    }
+    /* Kept directories that lose or gain an entry get their mtime (and mode) again. */
+    touched_held = PyDict_New();
+    if (touched_held == NULL) goto done;
+    Py_ssize_t pos = 0;
+    Py_hash_t hash;
+    PyObject *parent;
+    while (_PySet_NextEntry(touched, &pos, &parent, &hash)) {
+        PyObject *at = PyDict_GetItemWithError(index, parent);
+        if (at == NULL && PyErr_Occurred()) goto done;
+        PyObject *h = at == NULL ? Py_None : PySequence_Fast_GET_ITEM(held, PyLong_AsSsize_t(at));
+        if (PyDict_SetItem(touched_held, parent, h) < 0) goto done;
+        if (at != NULL && kept_by[PyLong_AsSsize_t(at)] >= 0) fix[kept_by[PyLong_AsSsize_t(at)]] = 1;
+    }
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        if (!fix[i]) continue;
+        PyObject *f = PySequence_Fast_GET_ITEM(files, i);
+        int is_dir = PyObject_RichCompareBool(PyTuple_GET_ITEM(f, FE_TYPE), dir, Py_EQ);
+        if (is_dir < 0) goto done;
+        if (!is_dir) {
+            if (PyList_Append(set_times, f) < 0) goto done;
+            continue;
+        }
+        int mode_eq = field_eq(f, PySequence_Fast_GET_ITEM(held, match[i]), FE_MODE);
+        if (mode_eq < 0 || PyList_Append(dirs, f) < 0) goto done;
+        if (PyList_Append(dir_modes, mode_eq ? Py_False : Py_True) < 0) goto done;
+    }
+    result = PyTuple_Pack(6, removed, create, touched_held, set_times, dirs, dir_modes);
+done:
+    PyMem_Free(match);
+    PyMem_Free(kept_by);
+    PyMem_Free(fix);
+    Py_XDECREF(index);
+    Py_XDECREF(removed);
+    Py_XDECREF(create);
+    Py_XDECREF(touched);
+    Py_XDECREF(touched_held);
+    Py_XDECREF(set_times);
+    Py_XDECREF(dirs);
+    Py_XDECREF(dir_modes);
+    Py_DECREF(held);
+    Py_DECREF(files);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"open_beneath", py_open_beneath, METH_VARARGS,
      "open_beneath(root_fd, path, flags, mode) -> fd: open a relative path beneath root_fd, following no "
@@ -561,6 +732,9 @@ static PyMethodDef methods[] = {
     {"paths_normal", py_paths_normal, METH_VARARGS,
      "paths_normal(paths) -> bool: every path relative, no empty, '.' or '..' component, no NUL or "
      "backslash."},
+    {"diff_entries", py_diff_entries, METH_VARARGS,
+     "diff_entries(held, files, dir) -> (removed, create, touched, set_times, dirs, dir_modes) | None: "
+     "apply_diff's comparison of a ready tree's entries with an entry's."},
     {"set_times", py_set_times, METH_VARARGS,
      "set_times(root_fd, entries) -> None: set each existing entry's mtime beneath root_fd, following no "
      "symlink, with the GIL released."},

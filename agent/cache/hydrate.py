@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from itertools import compress
 from pathlib import Path
+from typing import NamedTuple
 
 from stoker.agent.cache import manifest as mf
 from stoker.agent.cache import write_tasks
@@ -34,6 +35,11 @@ from stoker.agent.cache.write_tasks import (
 from stoker.agent.cache.writer_forked import run_forked
 from stoker.agent.cache.writer_threads import run_threaded
 from stoker.agent.cache.writers import Writer
+
+try:  # apply_diff's comparison in C (agent/cache/_fastio.c), where it is built
+    from stoker.agent.cache import _fastio as _compiled  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - without a C compiler: the same comparison in Python below
+    _compiled = None
 
 _TIMES_PER_TASK = 2000
 """Existing entries whose mtimes one task sets."""
@@ -175,31 +181,62 @@ def apply_diff(
     missing: Sequence[int] = (),
 ) -> None:
     """Turn the tree at ``dest``, which holds exactly ``held`` (a ready tree), into ``files``: remove what
-    differs, write what is new or changed from its frames (every such digest checked), fix metadata.
+    differs, write what is new or changed from its frames (every such digest checked), fix metadata
+    (what :func:`diff_entries` says)."""
+    diff = diff_entries(held, files)
+    opened = _remove_entries(diff, dest, writer, where)
+    write_files(
+        manifest,
+        diff.create,
+        dest,
+        locate,
+        writer=writer,
+        workers=workers,
+        where=where,
+        progress=progress,
+        set_times=diff.set_times,
+        fetch=fetch,
+        missing=missing,
+    )
+    modes = [f.path in opened or changed for f, changed in zip(diff.dirs, diff.dir_modes)]
+    with swaps_refused(where), Root(dest, writer.compiled) as root:
+        set_dir_meta(root, diff.dirs, modes, writer)
 
-    The comparison runs on sets of tuples made and filtered at C speed (``itemgetter``, ``compress``): an
-    entry is kept when its path, type, mode, size, content digest and link target are the same (a
-    directory whose mode alone changed is kept too); mtimes of kept entries (and modes of kept
-    directories) are fixed after."""
+
+class Diff(NamedTuple):
+    """What turns a ready tree into an entry's tree (:func:`diff_entries`)."""
+
+    removed: list[mf.FileEntry]
+    """The held entries to remove, in the held order."""
+    create: list[mf.FileEntry]
+    """The entries to create, in the entry's order."""
+    touched: dict[str, mf.FileEntry | None]
+    """The directories that lose or gain an entry (``rpartition("/")[0]`` of both, so ``""`` above the
+    roots), each with the held entry of that path, or None."""
+    set_times: list[mf.FileEntry]
+    """Kept files and symlinks whose mtime differs (or whose mode: never, a mode change recreates them)."""
+    dirs: list[mf.FileEntry]
+    """Kept directories whose mode or mtime differ or that are among ``touched``."""
+    dir_modes: list[bool]
+    """For each of ``dirs``: whether its mode differs from the held one."""
+
+
+def diff_entries(held: Sequence[mf.FileEntry], files: Sequence[mf.FileEntry]) -> Diff:
+    """Compare the entries of a ready tree (``held``) with those of the entry to restore (``files``), each
+    with unique paths: an entry is kept when its path, type, mode, size, content digest and link target
+    are the same, or when both are directories (its mode is fixed after); mtimes of kept entries are
+    fixed after. In C (``_fastio.diff_entries``: no tuple made per entry, ~0.004 s for the bench tree
+    against ~0.035 s) where it is built, else :func:`_diff_entries`, which gives the same result."""
+    if _compiled is not None:
+        found = _compiled.diff_entries(held, files, mf.DIR)
+        if found is not None:
+            return Diff(*found)
     with mf.gc_paused():  # ~100k tuples, no cycle among them
-        return _apply_diff(
-            manifest, held, files, dest, locate, writer, workers, where, progress, fetch, missing
-        )
+        return _diff_entries(held, files)
 
 
-def _apply_diff(
-    manifest: mf.Manifest,
-    held: Sequence[mf.FileEntry],
-    files: Sequence[mf.FileEntry],
-    dest: Path,
-    locate: FrameLocator,
-    writer: Writer,
-    workers: int,
-    where: str,
-    progress: ProgressFn | None,
-    fetch: FetchFn | None,
-    missing: Sequence[int],
-) -> None:
+def _diff_entries(held: Sequence[mf.FileEntry], files: Sequence[mf.FileEntry]) -> Diff:
+    """:func:`diff_entries` on sets of tuples made and filtered at C speed (``itemgetter``, ``compress``)."""
     held_ids = list(map(_IDENTITY, held))
     file_ids = list(map(_IDENTITY, files))
     keep = set(held_ids).intersection(file_ids)
@@ -214,52 +251,36 @@ def _apply_diff(
     removed = {f.path for f in removed_entries}
     created = {f.path for f in create}
     touched = {p.rpartition("/")[0] for p in removed} | {p.rpartition("/")[0] for p in created}
-    opened = _remove_entries(held, removed_entries, removed, touched, dest, writer, where)
     # Kept entries whose mode or mtime differ, and kept directories whose contents changed: files' and
     # symlinks' mtimes are set by the writers alongside the new files, directories' after them.
     meta = set(map(_META, files)).difference(map(_META, held))
-    fix = set(map(_PATH, meta)).difference(created) | ((touched | set(opened)) - created - removed)
+    fix = set(map(_PATH, meta)).difference(created) | (touched - created - removed)
     fixing = list(compress(files, map(fix.__contains__, map(_PATH, files))))
-    write_files(
-        manifest,
-        create,
-        dest,
-        locate,
-        writer=writer,
-        workers=workers,
-        where=where,
-        progress=progress,
-        set_times=list(compress(fixing, map(mf.DIR.__ne__, map(mf.TYPE, fixing)))),
-        fetch=fetch,
-        missing=missing,
-    )
     dirs = list(compress(fixing, map(mf.DIR.__eq__, map(mf.TYPE, fixing))))
-    held_dirs = list(compress(held, map(mf.DIR.__eq__, map(mf.TYPE, held))))
-    old_modes = {f.path: f.mode for f in held_dirs if f.path in fix}
-    with swaps_refused(where), Root(dest, writer.compiled) as root:
-        set_dir_meta(root, dirs, [f.path in opened or old_modes.get(f.path) != f.mode for f in dirs], writer)
+    held_at = {f.path: f for f in compress(held, map(touched.__contains__, map(mf.PATH, held)))}
+    old_modes = {f.path: f.mode for f in held if f.type == mf.DIR and f.path in fix}
+    return Diff(
+        removed=removed_entries,
+        create=create,
+        touched={d: held_at.get(d) for d in touched},
+        set_times=list(compress(fixing, map(mf.DIR.__ne__, map(mf.TYPE, fixing)))),
+        dirs=dirs,
+        dir_modes=[old_modes.get(f.path) != f.mode for f in dirs],
+    )
 
 
-def _remove_entries(
-    held: Sequence[mf.FileEntry],
-    removed_entries: Sequence[mf.FileEntry],
-    removed: set[str],
-    touched: set[str],
-    dest: Path,
-    writer: Writer,
-    where: str,
-) -> dict[str, int]:
-    """Remove ``removed_entries`` from the tree at ``dest``, children first, after making the kept
-    directories among ``touched`` writable; returns those directories and the modes they held."""
-    old_meta = {f.path: f for f in compress(held, map(touched.__contains__, map(mf.PATH, held)))}
+def _remove_entries(diff: Diff, dest: Path, writer: Writer, where: str) -> dict[str, int]:
+    """Remove ``diff.removed`` from the tree at ``dest``, children first, after making the kept
+    directories among ``diff.touched`` writable; returns those directories and the modes they held."""
+    removed = {f.path for f in diff.removed}
     opened: dict[str, int] = {}
     with swaps_refused(where), Root(dest, writer.compiled) as root:
-        for d, f in old_meta.items():
-            if d and d not in removed and f.mode & 0o700 != 0o700:
+        for d, f in sorted(diff.touched.items()):  # a directory before what it holds
+            if f is not None and d and d not in removed and f.mode & 0o700 != 0o700:
                 root.make_writable(d)  # let this process change a read-only directory
                 opened[d] = f.mode
         with Parents(root) as parents:
-            for f in reversed(removed_entries):  # children before their directory
+            for f in reversed(diff.removed):  # children before their directory
                 fd, name = parents(f.path)
                 if f.type == mf.DIR:
                     held_open = parents.fds.pop(f.path, None)

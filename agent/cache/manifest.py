@@ -632,13 +632,14 @@ def validate(manifest: Manifest, *, where: str, hex_digests: bool = False) -> No
     links: dict[str, str] = {}
     paths_ok = _all_paths_normal([f.path for f in manifest.files])
     digests_ok = hex_digests or _all_digests_valid(manifest.files)
-    for f in manifest.files:
-        path = f.path
+    raw_sizes = [fr.raw_size for fr in frames]
+    # Fields unpacked from each entry and each chunk (faster than attribute access; the same checks).
+    for path, kind_of, mode, _mtime, size, digest, target, chunks in manifest.files:
         if not paths_ok:
             check_relative_path(path, where=label)
-        if f.type not in _TYPES:
+        if kind_of not in _TYPES:
             raise UnsafeTree(
-                f"{label}: {path!r} has type {f.type!r}; only files, directories and symlinks are restored"
+                f"{label}: {path!r} has type {kind_of!r}; only files, directories and symlinks are restored"
             )
         if path in seen:
             raise UnsafeTree(f"{label}: duplicate path {path!r}")
@@ -648,31 +649,27 @@ def validate(manifest: Manifest, *, where: str, hex_digests: bool = False) -> No
         # was checked when it was listed. Otherwise only a root itself may stand without its parent.
         if kind != DIR and path not in root_set:
             _check_ancestors(path, seen, roots, label)
-        seen[path] = f.type
-        if f.mode != (f.mode & 0o7777) or f.mode & _REFUSED_MODE_BITS:
-            raise UnsafeTree(f"{label}: {path!r} has refused mode {oct(f.mode)}")
-        if f.type == SYMLINK:
-            if f.target is None or not symlink_stays_inside(path, f.target, roots or (path.split("/")[0],)):
-                raise UnsafeTree(f"{label}: symlink {path!r} -> {f.target!r} leaves the tree")
-            links[path] = f.target
-        elif f.type == FILE:
+        seen[path] = kind_of
+        if mode != (mode & 0o7777) or mode & _REFUSED_MODE_BITS:
+            raise UnsafeTree(f"{label}: {path!r} has refused mode {oct(mode)}")
+        if kind_of == SYMLINK:
+            if target is None or not symlink_stays_inside(path, target, roots or (path.split("/")[0],)):
+                raise UnsafeTree(f"{label}: symlink {path!r} -> {target!r} leaves the tree")
+            links[path] = target
+        elif kind_of == FILE:
             if not digests_ok and not (
-                isinstance(f.digest, str) and len(f.digest) == 64 and _HEX_DIGESTS.fullmatch(f.digest)
+                isinstance(digest, str) and len(digest) == 64 and _HEX_DIGESTS.fullmatch(digest)
             ):
                 raise CacheError(f"{label}: {path!r} has no valid {DIGEST_ALGORITHM} digest")
             total = 0
-            for c in f.chunks:
-                if not 0 <= c.frame < nframes:
-                    raise CacheError(f"{label}: {path!r} refers to a missing frame {c.frame}")
-                if (
-                    c.raw_offset < 0
-                    or c.raw_length < 0
-                    or c.raw_offset + c.raw_length > frames[c.frame].raw_size
-                ):
+            for frame, raw_offset, raw_length in chunks:
+                if not 0 <= frame < nframes:
+                    raise CacheError(f"{label}: {path!r} refers to a missing frame {frame}")
+                if raw_offset < 0 or raw_length < 0 or raw_offset + raw_length > raw_sizes[frame]:
                     raise CacheError(f"{label}: {path!r} reads past the end of its frame")
-                total += c.raw_length
-            if total != f.size:
-                raise CacheError(f"{label}: {path!r} has size {f.size} but its frames hold {total} bytes")
+                total += raw_length
+            if total != size:
+                raise CacheError(f"{label}: {path!r} has size {size} but its frames hold {total} bytes")
     # Each link again, now following the tree's other links: chains must not leave it either.
     for path, target in links.items():
         if not symlink_stays_inside(path, target, roots or (path.split("/")[0],), links):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from stoker.agent.cache import hydrate, write_tasks
 from stoker.agent.cache import manifest as mf
-from stoker.agent.cache import write_tasks
 from stoker.agent.cache.api import CacheError
 from stoker.agent.cache.writers import load_compiled
 from stoker.common.sketch import pack as pack_sketch
@@ -193,18 +193,21 @@ def _with_dir_mtimes(root: Path) -> dict[str, tuple]:
     return out
 
 
+@pytest.mark.parametrize("diff", ["compiled", "python"])
 @pytest.mark.parametrize("writer", ["compiled", "python-threads"])
 def test_partial_restore_by_diff_gives_exactly_the_new_tree_when_every_mtime_changed(
-    tmp_path: Path, writer: str
+    tmp_path: Path, writer: str, diff: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """npm stamps every file it extracts: a newer tree differs from the ready tree in every mtime (files,
     symlinks, directories) besides its added, removed, changed, retyped, re-moded and retargeted entries.
     The partial restore keeps the unchanged files' inodes and gives the workspace exactly the new tree
     (the compiled writer sets the mtimes in batches without the GIL; the Python writer one by one).
     Written from frames checked by their digests, the new entry is recorded as not yet checked file by
-    file, until its ready tree is made."""
-    if writer == "compiled" and load_compiled() is None:
+    file, until its ready tree is made. The comparison of the two trees runs in C or in Python."""
+    if "compiled" in (writer, diff) and load_compiled() is None:
         pytest.skip("the compiled writer is not built")
+    if diff == "python":
+        monkeypatch.setattr(hydrate, "_compiled", None)
     from tests.helpers.cache import make_tree
 
     tree = make_tree(tmp_path / "src")
