@@ -679,16 +679,26 @@ static PyObject *py_diff_entries(PyObject *self, PyObject *args) {
     /* Kept directories that lose or gain an entry get their mtime (and mode) again. */
     touched_held = PyDict_New();
     if (touched_held == NULL) goto done;
-    Py_ssize_t pos = 0;
-    Py_hash_t hash;
+    /* The public iterator, not _PySet_NextEntry: that one left the C API in Python 3.13. */
+    PyObject *parents = PyObject_GetIter(touched);
+    if (parents == NULL) goto done;
     PyObject *parent;
-    while (_PySet_NextEntry(touched, &pos, &parent, &hash)) {
+    while ((parent = PyIter_Next(parents)) != NULL) {
         PyObject *at = PyDict_GetItemWithError(index, parent);
-        if (at == NULL && PyErr_Occurred()) goto done;
-        PyObject *h = at == NULL ? Py_None : PySequence_Fast_GET_ITEM(held, PyLong_AsSsize_t(at));
-        if (PyDict_SetItem(touched_held, parent, h) < 0) goto done;
-        if (at != NULL && kept_by[PyLong_AsSsize_t(at)] >= 0) fix[kept_by[PyLong_AsSsize_t(at)]] = 1;
+        int rc = at == NULL && PyErr_Occurred() ? -1 : 0;
+        if (rc == 0) {
+            PyObject *h = at == NULL ? Py_None : PySequence_Fast_GET_ITEM(held, PyLong_AsSsize_t(at));
+            rc = PyDict_SetItem(touched_held, parent, h);
+            if (at != NULL && kept_by[PyLong_AsSsize_t(at)] >= 0) fix[kept_by[PyLong_AsSsize_t(at)]] = 1;
+        }
+        Py_DECREF(parent);
+        if (rc < 0) {
+            Py_DECREF(parents);
+            goto done;
+        }
     }
+    Py_DECREF(parents);
+    if (PyErr_Occurred()) goto done;
     for (Py_ssize_t i = 0; i < nf; i++) {
         if (!fix[i]) continue;
         PyObject *f = PySequence_Fast_GET_ITEM(files, i);
