@@ -10,7 +10,15 @@ import pytest
 from stoker.agent.cache import hydrate
 from stoker.agent.cache import manifest as mf
 
-pytestmark = pytest.mark.skipif(hydrate._compiled is None, reason="the C extension (_fastio) is not built")
+
+@pytest.fixture(autouse=True)
+def _compiled_module_is_built() -> None:
+    """These tests compare the C diff with the Python one: without the C module they fail, saying how to
+    build it (nothing in this suite skips silently)."""
+    assert hydrate._compiled is not None, (
+        "the compiled module (agent/cache/_fastio.c) is not built: install gcc and run ./scripts/setup.sh"
+    )
+
 
 D, F, S = mf.DIR, mf.FILE, mf.SYMLINK
 

@@ -239,8 +239,10 @@ def test_version_2_checks_every_count_before_it_sizes_anything() -> None:
 def test_the_compiled_parser_loop_builds_what_the_python_loop_builds(monkeypatch) -> None:
     """The per-path loop of the binary parser runs in C where _fastio is built: same entries, same
     types (NamedTuples), an unknown type kept for validate() to refuse, as the Python loop does."""
-    if mf._compiled is None:
-        pytest.skip("the compiled module is not built")
+    assert mf._compiled is not None, (
+        "the compiled module (agent/cache/_fastio.c) is not built: install gcc and run ./scripts/setup.sh "
+        "(it rebuilds it; setup.sh says so when it cannot)"
+    )
     m = with_files(
         mf.FileEntry("nm/sub", mf.DIR, 0o750, -5),
         mf.FileEntry("nm/sub/x.js", mf.FILE, 0o755, 1 << 62, 8, "b" * 64, None, (mf.Chunk(0, 0, 4),) * 2),
@@ -281,8 +283,10 @@ def test_the_compiled_parser_loop_builds_what_the_python_loop_builds(monkeypatch
     ],
 )
 def test_compiled_path_check_agrees_with_the_python_one(monkeypatch, paths: list[str]) -> None:
-    if mf._compiled is None:
-        pytest.skip("the compiled module is not built")
+    assert mf._compiled is not None, (
+        "the compiled module (agent/cache/_fastio.c) is not built: install gcc and run ./scripts/setup.sh "
+        "(it rebuilds it; setup.sh says so when it cannot)"
+    )
     compiled = mf._all_paths_normal(paths)
     monkeypatch.setattr(mf, "_compiled", None)
     assert compiled == mf._all_paths_normal(paths)
