@@ -188,8 +188,14 @@ def open_workspace(root: str, workspace: str) -> int:
 
 def give_to_owner(ws_fd: int, paths: list[str]) -> int:
     """Give ``paths`` of the workspace open as ``ws_fd`` (and every directory on the way to them) to the
-    workspace directory's owner, following no symlink; returns how many entries changed hands. Nothing to
-    do when the agent's own user owns the workspace."""
+    workspace directory's owner; returns how many entries changed hands. Nothing to do when the agent's
+    own user owns the workspace.
+
+    The runner owns the workspace and may swap any directory in it for a symlink while this runs, so no
+    path of more than one component is ever resolved: each directory on the way is opened from the one
+    before following no symlink (a swapped one ends that path), each entry is changed by its one name
+    beneath its directory's descriptor, and a tree is walked by ``os.fwalk`` from a descriptor, which
+    descends only into directories it opened and checked itself."""
     st = os.fstat(ws_fd)
     if st.st_uid == os.geteuid() and st.st_gid == os.getegid():
         return 0
@@ -197,30 +203,40 @@ def give_to_owner(ws_fd: int, paths: list[str]) -> int:
     changed = 0
     for path in paths:
         parts = [p for p in path.split("/") if p]
-        for i in range(len(parts) - 1):  # directories made on the way to a nested path
+        if not parts:
+            continue
+        fd = os.open(".", DIR_PATH, dir_fd=ws_fd)
+        try:
+            for i, name in enumerate(parts):
+                top = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+                changed += 1
+                if not stat.S_ISDIR(top.st_mode):
+                    break  # a file or a symlink (the link itself changed hands): nothing beneath it
+                nxt = os.open(name, DIR_PATH, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+                if i == len(parts) - 1:
+                    changed += _give_tree(fd, uid, gid)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise
+            log.info("not handing %s to uid %d: %s (the workspace changed under the agent)", path, uid, exc)
+        finally:
+            os.close(fd)
+    return changed
+
+
+def _give_tree(dir_fd: int, uid: int, gid: int) -> int:
+    """Everything beneath the directory open as ``dir_fd`` to ``uid``:``gid``, following no symlink."""
+    changed = 0
+    for _dir, dirs, files, fd in os.fwalk(".", dir_fd=dir_fd, follow_symlinks=False):
+        for name in (*dirs, *files):
             try:
-                os.chown("/".join(parts[: i + 1]), uid, gid, dir_fd=ws_fd, follow_symlinks=False)
+                os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
                 changed += 1
             except FileNotFoundError:
-                break
-        rel = "/".join(parts)
-        try:
-            top = os.stat(rel, dir_fd=ws_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        os.chown(rel, uid, gid, dir_fd=ws_fd, follow_symlinks=False)
-        changed += 1
-        if not stat.S_ISDIR(top.st_mode):
-            continue
-        # fwalk descends only into directories it opened itself and checked against lstat: a directory
-        # swapped for a symlink meanwhile is not followed.
-        for _dir, dirs, files, dir_fd in os.fwalk(rel, dir_fd=ws_fd, follow_symlinks=False):
-            for name in (*dirs, *files):
-                try:
-                    os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
-                    changed += 1
-                except FileNotFoundError:
-                    pass
+                pass
     return changed
 
 

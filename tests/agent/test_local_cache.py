@@ -323,3 +323,33 @@ def test_after_a_reconnect_only_the_leases_the_coordinator_grants_again_stay():
     assert leases.check("l-kept", "s").lease_id == "l-kept"
     with pytest.raises(Refused):
         leases.check("l-forgotten", "s")
+
+
+def test_handing_restored_files_to_the_runner_never_reaches_outside_its_workspace(tmp_path):
+    """The agent (root) gives what it restored to the workspace's owner. A runner owning the workspace can
+    swap a directory on the way to a cached path (the spec names the path: `etc/shadow`, say) for a symlink
+    to a directory of the node's: not a file outside the workspace may change hands, nor a symlink's
+    target inside it."""
+    from stoker.agent.local_cache import give_to_owner
+
+    outside = tmp_path / "node-etc"
+    outside.mkdir()
+    (outside / "shadow").write_text("root's\n")
+    (outside / "sub").mkdir()
+    (outside / "sub" / "f").write_text("root's\n")
+    ws = tmp_path / "ws"
+    (ws / "deps" / "inner").mkdir(parents=True)
+    (ws / "deps" / "inner" / "file").write_text("restored\n")
+    (ws / "deps" / "link").symlink_to(outside / "shadow")
+    (ws / "etc").symlink_to(outside)  # swapped in by the runner after the restore
+    os.chown(ws, 12345, 12345)
+    fd = os.open(ws, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        give_to_owner(fd, ["etc/shadow", "etc/sub", "deps"])
+    finally:
+        os.close(fd)
+    for path in (outside, outside / "shadow", outside / "sub", outside / "sub" / "f"):
+        assert path.stat().st_uid == 0, path
+    for path in (ws / "deps", ws / "deps" / "inner", ws / "deps" / "inner" / "file"):
+        assert path.stat().st_uid == 12345, path
+    assert os.lstat(ws / "deps" / "link").st_uid == 12345  # the link itself, not its target
