@@ -141,6 +141,15 @@ static int digest_matches(const unsigned char *data, Py_ssize_t n, const char *h
 }
 
 /* Write one file; returns 0, or -1 with errno set. */
+static void to_timespec(long long ns, struct timespec *ts) {
+    ts->tv_sec = (time_t)(ns / 1000000000LL);
+    ts->tv_nsec = (long)(ns % 1000000000LL);
+    if (ts->tv_nsec < 0) { /* mtimes before 1970 */
+        ts->tv_sec -= 1;
+        ts->tv_nsec += 1000000000L;
+    }
+}
+
 static int write_item(int root, const struct item *it, const unsigned char *data, unsigned int umask_bits) {
     int fd = open_beneath(root, it->path, O_WRONLY | O_CREAT | O_EXCL, it->mode & 07777);
     if (fd < 0) return -1;
@@ -157,14 +166,8 @@ static int write_item(int root, const struct item *it, const unsigned char *data
         left -= w;
     }
     struct timespec ts[2];
-    ts[0].tv_sec = ts[1].tv_sec = (time_t)(it->mtime_ns / 1000000000LL);
-    ts[0].tv_nsec = ts[1].tv_nsec = (long)(it->mtime_ns % 1000000000LL);
-    if (ts[0].tv_nsec < 0) { /* mtimes before 1970 */
-        ts[0].tv_sec -= 1;
-        ts[1].tv_sec -= 1;
-        ts[0].tv_nsec += 1000000000L;
-        ts[1].tv_nsec += 1000000000L;
-    }
+    to_timespec(it->mtime_ns, &ts[0]);
+    ts[1] = ts[0];
     if (futimens(fd, ts) != 0) goto fail;
     return close(fd);
 fail:;
@@ -268,14 +271,6 @@ done:
     return result;
 }
 
-static void to_timespec(long long ns, struct timespec *ts) {
-    ts->tv_sec = (time_t)(ns / 1000000000LL);
-    ts->tv_nsec = (long)(ns % 1000000000LL);
-    if (ts->tv_nsec < 0) { /* mtimes before 1970 */
-        ts->tv_sec -= 1;
-        ts->tv_nsec += 1000000000L;
-    }
-}
 
 /*
  * set_times(root_fd, entries) -> None
