@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from stoker.agent.cache.blobs import encode_key
+from stoker.agent.cache.blobs import decode_key, encode_key
 from stoker.agent.cache.cli import main
 from tests.helpers.cache import open_local_cache
 
@@ -32,8 +32,6 @@ def _age(blobs: Path, key: str, hours: float) -> None:
 
 
 def _keys(blobs: Path) -> set[str]:
-    from stoker.agent.cache.blobs import decode_key
-
     return {decode_key(p.name) for p in (blobs / "keys").rglob("*") if p.is_file()}
 
 
