@@ -52,6 +52,12 @@ class StateStore(Protocol):
 
     def prune(self, created_before: float, limit: int = 1000) -> int: ...
     def finished_since(self, created_after: float) -> list[build_pb2.Build]: ...
+    def put_placement(self, record: build_pb2.Build) -> None:
+        """Keep an ended placement-only job (a lease: its id, spec, node, timings and cache figures) for the
+        build history; it is not a build (GetBuild and ListBuilds do not see it)."""
+        ...
+
+    def placements_since(self, created_after: float) -> list[build_pb2.Build]: ...
     def append_node_event(self, event: NodeEvent) -> None: ...
     def node_events(self) -> list[NodeEvent]: ...
     def prune_node_events(self, before: float) -> int: ...
@@ -109,6 +115,12 @@ CREATE TABLE IF NOT EXISTS vouchers (
     PRIMARY KEY (node, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS vouchers_at ON vouchers(at);
+CREATE TABLE IF NOT EXISTS placements (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS placements_created ON placements(created);
 """
 
 
@@ -195,7 +207,7 @@ class SqliteStateStore:
 
     def prune(self, created_before: float, limit: int = 1000) -> int:
         """Delete up to ``limit`` finished builds created before ``created_before`` (Unix seconds), with
-        their events and request ids; returns how many."""
+        their events and request ids, and up to ``limit`` placements; returns how many of both."""
         marks = ",".join("?" * len(_TERMINAL))
         with self._call() as db:
             ids = [
@@ -208,13 +220,17 @@ class SqliteStateStore:
             for build_id in ids:
                 db.execute("DELETE FROM build_events WHERE build_id = ?", (build_id,))
                 db.execute("DELETE FROM builds WHERE id = ?", (build_id,))
+            placements = db.execute(
+                "SELECT id FROM placements WHERE created < ? LIMIT ?", (created_before, limit)
+            ).fetchall()
+            db.executemany("DELETE FROM placements WHERE id = ?", placements)
             # Vouchers go with the build history they came from (placement.claims).
             db.execute(
                 "DELETE FROM vouchers WHERE (node, key) IN "
                 "(SELECT node, key FROM vouchers WHERE at < ? LIMIT ?)",
                 (created_before, limit),
             )
-        return len(ids)
+        return len(ids) + len(placements)
 
     def finished_since(self, created_after: float) -> list[build_pb2.Build]:
         """Finished builds created at or after ``created_after`` (Unix seconds), oldest first."""
@@ -223,6 +239,21 @@ class SqliteStateStore:
             rows = db.execute(
                 f"SELECT record FROM builds WHERE state IN ({marks}) AND created >= ? ORDER BY created",
                 (*_TERMINAL, created_after),
+            ).fetchall()
+        return [build_pb2.Build.FromString(r[0]) for r in rows]
+
+    def put_placement(self, record: build_pb2.Build) -> None:
+        with self._call() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO placements (id, created, record) VALUES (?, ?, ?)",
+                (record.id, _seconds(record), record.SerializeToString()),
+            )
+
+    def placements_since(self, created_after: float) -> list[build_pb2.Build]:
+        """Ended placement-only jobs created at or after ``created_after`` (Unix seconds), oldest first."""
+        with self._call() as db:
+            rows = db.execute(
+                "SELECT record FROM placements WHERE created >= ? ORDER BY created", (created_after,)
             ).fetchall()
         return [build_pb2.Build.FromString(r[0]) for r in rows]
 
@@ -280,6 +311,7 @@ class MemoryStateStore:
         self._events: dict[str, dict[int, bytes]] = {}
         self._node_events: list[NodeEvent] = []
         self._vouchers: dict[tuple[str, str], tuple[int, int, float]] = {}
+        self._placements: dict[str, build_pb2.Build] = {}
 
     def put_build(self, build: build_pb2.Build, request_id: str = "") -> None:
         self._builds[build.id] = build.SerializeToString()
@@ -330,8 +362,11 @@ class MemoryStateStore:
             del self._builds[build_id]
             self._events.pop(build_id, None)
         self._requests = {r: b for r, b in self._requests.items() if b not in old}
+        old_placements = [i for i, p in self._placements.items() if _seconds(p) < created_before][:limit]
+        for placement_id in old_placements:
+            del self._placements[placement_id]
         self._vouchers = {k: v for k, v in self._vouchers.items() if v[2] >= created_before}
-        return len(old)
+        return len(old) + len(old_placements)
 
     def put_voucher(self, node: str, key: str, size: int, files: int, at: float) -> None:
         self._vouchers[(node, key)] = (size, files, at)
@@ -348,6 +383,12 @@ class MemoryStateStore:
             (b for b in builds if is_terminal(b.state) and b.created.ToSeconds() >= created_after),
             key=lambda b: b.created.ToSeconds(),
         )
+
+    def put_placement(self, record: build_pb2.Build) -> None:
+        self._placements[record.id] = build_pb2.Build.FromString(record.SerializeToString())
+
+    def placements_since(self, created_after: float) -> list[build_pb2.Build]:
+        return sorted((p for p in self._placements.values() if _seconds(p) >= created_after), key=_seconds)
 
     def append_node_event(self, event: NodeEvent) -> None:
         self._node_events.append(event)

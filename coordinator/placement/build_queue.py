@@ -148,6 +148,11 @@ class Lease:
     cache: common_pb2.CacheFigures = field(default_factory=common_pb2.CacheFigures)
     timings: common_pb2.Timings = field(default_factory=common_pb2.Timings)
     """What the node's agent reported doing under the lease (LeaseReport), for the scheduler at its end."""
+    created: float = 0.0
+    """When PlaceBuild asked for it; with ``granted``, the queue wait the build history keeps."""
+    granted: float = 0.0
+    reason: str = ""
+    """Why the scheduler chose the node."""
 
 
 class BuildQueue:
@@ -466,6 +471,7 @@ class BuildQueue:
             return False
         # What the runner's job did on the node, as its agent reported it, teaches the scheduler as a
         # build's end does (run and restore times by key and workspace).
+        self._record_placement(lease, reason)
         self._scheduler.finished(
             lease_id,
             key=lease.request.key if lease.request is not None else "",
@@ -487,6 +493,34 @@ class BuildQueue:
             )
         self._schedule()
         return True
+
+    def _record_placement(self, lease: Lease, reason: str) -> None:
+        """Keep the ended lease in the build history (``stoker history export``, ``stoker plan``): what a
+        placement-only job's node restored and saved, and when, as a build's record says it."""
+        now = self._clock.now()
+        timings = common_pb2.Timings()
+        timings.CopyFrom(lease.timings)
+        timings.queued_s = max(0.0, lease.granted - lease.created)
+        timings.total_s = max(0.0, now - lease.created)
+        self._store.put_placement(
+            build_pb2.Build(
+                id=lease.lease_id,
+                spec=lease.spec,
+                state=build_pb2.BUILD_STATE_TIMED_OUT
+                if reason == "expired"
+                else build_pb2.BUILD_STATE_SUCCEEDED,
+                node=lease.node,
+                attempt=1,
+                created=convert.timestamp(lease.created),
+                finished=convert.timestamp(now),
+                exit_code=-1,
+                message=f"placement-only: lease {reason}",
+                timings=timings,
+                cache=lease.cache,
+                placement_reason=lease.reason,
+                owner=lease.owner,
+            )
+        )
 
     def lease_report(self, node_name: str, report: agent_pb2.LeaseReport) -> bool:
         """What a node's agent did for a runner under a lease: counted only for a lease granted to that node
@@ -943,6 +977,9 @@ class BuildQueue:
             request=pending.request,
             spec=pending.spec,
             secret_sha256=hashlib.sha256(secret.encode()).digest(),
+            created=pending.request.enqueued_at,
+            granted=self._clock.now(),
+            reason=decision.reason,
         )
         node.holders.add(lease_id)
         link = self._links.get(node.name)

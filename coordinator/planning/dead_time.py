@@ -10,7 +10,7 @@ first line its command printed, split into the phases stoker spends it in.
   (input files, the sandbox) around the pull and the restore.
 
 A build whose command printed nothing counts until its command started (its start phase is 0). Builds that
-never started are left out.
+never started are left out, and so are placement-only jobs (their runner's command is not seen).
 """
 
 from __future__ import annotations

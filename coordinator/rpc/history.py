@@ -1,5 +1,5 @@
-"""``ExportHistory``: the finished builds and the nodes' joins and losses, for capacity planning
-(``stoker history``, ``stoker plan``, ``stoker report dead-time``).
+"""``ExportHistory``: the finished builds, the ended placement-only jobs (leases) and the nodes' joins and
+losses, for capacity planning (``stoker history``, ``stoker plan``, ``stoker report dead-time``).
 
 Only what planning needs leaves: keys, sizes, the phases' times and marks, the outcome. No command,
 environment, input files or output. Operators only (``rpc/auth.py``): a build's keys and timings are its
@@ -48,40 +48,59 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
         self, since_s: float, workspace: str, live_zones: dict[str, str], rates: history_pb2.SchedulerRates
     ) -> history_pb2.ExportHistoryResponse:
         now = time.time()
-        builds = self._store.finished_since(now - since_s if since_s else 0.0)
+        after = now - since_s if since_s else 0.0
+        builds = self._store.finished_since(after)
+        placements = self._store.placements_since(after)
         node_events = self._store.node_events()
         zones = {e.node: e.zone for e in node_events} | live_zones
         out = history_pb2.ExportHistoryResponse(now=convert.timestamp(now), scheduler=rates)
-        for build in builds:
-            if workspace and build.spec.workspace != workspace:
-                continue
-            out.builds.append(self._history_build(build, zones))
+        exported = [
+            self._history_build(b, zones) for b in builds if not workspace or b.spec.workspace == workspace
+        ]
+        exported += [
+            _history_placement(p, zones) for p in placements if not workspace or p.spec.workspace == workspace
+        ]
+        exported.sort(key=lambda b: b.created.ToNanoseconds())
+        out.builds.extend(exported)
         out.node_events.extend(node_event_to_pb(e) for e in node_events)
         return out
 
     def _history_build(self, build: build_pb2.Build, zones: dict[str, str]) -> history_pb2.HistoryBuild:
-        spec = build.spec
-        scope = spec.cache.scope
-        pb = history_pb2.HistoryBuild(
-            id=build.id,
-            workspace=spec.workspace,
-            tenant=spec.tenant or spec.workspace,
-            priority=spec.priority,
-            image=spec.image,
-            key=scope + spec.cache.key if spec.cache.key else "",
-            restore_keys=[scope + p for p in spec.cache.restore_keys],
-            created=build.created,
-            state=build.state,
-            node=build.node,
-            attempt=build.attempt,
-            timings=build.timings,
-            cache=build.cache,
-            zone=zones.get(build.node, ""),
-        )
+        pb = _history_record(build, zones)
         pb.placed_after_s, pb.started_after_s, pb.first_line_after_s = _marks(
             build, self._store.events(build.id)
         )
         return pb
+
+
+def _history_record(build: build_pb2.Build, zones: dict[str, str]) -> history_pb2.HistoryBuild:
+    spec = build.spec
+    scope = spec.cache.scope
+    return history_pb2.HistoryBuild(
+        id=build.id,
+        workspace=spec.workspace,
+        tenant=spec.tenant or spec.workspace,
+        priority=spec.priority,
+        image=spec.image,
+        key=scope + spec.cache.key if spec.cache.key else "",
+        restore_keys=[scope + p for p in spec.cache.restore_keys],
+        created=build.created,
+        state=build.state,
+        node=build.node,
+        attempt=build.attempt,
+        timings=build.timings,
+        cache=build.cache,
+        zone=zones.get(build.node, ""),
+    )
+
+
+def _history_placement(placement: build_pb2.Build, zones: dict[str, str]) -> history_pb2.HistoryBuild:
+    """A placement-only job: granted after its queue wait; its runner's command is not seen."""
+    pb = _history_record(placement, zones)
+    pb.placement_only = True
+    pb.placed_after_s = placement.timings.queued_s
+    pb.started_after_s = pb.first_line_after_s = -1.0
+    return pb
 
 
 def _marks(build: build_pb2.Build, events: list[build_pb2.BuildEvent]) -> tuple[float, float, float]:

@@ -25,7 +25,19 @@ import pytest
 
 from stoker.agent.cache.safe_open import Root, open_dir, pinned
 from stoker.agent.local_cache import Leases, Refused, open_workspace
-from stoker.v1 import agent_pb2, build_pb2, build_pb2_grpc, common_pb2, inventory_pb2, inventory_pb2_grpc
+from stoker.cli.history import runs_from_pb
+from stoker.coordinator.planning.history import from_history
+from stoker.coordinator.planning.trace import Build
+from stoker.v1 import (
+    agent_pb2,
+    build_pb2,
+    build_pb2_grpc,
+    common_pb2,
+    history_pb2,
+    history_pb2_grpc,
+    inventory_pb2,
+    inventory_pb2_grpc,
+)
 from tests.coordinator.test_tenancy import Tenancy
 from tests.helpers.net import free_port
 from tests.helpers.pki import tls_channel
@@ -264,6 +276,38 @@ def test_a_pull_requests_lease_reads_the_protected_scope_but_saves_only_into_its
     lf.run("restore", again, ws)
     assert (ws / "deps" / "who").read_text() == "main\n"
     assert lf.release("main", again.lease_id)
+
+
+def test_ended_leases_are_in_the_build_history_that_planning_replays(lf):
+    cold = lf.place("main", key="web/deps-4")
+    lf.run("restore+save", cold, lf.workspace(cold.node), "mkdir -p deps && echo 4 > deps/n && sleep 0.3")
+    assert lf.release("main", cold.lease_id)
+    warm = lf.place("main", key="web/deps-4")
+    lf.run("restore", warm, lf.workspace(warm.node))
+    assert lf.release("main", warm.lease_id)
+
+    with tls_channel(lf.coordinator.address, lf.pki, lf.tokens["ops"]) as ch:
+        history = history_pb2_grpc.HistoryStub(ch).ExportHistory(
+            history_pb2.ExportHistoryRequest(since_s=3600), timeout=30
+        )
+    jobs = {b.id: b for b in history.builds if b.placement_only}
+    first, second = jobs[cold.lease_id], jobs[warm.lease_id]
+    assert first.key == second.key == "~web/protected/web/deps-4" and first.node == cold.node
+    # The first one restored an older entry by prefix when an earlier test left one, else nothing.
+    expected = common_pb2.WARMTH_PARTIAL if first.cache.restored_key else common_pb2.WARMTH_COLD
+    assert (first.cache.warmth, second.cache.warmth) == (expected, common_pb2.WARMTH_WARM)
+    assert first.cache.saved and first.cache.bytes_uploaded > 0 and second.cache.bytes_restored > 0
+    assert first.state == build_pb2.BUILD_STATE_SUCCEEDED and first.timings.restore_s > 0
+    assert first.timings.run_s >= 0.3 and first.timings.total_s >= first.timings.run_s
+    assert 0 <= first.placed_after_s <= first.timings.total_s and first.started_after_s == -1
+    # Planning sees them as the jobs they were: each held a slot on its node, the second one warm.
+    runs, changes = runs_from_pb(history)
+    replayed = {b.observed["node"]: b for b in from_history(runs, changes).records if isinstance(b, Build)}
+    assert cold.node in replayed and sum(r.ran for r in runs if r.id in jobs) == len(jobs)
+    # A placement is not a build: the builds' own listing does not show it.
+    with tls_channel(lf.coordinator.address, lf.pki, lf.tokens["main"]) as ch:
+        listed = build_pb2_grpc.BuildsStub(ch).ListBuilds(build_pb2.ListBuildsRequest(), timeout=10)
+    assert not {b.id for b in listed.builds} & set(jobs)
 
 
 # -- the agent's pieces, without a fleet ----------------------------------------------------------------

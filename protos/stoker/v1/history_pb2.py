@@ -27,7 +27,7 @@ from stoker.v1 import build_pb2 as stoker_dot_v1_dot_build__pb2
 from stoker.v1 import common_pb2 as stoker_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stoker/v1/history.proto\x12\tstoker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15stoker/v1/build.proto\x1a\x16stoker/v1/common.proto\":\n\x14\x45xportHistoryRequest\x12\x0f\n\x07since_s\x18\x01 \x01(\x01\x12\x11\n\tworkspace\x18\x02 \x01(\t\"\x9b\x03\n\x0cHistoryBuild\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tworkspace\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\r\n\x05image\x18\x05 \x01(\t\x12\x0b\n\x03key\x18\x06 \x01(\t\x12\x14\n\x0crestore_keys\x18\x07 \x03(\t\x12+\n\x07\x63reated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\t \x01(\x0e\x32\x15.stoker.v1.BuildState\x12\x0c\n\x04node\x18\n \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12#\n\x07timings\x18\x0c \x01(\x0b\x32\x12.stoker.v1.Timings\x12&\n\x05\x63\x61\x63he\x18\r \x01(\x0b\x32\x17.stoker.v1.CacheFigures\x12\x16\n\x0eplaced_after_s\x18\x0e \x01(\x01\x12\x17\n\x0fstarted_after_s\x18\x0f \x01(\x01\x12\x1a\n\x12\x66irst_line_after_s\x18\x10 \x01(\x01\x12\x0c\n\x04zone\x18\x11 \x01(\t\"\x8a\x01\n\x10HistoryNodeEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\r\n\x05slots\x18\x05 \x01(\x05\x12\x12\n\ndisk_bytes\x18\x06 \x01(\x03\"\xc9\x01\n\x15\x45xportHistoryResponse\x12\'\n\x06\x62uilds\x18\x01 \x03(\x0b\x32\x17.stoker.v1.HistoryBuild\x12\x30\n\x0bnode_events\x18\x02 \x03(\x0b\x32\x1b.stoker.v1.HistoryNodeEvent\x12\'\n\x03now\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\tscheduler\x18\x04 \x01(\x0b\x32\x19.stoker.v1.SchedulerRates\"c\n\x0eSchedulerRates\x12\x11\n\tfetch_bps\x18\x01 \x01(\x01\x12\x13\n\x0b\x65xtract_bps\x18\x02 \x01(\x01\x12\x17\n\x0fmaterialize_bps\x18\x03 \x01(\x01\x12\x10\n\x08pull_bps\x18\x04 \x01(\x01\x32]\n\x07History\x12R\n\rExportHistory\x12\x1f.stoker.v1.ExportHistoryRequest\x1a .stoker.v1.ExportHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stoker/v1/history.proto\x12\tstoker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15stoker/v1/build.proto\x1a\x16stoker/v1/common.proto\":\n\x14\x45xportHistoryRequest\x12\x0f\n\x07since_s\x18\x01 \x01(\x01\x12\x11\n\tworkspace\x18\x02 \x01(\t\"\xb3\x03\n\x0cHistoryBuild\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tworkspace\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\r\n\x05image\x18\x05 \x01(\t\x12\x0b\n\x03key\x18\x06 \x01(\t\x12\x14\n\x0crestore_keys\x18\x07 \x03(\t\x12+\n\x07\x63reated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\t \x01(\x0e\x32\x15.stoker.v1.BuildState\x12\x0c\n\x04node\x18\n \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12#\n\x07timings\x18\x0c \x01(\x0b\x32\x12.stoker.v1.Timings\x12&\n\x05\x63\x61\x63he\x18\r \x01(\x0b\x32\x17.stoker.v1.CacheFigures\x12\x16\n\x0eplaced_after_s\x18\x0e \x01(\x01\x12\x17\n\x0fstarted_after_s\x18\x0f \x01(\x01\x12\x1a\n\x12\x66irst_line_after_s\x18\x10 \x01(\x01\x12\x0c\n\x04zone\x18\x11 \x01(\t\x12\x16\n\x0eplacement_only\x18\x12 \x01(\x08\"\x8a\x01\n\x10HistoryNodeEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\r\n\x05slots\x18\x05 \x01(\x05\x12\x12\n\ndisk_bytes\x18\x06 \x01(\x03\"\xc9\x01\n\x15\x45xportHistoryResponse\x12\'\n\x06\x62uilds\x18\x01 \x03(\x0b\x32\x17.stoker.v1.HistoryBuild\x12\x30\n\x0bnode_events\x18\x02 \x03(\x0b\x32\x1b.stoker.v1.HistoryNodeEvent\x12\'\n\x03now\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\tscheduler\x18\x04 \x01(\x0b\x32\x19.stoker.v1.SchedulerRates\"c\n\x0eSchedulerRates\x12\x11\n\tfetch_bps\x18\x01 \x01(\x01\x12\x13\n\x0b\x65xtract_bps\x18\x02 \x01(\x01\x12\x17\n\x0fmaterialize_bps\x18\x03 \x01(\x01\x12\x10\n\x08pull_bps\x18\x04 \x01(\x01\x32]\n\x07History\x12R\n\rExportHistory\x12\x1f.stoker.v1.ExportHistoryRequest\x1a .stoker.v1.ExportHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,13 +37,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTHISTORYREQUEST']._serialized_start=118
   _globals['_EXPORTHISTORYREQUEST']._serialized_end=176
   _globals['_HISTORYBUILD']._serialized_start=179
-  _globals['_HISTORYBUILD']._serialized_end=590
-  _globals['_HISTORYNODEEVENT']._serialized_start=593
-  _globals['_HISTORYNODEEVENT']._serialized_end=731
-  _globals['_EXPORTHISTORYRESPONSE']._serialized_start=734
-  _globals['_EXPORTHISTORYRESPONSE']._serialized_end=935
-  _globals['_SCHEDULERRATES']._serialized_start=937
-  _globals['_SCHEDULERRATES']._serialized_end=1036
-  _globals['_HISTORY']._serialized_start=1038
-  _globals['_HISTORY']._serialized_end=1131
+  _globals['_HISTORYBUILD']._serialized_end=614
+  _globals['_HISTORYNODEEVENT']._serialized_start=617
+  _globals['_HISTORYNODEEVENT']._serialized_end=755
+  _globals['_EXPORTHISTORYRESPONSE']._serialized_start=758
+  _globals['_EXPORTHISTORYRESPONSE']._serialized_end=959
+  _globals['_SCHEDULERRATES']._serialized_start=961
+  _globals['_SCHEDULERRATES']._serialized_end=1060
+  _globals['_HISTORY']._serialized_start=1062
+  _globals['_HISTORY']._serialized_end=1155
 # @@protoc_insertion_point(module_scope)

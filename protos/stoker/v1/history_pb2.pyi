@@ -20,7 +20,7 @@ class ExportHistoryRequest(_message.Message):
     def __init__(self, since_s: _Optional[float] = ..., workspace: _Optional[str] = ...) -> None: ...
 
 class HistoryBuild(_message.Message):
-    __slots__ = ("id", "workspace", "tenant", "priority", "image", "key", "restore_keys", "created", "state", "node", "attempt", "timings", "cache", "placed_after_s", "started_after_s", "first_line_after_s", "zone")
+    __slots__ = ("id", "workspace", "tenant", "priority", "image", "key", "restore_keys", "created", "state", "node", "attempt", "timings", "cache", "placed_after_s", "started_after_s", "first_line_after_s", "zone", "placement_only")
     ID_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class HistoryBuild(_message.Message):
     STARTED_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     FIRST_LINE_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_ONLY_FIELD_NUMBER: _ClassVar[int]
     id: str
     workspace: str
     tenant: str
@@ -55,7 +56,8 @@ class HistoryBuild(_message.Message):
     started_after_s: float
     first_line_after_s: float
     zone: str
-    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., image: _Optional[str] = ..., key: _Optional[str] = ..., restore_keys: _Optional[_Iterable[str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[_build_pb2.BuildState, str]] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., cache: _Optional[_Union[_common_pb2.CacheFigures, _Mapping]] = ..., placed_after_s: _Optional[float] = ..., started_after_s: _Optional[float] = ..., first_line_after_s: _Optional[float] = ..., zone: _Optional[str] = ...) -> None: ...
+    placement_only: bool
+    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., image: _Optional[str] = ..., key: _Optional[str] = ..., restore_keys: _Optional[_Iterable[str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[_build_pb2.BuildState, str]] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., cache: _Optional[_Union[_common_pb2.CacheFigures, _Mapping]] = ..., placed_after_s: _Optional[float] = ..., started_after_s: _Optional[float] = ..., first_line_after_s: _Optional[float] = ..., zone: _Optional[str] = ..., placement_only: _Optional[bool] = ...) -> None: ...
 
 class HistoryNodeEvent(_message.Message):
     __slots__ = ("time", "node", "event", "zone", "slots", "disk_bytes")

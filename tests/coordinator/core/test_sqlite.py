@@ -164,6 +164,13 @@ def test_prune_deletes_old_finished_builds_with_their_events_and_request_ids(tmp
     assert store.events("old-done") == [] and store.find_request("req-old-done") is None
     assert store.get_build("old-running") is not None and store.get_build("new-done") is not None
     assert [e.seq for e in store.events("new-done")] == [1]
+    # Ended placements (kept for the history, apart from the builds) go the same way.
+    for lease_id, created in (("l-old", 100), ("l-new", 5000)):
+        store.put_placement(build_pb2.Build(id=lease_id, created=Timestamp(seconds=created)))
+    assert [p.id for p in store.placements_since(0)] == ["l-old", "l-new"]
+    assert store.get_build("l-old") is None and store.finished_since(0)[0].id != "l-old"
+    assert store.prune(1000) == 1
+    assert [p.id for p in store.placements_since(0)] == ["l-new"]
     store.close()
 
 
