@@ -633,6 +633,16 @@ def validate(manifest: Manifest, *, where: str, hex_digests: bool = False) -> No
     paths_ok = _all_paths_normal([f.path for f in manifest.files])
     digests_ok = hex_digests or _all_digests_valid(manifest.files)
     raw_sizes = [fr.raw_size for fr in frames]
+    if _compiled is not None and paths_ok and digests_ok:
+        # The same checks in C (~5x faster); None when an entry needs the loop below to decide or to word
+        # its error. What C leaves to Python: where each symlink leads.
+        plain_links = _compiled.validate_entries(manifest.files, raw_sizes, root_set, DIR, FILE, SYMLINK)
+        if plain_links is not None:
+            for path, target in plain_links:
+                if not symlink_stays_inside(path, target, roots or (path.split("/")[0],)):
+                    raise UnsafeTree(f"{label}: symlink {path!r} -> {target!r} leaves the tree")
+            _check_link_chains(dict(plain_links), roots, label)
+            return
     # Fields unpacked from each entry and each chunk (faster than attribute access; the same checks).
     for path, kind_of, mode, _mtime, size, digest, target, chunks in manifest.files:
         if not paths_ok:
@@ -670,7 +680,11 @@ def validate(manifest: Manifest, *, where: str, hex_digests: bool = False) -> No
                 total += raw_length
             if total != size:
                 raise CacheError(f"{label}: {path!r} has size {size} but its frames hold {total} bytes")
-    # Each link again, now following the tree's other links: chains must not leave it either.
+    _check_link_chains(links, roots, label)
+
+
+def _check_link_chains(links: dict[str, str], roots: tuple[str, ...], label: str) -> None:
+    """Each link again, now following the tree's other links: chains must not leave it either."""
     for path, target in links.items():
         if not symlink_stays_inside(path, target, roots or (path.split("/")[0],), links):
             raise UnsafeTree(f"{label}: symlink {path!r} -> {target!r} leaves the tree through other links")

@@ -290,3 +290,70 @@ def test_compiled_path_check_agrees_with_the_python_one(monkeypatch, paths: list
     compiled = mf._all_paths_normal(paths)
     monkeypatch.setattr(mf, "_compiled", None)
     assert compiled == mf._all_paths_normal(paths)
+
+
+def _outcome(m: mf.Manifest) -> str:
+    try:
+        mf.validate(m, where="t", hex_digests=True)
+    except CacheError as exc:  # UnsafeTree is one
+        return f"{type(exc).__name__}: {exc}"
+    return "valid"
+
+
+_EDITS = [
+    lambda f: f._replace(mode=f.mode | 0o4000),
+    lambda f: f._replace(mode=0o10644),
+    lambda f: f._replace(type="fifo"),
+    lambda f: f._replace(type=mf.DIR),
+    lambda f: f._replace(path=f.path + "/x"),
+    lambda f: f._replace(path="other/" + f.path),
+    lambda f: f._replace(size=f.size + 1),
+    lambda f: f._replace(chunks=(mf.Chunk(1, 0, f.size),)),
+    lambda f: f._replace(chunks=(mf.Chunk(0, 7, 2),)),
+    lambda f: f._replace(chunks=(mf.Chunk(0, -1, 1),) if f.size == 0 else f.chunks),
+    lambda f: f._replace(target="../../out"),
+    lambda f: f._replace(target=None),
+    lambda f: f._replace(target="a.js", type=mf.SYMLINK),
+]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_compiled_validation_decides_as_the_python_loop(monkeypatch, seed: int) -> None:
+    """validate()'s per-entry checks run in C (``_fastio.validate_entries``) and hand anything unusual to
+    the Python loop: on valid manifests and on each kind of bad entry (edited, repeated, moved, dropped),
+    both give the same verdict and the same error."""
+    import random
+
+    assert mf._compiled is not None, (
+        "the compiled module (agent/cache/_fastio.c) is not built: install gcc and run ./scripts/setup.sh "
+        "(it rebuilds it; setup.sh says so when it cannot)"
+    )
+    rng = random.Random(seed)
+    files = list(
+        with_files(
+            mf.FileEntry("nm/sub", mf.DIR, 0o750, 4),
+            mf.FileEntry("nm/sub/x.js", mf.FILE, 0o755, 5, 8, D, None, (mf.Chunk(0, 0, 4),) * 2),
+            mf.FileEntry("nm/sub/empty", mf.FILE, 0o600, 7, 0, D, None, ()),
+            mf.FileEntry("nm/sub/l2", mf.SYMLINK, 0o777, 9, target="../sub/x.js"),
+            mf.FileEntry("nm/sub/l3", mf.SYMLINK, 0o777, 9, target="l2"),
+        ).files
+    )
+    for _ in range(seed % 4):
+        i = rng.randrange(len(files))
+        kind = rng.randrange(4)
+        if kind == 0:
+            files[i] = rng.choice(_EDITS)(files[i])
+        elif kind == 1:
+            files.insert(rng.randrange(len(files) + 1), files[i])
+        elif kind == 2:
+            files.insert(rng.randrange(len(files) + 1), files.pop(i))
+        else:
+            del files[i]
+    m = dataclasses.replace(sample(), files=tuple(files), roots=rng.choice([("nm",), ("nm", "nm/sub"), ()]))
+    compiled = _outcome(m)
+    monkeypatch.setattr(mf, "_compiled", None)
+    assert compiled == _outcome(m)
+    if seed == 0:  # unedited: the C loop decided it alone and handed back the symlinks
+        monkeypatch.undo()
+        found = mf._compiled.validate_entries(m.files, [8], frozenset(m.roots), mf.DIR, mf.FILE, mf.SYMLINK)
+        assert found == [("nm/sub/l2", "../sub/x.js"), ("nm/sub/l3", "l2")]
