@@ -79,7 +79,7 @@ def write_files(
             regular = [f for f in files if f.type == mf.FILE]
             counter = ProgressCounter(len(regular), sum(f.size for f in regular), progress)
             if root is not None:
-                _create_entries(files, root, where, counter, writer.umask)
+                _create_entries(files, root, where, counter, writer.umask, stop)
             tasks = plan_tasks(manifest, files)
             for i in range(0, len(set_times), _TIMES_PER_TASK):
                 tasks.append(Task(0, None, tuple(set_times[i : i + _TIMES_PER_TASK]), times_only=True))
@@ -97,12 +97,25 @@ def write_files(
                 root.close()
 
 
+_STOP_EVERY = 512
+"""Entries created between two questions to ``stop`` (a few milliseconds of mkdir)."""
+
+
 def _create_entries(
-    files: Sequence[mf.FileEntry], root: Root, where: str, counter: ProgressCounter, umask: int
+    files: Sequence[mf.FileEntry],
+    root: Root,
+    where: str,
+    counter: ProgressCounter,
+    umask: int,
+    stop: StopFn = never,
 ) -> None:
-    """Create the directories (with their final mode where the umask keeps it), symlinks and empty files."""
+    """Create the directories (with their final mode where the umask keeps it), symlinks and empty files;
+    ``stop`` is asked every few hundred entries (a refill stops within milliseconds when the cache closes,
+    not after a large tree's every directory)."""
     with Parents(root) as parents:
-        for f in files:
+        for i, f in enumerate(files):
+            if i % _STOP_EVERY == _STOP_EVERY - 1 and stop():
+                raise Stopped(f"{where}: stopped while creating the directories")
             if f.type == mf.DIR:
                 fd, name = parents(f.path)
                 os.mkdir(name, f.mode if _keeps_dir_mode(f, umask) else 0o700, dir_fd=fd)

@@ -218,6 +218,11 @@ class EntryResolver:
             return True
         return False
 
+    def remember(self, name: str, manifest: mf.Manifest) -> None:
+        """Keep a manifest fetched, validated and now committed to the node's store parsed, so that the
+        background refill and the next restore of it do not parse it again."""
+        self._manifests.remember(name, manifest)
+
     def load(self, candidate: Candidate) -> Resolved:
         """The candidate's manifest, parsed (and, from the blob store, checked): raises :class:`CacheError`
         when it is missing, corrupt or refused."""

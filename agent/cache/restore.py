@@ -474,6 +474,7 @@ class Restorer:
             writer=manifest.writer,
             files_checked=files_checked,
         )
+        self._resolver.remember(resolved.manifest_name, manifest)
 
 
 def _holds(manifest: mf.Manifest, roots: tuple[str, ...]) -> bool:
