@@ -765,11 +765,11 @@ static PyObject *py_validate_entries(PyObject *self, PyObject *args) {
     }
     for (Py_ssize_t j = 0; j < nframes; j++) {
         sizes[j] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(raw_sizes, j));
-        if (sizes[j] == -1 && PyErr_Occurred()) goto done;
+        if (sizes[j] == -1 && PyErr_Occurred()) goto slow_clear;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *f = PySequence_Fast_GET_ITEM(files, i);
-        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) <= FE_CHUNKS) goto slow;
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != FE_CHUNKS + 1) goto slow; /* as Python unpacks */
         PyObject *path = PyTuple_GET_ITEM(f, FE_PATH), *kind = PyTuple_GET_ITEM(f, FE_TYPE);
         if (!PyUnicode_Check(path)) goto slow;
         int is_dir = same_str(kind, dir), is_file = !is_dir && same_str(kind, file);
@@ -815,10 +815,12 @@ static PyObject *py_validate_entries(PyObject *self, PyObject *args) {
         for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(chunks); k++) {
             PyObject *c = PyTuple_GET_ITEM(chunks, k);
             if (!PyTuple_Check(c) || PyTuple_GET_SIZE(c) != 3) goto slow;
-            long long frame = PyLong_AsLongLong(PyTuple_GET_ITEM(c, 0));
-            long long off = PyLong_AsLongLong(PyTuple_GET_ITEM(c, 1));
-            long long len = PyLong_AsLongLong(PyTuple_GET_ITEM(c, 2));
-            if (PyErr_Occurred()) goto slow_clear;
+            long long v[3];
+            for (int x = 0; x < 3; x++) {
+                v[x] = PyLong_AsLongLong(PyTuple_GET_ITEM(c, x));
+                if (v[x] == -1 && PyErr_Occurred()) goto slow_clear;
+            }
+            long long frame = v[0], off = v[1], len = v[2];
             if (frame < 0 || frame >= nframes || off < 0 || len < 0 || off > sizes[frame] ||
                 len > sizes[frame] - off)
                 goto slow;

@@ -471,7 +471,6 @@ class BuildQueue:
             return False
         # What the runner's job did on the node, as its agent reported it, teaches the scheduler as a
         # build's end does (run and restore times by key and workspace).
-        self._record_placement(lease, reason)
         self._scheduler.finished(
             lease_id,
             key=lease.request.key if lease.request is not None else "",
@@ -491,35 +490,43 @@ class BuildQueue:
                     drop_lease=agent_pb2.DropLeaseCommand(lease_id=lease_id, reason=reason)
                 )
             )
+        self._record_placement(lease, reason)
         self._schedule()
         return True
 
     def _record_placement(self, lease: Lease, reason: str) -> None:
         """Keep the ended lease in the build history (``stoker history export``, ``stoker plan``): what a
-        placement-only job's node restored and saved, and when, as a build's record says it."""
+        placement-only job's node restored and saved, and when, as a build's record says it. Called after
+        the lease's slot is free again: a state store that fails here loses the record, nothing else."""
+        state = {
+            "expired": build_pb2.BUILD_STATE_TIMED_OUT,
+            "node lost": build_pb2.BUILD_STATE_ERROR,
+        }.get(reason, build_pb2.BUILD_STATE_SUCCEEDED)
+        try:
+            self._store.put_placement(self._placement_record(lease, reason, state))
+        except Unavailable as exc:
+            log.warning("placement %s is not in the build history: %s", lease.lease_id, exc)
+
+    def _placement_record(self, lease: Lease, reason: str, state: build_pb2.BuildState) -> build_pb2.Build:
         now = self._clock.now()
         timings = common_pb2.Timings()
         timings.CopyFrom(lease.timings)
         timings.queued_s = max(0.0, lease.granted - lease.created)
         timings.total_s = max(0.0, now - lease.created)
-        self._store.put_placement(
-            build_pb2.Build(
-                id=lease.lease_id,
-                spec=lease.spec,
-                state=build_pb2.BUILD_STATE_TIMED_OUT
-                if reason == "expired"
-                else build_pb2.BUILD_STATE_SUCCEEDED,
-                node=lease.node,
-                attempt=1,
-                created=convert.timestamp(lease.created),
-                finished=convert.timestamp(now),
-                exit_code=-1,
-                message=f"placement-only: lease {reason}",
-                timings=timings,
-                cache=lease.cache,
-                placement_reason=lease.reason,
-                owner=lease.owner,
-            )
+        return build_pb2.Build(
+            id=lease.lease_id,
+            spec=lease.spec,
+            state=state,
+            node=lease.node,
+            attempt=1,
+            created=convert.timestamp(lease.created),
+            finished=convert.timestamp(now),
+            exit_code=-1,
+            message=f"placement-only: lease {reason}",
+            timings=timings,
+            cache=lease.cache,
+            placement_reason=lease.reason,
+            owner=lease.owner,
         )
 
     def lease_report(self, node_name: str, report: agent_pb2.LeaseReport) -> bool:
@@ -759,7 +766,9 @@ class BuildQueue:
                     self._requeue(
                         active, f"node {node.name} lost (no stream for {self._registry.lease_ttl_s:.0f} s)"
                     )
-                self._leases.pop(holder, None)
+                lease = self._leases.pop(holder, None)
+                if lease is not None:
+                    self._record_placement(lease, "node lost")
             node.holders.clear()
         if nodes:
             self._schedule()
@@ -797,7 +806,11 @@ class BuildQueue:
         self._pruned_at = now
         removed = self._store.prune(now - days * 86400.0)
         if removed:
-            log.info("deleted %d finished builds older than %g days (builds.history_days)", removed, days)
+            log.info(
+                "deleted %d finished builds and placements older than %g days (builds.history_days)",
+                removed,
+                days,
+            )
         self._store.prune_node_events(now - days * 86400.0)
 
     def _ready_nodes(self) -> list[NodeRecord]:

@@ -278,6 +278,44 @@ def test_released_and_expired_placements_leave_nothing_running_in_the_scheduler(
     run(body())
 
 
+def test_every_ended_placement_is_kept_for_the_history_and_a_failing_store_costs_only_the_record():
+    """An ended lease becomes a placement-only record (released, expired, its node lost); a state store
+    that fails to keep it must not keep the slot, the scheduler's count or the agent's lease."""
+
+    class FailingPlacements(MemoryStateStore):
+        def put_placement(self, record):
+            raise Unavailable("state store: disk I/O error")
+
+    async def body():
+        w = World()
+        w.add_node("n1", slots=3)
+        released = await w.service.place(spec(), lease_s=60)
+        expiring = await w.service.place(spec(), lease_s=5)
+        lost = await w.service.place(spec(), lease_s=60)
+        assert w.service.release(released.lease_id)
+        w.clock.t += 6
+        w.service.tick()
+        w.service.detach(w.links["n1"])
+        w.clock.t += 11
+        w.service.tick()
+        states = {p.id: (p.state, p.node) for p in w.store.placements_since(0)}
+        assert states == {
+            released.lease_id: (build_pb2.BUILD_STATE_SUCCEEDED, "n1"),
+            expiring.lease_id: (build_pb2.BUILD_STATE_TIMED_OUT, "n1"),
+            lost.lease_id: (build_pb2.BUILD_STATE_ERROR, "n1"),
+        }
+
+        w = World(store=FailingPlacements())
+        w.add_node("n1")
+        placement = await w.service.place(spec(), lease_s=60)
+        w.commands("n1")
+        assert w.service.release(placement.lease_id)
+        assert w.scheduler.tracked()["running"] == 0 and not w.registry.find("n1").holders
+        assert [c.drop_lease.lease_id for c in w.commands("n1")] == [placement.lease_id]
+
+    run(body())
+
+
 def test_a_finished_build_has_its_nodes_superseded_entries_evicted_even_with_nothing_queued():
     """The scheduler's evictions (and prewarms) go out when they are asked, not with the next placement."""
 
