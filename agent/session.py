@@ -2,10 +2,12 @@
 
 On every (re)connection the agent registers, sends a full inventory snapshot and a heartbeat, then
 streams deltas, heartbeats and build updates while it handles commands. Messages produced while
-the coordinator is away wait in the outbox (log lines beyond a bound are dropped, never the end of
-a build); deltas already covered by the new snapshot are skipped. The last few ``finished`` events
-are re-sent after each reconnection, so a coordinator that restarted mid-build still learns how the
-build ended; it ignores repeats.
+the coordinator is away wait in the outbox; deltas already covered by the new snapshot are skipped.
+Build events are numbered per attempt and kept until the coordinator acknowledges storing them
+(:class:`UnackedEvents`): after each reconnection every unacknowledged one is sent again, in order and
+before the first heartbeat, so a coordinator that died with events unread (kill -9) or restarted mid-build
+still gets each line and learns how the build ended; it drops the numbers it has stored. Log lines beyond a
+bound are dropped while the coordinator is away, never the end of a build.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from stoker.v1 import agent_pb2, agent_pb2_grpc, build_pb2, common_pb2
 log = logging.getLogger(__name__)
 
 _OUTBOX_LOG_LIMIT = 20_000
-_RESEND_FINISHED = 64
+"""Unacknowledged build events past which new log lines are dropped (the coordinator is away)."""
 _LEASE_CONFIRM_S = 10.0
 """After a (re)connection, how long the coordinator has to grant this node's leases again."""
 
@@ -63,6 +65,54 @@ def entry_pb(e: EntryInfo) -> common_pb2.CacheEntry:
     )
 
 
+class UnackedEvents:
+    """Build events made and not yet acknowledged by the coordinator, in the order they were made."""
+
+    def __init__(self, log_limit: int = _OUTBOX_LOG_LIMIT) -> None:
+        self._log_limit = log_limit
+        self._numbers: dict[tuple[str, int], int] = {}
+        """The last agent_seq given, per (build, attempt)."""
+        self._events: dict[int, agent_pb2.AgentMessage] = {}
+        """By the order they were made (dicts keep it)."""
+        self._of_attempt: dict[tuple[str, int], collections.deque[tuple[int, int]]] = {}
+        """(agent_seq, order) of each attempt's unacknowledged events."""
+        self._made = 0
+        self.dropped_logs = 0
+
+    def add(self, build_id: str, attempt: int, event: build_pb2.BuildEvent) -> agent_pb2.AgentMessage | None:
+        """Number and keep ``event``; None for a log line past the bound (dropped)."""
+        if event.WhichOneof("kind") == "log" and len(self._events) >= self._log_limit:
+            self.dropped_logs += 1
+            return None
+        key = (build_id, attempt)
+        seq = self._numbers[key] = self._numbers.get(key, 0) + 1
+        message = agent_pb2.AgentMessage(
+            build_update=agent_pb2.BuildUpdate(build_id=build_id, attempt=attempt, event=event, agent_seq=seq)
+        )
+        self._made += 1
+        self._events[self._made] = message
+        self._of_attempt.setdefault(key, collections.deque()).append((seq, self._made))
+        return message
+
+    def ack(self, build_id: str, attempt: int, agent_seq: int) -> None:
+        """Forget the attempt's events numbered up to ``agent_seq``; an attempt whose end is acknowledged is
+        forgotten altogether."""
+        key = (build_id, attempt)
+        kept = self._of_attempt.get(key)
+        while kept and kept[0][0] <= agent_seq:
+            message = self._events.pop(kept.popleft()[1])
+            if message.build_update.event.WhichOneof("kind") == "finished":
+                self._numbers.pop(key, None)
+        if kept is not None and not kept:
+            del self._of_attempt[key]
+
+    def pending(self) -> list[agent_pb2.AgentMessage]:
+        return list(self._events.values())
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+
 class CoordinatorSession:
     def __init__(
         self,
@@ -80,9 +130,7 @@ class CoordinatorSession:
         self._metrics = metrics
         self._outbox: collections.deque[agent_pb2.AgentMessage] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._finished: collections.OrderedDict[tuple[str, int], agent_pb2.AgentMessage] = (
-            collections.OrderedDict()
-        )
+        self._unacked = UnackedEvents()
         self._sent_generation = -1
         self.connected = asyncio.Event()
         self.last_error = "not connected yet"
@@ -97,16 +145,9 @@ class CoordinatorSession:
 
     # -- producers -----------------------------------------------------------------------------
     def _emit_build_event(self, build_id: str, attempt: int, event: build_pb2.BuildEvent) -> None:
-        message = agent_pb2.AgentMessage(
-            build_update=agent_pb2.BuildUpdate(build_id=build_id, attempt=attempt, event=event)
-        )
-        if event.WhichOneof("kind") == "finished":
-            self._finished[(build_id, attempt)] = message
-            while len(self._finished) > _RESEND_FINISHED:
-                self._finished.popitem(last=False)
-        elif event.WhichOneof("kind") == "log" and len(self._outbox) > _OUTBOX_LOG_LIMIT:
-            return
-        self._push(message)
+        message = self._unacked.add(build_id, attempt, event)
+        if message is not None:
+            self._push(message)
 
     def _on_cache_change(
         self, generation: int, upserted: Sequence[EntryInfo], removed: Sequence[str]
@@ -191,14 +232,14 @@ class CoordinatorSession:
         interval = self._config.server.heartbeat_interval_s or reply.heartbeat_interval_s or 2.0
         call = stub.Connect()
         await call.write(agent_pb2.AgentMessage(session_id=reply.session_id, snapshot=await self._snapshot()))
-        # How recent builds ended goes out before the first heartbeat: a coordinator that restarted while
-        # a build ended must learn that before it reconciles what the node runs (or it would requeue a
-        # build that already finished, and run it twice). Build events still waiting in the outbox go
-        # first, in their order, so a build's last log lines reach the coordinator before its end does.
-        written = await self._write_pending_build_events(call)
-        for message in list(self._finished.values()):
-            if id(message) not in written:
-                await call.write(message)
+        # Every build event the coordinator has not acknowledged goes (again) before the first heartbeat, in
+        # the order made: a coordinator that restarted while a build ended must learn that before it
+        # reconciles what the node runs (or it would requeue a build that already finished, and run it
+        # twice), and a build's last lines must reach it before its end. Events made meanwhile go through the
+        # outbox after these.
+        self._outbox = collections.deque(m for m in self._outbox if m.WhichOneof("body") != "build_update")
+        for message in self._unacked.pending():
+            await call.write(message)
         await call.write(agent_pb2.AgentMessage(heartbeat=await self._heartbeat()))
         self.connected.set()
         self._metrics.connected.set(1)
@@ -258,19 +299,6 @@ class CoordinatorSession:
             images=[image_entry(i) for i in self.runner.images()],
         )
 
-    async def _write_pending_build_events(self, call) -> set[int]:
-        """Write the outbox's build events (logs, ends) in order and take them out of it; returns the ids of
-        the messages written."""
-        written: set[int] = set()
-        try:
-            for message in [m for m in self._outbox if m.WhichOneof("body") == "build_update"]:
-                await call.write(message)
-                written.add(id(message))
-        finally:
-            if written:
-                self._outbox = collections.deque(m for m in self._outbox if id(m) not in written)
-        return written
-
     async def _write_loop(self, call) -> None:
         while True:
             while self._outbox:
@@ -314,6 +342,9 @@ class CoordinatorSession:
                 self.leases.grant(command.grant_lease)
             elif kind == "drop_lease":
                 self.leases.drop(command.drop_lease.lease_id, command.drop_lease.reason)
+            elif kind == "ack_build_events":
+                ack = command.ack_build_events
+                self._unacked.ack(ack.build_id, ack.attempt, ack.agent_seq)
 
     async def _prewarm(self, command: agent_pb2.PrewarmCommand) -> None:
         started = time.monotonic()

@@ -82,6 +82,26 @@ class AgentLink:
         self.node = node
         self.session_id = session_id
         self.outbox: asyncio.Queue[agent_pb2.CoordinatorCommand | None] = asyncio.Queue()
+        self._acks: dict[tuple[str, int], int] = {}
+
+    def ack(self, build_id: str, attempt: int, agent_seq: int) -> None:
+        """Tell the agent its events of the attempt up to ``agent_seq`` are stored: one command per attempt
+        for what arrived together (acknowledgements are gathered until the event loop's next turn)."""
+        key = (build_id, attempt)
+        if not self._acks:
+            asyncio.get_running_loop().call_soon(self._send_acks)
+        self._acks[key] = max(agent_seq, self._acks.get(key, 0))
+
+    def _send_acks(self) -> None:
+        acks, self._acks = self._acks, {}
+        for (build_id, attempt), agent_seq in acks.items():
+            self.send(
+                agent_pb2.CoordinatorCommand(
+                    ack_build_events=agent_pb2.AckBuildEvents(
+                        build_id=build_id, attempt=attempt, agent_seq=agent_seq
+                    )
+                )
+            )
 
     def send(self, command: agent_pb2.CoordinatorCommand, advisory: bool = False) -> bool:
         """Queue ``command`` for the stream; False when it was advisory and dropped (see MAX_ADVISORY)."""
@@ -108,6 +128,9 @@ class ActiveBuild:
     """Output kept so far (this attempt's and earlier ones'), against builds.max_log_bytes."""
     dropped: DroppedOutput | None = None
     """Output past the bound: counted, with its tail."""
+    agent_seq: int = 0
+    """The highest agent_seq of the current attempt's events recorded: the agent's repeats of events this
+    coordinator (or the one before a restart) stored are dropped."""
 
     @property
     def finished(self) -> bool:
@@ -221,6 +244,7 @@ class BuildQueue:
                 events=events,
                 request=self._request(record.id, record.spec, convert.seconds(record.created)),
                 log_bytes=sum(len(e.log.text.encode()) + 1 for e in events if e.HasField("log")),
+                agent_seq=max((e.agent_seq for e in events if e.attempt == record.attempt), default=0),
             )
             placed = [e for e in events if e.HasField("placed")]
             if placed and record.state != build_pb2.BUILD_STATE_QUEUED:
@@ -682,6 +706,9 @@ class BuildQueue:
             self._schedule()
 
     def build_update(self, node_name: str, update: agent_pb2.BuildUpdate) -> None:
+        """Record what the node's agent says of a build's attempt. Returns having stored it, or having
+        dropped it as stale or repeated (the agent numbers its events: ``agent_seq``): either way the agent
+        may be told the event is done with (AckBuildEvents)."""
         active = self._active.get(update.build_id)
         if (
             active is None
@@ -690,8 +717,13 @@ class BuildQueue:
             or active.record.node != node_name
         ):
             return  # a stale attempt, or a build that has already ended: nothing to record
+        if update.agent_seq:
+            if update.agent_seq <= active.agent_seq:
+                return  # sent again after a reconnection: stored already
+            active.agent_seq = update.agent_seq
         event = build_pb2.BuildEvent()
         event.CopyFrom(update.event)
+        event.agent_seq = update.agent_seq
         kind = event.WhichOneof("kind")
         if kind == "finished":
             fin = event.finished
@@ -1038,6 +1070,7 @@ class BuildQueue:
             build_pb2.BuildEvent(retrying=build_pb2.Retrying(reason=reason, next_attempt=rec.attempt + 1)),
         )
         rec.attempt += 1
+        active.agent_seq = 0
         rec.state = build_pb2.BUILD_STATE_QUEUED
         rec.node = ""
         active.dispatch_session = ""

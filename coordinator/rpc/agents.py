@@ -173,7 +173,10 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         if kind == "heartbeat":
             self._builds.heartbeat(link.node, link.session_id, message.heartbeat)
         elif kind == "build_update":
-            self._builds.build_update(link.node, message.build_update)
+            update = message.build_update
+            self._builds.build_update(link.node, update)
+            if update.agent_seq:  # stored (or dropped as stale or repeated): the agent may forget it
+                link.ack(update.build_id, update.attempt, update.agent_seq)
         elif kind == "lease_report":
             self._builds.lease_report(link.node, message.lease_report)
         elif kind == "delta":

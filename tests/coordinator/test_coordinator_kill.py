@@ -241,6 +241,38 @@ def test_every_line_of_a_build_arrives_once_in_order_across_a_coordinator_restar
     assert kinds(client.events).count("finished") == 1
 
 
+def test_lines_written_to_a_coordinator_that_died_before_reading_them_arrive_after_its_restart(
+    fleet, port_factory, tmp_path
+):
+    """Issue 17, item 1, under kill -9: a line the agent had written to the stream was lost when the
+    coordinator died before reading it (a written message counted as delivered: a fresh-clone run lost a
+    build's first line this way). The coordinator is stopped (SIGSTOP) while the build prints, so the lines
+    wait unread in its socket, then killed: each must still arrive once, in order."""
+    port = port_factory()
+    listen, state = f"127.0.0.1:{port}", tmp_path / "state.db"
+    c = fleet.start_coordinator(listen=listen, state=state, lease_ttl_s=10)
+    fleet.start_agent("n1")
+    fleet.wait_ready("n1")
+    go = tmp_path / "go"
+    script = (
+        f"echo first; while [ ! -e {go} ]; do sleep 0.05; done; "
+        "for i in $(seq 1 10); do echo mid-$i; done; sleep 2; echo last"
+    )
+    client = ReconnectingClient(c.address, spec(["sh", "-c", script], workspace="w-unread"), "rq-unread")
+    client.start()
+    wait_until(lambda: any(e.HasField("log") and e.log.text == "first" for e in client.events), 30, "first")
+    os.kill(c.popen.pid, signal.SIGSTOP)
+    go.touch()
+    time.sleep(1.0)  # the agent writes the ten lines into the stopped coordinator's socket
+    c.kill()
+    fleet.start_coordinator(listen=listen, state=state, lease_ttl_s=10, name="coordinator-unread")
+    client.join(90)
+    assert not client.error, client.error
+    lines = [e.log.text for e in client.events if e.HasField("log")]
+    assert lines == ["first", *(f"mid-{i}" for i in range(1, 11)), "last"], lines
+    assert kinds(client.events).count("finished") == 1
+
+
 def test_sigterm_ends_open_build_streams_at_once_with_unavailable(fleet, tmp_path):
     """Issue 17, item 7: on SIGTERM the coordinator held every open build stream through its whole grace
     period while the clients heard nothing. Now the streams end at once with UNAVAILABLE naming where to

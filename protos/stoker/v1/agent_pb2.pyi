@@ -102,14 +102,16 @@ class Heartbeat(_message.Message):
     def __init__(self, running: _Optional[_Iterable[_Union[RunningBuild, _Mapping]]] = ..., free_slots: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., evicted_bytes_total: _Optional[int] = ..., draining: _Optional[bool] = ..., images: _Optional[_Iterable[_Union[_common_pb2.ImageEntry, _Mapping]]] = ...) -> None: ...
 
 class BuildUpdate(_message.Message):
-    __slots__ = ("build_id", "attempt", "event")
+    __slots__ = ("build_id", "attempt", "event", "agent_seq")
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SEQ_FIELD_NUMBER: _ClassVar[int]
     build_id: str
     attempt: int
     event: _build_pb2.BuildEvent
-    def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ..., event: _Optional[_Union[_build_pb2.BuildEvent, _Mapping]] = ...) -> None: ...
+    agent_seq: int
+    def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ..., event: _Optional[_Union[_build_pb2.BuildEvent, _Mapping]] = ..., agent_seq: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("session_id", "snapshot", "delta", "heartbeat", "build_update", "lease_report")
@@ -204,7 +206,7 @@ class SnapshotRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CoordinatorCommand(_message.Message):
-    __slots__ = ("run_build", "cancel_build", "prewarm", "evict", "snapshot_request", "grant_lease", "drop_lease")
+    __slots__ = ("run_build", "cancel_build", "prewarm", "evict", "snapshot_request", "grant_lease", "drop_lease", "ack_build_events")
     RUN_BUILD_FIELD_NUMBER: _ClassVar[int]
     CANCEL_BUILD_FIELD_NUMBER: _ClassVar[int]
     PREWARM_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +214,7 @@ class CoordinatorCommand(_message.Message):
     SNAPSHOT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     GRANT_LEASE_FIELD_NUMBER: _ClassVar[int]
     DROP_LEASE_FIELD_NUMBER: _ClassVar[int]
+    ACK_BUILD_EVENTS_FIELD_NUMBER: _ClassVar[int]
     run_build: RunBuildCommand
     cancel_build: CancelBuildCommand
     prewarm: PrewarmCommand
@@ -219,4 +222,15 @@ class CoordinatorCommand(_message.Message):
     snapshot_request: SnapshotRequest
     grant_lease: GrantLeaseCommand
     drop_lease: DropLeaseCommand
-    def __init__(self, run_build: _Optional[_Union[RunBuildCommand, _Mapping]] = ..., cancel_build: _Optional[_Union[CancelBuildCommand, _Mapping]] = ..., prewarm: _Optional[_Union[PrewarmCommand, _Mapping]] = ..., evict: _Optional[_Union[EvictCommand, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., grant_lease: _Optional[_Union[GrantLeaseCommand, _Mapping]] = ..., drop_lease: _Optional[_Union[DropLeaseCommand, _Mapping]] = ...) -> None: ...
+    ack_build_events: AckBuildEvents
+    def __init__(self, run_build: _Optional[_Union[RunBuildCommand, _Mapping]] = ..., cancel_build: _Optional[_Union[CancelBuildCommand, _Mapping]] = ..., prewarm: _Optional[_Union[PrewarmCommand, _Mapping]] = ..., evict: _Optional[_Union[EvictCommand, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., grant_lease: _Optional[_Union[GrantLeaseCommand, _Mapping]] = ..., drop_lease: _Optional[_Union[DropLeaseCommand, _Mapping]] = ..., ack_build_events: _Optional[_Union[AckBuildEvents, _Mapping]] = ...) -> None: ...
+
+class AckBuildEvents(_message.Message):
+    __slots__ = ("build_id", "attempt", "agent_seq")
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    build_id: str
+    attempt: int
+    agent_seq: int
+    def __init__(self, build_id: _Optional[str] = ..., attempt: _Optional[int] = ..., agent_seq: _Optional[int] = ...) -> None: ...

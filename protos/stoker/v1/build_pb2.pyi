@@ -225,11 +225,12 @@ class Finished(_message.Message):
     def __init__(self, state: _Optional[_Union[BuildState, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., cache: _Optional[_Union[_common_pb2.CacheFigures, _Mapping]] = ..., node: _Optional[str] = ...) -> None: ...
 
 class BuildEvent(_message.Message):
-    __slots__ = ("build_id", "seq", "time", "attempt", "queued", "placed", "restoring", "restored", "started", "log", "saving", "retrying", "finished")
+    __slots__ = ("build_id", "seq", "time", "attempt", "agent_seq", "queued", "placed", "restoring", "restored", "started", "log", "saving", "retrying", "finished")
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SEQ_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     PLACED_FIELD_NUMBER: _ClassVar[int]
     RESTORING_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +244,7 @@ class BuildEvent(_message.Message):
     seq: int
     time: _timestamp_pb2.Timestamp
     attempt: int
+    agent_seq: int
     queued: Queued
     placed: Placed
     restoring: Restoring
@@ -252,7 +254,7 @@ class BuildEvent(_message.Message):
     saving: Saving
     retrying: Retrying
     finished: Finished
-    def __init__(self, build_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., placed: _Optional[_Union[Placed, _Mapping]] = ..., restoring: _Optional[_Union[Restoring, _Mapping]] = ..., restored: _Optional[_Union[Restored, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., saving: _Optional[_Union[Saving, _Mapping]] = ..., retrying: _Optional[_Union[Retrying, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ...) -> None: ...
+    def __init__(self, build_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., agent_seq: _Optional[int] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., placed: _Optional[_Union[Placed, _Mapping]] = ..., restoring: _Optional[_Union[Restoring, _Mapping]] = ..., restored: _Optional[_Union[Restored, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., saving: _Optional[_Union[Saving, _Mapping]] = ..., retrying: _Optional[_Union[Retrying, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ...) -> None: ...
 
 class PlaceBuildRequest(_message.Message):
     __slots__ = ("spec", "lease_s")

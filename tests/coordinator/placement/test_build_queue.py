@@ -316,6 +316,42 @@ def test_every_ended_placement_is_kept_for_the_history_and_a_failing_store_costs
     run(body())
 
 
+def test_an_agents_repeated_events_are_dropped_even_after_a_restart_and_each_is_acknowledged(tmp_path):
+    """After a reconnection the agent sends every event the coordinator has not acknowledged again; the ones
+    stored already (by this coordinator or by the one before a restart) must not be recorded twice."""
+    from stoker.coordinator.core.state import SqliteStateStore
+
+    def update(build_id: str, seq: int, text: str) -> agent_pb2.BuildUpdate:
+        event = build_pb2.BuildEvent(log=build_pb2.LogLine(text=text))
+        return agent_pb2.BuildUpdate(build_id=build_id, attempt=1, event=event, agent_seq=seq)
+
+    def lines(w: World, build_id: str) -> list[str]:
+        return [e.log.text for e in w.store.events(build_id) if e.HasField("log")]
+
+    async def body():
+        w = World(store=SqliteStateStore(tmp_path / "state.db"))
+        w.add_node("n1")
+        build_id = w.service.submit(spec())
+        for seq, text in ((1, "a"), (2, "b"), (1, "a"), (3, "c"), (2, "b")):
+            w.service.build_update("n1", update(build_id, seq, text))
+        assert lines(w, build_id) == ["a", "b", "c"]
+        # The same through the agent's stream: acknowledged once per attempt for what arrived together.
+        w.links["n1"].ack(build_id, 1, 2)
+        w.links["n1"].ack(build_id, 1, 3)
+        await asyncio.sleep(0)
+        acks = [c.ack_build_events for c in w.commands("n1") if c.HasField("ack_build_events")]
+        assert [(a.build_id, a.attempt, a.agent_seq) for a in acks] == [(build_id, 1, 3)]
+
+        restarted = World(store=w.store)
+        assert restarted.service.recover() == 1
+        restarted.reconnect("n1", running=[(build_id, 1)])
+        for seq, text in ((2, "b"), (3, "c"), (4, "d")):
+            restarted.service.build_update("n1", update(build_id, seq, text))
+        assert lines(restarted, build_id) == ["a", "b", "c", "d"]
+
+    run(body())
+
+
 def test_a_finished_build_has_its_nodes_superseded_entries_evicted_even_with_nothing_queued():
     """The scheduler's evictions (and prewarms) go out when they are asked, not with the next placement."""
 
