@@ -1,7 +1,7 @@
 """The agent keeps each build event until the coordinator acknowledges storing it (agent/session.py,
 ``UnackedEvents``); after a reconnection it sends every unacknowledged one again, in the order made. The
-coordinator's side (dropping repeats, acknowledging) is in tests/coordinator/placement/test_build_queue.py, and
-both together under kill -9 in tests/coordinator/test_coordinator_kill.py."""
+coordinator's side (dropping repeats, acknowledging) is in tests/coordinator/placement/test_build_queue.py,
+and both together under kill -9 in tests/coordinator/test_coordinator_kill.py."""
 
 from __future__ import annotations
 
