@@ -131,6 +131,8 @@ class CoordinatorSession:
         self._outbox: collections.deque[agent_pb2.AgentMessage] = collections.deque()
         self._wakeup = asyncio.Event()
         self._unacked = UnackedEvents()
+        self._acknowledged = True
+        """Whether the coordinator acknowledges build events (RegisterResponse); else written is done."""
         self._sent_generation = -1
         self.connected = asyncio.Event()
         self.last_error = "not connected yet"
@@ -229,6 +231,7 @@ class CoordinatorSession:
 
     async def _connect_once(self, stub: agent_pb2_grpc.AgentGatewayStub, stop: asyncio.Event) -> None:
         reply = await stub.Register(self._registration, timeout=10, wait_for_ready=False)
+        self._acknowledged = reply.acknowledges_build_events
         interval = self._config.server.heartbeat_interval_s or reply.heartbeat_interval_s or 2.0
         call = stub.Connect()
         await call.write(agent_pb2.AgentMessage(session_id=reply.session_id, snapshot=await self._snapshot()))
@@ -240,6 +243,7 @@ class CoordinatorSession:
         self._outbox = collections.deque(m for m in self._outbox if m.WhichOneof("body") != "build_update")
         for message in self._unacked.pending():
             await call.write(message)
+            self._written(message)
         await call.write(agent_pb2.AgentMessage(heartbeat=await self._heartbeat()))
         self.connected.set()
         self._metrics.connected.set(1)
@@ -312,8 +316,17 @@ class CoordinatorSession:
                     return  # the stream is over: what is left waits in the outbox for the next one
                 await call.write(message)
                 self._outbox.popleft()
+                self._written(message)
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    def _written(self, message: agent_pb2.AgentMessage) -> None:
+        """A coordinator that does not acknowledge build events (one from before they were numbered) is
+        taken to have each one once it is written: kept, they would be sent to it again, and it would record
+        them twice."""
+        if not self._acknowledged and message.WhichOneof("body") == "build_update":
+            update = message.build_update
+            self._unacked.ack(update.build_id, update.attempt, update.agent_seq)
 
     async def _heartbeat_loop(self, call, interval: float) -> None:
         while not call.done():

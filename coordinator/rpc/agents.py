@@ -75,6 +75,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             session_id=record.session_id,
             lease_ttl_s=self._config.nodes.lease_ttl_s,
             heartbeat_interval_s=self._config.nodes.heartbeat_interval_s,
+            acknowledges_build_events=True,
         )
 
     @streaming

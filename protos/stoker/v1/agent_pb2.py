@@ -26,7 +26,7 @@ from stoker.v1 import build_pb2 as stoker_dot_v1_dot_build__pb2
 from stoker.v1 import common_pb2 as stoker_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15stoker/v1/agent.proto\x12\tstoker.v1\x1a\x15stoker/v1/build.proto\x1a\x16stoker/v1/common.proto\"\xf1\x02\n\x0fRegisterRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\x1b\n\x13\x64isk_capacity_bytes\x18\x04 \x01(\x03\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.stoker.v1.RegisterRequest.LabelsEntry\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x15\n\rinstance_type\x18\x07 \x01(\t\x12\x0c\n\x04\x63pus\x18\x08 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\t \x01(\x03\x12\x0e\n\x06taints\x18\n \x03(\t\x12\x10\n\x08\x65xecutor\x18\x0b \x01(\t\x12\x13\n\x0boci_runtime\x18\x0c \x01(\t\x12&\n\x06maxima\x18\r \x01(\x0b\x32\x16.stoker.v1.BuildLimits\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x10RegisterResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0blease_ttl_s\x18\x02 \x01(\x01\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\"O\n\x11InventorySnapshot\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12&\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x15.stoker.v1.CacheEntry\"^\n\x0eInventoryDelta\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\'\n\x08upserted\x18\x02 \x03(\x0b\x32\x15.stoker.v1.CacheEntry\x12\x0f\n\x07removed\x18\x03 \x03(\t\"1\n\x0cRunningBuild\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\xe5\x01\n\tHeartbeat\x12(\n\x07running\x18\x01 \x03(\x0b\x32\x17.stoker.v1.RunningBuild\x12\x12\n\nfree_slots\x18\x02 \x01(\x05\x12\x17\n\x0f\x64isk_used_bytes\x18\x03 \x01(\x03\x12\x17\n\x0f\x64isk_free_bytes\x18\x04 \x01(\x03\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x1b\n\x13\x65victed_bytes_total\x18\x06 \x01(\x03\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12%\n\x06images\x18\x08 \x03(\x0b\x32\x15.stoker.v1.ImageEntry\"i\n\x0b\x42uildUpdate\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12$\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x15.stoker.v1.BuildEvent\x12\x11\n\tagent_seq\x18\x04 \x01(\x04\"\x93\x02\n\x0c\x41gentMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x30\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1c.stoker.v1.InventorySnapshotH\x00\x12*\n\x05\x64\x65lta\x18\x03 \x01(\x0b\x32\x19.stoker.v1.InventoryDeltaH\x00\x12)\n\theartbeat\x18\x04 \x01(\x0b\x32\x14.stoker.v1.HeartbeatH\x00\x12.\n\x0c\x62uild_update\x18\x05 \x01(\x0b\x32\x16.stoker.v1.BuildUpdateH\x00\x12.\n\x0clease_report\x18\x06 \x01(\x0b\x32\x16.stoker.v1.LeaseReportH\x00\x42\x06\n\x04\x62ody\"\x8d\x01\n\x0bLeaseReport\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x10\n\x08restored\x18\x02 \x01(\x08\x12\r\n\x05saved\x18\x03 \x01(\x08\x12&\n\x05\x63\x61\x63he\x18\x04 \x01(\x0b\x32\x17.stoker.v1.CacheFigures\x12#\n\x07timings\x18\x05 \x01(\x0b\x32\x12.stoker.v1.Timings\"k\n\x0fRunBuildCommand\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\"\n\x04spec\x18\x03 \x01(\x0b\x32\x14.stoker.v1.BuildSpec\x12\x11\n\tprincipal\x18\x04 \x01(\t\"G\n\x12\x43\x61ncelBuildCommand\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"3\n\x0ePrewarmCommand\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0crestore_keys\x18\x02 \x03(\t\"\x1b\n\x0c\x45victCommand\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x89\x01\n\x11GrantLeaseCommand\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x15\n\rsecret_sha256\x18\x02 \x01(\x0c\x12\"\n\x04spec\x18\x03 \x01(\x0b\x32\x14.stoker.v1.BuildSpec\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x05 \x01(\x01\"4\n\x10\x44ropLeaseCommand\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x11\n\x0fSnapshotRequest\"\xb6\x03\n\x12\x43oordinatorCommand\x12/\n\trun_build\x18\x01 \x01(\x0b\x32\x1a.stoker.v1.RunBuildCommandH\x00\x12\x35\n\x0c\x63\x61ncel_build\x18\x02 \x01(\x0b\x32\x1d.stoker.v1.CancelBuildCommandH\x00\x12,\n\x07prewarm\x18\x03 \x01(\x0b\x32\x19.stoker.v1.PrewarmCommandH\x00\x12(\n\x05\x65vict\x18\x04 \x01(\x0b\x32\x17.stoker.v1.EvictCommandH\x00\x12\x36\n\x10snapshot_request\x18\x05 \x01(\x0b\x32\x1a.stoker.v1.SnapshotRequestH\x00\x12\x33\n\x0bgrant_lease\x18\x06 \x01(\x0b\x32\x1c.stoker.v1.GrantLeaseCommandH\x00\x12\x31\n\ndrop_lease\x18\x07 \x01(\x0b\x32\x1b.stoker.v1.DropLeaseCommandH\x00\x12\x35\n\x10\x61\x63k_build_events\x18\x08 \x01(\x0b\x32\x19.stoker.v1.AckBuildEventsH\x00\x42\t\n\x07\x63ommand\"F\n\x0e\x41\x63kBuildEvents\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x11\n\tagent_seq\x18\x03 \x01(\x04\x32\x9a\x01\n\x0c\x41gentGateway\x12\x43\n\x08Register\x12\x1a.stoker.v1.RegisterRequest\x1a\x1b.stoker.v1.RegisterResponse\x12\x45\n\x07\x43onnect\x12\x17.stoker.v1.AgentMessage\x1a\x1d.stoker.v1.CoordinatorCommand(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15stoker/v1/agent.proto\x12\tstoker.v1\x1a\x15stoker/v1/build.proto\x1a\x16stoker/v1/common.proto\"\xf1\x02\n\x0fRegisterRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\x1b\n\x13\x64isk_capacity_bytes\x18\x04 \x01(\x03\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.stoker.v1.RegisterRequest.LabelsEntry\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x15\n\rinstance_type\x18\x07 \x01(\t\x12\x0c\n\x04\x63pus\x18\x08 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\t \x01(\x03\x12\x0e\n\x06taints\x18\n \x03(\t\x12\x10\n\x08\x65xecutor\x18\x0b \x01(\t\x12\x13\n\x0boci_runtime\x18\x0c \x01(\t\x12&\n\x06maxima\x18\r \x01(\x0b\x32\x16.stoker.v1.BuildLimits\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"|\n\x10RegisterResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0blease_ttl_s\x18\x02 \x01(\x01\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\x12!\n\x19\x61\x63knowledges_build_events\x18\x04 \x01(\x08\"O\n\x11InventorySnapshot\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12&\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x15.stoker.v1.CacheEntry\"^\n\x0eInventoryDelta\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\'\n\x08upserted\x18\x02 \x03(\x0b\x32\x15.stoker.v1.CacheEntry\x12\x0f\n\x07removed\x18\x03 \x03(\t\"1\n\x0cRunningBuild\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\xe5\x01\n\tHeartbeat\x12(\n\x07running\x18\x01 \x03(\x0b\x32\x17.stoker.v1.RunningBuild\x12\x12\n\nfree_slots\x18\x02 \x01(\x05\x12\x17\n\x0f\x64isk_used_bytes\x18\x03 \x01(\x03\x12\x17\n\x0f\x64isk_free_bytes\x18\x04 \x01(\x03\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x1b\n\x13\x65victed_bytes_total\x18\x06 \x01(\x03\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12%\n\x06images\x18\x08 \x03(\x0b\x32\x15.stoker.v1.ImageEntry\"i\n\x0b\x42uildUpdate\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12$\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x15.stoker.v1.BuildEvent\x12\x11\n\tagent_seq\x18\x04 \x01(\x04\"\x93\x02\n\x0c\x41gentMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x30\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1c.stoker.v1.InventorySnapshotH\x00\x12*\n\x05\x64\x65lta\x18\x03 \x01(\x0b\x32\x19.stoker.v1.InventoryDeltaH\x00\x12)\n\theartbeat\x18\x04 \x01(\x0b\x32\x14.stoker.v1.HeartbeatH\x00\x12.\n\x0c\x62uild_update\x18\x05 \x01(\x0b\x32\x16.stoker.v1.BuildUpdateH\x00\x12.\n\x0clease_report\x18\x06 \x01(\x0b\x32\x16.stoker.v1.LeaseReportH\x00\x42\x06\n\x04\x62ody\"\x8d\x01\n\x0bLeaseReport\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x10\n\x08restored\x18\x02 \x01(\x08\x12\r\n\x05saved\x18\x03 \x01(\x08\x12&\n\x05\x63\x61\x63he\x18\x04 \x01(\x0b\x32\x17.stoker.v1.CacheFigures\x12#\n\x07timings\x18\x05 \x01(\x0b\x32\x12.stoker.v1.Timings\"k\n\x0fRunBuildCommand\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\"\n\x04spec\x18\x03 \x01(\x0b\x32\x14.stoker.v1.BuildSpec\x12\x11\n\tprincipal\x18\x04 \x01(\t\"G\n\x12\x43\x61ncelBuildCommand\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"3\n\x0ePrewarmCommand\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0crestore_keys\x18\x02 \x03(\t\"\x1b\n\x0c\x45victCommand\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x89\x01\n\x11GrantLeaseCommand\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x15\n\rsecret_sha256\x18\x02 \x01(\x0c\x12\"\n\x04spec\x18\x03 \x01(\x0b\x32\x14.stoker.v1.BuildSpec\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x05 \x01(\x01\"4\n\x10\x44ropLeaseCommand\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x11\n\x0fSnapshotRequest\"\xb6\x03\n\x12\x43oordinatorCommand\x12/\n\trun_build\x18\x01 \x01(\x0b\x32\x1a.stoker.v1.RunBuildCommandH\x00\x12\x35\n\x0c\x63\x61ncel_build\x18\x02 \x01(\x0b\x32\x1d.stoker.v1.CancelBuildCommandH\x00\x12,\n\x07prewarm\x18\x03 \x01(\x0b\x32\x19.stoker.v1.PrewarmCommandH\x00\x12(\n\x05\x65vict\x18\x04 \x01(\x0b\x32\x17.stoker.v1.EvictCommandH\x00\x12\x36\n\x10snapshot_request\x18\x05 \x01(\x0b\x32\x1a.stoker.v1.SnapshotRequestH\x00\x12\x33\n\x0bgrant_lease\x18\x06 \x01(\x0b\x32\x1c.stoker.v1.GrantLeaseCommandH\x00\x12\x31\n\ndrop_lease\x18\x07 \x01(\x0b\x32\x1b.stoker.v1.DropLeaseCommandH\x00\x12\x35\n\x10\x61\x63k_build_events\x18\x08 \x01(\x0b\x32\x19.stoker.v1.AckBuildEventsH\x00\x42\t\n\x07\x63ommand\"F\n\x0e\x41\x63kBuildEvents\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x11\n\tagent_seq\x18\x03 \x01(\x04\x32\x9a\x01\n\x0c\x41gentGateway\x12\x43\n\x08Register\x12\x1a.stoker.v1.RegisterRequest\x1a\x1b.stoker.v1.RegisterResponse\x12\x45\n\x07\x43onnect\x12\x17.stoker.v1.AgentMessage\x1a\x1d.stoker.v1.CoordinatorCommand(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,39 +40,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_start=408
   _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_end=453
   _globals['_REGISTERRESPONSE']._serialized_start=455
-  _globals['_REGISTERRESPONSE']._serialized_end=544
-  _globals['_INVENTORYSNAPSHOT']._serialized_start=546
-  _globals['_INVENTORYSNAPSHOT']._serialized_end=625
-  _globals['_INVENTORYDELTA']._serialized_start=627
-  _globals['_INVENTORYDELTA']._serialized_end=721
-  _globals['_RUNNINGBUILD']._serialized_start=723
-  _globals['_RUNNINGBUILD']._serialized_end=772
-  _globals['_HEARTBEAT']._serialized_start=775
-  _globals['_HEARTBEAT']._serialized_end=1004
-  _globals['_BUILDUPDATE']._serialized_start=1006
-  _globals['_BUILDUPDATE']._serialized_end=1111
-  _globals['_AGENTMESSAGE']._serialized_start=1114
-  _globals['_AGENTMESSAGE']._serialized_end=1389
-  _globals['_LEASEREPORT']._serialized_start=1392
-  _globals['_LEASEREPORT']._serialized_end=1533
-  _globals['_RUNBUILDCOMMAND']._serialized_start=1535
-  _globals['_RUNBUILDCOMMAND']._serialized_end=1642
-  _globals['_CANCELBUILDCOMMAND']._serialized_start=1644
-  _globals['_CANCELBUILDCOMMAND']._serialized_end=1715
-  _globals['_PREWARMCOMMAND']._serialized_start=1717
-  _globals['_PREWARMCOMMAND']._serialized_end=1768
-  _globals['_EVICTCOMMAND']._serialized_start=1770
-  _globals['_EVICTCOMMAND']._serialized_end=1797
-  _globals['_GRANTLEASECOMMAND']._serialized_start=1800
-  _globals['_GRANTLEASECOMMAND']._serialized_end=1937
-  _globals['_DROPLEASECOMMAND']._serialized_start=1939
-  _globals['_DROPLEASECOMMAND']._serialized_end=1991
-  _globals['_SNAPSHOTREQUEST']._serialized_start=1993
-  _globals['_SNAPSHOTREQUEST']._serialized_end=2010
-  _globals['_COORDINATORCOMMAND']._serialized_start=2013
-  _globals['_COORDINATORCOMMAND']._serialized_end=2451
-  _globals['_ACKBUILDEVENTS']._serialized_start=2453
-  _globals['_ACKBUILDEVENTS']._serialized_end=2523
-  _globals['_AGENTGATEWAY']._serialized_start=2526
-  _globals['_AGENTGATEWAY']._serialized_end=2680
+  _globals['_REGISTERRESPONSE']._serialized_end=579
+  _globals['_INVENTORYSNAPSHOT']._serialized_start=581
+  _globals['_INVENTORYSNAPSHOT']._serialized_end=660
+  _globals['_INVENTORYDELTA']._serialized_start=662
+  _globals['_INVENTORYDELTA']._serialized_end=756
+  _globals['_RUNNINGBUILD']._serialized_start=758
+  _globals['_RUNNINGBUILD']._serialized_end=807
+  _globals['_HEARTBEAT']._serialized_start=810
+  _globals['_HEARTBEAT']._serialized_end=1039
+  _globals['_BUILDUPDATE']._serialized_start=1041
+  _globals['_BUILDUPDATE']._serialized_end=1146
+  _globals['_AGENTMESSAGE']._serialized_start=1149
+  _globals['_AGENTMESSAGE']._serialized_end=1424
+  _globals['_LEASEREPORT']._serialized_start=1427
+  _globals['_LEASEREPORT']._serialized_end=1568
+  _globals['_RUNBUILDCOMMAND']._serialized_start=1570
+  _globals['_RUNBUILDCOMMAND']._serialized_end=1677
+  _globals['_CANCELBUILDCOMMAND']._serialized_start=1679
+  _globals['_CANCELBUILDCOMMAND']._serialized_end=1750
+  _globals['_PREWARMCOMMAND']._serialized_start=1752
+  _globals['_PREWARMCOMMAND']._serialized_end=1803
+  _globals['_EVICTCOMMAND']._serialized_start=1805
+  _globals['_EVICTCOMMAND']._serialized_end=1832
+  _globals['_GRANTLEASECOMMAND']._serialized_start=1835
+  _globals['_GRANTLEASECOMMAND']._serialized_end=1972
+  _globals['_DROPLEASECOMMAND']._serialized_start=1974
+  _globals['_DROPLEASECOMMAND']._serialized_end=2026
+  _globals['_SNAPSHOTREQUEST']._serialized_start=2028
+  _globals['_SNAPSHOTREQUEST']._serialized_end=2045
+  _globals['_COORDINATORCOMMAND']._serialized_start=2048
+  _globals['_COORDINATORCOMMAND']._serialized_end=2486
+  _globals['_ACKBUILDEVENTS']._serialized_start=2488
+  _globals['_ACKBUILDEVENTS']._serialized_end=2558
+  _globals['_AGENTGATEWAY']._serialized_start=2561
+  _globals['_AGENTGATEWAY']._serialized_end=2715
 # @@protoc_insertion_point(module_scope)

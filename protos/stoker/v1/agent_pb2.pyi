@@ -46,14 +46,16 @@ class RegisterRequest(_message.Message):
     def __init__(self, node: _Optional[str] = ..., zone: _Optional[str] = ..., slots: _Optional[int] = ..., disk_capacity_bytes: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., agent_version: _Optional[str] = ..., instance_type: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., taints: _Optional[_Iterable[str]] = ..., executor: _Optional[str] = ..., oci_runtime: _Optional[str] = ..., maxima: _Optional[_Union[_common_pb2.BuildLimits, _Mapping]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("session_id", "lease_ttl_s", "heartbeat_interval_s")
+    __slots__ = ("session_id", "lease_ttl_s", "heartbeat_interval_s", "acknowledges_build_events")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGES_BUILD_EVENTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     lease_ttl_s: float
     heartbeat_interval_s: float
-    def __init__(self, session_id: _Optional[str] = ..., lease_ttl_s: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+    acknowledges_build_events: bool
+    def __init__(self, session_id: _Optional[str] = ..., lease_ttl_s: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ..., acknowledges_build_events: _Optional[bool] = ...) -> None: ...
 
 class InventorySnapshot(_message.Message):
     __slots__ = ("generation", "entries")
