@@ -788,6 +788,7 @@ static PyObject *py_validate_entries(PyObject *self, PyObject *args) {
             Py_DECREF(parent);
             if (pk == NULL && PyErr_Occurred()) goto done;
             placed = pk != NULL && same_str(pk, dir);
+            if (pk != NULL && !placed) goto slow; /* beneath a listed file or symlink, even as a root */
         }
         if (!placed) {
             int root = PySet_Contains(roots, path);

@@ -656,8 +656,9 @@ def validate(manifest: Manifest, *, where: str, hex_digests: bool = False) -> No
         parent = path.rpartition("/")[0]
         kind = seen.get(parent) if parent else None
         # Fast path: the parent is a directory listed earlier, so it is inside the roots and every ancestor
-        # was checked when it was listed. Otherwise only a root itself may stand without its parent.
-        if kind != DIR and path not in root_set:
+        # was checked when it was listed. Otherwise only a root itself may stand without its parent, and
+        # never beneath a listed file or symlink.
+        if kind != DIR and (path not in root_set or kind is not None):
             _check_ancestors(path, seen, roots, label)
         seen[path] = kind_of
         if mode != (mode & 0o7777) or mode & _REFUSED_MODE_BITS:

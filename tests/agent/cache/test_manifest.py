@@ -140,6 +140,19 @@ def test_refuses_a_path_through_a_symlink() -> None:
         mf.validate(m, where="t")
 
 
+def test_refuses_a_root_beneath_a_listed_symlink() -> None:
+    """A root may stand without its parent listed, but not beneath a parent listed as a symlink (it skipped
+    the ancestor check: only the restore's no-follow open stood in the way)."""
+    m = with_files(
+        mf.FileEntry("nm/link", mf.SYMLINK, 0o777, 1, target="sub"),
+        mf.FileEntry("nm/sub", mf.DIR, 0o755, 1),
+        mf.FileEntry("nm/link/x", mf.DIR, 0o755, 1),
+        roots=("nm", "nm/link/x"),
+    )
+    with pytest.raises(UnsafeTree, match="passes through the symlink"):
+        mf.validate(m, where="t")
+
+
 def test_refuses_duplicate_paths() -> None:
     f = mf.FileEntry("nm/a.js", mf.FILE, 0o644, 2, 5, D, None, (mf.Chunk(0, 0, 5),))
     with pytest.raises(UnsafeTree, match="duplicate"):
