@@ -93,6 +93,8 @@ class AgentLink:
         self._acks[key] = max(agent_seq, self._acks.get(key, 0))
 
     def _send_acks(self) -> None:
+        """Acknowledgements are advice: a node that does not read its stream (and sends updates of builds
+        it makes up) cannot queue them without bound; one dropped costs a repeat after its reconnection."""
         acks, self._acks = self._acks, {}
         for (build_id, attempt), agent_seq in acks.items():
             self.send(
@@ -100,7 +102,8 @@ class AgentLink:
                     ack_build_events=agent_pb2.AckBuildEvents(
                         build_id=build_id, attempt=attempt, agent_seq=agent_seq
                     )
-                )
+                ),
+                advisory=True,
             )
 
     def send(self, command: agent_pb2.CoordinatorCommand, advisory: bool = False) -> bool:
